@@ -1,0 +1,72 @@
+"""Smooth 1-Lipschitz activations.
+
+The log-det series and the Neumann gradient need ``g`` twice differentiable with bounded
+derivatives; ReLU's kink gives ``J_g`` a discontinuity and its second derivative is zero almost
+everywhere, which starves the gradient of the log-det (Residual Flows, Chen et al. 2019, sec. 4).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["LipSwish", "LipELU", "ONE_LIPSCHITZ_ACTIVATIONS"]
+
+
+class LipSwish(nn.Module):
+    """LipSwish (Residual Flows, eq. 10): ``f(x) = x * sigmoid(beta x) / 1.1``.
+
+    ``beta = softplus(b)`` with ``b`` learned, one per module. The Swish derivative is bounded by
+    about 1.0998 for every ``beta >= 0``, so dividing by 1.1 makes ``f`` 1-Lipschitz.
+
+    Arguments:
+        init_beta: initial ``beta`` (> 0); the raw
+            parameter is ``softplus^{-1}(init_beta)``.
+
+    Shapes: any; elementwise.
+    """
+
+    def __init__(self, init_beta: float = 1.0) -> None:
+        super().__init__()
+        if init_beta <= 0:
+            raise ValueError(f"init_beta must be positive, got {init_beta}")
+        raw = math.log(math.expm1(init_beta))
+        self.raw_beta = nn.Parameter(torch.tensor(raw))
+
+    @property
+    def beta(self) -> Tensor:
+        return F.softplus(self.raw_beta)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * torch.sigmoid(self.beta * x) / 1.1
+
+    def lipschitz_bound(self) -> float:
+        return 1.0
+
+
+class LipELU(nn.ELU):
+    """ELU with ``alpha <= 1``: derivative in ``(0, 1]``, hence 1-Lipschitz and smooth enough.
+
+    The i-ResNet density models use it (i-ResNet sec. 5). ``alpha > 1`` is refused.
+    """
+
+    def __init__(self, alpha: float = 1.0) -> None:
+        if not 0 < alpha <= 1:
+            raise ValueError(f"LipELU needs 0 < alpha <= 1 to stay 1-Lipschitz, got {alpha}")
+        super().__init__(alpha=alpha)
+
+    def lipschitz_bound(self) -> float:
+        return 1.0
+
+
+# Activations from torch that are 1-Lipschitz as they are, for the certificate.
+ONE_LIPSCHITZ_ACTIVATIONS: tuple[type[nn.Module], ...] = (
+    nn.ReLU,
+    nn.LeakyReLU,
+    nn.Tanh,
+    nn.Identity,
+    nn.Softplus,
+)

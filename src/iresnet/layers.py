@@ -1,0 +1,144 @@
+"""Invertible transforms: residual blocks and the flow pieces around them.
+
+Contract (shared with :class:`iresnet.Flow`): ``forward(x) -> (y, logdet)`` with ``logdet`` of
+shape ``(batch,)`` equal to ``log|det dy/dx|``, and ``inverse(y) -> x``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .inverse import FixedPointInverse, InverseDiagnostics
+from .lipschitz import frozen_normalisation, lipschitz_bound_of
+from .logdet import LogDetEstimator, PowerSeriesLogDet
+
+__all__ = ["InvertibleResidualBlock", "ActNorm", "Squeeze"]
+
+
+class InvertibleResidualBlock(nn.Module):
+    """Residual block ``y = x + g(x)``, invertible when ``Lip(g) < 1`` (i-ResNet, Thm. 1).
+
+    Arguments:
+        g: the residual branch, a samplewise ``nn.Module`` built from Lipschitz-constrained
+            layers (e.g. :class:`SpectralLinear`, :class:`LipSwish`) so that ``Lip(g) < 1``.
+        logdet: estimator of ``log det(I + J_g)`` (default :class:`PowerSeriesLogDet`); the
+            attribute ``logdet_estimator`` may be swapped any time (e.g. exact at evaluation).
+        inverse: solver of ``x + g(x) = y`` (default :class:`FixedPointInverse`); attribute
+            ``inverse_solver``.
+
+    Shapes: ``x``, ``y``: ``(B, *event)``; ``logdet``: ``(B,)``.
+
+    Example:
+        >>> import torch, iresnet
+        >>> g = torch.nn.Sequential(iresnet.SpectralLinear(2, 16, coeff=0.9), iresnet.LipSwish(),
+        ...                         iresnet.SpectralLinear(16, 2, coeff=0.9))
+        >>> block = iresnet.InvertibleResidualBlock(g, logdet=iresnet.ExactLogDet()).eval()
+        >>> x = torch.randn(5, 2)
+        >>> y, logdet = block(x)
+        >>> bool(torch.allclose(block.inverse(y), x, atol=1e-5)), tuple(logdet.shape)
+        (True, (5,))
+    """
+
+    def __init__(
+        self,
+        g: nn.Module,
+        logdet: LogDetEstimator | None = None,
+        inverse: FixedPointInverse | None = None,
+    ) -> None:
+        super().__init__()
+        self.g = g
+        self.logdet_estimator: LogDetEstimator = logdet if logdet is not None else PowerSeriesLogDet()
+        self.inverse_solver: FixedPointInverse = inverse if inverse is not None else FixedPointInverse()
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        gx, logdet = self.logdet_estimator(self.g, x)
+        return x + gx, logdet
+
+    def inverse(self, y: Tensor) -> Tensor:
+        # In eval mode the certified L gives the a-priori Banach bound in the diagnostics; in
+        # training mode the weights move every step and certifying each call would cost more.
+        lipschitz = None if self.training else self.lipschitz_bound()
+        with frozen_normalisation(self.g):
+            return self.inverse_solver(self.g, y, lipschitz=lipschitz, where=type(self).__name__)
+
+    @property
+    def last_inverse_diagnostics(self) -> InverseDiagnostics | None:
+        return self.inverse_solver.last_diagnostics
+
+    def lipschitz_bound(self) -> float:
+        """Upper bound of ``Lip(g)`` from its layers' converged norms (``inf`` if unknown)."""
+        return lipschitz_bound_of(self.g)
+
+
+class ActNorm(nn.Module):
+    """Per-channel affine map ``y = (x + b) * exp(s)`` (Glow, Kingma & Dhariwal 2018).
+
+    Data-dependent initialisation on the first training batch: ``b = -mean``, ``s = -log std``
+    per channel, so activations start standardised. A channel with (near-)zero spread keeps
+    ``s = 0`` instead of dividing by zero. The ``initialized`` buffer is saved with the weights,
+    so a loaded model is never re-initialised.
+
+    Arguments:
+        num_features: channels ``C``.
+        eps: spread below which a channel is treated as constant.
+
+    Shapes: ``(B, C)`` or ``(B, C, H, W)``; ``logdet = H * W * sum(s)``, shape ``(B,)``.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(num_features))
+        self.log_scale = nn.Parameter(torch.zeros(num_features))
+        self.register_buffer("initialized", torch.tensor(False))
+        self.eps = eps
+
+    def _view(self, t: Tensor, x: Tensor) -> Tensor:
+        return t.view(1, -1, *([1] * (x.dim() - 2)))
+
+    @torch.no_grad()
+    def initialize(self, x: Tensor) -> None:
+        """Set ``b``, ``s`` from a batch ``x`` (called automatically on the first training call)."""
+        dims = [0, *range(2, x.dim())]
+        mean = x.mean(dim=dims)
+        std = x.std(dim=dims, unbiased=False) if x.numel() > x.shape[1] else torch.ones_like(mean)
+        safe = std > self.eps
+        self.bias.copy_(-mean)
+        self.log_scale.copy_(torch.where(safe, -torch.log(std.clamp_min(self.eps)), torch.zeros_like(std)))
+        self.initialized.fill_(True)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        if self.training and not bool(self.initialized):
+            self.initialize(x)
+        y = (x + self._view(self.bias, x)) * self._view(self.log_scale, x).exp()
+        spatial = x[0, 0].numel()
+        logdet = (self.log_scale.sum() * spatial).expand(x.shape[0])
+        return y, logdet
+
+    def inverse(self, y: Tensor) -> Tensor:
+        return y * self._view(-self.log_scale, y).exp() - self._view(self.bias, y)
+
+
+class Squeeze(nn.Module):
+    """Invertible down-sampling (space-to-depth): ``(B, C, H, W) -> (B, C f^2, H/f, W/f)``.
+
+    A permutation of the entries, so ``logdet = 0`` (i-ResNet sec. 5, as in Real NVP).
+    """
+
+    def __init__(self, factor: int = 2) -> None:
+        super().__init__()
+        if factor < 1:
+            raise ValueError(f"factor must be positive, got {factor}")
+        self.factor = factor
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        if x.dim() != 4 or x.shape[-1] % self.factor or x.shape[-2] % self.factor:
+            raise ValueError(
+                f"Squeeze(factor={self.factor}) needs (B, C, H, W) with H and W divisible by "
+                f"{self.factor}, got shape {tuple(x.shape)}"
+            )
+        return F.pixel_unshuffle(x, self.factor), x.new_zeros(x.shape[0])
+
+    def inverse(self, y: Tensor) -> Tensor:
+        return F.pixel_shuffle(y, self.factor)

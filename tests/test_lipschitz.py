@@ -1,0 +1,154 @@
+import pytest
+import torch
+from torch import nn
+
+import iresnet
+from iresnet.lipschitz import power_iteration
+
+from .conftest import scale_weights
+
+
+def explicit_jacobian(f, shape):
+    """Jacobian of a linear map on inputs of ``shape`` as a ``(out, in)`` matrix (float64)."""
+    x = torch.zeros(1, *shape, dtype=torch.float64)
+    jac = torch.autograd.functional.jacobian(lambda v: f(v).flatten(), x)
+    return jac.reshape(-1, x.numel())
+
+
+def _train_steps(layer: nn.Module, x: torch.Tensor, steps: int = 30, lr: float = 1e-2) -> None:
+    opt = torch.optim.SGD(layer.parameters(), lr=lr)
+    layer.train()
+    for _ in range(steps):
+        opt.zero_grad()
+        layer(x).pow(2).mean().backward()
+        opt.step()
+
+
+def test_spectral_linear_norm_after_training_and_eval():
+    layer = iresnet.SpectralLinear(48, 48, coeff=0.9).double()
+    scale_weights(layer, 100.0)
+    _train_steps(layer, torch.randn(64, 48, dtype=torch.float64))
+    layer.eval()
+    w_hat = layer.normalized_weight().detach()
+    sigma = torch.linalg.matrix_norm(w_hat, ord=2).item()
+    assert 0.9 * (1 - 1e-2) <= sigma <= 0.9 * (1 + 1e-3)
+
+
+def test_spectral_conv_uses_operator_norm_on_input_shape():
+    conv = iresnet.SpectralConv2d(3, 3, 3, padding=1, coeff=0.9).double()
+    scale_weights(conv, 100.0)
+    x = torch.randn(16, 3, 8, 8, dtype=torch.float64)
+    _train_steps(conv, x)
+    conv.eval()
+    conv(x)
+    w_hat = conv.normalized_weight().detach()
+    jac = explicit_jacobian(lambda v: torch.nn.functional.conv2d(v, w_hat, None, 1, 1), (3, 8, 8))
+    sigma = torch.linalg.matrix_norm(jac, ord=2).item()
+    assert 0.9 * (1 - 1e-2) <= sigma <= 0.9 * (1 + 1e-3)
+    # The reshaped kernel's norm is a different number: normalising by it would be wrong.
+    kernel_norm = torch.linalg.matrix_norm(w_hat.reshape(3, -1), ord=2).item()
+    assert abs(kernel_norm - sigma) > 1e-2
+
+
+def test_strided_conv_operator_norm():
+    conv = iresnet.SpectralConv2d(2, 4, 3, stride=2, padding=1, coeff=0.8).double().eval()
+    x = torch.randn(2, 2, 8, 8, dtype=torch.float64)
+    conv(x)
+    w_hat = conv.normalized_weight().detach()
+    jac = explicit_jacobian(lambda v: torch.nn.functional.conv2d(v, w_hat, None, 2, 1), (2, 8, 8))
+    sigma = torch.linalg.matrix_norm(jac, ord=2).item()
+    assert sigma <= 0.8 * (1 + 1e-3)
+    assert conv.operator_norm() == pytest.approx(sigma, rel=1e-6)
+
+
+def test_bound_holds_between_steps_without_user_calls():
+    """After every optimiser step the layer, put in eval mode, is back under its coefficient."""
+    layer = iresnet.SpectralLinear(8, 8, coeff=0.7).double()
+    opt = torch.optim.Adam(layer.parameters(), lr=0.5)  # large steps move the weight a lot
+    x = torch.randn(32, 8, dtype=torch.float64)
+    for _ in range(10):
+        layer.train()
+        opt.zero_grad()
+        (-layer(x).pow(2).mean()).backward()  # pushes the norm up
+        opt.step()
+        layer.eval()
+        sigma = torch.linalg.matrix_norm(layer.normalized_weight().detach(), ord=2).item()
+        assert sigma <= 0.7 * (1 + 1e-3)
+        assert layer.operator_norm() == pytest.approx(sigma, rel=1e-6)
+
+
+def test_no_overflow_float32_huge_weights():
+    layer = iresnet.SpectralLinear(32, 32, coeff=0.9)
+    conv = iresnet.SpectralConv2d(3, 3, 3, padding=1, coeff=0.9)
+    scale_weights(layer, 1e18)  # squares overflow float32 (max ~3.4e38) without normalisation
+    scale_weights(conv, 1e18)
+    out = layer(torch.randn(4, 32))
+    out_c = conv(torch.randn(2, 3, 8, 8))
+    assert torch.isfinite(out).all() and torch.isfinite(out_c).all()
+    layer.eval()
+    sigma = torch.linalg.matrix_norm(layer.normalized_weight().detach().double(), ord=2).item()
+    assert sigma == pytest.approx(0.9, rel=1e-3)
+
+
+@pytest.mark.parametrize("coeff", [0.0, -0.5, 1.01, float("nan")])
+def test_bad_coeff_refused(coeff):
+    with pytest.raises(ValueError, match="coeff"):
+        iresnet.SpectralLinear(3, 3, coeff=coeff)
+    with pytest.raises(ValueError, match="coeff"):
+        iresnet.SpectralConv2d(3, 3, 3, coeff=coeff)
+
+
+@pytest.mark.parametrize("n", [0, -1])
+def test_bad_iteration_count_refused(n):
+    with pytest.raises(ValueError, match="n_power_iterations"):
+        iresnet.SpectralLinear(3, 3, n_power_iterations=n)
+
+
+def test_untrained_settings_are_buffers():
+    layer = iresnet.SpectralLinear(4, 5)
+    conv = iresnet.SpectralConv2d(2, 2, 3, padding=1)
+    conv(torch.randn(1, 2, 6, 6))
+    for m in (layer, conv):
+        names = {n for n, _ in m.named_parameters()}
+        assert names == {"weight", "bias"}
+        buffers = {n for n, _ in m.named_buffers()}
+        assert {"u", "v", "coeff", "sigma"} <= buffers
+
+
+def test_eval_cache_refreshes_when_weight_changes():
+    layer = iresnet.SpectralLinear(6, 6, coeff=0.5).double().eval()
+    layer.normalized_weight()
+    new = 10 * torch.randn(6, 6, dtype=torch.float64)
+    with torch.no_grad():
+        layer.weight.copy_(new)  # in-place, as an optimiser step or load_state_dict would
+    w2 = layer.normalized_weight().detach()
+    expected = new * 0.5 / torch.linalg.matrix_norm(new, ord=2)
+    torch.testing.assert_close(w2, expected, rtol=1e-6, atol=1e-9)
+
+
+def test_conv_state_dict_round_trip_into_fresh_layer():
+    conv = iresnet.SpectralConv2d(2, 3, 3, padding=1, coeff=0.9)
+    x = torch.randn(2, 2, 5, 7)
+    conv.eval()
+    y = conv(x)
+    fresh = iresnet.SpectralConv2d(2, 3, 3, padding=1, coeff=0.9).eval()
+    fresh.load_state_dict(conv.state_dict())
+    assert fresh.v.shape == (1, 2, 5, 7)
+    torch.testing.assert_close(fresh(x), y)
+
+
+@pytest.mark.parametrize("shape", [(7, 5), (20, 3), (3, 30)])
+def test_power_iteration_matches_svd(shape):
+    w = torch.randn(*shape, dtype=torch.float64)
+    _, _, sigma, _ = power_iteration(lambda v: w @ v, lambda u: w.t() @ u, torch.randn(shape[1], dtype=torch.float64), 5000, tol=1e-14)
+    assert sigma.item() == pytest.approx(torch.linalg.matrix_norm(w, ord=2).item(), rel=1e-8)
+
+
+def test_lipschitz_bound_of_plain_layers_is_an_upper_bound():
+    lin = nn.Linear(5, 5).double()
+    conv = nn.Conv2d(2, 2, 3, padding=1).double()
+    assert iresnet.lipschitz_bound_of(lin) == pytest.approx(torch.linalg.matrix_norm(lin.weight, ord=2).item())
+    jac = explicit_jacobian(lambda v: torch.nn.functional.conv2d(v, conv.weight, None, 1, 1), (2, 6, 6))
+    assert iresnet.lipschitz_bound_of(conv) >= torch.linalg.matrix_norm(jac, ord=2).item() - 1e-12
+    assert iresnet.lipschitz_bound_of(nn.Sequential(nn.ReLU(), nn.ELU())) == 1.0
+    assert iresnet.lipschitz_bound_of(nn.Sigmoid()) == float("inf")  # unknown module: no certificate
