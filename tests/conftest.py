@@ -44,6 +44,19 @@ def mlp_flow(dim: int = 2, n_blocks: int = 2, coeff: float = 0.9, hidden: int = 
     return iresnet.Flow(blocks, event_shape=(dim,)).to(dtype)
 
 
+def make_strong_g(dim: int, low: float = 0.2, high: float = 0.6) -> nn.Module:
+    """``tanh(W x)`` with ``W = Q diag(s) Q^T``, ``s`` in ``[low, high]``: a Jacobian with large
+    traces, so that truncating the series is visibly biased (the unbiasedness tests have power),
+    while ``high <= 0.6`` keeps the geometric(0.5) roulette's variance finite (needs L^2 < 1/2)."""
+    gen = torch.Generator().manual_seed(dim)
+    q, _ = torch.linalg.qr(torch.randn(dim, dim, generator=gen, dtype=torch.float64))
+    s = torch.linspace(low, high, dim, dtype=torch.float64)
+    layer = iresnet.SpectralLinear(dim, dim, bias=False, coeff=0.99).double()
+    with torch.no_grad():
+        layer.weight.copy_(q @ torch.diag(s) @ q.T)
+    return nn.Sequential(layer, nn.Tanh()).eval()
+
+
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
