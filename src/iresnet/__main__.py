@@ -1,0 +1,7 @@
+"""``python -m iresnet`` (also what ``torchrun -m iresnet`` runs)."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

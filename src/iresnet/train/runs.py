@@ -1,0 +1,95 @@
+"""A run is a folder: ``config.json``, ``data.json``, ``metrics.jsonl``, ``checkpoints/``,
+``model.safetensors`` (the final EMA weights) and the plots. Every write is atomic."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import save_file
+from torch import nn
+
+from ..config import Config
+from ..data import DataBundle
+from ..data.arrays import Standardizer
+from ..errors import CheckpointError, ConfigError
+from .checkpoint import atomic_write_text
+
+__all__ = ["Run"]
+
+
+class Run:
+    """File layout and bookkeeping of one run folder."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.config_path = self.path / "config.json"
+        self.data_path = self.path / "data.json"
+        self.metrics_path = self.path / "metrics.jsonl"
+        self.checkpoints = self.path / "checkpoints"
+        self.weights_path = self.path / "model.safetensors"
+
+    def create(self, cfg: Config) -> None:
+        """Start a new run; a folder that already holds one is refused (nothing is overwritten)."""
+        if self.config_path.exists() or self.checkpoints.exists():
+            raise ConfigError(
+                f"{self.path} already holds a run; continue it with --resume {self.path}, "
+                "or choose another --out"
+            )
+        self.path.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.config_path, cfg.to_json() + "\n")
+
+    def load_config(self) -> Config:
+        if not self.config_path.is_file():
+            raise CheckpointError(f"{self.path}: no config.json: not an iresnet run folder")
+        try:
+            raw = json.loads(self.config_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{self.config_path}: not valid JSON ({exc})") from None
+        return Config.from_dict(raw)
+
+    def save_config(self, cfg: Config) -> None:
+        atomic_write_text(self.config_path, cfg.to_json() + "\n")
+
+    def save_data_info(self, data: DataBundle) -> None:
+        info: dict[str, Any] = {"name": data.name, "kind": data.kind, "event_shape": list(data.event_shape),
+                                "n_train": int(data.train_x.shape[0]), "n_test": int(data.test_x.shape[0])}
+        if data.standardizer is not None:
+            info["standardizer"] = data.standardizer.to_dict()
+        if data.n_levels is not None:
+            info["n_levels"] = data.n_levels
+        atomic_write_text(self.data_path, json.dumps(info, indent=2) + "\n")
+
+    def load_standardizer(self) -> Standardizer | None:
+        """Statistics saved when the run started (so evaluation uses the training units)."""
+        if not self.data_path.is_file():
+            return None
+        info = json.loads(self.data_path.read_text(encoding="utf-8"))
+        return Standardizer.from_dict(info["standardizer"]) if "standardizer" in info else None
+
+    def log(self, row: dict[str, Any]) -> None:
+        with open(self.metrics_path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(row) + "\n")
+
+    def records(self) -> list[dict[str, Any]]:
+        if not self.metrics_path.is_file():
+            return []
+        rows = []
+        for line in self.metrics_path.read_text(encoding="utf-8").splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a line torn by a crash
+        return rows
+
+    def truncate_metrics(self, step: int) -> None:
+        """Drop rows logged after ``step`` (by an interrupted run that is now resumed from it)."""
+        kept = [r for r in self.records() if int(r.get("step", 0)) <= step]
+        atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
+
+    def save_final_weights(self, model: nn.Module) -> None:
+        tmp = self.weights_path.with_name(".model.safetensors.tmp")
+        state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp))
+        tmp.replace(self.weights_path)

@@ -1,0 +1,111 @@
+"""The training loop: runs, metrics, resume to identical weights, refusals that keep the run."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from iresnet.config import Config
+from iresnet.errors import CheckpointError, ConfigError
+from iresnet.train.checkpoint import latest_checkpoint, list_checkpoints
+from iresnet.train.evaluate import load_run
+from iresnet.train.loop import learning_rate, train
+
+TINY = [
+    "model.n_blocks=2", "model.hidden=16", "data.n_train=512", "data.n_test=256", "train.batch_size=64",
+    "train.steps=12", "train.eval_every=6", "train.checkpoint_every=4", "train.log_every=2",
+    "train.warmup_steps=3", "train.keep_last=10", "train.eval_batches=1",
+]
+
+
+def tiny(*extra: str) -> Config:
+    return Config().override([*TINY, *extra])
+
+
+def snapshot(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_run_folder_contents(tmp_path):
+    result = train(tiny(), tmp_path / "run", progress=False)
+    run = tmp_path / "run"
+    assert result.step == 12 and result.stopped == "finished"
+    for name in ("config.json", "data.json", "metrics.jsonl", "model.safetensors", "figure.png", "learning_curve.png"):
+        assert (run / name).is_file(), name
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if "loss" in r]
+    assert {"step", "loss", "nll", "lr", "grad_norm", "seconds"} <= set(train_rows[0])
+    assert [r["step"] for r in rows if "test_nll" in r] == [6, 12]
+    assert Config.from_dict(json.loads((run / "config.json").read_text())) == tiny()
+    assert len(list_checkpoints(run / "checkpoints")) == 3  # steps 4, 8, 12
+
+
+def test_resume_gives_the_same_final_weights(tmp_path):
+    train(tiny(), tmp_path / "full", progress=False)
+    partial = train(tiny(), tmp_path / "part", progress=False, stop_after=6)
+    assert partial.stopped == "signal" and partial.step == 6
+    assert not (tmp_path / "part" / "model.safetensors").exists()
+    train(tiny(), tmp_path / "part", resume=True, progress=False)
+    a = load_file(str(tmp_path / "full" / "model.safetensors"))
+    b = load_file(str(tmp_path / "part" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps) and len(steps) == len(set((s, i) for i, s in enumerate(steps)))
+
+
+def test_new_run_refuses_existing_folder_and_leaves_it_intact(tmp_path):
+    train(tiny(), tmp_path / "run", progress=False)
+    before = snapshot(tmp_path / "run")
+    with pytest.raises(ConfigError, match="already holds a run"):
+        train(tiny(), tmp_path / "run", progress=False)
+    assert snapshot(tmp_path / "run") == before
+
+
+def test_corrupted_checkpoint_is_refused_clearly_and_run_kept(tmp_path):
+    train(tiny("train.keep_last=1"), tmp_path / "run", progress=False, stop_after=4)
+    ckpt = latest_checkpoint(tmp_path / "run" / "checkpoints")
+    weights = ckpt / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # truncate
+    before = snapshot(tmp_path / "run")
+    with pytest.warns(RuntimeWarning, match="do not match the manifest"):
+        with pytest.raises(CheckpointError, match="no valid checkpoint"):
+            train(tiny(), tmp_path / "run", resume=True, progress=False)
+    assert snapshot(tmp_path / "run") == before
+
+
+def test_resume_skips_a_torn_checkpoint(tmp_path):
+    train(tiny(), tmp_path / "run", progress=False, stop_after=8)
+    ckpts = list_checkpoints(tmp_path / "run" / "checkpoints")
+    os.remove(ckpts[-1] / "MANIFEST.json")  # the newest is torn
+    with pytest.warns(RuntimeWarning, match="skipping checkpoint"):
+        result = train(tiny(), tmp_path / "run", resume=True, progress=False)
+    assert result.step == 12
+
+
+def test_learning_rate_schedule():
+    cfg = Config().override(["train.lr=1.0", "train.warmup_steps=4", "train.steps=100"])
+    assert [learning_rate(cfg, s) for s in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
+    cos = cfg.override(["train.lr_schedule=cosine"])
+    assert learning_rate(cos, 100) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_user_array_nll_is_in_data_units(tmp_path):
+    torch.manual_seed(0)
+    data = torch.randn(600, 2).double() * torch.tensor([3.0, 0.5]).double() + 10
+    path = tmp_path / "data.npy"
+    np.save(path, data.numpy())
+    train(tiny("data.name=array", f"data.path={path}"), tmp_path / "run", progress=False)
+    trained = load_run(tmp_path / "run")
+    result = trained.task.full_evaluation(trained.model, n_inverse=64)
+    # NLL in x-units = NLL in z-units - log|det dz/dx| = NLL_z + sum log std (std ~ 3 and 0.5).
+    std = trained.data.standardizer
+    assert std.log_abs_det == pytest.approx(-np.log(1.5), abs=0.1)
+    with torch.no_grad():
+        z_units = -trained.model.log_prob(trained.data.test_x).mean().item()
+    assert result["test_nll"] == pytest.approx(z_units - std.log_abs_det, rel=1e-6)
+    assert result["entropy_gap"] is None and result["invertible"]
