@@ -43,6 +43,15 @@ class LipSwish(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return x * torch.sigmoid(self.beta * x) / 1.1
 
+    def jvp(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """``(f(x), f'(x) t)`` with ``f' = (s + beta x s (1 - s)) / 1.1``, ``s = sigmoid(beta x)``;
+        ``t`` has a leading tangent dimension."""
+        beta = self.beta
+        s = torch.sigmoid(beta * x)
+        y = x * s / 1.1
+        dy = (s + beta * x * s * (1 - s)) / 1.1
+        return y, dy * t
+
     def lipschitz_bound(self) -> float:
         return 1.0
 
@@ -57,6 +66,12 @@ class LipELU(nn.ELU):
         if not 0 < alpha <= 1:
             raise ValueError(f"LipELU needs 0 < alpha <= 1 to stay 1-Lipschitz, got {alpha}")
         super().__init__(alpha=alpha)
+
+    def jvp(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """``(elu(x), elu'(x) t)``; ``elu' = 1`` for ``x > 0``, ``alpha e^x`` otherwise."""
+        y = super().forward(x)
+        dy = torch.where(x > 0, torch.ones_like(x), y + self.alpha)
+        return y, dy * t
 
     def lipschitz_bound(self) -> float:
         return 1.0

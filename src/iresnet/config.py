@@ -144,6 +144,8 @@ class TrainConfig:
 
     Attributes:
         steps: optimiser steps; batch_size: global batch (split across DDP ranks).
+        max_seconds: wall-clock budget of training (0: none); the run stops, evaluated and
+            saved, at the first step past it (for equal-time comparisons).
         optimizer: ``adam`` or ``sgd`` (momentum 0.9); lr, weight_decay, warmup_steps.
         lr_schedule: ``constant`` (after warm-up) or ``cosine`` (decay to 0 at ``steps``).
         grad_clip: max gradient norm (0 disables clipping).
@@ -152,11 +154,14 @@ class TrainConfig:
         eval_batches: test batches per periodic evaluation (the final evaluation uses all).
         max_bad_steps: stop after this many consecutive steps with NaN/Inf loss or gradient.
         seed: training seed (initialisation, batches, probes); device: ``cpu``, ``cuda``, ...
+        threads: CPU threads of PyTorch (0: its default). Small models gain little from more
+            threads and lose much when cores are shared, so the toy presets use 1.
         density_weight: hybrid models: weight of the density term in the loss.
         precision: ``fp32``, ``bf16`` or ``fp16`` autocast for the residual branches.
     """
 
     steps: int = 2000
+    max_seconds: float = 0.0
     batch_size: int = 256
     optimizer: str = "adam"
     lr: float = 1e-3
@@ -173,6 +178,7 @@ class TrainConfig:
     max_bad_steps: int = 20
     seed: int = 0
     device: str = "cpu"
+    threads: int = 0
     density_weight: float = 1.0
     precision: str = "fp32"
 
@@ -186,6 +192,9 @@ class TrainConfig:
         if not self.lr > 0:
             raise ConfigError(f"train.lr must be positive, got {self.lr}")
         _at_least("train.warmup_steps", self.warmup_steps, 0)
+        _at_least("train.threads", self.threads, 0)
+        if self.max_seconds < 0:
+            raise ConfigError(f"train.max_seconds must be >= 0, got {self.max_seconds}")
         if self.weight_decay < 0 or self.grad_clip < 0 or self.density_weight < 0:
             raise ConfigError("train.weight_decay, train.grad_clip and train.density_weight must be >= 0")
         if not 0.0 <= self.ema_decay < 1.0:

@@ -14,7 +14,7 @@ from .inverse import FixedPointInverse, InverseDiagnostics
 from .lipschitz import frozen_normalisation, lipschitz_bound_of
 from .logdet import LogDetEstimator, PowerSeriesLogDet
 
-__all__ = ["InvertibleResidualBlock", "ActNorm", "Squeeze"]
+__all__ = ["InvertibleResidualBlock", "ActNorm", "Squeeze", "Flatten", "OnActive"]
 
 
 class InvertibleResidualBlock(nn.Module):
@@ -142,3 +142,76 @@ class Squeeze(nn.Module):
 
     def inverse(self, y: Tensor) -> Tensor:
         return F.pixel_shuffle(y, self.factor)
+
+
+class Flatten(nn.Module):
+    """Reshape ``(B, *shape) -> (B, prod(shape))``: a permutation-free relabelling, ``logdet = 0``.
+
+    Multi-scale flows enter the flat *state* with it (see :class:`OnActive`).
+
+    Arguments:
+        shape: the event shape of the input (restored by :meth:`inverse`).
+    """
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.shape = tuple(int(s) for s in shape)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return x.flatten(1), x.new_zeros(x.shape[0])
+
+    def inverse(self, y: Tensor) -> Tensor:
+        return y.reshape(y.shape[0], *self.shape)
+
+    def extra_repr(self) -> str:
+        return f"shape={self.shape}"
+
+
+class OnActive(nn.Module):
+    """Apply ``inner`` to the *active* leading part of a flat multi-scale state.
+
+    Multi-scale factor-out (Real NVP sec. 3.6; i-ResNet sec. 5; Residual Flows app. E) sends half
+    of the channels straight to the latent after each scale. We keep one flat state
+    ``s = [a | z_done]`` of shape ``(B, D)``: the first ``prod(in_shape)`` entries are the active
+    tensor ``a`` (channel-major), the rest are latents already factored out. Because ``a`` is
+    stored channel-major, factoring out its last channels is the identity on ``s``: only the
+    boundary moves, so the next transform is wrapped with a smaller ``in_shape``. Then
+
+        ``forward(s) = [inner(a) | z_done]``,  ``logdet = logdet_inner(a)``
+
+    (the Jacobian is block-diagonal with an identity block), and ``inverse`` applies
+    ``inner.inverse`` to the leading ``prod(out_shape)`` entries.
+
+    Arguments:
+        inner: a transform on ``(B, *in_shape)`` returning ``(B, *out_shape)``.
+        in_shape, out_shape: its event shapes (equal sizes; they differ for :class:`Squeeze`).
+
+    Shapes: ``s``: ``(B, D)`` with ``D >= prod(in_shape)``; ``logdet``: ``(B,)``.
+    """
+
+    def __init__(self, inner: nn.Module, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.inner = inner
+        self.in_shape = tuple(int(s) for s in in_shape)
+        self.out_shape = tuple(int(s) for s in out_shape)
+        if torch.Size(self.in_shape).numel() != torch.Size(self.out_shape).numel():
+            raise ValueError(f"OnActive: in_shape {self.in_shape} and out_shape {self.out_shape} differ in size")
+
+    def forward(self, s: Tensor) -> tuple[Tensor, Tensor]:
+        n = torch.Size(self.in_shape).numel()
+        y, logdet = self.inner(s[:, :n].reshape(s.shape[0], *self.in_shape))
+        return torch.cat([y.flatten(1), s[:, n:]], dim=1), logdet
+
+    def inverse(self, s: Tensor) -> Tensor:
+        n = torch.Size(self.out_shape).numel()
+        x = self.inner.inverse(s[:, :n].reshape(s.shape[0], *self.out_shape))
+        return torch.cat([x.flatten(1), s[:, n:]], dim=1)
+
+    @property
+    def last_inverse_diagnostics(self) -> InverseDiagnostics | None:
+        """The wrapped block's diagnostics (so :attr:`Flow.inverse_diagnostics` sees it)."""
+        return getattr(self.inner, "last_inverse_diagnostics", None)
+
+    def extra_repr(self) -> str:
+        return f"in_shape={self.in_shape}, out_shape={self.out_shape}"
+

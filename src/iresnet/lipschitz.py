@@ -223,6 +223,11 @@ class SpectralLinear(_SpectralNormMixin, nn.Linear):
     def forward(self, x: Tensor) -> Tensor:
         return F.linear(x, self.normalized_weight(), self.bias)
 
+    def jvp(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """``(W_hat x + b, W_hat t)`` for tangents ``t`` of shape ``(d, *x.shape)``."""
+        w = self.normalized_weight()
+        return F.linear(x, w, self.bias), F.linear(t, w)
+
 
 class SpectralConv2d(_SpectralNormMixin, nn.Conv2d):
     """2-D convolution normalised by its operator norm *on the actual input shape*.
@@ -308,6 +313,13 @@ class SpectralConv2d(_SpectralNormMixin, nn.Conv2d):
     def forward(self, x: Tensor) -> Tensor:
         self._ensure_vectors(x)
         return self._conv_forward(x, self.normalized_weight(), self.bias)
+
+    def jvp(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """``(conv(x), conv_without_bias(t))`` for tangents ``t`` of shape ``(d, *x.shape)``."""
+        self._ensure_vectors(x)
+        w = self.normalized_weight()
+        tt = self._conv_forward(t.reshape(-1, *t.shape[2:]), w, None)
+        return self._conv_forward(x, w, self.bias), tt.reshape(*t.shape[:2], *tt.shape[1:])
 
     def operator_norm(self, *, tol: float = 1e-9, max_iter: int = 20_000) -> float:
         if self.v.numel() == 0:

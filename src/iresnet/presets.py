@@ -26,11 +26,11 @@ def toy(dataset: str) -> Config:
     """The default 2-D model: an MLP i-ResNet with exact log-dets (cheap in 2-D)."""
     return replace(
         Config(preset=f"toy-{dataset}"),
-        model={"kind": "toy", "n_blocks": 8, "hidden": 128, "n_layers": 3, "coeff": 0.98,
+        model={"kind": "toy", "n_blocks": 8, "hidden": 64, "n_layers": 3, "coeff": 0.98,
                "logdet": "exact", "activation": "lipswish", "lipswish_beta": 10.0},
         data={"name": dataset},
         train={"steps": 1500, "batch_size": 256, "lr": 3e-3, "warmup_steps": 50,
-               "lr_schedule": "cosine", "eval_every": 500, "checkpoint_every": 500},
+               "lr_schedule": "cosine", "eval_every": 500, "checkpoint_every": 500, "threads": 1},
     )
 
 

@@ -1,0 +1,175 @@
+"""Multi-scale image flows: the i-ResNet density model and the Residual Flow.
+
+Both map an image ``x`` of shape ``(C, H, W)`` -- already dequantised and logit-transformed by
+the task -- to a latent ``z`` through residual blocks ``y = x + g(x)`` with ``Lip(g) < 1``, so
+``log p(x) = log N(z; 0, I) + sum_blocks log det(I + J_g) + sum_actnorms H W sum(s)``.
+
+**Skeleton** (both kinds; ``S = n_scales``, ``n = n_blocks``)::
+
+    [Squeeze]? -> ActNorm -> { [g-block -> ActNorm] x n -> Squeeze -> [factor-out]? } x (S-1)
+               -> [g-block -> ActNorm] x n -> [Flatten -> (fc-block -> ActNorm) x fc_blocks]?
+
+(ActNorm only with ``actnorm``.) This is Residual Flows' order (Chen et al. 2019, app. E:
+ActNorm first, then after every block); it equals i-ResNet's "ActNorm before every block"
+(Behrmann et al. 2019, sec. 5) plus one ActNorm closing each scale, so factored-out latents and
+the final latent are normalised too.
+
+**Residual branch** of a convolutional block on ``c`` channels, ``h = hidden``::
+
+    g = [act ->] conv3x3(c, h) -> act -> conv1x1(h, h) -> act -> conv3x3(h, c)
+
+(``n_layers`` convolutions: 3x3 at both ends, 1x1 between.) The leading activation is the
+pre-activation both papers' code use on every block but the first of the flow. Each convolution
+is spectrally normalised on its input shape (``Lip <= coeff``) unless ``constrained=False``.
+
+**The two kinds.**
+
+- ``iresnet-image`` (i-ResNet sec. 5): ELU by default (set ``activation=elu``), truncated power
+  series (``logdet=series``, ``n_terms=5``, one probe), ``c = 0.9``. The paper's code squeezes
+  once before the first scale (``init_ds=2``); we do so only when the input still has room for all
+  ``S - 1`` later squeezes with at least 4x4 pixels left (CIFAR-10 32x32, 3 scales: yes,
+  12x16x16 -> 48x8x8 -> 192x4x4; MNIST 28x28: no, 28 -> 14 -> 7; digits 8x8, 2 scales: no).
+- ``resflow-image`` (Residual Flows): LipSwish, Russian roulette, Neumann gradient,
+  memory-efficient backward, ``c = 0.98``; no initial squeeze (as the paper's MNIST/CIFAR runs);
+  optionally ``fc_blocks`` fully connected residual blocks on the flattened final tensor
+  (``mlp_branch(cfg, D', fc_hidden)``; the paper uses 4 with width 128).
+
+**Factor-out** (``factor_out=True``, Real NVP sec. 3.6): after each squeeze but the last scale's,
+half of the channels go straight to the latent. The state then becomes one flat tensor
+``[active | factored-out latents]`` (see :class:`~iresnet.layers.OnActive`); factoring out is the
+identity on it, so the log-det is unchanged, and the latent is ``(B, C H W)``. Without factor-out
+and fc blocks the latent keeps its image shape ``(C 4^k, H / 2^k, W / 2^k)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+from torch import nn
+
+from .config import ModelConfig
+from .errors import ConfigError
+from .flow import Flow
+from .layers import ActNorm, Flatten, InvertibleResidualBlock, OnActive, Squeeze
+from .models import activation, build_inverse, build_logdet, conv, mlp_branch
+
+__all__ = ["build_image_flow", "conv_branch", "image_presets", "squeezes_first"]
+
+Shape = tuple[int, ...]
+
+
+def conv_branch(cfg: ModelConfig, channels: int, *, preact: bool) -> nn.Sequential:
+    """The residual branch ``g: (B, c, H, W) -> (B, c, H, W)`` (3x3 -> [1x1 ->] ... -> 3x3).
+
+    ``cfg.n_layers`` convolutions with ``cfg.hidden`` channels between them, activations between
+    layers, and one before the first layer when ``preact``.
+    """
+    kernels = [3, *([1] * (cfg.n_layers - 2)), 3]
+    sizes = [channels, *([cfg.hidden] * (cfg.n_layers - 1)), channels]
+    layers: list[nn.Module] = [activation(cfg)] if preact else []
+    for i, (k, c_in, c_out) in enumerate(zip(kernels, sizes[:-1], sizes[1:])):
+        if i > 0:
+            layers.append(activation(cfg))
+        layers.append(conv(cfg, c_in, c_out, k))
+    return nn.Sequential(*layers)
+
+
+def squeezes_first(kind: str, shape: Shape, n_scales: int) -> bool:
+    """Whether the flow squeezes before its first scale (i-ResNet kind, room permitting)."""
+    _, h, w = shape
+    k = 2**n_scales  # the initial squeeze plus S - 1 between scales
+    return kind == "iresnet-image" and h % k == 0 and w % k == 0 and min(h, w) // k >= 4
+
+
+class _Builder:
+    """Appends transforms while tracking the active shape and whether the state is flat."""
+
+    def __init__(self, cfg: ModelConfig, shape: Shape) -> None:
+        self.cfg = cfg
+        self.shape: Shape = shape
+        self.total = math.prod(shape)
+        self.flat = False
+        self.transforms: list[nn.Module] = []
+        self.n_blocks = 0
+
+    def add(self, t: nn.Module, out_shape: Shape | None = None) -> None:
+        out = self.shape if out_shape is None else out_shape
+        if self.flat and self.shape != (self.total,):
+            t = OnActive(t, self.shape, out)
+        self.transforms.append(t)
+        self.shape = out
+
+    def flatten(self) -> None:
+        if not self.flat:
+            self.transforms.append(Flatten(self.shape))
+            self.flat = True
+
+    def actnorm(self) -> None:
+        if self.cfg.actnorm:
+            self.add(ActNorm(self.shape[0]))
+
+    def block(self, g: nn.Module) -> None:
+        dim = math.prod(self.shape)
+        self.add(InvertibleResidualBlock(g, logdet=build_logdet(self.cfg, max_dim=dim),
+                                         inverse=build_inverse(self.cfg)))
+        self.n_blocks += 1
+
+    def squeeze(self) -> None:
+        c, h, w = self.shape
+        self.add(Squeeze(2), (4 * c, h // 2, w // 2))
+
+
+def _check(cfg: ModelConfig, shape: Shape) -> None:
+    if len(shape) != 3:
+        raise ConfigError(f"model.kind={cfg.kind} needs images (C, H, W), got shape {shape}")
+    _, h, w = shape
+    k = 2 ** (cfg.n_scales - 1)
+    if h % k or w % k:
+        raise ConfigError(
+            f"model.n_scales={cfg.n_scales} squeezes {cfg.n_scales - 1} time(s), so H and W must be "
+            f"divisible by {k}; got {h}x{w}. Lower model.n_scales."
+        )
+
+
+def build_image_flow(cfg: ModelConfig, shape: tuple[int, int, int]) -> Flow:
+    """The multi-scale image flow for ``cfg.kind`` (see the module docstring).
+
+    Args:
+        cfg: the model config (``kind`` ``iresnet-image`` or ``resflow-image``).
+        shape: ``(C, H, W)`` of one (preprocessed) image.
+
+    Returns:
+        A :class:`~iresnet.Flow` with ``event_shape = shape``; latent ``(B, C', H', W')``, or
+        ``(B, C H W)`` with factor-out or fc blocks.
+    """
+    if cfg.kind not in ("iresnet-image", "resflow-image"):
+        raise ConfigError(f"build_image_flow builds iresnet-image / resflow-image, not {cfg.kind!r}")
+    shape = tuple(int(s) for s in shape)  # type: ignore[assignment]
+    _check(cfg, shape)
+    b = _Builder(cfg, shape)
+    if squeezes_first(cfg.kind, shape, cfg.n_scales):
+        b.squeeze()
+    b.actnorm()
+    for scale in range(cfg.n_scales):
+        for _ in range(cfg.n_blocks):
+            b.block(conv_branch(cfg, b.shape[0], preact=b.n_blocks > 0))
+            b.actnorm()
+        if scale < cfg.n_scales - 1:
+            b.squeeze()
+            if cfg.factor_out:
+                b.flatten()
+                c, h, w = b.shape
+                b.shape = (c // 2, h, w)  # the last c/2 channels stay where they are: the latent
+    if cfg.fc_blocks > 0:
+        b.flatten()
+        dim = math.prod(b.shape)
+        b.shape = (dim,)  # the leading entries are the active tensor, channel-major: no reshape
+        for _ in range(cfg.fc_blocks):
+            b.block(mlp_branch(cfg, dim, cfg.fc_hidden))
+            b.actnorm()
+    return Flow(b.transforms, event_shape=shape)
+
+
+def image_presets() -> dict[str, tuple[str, dict]]:
+    """Preset name -> (description, config overrides ``{"model": ..., "data": ..., "train": ...}``)."""
+    return {}

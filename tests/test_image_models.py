@@ -1,0 +1,192 @@
+"""Multi-scale image flows: shapes, exact inverses, log-dets against the whole flow's Jacobian,
+sampling, certificates, a trained digits model's inverse and its estimated log-dets."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+import iresnet
+from iresnet.config import Config, ModelConfig
+from iresnet.errors import ConfigError
+from iresnet.image_models import build_image_flow, image_presets, squeezes_first
+from iresnet.layers import InvertibleResidualBlock, OnActive
+from iresnet.logdet import LogDetEstimator, PowerSeriesLogDet, RussianRouletteLogDet
+from iresnet.preprocess import dequantize_mid, logit_transform
+
+from .conftest import scale_weights
+
+KINDS = ("iresnet-image", "resflow-image")
+SHAPES = ((1, 8, 8), (3, 4, 4))
+VARIANTS = ((False, 0), (True, 0), (False, 2), (True, 2))  # (factor_out, fc_blocks)
+
+
+def tiny_cfg(kind: str, factor_out: bool = False, fc_blocks: int = 0, **extra) -> ModelConfig:
+    act = "elu" if kind == "iresnet-image" else "lipswish"
+    fields = dict(kind=kind, n_scales=2, n_blocks=1, hidden=4, activation=act, logdet="exact",
+                  factor_out=factor_out, fc_blocks=fc_blocks, fc_hidden=8, inverse_atol=1e-13,
+                  inverse_rtol=0.0, inverse_max_iter=500)
+    fields.update(extra)
+    return ModelConfig(**fields)
+
+
+def built(cfg: ModelConfig, shape, seed: int = 0) -> iresnet.Flow:
+    """A float64 flow whose ActNorms were initialised on a batch, in eval mode."""
+    torch.manual_seed(seed)
+    flow = build_image_flow(cfg, shape).double()
+    flow.train()
+    with torch.no_grad():
+        flow(torch.randn(16, *shape, dtype=torch.float64))
+    return flow.eval()
+
+
+class _NoLogDet(LogDetEstimator):
+    """``g(x)`` and a zero log-det: for differentiating the map alone."""
+
+    def __call__(self, g, x: Tensor) -> tuple[Tensor, Tensor]:
+        return g(x), x.new_zeros(x.shape[0])
+
+
+@contextlib.contextmanager
+def estimators(model: nn.Module, est: LogDetEstimator):
+    blocks = [m for m in model.modules() if isinstance(m, InvertibleResidualBlock)]
+    saved = [b.logdet_estimator for b in blocks]
+    for b in blocks:
+        b.logdet_estimator = est
+    try:
+        yield
+    finally:
+        for b, s in zip(blocks, saved):
+            b.logdet_estimator = s
+
+
+def whole_flow_logdet(flow: iresnet.Flow, x: Tensor) -> Tensor:
+    """``log|det dz/dx|`` per sample from the autograd Jacobian of the whole map ``x -> z``."""
+    out = []
+    with estimators(flow, _NoLogDet()):
+        for xi in x:
+            jac = torch.autograd.functional.jacobian(lambda v: flow(v[None])[0].flatten(), xi)
+            out.append(torch.linalg.slogdet(jac.reshape(jac.shape[0], -1)).logabsdet)
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("factor_out,fc_blocks", VARIANTS)
+@pytest.mark.parametrize("kind", KINDS)
+def test_shapes_inverse_and_exact_logdet(kind, factor_out, fc_blocks, shape):
+    flow = built(tiny_cfg(kind, factor_out, fc_blocks), shape)
+    x = torch.randn(3, *shape, dtype=torch.float64)
+    z, logdet = flow(x)
+    d = math.prod(shape)
+    if factor_out or fc_blocks:
+        assert z.shape == (3, d)
+    else:
+        c, h, w = shape
+        k = 2 if squeezes_first(kind, shape, 2) else 1  # squeezes: one between the 2 scales
+        assert z.shape == (3, c * 4**k, h // 2**k, w // 2**k)
+    assert logdet.shape == (3,)
+    torch.testing.assert_close(flow.inverse(z), x, rtol=0, atol=1e-8)
+    torch.testing.assert_close(logdet, whole_flow_logdet(flow, x), rtol=0, atol=1e-8)
+    assert flow.sample(5).shape == (5, *shape)
+
+
+def test_structure_follows_the_papers():
+    cfg = ModelConfig(kind="iresnet-image", n_scales=3, n_blocks=2, hidden=8, factor_out=True)
+    # CIFAR-sized input: i-ResNet squeezes first (room for 4x4 at the last scale); MNIST: no.
+    assert squeezes_first("iresnet-image", (3, 32, 32), 3)
+    assert not squeezes_first("iresnet-image", (1, 28, 28), 3)
+    assert not squeezes_first("resflow-image", (3, 32, 32), 3)
+    flow = build_image_flow(cfg, (3, 32, 32))
+    assert isinstance(flow.transforms[0], iresnet.Squeeze)
+    wrapped = [t for t in flow.transforms if isinstance(t, OnActive)]
+    # After the first factor-out the active tensor is 24x8x8, after the second 96x4x4.
+    assert {t.in_shape for t in wrapped} >= {(24, 8, 8), (96, 4, 4)}
+    blocks = [m for m in flow.modules() if isinstance(m, InvertibleResidualBlock)]
+    assert len(blocks) == 6
+    assert not isinstance(blocks[0].g[0], nn.ELU) and isinstance(blocks[1].g[0], nn.ELU)  # preact
+    with pytest.raises(ConfigError, match="divisible by 8"):
+        build_image_flow(ModelConfig(kind="resflow-image", n_scales=4), (1, 28, 28))
+
+
+def test_sample_on_a_fresh_model_and_temperature():
+    flow = build_image_flow(tiny_cfg("resflow-image", True, 1, logdet="roulette"), (1, 8, 8))
+    assert flow.sample(3).shape == (3, 1, 8, 8)
+    assert flow.latent_shape == (64,)
+    assert torch.isfinite(flow.sample(2, temperature=0.5)).all()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_certificate(kind):
+    flow = built(tiny_cfg(kind, True, 1), (1, 8, 8))
+    cert = iresnet.certify(flow)
+    assert cert.invertible and len(cert.blocks) == 3 and cert.max_bound <= 0.9 + 1e-6
+    loose = built(tiny_cfg(kind, True, 1, constrained=False), (1, 8, 8))
+    scale_weights(loose, 20.0)
+    assert not iresnet.certify(loose).invertible
+
+
+# ---------------------------------------------------------------- a trained tiny digits model
+TRAIN = [
+    "model.kind=resflow-image", "model.n_scales=2", "model.n_blocks=1", "model.hidden=8",
+    "model.factor_out=true", "model.fc_blocks=1", "model.fc_hidden=16", "model.logdet=series",
+    "model.n_terms=3", "data.name=digits", "train.steps=40", "train.batch_size=64",
+    "train.eval_every=40", "train.checkpoint_every=40", "train.log_every=10",
+    "train.warmup_steps=5", "train.eval_batches=1", "train.lr=3e-3",
+]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    pytest.importorskip("sklearn")
+    from iresnet.train.evaluate import load_run
+    from iresnet.train.loop import train
+
+    run_dir = tmp_path_factory.mktemp("digits") / "run"
+    result = train(Config().override(TRAIN), run_dir, progress=False)
+    assert result.stopped == "finished"
+    return load_run(run_dir)
+
+
+def test_trained_model_inverts_test_images(trained):
+    model, task = trained.model, trained.task
+    assert next(model.parameters()).dtype == torch.float32
+    out = task.inverse_check(model, 256)
+    assert out["inverse_converged"] and out["inverse_iterations_max"] > 0
+    assert out["inverse_max_error"] < 1e-4
+    assert iresnet.certify(model).invertible
+
+
+def test_exact_and_estimated_logdet_agree_within_standard_error(trained):
+    model = trained.model.double()
+    task = trained.task
+    x = task.batch("test", torch.arange(32))
+    u = dequantize_mid(x, trained.data.n_levels).double()
+    z = logit_transform(u, trained.cfg.data.logit_alpha)[0]
+    with torch.no_grad(), estimators(model, iresnet.ExactLogDet(max_dim=64)):
+        exact = model(z)[1].sum()
+    torch.manual_seed(1)
+    for est in (RussianRouletteLogDet(n_exact=2, n_probes=8, neumann_gradient=False,
+                                      memory_efficient=False),
+                PowerSeriesLogDet(n_terms=12, n_probes=8)):
+        with torch.no_grad(), estimators(model, est):
+            draws = torch.stack([model(z)[1].sum() for _ in range(100)])
+        se = draws.std() / math.sqrt(draws.numel())
+        assert abs(float(draws.mean() - exact)) < 4 * float(se) + 1e-9, (type(est).__name__, se)
+
+
+def test_presets_are_valid_configs():
+    presets = image_presets()
+    for name in ("digits", "mnist", "fashion-mnist", "cifar10", "mnist-paper", "cifar10-paper",
+                 "mnist-resflow-paper", "cifar10-resflow-paper"):
+        description, overrides = presets[name]
+        assert description and "\n" not in description
+        d = Config().to_dict()
+        for section, values in overrides.items():
+            d[section].update(values)
+        cfg = Config.from_dict(d)
+        assert cfg.model.kind in KINDS
+        assert cfg.data.name in ("digits", "mnist", "fashion-mnist", "cifar10")
