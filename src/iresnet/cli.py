@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
                    help="continue RUN_DIR from its newest valid checkpoint (with --steps to extend it)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--nproc", type=int, default=1,
+                   help="data-parallel processes on this machine: re-launches itself under "
+                        "`torchrun --standalone --nproc_per_node=N` (DDP; gloo on CPU, nccl on GPU)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and stop")
 
     p = sub.add_parser("evaluate", help="evaluate a run: test likelihood, gap to truth, inverse, certificate",
@@ -113,6 +116,23 @@ def _free_run_dir(name: str) -> Path:
     while path.exists():
         path, i = Path(f"{base}-{i}"), i + 1
     return path
+
+
+def _launch_torchrun(nproc: int, argv: Sequence[str]) -> int:
+    import os
+    import subprocess
+
+    rest, skip = [], False
+    for a in argv:  # drop --nproc N / --nproc=N, torchrun provides the processes
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            rest.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "iresnet", *rest]
+    return subprocess.call(cmd, env=os.environ.copy())
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -230,7 +250,14 @@ COMMANDS = {"train": _cmd_train, "evaluate": _cmd_evaluate, "sample": _cmd_sampl
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    import os
+
+    if args.command == "train" and args.nproc > 1 and "RANK" not in os.environ:
+        if args.out is None and args.resume is None:
+            parser.error("--nproc needs --out (every process must write to the same run folder)")
+        return _launch_torchrun(args.nproc, argv)
     try:
         return COMMANDS[args.command](args)
     except (IResNetError, FloatingPointError) as exc:

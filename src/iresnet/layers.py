@@ -17,6 +17,20 @@ from .logdet import LogDetEstimator, PowerSeriesLogDet
 __all__ = ["InvertibleResidualBlock", "ActNorm", "Squeeze", "Flatten", "OnActive"]
 
 
+class _AutocastBranch(nn.Module):
+    """Runs ``g`` under autocast (bf16/fp16) and returns float32, so the log-det series, its
+    accumulation and the fixed-point inverse stay in float32 while the matmuls run cheaper."""
+
+    def __init__(self, g: nn.Module, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.g, self.dtype = g, dtype
+
+    def forward(self, x: Tensor) -> Tensor:
+        with torch.autocast(x.device.type, dtype=self.dtype):
+            out = self.g(x)
+        return out.to(x.dtype)
+
+
 class InvertibleResidualBlock(nn.Module):
     """Residual block ``y = x + g(x)``, invertible when ``Lip(g) < 1`` (i-ResNet, Thm. 1).
 
@@ -51,9 +65,14 @@ class InvertibleResidualBlock(nn.Module):
         self.g = g
         self.logdet_estimator: LogDetEstimator = logdet if logdet is not None else PowerSeriesLogDet()
         self.inverse_solver: FixedPointInverse = inverse if inverse is not None else FixedPointInverse()
+        #: ``torch.bfloat16``/``torch.float16`` runs ``g`` under autocast (mixed precision)
+        self.branch_dtype: torch.dtype | None = None
+
+    def _branch(self) -> nn.Module:
+        return self.g if self.branch_dtype is None else _AutocastBranch(self.g, self.branch_dtype)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        gx, logdet = self.logdet_estimator(self.g, x)
+        gx, logdet = self.logdet_estimator(self._branch(), x)
         return x + gx, logdet
 
     def inverse(self, y: Tensor) -> Tensor:
@@ -61,7 +80,7 @@ class InvertibleResidualBlock(nn.Module):
         # training mode the weights move every step and certifying each call would cost more.
         lipschitz = None if self.training else self.lipschitz_bound()
         with frozen_normalisation(self.g):
-            return self.inverse_solver(self.g, y, lipschitz=lipschitz, where=type(self).__name__)
+            return self.inverse_solver(self._branch(), y, lipschitz=lipschitz, where=type(self).__name__)
 
     @property
     def last_inverse_diagnostics(self) -> InverseDiagnostics | None:
@@ -215,3 +234,14 @@ class OnActive(nn.Module):
     def extra_repr(self) -> str:
         return f"in_shape={self.in_shape}, out_shape={self.out_shape}"
 
+
+
+def set_branch_precision(model: nn.Module, precision: str) -> None:
+    """Mixed precision where it is safe: ``"bf16"``/``"fp16"`` runs every residual branch ``g``
+    under autocast while log-dets and inverses stay in float32; ``"fp32"`` turns it off."""
+    dtypes = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+    if precision not in dtypes:
+        raise ValueError(f"precision must be one of {list(dtypes)}, got {precision!r}")
+    for m in model.modules():
+        if isinstance(m, InvertibleResidualBlock):
+            m.branch_dtype = dtypes[precision]

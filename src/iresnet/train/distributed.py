@@ -31,6 +31,14 @@ class DistContext:
     def distributed(self) -> bool:
         return self.world > 1
 
+    def any(self, flag: bool) -> bool:
+        """True on every rank if ``flag`` is true on any rank."""
+        if not self.distributed:
+            return flag
+        t = torch.tensor([1.0 if flag else 0.0], device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item() > 0)
+
     def all_reduce_mean(self, t: torch.Tensor) -> torch.Tensor:
         if self.distributed:
             t = t.clone()

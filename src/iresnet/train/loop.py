@@ -12,7 +12,6 @@ import math
 import signal
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from ..errors import CheckpointError, ConfigError
 from .batches import EpochBatches
 from .checkpoint import latest_checkpoint, load_checkpoint, load_weights, save_checkpoint, unflatten_optimizer
 from .distributed import DistContext, setup_distributed, teardown_distributed
+from ..layers import set_branch_precision
 from ..models import build_model
 from .runs import Run
 from .tasks import make_task
@@ -67,6 +67,18 @@ def _update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
             e.data = b.detach().clone()
         else:
             e.copy_(b)
+
+
+class _LossModule(nn.Module):
+    """``forward(batch) -> (loss, metrics)``: the task's loss as a module DDP can wrap."""
+
+    def __init__(self, model: nn.Module, task: Any) -> None:
+        super().__init__()
+        self.model = model
+        self.task = task
+
+    def forward(self, batch: Any) -> Any:
+        return self.task.loss(self.model, batch)
 
 
 class _StopSignal:
@@ -143,6 +155,8 @@ def _train(cfg: Config, run_dir: Path, ctx: DistContext, *, resume: bool, progre
             )
     elif ctx.is_main:
         run.create(cfg)  # refuses a folder that already holds a run
+    if ctx.is_main:
+        run.remove_stale_temporaries()  # left by a process killed mid-write
     data = load_data(cfg.data, standardizer=run.load_standardizer())
     if ctx.is_main and not resume:
         run.save_data_info(data)
@@ -180,13 +194,21 @@ def _train(cfg: Config, run_dir: Path, ctx: DistContext, *, resume: bool, progre
         if ctx.is_main:
             run.truncate_metrics(step)
 
-    train_model: nn.Module = model
+    loss_module: nn.Module = _LossModule(model, task)
     if ctx.distributed:
         from torch.nn.parallel import DistributedDataParallel
 
-        train_model = DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+        # DDP hooks only run through forward(): the loss module's forward computes the loss.
+        loss_module = DistributedDataParallel(
+            loss_module, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None
+        )
 
-    autocast = _autocast(cfg, ctx.device)
+    if cfg.train.precision != "fp32":
+        if ctx.device.type == "cpu" and cfg.train.precision == "fp16":
+            raise ConfigError("train.precision=fp16 needs a CUDA device; use bf16 on CPU")
+        set_branch_precision(model, cfg.train.precision)
+        if ema is not None:
+            set_branch_precision(ema, cfg.train.precision)
     t = cfg.train
     bar = tqdm(total=t.steps, initial=step, disable=not (progress and ctx.is_main), dynamic_ncols=True,
                desc=f"train {cfg.preset}", file=sys.stderr)
@@ -213,8 +235,7 @@ def _train(cfg: Config, run_dir: Path, ctx: DistContext, *, resume: bool, progre
             _seed_step(cfg, step, ctx.rank)
             batch = task.batch("train", batches.next())
             optimizer.zero_grad(set_to_none=True)
-            with autocast:
-                loss, metrics = task.loss(train_model, batch)
+            loss, metrics = loss_module(batch)
             finite = bool(torch.isfinite(loss))
             if finite:
                 loss.backward()
@@ -250,6 +271,8 @@ def _train(cfg: Config, run_dir: Path, ctx: DistContext, *, resume: bool, progre
                 run.log({"step": step, **test, "seconds": round(time.perf_counter() - start, 3)})
                 last.update(test)
             interrupted = stop.received is not None or (stop_after is not None and step >= stop_after)
+            if ctx.distributed:  # every rank stops after the same step, or the others would hang
+                interrupted = ctx.any(interrupted)
             out_of_time = t.max_seconds > 0 and time.perf_counter() - start >= t.max_seconds
             if out_of_time and not interrupted:
                 if ctx.is_main and step % t.eval_every != 0:
@@ -269,13 +292,4 @@ def _train(cfg: Config, run_dir: Path, ctx: DistContext, *, resume: bool, progre
         run.save_final_weights(final)
         task.plots(final, run.path, run.records())
     return TrainResult(run.path, step, stopped, last)
-
-
-def _autocast(cfg: Config, device: torch.device) -> Any:
-    if cfg.train.precision == "fp32":
-        return nullcontext()
-    dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float16
-    if device.type == "cpu" and dtype == torch.float16:
-        raise ConfigError("train.precision=fp16 needs a CUDA device; use bf16 on CPU")
-    return torch.autocast(device.type, dtype=dtype)
 

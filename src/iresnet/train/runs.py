@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,13 @@ class Run:
             )
         self.path.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.config_path, cfg.to_json() + "\n")
+
+    def remove_stale_temporaries(self) -> None:
+        """Delete half-written checkpoint folders (``.tmp-*``) of a process that was killed."""
+        if self.checkpoints.is_dir():
+            for p in self.checkpoints.iterdir():
+                if p.name.startswith(".tmp-"):
+                    shutil.rmtree(p, ignore_errors=True)
 
     def load_config(self) -> Config:
         if not self.config_path.is_file():
