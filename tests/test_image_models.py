@@ -126,7 +126,8 @@ def test_structure_follows_the_papers():
     ("iresnet-image", False, 0, (3, 4, 4), (12, 2, 2)),
 ])
 def test_sample_on_a_fresh_model(kind, factor_out, fc_blocks, shape, latent):
-    flow = build_image_flow(tiny_cfg(kind, factor_out, fc_blocks, logdet="roulette"), shape)
+    cfg = tiny_cfg(kind, factor_out, fc_blocks, logdet="roulette", inverse_atol=1e-5)
+    flow = build_image_flow(cfg, shape)  # float32, never called: ActNorms are the identity
     assert flow.sample(3).shape == (3, *shape)  # the latent shape comes from one probe forward
     assert flow.latent_shape == latent
     assert torch.isfinite(flow.sample(2, temperature=0.5)).all()
@@ -146,8 +147,8 @@ def test_certificate(kind):
 TRAIN = [
     "model.kind=resflow-image", "model.n_scales=2", "model.n_blocks=1", "model.hidden=8",
     "model.factor_out=true", "model.fc_blocks=1", "model.fc_hidden=16", "model.logdet=series",
-    "model.n_terms=3", "data.name=digits", "train.steps=40", "train.batch_size=64",
-    "train.eval_every=40", "train.checkpoint_every=40", "train.log_every=10",
+    "model.n_terms=3", "data.name=digits", "train.steps=30", "train.batch_size=64",
+    "train.eval_every=30", "train.checkpoint_every=30", "train.log_every=10",
     "train.warmup_steps=5", "train.eval_batches=1", "train.lr=3e-3",
 ]
 
@@ -176,17 +177,16 @@ def test_trained_model_inverts_test_images(trained):
 def test_exact_and_estimated_logdet_agree_within_standard_error(trained):
     model = trained.model.double()
     task = trained.task
-    x = task.batch("test", torch.arange(32))
+    x = task.batch("test", torch.arange(8))
     u = dequantize_mid(x, trained.data.n_levels).double()
     z = logit_transform(u, trained.cfg.data.logit_alpha)[0]
     with torch.no_grad(), estimators(model, iresnet.ExactLogDet(max_dim=64)):
         exact = model(z)[1].sum()
     torch.manual_seed(1)
-    for est in (RussianRouletteLogDet(n_exact=2, n_probes=8, neumann_gradient=False,
-                                      memory_efficient=False),
-                PowerSeriesLogDet(n_terms=12, n_probes=8)):
-        with torch.no_grad(), estimators(model, est):
-            draws = torch.stack([model(z)[1].sum() for _ in range(100)])
+    for est in (RussianRouletteLogDet(n_exact=2, neumann_gradient=False, memory_efficient=False),
+                PowerSeriesLogDet(n_terms=10)):
+        with torch.no_grad(), estimators(model, est):  # independent draws: probes (and N)
+            draws = torch.stack([model(z)[1].sum() for _ in range(200)])
         se = draws.std() / math.sqrt(draws.numel())
         assert abs(float(draws.mean() - exact)) < 4 * float(se) + 1e-9, (type(est).__name__, se)
 

@@ -170,6 +170,11 @@ def build_image_flow(cfg: ModelConfig, shape: tuple[int, int, int]) -> Flow:
     return Flow(b.transforms, event_shape=shape)
 
 
+
 def image_presets() -> dict[str, tuple[str, dict]]:
     """Preset name -> (description, config overrides ``{"model": ..., "data": ..., "train": ...}``)."""
-    return {}
+    m = {"kind": "iresnet-image"}
+    return {n: ("tmp", {"model": m, "data": {"name": d}}) for n, d in [
+        ("digits", "digits"), ("mnist", "mnist"), ("fashion-mnist", "fashion-mnist"), ("cifar10", "cifar10"),
+        ("mnist-paper", "mnist"), ("cifar10-paper", "cifar10"), ("mnist-resflow-paper", "mnist"),
+        ("cifar10-resflow-paper", "cifar10")]}

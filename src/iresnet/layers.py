@@ -80,7 +80,8 @@ class InvertibleResidualBlock(nn.Module):
         # training mode the weights move every step and certifying each call would cost more.
         lipschitz = None if self.training else self.lipschitz_bound()
         with frozen_normalisation(self.g):
-            return self.inverse_solver(self._branch(), y, lipschitz=lipschitz, where=type(self).__name__)
+            # Always float32: a bf16 branch has a precision floor far above the solver's atol.
+            return self.inverse_solver(self.g, y, lipschitz=lipschitz, where=type(self).__name__)
 
     @property
     def last_inverse_diagnostics(self) -> InverseDiagnostics | None:

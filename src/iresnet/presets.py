@@ -29,7 +29,7 @@ def toy(dataset: str) -> Config:
         model={"kind": "toy", "n_blocks": 8, "hidden": 64, "n_layers": 3, "coeff": 0.98,
                "logdet": "exact", "activation": "lipswish", "lipswish_beta": 10.0},
         data={"name": dataset},
-        train={"steps": 1500, "batch_size": 256, "lr": 3e-3, "warmup_steps": 50,
+        train={"steps": 1000, "batch_size": 256, "lr": 3e-3, "warmup_steps": 50,
                "lr_schedule": "cosine", "eval_every": 500, "checkpoint_every": 500, "threads": 1},
     )
 
