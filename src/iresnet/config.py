@@ -34,6 +34,10 @@ class ModelConfig:
         coeff: Lipschitz coefficient ``c`` of every spectrally normalised layer, in (0, 1].
         constrained: False builds the same architecture without spectral normalisation
             (the paper's "vanilla" model; no inverse is guaranteed).
+        lipschitz_norm: how constrained layers are bounded: ``spectral`` (power iteration, the
+            default), ``frobenius`` (cheaper, looser ``||W||_F``) or ``penalty`` (no hard bound;
+            the loss adds ``train.spectral_penalty * sum ||W||_2^2``, seed eq. (11); the
+            certificate then reports honestly whether the trained model is invertible).
         n_blocks: residual blocks (toy: in total; images: per scale).
         hidden: hidden width (units for MLPs, channels for convolutions).
         n_layers: linear/conv layers inside each residual branch ``g`` (>= 2).
@@ -57,6 +61,7 @@ class ModelConfig:
     kind: str = "toy"
     coeff: float = 0.9
     constrained: bool = True
+    lipschitz_norm: str = "spectral"
     n_blocks: int = 8
     hidden: int = 128
     n_layers: int = 3
@@ -87,6 +92,7 @@ class ModelConfig:
         _choice("model.logdet", self.logdet, LOGDETS)
         _choice("model.activation", self.activation, ACTIVATIONS)
         _choice("model.probe", self.probe, ("gaussian", "rademacher"))
+        _choice("model.lipschitz_norm", self.lipschitz_norm, ("spectral", "frobenius", "penalty"))
         if not 0.0 < self.coeff <= 1.0:
             raise ConfigError(f"model.coeff must lie in (0, 1], got {self.coeff}")
         if not 0.0 < self.roulette_p < 1.0:
@@ -157,6 +163,8 @@ class TrainConfig:
         threads: CPU threads of PyTorch (0: its default). Small models gain little from more
             threads and lose much when cores are shared, so the toy presets use 1.
         density_weight: hybrid models: weight of the density term in the loss.
+        spectral_penalty: ``lambda`` of the penalty ``lambda * sum ||W||_2^2`` (seed eq. (11)),
+            added to the loss of layers with a power-iteration estimate.
         precision: ``fp32``, ``bf16`` or ``fp16`` autocast for the residual branches.
     """
 
@@ -180,6 +188,7 @@ class TrainConfig:
     device: str = "cpu"
     threads: int = 0
     density_weight: float = 1.0
+    spectral_penalty: float = 0.0
     precision: str = "fp32"
 
     def validate(self) -> None:
@@ -195,6 +204,8 @@ class TrainConfig:
         _at_least("train.threads", self.threads, 0)
         if self.max_seconds < 0:
             raise ConfigError(f"train.max_seconds must be >= 0, got {self.max_seconds}")
+        if self.spectral_penalty < 0:
+            raise ConfigError(f"train.spectral_penalty must be >= 0, got {self.spectral_penalty}")
         if self.weight_decay < 0 or self.grad_clip < 0 or self.density_weight < 0:
             raise ConfigError("train.weight_decay, train.grad_clip and train.density_weight must be >= 0")
         if not 0.0 <= self.ema_decay < 1.0:

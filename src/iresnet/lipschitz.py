@@ -43,6 +43,7 @@ def power_iteration(
     n_iterations: int,
     *,
     tol: float | None = None,
+    form: str = "uv",
 ) -> tuple[Tensor, Tensor, Tensor, int]:
     """Normalised power iteration for the top singular pair of a linear map ``A``.
 
@@ -56,11 +57,27 @@ def power_iteration(
         v: starting right vector (any shape ``forward`` accepts); need not be normalised.
         n_iterations: iterations to run, or the cap when ``tol`` is given.
         tol: stop once the relative change of ``sigma`` between iterations is below ``tol``.
+        form: ``"uv"`` (seed eq. (34), alternating ``u``/``v`` updates, ``sigma = u^T A v``) or
+            ``"gram"`` (seed eq. (32)-(33): ``v <- A^T A v / ||A^T A v||``,
+            ``sigma = sqrt(v^T A^T A v)``). Same limit; the forms differ in what they carry.
 
     Returns:
         ``(u, v, sigma, iterations)`` with ``u``, ``v`` unit vectors and ``sigma`` a 0-d tensor.
     """
+    if form not in ("uv", "gram"):
+        raise ValueError(f"form must be 'uv' or 'gram', got {form!r}")
     v = _normalize(v)
+    if form == "gram":
+        sigma = forward(v).norm()
+        done = 0
+        for done in range(1, n_iterations + 1):  # noqa: B007 - `done` is returned
+            v = _normalize(adjoint(forward(v)))
+            new_sigma = forward(v).norm()  # sqrt(v^T A^T A v) for unit v
+            converged = tol is not None and abs(new_sigma - sigma) <= tol * new_sigma.abs()
+            sigma = new_sigma
+            if converged:
+                break
+        return _normalize(forward(v)), v, sigma, done
     u = _normalize(forward(v))
     sigma = (u * forward(v)).sum()
     done = 0
@@ -112,7 +129,10 @@ class _SpectralNormMixin:
     weight: nn.Parameter
     training: bool
 
-    def _init_spectral(self, coeff: float, n_power_iterations: int, eval_tol: float) -> None:
+    def _init_spectral(self, coeff: float, n_power_iterations: int, eval_tol: float, norm: str) -> None:
+        if norm not in ("spectral", "frobenius", "none"):
+            raise ValueError(f"norm must be 'spectral', 'frobenius' or 'none', got {norm!r}")
+        self.norm = norm
         if not (isinstance(coeff, (int, float)) and 0.0 < coeff <= 1.0):
             raise ValueError(f"coeff must lie in (0, 1], got {coeff!r}")
         if not isinstance(n_power_iterations, int) or n_power_iterations < 1:
@@ -148,8 +168,27 @@ class _SpectralNormMixin:
         fwd, _ = self._operator(self.weight)
         return (self.u * fwd(self.v)).sum()
 
+    def _frobenius_factor(self) -> float:
+        return 1.0
+
+    def frobenius_bound(self, weight: Tensor) -> Tensor:
+        """Cheap upper bound of the operator norm: ``||W||_F`` (times ``sqrt(k_h k_w)`` for a
+        convolution, each tap being a shifted copy of a matrix; the seed's note on eq. (10))."""
+        return weight.norm() * self._frobenius_factor()
+
+    def spectral_penalty(self) -> Tensor:
+        """``sigma^2`` with its gradient, from the persistent power-iteration vectors: the seed's
+        eq. (11) regulariser ``lambda * sum ||W||_2^2`` sums these."""
+        return self._sigma_with_grad() ** 2
+
     def normalized_weight(self) -> Tensor:
         """The rescaled weight ``W / max(1, sigma / coeff)`` used by the forward pass."""
+        if self.norm == "frobenius":
+            return self.weight / torch.clamp(self.frobenius_bound(self.weight) / self.coeff, min=1.0)
+        if self.norm == "none":  # penalty mode: power iteration runs (for the penalty), no rescaling
+            if self.training and not self._frozen:
+                self._update_vectors(self.n_power_iterations, None)
+            return self.weight
         if self.training:
             if not self._frozen:
                 self._update_vectors(self.n_power_iterations, None)
@@ -175,6 +214,8 @@ class _SpectralNormMixin:
         """
         with torch.no_grad():
             w_hat = self.normalized_weight().detach().double()
+            if self.norm == "frobenius":  # the certificate uses the bound in force
+                return float(self.frobenius_bound(w_hat))
             fwd, adj = self._operator(w_hat)
             return linear_operator_norm(fwd, adj, self.v.detach().double(), tol=tol, max_iter=max_iter)
 
@@ -194,6 +235,9 @@ class SpectralLinear(_SpectralNormMixin, nn.Linear):
         coeff: target Lipschitz constant ``c`` in ``(0, 1]``.
         n_power_iterations: power-iteration steps per training forward (>= 1).
         eval_tol: relative tolerance of the converged power iteration in eval mode.
+        norm: ``"spectral"`` (default), ``"frobenius"`` (divide by the cheaper, looser
+            ``||W||_F``: no power iteration) or ``"none"`` (no rescaling: the penalty mode of
+            the seed's eq. (11), see :meth:`spectral_penalty`; no guarantee).
 
     Shapes: input ``(*, in_features)``, output ``(*, out_features)``.
 
@@ -211,9 +255,10 @@ class SpectralLinear(_SpectralNormMixin, nn.Linear):
         coeff: float = 0.97,
         n_power_iterations: int = 1,
         eval_tol: float = 1e-7,
+        norm: str = "spectral",
     ) -> None:
         super().__init__(in_features, out_features, bias=bias)
-        self._init_spectral(coeff, n_power_iterations, eval_tol)
+        self._init_spectral(coeff, n_power_iterations, eval_tol, norm)
         self.register_buffer("u", _normalize(torch.randn(out_features)))
         self.register_buffer("v", _normalize(torch.randn(in_features)))
 
@@ -258,14 +303,18 @@ class SpectralConv2d(_SpectralNormMixin, nn.Conv2d):
         coeff: float = 0.97,
         n_power_iterations: int = 1,
         eval_tol: float = 1e-7,
+        norm: str = "spectral",
     ) -> None:
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=bias)
         if not isinstance(self.padding, tuple):
             raise ValueError("SpectralConv2d needs numeric padding (not 'same'/'valid' strings)")
-        self._init_spectral(coeff, n_power_iterations, eval_tol)
+        self._init_spectral(coeff, n_power_iterations, eval_tol, norm)
         # Empty until the first input fixes the spatial shape.
         self.register_buffer("u", torch.zeros(0))
         self.register_buffer("v", torch.zeros(0))
+
+    def _frobenius_factor(self) -> float:
+        return float(self.kernel_size[0] * self.kernel_size[1]) ** 0.5  # type: ignore[index]
 
     def _output_padding(self, in_hw: tuple[int, int], out_hw: tuple[int, int]) -> tuple[int, int]:
         pads = []

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from .activations import LipELU, LipSwish
 from .config import ModelConfig
@@ -20,7 +21,17 @@ from .layers import ActNorm, InvertibleResidualBlock
 from .lipschitz import SpectralConv2d, SpectralLinear
 from .logdet import ExactLogDet, LogDetEstimator, PowerSeriesLogDet, RussianRouletteLogDet
 
-__all__ = ["build_logdet", "build_inverse", "linear", "conv", "activation", "mlp_branch", "build_toy_flow", "build_model"]
+__all__ = ["build_logdet", "build_inverse", "linear", "conv", "activation", "mlp_branch", "build_toy_flow", "build_model", "spectral_penalty"]
+
+
+# config name -> layer option: "penalty" keeps the power iteration but does not rescale
+_NORMS = {"spectral": "spectral", "frobenius": "frobenius", "penalty": "none"}
+
+
+def spectral_penalty(model: nn.Module) -> Tensor:
+    """``sum ||W||_2^2`` over the layers that estimate their norm (seed eq. (11))."""
+    terms = [m.spectral_penalty() for m in model.modules() if isinstance(m, (SpectralLinear, SpectralConv2d))]
+    return torch.stack(terms).sum() if terms else torch.zeros(())
 
 
 def build_logdet(cfg: ModelConfig, max_dim: int = 256) -> LogDetEstimator:
@@ -47,7 +58,8 @@ def linear(cfg: ModelConfig, n_in: int, n_out: int) -> nn.Module:
     """A spectrally normalised linear layer, or a plain one for the unconstrained variant."""
     if not cfg.constrained:
         return nn.Linear(n_in, n_out)
-    return SpectralLinear(n_in, n_out, coeff=cfg.coeff, n_power_iterations=cfg.n_power_iterations)
+    return SpectralLinear(n_in, n_out, coeff=cfg.coeff, n_power_iterations=cfg.n_power_iterations,
+                          norm=_NORMS[cfg.lipschitz_norm])
 
 
 def conv(cfg: ModelConfig, c_in: int, c_out: int, kernel: int, stride: int = 1) -> nn.Module:
@@ -56,7 +68,7 @@ def conv(cfg: ModelConfig, c_in: int, c_out: int, kernel: int, stride: int = 1) 
     if not cfg.constrained:
         return nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=pad)
     return SpectralConv2d(c_in, c_out, kernel, stride=stride, padding=pad, coeff=cfg.coeff,
-                          n_power_iterations=cfg.n_power_iterations)
+                          n_power_iterations=cfg.n_power_iterations, norm=_NORMS[cfg.lipschitz_norm])
 
 
 def activation(cfg: ModelConfig) -> nn.Module:

@@ -27,7 +27,7 @@ from .batches import EpochBatches
 from .checkpoint import latest_checkpoint, load_checkpoint, load_weights, save_checkpoint, unflatten_optimizer
 from .distributed import DistContext, setup_distributed, teardown_distributed
 from ..layers import set_branch_precision
-from ..models import build_model
+from ..models import build_model, spectral_penalty
 from .runs import Run
 from .tasks import make_task
 
@@ -236,6 +236,8 @@ def _train(cfg: Config, run_dir: Path, ctx: DistContext, *, resume: bool, progre
             batch = task.batch("train", batches.next())
             optimizer.zero_grad(set_to_none=True)
             loss, metrics = loss_module(batch)
+            if t.spectral_penalty > 0:  # seed eq. (11); the NLL in `metrics` stays separate
+                loss = loss + t.spectral_penalty * spectral_penalty(model)
             finite = bool(torch.isfinite(loss))
             if finite:
                 loss.backward()
