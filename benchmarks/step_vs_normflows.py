@@ -1,0 +1,605 @@
+"""One training step of the 2-D toy residual flow: iresnet vs normflows.
+
+Model (both libraries, matched to normflows' residual-flow toy example): 16 blocks, each a
+residual block with ``g = LipSwish -> Lipschitz linear(2,128) -> LipSwish -> linear(128,128) ->
+LipSwish -> linear(128,2)`` (normflows' ``LipschitzMLP([2,128,128,2])`` puts an activation before
+every linear layer, so ours does too), Lipschitz coefficient 0.9 per linear layer, each block
+followed by an ActNorm; standard-normal base. One step = ``zero_grad``, forward through all
+blocks with log-det, loss ``-mean log p(x)``, ``backward`` (no optimiser step), batch of 256 2-D
+points (8 Gaussians), float32, ``torch.set_num_threads(1)``.
+
+Estimators compared like with like (Neumann-series gradient + memory-efficient backward on both
+sides, one Gaussian probe, geometric(0.5) roulette):
+
+- ours ``RussianRouletteLogDet(n_exact=2, neumann_gradient=True, memory_efficient=True)``:
+  ``N = 2 + M``, ``M ~ Geometric(0.5)`` on ``{0,1,..}``, ``E[N] = 3``;
+- normflows ``Residual(net, reduce_memory=True, n_exact_terms=1)``: its geometric starts at 1, so
+  ``N = n_exact_terms + G``, ``G ~ Geometric(0.5)`` on ``{1,2,..}``: the same law of ``N``,
+  ``E[N] = 3``, and the same count of vector-Jacobian products per block (``N`` without a graph
+  + 1 with one) as ours;
+- their example's setting ``n_exact_terms=2`` (``E[N] = 4``) against ours ``n_exact=3``
+  (``E[N] = 4``);
+- fixed terms, no randomness: ours ``PowerSeriesLogDet(3, neumann_gradient=True,
+  memory_efficient=True)`` against normflows ``n_power_series=3`` (both: 3 products without a
+  graph + 1 with one).
+
+Time: all configurations interleaved (the order rotates every round), median ms per step and
+round-by-round ratios. Memory: peak RSS increase of one step, each in a fresh process (see
+``common.measure_peak_rss``), median of repetitions.
+
+What-if variants (not the library as shipped; patched in this process only, to locate the
+cost): ``ours, no power iteration in forward`` runs the step inside
+``iresnet.lipschitz.frozen_normalisation`` (the weight is still divided by the stored sigma,
+with its gradient; normflows likewise does no power-iteration step in forward and updates its
+vectors after the optimiser step), and ``ours, ExactLogDet`` uses the exact 2x2 log-det (a
+different estimator: exact, no variance).
+``theirs + update_lipschitz(5)`` adds the per-iteration Lipschitz update of normflows' training
+scripts (``nf.utils.update_lipschitz(model, 5)``), part of their training iteration.
+
+Run: ``.venv/bin/python benchmarks/step_vs_normflows.py`` (``--quick`` for a smoke run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402
+
+import iresnet  # noqa: E402
+from iresnet.lipschitz import frozen_normalisation  # noqa: E402
+
+NAME = "step_vs_normflows"
+K, WIDTH, COEFF = 16, 128, 0.9
+
+
+# --------------------------------------------------------------------------------------------
+# Models
+# --------------------------------------------------------------------------------------------
+
+
+def ours_estimator(kind: str) -> iresnet.logdet.LogDetEstimator:
+    if kind.startswith("rr"):
+        n_exact = int(kind[2:])
+        return iresnet.RussianRouletteLogDet(
+            "geometric", p=0.5, n_exact=n_exact, neumann_gradient=True, memory_efficient=True
+        )
+    if kind.startswith("ps"):
+        return iresnet.PowerSeriesLogDet(
+            n_terms=int(kind[2:]), neumann_gradient=True, memory_efficient=True
+        )
+    if kind == "exact":
+        return iresnet.ExactLogDet(max_dim=2)
+    raise ValueError(kind)
+
+
+def build_ours(kind: str) -> iresnet.Flow:
+    transforms: list[nn.Module] = []
+    for _ in range(K):
+        g = nn.Sequential(
+            iresnet.LipSwish(),
+            iresnet.SpectralLinear(2, WIDTH, coeff=COEFF),
+            iresnet.LipSwish(),
+            iresnet.SpectralLinear(WIDTH, WIDTH, coeff=COEFF),
+            iresnet.LipSwish(),
+            iresnet.SpectralLinear(WIDTH, 2, coeff=COEFF),
+        )
+        transforms += [
+            iresnet.InvertibleResidualBlock(g, logdet=ours_estimator(kind)),
+            iresnet.ActNorm(2),
+        ]
+    flow = iresnet.Flow(transforms, event_shape=(2,)).train()
+    return flow
+
+
+def build_theirs(kind: str):
+    import normflows as nf
+
+    flows = []
+    for _ in range(K):
+        net = nf.nets.LipschitzMLP([2, WIDTH, WIDTH, 2], init_zeros=True, lipschitz_const=COEFF)
+        if kind.startswith("rr"):
+            res = nf.flows.Residual(
+                net, reduce_memory=True, n_exact_terms=int(kind[2:]), geom_p=0.5, n_dist="geometric"
+            )
+        elif kind.startswith("ps"):
+            res = nf.flows.Residual(net, reduce_memory=True, n_power_series=int(kind[2:]))
+        else:
+            raise ValueError(kind)
+        flows += [res, nf.flows.ActNorm(2)]
+    q0 = nf.distributions.DiagGaussian(2, trainable=False)
+    return nf.NormalizingFlow(q0=q0, flows=flows).train()
+
+
+def make_step(side: str, kind: str, variant: str = ""):
+    """A closure running one training step; the model is built (and warmed up) here."""
+    if side == "ours":
+        flow = build_ours(kind)
+        frozen = "frozen" in variant
+
+        def step(x: torch.Tensor) -> None:
+            flow.zero_grad(set_to_none=True)
+            ctx = frozen_normalisation(flow) if frozen else contextlib.nullcontext()
+            with ctx:
+                loss = -flow.log_prob(x).mean()
+            loss.backward()
+
+        return step, flow
+    model = build_theirs(kind)
+    lip = "update_lipschitz" in variant
+
+    def step_theirs(x: torch.Tensor) -> None:
+        import normflows as nf
+
+        model.zero_grad(set_to_none=True)
+        loss = model.forward_kld(x)
+        loss.backward()
+        if lip:
+            nf.utils.update_lipschitz(model, 5)
+
+    return step_theirs, model
+
+
+# (label, side, estimator kind, variant)
+PAIRS = [
+    ("E[N]=3", ("ours", "rr2", ""), ("theirs", "rr1", "")),
+    ("E[N]=4 (their default n_exact_terms=2)", ("ours", "rr3", ""), ("theirs", "rr2", "")),
+    ("fixed 3 terms", ("ours", "ps3", ""), ("theirs", "ps3", "")),
+]
+WHAT_IF = [
+    ("ours rr2, no power iteration in forward", ("ours", "rr2", "frozen")),
+    ("ours, ExactLogDet (2x2, exact)", ("ours", "exact", "")),
+    ("theirs rr1 + update_lipschitz(5)", ("theirs", "rr1", "update_lipschitz")),
+]
+
+
+def config_name(cfg: tuple[str, str, str]) -> str:
+    side, kind, variant = cfg
+    return f"{side}:{kind}" + (f":{variant}" if variant else "")
+
+
+def data(batch: int, seed: int) -> torch.Tensor:
+    from iresnet.data.toy import sample_toy
+
+    return sample_toy("8gaussians", batch, generator=torch.Generator().manual_seed(seed)).float()
+
+
+# --------------------------------------------------------------------------------------------
+# Memory worker
+# --------------------------------------------------------------------------------------------
+
+
+def worker(cfg: dict) -> dict:
+    threads = common.set_threads(cfg["threads"])
+    common.seed_all(cfg["seed"])
+    step, _ = make_step(cfg["side"], cfg["kind"], cfg.get("variant", ""))
+    step(data(2, 123))  # warm-up (ActNorm initialisation, autograd, allocator)
+    x = data(cfg["batch"], cfg["seed"])
+    mem = common.measure_peak_rss(lambda: step(x))
+    return {**cfg, **mem, "torch_threads": threads}
+
+
+# --------------------------------------------------------------------------------------------
+# Main
+# --------------------------------------------------------------------------------------------
+
+
+def run_timing(args) -> dict:
+    configs = []
+    for _, a, b in PAIRS:
+        configs += [a, b]
+    if not args.no_what_if:
+        configs += [cfg for _, cfg in WHAT_IF]
+    common.seed_all(args.seed)
+    x = data(args.batch, args.seed)
+    fns = {}
+    for cfg in configs:
+        step, _ = make_step(*cfg)
+        step(x)  # ActNorm data-dependent initialisation on the benchmark batch
+        fns[config_name(cfg)] = lambda s=step: s(x)
+    times = common.time_interleaved(fns, args.rounds, warmup=2)
+    return {name: [t * 1e3 for t in ts] for name, ts in times.items()}
+
+
+def _median_ms(fn, n: int) -> float:
+    for _ in range(3):
+        fn()
+    return common.median([t * 1e3 for t in common.time_calls(fn, n, warmup=0)])
+
+
+def block_phases(args) -> dict:
+    """Cost of the pieces of one block's training step (ms, median), ours vs normflows, on the
+    same batch: what a memory-efficient Neumann step is made of. Per block and step, both
+    libraries run: the forward of g, N vector-Jacobian products without a graph, one with a
+    graph and its gradient with respect to (x, parameters) (formed in the forward pass), and in
+    the backward pass one gradient of g with respect to (x, parameters). All pieces are timed
+    interleaved, round by round."""
+    x = data(args.batch, args.seed)
+    rounds = 20 if args.quick else 150
+    _, ours = make_step("ours", "ps3")
+    _, theirs = make_step("theirs", "ps3")
+    ours.log_prob(x)
+    theirs.forward_kld(x)
+    sides = {"ours": ours.transforms[0].g, "theirs": theirs.flows[0].iresblock.nnet}
+    fns: dict = {}
+    extra: dict = {}
+    v = torch.randn_like(x)
+    for name, g in sides.items():
+        # Forward passes and power-iteration steps update the vectors in place, which would
+        # invalidate a saved graph: they run on a copy of g.
+        g_fwd = copy.deepcopy(g)
+        xf = x.clone().requires_grad_()
+        xx = x.clone().requires_grad_()
+        params = [p for p in g.parameters() if p.requires_grad]
+        gx = g(xx)
+        if name == "ours":
+
+            def pi(g_fwd=g_fwd) -> None:
+                for m in g_fwd.modules():
+                    if isinstance(m, iresnet.SpectralLinear):
+                        m._update_vectors(1, None)
+
+            def fwd_frozen(g_fwd=g_fwd, xf=xf) -> None:
+                with frozen_normalisation(g_fwd):
+                    g_fwd(xf)
+        else:
+
+            def pi(g_fwd=g_fwd) -> None:
+                for m in g_fwd.modules():
+                    if hasattr(m, "compute_one_iter"):
+                        m.compute_weight(update=True, n_iterations=1)
+
+            def fwd_frozen(g_fwd=g_fwd, xf=xf) -> None:  # normflows does no step in forward
+                g_fwd(xf)
+
+        def double(gx=gx, xx=xx, params=params) -> None:
+            wj = torch.autograd.grad(gx, xx, v, retain_graph=True, create_graph=True)[0]
+            torch.autograd.grad((wj * v).sum(), [xx, *params], retain_graph=True, allow_unused=True)
+
+        fns[(name, "one power-iteration step, 3 layers")] = pi
+        fns[(name, "forward of g (training mode)")] = lambda g_fwd=g_fwd, xf=xf: g_fwd(xf)
+        fns[(name, "forward of g, no power-iteration step")] = fwd_frozen
+        fns[(name, "vjp without graph")] = lambda gx=gx, xx=xx: torch.autograd.grad(
+            gx, xx, v, retain_graph=True
+        )
+        fns[(name, "vjp with graph + its grad wrt (x, params)")] = double
+        fns[(name, "grad of g wrt (x, params) (backward pass)")] = (
+            lambda gx=gx, xx=xx, params=params: torch.autograd.grad(
+                gx, [xx, *params], v, retain_graph=True, allow_unused=True
+            )
+        )
+        if name == "ours":
+            # Prototype (benchmark code, not the library): closed-form VJP of an MLP branch,
+            # v^T J = (((v W3) * f'(z2)) W2 * f'(z1)) W1 * f'(z0), with f' the LipSwish slope
+            # formed once in the forward pass: 3 matmuls + 3 products per VJP instead of the
+            # autograd engine walking ~20 nodes.
+            proto_fns, err = _closed_form_pieces(copy.deepcopy(g), x, v)
+            extra["max abs difference of the VJP vs autograd"] = err
+            for key, fn in proto_fns.items():
+                fns[("ours closed-form VJP prototype", key)] = fn
+    keys = list(fns)
+    times = common.time_interleaved({str(i): fns[k] for i, k in enumerate(keys)}, rounds, warmup=3)
+    out: dict = {}
+    for i, (side, key) in enumerate(keys):
+        out.setdefault(side, {})[key] = common.median(times[str(i)]) * 1e3
+    out.setdefault("ours closed-form VJP prototype", {}).update(extra)
+    return out
+
+
+def _closed_form_pieces(g: nn.Sequential, x: torch.Tensor, v: torch.Tensor):
+    acts = [m for m in g if isinstance(m, iresnet.LipSwish)]
+    lins = [m for m in g if isinstance(m, iresnet.SpectralLinear)]
+    xx = x.clone().requires_grad_()
+    params = [p for p in g.parameters() if p.requires_grad]
+
+    def forward_with_slopes(x: torch.Tensor):
+        ws, ds, h = [], [], x
+        for act, lin in zip(acts, lins, strict=True):
+            b = act.beta
+            sig = torch.sigmoid(b * h)
+            ds.append((sig + b * h * sig * (1 - sig)) / 1.1)
+            h = h * sig / 1.1
+            w = lin.normalized_weight()
+            ws.append(w)
+            h = F.linear(h, w, lin.bias)
+        return h, ws, ds
+
+    def vjp(w: torch.Tensor, ws, ds) -> torch.Tensor:
+        for wt, d in zip(reversed(ws), reversed(ds), strict=True):
+            w = (w @ wt) * d
+        return w
+
+    with frozen_normalisation(g):  # same weights as the autograd reference below
+        out, ws, ds = forward_with_slopes(xx)
+        ref = torch.autograd.grad(g(xx), xx, v)[0]
+    wd, dd = [w.detach() for w in ws], [d.detach() for d in ds]
+    err = float((vjp(v, wd, dd) - ref).abs().max())
+
+    def fwd() -> None:
+        with frozen_normalisation(g):
+            forward_with_slopes(xx)
+
+    def double() -> None:
+        torch.autograd.grad(
+            (vjp(v, ws, ds) * v).sum(), [xx, *params], retain_graph=True, allow_unused=True
+        )
+
+    fns = {
+        "forward of g with slopes": fwd,
+        "vjp without graph": lambda: vjp(v, wd, dd),
+        "vjp with graph + its grad wrt (x, params)": double,
+        "grad of g wrt (x, params) (backward pass)": lambda: torch.autograd.grad(
+            out, [xx, *params], v, retain_graph=True, allow_unused=True
+        ),
+    }
+    return fns, err
+
+
+def run_memory(args) -> dict:
+    configs = []
+    for _, a, b in PAIRS:
+        configs += [(a, args.batch), (b, args.batch)]
+    if not args.quick:  # a constant offset shows as a ratio at 256 and vanishes at a large batch
+        configs += [(PAIRS[-1][1], 2048), (PAIRS[-1][2], 2048)]
+    out: dict = {}
+    for rep in range(args.mem_reps):
+        for (side, kind, variant), batch in configs:
+            key = config_name((side, kind, variant)) + ("" if batch == args.batch else f"@{batch}")
+            cfg = {
+                "side": side,
+                "kind": kind,
+                "variant": variant,
+                "batch": batch,
+                "seed": args.seed + rep,
+                "threads": args.threads,
+            }
+            res = common.run_worker(__file__, cfg)
+            out.setdefault(key, []).append(res)
+            print(f"  memory rep {rep} {key}: +{res['peak_increase_mib']:.2f} MiB", flush=True)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    common.add_common_args(ap)
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--rounds", type=int, default=None, help="interleaved timing rounds")
+    ap.add_argument("--no-what-if", action="store_true", help="skip the patched variants")
+    ap.add_argument("--worker", type=str, default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker is not None:
+        common.worker_print(worker(json.loads(args.worker)))
+        return
+    common.set_threads(args.threads)
+    if args.rounds is None:
+        args.rounds = 3 if args.quick else 25
+    args.mem_reps = 1 if args.quick else 3
+    env = common.environment()
+    import normflows
+
+    env["normflows"] = normflows.__version__ if hasattr(normflows, "__version__") else "?"
+
+    t0 = time.perf_counter()
+    times = run_timing(args)
+    print(f"timing done ({time.perf_counter() - t0:.0f}s)", flush=True)
+    phases = block_phases(args)
+    mem = run_memory(args)
+
+    summary: dict = {"pairs": {}, "what_if": {}}
+    rows = []
+    for label, a, b in PAIRS:
+        na, nb = config_name(a), config_name(b)
+        ta, tb = times[na], times[nb]
+        ratios = common.paired_ratios(ta, tb)
+        ma = common.median([r["peak_increase_mib"] for r in mem[na]])
+        mb = common.median([r["peak_increase_mib"] for r in mem[nb]])
+        s = {
+            "ours": na,
+            "theirs": nb,
+            "ours_ms": common.summarize(ta),
+            "theirs_ms": common.summarize(tb),
+            "time_ratio_of_medians": common.median(ta) / common.median(tb),
+            "time_ratio_paired_median": common.median(ratios),
+            "ours_peak_mib": ma,
+            "theirs_peak_mib": mb,
+            "memory_ratio": ma / mb,
+            "ours_peak_raw": [r["peak_increase_mib"] for r in mem[na]],
+            "theirs_peak_raw": [r["peak_increase_mib"] for r in mem[nb]],
+        }
+        s["time_target_met"] = s["time_ratio_of_medians"] <= 0.7
+        s["memory_target_met"] = s["memory_ratio"] <= 1.0
+        summary["pairs"][label] = s
+        lo, hi = common.iqr(ratios)
+        rows.append(
+            [
+                label,
+                f"`{na}`",
+                f"`{nb}`",
+                f"{common.median(ta):.1f}",
+                f"{common.median(tb):.1f}",
+                f"{s['time_ratio_of_medians']:.2f} (paired {common.median(ratios):.2f}, "
+                f"IQR {lo:.2f}-{hi:.2f})",
+                f"{ma:.2f}",
+                f"{mb:.2f}",
+                f"{s['memory_ratio']:.2f}",
+            ]
+        )
+    cols = [
+        "comparison",
+        "ours",
+        "theirs",
+        "ours ms/step",
+        "theirs ms/step",
+        "ours/theirs time",
+        "ours peak MiB",
+        "theirs peak MiB",
+        "ours/theirs memory",
+    ]
+    body = common.markdown_table(cols, rows)
+    met_t = all(s["time_target_met"] for s in summary["pairs"].values())
+    met_m = all(s["memory_target_met"] for s in summary["pairs"].values())
+    body += (
+        f"\n\n**Targets**: ours/theirs <= 0.7 in time: {'met' if met_t else 'NOT met'}; "
+        f"<= 1.0 in peak memory: {'met' if met_m else 'NOT met'} (per row above)."
+    )
+
+    if not args.no_what_if:
+        base = times[config_name(("ours", "rr2", ""))]
+        theirs = times[config_name(("theirs", "rr1", ""))]
+        wrows = [
+            [
+                "ours rr2 (as shipped)",
+                f"{common.median(base):.1f}",
+                "1.00",
+                f"{common.median(base) / common.median(theirs):.2f}",
+            ]
+        ]
+        for label, cfg in WHAT_IF:
+            tv = times[config_name(cfg)]
+            summary["what_if"][label] = {
+                "ms": common.summarize(tv),
+                "vs_ours_rr2": common.median(common.paired_ratios(tv, base)),
+                "vs_theirs_rr1": common.median(tv) / common.median(theirs),
+            }
+            wrows.append(
+                [
+                    label,
+                    f"{common.median(tv):.1f}",
+                    f"{summary['what_if'][label]['vs_ours_rr2']:.2f}",
+                    f"{summary['what_if'][label]['vs_theirs_rr1']:.2f}",
+                ]
+            )
+        wbody = common.markdown_table(
+            ["variant", "ms/step", "vs ours rr2 (paired)", "vs theirs rr1"], wrows
+        )
+    else:
+        wbody = "(skipped: --no-what-if)"
+
+    prow = []
+    proto = phases.get("ours closed-form VJP prototype", {})
+    for key in phases["ours"]:
+        a, b = phases["ours"][key], phases["theirs"][key]
+        pv = proto.get(
+            key if key != "forward of g, no power-iteration step" else "forward of g with slopes"
+        )
+        prow.append(
+            [key, f"{a:.3f}", f"{b:.3f}", f"{a / b:.2f}", "-" if pv is None else f"{pv:.3f}"]
+        )
+
+    def per_step(ph: dict, n_terms: float, fwd_key: str) -> float:
+        return K * (
+            ph[fwd_key]
+            + n_terms * ph["vjp without graph"]
+            + ph["vjp with graph + its grad wrt (x, params)"]
+            + ph["grad of g wrt (x, params) (backward pass)"]
+        )
+
+    est = {
+        "ours": per_step(phases["ours"], 3, "forward of g (training mode)"),
+        "ours, no power iteration in forward": per_step(
+            phases["ours"], 3, "forward of g, no power-iteration step"
+        ),
+        "theirs": per_step(phases["theirs"], 3, "forward of g (training mode)"),
+    }
+    if proto:
+        est["ours closed-form VJP prototype, no power iteration in forward"] = per_step(
+            proto, 3, "forward of g with slopes"
+        )
+    summary["block_phase_step_estimates_ms"] = est
+    pbody = (
+        " ".join(block_phases.__doc__.split("\n\n")[0].split())
+        + "\n\n"
+        + common.markdown_table(
+            [
+                f"piece (one block, batch {args.batch})",
+                "ours ms",
+                "theirs ms",
+                "ours/theirs",
+                "ours, closed-form VJP prototype ms",
+            ],
+            prow,
+        )
+        + "\n\nSum of the pieces for 16 blocks at E[N] = 3 (ActNorm, base density and Python "
+        "glue not included), ms per step:\n\n"
+        + common.markdown_table(
+            ["variant", "ms", "vs theirs"],
+            [[k, f"{v:.1f}", f"{v / est['theirs']:.2f}"] for k, v in est.items()],
+        )
+        + (
+            f"\n\nPrototype VJP max abs difference from autograd: "
+            f"{proto.get('max abs difference of the VJP vs autograd', float('nan')):.1e}."
+            if proto
+            else ""
+        )
+    )
+    big = [k for k in mem if k.endswith("@2048")]
+    if big:
+        mo = common.median([r["peak_increase_mib"] for r in mem[big[0]]])
+        mt = common.median([r["peak_increase_mib"] for r in mem[big[1]]])
+        summary["memory_batch2048"] = {"ours": mo, "theirs": mt, "ratio": mo / mt}
+        body += (
+            f"\n\nPeak memory at batch 2048 (fixed 3 terms): ours {mo:.1f} MiB, theirs "
+            f"{mt:.1f} MiB, ratio {mo / mt:.3f}."
+        )
+    fz = config_name(("ours", "ps3", "frozen"))
+    if fz in mem:
+        mf = common.median([r["peak_increase_mib"] for r in mem[fz]])
+        summary["memory_ours_ps3_frozen"] = mf
+        body += (
+            f" Ours with no power-iteration step in forward (`{fz}`), batch {args.batch}: "
+            f"{mf:.2f} MiB."
+        )
+    summary["block_phases_ms"] = phases
+    settings = {
+        "quick": args.quick,
+        "batch": args.batch,
+        "blocks": K,
+        "width": WIDTH,
+        "coeff": COEFF,
+        "threads": args.threads,
+        "rounds": args.rounds,
+        "memory_reps": args.mem_reps,
+        "seed": args.seed,
+        "data": "8gaussians",
+        "normflows": env["normflows"],
+    }
+    sections = [
+        ("What is measured", __doc__.split("\n\n", 1)[1].split("Run:")[0].strip()),
+        ("Ours vs normflows (one training step, batch 256, 1 thread)", body),
+        ("What-if variants (timing only, same interleaved rounds)", wbody),
+        ("Where the time goes", pbody),
+    ]
+    raw = {"times_ms": times, "memory": mem}
+    common.write_results(
+        NAME,
+        "Training step: iresnet vs normflows residual flow",
+        env,
+        settings,
+        sections,
+        raw=raw,
+        summary=summary,
+        out_dir=args.out_dir,
+    )
+    for label, s in summary["pairs"].items():
+        print(
+            f"{label}: ours {common.median(times[s['ours']]):.1f} ms, theirs "
+            f"{common.median(times[s['theirs']]):.1f} ms, "
+            f"time ratio {s['time_ratio_of_medians']:.2f}, memory {s['ours_peak_mib']:.2f}/"
+            f"{s['theirs_peak_mib']:.2f} MiB = {s['memory_ratio']:.2f}"
+        )
+    print(f"wrote {(args.out_dir or common.RESULTS_DIR) / (NAME + '.md')}")
+
+
+if __name__ == "__main__":
+    main()
