@@ -69,7 +69,7 @@ def estimators(model: nn.Module, est: LogDetEstimator):
     try:
         yield
     finally:
-        for b, s in zip(blocks, saved):
+        for b, s in zip(blocks, saved, strict=True):
             b.logdet_estimator = s
 
 

@@ -190,3 +190,9 @@ def test_penalty_mode_does_not_rescale_and_reports_honestly():
     assert lin.spectral_penalty().item() == pytest.approx(true**2, rel=1e-4)
     lin.eval()
     assert lin.lipschitz_bound() == pytest.approx(true, rel=1e-6) and true > 1
+
+
+def test_two_training_forwards_before_one_backward():
+    layer = iresnet.SpectralLinear(4, 4, coeff=0.9).train()
+    (layer(torch.randn(8, 4)).pow(2).sum() + layer(torch.randn(8, 4)).pow(2).sum()).backward()
+    assert layer.weight.grad is not None

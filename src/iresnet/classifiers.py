@@ -92,7 +92,7 @@ class InjectivePad(nn.Module):
 
 
 def residual_branch(cfg: ModelConfig, channels: int, width: int, input_act: bool) -> nn.Sequential:
-    """``g``: ``[act] -> conv3x3 (channels->width) -> act -> conv1x1 -> act -> conv3x3 (->channels)``.
+    """``g``: ``[act] -> conv3x3 (C -> width) -> act -> conv1x1 -> act -> conv3x3 (width -> C)``.
 
     Shapes: ``(B, channels, H, W) -> (B, channels, H, W)``. Lipschitz bound: the product of the
     three convolutions' operator norms (activations are 1-Lipschitz).
@@ -162,15 +162,20 @@ class InvertibleFeatures(nn.Module):
 
 
 class ClassifierHead(nn.Module):
-    """``BatchNorm2d -> ReLU -> global average pool -> Linear``: ``(B, C, H, W) -> (B, K)``."""
+    """``ActNorm -> ReLU -> global average pool -> Linear``: ``(B, C, H, W) -> (B, K)``.
+
+    The paper normalises with BatchNorm; a data-initialised affine (:class:`ActNorm`) keeps no
+    running statistics, so the loop's EMA weights are never paired with another model's batch
+    statistics (which made EMA evaluations of short runs much worse than the live model).
+    """
 
     def __init__(self, channels: int, n_classes: int) -> None:
         super().__init__()
-        self.norm = nn.BatchNorm2d(channels)
+        self.norm = ActNorm(channels)
         self.linear = nn.Linear(channels, n_classes)
 
     def forward(self, f: Tensor) -> Tensor:
-        return self.linear(torch.relu(self.norm(f)).mean(dim=(2, 3)))
+        return self.linear(torch.relu(self.norm(f)[0]).mean(dim=(2, 3)))
 
 
 class IResNetClassifier(nn.Module):
@@ -191,14 +196,25 @@ class IResNetClassifier(nn.Module):
         c, h, w = shape
         self.in_shape = tuple(shape)
         self.constrained = cfg.constrained
+        self.squeeze = Squeeze(2) if getattr(cfg, "init_squeeze", False) else None
+        if self.squeeze is not None:
+            if h % 2 or w % 2:
+                raise ConfigError(f"model.init_squeeze needs even H and W, got {h}x{w}")
+            c, h, w = 4 * c, h // 2, w // 2
         self.pad = InjectivePad(c, padded_channels(cfg, c) if pad else c)
         self.net = InvertibleFeatures(cfg, (self.pad.out_channels, h, w), logdet or NoLogDet())
         self.feature_shape = self.net.out_shape
         self.head = ClassifierHead(self.feature_shape[0], cfg.n_classes)
 
+    def _enter(self, x: Tensor) -> Tensor:
+        return self.squeeze(x)[0] if self.squeeze is not None else x
+
+    def _leave(self, x: Tensor) -> Tensor:
+        return self.squeeze.inverse(x) if self.squeeze is not None else x
+
     def features(self, x: Tensor) -> Tensor:
         """Pre-pooling features ``f = F(pad(x))``, shape ``(B, *feature_shape)``."""
-        return self.net(self.pad(x))[0]
+        return self.net(self.pad(self._enter(x)))[0]
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits, shape ``(B, n_classes)``."""
@@ -210,7 +226,7 @@ class IResNetClassifier(nn.Module):
         Warns :class:`~iresnet.errors.InverseNotConvergedWarning` where a block's iteration did
         not converge (always possible for the unconstrained model, whose ``Lip(g)`` is unbounded).
         """
-        return self.pad.inverse(self.net.inverse(f))
+        return self._leave(self.pad.inverse(self.net.inverse(f)))
 
     @property
     def inverse_diagnostics(self) -> list[InverseDiagnostics]:
@@ -237,7 +253,7 @@ class HybridClassifier(IResNetClassifier):
         return -0.5 * (z.pow(2).flatten(1).sum(1) + z[0].numel() * _LOG_2PI)
 
     def forward(self, x: Tensor, return_log_prob: bool = False) -> Any:  # type: ignore[override]
-        z, logdet = self.net(x)
+        z, logdet = self.net(self._enter(x))
         logits = self.head(z)
         if return_log_prob:
             return logits, self.base_log_prob(z) + logdet
@@ -245,7 +261,7 @@ class HybridClassifier(IResNetClassifier):
 
     def log_prob(self, x: Tensor) -> Tensor:
         """``log p(x)`` in nats, shape ``(B,)``."""
-        z, logdet = self.net(x)
+        z, logdet = self.net(self._enter(x))
         return self.base_log_prob(z) + logdet
 
 
@@ -257,7 +273,7 @@ def padded_channels(cfg: ModelConfig, channels: int) -> int:
 def build_classifier(cfg: ModelConfig, shape: tuple[int, ...]) -> nn.Module:
     """The model for ``cfg.kind`` in ``("classifier", "hybrid")`` on images of ``shape``."""
     if len(shape) != 3:
-        raise ConfigError(f"model.kind={cfg.kind} needs images (C, H, W), got data of shape {shape}")
+        raise ConfigError(f"model.kind={cfg.kind} needs images (C, H, W), got shape {shape}")
     c, h, w = (int(s) for s in shape)
     if cfg.kind == "classifier":
         return IResNetClassifier(cfg, (c, h, w))

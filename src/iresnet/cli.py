@@ -84,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
     sub.add_parser("presets", help="list the presets", description="List the named presets.")
+    from .sweep import add_sweep_parser
+
+    add_sweep_parser(sub)
     return parser
 
 
@@ -244,14 +247,26 @@ def _cmd_presets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from .sweep import cmd_sweep
+
+    return cmd_sweep(args)
+
+
 COMMANDS = {"train": _cmd_train, "evaluate": _cmd_evaluate, "sample": _cmd_sample,
-            "certify": _cmd_certify, "presets": _cmd_presets}
+            "certify": _cmd_certify, "presets": _cmd_presets, "sweep": _cmd_sweep}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = parser.parse_args(argv)
+    # Overrides may come after options (`train --out d lr=1e-3`): collect KEY=VALUE leftovers.
+    args, unknown = parser.parse_known_args(argv)
+    extra = [u for u in unknown if "=" in u and not u.startswith("-")]
+    if len(extra) != len(unknown) or (extra and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     import os
 
     if args.command == "train" and args.nproc > 1 and "RANK" not in os.environ:

@@ -209,13 +209,17 @@ class OnActive(nn.Module):
     Shapes: ``s``: ``(B, D)`` with ``D >= prod(in_shape)``; ``logdet``: ``(B,)``.
     """
 
-    def __init__(self, inner: nn.Module, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> None:
+    def __init__(
+        self, inner: nn.Module, in_shape: tuple[int, ...], out_shape: tuple[int, ...]
+    ) -> None:
         super().__init__()
         self.inner = inner
         self.in_shape = tuple(int(s) for s in in_shape)
         self.out_shape = tuple(int(s) for s in out_shape)
         if torch.Size(self.in_shape).numel() != torch.Size(self.out_shape).numel():
-            raise ValueError(f"OnActive: in_shape {self.in_shape} and out_shape {self.out_shape} differ in size")
+            raise ValueError(
+                f"OnActive: in_shape {self.in_shape} and out_shape {self.out_shape} differ in size"
+            )
 
     def forward(self, s: Tensor) -> tuple[Tensor, Tensor]:
         n = torch.Size(self.in_shape).numel()

@@ -166,7 +166,9 @@ class _SpectralNormMixin:
 
     def _sigma_with_grad(self) -> Tensor:
         fwd, _ = self._operator(self.weight)
-        return (self.u * fwd(self.v)).sum()
+        # Clones: the next training call updates u, v in place, and this sigma's backward
+        # must still see the vectors it was computed with (two forwards before one backward).
+        return (self.u.clone() * fwd(self.v.clone())).sum()
 
     def _frobenius_factor(self) -> float:
         return 1.0

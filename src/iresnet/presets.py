@@ -40,6 +40,24 @@ for _name in TOY_DATASETS:
     )
 
 
+def _register_table(table: dict[str, tuple[str, dict]]) -> None:
+    """Register presets given as ``name -> (description, {section: {key: value}})``."""
+    for name, (description, overrides) in table.items():
+        register(name, description)(lambda n=name, o=overrides: replace(Config(preset=n), **o))
+
+
+def _register_model_families() -> None:
+    # Imported here: the builders import the model code, which the toy presets do not need.
+    from .classifiers import classifier_presets
+    from .image_models import image_presets
+
+    _register_table(image_presets())
+    _register_table(classifier_presets())
+
+
+_register_model_families()
+
+
 def get_preset(name: str) -> Config:
     """A fresh copy of the named preset's config."""
     if name not in PRESETS:

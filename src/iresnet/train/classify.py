@@ -34,6 +34,8 @@ from .tasks import Task, exact_logdets, mean_se, swap_logdets
 
 __all__ = ["ClassificationTask", "HybridTask", "make_classification_task"]
 
+Batch = tuple[Tensor, Tensor]  # integer levels (B, C, H, W) and labels (B,)
+
 VANILLA_NOTE = (
     "unconstrained (vanilla) model: no inverse is guaranteed (Lip(g) is not bounded below 1); "
     "the numbers below are what the fixed-point iteration gave"
@@ -78,7 +80,7 @@ class ClassificationTask(Task):
         p = next(model.parameters(), None)
         return p.dtype if p is not None else torch.get_default_dtype()
 
-    def batch(self, split: str, idx: Tensor) -> tuple[Tensor, Tensor]:
+    def batch(self, split: str, idx: Tensor) -> Batch:
         xs, ys = (self.data.train_x, self.data.train_y) if split == "train" else (
             self.data.test_x, self.data.test_y)
         assert ys is not None
@@ -91,7 +93,7 @@ class ClassificationTask(Task):
             u = _augment(u, flip=u.shape[1] == 3)
         return u
 
-    def loss(self, model: nn.Module, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+    def loss(self, model: nn.Module, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         x, y = batch
         logits = model(self.inputs(model, x, train=True))
         ce = F.cross_entropy(logits, y)
@@ -148,7 +150,8 @@ class ClassificationTask(Task):
                     x_rec = model.invert_features(f)
                 except (RuntimeError, FloatingPointError) as exc:  # e.g. overflow in a solver
                     return x, torch.full_like(x, math.nan), [f"inverse failed: {exc}"]
-        msgs = [str(w.message) for w in caught if issubclass(w.category, InverseNotConvergedWarning)]
+        msgs = [str(w.message) for w in caught
+                if issubclass(w.category, InverseNotConvergedWarning)]
         return x, x_rec, msgs
 
     def feature_inverse_check(self, model: nn.Module, n: int) -> dict[str, Any]:
@@ -202,7 +205,8 @@ class HybridTask(ClassificationTask):
 
     def _prepare(self, model: nn.Module, x: Tensor, *, noise: bool) -> tuple[Tensor, Tensor]:
         dt = self.dtype(model)
-        u = dequantize(x, self.n_levels, dtype=dt) if noise else dequantize_mid(x, self.n_levels, dt)
+        k = self.n_levels
+        u = dequantize(x, k, dtype=dt) if noise else dequantize_mid(x, k, dt)
         alpha = self.cfg.data.logit_alpha
         if alpha > 0:
             return logit_transform(u, alpha)
@@ -213,14 +217,15 @@ class HybridTask(ClassificationTask):
         logits, logp = model(z, return_log_prob=True)
         return logits, bits_per_dim(logp + ld, self.dim, self.n_levels)
 
-    def loss(self, model: nn.Module, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+    def loss(self, model: nn.Module, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         x, y = batch
         logits, bpd = self._forward(model, x, noise=True)
         ce = F.cross_entropy(logits, y)
         bpd_mean = bpd.mean()
         loss = self.cfg.train.density_weight * bpd_mean + ce
         acc = (logits.detach().argmax(1) == y).float().mean()
-        return loss, {"loss": loss.detach(), "ce": ce.detach(), "bpd": bpd_mean.detach(), "acc": acc}
+        return loss, {"loss": loss.detach(), "ce": ce.detach(), "bpd": bpd_mean.detach(),
+                      "acc": acc}
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, max_batches: int | None = None) -> dict[str, float]:

@@ -59,7 +59,10 @@ def _optimizer(cfg: Config, params: list[nn.Parameter]) -> torch.optim.Optimizer
 
 
 @torch.no_grad()
-def _update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
+def _update_ema(ema: nn.Module, model: nn.Module, decay: float, step: int) -> None:
+    # Warm-up of the decay, min(decay, (1 + t) / (10 + t)): without it the initial weights keep
+    # a share decay^t of the average, which makes short runs evaluate lagging weights.
+    decay = min(decay, (1 + step) / (10 + step))
     for e, p in zip(ema.parameters(), model.parameters()):
         e.lerp_(p, 1.0 - decay)
     for e, b in zip(ema.buffers(), model.buffers()):
@@ -248,7 +251,7 @@ def _train(cfg: Config, run_dir: Path, ctx: DistContext, *, resume: bool, progre
                 bad_in_row = 0
                 optimizer.step()
                 if ema is not None:
-                    _update_ema(ema, model, t.ema_decay)
+                    _update_ema(ema, model, t.ema_decay, step)
             else:  # skip the step: no update from a NaN/Inf loss or gradient
                 bad_in_row += 1
                 optimizer.zero_grad(set_to_none=True)
