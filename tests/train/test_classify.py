@@ -78,6 +78,8 @@ def test_vanilla_evaluation_reports_a_failed_inverse_without_raising():
     assert not ev["inverse_converged"] and ev["inverse_warnings"] > 0
     err = ev["feature_inverse_max_error"]
     assert err is None or err > 1e-2
+    with pytest.raises(ConfigError, match="nothing to sample"):
+        task.sample(model, 4)
 
 
 def test_hybrid_trains_and_reports_bpd_and_error(tmp_path):
@@ -93,6 +95,8 @@ def test_hybrid_trains_and_reports_bpd_and_error(tmp_path):
     ev = trained.task.full_evaluation(trained.model, n_inverse=16)
     assert ev["estimator"] == "exact" and 0 < ev["test_bpd"] < 10 and 0 <= ev["test_error"] <= 1
     assert ev["feature_inverse_max_error"] <= 1e-4
+    samples = trained.task.sample(trained.model, 4)
+    assert samples.shape == (4, 1, 8, 8) and 0 <= samples.min() and samples.max() <= 1
 
 
 def test_sweep_writes_its_table(tmp_path):

@@ -178,6 +178,10 @@ class ClassificationTask(Task):
         """Network inputs back to images in ``[0, 1]`` for plotting."""
         return x
 
+    def sample(self, model: nn.Module, n: int, temperature: float = 1.0) -> Tensor:
+        raise ConfigError("a classifier models no density, so there is nothing to sample; "
+                          "train a hybrid model (model.kind=hybrid) to sample images")
+
     def plots(self, model: nn.Module, run_dir: Path, records: list[dict[str, Any]]) -> list[Path]:
         model.eval()
         rows = [{**r, "train_error": 1.0 - r["acc"]} if "acc" in r else r for r in records]
@@ -260,6 +264,13 @@ class HybridTask(ClassificationTask):
     def display(self, model: nn.Module, x: Tensor) -> Tensor:
         alpha = self.cfg.data.logit_alpha
         return (logit_inverse(x, alpha) if alpha > 0 else x).clamp(0, 1)
+
+    @torch.no_grad()
+    def sample(self, model: nn.Module, n: int, temperature: float = 1.0) -> Tensor:
+        """Images ``x = F^{-1}(z)``, ``z ~ N(0, T^2 I)`` of the feature shape, in ``[0, 1]``."""
+        model.eval()
+        z = torch.randn(n, *model.feature_shape, device=self.device, dtype=self.dtype(model))
+        return self.display(model, model.invert_features(z * temperature))
 
     def curve_keys(self) -> tuple[str, ...]:
         return ("loss", "bpd", "test_bpd", "ce", "test_loss")
