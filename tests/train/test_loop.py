@@ -2,6 +2,7 @@
 
 import json
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -131,3 +132,40 @@ def test_penalty_mode_trains_and_its_certificate_is_truthful(tmp_path):
                     prod *= torch.linalg.matrix_norm(layer.weight.detach().double(), ord=2).item()
             exact.append(prod)
     assert [b.bound for b in cert.blocks] == pytest.approx(exact, rel=1e-5)
+
+
+def test_penalty_mode_shrinks_norms_and_says_not_guaranteed_above_one(tmp_path):
+    """Seed eq. (11) end to end: the penalty is really in the loss (the same run with a large
+    lambda ends with smaller ``sum ||W||_2^2`` than with lambda = 0), and once a block's bound
+    exceeds 1 the certificate, its text and the evaluation all say the model is not guaranteed
+    invertible."""
+    import iresnet
+    from iresnet.models import spectral_penalty
+
+    sums = {}
+    for lam in (0.0, 1.0):
+        cfg = tiny("model.lipschitz_norm=penalty", f"train.spectral_penalty={lam}", "train.steps=20")
+        train(cfg, tmp_path / f"run{lam}", progress=False)
+        model = load_run(tmp_path / f"run{lam}").model
+        with torch.no_grad():
+            model.train()
+            for _ in range(300):  # converge the persistent power-iteration vectors
+                for m in model.modules():
+                    if isinstance(m, iresnet.SpectralLinear):
+                        m.normalized_weight()
+            sums[lam] = spectral_penalty(model).item()
+    assert sums[1.0] < sums[0.0]
+
+    trained = load_run(tmp_path / "run1.0")
+    blocks = [m for m in trained.model.modules() if isinstance(m, iresnet.InvertibleResidualBlock)]
+    with torch.no_grad():
+        for m in blocks[0].g.modules():
+            if isinstance(m, torch.nn.Linear):
+                m.weight.mul_(5.0)  # penalty mode has no hard bound: nothing rescales this back
+    cert = iresnet.certify(trained.model)
+    assert cert.blocks[0].bound > 1 and not cert.blocks[0].invertible and not cert.invertible
+    assert "NOT guaranteed invertible" in str(cert)
+    with warnings.catch_warnings():  # the inverse of a non-contraction may well diverge: expected
+        warnings.simplefilter("ignore", iresnet.InverseNotConvergedWarning)
+        result = trained.task.full_evaluation(trained.model, n_inverse=16)
+    assert result["invertible"] is False
