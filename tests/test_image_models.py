@@ -165,6 +165,12 @@ def trained(tmp_path_factory):
     return load_run(run_dir)
 
 
+def test_run_folder_has_the_pictures(trained):
+    for name in ("samples.png", "samples_t0.7.png", "reconstructions.png", "learning_curve.png"):
+        path = trained.run.path / name
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+
+
 def test_trained_model_inverts_test_images(trained):
     model, task = trained.model, trained.task
     assert next(model.parameters()).dtype == torch.float32

@@ -182,14 +182,23 @@ class DensityTask(Task):
         out["certificate"] = cert.to_dict()
         return out
 
+    def _flow_input(self, x: Tensor, dtype: torch.dtype) -> Tensor:
+        """Images: integer levels -> the flow's input (bin centres, logit-transformed if set)."""
+        if not self.images:
+            return x
+        u = dequantize_mid(x, self.data.n_levels).to(dtype)
+        alpha = self.cfg.data.logit_alpha
+        return logit_transform(u, alpha)[0] if alpha > 0 else u
+
+    def _from_flow(self, z: Tensor) -> Tensor:
+        """Images: the flow's input space -> pixel intensities in ``[0, 1]`` (not clamped)."""
+        alpha = self.cfg.data.logit_alpha
+        return logit_inverse(z, alpha) if alpha > 0 else z
+
     @torch.no_grad()
     def inverse_check(self, model: Flow, n: int) -> dict[str, Any]:
         """Reconstruct ``n`` test points through ``inverse(forward(x))`` (in flow space)."""
-        x = self.data.test_x[:n].to(self.device)
-        if self.images:
-            u = dequantize_mid(x, self.data.n_levels).to(next(model.parameters()).dtype)
-            alpha = self.cfg.data.logit_alpha
-            x = logit_transform(u, alpha)[0] if alpha > 0 else u
+        x = self._flow_input(self.data.test_x[:n].to(self.device), next(model.parameters()).dtype)
         z, _ = model(x)
         x_rec = model.inverse(z)
         diags = model.inverse_diagnostics
@@ -206,8 +215,18 @@ class DensityTask(Task):
                                          keys=(self.metric, f"test_{self.metric}"),
                                          ylabel="bits/dim" if self.images else "NLL (nats)")]
         if self.images:
-            samples = self.sample(model, 64)
-            out.append(plots.plot_image_grid(samples, run_dir / "samples.png", title="samples"))
+            # Samples at T = 1 (the model) and a lower temperature (the typical set's core, as
+            # the Glow and Residual Flows papers show), then test images beside x -> z -> x.
+            for t, name in ((1.0, "samples.png"), (0.7, "samples_t0.7.png")):
+                samples = self.sample(model, 64, temperature=t)
+                out.append(plots.plot_image_grid(samples, run_dir / name, title=f"samples (T={t})"))
+            x = self._flow_input(self.data.test_x[:32].to(self.device),
+                                 next(model.parameters()).dtype)
+            with torch.no_grad():
+                rec = model.inverse(model(x)[0])
+            out.append(plots.plot_reconstructions(self._from_flow(x).cpu(),
+                                                  self._from_flow(rec).cpu(),
+                                                  run_dir / "reconstructions.png"))
             return out
         if self.dim == 2:
             test = self.data.test_x[:5000]
