@@ -7,13 +7,36 @@ so a resumed run continues with exactly the batches the interrupted one would ha
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 from torch.utils.data.distributed import DistributedSampler
 
-__all__ = ["EpochBatches"]
+if TYPE_CHECKING:
+    from ..data import DataBundle
+
+__all__ = ["EpochBatches", "stage_data", "DEVICE_DATA_LIMIT"]
+
+#: Image sets up to this size (bytes, as stored: uint8 levels) live on the accelerator.
+DEVICE_DATA_LIMIT = 2 * 1024**3
+
+
+def stage_data(data: DataBundle, device: torch.device) -> DataBundle:
+    """Place an image set where the training loop reads it fastest.
+
+    On an accelerator, a set that fits in :data:`DEVICE_DATA_LIMIT` (Fashion-MNIST: 55 MB,
+    CIFAR-10: 184 MB as uint8) is copied there once, so a batch is one on-device gather and the
+    GPU never waits for a host-to-device copy or a loader worker; a larger one is pinned, so its
+    batches copy asynchronously (``non_blocking``). On the CPU, and for vectors, nothing moves.
+    """
+    if device.type == "cpu" or data.kind != "image":
+        return data
+    tensors = {k: getattr(data, k) for k in ("train_x", "test_x", "train_y", "test_y")}
+    size = sum(t.numel() * t.element_size() for t in tensors.values() if t is not None)
+    move = (lambda t: t.to(device)) if size <= DEVICE_DATA_LIMIT else (lambda t: t.pin_memory())
+    return replace(data, **{k: (move(t) if t is not None else None) for k, t in tensors.items()})
 
 
 @dataclass

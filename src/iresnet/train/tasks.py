@@ -23,6 +23,7 @@ from ..flow import Flow
 from ..layers import InvertibleResidualBlock
 from ..logdet import ExactLogDet, RussianRouletteLogDet
 from ..preprocess import bits_per_dim, dequantize, dequantize_mid, logit_inverse, logit_transform
+from .batches import stage_data
 
 __all__ = ["Task", "DensityTask", "make_task", "exact_logdets", "swap_logdets", "mean_se"]
 
@@ -60,7 +61,7 @@ class Task:
     metric: str = "nll"
 
     def __init__(self, cfg: Config, data: DataBundle, device: torch.device) -> None:
-        self.cfg, self.data, self.device = cfg, data, device
+        self.cfg, self.data, self.device = cfg, stage_data(data, device), device
 
     def n_train(self) -> int:
         return self.data.train_x.shape[0]
