@@ -169,3 +169,21 @@ def test_penalty_mode_shrinks_norms_and_says_not_guaranteed_above_one(tmp_path):
         warnings.simplefilter("ignore", iresnet.InverseNotConvergedWarning)
         result = trained.task.full_evaluation(trained.model, n_inverse=16)
     assert result["invertible"] is False
+
+
+@pytest.mark.parametrize("budget", ["train.max_seconds=1e-9", "train.max_cpu_seconds=1e-9"])
+def test_time_budgets_stop_after_the_first_step_past_them(tmp_path, budget):
+    result = train(tiny(budget), tmp_path / "run", progress=False)
+    assert result.step == 1 and result.stopped == "finished"
+    assert (tmp_path / "run" / "model.safetensors").is_file()
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "test_nll" in r] == [1]  # evaluated where it stopped
+    assert len(list_checkpoints(tmp_path / "run" / "checkpoints")) == 1  # saved where it stopped
+
+
+def test_cpu_seconds_are_logged_and_increase(tmp_path):
+    train(tiny("train.threads=1"), tmp_path / "run", progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    rows = [r for r in rows if "loss" in r]
+    assert all(0 < r["cpu_seconds"] for r in rows)
+    assert [r["cpu_seconds"] for r in rows] == sorted(r["cpu_seconds"] for r in rows)

@@ -168,7 +168,7 @@ def _train(cfg: Config, run_dir: Path, ctx: DistContext, *, resume: bool, progre
     model = build_model(cfg.model, data).to(ctx.device)
     task = make_task(cfg, data, ctx.device)
     batches = EpochBatches(task.n_train(), cfg.train.batch_size, cfg.train.seed, ctx.rank, ctx.world)
-    step, elapsed, bad_in_row = 0, 0.0, 0
+    step, elapsed, cpu_elapsed, bad_in_row = 0, 0.0, 0.0, 0
 
     if checkpoint is None:
         # Data-dependent initialisation (ActNorm) on the first global batch, before any rank
@@ -193,6 +193,7 @@ def _train(cfg: Config, run_dir: Path, ctx: DistContext, *, resume: bool, progre
         except (KeyError, ValueError, RuntimeError) as exc:
             raise CheckpointError(f"{checkpoint}: optimiser state does not fit ({exc})") from None
         step, elapsed, bad_in_row = int(meta["step"]), float(meta["elapsed"]), int(meta.get("bad_in_row", 0))
+        cpu_elapsed = float(meta.get("cpu_elapsed", 0.0))
         batches.load_state(meta["batches"][str(ctx.rank)] if ctx.distributed else meta["batches"]["0"])
         if ctx.is_main:
             run.truncate_metrics(step)
@@ -216,6 +217,7 @@ def _train(cfg: Config, run_dir: Path, ctx: DistContext, *, resume: bool, progre
     bar = tqdm(total=t.steps, initial=step, disable=not (progress and ctx.is_main), dynamic_ncols=True,
                desc=f"train {cfg.preset}", file=sys.stderr)
     start = time.perf_counter() - elapsed
+    cpu_start = time.process_time() - cpu_elapsed
     last: dict[str, float] = {}
     stopped = "finished"
 
@@ -224,6 +226,7 @@ def _train(cfg: Config, run_dir: Path, ctx: DistContext, *, resume: bool, progre
             return
         state = {
             "elapsed": time.perf_counter() - start, "bad_in_row": bad_in_row,
+            "cpu_elapsed": time.process_time() - cpu_start,
             "model_kind": cfg.model.kind, "config": cfg.to_dict(),
             "batches": {str(r): batches.state() for r in range(ctx.world)},
         }
@@ -267,7 +270,8 @@ def _train(cfg: Config, run_dir: Path, ctx: DistContext, *, resume: bool, progre
             if finite and ctx.is_main and (step % t.log_every == 0 or step == t.steps):
                 last = {k: float(v) for k, v in metrics.items()}
                 row = {"step": step, "loss": float(loss.detach()), **last, "lr": lr,
-                       "grad_norm": float(grad_norm), "seconds": round(time.perf_counter() - start, 3)}
+                       "grad_norm": float(grad_norm), "seconds": round(time.perf_counter() - start, 3),
+                       "cpu_seconds": round(time.process_time() - cpu_start, 3)}
                 run.log(row)
                 bar.set_postfix({k: f"{v:.4f}" for k, v in last.items()}, refresh=False)
             bar.update(1)
@@ -278,7 +282,10 @@ def _train(cfg: Config, run_dir: Path, ctx: DistContext, *, resume: bool, progre
             interrupted = stop.received is not None or (stop_after is not None and step >= stop_after)
             if ctx.distributed:  # every rank stops after the same step, or the others would hang
                 interrupted = ctx.any(interrupted)
-            out_of_time = t.max_seconds > 0 and time.perf_counter() - start >= t.max_seconds
+            out_of_time = (t.max_seconds > 0 and time.perf_counter() - start >= t.max_seconds) or (
+                t.max_cpu_seconds > 0 and time.process_time() - cpu_start >= t.max_cpu_seconds)
+            if ctx.distributed:  # clocks differ between ranks; all must stop after the same step
+                out_of_time = ctx.any(out_of_time)
             if out_of_time and not interrupted:
                 if ctx.is_main and step % t.eval_every != 0:
                     test = task.evaluate(ema or model, max_batches=t.eval_batches)
