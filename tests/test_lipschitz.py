@@ -204,10 +204,14 @@ def test_frobenius_certificate_bounds_the_exact_norm_of_every_block(scale, strid
     """Seed note on eq. (10): with ``norm="frobenius"`` the certificate reports the Frobenius
     bound in force, which must never be below the exact SVD value of the block's layers, whether
     the bound clamps (large weights) or not (small weights), for linear and strided convolutions."""
-    lin_g = nn.Sequential(iresnet.SpectralLinear(5, 11, coeff=0.9, norm="frobenius"), iresnet.LipSwish(),
-                          iresnet.SpectralLinear(11, 5, coeff=0.9, norm="frobenius")).double()
-    conv_g = nn.Sequential(iresnet.SpectralConv2d(2, 4, 3, stride=stride, padding=1, coeff=0.9, norm="frobenius"),
-                           iresnet.LipSwish()).double()
+    lin_g = nn.Sequential(
+        iresnet.SpectralLinear(5, 11, coeff=0.9, norm="frobenius"), iresnet.LipSwish(),
+        iresnet.SpectralLinear(11, 5, coeff=0.9, norm="frobenius"),
+    ).double()
+    conv_g = nn.Sequential(
+        iresnet.SpectralConv2d(2, 4, 3, stride=stride, padding=1, coeff=0.9, norm="frobenius"),
+        iresnet.LipSwish(),
+    ).double()
     for g in (lin_g, conv_g):
         scale_weights(g, scale)
     conv_g(torch.randn(1, 2, 6, 6, dtype=torch.float64))  # the convolution learns its input shape
@@ -216,12 +220,14 @@ def test_frobenius_certificate_bounds_the_exact_norm_of_every_block(scale, strid
         exact_lin *= torch.linalg.matrix_norm(layer.normalized_weight().detach(), ord=2).item()
     conv = conv_g[0]
     w_hat = conv.normalized_weight().detach()
-    jac = explicit_jacobian(lambda v: torch.nn.functional.conv2d(v, w_hat, None, stride, 1), (2, 6, 6))
+    conv_map = lambda v: torch.nn.functional.conv2d(v, w_hat, None, stride, 1)  # noqa: E731
+    jac = explicit_jacobian(conv_map, (2, 6, 6))
     exact_conv = torch.linalg.matrix_norm(jac, ord=2).item()
     cert = iresnet.certify(iresnet.Flow([iresnet.InvertibleResidualBlock(lin_g)]))
     assert exact_lin <= cert.blocks[0].bound * (1 + 1e-12)
-    assert exact_conv <= iresnet.certify(iresnet.InvertibleResidualBlock(conv_g)).blocks[0].bound * (1 + 1e-12)
-    assert cert.blocks[0].bound <= 0.9**2 + 1e-12  # the bound in force is still below coeff per layer
+    conv_cert = iresnet.certify(iresnet.InvertibleResidualBlock(conv_g))
+    assert exact_conv <= conv_cert.blocks[0].bound * (1 + 1e-12)
+    assert cert.blocks[0].bound <= 0.9**2 + 1e-12  # the bound in force: below coeff per layer
 
 
 @pytest.mark.parametrize("form", ["uv", "gram"])
@@ -229,9 +235,52 @@ def test_both_appendix_b_forms_match_the_svd_of_a_convolution(form):
     """Appendix B on an operator that is not an explicit matrix: a strided convolution (forward
     ``conv2d``, adjoint ``conv_transpose2d``) against the SVD of its explicit Jacobian."""
     conv = iresnet.SpectralConv2d(3, 2, 3, stride=2, padding=1).double()
-    conv(torch.randn(1, 3, 7, 7, dtype=torch.float64))  # fixes u, v shapes and the adjoint's padding
+    conv(torch.randn(1, 3, 7, 7, dtype=torch.float64))  # fixes u, v shapes, the adjoint's padding
     fwd, adj = conv._operator(conv.weight.detach())
     jac = explicit_jacobian(fwd, (3, 7, 7))
     v0 = torch.ones(1, 3, 7, 7, dtype=torch.float64)
     _, _, sigma, _ = power_iteration(fwd, adj, v0, 20_000, tol=1e-15, form=form)
     assert sigma.item() == pytest.approx(torch.linalg.matrix_norm(jac, ord=2).item(), rel=1e-7)
+
+
+
+def _layer_tracking_the_second_of_two_close_singular_values() -> tuple[
+    iresnet.SpectralLinear, float
+]:
+    """A 64x2 layer with singular values 3.191 and 3.181 (as one in a trained toy-8gaussians
+    model) whose persistent ``v`` sits on the second singular vector, as it does when the two
+    swap order during training (one power step per call keeps tracking the old one)."""
+    gen = torch.Generator().manual_seed(0)
+    u_mat, _ = torch.linalg.qr(torch.randn(64, 2, generator=gen, dtype=torch.float64))
+    v_mat, _ = torch.linalg.qr(torch.randn(2, 2, generator=gen, dtype=torch.float64))
+    w = u_mat @ torch.diag(torch.tensor([3.191, 3.181], dtype=torch.float64)) @ v_mat.T
+    layer = iresnet.SpectralLinear(2, 64, coeff=0.98).double()
+    with torch.no_grad():
+        layer.weight.copy_(w)
+        v = v_mat[:, 1] + 1e-3 * v_mat[:, 0]
+        layer.v.copy_(v / v.norm())
+        layer.u.copy_(u_mat[:, 1])
+    layer.eval()
+    true = torch.linalg.matrix_norm(layer.normalized_weight().detach(), ord=2).item()
+    return layer, true
+
+
+# Both defects below were found by benchmarks/frobenius.py (a trained toy-8gaussians block at
+# 0.9442 > c^3 = 0.9412). Power iteration stops once sigma changes by less than its tolerance
+# per step, which happens at once from a v on the second of two close singular vectors, so sigma
+# is under-estimated. strict=True: a fix makes these XPASS, and then the marks must go.
+_CLOSE_PAIR = "power iteration from v on the 2nd of two close singular vectors stops at once"
+
+
+@pytest.mark.xfail(strict=True, reason="known defect: the certificate (converged power iteration, "
+                   "tol 1e-9) reports 0.98 for a layer whose true norm is 0.9831; " + _CLOSE_PAIR)
+def test_certificate_is_an_upper_bound_with_close_singular_values():
+    layer, true = _layer_tracking_the_second_of_two_close_singular_values()
+    assert layer.lipschitz_bound() >= true * (1 - 1e-9)
+
+
+@pytest.mark.xfail(strict=True, reason="known defect: eval-mode normalisation (eval_tol 1e-7) "
+                   "leaves the layer at 0.9831 > coeff 0.98; " + _CLOSE_PAIR)
+def test_eval_mode_normalisation_stays_below_coeff_with_close_singular_values():
+    _, true = _layer_tracking_the_second_of_two_close_singular_values()
+    assert true <= 0.98 * (1 + 1e-6)
