@@ -284,3 +284,21 @@ def test_certificate_is_an_upper_bound_with_close_singular_values():
 def test_eval_mode_normalisation_stays_below_coeff_with_close_singular_values():
     _, true = _layer_tracking_the_second_of_two_close_singular_values()
     assert true <= 0.98 * (1 + 1e-6)
+
+
+def test_operator_norm_is_cached_until_the_weight_changes(monkeypatch):
+    import iresnet.lipschitz as lip
+
+    torch.manual_seed(0)
+    layer = lip.SpectralLinear(6, 5, coeff=0.9).double().eval()
+    calls = []
+    real = lip.linear_operator_norm
+    monkeypatch.setattr(lip, "linear_operator_norm", lambda *a, **k: calls.append(1) or real(*a, **k))
+    first = layer.operator_norm()
+    assert layer.operator_norm() == first and len(calls) == 1
+    with torch.no_grad():
+        layer.weight.mul_(0.01)  # in place, as an optimiser step or load_state_dict does
+    small = layer.operator_norm()
+    assert len(calls) == 2
+    exact = float(torch.linalg.matrix_norm(layer.normalized_weight().detach(), ord=2))
+    assert small == pytest.approx(exact, rel=1e-6) and small < first

@@ -214,12 +214,27 @@ class _SpectralNormMixin:
         It is computed afresh from the weight in force (the one :meth:`normalized_weight` would
         use in the current mode), so it cannot go stale between optimiser steps.
         """
+        # Cached while nothing it depends on changes: every inverse in eval mode asks for it
+        # (the a-priori Banach bound), and a converged float64 power iteration on a conv
+        # operator costs far more than the solve itself.
+        key = (self.training, self.norm, tol, max_iter, *self._cache_key(), self.sigma._version,
+               self.sigma.data_ptr(), self.u._version, self.v._version, self.v.data_ptr())
+        cached = getattr(self, "_norm_cache", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
         with torch.no_grad():
             w_hat = self.normalized_weight().detach().double()
             if self.norm == "frobenius":  # the certificate uses the bound in force
-                return float(self.frobenius_bound(w_hat))
-            fwd, adj = self._operator(w_hat)
-            return linear_operator_norm(fwd, adj, self.v.detach().double(), tol=tol, max_iter=max_iter)
+                value = float(self.frobenius_bound(w_hat))
+            else:
+                fwd, adj = self._operator(w_hat)
+                value = linear_operator_norm(fwd, adj, self.v.detach().double(), tol=tol,
+                                             max_iter=max_iter)
+        # The key is taken after normalized_weight(), which may refresh the eval cache.
+        key = (self.training, self.norm, tol, max_iter, *self._cache_key(), self.sigma._version,
+               self.sigma.data_ptr(), self.u._version, self.v._version, self.v.data_ptr())
+        self._norm_cache = (key, value)
+        return value
 
     def lipschitz_bound(self) -> float:
         """Lipschitz constant of the layer as a map (the bias does not change it)."""
