@@ -388,3 +388,26 @@ def seed_all(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def logged_max(run_dir: Path, key: str) -> float:
+    """The largest value of ``key`` in a run's ``metrics.jsonl`` (``seconds``, ``cpu_seconds``)."""
+    rows = [json.loads(x) for x in (Path(run_dir) / "metrics.jsonl").read_text().splitlines() if x]
+    return max((r[key] for r in rows if key in r), default=float("nan"))
+
+
+def fit_steps(cfg: Any, budget: float, work_dir: Path, timing_steps: int = 15) -> tuple[int, float]:
+    """Steps of ``cfg``'s training that fit in 95% of ``budget`` CPU seconds, and the measured
+    CPU seconds per step, from a short timing run of the same config (not counted in the budget).
+
+    Used so that a cosine schedule ends when the budget does instead of being cut mid-decay.
+    """
+    from iresnet.train.loop import train
+
+    probe = cfg.override([f"train.steps={timing_steps}", "train.eval_every=1000000",
+                          "train.checkpoint_every=1000000", "train.max_seconds=0",
+                          "train.max_cpu_seconds=0"])
+    train(probe, Path(work_dir) / "timing", progress=False)
+    per_step = logged_max(Path(work_dir) / "timing", "cpu_seconds") / timing_steps
+    return max(int(0.95 * budget / per_step), cfg.train.warmup_steps + 1), per_step
+

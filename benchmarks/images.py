@@ -1,12 +1,12 @@
-"""Image densities at equal wall-clock: our CPU image preset against a coupling flow.
+"""Image densities at an equal CPU budget: our CPU image preset against a coupling flow.
 
 For each data set (``digits`` 8x8 with 17 levels, ``fashion-mnist`` 1x28x28 with 256 levels):
 
 - ``ours``: the image preset of the same name (a multi-scale Residual Flow, see
   :func:`iresnet.image_models.image_presets`), trained by the real loop
-  (:func:`iresnet.train.loop.train`) with ``train.max_seconds`` set to the budget. Its cosine
-  schedule is fitted to the budget: a short timing run (not counted) measures seconds per step,
-  and ``train.steps`` is set to what fits in 95% of the budget. Test bits/dim from
+  (:func:`iresnet.train.loop.train`) with ``train.max_cpu_seconds`` set to the budget. Its
+  cosine schedule is fitted to the budget: a short timing run (not counted) measures CPU seconds
+  per step, and ``train.steps`` is set to what fits in 95% of the budget. Test bits/dim from
   ``DensityTask.full_evaluation``, the number ``iresnet evaluate --json`` prints: exact log-dets
   where ``D <= 64`` (digits), else an unbiased Russian-roulette estimate with 20 always-computed
   terms (no truncation bias); its standard error is over test images and includes the
@@ -15,17 +15,17 @@ For each data set (``digits`` 8x8 with 17 levels, ``fashion-mnist`` 1x28x28 with
   for Glow that the seed report compares against. Same data, same preprocessing as ours (uniform
   dequantisation ``u = (x + U)/K``, the preset's logit transform with its log-det), same batch
   size, Adam lr 1e-3 with a 100-step warm-up and the same cosine-to-zero shape over the
-  budget's wall-clock, gradient norm clipped at 10, non-finite losses skipped. Exact test
-  log-density.
+  budget, gradient norm clipped at 10, non-finite losses skipped. Exact test log-density.
 
-Both are trained *at the same time*, one process each with one torch thread, so that both see
-the same machine load (the CPU share each got is reported); both stop at the same wall-clock
-budget. ``bpd = (-log p(u) + D log K) / (D log 2)`` with every preprocessing log-det counted,
+The budget is CPU time of each model's own process with one torch thread (periodic evaluation
+and logging included), i.e. the wall-clock of one dedicated core: on a shared machine the
+wall-clock of a run depends on the other processes, its CPU time does not. Both models train at
+the same time, one process each (the share of a core each got is reported). ``bpd = (-log p(u) + D log K) / (D log 2)`` with every preprocessing log-det counted,
 on the standard test split (digits: the library's fixed split; Fashion-MNIST: the 10 000
 ``t10k`` images), each image dequantised with fixed-seed noise.
 
-Run: ``.venv/bin/python benchmarks/images.py`` (digits 10 minutes, Fashion-MNIST 60 minutes,
-plus evaluation); ``--datasets digits --budget digits=600`` for one; ``--quick`` for a smoke run
+Run: ``.venv/bin/python benchmarks/images.py`` (digits 10 CPU-minutes, Fashion-MNIST 60
+CPU-minutes per model, plus evaluation); ``--datasets digits --budget digits=600`` for one; ``--quick`` for a smoke run
 (writes ``images-<data>-quick.*``). ``--data-dir DIR`` points at the image files.
 """
 
@@ -120,15 +120,15 @@ def train_peer(dataset: str, cfg: Config, budget: float, seed: int, out: Path) -
     perm, pos = torch.randperm(n, generator=gen), 0
     step_times, curve, skipped = [], [], 0
     t_start, c_start = time.perf_counter(), time.process_time()
-    elapsed = 0.0
+    elapsed = 0.0  # CPU seconds of this process
     while elapsed < budget:
         if pos + batch > n:
             perm, pos = torch.randperm(n, generator=gen), 0
         xb = data.train_x[perm[pos : pos + batch]]
         pos += batch
         step = len(step_times)
-        # Warm-up, then cosine to zero over the wall-clock budget (ours decays over its fitted
-        # step count; the peer cannot know its step count in advance).
+        # Warm-up, then cosine to zero over the CPU budget (ours decays over its fitted step
+        # count; this one follows the clock, which needs no timing run).
         frac = min(elapsed / budget, 1.0)
         lr = PEER_LR * min(1.0, (step + 1) / PEER_WARMUP) * 0.5 * (1 + math.cos(math.pi * frac))
         for g in opt.param_groups:
@@ -144,9 +144,10 @@ def train_peer(dataset: str, cfg: Config, budget: float, seed: int, out: Path) -
             skipped += 1
         step_times.append(time.perf_counter() - t0)
         if step % 50 == 0:
-            curve.append((step, float(loss.detach()), time.perf_counter() - t_start))
-        elapsed = time.perf_counter() - t_start
-    cpu_share = (time.process_time() - c_start) / elapsed
+            curve.append((step, float(loss.detach()), time.process_time() - c_start))
+        elapsed = time.process_time() - c_start
+    wall = time.perf_counter() - t_start
+    cpu_share = elapsed / wall
     # Evaluation: exact log-densities of every test image, fixed dequantisation noise.
     peer.flow.eval()
     torch.manual_seed(seed + 1)
@@ -167,6 +168,7 @@ def train_peer(dataset: str, cfg: Config, budget: float, seed: int, out: Path) -
         "n_test": int(bpd.numel()),
         "steps": len(step_times),
         "train_seconds": elapsed,
+        "wall_seconds": wall,
         "cpu_share": cpu_share,
         "step_seconds": common.summarize(step_times),
         "skipped_nonfinite_steps": skipped,
@@ -180,24 +182,10 @@ def train_peer(dataset: str, cfg: Config, budget: float, seed: int, out: Path) -
 # --------------------------------------------------------------------------------------------
 
 
-def _train_seconds(run_dir: Path) -> float:
-    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x]
-    return max((r["seconds"] for r in rows if "seconds" in r), default=math.nan)
-
-
-def fit_steps(cfg: Config, budget: float, tmp: Path) -> tuple[int, float]:
-    """Steps that fit in 95% of ``budget``, from a short timing run of the same preset."""
-    probe = cfg.override([f"train.steps={TIMING_STEPS}", "train.eval_every=1000000",
-                          "train.checkpoint_every=1000000", "train.max_seconds=0"])
-    train(probe, tmp / "timing", progress=False)
-    per_step = _train_seconds(tmp / "timing") / TIMING_STEPS
-    return max(int(0.95 * budget / per_step), cfg.train.warmup_steps + 1), per_step
-
-
 def train_ours(dataset: str, cfg: Config, budget: float, out: Path) -> dict[str, Any]:
-    steps, per_step = fit_steps(cfg, budget, out)
+    steps, per_step = common.fit_steps(cfg, budget, out, TIMING_STEPS)
     run_dir = out / "ours"
-    cfg = cfg.override([f"train.steps={steps}", f"train.max_seconds={budget}"])
+    cfg = cfg.override([f"train.steps={steps}", f"train.max_cpu_seconds={budget}"])
     t0, c0 = time.perf_counter(), time.process_time()
     result = train(cfg, run_dir, progress=False)
     wall = time.perf_counter() - t0
@@ -220,8 +208,9 @@ def train_ours(dataset: str, cfg: Config, budget: float, out: Path) -> dict[str,
         "max_lipschitz": ev["max_lipschitz"],
         "steps": result.step,
         "planned_steps": steps,
-        "timing_seconds_per_step": per_step,
-        "train_seconds": _train_seconds(run_dir),
+        "timing_cpu_seconds_per_step": per_step,
+        "train_seconds": common.logged_max(run_dir, "cpu_seconds"),
+        "wall_seconds": common.logged_max(run_dir, "seconds"),
         "cpu_share": cpu_share,
         "params": n_params(trained.model),
         "run_dir": str(run_dir),
@@ -280,20 +269,20 @@ def figure(dataset: str, results: dict[str, Any], path: Path) -> Path:
 
 
 def report(all_results: dict[str, Any], budgets: dict[str, float]) -> tuple[str, str]:
-    head = ["data set", "model", "test bits/dim ± SE", "estimator", "steps", "s/step (median)",
-            "seconds trained", "CPU share", "parameters"]
+    head = ["data set", "model", "test bits/dim ± SE", "estimator", "steps", "CPU s/step (mean)",
+            "CPU seconds trained", "wall seconds", "CPU share", "parameters"]
     rows, lines = [], []
     for ds, res in all_results.items():
         for who, label in (("ours", "ours (Residual Flow preset)"), ("peer", "zuko RealNVP")):
             r = res[who]
-            sps = r["step_seconds"]["median"] if "step_seconds" in r else r["train_seconds"] / max(r["steps"], 1)
+            sps = r["train_seconds"] / max(r["steps"], 1)  # CPU seconds, evaluations included
             rows.append([ds, label, common.pm(r["test_bpd"], r["test_bpd_se"], 4), r["estimator"],
                          r["steps"], f"{1000 * sps:.1f} ms", f"{r['train_seconds']:.0f}",
-                         f"{r['cpu_share']:.2f}", f"{r['params']:,}"])
+                         f"{r['wall_seconds']:.0f}", f"{r['cpu_share']:.2f}", f"{r['params']:,}"])
         d = res["ours"]["test_bpd"] - res["peer"]["test_bpd"]
         se = math.hypot(res["ours"]["test_bpd_se"], res["peer"]["test_bpd_se"])
         verdict = "ours better" if d < -2 * se else ("peer better" if d > 2 * se else "tie (within 2 SE)")
-        lines.append(f"- {ds} after {budgets[ds]:.0f} s: ours - RealNVP = {d:+.4f} "
+        lines.append(f"- {ds} after {budgets[ds]:.0f} CPU s: ours - RealNVP = {d:+.4f} "
                      f"(± {se:.4f}) bits/dim: {verdict}")
         o = res["ours"]
         lines.append(f"- {ds}: ours inverse max error {o['inverse_max_error']:.2e} on 256 test "
@@ -308,7 +297,7 @@ def main() -> None:
     ap.add_argument("--datasets", nargs="+", default=list(DEFAULT_BUDGETS),
                     choices=list(DEFAULT_BUDGETS))
     ap.add_argument("--budget", action="append", default=[], metavar="DATA=SECONDS",
-                    help="wall-clock training budget per model (default digits=600, "
+                    help="CPU-seconds training budget per model (default digits=600, "
                          "fashion-mnist=3600)")
     ap.add_argument("--data-dir", default=None, help="folder with the image files")
     ap.add_argument("--work-dir", type=Path, default=None, help="where run folders go (kept)")
@@ -329,7 +318,7 @@ def main() -> None:
     env = common.environment()
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="iresnet-images-"))
     for ds in args.datasets:
-        print(f"[{ds}] training ours and zuko RealNVP side by side for {budgets[ds]:g} s ...",
+        print(f"[{ds}] training ours and zuko RealNVP side by side, {budgets[ds]:g} CPU s each",
               flush=True)
         res = run_dataset(ds, budgets[ds], args, work)
         suffix = "-quick" if args.quick else ""
@@ -341,7 +330,7 @@ def main() -> None:
         settings = {"dataset": ds, "budget_s": budgets[ds], "seed": args.seed, "threads": 1,
                     "peer": PEER_KW[ds], "peer_lr": PEER_LR, "work_dir": str(work)}
         md, _ = common.write_results(
-            f"images-{ds}{suffix}", f"Image density on {ds} at equal wall-clock: ours vs zuko RealNVP",
+            f"images-{ds}{suffix}", f"Image density on {ds} at an equal CPU budget: ours vs zuko RealNVP",
             env, settings,
             [("Results", table), ("Ours against the peer", verdicts),
              ("Notes", __doc__.split("\n\n", 1)[1].split("Run:")[0].strip() +
