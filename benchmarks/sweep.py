@@ -33,7 +33,7 @@ from iresnet.sweep import DEFAULT_COEFFS, run_sweep, sweep_table  # noqa: E402
 #: steps per model (the budget) and the preset of each data set
 BUDGETS: dict[str, tuple[str, int]] = {
     "digits": ("digits-classifier", 600),
-    "fashion-mnist": ("fashion-mnist-classifier", 400),
+    "fashion-mnist": ("fashion-mnist-classifier", 600),
 }
 
 

@@ -60,6 +60,24 @@ def test_forward_shapes_and_feature_inverse_float64(shape):
     assert len(model.inverse_diagnostics) == 4
 
 
+def test_init_squeeze_features_invert_and_28x28_presets_build():
+    """``model.init_squeeze``: squeeze ``(1, 8, 8) -> (4, 4, 4)`` before padding to ``hidden // 2``
+    channels; the features still invert to the input, and odd sizes are refused."""
+    model = build_classifier(tiny(init_squeeze=True, hidden=16), (1, 8, 8)).double()
+    x = torch.rand(3, 1, 8, 8, dtype=torch.float64)
+    ready(model, x)
+    assert model.pad.in_channels == 4 and model.pad.out_channels == 8
+    assert model.feature_shape == (32, 2, 2)
+    with torch.no_grad():
+        x_rec = model.invert_features(model.features(x))
+    assert x_rec.shape == x.shape and (x_rec - x).abs().max() < 1e-8
+    with pytest.raises(ConfigError, match="even"):
+        build_classifier(tiny(init_squeeze=True), (1, 7, 7))
+    for name in ("mnist-classifier", "fashion-mnist-classifier"):
+        net = build_classifier(classifier_config(name).model, (1, 28, 28))
+        assert net.pad.out_channels == 16 and net.feature_shape == (64, 7, 7)
+
+
 def test_injective_pad_is_left_invertible():
     pad = InjectivePad(3, 7)
     x = torch.randn(2, 3, 4, 4)

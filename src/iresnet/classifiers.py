@@ -16,7 +16,7 @@ normalised to ``||W_i||_2 <= c < 1`` (``model.constrained=true``), ``Lip(g) <= c
 block is invertible by the Banach fixed point ``x <- y - g(x)`` (i-ResNet Thm. 1);
 ``model.constrained=false`` builds the same network with plain convolutions ("vanilla": no
 inverse is guaranteed). ``P = max(C, hidden // 2)`` (the paper pads CIFAR's 3 channels by 13 to
-16 with ``hidden = 32``). Where the config has a true ``init_squeeze`` field, the input is
+16 with ``hidden = 32``). With ``model.init_squeeze=true`` the input is
 squeezed once before the padding (the paper code's ``init_ds=2``), which makes the first stage
 four times cheaper on 28x28 images.
 
@@ -213,7 +213,7 @@ class IResNetClassifier(nn.Module):
         c, h, w = shape
         self.in_shape = tuple(shape)
         self.constrained = cfg.constrained
-        self.squeeze = Squeeze(2) if getattr(cfg, "init_squeeze", False) else None
+        self.squeeze = Squeeze(2) if cfg.init_squeeze else None
         if self.squeeze is not None:
             if h % 2 or w % 2:
                 raise ConfigError(f"model.init_squeeze needs even H and W, got {h}x{w}")
@@ -338,10 +338,15 @@ def classifier_presets() -> dict[str, tuple[str, dict[str, dict[str, Any]]]]:
     cpu("digits-classifier", "digits", "i-ResNet classifier on 8x8 digits, c=0.9 (CPU: ~2 min)",
         {"n_scales": 2, "n_blocks": 2, "hidden": 16},
         {"steps": 600, "batch_size": 64, "eval_every": 200, "checkpoint_every": 200})
+    # 28x28: one initial squeeze (-> 4x14x14), injective padding to 16 channels as in the paper
+    # (hidden 32), then 2 stages (14x14x16, 7x7x64). Measured on Fashion-MNIST at 600 steps
+    # (~0.13 CPU s/step): the old 3-stage hidden-8 preset (padding to only 4 channels) gave
+    # c=0.9 26.0% vs vanilla 16.6% at 400 steps; this one 21.9% vs 13.8%. Neither hidden 64, 4
+    # blocks per stage nor lr 2e-3 / 1e-2 closed the c=0.9 gap at this budget (README).
     for data in ("mnist", "fashion-mnist"):
-        cpu(f"{data}-classifier", data, f"i-ResNet classifier on {data}, c=0.9 (CPU: ~8 min)",
-            {"n_scales": 3, "n_blocks": 2, "hidden": 8},
-            {"steps": 1000, "batch_size": 64, "lr": 5e-3, "eval_every": 250,
+        cpu(f"{data}-classifier", data, f"i-ResNet classifier on {data}, c=0.9 (CPU: ~2 min)",
+            {"n_scales": 2, "n_blocks": 2, "hidden": 32, "init_squeeze": True},
+            {"steps": 600, "batch_size": 64, "lr": 5e-3, "eval_every": 250,
              "checkpoint_every": 250})
     cpu("cifar10-classifier", "cifar10", "i-ResNet classifier on CIFAR-10, c=0.9 (CPU: long)",
         {"n_scales": 3, "n_blocks": 2, "hidden": 16},
