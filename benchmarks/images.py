@@ -185,7 +185,9 @@ def train_peer(dataset: str, cfg: Config, budget: float, seed: int, out: Path) -
 def train_ours(dataset: str, cfg: Config, budget: float, out: Path) -> dict[str, Any]:
     steps, per_step = common.fit_steps(cfg, budget, out, TIMING_STEPS)
     run_dir = out / "ours"
-    cfg = cfg.override([f"train.steps={steps}", f"train.max_cpu_seconds={budget}"])
+    # The CPU budget replaces the preset's wall-clock cap (which a loaded machine hits early).
+    cfg = cfg.override([f"train.steps={steps}", f"train.max_cpu_seconds={budget}",
+                        "train.max_seconds=0"])
     t0, c0 = time.perf_counter(), time.process_time()
     result = train(cfg, run_dir, progress=False)
     wall = time.perf_counter() - t0
