@@ -265,22 +265,17 @@ def _layer_tracking_the_second_of_two_close_singular_values() -> tuple[
     return layer, true
 
 
-# Both defects below were found by benchmarks/frobenius.py (a trained toy-8gaussians block at
-# 0.9442 > c^3 = 0.9412). Power iteration stops once sigma changes by less than its tolerance
-# per step, which happens at once from a v on the second of two close singular vectors, so sigma
-# is under-estimated. strict=True: a fix makes these XPASS, and then the marks must go.
-_CLOSE_PAIR = "power iteration from v on the 2nd of two close singular vectors stops at once"
+# Both regressions were found by benchmarks/frobenius.py (a trained toy-8gaussians block at
+# 0.9442 > c^3 = 0.9412): power iteration stops once sigma changes by less than its tolerance
+# per step, which happens at once from a v on the second of two close singular vectors. Linear
+# layers now take their eval-mode norm and certificate from an exact SVD.
 
 
-@pytest.mark.xfail(strict=True, reason="known defect: the certificate (converged power iteration, "
-                   "tol 1e-9) reports 0.98 for a layer whose true norm is 0.9831; " + _CLOSE_PAIR)
 def test_certificate_is_an_upper_bound_with_close_singular_values():
     layer, true = _layer_tracking_the_second_of_two_close_singular_values()
     assert layer.lipschitz_bound() >= true * (1 - 1e-9)
 
 
-@pytest.mark.xfail(strict=True, reason="known defect: eval-mode normalisation (eval_tol 1e-7) "
-                   "leaves the layer at 0.9831 > coeff 0.98; " + _CLOSE_PAIR)
 def test_eval_mode_normalisation_stays_below_coeff_with_close_singular_values():
     _, true = _layer_tracking_the_second_of_two_close_singular_values()
     assert true <= 0.98 * (1 + 1e-6)
@@ -290,15 +285,19 @@ def test_operator_norm_is_cached_until_the_weight_changes(monkeypatch):
     import iresnet.lipschitz as lip
 
     torch.manual_seed(0)
-    layer = lip.SpectralLinear(6, 5, coeff=0.9).double().eval()
+    conv = lip.SpectralConv2d(2, 3, 3, padding=1, coeff=0.9).double()
+    conv(torch.randn(1, 2, 5, 5, dtype=torch.float64))  # learns its input shape
+    conv.eval()
     calls = []
     real = lip.linear_operator_norm
     monkeypatch.setattr(lip, "linear_operator_norm", lambda *a, **k: calls.append(1) or real(*a, **k))
-    first = layer.operator_norm()
-    assert layer.operator_norm() == first and len(calls) == 1
+    first = conv.operator_norm()
+    assert conv.operator_norm() == first and len(calls) == 1
     with torch.no_grad():
-        layer.weight.mul_(0.01)  # in place, as an optimiser step or load_state_dict does
-    small = layer.operator_norm()
+        conv.weight.mul_(0.01)  # in place, as an optimiser step or load_state_dict does
+    small = conv.operator_norm()
     assert len(calls) == 2
-    exact = float(torch.linalg.matrix_norm(layer.normalized_weight().detach(), ord=2))
+    w_hat = conv.normalized_weight().detach()
+    jac = explicit_jacobian(lambda v: torch.nn.functional.conv2d(v, w_hat, None, 1, 1), (2, 5, 5))
+    exact = float(torch.linalg.matrix_norm(jac, ord=2))
     assert small == pytest.approx(exact, rel=1e-6) and small < first

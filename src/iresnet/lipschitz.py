@@ -107,6 +107,11 @@ def linear_operator_norm(
     return float(sigma)
 
 
+#: Linear layers up to this many rows or columns use an exact SVD for their eval-mode norm and
+#: certificate instead of converged power iteration (see ``_exact_norm``).
+EXACT_NORM_MAX_DIM = 1024
+
+
 class _SpectralNormMixin:
     """Shared state and logic of the spectrally normalised layers.
 
@@ -203,10 +208,20 @@ class _SpectralNormMixin:
             if self._cache is None or self._cache[0] != key:
                 self._update_vectors(10_000, self.eval_tol)
                 with torch.no_grad():
-                    self.sigma.copy_(self._sigma_with_grad())
+                    exact = self._exact_norm(self.weight.detach())
+                    self.sigma.copy_(exact if exact is not None else self._sigma_with_grad())
                 self._cache = (self._cache_key(), self.sigma.clone())
             sigma = self._cache[1]
         return self.weight / torch.clamp(sigma / self.coeff, min=1.0)
+
+    def _exact_norm(self, weight: Tensor) -> Tensor | None:
+        """``||weight||_2`` computed exactly where that is cheap, else None (power iteration).
+
+        Power iteration only converges towards the top singular value: started near the second
+        of two close ones (as the persistent ``v`` is after they swap order in training), it
+        meets any tolerance on the change of ``sigma`` long before it turns, and under-estimates.
+        """
+        return None
 
     def operator_norm(self, *, tol: float = 1e-9, max_iter: int = 20_000) -> float:
         """Converged estimate of ``||W_hat||_2``: the Lipschitz constant this layer has *now*.
@@ -224,8 +239,11 @@ class _SpectralNormMixin:
             return cached[1]
         with torch.no_grad():
             w_hat = self.normalized_weight().detach().double()
+            exact = self._exact_norm(w_hat)
             if self.norm == "frobenius":  # the certificate uses the bound in force
                 value = float(self.frobenius_bound(w_hat))
+            elif exact is not None:
+                value = float(exact)
             else:
                 fwd, adj = self._operator(w_hat)
                 value = linear_operator_norm(fwd, adj, self.v.detach().double(), tol=tol,
@@ -281,6 +299,12 @@ class SpectralLinear(_SpectralNormMixin, nn.Linear):
 
     def _operator(self, weight: Tensor) -> tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]:
         return (lambda v: weight @ v), (lambda u: weight.t() @ u)
+
+    def _exact_norm(self, weight: Tensor) -> Tensor | None:
+        # A dense matrix: its SVD is exact and, up to 1024 wide, costs at most milliseconds.
+        if min(weight.shape) > EXACT_NORM_MAX_DIM:
+            return None
+        return torch.linalg.matrix_norm(weight.double(), ord=2).to(weight.dtype)
 
     def forward(self, x: Tensor) -> Tensor:
         return F.linear(x, self.normalized_weight(), self.bias)
@@ -386,6 +410,15 @@ class SpectralConv2d(_SpectralNormMixin, nn.Conv2d):
         w = self.normalized_weight()
         tt = self._conv_forward(t.reshape(-1, *t.shape[2:]), w, None)
         return self._conv_forward(x, w, self.bias), tt.reshape(*t.shape[:2], *tt.shape[1:])
+
+    def _exact_norm(self, weight: Tensor) -> Tensor | None:
+        """``||weight||_2`` computed exactly where that is cheap, else None (power iteration).
+
+        Power iteration only converges towards the top singular value: started near the second
+        of two close ones (as the persistent ``v`` is after they swap order in training), it
+        meets any tolerance on the change of ``sigma`` long before it turns, and under-estimates.
+        """
+        return None
 
     def operator_norm(self, *, tol: float = 1e-9, max_iter: int = 20_000) -> float:
         if self.v.numel() == 0:
