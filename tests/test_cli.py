@@ -63,6 +63,12 @@ def test_train_evaluate_sample_certify(tmp_path, capsys):
         assert key in result
     assert result["invertible"] is True and result["inverse_max_error"] < 1e-4
     assert result["entropy_gap"] > -4 * result["entropy_gap_se"]  # a KL divergence is >= 0
+    code, out, _ = run(capsys, "evaluate", str(out_dir), "--json", "--n-test", "100")
+    part = json.loads(out)
+    assert code == 0 and part["n_test"] == 100 and result["n_test"] > 100
+    assert part["test_nll_se"] > result["test_nll_se"]  # fewer points, wider error bar
+    code, _, err = run(capsys, "evaluate", str(out_dir), "--n-test", "0")
+    assert code != 0 and "--n-test" in err and "Traceback" not in err
     code, out, _ = run(capsys, "sample", str(out_dir), "-n", "50", "--out", str(tmp_path / "s.npy"))
     assert code == 0 and np.load(tmp_path / "s.npy").shape == (50, 2)
     code, out, _ = run(capsys, "certify", str(out_dir), "--json")

@@ -81,8 +81,9 @@ class Task:
     def plots(self, model: nn.Module, run_dir: Path, records: list[dict[str, Any]]) -> list[Path]:
         raise NotImplementedError
 
-    def _test_batches(self, batch_size: int, max_batches: int | None) -> Iterator[Any]:
-        n = self.data.test_x.shape[0]
+    def _test_batches(self, batch_size: int, max_batches: int | None,
+                      limit: int | None = None) -> Iterator[Any]:
+        n = self.data.test_x.shape[0] if limit is None else min(limit, self.data.test_x.shape[0])
         for i, start in enumerate(range(0, n, batch_size)):
             if max_batches is not None and i >= max_batches:
                 return
@@ -151,18 +152,23 @@ class DensityTask(Task):
             return x
 
     def full_evaluation(self, model: nn.Module, *, n_inverse: int = 512, exact_max_dim: int = 64,
-                        roulette_exact: int = 20) -> dict[str, Any]:
+                        roulette_exact: int = 20, n_test: int | None = None) -> dict[str, Any]:
         """Test likelihood with the best estimator the dimension allows, the gap to the truth,
-        the inverse's reconstruction error and the certificate."""
+        the inverse's reconstruction error and the certificate.
+
+        ``n_test``: evaluate the likelihood on the first ``n_test`` test points only (all by
+        default); the standard error is over the points evaluated.
+        """
         model.eval()
         if self.dim <= exact_max_dim:
             estimator_name, ctx = "exact", exact_logdets(model, self.dim)
         else:  # unbiased, with many always-computed terms: low variance, no truncation bias
             est = RussianRouletteLogDet(n_exact=roulette_exact, neumann_gradient=False, memory_efficient=False)
             estimator_name, ctx = f"russian-roulette(n_exact={roulette_exact})", swap_logdets(model, est)
-        out: dict[str, Any] = {"estimator": estimator_name, "n_test": int(self.data.test_x.shape[0])}
         with ctx, torch.no_grad():
-            logps = torch.cat([self.log_prob(model, b) for b in self._test_batches(1024, None)])
+            logps = torch.cat([self.log_prob(model, b)
+                               for b in self._test_batches(1024, None, limit=n_test)])
+        out: dict[str, Any] = {"estimator": estimator_name, "n_test": int(logps.shape[0])}
         values = self._value(logps)
         out[f"test_{self.metric}"], out[f"test_{self.metric}_se"] = mean_se(values)
         if self.images:
@@ -171,7 +177,8 @@ class DensityTask(Task):
         if self.data.true_log_density is not None:
             # KL(p || q) = E_p[log p - log q], estimated on the test draws from p (paired, so
             # the standard error is that of the difference, not of two separate means).
-            truth = self.data.true_log_density(self.data.test_x.double()).to(logps.device)
+            test_x = self.data.test_x[: logps.shape[0]]
+            truth = self.data.true_log_density(test_x.double()).to(logps.device)
             out["entropy_gap"], out["entropy_gap_se"] = mean_se(truth - logps.double())
             entropy = self.data.true_entropy()
             if entropy is not None:
