@@ -86,12 +86,14 @@ def preset_config(dataset: str, data_dir: str | None, seed: int) -> Config:
 class FlatPeer:
     """zuko RealNVP on flattened, dequantised, logit-transformed images."""
 
-    def __init__(self, dataset: str, cfg: Config, dim: int, seed: int) -> None:
+    def __init__(self, dataset: str, cfg: Config, dim: int, seed: int,
+                 cfg_peer_kw: dict[str, Any] | None = None) -> None:
         import zuko
 
         torch.manual_seed(seed)
         self.cfg, self.dim = cfg, dim
-        self.flow = zuko.flows.RealNVP(dim, **PEER_KW[dataset])
+        self.kw = PEER_KW[dataset] | (cfg_peer_kw or {})
+        self.flow = zuko.flows.RealNVP(dim, **self.kw)
 
     def log_prob_u(self, x: Tensor, n_levels: int) -> Tensor:
         """``log p(u)`` (nats) of integer images ``x`` ``(B, C, H, W)`` after dequantisation."""
@@ -111,10 +113,10 @@ class FlatPeer:
 
 
 def train_peer(dataset: str, cfg: Config, budget: float, seed: int, out: Path,
-               n_test: int | None) -> dict[str, Any]:
+               n_test: int | None, peer_kw: dict[str, Any] | None = None) -> dict[str, Any]:
     data = load_data(cfg.data)
     k, dim = int(data.n_levels), int(math.prod(data.event_shape))
-    peer = FlatPeer(dataset, cfg, dim, seed)
+    peer = FlatPeer(dataset, cfg, dim, seed, peer_kw)
     opt = torch.optim.Adam(peer.flow.parameters(), lr=PEER_LR)
     gen = torch.Generator().manual_seed(seed)
     n, batch = data.train_x.shape[0], cfg.train.batch_size
@@ -162,7 +164,7 @@ def train_peer(dataset: str, cfg: Config, budget: float, seed: int, out: Path,
     samples = peer.sample(64, data.event_shape)
     torch.save(samples, out / "peer_samples.pt")
     return {
-        "model": f"zuko RealNVP {PEER_KW[dataset]}",
+        "model": f"zuko RealNVP {peer.kw}",
         "test_bpd": mean,
         "test_bpd_se": se,
         "estimator": "exact (coupling flow)",
@@ -236,7 +238,8 @@ def worker(spec: dict[str, Any]) -> None:
     if spec["who"] == "ours":
         result = train_ours(spec["dataset"], cfg, spec["budget"], out, spec["n_test"])
     else:
-        result = train_peer(spec["dataset"], cfg, spec["budget"], spec["seed"], out, spec["n_test"])
+        result = train_peer(spec["dataset"], cfg, spec["budget"], spec["seed"], out, spec["n_test"],
+                            spec.get("peer_kw"))
     (out / f"{spec['who']}.json").write_text(json.dumps(result))
 
 
@@ -244,15 +247,25 @@ def run_dataset(dataset: str, budget: float, args: argparse.Namespace, work: Pat
     """Train ours and the peer at the same time (one process each) and collect their results."""
     procs = {}
     for who in ("ours", "peer"):
+        if who == "ours" and args.ours_from:  # reuse ours' run and result from an earlier run
+            continue
         out = work / dataset / who
         out.mkdir(parents=True, exist_ok=True)
         spec = {"who": who, "dataset": dataset, "budget": budget, "seed": args.seed,
-                "data_dir": args.data_dir, "out": str(out), "n_test": args.n_test}
+                "data_dir": args.data_dir, "out": str(out), "n_test": args.n_test,
+                "peer_kw": args.peer_kw}
         log = open(out / "log.txt", "w")  # noqa: SIM115 (closed after wait)
         cmd = [sys.executable, __file__, "--worker", json.dumps(spec)]
         procs[who] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                        env=common.worker_env(), cwd=common.REPO_ROOT), log, out)
     results = {}
+    if args.ours_from:
+        prior = args.ours_from / dataset / "ours"
+        results["ours"] = json.loads((prior / "ours.json").read_text())
+        results["ours"]["samples"] = torch.load(prior / "ours_samples.pt")
+        results["ours"]["reused_from"] = str(prior)
+        if results["ours"]["config"]["train"]["max_cpu_seconds"] != budget:
+            raise SystemExit(f"--ours-from {prior}: its budget differs from {budget} CPU s")
     for who, (proc, log, out) in procs.items():
         rc = proc.wait()
         log.close()
@@ -312,6 +325,11 @@ def main() -> None:
                     help="evaluate both models on the first N test images (default: all); our "
                          "unbiased estimator at D = 784 costs ~20 vector-Jacobian products per "
                          "block and image")
+    ap.add_argument("--peer-kw", type=json.loads, default=None, metavar="JSON",
+                    help='override the peer\'s size, e.g. \'{"transforms": 4, "hidden_features": [64, 64]}\'')
+    ap.add_argument("--ours-from", type=Path, default=None, metavar="WORK_DIR",
+                    help="reuse our model's run and result from an earlier --work-dir (same budget)")
+    ap.add_argument("--name", default=None, help="results name (default images-<data>)")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -335,14 +353,16 @@ def main() -> None:
         suffix = "-quick" if args.quick else ""
         out_dir = args.out_dir or common.RESULTS_DIR
         out_dir.mkdir(parents=True, exist_ok=True)
-        png = figure(ds, res, out_dir / f"images-{ds}{suffix}.png")
+        name = args.name or f"images-{ds}{suffix}"
+        png = figure(ds, res, out_dir / f"{name}.png")
         table, verdicts = report({ds: res}, budgets)
         raw = {who: {k: v for k, v in r.items() if k != "samples"} for who, r in res.items()}
         settings = {"dataset": ds, "budget_s": budgets[ds], "seed": args.seed, "threads": 1,
                     "n_test": args.n_test or "all",
-                    "peer": PEER_KW[ds], "peer_lr": PEER_LR, "work_dir": str(work)}
+                    "peer": PEER_KW[ds] | (args.peer_kw or {}), "peer_lr": PEER_LR,
+                    "work_dir": str(work), "ours_from": str(args.ours_from or "")}
         md, _ = common.write_results(
-            f"images-{ds}{suffix}", f"Image density on {ds} at an equal CPU budget: ours vs zuko RealNVP",
+            name, f"Image density on {ds} at an equal CPU budget: ours vs zuko RealNVP",
             env, settings,
             [("Results", table), ("Ours against the peer", verdicts),
              ("Notes", __doc__.split("\n\n", 1)[1].split("Run:")[0].strip() +
