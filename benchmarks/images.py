@@ -20,13 +20,15 @@ For each data set (``digits`` 8x8 with 17 levels, ``fashion-mnist`` 1x28x28 with
 The budget is CPU time of each model's own process with one torch thread (periodic evaluation
 and logging included), i.e. the wall-clock of one dedicated core: on a shared machine the
 wall-clock of a run depends on the other processes, its CPU time does not. Both models train at
-the same time, one process each (the share of a core each got is reported). ``bpd = (-log p(u) + D log K) / (D log 2)`` with every preprocessing log-det counted,
-on the standard test split (digits: the library's fixed split; Fashion-MNIST: the 10 000
+the same time, one process each (the share of a core each got is reported).
+``bpd = (-log p(u) + D log K) / (D log 2)`` with every preprocessing log-det counted, on the
+standard test split (digits: the library's fixed split; Fashion-MNIST: the 10 000
 ``t10k`` images), each image dequantised with fixed-seed noise.
 
 Run: ``.venv/bin/python benchmarks/images.py`` (digits 10 CPU-minutes, Fashion-MNIST 60
-CPU-minutes per model, plus evaluation); ``--datasets digits --budget digits=600`` for one; ``--quick`` for a smoke run
-(writes ``images-<data>-quick.*``). ``--data-dir DIR`` points at the image files.
+CPU-minutes per model, plus evaluation); ``--datasets digits --budget digits=600`` for one;
+``--quick`` for a smoke run (writes ``images-<data>-quick.*``). ``--data-dir DIR`` points at
+the image files.
 """
 
 from __future__ import annotations
@@ -301,7 +303,8 @@ def report(all_results: dict[str, Any], budgets: dict[str, float]) -> tuple[str,
                          f"{r['wall_seconds']:.0f}", f"{r['cpu_share']:.2f}", f"{r['params']:,}"])
         d = res["ours"]["test_bpd"] - res["peer"]["test_bpd"]
         se = math.hypot(res["ours"]["test_bpd_se"], res["peer"]["test_bpd_se"])
-        verdict = "ours better" if d < -2 * se else ("peer better" if d > 2 * se else "tie (within 2 SE)")
+        verdict = ("ours better" if d < -2 * se
+                   else "peer better" if d > 2 * se else "tie (within 2 SE)")
         lines.append(f"- {ds} after {budgets[ds]:.0f} CPU s: ours - RealNVP = {d:+.4f} "
                      f"(± {se:.4f}) bits/dim: {verdict}")
         o = res["ours"]
@@ -326,9 +329,11 @@ def main() -> None:
                          "unbiased estimator at D = 784 costs ~20 vector-Jacobian products per "
                          "block and image")
     ap.add_argument("--peer-kw", type=json.loads, default=None, metavar="JSON",
-                    help='override the peer\'s size, e.g. \'{"transforms": 4, "hidden_features": [64, 64]}\'')
+                    help="override the peer's size, e.g. "
+                         "'{\"transforms\": 4, \"hidden_features\": [64, 64]}'")
     ap.add_argument("--ours-from", type=Path, default=None, metavar="WORK_DIR",
-                    help="reuse our model's run and result from an earlier --work-dir (same budget)")
+                    help="reuse our model's run and result from an earlier --work-dir "
+                         "(same budget)")
     ap.add_argument("--name", default=None, help="results name (default images-<data>)")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()

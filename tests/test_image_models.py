@@ -3,7 +3,6 @@ sampling, certificates, a trained digits model's inverse and its estimated log-d
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import pytest
@@ -17,6 +16,7 @@ from iresnet.image_models import build_image_flow, image_presets, squeezes_first
 from iresnet.layers import InvertibleResidualBlock, OnActive
 from iresnet.logdet import LogDetEstimator, PowerSeriesLogDet, RussianRouletteLogDet
 from iresnet.preprocess import dequantize_mid, logit_transform
+from iresnet.train.tasks import swap_logdets
 
 from .conftest import scale_weights
 
@@ -60,17 +60,7 @@ class _NoLogDet(LogDetEstimator):
         return g(x), x.new_zeros(x.shape[0])
 
 
-@contextlib.contextmanager
-def estimators(model: nn.Module, est: LogDetEstimator):
-    blocks = [m for m in model.modules() if isinstance(m, InvertibleResidualBlock)]
-    saved = [b.logdet_estimator for b in blocks]
-    for b in blocks:
-        b.logdet_estimator = est
-    try:
-        yield
-    finally:
-        for b, s in zip(blocks, saved, strict=True):
-            b.logdet_estimator = s
+estimators = swap_logdets  # every residual block gets the same estimator for a while
 
 
 def whole_flow_logdet(flow: iresnet.Flow, x: Tensor) -> Tensor:

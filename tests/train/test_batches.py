@@ -47,4 +47,5 @@ def test_resumed_order_matches_uninterrupted():
         b.next()
     c = EpochBatches(n=23, batch_size=4, seed=3)
     c.load_state(b.state())
-    assert all(torch.equal(x, y) for x, y in zip(first[4:], [c.next() for _ in range(5)]))
+    resumed = [c.next() for _ in range(5)]
+    assert all(torch.equal(x, y) for x, y in zip(first[4:], resumed, strict=True))
