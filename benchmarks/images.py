@@ -235,7 +235,8 @@ def train_ours(dataset: str, cfg: Config, budget: float, out: Path,
 def worker(spec: dict[str, Any]) -> None:
     common.set_threads(1)
     common.seed_all(spec["seed"])
-    cfg = preset_config(spec["dataset"], spec["data_dir"], spec["seed"])
+    cfg = preset_config(spec["dataset"], spec["data_dir"], spec["seed"]).override(
+        spec.get("ours_override") or [])
     out = Path(spec["out"])
     if spec["who"] == "ours":
         result = train_ours(spec["dataset"], cfg, spec["budget"], out, spec["n_test"])
@@ -255,7 +256,7 @@ def run_dataset(dataset: str, budget: float, args: argparse.Namespace, work: Pat
         out.mkdir(parents=True, exist_ok=True)
         spec = {"who": who, "dataset": dataset, "budget": budget, "seed": args.seed,
                 "data_dir": args.data_dir, "out": str(out), "n_test": args.n_test,
-                "peer_kw": args.peer_kw}
+                "peer_kw": args.peer_kw, "ours_override": args.ours_override}
         log = open(out / "log.txt", "w")  # noqa: SIM115 (closed after wait)
         cmd = [sys.executable, __file__, "--worker", json.dumps(spec)]
         procs[who] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
@@ -334,6 +335,8 @@ def main() -> None:
     ap.add_argument("--ours-from", type=Path, default=None, metavar="WORK_DIR",
                     help="reuse our model's run and result from an earlier --work-dir "
                          "(same budget)")
+    ap.add_argument("--ours-override", nargs="+", default=[], metavar="KEY=VALUE",
+                    help="config overrides of our preset, for what-if runs")
     ap.add_argument("--name", default=None, help="results name (default images-<data>)")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -365,7 +368,8 @@ def main() -> None:
         settings = {"dataset": ds, "budget_s": budgets[ds], "seed": args.seed, "threads": 1,
                     "n_test": args.n_test or "all",
                     "peer": PEER_KW[ds] | (args.peer_kw or {}), "peer_lr": PEER_LR,
-                    "work_dir": str(work), "ours_from": str(args.ours_from or "")}
+                    "work_dir": str(work), "ours_from": str(args.ours_from or ""),
+                    "ours_override": args.ours_override}
         md, _ = common.write_results(
             name, f"Image density on {ds} at an equal CPU budget: ours vs zuko RealNVP",
             env, settings,
