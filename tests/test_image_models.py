@@ -25,13 +25,7 @@ SHAPES = ((1, 8, 8), (3, 4, 4))
 VARIANTS = ((False, 0), (True, 0), (False, 2), (True, 2))  # (factor_out, fc_blocks)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny convolutions run fastest on one thread (and far slower on a busy machine's two)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_cfg(kind: str, factor_out: bool = False, fc_blocks: int = 0, **extra) -> ModelConfig:

@@ -28,12 +28,7 @@ TINY = ["model.n_scales=2", "model.n_blocks=1", "model.hidden=8", "train.batch_s
         "train.warmup_steps=5", "train.eval_batches=1", "train.lr=3e-3", "train.ema_decay=0"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(*extra: str, preset: str = "digits-classifier") -> Config:
