@@ -232,10 +232,8 @@ class _SpectralNormMixin:
         # Cached while nothing it depends on changes: every inverse in eval mode asks for it
         # (the a-priori Banach bound), and a converged float64 power iteration on a conv
         # operator costs far more than the solve itself.
-        key = (self.training, self.norm, tol, max_iter, *self._cache_key(), self.sigma._version,
-               self.sigma.data_ptr(), self.u._version, self.v._version, self.v.data_ptr())
         cached = getattr(self, "_norm_cache", None)
-        if cached is not None and cached[0] == key:
+        if cached is not None and cached[0] == self._norm_key(tol, max_iter):
             return cached[1]
         with torch.no_grad():
             w_hat = self.normalized_weight().detach().double()
@@ -249,10 +247,14 @@ class _SpectralNormMixin:
                 value = linear_operator_norm(fwd, adj, self.v.detach().double(), tol=tol,
                                              max_iter=max_iter)
         # The key is taken after normalized_weight(), which may refresh the eval cache.
-        key = (self.training, self.norm, tol, max_iter, *self._cache_key(), self.sigma._version,
-               self.sigma.data_ptr(), self.u._version, self.v._version, self.v.data_ptr())
-        self._norm_cache = (key, value)
+        self._norm_cache = (self._norm_key(tol, max_iter), value)
         return value
+
+    def _norm_key(self, tol: float, max_iter: int) -> tuple:
+        """Everything :meth:`operator_norm` depends on: mode, settings, weight and buffers (their
+        version counters move on every in-place update)."""
+        return (self.training, self.norm, tol, max_iter, *self._cache_key(), self.sigma._version,
+                self.sigma.data_ptr(), self.u._version, self.v._version, self.v.data_ptr())
 
     def lipschitz_bound(self) -> float:
         """Lipschitz constant of the layer as a map (the bias does not change it)."""
