@@ -56,9 +56,10 @@ class ModelConfig:
             channels after each scale; fc_blocks: fully connected blocks at the end;
             fc_hidden: their width.
         n_classes: classifier / hybrid heads.
-        init_squeeze: classifier / hybrid: squeeze the input once (``(C, H, W) -> (4C, H/2,
-            W/2)``) before any padding, the paper code's ``init_ds=2``; makes the first stage
-            four times cheaper on 28x28 images.
+        init_squeeze: squeeze the input once (``(C, H, W) -> (4C, H/2, W/2)``) before anything
+            else (classifiers: before the padding), the i-ResNet code's ``init_ds=2``; makes
+            the first stage four times cheaper on 28x28 images. Image flows of the i-ResNet
+            kind squeeze first anyway where there is room.
     """
 
     kind: str = "toy"

@@ -22,8 +22,9 @@ the final latent are normalised too.
 pre-activation both papers' code use on every block but the first of the flow. Each convolution
 is spectrally normalised on its input shape (``Lip <= coeff``) unless ``constrained=False``.
 
-**The two kinds.** ``kind`` itself decides only the initial squeeze; every other choice is a
-config field, and the presets set each paper's values:
+**The two kinds.** ``kind`` itself decides only the default of the initial squeeze
+(``model.init_squeeze=true`` forces it for either kind); every other choice is a config field,
+and the presets set each paper's values:
 
 - ``iresnet-image`` (i-ResNet sec. 5): ELU, truncated power series (``logdet=series``,
   ``n_terms=5``, one probe), ``c = 0.9``, factor-out. The paper's code squeezes once before the
@@ -76,8 +77,11 @@ def conv_branch(cfg: ModelConfig, channels: int, *, preact: bool) -> nn.Sequenti
     return nn.Sequential(*layers)
 
 
-def squeezes_first(kind: str, shape: Shape, n_scales: int) -> bool:
-    """Whether the flow squeezes before its first scale (i-ResNet kind, room permitting)."""
+def squeezes_first(kind: str, shape: Shape, n_scales: int, init_squeeze: bool = False) -> bool:
+    """Whether the flow squeezes before its first scale: always with ``model.init_squeeze``,
+    else for the i-ResNet kind where there is room (see the module docstring)."""
+    if init_squeeze:
+        return True
     _, h, w = shape
     k = 2**n_scales  # the initial squeeze plus S - 1 between scales
     return kind == "iresnet-image" and h % k == 0 and w % k == 0 and min(h, w) // k >= 4
@@ -138,10 +142,12 @@ def _check(cfg: ModelConfig, shape: Shape) -> None:
     if len(shape) != 3:
         raise ConfigError(f"model.kind={cfg.kind} needs images (C, H, W), got shape {shape}")
     _, h, w = shape
-    k = 2 ** (cfg.n_scales - 1)
+    n_squeezes = cfg.n_scales - 1 + int(cfg.init_squeeze)
+    k = 2**n_squeezes
     if h % k or w % k:
+        extra = " (one of them model.init_squeeze)" if cfg.init_squeeze else ""
         raise ConfigError(
-            f"model.n_scales={cfg.n_scales} squeezes {cfg.n_scales - 1} time(s), so H and W "
+            f"model.n_scales={cfg.n_scales} squeezes {n_squeezes} time(s){extra}, so H and W "
             f"must be divisible by {k}; got {h}x{w}. Lower model.n_scales."
         )
 
@@ -162,7 +168,7 @@ def build_image_flow(cfg: ModelConfig, shape: tuple[int, int, int]) -> Flow:
     shape = tuple(int(s) for s in shape)  # type: ignore[assignment]
     _check(cfg, shape)
     b = _Builder(cfg, shape)
-    if squeezes_first(cfg.kind, shape, cfg.n_scales):
+    if squeezes_first(cfg.kind, shape, cfg.n_scales, cfg.init_squeeze):
         b.squeeze()
     b.actnorm()
     for scale in range(cfg.n_scales):
