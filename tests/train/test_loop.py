@@ -95,6 +95,22 @@ def test_learning_rate_schedule():
     assert learning_rate(cos, 100) == pytest.approx(0.0, abs=1e-12)
 
 
+def test_adamw_decays_weights_decoupled_from_the_gradient_scale():
+    from iresnet.train.loop import _optimizer
+
+    cfg = Config().override(["train.optimizer=adamw", "train.lr=0.1", "train.weight_decay=0.5"])
+    w = torch.nn.Parameter(torch.full((3,), 2.0))
+    opt = _optimizer(cfg, [w])
+    assert isinstance(opt, torch.optim.AdamW)
+    w.grad = torch.zeros(3)  # no gradient: only the decoupled decay w <- w (1 - lr wd) acts
+    opt.step()
+    assert torch.allclose(w.detach(), torch.full((3,), 2.0 * (1 - 0.1 * 0.5)))
+    coupled = _optimizer(Config().override(["train.lr=0.1", "train.weight_decay=0.5"]), [w])
+    assert type(coupled) is torch.optim.Adam
+    with pytest.raises(ConfigError):
+        Config().override(["train.optimizer=lamb"])
+
+
 def test_user_array_nll_is_in_data_units(tmp_path):
     torch.manual_seed(0)
     data = torch.randn(600, 2).double() * torch.tensor([3.0, 0.5]).double() + 10

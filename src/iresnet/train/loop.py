@@ -55,6 +55,8 @@ def _optimizer(cfg: Config, params: list[nn.Parameter]) -> torch.optim.Optimizer
     t = cfg.train
     if t.optimizer == "sgd":
         return torch.optim.SGD(params, lr=t.lr, momentum=0.9, weight_decay=t.weight_decay, foreach=True)
+    if t.optimizer == "adamw":  # decoupled decay: w <- w - lr * wd * w, outside Adam's scaling
+        return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay, foreach=True)
     return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay, foreach=True)
 
 
