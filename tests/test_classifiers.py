@@ -115,6 +115,25 @@ def test_hybrid_log_prob_is_base_plus_exact_logdet():
     assert (x_rec - x).abs().max() < 1e-8
 
 
+def test_head_pool_grid_reads_pooled_windows_and_is_refused_beyond_the_features():
+    """``model.head_pool=k``: the linear head reads ``C k^2`` window averages; ``k = 1`` is the
+    global average of the paper's head, and a grid larger than the features is refused."""
+    torch.manual_seed(0)
+    x = torch.rand(4, 1, 8, 8, dtype=torch.float64)
+    model = ready(build_classifier(tiny(head_pool=2), (1, 8, 8)).double(), x)
+    c, h, w = model.feature_shape
+    assert (h, w) == (4, 4) and model.head.linear.in_features == 4 * c
+    with torch.no_grad():
+        r = torch.relu(model.head.norm(model.features(x))[0])
+        windows = r.reshape(4, c, 2, 2, 2, 2).mean(dim=(3, 5)).flatten(1)
+        assert torch.allclose(model(x), model.head.linear(windows))
+    assert build_classifier(tiny(), (1, 8, 8)).head.linear.in_features == c
+    with pytest.raises(ConfigError, match="head_pool"):
+        build_classifier(tiny(head_pool=5), (1, 8, 8))
+    with pytest.raises(ConfigError):
+        tiny(head_pool=0)
+
+
 def test_build_classifier_refuses_bad_shapes():
     with pytest.raises(ConfigError):
         build_classifier(tiny(), (64,))

@@ -35,6 +35,7 @@ import math
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import Config, ModelConfig, replace
@@ -166,20 +167,28 @@ class InvertibleFeatures(nn.Module):
 
 
 class ClassifierHead(nn.Module):
-    """``ActNorm -> ReLU -> global average pool -> Linear``: ``(B, C, H, W) -> (B, K)``.
+    """``ActNorm -> ReLU -> average pool -> Linear``: ``(B, C, H, W) -> (B, K)``.
 
+    ``grid = 1`` pools globally (the paper's head); ``grid = k`` averages over a ``k x k`` grid of
+    (adaptive) windows and the linear layer reads all ``C k^2`` pooled values.
     The paper normalises with BatchNorm; a data-initialised affine (:class:`ActNorm`) keeps no
     running statistics, so the loop's EMA weights are never paired with another model's batch
     statistics (which made EMA evaluations of short runs much worse than the live model).
     """
 
-    def __init__(self, channels: int, n_classes: int) -> None:
+    def __init__(self, channels: int, n_classes: int, grid: int = 1) -> None:
         super().__init__()
+        if grid < 1:
+            raise ValueError(f"grid must be a positive integer, got {grid}")
+        self.grid = grid
         self.norm = ActNorm(channels)
-        self.linear = nn.Linear(channels, n_classes)
+        self.linear = nn.Linear(channels * grid * grid, n_classes)
 
     def forward(self, f: Tensor) -> Tensor:
-        return self.linear(torch.relu(self.norm(f)[0]).mean(dim=(2, 3)))
+        h = torch.relu(self.norm(f)[0])
+        if self.grid == 1:
+            return self.linear(h.mean(dim=(2, 3)))
+        return self.linear(F.adaptive_avg_pool2d(h, self.grid).flatten(1))
 
 
 class LinearHead(nn.Module):
@@ -221,7 +230,10 @@ class IResNetClassifier(nn.Module):
         self.pad = InjectivePad(c, padded_channels(cfg, c) if pad else c)
         self.net = InvertibleFeatures(cfg, (self.pad.out_channels, h, w), logdet or NoLogDet())
         self.feature_shape = self.net.out_shape
-        self.head = ClassifierHead(self.feature_shape[0], cfg.n_classes)
+        if cfg.head_pool > min(self.feature_shape[1:]):
+            raise ConfigError(f"model.head_pool={cfg.head_pool} exceeds the feature grid "
+                              f"{self.feature_shape[1]}x{self.feature_shape[2]}")
+        self.head = ClassifierHead(self.feature_shape[0], cfg.n_classes, cfg.head_pool)
 
     def _enter(self, x: Tensor) -> Tensor:
         return self.squeeze(x)[0] if self.squeeze is not None else x

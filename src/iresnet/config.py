@@ -60,6 +60,8 @@ class ModelConfig:
             else (classifiers: before the padding), the i-ResNet code's ``init_ds=2``; makes
             the first stage four times cheaper on 28x28 images. Image flows of the i-ResNet
             kind squeeze first anyway where there is room.
+        head_pool: classifiers: the head average-pools the features to a ``head_pool x
+            head_pool`` grid before its linear layer (1: global average pooling, the paper's).
     """
 
     kind: str = "toy"
@@ -91,6 +93,7 @@ class ModelConfig:
     fc_hidden: int = 64
     n_classes: int = 10
     init_squeeze: bool = False
+    head_pool: int = 1
 
     def validate(self) -> None:
         _choice("model.kind", self.kind, MODEL_KINDS)
@@ -103,7 +106,7 @@ class ModelConfig:
         if not 0.0 < self.roulette_p < 1.0:
             raise ConfigError(f"model.roulette_p must lie in (0, 1), got {self.roulette_p}")
         for name in ("n_blocks", "hidden", "n_power_iterations", "n_terms", "n_exact", "n_probes",
-                     "inverse_max_iter", "n_scales", "fc_hidden", "n_classes"):
+                     "inverse_max_iter", "n_scales", "fc_hidden", "n_classes", "head_pool"):
             _positive(f"model.{name}", getattr(self, name))
         _at_least("model.n_layers", self.n_layers, 2)
         _at_least("model.anderson", self.anderson, 0)
@@ -160,7 +163,9 @@ class TrainConfig:
         max_cpu_seconds: CPU-time budget of the training process (all its threads; 0: none),
             checked like ``max_seconds``. On a shared machine, wall-clock depends on the other
             processes; CPU time does not, so it makes equal-budget comparisons fair.
-        optimizer: ``adam`` or ``sgd`` (momentum 0.9); lr, weight_decay, warmup_steps.
+        optimizer: ``adam``, ``adamw`` (Adam with decoupled weight decay, Loshchilov & Hutter)
+            or ``sgd`` (momentum 0.9); lr, weight_decay (coupled L2 for ``adam``/``sgd``,
+            decoupled for ``adamw``), warmup_steps.
         lr_schedule: ``constant`` (after warm-up) or ``cosine`` (decay to 0 at ``steps``).
         grad_clip: max gradient norm (0 disables clipping).
         ema_decay: decay of the EMA weights used for evaluation (0 disables EMA).
@@ -204,7 +209,7 @@ class TrainConfig:
         for name in ("steps", "batch_size", "eval_every", "log_every", "checkpoint_every",
                      "keep_last", "eval_batches", "max_bad_steps"):
             _positive(f"train.{name}", getattr(self, name))
-        _choice("train.optimizer", self.optimizer, ("adam", "sgd"))
+        _choice("train.optimizer", self.optimizer, ("adam", "adamw", "sgd"))
         _choice("train.lr_schedule", self.lr_schedule, ("constant", "cosine"))
         _choice("train.precision", self.precision, ("fp32", "bf16", "fp16"))
         if not self.lr > 0:
