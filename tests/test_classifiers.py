@@ -71,6 +71,7 @@ def test_init_squeeze_features_invert_and_28x28_presets_build():
     for name in ("mnist-classifier", "fashion-mnist-classifier"):
         net = build_classifier(classifier_config(name).model, (1, 28, 28))
         assert net.pad.out_channels == 16 and net.feature_shape == (64, 7, 7)
+        assert net.head.linear.in_features == 64 * 7 * 7  # head_pool=7 reads the whole grid
 
 
 def test_injective_pad_is_left_invertible():
