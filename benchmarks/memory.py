@@ -113,7 +113,7 @@ def run(args) -> dict:
                     "rep": rep,
                 }
                 t0 = time.perf_counter()
-                res = common.run_worker(__file__, cfg)
+                res = common.run_worker(__file__, cfg, fixed_malloc=True)
                 res["wall_seconds"] = time.perf_counter() - t0
                 raw.append(res)
                 print(

@@ -364,7 +364,7 @@ def run_memory(args) -> dict:
                 "seed": args.seed + rep,
                 "threads": args.threads,
             }
-            res = common.run_worker(__file__, cfg)
+            res = common.run_worker(__file__, cfg, fixed_malloc=True)
             out.setdefault(key, []).append(res)
             print(f"  memory rep {rep} {key}: +{res['peak_increase_mib']:.2f} MiB", flush=True)
     return out
