@@ -5,8 +5,9 @@
 dropped again on inversion), then passes ``n_scales`` stages of ``n_blocks`` residual blocks
 ``y = x + g(x)`` each, with an invertible down-sampling :class:`~iresnet.layers.Squeeze`
 (``(C, H, W) -> (4C, H/2, W/2)``) before every stage but the first. The pre-pooling features
-``f = F(x)`` are therefore an injective map of ``x``; the head is ``ActNorm -> ReLU -> global
-average pooling -> Linear`` on ``f`` (the paper uses BatchNorm; see :class:`ClassifierHead`).
+``f = F(x)`` are therefore an injective map of ``x``; the head is ``ActNorm -> ReLU -> average
+pooling to a k x k grid -> Linear`` on ``f`` (``k = model.head_pool``; ``k = 1`` is the paper's
+global pooling; the paper uses BatchNorm; see :class:`ClassifierHead`).
 The residual branch of stage ``s`` (width ``w_s = hidden * 2^s``) is the paper's bottleneck
 
     ``g(x) = W_3 * act(W_2 * act(W_1 * act(x)))``   (3x3 conv, 1x1 conv, 3x3 conv),
