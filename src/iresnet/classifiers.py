@@ -186,10 +186,8 @@ class ClassifierHead(nn.Module):
         self.linear = nn.Linear(channels * grid * grid, n_classes)
 
     def forward(self, f: Tensor) -> Tensor:
-        h = torch.relu(self.norm(f)[0])
-        if self.grid == 1:
-            return self.linear(h.mean(dim=(2, 3)))
-        return self.linear(F.adaptive_avg_pool2d(h, self.grid).flatten(1))
+        # grid 1 is the global average; one adaptive pool covers every grid size.
+        return self.linear(F.adaptive_avg_pool2d(torch.relu(self.norm(f)[0]), self.grid).flatten(1))
 
 
 class LinearHead(nn.Module):
