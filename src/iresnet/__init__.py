@@ -1,10 +1,13 @@
 """iresnet: Invertible Residual Networks and Residual Flows in PyTorch.
 
-The public API, re-exported; nothing is defined here.
+The public API, re-exported; nothing is defined here. The library (``nn``, ``ops``,
+``transforms``, ``flows``, ``classifiers``, ``certificate``, ``datasets``) never imports the
+application (``iresnet.app``: config, presets, training, CLI, plots).
 """
 
-from .activations import LipELU, LipSwish
+from . import datasets, flows, nn, ops, transforms
 from .certificate import BlockCertificate, Certificate, certify
+from .classifiers import HybridClassifier, InvertibleClassifier
 from .errors import (
     CheckpointError,
     ConfigError,
@@ -13,41 +16,84 @@ from .errors import (
     InverseNotConvergedWarning,
     IResNetError,
 )
-from .flow import Flow, FlowDistribution
-from .inverse import FixedPointInverse, InverseDiagnostics, banach_bound, fixed_point_solve
-from .layers import ActNorm, InvertibleResidualBlock, Squeeze
-from .lipschitz import SpectralConv2d, SpectralLinear, lipschitz_bound_of, power_iteration
-from .logdet import ExactLogDet, PowerSeriesLogDet, RussianRouletteLogDet, exact_logdet
+from .flows import Flow, FlowDistribution, MultiscaleResidualFlow, ResidualFlow, StandardNormal
+from .nn import (
+    LipELU,
+    LipSwish,
+    SpectralConv2d,
+    SpectralLinear,
+    lipschitz_bound_of,
+    power_iteration,
+)
+from .ops import (
+    ExactLogDet,
+    FixedPointInverse,
+    InverseDiagnostics,
+    LogDetEstimator,
+    PowerSeriesLogDet,
+    RussianRouletteLogDet,
+    banach_bound,
+    exact_logdet,
+    fixed_point_solve,
+)
+from .transforms import (
+    ActNorm,
+    ComposedTransform,
+    Dequantize,
+    InvertibleResidualBlock,
+    Logit,
+    Squeeze,
+    Standardize,
+    Transform,
+    swap_logdets,
+)
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "ActNorm",
     "BlockCertificate",
     "Certificate",
     "CheckpointError",
+    "ComposedTransform",
     "ConfigError",
     "DataError",
+    "Dequantize",
     "ExactLogDet",
     "FixedPointInverse",
     "Flow",
     "FlowDistribution",
+    "HybridClassifier",
     "IResNetError",
     "InverseDiagnostics",
     "InverseNotConvergedError",
     "InverseNotConvergedWarning",
+    "InvertibleClassifier",
     "InvertibleResidualBlock",
     "LipELU",
     "LipSwish",
+    "LogDetEstimator",
+    "Logit",
+    "MultiscaleResidualFlow",
     "PowerSeriesLogDet",
+    "ResidualFlow",
     "RussianRouletteLogDet",
     "SpectralConv2d",
     "SpectralLinear",
     "Squeeze",
+    "Standardize",
+    "StandardNormal",
+    "Transform",
     "banach_bound",
     "certify",
+    "datasets",
     "exact_logdet",
     "fixed_point_solve",
+    "flows",
     "lipschitz_bound_of",
+    "nn",
+    "ops",
     "power_iteration",
+    "swap_logdets",
+    "transforms",
 ]

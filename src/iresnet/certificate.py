@@ -1,4 +1,7 @@
-"""Lipschitz certificates: is every residual block provably invertible?"""
+"""Lipschitz certificates: is every residual block provably invertible?
+
+A block `x + g(x)` is invertible when `Lip(g) < 1` (i-ResNet, arXiv:1811.00995, Theorem 1).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from .layers import InvertibleResidualBlock
+from .transforms import InvertibleResidualBlock
 
 __all__ = ["BlockCertificate", "Certificate", "certify"]
 

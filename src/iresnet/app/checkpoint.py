@@ -1,0 +1,194 @@
+"""Checkpoints that load without pickle, are written atomically, and are checked on load.
+
+A checkpoint is a folder ``checkpoints/step-00001000/`` holding
+
+- ``model.safetensors`` and ``ema.safetensors``: weights and buffers (safetensors: no code runs
+  on load);
+- ``state.safetensors``: optimiser moments and RNG states (tensors only);
+- ``state.json``: everything else (step, data position, optimiser hyper-parameters, config);
+- ``MANIFEST.json``, written last: the SHA-256 of every file above.
+
+The folder is written under a temporary name and renamed into place, so a reader sees either a
+whole checkpoint or none; a folder whose manifest is missing or whose hashes do not match (torn
+by a crash, or tampered with) is refused, and :func:`latest_checkpoint` skips it with a warning.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from ..errors import CheckpointError
+from .files import atomic_write
+
+__all__ = [
+    "FORMAT",
+    "save_checkpoint",
+    "load_checkpoint",
+    "list_checkpoints",
+    "latest_checkpoint",
+    "load_weights",
+    "flatten_optimizer",
+    "unflatten_optimizer",
+]
+
+FORMAT = "iresnet-checkpoint-1"
+_FILES = ("model.safetensors", "ema.safetensors", "state.safetensors", "state.json")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _tensors(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    # safetensors wants contiguous, unshared CPU tensors.
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+
+
+def flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Split an optimiser's state dict into tensors (for safetensors) and JSON-able rest."""
+    sd = opt.state_dict()
+    tensors: dict[str, Tensor] = {}
+    plain: dict[str, dict[str, Any]] = {}
+    for idx, st in sd["state"].items():
+        for key, value in st.items():
+            if isinstance(value, Tensor):
+                tensors[f"opt.{idx}.{key}"] = value
+            else:
+                plain.setdefault(str(idx), {})[key] = value
+    return tensors, {"param_groups": sd["param_groups"], "plain_state": plain}
+
+
+def unflatten_optimizer(tensors: dict[str, Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        if name.startswith("opt."):
+            _, idx, key = name.split(".", 2)
+            state.setdefault(int(idx), {})[key] = value
+    for idx, st in meta.get("plain_state", {}).items():
+        state.setdefault(int(idx), {}).update(st)
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def save_checkpoint(
+    folder: Path,
+    step: int,
+    model: nn.Module,
+    ema: nn.Module | None,
+    optimizer: torch.optim.Optimizer,
+    state: dict[str, Any],
+    extra_tensors: dict[str, Tensor] | None = None,
+    keep_last: int = 2,
+) -> Path:
+    """Write checkpoint ``folder/step-XXXXXXXX`` atomically and prune all but ``keep_last``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / f"step-{step:08d}"
+    tmp = folder / f".tmp-step-{step:08d}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    save_file(_tensors(model.state_dict()), str(tmp / "model.safetensors"))
+    save_file(_tensors((ema or model).state_dict()), str(tmp / "ema.safetensors"))
+    opt_tensors, opt_meta = flatten_optimizer(optimizer)
+    save_file(_tensors({**opt_tensors, **(extra_tensors or {})}), str(tmp / "state.safetensors"))
+    meta = {"format": FORMAT, "step": step, "optimizer": opt_meta, **state}
+    (tmp / "state.json").write_text(json.dumps(meta, indent=1, sort_keys=True), encoding="utf-8")
+    manifest = {"format": FORMAT, "step": step, "files": {f: _sha256(tmp / f) for f in _FILES}}
+    atomic_write(tmp / "MANIFEST.json", json.dumps(manifest, indent=1))
+    if final.exists():  # a re-save of the same step (e.g. after a signal) replaces it
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    for old in list_checkpoints(folder)[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(folder: Path) -> list[Path]:
+    """Checkpoint folders in ``folder``, oldest first (complete or not)."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.is_dir() and p.name.startswith("step-"))
+
+
+def verify_checkpoint(path: Path) -> dict[str, Any]:
+    """Check a checkpoint folder's manifest and hashes; return the manifest or raise."""
+    manifest_path = path / "MANIFEST.json"
+    if not manifest_path.is_file():
+        raise CheckpointError(f"{path}: no MANIFEST.json: the checkpoint is incomplete (torn by a crash?)")
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{manifest_path}: unreadable manifest ({exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not an iresnet checkpoint (format {manifest.get('format')!r}, expected {FORMAT!r})")
+    for name in _FILES:
+        f = path / name
+        if not f.is_file():
+            raise CheckpointError(f"{path}: {name} is missing")
+        if _sha256(f) != manifest.get("files", {}).get(name):
+            raise CheckpointError(f"{f}: contents do not match the manifest (truncated or modified)")
+    return manifest
+
+
+def latest_checkpoint(folder: Path) -> Path | None:
+    """The newest checkpoint that verifies; torn or tampered ones are skipped with a warning."""
+    for path in reversed(list_checkpoints(folder)):
+        try:
+            verify_checkpoint(path)
+            return path
+        except CheckpointError as exc:
+            warnings.warn(f"skipping checkpoint: {exc}", RuntimeWarning, stacklevel=2)
+    return None
+
+
+def _safe_load(path: Path) -> dict[str, Tensor]:
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
+
+
+def load_weights(module: nn.Module, path: Path) -> None:
+    """Load a safetensors state dict into ``module``, refusing missing, extra or misshaped keys."""
+    state = _safe_load(path)
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path}: weights do not fit this model (missing {missing[:5]}, unexpected {unexpected[:5]}); "
+            "was it saved by a model with another config?"
+        )
+    for key, value in state.items():
+        ref = own[key]
+        # Conv power-iteration vectors take their shape from the input size: they may differ.
+        resizable = key.endswith((".u", ".v")) and ref.numel() == 0
+        if value.shape != ref.shape and not resizable:
+            raise CheckpointError(
+                f"{path}: '{key}' has shape {tuple(value.shape)} but the model expects {tuple(ref.shape)}"
+            )
+    module.load_state_dict(state)
+
+
+def load_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """Verify a checkpoint and return ``(state.json contents, state tensors)``."""
+    verify_checkpoint(path)
+    try:
+        meta = json.loads((path / "state.json").read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path / 'state.json'}: unreadable ({exc})") from None
+    return meta, _safe_load(path / "state.safetensors")

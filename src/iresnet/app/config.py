@@ -1,0 +1,382 @@
+"""One typed configuration shared by the CLI, the presets and the checkpoints.
+
+A :class:`Config` holds three sections (:class:`ModelConfig`, :class:`DataConfig`,
+:class:`TrainConfig`). It round-trips through plain dicts (JSON in a run folder), refuses unknown
+keys, wrong types and out-of-range values with :class:`~iresnet.errors.ConfigError` before any
+work starts, and takes command-line overrides such as ``model.coeff=0.8`` or ``coeff=0.8``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from ..errors import ConfigError
+
+__all__ = ["ModelConfig", "DataConfig", "TrainConfig", "Config", "SECTIONS"]
+
+MODEL_KINDS = ("toy", "iresnet-image", "resflow-image", "classifier", "hybrid")
+LOGDETS = ("exact", "series", "roulette")
+ACTIVATIONS = ("lipswish", "elu")
+
+
+@dataclass
+class ModelConfig:
+    """The network. ``kind`` picks the family; fields a family does not use are ignored by it.
+
+    Attributes:
+        kind: ``toy`` (MLP flow on vectors), ``iresnet-image`` / ``resflow-image`` (multi-scale
+            image flows), ``classifier`` (i-ResNet classifier), ``hybrid`` (density + classifier).
+        coeff: Lipschitz coefficient ``c`` of every spectrally normalised layer, in (0, 1].
+        constrained: False builds the same architecture without spectral normalisation
+            (the paper's "vanilla" model; no inverse is guaranteed).
+        lipschitz_norm: how constrained layers are bounded: ``spectral`` (power iteration, the
+            default), ``frobenius`` (cheaper, looser ``||W||_F``) or ``penalty`` (no hard bound;
+            the loss adds ``train.spectral_penalty * sum ||W||_2^2``, seed eq. (11); the
+            certificate then reports honestly whether the trained model is invertible).
+        n_blocks: residual blocks (toy: in total; images: per scale).
+        hidden: hidden width (units for MLPs, channels for convolutions).
+        n_layers: linear/conv layers inside each residual branch ``g`` (>= 2).
+        activation: ``lipswish`` or ``elu``.
+        lipswish_beta: initial LipSwish ``beta``; a sharper activation (larger ``beta``) lets
+            small pre-activations bend, which helps narrow 2-D models leave the Gaussian plateau.
+        actnorm: ActNorm before every block.
+        n_power_iterations: power-iteration steps per training call.
+        logdet: ``exact``, ``series`` (i-ResNet power series) or ``roulette`` (Residual Flows).
+        n_terms: series terms; n_exact: roulette's always-computed terms; roulette_p: geometric p.
+        n_probes, probe: Hutchinson probes per call and their distribution.
+        neumann_gradient, memory_efficient: gradient estimator and backward mode of the series.
+        inverse_atol, inverse_rtol, inverse_max_iter, anderson: fixed-point inverse settings
+            (stop when ``max|x_{k+1} - x_k| <= atol + rtol * max|x_k|``).
+        n_scales: image flows: scales (squeeze between them); factor_out: split off half the
+            channels after each scale; fc_blocks: fully connected blocks at the end;
+            fc_hidden: their width.
+        n_classes: classifier / hybrid heads.
+        init_squeeze: squeeze the input once (``(C, H, W) -> (4C, H/2, W/2)``) before anything
+            else (classifiers: before the padding), the i-ResNet code's ``init_ds=2``; makes
+            the first stage four times cheaper on 28x28 images. Image flows of the i-ResNet
+            kind squeeze first anyway where there is room.
+        head_pool: classifiers: the head average-pools the features to a ``head_pool x
+            head_pool`` grid before its linear layer (1: global average pooling, the paper's).
+    """
+
+    kind: str = "toy"
+    coeff: float = 0.9
+    constrained: bool = True
+    lipschitz_norm: str = "spectral"
+    n_blocks: int = 8
+    hidden: int = 128
+    n_layers: int = 3
+    activation: str = "lipswish"
+    lipswish_beta: float = 1.0
+    actnorm: bool = True
+    n_power_iterations: int = 1
+    logdet: str = "exact"
+    n_terms: int = 5
+    n_exact: int = 2
+    roulette_p: float = 0.5
+    n_probes: int = 1
+    probe: str = "gaussian"
+    neumann_gradient: bool = False
+    memory_efficient: bool = False
+    inverse_atol: float = 1e-6
+    inverse_rtol: float = 1e-6
+    inverse_max_iter: int = 200
+    anderson: int = 0
+    n_scales: int = 2
+    factor_out: bool = False
+    fc_blocks: int = 0
+    fc_hidden: int = 64
+    n_classes: int = 10
+    init_squeeze: bool = False
+    head_pool: int = 1
+
+    def validate(self) -> None:
+        _choice("model.kind", self.kind, MODEL_KINDS)
+        _choice("model.logdet", self.logdet, LOGDETS)
+        _choice("model.activation", self.activation, ACTIVATIONS)
+        _choice("model.probe", self.probe, ("gaussian", "rademacher"))
+        _choice("model.lipschitz_norm", self.lipschitz_norm, ("spectral", "frobenius", "penalty"))
+        if not 0.0 < self.coeff <= 1.0:
+            raise ConfigError(f"model.coeff must lie in (0, 1], got {self.coeff}")
+        if not 0.0 < self.roulette_p < 1.0:
+            raise ConfigError(f"model.roulette_p must lie in (0, 1), got {self.roulette_p}")
+        for name in ("n_blocks", "hidden", "n_power_iterations", "n_terms", "n_exact", "n_probes",
+                     "inverse_max_iter", "n_scales", "fc_hidden", "n_classes", "head_pool"):
+            _positive(f"model.{name}", getattr(self, name))
+        _at_least("model.n_layers", self.n_layers, 2)
+        _at_least("model.anderson", self.anderson, 0)
+        _at_least("model.fc_blocks", self.fc_blocks, 0)
+        if not self.inverse_atol > 0 or self.inverse_rtol < 0:
+            raise ConfigError("model.inverse_atol must be positive and model.inverse_rtol >= 0")
+        if not self.lipswish_beta > 0:
+            raise ConfigError(f"model.lipswish_beta must be positive, got {self.lipswish_beta}")
+
+
+@dataclass
+class DataConfig:
+    """The data.
+
+    Attributes:
+        name: a toy density (``8gaussians``, ``checkerboard``, ...), ``array`` (with ``path``),
+            or an image set (``digits``, ``mnist``, ``fashion-mnist``, ``cifar10``, ``png``).
+        path: ``.npy``/``.csv`` file for ``array``.
+        data_dir: folder of an image set's standard files.
+        n_train, n_test: toy sample sizes (fixed-seed split).
+        test_fraction: held-out share of a user array.
+        logit_alpha: image flows: logit transform ``logit(a + (1-2a) u)``; 0 disables it.
+        seed: seed of the toy split / array split (independent of the training seed).
+    """
+
+    name: str = "8gaussians"
+    path: str | None = None
+    data_dir: str | None = None
+    n_train: int = 50_000
+    n_test: int = 20_000
+    test_fraction: float = 0.2
+    logit_alpha: float = 0.05
+    seed: int = 0
+
+    def validate(self) -> None:
+        _positive("data.n_train", self.n_train)
+        _positive("data.n_test", self.n_test)
+        if not 0.0 < self.test_fraction < 1.0:
+            raise ConfigError(f"data.test_fraction must lie in (0, 1), got {self.test_fraction}")
+        if not 0.0 <= self.logit_alpha < 0.5:
+            raise ConfigError(f"data.logit_alpha must lie in [0, 0.5), got {self.logit_alpha}")
+        if self.name == "array" and not self.path:
+            raise ConfigError("data.name=array needs data.path (or pass --data FILE)")
+
+
+@dataclass
+class TrainConfig:
+    """The optimisation and the run's bookkeeping.
+
+    Attributes:
+        steps: optimiser steps; batch_size: global batch (split across DDP ranks).
+        max_seconds: wall-clock budget of training (0: none); the run stops, evaluated and
+            saved, at the first step past it (for equal-time comparisons).
+        max_cpu_seconds: CPU-time budget of the training process (all its threads; 0: none),
+            checked like ``max_seconds``. On a shared machine, wall-clock depends on the other
+            processes; CPU time does not, so it makes equal-budget comparisons fair.
+        optimizer: ``adam``, ``adamw`` (Adam with decoupled weight decay, Loshchilov & Hutter)
+            or ``sgd`` (momentum 0.9); lr, weight_decay (coupled L2 for ``adam``/``sgd``,
+            decoupled for ``adamw``), warmup_steps.
+        lr_schedule: ``constant`` (after warm-up) or ``cosine`` (decay to 0 at ``steps``).
+        grad_clip: max gradient norm (0 disables clipping).
+        ema_decay: decay of the EMA weights used for evaluation (0 disables EMA).
+        eval_every, log_every, checkpoint_every: intervals in steps; keep_last: checkpoints kept.
+        eval_batches: test batches per periodic evaluation (the final evaluation uses all).
+        max_bad_steps: stop after this many consecutive steps with NaN/Inf loss or gradient.
+        seed: training seed (initialisation, batches, probes); device: ``cpu``, ``cuda``, ...
+        threads: CPU threads of PyTorch (0: its default). Small models gain little from more
+            threads and lose much when cores are shared, so the toy presets use 1.
+        density_weight: hybrid models: weight of the density term in the loss.
+        spectral_penalty: ``lambda`` of the penalty ``lambda * sum ||W||_2^2`` (seed eq. (11)),
+            added to the loss of layers with a power-iteration estimate.
+        precision: ``fp32``, ``bf16`` or ``fp16`` autocast for the residual branches.
+        augment: classifiers: random translations by up to ``H // 8`` pixels (zero fill) and,
+            for colour images, random horizontal flips of every training batch.
+    """
+
+    steps: int = 2000
+    max_seconds: float = 0.0
+    max_cpu_seconds: float = 0.0
+    batch_size: int = 256
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 100
+    lr_schedule: str = "constant"
+    grad_clip: float = 10.0
+    ema_decay: float = 0.995
+    eval_every: int = 500
+    log_every: int = 10
+    checkpoint_every: int = 500
+    keep_last: int = 2
+    eval_batches: int = 10
+    max_bad_steps: int = 20
+    seed: int = 0
+    device: str = "cpu"
+    threads: int = 0
+    density_weight: float = 1.0
+    spectral_penalty: float = 0.0
+    precision: str = "fp32"
+    augment: bool = False
+
+    def validate(self) -> None:
+        for name in ("steps", "batch_size", "eval_every", "log_every", "checkpoint_every",
+                     "keep_last", "eval_batches", "max_bad_steps"):
+            _positive(f"train.{name}", getattr(self, name))
+        _choice("train.optimizer", self.optimizer, ("adam", "adamw", "sgd"))
+        _choice("train.lr_schedule", self.lr_schedule, ("constant", "cosine"))
+        _choice("train.precision", self.precision, ("fp32", "bf16", "fp16"))
+        if not self.lr > 0:
+            raise ConfigError(f"train.lr must be positive, got {self.lr}")
+        _at_least("train.warmup_steps", self.warmup_steps, 0)
+        _at_least("train.threads", self.threads, 0)
+        for name in ("max_seconds", "max_cpu_seconds"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
+        if self.spectral_penalty < 0:
+            raise ConfigError(f"train.spectral_penalty must be >= 0, got {self.spectral_penalty}")
+        if self.weight_decay < 0 or self.grad_clip < 0 or self.density_weight < 0:
+            raise ConfigError("train.weight_decay, train.grad_clip and train.density_weight must be >= 0")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"train.ema_decay must lie in [0, 1), got {self.ema_decay}")
+
+
+SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
+
+
+@dataclass
+class Config:
+    """The whole configuration of a run; ``preset`` names where it started from."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    preset: str = "custom"
+
+    def validate(self) -> Config:
+        self.model.validate()
+        self.data.validate()
+        self.train.validate()
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Config:
+        """Build and validate from a dict; unknown sections or keys and wrong types are refused."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"a config must be a JSON object, got {type(d).__name__}")
+        unknown = set(d) - {*SECTIONS, "preset"}
+        if unknown:
+            raise ConfigError(f"unknown config section(s) {sorted(unknown)}; known: {sorted(SECTIONS)}")
+        parts = {}
+        for name, section_cls in SECTIONS.items():
+            raw = d.get(name, {})
+            if not isinstance(raw, dict):
+                raise ConfigError(f"config section '{name}' must be an object, got {type(raw).__name__}")
+            known = {f.name: f for f in fields(section_cls)}
+            bad = set(raw) - set(known)
+            if bad:
+                raise ConfigError(f"unknown key(s) {sorted(bad)} in section '{name}'; known: {sorted(known)}")
+            hints = typing.get_type_hints(section_cls)
+            parts[name] = section_cls(**{k: _check_type(f"{name}.{k}", v, hints[k]) for k, v in raw.items()})
+        preset = d.get("preset", "custom")
+        if not isinstance(preset, str):
+            raise ConfigError("config key 'preset' must be a string")
+        return cls(preset=preset, **parts).validate()
+
+    def override(self, assignments: list[str]) -> Config:
+        """Apply ``section.key=value`` (or ``key=value`` where the key is unique) overrides."""
+        d = self.to_dict()
+        for item in assignments:
+            if "=" not in item:
+                raise ConfigError(f"override '{item}' is not of the form key=value (e.g. model.coeff=0.8)")
+            key, text = item.split("=", 1)
+            section, name = _resolve_key(key.strip())
+            hint = typing.get_type_hints(SECTIONS[section])[name]
+            d[section][name] = _parse_value(f"{section}.{name}", text.strip(), hint)
+        return Config.from_dict(d)
+
+
+def _resolve_key(key: str) -> tuple[str, str]:
+    if "." in key:
+        section, name = key.split(".", 1)
+        if section not in SECTIONS:
+            raise ConfigError(f"unknown config section '{section}' in '{key}'; known: {sorted(SECTIONS)}")
+        if name not in {f.name for f in fields(SECTIONS[section])}:
+            raise ConfigError(f"unknown config key '{key}'")
+        return section, name
+    owners = [s for s, cls in SECTIONS.items() if key in {f.name for f in fields(cls)}]
+    if not owners:
+        raise ConfigError(f"unknown config key '{key}' (see `iresnet train --help` for the keys)")
+    if len(owners) > 1:
+        raise ConfigError(f"config key '{key}' is ambiguous: write one of {[f'{o}.{key}' for o in owners]}")
+    return owners[0], key
+
+
+def _base_types(hint: Any) -> tuple[type, ...]:
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return tuple(typing.get_args(hint))
+    return (hint,)
+
+
+def _check_type(name: str, value: Any, hint: Any) -> Any:
+    allowed = _base_types(hint)
+    if value is None and type(None) in allowed:
+        return None
+    if bool in allowed:
+        if isinstance(value, bool):
+            return value
+    elif int in allowed and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    elif float in allowed and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise ConfigError(f"{name} must be a finite number, got {value}")
+        return float(value)
+    elif str in allowed and isinstance(value, str):
+        return value
+    names = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
+    raise ConfigError(f"{name} must be {names}, got {value!r} ({type(value).__name__})")
+
+
+def _parse_value(name: str, text: str, hint: Any) -> Any:
+    allowed = _base_types(hint)
+    if text.lower() in ("none", "null") and type(None) in allowed:
+        return None
+    for t in allowed:
+        if t is bool:
+            if text.lower() in ("true", "1", "yes", "on"):
+                return True
+            if text.lower() in ("false", "0", "no", "off"):
+                return False
+        elif t is int:
+            try:
+                return int(text)
+            except ValueError:
+                pass
+        elif t is float:
+            try:
+                return float(text)
+            except ValueError:
+                pass
+        elif t is str:
+            return text
+    names = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
+    raise ConfigError(f"{name} must be {names}, got '{text}'")
+
+
+def _choice(name: str, value: str, options: tuple[str, ...]) -> None:
+    if value not in options:
+        raise ConfigError(f"{name} must be one of {list(options)}, got '{value}'")
+
+
+def _positive(name: str, value: int) -> None:
+    if value < 1:
+        raise ConfigError(f"{name} must be a positive integer, got {value}")
+
+
+def _at_least(name: str, value: int, low: int) -> None:
+    if value < low:
+        raise ConfigError(f"{name} must be >= {low}, got {value}")
+
+
+def replace(cfg: Config, **sections: dict[str, Any]) -> Config:
+    """A copy of ``cfg`` with some fields of some sections replaced (used by the presets)."""
+    d = cfg.to_dict()
+    for section, values in sections.items():
+        d[section].update(values)
+    return Config.from_dict(d)
+

@@ -1,0 +1,138 @@
+"""What every task shares: the interface, evaluation mode that restores itself, estimator
+swaps, the estimator used to score a model, and batches of the test split."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ...datasets import DataBundle
+from ...ops import ExactLogDet, InverseDiagnostics, LogDetEstimator, RussianRouletteLogDet
+from ...transforms import ComposedTransform, Dequantize
+from ..batches import stage_data
+from ..config import Config
+
+__all__ = [
+    "Task",
+    "evaluating",
+    "scoring_estimator",
+    "continuous_part",
+    "inverse_summary",
+    "mean_se",
+]
+
+
+def mean_se(values: Tensor) -> tuple[float, float]:
+    """Mean and standard error of per-sample values (SE ``nan`` for fewer than two)."""
+    v = values.double()
+    se = float(v.std() / math.sqrt(v.numel())) if v.numel() > 1 else math.nan
+    return float(v.mean()), se
+
+
+@contextlib.contextmanager
+def evaluating(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` in eval mode and without gradients inside the block; its mode is restored."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield model
+    finally:
+        model.train(was_training)
+
+
+def scoring_estimator(
+    dim: int, exact_max_dim: int = 64, roulette_exact: int = 20
+) -> tuple[str, LogDetEstimator]:
+    """The log-det estimator a test likelihood is reported with, and its name.
+
+    Exact where ``dim <= exact_max_dim``; otherwise the unbiased Russian roulette with
+    ``roulette_exact`` always-computed terms (low variance, no truncation bias).
+    """
+    if dim <= exact_max_dim:
+        return "exact", ExactLogDet(max_dim=dim)
+    est = RussianRouletteLogDet(n_exact=roulette_exact, neumann_gradient=False,
+                                memory_efficient=False)
+    return f"russian-roulette(n_exact={roulette_exact})", est
+
+
+def continuous_part(transform: ComposedTransform, x: Tensor) -> tuple[ComposedTransform, Tensor]:
+    """The deterministic bijective part of ``transform`` and its input for data ``x``.
+
+    A transform that starts with :class:`~iresnet.transforms.Dequantize` is reconstructed from
+    the cell midpoints (its own inverse rounds, which would hide every error below a level).
+    """
+    if len(transform) > 0 and isinstance(transform[0], Dequantize):
+        return transform[1:], transform[0].midpoints(x)
+    return transform, x
+
+
+def inverse_summary(diagnostics: list[InverseDiagnostics]) -> dict[str, Any]:
+    """Iterations and convergence over every block's solve (JSON-ready)."""
+    if not diagnostics:
+        return {"inverse_iterations_mean": 0.0, "inverse_iterations_max": 0,
+                "inverse_converged": True}
+    means = torch.stack([d.iterations.double().mean() for d in diagnostics])
+    return {
+        "inverse_iterations_mean": float(means.mean()),
+        "inverse_iterations_max": max(int(d.iterations.max()) for d in diagnostics),
+        "inverse_converged": all(d.all_converged for d in diagnostics),
+    }
+
+
+class Task:
+    """What is being learned: batches, the loss, the evaluations and the samples of a run.
+
+    Subclasses implement :meth:`batch`, :meth:`loss`, :meth:`evaluate`,
+    :meth:`full_evaluation` and :meth:`sample`; the trainer is task-agnostic.
+    """
+
+    #: name of the main metric in the progress bar and metrics.jsonl
+    metric: str = "nll"
+
+    def __init__(self, cfg: Config, data: DataBundle, device: torch.device) -> None:
+        self.cfg, self.data, self.device = cfg, stage_data(data, device), device
+        self.dim = math.prod(data.event_shape)
+
+    def n_train(self) -> int:
+        return self.data.train_x.shape[0]
+
+    def batch(self, split: str, idx: Tensor) -> Any:
+        """The batch of ``split`` (``"train"`` or ``"test"``) at indices ``idx``."""
+        raise NotImplementedError
+
+    def loss(self, model: nn.Module, batch: Any) -> tuple[Tensor, dict[str, Tensor]]:
+        """The training loss and its metrics (detached)."""
+        raise NotImplementedError
+
+    def evaluate(self, model: nn.Module, max_batches: int | None = None) -> dict[str, float]:
+        """Test metrics during training (at most ``max_batches`` test batches)."""
+        raise NotImplementedError
+
+    def full_evaluation(self, model: nn.Module, **options: Any) -> dict[str, Any]:
+        """Everything ``iresnet evaluate`` reports."""
+        raise NotImplementedError
+
+    def sample(
+        self, model: nn.Module, n: int, temperature: float = 1.0
+    ) -> tuple[Tensor, list[InverseDiagnostics]]:
+        """``n`` samples in data units and the inverse's diagnostics."""
+        raise NotImplementedError
+
+    def test_batches(self, batch_size: int, max_batches: int | None = None,
+                     limit: int | None = None) -> Iterator[Any]:
+        """Consecutive test batches of the first ``limit`` points (all by default)."""
+        n = self.data.test_x.shape[0] if limit is None else min(limit, self.data.test_x.shape[0])
+        for i, start in enumerate(range(0, n, batch_size)):
+            if max_batches is not None and i >= max_batches:
+                return
+            yield self.batch("test", torch.arange(start, min(start + batch_size, n)))
+
+    def model_dtype(self, model: nn.Module) -> torch.dtype:
+        p = next(model.parameters(), None)
+        return p.dtype if p is not None else torch.get_default_dtype()

@@ -1,0 +1,233 @@
+"""Classification and hybrid (density + classification) tasks.
+
+Classifier: images of integer levels ``x in {0..K-1}`` enter as ``x / (K - 1)`` in ``[0, 1]``
+(with ``train.augment``, randomly translated and, for colour images, flipped); the loss is the
+cross-entropy, with accuracy beside it.
+
+Hybrid (Nalisnick et al., arXiv:1902.02767; Residual Flows, arXiv:1906.02735, sec. 6): the model
+dequantises and logit-transforms the levels itself, like the image flows, and the loss is
+
+    ``density_weight * bpd(x) + CE(logits(x), y)``,   ``bpd = -log p(x + v) / (D log 2)``.
+
+``density_weight = 1`` on bits/dim equals Residual Flows' ``lambda = 1 / (D log 2)`` on nats.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ...certificate import certify
+from ...datasets import DataBundle
+from ...errors import ConfigError, InverseNotConvergedWarning
+from ...ops import InverseDiagnostics
+from ...transforms import bits_per_dim, swap_logdets
+from ..config import Config
+from .base import (
+    Task,
+    continuous_part,
+    evaluating,
+    inverse_summary,
+    mean_se,
+    scoring_estimator,
+)
+
+__all__ = ["ClassificationTask", "HybridTask", "augment"]
+
+Batch = tuple[Tensor, Tensor]  # integer levels (B, C, H, W) and labels (B,)
+
+VANILLA_NOTE = (
+    "unconstrained (vanilla) model: no inverse is guaranteed (Lip(g) is not bounded below 1); "
+    "the numbers below are what the fixed-point iteration gave"
+)
+
+
+def augment(x: Tensor, flip: bool) -> Tensor:
+    """Random translation by up to ``H // 8`` pixels (zero fill) and, with ``flip``, a random
+    horizontal flip, independently per image. ``x``: ``(B, C, H, W)`` floats."""
+    b, _, h, w = x.shape
+    pad = max(1, h // 8)
+    padded = F.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (b,), device=x.device)
+    dx = torch.randint(0, 2 * pad + 1, (b,), device=x.device)
+    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
+    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
+    idx_b = torch.arange(b, device=x.device)[:, None, None, None]
+    idx_c = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
+    out = padded[idx_b, idx_c, rows, cols]
+    if flip:
+        mask = torch.rand(b, device=x.device) < 0.5
+        out = torch.where(mask[:, None, None, None], out.flip(-1), out)
+    return out
+
+
+class ClassificationTask(Task):
+    """Cross-entropy classification of images; metrics ``loss``, ``acc``; evaluation
+    ``test_error`` (a fraction) and ``test_loss``."""
+
+    metric = "loss"
+    #: whether the model also has a density (reported in bits/dim)
+    has_density = False
+
+    def __init__(self, cfg: Config, data: DataBundle, device: torch.device) -> None:
+        super().__init__(cfg, data, device)
+        if data.kind != "image" or data.train_y is None or data.test_y is None:
+            raise ConfigError(f"model.kind={cfg.model.kind} needs a labelled image data set "
+                              f"(digits, mnist, fashion-mnist, cifar10), got '{data.name}'")
+        self.n_levels = int(data.n_levels or 256)
+
+    def batch(self, split: str, idx: Tensor) -> Batch:
+        xs, ys = (self.data.train_x, self.data.train_y) if split == "train" else (
+            self.data.test_x, self.data.test_y)
+        assert ys is not None
+        return xs[idx].to(self.device), ys[idx].to(self.device)
+
+    def inputs(self, model: nn.Module, x: Tensor, *, train: bool = False) -> Tensor:
+        """Network inputs from integer levels: ``x / (K - 1)`` in ``[0, 1]`` (augmented in
+        training when ``train.augment``)."""
+        u = x.to(self.model_dtype(model)) / (self.n_levels - 1)
+        if train and self.cfg.train.augment:
+            u = augment(u, flip=u.shape[1] == 3)
+        return u
+
+    def predict(self, model: nn.Module, x: Tensor, *, train: bool = False
+                ) -> tuple[Tensor, Tensor | None]:
+        """Logits ``(B, classes)`` and, for hybrids, bits/dim ``(B,)`` (else None)."""
+        return model(self.inputs(model, x, train=train)), None
+
+    def loss(self, model: nn.Module, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+        x, y = batch
+        logits, bpd = self.predict(model, x, train=True)
+        ce = F.cross_entropy(logits, y)
+        acc = (logits.detach().argmax(1) == y).float().mean()
+        metrics = {"loss": ce.detach(), "acc": acc}
+        if bpd is None:
+            return ce, metrics
+        bpd_mean = bpd.mean()
+        loss = self.cfg.train.density_weight * bpd_mean + ce
+        return loss, {**metrics, "loss": loss.detach(), "ce": ce.detach(),
+                      "bpd": bpd_mean.detach()}
+
+    def evaluate(self, model: nn.Module, max_batches: int | None = None) -> dict[str, float]:
+        """Test error and cross-entropy (and, for hybrids, bits/dim with its standard error)
+        over the test set, in eval mode: the one evaluation loop of classifiers."""
+        wrong, n, ces, bpds = 0, 0, [], []
+        with evaluating(model):
+            for x, y in self.test_batches(500, max_batches):
+                logits, bpd = self.predict(model, x)
+                ces.append(F.cross_entropy(logits, y, reduction="none"))
+                wrong += int((logits.argmax(1) != y).sum())
+                n += y.numel()
+                if bpd is not None:
+                    bpds.append(bpd)
+        out = {"test_error": wrong / max(n, 1), "test_loss": float(torch.cat(ces).mean())}
+        if bpds:
+            out["test_bpd"], out["test_bpd_se"] = mean_se(torch.cat(bpds))
+        return out
+
+    def full_evaluation(self, model: nn.Module, *, n_inverse: int = 512, exact_max_dim: int = 64,
+                        roulette_exact: int = 20, **options: Any) -> dict[str, Any]:
+        """Test error on the whole test set (hybrids: bits/dim with the best log-det estimator
+        the dimension allows), the certificate and the feature inverse check.
+
+        ``feature_inverse_max_error = max |x - F^{-1}(F(x))|`` over the first ``n_inverse`` test
+        images (in network-input units: ``[0, 1]``); for the unconstrained model a ``note``
+        says that no inverse is guaranteed. Never raises on a failed inverse.
+        """
+        out: dict[str, Any] = {"n_test": int(self.data.test_x.shape[0])}
+        estimator = None
+        if self.has_density:
+            out["estimator"], estimator = scoring_estimator(self.dim, exact_max_dim,
+                                                            roulette_exact)
+        with swap_logdets(model, estimator):
+            out.update(self.evaluate(model, None))
+        cert = certify(model)
+        out["constrained"] = bool(self.cfg.model.constrained)
+        out["coeff"] = self.cfg.model.coeff if self.cfg.model.constrained else None
+        out["invertible"] = cert.invertible
+        out["max_lipschitz"] = cert.max_bound
+        out.update(self.feature_inverse_check(model, n_inverse))
+        if not self.cfg.model.constrained:
+            out["note"] = VANILLA_NOTE
+        out["certificate"] = cert.to_dict()
+        return out
+
+    def network_input(self, model: nn.Module, x: Tensor) -> tuple[Any, Tensor]:
+        """The invertible part of the model and its (deterministic) input for levels ``x``."""
+        return model.trunk, self.inputs(model, x)
+
+    def reconstruct(self, model: nn.Module, n: int
+                    ) -> tuple[Tensor, Tensor, list[InverseDiagnostics], list[str]]:
+        """The first ``n`` test images as network inputs ``x``, ``F^{-1}(F(x))``, the solver
+        diagnostics and the messages of any non-convergence warnings."""
+        with evaluating(model), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", InverseNotConvergedWarning)
+            trunk, x = self.network_input(model, self.data.test_x[:n].to(self.device))
+            try:
+                rec, diagnostics = trunk.inverse_with_diagnostics(trunk(x)[0])
+            except (RuntimeError, FloatingPointError) as exc:  # e.g. overflow in a solver
+                return x, torch.full_like(x, math.nan), [], [f"inverse failed: {exc}"]
+        msgs = [str(w.message) for w in caught
+                if issubclass(w.category, InverseNotConvergedWarning)]
+        return x, rec, diagnostics, msgs
+
+    def feature_inverse_check(self, model: nn.Module, n: int) -> dict[str, Any]:
+        x, rec, diagnostics, msgs = self.reconstruct(model, max(1, n))
+        err = (rec - x).abs().flatten(1).amax(1)
+        finite = bool(torch.isfinite(err).all())
+        summary = inverse_summary(diagnostics)
+        out: dict[str, Any] = {
+            "n_inverse": int(x.shape[0]),
+            "feature_inverse_max_error": float(err.max()) if finite else None,
+            "feature_inverse_median_error": float(err.median()) if finite else None,
+            "feature_inverse_finite": finite,
+            "inverse_converged": bool(diagnostics) and summary["inverse_converged"] and not msgs,
+            "inverse_iterations_max": summary["inverse_iterations_max"],
+            "inverse_warnings": len(msgs),
+        }
+        if not finite:
+            out["feature_inverse_diverged_fraction"] = float((~torch.isfinite(err)).float().mean())
+        if msgs:
+            out["inverse_warning"] = msgs[0]
+        return out
+
+    def sample(self, model: nn.Module, n: int, temperature: float = 1.0
+               ) -> tuple[Tensor, list[InverseDiagnostics]]:
+        raise ConfigError("a classifier models no density, so there is nothing to sample; "
+                          "train a hybrid model (model.kind=hybrid) to sample images")
+
+    def curve_keys(self) -> tuple[str, ...]:
+        """Metrics of the learning-curve picture."""
+        return ("loss", "test_loss")
+
+
+class HybridTask(ClassificationTask):
+    """``density_weight * bits/dim + cross-entropy``; metrics ``loss``, ``ce``, ``bpd``, ``acc``;
+    evaluation ``test_bpd``, ``test_error``, ``test_loss`` (cross-entropy)."""
+
+    has_density = True
+
+    def predict(self, model: nn.Module, x: Tensor, *, train: bool = False
+                ) -> tuple[Tensor, Tensor | None]:
+        logits, log_prob = model(x, return_log_prob=True)
+        return logits, bits_per_dim(log_prob, self.dim)
+
+    def network_input(self, model: nn.Module, x: Tensor) -> tuple[Any, Tensor]:
+        return continuous_part(model.trunk, x)
+
+    def sample(self, model: nn.Module, n: int, temperature: float = 1.0
+               ) -> tuple[Tensor, list[InverseDiagnostics]]:
+        """Images ``x = F^{-1}(z)``, ``z ~ N(0, T^2 I)`` of the feature shape, in ``[0, 1]``."""
+        with evaluating(model):
+            z = torch.randn(n, *model.feature_shape, device=self.device,
+                            dtype=self.model_dtype(model))
+            x, diagnostics = model.invert_features_with_diagnostics(z * temperature)
+        return x / (self.n_levels - 1), diagnostics
+
+    def curve_keys(self) -> tuple[str, ...]:
+        return ("loss", "bpd", "test_bpd", "ce", "test_loss")

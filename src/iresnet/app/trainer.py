@@ -1,0 +1,405 @@
+"""The one training loop, in named steps: single process or ``torchrun`` (DDP), resumable to
+the same weights.
+
+Adam / AdamW / SGD with linear warm-up (and optional cosine decay), gradient clipping, EMA
+weights for evaluation, a progress bar, ``metrics.jsonl``, periodic test evaluation, atomic
+checkpoints, SIGTERM/SIGINT handling (finish the step, checkpoint, exit) and NaN/Inf step
+skipping. The trainer makes no pictures (and never imports matplotlib); see
+:func:`iresnet.app.training.train`.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from ..errors import CheckpointError, ConfigError
+from ..nn import spectral_penalty
+from ..transforms import set_branch_precision
+from .batches import EpochBatches
+from .builder import build_model, load_data
+from .checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    load_weights,
+    save_checkpoint,
+    unflatten_optimizer,
+)
+from .config import Config
+from .distributed import DistContext, setup_distributed, teardown_distributed
+from .runs import Run
+from .tasks import Task, make_task
+
+__all__ = ["Trainer", "TrainResult", "learning_rate"]
+
+
+@dataclass
+class TrainResult:
+    """What a training run ended with: its folder, last step, why it stopped (``finished``,
+    also at the time budget, or ``signal``), the last metrics, and (for pictures) the
+    evaluation model and the task."""
+
+    run_dir: Path
+    step: int
+    stopped: str
+    last_metrics: dict[str, float]
+    model: nn.Module | None = field(default=None, repr=False)
+    task: Task | None = field(default=None, repr=False)
+    is_main: bool = True
+
+
+def learning_rate(cfg: Config, step: int) -> float:
+    """Learning rate at ``step`` (0-based): linear warm-up, then constant or cosine."""
+    t = cfg.train
+    warm = min(1.0, (step + 1) / t.warmup_steps) if t.warmup_steps > 0 else 1.0
+    if t.lr_schedule == "cosine":
+        return t.lr * warm * 0.5 * (1 + math.cos(math.pi * min(step, t.steps) / t.steps))
+    return t.lr * warm
+
+
+def _optimizer(cfg: Config, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    t = cfg.train
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=t.lr, momentum=0.9, weight_decay=t.weight_decay,
+                               foreach=True)
+    if t.optimizer == "adamw":  # decoupled decay: w <- w - lr * wd * w, outside Adam's scaling
+        return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay, foreach=True)
+    return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay, foreach=True)
+
+
+@torch.no_grad()
+def _update_ema(ema: nn.Module, model: nn.Module, decay: float, step: int) -> None:
+    # Warm-up of the decay, min(decay, (1 + t) / (10 + t)): without it the initial weights keep
+    # a share decay^t of the average, which makes short runs evaluate lagging weights.
+    decay = min(decay, (1 + step) / (10 + step))
+    for e, p in zip(ema.parameters(), model.parameters(), strict=True):
+        e.lerp_(p, 1.0 - decay)
+    for e, b in zip(ema.buffers(), model.buffers(), strict=True):
+        if e.shape != b.shape:  # conv power-iteration vectors learn their shape lazily
+            e.data = b.detach().clone()
+        else:
+            e.copy_(b)
+
+
+class _LossModule(nn.Module):
+    """``forward(batch) -> (loss, metrics)``: the task's loss as a module DDP can wrap."""
+
+    def __init__(self, model: nn.Module, task: Task) -> None:
+        super().__init__()
+        self.model = model
+        self.task = task
+
+    def forward(self, batch: Any) -> Any:
+        return self.task.loss(self.model, batch)
+
+
+class _StopSignal:
+    """Turns SIGTERM/SIGINT into a flag checked between steps (the step in flight finishes)."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopSignal:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.received = signum
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+class Trainer:
+    """Train ``cfg`` into ``run_dir`` (or continue it with ``resume=True``).
+
+    Named steps, in the order :meth:`run` calls them: :meth:`build` (data, model, task,
+    optimiser; a new run's data-dependent initialisation or a resumed run's checkpoint),
+    then per step :meth:`step` (one optimisation step), :meth:`evaluate` (every
+    ``eval_every`` steps), :meth:`checkpoint`, and the stop conditions of :meth:`stop_reason`
+    (a signal, ``stop_after``, or the time budget); finally :meth:`finish` saves the final
+    weights.
+
+    Arguments:
+        cfg: the validated config (for a resumed run, the run's saved config, possibly with
+            more ``train.steps``).
+        run_dir: the run folder; a new run refuses a folder that already holds a run.
+        resume: continue from the newest valid checkpoint (same seed: same final weights).
+        progress: show a progress bar (rank 0 only).
+        stop_after: stop (with a checkpoint) after this step; for tests of interruption.
+    """
+
+    def __init__(self, cfg: Config, run_dir: str | Path, *, resume: bool = False,
+                 progress: bool = True, stop_after: int | None = None) -> None:
+        self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.resume, self.progress, self.stop_after = resume, progress, stop_after
+        self.step_count, self.bad_in_row = 0, 0
+        self.last: dict[str, float] = {}
+
+    # ------------------------------------------------------------------------------ build
+    def build(self, ctx: DistContext) -> None:
+        """Set up the run folder, data, model, task, batches, EMA and optimiser."""
+        cfg = self.cfg
+        self.ctx = ctx
+        self.run = Run(self.run_dir)
+        checkpoint = None
+        if self.resume:
+            checkpoint = latest_checkpoint(self.run.checkpoints)
+            if checkpoint is None:
+                raise CheckpointError(
+                    f"{self.run_dir}: no valid checkpoint to resume from (torn or modified ones "
+                    "are skipped); start a new run with another --out"
+                )
+        elif ctx.is_main:
+            self.run.create(cfg)  # refuses a folder that already holds a run
+        if ctx.is_main:
+            self.run.remove_stale_temporaries()  # left by a process killed mid-write
+        data = load_data(cfg.data, standardizer=self.run.load_standardizer())
+        if ctx.is_main and not self.resume:
+            self.run.save_data_info(data)
+
+        torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
+        self.model = build_model(cfg, data).to(ctx.device)
+        self.task = make_task(cfg, data, ctx.device)
+        t = cfg.train
+        self.batches = EpochBatches(self.task.n_train(), t.batch_size, t.seed, ctx.rank,
+                                    ctx.world)
+        if checkpoint is None:
+            self.initialise()
+        self.ema = copy.deepcopy(self.model) if t.ema_decay > 0 else None
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = _optimizer(cfg, self.params)
+        self.elapsed = self.cpu_elapsed = 0.0
+        if checkpoint is not None:
+            self.restore(checkpoint)
+        self.loss_module: nn.Module = _LossModule(self.model, self.task)
+        if ctx.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            # DDP hooks only run through forward(): the loss module's forward computes the loss.
+            ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+            self.loss_module = DistributedDataParallel(self.loss_module, device_ids=ids)
+        if t.precision != "fp32":
+            if ctx.device.type == "cpu" and t.precision == "fp16":
+                raise ConfigError("train.precision=fp16 needs a CUDA device; use bf16 on CPU")
+            for m in (self.model, self.ema):
+                if m is not None:
+                    set_branch_precision(m, t.precision)
+
+    def initialise(self) -> None:
+        """Data-dependent initialisation (ActNorm) on the first global batch, before any rank
+        diverges; every rank sees the same batch, so the initial weights stay identical."""
+        first = EpochBatches(self.task.n_train(), self.cfg.train.batch_size, self.cfg.train.seed)
+        with torch.no_grad():
+            self.model.train()
+            self.task.loss(self.model, self.task.batch("train", first.next()))
+
+    def restore(self, checkpoint: Path) -> None:
+        """Weights, EMA, optimiser state, step, clocks and data position of a checkpoint."""
+        meta, tensors = load_checkpoint(checkpoint)
+        kind = self.cfg.model.kind
+        if meta.get("model_kind") != kind:
+            raise CheckpointError(
+                f"{checkpoint}: saved by a '{meta.get('model_kind')}' model, not '{kind}'"
+            )
+        load_weights(self.model, checkpoint / "model.safetensors")
+        if self.ema is not None:
+            load_weights(self.ema, checkpoint / "ema.safetensors")
+        try:
+            self.optimizer.load_state_dict(unflatten_optimizer(tensors, meta["optimizer"]))
+        except (KeyError, ValueError, RuntimeError) as exc:
+            raise CheckpointError(f"{checkpoint}: optimiser state does not fit ({exc})") from None
+        self.step_count, self.bad_in_row = int(meta["step"]), int(meta.get("bad_in_row", 0))
+        self.elapsed = float(meta["elapsed"])
+        self.cpu_elapsed = float(meta.get("cpu_elapsed", 0.0))
+        rank = str(self.ctx.rank) if self.ctx.distributed else "0"
+        self.batches.load_state(meta["batches"][rank])
+        if self.ctx.is_main:
+            self.run.truncate_metrics(self.step_count)
+
+    # ------------------------------------------------------------------------------- steps
+    def _seed_step(self) -> None:
+        """Seed the step's randomness (probes, roulette draws, dequantisation noise) from
+        ``(seed, step, rank)``: a resumed run draws exactly what the uninterrupted one drew,
+        with no RNG state to save, and every rank draws differently."""
+        seed = (self.cfg.train.seed * 1_000_003 + self.step_count) * 1009 + self.ctx.rank
+        torch.manual_seed(seed)
+
+    def step(self) -> bool:
+        """One optimisation step; a non-finite loss or gradient skips the update.
+
+        Returns whether the step was finite. Raises ``FloatingPointError`` after
+        ``train.max_bad_steps`` non-finite steps in a row.
+        """
+        t = self.cfg.train
+        self.model.train()
+        lr = learning_rate(self.cfg, self.step_count)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self._seed_step()
+        batch = self.task.batch("train", self.batches.next())
+        self.optimizer.zero_grad(set_to_none=True)
+        loss, metrics = self.loss_module(batch)
+        if t.spectral_penalty > 0:  # the NLL in `metrics` stays separate
+            loss = loss + t.spectral_penalty * spectral_penalty(self.model)
+        finite = bool(torch.isfinite(loss))
+        grad_norm: Tensor | None = None
+        if finite:
+            loss.backward()
+            clip = t.grad_clip if t.grad_clip > 0 else float("inf")
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.params, clip)
+            finite = bool(torch.isfinite(grad_norm))
+        self.step_count += 1
+        if finite:
+            self.bad_in_row = 0
+            self.optimizer.step()
+            if self.ema is not None:
+                _update_ema(self.ema, self.model, t.ema_decay, self.step_count)
+            if self.ctx.is_main and (self.step_count % t.log_every == 0
+                                     or self.step_count == t.steps):
+                self._log_step(loss, metrics, lr, grad_norm)
+            return True
+        # Skip the step: no update from a NaN/Inf loss or gradient.
+        self.bad_in_row += 1
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ctx.is_main:
+            self.run.log({"step": self.step_count, "skipped": "non-finite loss or gradient",
+                          "bad_in_row": self.bad_in_row})
+        if self.bad_in_row >= t.max_bad_steps:
+            raise FloatingPointError(self._nan_stop_message())
+        return False
+
+    def _nan_stop_message(self) -> str:
+        saved = latest_checkpoint(self.run.checkpoints) if self.run.checkpoints.is_dir() else None
+        where = (f"the last good checkpoint ({saved.name}) is kept; lower the learning rate or "
+                 f"check the data, then --resume {self.run_dir}" if saved is not None else
+                 "no checkpoint had been written yet; lower the learning rate or check the "
+                 "data, then start a new run with another --out")
+        return (f"stopped at step {self.step_count}: {self.bad_in_row} consecutive steps with "
+                f"NaN/Inf loss or gradient; {where}")
+
+    def _log_step(self, loss: Tensor, metrics: dict[str, Tensor], lr: float,
+                  grad_norm: Tensor | None) -> None:
+        self.last = {k: float(v) for k, v in metrics.items()}
+        row = {"step": self.step_count, "loss": float(loss.detach()), **self.last, "lr": lr,
+               "grad_norm": float(grad_norm) if grad_norm is not None else math.nan,
+               "seconds": round(time.perf_counter() - self.start, 3),
+               "cpu_seconds": round(time.process_time() - self.cpu_start, 3)}
+        self.run.log(row)
+        self.bar.set_postfix({k: f"{v:.4f}" for k, v in self.last.items()}, refresh=False)
+
+    @property
+    def evaluation_model(self) -> nn.Module:
+        """The EMA weights when kept, else the live model."""
+        return self.ema if self.ema is not None else self.model
+
+    def evaluate(self) -> None:
+        """Test metrics of the evaluation model on ``eval_batches`` batches, logged."""
+        test = self.task.evaluate(self.evaluation_model, max_batches=self.cfg.train.eval_batches)
+        self.run.log({"step": self.step_count, **test,
+                      "seconds": round(time.perf_counter() - self.start, 3)})
+        self.last.update(test)
+
+    def checkpoint(self) -> None:
+        """An atomic checkpoint of everything :meth:`restore` needs (rank 0 writes)."""
+        if not self.ctx.is_main:
+            return
+        state = {
+            "elapsed": time.perf_counter() - self.start, "bad_in_row": self.bad_in_row,
+            "cpu_elapsed": time.process_time() - self.cpu_start,
+            "model_kind": self.cfg.model.kind, "config": self.cfg.to_dict(),
+            "batches": {str(r): self.batches.state() for r in range(self.ctx.world)},
+        }
+        save_checkpoint(self.run.checkpoints, self.step_count, self.model, self.ema,
+                        self.optimizer, state, keep_last=self.cfg.train.keep_last)
+
+    def out_of_budget(self) -> bool:
+        """Past ``train.max_seconds`` (wall-clock) or ``train.max_cpu_seconds`` (CPU)."""
+        t = self.cfg.train
+        over = (t.max_seconds > 0 and time.perf_counter() - self.start >= t.max_seconds) or (
+            t.max_cpu_seconds > 0 and time.process_time() - self.cpu_start >= t.max_cpu_seconds)
+        # Clocks differ between ranks: all must stop after the same step.
+        return self.ctx.any(over)
+
+    def stop_reason(self, stop: _StopSignal) -> str | None:
+        """``"signal"`` (a signal or ``stop_after``), ``"budget"`` (time), or None."""
+        interrupted = stop.received is not None or (
+            self.stop_after is not None and self.step_count >= self.stop_after)
+        if self.ctx.any(interrupted):  # every rank stops after the same step
+            return "signal"
+        return "budget" if self.out_of_budget() else None
+
+    def finish(self) -> None:
+        """The final evaluation weights as ``model.safetensors`` (rank 0)."""
+        if self.ctx.is_main:
+            self.run.save_final_weights(self.evaluation_model)
+
+    # --------------------------------------------------------------------------------- run
+    def run_loop(self) -> str:
+        """Steps until ``train.steps`` or a stop condition; returns why it stopped."""
+        t = self.cfg.train
+        main = self.ctx.is_main
+        self.bar = tqdm(total=t.steps, initial=self.step_count, disable=not (self.progress and main),
+                        dynamic_ncols=True, desc=f"train {self.cfg.preset}", file=sys.stderr)
+        self.start = time.perf_counter() - self.elapsed
+        self.cpu_start = time.process_time() - self.cpu_elapsed
+        stopped = "finished"
+        try:
+            with _StopSignal() as stop:
+                while self.step_count < t.steps:
+                    self.step()
+                    self.bar.update(1)
+                    evaluated = main and (self.step_count % t.eval_every == 0
+                                          or self.step_count == t.steps)
+                    if evaluated:
+                        self.evaluate()
+                    reason = self.stop_reason(stop)
+                    if reason == "budget":  # ends the run: evaluated and saved, like a finish
+                        if main and not evaluated:
+                            self.evaluate()
+                        self.checkpoint()
+                        break
+                    if (self.step_count % t.checkpoint_every == 0 or self.step_count == t.steps
+                            or reason == "signal"):
+                        self.checkpoint()
+                    if reason == "signal":
+                        stopped = "signal"
+                        break
+        finally:
+            self.bar.close()
+        return stopped
+
+    def run(self) -> TrainResult:
+        """Build, train and save; see the class docstring."""
+        ctx = setup_distributed(self.cfg.train.device)
+        if ctx.device.type == "cpu":
+            # Subnormal floats (tiny gradients, Adam's squared moments) run orders of magnitude
+            # slower on CPUs; flushing them to zero changes nothing measurable in the results.
+            torch.set_flush_denormal(True)
+        if self.cfg.train.threads > 0:
+            torch.set_num_threads(self.cfg.train.threads)
+        try:
+            self.build(ctx)
+            stopped = self.run_loop()
+            if stopped == "finished":
+                self.finish()
+        finally:
+            teardown_distributed()
+        return TrainResult(self.run.path, self.step_count, stopped, self.last,
+                           self.evaluation_model, self.task, ctx.is_main)

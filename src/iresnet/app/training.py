@@ -1,0 +1,23 @@
+"""``train``: a config into a run folder, with the pictures of the finished run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .config import Config
+from .figures import run_figures
+from .runs import Run
+from .trainer import Trainer, TrainResult
+
+__all__ = ["train"]
+
+
+def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
+          stop_after: int | None = None, figures: bool = True) -> TrainResult:
+    """Train ``cfg`` into ``run_dir`` (see :class:`~iresnet.app.trainer.Trainer`), then, for a
+    finished run on the main process, draw its pictures into the folder (``figures``)."""
+    result = Trainer(cfg, run_dir, resume=resume, progress=progress, stop_after=stop_after).run()
+    if figures and result.is_main and result.stopped == "finished":
+        assert result.task is not None and result.model is not None
+        run_figures(result.task, result.model, result.run_dir, Run(result.run_dir).records())
+    return result

@@ -1,0 +1,109 @@
+"""Data: toy 2-D densities, user arrays and image sets, all read or generated locally.
+
+:func:`load_dataset` returns a :class:`DataBundle`, the one object the application's training
+loop and evaluation read. Nothing is downloaded: missing files raise
+:class:`~iresnet.errors.DataError` naming what was expected and where to get it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..errors import DataError
+from .arrays import Standardizer, load_array, split_array
+from .images import DATASET_NAMES, load_image_dataset
+from .toy import TOY_DATASETS, toy_log_density, toy_split, true_entropy
+
+__all__ = ["DataBundle", "load_dataset", "TOY_DATASETS", "IMAGE_DATASETS", "Standardizer"]
+
+IMAGE_DATASETS = tuple(DATASET_NAMES)
+
+
+@dataclass
+class DataBundle:
+    """Train and test tensors and what is known about them.
+
+    Attributes:
+        name: the data set's name (a user array: its path).
+        kind: ``"vector"`` (``(N, d)`` floats in the data's own units; user arrays in float64)
+            or ``"image"`` (``(N, C, H, W)`` uint8 levels).
+        train_x, test_x: the data; train_y, test_y: labels (images) or None.
+        n_levels: images: quantisation levels ``K``.
+        standardizer: user arrays: per-column statistics of the training split, for a model
+            that standardises its input (:class:`~iresnet.transforms.Standardize`).
+        true_log_density: toy densities with a closed form: ``log p(x)`` on ``(M, 2)``.
+    """
+
+    name: str
+    kind: str
+    train_x: Tensor
+    test_x: Tensor
+    train_y: Tensor | None = None
+    test_y: Tensor | None = None
+    n_levels: int | None = None
+    standardizer: Standardizer | None = None
+    true_log_density: Callable[[Tensor], Tensor] | None = None
+
+    @property
+    def event_shape(self) -> tuple[int, ...]:
+        return tuple(self.train_x.shape[1:])
+
+    def true_entropy(self) -> tuple[float, float] | None:
+        """Monte Carlo entropy of the true density with its standard error, where known."""
+        return true_entropy(self.name) if self.true_log_density is not None else None
+
+
+def load_dataset(
+    name: str,
+    *,
+    path: str | None = None,
+    data_dir: str | None = None,
+    n_train: int = 50_000,
+    n_test: int = 20_000,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    standardizer: Standardizer | None = None,
+) -> DataBundle:
+    """Load or generate a data set.
+
+    Args:
+        name: a toy density (:data:`TOY_DATASETS`), ``"array"`` (with ``path``) or an image set
+            (:data:`IMAGE_DATASETS`).
+        path: a ``.npy`` / ``.csv`` file of shape ``(N, d)`` for ``"array"``.
+        data_dir: the folder of an image set's standard files.
+        n_train, n_test: toy sample sizes (drawn with ``seed``).
+        test_fraction: held-out share of a user array (split with ``seed``).
+        standardizer: user arrays: reuse saved statistics (a resumed or evaluated run) instead
+            of fitting them on the training split.
+
+    Raises:
+        DataError: an unknown name, a missing or malformed file.
+    """
+    if name in TOY_DATASETS:
+        train, test = toy_split(name, n_train, n_test, seed=seed)
+        return DataBundle(name, "vector", train, test, true_log_density=toy_log_density(name))
+    if name == "array":
+        if not path:
+            raise DataError("data set 'array' needs a path to a .npy or .csv file")
+        arr = load_array(path)
+        train_np, test_np = split_array(arr, test_fraction, seed)
+        std = standardizer or Standardizer.fit(train_np)
+        if std.dim != arr.shape[1]:
+            raise DataError(
+                f"{path}: {arr.shape[1]} columns, but the run was trained on {std.dim}"
+            )
+        train = torch.as_tensor(train_np, dtype=torch.float64)
+        test = torch.as_tensor(test_np, dtype=torch.float64)
+        return DataBundle(path, "vector", train, test, standardizer=std)
+    if name in IMAGE_DATASETS:
+        tr = load_image_dataset(name, "train", data_dir)
+        te = load_image_dataset(name, "test", data_dir)
+        return DataBundle(
+            name, "image", tr.images, te.images, tr.labels, te.labels, n_levels=tr.n_levels
+        )
+    known = [*TOY_DATASETS, "array", *IMAGE_DATASETS]
+    raise DataError(f"unknown data set '{name}'; known: {known}")

@@ -1,0 +1,288 @@
+"""User data given as ``--data path.npy|.csv``: strict loading, a fixed split, standardization.
+
+:func:`load_array` returns a float64 array of shape ``(N, d)`` or raises :class:`DataError`
+with a message naming the file, the offending place and what to do. CSV files are parsed with
+the :mod:`csv` module (not ``numpy.loadtxt``) so ragged rows and bad fields are reported by
+line and column. :class:`Standardizer` holds the per-column affine map
+``z = (x - mean) / std`` and its log-determinant, so densities fitted on ``z`` convert back to
+densities on ``x``.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError, DataError
+
+__all__ = ["load_array", "split_array", "Standardizer"]
+
+_ArrayT = TypeVar("_ArrayT", np.ndarray, torch.Tensor)
+
+
+def _parse_float(field: str) -> float | None:
+    try:
+        return float(field)
+    except ValueError:
+        return None
+
+
+def _read_csv(path: Path) -> tuple[np.ndarray, list[int]]:
+    """Parse ``path`` into a float64 ``(N, d)`` array and the 1-based file line of each row."""
+    rows: list[list[float]] = []
+    lines: list[int] = []
+    first_line = 0
+    width = 0
+    try:
+        # utf-8-sig drops a byte-order mark that spreadsheet exports like to prepend.
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            reader = csv.reader(fh)
+            for fields in reader:
+                line = reader.line_num
+                if not fields or all(not f.strip() for f in fields):
+                    continue  # blank lines carry no row
+                if not width:
+                    width, first_line = len(fields), line
+                    values = [_parse_float(f) for f in fields]
+                    if all(v is None for v in values):
+                        continue  # a header row of column names
+                elif len(fields) != width:
+                    raise DataError(
+                        f"{path}: ragged CSV: line {line} has {len(fields)} columns but line "
+                        f"{first_line} has {width}; every row needs the same number of fields"
+                    )
+                parsed: list[float] = []
+                for col, field in enumerate(fields, start=1):
+                    value = _parse_float(field)
+                    if value is None:
+                        raise DataError(
+                            f"{path}: non-numeric field {field.strip()!r} at line {line}, "
+                            f"column {col}; only a first header row may hold names "
+                            "(and then every field of it must be a name)"
+                        )
+                    parsed.append(value)
+                rows.append(parsed)
+                lines.append(line)
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text ({exc.reason}); save the CSV as UTF-8") from exc
+    except csv.Error as exc:
+        raise DataError(f"{path}: malformed CSV ({exc}); check quoting and delimiters") from exc
+    array = np.asarray(rows, dtype=np.float64).reshape(len(rows), width)
+    return array, lines
+
+
+def _read_npy(path: Path) -> np.ndarray:
+    with path.open("rb") as fh:
+        magic = fh.read(6)
+    if magic != b"\x93NUMPY":
+        # Without this, numpy.load takes any other file for a pickle and blames allow_pickle.
+        raise DataError(f"{path}: not a .npy file (bad magic bytes); save the data with numpy.save")
+    try:
+        array = np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        # Object arrays (and pickles) need allow_pickle, which we never enable: unsafe to load.
+        raise DataError(
+            f"{path}: cannot load without pickle ({exc}); save a plain numeric array, "
+            "e.g. numpy.save(path, x.astype(float))"
+        ) from exc
+    except (OSError, EOFError) as exc:
+        raise DataError(
+            f"{path}: not a readable .npy file ({exc}); re-save it with numpy.save"
+        ) from exc
+    if not isinstance(array, np.ndarray):
+        raise DataError(f"{path}: expected a single .npy array, got {type(array).__name__}")
+    if array.dtype.kind not in "biuf":
+        raise DataError(
+            f"{path}: array dtype {array.dtype} is not real-valued numeric; convert it with "
+            "x.astype(float) (split complex data into real and imaginary columns)"
+        )
+    if array.ndim == 1:
+        raise DataError(
+            f"{path}: array is 1-D with shape {array.shape}; a density needs shape (N, d): for "
+            f"N scalar samples save x.reshape(-1, 1), i.e. shape ({array.shape[0]}, 1)"
+        )
+    if array.ndim != 2:
+        raise DataError(
+            f"{path}: array has shape {array.shape}, expected 2-D (N, d); flatten each sample, "
+            "e.g. x.reshape(len(x), -1)"
+        )
+    return array.astype(np.float64)
+
+
+def load_array(path: str | os.PathLike[str], max_dim: int = 64) -> np.ndarray:
+    """Load user data from a ``.npy`` or ``.csv`` file as a float64 array of shape ``(N, d)``.
+
+    ``.npy`` files are read with ``numpy.load(..., allow_pickle=False)`` and must hold a 2-D
+    real array. ``.csv`` files are comma separated, one sample per line; a first row whose
+    fields are all non-numeric is taken as a header and skipped, blank lines are ignored.
+
+    Raises:
+        DataError: missing file, unknown extension, empty file or zero rows, fewer than 2 rows,
+            ragged CSV rows, non-numeric fields, non-numeric ``.npy`` dtype, an array that is
+            not 2-D, zero columns, NaN or Inf values, or ``d > max_dim``. The message names the
+            file and, where it applies, the line/row and column.
+    """
+    p = Path(path)
+    if not p.is_file():
+        what = "is a directory, not a file" if p.is_dir() else "does not exist"
+        raise DataError(f"{p}: data file {what}; pass the path of a .npy or .csv file")
+    ext = p.suffix.lower()
+    if ext not in (".npy", ".csv"):
+        raise DataError(
+            f"{p}: unknown extension {ext or '(none)'!r}; save the data as .npy (numpy.save) "
+            "or as a comma-separated .csv"
+        )
+    if p.stat().st_size == 0:
+        raise DataError(f"{p}: file is empty; it must hold at least 2 samples (rows)")
+
+    lines: list[int] | None = None
+    if ext == ".csv":
+        array, lines = _read_csv(p)
+    else:
+        array = _read_npy(p)
+
+    n, d = array.shape
+    if n == 0:
+        raise DataError(f"{p}: zero data rows; the file must hold at least 2 samples (rows)")
+    if n < 2:
+        raise DataError(
+            f"{p}: 1-row file; at least 2 samples are needed (to train and to test); "
+            "if the row is one sample per column, transpose the data"
+        )
+    if d == 0:
+        raise DataError(f"{p}: zero columns; each sample needs at least one value")
+    bad = ~np.isfinite(array)
+    if bad.any():
+        i, j = (int(k) for k in np.argwhere(bad)[0])
+        kind = "NaN" if math.isnan(array[i, j]) else "Inf"
+        where = f"line {lines[i]}, column {j + 1}" if lines is not None else f"x[{i}, {j}]"
+        raise DataError(
+            f"{p}: {kind} value at {where} (first of {int(bad.sum())}); "
+            "drop or impute missing values before training"
+        )
+    if d > max_dim:
+        raise DataError(
+            f"{p}: {d} columns (dimensions) exceed max_dim={max_dim}; reduce the dimension "
+            "(e.g. PCA) or raise max_dim"
+        )
+    return array
+
+
+def split_array(
+    x: np.ndarray, test_fraction: float = 0.2, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split the rows of ``x`` (shape ``(N, d)``) into ``(train, test)`` by a seeded permutation.
+
+    ``n_test = round(N * test_fraction)`` clipped to ``[1, N - 1]`` so both parts are non-empty;
+    the permutation comes from ``numpy.random.default_rng(seed)``.
+
+    Raises:
+        DataError: ``x`` has fewer than 2 rows.
+        ValueError: ``test_fraction`` not in the open interval ``(0, 1)``.
+    """
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction}")
+    n = len(x)
+    if n < 2:
+        raise DataError(f"cannot split {n} row(s) into non-empty train and test sets")
+    n_test = min(max(round(n * test_fraction), 1), n - 1)
+    perm = np.random.default_rng(seed).permutation(n)
+    return x[perm[n_test:]], x[perm[:n_test]]
+
+
+@dataclass
+class Standardizer:
+    """Per-column affine standardization ``z = (x - mean) / std``.
+
+    ``mean`` and ``std`` are plain lists of floats (length ``d``) so the object saves to JSON
+    via :meth:`to_dict`. The map has Jacobian ``diag(1 / std)``, hence per sample
+    ``log p_x(x) = log p_z(z) + log_abs_det`` with ``log_abs_det = -sum(log std)``.
+    """
+
+    mean: list[float]
+    std: list[float]
+
+    def __post_init__(self) -> None:
+        self.mean = [float(m) for m in self.mean]
+        self.std = [float(s) for s in self.std]
+        if len(self.mean) != len(self.std):
+            raise ConfigError(
+                f"Standardizer mean has {len(self.mean)} entries but std has {len(self.std)}"
+            )
+        if not all(math.isfinite(m) for m in self.mean):
+            raise ConfigError("Standardizer mean must be finite")
+        if not all(math.isfinite(s) and s > 0 for s in self.std):
+            raise ConfigError("Standardizer std must be finite and positive")
+
+    @classmethod
+    def fit(cls, x: np.ndarray | torch.Tensor) -> Standardizer:
+        """Column means and (population, ``ddof=0``) standard deviations of ``x`` ``(N, d)``.
+
+        A constant column (std zero, or below ``1e-12 |mean|`` which is only rounding noise)
+        gets std 1.0, so it is centred but never divided by zero.
+        """
+        a = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+        a = a.astype(np.float64)
+        if a.ndim != 2 or a.shape[0] == 0:
+            raise DataError(f"Standardizer.fit expects a non-empty (N, d) array, got {a.shape}")
+        if not np.isfinite(a).all():
+            raise DataError("Standardizer.fit got NaN or Inf values")
+        mean = a.mean(axis=0)
+        std = a.std(axis=0)
+        std = np.where(std <= 1e-12 * np.abs(mean), 1.0, std)
+        return cls(mean=mean.tolist(), std=std.tolist())
+
+    @property
+    def dim(self) -> int:
+        """Number of columns ``d``."""
+        return len(self.mean)
+
+    @property
+    def log_abs_det(self) -> float:
+        """``log |det dz/dx| = -sum_j log std_j`` (per sample)."""
+        return -math.fsum(math.log(s) for s in self.std)
+
+    def _params(self, x: _ArrayT) -> tuple[Any, Any]:
+        if x.shape[-1] != self.dim:
+            raise DataError(
+                f"data has {x.shape[-1]} columns but the standardizer was fitted on {self.dim}"
+            )
+        if isinstance(x, torch.Tensor):
+            dtype = x.dtype if x.is_floating_point() else torch.float64
+            kw = {"dtype": dtype, "device": x.device}
+            return torch.tensor(self.mean, **kw), torch.tensor(self.std, **kw)
+        return np.asarray(self.mean), np.asarray(self.std)
+
+    def transform(self, x: _ArrayT) -> _ArrayT:
+        """``z = (x - mean) / std`` for ``x`` of shape ``(..., d)`` (NumPy array or tensor)."""
+        mean, std = self._params(x)
+        return (x - mean) / std
+
+    def inverse_transform(self, z: _ArrayT) -> _ArrayT:
+        """``x = z * std + mean`` for ``z`` of shape ``(..., d)`` (NumPy array or tensor)."""
+        mean, std = self._params(z)
+        return z * std + mean
+
+    def to_dict(self) -> dict[str, list[float]]:
+        """JSON-ready ``{"mean": [...], "std": [...]}``."""
+        return {"mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Standardizer:
+        """Inverse of :meth:`to_dict`; raises ``ConfigError`` on missing or extra keys."""
+        if not isinstance(d, dict) or set(d) != {"mean", "std"}:
+            keys = sorted(d) if isinstance(d, dict) else type(d).__name__
+            raise ConfigError(f"Standardizer dict needs exactly keys 'mean' and 'std', got {keys}")
+        try:
+            return cls(mean=list(d["mean"]), std=list(d["std"]))
+        except ConfigError:
+            raise
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"Standardizer dict holds non-numeric values: {exc}") from exc

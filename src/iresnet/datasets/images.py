@@ -1,0 +1,444 @@
+"""Image data sets read offline from local files: MNIST, Fashion-MNIST, CIFAR-10, digits, PNGs.
+
+Every loader returns an :class:`ImageData` whose ``images`` hold integer levels
+``{0, ..., n_levels - 1}`` as ``uint8`` of shape ``(N, C, H, W)``; turning them into densities on
+``[0, 1)^D`` is :mod:`iresnet.preprocess`'s job. Nothing is ever downloaded: a missing file raises
+:class:`~iresnet.errors.DataError` saying which names were expected, where they were looked for
+and how to obtain them.
+"""
+
+from __future__ import annotations
+
+import codecs
+import gzip
+import importlib
+import math
+import pickle
+import struct
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import DataError
+
+__all__ = [
+    "ImageData",
+    "read_idx",
+    "load_mnist",
+    "load_fashion_mnist",
+    "load_cifar10",
+    "load_digits",
+    "load_png_folder",
+    "load_image_dataset",
+    "FASHION_MNIST_SYSTEM_DIRS",
+    "DATASET_NAMES",
+]
+
+#: Where Debian's ``dataset-fashion-mnist`` package installs the gzipped IDX files.
+FASHION_MNIST_SYSTEM_DIRS: tuple[Path, ...] = (Path("/usr/share/datasets/fashion-mnist"),)
+
+#: Names accepted by :func:`load_image_dataset`.
+DATASET_NAMES: tuple[str, ...] = ("digits", "mnist", "fashion-mnist", "cifar10", "png")
+
+_SPLITS = ("train", "test")
+
+
+@dataclass(frozen=True)
+class ImageData:
+    """A labelled set of images quantised to ``n_levels`` integer levels.
+
+    Attributes:
+        images: ``uint8`` tensor ``(N, C, H, W)`` with values in ``{0, ..., n_levels - 1}``.
+        labels: ``int64`` tensor ``(N,)`` (all zeros for unlabelled data).
+        n_levels: number of quantisation levels ``K`` (256 for 8-bit images, 17 for digits).
+        name: short data set name, e.g. ``"mnist"``.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    n_levels: int
+    name: str
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
+            raise DataError(
+                f"{self.name}: images must be uint8 (N, C, H, W), got {self.images.dtype} "
+                f"{tuple(self.images.shape)}"
+            )
+        if self.labels.dtype != torch.int64 or self.labels.shape != (self.images.shape[0],):
+            raise DataError(
+                f"{self.name}: labels must be int64 ({self.images.shape[0]},), got "
+                f"{self.labels.dtype} {tuple(self.labels.shape)}"
+            )
+        if not 2 <= self.n_levels <= 256:
+            raise DataError(f"{self.name}: n_levels must be in 2..256, got {self.n_levels}")
+        if self.images.numel() and int(self.images.max()) >= self.n_levels:
+            raise DataError(
+                f"{self.name}: image level {int(self.images.max())} is >= n_levels={self.n_levels}"
+            )
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """Shape ``(C, H, W)`` of one image."""
+        _, c, h, w = self.images.shape
+        return (c, h, w)
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+
+# --------------------------------------------------------------------------------------- IDX
+# IDX type codes; multi-byte types are big-endian on disk.
+_IDX_DTYPES = {
+    0x08: np.dtype("u1"),
+    0x09: np.dtype("i1"),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """Read an IDX file (raw or gzip-compressed, detected by its magic bytes, not its suffix).
+
+    Layout: ``0x00 0x00 <type code> <ndim>``, then ``ndim`` big-endian ``uint32`` sizes, then
+    exactly ``prod(sizes)`` big-endian items. Returns a native-endian, writable array of shape
+    ``sizes``. Raises :class:`DataError` naming the file on bad magic, unknown type code,
+    truncated data or trailing bytes.
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"cannot read IDX file {path}: {exc}") from exc
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise DataError(f"IDX file {path}: corrupt or truncated gzip stream ({exc})") from exc
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
+        raise DataError(f"IDX file {path}: bad magic {raw[:4]!r} (expected 0x00 0x00 type ndim)")
+    code, ndim = raw[2], raw[3]
+    if code not in _IDX_DTYPES:
+        raise DataError(f"IDX file {path}: unknown data type code 0x{code:02X}")
+    if ndim == 0:
+        raise DataError(f"IDX file {path}: zero dimensions")
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DataError(f"IDX file {path}: truncated header ({len(raw)} of {header} bytes)")
+    dims = struct.unpack(f">{ndim}I", raw[4:header])
+    dtype = _IDX_DTYPES[code]
+    count = math.prod(dims)
+    need, have = count * dtype.itemsize, len(raw) - header
+    if have < need:
+        raise DataError(
+            f"IDX file {path}: truncated, {have} data bytes but dims {dims} need {need}"
+        )
+    if have > need:
+        raise DataError(f"IDX file {path}: {have - need} trailing bytes after dims {dims} data")
+    arr = np.frombuffer(raw, dtype=dtype, count=count, offset=header).reshape(dims)
+    return arr.astype(dtype.newbyteorder("="), copy=True)
+
+
+_IDX_STEMS = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+
+def _check_split(split: str, allowed: Sequence[str] = _SPLITS) -> None:
+    if split not in allowed:
+        raise DataError(f"unknown split {split!r}; expected one of {', '.join(allowed)}")
+
+
+def _find_idx(folder: Path, stem: str) -> Path | None:
+    # Extracted files first (faster); the MNIST site's unzipped names use a dot before "idx".
+    dotted = stem.replace("-idx", ".idx")
+    for name in (stem, stem + ".gz", dotted, dotted + ".gz"):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def _load_idx_pair(name: str, split: str, folders: Sequence[Path], how: str) -> ImageData:
+    _check_split(split)
+    stems = _IDX_STEMS[split]
+    for folder in folders:
+        # Images and labels must come from the same folder, or they could be mispaired.
+        img_path, lab_path = (_find_idx(folder, s) for s in stems)
+        if img_path is not None and lab_path is not None:
+            break
+    else:
+        raise DataError(
+            f"{name} {split} split not found: expected {stems[0]}[.gz] and {stems[1]}[.gz] in "
+            f"one of: {', '.join(str(f) for f in folders)}. {how}"
+        )
+    images, labels = read_idx(img_path), read_idx(lab_path)
+    if images.ndim != 3 or images.dtype != np.uint8:
+        raise DataError(f"{img_path}: expected uint8 (N, H, W), got {images.dtype} {images.shape}")
+    if labels.ndim != 1 or labels.dtype.kind not in "iu":
+        raise DataError(f"{lab_path}: expected integer (N,), got {labels.dtype} {labels.shape}")
+    if len(images) != len(labels):
+        raise DataError(
+            f"{name}: mismatched counts, {len(images)} images in {img_path} but "
+            f"{len(labels)} labels in {lab_path}"
+        )
+    return ImageData(
+        images=torch.from_numpy(images).unsqueeze(1),
+        labels=torch.from_numpy(labels.astype(np.int64)),
+        n_levels=256,
+        name=name,
+    )
+
+
+def load_mnist(root: str | Path, split: str = "train") -> ImageData:
+    """MNIST from local IDX files: ``(N, 1, 28, 28)`` uint8, 256 levels, labels 0..9.
+
+    Looks for ``train-*``/``t10k-*`` ``images-idx3-ubyte`` and ``labels-idx1-ubyte`` (optionally
+    ``.gz``) in ``root`` and in torchvision's ``root/MNIST/raw``.
+    """
+    root = Path(root)
+    how = (
+        "Get the four IDX files from the MNIST site (yann.lecun.com/exdb/mnist or a mirror) or "
+        "point root at a folder holding a torchvision MNIST/raw folder."
+    )
+    return _load_idx_pair("mnist", split, [root, root / "MNIST" / "raw"], how)
+
+
+def load_fashion_mnist(root: str | Path | None = None, split: str = "train") -> ImageData:
+    """Fashion-MNIST from local IDX files: ``(N, 1, 28, 28)`` uint8, 256 levels, labels 0..9.
+
+    With ``root=None`` it reads Debian's ``dataset-fashion-mnist`` install
+    (:data:`FASHION_MNIST_SYSTEM_DIRS`); otherwise ``root`` and ``root/FashionMNIST/raw``.
+    """
+    if root is None:
+        folders = list(FASHION_MNIST_SYSTEM_DIRS)
+    else:
+        folders = [Path(root), Path(root) / "FashionMNIST" / "raw"]
+    how = (
+        "Install them with `apt-get install dataset-fashion-mnist` (Debian/Ubuntu) or download "
+        "the IDX files from the Zalando repository github.com/zalandoresearch/fashion-mnist."
+    )
+    return _load_idx_pair("fashion-mnist", split, folders, how)
+
+
+# ----------------------------------------------------------------------------------- CIFAR-10
+_CIFAR_DIR = "cifar-10-batches-py"
+_CIFAR_FILES = {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("test_batch",)}
+# The only callables a pickled dict of numpy arrays needs; all merely rebuild arrays or bytes.
+_NUMPY_CORE_GLOBALS = {"multiarray": ("_reconstruct", "scalar"), "numeric": ("_frombuffer",)}
+
+
+def _allowed_global(module: str, name: str) -> Any | None:
+    if module == "numpy" and name in ("ndarray", "dtype"):
+        return getattr(np, name)
+    if (module, name) == ("_codecs", "encode"):  # Python 3 pickles bytes this way at protocol 2
+        return codecs.encode
+    for prefix in ("numpy.core.", "numpy._core."):
+        sub = module[len(prefix) :] if module.startswith(prefix) else None
+        if sub is None or name not in _NUMPY_CORE_GLOBALS.get(sub, ()):
+            continue
+        # numpy>=2 moved numpy.core to numpy._core (old name warns); pickles may use either.
+        for base in ("numpy._core", "numpy.core"):
+            try:
+                obj = getattr(importlib.import_module(f"{base}.{sub}"), name, None)
+            except ImportError:
+                continue
+            if obj is not None:
+                return obj
+    return None
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Unpickler that can rebuild numpy arrays and nothing else, so no file can run code."""
+
+    def __init__(self, file: Any, source: Path) -> None:
+        super().__init__(file, encoding="bytes")  # CIFAR batches are Python 2 pickles
+        self._source = source
+
+    def find_class(self, module: str, name: str) -> Any:
+        obj = _allowed_global(module, name)
+        if obj is None:
+            raise DataError(
+                f"refusing to unpickle {module}.{name} from file {self._source}: only numpy "
+                "array globals are allowed in a CIFAR-10 batch"
+            )
+        return obj
+
+
+def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        with path.open("rb") as fh:
+            obj = _RestrictedUnpickler(fh, path).load()
+    except DataError:
+        raise
+    except Exception as exc:  # any unpickling failure means a corrupt file
+        raise DataError(f"cannot read CIFAR-10 batch {path}: {exc!r}") from exc
+    if not isinstance(obj, dict):
+        raise DataError(f"CIFAR-10 batch {path}: expected a dict, got {type(obj).__name__}")
+    got = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in obj.items()}
+    if "data" not in got or "labels" not in got:
+        raise DataError(f"CIFAR-10 batch {path}: missing 'data' or 'labels' key")
+    data, labels = got["data"], np.asarray(got["labels"])
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.shape[1:] != (3072,):
+        got_desc = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data)
+        raise DataError(f"CIFAR-10 batch {path}: 'data' must be uint8 (N, 3072), got {got_desc}")
+    if labels.shape != (data.shape[0],) or labels.dtype.kind not in "iu":
+        raise DataError(
+            f"CIFAR-10 batch {path}: mismatched or non-integer labels {labels.dtype} "
+            f"{labels.shape} for {data.shape[0]} images"
+        )
+    if labels.size and (labels.min() < 0 or labels.max() > 9):
+        raise DataError(f"CIFAR-10 batch {path}: labels outside 0..9")
+    return data, labels.astype(np.int64)
+
+
+def load_cifar10(root: str | Path, split: str = "train") -> ImageData:
+    """CIFAR-10 from the *python* batches: ``(N, 3, 32, 32)`` uint8, 256 levels, labels 0..9.
+
+    Reads ``data_batch_1..5`` (train) or ``test_batch`` (test) from ``root/cifar-10-batches-py``
+    or ``root``. Each row of a batch's ``data`` is 1024 red, then green, then blue values in
+    row-major order, hence the plain reshape to ``(3, 32, 32)``. Batches are unpickled with an
+    allow-list of numpy globals; anything else is refused with :class:`DataError`.
+    """
+    _check_split(split)
+    root = Path(root)
+    files = _CIFAR_FILES[split]
+    folders = [root / _CIFAR_DIR, root]
+    folder = next((f for f in folders if all((f / n).is_file() for n in files)), None)
+    if folder is None:
+        raise DataError(
+            f"cifar10 {split} split not found: expected {', '.join(files)} in one of: "
+            f"{', '.join(str(f) for f in folders)}. Download the 'CIFAR-10 python version' "
+            "from www.cs.toronto.edu/~kriz/cifar.html and extract it there."
+        )
+    batches = [_read_cifar_batch(folder / n) for n in files]
+    data = np.concatenate([b[0] for b in batches]).reshape(-1, 3, 32, 32)
+    labels = np.concatenate([b[1] for b in batches])
+    return ImageData(torch.from_numpy(data), torch.from_numpy(labels), 256, "cifar10")
+
+
+# ------------------------------------------------------------------------------------- digits
+def load_digits(split: str = "train") -> ImageData:
+    """scikit-learn's bundled 8x8 digits: ``(N, 1, 8, 8)`` uint8 with 17 levels (0..16).
+
+    The 1797 images are shuffled by ``numpy.random.default_rng(0).permutation``; the last
+    ``1797 // 5 = 359`` form the test split and the first 1438 the train split, the same on
+    every machine and run.
+    """
+    _check_split(split)
+    try:
+        from sklearn.datasets import load_digits as sk_load_digits
+    except ImportError as exc:
+        raise DataError(
+            "the digits data set needs scikit-learn: `pip install scikit-learn`"
+        ) from exc
+    bunch = sk_load_digits()
+    images = np.asarray(bunch.images).round().astype(np.uint8)[:, None]
+    labels = np.asarray(bunch.target, dtype=np.int64)
+    perm = np.random.default_rng(0).permutation(len(images))
+    n_test = len(images) // 5
+    idx = perm[-n_test:] if split == "test" else perm[:-n_test]
+    return ImageData(
+        torch.from_numpy(np.ascontiguousarray(images[idx])),
+        torch.from_numpy(labels[idx]),
+        17,
+        "digits",
+    )
+
+
+# ---------------------------------------------------------------------------------------- PNG
+def _read_png(path: Path, image_module: Any) -> np.ndarray:
+    try:
+        with image_module.open(path) as im:
+            mode = im.mode
+            if mode in ("1", "L", "LA"):
+                im = im.convert("L")  # alpha is dropped: the model sees intensities only
+            elif mode in ("P", "PA", "RGB", "RGBA"):
+                im = im.convert("RGB")
+            else:  # 16-bit, float and CMYK images do not have 256 levels per channel
+                raise DataError(f"PNG {path}: unsupported mode {mode!r} (need 8-bit gray or RGB)")
+            arr = np.asarray(im, dtype=np.uint8)
+    except DataError:
+        raise
+    except Exception as exc:  # Pillow raises several types for unreadable files
+        raise DataError(f"cannot read PNG {path}: {exc}") from exc
+    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+
+
+def load_png_folder(path: str | Path, split: str | None = None) -> ImageData:
+    """Every ``*.png`` in a folder as ``(N, C, H, W)`` uint8, 256 levels (needs Pillow).
+
+    With ``split`` the folder ``path/split`` is read instead. If that folder has (non-hidden)
+    subfolders holding PNGs, each such subfolder is one class, labelled by its index in sorted
+    name order, and loose PNGs beside them are an error; otherwise all labels are zero. Files
+    are read in sorted order; grayscale images give ``C = 1``, colour ones ``C = 3``; all must
+    share one shape, else :class:`DataError` names the first odd file.
+    """
+    folder = Path(path) if split is None else Path(path) / split
+    if not folder.is_dir():
+        raise DataError(f"PNG folder {folder} does not exist")
+    try:
+        from PIL import Image
+    except ImportError as exc:
+        raise DataError("reading PNG folders needs Pillow: `pip install pillow`") from exc
+    subdirs = sorted(
+        d
+        for d in folder.iterdir()
+        if d.is_dir() and not d.name.startswith(".") and any(d.glob("*.png"))
+    )
+    loose = sorted(folder.glob("*.png"))
+    if subdirs and loose:
+        raise DataError(
+            f"PNG folder {folder} mixes class subfolders with loose files such as {loose[0]}"
+        )
+    files = [(p, i) for i, d in enumerate(subdirs) for p in sorted(d.glob("*.png"))] or [
+        (p, 0) for p in loose
+    ]
+    if not files:
+        raise DataError(f"PNG folder {folder} holds no *.png files")
+    arrays: list[np.ndarray] = []
+    for p, _ in files:
+        arr = _read_png(p, Image)
+        if arrays and arr.shape != arrays[0].shape:
+            raise DataError(
+                f"PNG {p} has shape (C, H, W) = {arr.shape}, but {files[0][0]} has "
+                f"{arrays[0].shape}; all images must share one size and colour mode"
+            )
+        arrays.append(arr)
+    return ImageData(
+        torch.from_numpy(np.stack(arrays)),
+        torch.tensor([label for _, label in files], dtype=torch.int64),
+        256,
+        f"png:{folder.name}",
+    )
+
+
+# ----------------------------------------------------------------------------------- dispatch
+def load_image_dataset(name: str, split: str, data_dir: str | Path | None = None) -> ImageData:
+    """Load one of :data:`DATASET_NAMES` by name (``_`` and ``-`` are interchangeable).
+
+    ``data_dir`` is the folder holding the files; it is required for ``mnist``, ``cifar10`` and
+    ``png``, optional for ``fashion-mnist`` (Debian's install) and ignored for ``digits``. For
+    ``png`` the images are read from ``data_dir/split`` (see :func:`load_png_folder`).
+    """
+    key = name.strip().lower().replace("_", "-")
+    if key == "digits":
+        return load_digits(split)
+    if key == "fashion-mnist":
+        return load_fashion_mnist(data_dir, split)
+    if key not in DATASET_NAMES:
+        raise DataError(f"unknown image data set {name!r}; valid names: {', '.join(DATASET_NAMES)}")
+    if data_dir is None:
+        raise DataError(f"data set {key!r} needs data_dir (the folder holding its files)")
+    if key == "mnist":
+        return load_mnist(data_dir, split)
+    if key == "cifar10":
+        return load_cifar10(data_dir, split)
+    return load_png_folder(data_dir, split)

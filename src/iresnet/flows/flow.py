@@ -1,0 +1,236 @@
+"""Normalising flows: a transform over a base distribution, seen as a torch Distribution.
+
+``Flow`` maps data ``x`` to a latent ``z = f(x)`` through its transform, so
+
+    ``log p(x) = log p_base(f(x)) + log|det J_f(x)|``
+
+(change of variables; Rezende & Mohamed, arXiv:1505.05770, eq. 1), and samples by inverting the
+transform on draws of the base. As in zuko, calling the module returns the distribution:
+``flow().log_prob(x)``, ``flow().sample((n,))``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.distributions import Distribution, Independent, Normal, constraints
+
+from ..ops import InverseDiagnostics
+from ..transforms import ComposedTransform, Transform
+
+__all__ = ["Flow", "FlowDistribution", "StandardNormal", "check_finite"]
+
+
+def check_finite(x: Tensor, where: str) -> None:
+    """Raise ``ValueError`` naming ``where`` and the first offending sample if ``x`` holds
+    NaN or Inf (one host synchronisation)."""
+    if not x.is_floating_point():
+        return
+    finite = torch.isfinite(x)
+    if not bool(finite.all()):
+        bad = (~finite).reshape(x.shape[0], -1).any(1) if x.dim() > 0 else ~finite
+        idx = int(bad.nonzero()[0, 0]) if x.dim() > 0 else 0
+        kind = "NaN" if bool(torch.isnan(x).any()) else "Inf"
+        raise ValueError(f"{where}: input contains {kind} (first non-finite sample: index {idx})")
+
+
+class StandardNormal(nn.Module):
+    """The base distribution ``N(0, I)`` on events of ``shape``, as a module.
+
+    Its mean and scale are buffers, so it follows ``.to(device)`` and ``.double()`` and is saved
+    in the ``state_dict``. Calling it returns the ``torch.distributions`` object.
+
+    Arguments:
+        shape: the event shape.
+
+    Example:
+        >>> StandardNormal((2,))().log_prob(torch.zeros(2))
+        tensor(-1.8379)
+    """
+
+    def __init__(self, shape: Sequence[int]) -> None:
+        super().__init__()
+        self.shape = tuple(int(s) for s in shape)
+        self.register_buffer("loc", torch.zeros(self.shape))
+        self.register_buffer("scale", torch.ones(self.shape))
+
+    def forward(self) -> Distribution:
+        normal = Normal(self.loc, self.scale, validate_args=False)
+        return Independent(normal, len(self.shape), validate_args=False)
+
+    def extra_repr(self) -> str:
+        return f"shape={self.shape}"
+
+
+class FlowDistribution(Distribution):
+    """The density ``p(x)`` of ``x = f^{-1}(z)``, ``z ~ base``, as a torch ``Distribution``.
+
+    ``log_prob`` runs the transform forward; ``rsample`` inverts it (the fixed-point inverses
+    carry implicit gradients, so samples are differentiable in the parameters);
+    ``rsample_and_log_prob`` returns both. Obtained by calling a :class:`Flow`.
+
+    Arguments:
+        transform: the map ``f`` from data to latent.
+        base: the latent distribution.
+        event_shape: the shape of one data point.
+        validate: check ``log_prob`` inputs for shape and NaN/Inf.
+    """
+
+    arg_constraints: dict = {}
+    support = constraints.real
+    has_rsample = True
+
+    def __init__(
+        self,
+        transform: Transform,
+        base: Distribution,
+        event_shape: Sequence[int],
+        validate: bool = True,
+    ) -> None:
+        self.transform = transform
+        self.base = base
+        self.validate = validate
+        super().__init__(torch.Size(), torch.Size(event_shape), validate_args=False)
+
+    def _flat(self, value: Tensor, where: str) -> tuple[Tensor, torch.Size]:
+        n = len(self.event_shape)
+        if value.dim() < n or value.shape[value.dim() - n :] != self.event_shape:
+            shape = ", ".join(map(str, self.event_shape))
+            raise ValueError(
+                f"{where}: expected a tensor of shape (*batch, {shape}), got {tuple(value.shape)}"
+            )
+        sample_shape = value.shape[: value.dim() - n]
+        return value.reshape(-1, *self.event_shape), sample_shape
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        """``log p(x)`` in nats, shape ``value.shape[:-len(event_shape)]``.
+
+        Raises:
+            ValueError: a wrong trailing shape or NaN/Inf (with ``validate``).
+        """
+        flat, sample_shape = self._flat(value, "log_prob")
+        if self.validate:
+            check_finite(flat, "log_prob")
+        z, logdet = self.transform(flat)
+        return (self.base.log_prob(z) + logdet).reshape(sample_shape)
+
+    def rsample(self, sample_shape: torch.Size | Sequence[int] = torch.Size()) -> Tensor:
+        """``x = f^{-1}(z)``, ``z ~ base``, shape ``(*sample_shape, *event_shape)``."""
+        shape = torch.Size(sample_shape)
+        z = self.base.rsample((max(1, shape.numel()),))
+        x = self.transform.inverse(z)
+        return x.reshape(*shape, *self.event_shape)
+
+    def sample(self, sample_shape: torch.Size | Sequence[int] = torch.Size()) -> Tensor:
+        with torch.no_grad():
+            return self.rsample(sample_shape)
+
+    def rsample_and_log_prob(
+        self, sample_shape: torch.Size | Sequence[int] = torch.Size()
+    ) -> tuple[Tensor, Tensor]:
+        """Samples and their log-densities: ``(x, log p(x))``; the density of the samples is
+        evaluated by a forward pass through the transform."""
+        x = self.rsample(sample_shape)
+        return x, self.log_prob(x)
+
+
+class Flow(nn.Module):
+    """A normalising flow: the transform ``f`` from data to latent, and the base distribution.
+
+    Calling the flow returns its :class:`FlowDistribution` (zuko's interface): ``flow()``;
+    ``flow.log_prob(x)`` and ``flow.sample(n)`` are shortcuts. The transform stays reachable as
+    ``flow.transform`` for inverses, certificates and diagnostics.
+
+    Arguments:
+        transforms: transforms applied in order from data to latent (or one transform).
+        event_shape: the shape of one data point.
+        base: a module returning the latent distribution when called; default
+            :class:`StandardNormal` of the latent shape (``transform.forward_shape``).
+        validate: check inputs of ``log_prob`` for shape and NaN/Inf (one host
+            synchronisation per call).
+
+    Shapes: ``x``: ``(B, *event_shape)``; ``z``: ``(B, *latent_shape)``; log-densities
+    ``(B,)``.
+
+    Example:
+        >>> import torch, iresnet
+        >>> g = iresnet.nn.mlp_branch(2, (8,), coeff=0.9)
+        >>> block = iresnet.InvertibleResidualBlock(g, logdet=iresnet.ExactLogDet())
+        >>> flow = iresnet.Flow([block], event_shape=(2,)).eval()
+        >>> flow().log_prob(torch.zeros(3, 2)).shape
+        torch.Size([3])
+        >>> flow.sample(4).shape
+        torch.Size([4, 2])
+    """
+
+    def __init__(
+        self,
+        transforms: Sequence[Transform] | Transform,
+        event_shape: Sequence[int],
+        base: nn.Module | None = None,
+        validate: bool = True,
+    ) -> None:
+        super().__init__()
+        if isinstance(transforms, ComposedTransform):
+            self.transform = transforms
+        elif isinstance(transforms, Transform):
+            self.transform = ComposedTransform(transforms)
+        else:
+            self.transform = ComposedTransform(*transforms)
+        self.event_shape = torch.Size(int(s) for s in event_shape)
+        self.latent_shape = torch.Size(self.transform.forward_shape(tuple(self.event_shape)))
+        self.base = base if base is not None else StandardNormal(self.latent_shape)
+        self.validate = validate
+
+    def forward(self) -> FlowDistribution:
+        """The distribution of the data under this flow."""
+        return FlowDistribution(self.transform, self.base(), self.event_shape, self.validate)
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        """``log p(x)`` in nats, shape ``(B,)`` for ``x`` of shape ``(B, *event_shape)``."""
+        return self().log_prob(x)
+
+    def sample(self, n: int, temperature: float = 1.0) -> Tensor:
+        """``n`` samples ``x = f^{-1}(z)``, ``z ~ base`` with its spread scaled by
+        ``temperature``; shape ``(n, *event_shape)``, no gradient.
+
+        Raises:
+            ValueError: ``temperature != 1`` with a base that is not a normal distribution.
+        """
+        with torch.no_grad():
+            return self.transform.inverse(self.sample_latent(n, temperature))
+
+    def sample_latent(self, n: int, temperature: float = 1.0) -> Tensor:
+        """``n`` draws of the base, scaled about its mean by ``temperature`` (normal bases)."""
+        base = self.base()
+        if temperature != 1.0:
+            inner = base.base_dist if isinstance(base, Independent) else base
+            if not isinstance(inner, Normal):
+                raise ValueError(
+                    f"temperature={temperature} needs a normal base distribution, got "
+                    f"{type(inner).__name__}; sample at temperature 1"
+                )
+            z = base.sample((n,))
+            return base.mean + temperature * (z - base.mean)
+        return base.sample((n,))
+
+    def inverse(self, z: Tensor) -> Tensor:
+        """``x = f^{-1}(z)`` for ``z`` of shape ``(B, *latent_shape)``.
+
+        Raises:
+            ValueError: a wrong shape or NaN/Inf (with ``validate``).
+        """
+        return self.inverse_with_diagnostics(z)[0]
+
+    def inverse_with_diagnostics(self, z: Tensor) -> tuple[Tensor, list[InverseDiagnostics]]:
+        """:meth:`inverse` and the diagnostics of every block's solve, data side first."""
+        if self.validate:
+            if z.dim() != len(self.latent_shape) + 1 or z.shape[1:] != self.latent_shape:
+                shape = ", ".join(map(str, self.latent_shape))
+                raise ValueError(
+                    f"inverse: expected a latent of shape (batch, {shape}), got {tuple(z.shape)}"
+                )
+            check_finite(z, "inverse")
+        return self.transform.inverse_with_diagnostics(z)

@@ -1,0 +1,214 @@
+"""The multi-scale image family: i-ResNet's density model and the Residual Flow on images.
+
+An image ``x`` of shape ``(C, H, W)`` goes through optional preprocessing (uniform
+dequantisation of ``levels`` integer levels, then the logit map, each with its log-det) and
+residual blocks ``y = x + g(x)`` with ``Lip(g) < 1``, so ``flow.log_prob(x)`` is the density of
+the dequantised image in level units and bits per dimension are ``-log p / (D log 2)``.
+
+**Skeleton** (``S = scales``, ``n = blocks``)::
+
+    [Dequantize] -> [Logit] -> [Squeeze] -> ActNorm
+      -> { [block -> ActNorm] x n -> Squeeze -> [factor-out] } x (S - 1)
+      -> [block -> ActNorm] x n -> [Flatten -> (fc block -> ActNorm) x fc_blocks]
+
+(ActNorm only with ``actnorm``.) This is Residual Flows' order (arXiv:1906.02735, app. E:
+ActNorm first, then after every block); it equals i-ResNet's "ActNorm before every block"
+(arXiv:1811.00995, sec. 5) plus one ActNorm closing each scale, so factored-out latents and the
+final latent are normalised too.
+
+**Residual branch** of a block on ``c`` channels: :func:`~iresnet.nn.conv_branch`,
+``[act ->] conv3x3(c, h_1) -> act -> conv1x1 -> ... -> act -> conv3x3(h_k, c)``, each
+convolution spectrally normalised on its input shape. The leading activation is the
+pre-activation both papers' code use on every block but the first of the flow.
+
+**Factor-out** (``factor_out=True``, Real NVP, arXiv:1605.08803, sec. 3.6): after each squeeze
+but the last scale's, half of the channels go straight to the latent. The state then becomes
+one flat tensor ``[active | factored-out latents]`` (:class:`~iresnet.transforms.OnActive`);
+factoring out is the identity on it, so the log-det is unchanged, and the latent is
+``(C H W,)``. Without factor-out and fc blocks the latent keeps its image shape
+``(C 4^k, H / 2^k, W / 2^k)``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from ..nn import conv_branch, mlp_branch
+from ..nn.branches import Activation
+from ..ops import FixedPointInverse, LogDetEstimator, logdet_estimator
+from ..transforms import (
+    ActNorm,
+    Dequantize,
+    Flatten,
+    InvertibleResidualBlock,
+    Logit,
+    OnActive,
+    Squeeze,
+    Transform,
+)
+from .flow import Flow
+from .residual_flow import check_context
+
+__all__ = ["MultiscaleResidualFlow", "check_image_shape"]
+
+Shape = tuple[int, ...]
+
+
+def check_image_shape(shape: Sequence[int], n_squeezes: int) -> tuple[int, int, int]:
+    """``shape`` as ``(C, H, W)`` with ``H`` and ``W`` divisible by ``2^n_squeezes``.
+
+    Raises:
+        ValueError: not three dimensions, or not divisible.
+    """
+    if len(shape) != 3:
+        raise ValueError(f"image models need an event shape (C, H, W), got {tuple(shape)}")
+    c, h, w = (int(s) for s in shape)
+    k = 2**n_squeezes
+    if h % k or w % k:
+        raise ValueError(
+            f"{n_squeezes} squeeze(s) need H and W divisible by {k}, got {h}x{w}; use fewer "
+            "scales (or no initial squeeze)"
+        )
+    return c, h, w
+
+
+class _Stack:
+    """Appends transforms while tracking the active shape and whether the state is flat."""
+
+    def __init__(self, shape: Shape) -> None:
+        self.shape: Shape = shape
+        self.total = math.prod(shape)
+        self.flat = False
+        self.transforms: list[Transform] = []
+        self.n_blocks = 0
+
+    def add(self, t: Transform) -> None:
+        out = t.forward_shape(self.shape)
+        if self.flat and self.shape != (self.total,):
+            t = OnActive(t, self.shape, out)
+        self.transforms.append(t)
+        self.shape = out
+
+    def flatten(self) -> None:
+        if not self.flat:
+            self.transforms.append(Flatten(self.shape))
+            self.flat = True
+
+    def factor_out(self) -> None:
+        """Keep the first ``c/2`` channels active; the last ``c/2`` stay in place in the flat
+        state, which makes them part of the latent (a relabelling: no transform, no log-det)."""
+        self.flatten()
+        c, h, w = self.shape
+        self.shape = (c // 2, h, w)
+
+    def flatten_active(self) -> int:
+        """View the active tensor as a vector (its entries lead the flat state, channel-major)."""
+        self.flatten()
+        self.shape = (math.prod(self.shape),)
+        return self.shape[0]
+
+
+class MultiscaleResidualFlow(Flow):
+    """A multi-scale residual flow on images (see the module docstring for the layout).
+
+    Arguments:
+        shape: ``(C, H, W)`` of one image.
+        context: the context dimension; only 0 (unconditional) for now.
+        scales: scales ``S`` (a squeeze between consecutive ones).
+        blocks: residual blocks per scale.
+        hidden_channels: channels between the convolutions of each branch.
+        coeff: the Lipschitz coefficient ``c`` of every convolution, in ``(0, 1]``.
+        activation: ``"lipswish"``, ``"elu"`` or a factory of 1-Lipschitz modules.
+        logdet: ``"exact"``, ``"series"``, ``"roulette"`` or a
+            :class:`~iresnet.ops.LogDetEstimator` shared by the blocks.
+        inverse: the fixed-point solver of every block.
+        actnorm: ActNorm first and after every block.
+        norm, n_power_iterations: as :class:`~iresnet.ResidualFlow`.
+        squeeze_first: squeeze ``(C, H, W) -> (4C, H/2, W/2)`` before the first scale.
+        factor_out: send half of the channels to the latent after each scale but the last.
+        fc_blocks: fully connected residual blocks on the flattened final tensor (Residual
+            Flows uses 4); fc_hidden_features: their hidden sizes.
+        levels: ``K``: dequantise integer levels ``0..K-1`` first
+            (:class:`~iresnet.transforms.Dequantize`); None for continuous input.
+        logit_alpha: apply :class:`~iresnet.transforms.Logit` with this margin (0: none).
+        validate: check ``log_prob`` inputs for shape and NaN/Inf.
+
+    Raises:
+        ValueError: ``context != 0``, a shape the squeezes cannot halve, or a bad setting.
+
+    Example:
+        >>> import torch, iresnet
+        >>> flow = iresnet.MultiscaleResidualFlow((1, 4, 4), scales=2, blocks=1,
+        ...                                       hidden_channels=(4,), levels=4, logit_alpha=0.05)
+        >>> x = torch.randint(0, 4, (2, 1, 4, 4))
+        >>> flow.log_prob(x).shape, flow.latent_shape
+        (torch.Size([2]), torch.Size([4, 2, 2]))
+    """
+
+    def __init__(
+        self,
+        shape: Sequence[int],
+        context: int = 0,
+        scales: int = 2,
+        blocks: int = 4,
+        hidden_channels: Sequence[int] = (32, 32),
+        *,
+        coeff: float = 0.98,
+        activation: Activation = "lipswish",
+        logdet: str | LogDetEstimator = "roulette",
+        inverse: FixedPointInverse | None = None,
+        actnorm: bool = True,
+        norm: str = "spectral",
+        n_power_iterations: int = 1,
+        squeeze_first: bool = False,
+        factor_out: bool = False,
+        fc_blocks: int = 0,
+        fc_hidden_features: Sequence[int] = (64, 64),
+        levels: int | None = None,
+        logit_alpha: float = 0.0,
+        validate: bool = True,
+    ) -> None:
+        check_context(context)
+        if scales < 1 or blocks < 0 or fc_blocks < 0:
+            raise ValueError(
+                f"need scales >= 1, blocks >= 0, fc_blocks >= 0; got {scales}, {blocks}, "
+                f"{fc_blocks}"
+            )
+        image = check_image_shape(shape, scales - 1 + int(squeeze_first))
+        solver = inverse if inverse is not None else FixedPointInverse()
+        options = {"activation": activation, "norm": norm, "coeff": coeff,
+                   "n_power_iterations": n_power_iterations}
+        stack = _Stack(image)
+        if levels is not None:
+            stack.add(Dequantize(levels))
+        if logit_alpha > 0:
+            stack.add(Logit(logit_alpha))
+        if squeeze_first:
+            stack.add(Squeeze(2))
+
+        def actnorm_layer() -> None:
+            if actnorm:
+                stack.add(ActNorm(stack.shape[0]))
+
+        def block(g: object) -> None:
+            est = logdet_estimator(logdet, math.prod(stack.shape))
+            stack.add(InvertibleResidualBlock(g, logdet=est, inverse=solver))  # type: ignore[arg-type]
+            stack.n_blocks += 1
+
+        actnorm_layer()
+        for scale in range(scales):
+            for _ in range(blocks):
+                block(conv_branch(stack.shape[0], hidden_channels, preact=stack.n_blocks > 0,
+                                  **options))
+                actnorm_layer()
+            if scale < scales - 1:
+                stack.add(Squeeze(2))
+                if factor_out:
+                    stack.factor_out()
+        if fc_blocks > 0:
+            dim = stack.flatten_active()
+            for _ in range(fc_blocks):
+                block(mlp_branch(dim, fc_hidden_features, **options))
+                actnorm_layer()
+        super().__init__(stack.transforms, event_shape=image, validate=validate)

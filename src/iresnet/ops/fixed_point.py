@@ -1,0 +1,286 @@
+"""Inverting ``y = x + g(x)`` by the Banach fixed point of ``x <- y - g(x)``.
+
+i-ResNet Algorithm 1; seed eq. (12)-(15) and appendix C. With ``L = Lip(g) < 1`` the map
+``G(x) = y - g(x)`` is a contraction, the iteration converges from any start, and (seed eq. (36))
+
+    ||x* - x_n|| <= L^n / (1 - L) * ||x_1 - x_0||.
+
+The solver iterates under ``no_grad`` and stops per sample on the step itself,
+``max|x_{k+1} - x_k| <= atol + rtol * max|x_k|`` (not its square). Anderson acceleration
+(Walker & Ni, 2011) mixes the last ``m`` iterates. A gradient through the inverse, where one is
+needed, comes by implicit differentiation: ``dx*/dy = (I + J_g)^{-1}``, so the backward pass
+solves ``u = a - J_g^T u`` by the same kind of iteration, never by unrolling the loop.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import InverseNotConvergedError, InverseNotConvergedWarning
+
+__all__ = [
+    "InverseDiagnostics",
+    "fixed_point_solve",
+    "banach_bound",
+    "banach_iterations",
+    "FixedPointInverse",
+]
+
+G = Callable[[Tensor], Tensor]
+
+
+@dataclass
+class InverseDiagnostics:
+    """What one inverse solve did, per sample.
+
+    Attributes:
+        iterations: ``(B,)`` iterations (evaluations of ``g``) until the sample converged.
+        residual: ``(B,)`` last step ``max|x_{k+1} - x_k|``.
+        converged: ``(B,)`` whether the tolerance was met.
+        first_step: ``(B,)`` ``||x_1 - x_0||_2`` (for the Banach bound).
+        lipschitz: the ``L`` given by the caller (a certified bound), or None.
+        a_priori_bound: ``(B,)`` seed eq. (36), ``L^n/(1-L) ||x_1 - x_0||_2``, or None
+            without ``L``; an upper bound of the true error ``||x* - x_n||_2``.
+    """
+
+    iterations: Tensor
+    residual: Tensor
+    converged: Tensor
+    first_step: Tensor
+    lipschitz: float | None = None
+    a_priori_bound: Tensor | None = None
+
+    @property
+    def all_converged(self) -> bool:
+        return bool(self.converged.all())
+
+    def summary(self) -> str:
+        it = self.iterations.float()
+        text = (
+            f"iterations mean {it.mean():.1f} max {int(self.iterations.max())}, "
+            f"max residual {float(self.residual.max()):.2e}, "
+            f"converged {int(self.converged.sum())}/{self.converged.numel()}"
+        )
+        if self.a_priori_bound is not None:
+            text += f", Banach bound {float(self.a_priori_bound.max()):.2e} (L={self.lipschitz:.4f})"
+        return text
+
+
+def banach_bound(lipschitz: float, n: Tensor | int, first_step: Tensor | float) -> Tensor:
+    """Seed eq. (36): ``||x* - x_n|| <= L^n / (1 - L) * ||x_1 - x_0||`` (any norm)."""
+    if not 0 <= lipschitz < 1:
+        return torch.full_like(torch.as_tensor(first_step, dtype=torch.float64), math.inf)
+    n_t = torch.as_tensor(n, dtype=torch.float64)
+    return lipschitz**n_t / (1 - lipschitz) * torch.as_tensor(first_step, dtype=torch.float64)
+
+
+def banach_iterations(lipschitz: float, first_step: float, tol: float) -> int:
+    """Iterations that eq. (36) guarantees enough for ``||x* - x_n|| <= tol``, before running."""
+    if not 0 < lipschitz < 1:
+        return 0 if lipschitz == 0 else math.inf  # type: ignore[return-value]
+    if first_step <= tol * (1 - lipschitz):
+        return 0
+    return math.ceil(math.log(tol * (1 - lipschitz) / first_step) / math.log(lipschitz))
+
+
+def _anderson_mix(xs: Tensor, fs: Tensor, lam: float) -> Tensor:
+    """Anderson (type II) mixing: ``sum_i alpha_i F_i`` with ``sum alpha = 1`` minimising
+    ``||sum_i alpha_i (F_i - X_i)||``; ``xs``, ``fs``: ``(B, n, D)``."""
+    res = fs - xs
+    gram = res @ res.transpose(1, 2)  # (B, n, n)
+    # Normalise so the ridge term is relative: alpha is invariant to the Gram matrix's scale.
+    scale = gram.diagonal(dim1=1, dim2=2).mean(1).clamp_min(1e-300)[:, None, None]
+    b, n, _ = gram.shape
+    h = torch.zeros(b, n + 1, n + 1, dtype=xs.dtype, device=xs.device)
+    h[:, 0, 1:] = 1
+    h[:, 1:, 0] = 1
+    h[:, 1:, 1:] = gram / scale + lam * torch.eye(n, dtype=xs.dtype, device=xs.device)
+    rhs = torch.zeros(b, n + 1, 1, dtype=xs.dtype, device=xs.device)
+    rhs[:, 0] = 1
+    alpha = torch.linalg.solve(h, rhs)[:, 1:]  # (B, n, 1)
+    return (alpha.transpose(1, 2) @ fs)[:, 0]
+
+
+def fixed_point_solve(
+    g: G,
+    y: Tensor,
+    *,
+    atol: float = 1e-6,
+    rtol: float = 0.0,
+    max_iter: int = 100,
+    anderson: int = 0,
+    lipschitz: float | None = None,
+) -> tuple[Tensor, InverseDiagnostics]:
+    """Solve ``x + g(x) = y`` for ``x`` by fixed-point iteration from ``x_0 = y``.
+
+    Args:
+        g: samplewise contraction; ``y``: ``(B, *event)``.
+        atol, rtol: per-sample stop when ``max|x_{k+1} - x_k| <= atol + rtol * max|x_k|``.
+        max_iter: iteration cap.
+        anderson: memory ``m`` of Anderson acceleration (0: plain Banach iteration).
+        lipschitz: a certified ``Lip(g)`` for the a-priori bound in the diagnostics.
+
+    Returns:
+        ``x`` of the shape of ``y`` (no graph) and :class:`InverseDiagnostics`.
+    """
+    with torch.no_grad():
+        b = y.shape[0]
+        shape = y.shape
+        flat_y = y.reshape(b, -1)
+
+        def step(x_flat: Tensor) -> Tensor:
+            return flat_y - g(x_flat.reshape(shape)).reshape(b, -1)
+
+        x = flat_y.clone()
+        result = x.clone()
+        iterations = torch.zeros(b, dtype=torch.long, device=y.device)
+        residual = torch.full((b,), math.inf, dtype=y.dtype, device=y.device)
+        converged = torch.zeros(b, dtype=torch.bool, device=y.device)
+        first_step = torch.zeros(b, dtype=y.dtype, device=y.device)
+        xs: list[Tensor] = []
+        fs: list[Tensor] = []
+        lam = 1e-10 if y.dtype == torch.float64 else 1e-6
+        for k in range(1, max_iter + 1):
+            fx = step(x)
+            diff = fx - x
+            if k == 1:
+                first_step = diff.norm(dim=1)
+            r = diff.abs().amax(1)
+            tol = atol + rtol * x.abs().amax(1)
+            active = ~converged
+            residual = torch.where(active, r, residual)
+            iterations = torch.where(active, torch.full_like(iterations, k), iterations)
+            result = torch.where(active[:, None], fx, result)
+            converged = converged | (r <= tol)
+            if bool(converged.all()):
+                break
+            if anderson > 0:
+                xs.append(x)
+                fs.append(fx)
+                if len(xs) > anderson:
+                    xs.pop(0)
+                    fs.pop(0)
+                x = _anderson_mix(torch.stack(xs, 1), torch.stack(fs, 1), lam) if len(xs) > 1 else fx
+            else:
+                x = fx
+        bound = None
+        if lipschitz is not None:
+            bound = banach_bound(lipschitz, iterations, first_step).to(y.dtype)
+        diagnostics = InverseDiagnostics(
+            iterations, residual, converged, first_step, lipschitz, bound
+        )
+        return result.reshape(shape), diagnostics
+
+
+class FixedPointInverse:
+    """Inverse of ``y = x + g(x)`` by Banach iteration, optionally Anderson-accelerated.
+
+    Arguments:
+        atol, rtol: per-sample tolerance on the step ``max|x_{k+1} - x_k|``.
+        max_iter: iteration cap.
+        anderson: Anderson memory ``m`` (0: plain iteration).
+        on_failure: ``"warn"`` (:class:`InverseNotConvergedWarning`) or ``"raise"``
+            (:class:`InverseNotConvergedError`) when a sample does not converge.
+
+    ``solver.solve(g, y)`` returns ``(x, diagnostics)`` (:class:`InverseDiagnostics` of that
+    call); ``solver(g, y)`` returns ``x`` alone. The solver keeps no state between calls, so one
+    instance may serve many blocks. Gradients with respect to ``y`` and ``g``'s
+    parameters come by implicit differentiation (the adjoint solved by the same iteration).
+    """
+
+    def __init__(
+        self,
+        atol: float = 1e-6,
+        rtol: float = 0.0,
+        max_iter: int = 100,
+        anderson: int = 0,
+        on_failure: Literal["warn", "raise"] = "warn",
+    ) -> None:
+        if atol < 0 or rtol < 0 or atol + rtol <= 0:
+            raise ValueError(f"need atol, rtol >= 0 and not both 0, got atol={atol}, rtol={rtol}")
+        if not isinstance(max_iter, int) or max_iter < 1:
+            raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
+        if not isinstance(anderson, int) or anderson < 0:
+            raise ValueError(f"anderson must be a non-negative integer, got {anderson!r}")
+        if on_failure not in ("warn", "raise"):
+            raise ValueError(f"on_failure must be 'warn' or 'raise', got {on_failure!r}")
+        self.atol, self.rtol, self.max_iter = atol, rtol, max_iter
+        self.anderson, self.on_failure = anderson, on_failure
+
+    def __call__(
+        self, g: G, y: Tensor, *, lipschitz: float | None = None, where: str = ""
+    ) -> Tensor:
+        """``x`` with ``x + g(x) = y``; see :meth:`solve`."""
+        return self.solve(g, y, lipschitz=lipschitz, where=where)[0]
+
+    def solve(
+        self, g: G, y: Tensor, *, lipschitz: float | None = None, where: str = ""
+    ) -> tuple[Tensor, InverseDiagnostics]:
+        """Solve ``x + g(x) = y``; return ``x`` and the diagnostics of this solve.
+
+        Args:
+            g: samplewise contraction; y: ``(B, *event)``.
+            lipschitz: a certified ``Lip(g)`` for the a-priori bound in the diagnostics.
+            where: a name for the warning or error message.
+
+        Raises:
+            InverseNotConvergedError: a sample missed the tolerance and ``on_failure="raise"``
+                (with ``"warn"``, :class:`InverseNotConvergedWarning` is warned instead).
+        """
+        x, diag = fixed_point_solve(
+            g,
+            y,
+            atol=self.atol,
+            rtol=self.rtol,
+            max_iter=self.max_iter,
+            anderson=self.anderson,
+            lipschitz=lipschitz,
+        )
+        if not diag.all_converged:
+            n_bad = int((~diag.converged).sum())
+            msg = (
+                f"fixed-point inverse{' of ' + where if where else ''} did not converge for "
+                f"{n_bad}/{y.shape[0]} samples in {self.max_iter} iterations (largest step "
+                f"{float(diag.residual.max()):.2e} > atol {self.atol:g}); raise max_iter, use "
+                "anderson>0, or check that Lip(g) < 1 (iresnet.certify)"
+            )
+            if self.on_failure == "raise":
+                raise InverseNotConvergedError(msg)
+            warnings.warn(msg, InverseNotConvergedWarning, stacklevel=4)
+        params = [p for p in g.parameters() if p.requires_grad] if isinstance(g, nn.Module) else []
+        if torch.is_grad_enabled() and (y.requires_grad or params):
+            x = self._attach_implicit_grad(g, y, x)
+        return x, diag
+
+    def _attach_implicit_grad(self, g: G, y: Tensor, x_star: Tensor) -> Tensor:
+        x_star = x_star.detach().requires_grad_()
+        gx = g(x_star)
+        x = y - gx  # equals x* at the fixed point; its graph reaches y and g's parameters
+
+        def adjoint(a: Tensor) -> Tensor:
+            # Replace the incoming gradient a by u = (I + J)^{-T} a, i.e. u = a - J^T u.
+            u = a
+            for _ in range(self.max_iter):
+                ju = torch.autograd.grad(gx, x_star, u, retain_graph=True)[0]
+                u_new = a - ju
+                done = (u_new - u).abs().max() <= self.atol + self.rtol * u.abs().max()
+                u = u_new
+                if bool(done):
+                    break
+            return u
+
+        x.register_hook(adjoint)
+        return x
+
+    def __repr__(self) -> str:
+        return (
+            f"FixedPointInverse(atol={self.atol}, rtol={self.rtol}, max_iter={self.max_iter}, "
+            f"anderson={self.anderson}, on_failure={self.on_failure!r})"
+        )

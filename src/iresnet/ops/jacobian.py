@@ -1,0 +1,69 @@
+"""Per-sample Jacobians of samplewise maps, in forward mode where the layers allow it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["jacobian"]
+
+G = Callable[[Tensor], Tensor]
+
+def _forward_jacobian(g: nn.Sequential, x: Tensor) -> tuple[Tensor, Tensor]:
+    """Jacobian by propagating ``d`` tangents through a chain of layers that offer
+    ``jvp(x, t) -> (f(x), J_f(x) t)`` (forward mode, one pass, no double backward)."""
+    b, d = x.shape[0], x[0].numel()
+    t = torch.eye(d, dtype=x.dtype, device=x.device).reshape(d, 1, *x.shape[1:]).expand(d, *x.shape)
+    h = x
+    for layer in g:
+        h, t = layer.jvp(h, t)
+    return h, t.reshape(d, b, d).permute(1, 2, 0)
+
+
+def _supports_forward_jacobian(g: G) -> bool:
+    return isinstance(g, nn.Sequential) and all(callable(getattr(m, "jvp", None)) for m in g)
+
+
+def jacobian(g: G, x: Tensor, *, create_graph: bool = False) -> tuple[Tensor, Tensor]:
+    """Per-sample Jacobian of ``g`` at ``x``.
+
+    A ``nn.Sequential`` of layers with a ``jvp`` method (the spectral layers and the Lipschitz
+    activations) is differentiated in forward mode, which costs about ``d`` forward passes and
+    no double backward; anything else by batched reverse-mode autograd (``d`` vector-Jacobian
+    products). Both are differentiable when ``create_graph`` (forward mode: when autograd is on).
+
+    Args:
+        g: a map applied samplewise (no coupling across the batch).
+        x: ``(B, *event)``.
+        create_graph: keep the graph so the Jacobian is differentiable.
+
+    Returns:
+        ``(g(x), J)`` with ``J`` of shape ``(B, D, D)``, ``D = prod(event)``,
+        ``J[b, i, j] = d g_i(x_b) / d x_j``.
+    """
+    if _supports_forward_jacobian(g):
+        with torch.set_grad_enabled(create_graph):
+            return _forward_jacobian(g, x)  # type: ignore[arg-type]
+    with torch.enable_grad():
+        x_ = x if x.requires_grad else x.detach().requires_grad_()
+        gx = g(x_)
+        b, d = x.shape[0], x[0].numel()
+        basis = torch.eye(d, dtype=x.dtype, device=x.device).reshape(d, 1, *x.shape[1:])
+        basis = basis.expand(d, *x.shape)
+        try:
+            rows = torch.autograd.grad(
+                gx, x_, basis, retain_graph=True, create_graph=create_graph, is_grads_batched=True
+            )[0]
+        except RuntimeError:  # an op without a batching rule: one backward pass per row
+            rows = torch.stack(
+                [
+                    torch.autograd.grad(gx, x_, basis[i], retain_graph=True, create_graph=create_graph)[0]
+                    for i in range(d)
+                ]
+            )
+        jac = rows.reshape(d, b, d).transpose(0, 1)
+    return gx, jac
+
+

@@ -1,0 +1,66 @@
+"""ActNorm: a per-channel affine transform with data-dependent initialisation."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .base import Transform
+
+__all__ = ["ActNorm"]
+
+
+class ActNorm(Transform):
+    """Per-channel affine map ``y = (x + b) * exp(s)`` (Glow, arXiv:1807.03039, sec. 3.1).
+
+    Data-dependent initialisation on the first training batch: ``b = -mean``, ``s = -log std``
+    per channel, so activations start standardised. A channel with (near-)zero spread keeps
+    ``s = 0`` instead of dividing by zero. The ``initialized`` buffer is saved with the weights,
+    so a loaded model is never re-initialised.
+
+    Arguments:
+        num_features: channels ``C``.
+        eps: spread below which a channel is treated as constant.
+
+    Shapes: ``(B, C)`` or ``(B, C, H, W)``; ``logdet = H * W * sum(s)``, shape ``(B,)``.
+
+    Example:
+        >>> import torch
+        >>> layer = ActNorm(2)
+        >>> y, logdet = layer(torch.tensor([[1.0, 2.0], [3.0, 6.0]]))  # initialises on it
+        >>> y
+        tensor([[-1., -1.],
+                [ 1.,  1.]])
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(num_features))
+        self.log_scale = nn.Parameter(torch.zeros(num_features))
+        self.register_buffer("initialized", torch.tensor(False))
+        self.eps = eps
+
+    def _view(self, t: Tensor, x: Tensor) -> Tensor:
+        return t.view(1, -1, *([1] * (x.dim() - 2)))
+
+    @torch.no_grad()
+    def initialize(self, x: Tensor) -> None:
+        """Set ``b``, ``s`` from a batch ``x`` (called automatically on the first training call)."""
+        dims = [0, *range(2, x.dim())]
+        mean = x.mean(dim=dims)
+        std = x.std(dim=dims, unbiased=False) if x.numel() > x.shape[1] else torch.ones_like(mean)
+        safe = std > self.eps
+        self.bias.copy_(-mean)
+        self.log_scale.copy_(torch.where(safe, -torch.log(std.clamp_min(self.eps)), torch.zeros_like(std)))
+        self.initialized.fill_(True)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        if self.training and not bool(self.initialized):
+            self.initialize(x)
+        y = (x + self._view(self.bias, x)) * self._view(self.log_scale, x).exp()
+        spatial = x[0, 0].numel()
+        logdet = (self.log_scale.sum() * spatial).expand(x.shape[0])
+        return y, logdet
+
+    def inverse(self, y: Tensor) -> Tensor:
+        return y * self._view(-self.log_scale, y).exp() - self._view(self.bias, y)

@@ -1,0 +1,272 @@
+"""Preprocessing as transforms: uniform dequantisation, the logit map and standardisation.
+
+Each carries its own log-determinant, so the log-density of a flow that starts with them is
+already the density of the data the user passed in, and no caller adds terms by hand.
+
+Notation: ``x`` holds integer levels in ``{0, ..., K-1}^D`` (``K = n_levels``, ``D`` values per
+sample), ``u = (x + v) / K`` with ``v ~ U[0, 1)^D`` is the dequantised sample in ``[0, 1)^D``
+and ``z = logit(alpha + (1 - 2 alpha) u)`` is what a flow models.
+
+Relating densities to discrete probabilities: let ``p`` be a density on ``[0, 1)^D`` and define
+the discrete model ``P(x)`` as the mass ``p`` puts on the cell ``[x/K, (x+1)/K)`` of ``x``.
+Substituting ``u = (x + v) / K`` (Jacobian ``K^-D``) gives
+
+    ``P(x) = E_v[ p((x + v) / K) ] / K^D``
+
+and, by Jensen's inequality, ``log P(x) >= E_v[ log p(u) ] - D log K``. So ``-log p(u) + D log K``
+averaged over dequantisation noise is an upper bound on the discrete code length ``-log P(x)``
+in nats (Theis, van den Oord, Bethge, arXiv:1511.01844, sec. 3.1). The transform
+:class:`Dequantize` maps levels to ``u`` with log-det ``-D log K``, so a flow that starts with it
+returns ``log p(u) - D log K``, the log-density of ``x + v`` in level units, and
+:func:`bits_per_dim` turns that into bits per dimension.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from ..errors import DataError
+from .base import Transform
+
+__all__ = [
+    "dequantize",
+    "dequantize_mid",
+    "logit_transform",
+    "logit_inverse",
+    "bits_per_dim",
+    "Dequantize",
+    "Logit",
+    "Standardize",
+]
+
+
+def _check_levels(x: torch.Tensor, n_levels: int) -> None:
+    if n_levels < 2:
+        raise DataError(f"n_levels must be >= 2, got {n_levels}")
+    if x.dtype.is_complex or x.dtype == torch.bool:
+        raise DataError(f"expected integer levels, got a {x.dtype} tensor")
+    if x.numel() == 0:
+        return
+    lo, hi = x.min().item(), x.max().item()
+    if lo < 0 or hi > n_levels - 1:
+        raise DataError(f"levels must lie in 0..{n_levels - 1}, got values in [{lo}, {hi}]")
+    if x.is_floating_point() and not torch.equal(x, x.round()):
+        raise DataError("expected integer levels, got non-integer floating values")
+
+
+def _float_dtype(x: torch.Tensor, dtype: torch.dtype | None) -> torch.dtype:
+    if dtype is not None:
+        return dtype
+    return x.dtype if x.is_floating_point() else torch.get_default_dtype()
+
+
+def dequantize(
+    x: torch.Tensor,
+    n_levels: int,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Uniform dequantisation ``u = (x + v) / K`` with ``v ~ U[0, 1)`` i.i.d. per entry.
+
+    Args:
+        x: integer levels in ``{0, ..., K-1}``, any shape (e.g. uint8 ``(N, C, H, W)``).
+        n_levels: ``K``.
+        generator: optional generator for reproducible noise (on ``x``'s device).
+        dtype: float dtype of the result; default ``x``'s if floating, else torch's default.
+
+    Returns:
+        Float tensor of ``x``'s shape with values in ``[0, 1)``; ``u`` lies in the cell
+        ``[x/K, (x+1)/K)`` of its level.
+    """
+    _check_levels(x, n_levels)
+    dt = _float_dtype(x, dtype)
+    v = torch.rand(x.shape, generator=generator, dtype=dt, device=x.device)
+    u = (x.to(dt) + v) / n_levels
+    # (K-1 + v)/K can round up to exactly 1.0 in float32; keep the promised half-open range.
+    return u.clamp_(max=1.0 - torch.finfo(dt).eps / 2)
+
+
+def dequantize_mid(
+    x: torch.Tensor, n_levels: int, dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """Deterministic cell midpoints ``u = (x + 1/2) / K`` (for plotting and reconstructions).
+
+    Same shapes and dtype rules as :func:`dequantize`.
+    """
+    _check_levels(x, n_levels)
+    dt = _float_dtype(x, dtype)
+    return (x.to(dt) + 0.5) / n_levels
+
+
+def _check_alpha(alpha: float) -> None:
+    if not 0.0 <= alpha < 0.5:
+        raise DataError(f"alpha must lie in [0, 0.5), got {alpha}")
+
+
+def logit_transform(u: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Map ``u`` in ``[0, 1)`` to logit space, with the per-sample log-det.
+
+    ``s = alpha + (1 - 2 alpha) u`` keeps values away from 0 and 1 (``alpha = 0`` is allowed
+    but gives ``-inf`` at ``u = 0``), ``z = log s - log(1 - s)``. The map is elementwise, so
+    its Jacobian is diagonal with entries ``(1 - 2 alpha) / (s (1 - s))`` and
+
+        ``logdet = sum_i [ log(1 - 2 alpha) - log s_i - log(1 - s_i) ]``
+
+    over all non-batch dimensions. Hence ``log p_u(u) = log p_z(z) + logdet``.
+
+    Args:
+        u: ``(N, ...)`` values in ``[0, 1]``.
+        alpha: boundary margin in ``[0, 0.5)``.
+
+    Returns:
+        ``z`` of ``u``'s shape and ``logdet`` of shape ``(N,)``.
+    """
+    _check_alpha(alpha)
+    if u.dim() == 0:
+        raise DataError("logit_transform needs a batch dimension, got a 0-d tensor")
+    s = alpha + (1.0 - 2.0 * alpha) * u
+    log_s, log_1ms = torch.log(s), torch.log1p(-s)  # log1p keeps precision for small s
+    z = log_s - log_1ms
+    per_entry = math.log1p(-2.0 * alpha) - log_s - log_1ms
+    return z, per_entry.reshape(u.shape[0], -1).sum(dim=1)
+
+
+def logit_inverse(z: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Inverse of :func:`logit_transform`: ``u = (sigmoid(z) - alpha) / (1 - 2 alpha)``.
+
+    Any shape. Note that ``u`` falls outside ``[0, 1)`` wherever ``sigmoid(z)`` lies outside
+    ``[alpha, 1 - alpha)``, which can happen for samples drawn from a flow.
+    """
+    _check_alpha(alpha)
+    return (torch.sigmoid(z) - alpha) / (1.0 - 2.0 * alpha)
+
+
+def bits_per_dim(log_prob: Tensor, n_dims: int) -> Tensor:
+    """Bits per dimension ``-log p / (D log 2)`` of dequantised discrete data.
+
+    Args:
+        log_prob: log-density (nats) of the dequantised data ``x + v`` in level units, any
+            shape (usually ``(N,)``), as a flow starting with :class:`Dequantize` returns it:
+            ``log p(u) - D log K`` with every preprocessing log-det included.
+        n_dims: ``D``, the number of values per sample (e.g. ``C * H * W``).
+
+    Returns:
+        Tensor of ``log_prob``'s shape. Its mean over dequantisation noise upper-bounds
+        ``-log2 P(x) / D`` (module docstring); the uniform density on ``[0, 1)^D`` scores
+        ``log2 K``: ``(-0 + D log K) / (D log 2)``.
+
+    Raises:
+        DataError: ``n_dims < 1``.
+    """
+    if n_dims < 1:
+        raise DataError(f"n_dims must be >= 1, got {n_dims}")
+    return -log_prob / (n_dims * math.log(2.0))
+
+
+class Dequantize(Transform):
+    """Uniform dequantisation ``u = (x + v) / K``, ``v ~ U[0, 1)^D`` (a stochastic transform).
+
+    ``forward`` draws fresh noise at every call (training and evaluation alike: the bound on
+    ``log P(x)`` holds for the average over the noise) and returns the log-det ``-D log K`` of
+    ``x + v -> u``, so the flow's log-density is that of ``x + v`` in level units.
+    :meth:`inverse` rounds down, the exact left inverse on the levels (``floor(K u) = x``).
+    :meth:`midpoints` gives the deterministic cell centres, for reconstructions and pictures.
+
+    Arguments:
+        levels: ``K``, the number of quantisation levels (256 for 8-bit images).
+
+    Shapes: ``x``: ``(B, *event)`` integer levels (any dtype); ``u`` of the same shape, in the
+    floating dtype of this module (it follows ``.double()``); ``logdet``: ``(B,)``.
+
+    Raises:
+        DataError: levels outside ``0..K-1`` or non-integer values.
+    """
+
+    def __init__(self, levels: int) -> None:
+        super().__init__()
+        if levels < 2:
+            raise ValueError(f"levels must be >= 2, got {levels}")
+        self.levels = int(levels)
+        # Carries the dtype the module was cast to (not saved: it is the constant K).
+        self.register_buffer("_k", torch.tensor(float(levels)), persistent=False)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        u = dequantize(x, self.levels, dtype=self._k.dtype)
+        logdet = u.new_full((x.shape[0],), -x[0].numel() * math.log(self.levels))
+        return u, logdet
+
+    def midpoints(self, x: Tensor) -> Tensor:
+        """Cell centres ``(x + 1/2) / K`` in this module's dtype (no noise)."""
+        return dequantize_mid(x, self.levels, dtype=self._k.dtype)
+
+    def inverse(self, u: Tensor) -> Tensor:
+        return torch.floor(u * self.levels).clamp_(0, self.levels - 1)
+
+    def extra_repr(self) -> str:
+        return f"levels={self.levels}"
+
+
+class Logit(Transform):
+    """``z = logit(alpha + (1 - 2 alpha) u)`` for ``u`` in ``[0, 1)``, with its log-det
+    (Real NVP, arXiv:1605.08803, sec. 4.1); see :func:`logit_transform`.
+
+    Arguments:
+        alpha: boundary margin in ``[0, 0.5)``.
+
+    Shapes: any ``(B, *event)``; ``logdet``: ``(B,)``.
+    """
+
+    def __init__(self, alpha: float) -> None:
+        super().__init__()
+        _check_alpha(alpha)
+        self.alpha = float(alpha)
+
+    def forward(self, u: Tensor) -> tuple[Tensor, Tensor]:
+        return logit_transform(u, self.alpha)
+
+    def inverse(self, z: Tensor) -> Tensor:
+        return logit_inverse(z, self.alpha)
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha}"
+
+
+class Standardize(Transform):
+    """The fixed affine map ``z = (x - mean) / std`` per feature, with log-det ``-sum log std``.
+
+    ``mean`` and ``std`` are buffers (saved with the model). The difference ``x - mean`` is
+    taken in the wider of the input's and the module's dtypes, so float64 data far from the
+    origin keep their resolution in a float32 model; the output has the module's dtype.
+
+    Arguments:
+        mean, std: ``d`` values each; every ``std`` finite and positive.
+
+    Shapes: ``x``: ``(B, d)``; ``logdet``: ``(B,)``.
+
+    Raises:
+        ValueError: lengths differ, or a ``std`` is not finite and positive.
+    """
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        mean_t = torch.as_tensor(list(mean), dtype=torch.get_default_dtype())
+        std_t = torch.as_tensor(list(std), dtype=torch.get_default_dtype())
+        if mean_t.shape != std_t.shape or mean_t.dim() != 1:
+            raise ValueError(f"mean and std need equal lengths, got {len(mean)} and {len(std)}")
+        if not bool(torch.isfinite(std_t).all() and (std_t > 0).all()):
+            raise ValueError("every std must be finite and positive")
+        self.register_buffer("mean", mean_t)
+        self.register_buffer("std", std_t)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        wide = torch.promote_types(x.dtype, self.mean.dtype)
+        z = ((x.to(wide) - self.mean.to(wide)) / self.std.to(wide)).to(self.mean.dtype)
+        logdet = -torch.log(self.std).sum().expand(x.shape[0])
+        return z, logdet
+
+    def inverse(self, z: Tensor) -> Tensor:
+        return z * self.std + self.mean

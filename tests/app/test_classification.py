@@ -1,0 +1,137 @@
+"""Classifier and hybrid training through the one loop, evaluation, and the coefficient sweep."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from iresnet.app.builder import build_model, load_data
+from iresnet.app.config import Config
+from iresnet.app.presets import get_preset
+from iresnet.app.runs import load_run
+from iresnet.app.sweep import run_sweep, sweep_table
+from iresnet.app.tasks import ClassificationTask, HybridTask, make_task
+from iresnet.app.tasks.classification import augment
+from iresnet.app.training import train
+from iresnet.errors import ConfigError
+
+pytest.importorskip("sklearn")
+
+TINY = ["model.n_scales=2", "model.n_blocks=1", "model.hidden=8", "train.batch_size=32",
+        "train.steps=40", "train.eval_every=40", "train.checkpoint_every=40", "train.log_every=10",
+        "train.warmup_steps=5", "train.eval_batches=1", "train.lr=3e-3", "train.ema_decay=0"]
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def tiny(*extra: str, preset: str = "digits-classifier") -> Config:
+    return get_preset(preset).override([*TINY, *extra])
+
+
+def test_trained_constrained_classifier_inverts_its_features(tmp_path):
+    result = train(tiny(), tmp_path / "run", progress=False)
+    run = tmp_path / "run"
+    for name in ("model.safetensors", "learning_curve.png", "error_curve.png",
+                 "reconstructions.png"):
+        assert (run / name).is_file(), name
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert {"loss", "acc", "grad_norm"} <= set(next(r for r in rows if "acc" in r))
+    assert {"test_error", "test_loss"} <= set(result.last_metrics)
+    trained = load_run(run)
+    ev = trained.task.full_evaluation(trained.model, n_inverse=64)
+    assert 0.0 <= ev["test_error"] <= 1.0 and ev["n_test"] == 359
+    losses = [r["loss"] for r in rows if "acc" in r]
+    assert losses[-1] < losses[0]
+    assert ev["invertible"] and ev["max_lipschitz"] < 1
+    assert ev["feature_inverse_max_error"] <= 1e-4 and ev["inverse_converged"]
+    assert "note" not in ev and ev["certificate"]["invertible"]
+    json.dumps(ev)  # what `iresnet evaluate --json` prints
+
+
+def test_vanilla_evaluation_reports_a_failed_inverse_without_raising():
+    cfg = tiny("model.constrained=false", "model.inverse_max_iter=20")
+    data = load_data(cfg.data)
+    model = build_model(cfg, data)
+    task = make_task(cfg, data, torch.device("cpu"))
+    assert type(task) is ClassificationTask
+    with torch.no_grad():
+        model.train()
+        task.loss(model, task.batch("train", torch.arange(32)))
+        for m in model.modules():  # Lip(g) >> 1: the fixed-point iteration must diverge
+            if isinstance(m, torch.nn.Conv2d):
+                m.weight.mul_(20.0)
+    ev = task.full_evaluation(model, n_inverse=16)
+    assert not ev["invertible"] and ev["max_lipschitz"] > 1
+    assert "no inverse is guaranteed" in ev["note"]
+    assert not ev["inverse_converged"] and ev["inverse_warnings"] > 0
+    err = ev["feature_inverse_max_error"]
+    assert err is None or err > 1e-2
+    with pytest.raises(ConfigError, match="nothing to sample"):
+        task.sample(model, 4)
+
+
+def test_hybrid_trains_and_reports_bpd_and_error(tmp_path):
+    cfg = tiny("model.kind=hybrid", "model.logdet=exact", "data.logit_alpha=0.05",
+               "train.steps=10", "train.eval_every=10", "train.checkpoint_every=10")
+    result = train(cfg, tmp_path / "hybrid", progress=False)
+    assert {"test_bpd", "test_error"} <= set(result.last_metrics)
+    lines = (tmp_path / "hybrid" / "metrics.jsonl").read_text().splitlines()
+    rows = [json.loads(line) for line in lines]
+    assert {"loss", "ce", "bpd", "acc"} <= set(next(r for r in rows if "bpd" in r))
+    trained = load_run(tmp_path / "hybrid")
+    assert isinstance(trained.task, HybridTask)
+    ev = trained.task.full_evaluation(trained.model, n_inverse=16)
+    assert ev["estimator"] == "exact" and 0 < ev["test_bpd"] < 10 and 0 <= ev["test_error"] <= 1
+    assert ev["feature_inverse_max_error"] <= 1e-4
+    samples, diagnostics = trained.task.sample(trained.model, 4)
+    assert len(diagnostics) == 2 and samples.shape == (4, 1, 8, 8) and 0 <= samples.min() and samples.max() <= 1
+
+
+def test_sweep_writes_its_table(tmp_path):
+    rows = run_sweep("digits-classifier", ["vanilla", 0.5], tmp_path / "sweep", steps=8,
+                     overrides=["train.eval_every=8", "train.checkpoint_every=8", *TINY[:4]],
+                     n_inverse=16, command="iresnet sweep digits-classifier")
+    assert [r["coeff"] for r in rows] == ["vanilla", 0.5]
+    assert rows[1]["invertible"] and not rows[0]["invertible"]
+    assert rows[1]["max_lipschitz"] <= 0.5**3 * 1.01 and rows[1]["feature_inverse_max_error"] < 1e-4
+    table = (tmp_path / "sweep" / "sweep.md").read_text()
+    assert "| vanilla |" in table and "| 0.5 |" in table and "guaranteed inverse" in table
+    assert table.count("\n| ") == 3  # header and two rows
+    assert json.loads((tmp_path / "sweep" / "sweep.json").read_text())["rows"][1]["coeff"] == 0.5
+    assert (tmp_path / "sweep" / "sweep.png").is_file()
+    assert sweep_table(rows) in table
+    with pytest.raises(ConfigError):
+        run_sweep("digits-classifier", ["1.5"], tmp_path / "bad")
+
+
+def test_classification_needs_labelled_images():
+    cfg = Config().override(["model.kind=classifier", "data.n_train=64", "data.n_test=64"])
+    with pytest.raises(ConfigError, match="labelled image"):
+        make_task(cfg, load_data(cfg.data), torch.device("cpu"))
+
+
+def test_augmentation_translates_and_keeps_shape():
+    x = torch.zeros(64, 1, 8, 8)
+    x[:, :, 3:5, 3:5] = 1.0
+    y = augment(x, flip=False)
+    assert y.shape == x.shape and torch.all(y.sum((1, 2, 3)) == 4)  # 1-pixel shifts keep the blob
+    assert not torch.equal(y, x)
+
+
+def test_train_augment_changes_training_batches_only():
+    """``train.augment`` is a real config field: the training inputs move, the test inputs and
+    the default (off) stay the images themselves."""
+    cfg = tiny("train.augment=true")
+    data = load_data(cfg.data)
+    model = build_model(cfg, data)
+    task = make_task(cfg, data, torch.device("cpu"))
+    x, _ = task.batch("train", torch.arange(64))
+    plain = x.float() / 16
+    torch.manual_seed(0)
+    assert not torch.equal(task.inputs(model, x, train=True), plain)
+    assert torch.equal(task.inputs(model, x), plain)
+    off = make_task(tiny(), data, torch.device("cpu"))
+    assert torch.equal(off.inputs(model, x, train=True), plain)

@@ -1,0 +1,80 @@
+"""The command line: one-line errors, the JSON contract, and the commands end to end (tiny)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from iresnet.app.cli import main
+
+TINY = ["model.n_blocks=1", "model.hidden=8", "data.n_train=256", "data.n_test=128",
+        "train.batch_size=64", "train.eval_every=5", "train.checkpoint_every=5", "train.eval_batches=1"]
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["train", "no-such-preset"], "unknown preset 'no-such-preset'"),
+        (["train", "toy-8gaussians", "model.nope=1"], "unknown config key 'model.nope'"),
+        (["train", "toy-8gaussians", "model.coeff=abc"], "model.coeff must be float"),
+        (["train", "toy-8gaussians", "model.coeff=1.5"], "model.coeff must lie in"),
+        (["evaluate", "/nonexistent/run"], "not an iresnet run folder"),
+    ],
+)
+def test_bad_arguments_give_one_line_errors(capsys, argv, message):
+    code, out, err = run(capsys, *argv, *(["--dry-run"] if argv[0] == "train" else []))
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.startswith("iresnet")]
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in err
+
+
+def test_bad_data_files_are_refused(tmp_path, capsys):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("1,2\n3,nan\n4,5\n")
+    code, _, err = run(capsys, "train", "--data", str(bad), "--out", str(tmp_path / "r"), *TINY, "--steps", "2")
+    assert code == 2 and "bad.csv" in err and "NaN" in err
+    assert not (tmp_path / "r" / "checkpoints").exists()
+
+
+def test_presets_and_help(capsys):
+    code, out, _ = run(capsys, "presets")
+    assert code == 0 and "toy-8gaussians" in out and "(default)" in out
+    for cmd in ("train", "evaluate", "sample", "certify"):
+        with pytest.raises(SystemExit) as exc:
+            main([cmd, "--help"])
+        assert exc.value.code == 0
+        assert "--" in capsys.readouterr().out
+
+
+def test_train_evaluate_sample_certify(tmp_path, capsys):
+    out_dir = tmp_path / "run"
+    code, out, err = run(capsys, "train", *TINY, "--steps", "10", "--seed", "3", "--out", str(out_dir), "--no-progress")
+    assert code == 0 and "finished at step 10" in out
+    assert json.loads((out_dir / "config.json").read_text())["train"]["seed"] == 3
+    code, out, _ = run(capsys, "evaluate", str(out_dir), "--json", "--n-inverse", "64")
+    result = json.loads(out)
+    for key in ("test_nll", "test_nll_se", "entropy_gap", "entropy_gap_se", "inverse_max_error", "invertible"):
+        assert key in result
+    assert result["invertible"] is True and result["inverse_max_error"] < 1e-4
+    assert result["entropy_gap"] > -4 * result["entropy_gap_se"]  # a KL divergence is >= 0
+    code, out, _ = run(capsys, "evaluate", str(out_dir), "--json", "--n-test", "100")
+    part = json.loads(out)
+    assert code == 0 and part["n_test"] == 100 and result["n_test"] > 100
+    assert part["test_nll_se"] > result["test_nll_se"]  # fewer points, wider error bar
+    code, _, err = run(capsys, "evaluate", str(out_dir), "--n-test", "0")
+    assert code != 0 and "--n-test" in err and "Traceback" not in err
+    code, out, _ = run(capsys, "sample", str(out_dir), "-n", "50", "--out", str(tmp_path / "s.npy"))
+    assert code == 0 and np.load(tmp_path / "s.npy").shape == (50, 2)
+    code, out, _ = run(capsys, "certify", str(out_dir), "--json")
+    assert json.loads(out)["invertible"] is True
+
+
+def test_resume_refuses_overrides(tmp_path, capsys):
+    code, _, err = run(capsys, "train", "--resume", str(tmp_path), "model.coeff=0.5")
+    assert code == 2

@@ -1,0 +1,61 @@
+import json
+
+import pytest
+
+from iresnet.app.config import Config
+from iresnet.errors import ConfigError
+from iresnet.app.presets import PRESETS, get_preset
+
+
+def test_round_trip_through_json():
+    cfg = get_preset("toy-checkerboard")
+    again = Config.from_dict(json.loads(cfg.to_json()))
+    assert again == cfg
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_every_preset_validates(name):
+    assert get_preset(name).validate().preset == name
+
+
+def test_overrides_qualified_and_unique_keys():
+    cfg = Config().override(["model.coeff=0.8", "lr=0.01", "actnorm=false", "data.path=x.npy", "data.path=none"])
+    assert cfg.model.coeff == 0.8 and cfg.train.lr == 0.01 and cfg.model.actnorm is False
+    assert cfg.data.path is None
+
+
+@pytest.mark.parametrize(
+    "override,match",
+    [
+        ("model.nope=1", "unknown config key"),
+        ("nope=1", "unknown config key"),
+        ("seed=1", "ambiguous"),
+        ("model.coeff=high", "must be float"),
+        ("model.n_blocks=2.5", "must be int"),
+        ("model.coeff=1.5", r"coeff must lie in \(0, 1\]"),
+        ("model.coeff=0", r"coeff must lie in \(0, 1\]"),
+        ("model.n_terms=-1", "n_terms must be a positive"),
+        ("model.logdet=magic", "model.logdet must be one of"),
+        ("noequals", "key=value"),
+    ],
+)
+def test_bad_overrides_refused(override, match):
+    with pytest.raises(ConfigError, match=match):
+        Config().override([override])
+
+
+@pytest.mark.parametrize(
+    "raw,match",
+    [
+        ({"model": {"coeff": "0.9"}}, "model.coeff must be float"),
+        ({"model": {"n_blocks": True}}, "model.n_blocks must be int"),
+        ({"train": {"lr": -1.0}}, "train.lr must be positive"),
+        ({"extra": {}}, "unknown config section"),
+        ({"model": {"unknown_key": 1}}, "unknown key"),
+        ({"model": []}, "must be an object"),
+        ({"train": {"lr": float("nan")}}, "finite"),
+    ],
+)
+def test_bad_dicts_refused(raw, match):
+    with pytest.raises(ConfigError, match=match):
+        Config.from_dict(raw)

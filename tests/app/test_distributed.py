@@ -1,0 +1,91 @@
+"""Data-parallel training under torchrun (gloo, 2 processes) and runs that survive signals and
+kill -9. These spawn processes, so they take a few seconds each."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from iresnet.app.checkpoint import list_checkpoints, verify_checkpoint
+
+TINY = ["model.n_blocks=2", "model.hidden=16", "data.n_train=512", "data.n_test=128", "train.batch_size=64",
+        "train.eval_every=100", "train.checkpoint_every=2", "train.eval_batches=1", "train.ema_decay=0",
+        "train.threads=1", "train.keep_last=3"]
+
+
+def iresnet(*args, nproc=1, timeout=240, **kw):
+    cmd = [sys.executable, "-m", "iresnet", "train", *TINY, "--no-progress", *args]
+    if nproc > 1:
+        cmd += ["--nproc", str(nproc)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
+
+
+def weights(run):
+    return load_file(str(run / "model.safetensors"))
+
+
+def test_two_processes_match_one(tmp_path):
+    one = iresnet("--steps", "6", "--out", str(tmp_path / "one"))
+    assert one.returncode == 0, one.stderr
+    two = iresnet("--steps", "6", "--out", str(tmp_path / "two"), nproc=2)
+    assert two.returncode == 0, two.stderr
+    a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
+    # Only rank 0 wrote: one metrics row per logged step, the same files as the 1-process run.
+    rows = (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()
+    assert len(rows) == len((tmp_path / "one" / "metrics.jsonl").read_text().splitlines())
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
+
+
+def _wait_for_checkpoint(folder, proc, deadline=180):
+    start = time.time()
+    while time.time() - start < deadline:
+        if list_checkpoints(folder) and proc.poll() is None:
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"process ended early: {proc.stderr.read()}")
+        time.sleep(0.2)
+    raise AssertionError("no checkpoint appeared")
+
+
+def _start(out, steps):
+    cmd = [sys.executable, "-m", "iresnet", "train", *TINY, "--no-progress", "--steps", str(steps), "--out", str(out)]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_kill_9_then_resume_gives_same_weights(tmp_path):
+    full = iresnet("--steps", "40", "--out", str(tmp_path / "full"))
+    assert full.returncode == 0, full.stderr
+    proc = _start(tmp_path / "killed", 40)
+    _wait_for_checkpoint(tmp_path / "killed" / "checkpoints", proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "killed" / "model.safetensors").exists()
+    resumed = subprocess.run([sys.executable, "-m", "iresnet", "train", "--resume", str(tmp_path / "killed"), "--no-progress"],
+                             capture_output=True, text=True, timeout=240)
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = weights(tmp_path / "full"), weights(tmp_path / "killed")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+    for ckpt in list_checkpoints(tmp_path / "killed" / "checkpoints"):
+        verify_checkpoint(ckpt)  # none is torn
+    assert not [p for p in (tmp_path / "killed" / "checkpoints").iterdir() if p.name.startswith(".tmp")]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_leaves_a_valid_checkpoint(tmp_path, sig):
+    proc = _start(tmp_path / "run", 100_000)
+    _wait_for_checkpoint(tmp_path / "run" / "checkpoints", proc)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "stopped by a signal" in out
+    ckpts = list_checkpoints(tmp_path / "run" / "checkpoints")
+    manifest = verify_checkpoint(ckpts[-1])
+    assert f"step {manifest['step']}" in out  # the checkpoint is the step the run stopped at

@@ -1,0 +1,155 @@
+"""Hostile inputs are refused with a clear message, never execute code, and change nothing."""
+
+import json
+import os
+import pickle
+
+import pytest
+import torch
+
+from iresnet.app.config import Config
+from iresnet.errors import CheckpointError, ConfigError, DataError
+from iresnet.transforms import set_branch_precision
+from tests.helpers import mlp_flow
+from iresnet.app.checkpoint import latest_checkpoint, list_checkpoints
+from iresnet.app.runs import load_run
+from iresnet.app.training import train
+
+from tests.app.test_trainer import TINY, snapshot
+
+MARKER = "/tmp/iresnet-hostile-marker"
+
+
+class Payload:
+    def __reduce__(self):
+        return (os.system, (f"touch {MARKER}",))
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    cfg = Config().override([*TINY, "train.steps=4"])
+    train(cfg, tmp_path / "run", progress=False)
+    return tmp_path / "run"
+
+
+def _rehash(ckpt):
+    """Update the manifest so only the contents, not the hashes, betray the tampering."""
+    import hashlib
+
+    manifest = json.loads((ckpt / "MANIFEST.json").read_text())
+    for name in manifest["files"]:
+        manifest["files"][name] = hashlib.sha256((ckpt / name).read_bytes()).hexdigest()
+    (ckpt / "MANIFEST.json").write_text(json.dumps(manifest))
+
+
+def _attempt(run_dir):
+    with pytest.raises(CheckpointError) as exc:
+        train(Config().override([*TINY, "train.steps=8"]), run_dir, resume=True, progress=False)
+    return str(exc.value)
+
+
+def test_pickle_payload_never_executes(run_dir):
+    if os.path.exists(MARKER):
+        os.remove(MARKER)
+    ckpt = latest_checkpoint(run_dir / "checkpoints")
+    (ckpt / "model.safetensors").write_bytes(pickle.dumps(Payload()))
+    _rehash(ckpt)
+    before = snapshot(run_dir)
+    message = _attempt(run_dir)
+    assert "not a readable safetensors file" in message
+    assert not os.path.exists(MARKER)
+    assert snapshot(run_dir) == before
+
+
+def test_wrong_shapes_are_named(run_dir, tmp_path):
+    other = tmp_path / "other"
+    train(Config().override([*TINY, "train.steps=4", "model.hidden=24"]), other, progress=False)
+    src, dst = latest_checkpoint(other / "checkpoints"), latest_checkpoint(run_dir / "checkpoints")
+    (dst / "model.safetensors").write_bytes((src / "model.safetensors").read_bytes())
+    _rehash(dst)
+    before = snapshot(run_dir)
+    message = _attempt(run_dir)
+    assert "has shape" in message and "expects" in message
+    assert snapshot(run_dir) == before
+
+
+def test_foreign_model_kind_is_refused(run_dir):
+    ckpt = latest_checkpoint(run_dir / "checkpoints")
+    state = json.loads((ckpt / "state.json").read_text())
+    state["model_kind"] = "classifier"
+    (ckpt / "state.json").write_text(json.dumps(state))
+    _rehash(ckpt)
+    before = snapshot(run_dir)
+    assert "not 'toy'" in _attempt(run_dir)
+    assert snapshot(run_dir) == before
+
+
+def test_truncated_weights_refused_on_load(run_dir):
+    weights = run_dir / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:64])
+    before = snapshot(run_dir)
+    with pytest.raises(CheckpointError, match="not a readable safetensors file"):
+        load_run(run_dir)
+    assert snapshot(run_dir) == before
+
+
+@pytest.mark.parametrize(
+    "edit,match",
+    [
+        (lambda d: d["model"].update(coeff=1.5), r"coeff must lie in \(0, 1\]"),
+        (lambda d: d["model"].update(n_terms=-2), "n_terms must be a positive"),
+        (lambda d: d["train"].update(surprise=1), "unknown key"),
+        (lambda d: d["train"].update(lr="fast"), "train.lr must be float"),
+    ],
+)
+def test_bad_config_in_run_folder_is_refused_before_work(run_dir, edit, match):
+    raw = json.loads((run_dir / "config.json").read_text())
+    edit(raw)
+    (run_dir / "config.json").write_text(json.dumps(raw))
+    before = snapshot(run_dir)
+    n_ckpts = len(list_checkpoints(run_dir / "checkpoints"))
+    with pytest.raises(ConfigError, match=match):
+        load_run(run_dir)
+    assert snapshot(run_dir) == before and len(list_checkpoints(run_dir / "checkpoints")) == n_ckpts
+
+
+@pytest.mark.parametrize(
+    "content,match",
+    [
+        ("a,b\n1,2\n3,inf\n", "Inf"),
+        ("1,2\n3\n", "ragged"),
+        ("1,2\n", "1-row|at least 2"),
+        ("1,x\n2,3\n", "line 1, column 2|non-numeric"),
+    ],
+)
+def test_bad_data_files_name_the_place(tmp_path, content, match):
+    path = tmp_path / "data.csv"
+    path.write_text(content)
+    with pytest.raises(DataError, match=match) as exc:
+        train(Config().override([*TINY, "data.name=array", f"data.path={path}"]), tmp_path / "run", progress=False)
+    assert "data.csv" in str(exc.value)
+
+
+def test_npy_with_wrong_dtype_or_shape(tmp_path):
+    import numpy as np
+
+    np.save(tmp_path / "s.npy", np.array([["a", "b"], ["c", "d"]]))
+    np.save(tmp_path / "v.npy", np.arange(10.0))
+    for name in ("s.npy", "v.npy"):
+        with pytest.raises(DataError, match=name):
+            train(Config().override([*TINY, "data.name=array", f"data.path={tmp_path / name}"]),
+                  tmp_path / f"run-{name}", progress=False)
+
+
+def test_bf16_branches_keep_logdet_within_tolerance():
+    flow = mlp_flow(dim=2, n_blocks=3, dtype=torch.float32, atol=1e-6).eval()
+    x = torch.randn(64, 2)
+    with torch.no_grad():
+        _, ld32 = flow.transform(x)
+        set_branch_precision(flow, "bf16")
+        z, ld16 = flow.transform(x)
+        x_rec = flow.inverse(z)
+    assert ld16.dtype == torch.float32
+    # bf16 keeps 8 mantissa bits: the Jacobian entries carry ~0.4% relative error.
+    assert (ld16 - ld32).abs().max() < 2e-2
+    assert (x_rec - x).abs().max() < 5e-2

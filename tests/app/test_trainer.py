@@ -1,0 +1,212 @@
+"""The training loop: runs, metrics, resume to identical weights, refusals that keep the run."""
+
+import json
+import os
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import iresnet
+
+from iresnet.app.config import Config
+from iresnet.errors import CheckpointError, ConfigError
+from iresnet.app.checkpoint import latest_checkpoint, list_checkpoints
+from iresnet.app.runs import load_run
+from iresnet.app.trainer import learning_rate
+from iresnet.app.training import train
+
+TINY = [
+    "model.n_blocks=2", "model.hidden=16", "data.n_train=512", "data.n_test=256", "train.batch_size=64",
+    "train.steps=12", "train.eval_every=6", "train.checkpoint_every=4", "train.log_every=2",
+    "train.warmup_steps=3", "train.keep_last=10", "train.eval_batches=1",
+]
+
+
+def tiny(*extra: str) -> Config:
+    return Config().override([*TINY, *extra])
+
+
+def snapshot(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_run_folder_contents(tmp_path):
+    result = train(tiny(), tmp_path / "run", progress=False)
+    run = tmp_path / "run"
+    assert result.step == 12 and result.stopped == "finished"
+    for name in ("config.json", "data.json", "metrics.jsonl", "model.safetensors", "figure.png", "learning_curve.png"):
+        assert (run / name).is_file(), name
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if "loss" in r]
+    assert {"step", "loss", "nll", "lr", "grad_norm", "seconds"} <= set(train_rows[0])
+    assert [r["step"] for r in rows if "test_nll" in r] == [6, 12]
+    assert Config.from_dict(json.loads((run / "config.json").read_text())) == tiny()
+    assert len(list_checkpoints(run / "checkpoints")) == 3  # steps 4, 8, 12
+
+
+def test_resume_gives_the_same_final_weights(tmp_path):
+    train(tiny(), tmp_path / "full", progress=False)
+    partial = train(tiny(), tmp_path / "part", progress=False, stop_after=6)
+    assert partial.stopped == "signal" and partial.step == 6
+    assert not (tmp_path / "part" / "model.safetensors").exists()
+    train(tiny(), tmp_path / "part", resume=True, progress=False)
+    a = load_file(str(tmp_path / "full" / "model.safetensors"))
+    b = load_file(str(tmp_path / "part" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps) and len(steps) == len(set((s, i) for i, s in enumerate(steps)))
+
+
+def test_new_run_refuses_existing_folder_and_leaves_it_intact(tmp_path):
+    train(tiny(), tmp_path / "run", progress=False)
+    before = snapshot(tmp_path / "run")
+    with pytest.raises(ConfigError, match="already holds a run"):
+        train(tiny(), tmp_path / "run", progress=False)
+    assert snapshot(tmp_path / "run") == before
+
+
+def test_corrupted_checkpoint_is_refused_clearly_and_run_kept(tmp_path):
+    train(tiny("train.keep_last=1"), tmp_path / "run", progress=False, stop_after=4)
+    ckpt = latest_checkpoint(tmp_path / "run" / "checkpoints")
+    weights = ckpt / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # truncate
+    before = snapshot(tmp_path / "run")
+    with pytest.warns(RuntimeWarning, match="do not match the manifest"):
+        with pytest.raises(CheckpointError, match="no valid checkpoint"):
+            train(tiny(), tmp_path / "run", resume=True, progress=False)
+    assert snapshot(tmp_path / "run") == before
+
+
+def test_resume_skips_a_torn_checkpoint(tmp_path):
+    train(tiny(), tmp_path / "run", progress=False, stop_after=8)
+    ckpts = list_checkpoints(tmp_path / "run" / "checkpoints")
+    os.remove(ckpts[-1] / "MANIFEST.json")  # the newest is torn
+    with pytest.warns(RuntimeWarning, match="skipping checkpoint"):
+        result = train(tiny(), tmp_path / "run", resume=True, progress=False)
+    assert result.step == 12
+
+
+def test_learning_rate_schedule():
+    cfg = Config().override(["train.lr=1.0", "train.warmup_steps=4", "train.steps=100"])
+    assert [learning_rate(cfg, s) for s in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
+    cos = cfg.override(["train.lr_schedule=cosine"])
+    assert learning_rate(cos, 100) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_adamw_decays_weights_decoupled_from_the_gradient_scale():
+    from iresnet.app.trainer import _optimizer
+
+    cfg = Config().override(["train.optimizer=adamw", "train.lr=0.1", "train.weight_decay=0.5"])
+    w = torch.nn.Parameter(torch.full((3,), 2.0))
+    opt = _optimizer(cfg, [w])
+    assert isinstance(opt, torch.optim.AdamW)
+    w.grad = torch.zeros(3)  # no gradient: only the decoupled decay w <- w (1 - lr wd) acts
+    opt.step()
+    assert torch.allclose(w.detach(), torch.full((3,), 2.0 * (1 - 0.1 * 0.5)))
+    coupled = _optimizer(Config().override(["train.lr=0.1", "train.weight_decay=0.5"]), [w])
+    assert type(coupled) is torch.optim.Adam
+    with pytest.raises(ConfigError):
+        Config().override(["train.optimizer=lamb"])
+
+
+def test_user_array_nll_is_in_data_units(tmp_path):
+    torch.manual_seed(0)
+    data = torch.randn(600, 2).double() * torch.tensor([3.0, 0.5]).double() + 10
+    path = tmp_path / "data.npy"
+    np.save(path, data.numpy())
+    train(tiny("data.name=array", f"data.path={path}"), tmp_path / "run", progress=False)
+    trained = load_run(tmp_path / "run")
+    result = trained.task.full_evaluation(trained.model, n_inverse=64)
+    # NLL in x-units = NLL in z-units - log|det dz/dx| = NLL_z + sum log std (std ~ 3 and 0.5).
+    std = trained.data.standardizer
+    assert std.log_abs_det == pytest.approx(-np.log(1.5), abs=0.1)
+    model = trained.model
+    assert isinstance(model.transform[0], iresnet.Standardize)  # the model standardises itself
+    z = torch.as_tensor(std.transform(trained.data.test_x.numpy()), dtype=torch.float32)
+    without = iresnet.Flow(model.transform[1:], event_shape=(2,)).eval()
+    with torch.no_grad(), iresnet.swap_logdets(model, iresnet.ExactLogDet()):
+        z_units = -without.log_prob(z).double().mean().item()
+    assert result["test_nll"] == pytest.approx(z_units - std.log_abs_det, rel=1e-5)
+    assert result["entropy_gap"] is None and result["invertible"]
+
+
+def test_penalty_mode_trains_and_its_certificate_is_truthful(tmp_path):
+    """Seed eq. (11): the penalty shrinks the norms but guarantees nothing; the certificate
+    reports a block as invertible only when its bound is below 1."""
+    cfg = tiny("model.lipschitz_norm=penalty", "train.spectral_penalty=0.1", "train.steps=20")
+    train(cfg, tmp_path / "run", progress=False)
+    trained = load_run(tmp_path / "run")
+    import iresnet
+
+    cert = iresnet.certify(trained.model)
+    for block in cert.blocks:
+        assert block.invertible == (block.bound < 1)
+    exact = []
+    for m in trained.model.modules():
+        if isinstance(m, iresnet.InvertibleResidualBlock):
+            prod = 1.0
+            for layer in m.g:
+                if isinstance(layer, iresnet.SpectralLinear):
+                    prod *= torch.linalg.matrix_norm(layer.weight.detach().double(), ord=2).item()
+            exact.append(prod)
+    assert [b.bound for b in cert.blocks] == pytest.approx(exact, rel=1e-5)
+
+
+def test_penalty_mode_shrinks_norms_and_says_not_guaranteed_above_one(tmp_path):
+    """Seed eq. (11) end to end: the penalty is really in the loss (the same run with a large
+    lambda ends with smaller ``sum ||W||_2^2`` than with lambda = 0), and once a block's bound
+    exceeds 1 the certificate, its text and the evaluation all say the model is not guaranteed
+    invertible."""
+    import iresnet
+    from iresnet.nn import spectral_penalty
+
+    sums = {}
+    for lam in (0.0, 1.0):
+        cfg = tiny("model.lipschitz_norm=penalty", f"train.spectral_penalty={lam}", "train.steps=20")
+        train(cfg, tmp_path / f"run{lam}", progress=False)
+        model = load_run(tmp_path / f"run{lam}").model
+        with torch.no_grad():
+            model.train()
+            for _ in range(300):  # converge the persistent power-iteration vectors
+                for m in model.modules():
+                    if isinstance(m, iresnet.SpectralLinear):
+                        m.normalized_weight()
+            sums[lam] = spectral_penalty(model).item()
+    assert sums[1.0] < sums[0.0]
+
+    trained = load_run(tmp_path / "run1.0")
+    blocks = [m for m in trained.model.modules() if isinstance(m, iresnet.InvertibleResidualBlock)]
+    with torch.no_grad():
+        for m in blocks[0].g.modules():
+            if isinstance(m, torch.nn.Linear):
+                m.weight.mul_(5.0)  # penalty mode has no hard bound: nothing rescales this back
+    cert = iresnet.certify(trained.model)
+    assert cert.blocks[0].bound > 1 and not cert.blocks[0].invertible and not cert.invertible
+    assert "NOT guaranteed invertible" in str(cert)
+    with warnings.catch_warnings():  # the inverse of a non-contraction may well diverge: expected
+        warnings.simplefilter("ignore", iresnet.InverseNotConvergedWarning)
+        result = trained.task.full_evaluation(trained.model, n_inverse=16)
+    assert result["invertible"] is False
+
+
+@pytest.mark.parametrize("budget", ["train.max_seconds=1e-9", "train.max_cpu_seconds=1e-9"])
+def test_time_budgets_stop_after_the_first_step_past_them(tmp_path, budget):
+    result = train(tiny(budget), tmp_path / "run", progress=False)
+    assert result.step == 1 and result.stopped == "finished"
+    assert (tmp_path / "run" / "model.safetensors").is_file()
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "test_nll" in r] == [1]  # evaluated where it stopped
+    assert len(list_checkpoints(tmp_path / "run" / "checkpoints")) == 1  # saved where it stopped
+
+
+def test_cpu_seconds_are_logged_and_increase(tmp_path):
+    train(tiny("train.threads=1"), tmp_path / "run", progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    rows = [r for r in rows if "loss" in r]
+    assert all(0 < r["cpu_seconds"] for r in rows)
+    assert [r["cpu_seconds"] for r in rows] == sorted(r["cpu_seconds"] for r in rows)

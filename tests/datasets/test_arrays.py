@@ -1,0 +1,240 @@
+"""Tests of user-array loading, splitting and standardization."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from iresnet.datasets.arrays import Standardizer, load_array, split_array
+from iresnet.errors import ConfigError, DataError
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _data(n: int = 50, d: int = 3, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(n, d)) * np.array([1.0, 10.0, 0.01])[:d] + np.arange(d)
+
+
+# --- round trips -------------------------------------------------------------------------------
+
+
+def test_npy_round_trip(tmp_path: Path) -> None:
+    x = _data()
+    np.save(tmp_path / "x.npy", x)
+    y = load_array(tmp_path / "x.npy")
+    assert y.dtype == np.float64 and y.shape == (50, 3)
+    np.testing.assert_array_equal(x, y)
+    # Integer and float32 arrays are promoted to float64 exactly.
+    np.save(tmp_path / "i.npy", np.arange(6, dtype=np.int32).reshape(3, 2))
+    np.testing.assert_array_equal(load_array(str(tmp_path / "i.npy")), np.arange(6.0).reshape(3, 2))
+
+
+@pytest.mark.parametrize("header", [None, "a,b,c", '"x 1","y",z'])
+def test_csv_round_trip(tmp_path: Path, header: str | None) -> None:
+    x = _data()
+    body = "\n".join(",".join(repr(float(v)) for v in row) for row in x)
+    text = (header + "\n" if header else "") + body + "\n\n"  # trailing blank line ignored
+    y = load_array(_write(tmp_path / "x.csv", text))
+    np.testing.assert_array_equal(x, y)  # repr round-trips floats exactly
+
+
+def test_csv_single_column_and_bom(tmp_path: Path) -> None:
+    path = tmp_path / "one.csv"
+    path.write_bytes("\ufeffvalue\r\n1.5\r\n-2\r\n 3e2 \r\n".encode())
+    np.testing.assert_array_equal(load_array(path), [[1.5], [-2.0], [300.0]])
+
+
+# --- refusals ----------------------------------------------------------------------------------
+
+
+def _refused(path: Path, *fragments: str, **kw: int) -> None:
+    with pytest.raises(DataError) as info:
+        load_array(path, **kw)
+    msg = str(info.value)
+    assert path.name in msg, msg
+    for frag in fragments:
+        assert frag in msg, (frag, msg)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    _refused(tmp_path / "nope.npy", "does not exist")
+    _refused(tmp_path, "directory")
+
+
+def test_unknown_extension(tmp_path: Path) -> None:
+    _refused(_write(tmp_path / "x.txt", "1,2\n3,4\n"), "'.txt'", ".npy", ".csv")
+
+
+def test_empty_and_zero_rows(tmp_path: Path) -> None:
+    _refused(_write(tmp_path / "empty.csv", ""), "empty")
+    _refused(_write(tmp_path / "header_only.csv", "a,b\n"), "zero data rows")
+    _refused(_write(tmp_path / "blank.csv", "\n\n"), "zero data rows")
+    np.save(tmp_path / "zero.npy", np.zeros((0, 3)))
+    _refused(tmp_path / "zero.npy", "zero data rows")
+
+
+def test_one_row(tmp_path: Path) -> None:
+    _refused(_write(tmp_path / "one.csv", "a,b\n1,2\n"), "1-row file")
+    np.save(tmp_path / "one.npy", np.zeros((1, 4)))
+    _refused(tmp_path / "one.npy", "1-row file")
+
+
+def test_ragged_csv_names_line_and_counts(tmp_path: Path) -> None:
+    path = _write(tmp_path / "ragged.csv", "a,b\n1,2\n3,4\n5,6,7\n")
+    _refused(path, "line 4", "3 columns", "line 1 has 2")
+
+
+def test_non_numeric_field_names_line_and_column(tmp_path: Path) -> None:
+    _refused(_write(tmp_path / "bad.csv", "1,2\n3,x\n"), "'x'", "line 2", "column 2")
+    # A mixed first row is not a header: the non-numeric field is reported.
+    _refused(_write(tmp_path / "mixed.csv", "a,2\n3,4\n"), "'a'", "line 1", "column 1")
+
+
+@pytest.mark.parametrize("value, kind", [("nan", "NaN"), ("inf", "Inf"), ("-1e999", "Inf")])
+def test_non_finite_csv(tmp_path: Path, value: str, kind: str) -> None:
+    path = _write(tmp_path / "nf.csv", f"a,b,c\n1,2,3\n\n4,5,6\n7,{value},9\n{value},1,1\n")
+    # Line numbers count the header and the blank line: the first bad value is line 5, col 2.
+    _refused(path, kind, "line 5, column 2", "first of 2")
+
+
+def test_non_finite_npy(tmp_path: Path) -> None:
+    x = _data()
+    x[7, 2] = np.nan
+    x[9, 0] = np.inf
+    np.save(tmp_path / "nan.npy", x)
+    _refused(tmp_path / "nan.npy", "NaN", "x[7, 2]")
+
+
+def test_not_2d(tmp_path: Path) -> None:
+    np.save(tmp_path / "vec.npy", np.arange(10.0))
+    _refused(tmp_path / "vec.npy", "1-D", "reshape(-1, 1)", "(10, 1)")
+    np.save(tmp_path / "img.npy", np.zeros((4, 2, 2)))
+    _refused(tmp_path / "img.npy", "(4, 2, 2)", "reshape")
+    np.save(tmp_path / "scalar.npy", np.float64(3.0))
+    _refused(tmp_path / "scalar.npy", "2-D")
+
+
+def test_non_numeric_npy_dtype(tmp_path: Path) -> None:
+    np.save(tmp_path / "str.npy", np.array([["a", "b"], ["c", "d"]]))
+    _refused(tmp_path / "str.npy", "dtype", "astype")
+    np.save(tmp_path / "obj.npy", np.array([[1, None], [2, 3]], dtype=object), allow_pickle=True)
+    _refused(tmp_path / "obj.npy", "pickle")
+    np.save(tmp_path / "cplx.npy", np.ones((3, 2), dtype=complex))
+    _refused(tmp_path / "cplx.npy", "complex")
+    _write(tmp_path / "garbage.npy", "not an npy file at all")
+    _refused(tmp_path / "garbage.npy", "not a .npy file")
+
+
+def test_max_dim(tmp_path: Path) -> None:
+    np.save(tmp_path / "wide.npy", np.zeros((5, 65)))
+    _refused(tmp_path / "wide.npy", "65 columns", "max_dim=64")
+    assert load_array(tmp_path / "wide.npy", max_dim=65).shape == (5, 65)
+    _refused(tmp_path / "wide.npy", "max_dim=8", max_dim=8)
+    np.save(tmp_path / "nocols.npy", np.zeros((5, 0)))
+    _refused(tmp_path / "nocols.npy", "zero columns")
+
+
+# --- split -------------------------------------------------------------------------------------
+
+
+def test_split_is_a_fixed_partition() -> None:
+    x = np.arange(100.0).reshape(50, 2)
+    train, test = split_array(x, 0.2, seed=3)
+    assert train.shape == (40, 2) and test.shape == (10, 2)
+    rows = np.concatenate([train, test])
+    np.testing.assert_array_equal(np.sort(rows[:, 0]), x[:, 0])  # a partition of the rows
+    train2, test2 = split_array(x, 0.2, seed=3)
+    np.testing.assert_array_equal(test, test2)
+    _, test3 = split_array(x, 0.2, seed=4)
+    assert not np.array_equal(test, test3)
+    # Both parts non-empty even at extreme fractions.
+    for frac in (1e-6, 1 - 1e-6):
+        tr, te = split_array(x[:2], frac)
+        assert len(tr) == 1 and len(te) == 1
+    with pytest.raises(DataError):
+        split_array(x[:1])
+    with pytest.raises(ValueError):
+        split_array(x, 1.0)
+
+
+# --- Standardizer ------------------------------------------------------------------------------
+
+
+def test_standardizer_moments_and_round_trip() -> None:
+    x = _data(200)
+    s = Standardizer.fit(x)
+    z = s.transform(x)
+    np.testing.assert_allclose(z.mean(axis=0), 0.0, atol=1e-12)
+    np.testing.assert_allclose(z.std(axis=0), 1.0, rtol=1e-12)
+    np.testing.assert_allclose(s.inverse_transform(z), x, rtol=1e-12, atol=1e-12)
+    # Torch tensors keep their type and dtype and give the same numbers.
+    zt = s.transform(torch.from_numpy(x).float())
+    assert isinstance(zt, torch.Tensor) and zt.dtype == torch.float32
+    # Compare against the float32-rounded input: that rounding (~1e-7 on values ~2) divided by
+    # std = 0.01 is all that separates the float32 and float64 results.
+    z32 = s.transform(x.astype(np.float32).astype(np.float64))
+    np.testing.assert_allclose(zt.numpy(), z32, rtol=1e-5, atol=1e-5)
+    xt = s.inverse_transform(torch.from_numpy(z))
+    assert xt.dtype == torch.float64
+    np.testing.assert_allclose(xt.numpy(), x, rtol=1e-12, atol=1e-12)
+    with pytest.raises(DataError, match="2 columns"):
+        s.transform(np.zeros((3, 2)))
+
+
+def test_standardizer_constant_column() -> None:
+    x = np.column_stack([np.full(10, 0.1), np.zeros(10), np.arange(10.0)])
+    s = Standardizer.fit(x)
+    assert s.std[:2] == [1.0, 1.0]
+    z = s.transform(x)
+    assert np.isfinite(z).all()
+    np.testing.assert_allclose(z[:, :2], 0.0, atol=1e-15)
+
+
+def test_standardizer_log_abs_det_brute_force() -> None:
+    x = _data(100)
+    s = Standardizer.fit(x)
+    # The map z = (x - mean) / std is affine with Jacobian diag(1 / std); build it as a matrix.
+    jac = np.diag(1.0 / np.asarray(s.std))
+    sign, logdet = np.linalg.slogdet(jac)
+    assert sign == 1.0
+    assert math.isclose(s.log_abs_det, logdet, rel_tol=1e-12, abs_tol=1e-12)
+    # Finite-difference Jacobian of transform at a sample agrees too.
+    eps, x0 = 1e-6, x[0]
+    fd = np.stack(
+        [(s.transform(x0 + eps * e) - s.transform(x0 - eps * e)) / (2 * eps) for e in np.eye(3)],
+        axis=1,
+    )
+    assert math.isclose(np.linalg.slogdet(fd)[1], s.log_abs_det, abs_tol=1e-6)
+    # Change of variables: a standard normal on z is the N(mean, diag std^2) density on x.
+    mean, std = np.asarray(s.mean), np.asarray(s.std)
+    z = s.transform(x)
+    log_pz = -0.5 * (z**2).sum(1) - 1.5 * math.log(2 * math.pi)
+    log_px = (
+        -0.5 * (((x - mean) / std) ** 2).sum(1) - 1.5 * math.log(2 * math.pi) - np.log(std).sum()
+    )
+    np.testing.assert_allclose(log_pz + s.log_abs_det, log_px, rtol=1e-12)
+
+
+def test_standardizer_dict_round_trip() -> None:
+    s = Standardizer.fit(_data())
+    d = json.loads(json.dumps(s.to_dict()))
+    s2 = Standardizer.from_dict(d)
+    assert s2 == s
+    assert s2.dim == 3
+    with pytest.raises(ConfigError):
+        Standardizer.from_dict({"mean": [0.0]})
+    with pytest.raises(ConfigError):
+        Standardizer.from_dict({"mean": [0.0], "std": [0.0]})
+    with pytest.raises(ConfigError):
+        Standardizer.from_dict({"mean": [0.0, 1.0], "std": [1.0]})
+    with pytest.raises(ConfigError):
+        Standardizer.from_dict({"mean": ["a"], "std": [1.0]})

@@ -1,0 +1,256 @@
+"""Offline image loaders: IDX parsing, MNIST-style folders, safe CIFAR unpickling, PNGs, digits."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import pickle
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from iresnet.datasets.images import (
+    FASHION_MNIST_SYSTEM_DIRS,
+    ImageData,
+    load_cifar10,
+    load_digits,
+    load_fashion_mnist,
+    load_image_dataset,
+    load_mnist,
+    load_png_folder,
+    read_idx,
+)
+from iresnet.errors import DataError
+
+_CODES = {
+    np.uint8: 0x08,
+    np.int8: 0x09,
+    np.int16: 0x0B,
+    np.int32: 0x0C,
+    np.float32: 0x0D,
+    np.float64: 0x0E,
+}
+
+
+def _idx_bytes(arr: np.ndarray) -> bytes:
+    code = _CODES[arr.dtype.type]
+    header = bytes([0, 0, code, arr.ndim]) + struct.pack(f">{arr.ndim}I", *arr.shape)
+    return header + arr.astype(arr.dtype.newbyteorder(">")).tobytes()
+
+
+def _write_idx(path: Path, arr: np.ndarray, gz: bool = False) -> Path:
+    data = _idx_bytes(arr)
+    path.write_bytes(gzip.compress(data) if gz else data)
+    return path
+
+
+def _write_mnist(folder: Path, split: str, n: int, gz: bool, n_labels: int | None = None) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    prefix = "train" if split == "train" else "t10k"
+    suffix = ".gz" if gz else ""
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
+    labels = rng.integers(0, 10, size=n_labels if n_labels is not None else n, dtype=np.uint8)
+    _write_idx(folder / f"{prefix}-images-idx3-ubyte{suffix}", images)
+    _write_idx(folder / f"{prefix}-labels-idx1-ubyte{suffix}", labels)
+
+
+# ------------------------------------------------------------------------------------- IDX
+@pytest.mark.parametrize("gz", [False, True])
+@pytest.mark.parametrize("dtype", list(_CODES))
+def test_read_idx_round_trip(tmp_path: Path, gz: bool, dtype: type) -> None:
+    arr = (np.arange(24).reshape(2, 3, 4) - 5).astype(dtype)
+    if dtype is np.uint8:
+        arr = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
+    # A misleading suffix: gzip must be detected from the magic bytes, not the name.
+    path = _write_idx(tmp_path / ("a.idx" if gz else "a.gz"), arr, gz=gz)
+    out = read_idx(path)
+    assert out.dtype == np.dtype(dtype) and out.dtype.isnative
+    np.testing.assert_array_equal(out, arr)
+    out[0, 0, 0] = 1  # writable
+
+
+def test_read_idx_rejects_bad_files(tmp_path: Path) -> None:
+    good = _idx_bytes(np.zeros((3, 2), dtype=np.uint8))
+    cases = {
+        "magic.idx": b"\x01" + good[1:],
+        "code.idx": good[:2] + b"\x07" + good[3:],
+        "short.idx": good[:-1],
+        "header.idx": good[:6],
+        "trail.idx": good + b"\x00",
+    }
+    messages = {
+        "magic.idx": "bad magic",
+        "code.idx": "type code",
+        "short.idx": "truncated",
+        "header.idx": "truncated",
+        "trail.idx": "trailing",
+    }
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(DataError, match=messages[name]) as info:
+            read_idx(tmp_path / name)
+        assert name in str(info.value)
+    (tmp_path / "gz.idx").write_bytes(gzip.compress(good)[:-6])  # truncated gzip stream
+    with pytest.raises(DataError, match="gz.idx"):
+        read_idx(tmp_path / "gz.idx")
+
+
+# ----------------------------------------------------------------------------------- MNIST
+@pytest.mark.parametrize("layout", ["flat", "torchvision"])
+@pytest.mark.parametrize("gz", [False, True])
+def test_load_mnist_layouts(tmp_path: Path, layout: str, gz: bool) -> None:
+    folder = tmp_path if layout == "flat" else tmp_path / "MNIST" / "raw"
+    _write_mnist(folder, "train", 5, gz)
+    _write_mnist(folder, "test", 3, gz)
+    train = load_mnist(tmp_path, "train")
+    test = load_image_dataset("mnist", "test", data_dir=str(tmp_path))
+    assert isinstance(train, ImageData)
+    assert train.images.shape == (5, 1, 28, 28) and train.images.dtype == torch.uint8
+    assert train.labels.dtype == torch.int64 and len(test) == 3
+    assert train.shape == (1, 28, 28) and train.n_levels == 256 and train.name == "mnist"
+
+
+def test_load_fashion_mnist_torchvision_layout(tmp_path: Path) -> None:
+    _write_mnist(tmp_path / "FashionMNIST" / "raw", "test", 4, gz=True)
+    data = load_fashion_mnist(tmp_path, "test")
+    assert data.images.shape == (4, 1, 28, 28) and data.name == "fashion-mnist"
+
+
+def test_load_mnist_errors(tmp_path: Path) -> None:
+    with pytest.raises(DataError) as info:
+        load_mnist(tmp_path, "train")
+    msg = str(info.value)
+    assert "train-images-idx3-ubyte" in msg and "train-labels-idx1-ubyte" in msg
+    assert str(tmp_path / "MNIST" / "raw") in msg and "MNIST/raw" in msg
+    with pytest.raises(DataError) as info:
+        load_fashion_mnist(tmp_path, "test")
+    assert "t10k-images-idx3-ubyte" in str(info.value)
+    assert "apt-get install dataset-fashion-mnist" in str(info.value)
+    _write_mnist(tmp_path, "train", 5, gz=False, n_labels=4)
+    with pytest.raises(DataError, match="mismatched"):
+        load_mnist(tmp_path, "train")
+    with pytest.raises(DataError, match="split"):
+        load_mnist(tmp_path, "valid")
+
+
+@pytest.mark.skipif(
+    not any(d.is_dir() for d in FASHION_MNIST_SYSTEM_DIRS), reason="dataset-fashion-mnist absent"
+)
+def test_real_fashion_mnist_test_split() -> None:
+    data = load_fashion_mnist(split="test")
+    assert data.images.shape == (10000, 1, 28, 28)
+    assert int(data.labels.min()) == 0 and int(data.labels.max()) == 9
+    assert torch.bincount(data.labels).tolist() == [1000] * 10
+
+
+# ---------------------------------------------------------------------------------- CIFAR
+def _cifar_batch(n: int, seed: int, bytes_keys: bool) -> dict:
+    rng = np.random.default_rng(seed)
+    batch = {
+        "batch_label": "fake",
+        "data": rng.integers(0, 256, size=(n, 3072), dtype=np.uint8),
+        "labels": [int(v) for v in rng.integers(0, 10, size=n)],
+    }
+    return {k.encode(): v for k, v in batch.items()} if bytes_keys else batch
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_load_cifar10(tmp_path: Path, protocol: int) -> None:
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    batches = [_cifar_batch(2, i, bytes_keys=i % 2 == 0) for i in range(6)]
+    for i, batch in enumerate(batches[:5]):
+        with (folder / f"data_batch_{i + 1}").open("wb") as fh:
+            pickle.dump(batch, fh, protocol=protocol)
+    with (folder / "test_batch").open("wb") as fh:
+        pickle.dump(batches[5], fh, protocol=protocol)
+    train = load_cifar10(tmp_path, "train")
+    test = load_image_dataset("cifar10", "test", data_dir=folder)
+    assert train.images.shape == (10, 3, 32, 32) and test.images.shape == (2, 3, 32, 32)
+    first = batches[0][b"data"][0]
+    # Row layout: 1024 red, then 1024 green, then 1024 blue values, each 32x32 row-major.
+    np.testing.assert_array_equal(train.images[0, 1].numpy(), first[1024:2048].reshape(32, 32))
+    assert train.labels[:2].tolist() == batches[0][b"labels"]
+    assert test.labels.tolist() == batches[5]["labels"]
+
+
+class _Exploit:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_cifar_refuses_malicious_pickle(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    with (tmp_path / "test_batch").open("wb") as fh:
+        pickle.dump({"data": _Exploit(marker), "labels": []}, fh)
+    with pytest.raises(DataError, match="refusing to unpickle") as info:
+        load_cifar10(tmp_path, "test")
+    assert "test_batch" in str(info.value)
+    assert not marker.exists()
+
+
+def test_cifar_missing_and_malformed(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="data_batch_1"):
+        load_cifar10(tmp_path, "train")
+    with (tmp_path / "test_batch").open("wb") as fh:
+        pickle.dump({"data": np.zeros((2, 100), np.uint8), "labels": [0, 1]}, fh)
+    with pytest.raises(DataError, match="3072"):
+        load_cifar10(tmp_path, "test")
+    (tmp_path / "test_batch").write_bytes(b"not a pickle")
+    with pytest.raises(DataError, match="test_batch"):
+        load_cifar10(tmp_path, "test")
+
+
+# ------------------------------------------------------------------------------------ PNG
+def test_png_folder_round_trip(tmp_path: Path) -> None:
+    image = pytest.importorskip("PIL.Image")
+    rng = np.random.default_rng(0)
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    arrays = [rng.integers(0, 256, size=(5, 4, 3), dtype=np.uint8) for _ in range(3)]
+    for i, arr in enumerate(arrays):
+        image.fromarray(arr, mode="RGB").save(flat / f"{i:02d}.png")
+    data = load_png_folder(flat)
+    assert data.images.shape == (3, 3, 5, 4) and data.labels.tolist() == [0, 0, 0]
+    np.testing.assert_array_equal(data.images[1].numpy(), arrays[1].transpose(2, 0, 1))
+
+    classes = tmp_path / "classes" / "train"
+    for name, count in (("cat", 2), ("dog", 1)):
+        (classes / name).mkdir(parents=True)
+        for j in range(count):
+            gray = rng.integers(0, 256, size=(6, 6), dtype=np.uint8)
+            image.fromarray(gray, mode="L").save(classes / name / f"{j}.png")
+    data = load_image_dataset("png", "train", data_dir=tmp_path / "classes")
+    assert data.images.shape == (3, 1, 6, 6) and data.labels.tolist() == [0, 0, 1]
+
+    image.fromarray(np.zeros((7, 6), np.uint8), mode="L").save(classes / "dog" / "odd.png")
+    with pytest.raises(DataError, match="odd.png"):
+        load_png_folder(classes)
+    with pytest.raises(DataError, match="does not exist"):
+        load_png_folder(tmp_path / "classes", split="test")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no \\*.png"):
+        load_png_folder(tmp_path / "empty")
+
+
+# --------------------------------------------------------------------------------- digits
+def test_digits_split() -> None:
+    pytest.importorskip("sklearn")
+    train, test = load_digits("train"), load_image_dataset("digits", "test")
+    assert train.images.shape[1:] == (1, 8, 8) and train.n_levels == 17
+    assert int(train.images.max()) == 16 and len(train) + len(test) == 1797
+    assert len(test) == 1797 // 5
+    again = load_digits("test")
+    assert torch.equal(again.images, test.images) and torch.equal(again.labels, test.labels)
+
+
+def test_unknown_dataset_name() -> None:
+    with pytest.raises(DataError, match="fashion-mnist"):
+        load_image_dataset("imagenet", "train")

@@ -1,0 +1,64 @@
+"""Transform-specific checks (the shared contract is in ``tests/test_contract.py``)."""
+
+import pytest
+import torch
+
+import iresnet
+from iresnet.transforms import InjectivePad
+
+def test_actnorm_constant_channel_is_safe():
+    act = iresnet.ActNorm(3)
+    x = torch.randn(16, 3, 4, 4)
+    x[:, 1] = 2.5  # a constant channel (std 0)
+    y, logdet = act(x)
+    assert torch.isfinite(y).all() and torch.isfinite(logdet).all()
+    assert act.log_scale[1].item() == 0.0
+    torch.testing.assert_close(y[:, 0].mean(), torch.tensor(0.0), atol=1e-6, rtol=0)
+    torch.testing.assert_close(y[:, 0].std(unbiased=False), torch.tensor(1.0), atol=1e-5, rtol=0)
+
+
+def test_actnorm_initialises_once_and_not_after_loading():
+    act = iresnet.ActNorm(2)
+    act(torch.randn(8, 2) * 5 + 3)
+    bias = act.bias.clone()
+    act(torch.randn(8, 2))
+    torch.testing.assert_close(act.bias, bias)
+    fresh = iresnet.ActNorm(2)
+    fresh.load_state_dict(act.state_dict())
+    fresh(torch.randn(8, 2) * 100)
+    torch.testing.assert_close(fresh.bias, bias)
+
+
+def test_squeeze_refuses_odd_sizes():
+    with pytest.raises(ValueError, match="divisible"):
+        iresnet.Squeeze(2)(torch.randn(1, 1, 5, 4))
+
+
+def test_injective_pad_is_left_invertible():
+    pad = InjectivePad(3, 7)
+    x = torch.randn(2, 3, 4, 4)
+    y, logdet = pad(x)
+    assert y.shape == (2, 7, 4, 4) and torch.equal(y[:, 3:], torch.zeros(2, 4, 4, 4))
+    assert torch.equal(pad.inverse(y), x) and torch.equal(logdet, torch.zeros(2))
+    assert not pad.bijective
+    with pytest.raises(ValueError):
+        InjectivePad(3, 2)
+
+
+def test_composed_transform_refuses_modules_outside_the_contract():
+    with pytest.raises(TypeError, match="Transform"):
+        iresnet.ComposedTransform(iresnet.ActNorm(2), torch.nn.Linear(2, 2))
+
+
+def test_composed_transform_diagnostics_come_from_the_call():
+    """Each inverse returns the diagnostics of its own solves, in data-to-latent order; nothing
+    is left on the modules for a later call to overwrite."""
+    g = iresnet.nn.mlp_branch(2, (8,), coeff=0.5)
+    blocks = [iresnet.InvertibleResidualBlock(g, inverse=iresnet.FixedPointInverse(atol=t))
+              for t in (1e-3, 1e-9)]
+    f = iresnet.ComposedTransform(iresnet.ActNorm(2), *blocks).eval()
+    y = torch.randn(8, 2)
+    _, diagnostics = f.inverse_with_diagnostics(y)
+    assert len(diagnostics) == 2
+    assert diagnostics[0].iterations.max() < diagnostics[1].iterations.max()  # atol 1e-3 first
+    assert not any("diagnostics" in name for name in vars(blocks[0]))
