@@ -9,8 +9,9 @@ TORCH ?= torch==2.13.0
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+DOCS_STAMP := $(VENV)/.docs-stamp
 
-.PHONY: demo test test-all lint bench clean
+.PHONY: demo test lint docs clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,17 +25,23 @@ demo: $(STAMP)
 	@d=runs/demo-$$(date +%Y%m%d-%H%M%S); \
 	$(BIN)/iresnet train toy-8gaussians --out $$d && $(BIN)/iresnet evaluate $$d
 
-# The whole default test suite (slow statistical tests are in test-all).
+# The whole test suite, the docstring examples of src/ included (two worker processes).
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2
 
-# Nightly-style: everything, slow tests included.
-test-all: $(STAMP)
-	$(BIN)/python -m pytest -q -m "slow or not slow"
-
+# Style (ruff), formatting, and the import contract (the library never imports the app).
 lint: $(STAMP)
-	$(BIN)/python -m pip install -q ruff
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/lint-imports
+
+# The API reference from the docstrings (MkDocs + mkdocstrings), warnings as errors.
+$(DOCS_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q -e ".[docs]"
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	$(BIN)/mkdocs build --strict --site-dir site
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build site *.egg-info .pytest_cache

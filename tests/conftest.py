@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
-
-import iresnet
 
 
 @pytest.fixture(autouse=True)
@@ -22,4 +19,3 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-

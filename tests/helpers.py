@@ -32,7 +32,9 @@ def slogdet_of(f: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
     return torch.linalg.slogdet(explicit_jacobian(f, x)).logabsdet
 
 
-def mlp_g(dim: int, hidden: int = 16, coeff: float = 0.9, act: type[nn.Module] = iresnet.LipSwish) -> nn.Module:
+def mlp_g(
+    dim: int, hidden: int = 16, coeff: float = 0.9, act: type[nn.Module] = iresnet.LipSwish
+) -> nn.Module:
     """A residual branch ``SpectralLinear -> act -> SpectralLinear -> act -> SpectralLinear``."""
     return nn.Sequential(
         iresnet.SpectralLinear(dim, hidden, coeff=coeff),
@@ -51,8 +53,15 @@ def scale_weights(module: nn.Module, factor: float) -> None:
                 m.weight.mul_(factor)
 
 
-def mlp_flow(dim: int = 2, n_blocks: int = 2, coeff: float = 0.9, hidden: int = 16, estimator=None,
-             dtype: torch.dtype = torch.float64, atol: float = 1e-12) -> iresnet.Flow:
+def mlp_flow(
+    dim: int = 2,
+    n_blocks: int = 2,
+    coeff: float = 0.9,
+    hidden: int = 16,
+    estimator=None,
+    dtype: torch.dtype = torch.float64,
+    atol: float = 1e-12,
+) -> iresnet.Flow:
     blocks = []
     for _ in range(n_blocks):
         g = mlp_g(dim, hidden, coeff)
@@ -78,5 +87,3 @@ def make_strong_g(dim: int, low: float = 0.2, high: float = 0.6) -> nn.Module:
     with torch.no_grad():
         layer.weight.copy_(q @ torch.diag(s) @ q.T)
     return nn.Sequential(layer, nn.Tanh()).eval()
-
-

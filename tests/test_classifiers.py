@@ -84,8 +84,16 @@ def test_classifier_trunk_has_no_log_det():
 def test_hybrid_log_prob_is_base_plus_exact_logdet(levels):
     torch.manual_seed(1)
     alpha = 0.05 if levels else 0.0
-    model = HybridClassifier((1, 4, 4), 10, blocks=1, hidden_channels=4, logdet="exact",
-                             inverse=solver(), levels=levels, logit_alpha=alpha).double()
+    model = HybridClassifier(
+        (1, 4, 4),
+        10,
+        blocks=1,
+        hidden_channels=4,
+        logdet="exact",
+        inverse=solver(),
+        levels=levels,
+        logit_alpha=alpha,
+    ).double()
     if levels:
         x = torch.randint(0, levels, (3, 1, 4, 4)).double()
         ready(model, x)

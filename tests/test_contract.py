@@ -167,20 +167,39 @@ def test_every_transform_is_covered():
 
 # ----------------------------------------------------------------------------------- families
 def _residual_flow() -> nn.Module:
-    return iresnet.ResidualFlow(3, transforms=2, hidden_features=(8,), inverse=_solver(),
-                                standardize=([0.5, 0.0, -1.0], [2.0, 1.0, 0.5]))
+    return iresnet.ResidualFlow(
+        3,
+        transforms=2,
+        hidden_features=(8,),
+        inverse=_solver(),
+        standardize=([0.5, 0.0, -1.0], [2.0, 1.0, 0.5]),
+    )
 
 
 def _residual_flow_roulette() -> nn.Module:
-    return iresnet.ResidualFlow(3, transforms=2, hidden_features=(8, 8), logdet="roulette",
-                                activation="elu", inverse=_solver())
+    return iresnet.ResidualFlow(
+        3,
+        transforms=2,
+        hidden_features=(8, 8),
+        logdet="roulette",
+        activation="elu",
+        inverse=_solver(),
+    )
 
 
 def _multiscale() -> nn.Module:
-    return iresnet.MultiscaleResidualFlow((1, 4, 4), scales=2, blocks=1, hidden_channels=(4,),
-                                          logdet="exact", factor_out=True, fc_blocks=1,
-                                          fc_hidden_features=(8,), logit_alpha=0.05,
-                                          inverse=_solver())
+    return iresnet.MultiscaleResidualFlow(
+        (1, 4, 4),
+        scales=2,
+        blocks=1,
+        hidden_channels=(4,),
+        logdet="exact",
+        factor_out=True,
+        fc_blocks=1,
+        fc_hidden_features=(8,),
+        logit_alpha=0.05,
+        inverse=_solver(),
+    )
 
 
 def _classifier() -> nn.Module:
@@ -188,8 +207,9 @@ def _classifier() -> nn.Module:
 
 
 def _hybrid() -> nn.Module:
-    return iresnet.HybridClassifier((1, 4, 4), 3, hidden_channels=4, logdet="exact",
-                                    logit_alpha=0.05, inverse=_solver())
+    return iresnet.HybridClassifier(
+        (1, 4, 4), 3, hidden_channels=4, logdet="exact", logit_alpha=0.05, inverse=_solver()
+    )
 
 
 #: name -> (builder, input shape); every family built from keyword arguments
@@ -258,8 +278,7 @@ def test_family_logdet_matches_slogdet(family):
         pytest.skip("the classifier pads its input: no density, no log-det")
     with swap_logdets(model, iresnet.ExactLogDet()):
         jac = explicit_jacobian(lambda v: f(v)[0].flatten(1), x)
-        torch.testing.assert_close(f(x)[1], torch.linalg.slogdet(jac).logabsdet,
-                                   rtol=0, atol=1e-8)
+        torch.testing.assert_close(f(x)[1], torch.linalg.slogdet(jac).logabsdet, rtol=0, atol=1e-8)
         if isinstance(model, iresnet.Flow):  # and the density on top of it
             z = f(x)[0].flatten(1)
             base = -0.5 * (z.pow(2).sum(1) + z.shape[1] * math.log(2 * math.pi))

@@ -22,10 +22,18 @@ def test_mlp_flows_invert(dim, hidden, depth, coeff, batch, scale, seed):
     torch.manual_seed(seed)
     blocks = []
     for _ in range(depth):
-        g = nn.Sequential(iresnet.SpectralLinear(dim, hidden, coeff=coeff), iresnet.LipSwish(),
-                          iresnet.SpectralLinear(hidden, dim, coeff=coeff))
-        blocks.append(iresnet.InvertibleResidualBlock(
-            g, logdet=iresnet.ExactLogDet(), inverse=iresnet.FixedPointInverse(atol=1e-12, max_iter=1000, on_failure="raise")))
+        g = nn.Sequential(
+            iresnet.SpectralLinear(dim, hidden, coeff=coeff),
+            iresnet.LipSwish(),
+            iresnet.SpectralLinear(hidden, dim, coeff=coeff),
+        )
+        blocks.append(
+            iresnet.InvertibleResidualBlock(
+                g,
+                logdet=iresnet.ExactLogDet(),
+                inverse=iresnet.FixedPointInverse(atol=1e-12, max_iter=1000, on_failure="raise"),
+            )
+        )
     flow = iresnet.Flow(blocks, event_shape=(dim,)).double().eval()
     x = scale * torch.randn(batch, dim, dtype=torch.float64)
     with torch.no_grad():
@@ -44,9 +52,18 @@ def test_mlp_flows_invert(dim, hidden, depth, coeff, batch, scale, seed):
 )
 def test_conv_blocks_invert(channels, size, coeff, kernel, seed):
     torch.manual_seed(seed)
-    g = nn.Sequential(iresnet.SpectralConv2d(channels, 4, kernel, padding=kernel // 2, coeff=coeff),
-                      iresnet.LipELU(), iresnet.SpectralConv2d(4, channels, kernel, padding=kernel // 2, coeff=coeff))
-    block = iresnet.InvertibleResidualBlock(g, inverse=iresnet.FixedPointInverse(atol=1e-12, max_iter=1000, on_failure="raise")).double().eval()
+    g = nn.Sequential(
+        iresnet.SpectralConv2d(channels, 4, kernel, padding=kernel // 2, coeff=coeff),
+        iresnet.LipELU(),
+        iresnet.SpectralConv2d(4, channels, kernel, padding=kernel // 2, coeff=coeff),
+    )
+    block = (
+        iresnet.InvertibleResidualBlock(
+            g, inverse=iresnet.FixedPointInverse(atol=1e-12, max_iter=1000, on_failure="raise")
+        )
+        .double()
+        .eval()
+    )
     x = torch.randn(3, channels, size, size, dtype=torch.float64)
     with torch.no_grad():
         y, _ = block(x)

@@ -120,21 +120,6 @@ class LinearHead(nn.Module):
         return self.linear(f.flatten(1))
 
 
-
-
-class LinearHead(nn.Module):
-    """``Linear`` on the flattened features (a generalised linear model on ``z``, as in
-    Nalisnick et al., arXiv:1902.02767): ``(B, C, H, W) -> (B, K)``. The hybrid uses it: its
-    unpadded features are too few channels for pooling to keep the class information."""
-
-    def __init__(self, shape: Sequence[int], n_classes: int) -> None:
-        super().__init__()
-        self.linear = nn.Linear(math.prod(shape), n_classes)
-
-    def forward(self, f: Tensor) -> Tensor:
-        return self.linear(f.flatten(1))
-
-
 class _InvertibleNetwork(nn.Module):
     """An invertible trunk ``f = F(x)`` and a head on ``f``; see the module docstring."""
 
@@ -182,8 +167,12 @@ class _InvertibleNetwork(nn.Module):
 
 
 def _branch_options(activation: Activation, norm: str, coeff: float, n_power_iterations: int):
-    return {"activation": activation, "norm": norm, "coeff": coeff,
-            "n_power_iterations": n_power_iterations}
+    return {
+        "activation": activation,
+        "norm": norm,
+        "coeff": coeff,
+        "n_power_iterations": n_power_iterations,
+    }
 
 
 class InvertibleClassifier(_InvertibleNetwork):
@@ -245,12 +234,19 @@ class InvertibleClassifier(_InvertibleNetwork):
         c = image[0] * (4 if squeeze_first else 1)
         p = pad_channels if pad_channels is not None else max(c, hidden_channels // 2)
         entry.append(InjectivePad(c, p))
-        self._build_trunk(entry, image, {
-            "scales": scales, "blocks": blocks, "hidden_channels": hidden_channels,
-            "logdet": logdet_estimator("none"), "actnorm": actnorm,
-            "inverse": inverse if inverse is not None else FixedPointInverse(),
-            "branch": _branch_options(activation, norm, coeff, n_power_iterations),
-        })
+        self._build_trunk(
+            entry,
+            image,
+            {
+                "scales": scales,
+                "blocks": blocks,
+                "hidden_channels": hidden_channels,
+                "logdet": logdet_estimator("none"),
+                "actnorm": actnorm,
+                "inverse": inverse if inverse is not None else FixedPointInverse(),
+                "branch": _branch_options(activation, norm, coeff, n_power_iterations),
+            },
+        )
         grid = min(self.feature_shape[1:])
         if not 1 <= head_pool <= grid:
             raise ValueError(f"head_pool={head_pool} must lie in 1..{grid} (the feature grid)")
@@ -303,12 +299,19 @@ class HybridClassifier(_InvertibleNetwork):
             entry.append(Logit(logit_alpha))
         if squeeze_first:
             entry.append(Squeeze(2))
-        self._build_trunk(entry, image, {
-            "scales": scales, "blocks": blocks, "hidden_channels": hidden_channels,
-            "logdet": logdet_estimator(logdet, math.prod(image)), "actnorm": actnorm,
-            "inverse": inverse if inverse is not None else FixedPointInverse(),
-            "branch": _branch_options(activation, norm, coeff, n_power_iterations),
-        })
+        self._build_trunk(
+            entry,
+            image,
+            {
+                "scales": scales,
+                "blocks": blocks,
+                "hidden_channels": hidden_channels,
+                "logdet": logdet_estimator(logdet, math.prod(image)),
+                "actnorm": actnorm,
+                "inverse": inverse if inverse is not None else FixedPointInverse(),
+                "branch": _branch_options(activation, norm, coeff, n_power_iterations),
+            },
+        )
         self.head = LinearHead(self.feature_shape, classes)
         self.base = StandardNormal(self.feature_shape)
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from iresnet.datasets import DataBundle
 from iresnet.app import batches
 from iresnet.app.batches import EpochBatches, stage_data
+from iresnet.datasets import DataBundle
 
 
 def _images(n: int = 10) -> DataBundle:

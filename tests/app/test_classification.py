@@ -19,9 +19,20 @@ from iresnet.errors import ConfigError
 
 pytest.importorskip("sklearn")
 
-TINY = ["model.n_scales=2", "model.n_blocks=1", "model.hidden=8", "train.batch_size=32",
-        "train.steps=40", "train.eval_every=40", "train.checkpoint_every=40", "train.log_every=10",
-        "train.warmup_steps=5", "train.eval_batches=1", "train.lr=3e-3", "train.ema_decay=0"]
+TINY = [
+    "model.n_scales=2",
+    "model.n_blocks=1",
+    "model.hidden=8",
+    "train.batch_size=32",
+    "train.steps=40",
+    "train.eval_every=40",
+    "train.checkpoint_every=40",
+    "train.log_every=10",
+    "train.warmup_steps=5",
+    "train.eval_batches=1",
+    "train.lr=3e-3",
+    "train.ema_decay=0",
+]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -34,8 +45,12 @@ def tiny(*extra: str, preset: str = "digits-classifier") -> Config:
 def test_trained_constrained_classifier_inverts_its_features(tmp_path):
     result = train(tiny(), tmp_path / "run", progress=False)
     run = tmp_path / "run"
-    for name in ("model.safetensors", "learning_curve.png", "error_curve.png",
-                 "reconstructions.png"):
+    for name in (
+        "model.safetensors",
+        "learning_curve.png",
+        "error_curve.png",
+        "reconstructions.png",
+    ):
         assert (run / name).is_file(), name
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert {"loss", "acc", "grad_norm"} <= set(next(r for r in rows if "acc" in r))
@@ -74,8 +89,14 @@ def test_vanilla_evaluation_reports_a_failed_inverse_without_raising():
 
 
 def test_hybrid_trains_and_reports_bpd_and_error(tmp_path):
-    cfg = tiny("model.kind=hybrid", "model.logdet=exact", "data.logit_alpha=0.05",
-               "train.steps=10", "train.eval_every=10", "train.checkpoint_every=10")
+    cfg = tiny(
+        "model.kind=hybrid",
+        "model.logdet=exact",
+        "data.logit_alpha=0.05",
+        "train.steps=10",
+        "train.eval_every=10",
+        "train.checkpoint_every=10",
+    )
     result = train(cfg, tmp_path / "hybrid", progress=False)
     assert {"test_bpd", "test_error"} <= set(result.last_metrics)
     lines = (tmp_path / "hybrid" / "metrics.jsonl").read_text().splitlines()
@@ -87,13 +108,24 @@ def test_hybrid_trains_and_reports_bpd_and_error(tmp_path):
     assert ev["estimator"] == "exact" and 0 < ev["test_bpd"] < 10 and 0 <= ev["test_error"] <= 1
     assert ev["feature_inverse_max_error"] <= 1e-4
     samples, diagnostics = trained.task.sample(trained.model, 4)
-    assert len(diagnostics) == 2 and samples.shape == (4, 1, 8, 8) and 0 <= samples.min() and samples.max() <= 1
+    assert (
+        len(diagnostics) == 2
+        and samples.shape == (4, 1, 8, 8)
+        and 0 <= samples.min()
+        and samples.max() <= 1
+    )
 
 
 def test_sweep_writes_its_table(tmp_path):
-    rows = run_sweep("digits-classifier", ["vanilla", 0.5], tmp_path / "sweep", steps=8,
-                     overrides=["train.eval_every=8", "train.checkpoint_every=8", *TINY[:4]],
-                     n_inverse=16, command="iresnet sweep digits-classifier")
+    rows = run_sweep(
+        "digits-classifier",
+        ["vanilla", 0.5],
+        tmp_path / "sweep",
+        steps=8,
+        overrides=["train.eval_every=8", "train.checkpoint_every=8", *TINY[:4]],
+        n_inverse=16,
+        command="iresnet sweep digits-classifier",
+    )
     assert [r["coeff"] for r in rows] == ["vanilla", 0.5]
     assert rows[1]["invertible"] and not rows[0]["invertible"]
     assert rows[1]["max_lipschitz"] <= 0.5**3 * 1.01 and rows[1]["feature_inverse_max_error"] < 1e-4

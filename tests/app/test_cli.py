@@ -7,8 +7,16 @@ import pytest
 
 from iresnet.app.cli import main
 
-TINY = ["model.n_blocks=1", "model.hidden=8", "data.n_train=256", "data.n_test=128",
-        "train.batch_size=64", "train.eval_every=5", "train.checkpoint_every=5", "train.eval_batches=1"]
+TINY = [
+    "model.n_blocks=1",
+    "model.hidden=8",
+    "data.n_train=256",
+    "data.n_test=128",
+    "train.batch_size=64",
+    "train.eval_every=5",
+    "train.checkpoint_every=5",
+    "train.eval_batches=1",
+]
 
 
 def run(capsys, *argv):
@@ -37,7 +45,9 @@ def test_bad_arguments_give_one_line_errors(capsys, argv, message):
 def test_bad_data_files_are_refused(tmp_path, capsys):
     bad = tmp_path / "bad.csv"
     bad.write_text("1,2\n3,nan\n4,5\n")
-    code, _, err = run(capsys, "train", "--data", str(bad), "--out", str(tmp_path / "r"), *TINY, "--steps", "2")
+    code, _, err = run(
+        capsys, "train", "--data", str(bad), "--out", str(tmp_path / "r"), *TINY, "--steps", "2"
+    )
     assert code == 2 and "bad.csv" in err and "NaN" in err
     assert not (tmp_path / "r" / "checkpoints").exists()
 
@@ -54,12 +64,30 @@ def test_presets_and_help(capsys):
 
 def test_train_evaluate_sample_certify(tmp_path, capsys):
     out_dir = tmp_path / "run"
-    code, out, err = run(capsys, "train", *TINY, "--steps", "10", "--seed", "3", "--out", str(out_dir), "--no-progress")
+    code, out, err = run(
+        capsys,
+        "train",
+        *TINY,
+        "--steps",
+        "10",
+        "--seed",
+        "3",
+        "--out",
+        str(out_dir),
+        "--no-progress",
+    )
     assert code == 0 and "finished at step 10" in out
     assert json.loads((out_dir / "config.json").read_text())["train"]["seed"] == 3
     code, out, _ = run(capsys, "evaluate", str(out_dir), "--json", "--n-inverse", "64")
     result = json.loads(out)
-    for key in ("test_nll", "test_nll_se", "entropy_gap", "entropy_gap_se", "inverse_max_error", "invertible"):
+    for key in (
+        "test_nll",
+        "test_nll_se",
+        "entropy_gap",
+        "entropy_gap_se",
+        "inverse_max_error",
+        "invertible",
+    ):
         assert key in result
     assert result["invertible"] is True and result["inverse_max_error"] < 1e-4
     assert result["entropy_gap"] > -4 * result["entropy_gap_se"]  # a KL divergence is >= 0

@@ -3,8 +3,8 @@ import json
 import pytest
 
 from iresnet.app.config import Config
-from iresnet.errors import ConfigError
 from iresnet.app.presets import PRESETS, get_preset
+from iresnet.errors import ConfigError
 
 
 def test_round_trip_through_json():
@@ -19,7 +19,9 @@ def test_every_preset_validates(name):
 
 
 def test_overrides_qualified_and_unique_keys():
-    cfg = Config().override(["model.coeff=0.8", "lr=0.01", "actnorm=false", "data.path=x.npy", "data.path=none"])
+    cfg = Config().override(
+        ["model.coeff=0.8", "lr=0.01", "actnorm=false", "data.path=x.npy", "data.path=none"]
+    )
     assert cfg.model.coeff == 0.8 and cfg.train.lr == 0.01 and cfg.model.actnorm is False
     assert cfg.data.path is None
 

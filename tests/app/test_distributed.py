@@ -1,7 +1,6 @@
 """Data-parallel training under torchrun (gloo, 2 processes) and runs that survive signals and
 kill -9. These spawn processes, so they take a few seconds each."""
 
-import os
 import signal
 import subprocess
 import sys
@@ -13,9 +12,19 @@ from safetensors.torch import load_file
 
 from iresnet.app.checkpoint import list_checkpoints, verify_checkpoint
 
-TINY = ["model.n_blocks=2", "model.hidden=16", "data.n_train=512", "data.n_test=128", "train.batch_size=64",
-        "train.eval_every=100", "train.checkpoint_every=2", "train.eval_batches=1", "train.ema_decay=0",
-        "train.threads=1", "train.keep_last=3"]
+TINY = [
+    "model.n_blocks=2",
+    "model.hidden=16",
+    "data.n_train=512",
+    "data.n_test=128",
+    "train.batch_size=64",
+    "train.eval_every=100",
+    "train.checkpoint_every=2",
+    "train.eval_batches=1",
+    "train.ema_decay=0",
+    "train.threads=1",
+    "train.keep_last=3",
+]
 
 
 def iresnet(*args, nproc=1, timeout=240, **kw):
@@ -40,7 +49,9 @@ def test_two_processes_match_one(tmp_path):
     # Only rank 0 wrote: one metrics row per logged step, the same files as the 1-process run.
     rows = (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()
     assert len(rows) == len((tmp_path / "one" / "metrics.jsonl").read_text().splitlines())
-    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(
+        p.name for p in (tmp_path / "one").iterdir()
+    )
 
 
 def _wait_for_checkpoint(folder, proc, deadline=180):
@@ -55,7 +66,18 @@ def _wait_for_checkpoint(folder, proc, deadline=180):
 
 
 def _start(out, steps):
-    cmd = [sys.executable, "-m", "iresnet", "train", *TINY, "--no-progress", "--steps", str(steps), "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "iresnet",
+        "train",
+        *TINY,
+        "--no-progress",
+        "--steps",
+        str(steps),
+        "--out",
+        str(out),
+    ]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -67,15 +89,29 @@ def test_kill_9_then_resume_gives_same_weights(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (tmp_path / "killed" / "model.safetensors").exists()
-    resumed = subprocess.run([sys.executable, "-m", "iresnet", "train", "--resume", str(tmp_path / "killed"), "--no-progress"],
-                             capture_output=True, text=True, timeout=240)
+    resumed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "iresnet",
+            "train",
+            "--resume",
+            str(tmp_path / "killed"),
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert resumed.returncode == 0, resumed.stderr
     a, b = weights(tmp_path / "full"), weights(tmp_path / "killed")
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
     for ckpt in list_checkpoints(tmp_path / "killed" / "checkpoints"):
         verify_checkpoint(ckpt)  # none is torn
-    assert not [p for p in (tmp_path / "killed" / "checkpoints").iterdir() if p.name.startswith(".tmp")]
+    assert not [
+        p for p in (tmp_path / "killed" / "checkpoints").iterdir() if p.name.startswith(".tmp")
+    ]
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])

@@ -7,15 +7,14 @@ import pickle
 import pytest
 import torch
 
-from iresnet.app.config import Config
-from iresnet.errors import CheckpointError, ConfigError, DataError
-from iresnet.transforms import set_branch_precision
-from tests.helpers import mlp_flow
 from iresnet.app.checkpoint import latest_checkpoint, list_checkpoints
+from iresnet.app.config import Config
 from iresnet.app.runs import load_run
 from iresnet.app.training import train
-
+from iresnet.errors import CheckpointError, ConfigError, DataError
+from iresnet.transforms import set_branch_precision
 from tests.app.test_trainer import TINY, snapshot
+from tests.helpers import mlp_flow
 
 MARKER = "/tmp/iresnet-hostile-marker"
 
@@ -126,7 +125,11 @@ def test_bad_data_files_name_the_place(tmp_path, content, match):
     path = tmp_path / "data.csv"
     path.write_text(content)
     with pytest.raises(DataError, match=match) as exc:
-        train(Config().override([*TINY, "data.name=array", f"data.path={path}"]), tmp_path / "run", progress=False)
+        train(
+            Config().override([*TINY, "data.name=array", f"data.path={path}"]),
+            tmp_path / "run",
+            progress=False,
+        )
     assert "data.csv" in str(exc.value)
 
 
@@ -137,8 +140,11 @@ def test_npy_with_wrong_dtype_or_shape(tmp_path):
     np.save(tmp_path / "v.npy", np.arange(10.0))
     for name in ("s.npy", "v.npy"):
         with pytest.raises(DataError, match=name):
-            train(Config().override([*TINY, "data.name=array", f"data.path={tmp_path / name}"]),
-                  tmp_path / f"run-{name}", progress=False)
+            train(
+                Config().override([*TINY, "data.name=array", f"data.path={tmp_path / name}"]),
+                tmp_path / f"run-{name}",
+                progress=False,
+            )
 
 
 def test_bf16_branches_keep_logdet_within_tolerance():

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 import iresnet
+from iresnet import swap_logdets
 from iresnet.app.builder import build_model, squeezes_first
 from iresnet.app.config import Config
 from iresnet.app.presets import PRESETS, get_preset
 from iresnet.app.runs import load_run
-from iresnet import swap_logdets
 from iresnet.app.tasks.base import continuous_part
 from iresnet.app.training import train
 from iresnet.datasets import DataBundle
@@ -22,11 +22,24 @@ from iresnet.ops import PowerSeriesLogDet, RussianRouletteLogDet
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 TRAIN = [
-    "model.kind=resflow-image", "model.n_scales=2", "model.n_blocks=1", "model.hidden=8",
-    "model.factor_out=true", "model.fc_blocks=1", "model.fc_hidden=16", "model.logdet=series",
-    "model.n_terms=3", "data.name=digits", "train.steps=30", "train.batch_size=64",
-    "train.eval_every=30", "train.checkpoint_every=30", "train.log_every=10",
-    "train.warmup_steps=5", "train.eval_batches=1", "train.lr=3e-3",
+    "model.kind=resflow-image",
+    "model.n_scales=2",
+    "model.n_blocks=1",
+    "model.hidden=8",
+    "model.factor_out=true",
+    "model.fc_blocks=1",
+    "model.fc_hidden=16",
+    "model.logdet=series",
+    "model.n_terms=3",
+    "data.name=digits",
+    "train.steps=30",
+    "train.batch_size=64",
+    "train.eval_every=30",
+    "train.checkpoint_every=30",
+    "train.log_every=10",
+    "train.warmup_steps=5",
+    "train.eval_batches=1",
+    "train.lr=3e-3",
 ]
 
 
@@ -69,16 +82,26 @@ def test_exact_and_estimated_logdet_agree_within_standard_error(trained):
     with torch.no_grad(), swap_logdets(model, iresnet.ExactLogDet(max_dim=64)):
         exact = body(u)[1].sum()
     torch.manual_seed(1)
-    for est in (RussianRouletteLogDet(n_exact=2, neumann_gradient=False, memory_efficient=False),
-                PowerSeriesLogDet(n_terms=10)):
+    for est in (
+        RussianRouletteLogDet(n_exact=2, neumann_gradient=False, memory_efficient=False),
+        PowerSeriesLogDet(n_terms=10),
+    ):
         with torch.no_grad(), swap_logdets(model, est):  # independent draws: probes (and N)
             draws = torch.stack([body(u)[1].sum() for _ in range(200)])
         se = draws.std() / math.sqrt(draws.numel())
         assert abs(float(draws.mean() - exact)) < 4 * float(se) + 1e-9, (type(est).__name__, se)
 
 
-IMAGE_PRESETS = ("digits", "mnist", "fashion-mnist", "cifar10", "mnist-paper", "cifar10-paper",
-                 "mnist-resflow-paper", "cifar10-resflow-paper")
+IMAGE_PRESETS = (
+    "digits",
+    "mnist",
+    "fashion-mnist",
+    "cifar10",
+    "mnist-paper",
+    "cifar10-paper",
+    "mnist-resflow-paper",
+    "cifar10-resflow-paper",
+)
 
 
 def test_image_presets_build_the_families():
@@ -89,8 +112,13 @@ def test_image_presets_build_the_families():
         shape = {"digits": (1, 8, 8), "cifar10": (3, 32, 32)}.get(cfg.data.name, (1, 28, 28))
         if name.endswith("paper"):
             continue  # GPU sizes: built in the contract of the families, not here
-        data = DataBundle(name, "image", torch.zeros(1, *shape, dtype=torch.uint8),
-                          torch.zeros(1, *shape, dtype=torch.uint8), n_levels=17)
+        data = DataBundle(
+            name,
+            "image",
+            torch.zeros(1, *shape, dtype=torch.uint8),
+            torch.zeros(1, *shape, dtype=torch.uint8),
+            n_levels=17,
+        )
         flow = build_model(cfg, data)
         assert isinstance(flow, iresnet.MultiscaleResidualFlow)
         assert isinstance(flow.transform[0], iresnet.Dequantize)

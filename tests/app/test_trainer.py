@@ -10,18 +10,26 @@ import torch
 from safetensors.torch import load_file
 
 import iresnet
-
-from iresnet.app.config import Config
-from iresnet.errors import CheckpointError, ConfigError
 from iresnet.app.checkpoint import latest_checkpoint, list_checkpoints
+from iresnet.app.config import Config
 from iresnet.app.runs import load_run
 from iresnet.app.trainer import learning_rate
 from iresnet.app.training import train
+from iresnet.errors import CheckpointError, ConfigError
 
 TINY = [
-    "model.n_blocks=2", "model.hidden=16", "data.n_train=512", "data.n_test=256", "train.batch_size=64",
-    "train.steps=12", "train.eval_every=6", "train.checkpoint_every=4", "train.log_every=2",
-    "train.warmup_steps=3", "train.keep_last=10", "train.eval_batches=1",
+    "model.n_blocks=2",
+    "model.hidden=16",
+    "data.n_train=512",
+    "data.n_test=256",
+    "train.batch_size=64",
+    "train.steps=12",
+    "train.eval_every=6",
+    "train.checkpoint_every=4",
+    "train.log_every=2",
+    "train.warmup_steps=3",
+    "train.keep_last=10",
+    "train.eval_batches=1",
 ]
 
 
@@ -37,7 +45,14 @@ def test_run_folder_contents(tmp_path):
     result = train(tiny(), tmp_path / "run", progress=False)
     run = tmp_path / "run"
     assert result.step == 12 and result.stopped == "finished"
-    for name in ("config.json", "data.json", "metrics.jsonl", "model.safetensors", "figure.png", "learning_curve.png"):
+    for name in (
+        "config.json",
+        "data.json",
+        "metrics.jsonl",
+        "model.safetensors",
+        "figure.png",
+        "learning_curve.png",
+    ):
         assert (run / name).is_file(), name
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     train_rows = [r for r in rows if "loss" in r]
@@ -58,7 +73,10 @@ def test_resume_gives_the_same_final_weights(tmp_path):
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
-    steps = [json.loads(line)["step"] for line in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()]
+    steps = [
+        json.loads(line)["step"]
+        for line in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()
+    ]
     assert steps == sorted(steps) and len(steps) == len(set((s, i) for i, s in enumerate(steps)))
 
 
@@ -167,7 +185,9 @@ def test_penalty_mode_shrinks_norms_and_says_not_guaranteed_above_one(tmp_path):
 
     sums = {}
     for lam in (0.0, 1.0):
-        cfg = tiny("model.lipschitz_norm=penalty", f"train.spectral_penalty={lam}", "train.steps=20")
+        cfg = tiny(
+            "model.lipschitz_norm=penalty", f"train.spectral_penalty={lam}", "train.steps=20"
+        )
         train(cfg, tmp_path / f"run{lam}", progress=False)
         model = load_run(tmp_path / f"run{lam}").model
         with torch.no_grad():
@@ -199,14 +219,18 @@ def test_time_budgets_stop_after_the_first_step_past_them(tmp_path, budget):
     result = train(tiny(budget), tmp_path / "run", progress=False)
     assert result.step == 1 and result.stopped == "finished"
     assert (tmp_path / "run" / "model.safetensors").is_file()
-    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    rows = [
+        json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    ]
     assert [r["step"] for r in rows if "test_nll" in r] == [1]  # evaluated where it stopped
     assert len(list_checkpoints(tmp_path / "run" / "checkpoints")) == 1  # saved where it stopped
 
 
 def test_cpu_seconds_are_logged_and_increase(tmp_path):
     train(tiny("train.threads=1"), tmp_path / "run", progress=False)
-    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    rows = [
+        json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    ]
     rows = [r for r in rows if "loss" in r]
     assert all(0 < r["cpu_seconds"] for r in rows)
     assert [r["cpu_seconds"] for r in rows] == sorted(r["cpu_seconds"] for r in rows)

@@ -65,7 +65,8 @@ def test_temperature_scales_the_base_and_is_refused_for_other_bases():
     class UniformBase(nn.Module):
         def forward(self):
             return torch.distributions.Independent(
-                torch.distributions.Uniform(torch.zeros(2), torch.ones(2)), 1)
+                torch.distributions.Uniform(torch.zeros(2), torch.ones(2)), 1
+            )
 
     uniform = iresnet.Flow([iresnet.ActNorm(2)], event_shape=(2,), base=UniformBase())
     with pytest.raises(ValueError, match="normal base"):
@@ -84,7 +85,9 @@ def test_non_finite_input_is_refused(method, bad):
 
 def test_wrong_shape_names_expected_shape():
     flow = mlp_flow(dim=2, n_blocks=1).eval()
-    with pytest.raises(ValueError, match=r"expected a tensor of shape \(\*batch, 2\), got \(4, 3\)"):
+    with pytest.raises(
+        ValueError, match=r"expected a tensor of shape \(\*batch, 2\), got \(4, 3\)"
+    ):
         flow.log_prob(torch.randn(4, 3, dtype=torch.float64))
     with pytest.raises(ValueError, match=r"latent of shape \(batch, 2\)"):
         flow.inverse(torch.randn(4, 3, dtype=torch.float64))

@@ -24,9 +24,14 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def tiny(shape, seed: int = 0, **kw) -> iresnet.MultiscaleResidualFlow:
     """A float64 flow whose ActNorms were initialised on a batch, in eval mode."""
     torch.manual_seed(seed)
-    options = dict(scales=2, blocks=1, hidden_channels=(4, 4), logdet="exact",
-                   fc_hidden_features=(8, 8),
-                   inverse=iresnet.FixedPointInverse(atol=1e-13, rtol=0.0, max_iter=500))
+    options = dict(
+        scales=2,
+        blocks=1,
+        hidden_channels=(4, 4),
+        logdet="exact",
+        fc_hidden_features=(8, 8),
+        inverse=iresnet.FixedPointInverse(atol=1e-13, rtol=0.0, max_iter=500),
+    )
     flow = iresnet.MultiscaleResidualFlow(shape, **{**options, **kw}).double()
     flow.train()
     levels = kw.get("levels")
@@ -62,8 +67,15 @@ def test_shapes_inverse_and_exact_logdet(activation, factor_out, fc_blocks, shap
 
 
 def test_structure_follows_the_papers():
-    flow = iresnet.MultiscaleResidualFlow((3, 32, 32), scales=3, blocks=2, hidden_channels=(8, 8),
-                                          factor_out=True, activation="elu", squeeze_first=True)
+    flow = iresnet.MultiscaleResidualFlow(
+        (3, 32, 32),
+        scales=3,
+        blocks=2,
+        hidden_channels=(8, 8),
+        factor_out=True,
+        activation="elu",
+        squeeze_first=True,
+    )
     assert isinstance(flow.transform[0], iresnet.Squeeze)
     wrapped = [t for t in flow.transform if isinstance(t, OnActive)]
     # 12x16x16 -> squeeze 48x8x8 -> factor-out 24x8x8 -> squeeze 96x4x4 -> factor-out 48x4x4.
@@ -112,13 +124,17 @@ def test_preprocessing_log_dets_belong_to_the_model():
     assert s.shape == (4, 1, 4, 4) and torch.equal(s, s.round()) and 0 <= s.min() <= s.max() < k
 
 
-@pytest.mark.parametrize("factor_out,fc_blocks,shape,latent", [
-    (True, 1, (1, 8, 8), (64,)),
-    (False, 0, (3, 4, 4), (12, 2, 2)),
-])
+@pytest.mark.parametrize(
+    "factor_out,fc_blocks,shape,latent",
+    [
+        (True, 1, (1, 8, 8), (64,)),
+        (False, 0, (3, 4, 4), (12, 2, 2)),
+    ],
+)
 def test_sample_on_a_fresh_model(factor_out, fc_blocks, shape, latent):
-    flow = iresnet.MultiscaleResidualFlow(shape, scales=2, blocks=1, hidden_channels=(4,),
-                                          factor_out=factor_out, fc_blocks=fc_blocks)
+    flow = iresnet.MultiscaleResidualFlow(
+        shape, scales=2, blocks=1, hidden_channels=(4,), factor_out=factor_out, fc_blocks=fc_blocks
+    )
     assert flow.latent_shape == latent  # known from the transforms' shapes, no probe call
     assert flow.sample(3).shape == (3, *shape)
     assert torch.isfinite(flow.sample(2, temperature=0.5)).all()

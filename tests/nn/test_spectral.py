@@ -135,18 +135,30 @@ def test_conv_state_dict_round_trip_into_fresh_layer():
 @pytest.mark.parametrize("shape", [(7, 5), (20, 3), (3, 30)])
 def test_power_iteration_matches_svd(shape):
     w = torch.randn(*shape, dtype=torch.float64)
-    _, _, sigma, _ = power_iteration(lambda v: w @ v, lambda u: w.t() @ u, torch.randn(shape[1], dtype=torch.float64), 5000, tol=1e-14)
+    _, _, sigma, _ = power_iteration(
+        lambda v: w @ v,
+        lambda u: w.t() @ u,
+        torch.randn(shape[1], dtype=torch.float64),
+        5000,
+        tol=1e-14,
+    )
     assert sigma.item() == pytest.approx(torch.linalg.matrix_norm(w, ord=2).item(), rel=1e-8)
 
 
 def test_lipschitz_bound_of_plain_layers_is_an_upper_bound():
     lin = nn.Linear(5, 5).double()
     conv = nn.Conv2d(2, 2, 3, padding=1).double()
-    assert iresnet.lipschitz_bound_of(lin) == pytest.approx(torch.linalg.matrix_norm(lin.weight, ord=2).item())
-    jac = operator_matrix(lambda v: torch.nn.functional.conv2d(v, conv.weight, None, 1, 1), (2, 6, 6))
+    assert iresnet.lipschitz_bound_of(lin) == pytest.approx(
+        torch.linalg.matrix_norm(lin.weight, ord=2).item()
+    )
+    jac = operator_matrix(
+        lambda v: torch.nn.functional.conv2d(v, conv.weight, None, 1, 1), (2, 6, 6)
+    )
     assert iresnet.lipschitz_bound_of(conv) >= torch.linalg.matrix_norm(jac, ord=2).item() - 1e-12
     assert iresnet.lipschitz_bound_of(nn.Sequential(nn.ReLU(), nn.ELU())) == 1.0
-    assert iresnet.lipschitz_bound_of(nn.Sigmoid()) == float("inf")  # unknown module: no certificate
+    assert iresnet.lipschitz_bound_of(nn.Sigmoid()) == float(
+        "inf"
+    )  # unknown module: no certificate
 
 
 @pytest.mark.parametrize("form", ["uv", "gram"])
@@ -155,8 +167,14 @@ def test_both_appendix_b_forms_match_svd(form, start):
     """Seed appendix B: the W^T W form (eq. 32-33) and the u, v form (eq. 34), from random or
     all-ones starting vectors (the report's suggestion), converge to the SVD value."""
     w = torch.randn(12, 9, dtype=torch.float64)
-    v0 = torch.randn(9, dtype=torch.float64) if start == "random" else torch.ones(9, dtype=torch.float64)
-    _, _, sigma, _ = power_iteration(lambda v: w @ v, lambda u: w.t() @ u, v0, 10_000, tol=1e-15, form=form)
+    v0 = (
+        torch.randn(9, dtype=torch.float64)
+        if start == "random"
+        else torch.ones(9, dtype=torch.float64)
+    )
+    _, _, sigma, _ = power_iteration(
+        lambda v: w @ v, lambda u: w.t() @ u, v0, 10_000, tol=1e-15, form=form
+    )
     assert sigma.item() == pytest.approx(torch.linalg.matrix_norm(w, ord=2).item(), rel=1e-8)
 
 
@@ -200,7 +218,8 @@ def test_frobenius_certificate_bounds_the_exact_norm_of_every_block(scale, strid
     bound in force, which must never be below the exact SVD value of the block's layers, whether
     the bound clamps (large weights) or not (small weights), for linear and strided convolutions."""
     lin_g = nn.Sequential(
-        iresnet.SpectralLinear(5, 11, coeff=0.9, norm="frobenius"), iresnet.LipSwish(),
+        iresnet.SpectralLinear(5, 11, coeff=0.9, norm="frobenius"),
+        iresnet.LipSwish(),
         iresnet.SpectralLinear(11, 5, coeff=0.9, norm="frobenius"),
     ).double()
     conv_g = nn.Sequential(
@@ -236,7 +255,6 @@ def test_both_appendix_b_forms_match_the_svd_of_a_convolution(form):
     v0 = torch.ones(1, 3, 7, 7, dtype=torch.float64)
     _, _, sigma, _ = power_iteration(fwd, adj, v0, 20_000, tol=1e-15, form=form)
     assert sigma.item() == pytest.approx(torch.linalg.matrix_norm(jac, ord=2).item(), rel=1e-7)
-
 
 
 def _layer_tracking_the_second_of_two_close_singular_values() -> tuple[
@@ -285,7 +303,9 @@ def test_operator_norm_is_cached_until_the_weight_changes(monkeypatch):
     conv.eval()
     calls = []
     real = lip.linear_operator_norm
-    monkeypatch.setattr(lip, "linear_operator_norm", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(
+        lip, "linear_operator_norm", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
     first = conv.operator_norm()
     assert conv.operator_norm() == first and len(calls) == 1
     with torch.no_grad():

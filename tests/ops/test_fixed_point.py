@@ -8,11 +8,12 @@ import torch
 
 import iresnet
 from iresnet.ops import banach_iterations, fixed_point_solve
-
 from tests.helpers import make_strong_g, mlp_flow, mlp_g, scale_weights
 
 
-@pytest.mark.parametrize("dtype,atol,tol", [(torch.float32, 1e-6, 1e-5), (torch.float64, 1e-13, 1e-10)])
+@pytest.mark.parametrize(
+    "dtype,atol,tol", [(torch.float32, 1e-6, 1e-5), (torch.float64, 1e-13, 1e-10)]
+)
 def test_eight_block_flow_inverts(dtype, atol, tol):
     flow = mlp_flow(dim=2, n_blocks=8, coeff=0.9, dtype=dtype, atol=atol).eval()
     x = 2 * torch.randn(256, 2, dtype=dtype)
@@ -33,7 +34,7 @@ def test_iterations_respect_the_banach_bound():
     assert diag.lipschitz == pytest.approx(lip)
     # Stopping on max|x_{k+1}-x_k| <= atol happens no later than the step eq. (15) guarantees:
     # ||x_{k+1}-x_k||_2 <= L^k ||x_1-x_0||_2.
-    for it, first in zip(diag.iterations.tolist(), diag.first_step.tolist()):
+    for it, first in zip(diag.iterations.tolist(), diag.first_step.tolist(), strict=True):
         guaranteed = math.ceil(math.log(1e-10 / first) / math.log(lip)) + 1 if first > 1e-10 else 1
         assert it <= guaranteed
     # The a-priori bound (eq. 36) is never below the true error of the iterate it bounds.
@@ -72,7 +73,10 @@ def test_non_convergence_warns_or_raises():
     assert not diag.converged.all()
 
 
-@pytest.mark.parametrize("kwargs", [{"atol": 0.0, "rtol": 0.0}, {"max_iter": 0}, {"anderson": -1}, {"on_failure": "ignore"}])
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"atol": 0.0, "rtol": 0.0}, {"max_iter": 0}, {"anderson": -1}, {"on_failure": "ignore"}],
+)
 def test_bad_solver_settings(kwargs):
     with pytest.raises(ValueError):
         iresnet.FixedPointInverse(**kwargs)
@@ -102,7 +106,9 @@ def test_implicit_gradient_gradcheck_parameters_and_input():
     assert iresnet.lipschitz_bound_of(g) < 1
     solver = iresnet.FixedPointInverse(atol=1e-14, max_iter=1000)
     y = torch.randn(3, 2, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda v: solver(g, v), (y,), atol=1e-7, check_undefined_grad=False)
+    assert torch.autograd.gradcheck(
+        lambda v: solver(g, v), (y,), atol=1e-7, check_undefined_grad=False
+    )
     w = g[0].weight
     # Parameter gradient against finite differences of the solve itself.
     x = solver(g, y.detach())
@@ -121,13 +127,15 @@ def test_implicit_gradient_gradcheck_parameters_and_input():
 
 def test_inverse_does_not_move_power_iteration_vectors_in_training_mode():
     g = mlp_g(2, 8, 0.9).double()
-    block = iresnet.InvertibleResidualBlock(g, inverse=iresnet.FixedPointInverse(atol=1e-12, max_iter=500))
+    block = iresnet.InvertibleResidualBlock(
+        g, inverse=iresnet.FixedPointInverse(atol=1e-12, max_iter=500)
+    )
     x = torch.randn(16, 2, dtype=torch.float64)
     y, _ = block(x)  # training mode: one power-iteration step, then the map is fixed
     u_before = [m.u.clone() for m in g.modules() if isinstance(m, iresnet.SpectralLinear)]
     x_rec = block.inverse(y.detach())
     u_after = [m.u for m in g.modules() if isinstance(m, iresnet.SpectralLinear)]
-    assert all(torch.equal(a, b) for a, b in zip(u_before, u_after))
+    assert all(torch.equal(a, b) for a, b in zip(u_before, u_after, strict=True))
     torch.testing.assert_close(x_rec, x, rtol=0, atol=1e-10)
 
 
@@ -138,7 +146,8 @@ def _random_block_g(kind: str, coeff: float, seed: int) -> torch.nn.Module:
         g = mlp_g(3, 16, coeff).double()
     else:
         g = torch.nn.Sequential(
-            iresnet.SpectralConv2d(2, 8, 3, padding=1, coeff=coeff), iresnet.LipSwish(),
+            iresnet.SpectralConv2d(2, 8, 3, padding=1, coeff=coeff),
+            iresnet.LipSwish(),
             iresnet.SpectralConv2d(8, 2, 3, padding=1, coeff=coeff),
         ).double()
         g(torch.zeros(1, 2, 5, 5, dtype=torch.float64))  # the convolutions learn their input shape
@@ -167,7 +176,10 @@ def test_eq36_bound_is_never_below_the_measured_error_on_random_blocks(kind, coe
         assert (diag.iterations <= n).all()
         err = (x_n - x_true).reshape(shape[0], -1).norm(dim=1)
         # 1e-12 absorbs the float64 rounding of x_true itself once the bound reaches it.
-        assert (err <= diag.a_priori_bound * (1 + 1e-9) + 1e-12).all(), (n, (err / diag.a_priori_bound).max())
+        assert (err <= diag.a_priori_bound * (1 + 1e-9) + 1e-12).all(), (
+            n,
+            (err / diag.a_priori_bound).max(),
+        )
     # The block's own inverse attaches the same bound with the same certified L.
     block.inverse_solver = iresnet.FixedPointInverse(atol=1e-300, max_iter=4, on_failure="warn")
     with warnings.catch_warnings():

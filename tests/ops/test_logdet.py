@@ -7,7 +7,6 @@ import torch
 
 import iresnet
 from iresnet.ops import exact_logdet, jacobian, roulette_weights, sample_probes, series_logdet
-
 from tests.helpers import make_strong_g, mlp_g, scale_weights
 
 
@@ -102,7 +101,9 @@ def _grads(estimator, g, x):
     _, ld = estimator(g, x)
     grads = torch.autograd.grad(ld.mean(), [x, *params], allow_unused=True)
     # The last bias does not enter the Jacobian: its log-det gradient is zero (None).
-    flat = [torch.zeros_like(p) if t is None else t for t, p in zip(grads, [x, *params])]
+    flat = [
+        torch.zeros_like(p) if t is None else t for t, p in zip(grads, [x, *params], strict=True)
+    ]
     return torch.cat([t.flatten() for t in flat]), ld.detach()
 
 
@@ -115,7 +116,9 @@ def test_neumann_gradient_is_unbiased(memory_efficient):
     g = make_g(3, coeff=0.8, hidden=8)
     x = torch.randn(2, 3, dtype=torch.float64)
     exact = _exact_grads(g, x)
-    est = iresnet.RussianRouletteLogDet(n_exact=1, p=0.5, n_probes=8, memory_efficient=memory_efficient)
+    est = iresnet.RussianRouletteLogDet(
+        n_exact=1, p=0.5, n_probes=8, memory_efficient=memory_efficient
+    )
     draws = torch.stack([_grads(est, g, x)[0] for _ in range(400)])
     mean, se = draws.mean(0), draws.std(0) / math.sqrt(draws.shape[0])
     z = (mean - exact).abs() / (se + 1e-12)
@@ -130,8 +133,12 @@ def test_memory_efficient_equals_plain_backprop_with_same_draws(neumann, cls):
 
     def build(mem):
         if cls == "series":
-            return iresnet.PowerSeriesLogDet(n_terms=6, n_probes=2, neumann_gradient=neumann, memory_efficient=mem)
-        return iresnet.RussianRouletteLogDet(n_exact=3, neumann_gradient=neumann, memory_efficient=mem)
+            return iresnet.PowerSeriesLogDet(
+                n_terms=6, n_probes=2, neumann_gradient=neumann, memory_efficient=mem
+            )
+        return iresnet.RussianRouletteLogDet(
+            n_exact=3, neumann_gradient=neumann, memory_efficient=mem
+        )
 
     torch.manual_seed(123)
     a, lda = _grads(build(True), g, x)
@@ -154,7 +161,11 @@ def test_value_is_the_estimate_not_the_surrogate():
 def test_gradients_reach_input_and_parameters():
     g = make_g(4)
     g.train()
-    for est in (iresnet.ExactLogDet(), iresnet.PowerSeriesLogDet(), iresnet.RussianRouletteLogDet()):
+    for est in (
+        iresnet.ExactLogDet(),
+        iresnet.PowerSeriesLogDet(),
+        iresnet.RussianRouletteLogDet(),
+    ):
         x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
         gx, ld = est(g, x)
         (gx.sum() + ld.sum()).backward()
@@ -176,7 +187,11 @@ def test_no_grad_evaluation_returns_detached_values():
     g = make_g(4)
     x = torch.randn(3, 4, dtype=torch.float64)
     with torch.no_grad():
-        for est in (iresnet.ExactLogDet(), iresnet.PowerSeriesLogDet(), iresnet.RussianRouletteLogDet()):
+        for est in (
+            iresnet.ExactLogDet(),
+            iresnet.PowerSeriesLogDet(),
+            iresnet.RussianRouletteLogDet(),
+        ):
             gx, ld = est(g, x)
             assert not gx.requires_grad and not ld.requires_grad and ld.shape == (3,)
 
@@ -192,10 +207,15 @@ def test_probes_follow_generator_and_device():
 
 
 def test_series_logdet_accepts_explicit_probes_for_conv_inputs():
-    conv_g = torch.nn.Sequential(
-        iresnet.SpectralConv2d(1, 4, 3, padding=1, coeff=0.9), iresnet.LipSwish(),
-        iresnet.SpectralConv2d(4, 1, 3, padding=1, coeff=0.9),
-    ).double().eval()
+    conv_g = (
+        torch.nn.Sequential(
+            iresnet.SpectralConv2d(1, 4, 3, padding=1, coeff=0.9),
+            iresnet.LipSwish(),
+            iresnet.SpectralConv2d(4, 1, 3, padding=1, coeff=0.9),
+        )
+        .double()
+        .eval()
+    )
     x = torch.randn(1, 1, 4, 4, dtype=torch.float64)
     conv_g(x)
     # 2000 copies of one input, one probe each: per-sample estimates are iid Hutchinson draws.
@@ -223,8 +243,12 @@ def test_power_series_bad_settings(kwargs, match):
 
 @pytest.mark.parametrize(
     "kwargs,match",
-    [({"p": 1.0}, "p must"), ({"distribution": "poisson", "rate": 0.0}, "rate"), ({"n_exact": 0}, "n_exact"),
-     ({"distribution": "binomial"}, "distribution")],
+    [
+        ({"p": 1.0}, "p must"),
+        ({"distribution": "poisson", "rate": 0.0}, "rate"),
+        ({"n_exact": 0}, "n_exact"),
+        ({"distribution": "binomial"}, "distribution"),
+    ],
 )
 def test_roulette_bad_settings(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -6,6 +6,7 @@ import torch
 import iresnet
 from iresnet.transforms import InjectivePad
 
+
 def test_actnorm_constant_channel_is_safe():
     act = iresnet.ActNorm(3)
     x = torch.randn(16, 3, 4, 4)
@@ -54,8 +55,10 @@ def test_composed_transform_diagnostics_come_from_the_call():
     """Each inverse returns the diagnostics of its own solves, in data-to-latent order; nothing
     is left on the modules for a later call to overwrite."""
     g = iresnet.nn.mlp_branch(2, (8,), coeff=0.5)
-    blocks = [iresnet.InvertibleResidualBlock(g, inverse=iresnet.FixedPointInverse(atol=t))
-              for t in (1e-3, 1e-9)]
+    blocks = [
+        iresnet.InvertibleResidualBlock(g, inverse=iresnet.FixedPointInverse(atol=t))
+        for t in (1e-3, 1e-9)
+    ]
     f = iresnet.ComposedTransform(iresnet.ActNorm(2), *blocks).eval()
     y = torch.randn(8, 2)
     _, diagnostics = f.inverse_with_diagnostics(y)

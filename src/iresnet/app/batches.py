@@ -8,6 +8,7 @@ so a resumed run continues with exactly the batches the interrupted one would ha
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+
 import torch
 from torch import Tensor
 from torch.utils.data.distributed import DistributedSampler
@@ -55,15 +56,21 @@ class EpochBatches:
 
     def __post_init__(self) -> None:
         if self.batch_size % self.world:
-            raise ValueError(f"batch size {self.batch_size} does not split evenly over {self.world} processes")
+            raise ValueError(
+                f"batch size {self.batch_size} does not split evenly over {self.world} processes"
+            )
         self.local_batch = self.batch_size // self.world
         self._order: Tensor | None = None
 
     def _epoch_order(self) -> Tensor:
         if self._order is None:
             sampler = DistributedSampler(
-                range(self.n), num_replicas=self.world, rank=self.rank, shuffle=True,
-                seed=self.seed, drop_last=True,
+                range(self.n),
+                num_replicas=self.world,
+                rank=self.rank,
+                shuffle=True,
+                seed=self.seed,
+                drop_last=True,
             )
             sampler.set_epoch(self.epoch)
             self._order = torch.tensor(list(iter(sampler)), dtype=torch.long)

@@ -39,10 +39,15 @@ __all__ = [
 
 #: Family keyword argument -> the config key that sets it (for error messages).
 FAMILY_ARGS = {
-    "scales": "model.n_scales", "blocks": "model.n_blocks", "transforms": "model.n_blocks",
-    "head_pool": "model.head_pool", "squeeze_first": "model.init_squeeze",
-    "hidden_channels": "model.hidden", "hidden_features": "model.hidden",
-    "fc_blocks": "model.fc_blocks", "coeff": "model.coeff",
+    "scales": "model.n_scales",
+    "blocks": "model.n_blocks",
+    "transforms": "model.n_blocks",
+    "head_pool": "model.head_pool",
+    "squeeze_first": "model.init_squeeze",
+    "hidden_channels": "model.hidden",
+    "hidden_features": "model.hidden",
+    "fc_blocks": "model.fc_blocks",
+    "coeff": "model.coeff",
 }
 
 
@@ -117,8 +122,13 @@ def _common(cfg: ModelConfig) -> dict[str, Any]:
         act: Any = functools.partial(LipSwish, cfg.lipswish_beta)
     else:
         act = LipELU
-    return {"coeff": cfg.coeff, "norm": norm, "activation": act,
-            "n_power_iterations": cfg.n_power_iterations, "inverse": build_inverse(cfg)}
+    return {
+        "coeff": cfg.coeff,
+        "norm": norm,
+        "activation": act,
+        "n_power_iterations": cfg.n_power_iterations,
+        "inverse": build_inverse(cfg),
+    }
 
 
 def build_model(cfg: Config, data: DataBundle) -> nn.Module:
@@ -147,9 +157,7 @@ def _config_words(message: str) -> str:
     return f"cannot build the model: {message}{hint}"
 
 
-def _build(
-    cfg: ModelConfig, data: DataBundle, shape: tuple[int, ...], alpha: float
-) -> nn.Module:
+def _build(cfg: ModelConfig, data: DataBundle, shape: tuple[int, ...], alpha: float) -> nn.Module:
     common = _common(cfg)
     dim = math.prod(shape)
     hidden = (cfg.hidden,) * (cfg.n_layers - 1)
@@ -187,8 +195,13 @@ def _build(
             logit_alpha=alpha,
             **common,
         )
-    stages = {"scales": cfg.n_scales, "blocks": cfg.n_blocks, "hidden_channels": cfg.hidden,
-              "actnorm": cfg.actnorm, "squeeze_first": cfg.init_squeeze}
+    stages = {
+        "scales": cfg.n_scales,
+        "blocks": cfg.n_blocks,
+        "hidden_channels": cfg.hidden,
+        "actnorm": cfg.actnorm,
+        "squeeze_first": cfg.init_squeeze,
+    }
     if cfg.kind == "classifier":
         return InvertibleClassifier(
             shape, cfg.n_classes, head_pool=cfg.head_pool, **stages, **common

@@ -128,19 +128,26 @@ def verify_checkpoint(path: Path) -> dict[str, Any]:
     """Check a checkpoint folder's manifest and hashes; return the manifest or raise."""
     manifest_path = path / "MANIFEST.json"
     if not manifest_path.is_file():
-        raise CheckpointError(f"{path}: no MANIFEST.json: the checkpoint is incomplete (torn by a crash?)")
+        raise CheckpointError(
+            f"{path}: no MANIFEST.json: the checkpoint is incomplete (torn by a crash?)"
+        )
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{manifest_path}: unreadable manifest ({exc})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not an iresnet checkpoint (format {manifest.get('format')!r}, expected {FORMAT!r})")
+        raise CheckpointError(
+            f"{path}: not an iresnet checkpoint (format {manifest.get('format')!r}, "
+            f"expected {FORMAT!r})"
+        )
     for name in _FILES:
         f = path / name
         if not f.is_file():
             raise CheckpointError(f"{path}: {name} is missing")
         if _sha256(f) != manifest.get("files", {}).get(name):
-            raise CheckpointError(f"{f}: contents do not match the manifest (truncated or modified)")
+            raise CheckpointError(
+                f"{f}: contents do not match the manifest (truncated or modified)"
+            )
     return manifest
 
 
@@ -170,8 +177,9 @@ def load_weights(module: nn.Module, path: Path) -> None:
     unexpected = sorted(set(state) - set(own))
     if missing or unexpected:
         raise CheckpointError(
-            f"{path}: weights do not fit this model (missing {missing[:5]}, unexpected {unexpected[:5]}); "
-            "was it saved by a model with another config?"
+            f"{path}: weights do not fit this model (missing {missing[:5]}, unexpected "
+            f"{unexpected[:5]}); was it saved by a model with another config, or by iresnet "
+            "0.1 (whose module layout differs: retrain with this version)?"
         )
     for key, value in state.items():
         ref = own[key]
@@ -179,7 +187,8 @@ def load_weights(module: nn.Module, path: Path) -> None:
         resizable = key.endswith((".u", ".v")) and ref.numel() == 0
         if value.shape != ref.shape and not resizable:
             raise CheckpointError(
-                f"{path}: '{key}' has shape {tuple(value.shape)} but the model expects {tuple(ref.shape)}"
+                f"{path}: '{key}' has shape {tuple(value.shape)} but the model expects "
+                f"{tuple(ref.shape)}"
             )
     module.load_state_dict(state)
 

@@ -43,57 +43,109 @@ def _config_keys_help() -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="iresnet",
-        description="Invertible Residual Networks and Residual Flows: train, evaluate, sample, certify.",
+        description="Invertible Residual Networks and Residual Flows: "
+        "train, evaluate, sample, certify.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     fmt = argparse.RawDescriptionHelpFormatter
 
-    p = sub.add_parser("train", help="train a model (default: the 2-D toy model on 8gaussians)",
-                       formatter_class=fmt, epilog=_config_keys_help(),
-                       description="Train a preset, with any config field overridden as KEY=VALUE. "
-                                   "The resolved config is printed and saved in the run folder.")
-    p.add_argument("preset", nargs="?", default=None,
-                   help="preset name (see `iresnet presets`; default toy-8gaussians)")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.lr=1e-3")
-    p.add_argument("--out", type=Path, default=None,
-                   help="run folder to create (default runs/PRESET, or runs/PRESET-2, ... if taken)")
+    p = sub.add_parser(
+        "train",
+        help="train a model (default: the 2-D toy model on 8gaussians)",
+        formatter_class=fmt,
+        epilog=_config_keys_help(),
+        description="Train a preset, with any config field overridden as KEY=VALUE. "
+        "The resolved config is printed and saved in the run folder.",
+    )
+    p.add_argument(
+        "preset",
+        nargs="?",
+        default=None,
+        help="preset name (see `iresnet presets`; default toy-8gaussians)",
+    )
+    p.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.lr=1e-3"
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="run folder to create (default runs/PRESET, or runs/PRESET-2, ... if taken)",
+    )
     p.add_argument("--steps", type=int, default=None, help="optimiser steps (train.steps)")
     p.add_argument("--seed", type=int, default=None, help="training seed (train.seed)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (train.device)")
-    p.add_argument("--data", type=Path, default=None,
-                   help="your own (N, d) data as .npy or .csv (sets data.name=array, data.path)")
-    p.add_argument("--data-dir", type=Path, default=None, help="folder holding an image set's files (data.data_dir)")
-    p.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
-                   help="continue RUN_DIR from its newest valid checkpoint (with --steps to extend it)")
+    p.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="your own (N, d) data as .npy or .csv (sets data.name=array, data.path)",
+    )
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="folder holding an image set's files (data.data_dir)",
+    )
+    p.add_argument(
+        "--resume",
+        type=Path,
+        default=None,
+        metavar="RUN_DIR",
+        help="continue RUN_DIR from its newest valid checkpoint (with --steps to extend it)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--nproc", type=int, default=1,
-                   help="data-parallel processes on this machine: re-launches itself under "
-                        "`torchrun --standalone --nproc_per_node=N` (DDP; gloo on CPU, nccl on GPU)")
+    p.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        help="data-parallel processes on this machine: re-launches itself under "
+        "`torchrun --standalone --nproc_per_node=N` (DDP; gloo on CPU, nccl on GPU)",
+    )
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and stop")
 
-    p = sub.add_parser("evaluate", help="evaluate a run: test likelihood, gap to truth, inverse, certificate",
-                       description="Evaluate a trained run with the best estimator the dimension allows "
-                                   "(exact log-det where it fits), the inverse's reconstruction error and "
-                                   "the Lipschitz certificate.")
+    p = sub.add_parser(
+        "evaluate",
+        help="evaluate a run: test likelihood, gap to truth, inverse, certificate",
+        description="Evaluate a trained run with the best estimator the dimension allows "
+        "(exact log-det where it fits), the inverse's reconstruction error and "
+        "the Lipschitz certificate.",
+    )
     p.add_argument("run_dir", type=Path, help="the run folder")
     p.add_argument("--json", action="store_true", help="print one JSON object (for scripts)")
     p.add_argument("--device", default=None, help="evaluate on this device instead of the run's")
-    p.add_argument("--n-inverse", type=int, default=512, help="test points reconstructed through the inverse")
-    p.add_argument("--n-test", type=int, default=None,
-                   help="density models: the likelihood on the first N test points only (default: all; "
-                        "the standard error is over the points evaluated)")
+    p.add_argument(
+        "--n-inverse", type=int, default=512, help="test points reconstructed through the inverse"
+    )
+    p.add_argument(
+        "--n-test",
+        type=int,
+        default=None,
+        help="density models: the likelihood on the first N test points only (default: all; "
+        "the standard error is over the points evaluated)",
+    )
 
-    p = sub.add_parser("sample", help="draw samples from a trained flow (by inverting it)",
-                       description="Draw samples x = f^{-1}(z), z ~ N(0, T^2 I), and save them.")
+    p = sub.add_parser(
+        "sample",
+        help="draw samples from a trained flow (by inverting it)",
+        description="Draw samples x = f^{-1}(z), z ~ N(0, T^2 I), and save them.",
+    )
     p.add_argument("run_dir", type=Path, help="the run folder")
     p.add_argument("-n", "--num", type=int, default=1000, help="number of samples")
     p.add_argument("--temperature", type=float, default=1.0, help="scale T of the base normal")
-    p.add_argument("--out", type=Path, default=None,
-                   help="output file: .npy (array), .csv or .png (picture); default RUN_DIR/samples.npy")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="output file: .npy (array), .csv or .png (picture); default RUN_DIR/samples.npy",
+    )
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
 
-    p = sub.add_parser("certify", help="print every residual block's Lipschitz bound",
-                       description="Certify invertibility: every block's Lip(g) bound must be < 1.")
+    p = sub.add_parser(
+        "certify",
+        help="print every residual block's Lipschitz bound",
+        description="Certify invertibility: every block's Lip(g) bound must be < 1.",
+    )
     p.add_argument("run_dir", type=Path, help="the run folder")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -140,8 +192,16 @@ def _launch_torchrun(nproc: int, argv: Sequence[str]) -> int:
             skip = True
         elif not a.startswith("--nproc="):
             rest.append(a)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "iresnet", *rest]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "iresnet",
+        *rest,
+    ]
     return subprocess.call(cmd, env=os.environ.copy())
 
 
@@ -150,7 +210,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         run = Run(args.resume)
         cfg = run.load_config()
         if args.overrides or args.preset:
-            raise ConfigError("--resume continues a run with its saved config; only --steps may change it")
+            raise ConfigError(
+                "--resume continues a run with its saved config; only --steps may change it"
+            )
         if args.steps is not None:
             cfg = cfg.override([f"train.steps={args.steps}"])
             run.save_config(cfg)
@@ -164,7 +226,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         out = args.out or _free_run_dir(cfg.preset)
         result = train(cfg, out, progress=not args.no_progress)
     verb = "finished" if result.stopped == "finished" else "stopped by a signal (checkpoint saved)"
-    metrics = ", ".join(f"{k} {v:.4f}" for k, v in result.last_metrics.items() if not k.endswith("_se"))
+    metrics = ", ".join(
+        f"{k} {v:.4f}" for k, v in result.last_metrics.items() if not k.endswith("_se")
+    )
     print(f"{verb} at step {result.step}: {metrics}; run folder: {result.run_dir}")
     return 0
 
@@ -217,8 +281,10 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     else:
         raise ConfigError(f"--out must end in .npy, .csv or .png, got '{out.suffix}'")
     worst = max((float(d.residual.max()) for d in diags), default=0.0)
-    print(f"wrote {args.num} samples to {out} (inverse converged: "
-          f"{all(d.all_converged for d in diags)}, largest final step {worst:.2e})")
+    print(
+        f"wrote {args.num} samples to {out} (inverse converged: "
+        f"{all(d.all_converged for d in diags)}, largest final step {worst:.2e})"
+    )
     return 0
 
 
@@ -237,8 +303,14 @@ def _cmd_presets(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": _cmd_train, "evaluate": _cmd_evaluate, "sample": _cmd_sample,
-            "certify": _cmd_certify, "presets": _cmd_presets, "sweep": cmd_sweep}
+COMMANDS = {
+    "train": _cmd_train,
+    "evaluate": _cmd_evaluate,
+    "sample": _cmd_sample,
+    "certify": _cmd_certify,
+    "presets": _cmd_presets,
+    "sweep": cmd_sweep,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -105,8 +105,19 @@ class ModelConfig:
             raise ConfigError(f"model.coeff must lie in (0, 1], got {self.coeff}")
         if not 0.0 < self.roulette_p < 1.0:
             raise ConfigError(f"model.roulette_p must lie in (0, 1), got {self.roulette_p}")
-        for name in ("n_blocks", "hidden", "n_power_iterations", "n_terms", "n_exact", "n_probes",
-                     "inverse_max_iter", "n_scales", "fc_hidden", "n_classes", "head_pool"):
+        for name in (
+            "n_blocks",
+            "hidden",
+            "n_power_iterations",
+            "n_terms",
+            "n_exact",
+            "n_probes",
+            "inverse_max_iter",
+            "n_scales",
+            "fc_hidden",
+            "n_classes",
+            "head_pool",
+        ):
             _positive(f"model.{name}", getattr(self, name))
         _at_least("model.n_layers", self.n_layers, 2)
         _at_least("model.anderson", self.anderson, 0)
@@ -209,8 +220,16 @@ class TrainConfig:
     augment: bool = False
 
     def validate(self) -> None:
-        for name in ("steps", "batch_size", "eval_every", "log_every", "checkpoint_every",
-                     "keep_last", "eval_batches", "max_bad_steps"):
+        for name in (
+            "steps",
+            "batch_size",
+            "eval_every",
+            "log_every",
+            "checkpoint_every",
+            "keep_last",
+            "eval_batches",
+            "max_bad_steps",
+        ):
             _positive(f"train.{name}", getattr(self, name))
         _choice("train.optimizer", self.optimizer, ("adam", "adamw", "sgd"))
         _choice("train.lr_schedule", self.lr_schedule, ("constant", "cosine"))
@@ -225,7 +244,9 @@ class TrainConfig:
         if self.spectral_penalty < 0:
             raise ConfigError(f"train.spectral_penalty must be >= 0, got {self.spectral_penalty}")
         if self.weight_decay < 0 or self.grad_clip < 0 or self.density_weight < 0:
-            raise ConfigError("train.weight_decay, train.grad_clip and train.density_weight must be >= 0")
+            raise ConfigError(
+                "train.weight_decay, train.grad_clip and train.density_weight must be >= 0"
+            )
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f"train.ema_decay must lie in [0, 1), got {self.ema_decay}")
 
@@ -261,18 +282,26 @@ class Config:
             raise ConfigError(f"a config must be a JSON object, got {type(d).__name__}")
         unknown = set(d) - {*SECTIONS, "preset"}
         if unknown:
-            raise ConfigError(f"unknown config section(s) {sorted(unknown)}; known: {sorted(SECTIONS)}")
+            raise ConfigError(
+                f"unknown config section(s) {sorted(unknown)}; known: {sorted(SECTIONS)}"
+            )
         parts = {}
         for name, section_cls in SECTIONS.items():
             raw = d.get(name, {})
             if not isinstance(raw, dict):
-                raise ConfigError(f"config section '{name}' must be an object, got {type(raw).__name__}")
+                raise ConfigError(
+                    f"config section '{name}' must be an object, got {type(raw).__name__}"
+                )
             known = {f.name: f for f in fields(section_cls)}
             bad = set(raw) - set(known)
             if bad:
-                raise ConfigError(f"unknown key(s) {sorted(bad)} in section '{name}'; known: {sorted(known)}")
+                raise ConfigError(
+                    f"unknown key(s) {sorted(bad)} in section '{name}'; known: {sorted(known)}"
+                )
             hints = typing.get_type_hints(section_cls)
-            parts[name] = section_cls(**{k: _check_type(f"{name}.{k}", v, hints[k]) for k, v in raw.items()})
+            parts[name] = section_cls(
+                **{k: _check_type(f"{name}.{k}", v, hints[k]) for k, v in raw.items()}
+            )
         preset = d.get("preset", "custom")
         if not isinstance(preset, str):
             raise ConfigError("config key 'preset' must be a string")
@@ -283,7 +312,9 @@ class Config:
         d = self.to_dict()
         for item in assignments:
             if "=" not in item:
-                raise ConfigError(f"override '{item}' is not of the form key=value (e.g. model.coeff=0.8)")
+                raise ConfigError(
+                    f"override '{item}' is not of the form key=value (e.g. model.coeff=0.8)"
+                )
             key, text = item.split("=", 1)
             section, name = _resolve_key(key.strip())
             hint = typing.get_type_hints(SECTIONS[section])[name]
@@ -295,7 +326,9 @@ def _resolve_key(key: str) -> tuple[str, str]:
     if "." in key:
         section, name = key.split(".", 1)
         if section not in SECTIONS:
-            raise ConfigError(f"unknown config section '{section}' in '{key}'; known: {sorted(SECTIONS)}")
+            raise ConfigError(
+                f"unknown config section '{section}' in '{key}'; known: {sorted(SECTIONS)}"
+            )
         if name not in {f.name for f in fields(SECTIONS[section])}:
             raise ConfigError(f"unknown config key '{key}'")
         return section, name
@@ -303,7 +336,9 @@ def _resolve_key(key: str) -> tuple[str, str]:
     if not owners:
         raise ConfigError(f"unknown config key '{key}' (see `iresnet train --help` for the keys)")
     if len(owners) > 1:
-        raise ConfigError(f"config key '{key}' is ambiguous: write one of {[f'{o}.{key}' for o in owners]}")
+        raise ConfigError(
+            f"config key '{key}' is ambiguous: write one of {[f'{o}.{key}' for o in owners]}"
+        )
     return owners[0], key
 
 
@@ -379,4 +414,3 @@ def replace(cfg: Config, **sections: dict[str, Any]) -> Config:
     for section, values in sections.items():
         d[section].update(values)
     return Config.from_dict(d)
-

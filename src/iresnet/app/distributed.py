@@ -55,7 +55,9 @@ def setup_distributed(device: str) -> DistContext:
     else:
         dev = torch.device(device)
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", rank=rank, world_size=world)
+        dist.init_process_group(
+            "nccl" if dev.type == "cuda" else "gloo", rank=rank, world_size=world
+        )
     return DistContext(rank, world, dev)
 
 

@@ -12,16 +12,17 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..transforms import swap_logdets
 from . import plots
 from .tasks import ClassificationTask, DensityTask, Task
-from ..transforms import swap_logdets
 from .tasks.base import evaluating, scoring_estimator
 
 __all__ = ["run_figures"]
 
 
-def run_figures(task: Task, model: nn.Module, run_dir: Path, records: list[dict[str, Any]]
-                ) -> list[Path]:
+def run_figures(
+    task: Task, model: nn.Module, run_dir: Path, records: list[dict[str, Any]]
+) -> list[Path]:
     """Write the pictures of ``task`` for ``model`` into ``run_dir``; return their paths."""
     if isinstance(task, ClassificationTask):
         return _classifier_figures(task, model, run_dir, records)
@@ -29,11 +30,17 @@ def run_figures(task: Task, model: nn.Module, run_dir: Path, records: list[dict[
     return _density_figures(task, model, run_dir, records)
 
 
-def _density_figures(task: DensityTask, model: nn.Module, run_dir: Path,
-                     records: list[dict[str, Any]]) -> list[Path]:
-    out = [plots.plot_learning_curve(records, run_dir / "learning_curve.png",
-                                     keys=(task.metric, f"test_{task.metric}"),
-                                     ylabel="bits/dim" if task.images else "NLL (nats)")]
+def _density_figures(
+    task: DensityTask, model: nn.Module, run_dir: Path, records: list[dict[str, Any]]
+) -> list[Path]:
+    out = [
+        plots.plot_learning_curve(
+            records,
+            run_dir / "learning_curve.png",
+            keys=(task.metric, f"test_{task.metric}"),
+            ylabel="bits/dim" if task.images else "NLL (nats)",
+        )
+    ]
     if task.images:
         # Samples at T = 1 (the model) and a lower temperature (the typical set's core, as
         # the Glow and Residual Flows papers show), then test images beside x -> z -> x.
@@ -41,8 +48,7 @@ def _density_figures(task: DensityTask, model: nn.Module, run_dir: Path,
             samples = task.sample(model, 64, temperature=t)[0].clamp(0, 1)
             out.append(plots.plot_image_grid(samples, run_dir / name, title=f"samples (T={t})"))
         x, rec, _ = task.reconstruct(model, 32)
-        out.append(plots.plot_reconstructions(x.cpu(), rec.cpu(),
-                                              run_dir / "reconstructions.png"))
+        out.append(plots.plot_reconstructions(x.cpu(), rec.cpu(), run_dir / "reconstructions.png"))
     elif task.dim == 2:
         test = task.data.test_x[:5000]
         samples = task.sample(model, 5000)[0]
@@ -52,18 +58,30 @@ def _density_figures(task: DensityTask, model: nn.Module, run_dir: Path,
             with evaluating(model), swap_logdets(model, exact):
                 return model.log_prob(points.to(task.device, task.data.test_x.dtype))
 
-        out.append(plots.plot_toy_figure(test, learned, samples.cpu(), run_dir / "figure.png",
-                                         truth_log_density=task.data.true_log_density))
+        out.append(
+            plots.plot_toy_figure(
+                test,
+                learned,
+                samples.cpu(),
+                run_dir / "figure.png",
+                truth_log_density=task.data.true_log_density,
+            )
+        )
     return out
 
 
-def _classifier_figures(task: ClassificationTask, model: nn.Module, run_dir: Path,
-                        records: list[dict[str, Any]]) -> list[Path]:
+def _classifier_figures(
+    task: ClassificationTask, model: nn.Module, run_dir: Path, records: list[dict[str, Any]]
+) -> list[Path]:
     rows = [{**r, "train_error": 1.0 - r["acc"]} if "acc" in r else r for r in records]
-    out = [plots.plot_learning_curve(rows, run_dir / "learning_curve.png",
-                                     keys=task.curve_keys(), ylabel="loss"),
-           plots.plot_learning_curve(rows, run_dir / "error_curve.png",
-                                     keys=("train_error", "test_error"), ylabel="error")]
+    out = [
+        plots.plot_learning_curve(
+            rows, run_dir / "learning_curve.png", keys=task.curve_keys(), ylabel="loss"
+        ),
+        plots.plot_learning_curve(
+            rows, run_dir / "error_curve.png", keys=("train_error", "test_error"), ylabel="error"
+        ),
+    ]
     x, rec, _, _ = task.reconstruct(model, 16)
     shown = torch.nan_to_num(rec, nan=0.0, posinf=1.0, neginf=0.0).clamp(0, 1)
     out.append(plots.plot_reconstructions(x.cpu(), shown.cpu(), run_dir / "reconstructions.png"))

@@ -12,7 +12,9 @@ from typing import BinaryIO
 __all__ = ["atomic_write"]
 
 
-def atomic_write(path: str | os.PathLike[str], content: str | bytes | Callable[[BinaryIO], None]) -> Path:
+def atomic_write(
+    path: str | os.PathLike[str], content: str | bytes | Callable[[BinaryIO], None]
+) -> Path:
     """Write ``content`` to ``path`` through a temporary file in the same folder and a rename.
 
     Args:

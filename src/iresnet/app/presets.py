@@ -41,31 +41,77 @@ def _toy_presets() -> dict[str, Preset]:
     return {
         f"toy-{name}": Preset(
             f"2-D toy density '{name}': MLP i-ResNet, exact log-det",
-            {"kind": "toy", "n_blocks": 8, "hidden": 64, "n_layers": 3, "coeff": 0.98,
-             "logdet": "exact", "activation": "lipswish", "lipswish_beta": 10.0,
-             **_TOY_MODEL.get(name, {})},
+            {
+                "kind": "toy",
+                "n_blocks": 8,
+                "hidden": 64,
+                "n_layers": 3,
+                "coeff": 0.98,
+                "logdet": "exact",
+                "activation": "lipswish",
+                "lipswish_beta": 10.0,
+                **_TOY_MODEL.get(name, {}),
+            },
             {"name": name},
-            {"steps": 1000, "batch_size": 256, "lr": 3e-3, "warmup_steps": 50,
-             "lr_schedule": "cosine", "eval_every": 500, "checkpoint_every": 500, "threads": 1},
+            {
+                "steps": 1000,
+                "batch_size": 256,
+                "lr": 3e-3,
+                "warmup_steps": 50,
+                "lr_schedule": "cosine",
+                "eval_every": 500,
+                "checkpoint_every": 500,
+                "threads": 1,
+            },
         )
         for name in TOY_DATASETS
     }
 
 
 # ---------------------------------------------------------------------------------- images
-_IRESNET = {"kind": "iresnet-image", "activation": "elu", "coeff": 0.9, "logdet": "series",
-            "n_terms": 5, "n_probes": 1, "actnorm": True}
-_RESFLOW = {"kind": "resflow-image", "activation": "lipswish", "coeff": 0.98, "logdet": "roulette",
-            "n_exact": 2, "roulette_p": 0.5, "n_probes": 1, "neumann_gradient": True,
-            "memory_efficient": True, "actnorm": True}
+_IRESNET = {
+    "kind": "iresnet-image",
+    "activation": "elu",
+    "coeff": 0.9,
+    "logdet": "series",
+    "n_terms": 5,
+    "n_probes": 1,
+    "actnorm": True,
+}
+_RESFLOW = {
+    "kind": "resflow-image",
+    "activation": "lipswish",
+    "coeff": 0.98,
+    "logdet": "roulette",
+    "n_exact": 2,
+    "roulette_p": 0.5,
+    "n_probes": 1,
+    "neumann_gradient": True,
+    "memory_efficient": True,
+    "actnorm": True,
+}
 #: CPU presets: ``max_seconds`` caps training at 19 minutes; ``steps`` is what the measured speed
 #: fits in it (so the cosine schedule normally completes before the cap).
-_IMAGE_CPU_TRAIN = {"batch_size": 64, "lr": 1e-3, "lr_schedule": "cosine", "warmup_steps": 100,
-              "max_seconds": 1140.0, "eval_every": 500, "eval_batches": 1,
-              "checkpoint_every": 500, "log_every": 10}
+_IMAGE_CPU_TRAIN = {
+    "batch_size": 64,
+    "lr": 1e-3,
+    "lr_schedule": "cosine",
+    "warmup_steps": 100,
+    "max_seconds": 1140.0,
+    "eval_every": 500,
+    "eval_batches": 1,
+    "checkpoint_every": 500,
+    "log_every": 10,
+}
 #: GPU presets: the papers' optimisation, with Adam (i-ResNet used Adamax, not offered here).
-_IMAGE_GPU_TRAIN = {"lr": 1e-3, "lr_schedule": "constant", "ema_decay": 0.999, "eval_every": 2000,
-              "checkpoint_every": 2000, "eval_batches": 10}
+_IMAGE_GPU_TRAIN = {
+    "lr": 1e-3,
+    "lr_schedule": "constant",
+    "ema_decay": 0.999,
+    "eval_every": 2000,
+    "checkpoint_every": 2000,
+    "eval_batches": 10,
+}
 
 
 def _image_presets() -> dict[str, Preset]:
@@ -79,63 +125,137 @@ def _image_presets() -> dict[str, Preset]:
     # unsqueezed 3 scales x 2 blocks at lr 1e-3 ~0.85 CPU s/step; squeezed at lr 1e-3 4.93
     # (1 508 steps, ~0.33 CPU s/step); squeezed at lr 3e-3 4.20 (1 451 steps); lr 1e-2 was no
     # better than 3e-3 by step 600 and noisier.
-    small28 = {**_RESFLOW, "n_scales": 2, "n_blocks": 3, "hidden": 32, "fc_blocks": 0,
-               "init_squeeze": True}
+    small28 = {
+        **_RESFLOW,
+        "n_scales": 2,
+        "n_blocks": 3,
+        "hidden": 32,
+        "fc_blocks": 0,
+        "init_squeeze": True,
+    }
     train28 = {**_IMAGE_CPU_TRAIN, "steps": 3000, "lr": 3e-3}
     # i-ResNet: 16-16-16 blocks x 512, multi-scale with splits (its code's `-multiScale`), 5 power
     # iterations per step. Residual Flows: 16-16-16 x 512, 4 fc blocks x 128, no factor-out in
     # its MNIST / CIFAR-10 runs (its README commands; factor-out was for ImageNet-64 / CelebA).
-    ires = {**_IRESNET, "n_scales": 3, "n_blocks": 16, "hidden": 512, "factor_out": True,
-            "n_power_iterations": 5}
-    resf = {**_RESFLOW, "n_scales": 3, "n_blocks": 16, "hidden": 512, "factor_out": False,
-            "fc_blocks": 4, "fc_hidden": 128, "n_power_iterations": 5}
+    ires = {
+        **_IRESNET,
+        "n_scales": 3,
+        "n_blocks": 16,
+        "hidden": 512,
+        "factor_out": True,
+        "n_power_iterations": 5,
+    }
+    resf = {
+        **_RESFLOW,
+        "n_scales": 3,
+        "n_blocks": 16,
+        "hidden": 512,
+        "factor_out": False,
+        "fc_blocks": 4,
+        "fc_hidden": 128,
+        "n_power_iterations": 5,
+    }
     cpu = "2 CPU cores, <= 20 min: Residual Flow"
     return {
-        "digits": Preset(f"8x8 digits, {cpu}, 2 scales x 4 blocks x 32 channels", small8,
-                          {"name": "digits"}, {**_IMAGE_CPU_TRAIN, "steps": 5000}),
-        "mnist": Preset(f"MNIST 28x28, {cpu}, squeezed, 2 scales x 3 blocks x 32 channels",
-                         small28, {"name": "mnist"}, train28),
+        "digits": Preset(
+            f"8x8 digits, {cpu}, 2 scales x 4 blocks x 32 channels",
+            small8,
+            {"name": "digits"},
+            {**_IMAGE_CPU_TRAIN, "steps": 5000},
+        ),
+        "mnist": Preset(
+            f"MNIST 28x28, {cpu}, squeezed, 2 scales x 3 blocks x 32 channels",
+            small28,
+            {"name": "mnist"},
+            train28,
+        ),
         "fashion-mnist": Preset(
-            f"Fashion-MNIST 28x28, {cpu}, squeezed, 2 scales x 3 blocks x 32 channels", small28,
-            {"name": "fashion-mnist"}, train28),
-        "cifar10": Preset(f"CIFAR-10 32x32, {cpu}, 3 scales x 2 blocks x 32 channels", small,
-                           {"name": "cifar10"}, {**_IMAGE_CPU_TRAIN, "steps": 800}),
+            f"Fashion-MNIST 28x28, {cpu}, squeezed, 2 scales x 3 blocks x 32 channels",
+            small28,
+            {"name": "fashion-mnist"},
+            train28,
+        ),
+        "cifar10": Preset(
+            f"CIFAR-10 32x32, {cpu}, 3 scales x 2 blocks x 32 channels",
+            small,
+            {"name": "cifar10"},
+            {**_IMAGE_CPU_TRAIN, "steps": 800},
+        ),
         "mnist-paper": Preset(
             "i-ResNet (Behrmann et al. 2019) on MNIST, GPU: 3 scales x 16 blocks x 512 channels",
-            ires, {"name": "mnist", "logit_alpha": 0.0},
-            {**_IMAGE_GPU_TRAIN, "batch_size": 128, "warmup_steps": 469, "steps": 93_800}),
+            ires,
+            {"name": "mnist", "logit_alpha": 0.0},
+            {**_IMAGE_GPU_TRAIN, "batch_size": 128, "warmup_steps": 469, "steps": 93_800},
+        ),
         "cifar10-paper": Preset(
             "i-ResNet (Behrmann et al. 2019) on CIFAR-10, GPU: 3 scales x 16 blocks x 512 channels",
-            ires, {"name": "cifar10", "logit_alpha": 0.0},
-            {**_IMAGE_GPU_TRAIN, "batch_size": 128, "warmup_steps": 391, "steps": 78_200}),
+            ires,
+            {"name": "cifar10", "logit_alpha": 0.0},
+            {**_IMAGE_GPU_TRAIN, "batch_size": 128, "warmup_steps": 391, "steps": 78_200},
+        ),
         "mnist-resflow-paper": Preset(
             "Residual Flow (Chen et al. 2019) on MNIST, GPU: 16-16-16 blocks x 512, 4 fc x 128",
-            resf, {"name": "mnist", "logit_alpha": 1e-6},
-            {**_IMAGE_GPU_TRAIN, "batch_size": 64, "warmup_steps": 1000, "steps": 94_000}),
+            resf,
+            {"name": "mnist", "logit_alpha": 1e-6},
+            {**_IMAGE_GPU_TRAIN, "batch_size": 64, "warmup_steps": 1000, "steps": 94_000},
+        ),
         "cifar10-resflow-paper": Preset(
             "Residual Flow (Chen et al. 2019) on CIFAR-10, GPU: 16-16-16 blocks x 512, 4 fc x 128",
-            resf, {"name": "cifar10", "logit_alpha": 0.05},
-            {**_IMAGE_GPU_TRAIN, "batch_size": 64, "warmup_steps": 1000, "steps": 200_000}),
+            resf,
+            {"name": "cifar10", "logit_alpha": 0.05},
+            {**_IMAGE_GPU_TRAIN, "batch_size": 64, "warmup_steps": 1000, "steps": 200_000},
+        ),
     }
 
 
 # ----------------------------------------------------------------------------- classifiers
-_CLS_CPU_TRAIN = {"optimizer": "adam", "lr": 2e-3, "warmup_steps": 50, "lr_schedule": "cosine",
-              "grad_clip": 10.0, "ema_decay": 0.99, "log_every": 10, "eval_batches": 4,
-              "threads": 1}
-_CLS_CPU_MODEL = {"kind": "classifier", "coeff": 0.9, "constrained": True, "activation": "elu",
-              "actnorm": True, "n_power_iterations": 1}
+_CLS_CPU_TRAIN = {
+    "optimizer": "adam",
+    "lr": 2e-3,
+    "warmup_steps": 50,
+    "lr_schedule": "cosine",
+    "grad_clip": 10.0,
+    "ema_decay": 0.99,
+    "log_every": 10,
+    "eval_batches": 4,
+    "threads": 1,
+}
+_CLS_CPU_MODEL = {
+    "kind": "classifier",
+    "coeff": 0.9,
+    "constrained": True,
+    "activation": "elu",
+    "actnorm": True,
+    "n_power_iterations": 1,
+}
 # Behrmann et al. (2019), appendix / scripts/classify_cifar.sh of their code: 3 stages of 7
 # blocks, bottleneck widths 32/64/128, strides 1/2/2, injective padding to 16 channels, ELU,
 # c = 0.9, one power iteration, SGD (momentum 0.9, lr 0.1, weight decay 5e-4), batch 128,
 # 200 epochs with step decay (we use cosine decay instead).
-_PAPER_MODEL = {"kind": "classifier", "coeff": 0.9, "constrained": True, "n_scales": 3,
-                "n_blocks": 7, "hidden": 32, "activation": "elu", "actnorm": True,
-                "n_power_iterations": 1}
-_PAPER_TRAIN = {"optimizer": "sgd", "lr": 0.1, "weight_decay": 5e-4, "batch_size": 128,
-                "warmup_steps": 500, "lr_schedule": "cosine", "ema_decay": 0.0,
-                "eval_every": 2000, "checkpoint_every": 2000, "eval_batches": 10,
-                "device": "cuda"}
+_PAPER_MODEL = {
+    "kind": "classifier",
+    "coeff": 0.9,
+    "constrained": True,
+    "n_scales": 3,
+    "n_blocks": 7,
+    "hidden": 32,
+    "activation": "elu",
+    "actnorm": True,
+    "n_power_iterations": 1,
+}
+_PAPER_TRAIN = {
+    "optimizer": "sgd",
+    "lr": 0.1,
+    "weight_decay": 5e-4,
+    "batch_size": 128,
+    "warmup_steps": 500,
+    "lr_schedule": "cosine",
+    "ema_decay": 0.0,
+    "eval_every": 2000,
+    "checkpoint_every": 2000,
+    "eval_batches": 10,
+    "device": "cuda",
+}
 _EPOCH_STEPS = {"mnist": 60_000 // 128, "fashion-mnist": 60_000 // 128, "cifar10": 50_000 // 128}
 
 
@@ -145,14 +265,19 @@ def _classifier_presets() -> dict[str, Preset]:
     out: dict[str, Preset] = {}
 
     def cpu(name: str, data: str, desc: str, model: dict[str, Any], train: dict[str, Any]) -> None:
-        out[name] = Preset(desc, {**_CLS_CPU_MODEL, **model}, {"name": data},
-                           {**_CLS_CPU_TRAIN, **train})
+        out[name] = Preset(
+            desc, {**_CLS_CPU_MODEL, **model}, {"name": data}, {**_CLS_CPU_TRAIN, **train}
+        )
 
     # Step times measured with the real loop on 2 busy shared cores, 1 torch thread: digits
     # ~0.2 s/step, 28x28 ~0.5 s/step (CIFAR-10 not measured: its files are not on this machine).
-    cpu("digits-classifier", "digits", "i-ResNet classifier on 8x8 digits, c=0.9 (CPU: ~2 min)",
+    cpu(
+        "digits-classifier",
+        "digits",
+        "i-ResNet classifier on 8x8 digits, c=0.9 (CPU: ~2 min)",
         {"n_scales": 2, "n_blocks": 2, "hidden": 16},
-        {"steps": 600, "batch_size": 64, "eval_every": 200, "checkpoint_every": 200})
+        {"steps": 600, "batch_size": 64, "eval_every": 200, "checkpoint_every": 200},
+    )
     # 28x28: one initial squeeze (-> 4x14x14), injective padding to 16 channels as in the paper
     # (hidden 32), then 2 stages (14x14x16, 7x7x64). Measured on Fashion-MNIST at 600 steps
     # (~0.13 CPU s/step): the old 3-stage hidden-8 preset (padding to only 4 channels) gave
@@ -164,32 +289,60 @@ def _classifier_presets() -> dict[str, Preset]:
     # pooled 7x7 grid (head_pool=7: 1x1 windows; the same head for both models) gave at 600
     # steps: vanilla 12.10% vs c=0.9 12.50% (2x2 grid: 11.60 vs 16.45; 3x3: 11.25 vs 13.65).
     for data in ("mnist", "fashion-mnist"):
-        cpu(f"{data}-classifier", data, f"i-ResNet classifier on {data}, c=0.9 (CPU: ~2 min)",
+        cpu(
+            f"{data}-classifier",
+            data,
+            f"i-ResNet classifier on {data}, c=0.9 (CPU: ~2 min)",
             {"n_scales": 2, "n_blocks": 2, "hidden": 32, "init_squeeze": True, "head_pool": 7},
-            {"steps": 600, "batch_size": 64, "lr": 5e-3, "eval_every": 250,
-             "checkpoint_every": 250})
-    cpu("cifar10-classifier", "cifar10", "i-ResNet classifier on CIFAR-10, c=0.9 (CPU: long)",
+            {
+                "steps": 600,
+                "batch_size": 64,
+                "lr": 5e-3,
+                "eval_every": 250,
+                "checkpoint_every": 250,
+            },
+        )
+    cpu(
+        "cifar10-classifier",
+        "cifar10",
+        "i-ResNet classifier on CIFAR-10, c=0.9 (CPU: long)",
         {"n_scales": 3, "n_blocks": 2, "hidden": 16},
-        {"steps": 1000, "batch_size": 64, "lr": 5e-3, "eval_every": 250,
-         "checkpoint_every": 250})
+        {"steps": 1000, "batch_size": 64, "lr": 5e-3, "eval_every": 250, "checkpoint_every": 250},
+    )
     for data in ("mnist", "fashion-mnist", "cifar10"):
         epochs = 200
         out[f"{data}-classifier-paper"] = Preset(
             f"the paper's i-ResNet classifier on {data} (3x7 blocks, 200 epochs; GPU)",
-            dict(_PAPER_MODEL), {"name": data},
+            dict(_PAPER_MODEL),
+            {"name": data},
             # The paper code's CIFAR training chain: pad 4, random crop, horizontal flip.
             {**_PAPER_TRAIN, "steps": epochs * _EPOCH_STEPS[data], "augment": data == "cifar10"},
         )
     # Unbiased Russian-roulette log-dets with the Neumann gradient (Residual Flows): on digits
     # ~8x cheaper per step than exact ones (the evaluation still uses exact log-dets, D = 64).
-    hybrid = {"kind": "hybrid", "activation": "elu", "logdet": "roulette", "n_exact": 2,
-              "neumann_gradient": True, "memory_efficient": True, "n_scales": 2,
-              "n_blocks": 2, "hidden": 16}
+    hybrid = {
+        "kind": "hybrid",
+        "activation": "elu",
+        "logdet": "roulette",
+        "n_exact": 2,
+        "neumann_gradient": True,
+        "memory_efficient": True,
+        "n_scales": 2,
+        "n_blocks": 2,
+        "hidden": 16,
+    }
     out["digits-hybrid"] = Preset(
         "hybrid density + classifier on 8x8 digits (roulette log-dets; CPU: ~3 min)",
-        {**_CLS_CPU_MODEL, **hybrid}, {"name": "digits", "logit_alpha": 0.05},
-        {**_CLS_CPU_TRAIN, "steps": 600, "batch_size": 64, "eval_every": 200,
-         "checkpoint_every": 200, "density_weight": 1.0},
+        {**_CLS_CPU_MODEL, **hybrid},
+        {"name": "digits", "logit_alpha": 0.05},
+        {
+            **_CLS_CPU_TRAIN,
+            "steps": 600,
+            "batch_size": 64,
+            "eval_every": 200,
+            "checkpoint_every": 200,
+            "density_weight": 1.0,
+        },
     )
     return out
 

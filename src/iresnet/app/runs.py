@@ -67,8 +67,13 @@ class Run:
         atomic_write(self.config_path, cfg.to_json() + "\n")
 
     def save_data_info(self, data: DataBundle) -> None:
-        info: dict[str, Any] = {"name": data.name, "kind": data.kind, "event_shape": list(data.event_shape),
-                                "n_train": int(data.train_x.shape[0]), "n_test": int(data.test_x.shape[0])}
+        info: dict[str, Any] = {
+            "name": data.name,
+            "kind": data.kind,
+            "event_shape": list(data.event_shape),
+            "n_train": int(data.train_x.shape[0]),
+            "n_test": int(data.test_x.shape[0]),
+        }
         if data.standardizer is not None:
             info["standardizer"] = data.standardizer.to_dict()
         if data.n_levels is not None:

@@ -44,7 +44,8 @@ def parse_coeff(value: str | float) -> str | float:
         c = float(value)
     except ValueError:
         raise ConfigError(
-            f"a sweep coefficient must be 'vanilla' or a number, got '{value}'") from None
+            f"a sweep coefficient must be 'vanilla' or a number, got '{value}'"
+        ) from None
     if not 0.0 < c <= 1.0:
         raise ConfigError(f"a sweep coefficient must lie in (0, 1], got {c}")
     return c
@@ -57,10 +58,14 @@ def _run_name(coeff: str | float) -> str:
 def coeff_config(base: Config, coeff: str | float, extra: Sequence[str] = ()) -> Config:
     """``base`` with ``model.constrained=false`` (vanilla) or ``model.coeff=c``, then ``extra``."""
     if base.model.kind not in ("classifier", "hybrid"):
-        raise ConfigError(f"the sweep trains classifiers; preset '{base.preset}' is a "
-                          f"'{base.model.kind}' model")
-    ov = ["model.constrained=false"] if coeff == "vanilla" else ["model.constrained=true",
-                                                                  f"model.coeff={coeff}"]
+        raise ConfigError(
+            f"the sweep trains classifiers; preset '{base.preset}' is a '{base.model.kind}' model"
+        )
+    ov = (
+        ["model.constrained=false"]
+        if coeff == "vanilla"
+        else ["model.constrained=true", f"model.coeff={coeff}"]
+    )
     return base.override([*ov, *extra])
 
 
@@ -111,32 +116,38 @@ def run_sweep(
         run = Run(run_dir)
         if run.weights_path.is_file() and run.config_path.is_file():
             if run.load_config() != cfg:
-                raise ConfigError(f"{run_dir} holds a finished run with another config; "
-                                  "remove it or choose another output folder")
+                raise ConfigError(
+                    f"{run_dir} holds a finished run with another config; "
+                    "remove it or choose another output folder"
+                )
         else:
             t0 = time.perf_counter()
             train(cfg, run_dir, resume=run.checkpoints.is_dir(), progress=progress)
-            print(f"sweep {_run_name(coeff)}: trained in {time.perf_counter() - t0:.0f} s",
-                  file=sys.stderr)
+            print(
+                f"sweep {_run_name(coeff)}: trained in {time.perf_counter() - t0:.0f} s",
+                file=sys.stderr,
+            )
         trained = load_run(run_dir)
         ev = trained.task.full_evaluation(trained.model, n_inverse=n_inverse)
         atomic_write(run_dir / "eval.json", json.dumps(ev, indent=2) + "\n")
         records = trained.run.records()
         last = max((r for r in records if "seconds" in r), key=lambda r: r["step"], default={})
-        rows.append({
-            "coeff": coeff,
-            "test_error": ev["test_error"],
-            "test_error_pct": 100.0 * ev["test_error"],
-            "invertible": ev["invertible"],
-            "feature_inverse_max_error": ev["feature_inverse_max_error"],
-            "inverse_converged": ev["inverse_converged"],
-            "max_lipschitz": ev["max_lipschitz"],
-            "test_bpd": ev.get("test_bpd"),
-            "steps": int(last.get("step", 0)),
-            "train_seconds": float(last.get("seconds", math.nan)),
-            "run_dir": str(run_dir),
-            "evaluation": {k: v for k, v in ev.items() if k != "certificate"},
-        })
+        rows.append(
+            {
+                "coeff": coeff,
+                "test_error": ev["test_error"],
+                "test_error_pct": 100.0 * ev["test_error"],
+                "invertible": ev["invertible"],
+                "feature_inverse_max_error": ev["feature_inverse_max_error"],
+                "inverse_converged": ev["inverse_converged"],
+                "max_lipschitz": ev["max_lipschitz"],
+                "test_bpd": ev.get("test_bpd"),
+                "steps": int(last.get("step", 0)),
+                "train_seconds": float(last.get("seconds", math.nan)),
+                "run_dir": str(run_dir),
+                "evaluation": {k: v for k, v in ev.items() if k != "certificate"},
+            }
+        )
     _write(out, base_preset, rows, command)
     return rows
 
@@ -147,17 +158,21 @@ def _fmt_err(v: float | None) -> str:
 
 def sweep_table(rows: Sequence[dict[str, Any]]) -> str:
     """The seed's Table 1 as Markdown."""
-    head = ("| coefficient | test error (%) | guaranteed inverse | feature reconstruction error "
-            "(max abs) | largest block Lip bound | steps | train s |")
+    head = (
+        "| coefficient | test error (%) | guaranteed inverse | feature reconstruction error "
+        "(max abs) | largest block Lip bound | steps | train s |"
+    )
     lines = [head, "|---|---:|:---:|---:|---:|---:|---:|"]
     for r in rows:
         coeff = r["coeff"] if r["coeff"] == "vanilla" else f"{r['coeff']:g}"
         recon = _fmt_err(r["feature_inverse_max_error"])
         if not r["inverse_converged"]:
             recon += " (iteration did not converge)"
-        lines.append(f"| {coeff} | {r['test_error_pct']:.2f} | {'yes' if r['invertible'] else 'no'}"
-                     f" | {recon} | {r['max_lipschitz']:.3g} | {r['steps']} | "
-                     f"{r['train_seconds']:.0f} |")
+        lines.append(
+            f"| {coeff} | {r['test_error_pct']:.2f} | {'yes' if r['invertible'] else 'no'}"
+            f" | {recon} | {r['max_lipschitz']:.3g} | {r['steps']} | "
+            f"{r['train_seconds']:.0f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -165,33 +180,49 @@ def _write(out: Path, preset: str, rows: list[dict[str, Any]], command: str | No
     text = [f"# Coefficient sweep: {preset}", ""]
     if command:
         text += [f"- command: `{command}`", ""]
-    text += [sweep_table(rows), "Test error over the whole test set; reconstruction error "
-             "`max |x - F^-1(F(x))|` over test images in [0, 1] pixel units (padding removed); "
-             "Lip bound: the largest certified `Lip(g)` over the residual blocks (< 1: "
-             "invertible by Banach's fixed point theorem)."]
+    text += [
+        sweep_table(rows),
+        "Test error over the whole test set; reconstruction error "
+        "`max |x - F^-1(F(x))|` over test images in [0, 1] pixel units (padding removed); "
+        "Lip bound: the largest certified `Lip(g)` over the residual blocks (< 1: "
+        "invertible by Banach's fixed point theorem).",
+    ]
     atomic_write(out / "sweep.md", "\n".join(text) + "\n")
-    atomic_write(out / "sweep.json", json.dumps({"preset": preset, "command": command,
-                                                       "rows": rows}, indent=2) + "\n")
+    atomic_write(
+        out / "sweep.json",
+        json.dumps({"preset": preset, "command": command, "rows": rows}, indent=2) + "\n",
+    )
     plots.plot_sweep(rows, out / "sweep.png", x="coeff", y="test_error_pct")
 
 
 def add_sweep_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``iresnet sweep PRESET [KEY=VALUE ...] [--coeffs ...] ...`` to ``subparsers``."""
     p = subparsers.add_parser(
-        "sweep", help="train the Lipschitz-coefficient sweep of a classifier (i-ResNet Table 1)",
+        "sweep",
+        help="train the Lipschitz-coefficient sweep of a classifier (i-ResNet Table 1)",
         description="Train one classifier per coefficient (vanilla = unconstrained) at the same "
-                    "budget, evaluate each, and write sweep.md (the table), sweep.json, sweep.png.")
+        "budget, evaluate each, and write sweep.md (the table), sweep.json, sweep.png.",
+    )
     p.add_argument("preset", help="classifier preset, e.g. digits-classifier")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                   help="config overrides for every run")
-    p.add_argument("--coeffs", nargs="+", default=[str(c) for c in DEFAULT_COEFFS],
-                   help="coefficients ('vanilla' or numbers in (0, 1]); default: vanilla 0.9 0.8 "
-                        "0.7 0.6 0.5")
+    p.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="config overrides for every run"
+    )
+    p.add_argument(
+        "--coeffs",
+        nargs="+",
+        default=[str(c) for c in DEFAULT_COEFFS],
+        help="coefficients ('vanilla' or numbers in (0, 1]); default: vanilla 0.9 0.8 0.7 0.6 0.5",
+    )
     p.add_argument("--steps", type=int, default=None, help="train.steps of every run")
-    p.add_argument("--max-seconds", type=float, default=None,
-                   help="train.max_seconds: wall-clock budget of every run")
-    p.add_argument("--out", type=Path, default=None,
-                   help="sweep folder (default runs/sweep-PRESET)")
+    p.add_argument(
+        "--max-seconds",
+        type=float,
+        default=None,
+        help="train.max_seconds: wall-clock budget of every run",
+    )
+    p.add_argument(
+        "--out", type=Path, default=None, help="sweep folder (default runs/sweep-PRESET)"
+    )
     p.add_argument("--data-dir", type=Path, default=None, help="folder of the image set's files")
     p.add_argument("--n-inverse", type=int, default=512, help="test images reconstructed")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -202,9 +233,18 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     """Run the sweep from parsed arguments; print the table."""
     out = args.out or Path("runs") / f"sweep-{args.preset}"
     command = "iresnet " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["sweep"] else None
-    rows = run_sweep(args.preset, args.coeffs, out, steps=args.steps, max_seconds=args.max_seconds,
-                     data_dir=args.data_dir, overrides=args.overrides, n_inverse=args.n_inverse,
-                     progress=not args.no_progress, command=command)
+    rows = run_sweep(
+        args.preset,
+        args.coeffs,
+        out,
+        steps=args.steps,
+        max_seconds=args.max_seconds,
+        data_dir=args.data_dir,
+        overrides=args.overrides,
+        n_inverse=args.n_inverse,
+        progress=not args.no_progress,
+        command=command,
+    )
     print(sweep_table(rows), end="")
     print(f"wrote {out / 'sweep.md'}, {out / 'sweep.json'}, {out / 'sweep.png'}")
     return 0

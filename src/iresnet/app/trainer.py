@@ -70,8 +70,9 @@ def learning_rate(cfg: Config, step: int) -> float:
 def _optimizer(cfg: Config, params: list[nn.Parameter]) -> torch.optim.Optimizer:
     t = cfg.train
     if t.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=t.lr, momentum=0.9, weight_decay=t.weight_decay,
-                               foreach=True)
+        return torch.optim.SGD(
+            params, lr=t.lr, momentum=0.9, weight_decay=t.weight_decay, foreach=True
+        )
     if t.optimizer == "adamw":  # decoupled decay: w <- w - lr * wd * w, outside Adam's scaling
         return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay, foreach=True)
     return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay, foreach=True)
@@ -145,8 +146,15 @@ class Trainer:
         stop_after: stop (with a checkpoint) after this step; for tests of interruption.
     """
 
-    def __init__(self, cfg: Config, run_dir: str | Path, *, resume: bool = False,
-                 progress: bool = True, stop_after: int | None = None) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        run_dir: str | Path,
+        *,
+        resume: bool = False,
+        progress: bool = True,
+        stop_after: int | None = None,
+    ) -> None:
         self.cfg, self.run_dir = cfg, Path(run_dir)
         self.resume, self.progress, self.stop_after = resume, progress, stop_after
         self.step_count, self.bad_in_row = 0, 0
@@ -178,8 +186,7 @@ class Trainer:
         self.model = build_model(cfg, data).to(ctx.device)
         self.task = make_task(cfg, data, ctx.device)
         t = cfg.train
-        self.batches = EpochBatches(self.task.n_train(), t.batch_size, t.seed, ctx.rank,
-                                    ctx.world)
+        self.batches = EpochBatches(self.task.n_train(), t.batch_size, t.seed, ctx.rank, ctx.world)
         if checkpoint is None:
             self.initialise()
         self.ema = copy.deepcopy(self.model) if t.ema_decay > 0 else None
@@ -271,36 +278,53 @@ class Trainer:
             self.optimizer.step()
             if self.ema is not None:
                 _update_ema(self.ema, self.model, t.ema_decay, self.step_count)
-            if self.ctx.is_main and (self.step_count % t.log_every == 0
-                                     or self.step_count == t.steps):
+            if self.ctx.is_main and (
+                self.step_count % t.log_every == 0 or self.step_count == t.steps
+            ):
                 self._log_step(loss, metrics, lr, grad_norm)
             return True
         # Skip the step: no update from a NaN/Inf loss or gradient.
         self.bad_in_row += 1
         self.optimizer.zero_grad(set_to_none=True)
         if self.ctx.is_main:
-            self.run.log({"step": self.step_count, "skipped": "non-finite loss or gradient",
-                          "bad_in_row": self.bad_in_row})
+            self.run.log(
+                {
+                    "step": self.step_count,
+                    "skipped": "non-finite loss or gradient",
+                    "bad_in_row": self.bad_in_row,
+                }
+            )
         if self.bad_in_row >= t.max_bad_steps:
             raise FloatingPointError(self._nan_stop_message())
         return False
 
     def _nan_stop_message(self) -> str:
         saved = latest_checkpoint(self.run.checkpoints) if self.run.checkpoints.is_dir() else None
-        where = (f"the last good checkpoint ({saved.name}) is kept; lower the learning rate or "
-                 f"check the data, then --resume {self.run_dir}" if saved is not None else
-                 "no checkpoint had been written yet; lower the learning rate or check the "
-                 "data, then start a new run with another --out")
-        return (f"stopped at step {self.step_count}: {self.bad_in_row} consecutive steps with "
-                f"NaN/Inf loss or gradient; {where}")
+        where = (
+            f"the last good checkpoint ({saved.name}) is kept; lower the learning rate or "
+            f"check the data, then --resume {self.run_dir}"
+            if saved is not None
+            else "no checkpoint had been written yet; lower the learning rate or check the "
+            "data, then start a new run with another --out"
+        )
+        return (
+            f"stopped at step {self.step_count}: {self.bad_in_row} consecutive steps with "
+            f"NaN/Inf loss or gradient; {where}"
+        )
 
-    def _log_step(self, loss: Tensor, metrics: dict[str, Tensor], lr: float,
-                  grad_norm: Tensor | None) -> None:
+    def _log_step(
+        self, loss: Tensor, metrics: dict[str, Tensor], lr: float, grad_norm: Tensor | None
+    ) -> None:
         self.last = {k: float(v) for k, v in metrics.items()}
-        row = {"step": self.step_count, "loss": float(loss.detach()), **self.last, "lr": lr,
-               "grad_norm": float(grad_norm) if grad_norm is not None else math.nan,
-               "seconds": round(time.perf_counter() - self.start, 3),
-               "cpu_seconds": round(time.process_time() - self.cpu_start, 3)}
+        row = {
+            "step": self.step_count,
+            "loss": float(loss.detach()),
+            **self.last,
+            "lr": lr,
+            "grad_norm": float(grad_norm) if grad_norm is not None else math.nan,
+            "seconds": round(time.perf_counter() - self.start, 3),
+            "cpu_seconds": round(time.process_time() - self.cpu_start, 3),
+        }
         self.run.log(row)
         self.bar.set_postfix({k: f"{v:.4f}" for k, v in self.last.items()}, refresh=False)
 
@@ -312,8 +336,9 @@ class Trainer:
     def evaluate(self) -> None:
         """Test metrics of the evaluation model on ``eval_batches`` batches, logged."""
         test = self.task.evaluate(self.evaluation_model, max_batches=self.cfg.train.eval_batches)
-        self.run.log({"step": self.step_count, **test,
-                      "seconds": round(time.perf_counter() - self.start, 3)})
+        self.run.log(
+            {"step": self.step_count, **test, "seconds": round(time.perf_counter() - self.start, 3)}
+        )
         self.last.update(test)
 
     def checkpoint(self) -> None:
@@ -321,26 +346,37 @@ class Trainer:
         if not self.ctx.is_main:
             return
         state = {
-            "elapsed": time.perf_counter() - self.start, "bad_in_row": self.bad_in_row,
+            "elapsed": time.perf_counter() - self.start,
+            "bad_in_row": self.bad_in_row,
             "cpu_elapsed": time.process_time() - self.cpu_start,
-            "model_kind": self.cfg.model.kind, "config": self.cfg.to_dict(),
+            "model_kind": self.cfg.model.kind,
+            "config": self.cfg.to_dict(),
             "batches": {str(r): self.batches.state() for r in range(self.ctx.world)},
         }
-        save_checkpoint(self.run.checkpoints, self.step_count, self.model, self.ema,
-                        self.optimizer, state, keep_last=self.cfg.train.keep_last)
+        save_checkpoint(
+            self.run.checkpoints,
+            self.step_count,
+            self.model,
+            self.ema,
+            self.optimizer,
+            state,
+            keep_last=self.cfg.train.keep_last,
+        )
 
     def out_of_budget(self) -> bool:
         """Past ``train.max_seconds`` (wall-clock) or ``train.max_cpu_seconds`` (CPU)."""
         t = self.cfg.train
         over = (t.max_seconds > 0 and time.perf_counter() - self.start >= t.max_seconds) or (
-            t.max_cpu_seconds > 0 and time.process_time() - self.cpu_start >= t.max_cpu_seconds)
+            t.max_cpu_seconds > 0 and time.process_time() - self.cpu_start >= t.max_cpu_seconds
+        )
         # Clocks differ between ranks: all must stop after the same step.
         return self.ctx.any(over)
 
     def stop_reason(self, stop: _StopSignal) -> str | None:
         """``"signal"`` (a signal or ``stop_after``), ``"budget"`` (time), or None."""
         interrupted = stop.received is not None or (
-            self.stop_after is not None and self.step_count >= self.stop_after)
+            self.stop_after is not None and self.step_count >= self.stop_after
+        )
         if self.ctx.any(interrupted):  # every rank stops after the same step
             return "signal"
         return "budget" if self.out_of_budget() else None
@@ -355,8 +391,14 @@ class Trainer:
         """Steps until ``train.steps`` or a stop condition; returns why it stopped."""
         t = self.cfg.train
         main = self.ctx.is_main
-        self.bar = tqdm(total=t.steps, initial=self.step_count, disable=not (self.progress and main),
-                        dynamic_ncols=True, desc=f"train {self.cfg.preset}", file=sys.stderr)
+        self.bar = tqdm(
+            total=t.steps,
+            initial=self.step_count,
+            disable=not (self.progress and main),
+            dynamic_ncols=True,
+            desc=f"train {self.cfg.preset}",
+            file=sys.stderr,
+        )
         self.start = time.perf_counter() - self.elapsed
         self.cpu_start = time.process_time() - self.cpu_elapsed
         stopped = "finished"
@@ -365,8 +407,9 @@ class Trainer:
                 while self.step_count < t.steps:
                     self.step()
                     self.bar.update(1)
-                    evaluated = main and (self.step_count % t.eval_every == 0
-                                          or self.step_count == t.steps)
+                    evaluated = main and (
+                        self.step_count % t.eval_every == 0 or self.step_count == t.steps
+                    )
                     if evaluated:
                         self.evaluate()
                     reason = self.stop_reason(stop)
@@ -375,8 +418,11 @@ class Trainer:
                             self.evaluate()
                         self.checkpoint()
                         break
-                    if (self.step_count % t.checkpoint_every == 0 or self.step_count == t.steps
-                            or reason == "signal"):
+                    if (
+                        self.step_count % t.checkpoint_every == 0
+                        or self.step_count == t.steps
+                        or reason == "signal"
+                    ):
                         self.checkpoint()
                     if reason == "signal":
                         stopped = "signal"
@@ -401,5 +447,12 @@ class Trainer:
                 self.finish()
         finally:
             teardown_distributed()
-        return TrainResult(self.run.path, self.step_count, stopped, self.last,
-                           self.evaluation_model, self.task, ctx.is_main)
+        return TrainResult(
+            self.run.path,
+            self.step_count,
+            stopped,
+            self.last,
+            self.evaluation_model,
+            self.task,
+            ctx.is_main,
+        )

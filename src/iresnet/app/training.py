@@ -12,8 +12,15 @@ from .trainer import Trainer, TrainResult
 __all__ = ["train"]
 
 
-def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
-          stop_after: int | None = None, figures: bool = True) -> TrainResult:
+def train(
+    cfg: Config,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    stop_after: int | None = None,
+    figures: bool = True,
+) -> TrainResult:
     """Train ``cfg`` into ``run_dir`` (see :class:`~iresnet.app.trainer.Trainer`), then, for a
     finished run on the main process, draw its pictures into the folder (``figures``)."""
     result = Trainer(cfg, run_dir, resume=resume, progress=progress, stop_after=stop_after).run()

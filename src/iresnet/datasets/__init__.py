@@ -93,9 +93,7 @@ def load_dataset(
         train_np, test_np = split_array(arr, test_fraction, seed)
         std = standardizer or Standardizer.fit(train_np)
         if std.dim != arr.shape[1]:
-            raise DataError(
-                f"{path}: {arr.shape[1]} columns, but the run was trained on {std.dim}"
-            )
+            raise DataError(f"{path}: {arr.shape[1]} columns, but the run was trained on {std.dim}")
         train = torch.as_tensor(train_np, dtype=torch.float64)
         test = torch.as_tensor(test_np, dtype=torch.float64)
         return DataBundle(path, "vector", train, test, standardizer=std)

@@ -116,20 +116,18 @@ class FlowDistribution(Distribution):
         z, logdet = self.transform(flat)
         return (self.base.log_prob(z) + logdet).reshape(sample_shape)
 
-    def rsample(self, sample_shape: torch.Size | Sequence[int] = torch.Size()) -> Tensor:
+    def rsample(self, sample_shape: Sequence[int] = ()) -> Tensor:
         """``x = f^{-1}(z)``, ``z ~ base``, shape ``(*sample_shape, *event_shape)``."""
         shape = torch.Size(sample_shape)
         z = self.base.rsample((max(1, shape.numel()),))
         x = self.transform.inverse(z)
         return x.reshape(*shape, *self.event_shape)
 
-    def sample(self, sample_shape: torch.Size | Sequence[int] = torch.Size()) -> Tensor:
+    def sample(self, sample_shape: Sequence[int] = ()) -> Tensor:
         with torch.no_grad():
             return self.rsample(sample_shape)
 
-    def rsample_and_log_prob(
-        self, sample_shape: torch.Size | Sequence[int] = torch.Size()
-    ) -> tuple[Tensor, Tensor]:
+    def rsample_and_log_prob(self, sample_shape: Sequence[int] = ()) -> tuple[Tensor, Tensor]:
         """Samples and their log-densities: ``(x, log p(x))``; the density of the samples is
         evaluated by a forward pass through the transform."""
         x = self.rsample(sample_shape)

@@ -177,8 +177,12 @@ class MultiscaleResidualFlow(Flow):
             )
         image = check_image_shape(shape, scales - 1 + int(squeeze_first))
         solver = inverse if inverse is not None else FixedPointInverse()
-        options = {"activation": activation, "norm": norm, "coeff": coeff,
-                   "n_power_iterations": n_power_iterations}
+        options = {
+            "activation": activation,
+            "norm": norm,
+            "coeff": coeff,
+            "n_power_iterations": n_power_iterations,
+        }
         stack = _Stack(image)
         if levels is not None:
             stack.add(Dequantize(levels))
@@ -199,8 +203,11 @@ class MultiscaleResidualFlow(Flow):
         actnorm_layer()
         for scale in range(scales):
             for _ in range(blocks):
-                block(conv_branch(stack.shape[0], hidden_channels, preact=stack.n_blocks > 0,
-                                  **options))
+                block(
+                    conv_branch(
+                        stack.shape[0], hidden_channels, preact=stack.n_blocks > 0, **options
+                    )
+                )
                 actnorm_layer()
             if scale < scales - 1:
                 stack.add(Squeeze(2))

@@ -81,7 +81,9 @@ class ResidualFlow(Flow):
     ) -> None:
         check_context(context)
         if features < 1 or transforms < 0:
-            raise ValueError(f"need features >= 1 and transforms >= 0, got {features}, {transforms}")
+            raise ValueError(
+                f"need features >= 1 and transforms >= 0, got {features}, {transforms}"
+            )
         estimator = logdet_estimator(logdet, features)
         solver = inverse if inverse is not None else FixedPointInverse()
         steps: list[Transform] = []

@@ -9,11 +9,10 @@ sec. 4).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from collections.abc import Callable
-
 from torch import Tensor, nn
 
 __all__ = ["LipSwish", "LipELU", "ONE_LIPSCHITZ_ACTIVATIONS", "ACTIVATIONS", "activation_factory"]
@@ -113,5 +112,7 @@ def activation_factory(spec: str | Callable[[], nn.Module]) -> Callable[[], nn.M
     if callable(spec):
         return spec
     if spec not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)} or a callable, got {spec!r}")
+        raise ValueError(
+            f"activation must be one of {sorted(ACTIVATIONS)} or a callable, got {spec!r}"
+        )
     return ACTIVATIONS[spec]

@@ -122,7 +122,9 @@ def conv_branch(
     coeff: float = 0.97,
     n_power_iterations: int = 1,
 ) -> nn.Sequential:
-    """``g: (B, c, H, W) -> (B, c, H, W)``: ``[act ->] conv3x3 -> act -> conv1x1 -> ... -> conv3x3``.
+    """The convolutional branch ``g: (B, c, H, W) -> (B, c, H, W)``.
+
+    ``[act ->] conv3x3 -> act -> conv1x1 -> ... -> act -> conv3x3``.
 
     The bottleneck branch of both papers (i-ResNet, arXiv:1811.00995, sec. 4-5; Residual Flows,
     arXiv:1906.02735, app. E): 3x3 convolutions at both ends, 1x1 between them.
@@ -149,6 +151,8 @@ def conv_branch(
         if i > 0:
             layers.append(act())
         layers.append(
-            conv_layer(c_in, c_out, k, norm=norm, coeff=coeff, n_power_iterations=n_power_iterations)
+            conv_layer(
+                c_in, c_out, k, norm=norm, coeff=coeff, n_power_iterations=n_power_iterations
+            )
         )
     return nn.Sequential(*layers)

@@ -139,14 +139,18 @@ class _SpectralNormMixin:
     weight: nn.Parameter
     training: bool
 
-    def _init_spectral(self, coeff: float, n_power_iterations: int, eval_tol: float, norm: str) -> None:
+    def _init_spectral(
+        self, coeff: float, n_power_iterations: int, eval_tol: float, norm: str
+    ) -> None:
         if norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
         self.norm = norm
         if not (isinstance(coeff, (int, float)) and 0.0 < coeff <= 1.0):
             raise ValueError(f"coeff must lie in (0, 1], got {coeff!r}")
         if not isinstance(n_power_iterations, int) or n_power_iterations < 1:
-            raise ValueError(f"n_power_iterations must be a positive integer, got {n_power_iterations!r}")
+            raise ValueError(
+                f"n_power_iterations must be a positive integer, got {n_power_iterations!r}"
+            )
         if not eval_tol > 0:
             raise ValueError(f"eval_tol must be positive, got {eval_tol!r}")
         self.n_power_iterations = n_power_iterations
@@ -157,7 +161,9 @@ class _SpectralNormMixin:
         self.register_buffer("coeff", torch.tensor(float(coeff)))  # type: ignore[attr-defined]
         self.register_buffer("sigma", torch.ones(()))  # type: ignore[attr-defined]
 
-    def _operator(self, weight: Tensor) -> tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]:
+    def _operator(
+        self, weight: Tensor
+    ) -> tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]:
         raise NotImplementedError
 
     def _cache_key(self) -> tuple:
@@ -202,7 +208,9 @@ class _SpectralNormMixin:
     def normalized_weight(self) -> Tensor:
         """The rescaled weight ``W / max(1, sigma / coeff)`` used by the forward pass."""
         if self.norm == "frobenius":
-            return self.weight / torch.clamp(self.frobenius_bound(self.weight) / self.coeff, min=1.0)
+            return self.weight / torch.clamp(
+                self.frobenius_bound(self.weight) / self.coeff, min=1.0
+            )
         if self.norm == "penalty":  # power iteration runs (for the penalty); no rescaling
             if self.training and not self._frozen:
                 self._update_vectors(self.n_power_iterations, None)
@@ -260,8 +268,9 @@ class _SpectralNormMixin:
                 value = float(exact)
             else:
                 fwd, adj = self._operator(w_hat)
-                value = linear_operator_norm(fwd, adj, self.v.detach().double(), tol=tol,
-                                             max_iter=max_iter)
+                value = linear_operator_norm(
+                    fwd, adj, self.v.detach().double(), tol=tol, max_iter=max_iter
+                )
         # The key is taken after normalized_weight(), which may refresh the eval cache.
         self._norm_cache = (self._norm_key(tol, max_iter), value)
         return value
@@ -269,8 +278,18 @@ class _SpectralNormMixin:
     def _norm_key(self, tol: float, max_iter: int) -> tuple:
         """Everything :meth:`operator_norm` depends on: mode, settings, weight and buffers (their
         version counters move on every in-place update)."""
-        return (self.training, self.norm, tol, max_iter, *self._cache_key(), self.sigma._version,
-                self.sigma.data_ptr(), self.u._version, self.v._version, self.v.data_ptr())
+        return (
+            self.training,
+            self.norm,
+            tol,
+            max_iter,
+            *self._cache_key(),
+            self.sigma._version,
+            self.sigma.data_ptr(),
+            self.u._version,
+            self.v._version,
+            self.v.data_ptr(),
+        )
 
     def lipschitz_bound(self) -> float:
         """Lipschitz constant of the layer as a map (the bias does not change it)."""
@@ -315,7 +334,9 @@ class SpectralLinear(_SpectralNormMixin, nn.Linear):
         self.register_buffer("u", _normalize(torch.randn(out_features)))
         self.register_buffer("v", _normalize(torch.randn(in_features)))
 
-    def _operator(self, weight: Tensor) -> tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]:
+    def _operator(
+        self, weight: Tensor
+    ) -> tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]:
         return (lambda v: weight @ v), (lambda u: weight.t() @ u)
 
     def _exact_norm(self, weight: Tensor) -> Tensor | None:
@@ -364,7 +385,9 @@ class SpectralConv2d(_SpectralNormMixin, nn.Conv2d):
         eval_tol: float = 1e-7,
         norm: str = "spectral",
     ) -> None:
-        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=bias)
+        super().__init__(
+            in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=bias
+        )
         if not isinstance(self.padding, tuple):
             raise ValueError("SpectralConv2d needs numeric padding (not 'same'/'valid' strings)")
         self._init_spectral(coeff, n_power_iterations, eval_tol, norm)
@@ -382,7 +405,9 @@ class SpectralConv2d(_SpectralNormMixin, nn.Conv2d):
             pads.append(in_hw[i] - ((out_hw[i] - 1) * s - 2 * p + k))
         return pads[0], pads[1]
 
-    def _operator(self, weight: Tensor) -> tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]:
+    def _operator(
+        self, weight: Tensor
+    ) -> tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]:
         in_hw = tuple(self.v.shape[-2:])
         out_hw = tuple(self.u.shape[-2:])
         out_pad = self._output_padding(in_hw, out_hw)  # type: ignore[arg-type]
@@ -460,7 +485,7 @@ def frozen_normalisation(module: nn.Module) -> Iterator[None]:
     try:
         yield
     finally:
-        for m, p in zip(layers, previous):
+        for m, p in zip(layers, previous, strict=True):
             m._frozen = p
 
 

@@ -69,7 +69,9 @@ class InverseDiagnostics:
             f"converged {int(self.converged.sum())}/{self.converged.numel()}"
         )
         if self.a_priori_bound is not None:
-            text += f", Banach bound {float(self.a_priori_bound.max()):.2e} (L={self.lipschitz:.4f})"
+            text += (
+                f", Banach bound {float(self.a_priori_bound.max()):.2e} (L={self.lipschitz:.4f})"
+            )
         return text
 
 
@@ -167,7 +169,11 @@ def fixed_point_solve(
                 if len(xs) > anderson:
                     xs.pop(0)
                     fs.pop(0)
-                x = _anderson_mix(torch.stack(xs, 1), torch.stack(fs, 1), lam) if len(xs) > 1 else fx
+                x = (
+                    _anderson_mix(torch.stack(xs, 1), torch.stack(fs, 1), lam)
+                    if len(xs) > 1
+                    else fx
+                )
             else:
                 x = fx
         bound = None

@@ -11,6 +11,7 @@ __all__ = ["jacobian"]
 
 G = Callable[[Tensor], Tensor]
 
+
 def _forward_jacobian(g: nn.Sequential, x: Tensor) -> tuple[Tensor, Tensor]:
     """Jacobian by propagating ``d`` tangents through a chain of layers that offer
     ``jvp(x, t) -> (f(x), J_f(x) t)`` (forward mode, one pass, no double backward)."""
@@ -59,11 +60,11 @@ def jacobian(g: G, x: Tensor, *, create_graph: bool = False) -> tuple[Tensor, Te
         except RuntimeError:  # an op without a batching rule: one backward pass per row
             rows = torch.stack(
                 [
-                    torch.autograd.grad(gx, x_, basis[i], retain_graph=True, create_graph=create_graph)[0]
+                    torch.autograd.grad(
+                        gx, x_, basis[i], retain_graph=True, create_graph=create_graph
+                    )[0]
                     for i in range(d)
                 ]
             )
         jac = rows.reshape(d, b, d).transpose(0, 1)
     return gx, jac
-
-

@@ -128,7 +128,9 @@ def _series(
                 neumann = neumann + ((-1) ** k * weights[k]) * w
         if neumann_gradient and need_graph:
             # Surrogate neumann^T J v: its gradient is the Neumann-series gradient estimate.
-            wj = torch.autograd.grad(gx, x, neumann.detach(), retain_graph=True, create_graph=True)[0]
+            wj = torch.autograd.grad(gx, x, neumann.detach(), retain_graph=True, create_graph=True)[
+                0
+            ]
             surrogate = surrogate + _batch_dot(wj, v)
     value = value / probes.shape[0]
     if neumann_gradient:
@@ -145,7 +147,9 @@ class _MemoryEfficient(torch.autograd.Function):
         with torch.enable_grad():
             x_ = x.detach().requires_grad_()
             gx, logdet = compute(x_)
-            grads = torch.autograd.grad(logdet.sum(), (x_, *params), retain_graph=True, allow_unused=True)
+            grads = torch.autograd.grad(
+                logdet.sum(), (x_, *params), retain_graph=True, allow_unused=True
+            )
         # Dropping `logdet` frees the series' own graph; only g's graph (behind gx) survives.
         ctx.graph = (gx, x_, params)
         ctx.logdet_grads = grads
@@ -170,7 +174,10 @@ class _MemoryEfficient(torch.autograd.Function):
                     "memory_efficient log-det needs a loss that weights every sample's log-det "
                     "equally (e.g. a mean over the batch); use memory_efficient=False otherwise"
                 )
-            grad_params = [_add(d, None if gr is None else gr * c) for d, gr in zip(dg[1:], grads[1:])]
+            grad_params = [
+                _add(d, None if gr is None else gr * c)
+                for d, gr in zip(dg[1:], grads[1:], strict=True)
+            ]
         return (None, grad_x, *grad_params)
 
 
@@ -211,7 +218,9 @@ def series_logdet(
 
     def compute(x_: Tensor) -> tuple[Tensor, Tensor]:
         gx = g(x_)
-        ld = _series(gx, x_, probes, weights, neumann_gradient=neumann_gradient, need_graph=need_graph)
+        ld = _series(
+            gx, x_, probes, weights, neumann_gradient=neumann_gradient, need_graph=need_graph
+        )
         return gx, ld
 
     if memory_efficient and need_graph:

@@ -65,8 +65,12 @@ class InvertibleResidualBlock(Transform):
     ) -> None:
         super().__init__()
         self.g = g
-        self.logdet_estimator: LogDetEstimator = logdet if logdet is not None else PowerSeriesLogDet()
-        self.inverse_solver: FixedPointInverse = inverse if inverse is not None else FixedPointInverse()
+        self.logdet_estimator: LogDetEstimator = (
+            logdet if logdet is not None else PowerSeriesLogDet()
+        )
+        self.inverse_solver: FixedPointInverse = (
+            inverse if inverse is not None else FixedPointInverse()
+        )
         #: ``torch.bfloat16``/``torch.float16`` runs ``g`` under autocast (mixed precision)
         self.branch_dtype: torch.dtype | None = None
 

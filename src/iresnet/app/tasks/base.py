@@ -56,8 +56,9 @@ def scoring_estimator(
     """
     if dim <= exact_max_dim:
         return "exact", ExactLogDet(max_dim=dim)
-    est = RussianRouletteLogDet(n_exact=roulette_exact, neumann_gradient=False,
-                                memory_efficient=False)
+    est = RussianRouletteLogDet(
+        n_exact=roulette_exact, neumann_gradient=False, memory_efficient=False
+    )
     return f"russian-roulette(n_exact={roulette_exact})", est
 
 
@@ -75,8 +76,11 @@ def continuous_part(transform: ComposedTransform, x: Tensor) -> tuple[ComposedTr
 def inverse_summary(diagnostics: list[InverseDiagnostics]) -> dict[str, Any]:
     """Iterations and convergence over every block's solve (JSON-ready)."""
     if not diagnostics:
-        return {"inverse_iterations_mean": 0.0, "inverse_iterations_max": 0,
-                "inverse_converged": True}
+        return {
+            "inverse_iterations_mean": 0.0,
+            "inverse_iterations_max": 0,
+            "inverse_converged": True,
+        }
     means = torch.stack([d.iterations.double().mean() for d in diagnostics])
     return {
         "inverse_iterations_mean": float(means.mean()),
@@ -124,8 +128,9 @@ class Task:
         """``n`` samples in data units and the inverse's diagnostics."""
         raise NotImplementedError
 
-    def test_batches(self, batch_size: int, max_batches: int | None = None,
-                     limit: int | None = None) -> Iterator[Any]:
+    def test_batches(
+        self, batch_size: int, max_batches: int | None = None, limit: int | None = None
+    ) -> Iterator[Any]:
         """Consecutive test batches of the first ``limit`` points (all by default)."""
         n = self.data.test_x.shape[0] if limit is None else min(limit, self.data.test_x.shape[0])
         for i, start in enumerate(range(0, n, batch_size)):

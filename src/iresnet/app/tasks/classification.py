@@ -77,13 +77,18 @@ class ClassificationTask(Task):
     def __init__(self, cfg: Config, data: DataBundle, device: torch.device) -> None:
         super().__init__(cfg, data, device)
         if data.kind != "image" or data.train_y is None or data.test_y is None:
-            raise ConfigError(f"model.kind={cfg.model.kind} needs a labelled image data set "
-                              f"(digits, mnist, fashion-mnist, cifar10), got '{data.name}'")
+            raise ConfigError(
+                f"model.kind={cfg.model.kind} needs a labelled image data set "
+                f"(digits, mnist, fashion-mnist, cifar10), got '{data.name}'"
+            )
         self.n_levels = int(data.n_levels or 256)
 
     def batch(self, split: str, idx: Tensor) -> Batch:
-        xs, ys = (self.data.train_x, self.data.train_y) if split == "train" else (
-            self.data.test_x, self.data.test_y)
+        xs, ys = (
+            (self.data.train_x, self.data.train_y)
+            if split == "train"
+            else (self.data.test_x, self.data.test_y)
+        )
         assert ys is not None
         return xs[idx].to(self.device), ys[idx].to(self.device)
 
@@ -95,8 +100,9 @@ class ClassificationTask(Task):
             u = augment(u, flip=u.shape[1] == 3)
         return u
 
-    def predict(self, model: nn.Module, x: Tensor, *, train: bool = False
-                ) -> tuple[Tensor, Tensor | None]:
+    def predict(
+        self, model: nn.Module, x: Tensor, *, train: bool = False
+    ) -> tuple[Tensor, Tensor | None]:
         """Logits ``(B, classes)`` and, for hybrids, bits/dim ``(B,)`` (else None)."""
         return model(self.inputs(model, x, train=train)), None
 
@@ -110,8 +116,7 @@ class ClassificationTask(Task):
             return ce, metrics
         bpd_mean = bpd.mean()
         loss = self.cfg.train.density_weight * bpd_mean + ce
-        return loss, {**metrics, "loss": loss.detach(), "ce": ce.detach(),
-                      "bpd": bpd_mean.detach()}
+        return loss, {**metrics, "loss": loss.detach(), "ce": ce.detach(), "bpd": bpd_mean.detach()}
 
     def evaluate(self, model: nn.Module, max_batches: int | None = None) -> dict[str, float]:
         """Test error and cross-entropy (and, for hybrids, bits/dim with its standard error)
@@ -130,8 +135,15 @@ class ClassificationTask(Task):
             out["test_bpd"], out["test_bpd_se"] = mean_se(torch.cat(bpds))
         return out
 
-    def full_evaluation(self, model: nn.Module, *, n_inverse: int = 512, exact_max_dim: int = 64,
-                        roulette_exact: int = 20, **options: Any) -> dict[str, Any]:
+    def full_evaluation(
+        self,
+        model: nn.Module,
+        *,
+        n_inverse: int = 512,
+        exact_max_dim: int = 64,
+        roulette_exact: int = 20,
+        **options: Any,
+    ) -> dict[str, Any]:
         """Test error on the whole test set (hybrids: bits/dim with the best log-det estimator
         the dimension allows), the certificate and the feature inverse check.
 
@@ -142,8 +154,7 @@ class ClassificationTask(Task):
         out: dict[str, Any] = {"n_test": int(self.data.test_x.shape[0])}
         estimator = None
         if self.has_density:
-            out["estimator"], estimator = scoring_estimator(self.dim, exact_max_dim,
-                                                            roulette_exact)
+            out["estimator"], estimator = scoring_estimator(self.dim, exact_max_dim, roulette_exact)
         with swap_logdets(model, estimator):
             out.update(self.evaluate(model, None))
         cert = certify(model)
@@ -161,8 +172,9 @@ class ClassificationTask(Task):
         """The invertible part of the model and its (deterministic) input for levels ``x``."""
         return model.trunk, self.inputs(model, x)
 
-    def reconstruct(self, model: nn.Module, n: int
-                    ) -> tuple[Tensor, Tensor, list[InverseDiagnostics], list[str]]:
+    def reconstruct(
+        self, model: nn.Module, n: int
+    ) -> tuple[Tensor, Tensor, list[InverseDiagnostics], list[str]]:
         """The first ``n`` test images as network inputs ``x``, ``F^{-1}(F(x))``, the solver
         diagnostics and the messages of any non-convergence warnings."""
         with evaluating(model), warnings.catch_warnings(record=True) as caught:
@@ -172,8 +184,9 @@ class ClassificationTask(Task):
                 rec, diagnostics = trunk.inverse_with_diagnostics(trunk(x)[0])
             except (RuntimeError, FloatingPointError) as exc:  # e.g. overflow in a solver
                 return x, torch.full_like(x, math.nan), [], [f"inverse failed: {exc}"]
-        msgs = [str(w.message) for w in caught
-                if issubclass(w.category, InverseNotConvergedWarning)]
+        msgs = [
+            str(w.message) for w in caught if issubclass(w.category, InverseNotConvergedWarning)
+        ]
         return x, rec, diagnostics, msgs
 
     def feature_inverse_check(self, model: nn.Module, n: int) -> dict[str, Any]:
@@ -196,10 +209,13 @@ class ClassificationTask(Task):
             out["inverse_warning"] = msgs[0]
         return out
 
-    def sample(self, model: nn.Module, n: int, temperature: float = 1.0
-               ) -> tuple[Tensor, list[InverseDiagnostics]]:
-        raise ConfigError("a classifier models no density, so there is nothing to sample; "
-                          "train a hybrid model (model.kind=hybrid) to sample images")
+    def sample(
+        self, model: nn.Module, n: int, temperature: float = 1.0
+    ) -> tuple[Tensor, list[InverseDiagnostics]]:
+        raise ConfigError(
+            "a classifier models no density, so there is nothing to sample; "
+            "train a hybrid model (model.kind=hybrid) to sample images"
+        )
 
     def curve_keys(self) -> tuple[str, ...]:
         """Metrics of the learning-curve picture."""
@@ -212,20 +228,23 @@ class HybridTask(ClassificationTask):
 
     has_density = True
 
-    def predict(self, model: nn.Module, x: Tensor, *, train: bool = False
-                ) -> tuple[Tensor, Tensor | None]:
+    def predict(
+        self, model: nn.Module, x: Tensor, *, train: bool = False
+    ) -> tuple[Tensor, Tensor | None]:
         logits, log_prob = model(x, return_log_prob=True)
         return logits, bits_per_dim(log_prob, self.dim)
 
     def network_input(self, model: nn.Module, x: Tensor) -> tuple[Any, Tensor]:
         return continuous_part(model.trunk, x)
 
-    def sample(self, model: nn.Module, n: int, temperature: float = 1.0
-               ) -> tuple[Tensor, list[InverseDiagnostics]]:
+    def sample(
+        self, model: nn.Module, n: int, temperature: float = 1.0
+    ) -> tuple[Tensor, list[InverseDiagnostics]]:
         """Images ``x = F^{-1}(z)``, ``z ~ N(0, T^2 I)`` of the feature shape, in ``[0, 1]``."""
         with evaluating(model):
-            z = torch.randn(n, *model.feature_shape, device=self.device,
-                            dtype=self.model_dtype(model))
+            z = torch.randn(
+                n, *model.feature_shape, device=self.device, dtype=self.model_dtype(model)
+            )
             x, diagnostics = model.invert_features_with_diagnostics(z * temperature)
         return x / (self.n_levels - 1), diagnostics
 

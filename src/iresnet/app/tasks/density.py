@@ -54,8 +54,9 @@ class DensityTask(Task):
         # The log-det values are estimates (never a gradient surrogate), so this is a likelihood.
         return value, {self.metric: value.detach()}
 
-    def log_probs(self, model: nn.Module, max_batches: int | None = None,
-                  limit: int | None = None) -> Tensor:
+    def log_probs(
+        self, model: nn.Module, max_batches: int | None = None, limit: int | None = None
+    ) -> Tensor:
         """``log p`` of the test points (the one evaluation loop); call in eval mode."""
         return torch.cat([model.log_prob(b) for b in self.test_batches(1024, max_batches, limit)])
 
@@ -64,8 +65,15 @@ class DensityTask(Task):
             mean, se = mean_se(self.value(self.log_probs(model, max_batches)))
         return {f"test_{self.metric}": mean, f"test_{self.metric}_se": se}
 
-    def full_evaluation(self, model: nn.Module, *, n_inverse: int = 512, exact_max_dim: int = 64,
-                        roulette_exact: int = 20, n_test: int | None = None) -> dict[str, Any]:
+    def full_evaluation(
+        self,
+        model: nn.Module,
+        *,
+        n_inverse: int = 512,
+        exact_max_dim: int = 64,
+        roulette_exact: int = 20,
+        n_test: int | None = None,
+    ) -> dict[str, Any]:
         """Test likelihood with the best estimator the dimension allows, the gap to the truth,
         the inverse's reconstruction error and the certificate.
 
@@ -107,8 +115,10 @@ class DensityTask(Task):
     def inverse_check(self, model: Flow, n: int) -> dict[str, Any]:
         """``max |x - f^{-1}(f(x))|`` over ``n`` test points (see :meth:`reconstruct`)."""
         x, rec, diagnostics = self.reconstruct(model, n)
-        return {"inverse_max_error": float((rec - x.to(rec.dtype)).abs().max()),
-                **inverse_summary(diagnostics)}
+        return {
+            "inverse_max_error": float((rec - x.to(rec.dtype)).abs().max()),
+            **inverse_summary(diagnostics),
+        }
 
     def sample(
         self, model: Flow, n: int, temperature: float = 1.0
