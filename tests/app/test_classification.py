@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -57,7 +58,7 @@ def test_trained_constrained_classifier_inverts_its_features(tmp_path):
     assert {"test_error", "test_loss"} <= set(result.last_metrics)
     trained = load_run(run)
     ev = trained.task.full_evaluation(trained.model, n_inverse=64)
-    assert 0.0 <= ev["test_error"] <= 1.0 and ev["n_test"] == 359
+    assert ev["test_error"] < 0.9 and ev["n_test"] == 359  # better than chance after 40 steps
     losses = [r["loss"] for r in rows if "acc" in r]
     assert losses[-1] < losses[0]
     assert ev["invertible"] and ev["max_lipschitz"] < 1
@@ -105,7 +106,10 @@ def test_hybrid_trains_and_reports_bpd_and_error(tmp_path):
     trained = load_run(tmp_path / "hybrid")
     assert isinstance(trained.task, HybridTask)
     ev = trained.task.full_evaluation(trained.model, n_inverse=16)
-    assert ev["estimator"] == "exact" and 0 < ev["test_bpd"] < 10 and 0 <= ev["test_error"] <= 1
+    # Better than the uniform density on the cube (log2 17 bits/dim for digits), and a test
+    # error below chance (90%).
+    assert ev["estimator"] == "exact" and ev["test_bpd"] + 4 * ev["test_bpd_se"] < math.log2(17)
+    assert 0 <= ev["test_error"] < 0.9
     assert ev["feature_inverse_max_error"] <= 1e-4
     samples, diagnostics = trained.task.sample(trained.model, 4)
     assert (
@@ -167,3 +171,19 @@ def test_train_augment_changes_training_batches_only():
     assert torch.equal(task.inputs(model, x), plain)
     off = make_task(tiny(), data, torch.device("cpu"))
     assert torch.equal(off.inputs(model, x, train=True), plain)
+
+
+def test_hybrid_augmentation_moves_whole_levels():
+    cfg = tiny("model.kind=hybrid", "model.logdet=exact", "train.augment=true")
+    data = load_data(cfg.data)
+    task = make_task(cfg, data, torch.device("cpu"))
+    model = build_model(cfg, data)
+    x, y = task.batch("train", torch.arange(16))
+    seen = []
+    model.trunk[0].register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    with torch.no_grad():
+        loss, metrics = task.loss(model.train(), (x, y))
+    assert torch.isfinite(loss) and {"bpd", "ce"} <= set(metrics)
+    moved = seen[0]
+    assert torch.equal(moved, moved.round()) and moved.shape == x.shape  # whole levels
+    assert not torch.equal(moved, x.to(moved.dtype))  # and moved

@@ -61,3 +61,9 @@ def test_bad_overrides_refused(override, match):
 def test_bad_dicts_refused(raw, match):
     with pytest.raises(ConfigError, match=match):
         Config.from_dict(raw)
+
+
+def test_augment_is_refused_for_density_models():
+    with pytest.raises(ConfigError, match="train.augment"):
+        Config().override(["train.augment=true"])
+    assert Config().override(["model.kind=classifier", "train.augment=true"]).train.augment

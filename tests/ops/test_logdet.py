@@ -7,7 +7,7 @@ import torch
 
 import iresnet
 from iresnet.ops import exact_logdet, jacobian, roulette_weights, sample_probes, series_logdet
-from tests.helpers import make_strong_g, mlp_g, scale_weights
+from tests.helpers import make_strong_g, mlp_g, scale_weights, slogdet_of
 
 
 def make_g(dim: int, coeff: float = 0.9, hidden: int = 16) -> torch.nn.Module:
@@ -18,13 +18,8 @@ def make_g(dim: int, coeff: float = 0.9, hidden: int = 16) -> torch.nn.Module:
 
 
 def explicit_logdet(g, x):
-    """slogdet(I + J) with J from torch.autograd.functional.jacobian, sample by sample."""
-    out = []
-    for xi in x:
-        jac = torch.autograd.functional.jacobian(lambda v: g(v[None])[0], xi)
-        jac = jac.reshape(xi.numel(), xi.numel())
-        out.append(torch.linalg.slogdet(torch.eye(xi.numel(), dtype=x.dtype) + jac).logabsdet)
-    return torch.stack(out)
+    """``slogdet(I + J)`` with ``J`` the autograd Jacobian, sample by sample."""
+    return slogdet_of(lambda v: v + g(v), x)
 
 
 def truncated_series(g, x, n):

@@ -121,8 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--n-test",
         type=int,
         default=None,
-        help="density models: the likelihood on the first N test points only (default: all; "
-        "the standard error is over the points evaluated)",
+        help="evaluate on the first N test points only (default: all; the standard error is "
+        "over the points evaluated)",
     )
 
     p = sub.add_parser(
@@ -243,8 +243,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     trained = load_run(args.run_dir, device=args.device)
     if args.n_test is not None and args.n_test < 1:
         raise ConfigError(f"--n-test must be >= 1, got {args.n_test}")
-    options = {"n_test": args.n_test} if args.n_test is not None else {}
-    result = trained.task.full_evaluation(trained.model, n_inverse=args.n_inverse, **options)
+    result = trained.task.full_evaluation(
+        trained.model, n_inverse=args.n_inverse, n_test=args.n_test
+    )
     result["run_dir"] = str(trained.run.path)
     result["weights"] = str(trained.weights)
     atomic_write(trained.run.path / "eval.json", json.dumps(result, indent=2) + "\n")
@@ -295,7 +296,7 @@ def _cmd_certify(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_presets(args: argparse.Namespace) -> int:
+def _cmd_presets(_: argparse.Namespace) -> int:
     width = max(len(n) for n in PRESETS)
     for name, preset in PRESETS.items():
         mark = " (default)" if name == DEFAULT_PRESET else ""

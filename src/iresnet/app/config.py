@@ -267,6 +267,11 @@ class Config:
         self.model.validate()
         self.data.validate()
         self.train.validate()
+        if self.train.augment and self.model.kind not in ("classifier", "hybrid"):
+            raise ConfigError(
+                "train.augment moves images for classifiers and hybrids; a density model "
+                f"(model.kind={self.model.kind}) would learn the moved images: set it to false"
+            )
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -118,8 +118,18 @@ class Task:
         """Test metrics during training (at most ``max_batches`` test batches)."""
         raise NotImplementedError
 
-    def full_evaluation(self, model: nn.Module, **options: Any) -> dict[str, Any]:
-        """Everything ``iresnet evaluate`` reports."""
+    def full_evaluation(
+        self,
+        model: nn.Module,
+        *,
+        n_inverse: int = 512,
+        exact_max_dim: int = 64,
+        roulette_exact: int = 20,
+        n_test: int | None = None,
+    ) -> dict[str, Any]:
+        """Everything ``iresnet evaluate`` reports, on the first ``n_test`` test points (all by
+        default) and ``n_inverse`` reconstructions; log-likelihoods with the exact log-det up to
+        ``exact_max_dim`` dimensions, else the roulette with ``roulette_exact`` fixed terms."""
         raise NotImplementedError
 
     def sample(
