@@ -78,6 +78,7 @@ class EpochBatches:
 
     @property
     def batches_per_epoch(self) -> int:
+        """Global batches in one epoch (the last partial one is dropped)."""
         return max(1, (self.n // self.world) // self.local_batch)
 
     def next(self) -> Tensor:
@@ -93,7 +94,9 @@ class EpochBatches:
         return idx
 
     def state(self) -> dict[str, int]:
+        """The position as two integers (JSON-ready), for a checkpoint."""
         return {"epoch": self.epoch, "position": self.position}
 
     def load_state(self, state: dict[str, int]) -> None:
+        """Continue from a position saved by :meth:`state`."""
         self.epoch, self.position, self._order = int(state["epoch"]), int(state["position"]), None

@@ -74,6 +74,7 @@ def flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, Tensor], di
 
 
 def unflatten_optimizer(tensors: dict[str, Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    """The optimiser state dict back from :func:`flatten_optimizer`'s two halves."""
     state: dict[int, dict[str, Any]] = {}
     for name, value in tensors.items():
         if name.startswith("opt."):

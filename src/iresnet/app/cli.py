@@ -41,6 +41,7 @@ def _config_keys_help() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``iresnet`` argument parser with its sub-commands."""
     parser = argparse.ArgumentParser(
         prog="iresnet",
         description="Invertible Residual Networks and Residual Flows: "
@@ -315,6 +316,7 @@ COMMANDS = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``iresnet ARGV``; returns the exit status (2 for a user error, printed in one line)."""
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     # Overrides may come after options (`train --out d lr=1e-3`): collect KEY=VALUE leftovers.

@@ -36,8 +36,9 @@ class ModelConfig:
             (the paper's "vanilla" model; no inverse is guaranteed).
         lipschitz_norm: how constrained layers are bounded: ``spectral`` (power iteration, the
             default), ``frobenius`` (cheaper, looser ``||W||_F``) or ``penalty`` (no hard bound;
-            the loss adds ``train.spectral_penalty * sum ||W||_2^2``, seed eq. (11); the
-            certificate then reports honestly whether the trained model is invertible).
+            the loss adds ``train.spectral_penalty * sum ||W||_2^2``, the spectral norm
+            regulariser of Yoshida & Miyato, arXiv:1705.10941; the certificate then reports
+            honestly whether the trained model is invertible).
         n_blocks: residual blocks (toy: in total; images: per scale).
         hidden: hidden width (units for MLPs, channels for convolutions).
         n_layers: linear/conv layers inside each residual branch ``g`` (>= 2).
@@ -96,6 +97,7 @@ class ModelConfig:
     head_pool: int = 1
 
     def validate(self) -> None:
+        """Raise :class:`~iresnet.errors.ConfigError` on an out-of-range or unknown value."""
         _choice("model.kind", self.kind, MODEL_KINDS)
         _choice("model.logdet", self.logdet, LOGDETS)
         _choice("model.activation", self.activation, ACTIVATIONS)
@@ -187,8 +189,9 @@ class TrainConfig:
         threads: CPU threads of PyTorch (0: its default). Small models gain little from more
             threads and lose much when cores are shared, so the toy presets use 1.
         density_weight: hybrid models: weight of the density term in the loss.
-        spectral_penalty: ``lambda`` of the penalty ``lambda * sum ||W||_2^2`` (seed eq. (11)),
-            added to the loss of layers with a power-iteration estimate.
+        spectral_penalty: ``lambda`` of the penalty ``lambda * sum ||W||_2^2`` (Yoshida &
+            Miyato, arXiv:1705.10941), added to the loss of layers with a power-iteration
+            estimate.
         precision: ``fp32``, ``bf16`` or ``fp16`` autocast for the residual branches.
         augment: classifiers: random translations by up to ``H // 8`` pixels (zero fill) and,
             for colour images, random horizontal flips of every training batch.
@@ -264,6 +267,11 @@ class Config:
     preset: str = "custom"
 
     def validate(self) -> Config:
+        """Validate every section and their combination; return ``self``.
+
+        Raises:
+            ConfigError: the first problem found, naming the key.
+        """
         self.model.validate()
         self.data.validate()
         self.train.validate()
@@ -275,9 +283,11 @@ class Config:
         return self
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain nested dicts (what ``config.json`` holds)."""
         return asdict(self)
 
     def to_json(self) -> str:
+        """The config as indented JSON with sorted keys."""
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod

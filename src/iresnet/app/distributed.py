@@ -27,10 +27,12 @@ class DistContext:
 
     @property
     def is_main(self) -> bool:
+        """Rank 0: the process that writes files."""
         return self.rank == 0
 
     @property
     def distributed(self) -> bool:
+        """More than one process."""
         return self.world > 1
 
     def any(self, flag: bool) -> bool:
@@ -62,5 +64,6 @@ def setup_distributed(device: str) -> DistContext:
 
 
 def teardown_distributed() -> None:
+    """Leave the process group if this process joined one."""
     if dist.is_initialized():
         dist.destroy_process_group()

@@ -55,6 +55,12 @@ class Run:
                     shutil.rmtree(p, ignore_errors=True)
 
     def load_config(self) -> Config:
+        """The run's validated ``config.json``.
+
+        Raises:
+            CheckpointError: no ``config.json`` (not a run folder).
+            ConfigError: the file is not valid JSON or not a valid config.
+        """
         if not self.config_path.is_file():
             raise CheckpointError(f"{self.path}: no config.json: not an iresnet run folder")
         try:
@@ -64,9 +70,11 @@ class Run:
         return Config.from_dict(raw)
 
     def save_config(self, cfg: Config) -> None:
+        """Replace ``config.json`` atomically."""
         atomic_write(self.config_path, cfg.to_json() + "\n")
 
     def save_data_info(self, data: DataBundle) -> None:
+        """``data.json``: name, kind, shapes, sizes, levels and the standardiser's statistics."""
         info: dict[str, Any] = {
             "name": data.name,
             "kind": data.kind,
@@ -88,10 +96,12 @@ class Run:
         return Standardizer.from_dict(info["standardizer"]) if "standardizer" in info else None
 
     def log(self, row: dict[str, Any]) -> None:
+        """Append one JSON row to ``metrics.jsonl``."""
         with open(self.metrics_path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(row) + "\n")
 
     def records(self) -> list[dict[str, Any]]:
+        """Every row of ``metrics.jsonl`` (a line torn by a crash is skipped)."""
         if not self.metrics_path.is_file():
             return []
         rows = []
@@ -108,6 +118,7 @@ class Run:
         atomic_write(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def save_final_weights(self, model: nn.Module) -> None:
+        """``model.safetensors``: the final (EMA) weights and buffers, written atomically."""
         state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
         atomic_write(self.weights_path, save(state))
 
