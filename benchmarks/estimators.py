@@ -36,21 +36,23 @@ Run: ``.venv/bin/python benchmarks/estimators.py`` (``--quick`` for a smoke run)
 
 from __future__ import annotations
 
-import argparse
 import copy
 import math
-import sys
 import time
-from pathlib import Path
 
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import iresnet
+from iresnet.nn import conv_branch, mlp_branch
+from iresnet.ops import jacobian
 
-import common  # noqa: E402
-
-import iresnet  # noqa: E402
+from bench import RESULTS_DIR
+from bench.blocks import exact_layer_norms, scale_raw_weights
+from bench.env import environment, script_parser, set_threads
+from bench.report import fmt, markdown_table, pm, write_results
+from bench.stats import summarize
+from bench.timing import time_calls, time_interleaved
 
 NAME = "estimators"
 
@@ -60,24 +62,9 @@ NAME = "estimators"
 # --------------------------------------------------------------------------------------------
 
 
-def _scale_raw_weights(g: nn.Module, factor: float) -> None:
-    with torch.no_grad():
-        for m in g.modules():
-            if isinstance(m, (nn.Linear, nn.Conv2d)):
-                m.weight.mul_(factor)
-
-
 def make_mlp16(c: float, seed: int) -> nn.Module:
     torch.manual_seed(seed)
-    g = nn.Sequential(
-        iresnet.SpectralLinear(16, 64, coeff=c),
-        iresnet.LipSwish(),
-        iresnet.SpectralLinear(64, 64, coeff=c),
-        iresnet.LipSwish(),
-        iresnet.SpectralLinear(64, 16, coeff=c),
-    )
-    _scale_raw_weights(g, 5.0)
-    return g
+    return scale_raw_weights(mlp_branch(16, (64, 64), coeff=c), 5.0)
 
 
 def make_mlp16_aligned(c: float, seed: int) -> nn.Module:
@@ -99,15 +86,7 @@ def make_mlp16_aligned(c: float, seed: int) -> nn.Module:
 
 def make_conv8x8(c: float, seed: int) -> nn.Module:
     torch.manual_seed(seed)
-    g = nn.Sequential(
-        iresnet.SpectralConv2d(1, 16, 3, padding=1, coeff=c),
-        iresnet.LipSwish(),
-        iresnet.SpectralConv2d(16, 16, 1, coeff=c),
-        iresnet.LipSwish(),
-        iresnet.SpectralConv2d(16, 1, 3, padding=1, coeff=c),
-    )
-    _scale_raw_weights(g, 5.0)
-    return g
+    return scale_raw_weights(conv_branch(1, (16, 16), coeff=c), 5.0)
 
 
 BLOCKS = {
@@ -128,25 +107,6 @@ def prepare(name: str, c: float, seed: int) -> tuple[nn.Module, nn.Module, torch
     g32 = copy.deepcopy(g).eval()
     g64 = g.double().eval()
     return g64, g32, x.double()
-
-
-def layer_norms(g: nn.Module) -> list[float]:
-    """Exact operator norm of every normalised layer (dense matrix + SVD, float64), independent
-    of the library's power iteration."""
-    out = []
-    with torch.no_grad():
-        for m in g.modules():
-            if isinstance(m, iresnet.SpectralLinear):
-                w = m.normalized_weight().double()
-                out.append(float(torch.linalg.matrix_norm(w, ord=2)))
-            elif isinstance(m, iresnet.SpectralConv2d):
-                w = m.normalized_weight().double()
-                cin, h, wd = m.v.shape[1:]
-                d = cin * h * wd
-                basis = torch.eye(d, dtype=torch.float64).reshape(d, cin, h, wd)
-                cols = torch.nn.functional.conv2d(basis, w, None, m.stride, m.padding)
-                out.append(float(torch.linalg.matrix_norm(cols.reshape(d, -1), ord=2)))
-    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -227,8 +187,8 @@ def time_estimators(
 
     fv = {key: value_fn(est) for key, est in estimators.items()}
     fg = {key: grad_fn(est) for key, est in estimators.items() if key.split("#")[0] in with_grad}
-    tv = common.time_interleaved(fv, repeats, warmup=2)
-    tg = common.time_interleaved(fg, max(repeats // 2, 3), warmup=1)
+    tv = time_interleaved(fv, repeats, warmup=2)
+    tg = time_interleaved(fg, max(repeats // 2, 3), warmup=1)
     out: dict = {}
     for key in estimators:
         name = key.split("#")[0]
@@ -237,8 +197,8 @@ def time_estimators(
         rec["g"] += [t * 1e3 for t in tg.get(key, [])]
     return {
         name: {
-            "ms_value": common.summarize(rec["v"]),
-            "ms_grad_step": common.summarize(rec["g"]) if rec["g"] else None,
+            "ms_value": summarize(rec["v"]),
+            "ms_grad_step": summarize(rec["g"]) if rec["g"] else None,
         }
         for name, rec in out.items()
     }
@@ -252,12 +212,12 @@ def time_estimators(
 def run_setting(name: str, c: float, args) -> dict:
     g64, g32, x = prepare(name, c, args.seed)
     shape = x.shape[1:]
-    norms = layer_norms(g64)
+    norms = exact_layer_norms(g64)
     x32 = x.float()
     t0 = time.perf_counter()
     with torch.no_grad():
         _, exact = iresnet.ExactLogDet(max_dim=max(64, x[0].numel()))(g64, x)
-        _, jac = iresnet.logdet.jacobian(g64, x)
+        _, jac = jacobian(g64, x)
     jnorm = torch.linalg.matrix_norm(jac, ord=2)
     specrad = torch.linalg.eigvals(jac).abs().amax(-1)
     exact32 = iresnet.ExactLogDet(max_dim=max(64, x[0].numel()))
@@ -266,9 +226,7 @@ def run_setting(name: str, c: float, args) -> dict:
         with torch.no_grad():
             exact32(g32, x32)
 
-    exact_ms = common.summarize(
-        [t * 1e3 for t in common.time_calls(exact_value, max(args.time_repeats // 2, 3))]
-    )
+    exact_ms = summarize([t * 1e3 for t in time_calls(exact_value, max(args.time_repeats // 2, 3))])
     info = {
         "block": name,
         "coeff": c,
@@ -403,12 +361,12 @@ def table_for(setting: dict) -> str:
             [
                 "PowerSeries" if r["estimator"] == "PowerSeriesLogDet" else "RussianRoulette",
                 str(r["n_terms"]) if "n_terms" in r else r["setting"],
-                common.pm(r["bias"], r["bias_se"]),
-                common.pm(r["std"], r["std_se"]),
-                common.fmt(r["rmse"]),
-                common.fmt(r["mean_terms"]),
-                common.fmt(r["ms_value"]["median"]),
-                common.fmt(r["ms_grad_step"]["median"]) if r["ms_grad_step"] else "-",
+                pm(r["bias"], r["bias_se"]),
+                pm(r["std"], r["std_se"]),
+                fmt(r["rmse"]),
+                fmt(r["mean_terms"]),
+                fmt(r["ms_value"]["median"]),
+                fmt(r["ms_grad_step"]["median"]) if r["ms_grad_step"] else "-",
             ]
         )
     head = (
@@ -421,7 +379,7 @@ def table_for(setting: dict) -> str:
         f"{setting['spectral_radius_max']:.3f} (geometric(0.5) roulette variance: "
         f"{finite_variance_note(setting['spectral_radius_max'])}).\n\n"
     )
-    return head + common.markdown_table(cols, rows)
+    return head + markdown_table(cols, rows)
 
 
 def summary_table(results: list[dict]) -> str:
@@ -446,23 +404,22 @@ def summary_table(results: list[dict]) -> str:
         rows.append(
             [
                 s["block"],
-                common.fmt(s["coeff"]),
-                common.fmt(s["jacobian_norm_max"]),
-                *[common.pm(ps[n]["bias"], ps[n]["bias_se"]) if n in ps else "-" for n in shown],
-                common.fmt(last["std"]),
-                common.pm(rr["bias"], rr["bias_se"]),
-                common.fmt(rr["std"]),
-                common.fmt(rr["mean_terms"]),
-                (f"{common.fmt(ps[5]['ms_value']['median'])} / " if 5 in ps else "- / ")
-                + common.fmt(rr["ms_value"]["median"]),
+                fmt(s["coeff"]),
+                fmt(s["jacobian_norm_max"]),
+                *[pm(ps[n]["bias"], ps[n]["bias_se"]) if n in ps else "-" for n in shown],
+                fmt(last["std"]),
+                pm(rr["bias"], rr["bias_se"]),
+                fmt(rr["std"]),
+                fmt(rr["mean_terms"]),
+                (f"{fmt(ps[5]['ms_value']['median'])} / " if 5 in ps else "- / ")
+                + fmt(rr["ms_value"]["median"]),
             ]
         )
-    return common.markdown_table(cols, rows)
+    return markdown_table(cols, rows)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    common.add_common_args(ap)
+    ap = script_parser(__doc__)
     ap.add_argument("--blocks", nargs="+", default=list(BLOCKS), choices=list(BLOCKS))
     ap.add_argument("--coeffs", nargs="+", type=float, default=[0.5, 0.9, 0.97])
     ap.add_argument(
@@ -473,7 +430,7 @@ def main() -> None:
         help="n at which the library estimator is run and timed with a backward pass",
     )
     args = ap.parse_args()
-    common.set_threads(args.threads)
+    set_threads(args.threads)
     if args.quick:
         args.max_terms, args.draws_mlp, args.draws_conv = 4, 20, 5
         args.roulette_calls_mlp, args.roulette_calls_conv, args.roulette_inner = 30, 10, 2
@@ -484,7 +441,7 @@ def main() -> None:
         args.roulette_calls_mlp, args.roulette_calls_conv, args.roulette_inner = 1000, 300, 8
         args.time_repeats = 15
 
-    env = common.environment()
+    env = environment()
     results = []
     for name in args.blocks:
         for c in args.coeffs:
@@ -509,7 +466,7 @@ def main() -> None:
     ]
     for s in results:
         sections.append((f"{s['block']}, c = {s['coeff']}", table_for(s)))
-    common.write_results(
+    write_results(
         NAME,
         "Log-det estimators: accuracy per cost",
         env,
@@ -518,7 +475,7 @@ def main() -> None:
         raw={"settings": results},
         out_dir=args.out_dir,
     )
-    print(f"wrote {(args.out_dir or common.RESULTS_DIR) / (NAME + '.md')}")
+    print(f"wrote {(args.out_dir or RESULTS_DIR) / (NAME + '.md')}")
 
 
 if __name__ == "__main__":

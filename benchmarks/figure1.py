@@ -6,7 +6,7 @@ cross and collapse; the i-ResNet (``Lip(g) <= c < 1``) cannot: ``1 + g'(x) > 0``
 block is strictly increasing and no two paths ever cross. Crossings between consecutive layers
 are counted and circled.
 
-    .venv/bin/python benchmarks/figure1.py [--out docs/figure1.png]
+    .venv/bin/python benchmarks/figure1.py [--out docs/figure1]  # docs/figure1-{resnet,iresnet}.png
 """
 
 from __future__ import annotations
@@ -19,15 +19,19 @@ from pathlib import Path
 import torch
 from torch import nn
 
-import iresnet
-from iresnet.plots import plot_trajectories
+from iresnet.app.plots import plot_trajectories
+from iresnet.nn import mlp_branch
 
 
-def build(constrained: bool, n_blocks: int = 10, hidden: int = 32, coeff: float = 0.9) -> nn.ModuleList:
-    def lin(a: int, b: int) -> nn.Module:
-        return iresnet.SpectralLinear(a, b, coeff=coeff) if constrained else nn.Linear(a, b)
-
-    return nn.ModuleList(nn.Sequential(lin(1, hidden), nn.ELU(), lin(hidden, 1)) for _ in range(n_blocks))
+def build(
+    constrained: bool, n_blocks: int = 10, hidden: int = 32, coeff: float = 0.9
+) -> nn.ModuleList:
+    """``n_blocks`` branches ``linear(1, hidden) -> ELU -> linear(hidden, 1)``, spectrally
+    normalised to ``coeff`` per layer when ``constrained``."""
+    norm = "spectral" if constrained else "none"
+    return nn.ModuleList(
+        mlp_branch(1, (hidden,), activation=nn.ELU, norm=norm, coeff=coeff) for _ in range(n_blocks)
+    )
 
 
 def paths(blocks: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
@@ -46,7 +50,7 @@ def fit(blocks: nn.ModuleList, steps: int = 1500) -> float:
         opt.zero_grad()
         loss.backward()
         opt.step()
-    return float(loss)
+    return float(loss.detach())
 
 
 def crossings(p: torch.Tensor) -> list[tuple[float, float]]:
@@ -63,7 +67,9 @@ def crossings(p: torch.Tensor) -> list[tuple[float, float]]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--out", type=Path, default=Path("docs/figure1"))
     ap.add_argument("--steps", type=int, default=1500)
     args = ap.parse_args()
@@ -78,7 +84,8 @@ def main() -> None:
             p = paths(blocks, x)
         cross = crossings(p)
         out = args.out.with_name(f"{args.out.name}-{name}.png")
-        title = f"{'plain ResNet' if name == 'resnet' else 'i-ResNet (c=0.9)'}: fit -x, MSE {loss:.3f}, {len(cross)} crossings"
+        label = "plain ResNet" if name == "resnet" else "i-ResNet (c=0.9)"
+        title = f"{label}: fit -x, MSE {loss:.3f}, {len(cross)} crossings"
         plot_trajectories(p.numpy(), out, crossings=cross, title=title)
         summary[name] = {"mse": loss, "crossings": len(cross), "figure": str(out)}
         print(f"{name}: MSE {loss:.4f}, crossings {len(cross)} -> {out}")

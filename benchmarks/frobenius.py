@@ -7,7 +7,7 @@ looser bound. This script measures both sides of the trade in one run, as ratios
 frobenius / spectral:
 
 1. **Likelihood** (the cost). The 2-D presets ``toy-8gaussians`` and ``toy-checkerboard`` are
-   trained twice by the library's own loop (:func:`iresnet.train.loop.train`), once with
+   trained twice by the library's own loop (:func:`iresnet.app.training.train`), once with
    ``model.lipschitz_norm=spectral`` (the default) and once with ``frobenius``, same steps, same
    seed, same data. Each run is evaluated on the same 20 000 test points with exact 2x2
    log-dets: test NLL +- SE, the gap to the closed-form truth ``KL(p || q)`` +- SE, and the
@@ -34,10 +34,9 @@ box at load average 5-7; ``--quick`` for a smoke run that writes ``frobenius-qui
 
 from __future__ import annotations
 
-import argparse
 import json
+import math
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -47,22 +46,23 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import iresnet
+from iresnet.app.builder import build_model, load_data
+from iresnet.app.presets import get_preset
+from iresnet.app.runs import load_run
+from iresnet.app.training import train
+from iresnet.datasets import DataBundle
 
-import common  # noqa: E402
-
-import iresnet  # noqa: E402
-from iresnet.data.toy import toy_log_density  # noqa: E402
-from iresnet.image_models import conv_branch  # noqa: E402
-from iresnet.models import build_logdet, build_toy_flow  # noqa: E402
-from iresnet.presets import get_preset  # noqa: E402
-from iresnet.train.evaluate import TrainedRun, load_run  # noqa: E402
-from iresnet.train.loop import train  # noqa: E402
-from iresnet.train.tasks import exact_logdets, mean_se  # noqa: E402
+from bench.blocks import exact_layer_norms
+from bench.density import exact_log_density, scores
+from bench.env import environment, script_parser, seed_all, set_threads
+from bench.metrics import records, seconds_per_step
+from bench.report import markdown_table, pm, write_results
+from bench.stats import mean_se, paired_ratios, summarize
+from bench.timing import time_interleaved
 
 NORMS = ("spectral", "frobenius")
 DATASETS = ("8gaussians", "checkerboard")
-EVAL_CHUNK = 4096
 
 
 # --------------------------------------------------------------------------------------------
@@ -70,28 +70,14 @@ EVAL_CHUNK = 4096
 # --------------------------------------------------------------------------------------------
 
 
-def _log_q(trained: TrainedRun, x: Tensor) -> Tensor:
-    """``log q(x)`` in the data's units with exact 2x2 log-dets, in chunks, no graph."""
-    out = []
-    for chunk in torch.split(x.float(), EVAL_CHUNK):
-        with exact_logdets(trained.model, 2), torch.no_grad():
-            out.append(trained.model.log_prob(chunk) + trained.task.offset)
-    return torch.cat(out).double()
-
-
 def actual_block_bounds(model: nn.Module) -> list[float]:
     """Per residual block, the product of the exact spectral norms (SVD) of the weights the
     forward pass uses: the Lipschitz bound the layers really have, whatever bound certified them."""
-    bounds = []
-    for block in model.modules():
-        if isinstance(block, iresnet.InvertibleResidualBlock):
-            prod = 1.0
-            for m in block.g.modules():
-                if isinstance(m, iresnet.SpectralLinear):
-                    w = m.normalized_weight().detach().double()
-                    prod *= float(torch.linalg.matrix_norm(w, ord=2))
-            bounds.append(prod)
-    return bounds
+    return [
+        math.prod(exact_layer_norms(block.g))
+        for block in model.modules()
+        if isinstance(block, iresnet.InvertibleResidualBlock)
+    ]
 
 
 def train_and_evaluate(
@@ -108,35 +94,22 @@ def train_and_evaluate(
         ]
     )
     t0 = time.perf_counter()
-    result = train(cfg, run_dir, progress=False)
+    result = train(cfg, run_dir, progress=False, figures=False)
     wall = time.perf_counter() - t0
-    records = [
-        json.loads(line)
-        for line in (run_dir / "metrics.jsonl").read_text().splitlines()
-        if line.strip()
-    ]
-    rows = [r for r in records if "loss" in r and "seconds" in r]
-    per_step = [
-        (b["seconds"] - a["seconds"]) / (b["step"] - a["step"])
-        for a, b in zip(rows, rows[1:], strict=False)
-        if b["step"] > a["step"]
-    ]
     trained = load_run(run_dir)
     test_x = trained.data.test_x
-    logq = _log_q(trained, test_x)
-    nll, nll_se = mean_se(-logq)
-    truth = toy_log_density(dataset)
-    kl, kl_se = mean_se(truth(test_x.double()) - logq)
+    logq = exact_log_density(trained.model, 2)(test_x).double()
+    score = scores(logq, test_x, trained.data.true_log_density)
     cert = iresnet.certify(trained.model)
     actual = actual_block_bounds(trained.model)
     info = {
         "steps": result.step,
         "train_wall_seconds": wall,
-        "train_step_seconds_from_metrics": common.summarize(per_step),
-        "test_nll": nll,
-        "test_nll_se": nll_se,
-        "kl": kl,
-        "kl_se": kl_se,
+        "train_step_seconds_from_metrics": summarize(seconds_per_step(records(run_dir), "seconds")),
+        "test_nll": score["test_nll"],
+        "test_nll_se": score["test_nll_se"],
+        "kl": score["kl"],
+        "kl_se": score["kl_se"],
         "n_test": int(test_x.shape[0]),
         "certified_max_bound": cert.max_bound,
         "certified_invertible": cert.invertible,
@@ -199,27 +172,30 @@ def toy_steppers(dataset: str, seed: int) -> dict[str, Stepper]:
     out = {}
     for norm in NORMS:
         cfg = get_preset(f"toy-{dataset}").override([f"model.lipschitz_norm={norm}"])
+        data = load_data(cfg.data)
         torch.manual_seed(seed)
-        model = build_toy_flow(cfg.model, 2)
+        model = build_model(cfg, data)
         gen = torch.Generator().manual_seed(seed)
         batch = torch.randn(cfg.train.batch_size, 2, generator=gen) * 2
         with torch.no_grad():
-            model(batch)  # ActNorm's data-dependent initialisation, outside the timing
+            model.log_prob(batch)  # ActNorm's data-dependent initialisation, outside the timing
         out[norm] = Stepper(model, batch, seed)
     return out
 
 
 def conv_steppers(hidden: int, seed: int) -> dict[str, Stepper]:
-    """One block of the ``mnist`` preset (first scale: 1x28x28) with each norm."""
+    """The first block of the ``mnist`` preset's flow on a 1x28x28 input (no initial squeeze),
+    with each norm."""
     out = {}
+    image = torch.zeros(1, 1, 28, 28, dtype=torch.uint8)
+    shape_only = DataBundle("mnist", "image", image, image, n_levels=256)
     for norm in NORMS:
         cfg = get_preset("mnist").override(
-            [f"model.lipschitz_norm={norm}", f"model.hidden={hidden}"]
+            [f"model.lipschitz_norm={norm}", f"model.hidden={hidden}", "model.init_squeeze=false"]
         )
         torch.manual_seed(seed)
-        block = iresnet.InvertibleResidualBlock(
-            conv_branch(cfg.model, 1, preact=False), logdet=build_logdet(cfg.model, max_dim=784)
-        )
+        flow = build_model(cfg, shape_only)
+        block = next(m for m in flow.modules() if isinstance(m, iresnet.InvertibleResidualBlock))
         gen = torch.Generator().manual_seed(seed)
         batch = torch.rand(cfg.train.batch_size, 1, 28, 28, generator=gen)
         with torch.no_grad():
@@ -232,12 +208,12 @@ def time_pair(steppers: dict[str, Stepper], repeats: int, what: str) -> dict[str
     fns: dict[str, Callable[[], Any]] = {
         n: (s.step if what == "step" else s.normalise) for n, s in steppers.items()
     }
-    times = common.time_interleaved(fns, repeats=repeats, warmup=2)
-    ratios = common.paired_ratios(times["frobenius"], times["spectral"])
+    times = time_interleaved(fns, repeats=repeats, warmup=2)
+    ratios = paired_ratios(times["frobenius"], times["spectral"])
     return {
-        "spectral": common.summarize(times["spectral"]),
-        "frobenius": common.summarize(times["frobenius"]),
-        "ratio": common.summarize(ratios),
+        "spectral": summarize(times["spectral"]),
+        "frobenius": summarize(times["frobenius"]),
+        "ratio": summarize(ratios),
     }
 
 
@@ -272,8 +248,8 @@ def write(
                 [
                     dataset,
                     norm,
-                    common.pm(i["test_nll"], i["test_nll_se"], 4),
-                    common.pm(i["kl"], i["kl_se"], 3),
+                    pm(i["test_nll"], i["test_nll_se"], 4),
+                    pm(i["kl"], i["kl_se"], 3),
                     f"{i['certified_max_bound']:.4f}",
                     f"{i['actual_max_bound']:.4f}",
                     "yes" if i["certified_invertible"] else "NO",
@@ -286,7 +262,7 @@ def write(
             [
                 dataset,
                 "**frobenius - spectral**",
-                common.pm(d["mean"], d["se"], 3),
+                pm(d["mean"], d["se"], 3),
                 "(paired)",
                 "",
                 "",
@@ -295,7 +271,7 @@ def write(
                 "",
             ]
         )
-    lik_table = common.markdown_table(
+    lik_table = markdown_table(
         [
             "data set",
             "lipschitz_norm",
@@ -324,7 +300,7 @@ def write(
                     ratio_cell(x["ratio"]),
                 ]
             )
-    time_table = common.markdown_table(
+    time_table = markdown_table(
         [
             "model",
             "timed",
@@ -409,7 +385,7 @@ def write(
         },
         "total_seconds": total,
     }
-    return common.write_results(
+    return write_results(
         name,
         "The Frobenius bound against the spectral norm: likelihood cost, time saving",
         env,
@@ -428,9 +404,8 @@ def render_only(json_path: Path) -> None:
     recorded ones (the end-of-run load average is replayed, not read from the machine now)."""
     payload = json.loads(json_path.read_text())
     env = payload["environment"]
-    common._loadavg = lambda: env["load_average_at_end"]  # replay, do not re-measure
     raw = payload["raw"]
-    md, js = write(
+    write(
         payload["benchmark"],
         env,
         payload["settings"],
@@ -439,12 +414,10 @@ def render_only(json_path: Path) -> None:
         payload["summary"]["total_seconds"],
         json_path.parent,
     )
-    print(f"re-rendered {md} and {js} from the recorded numbers")
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    common.add_common_args(ap)
+    ap = script_parser(__doc__)
     ap.add_argument(
         "--steps", type=int, default=600, help="training steps of each toy run (both norms)"
     )
@@ -467,12 +440,12 @@ def main() -> None:
         return
     if args.quick:
         args.steps, args.repeats = 40, 8
-    threads = common.set_threads(args.threads)
+    threads = set_threads(args.threads)
     # As benchmarks/toy.py: subnormal floats flushed to zero for both variants, so that tiny
     # values (the Frobenius bound shrinks weights several-fold) cannot slow one of them down.
     torch.set_flush_denormal(True)
-    common.seed_all(args.seed)
-    env = common.environment()
+    seed_all(args.seed)
+    env = environment()
     name = "frobenius-quick" if args.quick else "frobenius"
     t_start = time.perf_counter()
 
@@ -540,8 +513,8 @@ def main() -> None:
         "repeats": args.repeats,
         "threads": threads,
     }
-    md, js = write(name, env, settings, likelihood, timing, total, args.out_dir)
-    print(f"wrote {md} and {js} ({total:.0f} s)")
+    write(name, env, settings, likelihood, timing, total, args.out_dir)
+    print(f"{total:.0f} s in all")
 
 
 if __name__ == "__main__":

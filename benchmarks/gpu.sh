@@ -45,30 +45,32 @@ STEPS=$(( SECONDS_BUDGET * 10 ))
 import json, sys, torch
 from pathlib import Path
 sys.path.insert(0, "benchmarks")
-import common
+from bench.env import environment
+from bench.metrics import records, train_rows
+from bench.report import markdown_table, pm, write_results
 
 run, budget, overrides = Path(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
 cfg = json.loads((run / "config.json").read_text())
-rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
-train_rows = [r for r in rows if "loss" in r and "seconds" in r]
+rows = records(run)
+steps_rows = train_rows(rows, "seconds")
 ev = json.loads((run / "evaluate.json").read_text())
-steps, secs = train_rows[-1]["step"], train_rows[-1]["seconds"]
+steps, secs = steps_rows[-1]["step"], steps_rows[-1]["seconds"]
 # Throughput after the first logged interval (excludes CUDA warm-up and cuDNN autotuning).
-a, b = train_rows[min(1, len(train_rows) - 1)], train_rows[-1]
+a, b = steps_rows[min(1, len(steps_rows) - 1)], steps_rows[-1]
 ips = (b["step"] - a["step"]) * cfg["train"]["batch_size"] / max(b["seconds"] - a["seconds"], 1e-9)
 summary = {"test_bpd": ev["test_bpd"], "test_bpd_se": ev["test_bpd_se"],
            "estimator": ev["estimator"], "images_per_second": ips, "steps": steps,
            "train_seconds": secs, "inverse_max_error": ev["inverse_max_error"],
            "invertible": ev["invertible"], "device": torch.cuda.get_device_name(0)}
-table = common.markdown_table(
+table = markdown_table(
     ["test bits/dim ± SE", "estimator", "images/s", "steps", "seconds", "inverse max error",
      "invertible"],
-    [[common.pm(ev["test_bpd"], ev["test_bpd_se"], 4), ev["estimator"], f"{ips:,.0f}", steps,
+    [[pm(ev["test_bpd"], ev["test_bpd_se"], 4), ev["estimator"], f"{ips:,.0f}", steps,
       f"{secs:.0f}", f"{ev['inverse_max_error']:.2e}", ev["invertible"]]])
-env = common.environment()
+env = environment()
 env["gpu"] = summary["device"]
-common.write_results("gpu-fashion-mnist", "Fashion-MNIST on a GPU for a fixed time", env,
-                     {"budget_s": budget, "overrides": overrides, "run": str(run)},
-                     [("Result", table)], {"metrics": rows, "evaluate": ev}, summary)
+write_results("gpu-fashion-mnist", "Fashion-MNIST on a GPU for a fixed time", env,
+              {"budget_s": budget, "overrides": overrides, "run": str(run)},
+              [("Result", table)], {"metrics": rows, "evaluate": ev}, summary)
 print(table)
 EOF

@@ -9,12 +9,12 @@ same CPU-time budget (``--budget`` CPU seconds of the training process, one torc
 - ``density``: the ``digits`` preset (the Residual Flow density model of the image benchmark).
 
 Every model's step count is fitted to the budget from a short timing run
-(:func:`common.fit_steps`), so its cosine schedule ends with the budget; ``train.max_cpu_seconds``
-caps it as well. Each is then evaluated exactly as ``iresnet evaluate --json`` does
-(``task.full_evaluation``): test error over the whole test set, and test bits/dim with its
-standard error, whose log-determinants are exact at ``D = 64`` (the hybrid trains with Russian
-roulette estimates; the evaluation replaces them with exact ones). Writes
-``benchmarks/results/hybrid-digits.{md,json}``.
+(:func:`bench.ours.fit_steps`), so its cosine schedule ends with the budget;
+``train.max_cpu_seconds`` caps it as well. Each is then evaluated exactly as
+``iresnet evaluate --json`` does (``task.full_evaluation``): test error over the whole test
+set, and test bits/dim with its standard error, whose log-determinants are exact at ``D = 64``
+(the hybrid trains with Russian roulette estimates; the evaluation replaces them with exact
+ones). Writes ``benchmarks/results/hybrid-digits.{md,json}``.
 
     .venv/bin/python benchmarks/hybrid.py              # the full run (about 3 x budget)
     .venv/bin/python benchmarks/hybrid.py --quick      # smoke run, tiny budget
@@ -22,18 +22,18 @@ roulette estimates; the evaluation replaces them with exact ones). Writes
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from iresnet.app.presets import get_preset
 
-import common  # noqa: E402
-
-from iresnet.presets import get_preset  # noqa: E402
+from bench import REPO_ROOT, RESULTS_DIR
+from bench.env import environment, script_parser, set_threads
+from bench.metrics import logged_max
+from bench.ours import train_under_budget
+from bench.report import markdown_table, pm, write_results
 
 #: model label -> preset (all on digits)
 MODELS: dict[str, str] = {
@@ -43,35 +43,29 @@ MODELS: dict[str, str] = {
 }
 
 
-def train_and_evaluate(label: str, preset: str, budget: float, runs: Path, seed: int,
-                       n_inverse: int) -> dict[str, Any]:
+def train_and_evaluate(
+    label: str, preset: str, budget: float, runs: Path, seed: int, n_inverse: int
+) -> dict[str, Any]:
     """Fit the steps to ``budget`` CPU seconds, train ``preset`` into ``runs/label``, evaluate."""
-    from iresnet.train.evaluate import load_run
-    from iresnet.train.loop import train
-
     run_dir = runs / label
     if run_dir.exists():  # the fitted step count differs between calls: always train afresh
         shutil.rmtree(run_dir)
-    base = get_preset(preset).override([f"train.seed={seed}", "train.threads=1",
-                                        "train.max_seconds=0"])
-    steps, per_step = common.fit_steps(base, budget, runs / f"{label}-timing")
-    cfg = base.override([f"train.steps={steps}", f"train.max_cpu_seconds={budget}"])
-    t0 = time.perf_counter()
-    train(cfg, run_dir, progress=False)
-    wall = time.perf_counter() - t0
-    trained = load_run(run_dir)
+    base = get_preset(preset).override(
+        [f"train.seed={seed}", "train.threads=1", "train.max_seconds=0"]
+    )
+    run = train_under_budget(base, budget, run_dir, runs / f"{label}-timing")
+    trained = run.trained
     ev = trained.task.full_evaluation(trained.model, n_inverse=n_inverse)
-    records = trained.run.records()
-    done = max((int(r["step"]) for r in records if "step" in r), default=0)
+    records = run.records
     return {
         "model": label,
         "preset": preset,
-        "kind": cfg.model.kind,
-        "steps_planned": steps,
-        "steps": done,
-        "timing_cpu_seconds_per_step": per_step,
-        "train_cpu_seconds": common.logged_max(run_dir, "cpu_seconds"),
-        "train_wall_seconds": wall,
+        "kind": run.cfg.model.kind,
+        "steps_planned": run.planned_steps,
+        "steps": int(logged_max(records, "step")) if records else 0,
+        "timing_cpu_seconds_per_step": run.timing_cpu_seconds_per_step,
+        "train_cpu_seconds": logged_max(records, "cpu_seconds"),
+        "train_wall_seconds": run.wall_seconds,
         "n_test": ev.get("n_test"),
         "test_error": ev.get("test_error"),
         "test_bpd": ev.get("test_bpd"),
@@ -89,40 +83,73 @@ def table(rows: list[dict[str, Any]]) -> str:
     out = []
     for r in rows:
         err = "-" if r["test_error"] is None else f"{100 * r['test_error']:.2f}"
-        bpd = ("-" if r["test_bpd"] is None
-               else f"{common.pm(r['test_bpd'], r['test_bpd_se'])} ({r['bpd_estimator']})")
-        out.append([r["model"], f"`{r['preset']}`", err, bpd,
-                    "yes" if r["invertible"] else "no", r["steps"],
-                    f"{r['train_cpu_seconds']:.0f}", f"{r['train_wall_seconds']:.0f}"])
-    return common.markdown_table(
-        ["model", "preset", "test error (%)", "test bits/dim ± SE (log-dets)", "certified "
-         "invertible", "steps", "train CPU s", "train wall s"], out)
+        bpd = (
+            "-"
+            if r["test_bpd"] is None
+            else f"{pm(r['test_bpd'], r['test_bpd_se'])} ({r['bpd_estimator']})"
+        )
+        out.append(
+            [
+                r["model"],
+                f"`{r['preset']}`",
+                err,
+                bpd,
+                "yes" if r["invertible"] else "no",
+                r["steps"],
+                f"{r['train_cpu_seconds']:.0f}",
+                f"{r['train_wall_seconds']:.0f}",
+            ]
+        )
+    return markdown_table(
+        [
+            "model",
+            "preset",
+            "test error (%)",
+            "test bits/dim ± SE (log-dets)",
+            "certified invertible",
+            "steps",
+            "train CPU s",
+            "train wall s",
+        ],
+        out,
+    )
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    common.add_common_args(ap)
-    ap.add_argument("--budget", type=float, default=90.0,
-                    help="CPU seconds of training per model (default 90)")
+    ap = script_parser(__doc__)
+    ap.add_argument(
+        "--budget", type=float, default=90.0, help="CPU seconds of training per model (default 90)"
+    )
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    ap.add_argument("--runs-dir", type=Path, default=common.REPO_ROOT / "runs" / "bench-hybrid",
-                    help="where the run folders go (replaced on every call)")
+    ap.add_argument(
+        "--runs-dir",
+        type=Path,
+        default=REPO_ROOT / "runs" / "bench-hybrid",
+        help="where the run folders go (replaced on every call)",
+    )
     ap.add_argument("--n-inverse", type=int, default=256, help="test images reconstructed")
     args = ap.parse_args()
-    threads = common.set_threads(args.threads)
-    env = common.environment()
+    threads = set_threads(args.threads)
+    env = environment()
     budget = 10.0 if args.quick else args.budget
     runs = args.runs_dir / ("digits-quick" if args.quick else "digits")
     rows = []
     for label in args.models:
-        rows.append(train_and_evaluate(label, MODELS[label], budget, runs, args.seed,
-                                       args.n_inverse))
-        print(rows[-1]["model"], {k: rows[-1][k] for k in ("test_error", "test_bpd", "steps",
-                                                         "train_cpu_seconds")}, flush=True)
+        rows.append(
+            train_and_evaluate(label, MODELS[label], budget, runs, args.seed, args.n_inverse)
+        )
+        print(
+            rows[-1]["model"],
+            {k: rows[-1][k] for k in ("test_error", "test_bpd", "steps", "train_cpu_seconds")},
+            flush=True,
+        )
     by = {r["model"]: r for r in rows}
-    summary: dict[str, Any] = {r["model"]: {k: r[k] for k in ("test_error", "test_bpd",
-                                                            "test_bpd_se", "train_cpu_seconds")}
-                               for r in rows}
+    summary: dict[str, Any] = {
+        r["model"]: {
+            k: r[k] for k in ("test_error", "test_bpd", "test_bpd_se", "train_cpu_seconds")
+        }
+        for r in rows
+    }
     lines = []
     if "hybrid" in by and "classifier" in by:
         gap = 100 * (by["hybrid"]["test_error"] - by["classifier"]["test_error"])
@@ -133,23 +160,36 @@ def main() -> int:
         se = (by["hybrid"]["test_bpd_se"] ** 2 + by["density"]["test_bpd_se"] ** 2) ** 0.5
         summary["hybrid_minus_density_bpd"] = gap
         lines.append(f"- hybrid minus pure density model, test bits/dim: {gap:+.3f} ± {se:.3f}")
-    settings = {"budget_cpu_seconds_per_model": budget, "models": MODELS, "threads": threads,
-                "seed": args.seed, "runs": str(runs)}
-    notes = (f"Budget: every model trains for the same CPU time (`train.max_cpu_seconds`, one "
-             "torch thread), its step count fitted to the budget from a short timing run so its "
-             "cosine schedule completes. Test error over the whole digits test set "
-             f"({rows[0]['n_test']} images); "
-             "bits/dim of the dequantised, logit-transformed images (the logit log-det "
-             "included, so the two density numbers are comparable), averaged over the test set "
-             "with one dequantisation draw per image; SE: the standard error of that mean. "
-             "Both density numbers use exact log-determinants (D = 64). The pure classifier "
-             "pads its input, so it is injective but models no density.")
-    sections = [("Results", table(rows)), ("Comparison", "\n".join(lines) or "-"),
-                ("Notes", notes)]
+    settings = {
+        "budget_cpu_seconds_per_model": budget,
+        "models": MODELS,
+        "threads": threads,
+        "seed": args.seed,
+        "runs": str(runs),
+    }
+    notes = (
+        f"Budget: every model trains for the same CPU time (`train.max_cpu_seconds`, one "
+        "torch thread), its step count fitted to the budget from a short timing run so its "
+        "cosine schedule completes. Test error over the whole digits test set "
+        f"({rows[0]['n_test']} images); "
+        "bits/dim of the dequantised, logit-transformed images (the logit log-det "
+        "included, so the two density numbers are comparable), averaged over the test set "
+        "with one dequantisation draw per image; SE: the standard error of that mean. "
+        "Both density numbers use exact log-determinants (D = 64). The pure classifier "
+        "pads its input, so it is injective but models no density."
+    )
+    sections = [("Results", table(rows)), ("Comparison", "\n".join(lines) or "-"), ("Notes", notes)]
     name = "hybrid-digits-quick" if args.quick else "hybrid-digits"
-    common.write_results(name, "Hybrid model beside a pure classifier and a pure density model "
-                         "(digits)", env, settings, sections, {"rows": rows}, summary,
-                         args.out_dir or common.RESULTS_DIR)
+    write_results(
+        name,
+        "Hybrid model beside a pure classifier and a pure density model (digits)",
+        env,
+        settings,
+        sections,
+        {"rows": rows},
+        summary,
+        args.out_dir or RESULTS_DIR,
+    )
     print(table(rows))
     return 0
 

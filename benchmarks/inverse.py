@@ -31,57 +31,32 @@ Run: ``.venv/bin/python benchmarks/inverse.py`` (``--quick`` for a smoke run).
 
 from __future__ import annotations
 
-import argparse
 import copy
 import math
-import sys
-from pathlib import Path
 
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import iresnet
+from iresnet.nn import conv_branch, mlp_branch
+from iresnet.ops import jacobian
 
-import common  # noqa: E402
-
-import iresnet  # noqa: E402
+from bench import RESULTS_DIR
+from bench.blocks import scale_raw_weights
+from bench.env import environment, script_parser, set_threads
+from bench.report import fmt, markdown_table, write_results
+from bench.stats import summarize
+from bench.timing import time_interleaved
 
 NAME = "inverse"
 METHODS = {"plain": 0, "anderson m=3": 3, "anderson m=5": 5}
-
-
-def _toy_g(c: float) -> nn.Sequential:
-    return nn.Sequential(
-        iresnet.SpectralLinear(2, 128, coeff=c),
-        iresnet.LipSwish(),
-        iresnet.SpectralLinear(128, 128, coeff=c),
-        iresnet.LipSwish(),
-        iresnet.SpectralLinear(128, 2, coeff=c),
-    )
-
-
-def _conv_g(c: float) -> nn.Sequential:
-    return nn.Sequential(
-        iresnet.SpectralConv2d(1, 16, 3, padding=1, coeff=c),
-        iresnet.LipSwish(),
-        iresnet.SpectralConv2d(16, 16, 1, coeff=c),
-        iresnet.LipSwish(),
-        iresnet.SpectralConv2d(16, 1, 3, padding=1, coeff=c),
-    )
-
-
-def _scale(g: nn.Module, factor: float) -> None:
-    with torch.no_grad():
-        for m in g.modules():
-            if isinstance(m, (nn.Linear, nn.Conv2d)):
-                m.weight.mul_(factor)
 
 
 def make_block(kind: str, variant: str, c: float, seed: int) -> nn.Module:
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     if kind == "toy2d":
-        g = _toy_g(c)
+        g = mlp_branch(2, (128, 128), coeff=c)
         if variant == "aligned":
             q, _ = torch.linalg.qr(torch.randn(128, 2, generator=gen))
             angle = 2 * math.pi / 3
@@ -96,7 +71,7 @@ def make_block(kind: str, variant: str, c: float, seed: int) -> nn.Module:
                 g[4].weight.copy_(rot @ q.T)
                 g[4].bias.zero_()
     elif kind == "conv8x8":
-        g = _conv_g(c)
+        g = conv_branch(1, (16, 16), coeff=c)
         if variant == "aligned":
             kern = torch.tensor([[0.0, 0.15, 0.0], [0.15, 1.0, 0.15], [0.0, 0.15, 0.0]])
             q = torch.rand(16, generator=gen) + 0.5
@@ -110,8 +85,8 @@ def make_block(kind: str, variant: str, c: float, seed: int) -> nn.Module:
                 g[4].bias.zero_()
     else:
         raise ValueError(kind)
-    _scale(g, 5.0)  # raw weights far above c: the normalisation puts every layer at exactly c
-    return g
+    # Raw weights far above c: the normalisation puts every layer at exactly c.
+    return scale_raw_weights(g, 5.0)
 
 
 SHAPES = {"toy2d": (2,), "conv8x8": (1, 8, 8)}
@@ -128,7 +103,7 @@ def prepare(kind: str, variant: str, c: float, args) -> dict:
     x = torch.randn(batch, *shape, generator=gen, dtype=torch.float64) * args.scale
     with torch.no_grad():
         y = x + g64(x)
-        _, jac = iresnet.logdet.jacobian(g64, x)
+        _, jac = jacobian(g64, x)
     jn = torch.linalg.matrix_norm(jac, ord=2)
     norms = []
     for m in g64.modules():
@@ -185,10 +160,10 @@ def run_case(kind: str, variant: str, c: float, args) -> dict:
             )
             for name, m in METHODS.items()
         }
-        times = common.time_interleaved(fns, args.repeats, warmup=1)
+        times = time_interleaved(fns, args.repeats, warmup=1)
         for name, m in METHODS.items():
             st = solve_stats(g, y, p["x"], m, args)
-            st["ms"] = common.summarize([t * 1e3 for t in times[name]])
+            st["ms"] = summarize([t * 1e3 for t in times[name]])
             out["methods"][f"{dtype}/{name}"] = st
     for dtype in ("float64", "float32"):
         plain = out["methods"][f"{dtype}/plain"]
@@ -222,34 +197,33 @@ def case_table(cases: list[dict], dtype: str) -> str:
             rows.append(
                 [
                     f"{cs['block']}-{cs['variant']}",
-                    common.fmt(cs["coeff"]),
+                    fmt(cs["coeff"]),
                     f"{cs['jac_norm_mean']:.3f} / {cs['jac_norm_max']:.3f}",
                     name,
                     f"{st['iter_mean']:.1f}",
                     str(st["iter_max"]),
                     f"{100 * st['converged_frac']:.0f}%",
-                    common.fmt(st["ms"]["median"]),
-                    common.fmt(st["err_max"]),
-                    common.fmt(st.get("iter_ratio_vs_plain", 1.0)),
-                    common.fmt(st.get("time_ratio_vs_plain", 1.0)),
+                    fmt(st["ms"]["median"]),
+                    fmt(st["err_max"]),
+                    fmt(st.get("iter_ratio_vs_plain", 1.0)),
+                    fmt(st.get("time_ratio_vs_plain", 1.0)),
                 ]
             )
-    return common.markdown_table(cols, rows)
+    return markdown_table(cols, rows)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    common.add_common_args(ap)
+    ap = script_parser(__doc__)
     ap.add_argument("--atol", type=float, default=1e-6)
     ap.add_argument("--max-iter", type=int, default=1000)
     ap.add_argument("--scale", type=float, default=4.0, help="input standard deviation")
     args = ap.parse_args()
-    common.set_threads(args.threads)
+    set_threads(args.threads)
     if args.quick:
         args.batch_toy, args.batch_conv, args.repeats = 64, 8, 2
     else:
         args.batch_toy, args.batch_conv, args.repeats = 256, 64, 9
-    env = common.environment()
+    env = environment()
     cases = []
     plan = [
         ("toy2d", "aligned"),
@@ -310,7 +284,7 @@ def main() -> None:
             case_table(cases, "float32"),
         ),
     ]
-    common.write_results(
+    write_results(
         NAME,
         "Fixed-point inverse: plain vs Anderson",
         env,
@@ -320,7 +294,7 @@ def main() -> None:
         summary=summary,
         out_dir=args.out_dir,
     )
-    print(f"wrote {(args.out_dir or common.RESULTS_DIR) / (NAME + '.md')}")
+    print(f"wrote {(args.out_dir or RESULTS_DIR) / (NAME + '.md')}")
 
 
 if __name__ == "__main__":

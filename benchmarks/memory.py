@@ -17,7 +17,7 @@ the model, runs one warm-up step on a batch of 2 (the convolutions learn their i
 autograd and the allocator initialise), allocates the batch, then resets the kernel's peak-RSS
 mark (``/proc/self/clear_refs``) and reports ``VmHWM`` after the step minus ``VmRSS`` right before
 it (``ru_maxrss`` after - before is recorded too). glibc's mmap threshold is fixed at 64 KiB, so
-freed tensors leave the resident set (see ``common.worker_env``). Median of the repetitions.
+freed tensors leave the resident set (see ``bench.worker.worker_env``). Median of the repetitions.
 
 Target: the memory-efficient estimator stays flat (peak(20)/peak(2) <= 1.2) while plain backprop
 grows.
@@ -27,21 +27,19 @@ Run: ``.venv/bin/python benchmarks/memory.py`` (``--quick`` for a smoke run).
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import sys
 import time
-from pathlib import Path
 
 import torch
-from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import iresnet
+from iresnet.nn import conv_branch
 
-import common  # noqa: E402
-
-import iresnet  # noqa: E402
+from bench.env import environment, script_parser, set_threads
+from bench.report import doc_body, markdown_table, write_results
+from bench.rss import measure_peak_rss
+from bench.stats import median
+from bench.worker import add_worker_flag, run_worker, serve
 
 NAME = "memory"
 
@@ -58,22 +56,16 @@ MODE_LABEL = {
 
 
 def build_flow(n_terms: int, mode: str, hidden: int = 32, n_blocks: int = 4) -> iresnet.Flow:
-    blocks: list[nn.Module] = [iresnet.Squeeze(2)]
+    blocks: list[iresnet.Transform] = [iresnet.Squeeze(2)]
     for _ in range(n_blocks):
-        g = nn.Sequential(
-            iresnet.SpectralConv2d(4, hidden, 3, padding=1, coeff=0.97),
-            iresnet.LipSwish(),
-            iresnet.SpectralConv2d(hidden, hidden, 1, coeff=0.97),
-            iresnet.LipSwish(),
-            iresnet.SpectralConv2d(hidden, 4, 3, padding=1, coeff=0.97),
-        )
+        g = conv_branch(4, (hidden, hidden), coeff=0.97)
         est = iresnet.PowerSeriesLogDet(n_terms=n_terms, **MODES[mode])
         blocks.append(iresnet.InvertibleResidualBlock(g, logdet=est))
     return iresnet.Flow(blocks, event_shape=(1, 28, 28))
 
 
 def worker(cfg: dict) -> dict:
-    threads = common.set_threads(cfg["threads"])
+    threads = set_threads(cfg["threads"])
     torch.manual_seed(cfg["seed"])
     flow = build_flow(cfg["n_terms"], cfg["mode"]).train()
 
@@ -90,7 +82,7 @@ def worker(cfg: dict) -> dict:
     def measured() -> None:
         out["loss"] = step(x)
 
-    mem = common.measure_peak_rss(measured)
+    mem = measure_peak_rss(measured)
     return {**cfg, **mem, **out, "torch_threads": threads}
 
 
@@ -113,7 +105,7 @@ def run(args) -> dict:
                     "rep": rep,
                 }
                 t0 = time.perf_counter()
-                res = common.run_worker(__file__, cfg, fixed_malloc=True)
+                res = run_worker(__file__, cfg, fixed_malloc=True)
                 res["wall_seconds"] = time.perf_counter() - t0
                 raw.append(res)
                 print(
@@ -143,10 +135,10 @@ def tables(data: dict) -> tuple[str, dict]:
                 }
                 continue
             med[(mode, n)] = {
-                "peak": common.median([r["peak_increase_mib"] for r in runs]),
+                "peak": median([r["peak_increase_mib"] for r in runs]),
                 "peak_raw": [r["peak_increase_mib"] for r in runs],
-                "ru": common.median([r["ru_maxrss_increase_mib"] for r in runs]),
-                "step": common.median([r["step_seconds"] for r in runs]),
+                "ru": median([r["ru_maxrss_increase_mib"] for r in runs]),
+                "step": median([r["step_seconds"] for r in runs]),
             }
     cols = ["estimator", *[f"n={n}" for n in terms], f"peak(n={terms[-1]}) / peak(n={terms[0]})"]
     rows = []
@@ -164,7 +156,7 @@ def tables(data: dict) -> tuple[str, dict]:
         )
     body = (
         "Peak RSS increase during one training step, MiB (median of the repetitions; raw "
-        "values in the JSON):\n\n" + common.markdown_table(cols, rows)
+        "values in the JSON):\n\n" + markdown_table(cols, rows)
     )
     rows_t = [
         [
@@ -178,13 +170,13 @@ def tables(data: dict) -> tuple[str, dict]:
     ]
     body += (
         "\n\nSeconds of that step (one measurement per process, median; informational):\n\n"
-        + common.markdown_table(["estimator", *[f"n={n}" for n in terms]], rows_t)
+        + markdown_table(["estimator", *[f"n={n}" for n in terms]], rows_t)
     )
     rows_r = [[MODE_LABEL[m], *[_cell(med[(m, n)]["ru"]) for n in terms]] for m in modes]
     body += (
         "\n\nCross-check, `ru_maxrss` after - before (under-reports when the step stays "
         "below an earlier peak of the process), MiB:\n\n"
-        + common.markdown_table(["estimator", *[f"n={n}" for n in terms]], rows_r)
+        + markdown_table(["estimator", *[f"n={n}" for n in terms]], rows_r)
     )
     if "memeff" in summary and "plain" in summary:
         me, pl = (
@@ -202,16 +194,14 @@ def tables(data: dict) -> tuple[str, dict]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    common.add_common_args(ap)
+    ap = script_parser(__doc__)
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--worker", type=str, default=None, help=argparse.SUPPRESS)
+    add_worker_flag(ap)
     args = ap.parse_args()
-    if args.worker is not None:
-        common.worker_print(worker(json.loads(args.worker)))
+    if serve(args, worker):
         return
-    common.set_threads(args.threads)
-    env = common.environment()
+    set_threads(args.threads)
+    env = environment()
     data = run(args)
     body, summary = tables(data)
     for mode in data["modes"]:
@@ -228,10 +218,10 @@ def main() -> None:
         "LipSwish, 3x3(32->4)], coeff 0.97, float32, input 1x28x28",
     }
     sections = [
-        ("What is measured", __doc__.split("\n\n", 1)[1].split("Run:")[0].strip()),
+        ("What is measured", doc_body(__doc__)),
         ("Results", body),
     ]
-    common.write_results(
+    write_results(
         NAME,
         "Peak memory of one training step vs series terms",
         env,
@@ -241,7 +231,6 @@ def main() -> None:
         summary=summary,
         out_dir=args.out_dir,
     )
-    print(f"wrote {(args.out_dir or common.RESULTS_DIR) / (NAME + '.md')}")
 
 
 if __name__ == "__main__":

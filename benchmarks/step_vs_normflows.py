@@ -25,11 +25,11 @@ sides, one Gaussian probe, geometric(0.5) roulette):
 
 Time: all configurations interleaved (the order rotates every round), median ms per step and
 round-by-round ratios. Memory: peak RSS increase of one step, each in a fresh process (see
-``common.measure_peak_rss``), median of repetitions.
+``bench.rss.measure_peak_rss``), median of repetitions.
 
 What-if variants (not the library as shipped; patched in this process only, to locate the
 cost): ``ours, no power iteration in forward`` runs the step inside
-``iresnet.lipschitz.frozen_normalisation`` (the weight is still divided by the stored sigma,
+``iresnet.nn.frozen_normalisation`` (the weight is still divided by the stored sigma,
 with its gradient; normflows likewise does no power-iteration step in forward and updates its
 vectors after the optimiser step), and ``ours, ExactLogDet`` uses the exact 2x2 log-det (a
 different estimator: exact, no variance).
@@ -41,24 +41,25 @@ Run: ``.venv/bin/python benchmarks/step_vs_normflows.py`` (``--quick`` for a smo
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import copy
-import json
-import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import iresnet
+from iresnet.datasets.toy import sample_toy
+from iresnet.nn import frozen_normalisation, mlp_branch
 
-import common  # noqa: E402
-
-import iresnet  # noqa: E402
-from iresnet.lipschitz import frozen_normalisation  # noqa: E402
+from bench.env import environment, script_parser, seed_all, set_threads
+from bench.peers import normflows_resflow, normflows_update_lipschitz
+from bench.report import doc_body, markdown_table, write_results
+from bench.rss import measure_peak_rss
+from bench.stats import iqr, median, paired_ratios, summarize
+from bench.timing import time_interleaved
+from bench.worker import add_worker_flag, run_worker, serve
 
 NAME = "step_vs_normflows"
 K, WIDTH, COEFF = 16, 128, 0.9
@@ -69,7 +70,7 @@ K, WIDTH, COEFF = 16, 128, 0.9
 # --------------------------------------------------------------------------------------------
 
 
-def ours_estimator(kind: str) -> iresnet.logdet.LogDetEstimator:
+def ours_estimator(kind: str) -> iresnet.LogDetEstimator:
     if kind.startswith("rr"):
         n_exact = int(kind[2:])
         return iresnet.RussianRouletteLogDet(
@@ -85,41 +86,25 @@ def ours_estimator(kind: str) -> iresnet.logdet.LogDetEstimator:
 
 
 def build_ours(kind: str) -> iresnet.Flow:
-    transforms: list[nn.Module] = []
+    transforms: list[iresnet.Transform] = []
     for _ in range(K):
-        g = nn.Sequential(
-            iresnet.LipSwish(),
-            iresnet.SpectralLinear(2, WIDTH, coeff=COEFF),
-            iresnet.LipSwish(),
-            iresnet.SpectralLinear(WIDTH, WIDTH, coeff=COEFF),
-            iresnet.LipSwish(),
-            iresnet.SpectralLinear(WIDTH, 2, coeff=COEFF),
-        )
+        # normflows' LipschitzMLP puts an activation before every linear layer: so does ours.
+        g = nn.Sequential(iresnet.LipSwish(), *mlp_branch(2, (WIDTH, WIDTH), coeff=COEFF))
         transforms += [
             iresnet.InvertibleResidualBlock(g, logdet=ours_estimator(kind)),
             iresnet.ActNorm(2),
         ]
-    flow = iresnet.Flow(transforms, event_shape=(2,)).train()
-    return flow
+    return iresnet.Flow(transforms, event_shape=(2,)).train()
 
 
-def build_theirs(kind: str):
-    import normflows as nf
-
-    flows = []
-    for _ in range(K):
-        net = nf.nets.LipschitzMLP([2, WIDTH, WIDTH, 2], init_zeros=True, lipschitz_const=COEFF)
-        if kind.startswith("rr"):
-            res = nf.flows.Residual(
-                net, reduce_memory=True, n_exact_terms=int(kind[2:]), geom_p=0.5, n_dist="geometric"
-            )
-        elif kind.startswith("ps"):
-            res = nf.flows.Residual(net, reduce_memory=True, n_power_series=int(kind[2:]))
-        else:
-            raise ValueError(kind)
-        flows += [res, nf.flows.ActNorm(2)]
-    q0 = nf.distributions.DiagGaussian(2, trainable=False)
-    return nf.NormalizingFlow(q0=q0, flows=flows).train()
+def build_theirs(kind: str) -> nn.Module:
+    if kind.startswith("rr"):
+        residual = {"n_exact_terms": int(kind[2:]), "geom_p": 0.5, "n_dist": "geometric"}
+    elif kind.startswith("ps"):
+        residual = {"n_power_series": int(kind[2:])}
+    else:
+        raise ValueError(kind)
+    return normflows_resflow(2, K, WIDTH, COEFF, **residual).train()
 
 
 def make_step(side: str, kind: str, variant: str = ""):
@@ -140,13 +125,11 @@ def make_step(side: str, kind: str, variant: str = ""):
     lip = "update_lipschitz" in variant
 
     def step_theirs(x: torch.Tensor) -> None:
-        import normflows as nf
-
         model.zero_grad(set_to_none=True)
         loss = model.forward_kld(x)
         loss.backward()
         if lip:
-            nf.utils.update_lipschitz(model, 5)
+            normflows_update_lipschitz(model, 5)
 
     return step_theirs, model
 
@@ -170,8 +153,6 @@ def config_name(cfg: tuple[str, str, str]) -> str:
 
 
 def data(batch: int, seed: int) -> torch.Tensor:
-    from iresnet.data.toy import sample_toy
-
     return sample_toy("8gaussians", batch, generator=torch.Generator().manual_seed(seed)).float()
 
 
@@ -181,12 +162,12 @@ def data(batch: int, seed: int) -> torch.Tensor:
 
 
 def worker(cfg: dict) -> dict:
-    threads = common.set_threads(cfg["threads"])
-    common.seed_all(cfg["seed"])
+    threads = set_threads(cfg["threads"])
+    seed_all(cfg["seed"])
     step, _ = make_step(cfg["side"], cfg["kind"], cfg.get("variant", ""))
     step(data(2, 123))  # warm-up (ActNorm initialisation, autograd, allocator)
     x = data(cfg["batch"], cfg["seed"])
-    mem = common.measure_peak_rss(lambda: step(x))
+    mem = measure_peak_rss(lambda: step(x))
     return {**cfg, **mem, "torch_threads": threads}
 
 
@@ -201,21 +182,15 @@ def run_timing(args) -> dict:
         configs += [a, b]
     if not args.no_what_if:
         configs += [cfg for _, cfg in WHAT_IF]
-    common.seed_all(args.seed)
+    seed_all(args.seed)
     x = data(args.batch, args.seed)
     fns = {}
     for cfg in configs:
         step, _ = make_step(*cfg)
         step(x)  # ActNorm data-dependent initialisation on the benchmark batch
         fns[config_name(cfg)] = lambda s=step: s(x)
-    times = common.time_interleaved(fns, args.rounds, warmup=2)
+    times = time_interleaved(fns, args.rounds, warmup=2)
     return {name: [t * 1e3 for t in ts] for name, ts in times.items()}
-
-
-def _median_ms(fn, n: int) -> float:
-    for _ in range(3):
-        fn()
-    return common.median([t * 1e3 for t in common.time_calls(fn, n, warmup=0)])
 
 
 def block_phases(args) -> dict:
@@ -231,7 +206,7 @@ def block_phases(args) -> dict:
     _, theirs = make_step("theirs", "ps3")
     ours.log_prob(x)
     theirs.forward_kld(x)
-    sides = {"ours": ours.transforms[0].g, "theirs": theirs.flows[0].iresblock.nnet}
+    sides = {"ours": ours.transform[0].g, "theirs": theirs.flows[0].iresblock.nnet}
     fns: dict = {}
     extra: dict = {}
     v = torch.randn_like(x)
@@ -289,10 +264,10 @@ def block_phases(args) -> dict:
             for key, fn in proto_fns.items():
                 fns[("ours closed-form VJP prototype", key)] = fn
     keys = list(fns)
-    times = common.time_interleaved({str(i): fns[k] for i, k in enumerate(keys)}, rounds, warmup=3)
+    times = time_interleaved({str(i): fns[k] for i, k in enumerate(keys)}, rounds, warmup=3)
     out: dict = {}
     for i, (side, key) in enumerate(keys):
-        out.setdefault(side, {})[key] = common.median(times[str(i)]) * 1e3
+        out.setdefault(side, {})[key] = median(times[str(i)]) * 1e3
     out.setdefault("ours closed-form VJP prototype", {}).update(extra)
     return out
 
@@ -364,28 +339,26 @@ def run_memory(args) -> dict:
                 "seed": args.seed + rep,
                 "threads": args.threads,
             }
-            res = common.run_worker(__file__, cfg, fixed_malloc=True)
+            res = run_worker(__file__, cfg, fixed_malloc=True)
             out.setdefault(key, []).append(res)
             print(f"  memory rep {rep} {key}: +{res['peak_increase_mib']:.2f} MiB", flush=True)
     return out
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    common.add_common_args(ap)
+    ap = script_parser(__doc__)
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--rounds", type=int, default=None, help="interleaved timing rounds")
     ap.add_argument("--no-what-if", action="store_true", help="skip the patched variants")
-    ap.add_argument("--worker", type=str, default=None, help=argparse.SUPPRESS)
+    add_worker_flag(ap)
     args = ap.parse_args()
-    if args.worker is not None:
-        common.worker_print(worker(json.loads(args.worker)))
+    if serve(args, worker):
         return
-    common.set_threads(args.threads)
+    set_threads(args.threads)
     if args.rounds is None:
         args.rounds = 3 if args.quick else 25
     args.mem_reps = 1 if args.quick else 3
-    env = common.environment()
+    env = environment()
     import normflows
 
     env["normflows"] = normflows.__version__ if hasattr(normflows, "__version__") else "?"
@@ -401,16 +374,16 @@ def main() -> None:
     for label, a, b in PAIRS:
         na, nb = config_name(a), config_name(b)
         ta, tb = times[na], times[nb]
-        ratios = common.paired_ratios(ta, tb)
-        ma = common.median([r["peak_increase_mib"] for r in mem[na]])
-        mb = common.median([r["peak_increase_mib"] for r in mem[nb]])
+        ratios = paired_ratios(ta, tb)
+        ma = median([r["peak_increase_mib"] for r in mem[na]])
+        mb = median([r["peak_increase_mib"] for r in mem[nb]])
         s = {
             "ours": na,
             "theirs": nb,
-            "ours_ms": common.summarize(ta),
-            "theirs_ms": common.summarize(tb),
-            "time_ratio_of_medians": common.median(ta) / common.median(tb),
-            "time_ratio_paired_median": common.median(ratios),
+            "ours_ms": summarize(ta),
+            "theirs_ms": summarize(tb),
+            "time_ratio_of_medians": median(ta) / median(tb),
+            "time_ratio_paired_median": median(ratios),
             "ours_peak_mib": ma,
             "theirs_peak_mib": mb,
             "memory_ratio": ma / mb,
@@ -420,15 +393,15 @@ def main() -> None:
         s["time_target_met"] = s["time_ratio_of_medians"] <= 0.7
         s["memory_target_met"] = s["memory_ratio"] <= 1.0
         summary["pairs"][label] = s
-        lo, hi = common.iqr(ratios)
+        lo, hi = iqr(ratios)
         rows.append(
             [
                 label,
                 f"`{na}`",
                 f"`{nb}`",
-                f"{common.median(ta):.1f}",
-                f"{common.median(tb):.1f}",
-                f"{s['time_ratio_of_medians']:.2f} (paired {common.median(ratios):.2f}, "
+                f"{median(ta):.1f}",
+                f"{median(tb):.1f}",
+                f"{s['time_ratio_of_medians']:.2f} (paired {median(ratios):.2f}, "
                 f"IQR {lo:.2f}-{hi:.2f})",
                 f"{ma:.2f}",
                 f"{mb:.2f}",
@@ -446,7 +419,7 @@ def main() -> None:
         "theirs peak MiB",
         "ours/theirs memory",
     ]
-    body = common.markdown_table(cols, rows)
+    body = markdown_table(cols, rows)
     met_t = all(s["time_target_met"] for s in summary["pairs"].values())
     met_m = all(s["memory_target_met"] for s in summary["pairs"].values())
     body += (
@@ -460,27 +433,27 @@ def main() -> None:
         wrows = [
             [
                 "ours rr2 (as shipped)",
-                f"{common.median(base):.1f}",
+                f"{median(base):.1f}",
                 "1.00",
-                f"{common.median(base) / common.median(theirs):.2f}",
+                f"{median(base) / median(theirs):.2f}",
             ]
         ]
         for label, cfg in WHAT_IF:
             tv = times[config_name(cfg)]
             summary["what_if"][label] = {
-                "ms": common.summarize(tv),
-                "vs_ours_rr2": common.median(common.paired_ratios(tv, base)),
-                "vs_theirs_rr1": common.median(tv) / common.median(theirs),
+                "ms": summarize(tv),
+                "vs_ours_rr2": median(paired_ratios(tv, base)),
+                "vs_theirs_rr1": median(tv) / median(theirs),
             }
             wrows.append(
                 [
                     label,
-                    f"{common.median(tv):.1f}",
+                    f"{median(tv):.1f}",
                     f"{summary['what_if'][label]['vs_ours_rr2']:.2f}",
                     f"{summary['what_if'][label]['vs_theirs_rr1']:.2f}",
                 ]
             )
-        wbody = common.markdown_table(
+        wbody = markdown_table(
             ["variant", "ms/step", "vs ours rr2 (paired)", "vs theirs rr1"], wrows
         )
     else:
@@ -520,7 +493,7 @@ def main() -> None:
     pbody = (
         " ".join(block_phases.__doc__.split("\n\n")[0].split())
         + "\n\n"
-        + common.markdown_table(
+        + markdown_table(
             [
                 f"piece (one block, batch {args.batch})",
                 "ours ms",
@@ -532,7 +505,7 @@ def main() -> None:
         )
         + "\n\nSum of the pieces for 16 blocks at E[N] = 3 (ActNorm, base density and Python "
         "glue not included), ms per step:\n\n"
-        + common.markdown_table(
+        + markdown_table(
             ["variant", "ms", "vs theirs"],
             [[k, f"{v:.1f}", f"{v / est['theirs']:.2f}"] for k, v in est.items()],
         )
@@ -545,8 +518,8 @@ def main() -> None:
     )
     big = [k for k in mem if k.endswith("@2048")]
     if big:
-        mo = common.median([r["peak_increase_mib"] for r in mem[big[0]]])
-        mt = common.median([r["peak_increase_mib"] for r in mem[big[1]]])
+        mo = median([r["peak_increase_mib"] for r in mem[big[0]]])
+        mt = median([r["peak_increase_mib"] for r in mem[big[1]]])
         summary["memory_batch2048"] = {"ours": mo, "theirs": mt, "ratio": mo / mt}
         body += (
             f"\n\nPeak memory at batch 2048 (fixed 3 terms): ours {mo:.1f} MiB, theirs "
@@ -554,7 +527,7 @@ def main() -> None:
         )
     fz = config_name(("ours", "ps3", "frozen"))
     if fz in mem:
-        mf = common.median([r["peak_increase_mib"] for r in mem[fz]])
+        mf = median([r["peak_increase_mib"] for r in mem[fz]])
         summary["memory_ours_ps3_frozen"] = mf
         body += (
             f" Ours with no power-iteration step in forward (`{fz}`), batch {args.batch}: "
@@ -575,13 +548,13 @@ def main() -> None:
         "normflows": env["normflows"],
     }
     sections = [
-        ("What is measured", __doc__.split("\n\n", 1)[1].split("Run:")[0].strip()),
+        ("What is measured", doc_body(__doc__)),
         ("Ours vs normflows (one training step, batch 256, 1 thread)", body),
         ("What-if variants (timing only, same interleaved rounds)", wbody),
         ("Where the time goes", pbody),
     ]
     raw = {"times_ms": times, "memory": mem}
-    common.write_results(
+    write_results(
         NAME,
         "Training step: iresnet vs normflows residual flow",
         env,
@@ -593,12 +566,11 @@ def main() -> None:
     )
     for label, s in summary["pairs"].items():
         print(
-            f"{label}: ours {common.median(times[s['ours']]):.1f} ms, theirs "
-            f"{common.median(times[s['theirs']]):.1f} ms, "
+            f"{label}: ours {median(times[s['ours']]):.1f} ms, theirs "
+            f"{median(times[s['theirs']]):.1f} ms, "
             f"time ratio {s['time_ratio_of_medians']:.2f}, memory {s['ours_peak_mib']:.2f}/"
             f"{s['theirs_peak_mib']:.2f} MiB = {s['memory_ratio']:.2f}"
         )
-    print(f"wrote {(args.out_dir or common.RESULTS_DIR) / (NAME + '.md')}")
 
 
 if __name__ == "__main__":

@@ -6,11 +6,10 @@ not depend on what else the machine runs):
 
 - ``ours``: the preset ``toy-<dataset>`` (the ``make demo`` model family) with
   ``train.max_cpu_seconds`` set to the budget, trained by the real loop
-  (:func:`iresnet.train.loop.train`:
-  warm-up, cosine schedule, EMA, clipping, periodic evaluation and checkpoints all count against
-  the clock), evaluated by ``load_run`` + ``full_evaluation`` (exact 2x2 log-det). Its
-  ``train.steps`` is fitted to the budget by a 15-step timing run (not counted), so the cosine
-  schedule ends with the budget.
+  (:func:`iresnet.app.training.train`: warm-up, cosine schedule, EMA, clipping, periodic
+  evaluation and checkpoints all count against the clock), evaluated by ``load_run`` +
+  ``full_evaluation`` (exact 2x2 log-det). Its ``train.steps`` is fitted to the budget by a
+  15-step timing run (not counted), so the cosine schedule ends with the budget.
 - ``normflows ResFlow``: normflows' residual-flow toy example (``examples/residual.ipynb``): 16
   x [``Residual(LipschitzMLP([2,128,128,2], init_zeros=True, lipschitz_const=0.9),
   reduce_memory=True)``, ``ActNorm(2)``], fixed standard-normal base, ActNorm initialised on a
@@ -28,10 +27,11 @@ not depend on what else the machine runs):
 - ``zuko RealNVP`` and ``zuko NSF``: coupling flows (affine; monotonic rational-quadratic
   splines, 8 bins) with exact log-densities, Adam lr 1e-3, constant.
 
-Peers see the training set standardised per coordinate (train mean and std; the affine map's
-log-det is added back, so every NLL is in the data's units). Ours sees the raw data (its
-ActNorm layers standardise). Batches: 256 points, epochs of random permutations of the same
-50 000-point training set, seeded. Test set: the same 20 000 points for every model
+Peers see the training set standardised per coordinate (``iresnet.datasets.Standardizer``:
+train mean and population std; the affine map's log-det is added back, so every NLL is in the
+data's units). Ours sees the raw data (its ActNorm layers standardise). Batches: 256 points,
+epochs of seeded random permutations of the same 50 000-point training set
+(``iresnet.app.batches.EpochBatches``). Test set: the same 20 000 points for every model
 (``toy_split(name, 50000, 20000, seed=0)``, what the preset loads).
 
 Reported per (data set, model): test NLL (nats) +- its standard error; where the true density is
@@ -51,28 +51,40 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from iresnet.app.batches import EpochBatches
+from iresnet.app.plots import plot_density_comparison
+from iresnet.app.presets import get_preset
+from iresnet.app.runs import TrainedRun
+from iresnet.datasets import Standardizer
+from iresnet.datasets.toy import toy_log_density, toy_split, true_entropy
 
-import common  # noqa: E402
-
-from iresnet.data.toy import toy_log_density, toy_split, true_entropy  # noqa: E402
-from iresnet.plots import plot_density_comparison  # noqa: E402
-from iresnet.presets import get_preset  # noqa: E402
-from iresnet.train.evaluate import load_run  # noqa: E402
-from iresnet.train.loop import train  # noqa: E402
-from iresnet.train.tasks import exact_logdets, mean_se  # noqa: E402
+from bench import REPO_ROOT, RESULTS_DIR
+from bench.density import LogDensity, chunked, exact_log_density, scores
+from bench.env import environment, loadavg, script_parser, seed_all, set_threads
+from bench.metrics import logged_max, seconds_per_step, train_rows
+from bench.ours import train_under_budget
+from bench.peers import (
+    normflows_log_prob,
+    normflows_max_spectral_norm,
+    normflows_resflow,
+    normflows_update_lipschitz,
+    train_for_budget,
+    trainable_parameters,
+    zuko_flow,
+)
+from bench.report import markdown_table, pm, write_results
+from bench.stats import summarize, verdict
 
 DATASETS = ("8gaussians", "checkerboard", "2spirals")
 MODELS = ("ours", "normflows", "realnvp", "nsf")
@@ -92,51 +104,12 @@ NF_EVAL_LIPSCHITZ_ITERS = 50
 # zuko widths: ~270k parameters each, as normflows' toy model (ours: see the table).
 REALNVP_KW = {"transforms": 8, "hidden_features": (128, 128, 128)}
 NSF_KW = {"transforms": 6, "hidden_features": (192, 192), "bins": 8}
-EVAL_CHUNK = 4096
-
-
-def n_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+ZUKO = {"realnvp": ("RealNVP", REALNVP_KW), "nsf": ("NSF", NSF_KW)}
 
 
 def load_avg() -> float:
-    try:
-        return float(os.getloadavg()[0])
-    except OSError:
-        return math.nan
-
-
-# --------------------------------------------------------------------------------------------
-# Data
-# --------------------------------------------------------------------------------------------
-
-
-class Standard:
-    """Per-coordinate standardisation fitted on the training set; ``log_det`` of ``x -> z``."""
-
-    def __init__(self, train_x: Tensor) -> None:
-        self.mean = train_x.mean(0)
-        self.std = train_x.std(0)
-        self.log_det = float(-self.std.log().sum())
-
-    def __call__(self, x: Tensor) -> Tensor:
-        return (x - self.mean) / self.std
-
-
-class Batches:
-    """Epochs of seeded random permutations of ``n`` indices."""
-
-    def __init__(self, n: int, batch: int, seed: int) -> None:
-        self.n, self.batch = n, batch
-        self.gen = torch.Generator().manual_seed(seed)
-        self.perm, self.pos = torch.randperm(n, generator=self.gen), 0
-
-    def next(self) -> Tensor:
-        if self.pos + self.batch > self.n:
-            self.perm, self.pos = torch.randperm(self.n, generator=self.gen), 0
-        idx = self.perm[self.pos : self.pos + self.batch]
-        self.pos += self.batch
-        return idx
+    """The 1-minute load average (NaN where unknown)."""
+    return (loadavg() or [math.nan])[0]
 
 
 # --------------------------------------------------------------------------------------------
@@ -144,169 +117,92 @@ class Batches:
 # --------------------------------------------------------------------------------------------
 
 
-class Peer:
-    """A peer flow on standardised data: build, one training step, log-density in data units."""
+@dataclass
+class ToyPeer:
+    """A peer flow on standardised data: its module and optimiser, the log-density it trains,
+    and what its recipe adds (normflows: an initialisation batch, a Lipschitz update per step)."""
 
-    name = "peer"
-
-    def __init__(self, std: Standard, seed: int) -> None:
-        self.std = std
-        torch.manual_seed(seed)
-        self.model = self.build()
-        self.optimizer = self.make_optimizer()
-
-    def build(self) -> nn.Module:
-        raise NotImplementedError
-
-    def make_optimizer(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.model.parameters(), lr=PEER_LR)
-
-    def log_prob_std(self, z: Tensor) -> Tensor:
-        raise NotImplementedError
-
-    def init(self, z: Tensor) -> None:
-        """Data-dependent initialisation on a first batch (where the peer has one)."""
-
-    def step(self, z: Tensor) -> float:
-        self.model.train()
-        self.optimizer.zero_grad(set_to_none=True)
-        loss = -self.log_prob_std(z).mean()
-        if torch.isfinite(loss):
-            loss.backward()
-            self.optimizer.step()
-        self.after_step()
-        return float(loss.detach())
-
-    def after_step(self) -> None:
-        pass
-
-    def prepare_eval(self) -> dict[str, Any]:
-        self.model.eval()
-        return {"estimator": "exact"}
-
-    def log_prob(self, x: Tensor) -> Tensor:
-        """``log q(x)`` in data units, evaluated in chunks (no graph kept)."""
-        out = []
-        for chunk in torch.split(x.float(), EVAL_CHUNK):
-            with torch.no_grad():
-                out.append(self.log_prob_std(self.std(chunk)).detach() + self.std.log_det)
-        return torch.cat(out)
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    log_prob: LogDensity
+    init: LogDensity | None = None
+    after_step: Callable[[], Any] | None = None
 
 
-class NormflowsResFlow(Peer):
-    name = "normflows"
-
-    def build(self) -> nn.Module:
-        import normflows as nf
-
-        flows: list[nn.Module] = []
-        for _ in range(16):
-            net = nf.nets.LipschitzMLP([2, 128, 128, 2], init_zeros=True, lipschitz_const=0.9)
-            flows += [nf.flows.Residual(net, reduce_memory=True), nf.flows.ActNorm(2)]
-        q0 = nf.distributions.DiagGaussian(2, trainable=False)
-        return nf.NormalizingFlow(q0=q0, flows=flows)
-
-    def make_optimizer(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.model.parameters(), lr=PEER_LR, weight_decay=NF_WEIGHT_DECAY)
-
-    def init(self, z: Tensor) -> None:
-        self.model.log_prob(z)  # initialises the ActNorm layers, as in the example
-
-    def log_prob_std(self, z: Tensor) -> Tensor:
-        return self.model.log_prob(z)
-
-    def after_step(self) -> None:
-        import normflows as nf
-
-        nf.utils.update_lipschitz(self.model, NF_LIPSCHITZ_ITERS)
-
-    def prepare_eval(self) -> dict[str, Any]:
-        import normflows as nf
-
-        nf.utils.update_lipschitz(self.model, NF_EVAL_LIPSCHITZ_ITERS)
-        self.model.eval()
-        # The constraint as it holds: each layer's effective weight's exact spectral norm.
-        sigmas = [
-            float(torch.linalg.matrix_norm(m.compute_weight(update=False).detach(), ord=2))
-            for m in self.model.modules()
-            if isinstance(m, nf.nets.lipschitz.InducedNormLinear)
-        ]
-        return {
-            "estimator": "exact (normflows eval mode: brute-force 2x2 Jacobian per block)",
-            "max_layer_spectral_norm": max(sigmas),
-        }
-
-    def log_prob(self, x: Tensor) -> Tensor:
-        # normflows computes the Jacobian with autograd inside the block, so no torch.no_grad()
-        # around the call (it enables grad itself); the graph is dropped per chunk.
-        out = []
-        for chunk in torch.split(x.float(), 1024):
-            with torch.enable_grad():
-                lp = self.model.log_prob(self.std(chunk))
-            out.append(lp.detach() + self.std.log_det)
-        return torch.cat(out)
-
-
-class ZukoFlow(Peer):
-    kind = "RealNVP"
-    kwargs: dict[str, Any] = {}
-
-    def build(self) -> nn.Module:
-        import zuko
-
-        return getattr(zuko.flows, self.kind)(2, **self.kwargs)
-
-    def log_prob_std(self, z: Tensor) -> Tensor:
-        return self.model().log_prob(z)
-
-
-class ZukoRealNVP(ZukoFlow):
-    name, kind, kwargs = "realnvp", "RealNVP", REALNVP_KW
-
-
-class ZukoNSF(ZukoFlow):
-    name, kind, kwargs = "nsf", "NSF", NSF_KW
-
-
-PEERS: dict[str, type[Peer]] = {
-    "normflows": NormflowsResFlow,
-    "realnvp": ZukoRealNVP,
-    "nsf": ZukoNSF,
-}
+def build_peer(name: str, seed: int, nf_lipschitz_iters: int) -> ToyPeer:
+    torch.manual_seed(seed)
+    if name == "normflows":
+        model = normflows_resflow(2, blocks=16, width=128, lipschitz_const=0.9)
+        optimizer = torch.optim.Adam(model.parameters(), lr=PEER_LR, weight_decay=NF_WEIGHT_DECAY)
+        return ToyPeer(
+            model,
+            optimizer,
+            model.log_prob,
+            init=model.log_prob,  # initialises the ActNorm layers, as in the example
+            after_step=lambda: normflows_update_lipschitz(model, nf_lipschitz_iters),
+        )
+    kind, kwargs = ZUKO[name]
+    flow = zuko_flow(kind, 2, **kwargs)
+    return ToyPeer(
+        flow, torch.optim.Adam(flow.parameters(), lr=PEER_LR), lambda z: flow().log_prob(z)
+    )
 
 
 def train_peer(
-    cls: type[Peer], train_x: Tensor, budget: float, seed: int, max_steps: int | None
-) -> tuple[Peer, dict[str, Any]]:
-    std = Standard(train_x)
-    z_train = std(train_x)
-    peer = cls(std, seed)
-    batches = Batches(z_train.shape[0], BATCH, seed)
-    t_start, c_start = time.perf_counter(), time.process_time()
-    peer.init(z_train[Batches(z_train.shape[0], BATCH, seed).next()])
-    step_times: list[float] = []
-    losses: list[tuple[int, float]] = []
-    skipped = 0
-    while True:
-        t0 = time.process_time()
-        loss = peer.step(z_train[batches.next()])
-        step_times.append(time.process_time() - t0)
-        if not math.isfinite(loss):
-            skipped += 1
-        if len(step_times) % 50 == 0:
-            losses.append((len(step_times), loss))
-        elapsed = time.process_time() - c_start
-        if elapsed >= budget or (max_steps is not None and len(step_times) >= max_steps):
-            break
-    return peer, {
-        "steps": len(step_times),
-        "train_seconds": elapsed,
-        "cpu_share": elapsed / (time.perf_counter() - t_start),
-        "step_seconds": common.summarize(step_times),
-        "skipped_nonfinite_steps": skipped,
-        "loss_curve": losses,
-        "params": n_params(peer.model),
-    }
+    name: str, train_x: Tensor, args: argparse.Namespace
+) -> tuple[ToyPeer, Standardizer, dict[str, Any]]:
+    """Train a peer on the standardised training set for the budget."""
+    std = Standardizer.fit(train_x)
+    z_train = std.transform(train_x)
+    peer = build_peer(name, args.seed, args.nf_lipschitz_iters)
+    n = z_train.shape[0]
+    batches = EpochBatches(n, BATCH, args.seed)
+    first = z_train[EpochBatches(n, BATCH, args.seed).next()]
+    run = train_for_budget(
+        peer.model,
+        peer.optimizer,
+        lambda z: -peer.log_prob(z).mean(),
+        lambda: z_train[batches.next()],
+        args.budget,
+        max_steps=args.max_steps,
+        init=(lambda: peer.init(first)) if peer.init is not None else None,
+        after_step=peer.after_step,
+    )
+    return (
+        peer,
+        std,
+        {
+            "steps": run.steps,
+            "train_seconds": run.cpu_seconds,
+            "cpu_share": run.cpu_share,
+            "step_seconds": summarize(run.step_seconds),
+            "skipped_nonfinite_steps": run.skipped,
+            "loss_curve": [(step, loss) for step, loss, _ in run.curve],
+            "params": trainable_parameters(peer.model),
+        },
+    )
+
+
+def peer_log_density(
+    name: str, peer: ToyPeer, std: Standardizer
+) -> tuple[LogDensity, dict[str, Any]]:
+    """A trained peer's log-density in data units (its most accurate path) and its notes."""
+    if name == "normflows":
+        normflows_update_lipschitz(peer.model, NF_EVAL_LIPSCHITZ_ITERS)
+        peer.model.eval()
+        log_q_std = normflows_log_prob(peer.model)
+        info: dict[str, Any] = {
+            "estimator": "exact (normflows eval mode: brute-force 2x2 Jacobian per block)",
+            "max_layer_spectral_norm": normflows_max_spectral_norm(peer.model),
+        }
+    else:
+        peer.model.eval()
+        log_q_std, info = chunked(peer.log_prob), {"estimator": "exact"}
+
+    def log_q(x: Tensor) -> Tensor:
+        return log_q_std(std.transform(x.float())) + std.log_abs_det
+
+    return log_q, info
 
 
 # --------------------------------------------------------------------------------------------
@@ -314,66 +210,32 @@ def train_peer(
 # --------------------------------------------------------------------------------------------
 
 
-def train_ours(
-    dataset: str,
-    budget: float,
-    seed: int,
-    run_dir: Path,
-    max_steps: int | None,
-    extra: list[str] | None = None,
-) -> tuple[Any, dict[str, Any]]:
-    overrides = [*(extra or []), f"train.max_cpu_seconds={budget}", f"train.seed={seed}"]
-    cfg = get_preset(f"toy-{dataset}").override(overrides)
-    # The cosine schedule is fitted to the budget (a short timing run, not counted), so it ends
-    # with the budget instead of being cut mid-decay or finishing early.
-    steps, timing = common.fit_steps(cfg, budget, run_dir.parent / f"{run_dir.name}-timing")
-    if max_steps is not None:
-        steps = min(steps, max_steps)
-    cfg = cfg.override([f"train.steps={steps}"])
-    t0, c0 = time.perf_counter(), time.process_time()
-    result = train(cfg, run_dir, progress=False)
-    wall = time.perf_counter() - t0
-    cpu_share = (time.process_time() - c0) / wall  # over train(), final plots included
-    records = [
-        json.loads(line)
-        for line in (run_dir / "metrics.jsonl").read_text().splitlines()
-        if line.strip()
-    ]
-    train_rows = [r for r in records if "loss" in r and "cpu_seconds" in r]
-    # metrics.jsonl logs every log_every steps with the elapsed CPU seconds: per-step times from
-    # the differences of consecutive rows (periodic evaluations and checkpoints included).
-    per_step = [
-        (b["cpu_seconds"] - a["cpu_seconds"]) / (b["step"] - a["step"])
-        for a, b in zip(train_rows, train_rows[1:], strict=False)
-        if b["step"] > a["step"]
-    ]
-    seconds = max((r["cpu_seconds"] for r in records if "cpu_seconds" in r), default=math.nan)
-    trained = load_run(run_dir)
-    return trained, {
-        "steps": result.step,
-        "train_seconds": seconds,
-        "planned_steps": steps,
-        "timing_cpu_seconds_per_step": timing,
-        "wall_seconds_incl_final_plots": wall,
-        "cpu_share": cpu_share,
-        "step_seconds": common.summarize(per_step),
-        "params": n_params(trained.model),
-        "config": cfg.to_dict(),
-        "loss_curve": [(r["step"], r["loss"]) for r in train_rows[::5]],
+def train_ours(dataset: str, args: argparse.Namespace, run_dir: Path) -> tuple[TrainedRun, dict]:
+    cfg = get_preset(f"toy-{dataset}").override(
+        [*args.ours_override, f"train.max_cpu_seconds={args.budget}", f"train.seed={args.seed}"]
+    )
+    run = train_under_budget(
+        cfg,
+        args.budget,
+        run_dir,
+        run_dir.parent / f"{run_dir.name}-timing",
+        max_steps=args.max_steps,
+    )
+    records = run.records
+    return run.trained, {
+        "steps": run.result.step,
+        "train_seconds": logged_max(records, "cpu_seconds"),
+        "planned_steps": run.planned_steps,
+        "timing_cpu_seconds_per_step": run.timing_cpu_seconds_per_step,
+        "wall_seconds_incl_final_plots": run.wall_seconds,
+        "cpu_share": run.cpu_share,
+        # metrics.jsonl logs every log_every steps with the elapsed CPU seconds: per-step
+        # times from the differences of consecutive rows (evaluations and checkpoints included).
+        "step_seconds": summarize(seconds_per_step(records, "cpu_seconds")),
+        "params": trainable_parameters(run.trained.model),
+        "config": run.cfg.to_dict(),
+        "loss_curve": [(r["step"], r["loss"]) for r in train_rows(records, "cpu_seconds")[::5]],
     }
-
-
-def ours_log_density(trained: Any) -> Callable[[Tensor], Tensor]:
-    task, model = trained.task, trained.model
-
-    def fn(x: Tensor) -> Tensor:
-        out = []
-        for chunk in torch.split(x.float(), EVAL_CHUNK):
-            with exact_logdets(model, 2), torch.no_grad():
-                out.append(model.log_prob(chunk) + task.offset)
-        return torch.cat(out)
-
-    return fn
 
 
 # --------------------------------------------------------------------------------------------
@@ -381,41 +243,17 @@ def ours_log_density(trained: Any) -> Callable[[Tensor], Tensor]:
 # --------------------------------------------------------------------------------------------
 
 
-def evaluate_logq(
-    logq: Tensor, test_x: Tensor, truth: Callable[[Tensor], Tensor] | None
-) -> dict[str, Any]:
-    logq = logq.double()
-    nll, nll_se = mean_se(-logq)
-    out: dict[str, Any] = {
-        "test_nll": nll,
-        "test_nll_se": nll_se,
-        "nonfinite_test_points": int((~torch.isfinite(logq)).sum()),
-    }
-    if truth is not None:
-        out["kl"], out["kl_se"] = mean_se(truth(test_x.double()) - logq)
-    else:
-        out["kl"] = out["kl_se"] = None
-    return out
-
-
 def run_dataset(dataset: str, args: argparse.Namespace, runs_root: Path) -> dict[str, Any]:
     cfg = get_preset(f"toy-{dataset}")
     train_x, test_x = toy_split(dataset, cfg.data.n_train, cfg.data.n_test, seed=cfg.data.seed)
     truth = toy_log_density(dataset)
     results: dict[str, Any] = {}
-    densities: dict[str, Callable[[Tensor], Tensor]] = {}
+    densities: dict[str, LogDensity] = {}
     for name in args.models:
         print(f"[{dataset}] {LABELS[name]}: training for {args.budget:g} s ...", flush=True)
         before = load_avg()
         if name == "ours":
-            trained, info = train_ours(
-                dataset,
-                args.budget,
-                args.seed,
-                runs_root / f"{dataset}-ours",
-                args.max_steps,
-                args.ours_override,
-            )
+            trained, info = train_ours(dataset, args, runs_root / f"{dataset}-ours")
             assert torch.equal(trained.data.test_x, test_x), (
                 "our run's test set differs from toy_split's"
             )
@@ -423,27 +261,26 @@ def run_dataset(dataset: str, args: argparse.Namespace, runs_root: Path) -> dict
             full = trained.task.full_evaluation(trained.model)
             info["eval_seconds"] = time.perf_counter() - t0
             info["full_evaluation"] = {k: v for k, v in full.items() if k != "certificate"}
-            logq_fn = ours_log_density(trained)
-            own = evaluate_logq(logq_fn(test_x), test_x, truth)
+            log_q = exact_log_density(trained.model, 2)
             info.update(
                 test_nll=full["test_nll"],
                 test_nll_se=full["test_nll_se"],
                 kl=full.get("entropy_gap"),
                 kl_se=full.get("entropy_gap_se"),
-                check_nll_same_path=own["test_nll"],
+                check_nll_same_path=scores(log_q(test_x), test_x, truth)["test_nll"],
                 estimator=full["estimator"],
             )
         else:
-            peer, info = train_peer(PEERS[name], train_x, args.budget, args.seed, args.max_steps)
+            peer, std, info = train_peer(name, train_x, args)
             t0 = time.perf_counter()
-            info.update(peer.prepare_eval())
-            logq_fn = peer.log_prob
-            info.update(evaluate_logq(logq_fn(test_x), test_x, truth))
+            log_q, notes = peer_log_density(name, peer, std)
+            info.update(notes)
+            info.update(scores(log_q(test_x), test_x, truth))
             info["eval_seconds"] = time.perf_counter() - t0
         info["load_avg_before"] = before
         info["load_avg_after"] = load_avg()
         results[name] = info
-        densities[name] = logq_fn
+        densities[name] = log_q
         kl = f", KL {info['kl']:.4f} ± {info['kl_se']:.4f}" if info.get("kl") is not None else ""
         print(
             f"[{dataset}] {LABELS[name]}: {info['steps']} steps in {info['train_seconds']:.1f} s, "
@@ -452,19 +289,17 @@ def run_dataset(dataset: str, args: argparse.Namespace, runs_root: Path) -> dict
             f"CPU share {info['cpu_share']:.2f})",
             flush=True,
         )
-    panels = {PANEL[m]: densities[m] for m in ("ours", "realnvp", "nsf") if m in densities}
-    if args.figure_all:
-        panels = {PANEL[m]: densities[m] for m in args.models}
-    fig = None
+    shown = args.models if args.figure_all else ("ours", "realnvp", "nsf")
+    panels = {PANEL[m]: densities[m] for m in shown if m in densities}
+    figure = None
     if panels and not args.no_figure:
-        fig = plot_density_comparison(
-            test_x[:20000], panels, args.out_dir / f"{args.name}-{dataset}.png", grid=args.grid
-        )
-    entropy = true_entropy(dataset)
+        path = args.out_dir / f"{args.name}-{dataset}.png"
+        fig = plot_density_comparison(test_x[:20000], panels, path, grid=args.grid)
+        figure = str(fig.relative_to(REPO_ROOT)) if fig.is_relative_to(REPO_ROOT) else str(fig)
     return {
         "models": results,
-        "true_entropy": entropy,
-        "figure": str(fig.relative_to(common.REPO_ROOT)) if fig else None,
+        "true_entropy": true_entropy(dataset),
+        "figure": figure,
         "n_train": int(train_x.shape[0]),
         "n_test": int(test_x.shape[0]),
     }
@@ -485,12 +320,12 @@ def table(all_results: dict[str, Any]) -> str:
     rows = []
     for dataset, res in all_results.items():
         for name, r in res["models"].items():
-            gap = common.pm(r["kl"], r["kl_se"], 3) if r.get("kl") is not None else "- (no truth)"
+            gap = pm(r["kl"], r["kl_se"], 3) if r.get("kl") is not None else "- (no truth)"
             rows.append(
                 [
                     dataset,
                     LABELS[name],
-                    common.pm(r["test_nll"], r["test_nll_se"], 4),
+                    pm(r["test_nll"], r["test_nll_se"], 4),
                     gap,
                     f"{float(r['step_seconds']['median']) * 1000:.1f} ms",
                     str(r["steps"]),
@@ -499,7 +334,7 @@ def table(all_results: dict[str, Any]) -> str:
                     f"{r['params']:,}",
                 ]
             )
-    return common.markdown_table(cols, rows)
+    return markdown_table(cols, rows)
 
 
 def verdicts(all_results: dict[str, Any]) -> str:
@@ -516,13 +351,9 @@ def verdicts(all_results: dict[str, Any]) -> str:
             d = m["ours"][key] - m[peer][key]
             # Paired on the same test points for the KL; the NLL SEs are combined conservatively.
             se = math.hypot(m["ours"][f"{key}_se"], m[peer][f"{key}_se"])
-            verdict = (
-                "ours better"
-                if d < -2 * se
-                else ("peer better" if d > 2 * se else "tie (within 2 SE)")
-            )
             lines.append(
-                f"- {dataset}: ours - {LABELS[peer]} {what} = {d:+.4f} (± {se:.4f}): {verdict}"
+                f"- {dataset}: ours - {LABELS[peer]} {what} = {d:+.4f} (± {se:.4f}): "
+                f"{verdict(d, se)}"
             )
         if res.get("true_entropy"):
             h, hse = res["true_entropy"]
@@ -531,10 +362,7 @@ def verdicts(all_results: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    global NF_LIPSCHITZ_ITERS
-    ap = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    ap = script_parser(__doc__)
     ap.add_argument(
         "--budget",
         type=float,
@@ -587,7 +415,6 @@ def main() -> None:
         default=None,
         help="output name under benchmarks/results (default toy, --quick: toy-quick)",
     )
-    common.add_common_args(ap)
     args = ap.parse_args()
     if args.budget is None:
         args.budget = 5.0 if args.quick else DEFAULT_BUDGET
@@ -596,35 +423,32 @@ def main() -> None:
     if args.quick:
         args.grid = min(args.grid, 80)
     args.name = args.name or ("toy-quick" if args.quick else "toy")
-    args.out_dir = args.out_dir or common.RESULTS_DIR
+    args.out_dir = args.out_dir or RESULTS_DIR
     if args.render_only:
         payload = json.loads((args.out_dir / f"{args.name}.json").read_text())
         write_report(
             args.name, args.out_dir, payload["environment"], payload["settings"], payload["raw"]
         )
         return
-    NF_LIPSCHITZ_ITERS = args.nf_lipschitz_iters
-    threads = common.set_threads(args.threads)
+    threads = set_threads(args.threads)
     # Our loop flushes subnormal floats to zero on CPUs (they are orders of magnitude slower);
     # the same for every model here (it is process-wide and would otherwise depend on order).
     torch.set_flush_denormal(True)
-    common.seed_all(args.seed)
-    env = common.environment()
+    seed_all(args.seed)
+    env = environment()
     env["load_avg_start"] = load_avg()
     t_all = time.perf_counter()
 
-    tmp = None
     if args.keep_runs is None:
-        tmp = Path(tempfile.mkdtemp(prefix="iresnet-toy-bench-"))
-        runs_root = tmp
+        runs_root = Path(tempfile.mkdtemp(prefix="iresnet-toy-bench-"))
     else:
         runs_root = args.keep_runs
         runs_root.mkdir(parents=True, exist_ok=True)
     try:
         all_results = {d: run_dataset(d, args, runs_root) for d in args.datasets}
     finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
+        if args.keep_runs is None:
+            shutil.rmtree(runs_root, ignore_errors=True)
     env["load_avg_end"] = load_avg()
     env["total_seconds"] = time.perf_counter() - t_all
 
@@ -635,7 +459,7 @@ def main() -> None:
         "threads": threads,
         "seed": args.seed,
         "peer_lr": PEER_LR,
-        "normflows_update_lipschitz_per_step": NF_LIPSCHITZ_ITERS,
+        "normflows_update_lipschitz_per_step": args.nf_lipschitz_iters,
         "normflows_update_lipschitz_before_eval": NF_EVAL_LIPSCHITZ_ITERS,
         "flush_denormal": True,
         "realnvp": REALNVP_KW,
@@ -703,7 +527,7 @@ def write_report(
         }
         for d, res in all_results.items()
     }
-    md, js = common.write_results(
+    write_results(
         name,
         "2-D toy densities at an equal CPU budget: ours vs normflows, zuko",
         env,
@@ -715,7 +539,7 @@ def write_report(
     )
     print(table(all_results))
     print(verdicts(all_results))
-    print(f"wrote {md} and {js} ({env['total_seconds']:.0f} s in all)")
+    print(f"{env['total_seconds']:.0f} s in all")
 
 
 if __name__ == "__main__":

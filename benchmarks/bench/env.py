@@ -1,0 +1,120 @@
+"""What a reader needs to reproduce or discount the numbers, and the process set-up every
+script shares (threads, seeds, the common flags)."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import os
+import platform
+import random
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import REPO_ROOT
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def loadavg() -> list[float] | None:
+    """1, 5 and 15-minute load averages: other work on the machine makes timings noisy."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def command_line() -> str:
+    """The command that ran this script, as it could be typed again from the repo root."""
+    exe = sys.executable
+    if exe.startswith(str(REPO_ROOT)):
+        exe = os.path.relpath(exe, REPO_ROOT)
+    script = os.path.relpath(os.path.abspath(sys.argv[0]), REPO_ROOT)
+    return " ".join(shlex.quote(a) for a in [exe, script, *sys.argv[1:]])
+
+
+def environment() -> dict[str, Any]:
+    """The command, date, versions, CPU, threads, commit and load average at the start."""
+    import iresnet
+
+    return {
+        "command": command_line(),
+        "date": _dt.datetime.now(_dt.timezone.utc).astimezone().isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+        "iresnet": getattr(iresnet, "__version__", "?"),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "git_commit": _git_commit(),
+        "load_average_at_start": loadavg(),
+    }
+
+
+def set_threads(n: int | None) -> int:
+    """Fix torch's intra-op threads (default 1) and return the number in force.
+
+    One thread is the reference setting of these benchmarks: the tensors are small, so extra
+    threads buy little, and on a shared 2-core machine an OpenMP team whose second thread is
+    descheduled by another process stalls every parallel region (we measured 10-40x slowdowns).
+    """
+    torch.set_num_threads(n or 1)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # already set (only allowed once, before any parallel work)
+        pass
+    return torch.get_num_threads()
+
+
+def seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def script_parser(doc: str | None) -> argparse.ArgumentParser:
+    """A script's parser: its docstring's first paragraph as the description, and the flags
+    every benchmark shares (:func:`add_common_args`)."""
+    ap = argparse.ArgumentParser(
+        description=(doc or "").split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_common_args(ap)
+    return ap
+
+
+def add_common_args(ap: argparse.ArgumentParser) -> None:
+    """``--quick``, ``--threads``, ``--seed`` and ``--out-dir``."""
+    ap.add_argument("--quick", action="store_true", help="fast smoke run")
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out-dir", type=Path, default=None, help="default: benchmarks/results")

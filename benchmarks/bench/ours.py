@@ -1,0 +1,85 @@
+"""Our model trained by the real loop (:func:`iresnet.app.training.train`) under a budget of
+CPU seconds, then loaded as ``iresnet evaluate`` would load it."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from iresnet.app.config import Config
+from iresnet.app.runs import TrainedRun, load_run
+from iresnet.app.trainer import TrainResult
+from iresnet.app.training import train
+
+from . import metrics
+
+
+def fit_steps(
+    cfg: Config, budget: float, work_dir: Path, timing_steps: int = 15
+) -> tuple[int, float]:
+    """Steps of ``cfg``'s training that fit in 95% of ``budget`` CPU seconds, and the measured
+    CPU seconds per step, from a short timing run of the same config in ``work_dir/timing``
+    (replaced on every call; not counted in the budget).
+
+    Used so that a cosine schedule ends when the budget does instead of being cut mid-decay.
+    """
+    probe = cfg.override(
+        [
+            f"train.steps={timing_steps}",
+            "train.eval_every=1000000",
+            "train.checkpoint_every=1000000",
+            "train.max_seconds=0",
+            "train.max_cpu_seconds=0",
+        ]
+    )
+    timing_dir = Path(work_dir) / "timing"
+    shutil.rmtree(timing_dir, ignore_errors=True)
+    train(probe, timing_dir, progress=False, figures=False)
+    per_step = metrics.logged_max(metrics.records(timing_dir), "cpu_seconds") / timing_steps
+    return max(int(0.95 * budget / per_step), cfg.train.warmup_steps + 1), per_step
+
+
+@dataclass
+class BudgetRun:
+    """A run trained under a CPU budget: its config (with the fitted steps), what the loop
+    returned, the trained model as evaluation sees it, and the cost."""
+
+    cfg: Config
+    result: TrainResult
+    trained: TrainedRun
+    planned_steps: int
+    timing_cpu_seconds_per_step: float
+    wall_seconds: float  # of the train() call, its final pictures included
+    cpu_share: float  # CPU seconds / wall seconds over the train() call
+
+    @property
+    def records(self) -> metrics.Rows:
+        return self.trained.run.records()
+
+
+def train_under_budget(
+    cfg: Config,
+    budget: float,
+    run_dir: Path,
+    timing_dir: Path,
+    *,
+    timing_steps: int = 15,
+    max_steps: int | None = None,
+    figures: bool = True,
+) -> BudgetRun:
+    """Train ``cfg`` into ``run_dir`` for ``budget`` CPU seconds (``train.max_cpu_seconds``;
+    the wall-clock cap ``train.max_seconds`` off), its ``train.steps`` fitted to the budget by
+    :func:`fit_steps` in ``timing_dir`` (at most ``max_steps``), and load the result."""
+    steps, per_step = fit_steps(cfg, budget, timing_dir, timing_steps)
+    if max_steps is not None:
+        steps = min(steps, max_steps)
+    cfg = cfg.override(
+        [f"train.steps={steps}", f"train.max_cpu_seconds={budget}", "train.max_seconds=0"]
+    )
+    t0, c0 = time.perf_counter(), time.process_time()
+    result = train(cfg, run_dir, progress=False, figures=figures)
+    wall = time.perf_counter() - t0
+    cpu_share = (time.process_time() - c0) / wall
+    return BudgetRun(cfg, result, load_run(run_dir), steps, per_step, wall, cpu_share)
