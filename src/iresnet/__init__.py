@@ -3,6 +3,14 @@
 The public API, re-exported; nothing is defined here. The library (``nn``, ``ops``,
 ``transforms``, ``flows``, ``classifiers``, ``certificate``, ``datasets``) never imports the
 application (``iresnet.app``: config, presets, training, CLI, plots).
+
+Examples:
+    >>> import torch, iresnet
+    >>> flow = iresnet.ResidualFlow(2, transforms=2, hidden_features=(16,))
+    >>> flow().log_prob(torch.zeros(3, 2)).shape
+    torch.Size([3])
+    >>> iresnet.certify(flow.eval()).invertible
+    True
 """
 
 from . import datasets, flows, nn, ops, transforms

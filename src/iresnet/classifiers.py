@@ -1,29 +1,37 @@
-"""Invertible classifiers (i-ResNet sec. 4) and hybrid density-classification models.
+"""Invertible classifiers (i-ResNet sec. 5.1) and hybrid density-classification models.
 
-**Classifier** (Behrmann et al., arXiv:1811.00995, sec. 4, and their ``conv_iResNet``): an image
-``x`` of shape ``(B, C, H, W)`` is optionally squeezed once, zero-padded to ``P >= C`` channels
-(injective: the padding is dropped again on inversion), then passes ``scales`` stages of
-``blocks`` residual blocks ``y = x + g(x)`` each, with an invertible down-sampling
-:class:`~iresnet.transforms.Squeeze` (``(C, H, W) -> (4C, H/2, W/2)``) before every stage but
-the first. The pre-pooling features ``f = F(x)`` are therefore an injective map of ``x``; the
-head is ``ActNorm -> ReLU -> average pooling to a k x k grid -> Linear`` (``k = head_pool``;
-``k = 1`` is the paper's global pooling; the paper uses BatchNorm; see :class:`ClassifierHead`).
-The residual branch of stage ``s`` (width ``w_s = hidden_channels * 2^s``) is the paper's
-bottleneck
+**Classifier** (i-ResNet's classification experiments, sec. 5.1, and their code's
+``conv_iResNet``): an image ``x`` of shape ``(B, C, H, W)`` is optionally squeezed once,
+zero-padded to ``P >= C`` channels (injective: the padding is dropped again on inversion), then
+passes ``scales`` stages of ``blocks`` residual blocks ``y = x + g(x)`` each, with an invertible
+down-sampling [`Squeeze`][iresnet.transforms.reshape.Squeeze]
+(``(C, H, W) -> (4C, H/2, W/2)``) before every stage but the first. The pre-pooling features
+``f = F(x)`` are therefore an injective map of ``x``; the head is
+``ActNorm -> ReLU -> average pooling to a k x k grid -> Linear`` (``k = head_pool``; ``k = 1``
+is the paper's global pooling; the paper uses BatchNorm; see
+[`ClassifierHead`][iresnet.classifiers.ClassifierHead]). The residual branch of stage ``s``
+(width ``w_s = hidden_channels * 2^s``) is the paper's bottleneck (sec. 2.1)
 
-    ``g(x) = W_3 * act(W_2 * act(W_1 * act(x)))``   (3x3 conv, 1x1 conv, 3x3 conv),
+    g(x) = W_3 * act(W_2 * act(W_1 * act(x)))    (3x3 conv, 1x1 conv, 3x3 conv),
 
 without the leading activation in the network's first block. With every ``W_i`` spectrally
 normalised to ``||W_i||_2 <= c < 1``, ``Lip(g) <= c^3 < 1`` and every block is invertible by the
 Banach fixed point ``x <- y - g(x)`` (i-ResNet Theorem 1); ``norm="none"`` builds the same
 network with plain convolutions ("vanilla": no inverse is guaranteed).
 
-**Hybrid** (Nalisnick et al., arXiv:1902.02767; Residual Flows, arXiv:1906.02735, sec. 6): the
-same feature network *without* padding is a bijection ``z = F(x)``, so
+**Hybrid** (Nalisnick et al.; Residual Flows sec. 5, hybrid modeling): the same feature network
+*without* padding is a bijection ``z = F(x)``, so
 
-    ``log p(x) = log N(z; 0, I) + log|det dF/dx|``
+    log p(x) = log N(z; 0, I) + log|det dF/dx|
 
 (preprocessing log-dets included), and a linear model on the flattened ``z`` classifies it.
+
+References:
+    - Behrmann et al., "Invertible Residual Networks", ICML 2019, arXiv:1811.00995.
+    - Chen et al., "Residual Flows for Invertible Generative Modeling", NeurIPS 2019,
+      arXiv:1906.02735.
+    - Nalisnick et al., "Hybrid Models with Deep and Invertible Features", ICML 2019,
+      arXiv:1902.02767.
 """
 
 from __future__ import annotations
@@ -88,9 +96,26 @@ class ClassifierHead(nn.Module):
 
     ``grid = 1`` pools globally (the paper's head); ``grid = k`` averages over a ``k x k`` grid of
     (adaptive) windows and the linear layer reads all ``C k^2`` pooled values.
-    The paper normalises with BatchNorm; a data-initialised affine (:class:`ActNorm`) keeps no
-    running statistics, so the loop's EMA weights are never paired with another model's batch
-    statistics (which made EMA evaluations of short runs much worse than the live model).
+    The paper normalises with BatchNorm; a data-initialised affine
+    ([`ActNorm`][iresnet.transforms.actnorm.ActNorm]) keeps no running statistics, so the loop's
+    EMA weights are never paired with another model's batch statistics (which made EMA
+    evaluations of short runs much worse than the live model).
+
+    Arguments:
+        channels: feature channels ``C``.
+        n_classes: classes ``K``.
+        grid: the pooling grid ``k``.
+
+    Shapes:
+        Features ``(B, C, H, W)`` with ``H, W >= grid``; logits ``(B, K)``.
+
+    Raises:
+        ValueError: ``grid < 1``.
+
+    Examples:
+        >>> import torch
+        >>> ClassifierHead(4, 10, grid=2)(torch.randn(3, 4, 5, 5)).shape
+        torch.Size([3, 10])
     """
 
     def __init__(self, channels: int, n_classes: int, grid: int = 1) -> None:
@@ -108,9 +133,16 @@ class ClassifierHead(nn.Module):
 
 
 class LinearHead(nn.Module):
-    """``Linear`` on the flattened features (a generalised linear model on ``z``, as in Nalisnick
-    et al. 2019): ``(B, C, H, W) -> (B, K)``. Used by the hybrid, whose unpadded features are too
-    few channels for pooling to keep the class information."""
+    """``Linear`` on the flattened features: ``(B, C, H, W) -> (B, K)``.
+
+    A generalised linear model on ``z``, as in Nalisnick et al. (arXiv:1902.02767). Used by the
+    hybrid, whose unpadded features are too few channels for pooling to keep the class
+    information.
+
+    Arguments:
+        shape: ``(C, H, W)`` of the features.
+        n_classes: classes ``K``.
+    """
 
     def __init__(self, shape: tuple[int, int, int], n_classes: int) -> None:
         super().__init__()
@@ -142,27 +174,29 @@ class _InvertibleNetwork(nn.Module):
         self.feature_shape = self.trunk.forward_shape(self.in_shape)
 
     def features(self, x: Tensor) -> Tensor:
-        """Features ``f = F(x)``, shape ``(B, *feature_shape)``."""
+        """Features ``f = F(x)`` of images ``x`` ``(B, C, H, W)``, shape ``(B, *feature_shape)``."""
         return self.trunk(x)[0]
 
     def forward(self, x: Tensor) -> Tensor:
-        """Logits, shape ``(B, classes)``."""
+        """Logits of images ``x`` ``(B, C, H, W)``, shape ``(B, classes)``."""
         return self.head(self.features(x))
 
     def invert_features(self, f: Tensor) -> Tensor:
-        """``x = F^{-1}(f)`` (a left inverse where the trunk pads): blocks inverted by
-        fixed-point iteration in reverse order, squeezes undone, padding dropped.
+        """``x = F^{-1}(f)``, shape ``(B, C, H, W)`` (a left inverse where the trunk pads).
 
-        Warns :class:`~iresnet.errors.InverseNotConvergedWarning` where a block's iteration did
-        not converge (always possible for the unconstrained network, whose ``Lip(g)`` is
-        unbounded).
+        Blocks are inverted by fixed-point iteration in reverse order, squeezes undone, padding
+        dropped. Warns ``InverseNotConvergedWarning`` where a block's iteration did not converge
+        (always possible for the unconstrained network, whose ``Lip(g)`` is unbounded).
+
+        Args:
+            f: features ``(B, *feature_shape)``.
         """
         return self.trunk.inverse(f)
 
     def invert_features_with_diagnostics(
         self, f: Tensor
     ) -> tuple[Tensor, list[InverseDiagnostics]]:
-        """:meth:`invert_features` and every block's solver diagnostics."""
+        """``invert_features(f)`` and every block's solver diagnostics, data side first."""
         return self.trunk.inverse_with_diagnostics(f)
 
 
@@ -178,35 +212,44 @@ def _branch_options(activation: Activation, norm: str, coeff: float, n_power_ite
 class InvertibleClassifier(_InvertibleNetwork):
     """i-ResNet classifier: [squeeze,] injective padding, invertible stages, pooled head.
 
+    See the module docstring for the layout (i-ResNet sec. 5.1). The network has no log-det
+    ([`NoLogDet`][iresnet.ops.logdet.NoLogDet]); ``features`` and ``invert_features`` give the
+    invertible trunk ``F`` and its (left) inverse.
+
     Arguments:
         shape: ``(C, H, W)`` of the images (values as the caller scales them, e.g. ``[0, 1]``).
         classes: number of classes ``K``.
-        scales: stages (a squeeze between consecutive ones); blocks: blocks per stage.
+        scales: stages (a squeeze between consecutive ones).
+        blocks: residual blocks per stage.
         hidden_channels: branch width of the first stage (doubled at every stage).
-        coeff: the Lipschitz coefficient of every convolution; norm: ``"spectral"``,
-            ``"frobenius"``, ``"penalty"`` or ``"none"`` (the unconstrained "vanilla" network).
+        coeff: the Lipschitz coefficient of every convolution.
+        norm: ``"spectral"``, ``"frobenius"``, ``"penalty"`` or ``"none"`` (the unconstrained
+            "vanilla" network).
         activation: ``"elu"`` (the paper's), ``"lipswish"`` or a factory.
         actnorm: ActNorm before every block.
         squeeze_first: squeeze before the padding (the i-ResNet code's ``init_ds=2``).
         pad_channels: ``P``; default ``max(C', hidden_channels // 2)`` with ``C'`` the channels
             after the optional squeeze (the paper pads CIFAR's 3 channels to 16).
         head_pool: the head averages the features to a ``head_pool x head_pool`` grid.
-        n_power_iterations: power-iteration steps per training call; inverse: the solver.
+        n_power_iterations: power-iteration steps per training call.
+        inverse: the fixed-point solver of every block (default
+            [`FixedPointInverse`][iresnet.ops.fixed_point.FixedPointInverse]).
 
-    Shapes: ``x`` ``(B, C, H, W)`` -> logits ``(B, classes)``; features
-    ``(B, *feature_shape)``.
+    Shapes:
+        ``x``: ``(B, C, H, W)``; logits: ``(B, classes)``; features: ``(B, *feature_shape)``.
 
     Raises:
         ValueError: an image shape the squeezes cannot halve, ``head_pool`` larger than the
             feature grid, or another bad setting.
 
-    Example:
+    Examples:
         >>> import torch, iresnet
-        >>> model = iresnet.InvertibleClassifier((1, 8, 8), 10, hidden_channels=8).eval()
+        >>> model = iresnet.InvertibleClassifier((1, 8, 8), 10, blocks=1, hidden_channels=4)
         >>> x = torch.rand(2, 1, 8, 8)
         >>> model(x).shape, model.feature_shape
-        (torch.Size([2, 10]), (16, 4, 4))
-        >>> bool((model.invert_features(model.features(x)) - x).abs().max() < 1e-4)
+        (torch.Size([2, 10]), (8, 4, 4))
+        >>> f = model.features(x)
+        >>> bool((model.invert_features(f) - x).abs().max() < 1e-4)
         True
     """
 
@@ -258,17 +301,42 @@ class HybridClassifier(_InvertibleNetwork):
 
     ``log p(x) = log N(z; 0, I) + log|det dF/dx|`` (no padding, so ``F`` is a bijection; with
     ``levels`` the dequantisation and logit log-dets are part of it), the blocks' log-dets from
-    ``logdet``; ``p(y | x) = softmax(W vec(z) + b)`` (:class:`LinearHead`).
+    ``logdet``; ``p(y | x) = softmax(W vec(z) + b)``
+    ([`LinearHead`][iresnet.classifiers.LinearHead]). The hybrid model of Nalisnick et al.,
+    as Residual Flows (sec. 5) trains it. ``model(x)`` gives the logits;
+    ``model(x, return_log_prob=True)`` gives ``(logits, log p(x))`` from one pass (so a
+    DDP-wrapped model trains both terms); ``log_prob(x)`` gives ``(B,)`` in nats.
 
     Arguments:
-        shape, classes, scales, blocks, hidden_channels, coeff, norm, activation, actnorm,
-            squeeze_first, n_power_iterations, inverse: as :class:`InvertibleClassifier`.
+        shape: ``(C, H, W)`` of the images.
+        classes: number of classes ``K``.
+        scales: stages (a squeeze between consecutive ones).
+        blocks: residual blocks per stage.
+        hidden_channels: branch width of the first stage (doubled at every stage).
+        coeff: the Lipschitz coefficient of every convolution.
+        norm: ``"spectral"``, ``"frobenius"``, ``"penalty"`` or ``"none"``.
+        activation: ``"elu"``, ``"lipswish"`` or a factory.
+        actnorm: ActNorm before every block.
+        squeeze_first: squeeze the input once before the first stage.
         logdet: ``"exact"``, ``"series"``, ``"roulette"`` or an estimator.
-        levels, logit_alpha: preprocessing as :class:`~iresnet.MultiscaleResidualFlow`.
+        levels: ``K``: dequantise integer levels first, as in
+            [`MultiscaleResidualFlow`][iresnet.flows.multiscale.MultiscaleResidualFlow].
+        logit_alpha: apply the logit map with this margin (0: none).
+        n_power_iterations: power-iteration steps per training call.
+        inverse: the fixed-point solver of every block.
 
-    Methods: ``forward(x) -> logits``; ``forward(x, return_log_prob=True) -> (logits,
-    log p(x))`` from one pass (so a DDP-wrapped model trains both terms);
-    ``log_prob(x) -> (B,)`` in nats.
+    Shapes:
+        ``x``: ``(B, C, H, W)``; logits: ``(B, classes)``; ``log p(x)``: ``(B,)``.
+
+    Raises:
+        ValueError: an image shape the squeezes cannot halve, or another bad setting.
+
+    Examples:
+        >>> import torch, iresnet
+        >>> model = iresnet.HybridClassifier((1, 4, 4), 3, blocks=1, hidden_channels=4, levels=17)
+        >>> logits, log_p = model(torch.randint(0, 17, (2, 1, 4, 4)), return_log_prob=True)
+        >>> logits.shape, log_p.shape
+        (torch.Size([2, 3]), torch.Size([2]))
     """
 
     def __init__(
@@ -323,6 +391,6 @@ class HybridClassifier(_InvertibleNetwork):
         return logits
 
     def log_prob(self, x: Tensor) -> Tensor:
-        """``log p(x)`` in nats, shape ``(B,)``."""
+        """``log p(x)`` in nats, shape ``(B,)``, for images ``x`` ``(B, C, H, W)``."""
         z, logdet = self.trunk(x)
         return self.base().log_prob(z) + logdet

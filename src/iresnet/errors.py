@@ -2,7 +2,16 @@
 
 Every error a user can trigger with bad input derives from ``ValueError`` (bad data, configs,
 checkpoints) or ``RuntimeError`` (a numerical procedure that did not succeed), so generic
-handlers keep working, while the CLI can catch :class:`IResNetError` and print one line.
+handlers keep working, while the CLI can catch ``IResNetError`` and print one line. Messages say
+what was wrong and what to do.
+
+Examples:
+    >>> import torch, iresnet
+    >>> try:
+    ...     iresnet.Dequantize(4)(torch.tensor([[5]]))
+    ... except ValueError as err:  # a DataError is a ValueError and an IResNetError
+    ...     print(type(err).__name__, isinstance(err, iresnet.IResNetError))
+    DataError True
 """
 
 from __future__ import annotations
@@ -18,7 +27,12 @@ __all__ = [
 
 
 class IResNetError(Exception):
-    """Base class of every error iresnet raises on purpose (the CLI prints these in one line)."""
+    """Base class of every error iresnet raises on purpose (the CLI prints these in one line).
+
+    Errors about data, configs, checkpoints and non-converged inverses derive from it; the plain
+    ``ValueError``s raised for invalid constructor arguments (a bad ``coeff``, an unknown name)
+    do not.
+    """
 
 
 class DataError(IResNetError, ValueError):
@@ -34,8 +48,15 @@ class CheckpointError(IResNetError, ValueError):
 
 
 class InverseNotConvergedError(IResNetError, RuntimeError):
-    """The fixed-point inverse did not reach its tolerance within ``max_iter`` iterations."""
+    """The fixed-point inverse did not reach its tolerance within ``max_iter`` iterations.
+
+    Raised by [`FixedPointInverse`][iresnet.ops.fixed_point.FixedPointInverse] with
+    ``on_failure="raise"``.
+    """
 
 
 class InverseNotConvergedWarning(RuntimeWarning):
-    """Warned (instead of raised) when an inverse did not converge and ``on_failure='warn'``."""
+    """Warned (instead of raised) when an inverse did not converge and ``on_failure='warn'``.
+
+    Turn it into an error with ``warnings.simplefilter("error", InverseNotConvergedWarning)``.
+    """

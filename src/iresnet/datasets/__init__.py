@@ -1,8 +1,15 @@
 """Data: toy 2-D densities, user arrays and image sets, all read or generated locally.
 
-:func:`load_dataset` returns a :class:`DataBundle`, the one object the application's training
-loop and evaluation read. Nothing is downloaded: missing files raise
-:class:`~iresnet.errors.DataError` naming what was expected and where to get it.
+[`load_dataset`][iresnet.datasets.load_dataset] returns a
+[`DataBundle`][iresnet.datasets.DataBundle], the one object the application's training loop and
+evaluation read. Nothing is downloaded: missing files raise
+[`DataError`][iresnet.errors.DataError] naming what was expected and where to get it.
+
+Examples:
+    >>> from iresnet import datasets
+    >>> bundle = datasets.load_dataset("8gaussians", n_train=100, n_test=50)
+    >>> bundle.kind, tuple(bundle.train_x.shape), bundle.event_shape
+    ('vector', (100, 2), (2,))
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from .toy import TOY_DATASETS, toy_log_density, toy_split, true_entropy
 __all__ = ["DataBundle", "load_dataset", "TOY_DATASETS", "IMAGE_DATASETS", "Standardizer"]
 
 IMAGE_DATASETS = tuple(DATASET_NAMES)
+"""Image set names [`load_dataset`][iresnet.datasets.load_dataset] accepts."""
 
 
 @dataclass
@@ -31,11 +39,21 @@ class DataBundle:
         name: the data set's name (a user array: its path).
         kind: ``"vector"`` (``(N, d)`` floats in the data's own units; user arrays in float64)
             or ``"image"`` (``(N, C, H, W)`` uint8 levels).
-        train_x, test_x: the data; train_y, test_y: labels (images) or None.
+        train_x: the training data.
+        test_x: the test data.
+        train_y: training labels ``(N,)`` (images) or None.
+        test_y: test labels (images) or None.
         n_levels: images: quantisation levels ``K``.
         standardizer: user arrays: per-column statistics of the training split, for a model
-            that standardises its input (:class:`~iresnet.transforms.Standardize`).
-        true_log_density: toy densities with a closed form: ``log p(x)`` on ``(M, 2)``.
+            that standardises its input
+            ([`Standardize`][iresnet.transforms.preprocess.Standardize]).
+        true_log_density: toy densities with a closed form: ``log p(x)`` in nats, ``(M, 2)`` to
+            ``(M,)``.
+
+    Examples:
+        >>> bundle = DataBundle("mine", "vector", torch.zeros(8, 3), torch.zeros(2, 3))
+        >>> bundle.event_shape, bundle.true_entropy() is None
+        ((3,), True)
     """
 
     name: str
@@ -50,10 +68,14 @@ class DataBundle:
 
     @property
     def event_shape(self) -> tuple[int, ...]:
+        """The shape of one sample, ``train_x.shape[1:]``."""
         return tuple(self.train_x.shape[1:])
 
     def true_entropy(self) -> tuple[float, float] | None:
-        """Monte Carlo entropy of the true density with its standard error, where known."""
+        """Monte Carlo entropy of the true density in nats with its standard error, where known.
+
+        See [`true_entropy`][iresnet.datasets.toy.true_entropy]; None without a closed form.
+        """
         return true_entropy(self.name) if self.true_log_density is not None else None
 
 
@@ -71,17 +93,30 @@ def load_dataset(
     """Load or generate a data set.
 
     Args:
-        name: a toy density (:data:`TOY_DATASETS`), ``"array"`` (with ``path``) or an image set
-            (:data:`IMAGE_DATASETS`).
+        name: a toy density (one of [`TOY_DATASETS`][iresnet.datasets.toy.TOY_DATASETS]),
+            ``"array"`` (with ``path``) or an image set (one of
+            [`IMAGE_DATASETS`][iresnet.datasets.IMAGE_DATASETS]).
         path: a ``.npy`` / ``.csv`` file of shape ``(N, d)`` for ``"array"``.
         data_dir: the folder of an image set's standard files.
-        n_train, n_test: toy sample sizes (drawn with ``seed``).
+        n_train: toy training sample size (drawn with ``seed``).
+        n_test: toy test sample size.
         test_fraction: held-out share of a user array (split with ``seed``).
+        seed: the seed of the toy draws and of the user-array split.
         standardizer: user arrays: reuse saved statistics (a resumed or evaluated run) instead
             of fitting them on the training split.
 
+    Returns:
+        The [`DataBundle`][iresnet.datasets.DataBundle].
+
     Raises:
-        DataError: an unknown name, a missing or malformed file.
+        DataError: an unknown name, a missing or malformed file, or a saved ``standardizer``
+            of another width.
+
+    Examples:
+        >>> bundle = load_dataset("checkerboard", n_train=10, n_test=5, seed=1)
+        >>> x = torch.tensor([[-3.0, -3.0], [-1.0, -3.0]], dtype=torch.float64)
+        >>> bundle.true_log_density(x).tolist()  # log(1/32) on the black squares
+        [-3.4657359027997265, -inf]
     """
     if name in TOY_DATASETS:
         train, test = toy_split(name, n_train, n_test, seed=seed)

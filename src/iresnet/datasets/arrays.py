@@ -1,9 +1,10 @@
 """User data given as ``--data path.npy|.csv``: strict loading, a fixed split, standardization.
 
-:func:`load_array` returns a float64 array of shape ``(N, d)`` or raises :class:`DataError`
-with a message naming the file, the offending place and what to do. CSV files are parsed with
-the :mod:`csv` module (not ``numpy.loadtxt``) so ragged rows and bad fields are reported by
-line and column. :class:`Standardizer` holds the per-column affine map
+[`load_array`][iresnet.datasets.arrays.load_array] returns a float64 array of shape ``(N, d)``
+or raises [`DataError`][iresnet.errors.DataError] with a message naming the file, the
+offending place and what to do. CSV files are parsed with the ``csv`` module (not
+``numpy.loadtxt``) so ragged rows and bad fields are reported by line and column.
+[`Standardizer`][iresnet.datasets.arrays.Standardizer] holds the per-column affine map
 ``z = (x - mean) / std`` and its log-determinant, so densities fitted on ``z`` convert back to
 densities on ``x``.
 """
@@ -123,11 +124,32 @@ def load_array(path: str | os.PathLike[str], max_dim: int = 64) -> np.ndarray:
     real array. ``.csv`` files are comma separated, one sample per line; a first row whose
     fields are all non-numeric is taken as a header and skipped, blank lines are ignored.
 
+    Args:
+        path: the ``.npy`` or ``.csv`` file.
+        max_dim: the largest number of columns accepted.
+
+    Returns:
+        A float64 array of shape ``(N, d)`` with ``N >= 2``, every value finite.
+
     Raises:
         DataError: missing file, unknown extension, empty file or zero rows, fewer than 2 rows,
             ragged CSV rows, non-numeric fields, non-numeric ``.npy`` dtype, an array that is
             not 2-D, zero columns, NaN or Inf values, or ``d > max_dim``. The message names the
             file and, where it applies, the line/row and column.
+
+    Examples:
+        >>> import pathlib, tempfile
+        >>> folder = tempfile.TemporaryDirectory()
+        >>> path = pathlib.Path(folder.name) / "points.csv"
+        >>> np.savetxt(path, [[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]], delimiter=",")
+        >>> load_array(path).shape
+        (3, 2)
+        >>> _ = path.write_text("1,oops")
+        >>> load_array(path)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        iresnet.errors.DataError: ...: non-numeric field 'oops' at line 1, column 2; ...
+        >>> folder.cleanup()
     """
     p = Path(path)
     if not p.is_file():
@@ -183,9 +205,22 @@ def split_array(
     ``n_test = round(N * test_fraction)`` clipped to ``[1, N - 1]`` so both parts are non-empty;
     the permutation comes from ``numpy.random.default_rng(seed)``.
 
+    Args:
+        x: ``(N, d)`` (any array indexable by rows).
+        test_fraction: the held-out share.
+        seed: the permutation's seed.
+
+    Returns:
+        ``(train, test)`` with ``N - n_test`` and ``n_test`` rows.
+
     Raises:
         DataError: ``x`` has fewer than 2 rows.
         ValueError: ``test_fraction`` not in the open interval ``(0, 1)``.
+
+    Examples:
+        >>> train, test = split_array(np.arange(20.0).reshape(10, 2), 0.3)
+        >>> train.shape, test.shape
+        ((7, 2), (3, 2))
     """
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction}")
@@ -202,8 +237,24 @@ class Standardizer:
     """Per-column affine standardization ``z = (x - mean) / std``.
 
     ``mean`` and ``std`` are plain lists of floats (length ``d``) so the object saves to JSON
-    via :meth:`to_dict`. The map has Jacobian ``diag(1 / std)``, hence per sample
-    ``log p_x(x) = log p_z(z) + log_abs_det`` with ``log_abs_det = -sum(log std)``.
+    via ``to_dict``. The map has Jacobian ``diag(1 / std)``, hence per sample
+    ``log p_x(x) = log p_z(z) + log_abs_det`` with ``log_abs_det = -sum(log std)``. The model
+    side of the same map is [`Standardize`][iresnet.transforms.preprocess.Standardize].
+
+    Attributes:
+        mean: ``d`` finite floats.
+        std: ``d`` finite, positive floats.
+
+    Raises:
+        ConfigError: lengths differ, a non-finite mean, or a ``std`` that is not finite and
+            positive.
+
+    Examples:
+        >>> st = Standardizer.fit(np.array([[0.0, 5.0], [2.0, 5.0]]))
+        >>> st.mean, st.std  # the constant column gets std 1
+        ([1.0, 5.0], [1.0, 1.0])
+        >>> st.transform(np.array([[2.0, 6.0]])).tolist(), st.log_abs_det
+        ([[1.0, 1.0]], -0.0)
     """
 
     mean: list[float]
@@ -227,6 +278,9 @@ class Standardizer:
 
         A constant column (std zero, or below ``1e-12 |mean|`` which is only rounding noise)
         gets std 1.0, so it is centred but never divided by zero.
+
+        Raises:
+            DataError: ``x`` is not a non-empty 2-D array, or holds NaN or Inf.
         """
         a = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
         a = a.astype(np.float64)
@@ -261,12 +315,20 @@ class Standardizer:
         return np.asarray(self.mean), np.asarray(self.std)
 
     def transform(self, x: _ArrayT) -> _ArrayT:
-        """``z = (x - mean) / std`` for ``x`` of shape ``(..., d)`` (NumPy array or tensor)."""
+        """``z = (x - mean) / std`` for ``x`` of shape ``(..., d)`` (NumPy array or tensor).
+
+        Raises:
+            DataError: ``x`` has another number of columns than ``d``.
+        """
         mean, std = self._params(x)
         return (x - mean) / std
 
     def inverse_transform(self, z: _ArrayT) -> _ArrayT:
-        """``x = z * std + mean`` for ``z`` of shape ``(..., d)`` (NumPy array or tensor)."""
+        """``x = z * std + mean`` for ``z`` of shape ``(..., d)`` (NumPy array or tensor).
+
+        Raises:
+            DataError: ``z`` has another number of columns than ``d``.
+        """
         mean, std = self._params(z)
         return z * std + mean
 
@@ -276,7 +338,11 @@ class Standardizer:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Standardizer:
-        """Inverse of :meth:`to_dict`; raises ``ConfigError`` on missing or extra keys."""
+        """Inverse of ``to_dict``.
+
+        Raises:
+            ConfigError: missing or extra keys, or non-numeric or invalid values.
+        """
         if not isinstance(d, dict) or set(d) != {"mean", "std"}:
             keys = sorted(d) if isinstance(d, dict) else type(d).__name__
             raise ConfigError(f"Standardizer dict needs exactly keys 'mean' and 'std', got {keys}")

@@ -1,10 +1,11 @@
 """Image data sets read offline from local files: MNIST, Fashion-MNIST, CIFAR-10, digits, PNGs.
 
-Every loader returns an :class:`ImageData` whose ``images`` hold integer levels
-``{0, ..., n_levels - 1}`` as ``uint8`` of shape ``(N, C, H, W)``; turning them into densities on
-``[0, 1)^D`` is :mod:`iresnet.preprocess`'s job. Nothing is ever downloaded: a missing file raises
-:class:`~iresnet.errors.DataError` saying which names were expected, where they were looked for
-and how to obtain them.
+Every loader returns an [`ImageData`][iresnet.datasets.images.ImageData] whose ``images`` hold
+integer levels ``{0, ..., n_levels - 1}`` as ``uint8`` of shape ``(N, C, H, W)``; turning them
+into densities on ``[0, 1)^D`` is the job of the preprocessing transforms
+([`Dequantize`][iresnet.transforms.preprocess.Dequantize]). Nothing is ever downloaded: a
+missing file raises [`DataError`][iresnet.errors.DataError] saying which names were expected,
+where they were looked for and how to obtain them.
 """
 
 from __future__ import annotations
@@ -39,11 +40,11 @@ __all__ = [
     "DATASET_NAMES",
 ]
 
-#: Where Debian's ``dataset-fashion-mnist`` package installs the gzipped IDX files.
 FASHION_MNIST_SYSTEM_DIRS: tuple[Path, ...] = (Path("/usr/share/datasets/fashion-mnist"),)
+"""Where Debian's ``dataset-fashion-mnist`` package installs the gzipped IDX files."""
 
-#: Names accepted by :func:`load_image_dataset`.
 DATASET_NAMES: tuple[str, ...] = ("digits", "mnist", "fashion-mnist", "cifar10", "png")
+"""Names accepted by [`load_image_dataset`][iresnet.datasets.images.load_image_dataset]."""
 
 _SPLITS = ("train", "test")
 
@@ -57,6 +58,16 @@ class ImageData:
         labels: ``int64`` tensor ``(N,)`` (all zeros for unlabelled data).
         n_levels: number of quantisation levels ``K`` (256 for 8-bit images, 17 for digits).
         name: short data set name, e.g. ``"mnist"``.
+
+    Raises:
+        DataError: images not ``uint8`` ``(N, C, H, W)``, labels not ``int64`` ``(N,)``,
+            ``n_levels`` outside ``2..256``, or a level ``>= n_levels``.
+
+    Examples:
+        >>> data = ImageData(torch.zeros(5, 1, 8, 8, dtype=torch.uint8),
+        ...                  torch.zeros(5, dtype=torch.int64), 17, "blank")
+        >>> len(data), data.shape
+        (5, (1, 8, 8))
     """
 
     images: torch.Tensor
@@ -108,9 +119,26 @@ def read_idx(path: str | Path) -> np.ndarray:
     """Read an IDX file (raw or gzip-compressed, detected by its magic bytes, not its suffix).
 
     Layout: ``0x00 0x00 <type code> <ndim>``, then ``ndim`` big-endian ``uint32`` sizes, then
-    exactly ``prod(sizes)`` big-endian items. Returns a native-endian, writable array of shape
-    ``sizes``. Raises :class:`DataError` naming the file on bad magic, unknown type code,
-    truncated data or trailing bytes.
+    exactly ``prod(sizes)`` big-endian items.
+
+    Args:
+        path: the file.
+
+    Returns:
+        A native-endian, writable array of shape ``sizes``.
+
+    Raises:
+        DataError: an unreadable file, a corrupt gzip stream, bad magic, an unknown type code,
+            zero dimensions, truncated data or trailing bytes; the message names the file.
+
+    Examples:
+        >>> import pathlib, tempfile
+        >>> folder = tempfile.TemporaryDirectory()
+        >>> path = pathlib.Path(folder.name) / "tiny-idx1-ubyte"
+        >>> _ = path.write_bytes(bytes([0, 0, 0x08, 1, 0, 0, 0, 3, 7, 8, 9]))
+        >>> read_idx(path).tolist()
+        [7, 8, 9]
+        >>> folder.cleanup()
     """
     path = Path(path)
     try:
@@ -202,6 +230,20 @@ def load_mnist(root: str | Path, split: str = "train") -> ImageData:
 
     Looks for ``train-*``/``t10k-*`` ``images-idx3-ubyte`` and ``labels-idx1-ubyte`` (optionally
     ``.gz``) in ``root`` and in torchvision's ``root/MNIST/raw``.
+
+    Args:
+        root: the folder holding the files.
+        split: ``"train"`` or ``"test"``.
+
+    Raises:
+        DataError: an unknown split, missing files (the message says where to get them) or
+            malformed ones.
+
+    Examples:
+        >>> load_mnist("/nonexistent")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        iresnet.errors.DataError: mnist train split not found: expected train-images-idx3-ubyte...
     """
     root = Path(root)
     how = (
@@ -215,7 +257,22 @@ def load_fashion_mnist(root: str | Path | None = None, split: str = "train") -> 
     """Fashion-MNIST from local IDX files: ``(N, 1, 28, 28)`` uint8, 256 levels, labels 0..9.
 
     With ``root=None`` it reads Debian's ``dataset-fashion-mnist`` install
-    (:data:`FASHION_MNIST_SYSTEM_DIRS`); otherwise ``root`` and ``root/FashionMNIST/raw``.
+    ([`FASHION_MNIST_SYSTEM_DIRS`][iresnet.datasets.images.FASHION_MNIST_SYSTEM_DIRS]);
+    otherwise ``root`` and ``root/FashionMNIST/raw``.
+
+    Args:
+        root: the folder holding the files, or None for the system install.
+        split: ``"train"`` or ``"test"``.
+
+    Raises:
+        DataError: an unknown split, missing files (the message says where to get them) or
+            malformed ones.
+
+    Examples:
+        >>> load_fashion_mnist("/nonexistent", "test")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        iresnet.errors.DataError: fashion-mnist test split not found: ...
     """
     if root is None:
         folders = list(FASHION_MNIST_SYSTEM_DIRS)
@@ -305,7 +362,21 @@ def load_cifar10(root: str | Path, split: str = "train") -> ImageData:
     Reads ``data_batch_1..5`` (train) or ``test_batch`` (test) from ``root/cifar-10-batches-py``
     or ``root``. Each row of a batch's ``data`` is 1024 red, then green, then blue values in
     row-major order, hence the plain reshape to ``(3, 32, 32)``. Batches are unpickled with an
-    allow-list of numpy globals; anything else is refused with :class:`DataError`.
+    allow-list of numpy globals; anything else is refused.
+
+    Args:
+        root: the folder holding ``cifar-10-batches-py`` (or the batches themselves).
+        split: ``"train"`` or ``"test"``.
+
+    Raises:
+        DataError: an unknown split, missing batches (the message says where to get them),
+            malformed ones, or a pickle that asks for anything but numpy arrays.
+
+    Examples:
+        >>> load_cifar10("/nonexistent", "test")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        iresnet.errors.DataError: cifar10 test split not found: expected test_batch in one of: ...
     """
     _check_split(split)
     root = Path(root)
@@ -331,6 +402,17 @@ def load_digits(split: str = "train") -> ImageData:
     The 1797 images are shuffled by ``numpy.random.default_rng(0).permutation``; the last
     ``1797 // 5 = 359`` form the test split and the first 1438 the train split, the same on
     every machine and run.
+
+    Args:
+        split: ``"train"`` or ``"test"``.
+
+    Raises:
+        DataError: an unknown split, or scikit-learn is not installed.
+
+    Examples:
+        >>> data = load_digits("test")
+        >>> len(data), data.shape, data.n_levels, int(data.images.max()) <= 16
+        (359, (1, 8, 8), 17, True)
     """
     _check_split(split)
     try:
@@ -379,7 +461,16 @@ def load_png_folder(path: str | Path, split: str | None = None) -> ImageData:
     subfolders holding PNGs, each such subfolder is one class, labelled by its index in sorted
     name order, and loose PNGs beside them are an error; otherwise all labels are zero. Files
     are read in sorted order; grayscale images give ``C = 1``, colour ones ``C = 3``; all must
-    share one shape, else :class:`DataError` names the first odd file.
+    share one shape.
+
+    Args:
+        path: the folder.
+        split: a subfolder of ``path`` to read instead (``"train"``, ``"test"``), or None.
+
+    Raises:
+        DataError: a missing folder, no PNGs, class subfolders mixed with loose files, an
+            unreadable or unsupported image (16-bit, float, CMYK), images of different shapes
+            (the message names the first odd file), or Pillow not installed.
     """
     folder = Path(path) if split is None else Path(path) / split
     if not folder.is_dir():
@@ -422,11 +513,25 @@ def load_png_folder(path: str | Path, split: str | None = None) -> ImageData:
 
 # ----------------------------------------------------------------------------------- dispatch
 def load_image_dataset(name: str, split: str, data_dir: str | Path | None = None) -> ImageData:
-    """Load one of :data:`DATASET_NAMES` by name (``_`` and ``-`` are interchangeable).
+    """Load an image set by name (``_`` and ``-`` are interchangeable).
 
     ``data_dir`` is the folder holding the files; it is required for ``mnist``, ``cifar10`` and
     ``png``, optional for ``fashion-mnist`` (Debian's install) and ignored for ``digits``. For
-    ``png`` the images are read from ``data_dir/split`` (see :func:`load_png_folder`).
+    ``png`` the images are read from ``data_dir/split`` (see
+    [`load_png_folder`][iresnet.datasets.images.load_png_folder]).
+
+    Args:
+        name: one of [`DATASET_NAMES`][iresnet.datasets.images.DATASET_NAMES].
+        split: ``"train"`` or ``"test"``.
+        data_dir: the folder holding the files.
+
+    Raises:
+        DataError: an unknown name, a missing ``data_dir`` where one is required, or any error
+            of the loader.
+
+    Examples:
+        >>> load_image_dataset("Digits", "train").name
+        'digits'
     """
     key = name.strip().lower().replace("_", "-")
     if key == "digits":

@@ -6,32 +6,26 @@ drawn with ``torch`` from one ``torch.Generator``, so a fixed seed gives fixed d
 machine. Notation: ``U(a, b)`` uniform, ``N(m, s^2)`` normal, ``|x|`` the Euclidean norm, all
 draws independent.
 
-``8gaussians``
-    ``x = mu_k + sigma * eps``, ``k ~ U{0..7}``, ``mu_k = R (cos(k pi/4), sin(k pi/4))``,
-    ``R = 2 sqrt 2``, ``sigma = 1 / (2 sqrt 2)``, ``eps ~ N(0, I_2)``.
-    ``p(x) = (1/8) sum_k N(x; mu_k, sigma^2 I_2)``.
-``checkerboard``
-    Uniform on the 8 squares ``[-4 + 2i, -2 + 2i) x [-4 + 2j, -2 + 2j)``, ``i, j in {0..3}``,
-    ``i + j`` even: ``p(x) = 1/32`` there, 0 elsewhere; entropy ``log 32``.
-``rings``
-    Angle ``theta ~ U(0, 2 pi)``, radius ``r = |r_k + s eps|``, ``k ~ U{0..3}``,
-    ``r_k in (0.75, 1.65, 2.4, 3.0)``, ``s = 0.08``, ``eps ~ N(0, 1)``; ``x = r (cos, sin)``.
-    The radius law is a folded normal mixture, ``p_r(r) = (1/4) sum_k [phi_s(r - r_k) +
-    phi_s(r + r_k)]`` for ``r >= 0``, and ``p(x) = p_r(|x|) / (2 pi |x|)`` (polar Jacobian).
-``circles``
-    As ``rings`` with ``r_k in (1.5, 3.0)`` (equal weights) and ``s = 0.24``.
-``moons``
-    ``t ~ U(0, pi)``, a fair coin picks ``m = (cos t, sin t)`` or ``m = (1 - cos t,
-    0.5 - sin t)``, ``x = 2 (m + 0.1 eps) + (-1, -0.2)``, ``eps ~ N(0, I_2)``. No closed form.
-``2spirals``
-    ``t = 3 pi sqrt(u)``, ``u ~ U(0, 1)``; ``a = (-t cos t, t sin t) + v``,
-    ``v ~ U(0, 0.5)^2``; a fair sign ``b = +-1``; ``x = b a / 3 + 0.1 eps``. No closed form.
-``pinwheel``
-    Five arms ``k ~ U{0..4}``: ``f = (1 + 0.3 e1, 0.1 e2)``, ``e ~ N(0, I_2)``, angle
-    ``theta = 2 pi k / 5 + 0.25 exp(f_1)``, ``x = 2 Rot(theta) f``. No closed form.
-``swissroll``
-    ``t = (3 pi / 2)(1 + 2u)``, ``u ~ U(0, 1)``, ``x = (t cos t + e1, t sin t + e2) / 5``,
-    ``e ~ N(0, I_2)``. No closed form.
+- ``8gaussians``: ``x = mu_k + sigma * eps``, ``k ~ U{0..7}``,
+  ``mu_k = R (cos(k pi/4), sin(k pi/4))``, ``R = 2 sqrt 2``, ``sigma = 1 / (2 sqrt 2)``,
+  ``eps ~ N(0, I_2)``; ``p(x) = (1/8) sum_k N(x; mu_k, sigma^2 I_2)``.
+- ``checkerboard``: uniform on the 8 squares ``[-4 + 2i, -2 + 2i) x [-4 + 2j, -2 + 2j)``,
+  ``i, j in {0..3}``, ``i + j`` even: ``p(x) = 1/32`` there, 0 elsewhere; entropy ``log 32``.
+- ``rings``: angle ``theta ~ U(0, 2 pi)``, radius ``r = |r_k + s eps|``, ``k ~ U{0..3}``,
+  ``r_k in (0.75, 1.65, 2.4, 3.0)``, ``s = 0.08``, ``eps ~ N(0, 1)``; ``x = r (cos, sin)``.
+  The radius law is a folded normal mixture,
+  ``p_r(r) = (1/4) sum_k [phi_s(r - r_k) + phi_s(r + r_k)]`` for ``r >= 0``, and
+  ``p(x) = p_r(|x|) / (2 pi |x|)`` (polar Jacobian).
+- ``circles``: as ``rings`` with ``r_k in (1.5, 3.0)`` (equal weights) and ``s = 0.24``.
+- ``moons``: ``t ~ U(0, pi)``, a fair coin picks ``m = (cos t, sin t)`` or
+  ``m = (1 - cos t, 0.5 - sin t)``, ``x = 2 (m + 0.1 eps) + (-1, -0.2)``, ``eps ~ N(0, I_2)``.
+  No closed form.
+- ``2spirals``: ``t = 3 pi sqrt(u)``, ``u ~ U(0, 1)``; ``a = (-t cos t, t sin t) + v``,
+  ``v ~ U(0, 0.5)^2``; a fair sign ``b = +-1``; ``x = b a / 3 + 0.1 eps``. No closed form.
+- ``pinwheel``: five arms ``k ~ U{0..4}``: ``f = (1 + 0.3 e1, 0.1 e2)``, ``e ~ N(0, I_2)``,
+  angle ``theta = 2 pi k / 5 + 0.25 exp(f_1)``, ``x = 2 Rot(theta) f``. No closed form.
+- ``swissroll``: ``t = (3 pi / 2)(1 + 2u)``, ``u ~ U(0, 1)``,
+  ``x = (t cos t + e1, t sin t + e2) / 5``, ``e ~ N(0, I_2)``. No closed form.
 """
 
 from __future__ import annotations
@@ -62,6 +56,7 @@ TOY_DATASETS: tuple[str, ...] = (
     "pinwheel",
     "swissroll",
 )
+"""The toy density names (see the module docstring)."""
 
 # Constants of the densities above (kept in one place so samplers and densities agree).
 _GAUSS8_RADIUS = 2.0 * math.sqrt(2.0)
@@ -180,7 +175,14 @@ def sample_toy(
         Tensor of shape ``(n, 2)`` and dtype ``dtype`` on the CPU.
 
     Raises:
-        DataError: ``name`` is not in :data:`TOY_DATASETS` or ``n`` is negative.
+        DataError: ``name`` is not in [`TOY_DATASETS`][iresnet.datasets.toy.TOY_DATASETS] or
+            ``n`` is not a non-negative int.
+
+    Examples:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> x = sample_toy("checkerboard", 1000, generator=g)
+        >>> x.shape, bool((x.abs() <= 4).all())
+        (torch.Size([1000, 2]), True)
     """
     _check_name(name)
     try:
@@ -252,7 +254,15 @@ def toy_log_density(name: str) -> Callable[[torch.Tensor], torch.Tensor] | None:
     ``circles``; the others return ``None``.
 
     Raises:
-        DataError: ``name`` is not in :data:`TOY_DATASETS`.
+        DataError: ``name`` is not in [`TOY_DATASETS`][iresnet.datasets.toy.TOY_DATASETS].
+
+    Examples:
+        >>> log_p = toy_log_density("8gaussians")
+        >>> x = torch.tensor([[2.0, 2.0]], dtype=torch.float64)  # a centre: log(1 / (2 pi))
+        >>> round(float(log_p(x)), 4)
+        -1.8379
+        >>> toy_log_density("moons") is None
+        True
     """
     _check_name(name)
     return _LOG_DENSITIES.get(name)
@@ -267,6 +277,11 @@ def true_entropy(name: str, n: int = 200_000, seed: int = 0) -> tuple[float, flo
 
     Raises:
         DataError: unknown ``name`` or ``n < 2``.
+
+    Examples:
+        >>> h, se = true_entropy("checkerboard", n=1000)
+        >>> round(h, 4), round(se, 6)  # log 32: a uniform density
+        (3.4657, 0.0)
     """
     log_p = toy_log_density(name)
     if log_p is None:
@@ -293,6 +308,12 @@ def toy_split(
 
     Raises:
         DataError: unknown ``name`` or a negative size.
+
+    Examples:
+        >>> train, test = toy_split("moons", 100, 20, seed=3)
+        >>> _, test_again = toy_split("moons", 500, 20, seed=3)
+        >>> train.shape, bool(torch.equal(test, test_again))
+        (torch.Size([100, 2]), True)
     """
     _check_name(name)
     seeds = torch.randint(0, 2**62, (2,), generator=torch.Generator().manual_seed(seed))

@@ -1,12 +1,17 @@
 """Normalising flows: a transform over a base distribution, seen as a torch Distribution.
 
-``Flow`` maps data ``x`` to a latent ``z = f(x)`` through its transform, so
+``Flow`` maps data ``x`` to a latent ``z = f(x)`` through its transform, so by the change of
+variables (i-ResNet eq. (3); Residual Flows eq. (2))
 
-    ``log p(x) = log p_base(f(x)) + log|det J_f(x)|``
+    log p(x) = log p_base(f(x)) + log|det J_f(x)|
 
-(change of variables; Rezende & Mohamed, arXiv:1505.05770, eq. 1), and samples by inverting the
-transform on draws of the base. As in zuko, calling the module returns the distribution:
-``flow().log_prob(x)``, ``flow().sample((n,))``.
+in nats, and it samples by inverting the transform on draws of the base. As in zuko, calling
+the module returns the distribution: ``flow().log_prob(x)``, ``flow().sample((n,))``.
+
+References:
+    - Behrmann et al., "Invertible Residual Networks", ICML 2019, arXiv:1811.00995.
+    - Chen et al., "Residual Flows for Invertible Generative Modeling", NeurIPS 2019,
+      arXiv:1906.02735.
 """
 
 from __future__ import annotations
@@ -24,8 +29,22 @@ __all__ = ["Flow", "FlowDistribution", "StandardNormal", "check_finite"]
 
 
 def check_finite(x: Tensor, where: str) -> None:
-    """Raise ``ValueError`` naming ``where`` and the first offending sample if ``x`` holds
-    NaN or Inf (one host synchronisation)."""
+    """Refuse NaN and Inf in ``x`` (one host synchronisation); integer tensors pass.
+
+    Args:
+        x: ``(B, ...)`` or a 0-d tensor.
+        where: the name used in the message.
+
+    Raises:
+        ValueError: ``x`` holds NaN or Inf; the message names ``where`` and the first offending
+            sample.
+
+    Examples:
+        >>> check_finite(torch.tensor([[0.0], [float("nan")]]), "log_prob")
+        Traceback (most recent call last):
+        ...
+        ValueError: log_prob: input contains NaN (first non-finite sample: index 1)
+    """
     if not x.is_floating_point():
         return
     finite = torch.isfinite(x)
@@ -45,7 +64,7 @@ class StandardNormal(nn.Module):
     Arguments:
         shape: the event shape.
 
-    Example:
+    Examples:
         >>> StandardNormal((2,))().log_prob(torch.zeros(2))
         tensor(-1.8379)
     """
@@ -57,6 +76,7 @@ class StandardNormal(nn.Module):
         self.register_buffer("scale", torch.ones(self.shape))
 
     def forward(self) -> Distribution:
+        """``Independent(Normal(0, 1), len(shape))`` on this module's device and dtype."""
         normal = Normal(self.loc, self.scale, validate_args=False)
         return Independent(normal, len(self.shape), validate_args=False)
 
@@ -69,13 +89,21 @@ class FlowDistribution(Distribution):
 
     ``log_prob`` runs the transform forward; ``rsample`` inverts it (the fixed-point inverses
     carry implicit gradients, so samples are differentiable in the parameters);
-    ``rsample_and_log_prob`` returns both. Obtained by calling a :class:`Flow`.
+    ``rsample_and_log_prob`` returns both. Obtained by calling a [`Flow`][iresnet.flows.flow.Flow].
 
     Arguments:
         transform: the map ``f`` from data to latent.
         base: the latent distribution.
         event_shape: the shape of one data point.
-        validate: check ``log_prob`` inputs for shape and NaN/Inf.
+        validate: check ``log_prob`` inputs for NaN/Inf (the shape is always checked).
+
+    Examples:
+        >>> import iresnet
+        >>> flow = iresnet.ResidualFlow(2, transforms=1, hidden_features=(8,)).eval()
+        >>> d = flow()
+        >>> x, log_p = d.rsample_and_log_prob((3,))
+        >>> x.shape, log_p.shape, d.log_prob(torch.zeros(5, 4, 2)).shape
+        (torch.Size([3, 2]), torch.Size([3]), torch.Size([5, 4]))
     """
 
     arg_constraints: dict = {}
@@ -107,8 +135,11 @@ class FlowDistribution(Distribution):
     def log_prob(self, value: Tensor) -> Tensor:
         """``log p(x)`` in nats, shape ``value.shape[:-len(event_shape)]``.
 
+        Args:
+            value: ``(*sample_shape, *event_shape)``.
+
         Raises:
-            ValueError: a wrong trailing shape or NaN/Inf (with ``validate``).
+            ValueError: a wrong trailing shape, or NaN/Inf (with ``validate``).
         """
         flat, sample_shape = self._flat(value, "log_prob")
         if self.validate:
@@ -117,13 +148,17 @@ class FlowDistribution(Distribution):
         return (self.base.log_prob(z) + logdet).reshape(sample_shape)
 
     def rsample(self, sample_shape: Sequence[int] = ()) -> Tensor:
-        """``x = f^{-1}(z)``, ``z ~ base``, shape ``(*sample_shape, *event_shape)``."""
+        """``x = f^{-1}(z)``, ``z ~ base``, shape ``(*sample_shape, *event_shape)``.
+
+        Gradients reach the parameters through the inverses' implicit differentiation.
+        """
         shape = torch.Size(sample_shape)
         z = self.base.rsample((max(1, shape.numel()),))
         x = self.transform.inverse(z)
         return x.reshape(*shape, *self.event_shape)
 
     def sample(self, sample_shape: Sequence[int] = ()) -> Tensor:
+        """``rsample`` without a gradient, shape ``(*sample_shape, *event_shape)``."""
         with torch.no_grad():
             return self.rsample(sample_shape)
 
@@ -137,7 +172,7 @@ class FlowDistribution(Distribution):
 class Flow(nn.Module):
     """A normalising flow: the transform ``f`` from data to latent, and the base distribution.
 
-    Calling the flow returns its :class:`FlowDistribution` (zuko's interface): ``flow()``;
+    Calling the flow returns its ``FlowDistribution`` (zuko's interface): ``flow()``;
     ``flow.log_prob(x)`` and ``flow.sample(n)`` are shortcuts. The transform stays reachable as
     ``flow.transform`` for inverses, certificates and diagnostics.
 
@@ -145,14 +180,20 @@ class Flow(nn.Module):
         transforms: transforms applied in order from data to latent (or one transform).
         event_shape: the shape of one data point.
         base: a module returning the latent distribution when called; default
-            :class:`StandardNormal` of the latent shape (``transform.forward_shape``).
-        validate: check inputs of ``log_prob`` for shape and NaN/Inf (one host
-            synchronisation per call).
+            [`StandardNormal`][iresnet.flows.flow.StandardNormal] of the latent shape
+            (``transform.forward_shape``).
+        validate: check inputs of ``log_prob`` for NaN/Inf (their shape is always checked) and
+            of ``inverse`` for shape and NaN/Inf; one host synchronisation per call.
 
-    Shapes: ``x``: ``(B, *event_shape)``; ``z``: ``(B, *latent_shape)``; log-densities
-    ``(B,)``.
+    Shapes:
+        ``x``: ``(B, *event_shape)``; ``z``: ``(B, *latent_shape)``; log-densities ``(B,)``, in
+        nats.
 
-    Example:
+    Raises:
+        TypeError: an item of ``transforms`` that is not a
+            [`Transform`][iresnet.transforms.base.Transform].
+
+    Examples:
         >>> import torch, iresnet
         >>> g = iresnet.nn.mlp_branch(2, (8,), coeff=0.9)
         >>> block = iresnet.InvertibleResidualBlock(g, logdet=iresnet.ExactLogDet())
@@ -183,11 +224,16 @@ class Flow(nn.Module):
         self.validate = validate
 
     def forward(self) -> FlowDistribution:
-        """The distribution of the data under this flow."""
+        """The distribution of the data under this flow, a
+        [`FlowDistribution`][iresnet.flows.flow.FlowDistribution]."""
         return FlowDistribution(self.transform, self.base(), self.event_shape, self.validate)
 
     def log_prob(self, x: Tensor) -> Tensor:
-        """``log p(x)`` in nats, shape ``(B,)`` for ``x`` of shape ``(B, *event_shape)``."""
+        """``log p(x)`` in nats, shape ``(B,)`` for ``x`` of shape ``(B, *event_shape)``.
+
+        Raises:
+            ValueError: a wrong shape, or NaN/Inf (with ``validate``).
+        """
         return self().log_prob(x)
 
     def sample(self, n: int, temperature: float = 1.0) -> Tensor:
@@ -201,7 +247,14 @@ class Flow(nn.Module):
             return self.transform.inverse(self.sample_latent(n, temperature))
 
     def sample_latent(self, n: int, temperature: float = 1.0) -> Tensor:
-        """``n`` draws of the base, scaled about its mean by ``temperature`` (normal bases)."""
+        """``n`` draws of the base, scaled about its mean by ``temperature`` (normal bases).
+
+        Returns:
+            ``(n, *latent_shape)``.
+
+        Raises:
+            ValueError: ``temperature != 1`` with a base that is not a normal distribution.
+        """
         base = self.base()
         if temperature != 1.0:
             inner = base.base_dist if isinstance(base, Independent) else base
@@ -223,7 +276,16 @@ class Flow(nn.Module):
         return self.inverse_with_diagnostics(z)[0]
 
     def inverse_with_diagnostics(self, z: Tensor) -> tuple[Tensor, list[InverseDiagnostics]]:
-        """:meth:`inverse` and the diagnostics of every block's solve, data side first."""
+        """``inverse(z)`` and the diagnostics of every block's solve, data side first.
+
+        Returns:
+            ``x`` of shape ``(B, *event_shape)`` and a list of
+                [`InverseDiagnostics`][iresnet.ops.fixed_point.InverseDiagnostics], one per
+                residual block.
+
+        Raises:
+            ValueError: a wrong shape or NaN/Inf (with ``validate``).
+        """
         if self.validate:
             if z.dim() != len(self.latent_shape) + 1 or z.shape[1:] != self.latent_shape:
                 shape = ", ".join(map(str, self.latent_shape))

@@ -5,28 +5,35 @@ dequantisation of ``levels`` integer levels, then the logit map, each with its l
 residual blocks ``y = x + g(x)`` with ``Lip(g) < 1``, so ``flow.log_prob(x)`` is the density of
 the dequantised image in level units and bits per dimension are ``-log p / (D log 2)``.
 
-**Skeleton** (``S = scales``, ``n = blocks``)::
+**Skeleton** (``S = scales``, ``n = blocks``):
 
     [Dequantize] -> [Logit] -> [Squeeze] -> ActNorm
       -> { [block -> ActNorm] x n -> Squeeze -> [factor-out] } x (S - 1)
       -> [block -> ActNorm] x n -> [Flatten -> (fc block -> ActNorm) x fc_blocks]
 
-(ActNorm only with ``actnorm``.) This is Residual Flows' order (arXiv:1906.02735, app. E:
-ActNorm first, then after every block); it equals i-ResNet's "ActNorm before every block"
-(arXiv:1811.00995, sec. 5) plus one ActNorm closing each scale, so factored-out latents and the
-final latent are normalised too.
+(ActNorm only with ``actnorm``.) This is Residual Flows' order (app. E: the logit map, then
+blocks and squeezes, with ActNorm before and after every residual block); it contains the
+i-ResNet code's "ActNorm before every block" plus one ActNorm closing each scale, so
+factored-out latents and the final latent are normalised too.
 
-**Residual branch** of a block on ``c`` channels: :func:`~iresnet.nn.conv_branch`,
+**Residual branch** of a block on ``c`` channels:
+[`conv_branch`][iresnet.nn.branches.conv_branch],
 ``[act ->] conv3x3(c, h_1) -> act -> conv1x1 -> ... -> act -> conv3x3(h_k, c)``, each
 convolution spectrally normalised on its input shape. The leading activation is the
 pre-activation both papers' code use on every block but the first of the flow.
 
-**Factor-out** (``factor_out=True``, Real NVP, arXiv:1605.08803, sec. 3.6): after each squeeze
-but the last scale's, half of the channels go straight to the latent. The state then becomes
-one flat tensor ``[active | factored-out latents]`` (:class:`~iresnet.transforms.OnActive`);
+**Factor-out** (``factor_out=True``, Real NVP sec. 3.6): after each squeeze but the last
+scale's, half of the channels go straight to the latent. The state then becomes one flat tensor
+``[active | factored-out latents]`` ([`OnActive`][iresnet.transforms.reshape.OnActive]);
 factoring out is the identity on it, so the log-det is unchanged, and the latent is
 ``(C H W,)``. Without factor-out and fc blocks the latent keeps its image shape
 ``(C 4^k, H / 2^k, W / 2^k)``.
+
+References:
+    - Behrmann et al., "Invertible Residual Networks", ICML 2019, arXiv:1811.00995.
+    - Chen et al., "Residual Flows for Invertible Generative Modeling", NeurIPS 2019,
+      arXiv:1906.02735, app. E.
+    - Dinh et al., "Density estimation using Real NVP", ICLR 2017, arXiv:1605.08803, sec. 3.6.
 """
 
 from __future__ import annotations
@@ -58,8 +65,19 @@ Shape = tuple[int, ...]
 def check_image_shape(shape: Sequence[int], n_squeezes: int) -> tuple[int, int, int]:
     """``shape`` as ``(C, H, W)`` with ``H`` and ``W`` divisible by ``2^n_squeezes``.
 
+    Args:
+        shape: the event shape of one image.
+        n_squeezes: the number of 2x2 squeezes the model will apply.
+
+    Returns:
+        ``(C, H, W)`` as ints.
+
     Raises:
         ValueError: not three dimensions, or not divisible.
+
+    Examples:
+        >>> check_image_shape((1, 28, 28), 2)
+        (1, 28, 28)
     """
     if len(shape) != 3:
         raise ValueError(f"image models need an event shape (C, H, W), got {tuple(shape)}")
@@ -112,6 +130,12 @@ class _Stack:
 class MultiscaleResidualFlow(Flow):
     """A multi-scale residual flow on images (see the module docstring for the layout).
 
+    With ``levels`` (and ``logit_alpha``) the flow dequantises (and logit-transforms) its input
+    itself, so ``log_prob`` of integer images is the log-density of the dequantised image in
+    level units, every preprocessing log-det included;
+    [`bits_per_dim`][iresnet.transforms.preprocess.bits_per_dim] turns it into bits per
+    dimension. Called, the flow returns a ``torch.distributions.Distribution``.
+
     Arguments:
         shape: ``(C, H, W)`` of one image.
         context: the context dimension; only 0 (unconditional) for now.
@@ -121,23 +145,32 @@ class MultiscaleResidualFlow(Flow):
         coeff: the Lipschitz coefficient ``c`` of every convolution, in ``(0, 1]``.
         activation: ``"lipswish"``, ``"elu"`` or a factory of 1-Lipschitz modules.
         logdet: ``"exact"``, ``"series"``, ``"roulette"`` or a
-            :class:`~iresnet.ops.LogDetEstimator` shared by the blocks.
-        inverse: the fixed-point solver of every block.
+            [`LogDetEstimator`][iresnet.ops.logdet.LogDetEstimator] shared by the blocks.
+        inverse: the fixed-point solver of every block (default
+            [`FixedPointInverse`][iresnet.ops.fixed_point.FixedPointInverse]).
         actnorm: ActNorm first and after every block.
-        norm, n_power_iterations: as :class:`~iresnet.ResidualFlow`.
+        norm: the layers' norm, as in [`ResidualFlow`][iresnet.flows.residual_flow.ResidualFlow].
+        n_power_iterations: power-iteration steps per training call of every layer.
         squeeze_first: squeeze ``(C, H, W) -> (4C, H/2, W/2)`` before the first scale.
         factor_out: send half of the channels to the latent after each scale but the last.
         fc_blocks: fully connected residual blocks on the flattened final tensor (Residual
-            Flows uses 4); fc_hidden_features: their hidden sizes.
+            Flows uses 4 for density estimation, app. E).
+        fc_hidden_features: the hidden sizes of the fc blocks' branches.
         levels: ``K``: dequantise integer levels ``0..K-1`` first
-            (:class:`~iresnet.transforms.Dequantize`); None for continuous input.
-        logit_alpha: apply :class:`~iresnet.transforms.Logit` with this margin (0: none).
-        validate: check ``log_prob`` inputs for shape and NaN/Inf.
+            ([`Dequantize`][iresnet.transforms.preprocess.Dequantize]); None for continuous
+            input.
+        logit_alpha: apply [`Logit`][iresnet.transforms.preprocess.Logit] with this margin
+            (0: none).
+        validate: check ``log_prob`` inputs for NaN/Inf.
+
+    Shapes:
+        ``x``: ``(B, C, H, W)`` (integer levels with ``levels``); ``log_prob(x)``: ``(B,)``, in
+        nats; the latent: ``latent_shape``.
 
     Raises:
         ValueError: ``context != 0``, a shape the squeezes cannot halve, or a bad setting.
 
-    Example:
+    Examples:
         >>> import torch, iresnet
         >>> flow = iresnet.MultiscaleResidualFlow((1, 4, 4), scales=2, blocks=1,
         ...                                       hidden_channels=(4,), levels=4, logit_alpha=0.05)

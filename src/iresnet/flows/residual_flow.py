@@ -1,4 +1,10 @@
-"""The Residual Flow on vectors, built from keyword arguments (zuko's habit)."""
+"""The Residual Flow on vectors, built from keyword arguments (zuko's habit).
+
+References:
+    - Behrmann et al., "Invertible Residual Networks", ICML 2019, arXiv:1811.00995.
+    - Chen et al., "Residual Flows for Invertible Generative Modeling", NeurIPS 2019,
+      arXiv:1906.02735.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +20,11 @@ __all__ = ["ResidualFlow", "check_context"]
 
 
 def check_context(context: int) -> None:
-    """Conditional flows are not built yet: refuse ``context > 0`` with a clear message."""
+    """Conditional flows are not built yet: refuse ``context != 0`` with a clear message.
+
+    Raises:
+        ValueError: ``context != 0``.
+    """
     if context != 0:
         raise ValueError(
             f"context={context}: conditional residual flows are not available yet; build the "
@@ -26,11 +36,12 @@ class ResidualFlow(Flow):
     """An i-ResNet / Residual Flow on ``features``-dimensional vectors.
 
     ``[Standardize] -> { ActNorm -> x + g(x) } x transforms -> ActNorm`` over ``N(0, I)``, where
-    each ``g`` is an MLP of spectrally normalised layers with 1-Lipschitz activations, so
-    ``Lip(g) <= coeff^(len(hidden_features) + 1) < 1`` and every block is invertible (i-ResNet,
-    arXiv:1811.00995, Theorem 1; Residual Flows, arXiv:1906.02735, sec. 3). The log-det is exact
-    (small ``features``), the truncated power series (i-ResNet eq. 8) or the unbiased Russian
-    roulette (Residual Flows eq. 6).
+    each ``g`` is an MLP of spectrally normalised layers with 1-Lipschitz activations
+    ([`mlp_branch`][iresnet.nn.branches.mlp_branch]), so
+    ``Lip(g) <= coeff^(len(hidden_features) + 1) < 1`` and every block is invertible (i-ResNet
+    Theorem 1). The log-det is exact (small ``features``), the truncated power series (i-ResNet
+    eq. (5)) or the unbiased Russian roulette (Residual Flows Theorem 1, eq. (6)). Called, the
+    flow returns a ``torch.distributions.Distribution`` over ``(features,)`` vectors.
 
     Arguments:
         features: the data dimension ``d``.
@@ -40,20 +51,28 @@ class ResidualFlow(Flow):
         coeff: the Lipschitz coefficient ``c`` of every linear layer, in ``(0, 1]``.
         activation: ``"lipswish"``, ``"elu"`` or a factory of 1-Lipschitz modules.
         logdet: ``"exact"``, ``"series"``, ``"roulette"`` or a
-            :class:`~iresnet.ops.LogDetEstimator` (shared by all blocks).
-        inverse: the fixed-point solver of every block (default :class:`FixedPointInverse`).
+            [`LogDetEstimator`][iresnet.ops.logdet.LogDetEstimator] (shared by all blocks); see
+            [`logdet_estimator`][iresnet.ops.logdet.logdet_estimator].
+        inverse: the fixed-point solver of every block (default
+            [`FixedPointInverse`][iresnet.ops.fixed_point.FixedPointInverse]).
         actnorm: ActNorm before every block and at the end.
         norm: ``"spectral"``, ``"frobenius"``, ``"penalty"`` or ``"none"`` (see
-            :func:`~iresnet.nn.linear_layer`).
+            [`linear_layer`][iresnet.nn.branches.linear_layer]).
         n_power_iterations: power-iteration steps per training call of every layer.
-        standardize: ``(mean, std)`` of a fixed :class:`~iresnet.transforms.Standardize` first,
-            so densities are in the data's own units.
-        validate: check ``log_prob`` inputs for shape and NaN/Inf.
+        standardize: ``(mean, std)`` of a fixed
+            [`Standardize`][iresnet.transforms.preprocess.Standardize] first, so densities are
+            in the data's own units.
+        validate: check ``log_prob`` inputs for NaN/Inf.
+
+    Shapes:
+        ``x``: ``(B, features)``; ``log_prob(x)``: ``(B,)``, in nats (in the data's own units
+        with ``standardize``).
 
     Raises:
-        ValueError: ``context != 0`` or an invalid setting.
+        ValueError: ``context != 0`` or an invalid setting (``features < 1``, ``transforms < 0``,
+            an unknown ``logdet``, ``activation`` or ``norm``, ``coeff`` outside ``(0, 1]``).
 
-    Example:
+    Examples:
         >>> import torch, iresnet
         >>> flow = iresnet.ResidualFlow(2, transforms=2, hidden_features=(16,))
         >>> flow().log_prob(torch.randn(5, 2)).shape

@@ -1,9 +1,16 @@
 """Smooth 1-Lipschitz activations.
 
-The log-det series and the Neumann gradient need ``g`` twice differentiable with bounded
-derivatives; ReLU's kink gives ``J_g`` a discontinuity and its second derivative is zero almost
-everywhere, which starves the gradient of the log-det (Residual Flows, arXiv:1906.02735,
-sec. 4).
+The log-density of a residual flow depends on ``J_g``, so its gradient depends on the second
+derivatives of ``g``. ReLU's kink makes ``J_g`` discontinuous (i-ResNet sec. 3.2 and app. C.3
+recommend activations with continuous derivatives, and use ELU); ELU and softplus reach slope 1
+only where their second derivative vanishes, which starves the gradient ("derivative
+saturation", Residual Flows sec. 3.3). LipSwish keeps a non-vanishing second derivative where
+its slope is near 1.
+
+References:
+    - Behrmann et al., "Invertible Residual Networks", ICML 2019, arXiv:1811.00995.
+    - Chen et al., "Residual Flows for Invertible Generative Modeling", NeurIPS 2019,
+      arXiv:1906.02735.
 """
 
 from __future__ import annotations
@@ -19,16 +26,31 @@ __all__ = ["LipSwish", "LipELU", "ONE_LIPSCHITZ_ACTIVATIONS", "ACTIVATIONS", "ac
 
 
 class LipSwish(nn.Module):
-    """LipSwish (Residual Flows, arXiv:1906.02735, eq. 10): ``f(x) = x * sigmoid(beta x) / 1.1``.
+    """LipSwish: ``f(x) = x * sigmoid(beta x) / 1.1`` (Residual Flows eq. (10)).
 
-    ``beta = softplus(b)`` with ``b`` learned, one per module. The Swish derivative is bounded by
-    about 1.0998 for every ``beta >= 0``, so dividing by 1.1 makes ``f`` 1-Lipschitz.
+    ``beta = softplus(b)`` with ``b`` learned, one per module, so ``beta > 0``. The slope of
+    Swish ``x * sigmoid(beta x)`` is at most about 1.0998 for every ``beta >= 0``, so dividing
+    by 1.1 makes ``f`` 1-Lipschitz.
 
     Arguments:
-        init_beta: initial ``beta`` (> 0); the raw
-            parameter is ``softplus^{-1}(init_beta)``.
+        init_beta: the initial ``beta`` (> 0); the raw parameter is
+            ``softplus^{-1}(init_beta)``.
 
-    Shapes: any; elementwise.
+    Shapes:
+        Any; elementwise.
+
+    Raises:
+        ValueError: ``init_beta <= 0``.
+
+    References:
+        - Chen et al., arXiv:1906.02735, sec. 3.3, eq. (10).
+
+    Examples:
+        >>> f = LipSwish()
+        >>> [round(v, 4) for v in f(torch.tensor([-1.0, 0.0, 2.0])).tolist()]
+        [-0.2445, 0.0, 1.6014]
+        >>> f.lipschitz_bound()
+        1.0
     """
 
     def __init__(self, init_beta: float = 1.0) -> None:
@@ -40,14 +62,24 @@ class LipSwish(nn.Module):
 
     @property
     def beta(self) -> Tensor:
+        """``softplus(raw_beta)``, a 0-d tensor with a gradient."""
         return F.softplus(self.raw_beta)
 
     def forward(self, x: Tensor) -> Tensor:
         return x * torch.sigmoid(self.beta * x) / 1.1
 
     def jvp(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-        """``(f(x), f'(x) t)`` with ``f' = (s + beta x s (1 - s)) / 1.1``, ``s = sigmoid(beta x)``;
-        ``t`` has a leading tangent dimension."""
+        """Forward-mode derivative: ``(f(x), f'(x) t)``.
+
+        ``f'(x) = (s + beta x s (1 - s)) / 1.1`` with ``s = sigmoid(beta x)``.
+
+        Args:
+            x: input, any shape.
+            t: tangents, ``(d, *x.shape)``.
+
+        Returns:
+            ``f(x)`` of ``x``'s shape and ``f'(x) t`` of ``t``'s shape.
+        """
         beta = self.beta
         s = torch.sigmoid(beta * x)
         y = x * s / 1.1
@@ -55,16 +87,29 @@ class LipSwish(nn.Module):
         return y, dy * t
 
     def lipschitz_bound(self) -> float:
+        """1.0: the slope never exceeds 1."""
         return 1.0
 
 
 class LipELU(nn.ELU):
-    """ELU with ``alpha <= 1``: derivative in ``(0, 1]``, hence 1-Lipschitz and smooth enough.
+    """ELU with ``alpha <= 1``: slopes in ``(0, 1]``, so 1-Lipschitz, with a continuous derivative.
 
-    The i-ResNet density models use it (i-ResNet, arXiv:1811.00995, sec. 5). ``alpha > 1`` is
-    refused.
+    ``elu(x) = x`` for ``x > 0`` and ``alpha (e^x - 1)`` otherwise. i-ResNet uses ELU in all its
+    experiments (app. C.3). ``alpha > 1`` would make the slope exceed 1 and is refused.
 
-    Example:
+    Arguments:
+        alpha: the negative-side scale, in ``(0, 1]``.
+
+    Shapes:
+        Any; elementwise.
+
+    Raises:
+        ValueError: ``alpha`` outside ``(0, 1]``.
+
+    References:
+        - Behrmann et al., arXiv:1811.00995, sec. 3.2 and app. C.3.
+
+    Examples:
         >>> LipELU()(torch.tensor([-1.0, 2.0]))
         tensor([-0.6321,  2.0000])
     """
@@ -75,16 +120,26 @@ class LipELU(nn.ELU):
         super().__init__(alpha=alpha)
 
     def jvp(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-        """``(elu(x), elu'(x) t)``; ``elu' = 1`` for ``x > 0``, ``alpha e^x`` otherwise."""
+        """Forward-mode derivative: ``(elu(x), elu'(x) t)``.
+
+        ``elu'(x) = 1`` for ``x > 0`` and ``alpha e^x`` otherwise.
+
+        Args:
+            x: input, any shape.
+            t: tangents, ``(d, *x.shape)``.
+
+        Returns:
+            ``elu(x)`` of ``x``'s shape and ``elu'(x) t`` of ``t``'s shape.
+        """
         y = super().forward(x)
         dy = torch.where(x > 0, torch.ones_like(x), y + self.alpha)
         return y, dy * t
 
     def lipschitz_bound(self) -> float:
+        """1.0: the slope never exceeds 1 for ``alpha <= 1``."""
         return 1.0
 
 
-# Activations from torch that are 1-Lipschitz as they are, for the certificate.
 ONE_LIPSCHITZ_ACTIVATIONS: tuple[type[nn.Module], ...] = (
     nn.ReLU,
     nn.LeakyReLU,
@@ -92,22 +147,31 @@ ONE_LIPSCHITZ_ACTIVATIONS: tuple[type[nn.Module], ...] = (
     nn.Identity,
     nn.Softplus,
 )
+"""Activations from torch that are 1-Lipschitz as they are, for the certificate."""
 
 
-#: Activation names the model families and the config accept.
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {"lipswish": LipSwish, "elu": LipELU}
+"""Activation names the model families and the config accept, with their module classes."""
 
 
 def activation_factory(spec: str | Callable[[], nn.Module]) -> Callable[[], nn.Module]:
     """A zero-argument factory of activation modules from a name or a factory.
 
     Args:
-        spec: a name in :data:`ACTIVATIONS` (``"lipswish"``, ``"elu"``) or a callable returning
-            a fresh module (e.g. ``functools.partial(LipSwish, 10.0)``; a module of unknown
-            Lipschitz constant makes the certificate ``inf``).
+        spec: a name in [`ACTIVATIONS`][iresnet.nn.activations.ACTIVATIONS] (``"lipswish"``,
+            ``"elu"``) or a callable returning a fresh module (e.g.
+            ``functools.partial(LipSwish, 10.0)``; a module of unknown Lipschitz constant makes
+            the certificate ``inf``).
+
+    Returns:
+        A callable that returns a new activation module at every call.
 
     Raises:
         ValueError: an unknown name.
+
+    Examples:
+        >>> type(activation_factory("elu")()).__name__
+        'LipELU'
     """
     if callable(spec):
         return spec

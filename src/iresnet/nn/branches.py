@@ -1,9 +1,13 @@
 """Residual branches ``g`` built from keyword arguments: MLPs on vectors, CNNs on images.
 
 Each branch is an ``nn.Sequential`` of Lipschitz-bounded linear maps with 1-Lipschitz
-activations between them, so ``Lip(g) <= prod_i ||W_i||_2 <= coeff^n`` (i-ResNet,
-arXiv:1811.00995, sec. 2 and 3.2). The layers offer ``jvp``, so the exact log-det of small
-blocks takes the forward-mode Jacobian (:func:`iresnet.ops.jacobian`).
+activations between them, so ``Lip(g) <= prod_i ||W_i||_2 <= coeff^n`` for ``n`` linear maps
+(i-ResNet sec. 2.1, where ``g = W_3 phi(W_2 phi(W_1))``). The layers offer ``jvp``, so the exact
+log-det of small blocks takes the forward-mode Jacobian
+([`jacobian`][iresnet.ops.jacobian.jacobian]).
+
+References:
+    - Behrmann et al., "Invertible Residual Networks", ICML 2019, arXiv:1811.00995.
 """
 
 from __future__ import annotations
@@ -17,9 +21,9 @@ from .spectral import SpectralConv2d, SpectralLinear
 
 __all__ = ["BRANCH_NORMS", "linear_layer", "conv_layer", "mlp_branch", "conv_branch"]
 
-#: ``norm`` of a branch: the layer norms of :data:`iresnet.nn.spectral.NORMS`, or ``"none"`` for
-#: plain ``nn.Linear`` / ``nn.Conv2d`` layers (the unconstrained "vanilla" network).
 BRANCH_NORMS = ("spectral", "frobenius", "penalty", "none")
+"""``norm`` of a branch: the layer norms of ``iresnet.nn.NORMS``, or ``"none"`` for plain
+``nn.Linear`` / ``nn.Conv2d`` layers (the unconstrained "vanilla" network)."""
 
 Activation = str | Callable[[], nn.Module]
 
@@ -37,8 +41,27 @@ def linear_layer(
     coeff: float = 0.97,
     n_power_iterations: int = 1,
 ) -> nn.Module:
-    """A :class:`~iresnet.SpectralLinear` with ``||W_hat||_2 <= coeff``, or a plain
-    ``nn.Linear`` for ``norm="none"``. Shapes: ``(*, in_features) -> (*, out_features)``."""
+    """A [`SpectralLinear`][iresnet.nn.spectral.SpectralLinear], or a plain ``nn.Linear``.
+
+    Args:
+        in_features: input size.
+        out_features: output size.
+        norm: one of [`BRANCH_NORMS`][iresnet.nn.branches.BRANCH_NORMS]: ``"spectral"``
+            (``||W_hat||_2 <= coeff``), ``"frobenius"``, ``"penalty"`` or ``"none"`` (a plain
+            ``nn.Linear``, no bound).
+        coeff: the Lipschitz coefficient ``c``, in ``(0, 1]``.
+        n_power_iterations: power-iteration steps per training forward.
+
+    Returns:
+        The layer, ``(*, in_features) -> (*, out_features)``.
+
+    Raises:
+        ValueError: an unknown ``norm`` (or a bad ``coeff`` / ``n_power_iterations``).
+
+    Examples:
+        >>> type(linear_layer(3, 5, norm="none")).__name__
+        'Linear'
+    """
     _check_norm(norm)
     if norm == "none":
         return nn.Linear(in_features, out_features)
@@ -56,9 +79,31 @@ def conv_layer(
     coeff: float = 0.97,
     n_power_iterations: int = 1,
 ) -> nn.Module:
-    """A "same"-padded (odd ``kernel_size``) :class:`~iresnet.SpectralConv2d`, normalised on its
-    input shape, or a plain ``nn.Conv2d`` for ``norm="none"``.
-    Shapes: ``(B, in_channels, H, W) -> (B, out_channels, H, W)``."""
+    """A "same"-padded spectrally normalised convolution, or a plain ``nn.Conv2d``.
+
+    A [`SpectralConv2d`][iresnet.nn.spectral.SpectralConv2d] normalised on its input shape. The
+    padding is ``kernel_size // 2``, which keeps ``H`` and ``W`` for odd kernel sizes.
+
+    Args:
+        in_channels: input channels.
+        out_channels: output channels.
+        kernel_size: an odd kernel size.
+        norm: as [`linear_layer`][iresnet.nn.branches.linear_layer]; ``"none"`` gives a plain
+            ``nn.Conv2d``.
+        coeff: the Lipschitz coefficient ``c``, in ``(0, 1]``.
+        n_power_iterations: power-iteration steps per training forward.
+
+    Returns:
+        The layer, ``(B, in_channels, H, W) -> (B, out_channels, H, W)``.
+
+    Raises:
+        ValueError: an unknown ``norm`` (or a bad ``coeff`` / ``n_power_iterations``).
+
+    Examples:
+        >>> import torch
+        >>> conv_layer(2, 4, 3)(torch.zeros(1, 2, 5, 5)).shape
+        torch.Size([1, 4, 5, 5])
+    """
     _check_norm(norm)
     pad = kernel_size // 2
     if norm == "none":
@@ -83,17 +128,28 @@ def mlp_branch(
     coeff: float = 0.97,
     n_power_iterations: int = 1,
 ) -> nn.Sequential:
-    """``g: features -> hidden_features[0] -> ... -> features``, activations between layers.
+    """The MLP branch ``g: features -> hidden_features[0] -> ... -> features``.
 
-    Arguments:
+    ``len(hidden_features) + 1`` linear layers from
+    [`linear_layer`][iresnet.nn.branches.linear_layer] with an activation between consecutive
+    ones (none before the first or after the last), so ``Lip(g) <= coeff^(len + 1)`` with
+    1-Lipschitz activations.
+
+    Args:
         features: input and output size.
-        hidden_features: sizes of the hidden layers (``len + 1`` linear layers in all).
+        hidden_features: sizes of the hidden layers.
         activation: ``"lipswish"``, ``"elu"`` or a factory of modules.
-        norm, coeff, n_power_iterations: see :func:`linear_layer`.
+        norm: the layers' norm, see [`linear_layer`][iresnet.nn.branches.linear_layer].
+        coeff: the Lipschitz coefficient of every layer.
+        n_power_iterations: power-iteration steps per training forward of every layer.
 
-    Shapes: ``(*, features) -> (*, features)``.
+    Returns:
+        An ``nn.Sequential``, ``(*, features) -> (*, features)``.
 
-    Example:
+    Raises:
+        ValueError: an unknown ``activation`` or ``norm``.
+
+    Examples:
         >>> g = mlp_branch(2, (16, 16), coeff=0.9)
         >>> from iresnet.nn import lipschitz_bound_of
         >>> lipschitz_bound_of(g.eval()) <= 0.9**3 + 1e-6
@@ -124,21 +180,37 @@ def conv_branch(
 ) -> nn.Sequential:
     """The convolutional branch ``g: (B, c, H, W) -> (B, c, H, W)``.
 
-    ``[act ->] conv3x3 -> act -> conv1x1 -> ... -> act -> conv3x3``.
+    ``[act ->] conv3x3 -> act -> conv1x1 -> ... -> act -> conv3x3``: the bottleneck branch of both
+    papers, 3x3 convolutions at both ends and 1x1 between them (i-ResNet sec. 2.1 and app. C.3:
+    ``3x3, 1x1, 3x3`` with ELU between them; Residual Flows app. E:
+    ``LipSwish -> 3x3 -> LipSwish -> 1x1 -> LipSwish -> 3x3``). Every convolution comes from
+    [`conv_layer`][iresnet.nn.branches.conv_layer], so ``Lip(g) <= coeff^(len + 1)``.
 
-    The bottleneck branch of both papers (i-ResNet, arXiv:1811.00995, sec. 4-5; Residual Flows,
-    arXiv:1906.02735, app. E): 3x3 convolutions at both ends, 1x1 between them.
-
-    Arguments:
+    Args:
         channels: input and output channels ``c``.
-        hidden_channels: channels between the convolutions (``len + 1`` convolutions).
+        hidden_channels: channels between the convolutions (``len + 1`` convolutions in all).
         kernel_sizes: one odd size per convolution; default ``3, 1, ..., 1, 3``.
         preact: an activation before the first convolution (both papers' code use it on every
             block but the first of a network).
-        activation, norm, coeff, n_power_iterations: as :func:`mlp_branch`.
+        activation: ``"lipswish"``, ``"elu"`` or a factory of modules.
+        norm: the convolutions' norm, see [`linear_layer`][iresnet.nn.branches.linear_layer].
+        coeff: the Lipschitz coefficient of every convolution.
+        n_power_iterations: power-iteration steps per training forward of every convolution.
+
+    Returns:
+        An ``nn.Sequential``, ``(B, channels, H, W) -> (B, channels, H, W)``.
 
     Raises:
-        ValueError: ``kernel_sizes`` of the wrong length.
+        ValueError: ``kernel_sizes`` of the wrong length, or an unknown ``activation`` or
+            ``norm``.
+
+    Examples:
+        >>> import torch
+        >>> g = conv_branch(3, (8,), preact=True)
+        >>> [type(m).__name__ for m in g]
+        ['LipSwish', 'SpectralConv2d', 'LipSwish', 'SpectralConv2d']
+        >>> g(torch.zeros(2, 3, 4, 4)).shape
+        torch.Size([2, 3, 4, 4])
     """
     act = activation_factory(activation)
     sizes = [channels, *hidden_channels, channels]

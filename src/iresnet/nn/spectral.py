@@ -1,13 +1,28 @@
 """Spectral normalisation and Lipschitz bounds of linear maps.
 
-i-ResNet (Behrmann et al., 2019), sec. 2 and the seed report's sec. 3.1, eq. (2)-(10): a block
-``y = x + g(x)`` is invertible when ``Lip(g) < 1``; with 1-Lipschitz activations it suffices that
-every linear map in ``g`` has operator norm below 1. We rescale each weight to
-``W_hat = W / max(1, sigma / c)`` where ``sigma`` estimates ``||W||_2`` by power iteration
-(seed appendix B, eq. (34)) with persistent vectors.
+A residual block ``y = x + g(x)`` is invertible when ``Lip(g) < 1`` (i-ResNet, Theorem 1). With
+1-Lipschitz activations between them, ``Lip(g) <= prod_i ||W_i||_2``, so it suffices that every
+linear map of ``g`` has operator norm below 1 (i-ResNet sec. 2.1; Miyato et al. eq. (7)). Each
+weight is rescaled to
 
-The math is in plain functions (:func:`power_iteration`, :func:`linear_operator_norm`); the layers
-:class:`SpectralLinear` and :class:`SpectralConv2d` call them.
+    W_hat = W / max(1, sigma / c)
+
+(i-ResNet eq. (2)), where ``sigma`` estimates ``||W||_2`` by power iteration with persistent
+vectors (Miyato et al. app. A, eq. (18)-(19)). For a convolution the power iteration runs on the
+convolution itself, with ``conv2d`` and ``conv_transpose2d`` as the map and its adjoint, as
+i-ResNet sec. 2.1 does following Gouk et al.
+
+The math is in plain functions ([`power_iteration`][iresnet.nn.spectral.power_iteration],
+[`linear_operator_norm`][iresnet.nn.spectral.linear_operator_norm]); the layers
+[`SpectralLinear`][iresnet.nn.spectral.SpectralLinear] and
+[`SpectralConv2d`][iresnet.nn.spectral.SpectralConv2d] call them.
+
+References:
+    - Behrmann et al., "Invertible Residual Networks", ICML 2019, arXiv:1811.00995.
+    - Miyato et al., "Spectral Normalization for Generative Adversarial Networks", ICLR 2018,
+      arXiv:1802.05957.
+    - Gouk et al., "Regularisation of Neural Networks by Enforcing Lipschitz Continuity",
+      arXiv:1804.04368.
 """
 
 from __future__ import annotations
@@ -46,22 +61,40 @@ def power_iteration(
 ) -> tuple[Tensor, Tensor, Tensor, int]:
     """Normalised power iteration for the top singular pair of a linear map ``A``.
 
-    Iterates seed eq. (34): ``u <- A v / ||A v||``, ``v <- A^T u / ||A^T u||``. Both vectors are
-    normalised at every step, so the iteration cannot overflow however large ``A`` is (it is
-    scale-invariant); ``sigma = u^T A v`` is a lower bound of ``||A||_2`` that converges to it.
+    The ``"uv"`` form alternates ``v <- A^T u / ||A^T u||`` and ``u <- A v / ||A v||`` and reads
+    ``sigma = u^T A v`` (Miyato et al., app. A, eq. (18)-(19)). Both vectors are normalised at
+    every step, so the iteration cannot overflow however large ``A`` is (it is scale-invariant);
+    ``sigma`` is at most ``||A||_2`` and converges to it from below (for a start not orthogonal
+    to the top singular vector). ``A`` is given as two functions, so it may be any linear map, a
+    convolution on a fixed input shape included (i-ResNet sec. 2.1).
 
     Args:
         forward: ``v -> A v``.
         adjoint: ``u -> A^T u``.
-        v: starting right vector (any shape ``forward`` accepts); need not be normalised.
+        v: starting right vector, of any shape ``forward`` accepts; need not be normalised.
         n_iterations: iterations to run, or the cap when ``tol`` is given.
-        tol: stop once the relative change of ``sigma`` between iterations is below ``tol``.
-        form: ``"uv"`` (seed eq. (34), alternating ``u``/``v`` updates, ``sigma = u^T A v``) or
-            ``"gram"`` (seed eq. (32)-(33): ``v <- A^T A v / ||A^T A v||``,
-            ``sigma = sqrt(v^T A^T A v)``). Same limit; the forms differ in what they carry.
+        tol: stop once the relative change of ``sigma`` between iterations is at most ``tol``.
+        form: ``"uv"`` (alternating ``u``/``v`` updates, ``sigma = u^T A v``) or ``"gram"``
+            (power iteration on ``A^T A``: ``v <- A^T A v / ||A^T A v||``,
+            ``sigma = ||A v|| = sqrt(v^T A^T A v)``). Same limit; the forms differ in what
+            they carry.
 
     Returns:
-        ``(u, v, sigma, iterations)`` with ``u``, ``v`` unit vectors and ``sigma`` a 0-d tensor.
+        ``(u, v, sigma, iterations)``: ``u`` (shape of ``A v``) and ``v`` (shape of the start)
+            unit vectors, ``sigma`` a 0-d tensor, ``iterations`` the number run.
+
+    Raises:
+        ValueError: an unknown ``form``.
+
+    References:
+        - Miyato et al., arXiv:1802.05957, sec. 2.2 and app. A, eq. (18)-(19).
+
+    Examples:
+        >>> A = torch.tensor([[3.0, 0.0], [0.0, 1.0]])
+        >>> u, v, sigma, n = power_iteration(lambda v: A @ v, lambda u: A.T @ u,
+        ...                                  torch.ones(2), 100, tol=1e-9)
+        >>> round(float(sigma), 4)
+        3.0
     """
     if form not in ("uv", "gram"):
         raise ValueError(f"form must be 'uv' or 'gram', got {form!r}")
@@ -100,20 +133,41 @@ def linear_operator_norm(
     tol: float = 1e-7,
     max_iter: int = 5000,
 ) -> float:
-    """Converged power-iteration estimate of ``||A||_2`` in float64-accurate arithmetic."""
+    """Converged power-iteration estimate of ``||A||_2`` (no gradient).
+
+    Runs [`power_iteration`][iresnet.nn.spectral.power_iteration] from ``v`` until the relative
+    change of ``sigma`` is at most ``tol``. The result is an estimate from below, not a bound:
+    with two nearly equal top singular values it can stop short of ``||A||_2``.
+
+    Args:
+        forward: ``v -> A v``.
+        adjoint: ``u -> A^T u``.
+        v: starting vector, of any shape ``forward`` accepts (its dtype sets the precision).
+        tol: relative tolerance on the change of ``sigma``.
+        max_iter: iteration cap.
+
+    Returns:
+        The estimate of ``||A||_2`` as a Python float.
+
+    Examples:
+        >>> A = torch.diag(torch.tensor([2.0, 0.5], dtype=torch.float64))
+        >>> v = torch.ones(2, dtype=torch.float64)
+        >>> round(linear_operator_norm(lambda v: A @ v, lambda u: A.T @ u, v), 6)
+        2.0
+    """
     with torch.no_grad():
         _, _, sigma, _ = power_iteration(forward, adjoint, v, max_iter, tol=tol)
     return float(sigma)
 
 
-#: How a layer bounds its weight: by the power-iteration estimate of ``||W||_2`` (``spectral``),
-#: by the cheaper and looser ``||W||_F`` (``frobenius``), or not at all while still estimating
-#: ``||W||_2`` for a penalty term (``penalty``; no guarantee).
 NORMS = ("spectral", "frobenius", "penalty")
+"""How a layer bounds its weight: by the power-iteration estimate of ``||W||_2`` (``spectral``),
+by the cheaper and looser ``||W||_F`` (``frobenius``), or not at all while still estimating
+``||W||_2`` for a penalty term (``penalty``; no guarantee)."""
 
-#: Linear layers up to this many rows or columns use an exact SVD for their eval-mode norm and
-#: certificate instead of converged power iteration (see ``_exact_norm``).
 EXACT_NORM_MAX_DIM = 1024
+"""Linear layers up to this many rows or columns use an exact SVD for their eval-mode norm and
+certificate instead of converged power iteration (see ``_exact_norm``)."""
 
 
 class _SpectralNormMixin:
@@ -123,7 +177,7 @@ class _SpectralNormMixin:
 
     Training mode: each call runs ``n_power_iterations`` steps from the persistent vectors
     (buffers ``u``, ``v``), then rescales the weight with a gradient through ``sigma`` (as in
-    Miyato et al.'s spectral normalisation). No step runs inside :func:`frozen_normalisation`, so
+    Miyato et al.'s spectral normalisation). No step runs inside ``frozen_normalisation``, so
     the map stays fixed while its inverse is solved. Eval mode: iterate to convergence once (from
     the persistent vectors, without writing them), cache ``sigma``, and recompute only when the
     weight changes (its version counter moves on every in-place update, e.g. an optimiser step or
@@ -196,17 +250,45 @@ class _SpectralNormMixin:
         return 1.0
 
     def frobenius_bound(self, weight: Tensor) -> Tensor:
-        """Cheap upper bound of the operator norm: ``||W||_F`` (times ``sqrt(k_h k_w)`` for a
-        convolution, each tap being a shifted copy of a matrix; the seed's note on eq. (10))."""
+        """A cheap upper bound of the operator norm of ``weight``: ``||W||_F``.
+
+        ``||W||_2 <= ||W||_F`` for a matrix. A convolution is a sum of ``k_h k_w`` shifted,
+        zero-padded copies of its taps, so its norm is at most the sum of the taps' norms, hence
+        at most ``sqrt(k_h k_w) ||W||_F`` (Cauchy-Schwarz); the factor is applied here.
+
+        Args:
+            weight: the layer's weight, ``(out, in)`` or ``(C_out, C_in, k_h, k_w)``.
+
+        Returns:
+            A 0-d tensor, with a gradient if ``weight`` has one.
+        """
         return weight.norm() * self._frobenius_factor()
 
     def spectral_penalty(self) -> Tensor:
-        """``sigma^2`` with its gradient, from the persistent power-iteration vectors: the seed's
-        eq. (11) regulariser ``lambda * sum ||W||_2^2`` sums these."""
+        """``sigma^2 = (u^T W v)^2`` with its gradient, from the persistent power-iteration vectors.
+
+        The spectral-norm regulariser of Yoshida & Miyato (arXiv:1705.10941) adds
+        ``lambda * sum ||W||_2^2`` to the loss; [`spectral_penalty`][iresnet.nn.spectral_penalty]
+        sums these terms over a model.
+
+        Returns:
+            A 0-d tensor.
+        """
         return self._sigma_with_grad() ** 2
 
     def normalized_weight(self) -> Tensor:
-        """The rescaled weight ``W / max(1, sigma / coeff)`` used by the forward pass."""
+        """The weight used by the forward pass: ``W / max(1, sigma / coeff)`` (i-ResNet eq. (2)).
+
+        ``norm="frobenius"`` divides by ``max(1, ||W||_F / coeff)`` (times the convolution
+        factor, see [`frobenius_bound`][iresnet.nn.spectral.SpectralLinear.frobenius_bound])
+        instead; ``norm="penalty"`` returns ``W`` unchanged. In training mode a ``"spectral"``
+        layer first runs ``n_power_iterations`` steps (none inside
+        [`frozen_normalisation`][iresnet.nn.frozen_normalisation]) and ``sigma`` carries a
+        gradient; in eval mode ``sigma`` is computed once per weight value and cached.
+
+        Returns:
+            A tensor of the weight's shape.
+        """
         if self.norm == "frobenius":
             return self.weight / torch.clamp(
                 self.frobenius_bound(self.weight) / self.coeff, min=1.0
@@ -248,10 +330,22 @@ class _SpectralNormMixin:
         return None
 
     def operator_norm(self, *, tol: float = 1e-9, max_iter: int = 20_000) -> float:
-        """Converged estimate of ``||W_hat||_2``: the Lipschitz constant this layer has *now*.
+        """The Lipschitz constant ``||W_hat||_2`` this layer has *now*.
 
-        It is computed afresh from the weight in force (the one :meth:`normalized_weight` would
-        use in the current mode), so it cannot go stale between optimiser steps.
+        It is computed from the weight in force (the one
+        [`normalized_weight`][iresnet.nn.spectral.SpectralLinear.normalized_weight] uses in the
+        current mode), so it cannot go stale between optimiser steps: an exact SVD for linear
+        layers up to 1024 wide, the Frobenius bound for ``norm="frobenius"``, else converged
+        float64 power iteration (an estimate from below, see
+        [`linear_operator_norm`][iresnet.nn.spectral.linear_operator_norm]). Cached until the
+        weight, the buffers or the mode change.
+
+        Args:
+            tol: relative tolerance of the power iteration.
+            max_iter: iteration cap of the power iteration.
+
+        Returns:
+            The norm as a Python float.
         """
         # Cached while nothing it depends on changes: every inverse in eval mode asks for it
         # (the a-priori Banach bound), and a converged float64 power iteration on a conv
@@ -276,7 +370,7 @@ class _SpectralNormMixin:
         return value
 
     def _norm_key(self, tol: float, max_iter: int) -> tuple:
-        """Everything :meth:`operator_norm` depends on: mode, settings, weight and buffers (their
+        """Everything ``operator_norm`` depends on: mode, settings, weight and buffers (their
         version counters move on every in-place update)."""
         return (
             self.training,
@@ -292,31 +386,49 @@ class _SpectralNormMixin:
         )
 
     def lipschitz_bound(self) -> float:
-        """Lipschitz constant of the layer as a map (the bias does not change it)."""
+        """The layer's Lipschitz constant: its ``operator_norm()`` (the bias does not change it)."""
         return self.operator_norm()
 
 
 class SpectralLinear(_SpectralNormMixin, nn.Linear):
     """Linear layer with spectral normalisation, ``||W_hat||_2 <= coeff``.
 
-    ``W_hat = W / max(1, sigma / coeff)`` (i-ResNet sec. 2; seed eq. (8)-(10)), ``sigma`` from
-    power iteration on ``W`` with persistent buffers ``u`` (out_features) and ``v`` (in_features).
+    ``y = W_hat x + b`` with ``W_hat = W / max(1, sigma / coeff)`` (i-ResNet eq. (2)). In training
+    mode ``sigma = u^T W v`` comes from ``n_power_iterations`` steps of power iteration on ``W``
+    from the persistent buffers ``u`` (``out_features``) and ``v`` (``in_features``), with a
+    gradient through ``sigma`` (Miyato et al., app. A, Algorithm 1). In eval mode ``sigma`` is the
+    exact ``||W||_2`` (an SVD, for layers up to 1024 wide; converged power iteration above),
+    computed once and cached until the weight changes; evaluating never writes ``u``, ``v``.
 
     Arguments:
-        in_features, out_features, bias: as :class:`torch.nn.Linear`.
-        coeff: target Lipschitz constant ``c`` in ``(0, 1]``.
+        in_features: input size, as in ``torch.nn.Linear``.
+        out_features: output size.
+        bias: learn an additive bias.
+        coeff: the target Lipschitz constant ``c``, in ``(0, 1]``.
         n_power_iterations: power-iteration steps per training forward (>= 1).
         eval_tol: relative tolerance of the converged power iteration in eval mode.
-        norm: ``"spectral"`` (default), ``"frobenius"`` (divide by the cheaper, looser
-            ``||W||_F``: no power iteration) or ``"penalty"`` (no rescaling: the penalty mode of
-            the seed's eq. (11), see :meth:`spectral_penalty`; no guarantee).
+        norm: ``"spectral"`` (the default), ``"frobenius"`` (divide by the cheaper, looser
+            ``||W||_F``; no power iteration) or ``"penalty"`` (no rescaling and no guarantee:
+            power iteration still runs so that
+            [`spectral_penalty`][iresnet.nn.spectral_penalty] can penalise ``||W||_2^2``).
 
-    Shapes: input ``(*, in_features)``, output ``(*, out_features)``.
+    Shapes:
+        Input ``(*, in_features)``, output ``(*, out_features)``.
 
-    Example:
+    Raises:
+        ValueError: an unknown ``norm``, ``coeff`` outside ``(0, 1]``, ``n_power_iterations < 1``
+            or ``eval_tol <= 0``.
+
+    References:
+        - Behrmann et al., arXiv:1811.00995, sec. 2.1, eq. (2).
+        - Miyato et al., arXiv:1802.05957, sec. 2.1-2.2, app. A.
+
+    Examples:
         >>> layer = SpectralLinear(4, 4, coeff=0.9).eval()
         >>> layer.operator_norm() <= 0.9 * (1 + 1e-6)
         True
+        >>> layer(torch.zeros(3, 4)).shape
+        torch.Size([3, 4])
     """
 
     def __init__(
@@ -349,7 +461,15 @@ class SpectralLinear(_SpectralNormMixin, nn.Linear):
         return F.linear(x, self.normalized_weight(), self.bias)
 
     def jvp(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-        """``(W_hat x + b, W_hat t)`` for tangents ``t`` of shape ``(d, *x.shape)``."""
+        """Forward-mode derivative: ``(W_hat x + b, W_hat t)``.
+
+        Args:
+            x: input, ``(*, in_features)``.
+            t: tangents, ``(d, *x.shape)``.
+
+        Returns:
+            The output ``(*, out_features)`` and the pushed tangents ``(d, *, out_features)``.
+        """
         w = self.normalized_weight()
         return F.linear(x, w, self.bias), F.linear(t, w)
 
@@ -357,19 +477,50 @@ class SpectralLinear(_SpectralNormMixin, nn.Linear):
 class SpectralConv2d(_SpectralNormMixin, nn.Conv2d):
     """2-D convolution normalised by its operator norm *on the actual input shape*.
 
-    The reshaped kernel's matrix norm is neither an upper nor a lower bound of the convolution's
-    Lipschitz constant; we instead run power iteration on the convolution as a linear map
-    ``R^{C_in x H x W} -> R^{C_out x H' x W'}`` (``conv2d`` forward, ``conv_transpose2d`` adjoint).
-    The spatial size is learned on the first call (buffers ``u``, ``v`` then take its shape) and
-    re-learned, with fresh vectors, if a later input has another size.
+    ``W_hat = W / max(1, sigma / coeff)`` as in
+    [`SpectralLinear`][iresnet.nn.spectral.SpectralLinear], but ``sigma`` is the norm of the
+    convolution as a linear map ``R^{C_in x H x W} -> R^{C_out x H' x W'}``: power iteration
+    with ``conv2d`` as the map and ``conv_transpose2d`` as its adjoint (i-ResNet sec. 2.1,
+    following Gouk et al.). The norm of the kernel reshaped to a ``C_out x (C_in k_h k_w)``
+    matrix (Miyato et al. sec. 4) is neither an upper nor a lower bound of it. The spatial size is
+    learned on the first call (buffers ``u``, ``v`` then take its shape) and re-learned, with
+    fresh vectors, if a later input has another size. Eval mode iterates to convergence once and
+    caches ``sigma`` (an estimate from below, not a bound).
 
     Arguments:
-        in_channels, out_channels, kernel_size, stride, padding, bias: as :class:`torch.nn.Conv2d`.
-        coeff: target Lipschitz constant ``c`` in ``(0, 1]``.
+        in_channels: input channels ``C_in``, as in ``torch.nn.Conv2d``.
+        out_channels: output channels ``C_out``.
+        kernel_size: kernel size ``(k_h, k_w)`` or one int.
+        stride: stride.
+        padding: zero padding (numbers only; not ``"same"``/``"valid"``).
+        bias: learn an additive bias per output channel.
+        coeff: the target Lipschitz constant ``c``, in ``(0, 1]``.
         n_power_iterations: power-iteration steps per training forward (>= 1).
         eval_tol: relative tolerance of the converged power iteration in eval mode.
+        norm: ``"spectral"``, ``"frobenius"`` or ``"penalty"``, as in
+            [`SpectralLinear`][iresnet.nn.spectral.SpectralLinear] (the Frobenius bound is
+            multiplied by ``sqrt(k_h k_w)``).
 
-    Shapes: input ``(B, C_in, H, W)``, output ``(B, C_out, H', W')``.
+    Shapes:
+        Input ``(B, C_in, H, W)``, output ``(B, C_out, H', W')``.
+
+    Raises:
+        ValueError: string padding, or a bad ``norm``, ``coeff``, ``n_power_iterations`` or
+            ``eval_tol`` (as [`SpectralLinear`][iresnet.nn.spectral.SpectralLinear]).
+        RuntimeError: ``operator_norm()`` before the first forward pass (the norm depends on
+            the input size).
+
+    References:
+        - Behrmann et al., arXiv:1811.00995, sec. 2.1.
+        - Gouk et al., arXiv:1804.04368.
+
+    Examples:
+        >>> _ = torch.manual_seed(0)
+        >>> conv = SpectralConv2d(2, 2, 3, padding=1, coeff=0.9)
+        >>> conv(torch.randn(1, 2, 4, 4)).shape
+        torch.Size([1, 2, 4, 4])
+        >>> round(conv.eval().operator_norm(), 4)
+        0.9
     """
 
     def __init__(
@@ -448,7 +599,15 @@ class SpectralConv2d(_SpectralNormMixin, nn.Conv2d):
         return self._conv_forward(x, self.normalized_weight(), self.bias)
 
     def jvp(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-        """``(conv(x), conv_without_bias(t))`` for tangents ``t`` of shape ``(d, *x.shape)``."""
+        """Forward-mode derivative: ``(conv(x), conv_without_bias(t))``.
+
+        Args:
+            x: input, ``(B, C_in, H, W)``.
+            t: tangents, ``(d, *x.shape)``.
+
+        Returns:
+            The output ``(B, C_out, H', W')`` and the pushed tangents ``(d, B, C_out, H', W')``.
+        """
         self._ensure_vectors(x)
         w = self.normalized_weight()
         tt = self._conv_forward(t.reshape(-1, *t.shape[2:]), w, None)
@@ -477,6 +636,19 @@ def frozen_normalisation(module: nn.Module) -> Iterator[None]:
     """Within the block, spectral layers of ``module`` run no power-iteration step.
 
     Used while solving an inverse: the map being inverted must not change between iterations.
+    The previous state is restored on exit, also after an error.
+
+    Args:
+        module: any module; its [`SpectralLinear`][iresnet.nn.spectral.SpectralLinear] and
+            [`SpectralConv2d`][iresnet.nn.spectral.SpectralConv2d] layers are frozen.
+
+    Examples:
+        >>> layer = SpectralLinear(3, 3)
+        >>> u = layer.u.clone()
+        >>> with frozen_normalisation(layer):
+        ...     _ = layer(torch.randn(2, 3))
+        >>> bool(torch.equal(layer.u, u))
+        True
     """
     layers = [m for m in module.modules() if isinstance(m, _SpectralNormMixin)]
     previous = [m._frozen for m in layers]
@@ -492,9 +664,23 @@ def frozen_normalisation(module: nn.Module) -> Iterator[None]:
 def spectral_penalty(model: nn.Module) -> Tensor:
     """``sum ||W||_2^2`` over the spectral layers of ``model``, with its gradient.
 
-    The soft alternative to normalisation (i-ResNet, arXiv:1811.00995, sec. 3: penalising the
-    spectral norms instead of bounding them); add ``lambda * spectral_penalty(model)`` to the
-    loss of layers built with ``norm="penalty"``. A 0-d tensor (0 when there are no layers).
+    The soft alternative to normalisation: spectral norm regularisation (Yoshida & Miyato,
+    arXiv:1705.10941) penalises the norms instead of bounding them, so no bound holds and
+    i-ResNet (sec. 2.1) bounds every layer instead. Add ``lambda * spectral_penalty(model)`` to
+    the loss of layers built with ``norm="penalty"``; ``iresnet.certify`` then reports honestly
+    whether the trained model is invertible. Each term is ``(u^T W v)^2`` from the layer's
+    persistent power-iteration vectors.
+
+    Args:
+        model: any module.
+
+    Returns:
+        A 0-d tensor (0 when ``model`` has no spectral layers).
+
+    Examples:
+        >>> layer = SpectralLinear(2, 2, norm="penalty")
+        >>> bool(spectral_penalty(torch.nn.Sequential(layer)) > 0)
+        True
     """
     terms = [m.spectral_penalty() for m in model.modules() if isinstance(m, _SpectralNormMixin)]
     return torch.stack(terms).sum() if terms else torch.zeros(())

@@ -1,4 +1,18 @@
-"""The math as plain functions: Jacobians, log-det estimators and fixed-point solvers."""
+"""The math as plain functions: Jacobians, log-det estimators and fixed-point solvers.
+
+Re-exported from ``logdet`` (exact, power-series and Russian-roulette estimators of
+``log det(I + J_g)``), ``fixed_point`` (the Banach inverse of ``x + g(x)`` and its diagnostics)
+and ``jacobian``. Nothing here knows of transforms or flows.
+
+Examples:
+    >>> import torch
+    >>> from iresnet import ops
+    >>> g = lambda x: 0.5 * torch.tanh(x)
+    >>> gx, logdet = ops.ExactLogDet()(g, torch.zeros(4, 3))
+    >>> x, diagnostics = ops.fixed_point_solve(g, torch.ones(4, 3))
+    >>> logdet.shape, diagnostics.all_converged
+    (torch.Size([4]), True)
+"""
 
 from .fixed_point import (
     FixedPointInverse,

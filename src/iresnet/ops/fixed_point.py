@@ -1,15 +1,21 @@
 """Inverting ``y = x + g(x)`` by the Banach fixed point of ``x <- y - g(x)``.
 
-i-ResNet Algorithm 1; seed eq. (12)-(15) and appendix C. With ``L = Lip(g) < 1`` the map
-``G(x) = y - g(x)`` is a contraction, the iteration converges from any start, and (seed eq. (36))
+i-ResNet sec. 2, Algorithm 1: with ``L = Lip(g) < 1`` the map ``G(x) = y - g(x)`` is a
+contraction, the iteration ``x_{k+1} = y - g(x_k)`` from ``x_0 = y`` converges to the unique
+``x*`` with ``x* + g(x*) = y``, and (i-ResNet eq. (1), from Banach's fixed point theorem)
 
-    ||x* - x_n|| <= L^n / (1 - L) * ||x_1 - x_0||.
+    ||x* - x_n||_2 <= L^n / (1 - L) * ||x_1 - x_0||_2.
 
 The solver iterates under ``no_grad`` and stops per sample on the step itself,
 ``max|x_{k+1} - x_k| <= atol + rtol * max|x_k|`` (not its square). Anderson acceleration
 (Walker & Ni, 2011) mixes the last ``m`` iterates. A gradient through the inverse, where one is
 needed, comes by implicit differentiation: ``dx*/dy = (I + J_g)^{-1}``, so the backward pass
 solves ``u = a - J_g^T u`` by the same kind of iteration, never by unrolling the loop.
+
+References:
+    - Behrmann et al., "Invertible Residual Networks", ICML 2019, arXiv:1811.00995.
+    - Walker & Ni, "Anderson Acceleration for Fixed-Point Iterations", SIAM J. Numer. Anal.
+      49(4), 2011.
 """
 
 from __future__ import annotations
@@ -40,14 +46,27 @@ G = Callable[[Tensor], Tensor]
 class InverseDiagnostics:
     """What one inverse solve did, per sample.
 
+    Returned by [`fixed_point_solve`][iresnet.ops.fixed_point.fixed_point_solve] and by the
+    ``inverse_with_diagnostics`` methods of transforms and flows, from the call itself.
+
     Attributes:
-        iterations: ``(B,)`` iterations (evaluations of ``g``) until the sample converged.
-        residual: ``(B,)`` last step ``max|x_{k+1} - x_k|``.
-        converged: ``(B,)`` whether the tolerance was met.
+        iterations: ``(B,)`` iterations ``n`` (evaluations of ``g``) until the sample converged
+            (``max_iter`` if it did not).
+        residual: ``(B,)`` last step ``max|x_n - x_{n-1}|``, in the units of ``y``.
+        converged: ``(B,)`` booleans, whether the tolerance was met.
         first_step: ``(B,)`` ``||x_1 - x_0||_2`` (for the Banach bound).
         lipschitz: the ``L`` given by the caller (a certified bound), or None.
-        a_priori_bound: ``(B,)`` seed eq. (36), ``L^n/(1-L) ||x_1 - x_0||_2``, or None
-            without ``L``; an upper bound of the true error ``||x* - x_n||_2``.
+        a_priori_bound: ``(B,)`` i-ResNet eq. (1), ``L^n / (1 - L) ||x_1 - x_0||_2``, or None
+            without ``L``: an upper bound of the true error ``||x* - x_n||_2`` of plain
+            iteration (with Anderson acceleration it states what plain iteration would
+            guarantee, not a proven bound on the accelerated iterate).
+
+    Examples:
+        >>> _, d = fixed_point_solve(lambda x: 0.5 * x, torch.ones(2, 3), lipschitz=0.5)
+        >>> d.all_converged, d.iterations.tolist()
+        (True, [20, 20])
+        >>> bool((d.a_priori_bound < 1e-5).all())
+        True
     """
 
     iterations: Tensor
@@ -59,9 +78,12 @@ class InverseDiagnostics:
 
     @property
     def all_converged(self) -> bool:
+        """Whether every sample met the tolerance (one host synchronisation)."""
         return bool(self.converged.all())
 
     def summary(self) -> str:
+        """One line: mean and largest iteration count, largest residual, converged count, and
+        the largest a-priori bound where ``L`` is known."""
         it = self.iterations.float()
         text = (
             f"iterations mean {it.mean():.1f} max {int(self.iterations.max())}, "
@@ -76,7 +98,23 @@ class InverseDiagnostics:
 
 
 def banach_bound(lipschitz: float, n: Tensor | int, first_step: Tensor | float) -> Tensor:
-    """Seed eq. (36): ``||x* - x_n|| <= L^n / (1 - L) * ||x_1 - x_0||`` (any norm)."""
+    """The a-priori Banach bound ``||x* - x_n|| <= L^n / (1 - L) * ||x_1 - x_0||``.
+
+    i-ResNet eq. (1). Valid in the norm in which ``L`` bounds the Lipschitz constant of ``g``
+    (the Euclidean norm for spectrally normalised layers).
+
+    Args:
+        lipschitz: ``L``, a bound of ``Lip(g)``.
+        n: iterations, an int or a tensor of them.
+        first_step: ``||x_1 - x_0||``, a float or a tensor broadcastable with ``n``.
+
+    Returns:
+        A float64 tensor of the broadcast shape; ``inf`` where ``L`` is outside ``[0, 1)``.
+
+    Examples:
+        >>> banach_bound(0.5, 10, 1.0).item()  # 0.5**10 / 0.5
+        0.001953125
+    """
     if not 0 <= lipschitz < 1:
         return torch.full_like(torch.as_tensor(first_step, dtype=torch.float64), math.inf)
     n_t = torch.as_tensor(n, dtype=torch.float64)
@@ -84,7 +122,23 @@ def banach_bound(lipschitz: float, n: Tensor | int, first_step: Tensor | float) 
 
 
 def banach_iterations(lipschitz: float, first_step: float, tol: float) -> int:
-    """Iterations that eq. (36) guarantees enough for ``||x* - x_n|| <= tol``, before running."""
+    """Iterations that i-ResNet eq. (1) guarantees enough for ``||x* - x_n|| <= tol``.
+
+    The smallest ``n`` with ``L^n / (1 - L) * first_step <= tol``, known before running.
+
+    Args:
+        lipschitz: ``L``, a bound of ``Lip(g)``.
+        first_step: ``||x_1 - x_0||``.
+        tol: the wanted error bound.
+
+    Returns:
+        ``n`` (0 if ``L = 0`` or the first step is already small enough), or ``math.inf`` when
+        ``L`` is not in ``[0, 1)``.
+
+    Examples:
+        >>> banach_iterations(0.5, 1.0, 1e-6)
+        21
+    """
     if not 0 < lipschitz < 1:
         return 0 if lipschitz == 0 else math.inf  # type: ignore[return-value]
     if first_step <= tol * (1 - lipschitz):
@@ -122,15 +176,31 @@ def fixed_point_solve(
 ) -> tuple[Tensor, InverseDiagnostics]:
     """Solve ``x + g(x) = y`` for ``x`` by fixed-point iteration from ``x_0 = y``.
 
+    ``x_{k+1} = y - g(x_k)`` (i-ResNet Algorithm 1), stopped per sample; a converged sample keeps
+    its result while the others go on. With ``anderson = m > 0`` the next iterate mixes the last
+    ``m`` values of ``y - g(x)`` with the weights that minimise the mixed residual subject to
+    summing to 1 (Anderson acceleration, Walker & Ni 2011). No gradient flows through the result;
+    [`FixedPointInverse`][iresnet.ops.fixed_point.FixedPointInverse] adds the implicit one.
+
     Args:
-        g: samplewise contraction; ``y``: ``(B, *event)``.
-        atol, rtol: per-sample stop when ``max|x_{k+1} - x_k| <= atol + rtol * max|x_k|``.
+        g: the samplewise map, a contraction for convergence.
+        y: ``(B, *event)``.
+        atol: absolute tolerance: sample ``b`` stops when
+            ``max|x_{k+1} - x_k| <= atol + rtol * max|x_k|``.
+        rtol: relative tolerance.
         max_iter: iteration cap.
         anderson: memory ``m`` of Anderson acceleration (0: plain Banach iteration).
         lipschitz: a certified ``Lip(g)`` for the a-priori bound in the diagnostics.
 
     Returns:
-        ``x`` of the shape of ``y`` (no graph) and :class:`InverseDiagnostics`.
+        ``x`` of the shape of ``y`` (no graph) and the
+            [`InverseDiagnostics`][iresnet.ops.fixed_point.InverseDiagnostics] of this solve.
+
+    Examples:
+        >>> y = torch.tensor([[1.5, 3.0]])
+        >>> x, d = fixed_point_solve(lambda x: 0.5 * x, y, atol=1e-7)
+        >>> x.tolist(), d.all_converged  # x + x / 2 = y
+        ([[1.0, 2.0]], True)
     """
     with torch.no_grad():
         b = y.shape[0]
@@ -188,17 +258,36 @@ def fixed_point_solve(
 class FixedPointInverse:
     """Inverse of ``y = x + g(x)`` by Banach iteration, optionally Anderson-accelerated.
 
+    ``solver.solve(g, y)`` returns ``(x, diagnostics)`` (the
+    [`InverseDiagnostics`][iresnet.ops.fixed_point.InverseDiagnostics] of that call);
+    ``solver(g, y)`` returns ``x`` alone. The solver keeps no state between calls, so one
+    instance may serve many blocks. Gradients with respect to ``y`` and ``g``'s parameters come
+    by implicit differentiation: the incoming gradient ``a`` is replaced by
+    ``u = (I + J_g)^{-T} a``, solved by the same iteration ``u = a - J_g^T u``.
+
     Arguments:
-        atol, rtol: per-sample tolerance on the step ``max|x_{k+1} - x_k|``.
+        atol: absolute per-sample tolerance on the step ``max|x_{k+1} - x_k|``.
+        rtol: relative tolerance, times ``max|x_k|``.
         max_iter: iteration cap.
         anderson: Anderson memory ``m`` (0: plain iteration).
-        on_failure: ``"warn"`` (:class:`InverseNotConvergedWarning`) or ``"raise"``
-            (:class:`InverseNotConvergedError`) when a sample does not converge.
+        on_failure: ``"warn"``
+            ([`InverseNotConvergedWarning`][iresnet.errors.InverseNotConvergedWarning]) or
+            ``"raise"`` ([`InverseNotConvergedError`][iresnet.errors.InverseNotConvergedError])
+            when a sample does not converge.
 
-    ``solver.solve(g, y)`` returns ``(x, diagnostics)`` (:class:`InverseDiagnostics` of that
-    call); ``solver(g, y)`` returns ``x`` alone. The solver keeps no state between calls, so one
-    instance may serve many blocks. Gradients with respect to ``y`` and ``g``'s
-    parameters come by implicit differentiation (the adjoint solved by the same iteration).
+    Raises:
+        ValueError: negative tolerances or both 0, ``max_iter < 1``, ``anderson < 0`` or an
+            unknown ``on_failure``.
+
+    References:
+        - Behrmann et al., arXiv:1811.00995, sec. 2, Algorithm 1, eq. (1).
+        - Walker & Ni, SIAM J. Numer. Anal. 49(4), 2011 (Anderson acceleration).
+
+    Examples:
+        >>> solver = FixedPointInverse(atol=1e-7, anderson=2)
+        >>> x, d = solver.solve(lambda x: 0.5 * torch.tanh(x), torch.ones(1, 3))
+        >>> bool(torch.allclose(x + 0.5 * torch.tanh(x), torch.ones(1, 3), atol=1e-6))
+        True
     """
 
     def __init__(
@@ -223,7 +312,7 @@ class FixedPointInverse:
     def __call__(
         self, g: G, y: Tensor, *, lipschitz: float | None = None, where: str = ""
     ) -> Tensor:
-        """``x`` with ``x + g(x) = y``; see :meth:`solve`."""
+        """``x`` with ``x + g(x) = y``, without the diagnostics; see ``solve``."""
         return self.solve(g, y, lipschitz=lipschitz, where=where)[0]
 
     def solve(
@@ -232,13 +321,18 @@ class FixedPointInverse:
         """Solve ``x + g(x) = y``; return ``x`` and the diagnostics of this solve.
 
         Args:
-            g: samplewise contraction; y: ``(B, *event)``.
+            g: the samplewise map (a module or a function), a contraction for convergence.
+            y: ``(B, *event)``.
             lipschitz: a certified ``Lip(g)`` for the a-priori bound in the diagnostics.
             where: a name for the warning or error message.
 
+        Returns:
+            ``x`` of the shape of ``y`` (with the implicit gradient where autograd needs one)
+                and the [`InverseDiagnostics`][iresnet.ops.fixed_point.InverseDiagnostics].
+
         Raises:
             InverseNotConvergedError: a sample missed the tolerance and ``on_failure="raise"``
-                (with ``"warn"``, :class:`InverseNotConvergedWarning` is warned instead).
+                (with ``"warn"``, an ``InverseNotConvergedWarning`` is warned instead).
         """
         x, diag = fixed_point_solve(
             g,

@@ -31,8 +31,8 @@ def jacobian(g: G, x: Tensor, *, create_graph: bool = False) -> tuple[Tensor, Te
     """Per-sample Jacobian of ``g`` at ``x``.
 
     A ``nn.Sequential`` of layers with a ``jvp`` method (the spectral layers and the Lipschitz
-    activations) is differentiated in forward mode, which costs about ``d`` forward passes and
-    no double backward; anything else by batched reverse-mode autograd (``d`` vector-Jacobian
+    activations) is differentiated in forward mode, which costs about ``D`` forward passes and
+    no double backward; anything else by batched reverse-mode autograd (``D`` vector-Jacobian
     products). Both are differentiable when ``create_graph`` (forward mode: when autograd is on).
 
     Args:
@@ -41,8 +41,14 @@ def jacobian(g: G, x: Tensor, *, create_graph: bool = False) -> tuple[Tensor, Te
         create_graph: keep the graph so the Jacobian is differentiable.
 
     Returns:
-        ``(g(x), J)`` with ``J`` of shape ``(B, D, D)``, ``D = prod(event)``,
-        ``J[b, i, j] = d g_i(x_b) / d x_j``.
+        ``(g(x), J)`` with ``g(x)`` of the shape of ``x`` and ``J`` of shape ``(B, D, D)``,
+            ``D = prod(event)``, ``J[b, i, j] = d g_i(x_b) / d x_j``.
+
+    Examples:
+        >>> W = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+        >>> gx, J = jacobian(lambda x: x @ W.T, torch.zeros(3, 2))
+        >>> J.shape, bool(torch.equal(J[0], W))
+        (torch.Size([3, 2, 2]), True)
     """
     if _supports_forward_jacobian(g):
         with torch.set_grad_enabled(create_graph):

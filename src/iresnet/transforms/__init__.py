@@ -1,4 +1,24 @@
-"""Invertible transforms: the contract, its composition, and the pieces flows are made of."""
+"""Invertible transforms: the contract, its composition, and the pieces flows are made of.
+
+Every piece is a [`Transform`][iresnet.transforms.base.Transform]:
+``forward(x) -> (y, logdet)`` with ``logdet = log|det dy/dx|`` of shape ``(batch,)`` and
+``inverse(y) -> x``. Re-exported from ``base`` (the contract and
+[`ComposedTransform`][iresnet.transforms.base.ComposedTransform]), ``residual`` (the block
+``x + g(x)``), ``actnorm``, ``reshape`` (squeeze, flatten, factor-out, padding) and
+``preprocess`` (dequantisation, logit, standardisation).
+
+Examples:
+    >>> import torch
+    >>> from iresnet import nn, transforms
+    >>> f = transforms.ComposedTransform(
+    ...     transforms.Standardize([0.0, 0.0], [2.0, 2.0]),
+    ...     transforms.InvertibleResidualBlock(nn.mlp_branch(2, (8,), coeff=0.9)),
+    ... ).eval()
+    >>> x = torch.randn(4, 2)
+    >>> y, logdet = f(x)
+    >>> bool(torch.allclose(f.inverse(y), x, atol=1e-4)), logdet.shape
+    (True, torch.Size([4]))
+"""
 
 from .actnorm import ActNorm
 from .base import ComposedTransform, Transform

@@ -11,20 +11,28 @@ __all__ = ["ActNorm"]
 
 
 class ActNorm(Transform):
-    """Per-channel affine map ``y = (x + b) * exp(s)`` (Glow, arXiv:1807.03039, sec. 3.1).
+    """Per-channel affine map ``y = (x + b) * exp(s)`` with data-dependent initialisation.
 
-    Data-dependent initialisation on the first training batch: ``b = -mean``, ``s = -log std``
-    per channel, so activations start standardised. A channel with (near-)zero spread keeps
-    ``s = 0`` instead of dividing by zero. The ``initialized`` buffer is saved with the weights,
-    so a loaded model is never re-initialised.
+    Glow's actnorm (sec. 3.1), parametrised by a log-scale ``s`` so the scale stays positive.
+    Initialised on the first training batch: ``b = -mean``, ``s = -log std`` per channel, so
+    activations start standardised. A channel with (near-)zero spread keeps ``s = 0`` instead of
+    dividing by zero. The ``initialized`` buffer is saved with the weights, so a loaded model is
+    never re-initialised. Residual Flows puts one before and after every residual block
+    (app. E).
 
     Arguments:
         num_features: channels ``C``.
         eps: spread below which a channel is treated as constant.
 
-    Shapes: ``(B, C)`` or ``(B, C, H, W)``; ``logdet = H * W * sum(s)``, shape ``(B,)``.
+    Shapes:
+        ``x``, ``y``: ``(B, C)`` or ``(B, C, H, W)``; ``logdet = H W sum(s)``, shape ``(B,)``
+        (``H W = 1`` for vectors).
 
-    Example:
+    References:
+        - Kingma & Dhariwal, "Glow: Generative Flow with Invertible 1x1 Convolutions",
+          NeurIPS 2018, arXiv:1807.03039, sec. 3.1.
+
+    Examples:
         >>> import torch
         >>> layer = ActNorm(2)
         >>> y, logdet = layer(torch.tensor([[1.0, 2.0], [3.0, 6.0]]))  # initialises on it
@@ -44,7 +52,11 @@ class ActNorm(Transform):
 
     @torch.no_grad()
     def initialize(self, x: Tensor) -> None:
-        """Set ``b``, ``s`` from a batch ``x`` (called automatically on the first training call)."""
+        """Set ``b``, ``s`` from a batch ``x`` (called automatically on the first training call).
+
+        Args:
+            x: ``(B, C)`` or ``(B, C, H, W)``; statistics over every dimension but ``C``.
+        """
         dims = [0, *range(2, x.dim())]
         mean = x.mean(dim=dims)
         std = x.std(dim=dims, unbiased=False) if x.numel() > x.shape[1] else torch.ones_like(mean)

@@ -1,10 +1,14 @@
 """The transform contract and its one composition loop.
 
-Every invertible piece of a flow or of an invertible network is a :class:`Transform`: an
+Every invertible piece of a flow or of an invertible network is a ``Transform``: an
 ``nn.Module`` with ``forward(x) -> (y, logdet)``, ``logdet = log|det dy/dx|`` of shape
 ``(batch,)``, and ``inverse(y) -> x`` (the convention of nflows and FrEIA: the forward direction
 maps data to latent). Transforms whose inverse is solved numerically report what the solver did
-through :meth:`Transform.inverse_with_diagnostics`, from the call itself.
+through ``Transform.inverse_with_diagnostics``, from the call itself.
+
+A flow's log-density follows by the change of variables ``log p(x) = log p_z(f(x)) +
+log|det df/dx|`` (i-ResNet eq. (3); Residual Flows eq. (2)), with the log-dets of composed
+transforms summed.
 """
 
 from __future__ import annotations
@@ -25,17 +29,33 @@ Shape = tuple[int, ...]
 class Transform(nn.Module):
     """Base class of invertible maps ``y = f(x)`` with their log-determinant.
 
-    Subclasses implement :meth:`forward` and :meth:`inverse`, and :meth:`forward_shape` /
-    :meth:`inverse_shape` when they change the event shape. Inputs carry a leading batch
-    dimension: ``x`` is ``(B, *event)``.
+    Subclasses implement ``forward`` and ``inverse``, and ``forward_shape`` / ``inverse_shape``
+    when they change the event shape; those whose inverse is solved numerically override
+    ``inverse_with_diagnostics``. Inputs carry a leading batch dimension: ``x`` is
+    ``(B, *event)``.
+
+    Shapes:
+        ``x``: ``(B, *event)``; ``y``: ``(B, *forward_shape(event))``; ``logdet``: ``(B,)``, in
+        nats.
+
+    Examples:
+        >>> import math, torch
+        >>> class Double(Transform):
+        ...     def forward(self, x):
+        ...         return 2 * x, x.new_full((x.shape[0],), x[0].numel() * math.log(2))
+        ...     def inverse(self, y):
+        ...         return y / 2
+        >>> y, logdet = Double()(torch.ones(3, 2))
+        >>> Double().inverse(y).tolist(), [round(v, 4) for v in logdet.tolist()]
+        ([[1.0, 1.0], [1.0, 1.0], [1.0, 1.0]], [1.3863, 1.3863, 1.3863])
     """
 
-    #: ``False`` for maps that are injective but not onto (zero-padding): ``inverse`` is then a
-    #: left inverse and ``logdet`` the volume term ``log sqrt det(J^T J)`` of the embedding.
     bijective: bool = True
+    """``False`` for maps that are injective but not onto (zero-padding): ``inverse`` is then a
+    left inverse and ``logdet`` the volume term ``log sqrt det(J^T J)`` of the embedding."""
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """``x (B, *event) -> (y (B, *event'), logdet (B,))``."""
+        """``x (B, *event) -> (y (B, *event'), logdet (B,))`` with ``logdet = log|det dy/dx|``."""
         raise NotImplementedError
 
     def inverse(self, y: Tensor) -> Tensor:
@@ -43,7 +63,13 @@ class Transform(nn.Module):
         raise NotImplementedError
 
     def inverse_with_diagnostics(self, y: Tensor) -> tuple[Tensor, list[InverseDiagnostics]]:
-        """:meth:`inverse` and the diagnostics of any numerical solve it ran (in order)."""
+        """``inverse(y)`` and the diagnostics of any numerical solve it ran (in order).
+
+        Returns:
+            ``x`` and a list of
+                [`InverseDiagnostics`][iresnet.ops.fixed_point.InverseDiagnostics] (empty for
+                transforms with a closed-form inverse).
+        """
         return self.inverse(y), []
 
     def forward_shape(self, shape: Shape) -> Shape:
@@ -59,14 +85,19 @@ class ComposedTransform(Transform):
     """``f = f_n o ... o f_1``: the transforms applied in order, their log-dets summed.
 
     The one loop over transforms that every flow and the classifiers' invertible trunks use.
-    Indexing gives a transform; slicing gives a :class:`ComposedTransform` of the same modules.
+    Indexing gives a transform; slicing gives a ``ComposedTransform`` of the same modules.
+    ``inverse`` applies the inverses in reverse order.
 
     Arguments:
-        transforms: the transforms ``f_1, ..., f_n``, data side first.
+        *transforms: the transforms ``f_1, ..., f_n``, data side first.
 
-    Shapes: ``x`` ``(B, *event)``, ``y`` ``(B, *forward_shape(event))``, ``logdet`` ``(B,)``.
+    Shapes:
+        ``x``: ``(B, *event)``; ``y``: ``(B, *forward_shape(event))``; ``logdet``: ``(B,)``.
 
-    Example:
+    Raises:
+        TypeError: an item that is not a [`Transform`][iresnet.transforms.base.Transform].
+
+    Examples:
         >>> import torch, iresnet
         >>> f = ComposedTransform(iresnet.ActNorm(3), iresnet.ActNorm(3))
         >>> y, logdet = f(torch.randn(4, 3))
@@ -120,7 +151,7 @@ class ComposedTransform(Transform):
         return y
 
     def inverse_with_diagnostics(self, y: Tensor) -> tuple[Tensor, list[InverseDiagnostics]]:
-        """Inverse in reverse order; diagnostics listed in forward (data-to-latent) order."""
+        """Inverse in reverse order; the diagnostics listed in forward (data-to-latent) order."""
         diagnostics: list[InverseDiagnostics] = []
         for t in reversed(list(self)):
             y, d = t.inverse_with_diagnostics(y)

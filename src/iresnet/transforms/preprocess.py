@@ -11,14 +11,21 @@ Relating densities to discrete probabilities: let ``p`` be a density on ``[0, 1)
 the discrete model ``P(x)`` as the mass ``p`` puts on the cell ``[x/K, (x+1)/K)`` of ``x``.
 Substituting ``u = (x + v) / K`` (Jacobian ``K^-D``) gives
 
-    ``P(x) = E_v[ p((x + v) / K) ] / K^D``
+    P(x) = E_v[ p((x + v) / K) ] / K^D
 
 and, by Jensen's inequality, ``log P(x) >= E_v[ log p(u) ] - D log K``. So ``-log p(u) + D log K``
 averaged over dequantisation noise is an upper bound on the discrete code length ``-log P(x)``
-in nats (Theis, van den Oord, Bethge, arXiv:1511.01844, sec. 3.1). The transform
-:class:`Dequantize` maps levels to ``u`` with log-det ``-D log K``, so a flow that starts with it
-returns ``log p(u) - D log K``, the log-density of ``x + v`` in level units, and
-:func:`bits_per_dim` turns that into bits per dimension.
+in nats (Theis, van den Oord & Bethge, arXiv:1511.01844). The transform
+[`Dequantize`][iresnet.transforms.preprocess.Dequantize] maps levels to ``u`` with log-det
+``-D log K``, so a flow that starts with it returns ``log p(u) - D log K``, the log-density of
+``x + v`` in level units, and [`bits_per_dim`][iresnet.transforms.preprocess.bits_per_dim]
+turns that into bits per dimension.
+
+References:
+    - Theis, van den Oord & Bethge, "A note on the evaluation of generative models", ICLR 2016,
+      arXiv:1511.01844.
+    - Dinh et al., "Density estimation using Real NVP", ICLR 2017, arXiv:1605.08803 (the logit
+      map, sec. 4.1).
 """
 
 from __future__ import annotations
@@ -80,7 +87,15 @@ def dequantize(
 
     Returns:
         Float tensor of ``x``'s shape with values in ``[0, 1)``; ``u`` lies in the cell
-        ``[x/K, (x+1)/K)`` of its level.
+            ``[x/K, (x+1)/K)`` of its level.
+
+    Raises:
+        DataError: ``n_levels < 2``, levels outside ``0..K-1``, or non-integer values.
+
+    Examples:
+        >>> u = dequantize(torch.tensor([0, 3]), 4)
+        >>> bool((u[0] < 0.25) & (u[1] >= 0.75))
+        True
     """
     _check_levels(x, n_levels)
     dt = _float_dtype(x, dtype)
@@ -95,7 +110,12 @@ def dequantize_mid(
 ) -> torch.Tensor:
     """Deterministic cell midpoints ``u = (x + 1/2) / K`` (for plotting and reconstructions).
 
-    Same shapes and dtype rules as :func:`dequantize`.
+    Same shapes, dtype rules and errors as
+    [`dequantize`][iresnet.transforms.preprocess.dequantize].
+
+    Examples:
+        >>> dequantize_mid(torch.tensor([0, 3]), 4).tolist()
+        [0.125, 0.875]
     """
     _check_levels(x, n_levels)
     dt = _float_dtype(x, dtype)
@@ -114,16 +134,26 @@ def logit_transform(u: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.
     but gives ``-inf`` at ``u = 0``), ``z = log s - log(1 - s)``. The map is elementwise, so
     its Jacobian is diagonal with entries ``(1 - 2 alpha) / (s (1 - s))`` and
 
-        ``logdet = sum_i [ log(1 - 2 alpha) - log s_i - log(1 - s_i) ]``
+        logdet = sum_i [ log(1 - 2 alpha) - log s_i - log(1 - s_i) ]
 
-    over all non-batch dimensions. Hence ``log p_u(u) = log p_z(z) + logdet``.
+    over all non-batch dimensions. Hence ``log p_u(u) = log p_z(z) + logdet``. Real NVP
+    (sec. 4.1) models ``logit(alpha + (1 - alpha) u)``; the margin here is symmetric, so both
+    ends stay ``alpha`` away from 0 and 1.
 
     Args:
         u: ``(N, ...)`` values in ``[0, 1]``.
         alpha: boundary margin in ``[0, 0.5)``.
 
     Returns:
-        ``z`` of ``u``'s shape and ``logdet`` of shape ``(N,)``.
+        ``z`` of ``u``'s shape and ``logdet`` of shape ``(N,)``, in nats.
+
+    Raises:
+        DataError: ``alpha`` outside ``[0, 0.5)`` or a 0-d ``u``.
+
+    Examples:
+        >>> z, logdet = logit_transform(torch.tensor([[0.5, 0.5]]), 0.0)
+        >>> z.tolist(), [round(v, 4) for v in logdet.tolist()]  # 2 * log 4
+        ([[0.0, 0.0]], [2.7726])
     """
     _check_alpha(alpha)
     if u.dim() == 0:
@@ -136,10 +166,18 @@ def logit_transform(u: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.
 
 
 def logit_inverse(z: torch.Tensor, alpha: float) -> torch.Tensor:
-    """Inverse of :func:`logit_transform`: ``u = (sigmoid(z) - alpha) / (1 - 2 alpha)``.
+    """Inverse of [`logit_transform`][iresnet.transforms.preprocess.logit_transform].
 
-    Any shape. Note that ``u`` falls outside ``[0, 1)`` wherever ``sigmoid(z)`` lies outside
-    ``[alpha, 1 - alpha)``, which can happen for samples drawn from a flow.
+    ``u = (sigmoid(z) - alpha) / (1 - 2 alpha)``, any shape. Note that ``u`` falls outside
+    ``[0, 1)`` wherever ``sigmoid(z)`` lies outside ``[alpha, 1 - alpha)``, which can happen for
+    samples drawn from a flow.
+
+    Raises:
+        DataError: ``alpha`` outside ``[0, 0.5)``.
+
+    Examples:
+        >>> logit_inverse(torch.tensor([0.0]), 0.05).tolist()
+        [0.5]
     """
     _check_alpha(alpha)
     return (torch.sigmoid(z) - alpha) / (1.0 - 2.0 * alpha)
@@ -150,17 +188,22 @@ def bits_per_dim(log_prob: Tensor, n_dims: int) -> Tensor:
 
     Args:
         log_prob: log-density (nats) of the dequantised data ``x + v`` in level units, any
-            shape (usually ``(N,)``), as a flow starting with :class:`Dequantize` returns it:
+            shape (usually ``(N,)``), as a flow starting with ``Dequantize`` returns it:
             ``log p(u) - D log K`` with every preprocessing log-det included.
         n_dims: ``D``, the number of values per sample (e.g. ``C * H * W``).
 
     Returns:
         Tensor of ``log_prob``'s shape. Its mean over dequantisation noise upper-bounds
-        ``-log2 P(x) / D`` (module docstring); the uniform density on ``[0, 1)^D`` scores
-        ``log2 K``: ``(-0 + D log K) / (D log 2)``.
+            ``-log2 P(x) / D`` (module docstring); the uniform density on ``[0, 1)^D`` scores
+            ``log2 K``: ``(-0 + D log K) / (D log 2)``.
 
     Raises:
         DataError: ``n_dims < 1``.
+
+    Examples:
+        >>> import math
+        >>> bits_per_dim(torch.tensor([-3 * math.log(256)]), 3).tolist()  # uniform, K = 256
+        [8.0]
     """
     if n_dims < 1:
         raise DataError(f"n_dims must be >= 1, got {n_dims}")
@@ -172,18 +215,27 @@ class Dequantize(Transform):
 
     ``forward`` draws fresh noise at every call (training and evaluation alike: the bound on
     ``log P(x)`` holds for the average over the noise) and returns the log-det ``-D log K`` of
-    ``x + v -> u``, so the flow's log-density is that of ``x + v`` in level units.
-    :meth:`inverse` rounds down, the exact left inverse on the levels (``floor(K u) = x``).
-    :meth:`midpoints` gives the deterministic cell centres, for reconstructions and pictures.
+    ``x + v -> u``, so the flow's log-density is that of ``x + v`` in level units (module
+    docstring). ``inverse`` rounds down, the exact left inverse on the levels
+    (``floor(K u) = x``). ``midpoints`` gives the deterministic cell centres, for
+    reconstructions and pictures.
 
     Arguments:
         levels: ``K``, the number of quantisation levels (256 for 8-bit images).
 
-    Shapes: ``x``: ``(B, *event)`` integer levels (any dtype); ``u`` of the same shape, in the
-    floating dtype of this module (it follows ``.double()``); ``logdet``: ``(B,)``.
+    Shapes:
+        ``x``: ``(B, *event)`` integer levels (any dtype); ``u`` of the same shape, in the
+        floating dtype of this module (it follows ``.double()``); ``logdet``: ``(B,)``.
 
     Raises:
-        DataError: levels outside ``0..K-1`` or non-integer values.
+        ValueError: ``levels < 2``.
+        DataError: at call time, levels outside ``0..K-1`` or non-integer values.
+
+    Examples:
+        >>> t = Dequantize(4)
+        >>> u, logdet = t(torch.tensor([[0, 1], [2, 3]]))
+        >>> t.inverse(u).tolist(), [round(v, 4) for v in logdet.tolist()]  # -2 log 4
+        ([[0.0, 1.0], [2.0, 3.0]], [-2.7726, -2.7726])
     """
 
     def __init__(self, levels: int) -> None:
@@ -200,7 +252,7 @@ class Dequantize(Transform):
         return u, logdet
 
     def midpoints(self, x: Tensor) -> Tensor:
-        """Cell centres ``(x + 1/2) / K`` in this module's dtype (no noise)."""
+        """Cell centres ``(x + 1/2) / K`` in this module's dtype (no noise), shape of ``x``."""
         return dequantize_mid(x, self.levels, dtype=self._k.dtype)
 
     def inverse(self, u: Tensor) -> Tensor:
@@ -211,13 +263,26 @@ class Dequantize(Transform):
 
 
 class Logit(Transform):
-    """``z = logit(alpha + (1 - 2 alpha) u)`` for ``u`` in ``[0, 1)``, with its log-det
-    (Real NVP, arXiv:1605.08803, sec. 4.1); see :func:`logit_transform`.
+    """``z = logit(alpha + (1 - 2 alpha) u)`` for ``u`` in ``[0, 1)``, with its log-det.
+
+    The logit map of Real NVP (sec. 4.1) with a symmetric margin; see
+    [`logit_transform`][iresnet.transforms.preprocess.logit_transform] for the log-det and
+    [`logit_inverse`][iresnet.transforms.preprocess.logit_inverse] for the inverse.
 
     Arguments:
         alpha: boundary margin in ``[0, 0.5)``.
 
-    Shapes: any ``(B, *event)``; ``logdet``: ``(B,)``.
+    Shapes:
+        ``u``, ``z``: ``(B, *event)``; ``logdet``: ``(B,)``.
+
+    Raises:
+        DataError: ``alpha`` outside ``[0, 0.5)``.
+
+    Examples:
+        >>> t = Logit(0.05)
+        >>> z, logdet = t(torch.tensor([[0.2, 0.7]]))
+        >>> [round(v, 4) for v in t.inverse(z)[0].tolist()], logdet.shape
+        ([0.2, 0.7], torch.Size([1]))
     """
 
     def __init__(self, alpha: float) -> None:
@@ -243,12 +308,20 @@ class Standardize(Transform):
     origin keep their resolution in a float32 model; the output has the module's dtype.
 
     Arguments:
-        mean, std: ``d`` values each; every ``std`` finite and positive.
+        mean: ``d`` values.
+        std: ``d`` values, every one finite and positive.
 
-    Shapes: ``x``: ``(B, d)``; ``logdet``: ``(B,)``.
+    Shapes:
+        ``x``, ``z``: ``(B, d)``; ``logdet``: ``(B,)``.
 
     Raises:
         ValueError: lengths differ, or a ``std`` is not finite and positive.
+
+    Examples:
+        >>> t = Standardize([1.0, 2.0], [2.0, 4.0])
+        >>> z, logdet = t(torch.tensor([[3.0, 2.0]]))
+        >>> z.tolist(), [round(v, 4) for v in logdet.tolist()]  # -log 8
+        ([[1.0, 0.0]], [-2.0794])
     """
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:

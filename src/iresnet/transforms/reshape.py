@@ -17,8 +17,28 @@ __all__ = ["Squeeze", "Flatten", "OnActive", "InjectivePad"]
 class Squeeze(Transform):
     """Invertible down-sampling (space-to-depth): ``(B, C, H, W) -> (B, C f^2, H/f, W/f)``.
 
-    A permutation of the entries, so ``logdet = 0`` (Real NVP, arXiv:1605.08803, sec. 3.6;
-    i-ResNet, arXiv:1811.00995, sec. 5).
+    Real NVP's squeezing operation (sec. 3.6), also i-ResNet's invertible down-sampling between
+    scales (app. C.3). A permutation of the entries, so ``logdet = 0``.
+
+    Arguments:
+        factor: ``f``; ``H`` and ``W`` must be divisible by it.
+
+    Shapes:
+        ``x``: ``(B, C, H, W)``; ``y``: ``(B, C f^2, H/f, W/f)``; ``logdet``: ``(B,)`` zeros.
+
+    Raises:
+        ValueError: ``factor < 1``; at call time, an input that is not 4-D or whose ``H``, ``W``
+            are not divisible by ``f``.
+
+    References:
+        - Dinh et al., "Density estimation using Real NVP", ICLR 2017, arXiv:1605.08803,
+          sec. 3.6.
+
+    Examples:
+        >>> import torch
+        >>> y, logdet = Squeeze()(torch.zeros(1, 3, 4, 4))
+        >>> y.shape, logdet.tolist()
+        (torch.Size([1, 12, 2, 2]), [0.0])
     """
 
     def __init__(self, factor: int = 2) -> None:
@@ -50,13 +70,17 @@ class Squeeze(Transform):
 
 
 class Flatten(Transform):
-    """Reshape ``(B, *shape) -> (B, prod(shape))``: a permutation-free relabelling, ``logdet = 0``.
+    """Reshape ``(B, *shape) -> (B, prod(shape))``: a relabelling of the entries, ``logdet = 0``.
 
-    Multi-scale flows enter the flat *state* with it (see :class:`OnActive`).
-    The batch is never checked against ``shape`` here; a wrong size fails in ``reshape``.
+    Multi-scale flows enter the flat *state* with it (see
+    [`OnActive`][iresnet.transforms.reshape.OnActive]). The input is never checked against
+    ``shape`` here; a wrong size fails in ``reshape``.
 
     Arguments:
-        shape: the event shape of the input (restored by :meth:`inverse`).
+        shape: the event shape of the input (restored by ``inverse``).
+
+    Shapes:
+        ``x``: ``(B, *shape)``; ``y``: ``(B, prod(shape))``; ``logdet``: ``(B,)`` zeros.
     """
 
     def __init__(self, shape: tuple[int, ...]) -> None:
@@ -82,8 +106,7 @@ class Flatten(Transform):
 class OnActive(Transform):
     """Apply ``inner`` to the *active* leading part of a flat multi-scale state.
 
-    Multi-scale factor-out (Real NVP, arXiv:1605.08803, sec. 3.6; i-ResNet sec. 5; Residual
-    Flows app. E) sends half
+    Multi-scale factor-out (Real NVP sec. 3.6, eq. (13)-(16); Residual Flows app. E) sends half
     of the channels straight to the latent after each scale. We keep one flat state
     ``s = [a | z_done]`` of shape ``(B, D)``: the first ``prod(in_shape)`` entries are the active
     tensor ``a`` (channel-major), the rest are latents already factored out. Because ``a`` is
@@ -97,9 +120,26 @@ class OnActive(Transform):
 
     Arguments:
         inner: a transform on ``(B, *in_shape)`` returning ``(B, *out_shape)``.
-        in_shape, out_shape: its event shapes (equal sizes; they differ for :class:`Squeeze`).
+        in_shape: its input event shape.
+        out_shape: its output event shape (of the same size; the shapes differ for
+            [`Squeeze`][iresnet.transforms.reshape.Squeeze]).
 
-    Shapes: ``s``: ``(B, D)`` with ``D >= prod(in_shape)``; ``logdet``: ``(B,)``.
+    Shapes:
+        ``s``: ``(B, D)`` with ``D >= prod(in_shape)``, in and out; ``logdet``: ``(B,)``.
+
+    Raises:
+        ValueError: ``in_shape`` and ``out_shape`` of different sizes.
+
+    References:
+        - Dinh et al., arXiv:1605.08803, sec. 3.6.
+        - Chen et al., arXiv:1906.02735, app. E.
+
+    Examples:
+        >>> import torch
+        >>> t = OnActive(Squeeze(), (1, 2, 2), (4, 1, 1))
+        >>> s = torch.arange(6.0).reshape(1, 6)  # 4 active entries, 2 factored out
+        >>> t(s)[0].tolist(), t.inverse(t(s)[0]).tolist()
+        ([[0.0, 1.0, 2.0, 3.0, 4.0, 5.0]], [[0.0, 1.0, 2.0, 3.0, 4.0, 5.0]])
     """
 
     def __init__(
@@ -136,16 +176,31 @@ class OnActive(Transform):
 class InjectivePad(Transform):
     """Zero-padding of channels ``(B, C, H, W) -> (B, P, H, W)``, ``y = [x, 0]``.
 
-    Injective, not onto (i-ResNet, arXiv:1811.00995, sec. 4, as in i-RevNet): :meth:`inverse`
-    keeps the first ``C`` channels, the exact left inverse on the image of the map. The
-    embedding is an isometry (``J^T J = I``), so its volume term ``log sqrt det(J^T J)`` is 0;
-    it carries no density on the padded space.
+    Injective, not onto: the injective padding of i-RevNet, at the entry of the invertible
+    classifiers (i-ResNet's classification experiments, sec. 5.1). ``inverse`` keeps the first
+    ``C`` channels, the exact left inverse on the image of the map. The embedding is an isometry
+    (``J^T J = I``), so its volume term ``log sqrt det(J^T J)`` is 0; it carries no density on
+    the padded space (``bijective = False``).
 
     Arguments:
-        in_channels: ``C``; out_channels: ``P >= C``.
+        in_channels: ``C``.
+        out_channels: ``P >= C``.
+
+    Shapes:
+        ``x``: ``(B, C, H, W)``; ``y``: ``(B, P, H, W)``; ``logdet``: ``(B,)`` zeros.
 
     Raises:
         ValueError: ``out_channels < in_channels``.
+
+    References:
+        - Jacobsen et al., "i-RevNet: Deep Invertible Networks", ICLR 2018, arXiv:1802.07088.
+
+    Examples:
+        >>> import torch
+        >>> pad = InjectivePad(1, 3)
+        >>> y, _ = pad(torch.ones(2, 1, 2, 2))
+        >>> y.shape, bool(torch.equal(pad.inverse(y), torch.ones(2, 1, 2, 2)))
+        (torch.Size([2, 3, 2, 2]), True)
     """
 
     bijective = False

@@ -1,6 +1,14 @@
-"""The invertible residual block ``y = x + g(x)`` (i-ResNet, arXiv:1811.00995, eq. 1 and
-Theorem 1): invertible when ``Lip(g) < 1``, inverted by the Banach fixed point, its log-det
-estimated by a :class:`~iresnet.ops.LogDetEstimator`.
+"""The invertible residual block ``y = x + g(x)``.
+
+Invertible when ``Lip(g) < 1`` (i-ResNet, Theorem 1), inverted by the Banach fixed point
+(i-ResNet Algorithm 1), its log-det ``log det(I + J_g)`` estimated by a
+[`LogDetEstimator`][iresnet.ops.logdet.LogDetEstimator] (exact, i-ResNet's power series or
+Residual Flows' Russian roulette).
+
+References:
+    - Behrmann et al., "Invertible Residual Networks", ICML 2019, arXiv:1811.00995.
+    - Chen et al., "Residual Flows for Invertible Generative Modeling", NeurIPS 2019,
+      arXiv:1906.02735.
 """
 
 from __future__ import annotations
@@ -33,20 +41,38 @@ class _AutocastBranch(nn.Module):
 
 
 class InvertibleResidualBlock(Transform):
-    """Residual block ``y = x + g(x)``, invertible when ``Lip(g) < 1`` (i-ResNet,
-    arXiv:1811.00995, Theorem 1).
+    """Residual block ``y = x + g(x)``, invertible when ``Lip(g) < 1`` (i-ResNet Theorem 1).
+
+    ``forward`` returns ``y`` and the log-det ``log det(I + J_g(x))`` from ``logdet_estimator``
+    (one graph of ``g`` serves both). ``inverse`` solves ``x + g(x) = y`` by fixed-point iteration
+    (i-ResNet Algorithm 1) with the spectral layers frozen; in eval mode the certified
+    ``Lip(g)`` gives the a-priori error bound of i-ResNet eq. (1) in the diagnostics.
 
     Arguments:
         g: the residual branch, a samplewise ``nn.Module`` built from Lipschitz-constrained
-            layers (e.g. :class:`SpectralLinear`, :class:`LipSwish`) so that ``Lip(g) < 1``.
-        logdet: estimator of ``log det(I + J_g)`` (default :class:`PowerSeriesLogDet`); the
-            attribute ``logdet_estimator`` may be swapped any time (e.g. exact at evaluation).
-        inverse: solver of ``x + g(x) = y`` (default :class:`FixedPointInverse`); attribute
+            layers (e.g. [`mlp_branch`][iresnet.nn.branches.mlp_branch]) so that
+            ``Lip(g) < 1``.
+        logdet: estimator of ``log det(I + J_g)`` (default
+            [`PowerSeriesLogDet`][iresnet.ops.logdet.PowerSeriesLogDet]); the attribute
+            ``logdet_estimator`` may be swapped any time (e.g. exact at evaluation, see
+            [`swap_logdets`][iresnet.transforms.residual.swap_logdets]).
+        inverse: solver of ``x + g(x) = y`` (default
+            [`FixedPointInverse`][iresnet.ops.fixed_point.FixedPointInverse]); attribute
             ``inverse_solver``. Estimators and solvers keep no state, so blocks may share them.
 
-    Shapes: ``x``, ``y``: ``(B, *event)``; ``logdet``: ``(B,)``.
+    Shapes:
+        ``x``, ``y``: ``(B, *event)``; ``logdet``: ``(B,)``, in nats.
 
-    Example:
+    Raises:
+        InverseNotConvergedError: from ``inverse`` when the solver's ``on_failure="raise"`` and
+            a sample does not converge (with ``"warn"``, an ``InverseNotConvergedWarning``).
+        RuntimeError: from ``inverse`` in eval mode when a convolution of ``g`` has not yet seen
+            an input (its norm, needed for the a-priori bound, is unknown).
+
+    References:
+        - Behrmann et al., arXiv:1811.00995, sec. 2-3, Theorem 1, Algorithm 1.
+
+    Examples:
         >>> import torch, iresnet
         >>> g = torch.nn.Sequential(iresnet.SpectralLinear(2, 16, coeff=0.9), iresnet.LipSwish(),
         ...                         iresnet.SpectralLinear(16, 2, coeff=0.9))
@@ -71,7 +97,8 @@ class InvertibleResidualBlock(Transform):
         self.inverse_solver: FixedPointInverse = (
             inverse if inverse is not None else FixedPointInverse()
         )
-        #: ``torch.bfloat16``/``torch.float16`` runs ``g`` under autocast (mixed precision)
+        # ``torch.bfloat16``/``torch.float16`` runs ``g`` under autocast (mixed precision);
+        # set by ``set_branch_precision``.
         self.branch_dtype: torch.dtype | None = None
 
     def _branch(self) -> nn.Module:
@@ -85,10 +112,15 @@ class InvertibleResidualBlock(Transform):
         return self.inverse_with_diagnostics(y)[0]
 
     def inverse_with_diagnostics(self, y: Tensor) -> tuple[Tensor, list[InverseDiagnostics]]:
-        """The fixed-point inverse and its :class:`~iresnet.ops.InverseDiagnostics` (one)."""
+        """The fixed-point inverse and a list of its one
+        [`InverseDiagnostics`][iresnet.ops.fixed_point.InverseDiagnostics]."""
         # In eval mode the certified L gives the a-priori Banach bound in the diagnostics; in
         # training mode the weights move every step and certifying each call would cost more.
-        lipschitz = None if self.training else self.lipschitz_bound()
+        lipschitz = None
+        if not self.training:
+            with torch.no_grad():
+                self.g(y[:1])  # a convolution learns the input size its norm depends on
+            lipschitz = self.lipschitz_bound()
         with frozen_normalisation(self.g):
             # The branch runs in full precision: a bf16 branch has a precision floor far above
             # the solver's tolerance.
@@ -98,13 +130,31 @@ class InvertibleResidualBlock(Transform):
         return x, [diagnostics]
 
     def lipschitz_bound(self) -> float:
-        """Upper bound of ``Lip(g)`` from its layers' converged norms (``inf`` if unknown)."""
+        """Upper bound of ``Lip(g)`` from its layers' norms in force now (``inf`` if unknown).
+
+        See [`lipschitz_bound_of`][iresnet.nn.lipschitz.lipschitz_bound_of].
+
+        Raises:
+            RuntimeError: a convolution of ``g`` has not yet seen an input.
+        """
         return lipschitz_bound_of(self.g)
 
 
 def set_branch_precision(model: nn.Module, precision: str) -> None:
-    """Mixed precision where it is safe: ``"bf16"``/``"fp16"`` runs every residual branch ``g``
-    under autocast while log-dets and inverses stay in float32; ``"fp32"`` turns it off."""
+    """Mixed precision where it is safe: run every residual branch ``g`` under autocast.
+
+    With ``"bf16"``/``"fp16"`` the branches' matrix products run in that dtype and return the
+    input's dtype, while the log-det series, its accumulation and the fixed-point inverse stay in
+    full precision (the inverse always runs the branch in full precision); ``"fp32"`` turns it
+    off.
+
+    Args:
+        model: any module; its residual blocks are set.
+        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"``.
+
+    Raises:
+        ValueError: an unknown ``precision``.
+    """
     dtypes = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
     if precision not in dtypes:
         raise ValueError(f"precision must be one of {list(dtypes)}, got {precision!r}")
@@ -115,10 +165,16 @@ def set_branch_precision(model: nn.Module, precision: str) -> None:
 
 @contextlib.contextmanager
 def swap_logdets(model: nn.Module, estimator: LogDetEstimator | None) -> Iterator[None]:
-    """Inside the block every residual block of ``model`` uses ``estimator`` (None: leave them
-    as they are); the previous estimators are restored on exit, also after an error.
+    """Inside the block every residual block of ``model`` uses ``estimator``.
 
-    Example:
+    The previous estimators are restored on exit, also after an error. Typical use: exact
+    log-dets for evaluation of a model trained with a stochastic estimator.
+
+    Args:
+        model: any module.
+        estimator: the estimator to use, or None to leave the blocks as they are.
+
+    Examples:
         >>> import torch, iresnet
         >>> flow = iresnet.ResidualFlow(2, transforms=1, hidden_features=(4,), logdet="roulette")
         >>> with swap_logdets(flow, iresnet.ExactLogDet()):
