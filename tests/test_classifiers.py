@@ -10,8 +10,6 @@ import torch
 from iresnet import FixedPointInverse, HybridClassifier, InvertibleClassifier, certify
 from tests.helpers import explicit_jacobian
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 TINY = {"scales": 2, "blocks": 2, "hidden_channels": 8, "activation": "elu"}
 
 

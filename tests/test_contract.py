@@ -21,8 +21,6 @@ from iresnet import swap_logdets
 from iresnet.transforms import Flatten, InjectivePad, OnActive, Transform
 from tests.helpers import explicit_jacobian, mlp_g, scale_weights
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 def _solver() -> iresnet.FixedPointInverse:
     return iresnet.FixedPointInverse(atol=1e-12, max_iter=500, on_failure="raise")

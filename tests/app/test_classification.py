@@ -36,9 +36,6 @@ TINY = [
 ]
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
 def tiny(*extra: str, preset: str = "digits-classifier") -> Config:
     return get_preset(preset).override([*TINY, *extra])
 

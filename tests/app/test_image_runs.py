@@ -19,8 +19,6 @@ from iresnet.app.training import train
 from iresnet.datasets import DataBundle
 from iresnet.ops import PowerSeriesLogDet, RussianRouletteLogDet
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 TRAIN = [
     "model.kind=resflow-image",
     "model.n_scales=2",

@@ -18,8 +18,6 @@ from tests.helpers import explicit_jacobian, scale_weights
 SHAPES = ((1, 8, 8), (3, 4, 4))
 VARIANTS = ((False, 0), (True, 0), (False, 2), (True, 2))  # (factor_out, fc_blocks)
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 def tiny(shape, seed: int = 0, **kw) -> iresnet.MultiscaleResidualFlow:
     """A float64 flow whose ActNorms were initialised on a batch, in eval mode."""

@@ -24,7 +24,7 @@ DEVICE_DATA_LIMIT = 2 * 1024**3
 def stage_data(data: DataBundle, device: torch.device) -> DataBundle:
     """Place an image set where the training loop reads it fastest.
 
-    On an accelerator, a set that fits in :data:`DEVICE_DATA_LIMIT` (Fashion-MNIST: 55 MB,
+    On an accelerator, a set that fits in ``DEVICE_DATA_LIMIT`` (Fashion-MNIST: 55 MB,
     CIFAR-10: 184 MB as uint8) is copied there once, so a batch is one on-device gather and the
     GPU never waits for a host-to-device copy or a loader worker; a larger one is pinned, so its
     batches copy asynchronously (``non_blocking``). On the CPU, and for vectors, nothing moves.
@@ -98,5 +98,5 @@ class EpochBatches:
         return {"epoch": self.epoch, "position": self.position}
 
     def load_state(self, state: dict[str, int]) -> None:
-        """Continue from a position saved by :meth:`state`."""
+        """Continue from a position saved by ``state``."""
         self.epoch, self.position, self._order = int(state["epoch"]), int(state["position"]), None

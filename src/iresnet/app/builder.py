@@ -1,4 +1,4 @@
-"""The one function that turns a config into modules: :func:`build_model`.
+"""The one function that turns a config into modules: ``build_model``.
 
 Each ``model.kind`` is a library family; this module only translates config fields into the
 family's keyword arguments (and the data's shape and preprocessing), so a checkpoint's saved
@@ -52,7 +52,7 @@ FAMILY_ARGS = {
 
 
 def load_data(cfg: DataConfig, standardizer: Standardizer | None = None) -> DataBundle:
-    """The data named by the config's data section (see :func:`iresnet.datasets.load_dataset`).
+    """The data named by the config's data section (see ``iresnet.datasets.load_dataset``).
 
     ``standardizer``: for user arrays, statistics saved by the run (a resumed or evaluated
     run keeps the units it was trained in).

@@ -10,7 +10,7 @@ A checkpoint is a folder ``checkpoints/step-00001000/`` holding
 
 The folder is written under a temporary name and renamed into place, so a reader sees either a
 whole checkpoint or none; a folder whose manifest is missing or whose hashes do not match (torn
-by a crash, or tampered with) is refused, and :func:`latest_checkpoint` skips it with a warning.
+by a crash, or tampered with) is refused, and ``latest_checkpoint`` skips it with a warning.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, Tensor], di
 
 
 def unflatten_optimizer(tensors: dict[str, Tensor], meta: dict[str, Any]) -> dict[str, Any]:
-    """The optimiser state dict back from :func:`flatten_optimizer`'s two halves."""
+    """The optimiser state dict back from ``flatten_optimizer``'s two halves."""
     state: dict[int, dict[str, Any]] = {}
     for name, value in tensors.items():
         if name.startswith("opt."):

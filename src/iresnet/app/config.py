@@ -1,9 +1,9 @@
 """One typed configuration shared by the CLI, the presets and the checkpoints.
 
-A :class:`Config` holds three sections (:class:`ModelConfig`, :class:`DataConfig`,
-:class:`TrainConfig`). It round-trips through plain dicts (JSON in a run folder), refuses unknown
-keys, wrong types and out-of-range values with :class:`~iresnet.errors.ConfigError` before any
-work starts, and takes command-line overrides such as ``model.coeff=0.8`` or ``coeff=0.8``.
+A ``Config`` holds three sections (``ModelConfig``, ``DataConfig``, ``TrainConfig``). It
+round-trips through plain dicts (JSON in a run folder), refuses unknown keys, wrong types and
+out-of-range values with [`ConfigError`][iresnet.errors.ConfigError] before any work starts,
+and takes command-line overrides such as ``model.coeff=0.8`` or ``coeff=0.8``.
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ class ModelConfig:
     head_pool: int = 1
 
     def validate(self) -> None:
-        """Raise :class:`~iresnet.errors.ConfigError` on an out-of-range or unknown value."""
+        """Raise [`ConfigError`][iresnet.errors.ConfigError] on an out-of-range or unknown value."""
         _choice("model.kind", self.kind, MODEL_KINDS)
         _choice("model.logdet", self.logdet, LOGDETS)
         _choice("model.activation", self.activation, ACTIVATIONS)

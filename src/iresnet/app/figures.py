@@ -1,6 +1,6 @@
 """The pictures of a finished run, per task kind (PNG files in the run folder).
 
-Only this module and :mod:`~iresnet.app.plots` import matplotlib; the trainer does not, so a
+Only this module and ``plots`` import matplotlib; the trainer does not, so a
 training process that makes no pictures never loads it.
 """
 

@@ -23,7 +23,7 @@ def atomic_write(
         content: text (UTF-8), bytes, or a function that writes to a binary file object.
 
     Returns:
-        ``path`` as a :class:`~pathlib.Path`.
+        ``path`` as a ``Path``.
 
     Raises:
         OSError: the folder is not writable or the disk is full; the temporary file is removed

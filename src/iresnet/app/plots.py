@@ -1,9 +1,9 @@
 """Figures for toy densities, learning curves, images, dynamics and sweeps (PNG only).
 
 Every function takes plain tensors, arrays or callables (never models or trainers), draws on a
-private :class:`matplotlib.figure.Figure` with the Agg canvas (no pyplot, no display, no global
+private ``matplotlib.figure.Figure`` with the Agg canvas (no pyplot, no display, no global
 backend change), writes a PNG to ``path`` atomically (temporary file in the same folder, then
-``os.replace``; parent folders are created) and returns the path as a :class:`pathlib.Path`.
+``os.replace``; parent folders are created) and returns the path as a ``pathlib.Path``.
 """
 
 from __future__ import annotations
@@ -276,7 +276,7 @@ def plot_density_comparison(
     """One panel of ``data`` (2-D histogram), then one density panel per named log-density.
 
     ``densities`` maps a panel title (e.g. ``"ours"``, ``"RealNVP"``) to a callable as in
-    :func:`plot_toy_figure`; panels follow the mapping's order, all on the same ``extent``.
+    ``plot_toy_figure``; panels follow the mapping's order, all on the same ``extent``.
     """
     pts = _points(data, "data")
     ext = _resolve_extent(extent, pts)

@@ -1,8 +1,8 @@
 """Named configurations (``iresnet train PRESET``): tables of config values, nothing else.
 
 A preset is a description and the values it sets in each config section, on top of the
-defaults of :class:`~iresnet.app.config.Config`; :func:`get_preset` turns one into a validated
-config. The model values become the families' keyword arguments in :mod:`iresnet.app.builder`.
+defaults of ``Config``; ``get_preset`` turns one into a validated
+config. The model values become the families' keyword arguments in ``iresnet.app.builder``.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """A run is a folder: ``config.json``, ``data.json``, ``metrics.jsonl``, ``checkpoints/``,
 ``model.safetensors`` (the final EMA weights) and the plots. Every write is atomic (but the
-appends to ``metrics.jsonl``, whose torn last line is skipped on reading). :func:`load_run`
+appends to ``metrics.jsonl``, whose torn last line is skipped on reading). ``load_run``
 rebuilds a finished or interrupted run for evaluation, sampling and certification."""
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
-"""The coefficient sweep of i-ResNet's Table 1: test error against the Lipschitz coefficient.
+"""The coefficient sweep of i-ResNet's classification experiments (arXiv:1811.00995,
+sec. 5.1): test error against the Lipschitz coefficient.
 
 For each coefficient ``c`` in ``vanilla, 0.9, 0.8, 0.7, 0.6, 0.5`` (``vanilla``: the same network
 without spectral normalisation) one classifier is trained through the one loop, evaluated
-(:meth:`~iresnet.app.tasks.ClassificationTask.full_evaluation`) and tabulated:
+(``full_evaluation``) and tabulated:
 
 | coefficient | test error (%) | guaranteed inverse | feature reconstruction error | Lip bound |
 
@@ -157,7 +158,7 @@ def _fmt_err(v: float | None) -> str:
 
 
 def sweep_table(rows: Sequence[dict[str, Any]]) -> str:
-    """The seed's Table 1 as Markdown."""
+    """The coefficient sweep as a Markdown table (i-ResNet, arXiv:1811.00995, sec. 5.1)."""
     head = (
         "| coefficient | test error (%) | guaranteed inverse | feature reconstruction error "
         "(max abs) | largest block Lip bound | steps | train s |"
@@ -199,7 +200,7 @@ def add_sweep_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``iresnet sweep PRESET [KEY=VALUE ...] [--coeffs ...] ...`` to ``subparsers``."""
     p = subparsers.add_parser(
         "sweep",
-        help="train the Lipschitz-coefficient sweep of a classifier (i-ResNet Table 1)",
+        help="train the Lipschitz-coefficient sweep of a classifier (i-ResNet sec. 5.1)",
         description="Train one classifier per coefficient (vanilla = unconstrained) at the same "
         "budget, evaluate each, and write sweep.md (the table), sweep.json, sweep.png.",
     )

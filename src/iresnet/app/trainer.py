@@ -5,7 +5,7 @@ Adam / AdamW / SGD with linear warm-up (and optional cosine decay), gradient cli
 weights for evaluation, a progress bar, ``metrics.jsonl``, periodic test evaluation, atomic
 checkpoints, SIGTERM/SIGINT handling (finish the step, checkpoint, exit) and NaN/Inf step
 skipping. The trainer makes no pictures (and never imports matplotlib); see
-:func:`iresnet.app.training.train`.
+``iresnet.app.training.train``.
 """
 
 from __future__ import annotations
@@ -130,11 +130,11 @@ class _StopSignal:
 class Trainer:
     """Train ``cfg`` into ``run_dir`` (or continue it with ``resume=True``).
 
-    Named steps, in the order :meth:`run` calls them: :meth:`build` (data, model, task,
+    Named steps, in the order ``run`` calls them: ``build`` (data, model, task,
     optimiser; a new run's data-dependent initialisation or a resumed run's checkpoint),
-    then per step :meth:`step` (one optimisation step), :meth:`evaluate` (every
-    ``eval_every`` steps), :meth:`checkpoint`, and the stop conditions of :meth:`stop_reason`
-    (a signal, ``stop_after``, or the time budget); finally :meth:`finish` saves the final
+    then per step ``step`` (one optimisation step), ``evaluate`` (every
+    ``eval_every`` steps), ``checkpoint``, and the stop conditions of ``stop_reason``
+    (a signal, ``stop_after``, or the time budget); finally ``finish`` saves the final
     weights.
 
     Arguments:
@@ -342,7 +342,7 @@ class Trainer:
         self.last.update(test)
 
     def checkpoint(self) -> None:
-        """An atomic checkpoint of everything :meth:`restore` needs (rank 0 writes)."""
+        """An atomic checkpoint of everything ``restore`` needs (rank 0 writes)."""
         if not self.ctx.is_main:
             return
         state = {

@@ -21,7 +21,7 @@ def train(
     stop_after: int | None = None,
     figures: bool = True,
 ) -> TrainResult:
-    """Train ``cfg`` into ``run_dir`` (see :class:`~iresnet.app.trainer.Trainer`), then, for a
+    """Train ``cfg`` into ``run_dir`` (see ``Trainer``), then, for a
     finished run on the main process, draw its pictures into the folder (``figures``)."""
     result = Trainer(cfg, run_dir, resume=resume, progress=progress, stop_after=stop_after).run()
     if figures and result.is_main and result.stopped == "finished":

@@ -6,11 +6,18 @@ import torch
 
 from ...datasets import DataBundle
 from ..config import Config
-from .base import Task
+from .base import Task, mean_se
 from .classification import ClassificationTask, HybridTask
 from .density import DensityTask
 
-__all__ = ["Task", "DensityTask", "ClassificationTask", "HybridTask", "make_task"]
+__all__ = [
+    "Task",
+    "DensityTask",
+    "ClassificationTask",
+    "HybridTask",
+    "make_task",
+    "mean_se",
+]
 
 
 def make_task(cfg: Config, data: DataBundle, device: torch.device) -> Task:

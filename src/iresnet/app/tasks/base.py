@@ -21,6 +21,7 @@ __all__ = [
     "Task",
     "evaluating",
     "scoring_estimator",
+    "after_dequantize",
     "continuous_part",
     "inverse_summary",
     "mean_se",
@@ -62,10 +63,18 @@ def scoring_estimator(
     return f"russian-roulette(n_exact={roulette_exact})", est
 
 
+def after_dequantize(transform: ComposedTransform) -> ComposedTransform:
+    """``transform`` without a leading [`Dequantize`][iresnet.transforms.Dequantize]: the
+    deterministic bijection whose input is the continuous (dequantised) image in ``[0, 1)``."""
+    if len(transform) > 0 and isinstance(transform[0], Dequantize):
+        return transform[1:]
+    return transform
+
+
 def continuous_part(transform: ComposedTransform, x: Tensor) -> tuple[ComposedTransform, Tensor]:
     """The deterministic bijective part of ``transform`` and its input for data ``x``.
 
-    A transform that starts with :class:`~iresnet.transforms.Dequantize` is reconstructed from
+    A transform that starts with [`Dequantize`][iresnet.transforms.Dequantize] is reconstructed from
     the cell midpoints (its own inverse rounds, which would hide every error below a level).
     """
     if len(transform) > 0 and isinstance(transform[0], Dequantize):
@@ -92,8 +101,8 @@ def inverse_summary(diagnostics: list[InverseDiagnostics]) -> dict[str, Any]:
 class Task:
     """What is being learned: batches, the loss, the evaluations and the samples of a run.
 
-    Subclasses implement :meth:`batch`, :meth:`loss`, :meth:`evaluate`,
-    :meth:`full_evaluation` and :meth:`sample`; the trainer is task-agnostic.
+    Subclasses implement ``batch``, ``loss``, ``evaluate``,
+    ``full_evaluation`` and ``sample``; the trainer is task-agnostic.
     """
 
     #: name of the main metric in the progress bar and metrics.jsonl

@@ -30,6 +30,7 @@ from ...transforms import bits_per_dim, swap_logdets
 from ..config import Config
 from .base import (
     Task,
+    after_dequantize,
     continuous_part,
     evaluating,
     inverse_summary,
@@ -252,8 +253,8 @@ class HybridTask(ClassificationTask):
             z = torch.randn(
                 n, *model.feature_shape, device=self.device, dtype=self.model_dtype(model)
             )
-            x, diagnostics = model.invert_features_with_diagnostics(z * temperature)
-        return x / (self.n_levels - 1), diagnostics
+            x, diagnostics = after_dequantize(model.trunk).inverse_with_diagnostics(z * temperature)
+        return x.clamp(0, 1), diagnostics
 
     def curve_keys(self) -> tuple[str, ...]:
         return ("loss", "bpd", "test_bpd", "ce", "test_loss")

@@ -4,7 +4,7 @@ The model carries its preprocessing (standardisation of user arrays, dequantisat
 logit map of images, each with its log-det), so ``model.log_prob(x)`` is already the
 log-density of the data in their own units: nats for vectors, and for images the density of
 the dequantised levels, ``bpd = -log p / (D log 2)``
-(:func:`~iresnet.transforms.bits_per_dim`).
+([`bits_per_dim`][iresnet.transforms.bits_per_dim]).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from ...transforms import bits_per_dim, swap_logdets
 from ..config import Config
 from .base import (
     Task,
+    after_dequantize,
     continuous_part,
     evaluating,
     inverse_summary,
@@ -34,7 +35,7 @@ __all__ = ["DensityTask"]
 
 
 class DensityTask(Task):
-    """Maximum likelihood of a :class:`~iresnet.Flow`; metric ``nll`` (nats) or ``bpd``."""
+    """Maximum likelihood of a [`Flow`][iresnet.Flow]; metric ``nll`` (nats) or ``bpd``."""
 
     def __init__(self, cfg: Config, data: DataBundle, device: torch.device) -> None:
         super().__init__(cfg, data, device)
@@ -113,7 +114,7 @@ class DensityTask(Task):
         return x, rec, diagnostics
 
     def inverse_check(self, model: Flow, n: int) -> dict[str, Any]:
-        """``max |x - f^{-1}(f(x))|`` over ``n`` test points (see :meth:`reconstruct`)."""
+        """``max |x - f^{-1}(f(x))|`` over ``n`` test points (see ``reconstruct``)."""
         x, rec, diagnostics = self.reconstruct(model, n)
         return {
             "inverse_max_error": float((rec - x.to(rec.dtype)).abs().max()),
@@ -123,9 +124,9 @@ class DensityTask(Task):
     def sample(
         self, model: Flow, n: int, temperature: float = 1.0
     ) -> tuple[Tensor, list[InverseDiagnostics]]:
-        """Samples in data units (images: levels scaled to ``[0, 1]``) and the diagnostics."""
+        """Samples in data units and the diagnostics; images: the dequantised sample (before
+        rounding to levels), in ``[0, 1]``."""
         with evaluating(model):
-            x, diagnostics = model.inverse_with_diagnostics(model.sample_latent(n, temperature))
-        if self.images:
-            x = x / (self.data.n_levels - 1)
-        return x, diagnostics
+            z = model.sample_latent(n, temperature)
+            x, diagnostics = after_dequantize(model.transform).inverse_with_diagnostics(z)
+        return (x.clamp(0, 1) if self.images else x), diagnostics
