@@ -7,7 +7,7 @@ import statistics
 from collections.abc import Sequence
 from typing import Any
 
-from iresnet.app.tasks.base import mean_se
+from iresnet.app.tasks import mean_se
 
 __all__ = ["iqr", "mean_se", "median", "paired_ratios", "summarize", "verdict"]
 

@@ -613,15 +613,6 @@ class SpectralConv2d(_SpectralNormMixin, nn.Conv2d):
         tt = self._conv_forward(t.reshape(-1, *t.shape[2:]), w, None)
         return self._conv_forward(x, w, self.bias), tt.reshape(*t.shape[:2], *tt.shape[1:])
 
-    def _exact_norm(self, weight: Tensor) -> Tensor | None:
-        """``||weight||_2`` computed exactly where that is cheap, else None (power iteration).
-
-        Power iteration only converges towards the top singular value: started near the second
-        of two close ones (as the persistent ``v`` is after they swap order in training), it
-        meets any tolerance on the change of ``sigma`` long before it turns, and under-estimates.
-        """
-        return None
-
     def operator_norm(self, *, tol: float = 1e-9, max_iter: int = 20_000) -> float:
         if self.v.numel() == 0:
             raise RuntimeError(
