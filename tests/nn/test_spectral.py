@@ -316,3 +316,107 @@ def test_operator_norm_is_cached_until_the_weight_changes(monkeypatch):
     jac = operator_matrix(lambda v: torch.nn.functional.conv2d(v, w_hat, None, 1, 1), (2, 5, 5))
     exact = float(torch.linalg.matrix_norm(jac, ord=2))
     assert small == pytest.approx(exact, rel=1e-6) and small < first
+
+
+# ------------------------------------------------- eval mode is a function of the weight's values
+def _applied_norm(layer: nn.Module, shape: tuple[int, ...]) -> float:
+    """The exact norm of the map the layer applies now (bias removed), from its explicit matrix."""
+    with torch.no_grad():
+        zero = layer(torch.zeros(1, *shape, dtype=torch.float64))
+        mat = operator_matrix(lambda v: layer(v) - zero, shape)
+    return torch.linalg.matrix_norm(mat, ord=2).item()
+
+
+@pytest.mark.parametrize(
+    "change",
+    ["data_write", "copy_no_grad", "load_state_dict", "to_float32_and_back", "coeff"],
+)
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+def test_eval_mode_follows_every_change_of_the_weight(kind, change):
+    """The issue's case: an eval-mode layer whose weight is scaled through ``.data`` (what an
+    EMA swap does) applied norm 2.70 while ``operator_norm()`` said 0.90. Every way of changing
+    the values must be seen."""
+    torch.manual_seed(0)
+    if kind == "linear":
+        layer, shape = iresnet.SpectralLinear(4, 4, coeff=0.9).double(), (4,)
+    else:
+        layer, shape = iresnet.SpectralConv2d(2, 2, 3, padding=1, coeff=0.9).double(), (2, 5, 5)
+    scale_weights(layer, 5.0)
+    layer.eval()
+    assert _applied_norm(layer, shape) == pytest.approx(0.9, rel=1e-6)
+    coeff = 0.9
+    if change == "data_write":
+        layer.weight.data *= 3
+    elif change == "copy_no_grad":
+        with torch.no_grad():
+            layer.weight.copy_(3 * layer.weight)
+    elif change == "load_state_dict":
+        state = {k: v.clone() for k, v in layer.state_dict().items()}
+        state["weight"] = 3 * state["weight"]
+        layer.load_state_dict(state)
+    elif change == "to_float32_and_back":
+        layer.float()
+        layer.weight.data *= 3
+        layer.double()
+    else:
+        layer.coeff.fill_(0.5)
+        coeff = 0.5
+    assert _applied_norm(layer, shape) == pytest.approx(coeff, rel=1e-6)
+    assert layer.operator_norm() == pytest.approx(coeff, rel=1e-6)
+
+
+def test_a_scaled_block_stays_certified_and_invertible():
+    """The issue's block: certified at 0.81, weights scaled by 3 through ``.data``; the
+    normalisation follows, so the certificate and the inverse stay right."""
+    g = nn.Sequential(
+        iresnet.SpectralLinear(3, 3, coeff=0.9), nn.Tanh(), iresnet.SpectralLinear(3, 3, coeff=0.9)
+    ).double()
+    scale_weights(g, 5.0)
+    solver = iresnet.FixedPointInverse(atol=1e-12, on_failure="raise")
+    block = iresnet.InvertibleResidualBlock(g, logdet=iresnet.ExactLogDet(), inverse=solver)
+    block.eval()
+    assert iresnet.certify(block).max_bound <= 0.81 * (1 + 1e-9)
+    for m in g:
+        if isinstance(m, iresnet.SpectralLinear):
+            m.weight.data *= 3
+    assert iresnet.certify(block).max_bound <= 0.81 * (1 + 1e-9)
+    x = torch.randn(16, 3, dtype=torch.float64)
+    y, _ = block(x)
+    torch.testing.assert_close(block.inverse(y), x, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+def test_eval_mode_parameter_gradients_match_finite_differences(kind):
+    """The issue's case: float64 ``SpectralLinear(3, 3, coeff=0.9)`` with weight ``2 * randn``
+    in eval mode had a relative gradient error of 5.85 (the dependence of sigma on W was
+    missing). Central differences of the eval-mode output must match autograd."""
+    torch.manual_seed(3)
+    if kind == "linear":
+        layer, x = iresnet.SpectralLinear(3, 3, coeff=0.9).double(), torch.randn(4, 3)
+    else:
+        layer = iresnet.SpectralConv2d(2, 2, 3, padding=1, coeff=0.9).double()
+        x = torch.randn(2, 2, 4, 4)
+        layer.eval_tol = 1e-15  # converge the eval-mode vectors fully
+    x = x.double()
+    with torch.no_grad():
+        layer.weight.copy_(2 * torch.randn_like(layer.weight))
+    layer.eval()
+    a = torch.randn_like(layer(x))
+
+    def loss() -> torch.Tensor:
+        return (layer(x) * a).sum()
+
+    (grad,) = torch.autograd.grad(loss(), layer.weight)
+    numeric = torch.zeros_like(grad)
+    eps = 1e-6
+    with torch.no_grad():
+        for i in range(grad.numel()):
+            w = layer.weight.view(-1)
+            w[i] += eps
+            up = loss()
+            w[i] -= 2 * eps
+            down = loss()
+            w[i] += eps
+            numeric.view(-1)[i] = (up - down) / (2 * eps)
+    rel = ((grad - numeric).norm() / numeric.norm()).item()
+    assert rel < 1e-6, rel

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -160,6 +161,27 @@ def linear_operator_norm(
     return float(sigma)
 
 
+@dataclass(frozen=True)
+class _EvalState:
+    """What eval mode computed, and for which weight: the top singular pair ``(u, v)``."""
+
+    weight: Tensor
+    coeff: float
+    u: Tensor
+    v: Tensor
+
+
+def _same_values(snapshot: Tensor | None, t: Tensor) -> bool:
+    """Whether ``snapshot`` holds exactly ``t``'s values (and dtype, device, shape)."""
+    return (
+        snapshot is not None
+        and snapshot.dtype == t.dtype
+        and snapshot.device == t.device
+        and snapshot.shape == t.shape
+        and bool(torch.equal(snapshot, t))
+    )
+
+
 NORMS = ("spectral", "frobenius", "penalty")
 """How a layer bounds its weight: by the power-iteration estimate of ``||W||_2`` (``spectral``),
 by the cheaper and looser ``||W||_F`` (``frobenius``), or not at all while still estimating
@@ -210,7 +232,9 @@ class _SpectralNormMixin:
         self.n_power_iterations = n_power_iterations
         self.eval_tol = eval_tol
         self._frozen = False
-        self._cache: tuple[tuple, Tensor] | None = None  # eval mode: (weight key, sigma)
+        # Eval mode: the weight (and coeff) the converged vectors belong to; compared by value.
+        self._eval_state: _EvalState | None = None
+        self._norm_cache: tuple[tuple, Tensor, float] | None = None
         # Settings that are never trained are buffers, so DDP and optimisers leave them alone.
         self.register_buffer("coeff", torch.tensor(float(coeff)))  # type: ignore[attr-defined]
         self.register_buffer("sigma", torch.ones(()))  # type: ignore[attr-defined]
@@ -219,10 +243,6 @@ class _SpectralNormMixin:
         self, weight: Tensor
     ) -> tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]:
         raise NotImplementedError
-
-    def _cache_key(self) -> tuple:
-        w = self.weight
-        return (w._version, w.data_ptr(), self.u.data_ptr(), self.u.shape, self.coeff.item())
 
     def _power_vectors(self, n_iterations: int, tol: float | None) -> tuple[Tensor, Tensor]:
         """Power iteration from the persistent ``v``; the buffers are not written."""
@@ -300,25 +320,43 @@ class _SpectralNormMixin:
         if self.training:
             if not self._frozen:
                 self._update_vectors(self.n_power_iterations, None)
-            self._cache = None
             sigma = self._sigma_with_grad()
-            with torch.no_grad():
-                self.sigma.copy_(sigma)
         else:
-            key = self._cache_key()
-            if self._cache is None or self._cache[0] != key:
-                # Converged vectors for this evaluation only: the persistent (training) vectors
-                # stay as they are, so evaluating never changes how training continues.
-                u, v = self._power_vectors(10_000, self.eval_tol)
-                with torch.no_grad():
-                    exact = self._exact_norm(self.weight.detach())
-                    if exact is None:
-                        fwd, _ = self._operator(self.weight.detach())
-                        exact = (u * fwd(v)).sum()
-                    self.sigma.copy_(exact)
-                self._cache = (self._cache_key(), self.sigma.clone())
-            sigma = self._cache[1]
+            u, v = self._eval_vectors()
+            fwd, _ = self._operator(self.weight)
+            # ||W||_2 = u^T W v at the top singular pair, and d sigma / dW = u v^T there: the
+            # eval-mode gradient carries the dependence of sigma on W as training mode does.
+            sigma = (u * fwd(v)).sum()
+        with torch.no_grad():
+            self.sigma.copy_(sigma)
         return self.weight / torch.clamp(sigma / self.coeff, min=1.0)
+
+    def _eval_vectors(self) -> tuple[Tensor, Tensor]:
+        """The top singular pair of the weight's current values (computed once per value).
+
+        Recomputed whenever the weight's values, dtype or device, ``coeff`` or the input size
+        differ from those it was computed for, however they changed (an optimiser step,
+        ``load_state_dict``, a write through ``.data``, ``copy_`` under ``no_grad``, ``.to()``).
+        """
+        w = self.weight.detach()
+        state = self._eval_state
+        fresh = (
+            state is not None
+            and state.v.shape == self.v.shape
+            and state.coeff == float(self.coeff)
+            and _same_values(state.weight, w)
+        )
+        if not fresh:
+            u, v = self._top_singular_vectors()
+            state = _EvalState(w.clone(), float(self.coeff), u, v)
+            self._eval_state = state
+        assert state is not None
+        return state.u, state.v
+
+    def _top_singular_vectors(self) -> tuple[Tensor, Tensor]:
+        """``(u, v)`` with ``u^T W v = ||W||_2``: converged power iteration from the persistent
+        ``v`` (not written: evaluating never changes how training continues)."""
+        return self._power_vectors(10_000, self.eval_tol)
 
     def _exact_norm(self, weight: Tensor) -> Tensor | None:
         """``||weight||_2`` computed exactly where that is cheap, else None (power iteration).
@@ -347,14 +385,16 @@ class _SpectralNormMixin:
         Returns:
             The norm as a Python float.
         """
-        # Cached while nothing it depends on changes: every inverse in eval mode asks for it
-        # (the a-priori Banach bound), and a converged float64 power iteration on a conv
-        # operator costs far more than the solve itself.
-        cached = getattr(self, "_norm_cache", None)
-        if cached is not None and cached[0] == self._norm_key(tol, max_iter):
-            return cached[1]
-        with torch.no_grad():
+        # Cached while the weight in force keeps its values: every inverse in eval mode asks
+        # for it (the a-priori Banach bound), and a converged float64 power iteration on a conv
+        # operator costs far more than the solve itself. No power-iteration step runs here.
+        with torch.no_grad(), frozen_normalisation(self):  # type: ignore[arg-type]
             w_hat = self.normalized_weight().detach().double()
+        key = (self.training, self.norm, tol, max_iter, tuple(self.v.shape))
+        cached = self._norm_cache
+        if cached is not None and cached[0] == key and _same_values(cached[1], w_hat):
+            return cached[2]
+        with torch.no_grad():
             exact = self._exact_norm(w_hat)
             if self.norm == "frobenius":  # the certificate uses the bound in force
                 value = float(self.frobenius_bound(w_hat))
@@ -365,25 +405,8 @@ class _SpectralNormMixin:
                 value = linear_operator_norm(
                     fwd, adj, self.v.detach().double(), tol=tol, max_iter=max_iter
                 )
-        # The key is taken after normalized_weight(), which may refresh the eval cache.
-        self._norm_cache = (self._norm_key(tol, max_iter), value)
+        self._norm_cache = (key, w_hat, value)
         return value
-
-    def _norm_key(self, tol: float, max_iter: int) -> tuple:
-        """Everything ``operator_norm`` depends on: mode, settings, weight and buffers (their
-        version counters move on every in-place update)."""
-        return (
-            self.training,
-            self.norm,
-            tol,
-            max_iter,
-            *self._cache_key(),
-            self.sigma._version,
-            self.sigma.data_ptr(),
-            self.u._version,
-            self.v._version,
-            self.v.data_ptr(),
-        )
 
     def lipschitz_bound(self) -> float:
         """The layer's Lipschitz constant: its ``operator_norm()`` (the bias does not change it)."""
@@ -456,6 +479,15 @@ class SpectralLinear(_SpectralNormMixin, nn.Linear):
         if min(weight.shape) > EXACT_NORM_MAX_DIM:
             return None
         return torch.linalg.matrix_norm(weight.double(), ord=2).to(weight.dtype)
+
+    def _top_singular_vectors(self) -> tuple[Tensor, Tensor]:
+        # Up to 1024 wide the SVD gives the exact top pair, in float64, whatever the persistent
+        # vectors converged to.
+        w = self.weight.detach()
+        if min(w.shape) > EXACT_NORM_MAX_DIM:
+            return super()._top_singular_vectors()
+        u, _, vh = torch.linalg.svd(w.double(), full_matrices=False)
+        return u[:, 0].to(w.dtype), vh[0].to(w.dtype)
 
     def forward(self, x: Tensor) -> Tensor:
         return F.linear(x, self.normalized_weight(), self.bias)
@@ -580,7 +612,7 @@ class SpectralConv2d(_SpectralNormMixin, nn.Conv2d):
             u = F.conv2d(v, self.weight, None, self.stride, self.padding)
         self.v = _normalize(v)
         self.u = _normalize(torch.randn_like(u))
-        self._cache = None
+        self._eval_state = None
         # A fresh shape starts from random vectors: converge once so the first training steps
         # already see an accurate sigma (one step per call would need many calls to catch up).
         self._update_vectors(200, 1e-4)
