@@ -70,7 +70,9 @@ def mlp_flow(
             iresnet.InvertibleResidualBlock(
                 g,
                 logdet=estimator() if estimator else iresnet.ExactLogDet(),
-                inverse=iresnet.FixedPointInverse(atol=atol, max_iter=500, on_failure="raise"),
+                inverse=iresnet.FixedPointInverse(
+                    atol=atol, rtol=0.0, max_iter=500, on_failure="raise"
+                ),
             )
         )
     return iresnet.Flow(blocks, event_shape=(dim,)).to(dtype)

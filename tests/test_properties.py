@@ -31,7 +31,9 @@ def test_mlp_flows_invert(dim, hidden, depth, coeff, batch, scale, seed):
             iresnet.InvertibleResidualBlock(
                 g,
                 logdet=iresnet.ExactLogDet(),
-                inverse=iresnet.FixedPointInverse(atol=1e-12, max_iter=1000, on_failure="raise"),
+                inverse=iresnet.FixedPointInverse(
+                    atol=1e-12, rtol=0.0, max_iter=1000, on_failure="raise"
+                ),
             )
         )
     flow = iresnet.Flow(blocks, event_shape=(dim,)).double().eval()
@@ -59,7 +61,10 @@ def test_conv_blocks_invert(channels, size, coeff, kernel, seed):
     )
     block = (
         iresnet.InvertibleResidualBlock(
-            g, inverse=iresnet.FixedPointInverse(atol=1e-12, max_iter=1000, on_failure="raise")
+            g,
+            inverse=iresnet.FixedPointInverse(
+                atol=1e-12, rtol=0.0, max_iter=1000, on_failure="raise"
+            ),
         )
         .double()
         .eval()

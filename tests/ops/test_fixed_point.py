@@ -27,7 +27,9 @@ def test_eight_block_flow_inverts(dtype, atol, tol):
 def test_iterations_respect_the_banach_bound():
     g = mlp_g(2, 16, 0.9).double()
     scale_weights(g, 3.0)
-    block = iresnet.InvertibleResidualBlock(g, inverse=iresnet.FixedPointInverse(atol=1e-10)).eval()
+    block = iresnet.InvertibleResidualBlock(
+        g, inverse=iresnet.FixedPointInverse(atol=1e-10, rtol=0.0)
+    ).eval()
     y = 3 * torch.randn(64, 2, dtype=torch.float64)
     x, (diag,) = block.inverse_with_diagnostics(y)
     lip = block.lipschitz_bound()
@@ -38,9 +40,9 @@ def test_iterations_respect_the_banach_bound():
         guaranteed = math.ceil(math.log(1e-10 / first) / math.log(lip)) + 1 if first > 1e-10 else 1
         assert it <= guaranteed
     # The a-priori bound (eq. 36) is never below the true error of the iterate it bounds.
-    x_true = fixed_point_solve(g, y, atol=1e-15, max_iter=2000)[0]
+    x_true = fixed_point_solve(g, y, atol=1e-15, rtol=0.0, max_iter=2000)[0]
     for n in (1, 2, 3, 5):
-        x_n, d_n = fixed_point_solve(g, y, atol=1e-300, max_iter=n, lipschitz=lip)
+        x_n, d_n = fixed_point_solve(g, y, atol=1e-300, rtol=0.0, max_iter=n, lipschitz=lip)
         # x_n as returned is the n-th iterate; the bound is stated for that iterate
         err = (x_n - x_true).norm(dim=1)
         assert (err <= d_n.a_priori_bound * (1 + 1e-9) + 1e-15).all()
@@ -50,8 +52,8 @@ def test_iterations_respect_the_banach_bound():
 def test_anderson_needs_fewer_iterations_and_agrees():
     g = make_strong_g(8, low=0.5, high=0.97)  # a contraction close to 1: slow plain iteration
     y = 0.3 * torch.randn(32, 8, dtype=torch.float64)
-    x_plain, d_plain = fixed_point_solve(g, y, atol=1e-10, max_iter=2000)
-    x_and, d_and = fixed_point_solve(g, y, atol=1e-10, max_iter=2000, anderson=5)
+    x_plain, d_plain = fixed_point_solve(g, y, atol=1e-10, rtol=0.0, max_iter=2000)
+    x_and, d_and = fixed_point_solve(g, y, atol=1e-10, rtol=0.0, max_iter=2000, anderson=5)
     assert d_plain.all_converged and d_and.all_converged
     torch.testing.assert_close(x_and, x_plain, rtol=0, atol=1e-8)
     assert d_and.iterations.float().mean() < 0.5 * d_plain.iterations.float().mean()
@@ -62,11 +64,13 @@ def test_non_convergence_warns_or_raises():
     scale_weights(g, 5.0)
     g.eval()
     y = 5 * torch.randn(8, 2, dtype=torch.float64)
-    with pytest.warns(iresnet.InverseNotConvergedWarning, match="did not converge"):
-        iresnet.FixedPointInverse(atol=1e-14, max_iter=2)(g, y)
+    with pytest.warns(
+        iresnet.InverseNotConvergedWarning, match="did not reach the requested tolerance"
+    ):
+        iresnet.FixedPointInverse(atol=1e-14, rtol=0.0, max_iter=2)(g, y)
     with pytest.raises(iresnet.InverseNotConvergedError, match="max_iter"):
-        iresnet.FixedPointInverse(atol=1e-14, max_iter=2, on_failure="raise")(g, y)
-    solver = iresnet.FixedPointInverse(atol=1e-14, max_iter=2)
+        iresnet.FixedPointInverse(atol=1e-14, rtol=0.0, max_iter=2, on_failure="raise")(g, y)
+    solver = iresnet.FixedPointInverse(atol=1e-14, rtol=0.0, max_iter=2)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         _, diag = solver.solve(g, y)
@@ -86,7 +90,7 @@ def test_implicit_gradient_matches_explicit_inverse_jacobian():
     g = mlp_g(3, 8, 0.9).double()
     scale_weights(g, 3.0)
     g.eval()
-    solver = iresnet.FixedPointInverse(atol=1e-14, max_iter=1000)
+    solver = iresnet.FixedPointInverse(atol=1e-14, rtol=0.0, max_iter=1000)
     y = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
     a = torch.randn(4, 3, dtype=torch.float64)
     x = solver(g, y)
@@ -104,7 +108,7 @@ def test_implicit_gradient_gradcheck_parameters_and_input():
     g = torch.nn.Sequential(torch.nn.Linear(2, 6), torch.nn.Tanh(), torch.nn.Linear(6, 2)).double()
     scale_weights(g, 0.5)
     assert iresnet.lipschitz_bound_of(g) < 1
-    solver = iresnet.FixedPointInverse(atol=1e-14, max_iter=1000)
+    solver = iresnet.FixedPointInverse(atol=1e-14, rtol=0.0, max_iter=1000)
     y = torch.randn(3, 2, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(
         lambda v: solver(g, v), (y,), atol=1e-7, check_undefined_grad=False
@@ -128,7 +132,7 @@ def test_implicit_gradient_gradcheck_parameters_and_input():
 def test_inverse_does_not_move_power_iteration_vectors_in_training_mode():
     g = mlp_g(2, 8, 0.9).double()
     block = iresnet.InvertibleResidualBlock(
-        g, inverse=iresnet.FixedPointInverse(atol=1e-12, max_iter=500)
+        g, inverse=iresnet.FixedPointInverse(atol=1e-12, rtol=0.0, max_iter=500)
     )
     x = torch.randn(16, 2, dtype=torch.float64)
     y, _ = block(x)  # training mode: one power-iteration step, then the map is fixed
@@ -168,9 +172,9 @@ def test_eq36_bound_is_never_below_the_measured_error_on_random_blocks(kind, coe
     assert lip < 1
     shape = (32, 3) if kind == "mlp" else (8, 2, 5, 5)
     y = 3 * torch.randn(*shape, dtype=torch.float64)
-    x_true = fixed_point_solve(g, y, atol=1e-15, max_iter=20_000)[0]
+    x_true = fixed_point_solve(g, y, atol=1e-15, rtol=0.0, max_iter=20_000)[0]
     for n in (1, 2, 4, 8, 16):
-        x_n, diag = fixed_point_solve(g, y, atol=1e-300, max_iter=n, lipschitz=lip)
+        x_n, diag = fixed_point_solve(g, y, atol=1e-300, rtol=0.0, max_iter=n, lipschitz=lip)
         # A sample whose step reaches exactly 0.0 in float64 stops early; its bound is stated
         # for the iterate it returns (diag.iterations), which is what we check.
         assert (diag.iterations <= n).all()
@@ -181,10 +185,67 @@ def test_eq36_bound_is_never_below_the_measured_error_on_random_blocks(kind, coe
             (err / diag.a_priori_bound).max(),
         )
     # The block's own inverse attaches the same bound with the same certified L.
-    block.inverse_solver = iresnet.FixedPointInverse(atol=1e-300, max_iter=4, on_failure="warn")
+    block.inverse_solver = iresnet.FixedPointInverse(
+        atol=1e-300, rtol=0.0, max_iter=4, on_failure="warn"
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         x_4, (diag,) = block.inverse_with_diagnostics(y)
     assert diag.lipschitz == pytest.approx(lip)
     err = (x_4 - x_true).reshape(shape[0], -1).norm(dim=1)
     assert (err <= diag.a_priori_bound * (1 + 1e-9) + 1e-12).all()
+
+
+def _block_with_lipschitz(target: float) -> iresnet.InvertibleResidualBlock:
+    g = torch.nn.Sequential(
+        iresnet.SpectralLinear(4, 16, coeff=target**0.5),
+        iresnet.LipSwish(),
+        iresnet.SpectralLinear(16, 4, coeff=target**0.5),
+    )
+    scale_weights(g, 5.0)
+    return iresnet.InvertibleResidualBlock(g).eval()
+
+
+def test_default_inverse_scales_with_the_data():
+    """The issue's case: ``|x| ~ 100``, ``Lip(g) = 0.81``, float32: the default inverse ran its
+    100 iterations and warned at a relative error of 4e-8. With the relative tolerance it
+    converges quietly, its error within what the tolerance promises."""
+    block = _block_with_lipschitz(0.81)
+    x = 100 * torch.randn(64, 4)
+    with torch.no_grad():
+        y, _ = block(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any non-convergence warning fails the test
+        rec, (diag,) = block.inverse_with_diagnostics(y)
+    assert diag.all_converged and int(diag.iterations.max()) < 100
+    # the step tolerance 1e-6 + 1e-6 |x| bounds the error by L/(1-L) times it
+    assert ((rec - x).abs().amax(1) <= 0.81 / 0.19 * (1e-6 + 1e-6 * 500) + 1e-4).all()
+
+
+def test_unreachable_tolerance_stops_at_the_rounding_floor_and_says_so():
+    block = _block_with_lipschitz(0.81)
+    block.inverse_solver = iresnet.FixedPointInverse(atol=1e-9, rtol=0.0)
+    x = 100 * torch.randn(64, 4)
+    with torch.no_grad():
+        y, _ = block(x)
+    with pytest.warns(iresnet.InverseNotConvergedWarning, match="rounding floor"):
+        rec, (diag,) = block.inverse_with_diagnostics(y)
+    assert diag.at_floor.any() and int(diag.iterations.max()) < 100  # no useless iterations
+    assert ((rec - x).abs() / x.abs().amax(1, keepdim=True)).max() < 1e-5
+
+
+def test_certified_error_bounds_the_true_error_plain_and_anderson():
+    """The a-posteriori bound ``L/(1-L) ||G(x) - x||`` holds for the returned iterate, also
+    with Anderson acceleration (where the a-priori bound is not reported)."""
+    g = make_strong_g(6, low=0.3, high=0.9)
+    lip = iresnet.lipschitz_bound_of(g)
+    y = torch.randn(32, 6, dtype=torch.float64)
+    x_true = fixed_point_solve(g, y, atol=1e-15, rtol=0.0, max_iter=5000)[0]
+    for anderson in (0, 3):
+        for n in (1, 3, 8):
+            x_n, d = fixed_point_solve(
+                g, y, atol=1e-300, rtol=0.0, max_iter=n, anderson=anderson, lipschitz=lip
+            )
+            err = (x_n - x_true).norm(dim=1)
+            assert (err <= d.a_posteriori_bound * (1 + 1e-9) + 1e-13).all(), (anderson, n)
+            assert (d.a_priori_bound is None) == (anderson > 0)

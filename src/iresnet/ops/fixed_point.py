@@ -36,6 +36,7 @@ __all__ = [
     "fixed_point_solve",
     "banach_bound",
     "banach_iterations",
+    "posterior_bound",
     "FixedPointInverse",
 ]
 
@@ -57,9 +58,16 @@ class InverseDiagnostics:
         first_step: ``(B,)`` ``||x_1 - x_0||_2`` (for the Banach bound).
         lipschitz: the ``L`` given by the caller (a certified bound), or None.
         a_priori_bound: ``(B,)`` i-ResNet eq. (1), ``L^n / (1 - L) ||x_1 - x_0||_2``, or None
-            without ``L``: an upper bound of the true error ``||x* - x_n||_2`` of plain
-            iteration (with Anderson acceleration it states what plain iteration would
-            guarantee, not a proven bound on the accelerated iterate).
+            without ``L`` or with Anderson acceleration (the bound holds for plain iteration
+            only): an upper bound of the true error ``||x* - x_n||_2``.
+        last_step: ``(B,)`` ``||G(x) - x||_2`` of the last evaluated point ``x``, where
+            ``G(x) = y - g(x)`` and the returned iterate is ``G(x)``.
+        a_posteriori_bound: ``(B,)`` ``L / (1 - L) ||G(x) - x||_2``, or None without ``L``:
+            a certified upper bound of the returned iterate's error ``||x* - G(x)||_2`` in
+            exact arithmetic, for plain and Anderson-accelerated iteration alike (from
+            ``||x* - G(x)|| <= L ||x* - x||`` and ``||x* - x|| <= ||G(x) - x|| / (1 - L)``).
+        at_floor: ``(B,)`` booleans: the sample stopped at the rounding floor of the dtype,
+            above the requested tolerance (``converged`` is False for it).
 
     Examples:
         >>> _, d = fixed_point_solve(lambda x: 0.5 * x, torch.ones(2, 3), lipschitz=0.5)
@@ -75,6 +83,9 @@ class InverseDiagnostics:
     first_step: Tensor
     lipschitz: float | None = None
     a_priori_bound: Tensor | None = None
+    last_step: Tensor | None = None
+    a_posteriori_bound: Tensor | None = None
+    at_floor: Tensor | None = None
 
     @property
     def all_converged(self) -> bool:
@@ -90,9 +101,10 @@ class InverseDiagnostics:
             f"max residual {float(self.residual.max()):.2e}, "
             f"converged {int(self.converged.sum())}/{self.converged.numel()}"
         )
-        if self.a_priori_bound is not None:
+        if self.a_posteriori_bound is not None:
             text += (
-                f", Banach bound {float(self.a_priori_bound.max()):.2e} (L={self.lipschitz:.4f})"
+                f", certified error <= {float(self.a_posteriori_bound.max()):.2e} "
+                f"(L={self.lipschitz:.4f})"
             )
         return text
 
@@ -169,7 +181,7 @@ def fixed_point_solve(
     y: Tensor,
     *,
     atol: float = 1e-6,
-    rtol: float = 0.0,
+    rtol: float = 1e-6,
     max_iter: int = 100,
     anderson: int = 0,
     lipschitz: float | None = None,
@@ -186,7 +198,10 @@ def fixed_point_solve(
         g: the samplewise map, a contraction for convergence.
         y: ``(B, *event)``.
         atol: absolute tolerance: sample ``b`` stops when
-            ``max|x_{k+1} - x_k| <= atol + rtol * max|x_k|``.
+            ``max|x_{k+1} - x_k| <= atol + rtol * max|x_k|``, or when its step stops shrinking
+            below the rounding floor ``8 eps (max|y| + max|x_k|)`` of the dtype (``eps`` its
+            machine epsilon), where steps are rounding noise; a sample stopped at the floor
+            above its tolerance is not ``converged`` (``at_floor`` in the diagnostics).
         rtol: relative tolerance.
         max_iter: iteration cap.
         anderson: memory ``m`` of Anderson acceleration (0: plain Banach iteration).
@@ -198,7 +213,7 @@ def fixed_point_solve(
 
     Examples:
         >>> y = torch.tensor([[1.5, 3.0]])
-        >>> x, d = fixed_point_solve(lambda x: 0.5 * x, y, atol=1e-7)
+        >>> x, d = fixed_point_solve(lambda x: 0.5 * x, y, atol=1e-7, rtol=0.0)
         >>> x.tolist(), d.all_converged  # x + x / 2 = y
         ([[1.0, 2.0]], True)
     """
@@ -214,24 +229,35 @@ def fixed_point_solve(
         result = x.clone()
         iterations = torch.zeros(b, dtype=torch.long, device=y.device)
         residual = torch.full((b,), math.inf, dtype=y.dtype, device=y.device)
+        last_step = torch.full((b,), math.inf, dtype=y.dtype, device=y.device)
         converged = torch.zeros(b, dtype=torch.bool, device=y.device)
+        at_floor = torch.zeros(b, dtype=torch.bool, device=y.device)
         first_step = torch.zeros(b, dtype=y.dtype, device=y.device)
+        eps = torch.finfo(y.dtype).eps if y.is_floating_point() else 0.0
+        y_scale = flat_y.abs().amax(1)
         xs: list[Tensor] = []
         fs: list[Tensor] = []
         lam = 1e-10 if y.dtype == torch.float64 else 1e-6
         for k in range(1, max_iter + 1):
             fx = step(x)
             diff = fx - x
+            step_norm = diff.norm(dim=1)
             if k == 1:
-                first_step = diff.norm(dim=1)
+                first_step = step_norm
             r = diff.abs().amax(1)
-            tol = atol + rtol * x.abs().amax(1)
-            active = ~converged
+            x_scale = x.abs().amax(1)
+            tol = atol + rtol * x_scale
+            # Below this, a step is rounding noise; a sample whose step stops shrinking there
+            # cannot get closer in this dtype.
+            stalled = (r <= 8 * eps * (y_scale + x_scale)) & (r >= residual)
+            active = ~(converged | at_floor)
             residual = torch.where(active, r, residual)
+            last_step = torch.where(active, step_norm, last_step)
             iterations = torch.where(active, torch.full_like(iterations, k), iterations)
             result = torch.where(active[:, None], fx, result)
-            converged = converged | (r <= tol)
-            if bool(converged.all()):
+            converged = converged | (active & (r <= tol))
+            at_floor = at_floor | (active & ~converged & stalled)
+            if bool((converged | at_floor).all()):
                 break
             if anderson > 0:
                 xs.append(x)
@@ -246,13 +272,49 @@ def fixed_point_solve(
                 )
             else:
                 x = fx
-        bound = None
+        a_priori = a_posteriori = None
         if lipschitz is not None:
-            bound = banach_bound(lipschitz, iterations, first_step).to(y.dtype)
+            if anderson == 0:
+                a_priori = banach_bound(lipschitz, iterations, first_step).to(y.dtype)
+            a_posteriori = posterior_bound(lipschitz, last_step).to(y.dtype)
         diagnostics = InverseDiagnostics(
-            iterations, residual, converged, first_step, lipschitz, bound
+            iterations,
+            residual,
+            converged,
+            first_step,
+            lipschitz,
+            a_priori,
+            last_step,
+            a_posteriori,
+            at_floor,
         )
         return result.reshape(shape), diagnostics
+
+
+def posterior_bound(lipschitz: float, last_step: Tensor | float) -> Tensor:
+    """The a-posteriori bound ``||x* - G(x)|| <= L / (1 - L) * ||G(x) - x||`` of a contraction.
+
+    For ``G(x) = y - g(x)`` with ``Lip(g) <= L < 1`` and its fixed point ``x*``:
+    ``||x* - G(x)|| = ||G(x*) - G(x)|| <= L ||x* - x||`` and
+    ``||x* - x|| <= ||x* - G(x)|| + ||G(x) - x||``, so ``||x* - x|| <= ||G(x) - x|| / (1 - L)``.
+    Unlike the a-priori bound it holds at any point ``x``, accelerated or not, and it is tight
+    once the iteration has converged. ``inf`` where ``L >= 1``.
+
+    Args:
+        lipschitz: ``L``, a bound of ``Lip(g)`` in the norm of ``last_step``.
+        last_step: ``||G(x) - x||``, a float or a tensor.
+
+    Returns:
+        A float64 tensor of ``last_step``'s shape.
+
+    Examples:
+        >>> posterior_bound(0.5, torch.tensor([1e-6]))
+        tensor([1.0000e-06], dtype=torch.float64)
+    """
+    step = torch.as_tensor(last_step, dtype=torch.float64)
+    if not 0 <= lipschitz < 1:
+        return torch.full_like(step, math.inf)
+    return lipschitz / (1 - lipschitz) * step
 
 
 class FixedPointInverse:
@@ -267,7 +329,9 @@ class FixedPointInverse:
 
     Arguments:
         atol: absolute per-sample tolerance on the step ``max|x_{k+1} - x_k|``.
-        rtol: relative tolerance, times ``max|x_k|``.
+        rtol: relative tolerance, times ``max|x_k|`` (with the default ``1e-6``, inputs of any
+            scale converge in float32; below the dtype's rounding floor the solver stops and
+            says so).
         max_iter: iteration cap.
         anderson: Anderson memory ``m`` (0: plain iteration).
         on_failure: ``"warn"``
@@ -293,7 +357,7 @@ class FixedPointInverse:
     def __init__(
         self,
         atol: float = 1e-6,
-        rtol: float = 0.0,
+        rtol: float = 1e-6,
         max_iter: int = 100,
         anderson: int = 0,
         on_failure: Literal["warn", "raise"] = "warn",
@@ -344,13 +408,7 @@ class FixedPointInverse:
             lipschitz=lipschitz,
         )
         if not diag.all_converged:
-            n_bad = int((~diag.converged).sum())
-            msg = (
-                f"fixed-point inverse{' of ' + where if where else ''} did not converge for "
-                f"{n_bad}/{y.shape[0]} samples in {self.max_iter} iterations (largest step "
-                f"{float(diag.residual.max()):.2e} > atol {self.atol:g}); raise max_iter, use "
-                "anderson>0, or check that Lip(g) < 1 (iresnet.certify)"
-            )
+            msg = self._failure_message(diag, where)
             if self.on_failure == "raise":
                 raise InverseNotConvergedError(msg)
             warnings.warn(msg, InverseNotConvergedWarning, stacklevel=4)
@@ -358,6 +416,30 @@ class FixedPointInverse:
         if torch.is_grad_enabled() and (y.requires_grad or params):
             x = self._attach_implicit_grad(g, y, x)
         return x, diag
+
+    def _failure_message(self, diag: InverseDiagnostics, where: str) -> str:
+        """Why the samples missed the requested tolerance ``atol + rtol * max|x|``."""
+        of = f" of {where}" if where else ""
+        n = diag.converged.numel()
+        floored = int(diag.at_floor.sum()) if diag.at_floor is not None else 0
+        capped = n - int(diag.converged.sum()) - floored
+        parts = []
+        if capped:
+            parts.append(
+                f"{capped}/{n} samples missed it (atol {self.atol:g} + rtol {self.rtol:g} * "
+                f"max|x|) in {self.max_iter} iterations (largest step "
+                f"{float(diag.residual.max()):.2e}): raise max_iter, use anderson>0, or check "
+                "that Lip(g) < 1 (iresnet.certify)"
+            )
+        if floored:
+            parts.append(
+                f"{floored}/{n} samples stopped at the rounding floor of their dtype, above "
+                f"atol {self.atol:g} + rtol {self.rtol:g} * max|x|: the result is as accurate "
+                "as the dtype allows; ask for a larger atol/rtol or compute in float64"
+            )
+        return f"fixed-point inverse{of} did not reach the requested tolerance: " + "; ".join(
+            parts
+        )
 
     def _attach_implicit_grad(self, g: G, y: Tensor, x_star: Tensor) -> Tensor:
         x_star = x_star.detach().requires_grad_()
