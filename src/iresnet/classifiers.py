@@ -48,7 +48,7 @@ from .flows.flow import StandardNormal
 from .flows.multiscale import check_image_shape
 from .nn import conv_branch
 from .nn.branches import Activation
-from .ops import FixedPointInverse, InverseDiagnostics, LogDetEstimator, logdet_estimator
+from .ops import FixedPointInverse, LogDetEstimator, logdet_estimator
 from .transforms import (
     ActNorm,
     ComposedTransform,
@@ -59,6 +59,7 @@ from .transforms import (
     Squeeze,
     Transform,
 )
+from .transforms.base import InverseReport
 
 __all__ = ["ClassifierHead", "HybridClassifier", "InvertibleClassifier", "LinearHead"]
 
@@ -193,10 +194,9 @@ class _InvertibleNetwork(nn.Module):
         """
         return self.trunk.inverse(f)
 
-    def invert_features_with_diagnostics(
-        self, f: Tensor
-    ) -> tuple[Tensor, list[InverseDiagnostics]]:
-        """``invert_features(f)`` and every block's solver diagnostics, data side first."""
+    def invert_features_with_diagnostics(self, f: Tensor) -> tuple[Tensor, InverseReport]:
+        """``invert_features(f)`` and the [`InverseReport`][iresnet.transforms.base.InverseReport]
+        of every block's solve, data side first."""
         return self.trunk.inverse_with_diagnostics(f)
 
 

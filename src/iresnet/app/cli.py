@@ -283,9 +283,12 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     else:
         raise ConfigError(f"--out must end in .npy, .csv or .png, got '{out.suffix}'")
     worst = max((float(d.residual.max()) for d in diags), default=0.0)
+    certified = ""
+    if diags.error_bound is not None and diags.error_bound.numel():
+        certified = f", certified error <= {float(diags.error_bound.max()):.2e}"
     print(
-        f"wrote {args.num} samples to {out} (inverse converged: "
-        f"{all(d.all_converged for d in diags)}, largest final step {worst:.2e})"
+        f"wrote {args.num} samples to {out} (inverse converged: {diags.all_converged}, "
+        f"largest final step {worst:.2e}{certified})"
     )
     return 0
 

@@ -22,8 +22,8 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution, Independent, Normal, constraints
 
-from ..ops import InverseDiagnostics
 from ..transforms import ComposedTransform, Transform
+from ..transforms.base import InverseReport
 
 __all__ = ["Flow", "FlowDistribution", "StandardNormal", "check_finite"]
 
@@ -275,13 +275,14 @@ class Flow(nn.Module):
         """
         return self.inverse_with_diagnostics(z)[0]
 
-    def inverse_with_diagnostics(self, z: Tensor) -> tuple[Tensor, list[InverseDiagnostics]]:
-        """``inverse(z)`` and the diagnostics of every block's solve, data side first.
+    def inverse_with_diagnostics(self, z: Tensor) -> tuple[Tensor, InverseReport]:
+        """``inverse(z)`` and the report of every block's solve, data side first.
 
         Returns:
-            ``x`` of shape ``(B, *event_shape)`` and a list of
+            ``x`` of shape ``(B, *event_shape)`` and an
+                [`InverseReport`][iresnet.transforms.base.InverseReport]: a sequence of
                 [`InverseDiagnostics`][iresnet.ops.fixed_point.InverseDiagnostics], one per
-                residual block.
+                residual block, and the certified reconstruction error per sample.
 
         Raises:
             ValueError: a wrong shape or NaN/Inf (with ``validate``).

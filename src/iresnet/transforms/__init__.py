@@ -21,7 +21,7 @@ Examples:
 """
 
 from .actnorm import ActNorm
-from .base import ComposedTransform, Transform
+from .base import ComposedTransform, InverseReport, Transform
 from .preprocess import (
     Dequantize,
     Logit,
@@ -41,6 +41,7 @@ __all__ = [
     "Dequantize",
     "Flatten",
     "InjectivePad",
+    "InverseReport",
     "InvertibleResidualBlock",
     "Logit",
     "OnActive",

@@ -77,3 +77,7 @@ class ActNorm(Transform):
 
     def inverse(self, y: Tensor) -> Tensor:
         return y * self._view(-self.log_scale, y).exp() - self._view(self.bias, y)
+
+    def inverse_lipschitz(self) -> float:
+        """``max_c exp(-s_c)``: the largest per-channel factor of the inverse."""
+        return float(torch.exp(-self.log_scale.detach().double()).max())

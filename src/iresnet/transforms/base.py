@@ -13,7 +13,9 @@ transforms summed.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import overload
 
 import torch
@@ -21,9 +23,64 @@ from torch import Tensor, nn
 
 from ..ops import InverseDiagnostics
 
-__all__ = ["Transform", "ComposedTransform"]
+__all__ = ["Transform", "ComposedTransform", "InverseReport"]
 
 Shape = tuple[int, ...]
+
+
+@dataclass
+class InverseReport(Sequence[InverseDiagnostics]):
+    """What an inverse call did: every numerical solve's diagnostics, in data-to-latent order
+    (the report is a sequence of them), and the certified reconstruction error of the call.
+
+    Attributes:
+        diagnostics: one [`InverseDiagnostics`][iresnet.ops.fixed_point.InverseDiagnostics] per
+            fixed-point solve.
+        error_bound: ``(B,)`` float64, a certified upper bound of ``||x - f^{-1}(y)||_2`` per
+            sample for the returned ``x`` (in exact arithmetic): each solve's a-posteriori bound
+            ``L/(1-L) ||G(x) - x||`` carried through the later inverses by their Lipschitz
+            constants, ``e <- Lip(f_k^{-1}) e + e_k``. None where a solve has no certified
+            ``L`` (training mode), ``inf`` through an inverse without a Lipschitz bound.
+    """
+
+    diagnostics: list[InverseDiagnostics] = field(default_factory=list)
+    error_bound: Tensor | None = None
+
+    @overload
+    def __getitem__(self, index: int) -> InverseDiagnostics: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[InverseDiagnostics]: ...
+
+    def __getitem__(self, index: int | slice) -> InverseDiagnostics | list[InverseDiagnostics]:
+        return self.diagnostics[index]
+
+    def __len__(self) -> int:
+        return len(self.diagnostics)
+
+    @property
+    def all_converged(self) -> bool:
+        """Whether every solve met its tolerance for every sample."""
+        return all(d.all_converged for d in self.diagnostics)
+
+    def summary(self) -> str:
+        """One line: solves, iterations, convergence and the certified error."""
+        its = [int(d.iterations.max()) for d in self.diagnostics]
+        text = (
+            f"{len(self)} solves, at most {max(its, default=0)} iterations, "
+            f"{'all converged' if self.all_converged else 'NOT all converged'}"
+        )
+        if self.error_bound is not None:
+            text += f", certified reconstruction error <= {float(self.error_bound.max()):.2e}"
+        return text
+
+
+def _compose_error(lip: float, incoming: Tensor | None, own: Tensor | None) -> Tensor | None:
+    """``Lip * incoming + own``, with ``0 * inf = 0`` (no error in, none carried)."""
+    if incoming is None or own is None:
+        return None
+    carried = torch.where(incoming == 0, torch.zeros_like(incoming), lip * incoming)
+    return carried + own.to(carried.device)
 
 
 class Transform(nn.Module):
@@ -62,15 +119,20 @@ class Transform(nn.Module):
         """``y (B, *event') -> x (B, *event)``."""
         raise NotImplementedError
 
-    def inverse_with_diagnostics(self, y: Tensor) -> tuple[Tensor, list[InverseDiagnostics]]:
-        """``inverse(y)`` and the diagnostics of any numerical solve it ran (in order).
+    def inverse_with_diagnostics(self, y: Tensor) -> tuple[Tensor, InverseReport]:
+        """``inverse(y)`` and the report of the numerical solves it ran (in order).
 
         Returns:
-            ``x`` and a list of
-                [`InverseDiagnostics`][iresnet.ops.fixed_point.InverseDiagnostics] (empty for
-                transforms with a closed-form inverse).
+            ``x`` and an [`InverseReport`][iresnet.transforms.base.InverseReport]: empty, with a
+                zero error bound, for transforms with a closed-form inverse.
         """
-        return self.inverse(y), []
+        x = self.inverse(y)
+        return x, InverseReport([], torch.zeros(y.shape[0], dtype=torch.float64, device=y.device))
+
+    def inverse_lipschitz(self) -> float:
+        """An upper bound of ``Lip(f^{-1})`` in the Euclidean norm of one sample (``inf`` where
+        none is known); used to carry reconstruction errors through a composition."""
+        return math.inf
 
     def forward_shape(self, shape: Shape) -> Shape:
         """The event shape of ``y`` for an input event shape ``shape``."""
@@ -150,13 +212,20 @@ class ComposedTransform(Transform):
             y = t.inverse(y)
         return y
 
-    def inverse_with_diagnostics(self, y: Tensor) -> tuple[Tensor, list[InverseDiagnostics]]:
-        """Inverse in reverse order; the diagnostics listed in forward (data-to-latent) order."""
+    def inverse_with_diagnostics(self, y: Tensor) -> tuple[Tensor, InverseReport]:
+        """Inverse in reverse order; the diagnostics listed in forward (data-to-latent) order
+        and the certified error composed through every inverse."""
         diagnostics: list[InverseDiagnostics] = []
+        error: Tensor | None = torch.zeros(y.shape[0], dtype=torch.float64, device=y.device)
         for t in reversed(list(self)):
-            y, d = t.inverse_with_diagnostics(y)
-            diagnostics[:0] = d
-        return y, diagnostics
+            y, report = t.inverse_with_diagnostics(y)
+            diagnostics[:0] = report.diagnostics
+            error = _compose_error(t.inverse_lipschitz(), error, report.error_bound)
+        return y, InverseReport(diagnostics, error)
+
+    def inverse_lipschitz(self) -> float:
+        """The product of the parts' bounds."""
+        return math.prod(t.inverse_lipschitz() for t in self)
 
     def forward_shape(self, shape: Shape) -> Shape:
         for t in self:

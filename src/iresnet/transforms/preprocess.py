@@ -296,6 +296,10 @@ class Logit(Transform):
     def inverse(self, z: Tensor) -> Tensor:
         return logit_inverse(z, self.alpha)
 
+    def inverse_lipschitz(self) -> float:
+        """``1 / (4 (1 - 2 alpha))``: the sigmoid's slope is at most 1/4."""
+        return 1.0 / (4.0 * (1.0 - 2.0 * self.alpha))
+
     def extra_repr(self) -> str:
         return f"alpha={self.alpha}"
 
@@ -343,3 +347,7 @@ class Standardize(Transform):
 
     def inverse(self, z: Tensor) -> Tensor:
         return z * self.std + self.mean
+
+    def inverse_lipschitz(self) -> float:
+        """``max std``."""
+        return float(self.std.detach().double().max())

@@ -8,8 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..ops import InverseDiagnostics
-from .base import Shape, Transform
+from .base import InverseReport, Shape, Transform
 
 __all__ = ["Squeeze", "Flatten", "OnActive", "InjectivePad"]
 
@@ -58,6 +57,10 @@ class Squeeze(Transform):
     def inverse(self, y: Tensor) -> Tensor:
         return F.pixel_shuffle(y, self.factor)
 
+    def inverse_lipschitz(self) -> float:
+        """1: a permutation of the entries."""
+        return 1.0
+
     def forward_shape(self, shape: Shape) -> Shape:
         c, h, w = shape
         f = self.factor
@@ -92,6 +95,10 @@ class Flatten(Transform):
 
     def inverse(self, y: Tensor) -> Tensor:
         return y.reshape(y.shape[0], *self.shape)
+
+    def inverse_lipschitz(self) -> float:
+        """1: a relabelling of the entries."""
+        return 1.0
 
     def forward_shape(self, shape: Shape) -> Shape:
         return (math.prod(shape),)
@@ -162,12 +169,16 @@ class OnActive(Transform):
     def inverse(self, s: Tensor) -> Tensor:
         return self.inverse_with_diagnostics(s)[0]
 
-    def inverse_with_diagnostics(self, s: Tensor) -> tuple[Tensor, list[InverseDiagnostics]]:
+    def inverse_with_diagnostics(self, s: Tensor) -> tuple[Tensor, InverseReport]:
         n = math.prod(self.out_shape)
-        x, diagnostics = self.inner.inverse_with_diagnostics(
+        x, report = self.inner.inverse_with_diagnostics(
             s[:, :n].reshape(s.shape[0], *self.out_shape)
         )
-        return torch.cat([x.flatten(1), s[:, n:]], dim=1), diagnostics
+        return torch.cat([x.flatten(1), s[:, n:]], dim=1), report
+
+    def inverse_lipschitz(self) -> float:
+        """The inner inverse's bound, at least 1 (the latents already factored out pass)."""
+        return max(1.0, self.inner.inverse_lipschitz())
 
     def extra_repr(self) -> str:
         return f"in_shape={self.in_shape}, out_shape={self.out_shape}"
@@ -219,6 +230,10 @@ class InjectivePad(Transform):
 
     def inverse(self, y: Tensor) -> Tensor:
         return y[:, : self.in_channels]
+
+    def inverse_lipschitz(self) -> float:
+        """1: dropping channels is a projection."""
+        return 1.0
 
     def forward_shape(self, shape: Shape) -> Shape:
         return (self.out_channels, *shape[1:])

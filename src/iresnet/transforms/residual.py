@@ -14,14 +14,15 @@ References:
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 
 import torch
 from torch import Tensor, nn
 
 from ..nn import frozen_normalisation, lipschitz_bound_of
-from ..ops import FixedPointInverse, InverseDiagnostics, LogDetEstimator, PowerSeriesLogDet
-from .base import Transform
+from ..ops import FixedPointInverse, LogDetEstimator, PowerSeriesLogDet
+from .base import InverseReport, Transform
 
 __all__ = ["InvertibleResidualBlock", "set_branch_precision", "swap_logdets"]
 
@@ -111,9 +112,10 @@ class InvertibleResidualBlock(Transform):
     def inverse(self, y: Tensor) -> Tensor:
         return self.inverse_with_diagnostics(y)[0]
 
-    def inverse_with_diagnostics(self, y: Tensor) -> tuple[Tensor, list[InverseDiagnostics]]:
-        """The fixed-point inverse and a list of its one
-        [`InverseDiagnostics`][iresnet.ops.fixed_point.InverseDiagnostics]."""
+    def inverse_with_diagnostics(self, y: Tensor) -> tuple[Tensor, InverseReport]:
+        """The fixed-point inverse and the report of its one solve: its
+        [`InverseDiagnostics`][iresnet.ops.fixed_point.InverseDiagnostics] and, in eval mode,
+        the certified error ``L/(1-L) ||G(x) - x||`` with ``L`` this block's certified bound."""
         # In eval mode the certified L gives the a-priori Banach bound in the diagnostics; in
         # training mode the weights move every step and certifying each call would cost more.
         lipschitz = None
@@ -127,7 +129,16 @@ class InvertibleResidualBlock(Transform):
             x, diagnostics = self.inverse_solver.solve(
                 self.g, y, lipschitz=lipschitz, where=type(self).__name__
             )
-        return x, [diagnostics]
+        return x, InverseReport([diagnostics], diagnostics.a_posteriori_bound)
+
+    def inverse_lipschitz(self) -> float:
+        """``1 / (1 - L)`` with ``L`` the certified ``Lip(g)`` (i-ResNet, arXiv:1811.00995,
+        Lemma 2); ``inf`` where ``L >= 1`` or unknown."""
+        try:
+            lip = self.lipschitz_bound()
+        except RuntimeError:  # a convolution that has not seen an input: no known norm
+            return math.inf
+        return 1.0 / (1.0 - lip) if lip < 1 else math.inf
 
     def lipschitz_bound(self) -> float:
         """Upper bound of ``Lip(g)`` from its layers' norms in force now (``inf`` if unknown).

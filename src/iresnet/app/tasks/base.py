@@ -12,8 +12,8 @@ import torch
 from torch import Tensor, nn
 
 from ...datasets import DataBundle
-from ...ops import ExactLogDet, InverseDiagnostics, LogDetEstimator, RussianRouletteLogDet
-from ...transforms import ComposedTransform, Dequantize
+from ...ops import ExactLogDet, LogDetEstimator, RussianRouletteLogDet
+from ...transforms import ComposedTransform, Dequantize, InverseReport
 from ..batches import stage_data
 from ..config import Config
 
@@ -82,19 +82,40 @@ def continuous_part(transform: ComposedTransform, x: Tensor) -> tuple[ComposedTr
     return transform, x
 
 
-def inverse_summary(diagnostics: list[InverseDiagnostics]) -> dict[str, Any]:
-    """Iterations and convergence over every block's solve (JSON-ready)."""
-    if not diagnostics:
+def _finite_max(t: Tensor | None) -> float | None:
+    if t is None or not t.numel():
+        return None
+    worst = float(t.max())
+    return worst if math.isfinite(worst) else None
+
+
+def inverse_summary(report: InverseReport) -> dict[str, Any]:
+    """Iterations, convergence and the certified errors of an inverse (JSON-ready; a bound that
+    is not finite or not known is ``None``).
+
+    ``inverse_error_bound``: the largest certified reconstruction error of a sample, each
+    solve's error carried through the later inverses by their Lipschitz bounds (a worst case
+    that grows like ``prod_k 1/(1 - L_k)`` with depth); ``inverse_solve_error_bound``: the
+    largest certified error of a single block's solve (``L/(1-L) ||G(x) - x||``).
+    """
+    bound = _finite_max(report.error_bound)
+    per_solve = [_finite_max(d.a_posteriori_bound) for d in report]
+    solve_bound = max(per_solve) if per_solve and None not in per_solve else None
+    if not len(report):
         return {
             "inverse_iterations_mean": 0.0,
             "inverse_iterations_max": 0,
             "inverse_converged": True,
+            "inverse_error_bound": bound,
+            "inverse_solve_error_bound": solve_bound,
         }
-    means = torch.stack([d.iterations.double().mean() for d in diagnostics])
+    means = torch.stack([d.iterations.double().mean() for d in report])
     return {
         "inverse_iterations_mean": float(means.mean()),
-        "inverse_iterations_max": max(int(d.iterations.max()) for d in diagnostics),
-        "inverse_converged": all(d.all_converged for d in diagnostics),
+        "inverse_iterations_max": max(int(d.iterations.max()) for d in report),
+        "inverse_converged": report.all_converged,
+        "inverse_error_bound": bound,
+        "inverse_solve_error_bound": solve_bound,
     }
 
 
@@ -143,8 +164,8 @@ class Task:
 
     def sample(
         self, model: nn.Module, n: int, temperature: float = 1.0
-    ) -> tuple[Tensor, list[InverseDiagnostics]]:
-        """``n`` samples in data units and the inverse's diagnostics."""
+    ) -> tuple[Tensor, InverseReport]:
+        """``n`` samples in data units and the inverse's report."""
         raise NotImplementedError
 
     def test_batches(

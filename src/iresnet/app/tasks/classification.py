@@ -25,8 +25,7 @@ from torch import Tensor, nn
 from ...certificate import certify
 from ...datasets import DataBundle
 from ...errors import ConfigError, InverseNotConvergedWarning
-from ...ops import InverseDiagnostics
-from ...transforms import bits_per_dim, swap_logdets
+from ...transforms import InverseReport, bits_per_dim, swap_logdets
 from ..config import Config
 from .base import (
     Task,
@@ -180,7 +179,7 @@ class ClassificationTask(Task):
 
     def reconstruct(
         self, model: nn.Module, n: int
-    ) -> tuple[Tensor, Tensor, list[InverseDiagnostics], list[str]]:
+    ) -> tuple[Tensor, Tensor, InverseReport, list[str]]:
         """The first ``n`` test images as network inputs ``x``, ``F^{-1}(F(x))``, the solver
         diagnostics and the messages of any non-convergence warnings."""
         with evaluating(model), warnings.catch_warnings(record=True) as caught:
@@ -189,7 +188,8 @@ class ClassificationTask(Task):
             try:
                 rec, diagnostics = trunk.inverse_with_diagnostics(trunk(x)[0])
             except (RuntimeError, FloatingPointError) as exc:  # e.g. overflow in a solver
-                return x, torch.full_like(x, math.nan), [], [f"inverse failed: {exc}"]
+                failed = InverseReport([], None)
+                return x, torch.full_like(x, math.nan), failed, [f"inverse failed: {exc}"]
         msgs = [
             str(w.message) for w in caught if issubclass(w.category, InverseNotConvergedWarning)
         ]
@@ -208,6 +208,8 @@ class ClassificationTask(Task):
             "inverse_converged": bool(diagnostics) and summary["inverse_converged"] and not msgs,
             "inverse_iterations_max": summary["inverse_iterations_max"],
             "inverse_warnings": len(msgs),
+            # Certified bound of ||x - F^-1(F(x))||_2 per image (constrained models only).
+            "feature_inverse_error_bound": summary["inverse_error_bound"],
         }
         if not finite:
             out["feature_inverse_diverged_fraction"] = float((~torch.isfinite(err)).float().mean())
@@ -217,7 +219,7 @@ class ClassificationTask(Task):
 
     def sample(
         self, model: nn.Module, n: int, temperature: float = 1.0
-    ) -> tuple[Tensor, list[InverseDiagnostics]]:
+    ) -> tuple[Tensor, InverseReport]:
         raise ConfigError(
             "a classifier models no density, so there is nothing to sample; "
             "train a hybrid model (model.kind=hybrid) to sample images"
@@ -247,7 +249,7 @@ class HybridTask(ClassificationTask):
 
     def sample(
         self, model: nn.Module, n: int, temperature: float = 1.0
-    ) -> tuple[Tensor, list[InverseDiagnostics]]:
+    ) -> tuple[Tensor, InverseReport]:
         """Images ``x = F^{-1}(z)``, ``z ~ N(0, T^2 I)`` of the feature shape, in ``[0, 1]``."""
         with evaluating(model):
             z = torch.randn(

@@ -18,8 +18,7 @@ from torch import Tensor, nn
 from ...certificate import certify
 from ...datasets import DataBundle
 from ...flows import Flow
-from ...ops import InverseDiagnostics
-from ...transforms import bits_per_dim, swap_logdets
+from ...transforms import InverseReport, bits_per_dim, swap_logdets
 from ..config import Config
 from .base import (
     Task,
@@ -105,7 +104,7 @@ class DensityTask(Task):
         out["certificate"] = cert.to_dict()
         return out
 
-    def reconstruct(self, model: Flow, n: int) -> tuple[Tensor, Tensor, list[InverseDiagnostics]]:
+    def reconstruct(self, model: Flow, n: int) -> tuple[Tensor, Tensor, InverseReport]:
         """The first ``n`` test points ``x`` in the flow's continuous input space (data units;
         images: cell midpoints in ``[0, 1)``), ``f^{-1}(f(x))`` and the solver diagnostics."""
         with evaluating(model):
@@ -121,9 +120,7 @@ class DensityTask(Task):
             **inverse_summary(diagnostics),
         }
 
-    def sample(
-        self, model: Flow, n: int, temperature: float = 1.0
-    ) -> tuple[Tensor, list[InverseDiagnostics]]:
+    def sample(self, model: Flow, n: int, temperature: float = 1.0) -> tuple[Tensor, InverseReport]:
         """Samples in data units and the diagnostics; images: the dequantised sample (before
         rounding to levels), in ``[0, 1]``."""
         with evaluating(model):
