@@ -437,9 +437,7 @@ class FixedPointInverse:
                 f"atol {self.atol:g} + rtol {self.rtol:g} * max|x|: the result is as accurate "
                 "as the dtype allows; ask for a larger atol/rtol or compute in float64"
             )
-        return f"fixed-point inverse{of} did not reach the requested tolerance: " + "; ".join(
-            parts
-        )
+        return f"fixed-point inverse{of} did not reach the requested tolerance: " + "; ".join(parts)
 
     def _attach_implicit_grad(self, g: G, y: Tensor, x_star: Tensor) -> Tensor:
         x_star = x_star.detach().requires_grad_()
