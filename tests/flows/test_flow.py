@@ -115,3 +115,36 @@ def test_certificate_refuses_unconstrained_blocks():
     cert = iresnet.certify(iresnet.Flow([iresnet.InvertibleResidualBlock(g)], event_shape=(2,)))
     assert not cert.invertible and cert.max_bound > 1
     assert "NOT guaranteed" in str(cert)
+
+
+def test_mistakes_are_named_in_one_line_with_the_fix():
+    """The issue's cases: float64 data into a float32 flow failed 12 frames down in torch
+    ("mat1 and mat2 must have the same dtype"); 3 features into a 2-D flow failed with "mat1
+    and mat2 shapes cannot be multiplied"; integers, bad sample sizes and temperatures."""
+    flow = iresnet.ResidualFlow(2, transforms=1, hidden_features=(8,)).eval()
+    with pytest.raises(
+        iresnet.DataError,
+        match=r"got float64, the module is float32: call x\.float\(\) or module\.double\(\)",
+    ):
+        flow.log_prob(torch.zeros(4, 2, dtype=torch.float64))
+    with pytest.raises(iresnet.DataError, match=r"shape \(\*batch, 2\), got \(4, 3\)"):
+        flow.log_prob(torch.zeros(4, 3))
+    with pytest.raises(iresnet.DataError, match="integer tensor"):
+        flow.log_prob(torch.zeros(4, 2, dtype=torch.long))
+    with pytest.raises(iresnet.DataError, match="got float64"):
+        flow.inverse(torch.zeros(4, 2, dtype=torch.float64))
+    with pytest.raises(iresnet.DataError, match="got float64"):
+        flow.transform[1](torch.zeros(4, 2, dtype=torch.float64))  # a block on its own
+    with pytest.raises(TypeError, match="expected a torch.Tensor"):
+        flow.log_prob([[0.0, 0.0]])
+    for bad in (0, -3, 2.5):
+        with pytest.raises(ValueError, match="positive integer"):
+            flow.sample(bad)
+    for bad in (float("nan"), 0.0, -1.0):
+        with pytest.raises(ValueError, match="temperature"):
+            flow.sample(3, temperature=bad)
+    # what is fine stays fine: image levels into a dequantising flow, float64 into Standardize
+    images = iresnet.MultiscaleResidualFlow((1, 4, 4), blocks=1, hidden_channels=(4,), levels=4)
+    assert images.log_prob(torch.randint(0, 4, (2, 1, 4, 4), dtype=torch.uint8)).shape == (2,)
+    data = iresnet.ResidualFlow(2, transforms=1, hidden_features=(4,), standardize=([0, 0], [1, 1]))
+    assert data.log_prob(torch.zeros(3, 2, dtype=torch.float64)).dtype == torch.float32

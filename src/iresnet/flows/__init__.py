@@ -15,7 +15,7 @@ Examples:
     torch.Size([2, 3])
 """
 
-from .flow import Flow, FlowDistribution, StandardNormal, check_finite
+from .flow import Flow, FlowDistribution, StandardNormal
 from .multiscale import MultiscaleResidualFlow
 from .residual_flow import ResidualFlow
 
@@ -25,5 +25,4 @@ __all__ = [
     "MultiscaleResidualFlow",
     "ResidualFlow",
     "StandardNormal",
-    "check_finite",
 ]

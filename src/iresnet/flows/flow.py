@@ -16,43 +16,19 @@ References:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution, Independent, Normal, constraints
 
+from ..errors import DataError
+from ..ops.checks import check_finite, check_input
 from ..transforms import ComposedTransform, Transform
 from ..transforms.base import InverseReport
 
-__all__ = ["Flow", "FlowDistribution", "StandardNormal", "check_finite"]
-
-
-def check_finite(x: Tensor, where: str) -> None:
-    """Refuse NaN and Inf in ``x`` (one host synchronisation); integer tensors pass.
-
-    Args:
-        x: ``(B, ...)`` or a 0-d tensor.
-        where: the name used in the message.
-
-    Raises:
-        ValueError: ``x`` holds NaN or Inf; the message names ``where`` and the first offending
-            sample.
-
-    Examples:
-        >>> check_finite(torch.tensor([[0.0], [float("nan")]]), "log_prob")
-        Traceback (most recent call last):
-        ...
-        ValueError: log_prob: input contains NaN (first non-finite sample: index 1)
-    """
-    if not x.is_floating_point():
-        return
-    finite = torch.isfinite(x)
-    if not bool(finite.all()):
-        bad = (~finite).reshape(x.shape[0], -1).any(1) if x.dim() > 0 else ~finite
-        idx = int(bad.nonzero()[0, 0]) if x.dim() > 0 else 0
-        kind = "NaN" if bool(torch.isnan(x).any()) else "Inf"
-        raise ValueError(f"{where}: input contains {kind} (first non-finite sample: index {idx})")
+__all__ = ["Flow", "FlowDistribution", "StandardNormal"]
 
 
 class StandardNormal(nn.Module):
@@ -123,12 +99,16 @@ class FlowDistribution(Distribution):
         super().__init__(torch.Size(), torch.Size(event_shape), validate_args=False)
 
     def _flat(self, value: Tensor, where: str) -> tuple[Tensor, torch.Size]:
+        first = self.transform[0] if isinstance(self.transform, ComposedTransform) else None
+        check_input(
+            value,
+            where,
+            like=self.transform,
+            event_shape=self.event_shape,
+            integers=bool(first is not None and first.accepts_integers),
+            any_float=bool(first is not None and first.accepts_any_float),
+        )
         n = len(self.event_shape)
-        if value.dim() < n or value.shape[value.dim() - n :] != self.event_shape:
-            shape = ", ".join(map(str, self.event_shape))
-            raise ValueError(
-                f"{where}: expected a tensor of shape (*batch, {shape}), got {tuple(value.shape)}"
-            )
         sample_shape = value.shape[: value.dim() - n]
         return value.reshape(-1, *self.event_shape), sample_shape
 
@@ -139,7 +119,8 @@ class FlowDistribution(Distribution):
             value: ``(*sample_shape, *event_shape)``.
 
         Raises:
-            ValueError: a wrong trailing shape, or NaN/Inf (with ``validate``).
+            DataError: a wrong trailing shape, dtype or device, or NaN/Inf (with ``validate``);
+                the message says how to fix it.
         """
         flat, sample_shape = self._flat(value, "log_prob")
         if self.validate:
@@ -241,7 +222,8 @@ class Flow(nn.Module):
         ``temperature``; shape ``(n, *event_shape)``, no gradient.
 
         Raises:
-            ValueError: ``temperature != 1`` with a base that is not a normal distribution.
+            ValueError: ``n < 1``, or ``temperature != 1`` with a base that is not a normal
+                distribution.
         """
         with torch.no_grad():
             return self.transform.inverse(self.sample_latent(n, temperature))
@@ -253,8 +235,18 @@ class Flow(nn.Module):
             ``(n, *latent_shape)``.
 
         Raises:
-            ValueError: ``temperature != 1`` with a base that is not a normal distribution.
+            ValueError: ``n`` not a positive integer, a temperature that is not a finite
+                positive number, or ``temperature != 1`` with a base that is not a normal
+                distribution.
         """
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"sample: n must be a positive integer, got {n!r}")
+        if not (isinstance(temperature, (int, float)) and math.isfinite(temperature)) or (
+            temperature <= 0
+        ):
+            raise ValueError(
+                f"sample: temperature must be a finite positive number, got {temperature!r}"
+            )
         base = self.base()
         if temperature != 1.0:
             inner = base.base_dist if isinstance(base, Independent) else base
@@ -287,11 +279,12 @@ class Flow(nn.Module):
         Raises:
             ValueError: a wrong shape or NaN/Inf (with ``validate``).
         """
+        if z.dim() != len(self.latent_shape) + 1 or z.shape[1:] != self.latent_shape:
+            shape = ", ".join(map(str, self.latent_shape))
+            raise DataError(
+                f"inverse: expected a latent of shape (batch, {shape}), got {tuple(z.shape)}"
+            )
+        check_input(z, "inverse", like=self.transform)
         if self.validate:
-            if z.dim() != len(self.latent_shape) + 1 or z.shape[1:] != self.latent_shape:
-                shape = ", ".join(map(str, self.latent_shape))
-                raise ValueError(
-                    f"inverse: expected a latent of shape (batch, {shape}), got {tuple(z.shape)}"
-                )
             check_finite(z, "inverse")
         return self.transform.inverse_with_diagnostics(z)

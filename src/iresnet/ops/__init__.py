@@ -14,12 +14,14 @@ Examples:
     (torch.Size([4]), True)
 """
 
+from .checks import check_finite, check_input
 from .fixed_point import (
     FixedPointInverse,
     InverseDiagnostics,
     banach_bound,
     banach_iterations,
     fixed_point_solve,
+    posterior_bound,
 )
 from .jacobian import jacobian
 from .logdet import (
@@ -47,10 +49,13 @@ __all__ = [
     "RussianRouletteLogDet",
     "banach_bound",
     "banach_iterations",
+    "check_finite",
+    "check_input",
     "exact_logdet",
     "fixed_point_solve",
     "jacobian",
     "logdet_estimator",
+    "posterior_bound",
     "roulette_weights",
     "sample_probes",
     "series_logdet",

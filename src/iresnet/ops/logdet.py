@@ -43,6 +43,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from .checks import check_input
 from .jacobian import jacobian
 
 __all__ = [
@@ -100,6 +101,7 @@ def exact_logdet(g: G, x: Tensor, *, max_dim: int = 256) -> tuple[Tensor, Tensor
         >>> [round(v, 4) for v in logdet.tolist()]  # log(1.5 * 0.5)
         [-0.2877, -0.2877, -0.2877]
     """
+    check_input(x, "exact_logdet", like=g if isinstance(g, nn.Module) else None)
     d = x[0].numel()
     if d > max_dim:
         raise ValueError(
@@ -278,6 +280,7 @@ def series_logdet(
         >>> [round(v, 4) for v in logdet.tolist()]  # 2 log(1.5), up to the tail after 30 terms
         [0.8109]
     """
+    check_input(x, "series_logdet", like=g if isinstance(g, nn.Module) else None)
     params = _grad_params(g)
     need_graph = torch.is_grad_enabled() and (x.requires_grad or len(params) > 0)
 

@@ -111,6 +111,12 @@ class Transform(nn.Module):
     """``False`` for maps that are injective but not onto (zero-padding): ``inverse`` is then a
     left inverse and ``logdet`` the volume term ``log sqrt det(J^T J)`` of the embedding."""
 
+    accepts_integers: bool = False
+    """Whether integer inputs are welcome (they become floats inside, e.g. by dequantisation)."""
+
+    accepts_any_float: bool = False
+    """Whether floating inputs of any precision are welcome (converted to the module's dtype)."""
+
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``x (B, *event) -> (y (B, *event'), logdet (B,))`` with ``logdet = log|det dy/dx|``."""
         raise NotImplementedError
@@ -201,10 +207,12 @@ class ComposedTransform(Transform):
         return all(t.bijective for t in self)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        logdet = torch.zeros(x.shape[0], dtype=_float(x), device=x.device)
+        logdet: Tensor | None = None
         for t in self:
             x, ld = t(x)
-            logdet = logdet + ld
+            logdet = ld if logdet is None else logdet + ld
+        if logdet is None:  # no transforms: the identity
+            logdet = torch.zeros(x.shape[0], dtype=_float(x), device=x.device)
         return x, logdet
 
     def inverse(self, y: Tensor) -> Tensor:

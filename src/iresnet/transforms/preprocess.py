@@ -238,6 +238,9 @@ class Dequantize(Transform):
         ([[0.0, 1.0], [2.0, 3.0]], [-2.7726, -2.7726])
     """
 
+    accepts_integers = True
+    accepts_any_float = True
+
     def __init__(self, levels: int) -> None:
         super().__init__()
         if levels < 2:
@@ -327,6 +330,8 @@ class Standardize(Transform):
         >>> z.tolist(), [round(v, 4) for v in logdet.tolist()]  # -log 8
         ([[1.0, 0.0]], [-2.0794])
     """
+
+    accepts_any_float = True
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()

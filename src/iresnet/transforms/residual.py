@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from ..nn import frozen_normalisation, lipschitz_bound_of
 from ..ops import FixedPointInverse, LogDetEstimator, PowerSeriesLogDet
+from ..ops.checks import check_input
 from .base import InverseReport, Transform
 
 __all__ = ["InvertibleResidualBlock", "set_branch_precision", "swap_logdets"]
@@ -106,6 +107,7 @@ class InvertibleResidualBlock(Transform):
         return self.g if self.branch_dtype is None else _AutocastBranch(self.g, self.branch_dtype)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        check_input(x, "InvertibleResidualBlock", like=self.g)
         gx, logdet = self.logdet_estimator(self._branch(), x)
         return x + gx, logdet
 
@@ -118,6 +120,7 @@ class InvertibleResidualBlock(Transform):
         the certified error ``L/(1-L) ||G(x) - x||`` with ``L`` this block's certified bound."""
         # In eval mode the certified L gives the a-priori Banach bound in the diagnostics; in
         # training mode the weights move every step and certifying each call would cost more.
+        check_input(y, "InvertibleResidualBlock.inverse", like=self.g)
         lipschitz = None
         if not self.training:
             with torch.no_grad():

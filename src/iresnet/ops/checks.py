@@ -1,0 +1,122 @@
+"""Input checks that name the mistake in one line, with the fix, before torch fails deep inside.
+
+They read only tensor metadata (type, shape, dtype, device) and never synchronise with the
+device; the NaN/Inf check, which must read values, is separate
+([`check_finite`][iresnet.ops.checks.check_finite]).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import DataError
+
+__all__ = ["check_input", "check_finite", "module_dtype_device"]
+
+
+def module_dtype_device(module: nn.Module) -> tuple[torch.dtype, torch.device] | None:
+    """The dtype and device of ``module``'s first floating parameter or buffer (None if it has
+    none)."""
+    for t in (*module.parameters(), *module.buffers()):
+        if t.is_floating_point():
+            return t.dtype, t.device
+    return None
+
+
+def _name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def check_input(
+    x: object,
+    where: str,
+    *,
+    like: nn.Module | None = None,
+    event_shape: Sequence[int] | None = None,
+    integers: bool = False,
+    any_float: bool = False,
+) -> None:
+    """Raise one clear error if ``x`` cannot go into a module.
+
+    Args:
+        x: the input.
+        where: the entry point, for the message (e.g. ``"Flow.log_prob"``).
+        like: the module ``x`` goes into: its dtype and device must match ``x``'s.
+        event_shape: the expected shape after the batch dimensions (``x`` is
+            ``(*batch, *event_shape)``).
+        integers: integer (and boolean-free) inputs are accepted (a transform that turns
+            levels into floats comes first).
+        any_float: floating inputs of any precision are accepted (they are converted first).
+
+    Raises:
+        TypeError: ``x`` is not a tensor.
+        DataError: a wrong shape, dtype or device; the message says how to fix it.
+
+    Examples:
+        >>> check_input(torch.zeros(3, 2), "f", like=torch.nn.Linear(2, 2), event_shape=(2,))
+        >>> check_input(torch.zeros(3, 2).double(), "f", like=torch.nn.Linear(2, 2))
+        ... # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        iresnet.errors.DataError: f: got float64, the module is float32: call x.float() or ...
+    """
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{where}: expected a torch.Tensor, got {type(x).__name__}")
+    if event_shape is not None:
+        event = tuple(int(s) for s in event_shape)
+        n = len(event)
+        if x.dim() < n + 1 or tuple(x.shape[x.dim() - n :]) != event:
+            want = ", ".join(map(str, event))
+            raise DataError(
+                f"{where}: expected a tensor of shape (*batch, {want}), got {tuple(x.shape)}"
+            )
+    if x.dtype == torch.bool or x.is_complex():
+        raise DataError(f"{where}: got a {_name(x.dtype)} tensor; pass real numbers")
+    ref = module_dtype_device(like) if like is not None else None
+    if ref is None:
+        return
+    dtype, device = ref
+    if x.device != device:
+        raise DataError(
+            f"{where}: the input is on {x.device}, the module on {device}: call "
+            f"x.to('{device}') or module.to('{x.device}')"
+        )
+    if not x.is_floating_point():
+        if not integers:
+            raise DataError(
+                f"{where}: got an integer tensor ({_name(x.dtype)}) where real values are "
+                f"expected: call x.to({_name(dtype)!r}) (for images of integer levels, build "
+                "the model with levels=K so that it dequantises them)"
+            )
+        return
+    if x.dtype != dtype and not any_float:
+        method = {torch.float32: "float", torch.float64: "double", torch.float16: "half"}
+        to_x = method.get(dtype, f"to(torch.{_name(dtype)})")
+        to_m = method.get(x.dtype, f"to(torch.{_name(x.dtype)})")
+        raise DataError(
+            f"{where}: got {_name(x.dtype)}, the module is {_name(dtype)}: call x.{to_x}() or "
+            f"module.{to_m}()"
+        )
+
+
+def check_finite(x: Tensor, where: str) -> None:
+    """Raise ``DataError`` naming ``where`` and the first offending sample if ``x`` holds NaN or
+    Inf (one host synchronisation; integer tensors pass).
+
+    Examples:
+        >>> check_finite(torch.tensor([[1.0], [float("nan")]]), "f")
+        Traceback (most recent call last):
+        ...
+        iresnet.errors.DataError: f: input contains NaN (first non-finite sample: index 1)
+    """
+    if not x.is_floating_point():
+        return
+    finite = torch.isfinite(x)
+    if not bool(finite.all()):
+        bad = (~finite).reshape(x.shape[0], -1).any(1) if x.dim() > 0 else ~finite
+        idx = int(bad.nonzero()[0, 0]) if x.dim() > 0 else 0
+        kind = "NaN" if bool(torch.isnan(x).any()) else "Inf"
+        raise DataError(f"{where}: input contains {kind} (first non-finite sample: index {idx})")
