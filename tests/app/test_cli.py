@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from iresnet.app.cli import main
 
@@ -106,3 +107,18 @@ def test_train_evaluate_sample_certify(tmp_path, capsys):
 def test_resume_refuses_overrides(tmp_path, capsys):
     code, _, err = run(capsys, "train", "--resume", str(tmp_path), "model.coeff=0.5")
     assert code == 2
+
+
+def test_unavailable_devices_are_named_in_one_line(capsys, tmp_path):
+    out_dir = tmp_path / "run"
+    code, out, err = run(capsys, "train", "--device", "foo", "--steps", "2", "--out", str(out_dir))
+    assert code == 2 and "unknown device 'foo'" in err and "Traceback" not in err
+    assert not out_dir.exists()  # nothing was written
+    if not torch.cuda.is_available():
+        code, _, err = run(
+            capsys, "train", "--device", "cuda", "--steps", "2", "--out", str(out_dir)
+        )
+        assert code == 2 and "no CUDA device" in err
+        assert run(capsys, "train", *TINY, "--steps", "2", "--out", str(out_dir))[0] == 0
+        code, _, err = run(capsys, "evaluate", str(out_dir), "--device", "cuda")
+        assert code == 2 and "no CUDA device is visible here; use --device cpu" in err

@@ -14,7 +14,7 @@ import torch.distributed as dist
 
 from ..errors import ConfigError
 
-__all__ = ["DistContext", "setup_distributed", "teardown_distributed"]
+__all__ = ["DistContext", "resolve_device", "setup_distributed", "teardown_distributed"]
 
 
 @dataclass(frozen=True)
@@ -44,18 +44,46 @@ class DistContext:
         return bool(t.item() > 0)
 
 
+def resolve_device(name: str) -> torch.device:
+    """The device called ``name`` (``cpu``, ``cuda``, ``cuda:N``, ``mps``, ...), if this machine
+    has it.
+
+    Raises:
+        ConfigError: an unknown device name, or a device this machine does not have.
+    """
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ConfigError(
+            f"unknown device '{name}'; use cpu, cuda, cuda:N or mps (--device / train.device)"
+        ) from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device '{name}': no CUDA device is visible here; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"device '{name}': this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device '{name}': MPS is not available here; use --device cpu")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"device '{name}' is not supported; use cpu, cuda, cuda:N or mps")
+    return dev
+
+
 def setup_distributed(device: str) -> DistContext:
-    """Join the process group if launched by ``torchrun``; pick this process's device."""
+    """Join the process group if launched by ``torchrun``; pick this process's device.
+
+    Raises:
+        ConfigError: see [`resolve_device`][iresnet.app.distributed.resolve_device].
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ConfigError("train.device=cuda but no CUDA device is visible; use --device cpu")
-        dev = torch.device("cuda", local if world > 1 else torch.device(device).index or 0)
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        dev = torch.device("cuda", local if world > 1 else dev.index or 0)
         torch.cuda.set_device(dev)
-    else:
-        dev = torch.device(device)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(
             "nccl" if dev.type == "cuda" else "gloo", rank=rank, world_size=world

@@ -20,6 +20,7 @@ from ..errors import CheckpointError, ConfigError
 from .builder import build_model, load_data
 from .checkpoint import latest_checkpoint, load_weights
 from .config import Config
+from .distributed import resolve_device
 from .files import atomic_write
 from .tasks import Task, make_task
 
@@ -148,7 +149,7 @@ def load_run(run_dir: str | Path, device: str | None = None) -> TrainedRun:
     cfg = run.load_config()
     if device is not None:
         cfg.train.device = device
-    dev = torch.device(cfg.train.device)
+    dev = resolve_device(cfg.train.device)
     if dev.type == "cpu":
         torch.set_flush_denormal(True)
     data = load_data(cfg.data, standardizer=run.load_standardizer())
