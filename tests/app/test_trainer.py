@@ -234,3 +234,31 @@ def test_cpu_seconds_are_logged_and_increase(tmp_path):
     rows = [r for r in rows if "loss" in r]
     assert all(0 < r["cpu_seconds"] for r in rows)
     assert [r["cpu_seconds"] for r in rows] == sorted(r["cpu_seconds"] for r in rows)
+
+
+@pytest.mark.parametrize("bad_from", [0, 5])
+def test_nan_stop_names_a_checkpoint_only_if_one_exists(tmp_path, monkeypatch, bad_from):
+    """The issue's case: a run stopped by repeated NaN losses before its first checkpoint said
+    the last good checkpoint was kept and suggested --resume."""
+    from iresnet.app.tasks import DensityTask
+
+    real_loss = DensityTask.loss
+    calls = {"n": 0}
+
+    def loss(self, model, batch):
+        value, metrics = real_loss(self, model, batch)
+        calls["n"] += 1
+        if calls["n"] > bad_from + 1:  # the first call is the data-dependent initialisation
+            value = value * float("nan")
+        return value, metrics
+
+    monkeypatch.setattr(DensityTask, "loss", loss)
+    cfg = tiny("train.max_bad_steps=3", "train.checkpoint_every=4")
+    with pytest.raises(FloatingPointError) as info:
+        train(cfg, tmp_path / "run", progress=False)
+    message = str(info.value)
+    if bad_from == 0:
+        assert "no checkpoint had been written yet" in message and "--resume" not in message
+        assert not list_checkpoints(tmp_path / "run" / "checkpoints")
+    else:
+        assert "step-00000004" in message and "--resume" in message
