@@ -49,6 +49,7 @@ from .flows.multiscale import check_image_shape
 from .nn import conv_branch
 from .nn.branches import Activation
 from .ops import FixedPointInverse, LogDetEstimator, logdet_estimator
+from .ops.checks import check_input
 from .transforms import (
     ActNorm,
     ComposedTransform,
@@ -174,9 +175,25 @@ class _InvertibleNetwork(nn.Module):
         self.in_shape = tuple(shape)
         self.feature_shape = self.trunk.forward_shape(self.in_shape)
 
+    def _trunk(self, x: Tensor, where: str) -> tuple[Tensor, Tensor]:
+        first = self.trunk[0]
+        check_input(
+            x,
+            f"{type(self).__name__}.{where}",
+            like=self.trunk,
+            event_shape=self.in_shape,
+            integers=first.accepts_integers,
+            any_float=first.accepts_any_float,
+        )
+        return self.trunk(x)
+
     def features(self, x: Tensor) -> Tensor:
-        """Features ``f = F(x)`` of images ``x`` ``(B, C, H, W)``, shape ``(B, *feature_shape)``."""
-        return self.trunk(x)[0]
+        """Features ``f = F(x)`` of images ``x`` ``(B, C, H, W)``, shape ``(B, *feature_shape)``.
+
+        Raises:
+            DataError: a wrong shape, dtype or device (the message says how to fix it).
+        """
+        return self._trunk(x, "features")[0]
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits of images ``x`` ``(B, C, H, W)``, shape ``(B, classes)``."""
@@ -198,6 +215,12 @@ class _InvertibleNetwork(nn.Module):
         """``invert_features(f)`` and the [`InverseReport`][iresnet.transforms.base.InverseReport]
         of every block's solve, data side first."""
         return self.trunk.inverse_with_diagnostics(f)
+
+
+def _check_counts(**counts: int) -> None:
+    for name, n in counts.items():
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"{name} must be a positive integer, got {n!r}")
 
 
 def _branch_options(activation: Activation, norm: str, coeff: float, n_power_iterations: int):
@@ -272,6 +295,7 @@ class InvertibleClassifier(_InvertibleNetwork):
         inverse: FixedPointInverse | None = None,
     ) -> None:
         super().__init__()
+        _check_counts(classes=classes, hidden_channels=hidden_channels, blocks=blocks)
         image = check_image_shape(shape, scales - 1 + int(squeeze_first))
         entry: list[Transform] = [Squeeze(2)] if squeeze_first else []
         c = image[0] * (4 if squeeze_first else 1)
@@ -359,6 +383,7 @@ class HybridClassifier(_InvertibleNetwork):
         inverse: FixedPointInverse | None = None,
     ) -> None:
         super().__init__()
+        _check_counts(classes=classes, hidden_channels=hidden_channels, blocks=blocks)
         image = check_image_shape(shape, scales - 1 + int(squeeze_first))
         entry: list[Transform] = []
         if levels is not None:
@@ -384,7 +409,7 @@ class HybridClassifier(_InvertibleNetwork):
         self.base = StandardNormal(self.feature_shape)
 
     def forward(self, x: Tensor, return_log_prob: bool = False) -> Any:  # type: ignore[override]
-        z, logdet = self.trunk(x)
+        z, logdet = self._trunk(x, "forward")
         logits = self.head(z)
         if return_log_prob:
             return logits, self.base().log_prob(z) + logdet
@@ -392,5 +417,5 @@ class HybridClassifier(_InvertibleNetwork):
 
     def log_prob(self, x: Tensor) -> Tensor:
         """``log p(x)`` in nats, shape ``(B,)``, for images ``x`` ``(B, C, H, W)``."""
-        z, logdet = self.trunk(x)
+        z, logdet = self._trunk(x, "log_prob")
         return self.base().log_prob(z) + logdet

@@ -122,3 +122,19 @@ def test_unavailable_devices_are_named_in_one_line(capsys, tmp_path):
         assert run(capsys, "train", *TINY, "--steps", "2", "--out", str(out_dir))[0] == 0
         code, _, err = run(capsys, "evaluate", str(out_dir), "--device", "cuda")
         assert code == 2 and "no CUDA device is visible here; use --device cpu" in err
+
+
+def test_json_output_is_strict_json_and_temperature_is_checked(capsys, tmp_path):
+    """A 2-point test set has no standard error: strict JSON says null, never NaN."""
+    data = tmp_path / "two.npy"
+    np.save(data, np.random.default_rng(0).normal(size=(3, 2)))
+    out_dir = tmp_path / "run"
+    assert (
+        run(capsys, "train", *TINY, "--data", str(data), "--steps", "2", "--out", str(out_dir))[0]
+        == 0
+    )
+    code, out, _ = run(capsys, "evaluate", str(out_dir), "--json")
+    assert code == 0 and "NaN" not in out
+    assert json.loads(out)["test_nll_se"] is None
+    code, _, err = run(capsys, "sample", str(out_dir), "--temperature", "-1")
+    assert code == 2 and "--temperature must be a finite positive number" in err

@@ -148,3 +148,66 @@ def test_mistakes_are_named_in_one_line_with_the_fix():
     assert images.log_prob(torch.randint(0, 4, (2, 1, 4, 4), dtype=torch.uint8)).shape == (2,)
     data = iresnet.ResidualFlow(2, transforms=1, hidden_features=(4,), standardize=([0, 0], [1, 1]))
     assert data.log_prob(torch.zeros(3, 2, dtype=torch.float64)).dtype == torch.float32
+
+
+def test_an_empty_batch_is_refused_and_leaves_the_model_intact():
+    """An empty first batch used to initialise ActNorm to NaN before failing, and every later
+    log-density was NaN."""
+    flow = iresnet.ResidualFlow(2, transforms=2, hidden_features=(16,))
+    with pytest.raises(iresnet.DataError, match="empty batch"):
+        flow.log_prob(torch.zeros(0, 2))
+    assert torch.isfinite(flow.log_prob(torch.randn(4, 2))).all()
+    assert flow().sample((0,)).shape == (0, 2)
+    with pytest.raises(iresnet.DataError, match="empty batch"):
+        iresnet.ActNorm(2).initialize(torch.zeros(0, 2))
+
+
+def test_a_float64_state_dict_loads_into_a_float32_convolutional_model():
+    torch.manual_seed(0)
+    a = iresnet.MultiscaleResidualFlow((1, 4, 4), blocks=1, hidden_channels=(4,)).double()
+    a.log_prob(torch.rand(2, 1, 4, 4, dtype=torch.float64))  # the convolutions learn their shape
+    b = iresnet.MultiscaleResidualFlow((1, 4, 4), blocks=1, hidden_channels=(4,))
+    b.load_state_dict(a.state_dict())
+    assert b.eval().log_prob(torch.rand(2, 1, 4, 4)).dtype == torch.float32
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: iresnet.ResidualFlow(2, hidden_features=(-4,)),
+        lambda: iresnet.ResidualFlow(2, hidden_features=(0,)),
+        lambda: iresnet.ResidualFlow(2, standardize=([0] * 3, [1] * 3)),
+        lambda: iresnet.MultiscaleResidualFlow((1, 4, 4), logit_alpha=-0.1),
+        lambda: iresnet.MultiscaleResidualFlow((1, 4, 4), hidden_channels=(0,)),
+        lambda: iresnet.InvertibleClassifier((1, 8, 8), 0),
+        lambda: iresnet.InvertibleClassifier((1, 8, 8), -2),
+        lambda: iresnet.InvertibleClassifier((1, 8, 8), 10, hidden_channels=0),
+        lambda: iresnet.HybridClassifier((1, 8, 8), 10, blocks=0),
+    ],
+)
+def test_bad_family_arguments_are_refused_when_built(build):
+    with pytest.raises(ValueError):
+        build()
+
+
+def test_classifiers_name_a_wrong_image_shape():
+    model = iresnet.InvertibleClassifier((1, 8, 8), 10, hidden_channels=4)
+    for bad in (torch.rand(2, 2, 8, 8), torch.rand(2, 1, 16, 16)):
+        with pytest.raises(iresnet.DataError, match=r"shape \(\*batch, 1, 8, 8\)"):
+            model(bad)
+
+
+def test_swap_logdets_takes_a_name_and_the_contract_checks_log_det_shapes():
+    flow = iresnet.ResidualFlow(2, transforms=1, hidden_features=(4,), logdet="roulette")
+    with iresnet.swap_logdets(flow, "exact"):
+        assert isinstance(flow.transform[1].logdet_estimator, iresnet.ExactLogDet)
+
+    class Wrong(iresnet.Transform):
+        def forward(self, x):
+            return x, x.new_zeros(x.shape[0], 1)
+
+        def inverse(self, y):
+            return y
+
+    with pytest.raises(ValueError, match=r"Wrong broke the transform contract.*\(3, 1\)"):
+        iresnet.ComposedTransform(Wrong())(torch.zeros(3, 2))

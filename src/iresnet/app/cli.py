@@ -23,7 +23,7 @@ from ..certificate import BlockCertificate, Certificate, certify
 from ..errors import ConfigError, IResNetError
 from . import plots
 from .config import SECTIONS, Config
-from .files import atomic_write
+from .files import atomic_write, json_safe
 from .presets import DEFAULT_PRESET, PRESETS, get_preset
 from .runs import Run, load_run
 from .sweep import add_sweep_parser, cmd_sweep
@@ -249,9 +249,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     )
     result["run_dir"] = str(trained.run.path)
     result["weights"] = str(trained.weights)
-    atomic_write(trained.run.path / "eval.json", json.dumps(result, indent=2) + "\n")
+    result = json_safe(result)
+    atomic_write(
+        trained.run.path / "eval.json", json.dumps(result, indent=2, allow_nan=False) + "\n"
+    )
     if args.json:
-        print(json.dumps(result))
+        print(json.dumps(result, allow_nan=False))
         return 0
     cert = result.pop("certificate")
     for key, value in result.items():
@@ -265,6 +268,8 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     if args.num < 1:
         raise ConfigError("--num must be positive")
+    if not (math.isfinite(args.temperature) and args.temperature > 0):
+        raise ConfigError(f"--temperature must be a finite positive number, got {args.temperature}")
     x, diags = trained.task.sample(trained.model, args.num, temperature=args.temperature)
     x = x.cpu()
     out = args.out or trained.run.path / "samples.npy"
@@ -296,7 +301,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 def _cmd_certify(args: argparse.Namespace) -> int:
     trained = load_run(args.run_dir)
     cert = certify(trained.model)
-    print(json.dumps(cert.to_dict()) if args.json else cert)
+    print(json.dumps(json_safe(cert.to_dict()), allow_nan=False) if args.json else cert)
     return 0
 
 

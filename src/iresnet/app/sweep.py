@@ -27,7 +27,7 @@ from typing import Any
 from ..errors import ConfigError
 from . import plots
 from .config import Config
-from .files import atomic_write
+from .files import atomic_write, json_safe
 from .presets import get_preset
 from .runs import Run, load_run
 from .training import train
@@ -130,7 +130,7 @@ def run_sweep(
             )
         trained = load_run(run_dir)
         ev = trained.task.full_evaluation(trained.model, n_inverse=n_inverse)
-        atomic_write(run_dir / "eval.json", json.dumps(ev, indent=2) + "\n")
+        atomic_write(run_dir / "eval.json", json.dumps(json_safe(ev), indent=2) + "\n")
         records = trained.run.records()
         last = max((r for r in records if "seconds" in r), key=lambda r: r["step"], default={})
         rows.append(
@@ -191,7 +191,8 @@ def _write(out: Path, preset: str, rows: list[dict[str, Any]], command: str | No
     atomic_write(out / "sweep.md", "\n".join(text) + "\n")
     atomic_write(
         out / "sweep.json",
-        json.dumps({"preset": preset, "command": command, "rows": rows}, indent=2) + "\n",
+        json.dumps(json_safe({"preset": preset, "command": command, "rows": rows}), indent=2)
+        + "\n",
     )
     plots.plot_sweep(rows, out / "sweep.png", x="coeff", y="test_error_pct")
 

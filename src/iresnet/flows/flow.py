@@ -134,7 +134,9 @@ class FlowDistribution(Distribution):
         Gradients reach the parameters through the inverses' implicit differentiation.
         """
         shape = torch.Size(sample_shape)
-        z = self.base.rsample((max(1, shape.numel()),))
+        z = self.base.rsample((shape.numel(),))
+        if shape.numel() == 0:  # nothing to invert
+            return z.new_zeros(*shape, *self.event_shape)
         x = self.transform.inverse(z)
         return x.reshape(*shape, *self.event_shape)
 

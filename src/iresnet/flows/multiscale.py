@@ -208,6 +208,10 @@ class MultiscaleResidualFlow(Flow):
                 f"need scales >= 1, blocks >= 0, fc_blocks >= 0; got {scales}, {blocks}, "
                 f"{fc_blocks}"
             )
+        if not 0.0 <= logit_alpha < 0.5:
+            raise ValueError(f"logit_alpha must lie in [0, 0.5), got {logit_alpha}")
+        if levels is not None and (isinstance(levels, bool) or not isinstance(levels, int)):
+            raise ValueError(f"levels must be an integer >= 2 or None, got {levels!r}")
         image = check_image_shape(shape, scales - 1 + int(squeeze_first))
         solver = inverse if inverse is not None else FixedPointInverse()
         options = {

@@ -103,6 +103,10 @@ class ResidualFlow(Flow):
             raise ValueError(
                 f"need features >= 1 and transforms >= 0, got {features}, {transforms}"
             )
+        if standardize is not None and not (
+            len(standardize) == 2 and len(standardize[0]) == len(standardize[1]) == features
+        ):
+            raise ValueError(f"standardize needs (mean, std) with {features} values each")
         estimator = logdet_estimator(logdet, features)
         solver = inverse if inverse is not None else FixedPointInverse()
         steps: list[Transform] = []

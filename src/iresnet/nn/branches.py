@@ -28,6 +28,13 @@ BRANCH_NORMS = ("spectral", "frobenius", "penalty", "none")
 Activation = str | Callable[[], nn.Module]
 
 
+def _check_sizes(name: str, sizes: Sequence[int]) -> None:
+    if isinstance(sizes, (int, str)) or not all(
+        isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in sizes
+    ):
+        raise ValueError(f"{name} must be a sequence of positive integers, got {sizes!r}")
+
+
 def _check_norm(norm: str) -> None:
     if norm not in BRANCH_NORMS:
         raise ValueError(f"norm must be one of {BRANCH_NORMS}, got {norm!r}")
@@ -147,7 +154,8 @@ def mlp_branch(
         An ``nn.Sequential``, ``(*, features) -> (*, features)``.
 
     Raises:
-        ValueError: an unknown ``activation`` or ``norm``.
+        ValueError: an unknown ``activation`` or ``norm``, or sizes that are not positive
+            integers.
 
     Examples:
         >>> g = mlp_branch(2, (16, 16), coeff=0.9)
@@ -155,6 +163,8 @@ def mlp_branch(
         >>> lipschitz_bound_of(g.eval()) <= 0.9**3 + 1e-6
         True
     """
+    _check_sizes("features", [features])
+    _check_sizes("hidden_features", hidden_features)
     act = activation_factory(activation)
     sizes = [features, *hidden_features, features]
     layers: list[nn.Module] = []
@@ -201,8 +211,8 @@ def conv_branch(
         An ``nn.Sequential``, ``(B, channels, H, W) -> (B, channels, H, W)``.
 
     Raises:
-        ValueError: ``kernel_sizes`` of the wrong length, or an unknown ``activation`` or
-            ``norm``.
+        ValueError: ``kernel_sizes`` of the wrong length, an unknown ``activation`` or
+            ``norm``, or sizes that are not positive integers.
 
     Examples:
         >>> import torch
@@ -212,6 +222,8 @@ def conv_branch(
         >>> g(torch.zeros(2, 3, 4, 4)).shape
         torch.Size([2, 3, 4, 4])
     """
+    _check_sizes("channels", [channels])
+    _check_sizes("hidden_channels", hidden_channels)
     act = activation_factory(activation)
     sizes = [channels, *hidden_channels, channels]
     n = len(sizes) - 1

@@ -623,7 +623,9 @@ class SpectralConv2d(_SpectralNormMixin, nn.Conv2d):
         for name in ("u", "v"):
             saved = state_dict.get(prefix + name)
             if saved is not None and saved.shape != getattr(self, name).shape:
-                setattr(self, name, torch.empty_like(saved, device=self.weight.device))
+                # The layer's own dtype: a float64 checkpoint loads into a float32 layer.
+                empty = torch.empty(saved.shape, dtype=self.weight.dtype, device=self.weight.device)
+                setattr(self, name, empty)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -73,6 +73,10 @@ def check_input(
             raise DataError(
                 f"{where}: expected a tensor of shape (*batch, {want}), got {tuple(x.shape)}"
             )
+    if x.dim() == 0 or x.numel() == 0:
+        raise DataError(
+            f"{where}: got an empty batch (shape {tuple(x.shape)}); pass at least one sample"
+        )
     if x.dtype == torch.bool or x.is_complex():
         raise DataError(f"{where}: got a {_name(x.dtype)} tensor; pass real numbers")
     ref = module_dtype_device(like) if like is not None else None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..errors import DataError
 from .base import Transform
 
 __all__ = ["ActNorm"]
@@ -56,7 +57,14 @@ class ActNorm(Transform):
 
         Args:
             x: ``(B, C)`` or ``(B, C, H, W)``; statistics over every dimension but ``C``.
+
+        Raises:
+            DataError: an empty batch (nothing is changed).
         """
+        if x.shape[0] == 0:
+            raise DataError(
+                "ActNorm: cannot initialise on an empty batch; pass at least one sample"
+            )
         dims = [0, *range(2, x.dim())]
         mean = x.mean(dim=dims)
         std = x.std(dim=dims, unbiased=False) if x.numel() > x.shape[1] else torch.ones_like(mean)

@@ -208,8 +208,14 @@ class ComposedTransform(Transform):
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         logdet: Tensor | None = None
+        batch = x.shape[0]
         for t in self:
             x, ld = t(x)
+            if ld.shape != (batch,):
+                raise ValueError(
+                    f"{type(t).__name__} broke the transform contract: its log-det has shape "
+                    f"{tuple(ld.shape)}, expected ({batch},), one value per sample"
+                )
             logdet = ld if logdet is None else logdet + ld
         if logdet is None:  # no transforms: the identity
             logdet = torch.zeros(x.shape[0], dtype=_float(x), device=x.device)

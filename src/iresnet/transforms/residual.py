@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from ..nn import frozen_normalisation, lipschitz_bound_of
-from ..ops import FixedPointInverse, LogDetEstimator, PowerSeriesLogDet
+from ..ops import FixedPointInverse, LogDetEstimator, PowerSeriesLogDet, logdet_estimator
 from ..ops.checks import check_input
 from .base import InverseReport, Transform
 
@@ -178,7 +178,7 @@ def set_branch_precision(model: nn.Module, precision: str) -> None:
 
 
 @contextlib.contextmanager
-def swap_logdets(model: nn.Module, estimator: LogDetEstimator | None) -> Iterator[None]:
+def swap_logdets(model: nn.Module, estimator: LogDetEstimator | str | None) -> Iterator[None]:
     """Inside the block every residual block of ``model`` uses ``estimator``.
 
     The previous estimators are restored on exit, also after an error. Typical use: exact
@@ -186,7 +186,9 @@ def swap_logdets(model: nn.Module, estimator: LogDetEstimator | None) -> Iterato
 
     Args:
         model: any module.
-        estimator: the estimator to use, or None to leave the blocks as they are.
+        estimator: the estimator to use, a name (``"exact"``, ``"series"``, ``"roulette"``,
+            ``"none"``; see [`logdet_estimator`][iresnet.ops.logdet.logdet_estimator]), or None
+            to leave the blocks as they are.
 
     Examples:
         >>> import torch, iresnet
@@ -198,6 +200,8 @@ def swap_logdets(model: nn.Module, estimator: LogDetEstimator | None) -> Iterato
     """
     blocks = [m for m in model.modules() if isinstance(m, InvertibleResidualBlock)]
     saved = [b.logdet_estimator for b in blocks]
+    if isinstance(estimator, str):
+        estimator = logdet_estimator(estimator)
     if estimator is not None:
         for b in blocks:
             b.logdet_estimator = estimator

@@ -86,7 +86,8 @@ class DensityTask(Task):
         out: dict[str, Any] = {"estimator": name, "n_test": int(logps.shape[0])}
         out[f"test_{self.metric}"], out[f"test_{self.metric}_se"] = mean_se(self.value(logps))
         if self.images:
-            out["test_nll"] = out["test_bpd"] * self.dim * math.log(2)  # nats per image
+            nats = self.dim * math.log(2)  # bits/dim -> nats per image
+            out["test_nll"], out["test_nll_se"] = out["test_bpd"] * nats, out["test_bpd_se"] * nats
         out["entropy_gap"] = out["entropy_gap_se"] = out["true_entropy"] = None
         if self.data.true_log_density is not None:
             # KL(p || q) = E_p[log p - log q], estimated on the test draws from p (paired, so
