@@ -145,7 +145,10 @@ class MultiscaleResidualFlow(Flow):
         coeff: the Lipschitz coefficient ``c`` of every convolution, in ``(0, 1]``.
         activation: ``"lipswish"``, ``"elu"`` or a factory of 1-Lipschitz modules.
         logdet: ``"exact"``, ``"series"``, ``"roulette"`` or a
-            [`LogDetEstimator`][iresnet.ops.logdet.LogDetEstimator] shared by the blocks.
+            [`LogDetEstimator`][iresnet.ops.logdet.LogDetEstimator] shared by the blocks. With
+            the default roulette, ``log_prob`` is an unbiased random estimate in eval mode too;
+            evaluate with [`swap_logdets`][iresnet.transforms.residual.swap_logdets] (``"exact"``
+            for small images, a roulette with many fixed terms otherwise).
         inverse: the fixed-point solver of every block (default
             [`FixedPointInverse`][iresnet.ops.fixed_point.FixedPointInverse]).
         actnorm: ActNorm first and after every block.
