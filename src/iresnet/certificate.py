@@ -2,10 +2,12 @@
 
 A block ``x + g(x)`` is invertible when ``Lip(g) < 1`` (i-ResNet Theorem 1), and then its
 fixed-point inverse converges with the a-priori error bound of i-ResNet eq. (1). Each block's
-bound is the product of its layers' operator norms in force now (i-ResNet sec. 2.1): exact
-SVDs for linear layers up to 1024 wide, converged power iteration for convolutions (an estimate
-from below of each convolution's norm, which can fall short when the top two singular values
-nearly tie), the Frobenius bound for ``norm="frobenius"`` layers.
+bound is the product of its layers' provable bounds in force now (i-ResNet sec. 2.1), each
+computed in float64 and never an estimate: exact SVDs for linear layers (the Gram-iteration
+bound above 1024 wide), for convolutions the exact norm of the explicit matrix where it is small
+and otherwise the exact norm of the circular embedding (an upper bound of the zero-padded map,
+see [`conv2d_operator_bound`][iresnet.nn.bounds.conv2d_operator_bound]), the Frobenius bound for
+``norm="frobenius"`` layers. The certificate names the method of every layer.
 
 References:
     - Behrmann et al., "Invertible Residual Networks", ICML 2019, arXiv:1811.00995.
@@ -18,6 +20,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from .nn.lipschitz import LayerBound, layer_bounds
 from .transforms import InvertibleResidualBlock
 
 __all__ = ["BlockCertificate", "Certificate", "certify"]
@@ -29,11 +32,23 @@ class BlockCertificate:
 
     Attributes:
         name: the block's name in ``model.named_modules()``.
-        bound: the bound of ``Lip(g)`` (``inf`` where none is known).
+        bound: the bound of ``Lip(g)`` (``inf`` where none is known): the product of ``layers``.
+        layers: each layer's bound and the method that produced it
+            ([`LayerBound`][iresnet.nn.lipschitz.LayerBound]).
     """
 
     name: str
     bound: float
+    layers: tuple[LayerBound, ...] = ()
+
+    @property
+    def methods(self) -> str:
+        """The methods of the layers that are not activations, e.g. ``"svd x2, fft-svd"``."""
+        counts: dict[str, int] = {}
+        for layer in self.layers:
+            if layer.method != "slope":
+                counts[layer.method] = counts.get(layer.method, 0) + 1
+        return ", ".join(m if n == 1 else f"{m} x{n}" for m, n in counts.items()) or "-"
 
     @property
     def invertible(self) -> bool:
@@ -67,20 +82,34 @@ class Certificate:
         return max((b.bound for b in self.blocks), default=math.nan)
 
     def to_dict(self) -> dict:
-        """JSON-ready ``{"invertible", "max_lipschitz", "blocks": [{"name", "lipschitz"}]}``."""
+        """JSON-ready ``{"invertible", "max_lipschitz", "blocks": [{"name", "lipschitz",
+        "layers": [{"name", "bound", "method"}]}]}``."""
         return {
             "invertible": self.invertible,
             "max_lipschitz": self.max_bound,
-            "blocks": [{"name": b.name, "lipschitz": b.bound} for b in self.blocks],
+            "blocks": [
+                {
+                    "name": b.name,
+                    "lipschitz": b.bound,
+                    "layers": [
+                        {"name": x.name, "bound": x.bound, "method": x.method} for x in b.layers
+                    ],
+                }
+                for b in self.blocks
+            ],
         }
 
     def __str__(self) -> str:
         if not self.blocks:
             return "no residual blocks found: nothing to certify"
         width = max(len("block"), *(len(b.name) for b in self.blocks))
-        lines = [f"{'block':<{width}}  Lip(g) bound  invertible", "-" * (width + 26)]
+        lines = [
+            f"{'block':<{width}}  Lip(g) bound  invertible  layers bounded by",
+            "-" * (width + 45),
+        ]
         for b in self.blocks:
-            lines.append(f"{b.name:<{width}}  {b.bound:>12.6f}  {'yes' if b.invertible else 'NO'}")
+            verdict = "yes" if b.invertible else "NO"
+            lines.append(f"{b.name:<{width}}  {b.bound:>12.6f}  {verdict:<10}  {b.methods}")
         verdict = "guaranteed invertible" if self.invertible else "NOT guaranteed invertible"
         lines.append(f"model: {verdict} (largest bound {self.max_bound:.6f})")
         return "\n".join(lines)
@@ -92,10 +121,10 @@ def certify(model: nn.Module) -> Certificate:
     The blocks are the
     [`InvertibleResidualBlock`][iresnet.transforms.residual.InvertibleResidualBlock]s found by
     ``model.named_modules()``.
-    Each bound is the product of the block's layers' operator norms (activations contribute
+    Each bound is the product of the block's layers' provable bounds (activations contribute
     their slopes, 1 for the 1-Lipschitz ones; see
-    [`lipschitz_bound_of`][iresnet.nn.lipschitz.lipschitz_bound_of]), computed from the weights
-    in force now, so it is never stale. A convolution that has not yet seen an input has no
+    [`layer_bounds`][iresnet.nn.lipschitz.layer_bounds]), computed from the weights in force
+    now, so it is never stale. A convolution that has not yet seen an input has no
     known norm (its norm depends on the input size) and is reported as ``inf``.
 
     Args:
@@ -116,8 +145,9 @@ def certify(model: nn.Module) -> Certificate:
     for name, module in model.named_modules():
         if isinstance(module, InvertibleResidualBlock):
             try:
-                bound = module.lipschitz_bound()
-            except RuntimeError:
-                bound = math.inf
-            blocks.append(BlockCertificate(name or type(module).__name__, bound))
+                layers = tuple(layer_bounds(module.g))
+                bound = math.prod(x.bound for x in layers)
+            except RuntimeError:  # a convolution that has not seen an input
+                layers, bound = (), math.inf
+            blocks.append(BlockCertificate(name or type(module).__name__, bound, layers))
     return Certificate(blocks)

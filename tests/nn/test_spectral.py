@@ -420,3 +420,70 @@ def test_eval_mode_parameter_gradients_match_finite_differences(kind):
             numeric.view(-1)[i] = (up - down) / (2 * eps)
     rel = ((grad - numeric).norm() / numeric.norm()).item()
     assert rel < 1e-6, rel
+
+
+# ------------------------------------------------------------------ certified bounds of layers
+def _swapped_conv() -> iresnet.SpectralConv2d:
+    """The issue's case: persistent vectors converged on one singular direction, then the weight
+    changed so that another direction is the top one; power iteration meets its tolerance on
+    the old one."""
+    layer = iresnet.SpectralConv2d(2, 2, 3, padding=1, coeff=1.0).double()
+    with torch.no_grad():
+        w = torch.zeros(2, 2, 3, 3, dtype=torch.float64)
+        w[0, 0, 1, 1], w[1, 1, 1, 1] = 0.0, 0.85  # channel 1 alone first
+        layer.weight.copy_(w)
+    layer(torch.randn(1, 2, 6, 6, dtype=torch.float64))
+    with torch.no_grad():
+        layer._update_vectors(500, None)  # converged on channel 1
+        layer.weight[0, 0, 1, 1] = 1.0  # now channel 0 is the top direction, orthogonal to v
+    return layer.eval()
+
+
+def test_certified_bound_never_under_reports_where_power_iteration_does():
+    layer = _swapped_conv()
+    w = layer.weight.detach()
+    conv = lambda v: torch.nn.functional.conv2d(v, w, None, 1, 1)  # noqa: E731
+    exact = torch.linalg.matrix_norm(operator_matrix(conv, (2, 6, 6)), ord=2).item()
+    assert exact == pytest.approx(1.0)
+    assert layer.operator_norm() < 0.9  # the estimate misses the top direction
+    bound = layer.bound()
+    assert bound.method == "svd" and float(bound.value) >= exact * (1 - 1e-12)
+    cert = iresnet.certify(iresnet.InvertibleResidualBlock(nn.Sequential(layer)))
+    assert cert.blocks[0].bound >= exact * (1 - 1e-12) and cert.blocks[0].methods == "svd"
+
+
+@pytest.mark.parametrize("size,method", [(6, "svd"), (40, "fft-svd")])
+def test_certificates_name_their_methods(size, method):
+    first = iresnet.SpectralConv2d(3, 8, 3, padding=1, coeff=0.9).double()
+    g = nn.Sequential(first, iresnet.LipSwish(), iresnet.SpectralConv2d(8, 3, 1, coeff=0.9))
+    g = g.double()
+    g(torch.randn(1, 3, size, size, dtype=torch.float64))
+    cert = iresnet.certify(iresnet.InvertibleResidualBlock(g).eval())
+    layers = cert.to_dict()["blocks"][0]["layers"]
+    assert [x["name"] for x in layers] == ["0", "1", "2"]
+    assert [x["method"] for x in layers][:2] == [method, "slope"]
+    assert method in str(cert)
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv8", "conv20"])
+def test_certified_norm_bounds_the_applied_map_by_construction(kind):
+    """``norm="certified"``: the weight is divided by a provable bound of its norm, so the
+    applied map's norm is within ``coeff`` in training and in eval mode, and the normalisation
+    has a gradient."""
+    torch.manual_seed(1)
+    if kind == "linear":
+        layer, shape = iresnet.SpectralLinear(5, 7, coeff=0.9, norm="certified").double(), (5,)
+    else:
+        n = int(kind[4:])
+        layer = iresnet.SpectralConv2d(3, 4, 3, padding=1, coeff=0.9, norm="certified").double()
+        shape = (3, n, n)
+    scale_weights(layer, 10.0)
+    for mode in ("train", "eval"):
+        getattr(layer, mode)()
+        layer(torch.randn(2, *shape, dtype=torch.float64))
+        # the exact norm from the explicit matrix (20x20: the certified bound, exact below it)
+        norm = _applied_norm(layer, shape) if kind != "conv20" else float(layer.bound().value)
+        assert 0.5 <= norm <= 0.9 * (1 + 1e-9), (mode, norm)
+    layer.train()
+    layer(torch.randn(2, *shape, dtype=torch.float64)).sum().backward()
+    assert layer.weight.grad is not None and torch.isfinite(layer.weight.grad).all()

@@ -35,10 +35,12 @@ class ModelConfig:
         constrained: False builds the same architecture without spectral normalisation
             (the paper's "vanilla" model; no inverse is guaranteed).
         lipschitz_norm: how constrained layers are bounded: ``spectral`` (power iteration, the
-            default), ``frobenius`` (cheaper, looser ``||W||_F``) or ``penalty`` (no hard bound;
-            the loss adds ``train.spectral_penalty * sum ||W||_2^2``, the spectral norm
-            regulariser of Yoshida & Miyato, arXiv:1705.10941; the certificate then reports
-            honestly whether the trained model is invertible).
+            default), ``certified`` (a provable bound of every layer's norm, so the applied map
+            is within ``coeff`` by construction; dearer per step), ``frobenius`` (cheaper,
+            looser ``||W||_F``) or ``penalty`` (no hard bound; the loss adds
+            ``train.spectral_penalty * sum ||W||_2^2``, the spectral norm regulariser of
+            Yoshida & Miyato, arXiv:1705.10941; the certificate then reports honestly whether
+            the trained model is invertible).
         n_blocks: residual blocks (toy: in total; images: per scale).
         hidden: hidden width (units for MLPs, channels for convolutions).
         n_layers: linear/conv layers inside each residual branch ``g`` (>= 2).
@@ -102,7 +104,11 @@ class ModelConfig:
         _choice("model.logdet", self.logdet, LOGDETS)
         _choice("model.activation", self.activation, ACTIVATIONS)
         _choice("model.probe", self.probe, ("gaussian", "rademacher"))
-        _choice("model.lipschitz_norm", self.lipschitz_norm, ("spectral", "frobenius", "penalty"))
+        _choice(
+            "model.lipschitz_norm",
+            self.lipschitz_norm,
+            ("spectral", "certified", "frobenius", "penalty"),
+        )
         if not 0.0 < self.coeff <= 1.0:
             raise ConfigError(f"model.coeff must lie in (0, 1], got {self.coeff}")
         if not 0.0 < self.roulette_p < 1.0:

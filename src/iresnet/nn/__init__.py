@@ -1,8 +1,9 @@
 """Lipschitz-constrained layers, 1-Lipschitz activations and residual-branch builders.
 
 Everything is re-exported here from the modules ``spectral`` (spectral normalisation),
-``activations``, ``branches`` (MLP and CNN branches ``g`` from keyword arguments) and
-``lipschitz`` (bounds by composition).
+``activations``, ``branches`` (MLP and CNN branches ``g`` from keyword arguments),
+``lipschitz`` (bounds by composition) and ``bounds`` (provable operator-norm bounds: Gram
+iteration, convolutions through the DFT, exact SVDs).
 
 Examples:
     >>> import torch
@@ -13,8 +14,16 @@ Examples:
 """
 
 from .activations import ACTIVATIONS, LipELU, LipSwish, activation_factory
+from .bounds import (
+    GRAM_ITERATIONS,
+    Bound,
+    conv2d_exact_norm,
+    conv2d_operator_bound,
+    gram_iteration_bound,
+    linear_operator_bound,
+)
 from .branches import BRANCH_NORMS, conv_branch, conv_layer, linear_layer, mlp_branch
-from .lipschitz import conv_tap_bound, lipschitz_bound_of
+from .lipschitz import LayerBound, conv_tap_bound, layer_bounds, lipschitz_bound_of
 from .spectral import (
     NORMS,
     SpectralConv2d,
@@ -28,17 +37,25 @@ from .spectral import (
 __all__ = [
     "ACTIVATIONS",
     "BRANCH_NORMS",
+    "Bound",
+    "GRAM_ITERATIONS",
+    "LayerBound",
     "NORMS",
     "LipELU",
     "LipSwish",
     "SpectralConv2d",
     "SpectralLinear",
     "activation_factory",
+    "conv2d_exact_norm",
+    "conv2d_operator_bound",
     "conv_branch",
     "conv_layer",
     "conv_tap_bound",
     "frozen_normalisation",
+    "gram_iteration_bound",
+    "layer_bounds",
     "linear_layer",
+    "linear_operator_bound",
     "linear_operator_norm",
     "lipschitz_bound_of",
     "mlp_branch",

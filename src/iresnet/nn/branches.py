@@ -21,7 +21,7 @@ from .spectral import SpectralConv2d, SpectralLinear
 
 __all__ = ["BRANCH_NORMS", "linear_layer", "conv_layer", "mlp_branch", "conv_branch"]
 
-BRANCH_NORMS = ("spectral", "frobenius", "penalty", "none")
+BRANCH_NORMS = ("spectral", "certified", "frobenius", "penalty", "none")
 """``norm`` of a branch: the layer norms of ``iresnet.nn.NORMS``, or ``"none"`` for plain
 ``nn.Linear`` / ``nn.Conv2d`` layers (the unconstrained "vanilla" network)."""
 

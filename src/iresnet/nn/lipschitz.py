@@ -14,13 +14,15 @@ References:
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from .activations import ONE_LIPSCHITZ_ACTIVATIONS
+from .spectral import _SpectralNormMixin
 
-__all__ = ["lipschitz_bound_of", "conv_tap_bound"]
+__all__ = ["LayerBound", "conv_tap_bound", "layer_bounds", "lipschitz_bound_of"]
 
 
 def conv_tap_bound(weight: Tensor) -> float:
@@ -72,21 +74,67 @@ def lipschitz_bound_of(module: nn.Module) -> float:
         >>> lipschitz_bound_of(torch.nn.Sequential(torch.nn.Tanh(), torch.nn.ReLU()))
         1.0
     """
+    return math.prod(b.bound for b in layer_bounds(module))
+
+
+@dataclass(frozen=True)
+class LayerBound:
+    """One layer's upper bound of its Lipschitz constant, and how it was obtained.
+
+    Attributes:
+        name: the layer's name inside the module passed to
+            [`layer_bounds`][iresnet.nn.lipschitz.layer_bounds] (``""`` for the module itself).
+        bound: the bound (``inf`` where none is known).
+        method: ``"svd"`` (an exact SVD: a linear layer, or the explicit matrix of a small
+            convolution), ``"fft-svd"`` / ``"fft-gram"`` (a convolution's circular embedding),
+            ``"gram"``, ``"frobenius"``, ``"tap"`` (a plain convolution's tap bound),
+            ``"slope"`` (an activation) or ``"unknown"``.
+    """
+
+    name: str
+    bound: float
+    method: str
+
+
+def layer_bounds(module: nn.Module, prefix: str = "") -> list[LayerBound]:
+    """The bound of every layer of ``module`` (children of an ``nn.Sequential`` in order),
+    each from a provable method; their product bounds ``Lip(module)``.
+
+    Args:
+        module: a layer, or an ``nn.Sequential`` of layers.
+        prefix: the name of ``module`` (for the ``name`` of the entries).
+
+    Returns:
+        A list of [`LayerBound`][iresnet.nn.lipschitz.LayerBound]s.
+
+    Raises:
+        RuntimeError: a [`SpectralConv2d`][iresnet.nn.spectral.SpectralConv2d] inside that has
+            not yet seen an input (its norm depends on the input size).
+
+    Examples:
+        >>> g = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Tanh())
+        >>> [b.method for b in layer_bounds(g)]
+        ['svd', 'slope']
+    """
+    if isinstance(module, _SpectralNormMixin):
+        b = module.bound()
+        return [LayerBound(prefix, float(b.value), b.method)]
     if hasattr(module, "lipschitz_bound") and callable(module.lipschitz_bound):
-        return float(module.lipschitz_bound())
+        return [LayerBound(prefix, float(module.lipschitz_bound()), "slope")]
     if isinstance(module, nn.Sequential):
-        bound = 1.0
-        for child in module:
-            bound *= lipschitz_bound_of(child)
-        return bound
+        out: list[LayerBound] = []
+        for name, child in module.named_children():
+            out += layer_bounds(child, f"{prefix}.{name}" if prefix else name)
+        return out
     if isinstance(module, nn.ELU):
-        return 1.0 if module.alpha <= 1 else float(module.alpha)
+        return [LayerBound(prefix, 1.0 if module.alpha <= 1 else float(module.alpha), "slope")]
     if isinstance(module, nn.LeakyReLU):
-        return max(1.0, abs(module.negative_slope))
+        return [LayerBound(prefix, max(1.0, abs(module.negative_slope)), "slope")]
     if isinstance(module, ONE_LIPSCHITZ_ACTIVATIONS):
-        return 1.0
+        return [LayerBound(prefix, 1.0, "slope")]
     if isinstance(module, nn.Linear):
-        return float(torch.linalg.matrix_norm(module.weight.detach().double(), ord=2))
+        norm = float(torch.linalg.matrix_norm(module.weight.detach().double(), ord=2))
+        return [LayerBound(prefix, norm, "svd")]
     if isinstance(module, nn.Conv2d):
-        return conv_tap_bound(module.weight)
-    return math.inf
+        return [LayerBound(prefix, conv_tap_bound(module.weight), "tap")]
+    return [LayerBound(prefix, math.inf, "unknown")]
