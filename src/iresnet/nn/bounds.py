@@ -420,8 +420,9 @@ def conv2d_exact_norm(
 
     Args:
         weight: ``(C_out, C_in, k_h, k_w)``.
-        input_size, stride, padding: as for
-            [`conv2d_operator_bound`][iresnet.nn.bounds.conv2d_operator_bound].
+        input_size: spatial input size ``(H, W)``, or one int for a square input.
+        stride: ``s`` or ``(s_h, s_w)``, each >= 1.
+        padding: zero padding ``p`` or ``(p_h, p_w)``, each >= 0.
         max_entries: the largest explicit matrix built (and at most 1024 on its smaller side).
 
     Returns:
