@@ -211,3 +211,16 @@ def test_swap_logdets_takes_a_name_and_the_contract_checks_log_det_shapes():
 
     with pytest.raises(ValueError, match=r"Wrong broke the transform contract.*\(3, 1\)"):
         iresnet.ComposedTransform(Wrong())(torch.zeros(3, 2))
+
+
+def test_a_flow_without_event_shape_learns_it_from_its_first_layer_and_checks_every_call():
+    """The issue's case: 3 features into a 2-D flow built without ``event_shape`` failed deep
+    in torch ("mat1 and mat2 shapes cannot be multiplied (4x3 and 2x32)")."""
+    g = iresnet.nn.mlp_branch(2, (32,), coeff=0.9)
+    flow = iresnet.Flow([iresnet.ActNorm(2), iresnet.InvertibleResidualBlock(g)])
+    assert flow.event_shape == (2,)
+    with pytest.raises(iresnet.DataError, match=r"shape \(\*batch, 2\), got \(4, 3\)"):
+        flow.log_prob(torch.randn(4, 3))
+    conv = iresnet.InvertibleResidualBlock(iresnet.nn.conv_branch(2, (4,)))
+    with pytest.raises(ValueError, match="pass event_shape"):
+        iresnet.Flow([conv])

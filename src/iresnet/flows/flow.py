@@ -25,7 +25,13 @@ from torch.distributions import Distribution, Independent, Normal, constraints
 
 from ..errors import DataError
 from ..ops.checks import check_finite, check_input
-from ..transforms import ComposedTransform, Transform
+from ..transforms import (
+    ActNorm,
+    ComposedTransform,
+    InvertibleResidualBlock,
+    Standardize,
+    Transform,
+)
 from ..transforms.base import InverseReport
 
 __all__ = ["Flow", "FlowDistribution", "StandardNormal"]
@@ -152,6 +158,24 @@ class FlowDistribution(Distribution):
         return x, self.log_prob(x)
 
 
+def _event_shape_of(transform: ComposedTransform) -> tuple[int, ...]:
+    """The event shape the first layers fix: a ``Standardize``'s length, or the input size of
+    a linear layer at the start of a residual branch (through shape-keeping ActNorms)."""
+    for t in transform:
+        if isinstance(t, Standardize):
+            return (int(t.mean.numel()),)
+        if isinstance(t, InvertibleResidualBlock):
+            first = next(iter(t.g.children()), t.g) if isinstance(t.g, nn.Sequential) else t.g
+            if isinstance(first, nn.Linear):
+                return (first.in_features,)
+        if not isinstance(t, ActNorm):
+            break
+    raise ValueError(
+        "Flow: the event shape cannot be learned from the first layers (a convolution fixes no "
+        "spatial size); pass event_shape=(...), the shape of one data point"
+    )
+
+
 class Flow(nn.Module):
     """A normalising flow: the transform ``f`` from data to latent, and the base distribution.
 
@@ -161,7 +185,9 @@ class Flow(nn.Module):
 
     Arguments:
         transforms: transforms applied in order from data to latent (or one transform).
-        event_shape: the shape of one data point.
+        event_shape: the shape of one data point; None to learn it from the first layer that
+            fixes it (a linear layer at the start of a residual branch, a ``Standardize``), else
+            ``ValueError``. Every call is checked against it.
         base: a module returning the latent distribution when called; default
             [`StandardNormal`][iresnet.flows.flow.StandardNormal] of the latent shape
             (``transform.forward_shape``).
@@ -175,6 +201,7 @@ class Flow(nn.Module):
     Raises:
         TypeError: an item of ``transforms`` that is not a
             [`Transform`][iresnet.transforms.base.Transform].
+        ValueError: no ``event_shape`` and none can be learned from the first layers.
 
     Examples:
         >>> import torch, iresnet
@@ -190,7 +217,7 @@ class Flow(nn.Module):
     def __init__(
         self,
         transforms: Sequence[Transform] | Transform,
-        event_shape: Sequence[int],
+        event_shape: Sequence[int] | None = None,
         base: nn.Module | None = None,
         validate: bool = True,
     ) -> None:
@@ -201,6 +228,8 @@ class Flow(nn.Module):
             self.transform = ComposedTransform(transforms)
         else:
             self.transform = ComposedTransform(*transforms)
+        if event_shape is None:
+            event_shape = _event_shape_of(self.transform)
         self.event_shape = torch.Size(int(s) for s in event_shape)
         self.latent_shape = torch.Size(self.transform.forward_shape(tuple(self.event_shape)))
         self.base = base if base is not None else StandardNormal(self.latent_shape)
