@@ -234,7 +234,10 @@ class ComposedTransform(Transform):
         for t in reversed(list(self)):
             y, report = t.inverse_with_diagnostics(y)
             diagnostics[:0] = report.diagnostics
-            error = _compose_error(t.inverse_lipschitz(), error, report.error_bound)
+            if error is not None and report.error_bound is not None:  # (training: no bound)
+                error = _compose_error(t.inverse_lipschitz(), error, report.error_bound)
+            else:
+                error = None
         return y, InverseReport(diagnostics, error)
 
     def inverse_lipschitz(self) -> float:
