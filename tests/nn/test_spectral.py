@@ -511,3 +511,15 @@ def test_layer_bounds_are_never_below_the_exact_norm_on_random_layers():
         assert bound >= exact * (1 - 1e-9), (trial, bound, exact)
         worst = max(worst, bound / exact - 1)
     assert worst < 1e-9  # small maps: the explicit matrix's exact norm
+
+
+def test_tiny_weights_are_certified_at_their_norm_not_zero():
+    """The issue's case: weights of ~1e-14 got a power-iteration estimate of exactly 0."""
+    layer = iresnet.SpectralConv2d(2, 2, 3, padding=1).double().eval()
+    with torch.no_grad():
+        layer.weight.mul_(0).add_(1e-14 * torch.randn_like(layer.weight))
+    layer(torch.randn(1, 2, 5, 5, dtype=torch.float64))
+    w = layer.weight.detach()
+    conv = lambda v: torch.nn.functional.conv2d(v, w, None, 1, 1)  # noqa: E731
+    exact = torch.linalg.matrix_norm(operator_matrix(conv, (2, 5, 5)), ord=2).item()
+    assert exact > 0 and layer.lipschitz_bound() == pytest.approx(exact, rel=1e-9)
