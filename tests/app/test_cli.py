@@ -138,3 +138,38 @@ def test_json_output_is_strict_json_and_temperature_is_checked(capsys, tmp_path)
     assert json.loads(out)["test_nll_se"] is None
     code, _, err = run(capsys, "sample", str(out_dir), "--temperature", "-1")
     assert code == 2 and "--temperature must be a finite positive number" in err
+
+
+def test_a_failed_start_leaves_nothing_that_blocks_the_rerun(capsys, tmp_path):
+    """The issue's dead end: a failed start left a folder that refused both a rerun ("use
+    --resume") and --resume ("no valid checkpoint")."""
+    data = tmp_path / "pts.npy"
+    np.save(data, np.array([[0.0, 1.0], [np.nan, 2.0], [1.0, 0.0]]))
+    out_dir = tmp_path / "run"
+    code, _, err = run(
+        capsys, "train", *TINY, "--data", str(data), "--steps", "2", "--out", str(out_dir)
+    )
+    assert code == 2 and "NaN" in err and not out_dir.exists()
+    np.save(data, np.random.default_rng(0).normal(size=(300, 2)))  # fixed
+    assert (
+        run(capsys, "train", *TINY, "--data", str(data), "--steps", "2", "--out", str(out_dir))[0]
+        == 0
+    )
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    code, _, err = run(capsys, "train", *TINY, "--steps", "2", "--out", str(afile))
+    assert code == 2 and "is a file" in err and afile.read_text() == "x"
+
+
+def test_resume_refuses_what_it_would_ignore_and_never_shrinks_a_run(capsys, tmp_path):
+    out_dir = tmp_path / "run"
+    assert run(capsys, "train", *TINY, "--steps", "5", "--out", str(out_dir))[0] == 0
+    config = (out_dir / "config.json").read_text()
+    for extra in (["--seed", "3"], ["--device", "cpu"], ["--out", "x"], ["lr=0.1"]):
+        code, _, err = run(capsys, "train", "--resume", str(out_dir), *extra)
+        assert code == 2 and "--resume continues a run with its saved config" in err, extra
+    code, _, err = run(capsys, "train", "--resume", str(out_dir), "--steps", "3")
+    assert code == 2 and "is at step 5" in err
+    code, _, _ = run(capsys, "train", "--resume", str(out_dir), "--steps", "8", "--dry-run")
+    assert code == 0 and (out_dir / "config.json").read_text() == config  # nothing trained
+    assert json.loads(config)["train"]["steps"] == 5

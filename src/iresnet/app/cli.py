@@ -9,6 +9,7 @@ import argparse
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -210,14 +211,36 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.resume is not None:
         run = Run(args.resume)
         cfg = run.load_config()
-        if args.overrides or args.preset:
+        ignored = [
+            flag
+            for flag, value in (
+                ("a preset", args.preset),
+                ("KEY=VALUE overrides", args.overrides),
+                ("--seed", args.seed),
+                ("--out", args.out),
+                ("--data", args.data),
+                ("--data-dir", args.data_dir),
+                ("--device", args.device),
+            )
+            if value
+        ]
+        if ignored:
             raise ConfigError(
-                "--resume continues a run with its saved config; only --steps may change it"
+                f"--resume continues a run with its saved config; it takes --steps (to extend "
+                f"it), not {', '.join(ignored)}"
             )
         if args.steps is not None:
+            done = run.last_step()
+            if args.steps <= done:
+                raise ConfigError(
+                    f"{run.path} is at step {done}: --steps {args.steps} would not extend it"
+                )
             cfg = cfg.override([f"train.steps={args.steps}"])
-            run.save_config(cfg)
         print(cfg.to_json(), file=sys.stderr)
+        if args.dry_run:
+            return 0
+        if args.steps is not None:
+            run.save_config(cfg)
         result = train(cfg, run.path, resume=True, progress=not args.no_progress)
     else:
         cfg = _resolve_train_config(args)
@@ -230,8 +253,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
     metrics = ", ".join(
         f"{k} {v:.4f}" for k, v in result.last_metrics.items() if not k.endswith("_se")
     )
-    print(f"{verb} at step {result.step}: {metrics}; run folder: {result.run_dir}")
-    return 0
+    if result.is_main:
+        print(f"{verb} at step {result.step}: {metrics}; run folder: {result.run_dir}")
+    if result.stopped == "finished":
+        return 0
+    # Stopped by a signal: the shell's convention 128 + signal, so `train ... && next` stops.
+    return 128 + (result.signal or signal.SIGINT)
 
 
 def _fmt(v: Any) -> str:

@@ -38,15 +38,37 @@ class Run:
         self.checkpoints = self.path / "checkpoints"
         self.weights_path = self.path / "model.safetensors"
 
-    def create(self, cfg: Config) -> None:
-        """Start a new run; a folder that already holds one is refused (nothing is overwritten)."""
+    def check_new(self) -> None:
+        """Refuse, before anything is written, a path that is a file or already holds a run.
+
+        Raises:
+            ConfigError: the path exists as a file, or holds a run's config or checkpoints.
+        """
+        if self.path.exists() and not self.path.is_dir():
+            raise ConfigError(f"{self.path} is a file, not a run folder: choose another --out")
         if self.config_path.exists() or self.checkpoints.exists():
             raise ConfigError(
                 f"{self.path} already holds a run; continue it with --resume {self.path}, "
                 "or choose another --out"
             )
-        self.path.mkdir(parents=True, exist_ok=True)
+
+    def create(self, cfg: Config) -> None:
+        """Start a new run; a folder that already holds one is refused (nothing is overwritten).
+
+        Raises:
+            ConfigError: see ``check_new``, or the folder cannot be created.
+        """
+        self.check_new()
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot create the run folder {self.path}: {exc.strerror}") from None
         atomic_write(self.config_path, cfg.to_json() + "\n")
+
+    def last_step(self) -> int:
+        """The step of the newest valid checkpoint (0 without one)."""
+        ckpt = latest_checkpoint(self.checkpoints)
+        return 0 if ckpt is None else int(ckpt.name.removeprefix("step-"))
 
     def remove_stale_temporaries(self) -> None:
         """Delete half-written checkpoint folders (``.tmp-*``) of a process that was killed."""

@@ -56,6 +56,7 @@ class TrainResult:
     model: nn.Module | None = field(default=None, repr=False)
     task: Task | None = field(default=None, repr=False)
     is_main: bool = True
+    signal: int | None = None  # the signal that stopped the run (None for stop_after)
 
 
 def learning_rate(cfg: Config, step: int) -> float:
@@ -159,6 +160,7 @@ class Trainer:
         self.resume, self.progress, self.stop_after = resume, progress, stop_after
         self.step_count, self.bad_in_row = 0, 0
         self.last: dict[str, float] = {}
+        self.signal: int | None = None
 
     # ------------------------------------------------------------------------------ build
     def build(self, ctx: DistContext) -> None:
@@ -174,17 +176,19 @@ class Trainer:
                     f"{self.run_dir}: no valid checkpoint to resume from (torn or modified ones "
                     "are skipped); start a new run with another --out"
                 )
-        elif ctx.is_main:
-            self.run.create(cfg)  # refuses a folder that already holds a run
+        else:
+            self.run.check_new()  # refuses a folder that already holds a run, writes nothing
         if ctx.is_main:
             self.run.remove_stale_temporaries()  # left by a process killed mid-write
         data = load_data(cfg.data, standardizer=self.run.load_standardizer())
-        if ctx.is_main and not self.resume:
-            self.run.save_data_info(data)
-
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
         self.model = build_model(cfg, data).to(ctx.device)
         self.task = make_task(cfg, data, ctx.device)
+        if ctx.is_main and not self.resume:
+            # Only now that the data loaded and the model was built: a failed start leaves no
+            # folder behind that would block the corrected rerun.
+            self.run.create(cfg)
+            self.run.save_data_info(data)
         t = cfg.train
         self.batches = EpochBatches(self.task.n_train(), t.batch_size, t.seed, ctx.rank, ctx.world)
         if checkpoint is None:
@@ -426,6 +430,7 @@ class Trainer:
                         self.checkpoint()
                     if reason == "signal":
                         stopped = "signal"
+                        self.signal = stop.received
                         break
         finally:
             self.bar.close()
@@ -455,4 +460,5 @@ class Trainer:
             self.evaluation_model,
             self.task,
             ctx.is_main,
+            self.signal,
         )
