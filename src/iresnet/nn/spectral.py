@@ -428,19 +428,27 @@ class _SpectralNormMixin:
         autograd needs one; otherwise computed once per weight value (an inverse's many calls
         cost one bound)."""
         w = self.weight
+        # One bound whether autograd is on or off: the forward map and the map its inverse
+        # solves must be the same (the tighter explicit norm is for certificates only).
         if torch.is_grad_enabled() and w.requires_grad:
-            return self._provable_bound(w).value.to(w.dtype)
+            return self._normalising_bound(w).value.to(w.dtype)
         key = (tuple(self.v.shape),)
         cached = self._certified_cache
         if cached is not None and cached[0] == key and _same_values(cached[1], w.detach()):
             return cached[2]
         with torch.no_grad():
-            value = self._provable_bound(w.detach()).value.to(w.dtype)
+            value = self._normalising_bound(w.detach()).value.to(w.dtype)
         self._certified_cache = (key, w.detach().clone(), value)
         return value
 
     def _provable_bound(self, weight: Tensor) -> Bound:
-        """A provable upper bound of the operator norm of ``weight`` (float64)."""
+        """The tightest provable upper bound of the operator norm of ``weight`` (float64), for
+        certificates; by default the normalising one."""
+        return self._normalising_bound(weight)
+
+    def _normalising_bound(self, weight: Tensor) -> Bound:
+        """A provable, differentiable upper bound of the operator norm of ``weight`` (float64)
+        that does not depend on whether autograd is on: ``norm="certified"`` divides by it."""
         raise NotImplementedError
 
     def bound(self) -> Bound:
@@ -545,7 +553,7 @@ class SpectralLinear(_SpectralNormMixin, nn.Linear):
             return None
         return torch.linalg.matrix_norm(weight.double(), ord=2).to(weight.dtype)
 
-    def _provable_bound(self, weight: Tensor) -> Bound:
+    def _normalising_bound(self, weight: Tensor) -> Bound:
         return linear_operator_bound(weight)
 
     def _top_singular_vectors(self) -> tuple[Tensor, Tensor]:
@@ -716,22 +724,35 @@ class SpectralConv2d(_SpectralNormMixin, nn.Conv2d):
         tt = self._conv_forward(t.reshape(-1, *t.shape[2:]), w, None)
         return self._conv_forward(x, w, self.bias), tt.reshape(*t.shape[:2], *tt.shape[1:])
 
-    def _provable_bound(self, weight: Tensor) -> Bound:
+    def _input_size(self) -> tuple[int, int]:
         if self.v.numel() == 0:
             raise RuntimeError(
                 "SpectralConv2d has not seen an input yet, so its operator norm (which depends "
                 "on the input's spatial size) is unknown: run one forward pass first"
             )
-        size = (int(self.v.shape[-2]), int(self.v.shape[-1]))
-        args = (weight, size, self.stride, self.padding)
-        # Small maps: the exact norm of the explicit matrix (the circular bound is loose on small
-        # images, 25% on 4x4); else the SVD of each DFT matrix, exact for the circular embedding
-        # and on the CPU faster than Gram iteration (benchmarks/results/certificate.md).
-        if not (torch.is_grad_enabled() and weight.requires_grad):
-            exact = conv2d_exact_norm(*args)  # type: ignore[arg-type]
-            if exact is not None:
-                return exact
-        return conv2d_operator_bound(*args, method="svd")  # type: ignore[arg-type]
+        return int(self.v.shape[-2]), int(self.v.shape[-1])
+
+    def _normalising_bound(self, weight: Tensor) -> Bound:
+        # The exact norm of the circular embedding: an SVD per DFT matrix, differentiable, and
+        # on the CPU faster than Gram iteration (benchmarks/results/certificate.md).
+        return conv2d_operator_bound(
+            weight,
+            self._input_size(),
+            self.stride,
+            self.padding,
+            method="svd",  # type: ignore[arg-type]
+        )
+
+    def _provable_bound(self, weight: Tensor) -> Bound:
+        # Small maps: the exact norm of the explicit matrix (the circular bound is loose on
+        # small images, 25% on 4x4); larger ones: the circular bound.
+        exact = conv2d_exact_norm(
+            weight,
+            self._input_size(),
+            self.stride,
+            self.padding,  # type: ignore[arg-type]
+        )
+        return exact if exact is not None else self._normalising_bound(weight)
 
     def operator_norm(self, *, tol: float = 1e-9, max_iter: int = 20_000) -> float:
         if self.v.numel() == 0:
