@@ -10,7 +10,8 @@
 - :mod:`bench.ours`: our model trained by the real loop under a CPU budget;
 - :mod:`bench.density`: exact log-densities of trained toy flows and their scores;
 - :mod:`bench.peers`: the peers' (normflows, zuko) builders and their one training loop;
-- :mod:`bench.blocks`: residual branches for the micro-benchmarks and their exact norms.
+- :mod:`bench.blocks`: residual branches for the micro-benchmarks and their exact norms;
+- :mod:`bench.norms`: two Lipschitz normalisations compared (toy likelihood, interleaved steps).
 
 The scripts in ``benchmarks/`` import this package (``python benchmarks/SCRIPT.py`` puts
 ``benchmarks/`` first on the path).

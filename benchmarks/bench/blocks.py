@@ -19,17 +19,28 @@ def scale_raw_weights(g: nn.Module, factor: float) -> nn.Module:
     return g
 
 
-def exact_layer_norms(g: nn.Module) -> list[float]:
+def exact_layer_norms(g: nn.Module, grad_mode: bool = False) -> list[float]:
     """Exact operator norm of every normalised layer of ``g`` (float64 SVD; a convolution as the
-    dense matrix on the input shape it has seen), in module order."""
+    dense matrix on the input shape it has seen, a 1x1 one without stride or padding as its
+    ``C_out x C_in`` matrix), in module order.
+
+    ``grad_mode``: the normalised weight as the layer builds it with autograd on (as in training
+    and inside a log-det estimator) instead of without (as in an inverse or a certificate); the
+    two differ for ``norm="certified"`` convolutions, which divide by a different bound."""
     out = []
-    with torch.no_grad():
-        for m in g.modules():
+    for m in g.modules():
+        if not isinstance(m, (iresnet.SpectralLinear, iresnet.SpectralConv2d)):
+            continue
+        with torch.set_grad_enabled(grad_mode):
+            w = m.normalized_weight()
+        with torch.no_grad():
+            w = w.detach().double()
             if isinstance(m, iresnet.SpectralLinear):
-                w = m.normalized_weight().double()
                 out.append(float(torch.linalg.matrix_norm(w, ord=2)))
-            elif isinstance(m, iresnet.SpectralConv2d):
-                w = m.normalized_weight().double()
+            elif w.shape[-2:] == (1, 1) and m.stride == (1, 1) and m.padding == (0, 0):
+                # W at every pixel: the operator's norm is the matrix's (no dense operator).
+                out.append(float(torch.linalg.matrix_norm(w.flatten(1), ord=2)))
+            else:
                 cin, h, wd = m.v.shape[1:]
                 d = cin * h * wd
                 basis = torch.eye(d, dtype=torch.float64).reshape(d, cin, h, wd)

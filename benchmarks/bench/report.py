@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -127,3 +127,12 @@ def write_results(
     )
     print(f"wrote {md_path} and {json_path}", flush=True)
     return md_path, json_path
+
+
+def rerender(json_path: Path, write: Callable[..., Any]) -> None:
+    """Rewrite a recorded run's report without measuring: ``write(name, env, settings, raw,
+    total_seconds, out_dir)`` with the values of its JSON (the command, date and load averages
+    are the recorded ones), into the JSON's folder."""
+    p = json.loads(Path(json_path).read_text())
+    total = p["summary"]["total_seconds"]
+    write(p["benchmark"], p["environment"], p["settings"], p["raw"], total, json_path.parent)
