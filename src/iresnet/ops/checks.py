@@ -7,6 +7,7 @@ device; the NaN/Inf check, which must read values, is separate
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import torch
@@ -20,7 +21,7 @@ __all__ = ["check_input", "check_finite", "module_dtype_device"]
 def module_dtype_device(module: nn.Module) -> tuple[torch.dtype, torch.device] | None:
     """The dtype and device of ``module``'s first floating parameter or buffer (None if it has
     none)."""
-    for t in (*module.parameters(), *module.buffers()):
+    for t in itertools.chain(module.parameters(), module.buffers()):  # stops at the first
         if t.is_floating_point():
             return t.dtype, t.device
     return None
