@@ -44,12 +44,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .checks import check_input
 from .flows.flow import StandardNormal
 from .flows.multiscale import check_image_shape
 from .nn import conv_branch
 from .nn.branches import Activation
 from .ops import FixedPointInverse, LogDetEstimator, logdet_estimator
-from .ops.checks import check_input
 from .transforms import (
     ActNorm,
     ComposedTransform,
@@ -209,11 +209,17 @@ class _InvertibleNetwork(nn.Module):
         Args:
             f: features ``(B, *feature_shape)``.
         """
-        return self.trunk.inverse(f)
+        return self.invert_features_with_diagnostics(f)[0]
 
     def invert_features_with_diagnostics(self, f: Tensor) -> tuple[Tensor, InverseReport]:
         """``invert_features(f)`` and the [`InverseReport`][iresnet.transforms.base.InverseReport]
         of every block's solve, data side first."""
+        check_input(
+            f,
+            f"{type(self).__name__}.invert_features",
+            like=self.trunk,
+            event_shape=self.feature_shape,
+        )
         return self.trunk.inverse_with_diagnostics(f)
 
 

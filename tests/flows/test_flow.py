@@ -69,7 +69,7 @@ def test_temperature_scales_the_base_and_is_refused_for_other_bases():
             )
 
     uniform = iresnet.Flow([iresnet.ActNorm(2)], event_shape=(2,), base=UniformBase())
-    with pytest.raises(ValueError, match="normal base"):
+    with pytest.raises(ValueError, match="Gaussian base"):
         uniform.sample(3, temperature=0.5)
 
 
@@ -224,3 +224,25 @@ def test_a_flow_without_event_shape_learns_it_from_its_first_layer_and_checks_ev
     conv = iresnet.InvertibleResidualBlock(iresnet.nn.conv_branch(2, (4,)))
     with pytest.raises(ValueError, match="pass event_shape"):
         iresnet.Flow([conv])
+
+
+def test_the_pieces_name_mistakes_too():
+    """Blocks, layers, ActNorm, Standardize, the estimators and the solver on their own."""
+    block = iresnet.InvertibleResidualBlock(iresnet.nn.mlp_branch(2, (8,)))
+    with pytest.raises(iresnet.DataError, match="SpectralLinear: expected 2 input features"):
+        block(torch.zeros(4, 3))
+    with pytest.raises(iresnet.DataError, match="integer tensor"):
+        iresnet.RussianRouletteLogDet()(block.g, torch.zeros(4, 2, dtype=torch.long))
+    with pytest.raises(iresnet.DataError, match="got float64"):
+        iresnet.fixed_point_solve(block.g, torch.zeros(4, 2, dtype=torch.float64))
+    act = iresnet.ActNorm(3)
+    act(torch.randn(4, 3))
+    with pytest.raises(iresnet.DataError, match="ActNorm: expected 3 channels"):
+        act(torch.randn(4, 2))
+    with pytest.raises(iresnet.DataError, match="empty batch"):
+        act(torch.zeros(0, 3))
+    with pytest.raises(iresnet.DataError, match="Standardize: expected 2 features"):
+        iresnet.Standardize([0.0, 0.0], [1.0, 1.0])(torch.zeros(4, 3))
+    model = iresnet.InvertibleClassifier((1, 8, 8), 10, hidden_channels=4)
+    with pytest.raises(iresnet.DataError, match="invert_features"):
+        model.invert_features(torch.zeros(2, 3, 4, 4))

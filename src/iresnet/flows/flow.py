@@ -21,10 +21,17 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Distribution, Independent, Normal, constraints
+from torch.distributions import (
+    Distribution,
+    Independent,
+    LowRankMultivariateNormal,
+    MultivariateNormal,
+    Normal,
+    constraints,
+)
 
+from ..checks import check_finite, check_input
 from ..errors import DataError
-from ..ops.checks import check_finite, check_input
 from ..transforms import (
     ActNorm,
     ComposedTransform,
@@ -260,7 +267,7 @@ class Flow(nn.Module):
             return self.transform.inverse(self.sample_latent(n, temperature))
 
     def sample_latent(self, n: int, temperature: float = 1.0) -> Tensor:
-        """``n`` draws of the base, scaled about its mean by ``temperature`` (normal bases).
+        """``n`` draws of the base, scaled about its mean by ``temperature`` (Gaussian bases).
 
         Returns:
             ``(n, *latent_shape)``.
@@ -281,9 +288,9 @@ class Flow(nn.Module):
         base = self.base()
         if temperature != 1.0:
             inner = base.base_dist if isinstance(base, Independent) else base
-            if not isinstance(inner, Normal):
+            if not isinstance(inner, (Normal, MultivariateNormal, LowRankMultivariateNormal)):
                 raise ValueError(
-                    f"temperature={temperature} needs a normal base distribution, got "
+                    f"temperature={temperature} needs a Gaussian base distribution, got "
                     f"{type(inner).__name__}; sample at temperature 1"
                 )
             z = base.sample((n,))

@@ -14,7 +14,7 @@ Examples:
     (torch.Size([4]), True)
 """
 
-from .checks import check_finite, check_input
+from ..checks import check_finite, check_input
 from .fixed_point import (
     FixedPointInverse,
     InverseDiagnostics,

@@ -29,6 +29,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from ..checks import check_input
 from ..errors import InverseNotConvergedError, InverseNotConvergedWarning
 
 __all__ = [
@@ -217,6 +218,7 @@ def fixed_point_solve(
         >>> x.tolist(), d.all_converged  # x + x / 2 = y
         ([[1.0, 2.0]], True)
     """
+    check_input(y, "fixed_point_solve", like=g if isinstance(g, nn.Module) else None)
     with torch.no_grad():
         b = y.shape[0]
         shape = y.shape
@@ -435,7 +437,8 @@ class FixedPointInverse:
             parts.append(
                 f"{floored}/{n} samples stopped at the rounding floor of their dtype, above "
                 f"atol {self.atol:g} + rtol {self.rtol:g} * max|x|: the result is as accurate "
-                "as the dtype allows; ask for a larger atol/rtol or compute in float64"
+                "as the dtype allows; ask for a larger atol/rtol"
+                + ("" if diag.residual.dtype == torch.float64 else " or compute in float64")
             )
         return f"fixed-point inverse{of} did not reach the requested tolerance: " + "; ".join(parts)
 

@@ -43,7 +43,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from .checks import check_input
+from ..checks import check_input
 from .jacobian import jacobian
 
 __all__ = [
@@ -453,6 +453,7 @@ class PowerSeriesLogDet(LogDetEstimator):
         self.generator = generator
 
     def __call__(self, g: G, x: Tensor) -> tuple[Tensor, Tensor]:
+        check_input(x, type(self).__name__, like=g if isinstance(g, nn.Module) else None)
         probes = sample_probes(x, self.n_probes, self.probe, self.generator)
         return series_logdet(
             g,
@@ -560,6 +561,7 @@ class RussianRouletteLogDet(LogDetEstimator):
     def __call__(self, g: G, x: Tensor) -> tuple[Tensor, Tensor]:
         n = self.draw_n_terms()
         weights = roulette_weights(n, self.n_exact, self.distribution, self._param)
+        check_input(x, type(self).__name__, like=g if isinstance(g, nn.Module) else None)
         probes = sample_probes(x, self.n_probes, self.probe, self.generator)
         return series_logdet(
             g,

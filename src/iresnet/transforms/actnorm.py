@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..checks import check_input, check_size
 from ..errors import DataError
 from .base import Transform
 
@@ -76,10 +77,12 @@ class ActNorm(Transform):
         self.initialized.fill_(True)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        check_input(x, "ActNorm", like=self)
+        check_size(x, "ActNorm", 1, self.bias.numel(), "channels")
         if self.training and not bool(self.initialized):
             self.initialize(x)
         y = (x + self._view(self.bias, x)) * self._view(self.log_scale, x).exp()
-        spatial = x[0, 0].numel()
+        spatial = x.shape[2:].numel()
         logdet = (self.log_scale.sum() * spatial).expand(x.shape[0])
         return y, logdet
 

@@ -36,6 +36,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from ..checks import check_input, check_size
 from ..errors import DataError
 from .base import Transform
 
@@ -345,6 +346,8 @@ class Standardize(Transform):
         self.register_buffer("std", std_t)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        check_input(x, "Standardize", like=self, any_float=True)
+        check_size(x, "Standardize", -1, self.mean.numel(), "features")
         wide = torch.promote_types(x.dtype, self.mean.dtype)
         z = ((x.to(wide) - self.mean.to(wide)) / self.std.to(wide)).to(self.mean.dtype)
         logdet = -torch.log(self.std).sum().expand(x.shape[0])

@@ -2,7 +2,7 @@
 
 They read only tensor metadata (type, shape, dtype, device) and never synchronise with the
 device; the NaN/Inf check, which must read values, is separate
-([`check_finite`][iresnet.ops.checks.check_finite]).
+([`check_finite`][iresnet.checks.check_finite]).
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from ..errors import DataError
+from .errors import DataError
 
-__all__ = ["check_input", "check_finite", "module_dtype_device"]
+__all__ = ["check_input", "check_size", "check_finite", "module_dtype_device"]
 
 
 def module_dtype_device(module: nn.Module) -> tuple[torch.dtype, torch.device] | None:
@@ -97,13 +97,24 @@ def check_input(
                 "the model with levels=K so that it dequantises them)"
             )
         return
-    if x.dtype != dtype and not any_float:
+    # Under autocast, half-precision activations meet float32 weights by design.
+    if x.dtype != dtype and not any_float and not torch.is_autocast_enabled(x.device.type):
         method = {torch.float32: "float", torch.float64: "double", torch.float16: "half"}
         to_x = method.get(dtype, f"to(torch.{_name(dtype)})")
         to_m = method.get(x.dtype, f"to(torch.{_name(x.dtype)})")
         raise DataError(
             f"{where}: got {_name(x.dtype)}, the module is {_name(dtype)}: call x.{to_x}() or "
             f"module.{to_m}()"
+        )
+
+
+def check_size(x: Tensor, where: str, dim: int, size: int, what: str) -> None:
+    """Raise one clear ``DataError`` unless ``x`` has ``size`` entries along ``dim`` (e.g. a
+    layer's input features or channels)."""
+    if x.dim() <= max(dim, -dim - 1) or x.shape[dim] != size:
+        raise DataError(
+            f"{where}: expected {size} {what} (dimension {dim}), got a tensor of shape "
+            f"{tuple(x.shape)}"
         )
 
 
