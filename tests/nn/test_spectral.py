@@ -546,3 +546,15 @@ def test_certified_layers_apply_one_map_with_and_without_autograd():
         rec = flow.inverse(z_nograd)
     torch.testing.assert_close(z_grad.detach(), z_nograd, rtol=0, atol=1e-12)
     assert (rec - x).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("mode", ["reflect", "replicate", "circular"])
+def test_plain_convolutions_with_copying_padding_are_not_certified(mode):
+    """A reflect-padded 3x3 convolution with corner taps 0.24 was certified at 0.96 while its
+    exact norm on 4x4 inputs is 1.26: the tap bound assumes zero padding."""
+    conv = nn.Conv2d(1, 1, 3, padding=1, padding_mode=mode, bias=False).double()
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.weight[0, 0, ::2, ::2] = 0.24
+    cert = iresnet.certify(iresnet.InvertibleResidualBlock(nn.Sequential(conv)).eval())
+    assert not cert.invertible and cert.blocks[0].methods == "unknown"

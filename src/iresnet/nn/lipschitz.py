@@ -54,8 +54,9 @@ def lipschitz_bound_of(module: nn.Module) -> float:
     A module with a ``lipschitz_bound()`` method: its value (the spectral layers give their
     operator norm, see [`SpectralLinear`][iresnet.nn.spectral.SpectralLinear]).
     ``nn.Sequential``: the product of its children's bounds. Plain ``nn.Linear``: its exact
-    spectral norm (float64 SVD); plain ``nn.Conv2d``:
-    [`conv_tap_bound`][iresnet.nn.lipschitz.conv_tap_bound]; ELU and LeakyReLU: their largest
+    spectral norm (float64 SVD); plain ``nn.Conv2d`` with zero padding:
+    [`conv_tap_bound`][iresnet.nn.lipschitz.conv_tap_bound] (the other padding modes copy
+    entries, so a tap can expand norms: not certified); ELU and LeakyReLU: their largest
     slopes; the other activations of
     [`ONE_LIPSCHITZ_ACTIVATIONS`][iresnet.nn.activations.ONE_LIPSCHITZ_ACTIVATIONS]: 1. Anything
     else is not certified (``inf``).
@@ -136,5 +137,8 @@ def layer_bounds(module: nn.Module, prefix: str = "") -> list[LayerBound]:
         norm = float(torch.linalg.matrix_norm(module.weight.detach().double(), ord=2))
         return [LayerBound(prefix, norm, "svd")]
     if isinstance(module, nn.Conv2d):
+        if module.padding_mode != "zeros":
+            # Reflect, replicate (and wide circular) padding copy entries: a tap can expand norms.
+            return [LayerBound(prefix, math.inf, "unknown")]
         return [LayerBound(prefix, conv_tap_bound(module.weight), "tap")]
     return [LayerBound(prefix, math.inf, "unknown")]

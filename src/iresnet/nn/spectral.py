@@ -28,6 +28,7 @@ References:
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -35,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..checks import check_input, check_size
 from .bounds import Bound, conv2d_exact_norm, conv2d_operator_bound, linear_operator_bound
 
 __all__ = [
@@ -44,6 +46,7 @@ __all__ = [
     "SpectralConv2d",
     "frozen_normalisation",
     "spectral_penalty",
+    "float64_forward",
 ]
 
 _EPS = 1e-12
@@ -428,16 +431,20 @@ class _SpectralNormMixin:
         autograd needs one; otherwise computed once per weight value (an inverse's many calls
         cost one bound)."""
         w = self.weight
+        # Rounding W / sigma entrywise perturbs the map by at most eps (1 + sqrt(numel)) of its
+        # norm (a conv's perturbation is bounded by its taps' Frobenius norms): dividing by that
+        # much more keeps the applied norm within coeff in the weight's own dtype.
+        margin = 1.0 + torch.finfo(w.dtype).eps * (1.0 + math.sqrt(w.numel()))
         # One bound whether autograd is on or off: the forward map and the map its inverse
         # solves must be the same (the tighter explicit norm is for certificates only).
         if torch.is_grad_enabled() and w.requires_grad:
-            return self._normalising_bound(w).value.to(w.dtype)
+            return (self._normalising_bound(w).value * margin).to(w.dtype)
         key = (tuple(self.v.shape),)
         cached = self._certified_cache
         if cached is not None and cached[0] == key and _same_values(cached[1], w.detach()):
             return cached[2]
         with torch.no_grad():
-            value = self._normalising_bound(w.detach()).value.to(w.dtype)
+            value = (self._normalising_bound(w.detach()).value * margin).to(w.dtype)
         self._certified_cache = (key, w.detach().clone(), value)
         return value
 
@@ -479,6 +486,17 @@ class _SpectralNormMixin:
                 result = self._provable_bound(w_hat)
         self._bound_cache = (key, w_hat, result)
         return result
+
+    def forward_float64(self, x: Tensor) -> Tensor:
+        """The map this layer applies now, evaluated in float64 (no gradient, no power-iteration
+        step): the weight in force is cast exactly, so only float64 rounding remains."""
+        with torch.no_grad(), frozen_normalisation(self):  # type: ignore[arg-type]
+            w = self.normalized_weight().detach().double()
+        bias = self.bias.detach().double() if self.bias is not None else None  # type: ignore[attr-defined]
+        return self._apply_weight(x.double(), w, bias)
+
+    def _apply_weight(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        raise NotImplementedError
 
     def lipschitz_bound(self) -> float:
         """The layer's certified Lipschitz constant: ``float(bound())`` (the bias does not
@@ -565,7 +583,12 @@ class SpectralLinear(_SpectralNormMixin, nn.Linear):
         u, _, vh = torch.linalg.svd(w.double(), full_matrices=False)
         return u[:, 0].to(w.dtype), vh[0].to(w.dtype)
 
+    def _apply_weight(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        return F.linear(x, weight, bias)
+
     def forward(self, x: Tensor) -> Tensor:
+        check_input(x, "SpectralLinear", like=self)
+        check_size(x, "SpectralLinear", -1, self.in_features, "input features")
         return F.linear(x, self.normalized_weight(), self.bias)
 
     def jvp(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
@@ -705,7 +728,12 @@ class SpectralConv2d(_SpectralNormMixin, nn.Conv2d):
                 setattr(self, name, empty)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
+    def _apply_weight(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        return F.conv2d(x, weight, bias, self.stride, self.padding)
+
     def forward(self, x: Tensor) -> Tensor:
+        check_input(x, "SpectralConv2d", like=self)
+        check_size(x, "SpectralConv2d", -3, self.in_channels, "input channels")
         self._ensure_vectors(x)
         return self._conv_forward(x, self.normalized_weight(), self.bias)
 
@@ -816,3 +844,48 @@ def spectral_penalty(model: nn.Module) -> Tensor:
     """
     terms = [m.spectral_penalty() for m in model.modules() if isinstance(m, _SpectralNormMixin)]
     return torch.stack(terms).sum() if terms else torch.zeros(())
+
+
+def float64_forward(module: nn.Module, x: Tensor) -> Tensor | None:
+    """``module(x)`` evaluated in float64, for a branch made of known layers; else None.
+
+    Spectral layers apply their weight in force cast exactly to float64
+    (``forward_float64``); plain ``nn.Linear`` / ``nn.Conv2d`` their weights cast; modules without
+    parameters (and the 1-Lipschitz activations, whose parameters promote) run on the float64
+    input; ``nn.Sequential`` composes. Used to check a computed inverse against the exact map:
+    the residual ``y - x - g(x)`` of a float32 solve is then known to float64 rounding.
+
+    Args:
+        module: the map, usually a residual branch ``g``.
+        x: its input (any floating dtype).
+
+    Returns:
+        The float64 output, or None where a layer is not known.
+    """
+    x = x.double()
+    if isinstance(module, _SpectralNormMixin):
+        return module.forward_float64(x)
+    if isinstance(module, nn.Sequential):
+        for child in module:
+            x = float64_forward(child, x)  # type: ignore[assignment]
+            if x is None:
+                return None
+        return x
+    with torch.no_grad():
+        if type(module) is nn.Linear:
+            b = module.bias.double() if module.bias is not None else None
+            return F.linear(x, module.weight.double(), b)
+        if type(module) is nn.Conv2d and module.padding_mode == "zeros":
+            b = module.bias.double() if module.bias is not None else None
+            return F.conv2d(
+                x,
+                module.weight.double(),
+                b,
+                module.stride,
+                module.padding,
+                module.dilation,
+                module.groups,
+            )
+        if next(module.parameters(), None) is None or getattr(module, "lipschitz_bound", None):
+            return module(x)
+    return None
