@@ -99,6 +99,32 @@ class Certificate:
             ],
         }
 
+    @classmethod
+    def from_dict(cls, data: dict) -> Certificate:
+        """The certificate that [`to_dict`][iresnet.certificate.Certificate.to_dict] wrote.
+
+        ``None`` bounds (strict JSON's spelling of ``inf``) read back as ``inf``.
+
+        Raises:
+            KeyError: ``data`` lacks a block's ``name``, ``lipschitz`` or ``layers``.
+        """
+
+        def bound(value: float | None) -> float:
+            return math.inf if value is None else float(value)
+
+        return cls(
+            [
+                BlockCertificate(
+                    b["name"],
+                    bound(b["lipschitz"]),
+                    tuple(
+                        LayerBound(x["name"], bound(x["bound"]), x["method"]) for x in b["layers"]
+                    ),
+                )
+                for b in data["blocks"]
+            ]
+        )
+
     def __str__(self) -> str:
         if not self.blocks:
             return "no residual blocks found: nothing to certify"

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from iresnet.app.cli import main
+from iresnet.certificate import Certificate
 
 TINY = [
     "model.n_blocks=1",
@@ -173,3 +174,26 @@ def test_resume_refuses_what_it_would_ignore_and_never_shrinks_a_run(capsys, tmp
     code, _, _ = run(capsys, "train", "--resume", str(out_dir), "--steps", "8", "--dry-run")
     assert code == 0 and (out_dir / "config.json").read_text() == config  # nothing trained
     assert json.loads(config)["train"]["steps"] == 5
+
+
+def test_evaluate_and_sample_check_their_flags_before_loading(capsys, tmp_path):
+    """Bad counts are named even when the run folder is wrong too: the flag is checked first."""
+    missing = str(tmp_path / "no-run")
+    for args, message in (
+        (("evaluate", missing, "--n-inverse", "0"), "--n-inverse must be >= 1, got 0"),
+        (("evaluate", missing, "--n-test", "-3"), "--n-test must be >= 1, got -3"),
+        (("sample", missing, "-n", "0"), "--num must be >= 1, got 0"),
+        (("sample", missing, "--out", str(tmp_path / "s.txt")), "--out must end in .npy"),
+    ):
+        code, _, err = run(capsys, *args)
+        assert code == 2 and message in err and "Traceback" not in err, (args, err)
+
+
+def test_evaluate_prints_the_certificate_table_with_methods(capsys, tmp_path):
+    out_dir = tmp_path / "run"
+    assert run(capsys, "train", *TINY, "--steps", "2", "--out", str(out_dir))[0] == 0
+    code, out, _ = run(capsys, "evaluate", str(out_dir), "--n-inverse", "8")
+    assert code == 0
+    assert "layers bounded by" in out and "svd" in out and "guaranteed invertible" in out
+    saved = json.loads((out_dir / "eval.json").read_text())["certificate"]
+    assert Certificate.from_dict(saved).to_dict() == saved  # the JSON round-trips

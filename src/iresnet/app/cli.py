@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..certificate import BlockCertificate, Certificate, certify
+from ..certificate import Certificate, certify
 from ..errors import ConfigError, IResNetError
 from . import plots
 from .config import SECTIONS, Config
@@ -207,6 +207,12 @@ def _launch_torchrun(nproc: int, argv: Sequence[str]) -> int:
     return subprocess.call(cmd, env=os.environ.copy())
 
 
+def _print_config(cfg: Config) -> None:
+    """The resolved config on stderr, once: under torchrun only rank 0 prints it."""
+    if os.environ.get("RANK", "0") == "0":
+        print(cfg.to_json(), file=sys.stderr)
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     if args.resume is not None:
         run = Run(args.resume)
@@ -236,7 +242,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
                     f"{run.path} is at step {done}: --steps {args.steps} would not extend it"
                 )
             cfg = cfg.override([f"train.steps={args.steps}"])
-        print(cfg.to_json(), file=sys.stderr)
+        _print_config(cfg)
         if args.dry_run:
             return 0
         if args.steps is not None:
@@ -244,7 +250,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         result = train(cfg, run.path, resume=True, progress=not args.no_progress)
     else:
         cfg = _resolve_train_config(args)
-        print(cfg.to_json(), file=sys.stderr)
+        _print_config(cfg)
         if args.dry_run:
             return 0
         out = args.out or _free_run_dir(cfg.preset)
@@ -268,9 +274,11 @@ def _fmt(v: Any) -> str:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    trained = load_run(args.run_dir, device=args.device)
+    if args.n_inverse < 1:
+        raise ConfigError(f"--n-inverse must be >= 1, got {args.n_inverse}")
     if args.n_test is not None and args.n_test < 1:
         raise ConfigError(f"--n-test must be >= 1, got {args.n_test}")
+    trained = load_run(args.run_dir, device=args.device)
     result = trained.task.full_evaluation(
         trained.model, n_inverse=args.n_inverse, n_test=args.n_test
     )
@@ -286,17 +294,19 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     cert = result.pop("certificate")
     for key, value in result.items():
         print(f"{key:>24}: {_fmt(value)}")
-    print(Certificate([BlockCertificate(b["name"], b["lipschitz"]) for b in cert["blocks"]]))
+    print(Certificate.from_dict(cert))
     return 0
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
-    trained = load_run(args.run_dir)
-    torch.manual_seed(args.seed)
     if args.num < 1:
-        raise ConfigError("--num must be positive")
+        raise ConfigError(f"--num must be >= 1, got {args.num}")
     if not (math.isfinite(args.temperature) and args.temperature > 0):
         raise ConfigError(f"--temperature must be a finite positive number, got {args.temperature}")
+    if args.out is not None and args.out.suffix not in (".npy", ".csv", ".png"):
+        raise ConfigError(f"--out must end in .npy, .csv or .png, got '{args.out.suffix}'")
+    trained = load_run(args.run_dir)
+    torch.manual_seed(args.seed)
     x, diags = trained.task.sample(trained.model, args.num, temperature=args.temperature)
     x = x.cpu()
     out = args.out or trained.run.path / "samples.npy"
