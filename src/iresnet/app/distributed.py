@@ -91,7 +91,17 @@ def setup_distributed(device: str) -> DistContext:
     return DistContext(rank, world, dev)
 
 
-def teardown_distributed() -> None:
-    """Leave the process group if this process joined one."""
+def teardown_distributed(wait: bool = True) -> None:
+    """Leave the process group if this process joined one.
+
+    With ``wait`` the ranks first meet at a barrier: a rank that tears gloo down while its peer
+    is still evaluating or writing (rank 0's work after the last step) can abort in gloo's C++
+    threads (``terminate called without an active exception``, SIGABRT), seen on loaded
+    machines. After an error pass ``wait=False``: the peers may never arrive.
+    """
     if dist.is_initialized():
-        dist.destroy_process_group()
+        try:
+            if wait:
+                dist.barrier()
+        finally:
+            dist.destroy_process_group()

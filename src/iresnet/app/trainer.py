@@ -445,13 +445,15 @@ class Trainer:
             torch.set_flush_denormal(True)
         if self.cfg.train.threads > 0:
             torch.set_num_threads(self.cfg.train.threads)
+        completed = False
         try:
             self.build(ctx)
             stopped = self.run_loop()
             if stopped == "finished":
                 self.finish()
+            completed = True
         finally:
-            teardown_distributed()
+            teardown_distributed(wait=completed)
         return TrainResult(
             self.run.path,
             self.step_count,
