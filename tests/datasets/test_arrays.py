@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from iresnet.datasets.arrays import Standardizer, load_array, split_array
+from iresnet.datasets.arrays import (
+    Standardizer,
+    check_spread,
+    discrete_columns,
+    load_array,
+    split_array,
+)
 from iresnet.errors import ConfigError, DataError
 
 
@@ -238,3 +244,58 @@ def test_standardizer_dict_round_trip() -> None:
         Standardizer.from_dict({"mean": [0.0, 1.0], "std": [1.0]})
     with pytest.raises(ConfigError):
         Standardizer.from_dict({"mean": ["a"], "std": [1.0]})
+
+
+def test_integer_data_is_refused_or_dequantised_in_its_cells(tmp_path):
+    from iresnet.datasets import load_dataset
+
+    path = tmp_path / "counts.npy"
+    levels = np.random.default_rng(0).integers(0, 5, size=(400, 2)).astype(float)
+    np.save(path, levels)
+    with pytest.raises(DataError, match="column 1 takes only 5 values"):
+        load_dataset("array", path=str(path))
+    bundle = load_dataset("array", path=str(path), dequantize="uniform")
+    assert bundle.dequantize_width == [1.0, 1.0]
+    # The test split holds one fixed draw within each value's cell, the same on every load.
+    offsets = bundle.test_x - bundle.test_x.round()
+    assert offsets.abs().max() <= 0.5 and offsets.std() > 0.2
+    again = load_dataset("array", path=str(path), dequantize="uniform")
+    assert torch.equal(bundle.test_x, again.test_x)
+    plain = load_dataset("array", path=str(path), dequantize="off")
+    assert plain.dequantize_width is None and torch.equal(plain.test_x, plain.test_x.round())
+
+
+def test_discrete_columns_finds_grids_but_not_continuous_data():
+    rng = np.random.default_rng(0)
+    x = np.c_[rng.normal(size=1000), rng.integers(0, 3, 1000) * 0.1, rng.integers(0, 900, 1000)]
+    widths = discrete_columns(x)
+    assert widths[0] == 0.0 and widths[1] == pytest.approx(0.1) and widths[2] == 0.0
+
+
+def test_constant_columns_are_named(tmp_path):
+    x = np.c_[np.arange(10.0), np.full(10, 7.0), np.full(10, 7.0)]
+    with pytest.raises(
+        DataError, match=r"src.csv: column 2 is constant \(every value is 7\) \(and 1 more\)"
+    ):
+        check_spread(x, "src.csv")
+    check_spread(np.c_[np.arange(10.0), np.arange(10.0) ** 2], "fine")
+
+
+@pytest.mark.parametrize("header", [",x,y", "Unnamed: 0,x,y"])
+def test_a_pandas_index_column_is_found(tmp_path, header):
+    path = tmp_path / "frame.csv"
+    path.write_text(
+        header + "\n" + "".join(f"{i},{i * 0.3 % 1},{i * 0.7 % 1}\n" for i in range(20))
+    )
+    with pytest.raises(DataError, match=r"to_csv\(index=False\).*data.index_column=drop"):
+        load_array(path)
+    assert load_array(path, index_column="drop").shape == (20, 2)
+    assert load_array(path, index_column="keep").shape == (20, 3)
+    named = tmp_path / "named.csv"
+    named.write_text("id,x,y\n" + "".join(f"{i},{i * 0.3 % 1},{i * 0.7 % 1}\n" for i in range(20)))
+    assert load_array(named).shape == (20, 3)  # a named column is the user's choice
+
+
+def test_standardizer_names_the_place_of_a_bad_value():
+    with pytest.raises(DataError, match="row 2, column 1"):
+        Standardizer.fit(np.array([[0.0, 1.0], [np.inf, 2.0]]))

@@ -29,6 +29,7 @@ from ..ops import (
 from .config import Config, DataConfig, ModelConfig
 
 __all__ = [
+    "EXACT_MAX_DIM",
     "FAMILY_ARGS",
     "build_inverse",
     "build_logdet",
@@ -36,6 +37,9 @@ __all__ = [
     "load_data",
     "squeezes_first",
 ]
+
+#: The largest dimension trained with the exact log-det (a full Jacobian per block and step).
+EXACT_MAX_DIM = 256
 
 #: Family keyword argument -> the config key that sets it (for error messages).
 FAMILY_ARGS = {
@@ -66,13 +70,22 @@ def load_data(cfg: DataConfig, standardizer: Standardizer | None = None) -> Data
         test_fraction=cfg.test_fraction,
         seed=cfg.seed,
         standardizer=standardizer,
+        dequantize=cfg.dequantize,
+        index_column=cfg.index_column,
     )
 
 
 def build_logdet(cfg: ModelConfig, dim: int) -> LogDetEstimator:
     """The log-det estimator named by ``cfg.logdet`` with its settings, for blocks of ``dim``."""
     if cfg.logdet == "exact":
-        return ExactLogDet(max_dim=max(256, dim))
+        if dim > EXACT_MAX_DIM:
+            raise ConfigError(
+                f"model.logdet=exact on {dim} dimensions takes {dim} Jacobian-vector products "
+                f"per block and step (minutes a step on a CPU); use model.logdet=roulette "
+                f"(unbiased, Residual Flows) or model.logdet=series, which `iresnet evaluate` "
+                f"scores with an unbiased estimator anyway"
+            )
+        return ExactLogDet(max_dim=EXACT_MAX_DIM)
     if cfg.logdet == "series":
         return PowerSeriesLogDet(
             n_terms=cfg.n_terms,

@@ -17,11 +17,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from ..errors import DataError
-from .arrays import Standardizer, load_array, split_array
+from .arrays import Standardizer, check_spread, discrete_columns, load_array, split_array
 from .images import DATASET_NAMES, load_image_dataset
 from .toy import TOY_DATASETS, toy_log_density, toy_split, true_entropy
 
@@ -49,6 +50,11 @@ class DataBundle:
             ([`Standardize`][iresnet.transforms.preprocess.Standardize]).
         true_log_density: toy densities with a closed form: ``log p(x)`` in nats, ``(M, 2)`` to
             ``(M,)``.
+        dequantize_width: user arrays with discrete columns, dequantised: the cell width per
+            column (0 for continuous ones). The test split holds one fixed draw of
+            ``x + width * (u - 1/2)``, ``u ~ U[0, 1)``; training batches get a fresh draw each
+            step. The NLL of the dequantised data bounds the discrete NLL from above, less
+            ``sum log width`` (Theis et al., arXiv:1511.01844, sec. 3.1).
 
     Examples:
         >>> bundle = DataBundle("mine", "vector", torch.zeros(8, 3), torch.zeros(2, 3))
@@ -65,6 +71,7 @@ class DataBundle:
     n_levels: int | None = None
     standardizer: Standardizer | None = None
     true_log_density: Callable[[Tensor], Tensor] | None = None
+    dequantize_width: list[float] | None = None
 
     @property
     def event_shape(self) -> tuple[int, ...]:
@@ -89,6 +96,8 @@ def load_dataset(
     test_fraction: float = 0.2,
     seed: int = 0,
     standardizer: Standardizer | None = None,
+    dequantize: str = "refuse",
+    index_column: str = "refuse",
 ) -> DataBundle:
     """Load or generate a data set.
 
@@ -104,13 +113,19 @@ def load_dataset(
         seed: the seed of the toy draws and of the user-array split.
         standardizer: user arrays: reuse saved statistics (a resumed or evaluated run) instead
             of fitting them on the training split.
+        dequantize: user arrays with discrete columns (few distinct values, see
+            [`discrete_columns`][iresnet.datasets.arrays.discrete_columns]): ``"refuse"`` (a
+            ``DataError`` naming the choices), ``"uniform"`` (uniform noise over each value's
+            cell, see ``DataBundle.dequantize_width``) or ``"off"`` (fit them as they are).
+        index_column: see [`load_array`][iresnet.datasets.arrays.load_array].
 
     Returns:
         The [`DataBundle`][iresnet.datasets.DataBundle].
 
     Raises:
-        DataError: an unknown name, a missing or malformed file, or a saved ``standardizer``
-            of another width.
+        DataError: an unknown name, a missing or malformed file, a saved ``standardizer``
+            of another width, a constant column, discrete columns with
+            ``dequantize="refuse"``, or an unnamed index column with ``index_column="refuse"``.
 
     Examples:
         >>> bundle = load_dataset("checkerboard", n_train=10, n_test=5, seed=1)
@@ -124,14 +139,36 @@ def load_dataset(
     if name == "array":
         if not path:
             raise DataError("data set 'array' needs a path to a .npy or .csv file")
-        arr = load_array(path)
+        if dequantize not in ("refuse", "uniform", "off"):
+            raise ValueError(f"dequantize must be refuse, uniform or off, got {dequantize!r}")
+        arr = load_array(path, index_column=index_column)
         train_np, test_np = split_array(arr, test_fraction, seed)
+        check_spread(train_np, f"{path} (training split)" if len(train_np) < len(arr) else path)
+        widths = discrete_columns(arr) if dequantize != "off" else [0.0] * arr.shape[1]
+        if any(widths) and dequantize == "refuse":
+            j = next(i for i, w in enumerate(widths) if w)
+            levels = np.unique(arr[:, j])
+            shown = ", ".join(f"{v:g}" for v in levels[:5]) + (", ..." if len(levels) > 5 else "")
+            raise DataError(
+                f"{path}: column {j + 1} takes only {len(levels)} values ({shown}) for "
+                f"{len(arr)} rows: a continuous density on discrete values grows without bound; "
+                "pass data.dequantize=uniform to spread each value over its cell (the NLL then "
+                "bounds the discrete one), or data.dequantize=off to fit them as they are"
+            )
+        if standardizer is not None and standardizer.dim != arr.shape[1]:
+            raise DataError(
+                f"{path}: {arr.shape[1]} columns, but the run was trained on {standardizer.dim}"
+            )
         std = standardizer or Standardizer.fit(train_np)
-        if std.dim != arr.shape[1]:
-            raise DataError(f"{path}: {arr.shape[1]} columns, but the run was trained on {std.dim}")
         train = torch.as_tensor(train_np, dtype=torch.float64)
         test = torch.as_tensor(test_np, dtype=torch.float64)
-        return DataBundle(path, "vector", train, test, standardizer=std)
+        width = None
+        if any(widths):
+            width = widths
+            gen = torch.Generator().manual_seed(seed)
+            cell = torch.tensor(widths, dtype=torch.float64)
+            test = test + cell * (torch.rand(test.shape, generator=gen, dtype=test.dtype) - 0.5)
+        return DataBundle(path, "vector", train, test, standardizer=std, dequantize_width=width)
     if name in IMAGE_DATASETS:
         tr = load_image_dataset(name, "train", data_dir)
         te = load_image_dataset(name, "test", data_dir)

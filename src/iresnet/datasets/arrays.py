@@ -23,7 +23,7 @@ import torch
 
 from ..errors import ConfigError, DataError
 
-__all__ = ["load_array", "split_array", "Standardizer"]
+__all__ = ["load_array", "split_array", "check_spread", "discrete_columns", "Standardizer"]
 
 _ArrayT = TypeVar("_ArrayT", np.ndarray, torch.Tensor)
 
@@ -35,8 +35,10 @@ def _parse_float(field: str) -> float | None:
         return None
 
 
-def _read_csv(path: Path) -> tuple[np.ndarray, list[int]]:
-    """Parse ``path`` into a float64 ``(N, d)`` array and the 1-based file line of each row."""
+def _read_csv(path: Path) -> tuple[np.ndarray, list[int], list[str] | None]:
+    """Parse ``path`` into a float64 ``(N, d)`` array, the 1-based file line of each row and
+    the header's names (None without a header)."""
+    header: list[str] | None = None
     rows: list[list[float]] = []
     lines: list[int] = []
     first_line = 0
@@ -53,6 +55,7 @@ def _read_csv(path: Path) -> tuple[np.ndarray, list[int]]:
                     width, first_line = len(fields), line
                     values = [_parse_float(f) for f in fields]
                     if all(v is None for v in values):
+                        header = [f.strip() for f in fields]
                         continue  # a header row of column names
                 elif len(fields) != width:
                     raise DataError(
@@ -76,7 +79,18 @@ def _read_csv(path: Path) -> tuple[np.ndarray, list[int]]:
     except csv.Error as exc:
         raise DataError(f"{path}: malformed CSV ({exc}); check quoting and delimiters") from exc
     array = np.asarray(rows, dtype=np.float64).reshape(len(rows), width)
-    return array, lines
+    return array, lines, header
+
+
+def _is_unnamed_index(array: np.ndarray, header: list[str] | None) -> bool:
+    """The ``to_csv()`` pattern: an unnamed first column (or pandas' "Unnamed: 0") of distinct
+    integers (0..N-1 for a fresh frame; any integers after filtering rows)."""
+    if header is None or array.shape[1] < 2:
+        return False
+    if header[0] and not header[0].startswith("Unnamed"):
+        return False
+    first = array[:, 0]
+    return bool(np.all(first == np.round(first))) and len(np.unique(first)) == len(first)
 
 
 def _read_npy(path: Path) -> np.ndarray:
@@ -117,7 +131,9 @@ def _read_npy(path: Path) -> np.ndarray:
     return array.astype(np.float64)
 
 
-def load_array(path: str | os.PathLike[str], max_dim: int = 64) -> np.ndarray:
+def load_array(
+    path: str | os.PathLike[str], max_dim: int = 64, index_column: str = "refuse"
+) -> np.ndarray:
     """Load user data from a ``.npy`` or ``.csv`` file as a float64 array of shape ``(N, d)``.
 
     ``.npy`` files are read with ``numpy.load(..., allow_pickle=False)`` and must hold a 2-D
@@ -127,6 +143,10 @@ def load_array(path: str | os.PathLike[str], max_dim: int = 64) -> np.ndarray:
     Args:
         path: the ``.npy`` or ``.csv`` file.
         max_dim: the largest number of columns accepted.
+        index_column: what to do with a CSV whose first column is an unnamed row index (the
+            pattern of pandas' ``to_csv()``: an empty first header name over distinct
+            integers): ``"refuse"`` (a ``DataError`` naming the choices), ``"drop"`` or
+            ``"keep"`` (model it as a feature).
 
     Returns:
         A float64 array of shape ``(N, d)`` with ``N >= 2``, every value finite.
@@ -134,8 +154,9 @@ def load_array(path: str | os.PathLike[str], max_dim: int = 64) -> np.ndarray:
     Raises:
         DataError: missing file, unknown extension, empty file or zero rows, fewer than 2 rows,
             ragged CSV rows, non-numeric fields, non-numeric ``.npy`` dtype, an array that is
-            not 2-D, zero columns, NaN or Inf values, or ``d > max_dim``. The message names the
-            file and, where it applies, the line/row and column.
+            not 2-D, zero columns, NaN or Inf values, ``d > max_dim``, or an unnamed index
+            column with ``index_column="refuse"``. The message names the file and, where it
+            applies, the line/row and column.
 
     Examples:
         >>> import pathlib, tempfile
@@ -164,9 +185,20 @@ def load_array(path: str | os.PathLike[str], max_dim: int = 64) -> np.ndarray:
     if p.stat().st_size == 0:
         raise DataError(f"{p}: file is empty; it must hold at least 2 samples (rows)")
 
+    if index_column not in ("refuse", "drop", "keep"):
+        raise ValueError(f"index_column must be refuse, drop or keep, got {index_column!r}")
     lines: list[int] | None = None
     if ext == ".csv":
-        array, lines = _read_csv(p)
+        array, lines, header = _read_csv(p)
+        if _is_unnamed_index(array, header):
+            if index_column == "refuse":
+                raise DataError(
+                    f"{p}: the first column has no name and holds distinct integers: a row "
+                    "index as pandas' to_csv() writes it; re-save with to_csv(index=False), or "
+                    "pass data.index_column=drop to drop it (data.index_column=keep models it)"
+                )
+            if index_column == "drop":
+                array = array[:, 1:]
     else:
         array = _read_npy(p)
 
@@ -195,6 +227,64 @@ def load_array(path: str | os.PathLike[str], max_dim: int = 64) -> np.ndarray:
             "(e.g. PCA) or raise max_dim"
         )
     return array
+
+
+def check_spread(x: np.ndarray, source: str = "data") -> None:
+    """Refuse columns without spread: a density has nothing to fit there and its likelihood
+    grows without bound as it narrows (all-identical rows train to ever lower NLL).
+
+    Args:
+        x: ``(N, d)`` float array.
+        source: the data's name for the message (its file).
+
+    Raises:
+        DataError: a column whose values are all equal (up to rounding, ``std <= 1e-12
+            |mean|``), named by its 1-based number and value.
+
+    Examples:
+        >>> check_spread(np.array([[0.0, 1.0], [1.0, 1.0]]), "x.csv")
+        Traceback (most recent call last):
+        ...
+        iresnet.errors.DataError: x.csv: column 2 is constant (every value is 1): ...
+    """
+    mean, std = x.mean(axis=0), x.std(axis=0)
+    flat = np.flatnonzero(std <= 1e-12 * np.abs(mean))
+    if flat.size:
+        j = int(flat[0])
+        also = f" (and {flat.size - 1} more)" if flat.size > 1 else ""
+        raise DataError(
+            f"{source}: column {j + 1} is constant (every value is {x[0, j]:g}){also}: a density "
+            "has no spread to fit there and its likelihood grows without bound; drop the column"
+        )
+
+
+def discrete_columns(x: np.ndarray, max_levels_fraction: float = 0.25) -> list[float]:
+    """The level spacing of each column that takes few distinct values (0 for the others).
+
+    A column is discrete when it has at most ``max_levels_fraction * N`` distinct values (and
+    at least 2): integer codes, counts, values rounded to a grid. Continuous data repeats no
+    value. Its spacing is the smallest gap between distinct values, the width of the cell a
+    uniform dequantisation spreads each value over.
+
+    Args:
+        x: ``(N, d)`` float array.
+        max_levels_fraction: the share of ``N`` below which a column counts as discrete.
+
+    Returns:
+        ``d`` floats: the spacing of discrete columns, ``0.0`` for continuous ones.
+
+    Examples:
+        >>> discrete_columns(np.array([[0.0, 0.1], [1.0, 0.7], [1.0, 0.3], [0.0, 0.9]]), 0.5)
+        [1.0, 0.0]
+    """
+    out = []
+    for column in x.T:
+        levels = np.unique(column)
+        if 2 <= len(levels) <= max_levels_fraction * len(column):
+            out.append(float(np.diff(levels).min()))
+        else:
+            out.append(0.0)
+    return out
 
 
 def split_array(
@@ -287,7 +377,10 @@ class Standardizer:
         if a.ndim != 2 or a.shape[0] == 0:
             raise DataError(f"Standardizer.fit expects a non-empty (N, d) array, got {a.shape}")
         if not np.isfinite(a).all():
-            raise DataError("Standardizer.fit got NaN or Inf values")
+            i, j = (int(k) for k in np.argwhere(~np.isfinite(a))[0])
+            raise DataError(
+                f"Standardizer.fit got a non-finite value at row {i + 1}, column {j + 1}"
+            )
         mean = a.mean(axis=0)
         std = a.std(axis=0)
         std = np.where(std <= 1e-12 * np.abs(mean), 1.0, std)
