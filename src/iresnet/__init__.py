@@ -2,7 +2,9 @@
 
 The public API, re-exported; nothing is defined here. The library (``nn``, ``ops``,
 ``transforms``, ``flows``, ``classifiers``, ``certificate``, ``datasets``) never imports the
-application (``iresnet.app``: config, presets, training, CLI, plots).
+application (``iresnet.app``: config, presets, training, CLI, plots). The one bridge is
+``iresnet.load_run(path)`` (a trained run folder: its model, config, data and task), which is
+resolved on first use, so ``import iresnet`` loads no application code.
 
 Examples:
     >>> import torch, iresnet
@@ -12,6 +14,9 @@ Examples:
     >>> iresnet.certify(flow.eval()).invertible
     True
 """
+
+import importlib
+from typing import Any
 
 from . import datasets, flows, nn, ops, transforms
 from .certificate import BlockCertificate, Certificate, certify
@@ -59,6 +64,7 @@ from .transforms import (
 __version__ = "0.2.0"
 
 __all__ = [
+    "load_run",
     "ActNorm",
     "BlockCertificate",
     "Certificate",
@@ -105,3 +111,11 @@ __all__ = [
     "swap_logdets",
     "transforms",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """``iresnet.load_run``: [`iresnet.app.runs.load_run`][iresnet.app.runs.load_run], imported
+    on first use (the library itself never imports the application)."""
+    if name == "load_run":
+        return importlib.import_module("iresnet.app.runs").load_run
+    raise AttributeError(f"module 'iresnet' has no attribute {name!r}")

@@ -1,30 +1,68 @@
 """A run is a folder: ``config.json``, ``data.json``, ``metrics.jsonl``, ``checkpoints/``,
 ``model.safetensors`` (the final EMA weights) and the plots. Every write is atomic (but the
-appends to ``metrics.jsonl``, whose torn last line is skipped on reading). ``load_run``
-rebuilds a finished or interrupted run for evaluation, sampling and certification."""
+appends to ``metrics.jsonl``, whose torn last line is skipped on reading), and one process at
+a time writes: the trainer holds the folder's lock (``.lock``, an OS advisory lock through
+``filelock``, released by the OS when the process dies; ``.owner`` names its PID).
+
+``data.json`` makes a run self-contained: the data's shapes, levels and standardisation (all
+that ``sample`` and ``certify`` need, so neither reads the data) and its fingerprint (SHA-256
+of the training and test tensors, and of a user file with its absolute path), which
+evaluation and resumption check. ``load_run`` rebuilds a finished or interrupted run for
+evaluation, sampling and certification."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import shutil
-from dataclasses import dataclass
+import socket
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
+from filelock import FileLock, Timeout
 from safetensors.torch import save
 from torch import nn
 
 from ..datasets import DataBundle, Standardizer
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, DataError
 from .builder import build_model, load_data
 from .checkpoint import latest_checkpoint, load_weights
-from .config import Config
+from .config import Config, DataConfig
 from .distributed import resolve_device
 from .files import atomic_write
 from .tasks import Task, make_task
 
-__all__ = ["Run", "TrainedRun", "load_run"]
+__all__ = ["Run", "TrainedRun", "data_fingerprint", "file_fingerprint", "load_run"]
+
+
+def data_fingerprint(data: DataBundle) -> str:
+    """SHA-256 (hex) of a data set's training and test tensors and labels, in that order.
+
+    Two loads of the same data (a file, a toy density's seeded draw, an image set) give the
+    same digest; any changed value, shape or dtype gives another.
+    """
+    h = hashlib.sha256()
+    for t in (data.train_x, data.test_x, data.train_y, data.test_y):
+        if t is None:
+            h.update(b"none;")
+            continue
+        a = t.detach().cpu().contiguous()
+        h.update(f"{tuple(a.shape)}{a.dtype};".encode())
+        h.update(a.numpy().tobytes() if a.dtype != torch.bfloat16 else a.float().numpy().tobytes())
+    return h.hexdigest()
+
+
+def file_fingerprint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A user data file as a run records it: path as given, absolute path, SHA-256 of its bytes."""
+    p = Path(path)
+    h = hashlib.sha256()
+    with p.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return {"path": str(path), "absolute": str(p.resolve()), "sha256": h.hexdigest()}
 
 
 class Run:
@@ -37,6 +75,47 @@ class Run:
         self.metrics_path = self.path / "metrics.jsonl"
         self.checkpoints = self.path / "checkpoints"
         self.weights_path = self.path / "model.safetensors"
+        self.lock_path = self.path / ".lock"
+        self.owner_path = self.path / ".owner"
+        self._lock: FileLock | None = None
+
+    def acquire(self) -> None:
+        """Become the folder's one writer until ``release`` (or the process ends).
+
+        Raises:
+            ConfigError: another live process holds the lock (its PID is named).
+        """
+        if self._lock is not None:
+            return
+        lock = FileLock(self.lock_path, timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            owner = "another process"
+            try:
+                owner = f"process {self.owner_path.read_text(encoding='utf-8').strip()}"
+            except OSError:
+                pass
+            raise ConfigError(
+                f"{self.path} is being written by {owner}; wait for it to finish (or stop it), "
+                "or choose another --out"
+            ) from None
+        self._lock = lock
+        try:
+            self.owner_path.write_text(f"{os.getpid()} on {socket.gethostname()}\n", "utf-8")
+        except OSError:
+            pass  # the lock holds without the note
+
+    def release(self) -> None:
+        """Give up the writer's lock (a no-op when not held)."""
+        if self._lock is None:
+            return
+        try:
+            self.owner_path.unlink(missing_ok=True)
+        except OSError:
+            pass
+        self._lock.release()
+        self._lock = None
 
     def check_new(self) -> None:
         """Refuse, before anything is written, a path that is a file or already holds a run.
@@ -63,6 +142,12 @@ class Run:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ConfigError(f"cannot create the run folder {self.path}: {exc.strerror}") from None
+        self.acquire()
+        try:
+            self.check_new()  # another process may have created the run since the first look
+        except ConfigError:
+            self.release()
+            raise
         atomic_write(self.config_path, cfg.to_json() + "\n")
 
     def last_step(self) -> int:
@@ -96,27 +181,110 @@ class Run:
         """Replace ``config.json`` atomically."""
         atomic_write(self.config_path, cfg.to_json() + "\n")
 
-    def save_data_info(self, data: DataBundle) -> None:
-        """``data.json``: name, kind, shapes, sizes, levels and the standardiser's statistics."""
+    def save_data_info(self, data: DataBundle, cfg: DataConfig | None = None) -> None:
+        """``data.json``: name, kind, shapes, sizes, dtype, levels, the standardiser's statistics,
+        the data's fingerprint and (a user file) its path as given, absolute, and SHA-256."""
         info: dict[str, Any] = {
             "name": data.name,
             "kind": data.kind,
             "event_shape": list(data.event_shape),
             "n_train": int(data.train_x.shape[0]),
             "n_test": int(data.test_x.shape[0]),
+            "dtype": str(data.train_x.dtype).removeprefix("torch."),
+            "sha256": data_fingerprint(data),
         }
         if data.standardizer is not None:
             info["standardizer"] = data.standardizer.to_dict()
         if data.n_levels is not None:
             info["n_levels"] = data.n_levels
+        if data.dequantize_width is not None:
+            info["dequantize_width"] = data.dequantize_width
+        if cfg is not None and cfg.name == "array" and cfg.path:
+            info["file"] = file_fingerprint(cfg.path)
         atomic_write(self.data_path, json.dumps(info, indent=2) + "\n")
+
+    def data_info(self) -> dict[str, Any]:
+        """``data.json`` as a dict (empty when missing).
+
+        Raises:
+            CheckpointError: the file is not valid JSON.
+        """
+        if not self.data_path.is_file():
+            return {}
+        try:
+            info = json.loads(self.data_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise CheckpointError(f"{self.data_path}: not valid JSON ({exc})") from None
+        if not isinstance(info, dict):
+            raise CheckpointError(f"{self.data_path}: expected a JSON object")
+        return info
 
     def load_standardizer(self) -> Standardizer | None:
         """Statistics saved when the run started (so evaluation uses the training units)."""
-        if not self.data_path.is_file():
-            return None
-        info = json.loads(self.data_path.read_text(encoding="utf-8"))
+        info = self.data_info()
         return Standardizer.from_dict(info["standardizer"]) if "standardizer" in info else None
+
+    def data_config(self, cfg: DataConfig) -> DataConfig:
+        """``cfg`` with a user file's path replaced by the absolute one recorded at the start,
+        so the run loads the same file from any working directory."""
+        file = self.data_info().get("file")
+        if cfg.name == "array" and isinstance(file, dict) and file.get("absolute"):
+            return replace(cfg, path=str(file["absolute"]))
+        return cfg
+
+    def data_spec(self) -> DataBundle:
+        """What the model needs to know of the data, from ``data.json`` alone: the event shape,
+        levels and standardisation (empty tensors stand for the data, which is not read).
+
+        Raises:
+            CheckpointError: ``data.json`` is missing or lacks the shape.
+        """
+        info = self.data_info()
+        try:
+            shape = tuple(int(s) for s in info["event_shape"])
+            kind = str(info["kind"])
+        except (KeyError, TypeError, ValueError):
+            raise CheckpointError(
+                f"{self.path}: data.json is missing or lacks the data's shape; "
+                "not a complete iresnet run folder"
+            ) from None
+        dtype = torch.uint8 if kind == "image" else torch.float64
+        empty = torch.empty((0, *shape), dtype=dtype)
+        std = Standardizer.from_dict(info["standardizer"]) if "standardizer" in info else None
+        return DataBundle(
+            str(info.get("name", "")),
+            kind,
+            empty,
+            empty,
+            n_levels=info.get("n_levels"),
+            standardizer=std,
+            dequantize_width=info.get("dequantize_width"),
+        )
+
+    def check_data(self, data: DataBundle, allow_changed: bool = False) -> None:
+        """Refuse data whose fingerprint differs from the one recorded when the run started.
+
+        Runs from before fingerprints were recorded pass. ``allow_changed``: accept it anyway.
+
+        Raises:
+            DataError: the data changed (the message says how, and how to accept it).
+        """
+        info = self.data_info()
+        want = info.get("sha256")
+        if want is None or allow_changed:
+            return
+        got = data_fingerprint(data)
+        if got == want:
+            return
+        shape = [int(data.train_x.shape[0]), int(data.test_x.shape[0])]
+        was = [info.get("n_train"), info.get("n_test")]
+        how = f" ({was[0]}+{was[1]} rows then, {shape[0]}+{shape[1]} now)" if shape != was else ""
+        file = info.get("file", {}).get("absolute") if isinstance(info.get("file"), dict) else None
+        raise DataError(
+            f"the data changed since this run was trained{how}: SHA-256 {got[:12]} now, "
+            f"{want[:12]} then{f' ({file})' if file else ''}; restore the original data, or "
+            "pass --allow-changed-data to score the new data with this model"
+        )
 
     def log(self, row: dict[str, Any]) -> None:
         """Append one JSON row to ``metrics.jsonl``."""
@@ -158,14 +326,34 @@ class TrainedRun:
     weights: Path
 
 
-def load_run(run_dir: str | Path, device: str | None = None) -> TrainedRun:
+def load_run(
+    run_dir: str | Path,
+    device: str | None = None,
+    *,
+    data: bool = True,
+    allow_changed_data: bool = False,
+) -> TrainedRun:
     """Rebuild a run's model from its config and load its final (or newest checkpoint) weights.
 
     Weights come from ``model.safetensors`` (written at the end of training) or, for a run that
     has not finished, the EMA weights of its newest valid checkpoint. Nothing is unpickled.
 
+    Args:
+        run_dir: the run folder.
+        device: build on this device instead of the run's ``train.device``.
+        data: load the data (for evaluation). Without it (sampling, certifying) only
+            ``data.json`` is read: the data file may be gone, and the task has no data.
+        allow_changed_data: evaluate data whose fingerprint differs from the training data's.
+
     Raises:
         CheckpointError: not a run folder, or no weights that fit the model.
+        DataError: the data cannot be loaded, or changed since training (see
+            ``allow_changed_data``).
+
+    Examples:
+        >>> import iresnet
+        >>> trained = iresnet.load_run("runs/demo")  # doctest: +SKIP
+        >>> trained.model(), trained.cfg.preset  # doctest: +SKIP
     """
     run = Run(run_dir)
     cfg = run.load_config()
@@ -174,8 +362,14 @@ def load_run(run_dir: str | Path, device: str | None = None) -> TrainedRun:
     dev = resolve_device(cfg.train.device)
     if dev.type == "cpu":
         torch.set_flush_denormal(True)
-    data = load_data(cfg.data, standardizer=run.load_standardizer())
-    model = build_model(cfg, data).to(dev)
+    spec = run.data_spec() if run.data_path.is_file() or not data else None
+    if data:
+        bundle = load_data(run.data_config(cfg.data), standardizer=run.load_standardizer())
+        run.check_data(bundle, allow_changed=allow_changed_data)
+    else:
+        assert spec is not None
+        bundle = spec
+    model = build_model(cfg, spec if spec is not None else bundle).to(dev)
     weights = run.weights_path
     if not weights.is_file():
         ckpt = latest_checkpoint(run.checkpoints)
@@ -186,4 +380,4 @@ def load_run(run_dir: str | Path, device: str | None = None) -> TrainedRun:
         weights = ckpt / "ema.safetensors"
     load_weights(model, weights)
     model.eval()
-    return TrainedRun(run, cfg, data, make_task(cfg, data, dev), model, weights)
+    return TrainedRun(run, cfg, bundle, make_task(cfg, bundle, dev), model, weights)

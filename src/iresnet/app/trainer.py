@@ -35,7 +35,7 @@ from .checkpoint import (
     save_checkpoint,
     unflatten_optimizer,
 )
-from .config import Config
+from .config import SEED_LIMIT, Config
 from .distributed import DistContext, setup_distributed, teardown_distributed
 from .runs import Run
 from .tasks import Task, make_task
@@ -60,11 +60,17 @@ class TrainResult:
 
 
 def learning_rate(cfg: Config, step: int) -> float:
-    """Learning rate at ``step`` (0-based): linear warm-up, then constant or cosine."""
+    """Learning rate at ``step`` (0-based): linear warm-up, then constant or cosine.
+
+    The cosine decays from ``train.lr`` at ``train.cycle_start`` (0, or where an extension
+    restarted it) to 0 at ``train.steps``; before ``cycle_start`` the value is that of the
+    current cycle's start (the earlier plan is not kept).
+    """
     t = cfg.train
     warm = min(1.0, (step + 1) / t.warmup_steps) if t.warmup_steps > 0 else 1.0
     if t.lr_schedule == "cosine":
-        return t.lr * warm * 0.5 * (1 + math.cos(math.pi * min(step, t.steps) / t.steps))
+        done = min(max(step - t.cycle_start, 0), t.steps - t.cycle_start)
+        return t.lr * warm * 0.5 * (1 + math.cos(math.pi * done / (t.steps - t.cycle_start)))
     return t.lr * warm
 
 
@@ -170,6 +176,8 @@ class Trainer:
         self.run = Run(self.run_dir)
         checkpoint = None
         if self.resume:
+            if ctx.is_main:
+                self.run.acquire()  # one writer: refuses a run that another process trains
             checkpoint = latest_checkpoint(self.run.checkpoints)
             if checkpoint is None:
                 raise CheckpointError(
@@ -180,15 +188,17 @@ class Trainer:
             self.run.check_new()  # refuses a folder that already holds a run, writes nothing
         if ctx.is_main:
             self.run.remove_stale_temporaries()  # left by a process killed mid-write
-        data = load_data(cfg.data, standardizer=self.run.load_standardizer())
+        data = load_data(self.run.data_config(cfg.data), standardizer=self.run.load_standardizer())
+        if self.resume:
+            self.run.check_data(data)  # the same data the run started on, or a clear refusal
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
         self.model = build_model(cfg, data).to(ctx.device)
         self.task = make_task(cfg, data, ctx.device)
         if ctx.is_main and not self.resume:
             # Only now that the data loaded and the model was built: a failed start leaves no
             # folder behind that would block the corrected rerun.
-            self.run.create(cfg)
-            self.run.save_data_info(data)
+            self.run.create(cfg)  # takes the folder's writer lock
+            self.run.save_data_info(data, cfg.data)
         t = cfg.train
         self.batches = EpochBatches(self.task.n_train(), t.batch_size, t.seed, ctx.rank, ctx.world)
         if checkpoint is None:
@@ -199,6 +209,8 @@ class Trainer:
         self.elapsed = self.cpu_elapsed = 0.0
         if checkpoint is not None:
             self.restore(checkpoint)
+            if ctx.is_main and self.run.load_config() != cfg:
+                self.run.save_config(cfg)  # an extension (more steps), now that it can start
         self.loss_module: nn.Module = _LossModule(self.model, self.task)
         if ctx.distributed:
             from torch.nn.parallel import DistributedDataParallel
@@ -250,7 +262,7 @@ class Trainer:
         ``(seed, step, rank)``: a resumed run draws exactly what the uninterrupted one drew,
         with no RNG state to save, and every rank draws differently."""
         seed = (self.cfg.train.seed * 1_000_003 + self.step_count) * 1009 + self.ctx.rank
-        torch.manual_seed(seed)
+        torch.manual_seed(seed % SEED_LIMIT)  # any seed in [0, 2**63) stays in torch's range
 
     def step(self) -> bool:
         """One optimisation step; a non-finite loss or gradient skips the update.
@@ -453,6 +465,8 @@ class Trainer:
                 self.finish()
             completed = True
         finally:
+            if hasattr(self, "run"):
+                self.run.release()  # the folder's writer lock (held by the main process)
             teardown_distributed(wait=completed)
         return TrainResult(
             self.run.path,

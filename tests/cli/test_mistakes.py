@@ -1,0 +1,255 @@
+"""The command line as a user's shell sees it: each mistake exits 2 with one line on stderr and
+no traceback, and a run folder that must not change does not change."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+TINY = [
+    "model.n_blocks=1",
+    "model.hidden=8",
+    "data.n_train=256",
+    "data.n_test=128",
+    "train.batch_size=64",
+    "train.eval_every=5",
+    "train.checkpoint_every=5",
+    "train.eval_batches=1",
+    "--no-progress",
+]
+
+
+def iresnet(*argv: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run(
+        [sys.executable, "-m", "iresnet", *argv],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=300,
+    )
+
+
+def one_line_error(result: subprocess.CompletedProcess[str], *needles: str) -> str:
+    """The mistake's one line (exit 2, no traceback), checked to hold every needle."""
+    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = [ln for ln in result.stderr.splitlines() if "error:" in ln]
+    assert len(lines) == 1, result.stderr
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """Every file of a folder by its SHA-256 (what "unchanged" means)."""
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, Path]:
+    """A tiny run on a user CSV (in its own folder) and the CSV."""
+    root = tmp_path_factory.mktemp("trained")
+    data = root / "points.csv"
+    np.savetxt(data, np.random.default_rng(0).normal(size=(300, 2)), delimiter=",")
+    out = root / "run"
+    result = iresnet(
+        "train", *TINY, "--data", "points.csv", "--steps", "5", "--out", "run", cwd=root
+    )
+    assert result.returncode == 0, result.stderr
+    return out, data
+
+
+@pytest.mark.parametrize(
+    "rows,needles",
+    [
+        (np.tile([[1.0, 2.0]], (500, 1)), ["column 1 is constant", "drop the column"]),
+        (np.c_[np.random.default_rng(1).normal(size=500), np.full(500, 3.0)], ["column 2"]),
+        (
+            np.random.default_rng(2).integers(0, 5, size=(500, 2)).astype(float),
+            ["takes only 5 values", "data.dequantize=uniform", "data.dequantize=off"],
+        ),
+    ],
+    ids=["identical-rows", "constant-column", "integer-valued"],
+)
+def test_data_a_density_cannot_honestly_fit_is_refused(tmp_path, rows, needles):
+    data = tmp_path / "x.npy"
+    np.save(data, rows)
+    result = iresnet(
+        "train", *TINY, "--data", str(data), "--steps", "2", "--out", str(tmp_path / "r")
+    )
+    one_line_error(result, str(data), *needles)
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_pandas_index_column_is_refused_and_can_be_dropped(tmp_path):
+    data = tmp_path / "frame.csv"
+    xy = np.random.default_rng(0).normal(size=(200, 2))
+    data.write_text(",x,y\n" + "".join(f"{i},{a},{b}\n" for i, (a, b) in enumerate(xy)))
+    result = iresnet(
+        "train", *TINY, "--data", str(data), "--steps", "2", "--out", str(tmp_path / "r")
+    )
+    one_line_error(result, "to_csv(index=False)", "data.index_column=drop")
+    result = iresnet(
+        "train",
+        *TINY,
+        "data.index_column=drop",
+        "--data",
+        str(data),
+        "--steps",
+        "2",
+        "--out",
+        str(tmp_path / "r"),
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "r" / "data.json").read_text())["event_shape"] == [2]
+
+
+def test_a_run_does_not_need_its_data_file_to_sample_or_certify(trained, tmp_path):
+    run, data = trained
+    moved = data.with_suffix(".away")
+    data.rename(moved)
+    try:
+        for argv in (
+            ("certify", str(run)),
+            ("sample", str(run), "-n", "5", "--out", str(tmp_path / "s.npy")),
+        ):
+            result = iresnet(*argv, cwd=tmp_path)  # another folder, and the file is gone
+            assert result.returncode == 0, (argv, result.stderr)
+        one_line_error(iresnet("evaluate", str(run), cwd=tmp_path), "does not exist")
+    finally:
+        moved.rename(data)
+    result = iresnet("evaluate", str(run), "--json", "--n-inverse", "4", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr  # relative --data path, another folder
+    info = json.loads((run / "data.json").read_text())
+    assert info["file"]["path"] == "points.csv" and Path(info["file"]["absolute"]).is_absolute()
+
+
+def test_evaluate_refuses_data_that_changed_since_training(trained, tmp_path):
+    run, data = trained
+    original = data.read_bytes()
+    try:
+        np.savetxt(data, np.random.default_rng(5).normal(size=(300, 2)) * 50, delimiter=",")
+        one_line_error(
+            iresnet("evaluate", str(run)),
+            "data changed since this run was trained",
+            "--allow-changed-data",
+        )
+        result = iresnet("evaluate", str(run), "--json", "--allow-changed-data", "--n-inverse", "4")
+        assert result.returncode == 0 and json.loads(result.stdout)["test_nll"] > 100
+        before = snapshot(run)
+        one_line_error(iresnet("train", "--resume", str(run), "--steps", "10"), "data changed")
+        assert snapshot(run) == before
+    finally:
+        data.write_bytes(original)
+
+
+def test_one_writer_per_run_folder_and_a_dead_writer_does_not_block(trained):
+    run, _ = trained
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from iresnet.app.runs import Run; r = Run(sys.argv[1]); "
+            "r.acquire(); print('held', flush=True); time.sleep(120)",
+            str(run),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        before = snapshot(run)
+        one_line_error(
+            iresnet("train", "--resume", str(run), "--steps", "10"),
+            f"being written by process {holder.pid}",
+        )
+        assert snapshot(run) == before
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    result = iresnet("train", "--resume", str(run), "--steps", "10", "--no-progress")
+    assert result.returncode == 0, result.stderr  # the OS dropped the dead holder's lock
+
+
+@pytest.mark.parametrize(
+    "argv,needles",
+    [
+        (
+            ["train", "--seed", str(2**70), "--steps", "2"],
+            ["train.seed must be an integer in [0, 2**63)"],
+        ),
+        (["train", "--seed", "-1", "--steps", "2"], ["train.seed must be an integer"]),
+        (["train", "--device", "foo", "--steps", "2"], ["foo"]),
+        (["train", "data.dequantize=maybe"], ["data.dequantize must be one of"]),
+        (["evaluate", "/no/such/run"], ["not an iresnet run folder"]),
+        (["sample", "/no/such/run", "--temperature", "nan"], ["--temperature"]),
+        (["evaluate", "/no/such/run", "--n-inverse", "-5"], ["--n-inverse must be >= 1"]),
+    ],
+)
+def test_mistakes_give_one_line(tmp_path, argv, needles):
+    one_line_error(
+        iresnet(*argv, "--out", str(tmp_path / "r")) if argv[0] == "train" else iresnet(*argv),
+        *needles,
+    )
+    assert not (tmp_path / "r").exists()
+
+
+def test_debug_shows_the_traceback():
+    result = iresnet("--debug", "evaluate", "/no/such/run")
+    assert result.returncode != 0 and "Traceback" in result.stderr
+
+
+def test_a_read_only_run_folder_still_answers(trained):
+    run, _ = trained
+    if os.geteuid() == 0:
+        pytest.skip("root ignores permissions")
+    os.chmod(run, 0o555)
+    try:
+        result = iresnet("evaluate", str(run), "--json", "--n-inverse", "4")
+    finally:
+        os.chmod(run, 0o755)
+    assert result.returncode == 0 and "test_nll" in json.loads(result.stdout)
+    assert "eval.json not saved" in result.stderr
+
+
+def test_a_data_run_is_named_after_its_file_and_says_what_its_numbers_are(tmp_path):
+    data = tmp_path / "my-measurements.npy"
+    np.save(data, np.random.default_rng(0).normal(size=(300, 2)))
+    result = iresnet("train", *TINY, "--data", str(data), "--steps", "2", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "runs" / "my-measurements" / "config.json").is_file()
+    last = result.stdout.strip().splitlines()[-1]
+    assert "nats" in last and "1 test batches" in last and "EMA" in last, last
+    assert len(result.stderr.strip().splitlines()) == 2, result.stderr  # the config in brief
+
+
+def test_ctrl_c_exits_130_after_its_checkpoint(tmp_path):
+    out = tmp_path / "r"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "iresnet", "train", *TINY, "--steps", "100000", "--out", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not (out / "metrics.jsonl").is_file() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert any((out / "checkpoints").glob("step-*")), err
