@@ -1,6 +1,7 @@
 """The command line: one-line errors, the JSON contract, and the commands end to end (tiny)."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -197,3 +198,52 @@ def test_evaluate_prints_the_certificate_table_with_methods(capsys, tmp_path):
     assert "layers bounded by" in out and "svd" in out and "guaranteed invertible" in out
     saved = json.loads((out_dir / "eval.json").read_text())["certificate"]
     assert Certificate.from_dict(saved).to_dict() == saved  # the JSON round-trips
+
+
+def test_help_gives_every_config_key_its_meaning_and_default(capsys):
+    from dataclasses import fields
+
+    from iresnet.app.cli import _config_keys_help
+    from iresnet.app.config import SECTIONS
+
+    text = _config_keys_help()
+    for section, cls in SECTIONS.items():
+        for f in fields(cls):
+            pattern = rf"^    {section}\.{f.name}=\S*  (\S.{{3,}})$"
+            assert re.search(pattern, text, re.M), f"{section}.{f.name} has no meaning in --help"
+
+
+def test_os_errors_are_one_line_and_say_nothing_written_was_lost(capsys, tmp_path, monkeypatch):
+    import errno
+
+    from iresnet.app import runs
+
+    def full_disk(path, content):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(runs, "atomic_write", full_disk)
+    code, _, err = run(capsys, "train", *TINY, "--steps", "2", "--out", str(tmp_path / "r"))
+    assert code == 2 and "No space left on device" in err and "intact" in err
+    assert len(err.strip().splitlines()[-1:]) == 1 and "Traceback" not in err
+
+
+def test_load_run_is_part_of_the_library_api_without_importing_the_app_early(capsys, tmp_path):
+    import iresnet
+
+    out_dir = tmp_path / "run"
+    assert run(capsys, "train", *TINY, "--steps", "2", "--out", str(out_dir))[0] == 0
+    trained = iresnet.load_run(out_dir)
+    assert trained.cfg.train.steps == 2
+    assert trained.model().log_prob(torch.zeros(3, 2)).shape == (3,)
+
+
+def test_exact_logdet_on_images_is_refused_with_the_cheaper_options(capsys):
+    from iresnet.app.builder import build_model
+    from iresnet.app.config import Config
+    from iresnet.datasets import DataBundle
+    from iresnet.errors import ConfigError
+
+    cfg = Config().override(["model.kind=resflow-image", "model.logdet=exact"])
+    images = DataBundle("x", "image", torch.zeros(0, 1, 28, 28, dtype=torch.uint8), torch.zeros(0))
+    with pytest.raises(ConfigError, match="784 dimensions.*model.logdet=roulette"):
+        build_model(cfg, images)

@@ -116,6 +116,36 @@ def test_learning_rate_schedule():
     assert learning_rate(cos, 100) == pytest.approx(0.0, abs=1e-12)
 
 
+def test_a_cosine_extension_is_a_warm_restart_from_where_the_run_is():
+    cos = Config().override(
+        ["train.lr=1.0", "train.warmup_steps=0", "train.steps=300", "train.lr_schedule=cosine"]
+    )
+    ext = cos.override(["train.steps=500", "train.cycle_start=300"])
+    assert learning_rate(ext, 300) == 1.0  # the restart
+    assert learning_rate(ext, 400) == pytest.approx(0.5)  # half-way through the new cycle
+    assert learning_rate(ext, 500) == pytest.approx(0.0, abs=1e-12)
+    with pytest.raises(ConfigError, match="train.cycle_start must lie in"):
+        cos.override(["train.cycle_start=300"])
+
+
+def test_extending_a_constant_schedule_run_equals_the_longer_run(tmp_path):
+    """The README's promise, "same seed: same weights", where the schedule does not depend on
+    the run's length; cosine extensions are warm restarts (above)."""
+    from iresnet.app.cli import main
+
+    short, direct = tmp_path / "short", tmp_path / "direct"
+    flags = [*TINY, "train.lr_schedule=constant", "--no-progress"]
+    assert main(["train", *flags, "train.steps=8", "--out", str(short)]) == 0
+    assert main(["train", "--resume", str(short), "--steps", "12", "--no-progress"]) == 0
+    assert main(["train", *flags, "train.steps=12", "--out", str(direct)]) == 0
+    a = load_file(str(short / "model.safetensors"))
+    b = load_file(str(direct / "model.safetensors"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    saved = json.loads((short / "config.json").read_text())["train"]
+    assert saved["steps"] == 12 and saved["cycle_start"] == 0
+
+
 def test_adamw_decays_weights_decoupled_from_the_gradient_scale():
     from iresnet.app.trainer import _optimizer
 

@@ -6,24 +6,28 @@ Errors a user can cause (bad config, data, checkpoint, arguments) print one line
 from __future__ import annotations
 
 import argparse
+import errno
+import inspect
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
 from collections.abc import Sequence
-from dataclasses import fields
+from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from ..certificate import Certificate, certify
 from ..errors import ConfigError, IResNetError
 from . import plots
-from .config import SECTIONS, Config
+from .config import SECTIONS, Config, check_seed
 from .files import atomic_write, json_safe
 from .presets import DEFAULT_PRESET, PRESETS, get_preset
 from .runs import Run, load_run
@@ -32,12 +36,55 @@ from .training import train
 
 __all__ = ["main", "build_parser"]
 
+#: Samples drawn per inverse call by ``iresnet sample`` (with a progress bar beyond one call).
+_SAMPLE_CHUNK = 1024
+
+
+def _attribute_docs(cls: type) -> dict[str, str]:
+    """Each field's meaning from the ``Attributes:`` section of ``cls``'s docstring (entries
+    like ``name: text``, ``a, b: text`` or ``a: text; b: text``), whitespace collapsed."""
+    doc = inspect.getdoc(cls) or ""
+    if "Attributes:" not in doc:
+        return {}
+    entries: list[tuple[list[str], str]] = []
+    for line in doc.split("Attributes:", 1)[1].splitlines():
+        head = re.match(r"^    ([a-z_][\w, ]*):\s(.*)$", line)
+        if head:
+            entries.append(([n.strip() for n in head.group(1).split(",")], head.group(2)))
+        elif line.startswith("        ") and entries:
+            names, text = entries[-1]
+            entries[-1] = (names, f"{text} {line.strip()}")
+    known = {f.name for f in fields(cls)}
+    docs: dict[str, str] = {}
+    for names, text in entries:
+        # "n_terms: series terms; n_exact: ...; roulette_p: ..." holds several fields.
+        parts = re.split(r";\s+([a-z_][\w, ]*):\s", text)
+        groups, i = [(names, parts[0])], 1
+        while i < len(parts) - 1:
+            more = [n.strip() for n in parts[i].split(",")]
+            if set(more) <= known:
+                groups.append((more, parts[i + 1]))
+            else:  # "(toy: in total; images: per scale)": words, not fields
+                groups[-1] = (groups[-1][0], f"{groups[-1][1]}; {parts[i]}: {parts[i + 1]}")
+            i += 2
+        for group, meaning in groups:
+            meaning = meaning.replace("``", "").strip()
+            if meaning.endswith(".") and not meaning.endswith("..."):
+                meaning = meaning[:-1]
+            for name in group:
+                docs.setdefault(name, meaning)
+    return docs
+
 
 def _config_keys_help() -> str:
     lines = ["config keys (override as KEY=VALUE, e.g. model.coeff=0.8 or coeff=0.8):"]
     for section, cls in SECTIONS.items():
-        names = ", ".join(f.name for f in fields(cls))
-        lines.append(f"  {section}: {names}")
+        docs = _attribute_docs(cls)
+        lines.append(f"  {section}:")
+        for f in fields(cls):
+            default = f.default if f.default is not MISSING else "-"
+            meaning = docs.get(f.name, "")
+            lines.append(f"    {section}.{f.name}={default}  {meaning}".rstrip())
     return "\n".join(lines)
 
 
@@ -47,6 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="iresnet",
         description="Invertible Residual Networks and Residual Flows: "
         "train, evaluate, sample, certify.",
+    )
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="show the full traceback of an error instead of its one-line message",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     fmt = argparse.RawDescriptionHelpFormatter
@@ -104,7 +156,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="data-parallel processes on this machine: re-launches itself under "
         "`torchrun --standalone --nproc_per_node=N` (DDP; gloo on CPU, nccl on GPU)",
     )
-    p.add_argument("--dry-run", action="store_true", help="print the resolved config and stop")
+    p.add_argument(
+        "--dry-run", action="store_true", help="print the whole resolved config (JSON) and stop"
+    )
+    p.add_argument(
+        "--verbose", action="store_true", help="print the whole resolved config, not a summary"
+    )
 
     p = sub.add_parser(
         "evaluate",
@@ -125,6 +182,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="evaluate on the first N test points only (default: all; the standard error is "
         "over the points evaluated)",
+    )
+    p.add_argument(
+        "--allow-changed-data",
+        action="store_true",
+        help="evaluate even if the data's fingerprint differs from the training data's",
     )
 
     p = sub.add_parser(
@@ -177,6 +239,13 @@ def _resolve_train_config(args: argparse.Namespace) -> Config:
     return cfg.override(extra + overrides)
 
 
+def _run_name(cfg: Config) -> str:
+    """A new run's default folder name: the data file's stem for ``--data``, else the preset."""
+    if cfg.data.name == "array" and cfg.data.path:
+        return Path(cfg.data.path).stem or cfg.preset
+    return cfg.preset
+
+
 def _free_run_dir(name: str) -> Path:
     base = Path("runs") / name
     path, i = base, 2
@@ -207,10 +276,35 @@ def _launch_torchrun(nproc: int, argv: Sequence[str]) -> int:
     return subprocess.call(cmd, env=os.environ.copy())
 
 
-def _print_config(cfg: Config) -> None:
-    """The resolved config on stderr, once: under torchrun only rank 0 prints it."""
+def _config_summary(cfg: Config) -> str:
+    """The resolved config in a few lines: what is trained, on what, for how long."""
+    m, d, t = cfg.model, cfg.data, cfg.train
+    data = f"{d.name} ({d.path})" if d.name == "array" else d.name
+    if m.kind == "toy":
+        size = f"{m.n_blocks} blocks x {m.hidden} units"
+    else:
+        size = f"{m.n_scales} scales x {m.n_blocks} blocks x {m.hidden} channels"
+    norm = m.lipschitz_norm if m.constrained else "unconstrained"
+    budget = "".join(
+        f", {label} {v:g} s"
+        for label, v in (("wall", t.max_seconds), ("CPU", t.max_cpu_seconds))
+        if v > 0
+    )
+    return "\n".join(
+        [
+            f"preset {cfg.preset}: {m.kind} model, {size}, coeff {m.coeff:g} ({norm}), "
+            f"log-det {m.logdet}",
+            f"data {data}; train {t.steps} steps{budget}, batch {t.batch_size}, "
+            f"{t.optimizer} lr {t.lr:g} ({t.lr_schedule}), seed {t.seed}, device {t.device}",
+        ]
+    )
+
+
+def _print_config(cfg: Config, verbose: bool = False) -> None:
+    """The resolved config on stderr, once (under torchrun only rank 0 prints): a summary, or
+    the whole JSON with ``verbose`` (the run folder's ``config.json`` always holds it all)."""
     if os.environ.get("RANK", "0") == "0":
-        print(cfg.to_json(), file=sys.stderr)
+        print(cfg.to_json() if verbose else _config_summary(cfg), file=sys.stderr)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -241,30 +335,56 @@ def _cmd_train(args: argparse.Namespace) -> int:
                 raise ConfigError(
                     f"{run.path} is at step {done}: --steps {args.steps} would not extend it"
                 )
-            cfg = cfg.override([f"train.steps={args.steps}"])
-        _print_config(cfg)
+            extend = [f"train.steps={args.steps}"]
+            if cfg.train.lr_schedule == "cosine":  # a warm restart from where the run is
+                extend.append(f"train.cycle_start={done}")
+            cfg = cfg.override(extend)
         if args.dry_run:
+            print(cfg.to_json())
             return 0
-        if args.steps is not None:
-            run.save_config(cfg)
+        _print_config(cfg, args.verbose)
         result = train(cfg, run.path, resume=True, progress=not args.no_progress)
     else:
         cfg = _resolve_train_config(args)
-        _print_config(cfg)
         if args.dry_run:
+            print(cfg.to_json())
             return 0
-        out = args.out or _free_run_dir(cfg.preset)
+        _print_config(cfg, args.verbose)
+        out = args.out or _free_run_dir(_run_name(cfg))
         result = train(cfg, out, progress=not args.no_progress)
     verb = "finished" if result.stopped == "finished" else "stopped by a signal (checkpoint saved)"
-    metrics = ", ".join(
-        f"{k} {v:.4f}" for k, v in result.last_metrics.items() if not k.endswith("_se")
-    )
     if result.is_main:
+        metrics = _describe_metrics(result.last_metrics, cfg.train.eval_batches)
         print(f"{verb} at step {result.step}: {metrics}; run folder: {result.run_dir}")
     if result.stopped == "finished":
         return 0
     # Stopped by a signal: the shell's convention 128 + signal, so `train ... && next` stops.
     return 128 + (result.signal or signal.SIGINT)
+
+
+_UNITS = {"nll": "nats", "bpd": "bits/dim", "acc": "", "accuracy": "", "error": ""}
+
+
+def _describe_metrics(last: dict[str, float], eval_batches: int) -> str:
+    """The final line's numbers with their units and what they are: the last training batch's
+    loss terms, and the periodic test estimate on ``eval_batches`` batches (EMA weights)."""
+    parts = []
+    for key, value in last.items():
+        if key.endswith("_se"):
+            continue
+        test = key.startswith("test_")
+        name = key.removeprefix("test_")
+        unit = _UNITS.get(name, "")
+        se = last.get(f"{key}_se")
+        number = f"{value:.4f}" + (f" +- {se:.4f}" if se is not None and math.isfinite(se) else "")
+        parts.append(f"{'test' if test else 'train'} {name} {number}{' ' + unit if unit else ''}")
+    tail = (
+        f" (train: last logged batch; test: {eval_batches} test batches, EMA weights; "
+        "`iresnet evaluate` scores the whole test set)"
+        if parts
+        else ""
+    )
+    return ", ".join(parts) + tail if parts else "no metrics logged"
 
 
 def _fmt(v: Any) -> str:
@@ -278,23 +398,31 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         raise ConfigError(f"--n-inverse must be >= 1, got {args.n_inverse}")
     if args.n_test is not None and args.n_test < 1:
         raise ConfigError(f"--n-test must be >= 1, got {args.n_test}")
-    trained = load_run(args.run_dir, device=args.device)
+    trained = load_run(args.run_dir, device=args.device, allow_changed_data=args.allow_changed_data)
     result = trained.task.full_evaluation(
         trained.model, n_inverse=args.n_inverse, n_test=args.n_test
     )
     result["run_dir"] = str(trained.run.path)
     result["weights"] = str(trained.weights)
     result = json_safe(result)
-    atomic_write(
-        trained.run.path / "eval.json", json.dumps(result, indent=2, allow_nan=False) + "\n"
-    )
+    # Print first: a read-only run folder still answers.
     if args.json:
-        print(json.dumps(result, allow_nan=False))
-        return 0
-    cert = result.pop("certificate")
-    for key, value in result.items():
-        print(f"{key:>24}: {_fmt(value)}")
-    print(Certificate.from_dict(cert))
+        print(json.dumps(result, allow_nan=False), flush=True)
+    else:
+        shown = dict(result)
+        cert = shown.pop("certificate")
+        for key, value in shown.items():
+            print(f"{key:>24}: {_fmt(value)}")
+        print(Certificate.from_dict(cert), flush=True)
+    try:
+        atomic_write(
+            trained.run.path / "eval.json", json.dumps(result, indent=2, allow_nan=False) + "\n"
+        )
+    except OSError as exc:
+        print(
+            f"iresnet evaluate: note: eval.json not saved in {trained.run.path} ({exc.strerror})",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -305,17 +433,32 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         raise ConfigError(f"--temperature must be a finite positive number, got {args.temperature}")
     if args.out is not None and args.out.suffix not in (".npy", ".csv", ".png"):
         raise ConfigError(f"--out must end in .npy, .csv or .png, got '{args.out.suffix}'")
-    trained = load_run(args.run_dir)
+    check_seed("--seed", args.seed)
+    trained = load_run(args.run_dir, data=False)
     torch.manual_seed(args.seed)
-    x, diags = trained.task.sample(trained.model, args.num, temperature=args.temperature)
-    x = x.cpu()
+    chunks, converged, worst, bound = [], True, 0.0, None
+    chunk = _SAMPLE_CHUNK
+    with tqdm(
+        total=args.num, desc="sample", unit="sample", disable=args.num <= chunk, file=sys.stderr
+    ) as bar:
+        for start in range(0, args.num, chunk):
+            m = min(chunk, args.num - start)
+            x, diags = trained.task.sample(trained.model, m, temperature=args.temperature)
+            chunks.append(x.cpu())
+            converged &= diags.all_converged
+            worst = max([worst, *(float(d.residual.max()) for d in diags)])
+            if diags.error_bound is not None and diags.error_bound.numel():
+                bound = max(bound or 0.0, float(diags.error_bound.max()))
+            bar.update(m)
+    x = torch.cat(chunks)
     out = args.out or trained.run.path / "samples.npy"
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".png":
         if x.dim() == 4:
             plots.plot_image_grid(x[:256], out, title=f"samples (T={args.temperature})")
         elif x.shape[1] == 2:
-            plots.plot_density_comparison(x, {}, out)
+            title = f"{args.num} samples, T={args.temperature:g} (histogram)"
+            plots.plot_density_comparison(x, {}, out, data_title=title)
         else:
             raise ConfigError("a .png needs 2-D points or images; save .npy or .csv instead")
     elif out.suffix == ".csv":
@@ -324,19 +467,16 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         np.save(out, x.numpy())
     else:
         raise ConfigError(f"--out must end in .npy, .csv or .png, got '{out.suffix}'")
-    worst = max((float(d.residual.max()) for d in diags), default=0.0)
-    certified = ""
-    if diags.error_bound is not None and diags.error_bound.numel():
-        certified = f", certified error <= {float(diags.error_bound.max()):.2e}"
+    certified = f", certified error <= {bound:.2e}" if bound is not None else ""
     print(
-        f"wrote {args.num} samples to {out} (inverse converged: {diags.all_converged}, "
+        f"wrote {args.num} samples to {out} (inverse converged: {converged}, "
         f"largest final step {worst:.2e}{certified})"
     )
     return 0
 
 
 def _cmd_certify(args: argparse.Namespace) -> int:
-    trained = load_run(args.run_dir)
+    trained = load_run(args.run_dir, data=False)
     cert = certify(trained.model)
     print(json.dumps(json_safe(cert.to_dict()), allow_nan=False) if args.json else cert)
     return 0
@@ -377,12 +517,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _launch_torchrun(args.nproc, argv)
     try:
         return COMMANDS[args.command](args)
-    except (IResNetError, FloatingPointError) as exc:
-        print(f"iresnet {args.command}: error: {exc}", file=sys.stderr)
+    except (IResNetError, FloatingPointError, OSError) as exc:
+        if args.debug:
+            raise
+        print(f"iresnet {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        if args.debug:
+            raise
         print(f"iresnet {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _one_line(exc: BaseException) -> str:
+    """An error's message; for the operating system's errors (a full disk, a read-only or
+    missing folder) the file and the reason, and that nothing already written was lost."""
+    if not isinstance(exc, OSError) or isinstance(exc, IResNetError):
+        return str(exc)
+    where = f"{exc.filename}: " if exc.filename else ""
+    reason = exc.strerror or str(exc)
+    hint = {
+        errno.ENOSPC: "free some space and rerun (with --resume for a run that had started); "
+        "files already written, the last checkpoint included, are intact",
+        errno.EACCES: "choose a folder you can write to",
+        errno.EROFS: "choose a folder you can write to",
+    }.get(exc.errno or 0, "files already written are intact")
+    return f"{where}{reason}; {hint}"
 
 
 if __name__ == "__main__":  # pragma: no cover

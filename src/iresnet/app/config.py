@@ -149,6 +149,11 @@ class DataConfig:
         test_fraction: held-out share of a user array.
         logit_alpha: image flows: logit transform ``logit(a + (1-2a) u)``; 0 disables it.
         seed: seed of the toy split / array split (independent of the training seed).
+        dequantize: user arrays with discrete columns (few distinct values): ``refuse``,
+            ``uniform`` (uniform noise over each value's cell; the NLL then bounds the
+            discrete NLL) or ``off`` (fit them as they are).
+        index_column: a CSV whose first column is an unnamed row index (pandas' ``to_csv()``):
+            ``refuse``, ``drop`` or ``keep`` (model it as a feature).
     """
 
     name: str = "8gaussians"
@@ -159,9 +164,14 @@ class DataConfig:
     test_fraction: float = 0.2
     logit_alpha: float = 0.05
     seed: int = 0
+    dequantize: str = "refuse"
+    index_column: str = "refuse"
 
     def validate(self) -> None:
         _positive("data.n_train", self.n_train)
+        check_seed("data.seed", self.seed)
+        _choice("data.dequantize", self.dequantize, ("refuse", "uniform", "off"))
+        _choice("data.index_column", self.index_column, ("refuse", "drop", "keep"))
         _positive("data.n_test", self.n_test)
         if not 0.0 < self.test_fraction < 1.0:
             raise ConfigError(f"data.test_fraction must lie in (0, 1), got {self.test_fraction}")
@@ -183,9 +193,15 @@ class TrainConfig:
             checked like ``max_seconds``. On a shared machine, wall-clock depends on the other
             processes; CPU time does not, so it makes equal-budget comparisons fair.
         optimizer: ``adam``, ``adamw`` (Adam with decoupled weight decay, Loshchilov & Hutter)
-            or ``sgd`` (momentum 0.9); lr, weight_decay (coupled L2 for ``adam``/``sgd``,
-            decoupled for ``adamw``), warmup_steps.
+            or ``sgd`` (momentum 0.9).
+        lr: peak learning rate.
+        weight_decay: coupled L2 for ``adam``/``sgd``, decoupled for ``adamw``.
+        warmup_steps: linear warm-up of the learning rate from ``lr / warmup_steps``.
         lr_schedule: ``constant`` (after warm-up) or ``cosine`` (decay to 0 at ``steps``).
+        cycle_start: the step where the current cosine cycle began: 0, or where ``--resume RUN
+            --steps N`` extended the run (a warm restart: the extension decays from ``lr`` at
+            ``cycle_start`` to 0 at the new ``steps``; Loshchilov & Hutter, arXiv:1608.03983).
+            Set by the command; a constant schedule ignores it.
         grad_clip: max gradient norm (0 disables clipping).
         ema_decay: decay of the EMA weights used for evaluation (0 disables EMA).
         eval_every, log_every, checkpoint_every: intervals in steps; keep_last: checkpoints kept.
@@ -212,6 +228,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     warmup_steps: int = 100
     lr_schedule: str = "constant"
+    cycle_start: int = 0
     grad_clip: float = 10.0
     ema_decay: float = 0.995
     eval_every: int = 500
@@ -240,12 +257,18 @@ class TrainConfig:
             "max_bad_steps",
         ):
             _positive(f"train.{name}", getattr(self, name))
+        check_seed("train.seed", self.seed)
         _choice("train.optimizer", self.optimizer, ("adam", "adamw", "sgd"))
         _choice("train.lr_schedule", self.lr_schedule, ("constant", "cosine"))
         _choice("train.precision", self.precision, ("fp32", "bf16", "fp16"))
         if not self.lr > 0:
             raise ConfigError(f"train.lr must be positive, got {self.lr}")
         _at_least("train.warmup_steps", self.warmup_steps, 0)
+        if not 0 <= self.cycle_start < self.steps:
+            raise ConfigError(
+                f"train.cycle_start must lie in [0, train.steps={self.steps}), "
+                f"got {self.cycle_start}"
+            )
         _at_least("train.threads", self.threads, 0)
         for name in ("max_seconds", "max_cpu_seconds"):
             if getattr(self, name) < 0:
@@ -417,6 +440,17 @@ def _parse_value(name: str, text: str, hint: Any) -> Any:
 def _choice(name: str, value: str, options: tuple[str, ...]) -> None:
     if value not in options:
         raise ConfigError(f"{name} must be one of {list(options)}, got '{value}'")
+
+
+#: Seeds are taken by torch and numpy as 63-bit non-negative integers.
+SEED_LIMIT = 2**63
+
+
+def check_seed(name: str, value: int) -> None:
+    """Refuse a seed outside ``[0, 2**63)`` in one line (torch would overflow, numpy refuse
+    negatives)."""
+    if not 0 <= value < SEED_LIMIT:
+        raise ConfigError(f"{name} must be an integer in [0, 2**63), got {value}")
 
 
 def _positive(name: str, value: int) -> None:

@@ -131,8 +131,9 @@ def _panel(ax: Axes, image: np.ndarray, extent: Extent, title: str) -> None:
     ax.imshow(image, extent=extent, vmin=0.0, **kw)
     ax.set_xlim(extent[0], extent[1])
     ax.set_ylim(extent[2], extent[3])
-    ax.set_xticks([])
-    ax.set_yticks([])
+    ax.tick_params(labelsize=7)
+    ax.set_xlabel("$x_1$ (data units)", fontsize=8)
+    ax.set_ylabel("$x_2$ (data units)", fontsize=8)
     ax.set_facecolor("black")
     ax.set_title(title)
 
@@ -272,15 +273,17 @@ def plot_density_comparison(
     *,
     extent: Sequence[float] | None = None,
     grid: int = 200,
+    data_title: str = "data (histogram)",
 ) -> Path:
-    """One panel of ``data`` (2-D histogram), then one density panel per named log-density.
+    """One panel of ``data`` (2-D histogram, titled ``data_title``), then one density panel
+    per named log-density, with axes in the data's units.
 
     ``densities`` maps a panel title (e.g. ``"ours"``, ``"RealNVP"``) to a callable as in
     ``plot_toy_figure``; panels follow the mapping's order, all on the same ``extent``.
     """
     pts = _points(data, "data")
     ext = _resolve_extent(extent, pts)
-    panels = [(_hist(pts, ext, grid), "data")]
+    panels = [(_hist(pts, ext, grid), data_title)]
     panels += [(_eval_density(fn, ext, grid), name) for name, fn in densities.items()]
     return _save_panels(panels, ext, path)
 
