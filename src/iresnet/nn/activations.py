@@ -68,6 +68,22 @@ class LipSwish(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return x * torch.sigmoid(self.beta * x) / 1.1
 
+    def linearize(
+        self, x: Tensor, t: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None, Callable[[Tensor], Tensor]]:
+        """``f(x)`` and ``f'(x) t`` (with their graphs; None without tangents ``t``), and
+        ``vjp(w) = w * f'(x)`` in closed form (no graph)."""
+        beta = self.beta
+        s = torch.sigmoid(beta * x)
+        y = x * s / 1.1
+        if t is None:
+            with torch.no_grad():
+                slope = (s + beta * x * s * (1 - s)) / 1.1
+            return y, None, lambda w: w * slope
+        slope = (s + beta * x * s * (1 - s)) / 1.1
+        fixed = slope.detach()
+        return y, slope * t, lambda w: w * fixed
+
     def jvp(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """Forward-mode derivative: ``(f(x), f'(x) t)``.
 
@@ -118,6 +134,16 @@ class LipELU(nn.ELU):
         if not 0 < alpha <= 1:
             raise ValueError(f"LipELU needs 0 < alpha <= 1 to stay 1-Lipschitz, got {alpha}")
         super().__init__(alpha=alpha)
+
+    def linearize(
+        self, x: Tensor, t: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None, Callable[[Tensor], Tensor]]:
+        """``elu(x)`` and ``elu'(x) t`` (with their graphs; None without tangents ``t``), and
+        ``vjp(w) = w * elu'(x)`` in closed form (no graph)."""
+        y = super().forward(x)
+        slope = torch.where(x > 0, torch.ones_like(x), y + self.alpha)
+        fixed = slope.detach()
+        return y, None if t is None else slope * t, lambda w: w * fixed
 
     def jvp(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """Forward-mode derivative: ``(elu(x), elu'(x) t)``.

@@ -591,6 +591,30 @@ class SpectralLinear(_SpectralNormMixin, nn.Linear):
         check_size(x, "SpectralLinear", -1, self.in_features, "input features")
         return F.linear(x, self.normalized_weight(), self.bias)
 
+    def linearize(
+        self, x: Tensor, t: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None, Callable[[Tensor], Tensor]]:
+        """The output and the pushed tangents (with their graphs), and the vector-Jacobian
+        product in closed form.
+
+        Args:
+            x: input, ``(*, in_features)``.
+            t: tangents ``(d, *x.shape)``, or None.
+
+        Returns:
+            ``W_hat x + b``, ``W_hat t`` (None without ``t``) and ``vjp(w) = w W_hat`` for
+            cotangents ``w`` of the output's shape (no autograd graph).
+
+        Raises:
+            DataError: as ``forward``.
+        """
+        check_input(x, "SpectralLinear", like=self)
+        check_size(x, "SpectralLinear", -1, self.in_features, "input features")
+        weight = self.normalized_weight()
+        fixed = weight.detach()
+        jt = None if t is None else F.linear(t, weight)
+        return F.linear(x, weight, self.bias), jt, lambda w: w @ fixed
+
     def jvp(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """Forward-mode derivative: ``(W_hat x + b, W_hat t)``.
 
@@ -736,6 +760,41 @@ class SpectralConv2d(_SpectralNormMixin, nn.Conv2d):
         check_size(x, "SpectralConv2d", -3, self.in_channels, "input channels")
         self._ensure_vectors(x)
         return self._conv_forward(x, self.normalized_weight(), self.bias)
+
+    def linearize(
+        self, x: Tensor, t: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None, Callable[[Tensor], Tensor]]:
+        """The output and the pushed tangents (with their graphs), and the vector-Jacobian
+        product in closed form.
+
+        Args:
+            x: input, ``(B, C_in, H, W)``.
+            t: tangents ``(d, *x.shape)``, or None.
+
+        Returns:
+            ``conv(x)``, ``conv_without_bias(t)`` (None without ``t``) and ``vjp(w)``, the
+            transposed convolution of cotangents ``w`` of the output's shape back to the
+            input's (no autograd graph).
+
+        Raises:
+            DataError: as ``forward``.
+        """
+        check_input(x, "SpectralConv2d", like=self)
+        check_size(x, "SpectralConv2d", -3, self.in_channels, "input channels")
+        self._ensure_vectors(x)
+        weight = self.normalized_weight()
+        fixed = weight.detach()
+        shape = x.shape
+        stride, padding = self.stride, self.padding
+
+        def vjp(w: Tensor) -> Tensor:
+            return torch.nn.grad.conv2d_input(shape, fixed, w, stride, padding)
+
+        jt = None
+        if t is not None:
+            tt = self._conv_forward(t.reshape(-1, *t.shape[2:]), weight, None)
+            jt = tt.reshape(*t.shape[:2], *tt.shape[1:])
+        return self._conv_forward(x, weight, self.bias), jt, vjp
 
     def jvp(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """Forward-mode derivative: ``(conv(x), conv_without_bias(t))``.

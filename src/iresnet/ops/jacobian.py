@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-__all__ = ["jacobian"]
+__all__ = ["jacobian", "linearize"]
 
 G = Callable[[Tensor], Tensor]
 
@@ -21,6 +21,57 @@ def _forward_jacobian(g: nn.Sequential, x: Tensor) -> tuple[Tensor, Tensor]:
     for layer in g:
         h, t = layer.jvp(h, t)
     return h, t.reshape(d, b, d).permute(1, 2, 0)
+
+
+def linearize(
+    g: G, x: Tensor, tangents: Tensor | None = None
+) -> tuple[Tensor, Tensor | None, Callable[[Tensor], Tensor] | None]:
+    """``g(x)`` and ``J_g(x) t`` with their graphs, and ``w -> w J_g(x)`` in closed form, where
+    ``g`` allows it.
+
+    A ``nn.Sequential`` whose layers all offer ``linearize(x, t) -> (f(x), J_f t, vjp)`` (the
+    spectral layers and the Lipschitz activations) caches what its vector-Jacobian products need
+    (the normalised weights, the activations' slopes) in one forward pass that also pushes the
+    tangents (forward mode, so the gradient of ``w^T J t`` is a first-order backward pass, not a
+    double backward); each product is then a chain of matrix products, transposed convolutions
+    and element-wise scalings, without autograd's graph walk. For any other ``g`` only ``g(x)``
+    is returned, with None for the rest (use autograd).
+
+    Args:
+        g: a samplewise map.
+        x: ``(B, *event)``.
+        tangents: ``(d, B, *event)`` or None.
+
+    Returns:
+        ``g(x)`` (differentiable as ``g(x)`` is); ``J_g(x) t`` of the tangents' shape
+        (differentiable; None without tangents or for other maps); ``vjp`` with
+        ``vjp(w) = w J_g(x)`` for ``w`` of ``g(x)``'s shape (equal to
+        ``torch.autograd.grad(g(x), x, w)`` up to rounding; never differentiable), or None.
+
+    Examples:
+        >>> from iresnet.nn import mlp_branch
+        >>> g = mlp_branch(2, (8,))
+        >>> x = torch.randn(4, 2, requires_grad=True)
+        >>> gx, _, vjp = linearize(g, x)
+        >>> w = torch.randn(4, 2)
+        >>> torch.allclose(vjp(w), torch.autograd.grad(gx, x, w)[0], atol=1e-6)
+        True
+    """
+    if not (isinstance(g, nn.Sequential) and all(hasattr(m, "linearize") for m in g)):
+        return g(x), None, None
+    h, t, backs = x, tangents, []
+    for layer in g:
+        h, t, back = layer.linearize(h, t)
+        backs.append(back)
+    backs.reverse()
+
+    def vjp(w: Tensor) -> Tensor:
+        with torch.no_grad():
+            for back in backs:
+                w = back(w)
+        return w
+
+    return h, t, vjp
 
 
 def _supports_forward_jacobian(g: G) -> bool:

@@ -44,7 +44,7 @@ import torch
 from torch import Tensor, nn
 
 from ..checks import check_input
-from .jacobian import jacobian
+from .jacobian import jacobian, linearize
 
 __all__ = [
     "exact_logdet",
@@ -158,27 +158,39 @@ def _series(
     *,
     neumann_gradient: bool,
     need_graph: bool,
+    vjp: Callable[[Tensor], Tensor] | None = None,
+    jv: Tensor | None = None,
 ) -> Tensor:
-    """The series estimate from the graph ``gx = g(x)``; see ``series_logdet``."""
+    """The series estimate from the graph ``gx = g(x)``; see ``series_logdet``. From
+    [`linearize`][iresnet.ops.jacobian.linearize]: ``vjp``, the closed-form ``w -> w J`` for
+    the terms that need no graph, and ``jv``, the probes pushed forward (``J v`` with its
+    graph), for the Neumann gradient's surrogate."""
     n = len(weights)
     value = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
     surrogate = torch.zeros_like(value)
     plain_graph = need_graph and not neumann_gradient
-    for v in probes:
+    for p, v in enumerate(probes):
         w = v
         neumann = v * weights[0]
         for k in range(1, n + 1):
-            # w <- w^T J: one vector-Jacobian product through the shared graph of g(x).
-            w = torch.autograd.grad(gx, x, w, retain_graph=True, create_graph=plain_graph)[0]
+            # w <- w^T J: one vector-Jacobian product (in closed form where the branch allows,
+            # else through the shared graph of g(x)).
+            if vjp is not None and not plain_graph:
+                w = vjp(w)
+            else:
+                w = torch.autograd.grad(gx, x, w, retain_graph=True, create_graph=plain_graph)[0]
             value = value + ((-1) ** (k + 1) * weights[k - 1] / k) * _batch_dot(w, v)
             if neumann_gradient and k < n:
                 neumann = neumann + ((-1) ** k * weights[k]) * w
         if neumann_gradient and need_graph:
             # Surrogate neumann^T J v: its gradient is the Neumann-series gradient estimate.
-            wj = torch.autograd.grad(gx, x, neumann.detach(), retain_graph=True, create_graph=True)[
-                0
-            ]
-            surrogate = surrogate + _batch_dot(wj, v)
+            if jv is not None:  # J v from forward mode: a first-order backward pass
+                surrogate = surrogate + _batch_dot(neumann.detach(), jv[p])
+            else:
+                wj = torch.autograd.grad(
+                    gx, x, neumann.detach(), retain_graph=True, create_graph=True
+                )[0]
+                surrogate = surrogate + _batch_dot(wj, v)
     value = value / probes.shape[0]
     if neumann_gradient:
         surrogate = surrogate / probes.shape[0]
@@ -285,9 +297,17 @@ def series_logdet(
     need_graph = torch.is_grad_enabled() and (x.requires_grad or len(params) > 0)
 
     def compute(x_: Tensor) -> tuple[Tensor, Tensor]:
-        gx = g(x_)
+        push = probes if (neumann_gradient and need_graph) else None
+        gx, jv, vjp = linearize(g, x_, push)
         ld = _series(
-            gx, x_, probes, weights, neumann_gradient=neumann_gradient, need_graph=need_graph
+            gx,
+            x_,
+            probes,
+            weights,
+            neumann_gradient=neumann_gradient,
+            need_graph=need_graph,
+            vjp=vjp,
+            jv=jv,
         )
         return gx, ld
 
