@@ -160,6 +160,9 @@ def certify(model: nn.Module) -> Certificate:
         The [`Certificate`][iresnet.certificate.Certificate], with no blocks if ``model`` has
             no residual block.
 
+    Raises:
+        TypeError: ``model`` is not a module.
+
     Examples:
         >>> import iresnet
         >>> flow = iresnet.ResidualFlow(2, transforms=2, hidden_features=(8,), coeff=0.9)
@@ -167,6 +170,8 @@ def certify(model: nn.Module) -> Certificate:
         >>> cert.invertible, len(cert.blocks), cert.max_bound <= 0.9**2 + 1e-6
         (True, 2, True)
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"certify expects a torch.nn.Module, got {type(model).__name__}")
     blocks = []
     for name, module in model.named_modules():
         if isinstance(module, InvertibleResidualBlock):

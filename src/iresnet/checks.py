@@ -69,6 +69,11 @@ def check_input(
     if event_shape is not None:
         event = tuple(int(s) for s in event_shape)
         n = len(event)
+        if x.dim() == n and tuple(x.shape) == event:
+            raise DataError(
+                f"{where}: got one sample of shape {tuple(x.shape)} without a batch dimension; "
+                f"pass x.unsqueeze(0) (shape {(1, *event)})"
+            )
         if x.dim() < n + 1 or tuple(x.shape[x.dim() - n :]) != event:
             want = ", ".join(map(str, event))
             raise DataError(

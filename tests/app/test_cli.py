@@ -127,15 +127,19 @@ def test_unavailable_devices_are_named_in_one_line(capsys, tmp_path):
 
 
 def test_json_output_is_strict_json_and_temperature_is_checked(capsys, tmp_path):
-    """A 2-point test set has no standard error: strict JSON says null, never NaN."""
-    data = tmp_path / "two.npy"
+    """One test point has no standard error: strict JSON says null, never NaN (and a data set
+    too small for a test split of 2 is refused at the start)."""
+    data = tmp_path / "three.npy"
     np.save(data, np.random.default_rng(0).normal(size=(3, 2)))
     out_dir = tmp_path / "run"
+    code, _, err = run(capsys, "train", *TINY, "--data", str(data), "--out", str(out_dir))
+    assert code == 2 and "at least 2 of each are needed" in err and not out_dir.exists()
+    np.save(data, np.random.default_rng(0).normal(size=(300, 2)))
     assert (
         run(capsys, "train", *TINY, "--data", str(data), "--steps", "2", "--out", str(out_dir))[0]
         == 0
     )
-    code, out, _ = run(capsys, "evaluate", str(out_dir), "--json")
+    code, out, _ = run(capsys, "evaluate", str(out_dir), "--json", "--n-test", "1")
     assert code == 0 and "NaN" not in out
     assert json.loads(out)["test_nll_se"] is None
     code, _, err = run(capsys, "sample", str(out_dir), "--temperature", "-1")
@@ -247,3 +251,66 @@ def test_exact_logdet_on_images_is_refused_with_the_cheaper_options(capsys):
     images = DataBundle("x", "image", torch.zeros(0, 1, 28, 28, dtype=torch.uint8), torch.zeros(0))
     with pytest.raises(ConfigError, match="784 dimensions.*model.logdet=roulette"):
         build_model(cfg, images)
+
+
+def test_the_new_users_table_of_mistakes(capsys, tmp_path):
+    """Found by a fresh user's session (50 attempts): each is one line, exit 2, and leaves no
+    folder that would block the corrected rerun."""
+    data = tmp_path / "good.npy"
+    np.save(data, np.random.default_rng(0).normal(size=(300, 2)))
+    out = tmp_path / "r"
+    for argv, needle in (
+        (["train.batch_size=100000000"], "exceeds the 240 training samples"),
+        (["train.precision=fp16"], "fp16 needs a CUDA device"),
+        (["--nproc", "0"], "--nproc must be >= 1"),
+        (["--nproc", "2", "train.batch_size=63"], "does not split evenly over --nproc 2"),
+        (["--nproc", "4096"], "exceeds the"),
+    ):
+        code, _, err = run(capsys, "train", *TINY, "--data", str(data), "--out", str(out), *argv)
+        assert code == 2 and needle in err and "Traceback" not in err, (argv, err)
+        assert not out.exists(), argv
+    huge = tmp_path / "huge.npy"
+    np.save(huge, np.random.default_rng(0).normal(size=(300, 2)) * 3e38)
+    code, _, err = run(capsys, "train", *TINY, "--data", str(huge), "--out", str(out))
+    assert code == 2 and "too large for the model's float32 arithmetic" in err
+    assert (
+        run(capsys, "train", *TINY, "--data", str(data), "--steps", "2", "--out", str(out))[0] == 0
+    )
+
+    code, _, err = run(capsys, "train", "--resume", str(out))
+    assert code == 2 and "already finished (2 of 2 steps)" in err
+    code, _, err = run(capsys, "train", "--resume", str(out), "--steps", "4", "model.coeff=0.5")
+    assert code == 2 and "not KEY=VALUE overrides" in err and "preset" not in err
+    code, _, err = run(capsys, "sample", str(out), "-n", "3", "--out", str(data))
+    assert code == 2 and "is the run's training data" in err
+    taken = tmp_path / "taken.npy"
+    np.save(taken, np.zeros(1))
+    code, _, err = run(capsys, "sample", str(out), "-n", "3", "--out", str(taken))
+    assert code == 2 and "exists" in err and "--overwrite" in err
+    assert run(capsys, "sample", str(out), "-n", "3", "--out", str(taken), "--overwrite")[0] == 0
+    assert np.load(taken).shape == (3, 2)
+
+    (out / "data.json").unlink()
+    code, _, err = run(capsys, "evaluate", str(out))
+    assert code == 2 and "data.json is missing" in err and "--allow-changed-data" in err
+
+    sweep_out = tmp_path / "sweep"
+    code, _, err = run(
+        capsys, "sweep", "digits-classifier", "--coeffs", "1.5", "--out", str(sweep_out)
+    )
+    assert code == 2 and not sweep_out.exists()
+
+
+def test_the_library_names_the_new_users_mistakes():
+    import iresnet
+
+    flow = iresnet.ResidualFlow(2, transforms=1, hidden_features=(8,))
+    with pytest.raises(
+        iresnet.DataError, match=r"without a batch dimension; pass x.unsqueeze\(0\)"
+    ):
+        flow().log_prob(torch.randn(2))
+    assert flow().sample(5).shape == (5, 2)  # an int is a sample shape of (n,)
+    with pytest.raises(TypeError, match="features and transforms must be integers"):
+        iresnet.ResidualFlow("2")
+    with pytest.raises(TypeError, match="certify expects a torch.nn.Module"):
+        iresnet.certify(None)

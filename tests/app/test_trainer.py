@@ -289,6 +289,6 @@ def test_nan_stop_names_a_checkpoint_only_if_one_exists(tmp_path, monkeypatch, b
     message = str(info.value)
     if bad_from == 0:
         assert "no checkpoint had been written yet" in message and "--resume" not in message
-        assert not list_checkpoints(tmp_path / "run" / "checkpoints")
+        assert not (tmp_path / "run").exists()  # nothing left that would block the rerun
     else:
         assert "step-00000004" in message and "--resume" in message

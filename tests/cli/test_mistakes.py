@@ -130,7 +130,9 @@ def test_a_run_does_not_need_its_data_file_to_sample_or_certify(trained, tmp_pat
         ):
             result = iresnet(*argv, cwd=tmp_path)  # another folder, and the file is gone
             assert result.returncode == 0, (argv, result.stderr)
-        one_line_error(iresnet("evaluate", str(run), cwd=tmp_path), "does not exist")
+        one_line_error(
+            iresnet("evaluate", str(run), cwd=tmp_path), "is gone from", "put the file back"
+        )
     finally:
         moved.rename(data)
     result = iresnet("evaluate", str(run), "--json", "--n-inverse", "4", cwd=tmp_path)
@@ -234,7 +236,7 @@ def test_a_data_run_is_named_after_its_file_and_says_what_its_numbers_are(tmp_pa
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "runs" / "my-measurements" / "config.json").is_file()
     last = result.stdout.strip().splitlines()[-1]
-    assert "nats" in last and "1 test batches" in last and "EMA" in last, last
+    assert "nats" in last and "60 test samples" in last and "EMA" in last, last
     assert len(result.stderr.strip().splitlines()) == 2, result.stderr  # the config in brief
 
 

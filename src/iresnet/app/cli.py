@@ -204,6 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="output file: .npy (array), .csv or .png (picture); default RUN_DIR/samples.npy",
     )
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an existing --out file (never the data)"
+    )
 
     p = sub.add_parser(
         "certify",
@@ -311,11 +314,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.resume is not None:
         run = Run(args.resume)
         cfg = run.load_config()
+        overrides = list(args.overrides)
+        preset = args.preset
+        if preset is not None and "=" in preset:  # an override in the preset's place
+            overrides.insert(0, preset)
+            preset = None
         ignored = [
             flag
             for flag, value in (
-                ("a preset", args.preset),
-                ("KEY=VALUE overrides", args.overrides),
+                ("a preset", preset),
+                ("KEY=VALUE overrides", overrides),
                 ("--seed", args.seed),
                 ("--out", args.out),
                 ("--data", args.data),
@@ -329,8 +337,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
                 f"--resume continues a run with its saved config; it takes --steps (to extend "
                 f"it), not {', '.join(ignored)}"
             )
+        done = run.last_step()
+        if args.steps is None and done >= cfg.train.steps and run.weights_path.is_file():
+            raise ConfigError(
+                f"{run.path} already finished ({done} of {cfg.train.steps} steps): extend it "
+                f"with --resume {run.path} --steps N (N > {done}), or evaluate it"
+            )
         if args.steps is not None:
-            done = run.last_step()
             if args.steps <= done:
                 raise ConfigError(
                     f"{run.path} is at step {done}: --steps {args.steps} would not extend it"
@@ -354,7 +367,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         result = train(cfg, out, progress=not args.no_progress)
     verb = "finished" if result.stopped == "finished" else "stopped by a signal (checkpoint saved)"
     if result.is_main:
-        metrics = _describe_metrics(result.last_metrics, cfg.train.eval_batches)
+        last = result.last_metrics or _last_logged(Run(result.run_dir).records())
+        n_eval = result.task.n_evaluated(cfg.train.eval_batches) if result.task else None
+        metrics = _describe_metrics(last, n_eval)
         print(f"{verb} at step {result.step}: {metrics}; run folder: {result.run_dir}")
     if result.stopped == "finished":
         return 0
@@ -365,9 +380,21 @@ def _cmd_train(args: argparse.Namespace) -> int:
 _UNITS = {"nll": "nats", "bpd": "bits/dim", "acc": "", "accuracy": "", "error": ""}
 
 
-def _describe_metrics(last: dict[str, float], eval_batches: int) -> str:
+def _last_logged(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """The newest value of every metric in ``metrics.jsonl`` rows (for a resumed run that
+    logged nothing new before it stopped)."""
+    skip = {"step", "loss", "lr", "grad_norm", "seconds", "cpu_seconds", "bad_in_row"}
+    last: dict[str, float] = {}
+    for row in rows:
+        for key, value in row.items():
+            if key not in skip and isinstance(value, (int, float)):
+                last[key] = float(value)
+    return last
+
+
+def _describe_metrics(last: dict[str, float], n_eval: int | None) -> str:
     """The final line's numbers with their units and what they are: the last training batch's
-    loss terms, and the periodic test estimate on ``eval_batches`` batches (EMA weights)."""
+    loss terms, and the periodic test estimate on ``n_eval`` test samples (EMA weights)."""
     parts = []
     for key, value in last.items():
         if key.endswith("_se"):
@@ -378,8 +405,9 @@ def _describe_metrics(last: dict[str, float], eval_batches: int) -> str:
         se = last.get(f"{key}_se")
         number = f"{value:.4f}" + (f" +- {se:.4f}" if se is not None and math.isfinite(se) else "")
         parts.append(f"{'test' if test else 'train'} {name} {number}{' ' + unit if unit else ''}")
+    on = f"{n_eval} test samples" if n_eval is not None else "a test subset"
     tail = (
-        f" (train: last logged batch; test: {eval_batches} test batches, EMA weights; "
+        f" (train: last logged batch; test: {on}, EMA weights; "
         "`iresnet evaluate` scores the whole test set)"
         if parts
         else ""
@@ -435,6 +463,12 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         raise ConfigError(f"--out must end in .npy, .csv or .png, got '{args.out.suffix}'")
     check_seed("--seed", args.seed)
     trained = load_run(args.run_dir, data=False)
+    out = args.out or trained.run.path / "samples.npy"
+    data_file = trained.run.data_info().get("file", {})
+    if isinstance(data_file, dict) and data_file.get("absolute") == str(out.resolve()):
+        raise ConfigError(f"--out {out} is the run's training data; choose another file")
+    if args.out is not None and out.exists() and not args.overwrite:
+        raise ConfigError(f"--out {out} exists; choose another file, or pass --overwrite")
     torch.manual_seed(args.seed)
     chunks, converged, worst, bound = [], True, 0.0, None
     chunk = _SAMPLE_CHUNK
@@ -451,7 +485,6 @@ def _cmd_sample(args: argparse.Namespace) -> int:
                 bound = max(bound or 0.0, float(diags.error_bound.max()))
             bar.update(m)
     x = torch.cat(chunks)
-    out = args.out or trained.run.path / "samples.npy"
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".png":
         if x.dim() == 4:
@@ -461,10 +494,12 @@ def _cmd_sample(args: argparse.Namespace) -> int:
             plots.plot_density_comparison(x, {}, out, data_title=title)
         else:
             raise ConfigError("a .png needs 2-D points or images; save .npy or .csv instead")
-    elif out.suffix == ".csv":
-        np.savetxt(out, x.reshape(x.shape[0], -1).numpy(), delimiter=",")
+    elif out.suffix == ".csv":  # atomic: a full disk leaves no torn file
+        atomic_write(
+            out, lambda fh: np.savetxt(fh, x.reshape(x.shape[0], -1).numpy(), delimiter=",")
+        )
     elif out.suffix == ".npy":
-        np.save(out, x.numpy())
+        atomic_write(out, lambda fh: np.save(fh, x.numpy()))
     else:
         raise ConfigError(f"--out must end in .npy, .csv or .png, got '{out.suffix}'")
     certified = f", certified error <= {bound:.2e}" if bound is not None else ""
@@ -511,16 +546,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
-    if args.command == "train" and args.nproc > 1 and "RANK" not in os.environ:
-        if args.out is None and args.resume is None:
-            parser.error("--nproc needs --out (every process must write to the same run folder)")
-        return _launch_torchrun(args.nproc, argv)
     try:
+        if args.command == "train" and "RANK" not in os.environ:
+            _check_nproc(args)
+            if args.nproc > 1:
+                if args.out is None and args.resume is None:
+                    parser.error(
+                        "--nproc needs --out (every process must write to the same run folder)"
+                    )
+                return _launch_torchrun(args.nproc, argv)
         return COMMANDS[args.command](args)
     except (IResNetError, FloatingPointError, OSError) as exc:
         if args.debug:
             raise
-        print(f"iresnet {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        print(f"iresnet {args.command}: error: {_one_line(exc, args.command)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         if args.debug:
@@ -529,16 +568,45 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _one_line(exc: BaseException) -> str:
+def _check_nproc(args: argparse.Namespace) -> None:
+    """Refuse, before any process starts, a process count the machine or the batch cannot
+    take."""
+    n = args.nproc
+    if n < 1:
+        raise ConfigError(f"--nproc must be >= 1, got {n}")
+    if n == 1:
+        return
+    cfg = Run(args.resume).load_config() if args.resume is not None else None
+    cfg = cfg or _resolve_train_config(args)
+    device = cfg.train.device
+    if device.startswith("cuda"):
+        have, what = (torch.cuda.device_count() if torch.cuda.is_available() else 0), "GPUs"
+    else:
+        have, what = os.cpu_count() or 1, "CPU cores"
+    if n > have:
+        raise ConfigError(f"--nproc {n} exceeds the {have} {what} here; use --nproc {have} or less")
+    if cfg.train.batch_size % n:
+        raise ConfigError(
+            f"train.batch_size={cfg.train.batch_size} does not split evenly over --nproc {n}; "
+            f"use a multiple of {n}"
+        )
+
+
+def _one_line(exc: BaseException, command: str = "train") -> str:
     """An error's message; for the operating system's errors (a full disk, a read-only or
     missing folder) the file and the reason, and that nothing already written was lost."""
     if not isinstance(exc, OSError) or isinstance(exc, IResNetError):
         return str(exc)
     where = f"{exc.filename}: " if exc.filename else ""
     reason = exc.strerror or str(exc)
+    full = (
+        "free some space and rerun (with --resume for a run that had started); files already "
+        "written, the last checkpoint included, are intact"
+        if command == "train"
+        else "free some space and rerun; files already written are intact"
+    )
     hint = {
-        errno.ENOSPC: "free some space and rerun (with --resume for a run that had started); "
-        "files already written, the last checkpoint included, are intact",
+        errno.ENOSPC: full,
         errno.EACCES: "choose a folder you can write to",
         errno.EROFS: "choose a folder you can write to",
     }.get(exc.errno or 0, "files already written are intact")

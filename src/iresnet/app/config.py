@@ -168,11 +168,11 @@ class DataConfig:
     index_column: str = "refuse"
 
     def validate(self) -> None:
-        _positive("data.n_train", self.n_train)
+        _at_least("data.n_train", self.n_train, 2)
         check_seed("data.seed", self.seed)
         _choice("data.dequantize", self.dequantize, ("refuse", "uniform", "off"))
         _choice("data.index_column", self.index_column, ("refuse", "drop", "keep"))
-        _positive("data.n_test", self.n_test)
+        _at_least("data.n_test", self.n_test, 2)  # a test NLL needs a standard error
         if not 0.0 < self.test_fraction < 1.0:
             raise ConfigError(f"data.test_fraction must lie in (0, 1), got {self.test_fraction}")
         if not 0.0 <= self.logit_alpha < 0.5:

@@ -120,11 +120,22 @@ class Run:
     def check_new(self) -> None:
         """Refuse, before anything is written, a path that is a file or already holds a run.
 
+        A folder left by a run that was killed before its first checkpoint (a config, no
+        checkpoint, no weights, no live writer) holds nothing to keep: it is cleared and reused.
+
         Raises:
-            ConfigError: the path exists as a file, or holds a run's config or checkpoints.
+            ConfigError: the path exists as a file, or holds a run's checkpoints or weights.
         """
         if self.path.exists() and not self.path.is_dir():
             raise ConfigError(f"{self.path} is a file, not a run folder: choose another --out")
+        unstarted = (
+            self.config_path.exists()
+            and not self.checkpoints.exists()
+            and not self.weights_path.exists()
+        )
+        if unstarted:
+            self.acquire()  # refuses while its writer is alive
+            self.discard()
         if self.config_path.exists() or self.checkpoints.exists():
             raise ConfigError(
                 f"{self.path} already holds a run; continue it with --resume {self.path}, "
@@ -149,6 +160,25 @@ class Run:
             self.release()
             raise
         atomic_write(self.config_path, cfg.to_json() + "\n")
+
+    def discard(self) -> None:
+        """Remove what a new run wrote before its first checkpoint (its config, data record,
+        metrics, lock), and the folder if nothing else is left in it."""
+        self.release()
+        for p in (
+            self.config_path,
+            self.data_path,
+            self.metrics_path,
+            self.owner_path,
+            self.lock_path,
+        ):
+            p.unlink(missing_ok=True)
+        self.remove_stale_temporaries()
+        for folder in (self.checkpoints, self.path):
+            try:
+                folder.rmdir()  # only if empty: a checkpoint or anything of the user's stays
+            except OSError:
+                pass
 
     def last_step(self) -> int:
         """The step of the newest valid checkpoint (0 without one)."""
@@ -261,10 +291,34 @@ class Run:
             dequantize_width=info.get("dequantize_width"),
         )
 
-    def check_data(self, data: DataBundle, allow_changed: bool = False) -> None:
+    def load_data(self, cfg: DataConfig) -> DataBundle:
+        """The run's data, from the absolute path recorded at the start (see ``data_config``)
+        and with the training standardisation.
+
+        Raises:
+            DataError: the data cannot be loaded; a user file that is gone is named by the
+                path it was trained from, with what still works without it.
+        """
+        try:
+            return load_data(self.data_config(cfg), standardizer=self.load_standardizer())
+        except DataError as exc:
+            file = self.data_info().get("file")
+            where = file.get("absolute") if isinstance(file, dict) else None
+            if where and not Path(where).is_file():
+                raise DataError(
+                    f"{self.path}: the data it was trained on is gone from {where}; put the "
+                    "file back there to evaluate or resume the run (sample and certify need no "
+                    "data; in Python, iresnet.load_run(path, data=False))"
+                ) from None
+            raise exc from None
+
+    def check_data(
+        self, data: DataBundle, allow_changed: bool = False, resuming: bool = False
+    ) -> None:
         """Refuse data whose fingerprint differs from the one recorded when the run started.
 
         Runs from before fingerprints were recorded pass. ``allow_changed``: accept it anyway.
+        ``resuming``: the message says how to resume (with the original data) instead.
 
         Raises:
             DataError: the data changed (the message says how, and how to accept it).
@@ -280,10 +334,15 @@ class Run:
         was = [info.get("n_train"), info.get("n_test")]
         how = f" ({was[0]}+{was[1]} rows then, {shape[0]}+{shape[1]} now)" if shape != was else ""
         file = info.get("file", {}).get("absolute") if isinstance(info.get("file"), dict) else None
+        fix = (
+            "restore the original data to resume, or train a new run on the new data"
+            if resuming
+            else "restore the original data, or pass --allow-changed-data (in Python, "
+            "allow_changed_data=True) to score the new data with this model"
+        )
         raise DataError(
             f"the data changed since this run was trained{how}: SHA-256 {got[:12]} now, "
-            f"{want[:12]} then{f' ({file})' if file else ''}; restore the original data, or "
-            "pass --allow-changed-data to score the new data with this model"
+            f"{want[:12]} then{f' ({file})' if file else ''}; {fix}"
         )
 
     def log(self, row: dict[str, Any]) -> None:
@@ -364,7 +423,13 @@ def load_run(
         torch.set_flush_denormal(True)
     spec = run.data_spec() if run.data_path.is_file() or not data else None
     if data:
-        bundle = load_data(run.data_config(cfg.data), standardizer=run.load_standardizer())
+        if spec is None and not allow_changed_data:
+            raise CheckpointError(
+                f"{run.path}: data.json is missing, so the data cannot be checked against "
+                "what the run was trained on; restore the file, or pass --allow-changed-data "
+                "(in Python, allow_changed_data=True) to evaluate anyway"
+            )
+        bundle = run.load_data(cfg.data)
         run.check_data(bundle, allow_changed=allow_changed_data)
     else:
         assert spec is not None

@@ -100,7 +100,8 @@ def run_sweep(
         ``train_seconds``, ``run_dir`` and the full evaluation under ``evaluation``.
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out} is a file, not a sweep folder: choose another --out")
     base = get_preset(base_preset)
     extra = list(overrides)
     if steps is not None:
@@ -111,6 +112,7 @@ def run_sweep(
         extra.append(f"data.data_dir={data_dir}")
     parsed = [parse_coeff(c) for c in coeffs]
     configs = [(c, coeff_config(base, c, extra)) for c in parsed]  # validate all before training
+    out.mkdir(parents=True, exist_ok=True)  # only now: a refused sweep leaves no folder
     rows: list[dict[str, Any]] = []
     for coeff, cfg in configs:
         run_dir = out / _run_name(coeff)

@@ -188,18 +188,24 @@ class Trainer:
             self.run.check_new()  # refuses a folder that already holds a run, writes nothing
         if ctx.is_main:
             self.run.remove_stale_temporaries()  # left by a process killed mid-write
-        data = load_data(self.run.data_config(cfg.data), standardizer=self.run.load_standardizer())
+        data = self.run.load_data(cfg.data) if self.resume else load_data(cfg.data)
         if self.resume:
-            self.run.check_data(data)  # the same data the run started on, or a clear refusal
+            self.run.check_data(data, resuming=True)  # the same data, or a clear refusal
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
         self.model = build_model(cfg, data).to(ctx.device)
         self.task = make_task(cfg, data, ctx.device)
-        if ctx.is_main and not self.resume:
-            # Only now that the data loaded and the model was built: a failed start leaves no
-            # folder behind that would block the corrected rerun.
-            self.run.create(cfg)  # takes the folder's writer lock
-            self.run.save_data_info(data, cfg.data)
         t = cfg.train
+        n_train = self.task.n_train()
+        if t.batch_size > n_train:
+            raise ConfigError(
+                f"train.batch_size={t.batch_size} exceeds the {n_train} training samples; "
+                f"use train.batch_size={n_train} or less"
+            )
+        if t.batch_size % ctx.world:
+            raise ConfigError(
+                f"train.batch_size={t.batch_size} does not split evenly over {ctx.world} "
+                f"processes; use a multiple of {ctx.world}"
+            )
         self.batches = EpochBatches(self.task.n_train(), t.batch_size, t.seed, ctx.rank, ctx.world)
         if checkpoint is None:
             self.initialise()
@@ -224,6 +230,12 @@ class Trainer:
             for m in (self.model, self.ema):
                 if m is not None:
                     set_branch_precision(m, t.precision)
+        if ctx.is_main and not self.resume:
+            # Only now that everything is built: a failed start leaves no folder behind that
+            # would block the corrected rerun.
+            self.run.create(cfg)  # takes the folder's writer lock
+            self.created = True
+            self.run.save_data_info(data, cfg.data)
 
     def initialise(self) -> None:
         """Data-dependent initialisation (ActNorm) on the first global batch, before any rank
@@ -320,8 +332,8 @@ class Trainer:
             f"the last good checkpoint ({saved.name}) is kept; lower the learning rate or "
             f"check the data, then --resume {self.run_dir}"
             if saved is not None
-            else "no checkpoint had been written yet; lower the learning rate or check the "
-            "data, then start a new run with another --out"
+            else "no checkpoint had been written yet (the run folder is removed); lower the "
+            "learning rate or check the data, then start again"
         )
         return (
             f"stopped at step {self.step_count}: {self.bad_in_row} consecutive steps with "
@@ -458,12 +470,17 @@ class Trainer:
         if self.cfg.train.threads > 0:
             torch.set_num_threads(self.cfg.train.threads)
         completed = False
+        self.created = False
         try:
             self.build(ctx)
             stopped = self.run_loop()
             if stopped == "finished":
                 self.finish()
             completed = True
+        except BaseException:
+            if self.created and not any(self.run.checkpoints.glob("step-*")):
+                self.run.discard()  # a new run that failed before its first checkpoint
+            raise
         finally:
             if hasattr(self, "run"):
                 self.run.release()  # the folder's writer lock (held by the main process)

@@ -22,7 +22,14 @@ import torch
 from torch import Tensor
 
 from ..errors import DataError
-from .arrays import Standardizer, check_spread, discrete_columns, load_array, split_array
+from .arrays import (
+    Standardizer,
+    check_range,
+    check_spread,
+    discrete_columns,
+    load_array,
+    split_array,
+)
 from .images import DATASET_NAMES, load_image_dataset
 from .toy import TOY_DATASETS, toy_log_density, toy_split, true_entropy
 
@@ -142,7 +149,14 @@ def load_dataset(
         if dequantize not in ("refuse", "uniform", "off"):
             raise ValueError(f"dequantize must be refuse, uniform or off, got {dequantize!r}")
         arr = load_array(path, index_column=index_column)
+        check_range(arr, path)
         train_np, test_np = split_array(arr, test_fraction, seed)
+        if min(len(train_np), len(test_np)) < 2:
+            raise DataError(
+                f"{path}: {len(arr)} rows split into {len(train_np)} training and "
+                f"{len(test_np)} test rows; at least 2 of each are needed (a test NLL needs a "
+                "standard error): give more rows or raise data.test_fraction"
+            )
         check_spread(train_np, f"{path} (training split)" if len(train_np) < len(arr) else path)
         widths = discrete_columns(arr) if dequantize != "off" else [0.0] * arr.shape[1]
         if any(widths) and dequantize == "refuse":

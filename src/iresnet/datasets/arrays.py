@@ -23,7 +23,14 @@ import torch
 
 from ..errors import ConfigError, DataError
 
-__all__ = ["load_array", "split_array", "check_spread", "discrete_columns", "Standardizer"]
+__all__ = [
+    "load_array",
+    "split_array",
+    "check_range",
+    "check_spread",
+    "discrete_columns",
+    "Standardizer",
+]
 
 _ArrayT = TypeVar("_ArrayT", np.ndarray, torch.Tensor)
 
@@ -255,6 +262,27 @@ def check_spread(x: np.ndarray, source: str = "data") -> None:
         raise DataError(
             f"{source}: column {j + 1} is constant (every value is {x[0, j]:g}){also}: a density "
             "has no spread to fit there and its likelihood grows without bound; drop the column"
+        )
+
+
+#: The largest magnitude accepted in user data: the model computes in float32 (max 3.4e38),
+#: and differences, squares and plotting grids of larger values overflow.
+MAX_ABS_VALUE = 1e30
+
+
+def check_range(x: np.ndarray, source: str = "data") -> None:
+    """Refuse values whose magnitude float32 arithmetic cannot carry (above ``1e30``).
+
+    Raises:
+        DataError: the largest magnitude, where it is, and by what to divide.
+    """
+    big = np.abs(x)
+    if big.size and float(big.max()) > MAX_ABS_VALUE:
+        i, j = np.unravel_index(int(big.argmax()), big.shape)
+        raise DataError(
+            f"{source}: value {x[i, j]:.3g} at row {i + 1}, column {j + 1} is too large for "
+            f"the model's float32 arithmetic (|x| <= {MAX_ABS_VALUE:g}); rescale the column, "
+            f"e.g. divide it by {10 ** int(np.floor(np.log10(big[:, j].max()))):.0e}"
         )
 
 

@@ -146,7 +146,7 @@ class FlowDistribution(Distribution):
 
         Gradients reach the parameters through the inverses' implicit differentiation.
         """
-        shape = torch.Size(sample_shape)
+        shape = torch.Size((sample_shape,) if isinstance(sample_shape, int) else sample_shape)
         z = self.base.rsample((shape.numel(),))
         if shape.numel() == 0:  # nothing to invert
             return z.new_zeros(*shape, *self.event_shape)

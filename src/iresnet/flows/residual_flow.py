@@ -99,6 +99,10 @@ class ResidualFlow(Flow):
         validate: bool = True,
     ) -> None:
         check_context(context)
+        if not all(isinstance(n, int) for n in (features, transforms)):
+            raise TypeError(
+                f"features and transforms must be integers, got {features!r}, {transforms!r}"
+            )
         if features < 1 or transforms < 0:
             raise ValueError(
                 f"need features >= 1 and transforms >= 0, got {features}, {transforms}"

@@ -128,6 +128,8 @@ class Task:
 
     #: name of the main metric in the progress bar and metrics.jsonl
     metric: str = "nll"
+    #: test samples per evaluation batch
+    eval_batch: int = 1024
 
     def __init__(self, cfg: Config, data: DataBundle, device: torch.device) -> None:
         self.cfg, self.data, self.device = cfg, stage_data(data, device), device
@@ -135,6 +137,11 @@ class Task:
 
     def n_train(self) -> int:
         return self.data.train_x.shape[0]
+
+    def n_evaluated(self, max_batches: int | None) -> int:
+        """Test samples a periodic evaluation of ``max_batches`` batches scores."""
+        n = self.data.test_x.shape[0]
+        return n if max_batches is None else min(n, max_batches * self.eval_batch)
 
     def batch(self, split: str, idx: Tensor) -> Any:
         """The batch of ``split`` (``"train"`` or ``"test"``) at indices ``idx``."""

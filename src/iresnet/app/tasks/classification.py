@@ -71,6 +71,7 @@ class ClassificationTask(Task):
     ``test_error`` (a fraction) and ``test_loss``."""
 
     metric = "loss"
+    eval_batch = 500
     #: whether the model also has a density (reported in bits/dim)
     has_density = False
 
@@ -126,7 +127,7 @@ class ClassificationTask(Task):
         loop of classifiers."""
         wrong, n, ces, bpds = 0, 0, [], []
         with evaluating(model):
-            for x, y in self.test_batches(500, max_batches, limit):
+            for x, y in self.test_batches(self.eval_batch, max_batches, limit):
                 logits, bpd = self.predict(model, x)
                 ces.append(F.cross_entropy(logits, y, reduction="none"))
                 wrong += int((logits.argmax(1) != y).sum())

@@ -64,7 +64,9 @@ class DensityTask(Task):
         self, model: nn.Module, max_batches: int | None = None, limit: int | None = None
     ) -> Tensor:
         """``log p`` of the test points (the one evaluation loop); call in eval mode."""
-        return torch.cat([model.log_prob(b) for b in self.test_batches(1024, max_batches, limit)])
+        return torch.cat(
+            [model.log_prob(b) for b in self.test_batches(self.eval_batch, max_batches, limit)]
+        )
 
     def evaluate(self, model: nn.Module, max_batches: int | None = None) -> dict[str, float]:
         with evaluating(model):
