@@ -185,6 +185,8 @@ class FlowDistribution(Distribution):
             DataError: a wrong trailing shape, dtype or device, or NaN/Inf (with ``validate``);
                 the message says how to fix it.
         """
+        if isinstance(value, Tensor) and value.dim() == len(self.event_shape):  # one event
+            return self.log_prob(value.unsqueeze(0)).reshape(self.batch_shape)
         flat, sample_shape = self._flat(value, "log_prob")
         if self.validate:
             check_finite(flat, "log_prob")
