@@ -1,4 +1,5 @@
-"""The ``iresnet`` command: ``train``, ``evaluate``, ``sample``, ``certify``, ``presets``.
+"""The ``iresnet`` command: ``train``, ``evaluate``, ``sample``, ``score``, ``certify``,
+``presets``.
 
 Errors a user can cause (bad config, data, checkpoint, arguments) print one line and exit 2.
 """
@@ -22,7 +23,7 @@ import torch
 
 from ..certificate import Certificate, certify
 from ..errors import ConfigError, IResNetError
-from . import plots
+from . import plots, scoring
 from .config import SECTIONS, Config
 from .files import atomic_write, json_safe
 from .presets import DEFAULT_PRESET, PRESETS, get_preset
@@ -84,6 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="your own (N, d) data as .npy or .csv (sets data.name=array, data.path)",
     )
     p.add_argument(
+        "--context",
+        type=Path,
+        default=None,
+        help="contexts (N, k) as .npy or .csv, row i the context of data row i: trains the "
+        "conditional density p(x | c) (sets data.context_path; needs --data)",
+    )
+    p.add_argument(
         "--data-dir",
         type=Path,
         default=None,
@@ -142,6 +150,46 @@ def build_parser() -> argparse.ArgumentParser:
         help="output file: .npy (array), .csv or .png (picture); default RUN_DIR/samples.npy",
     )
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument(
+        "--context",
+        default=None,
+        help="conditional runs: the context(s) to sample at: numbers 'a,b' (one context), "
+        "'a,b;c,d' (several), a class label for class-conditional images, or a .npy/.csv file "
+        "of rows; NUM samples per context (default: every class, or the run's reporting "
+        "contexts)",
+    )
+
+    p = sub.add_parser(
+        "score",
+        help="the log-density of new data under a trained flow",
+        description="Score new points: log p(x) (log p(x | c) with --context) in the data's own "
+        "units (nats; images also bits/dim), with the estimator named and, where it is "
+        "stochastic, the standard error of every point.",
+    )
+    p.add_argument("run_dir", type=Path, help="the run folder")
+    p.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        help="the points: (N, d) .npy/.csv for vector runs, (N, C, H, W) integer levels .npy "
+        "for image runs",
+    )
+    p.add_argument(
+        "--context", type=Path, default=None, help="conditional runs: (N, k) contexts, row by row"
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="output .csv (a header row, one row per point) or .npy ((N, columns) float64)",
+    )
+    p.add_argument("--device", default=None, help="score on this device instead of the run's")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=8,
+        help="evaluations per point with a stochastic estimator (their spread gives the SE)",
+    )
 
     p = sub.add_parser(
         "certify",
@@ -172,6 +220,10 @@ def _resolve_train_config(args: argparse.Namespace) -> Config:
         extra.append(f"train.device={args.device}")
     if args.data is not None:
         extra += ["data.name=array", f"data.path={args.data}"]
+    if args.context is not None:
+        if args.data is None:
+            raise ConfigError("--context pairs contexts with your data: pass --data FILE too")
+        extra.append(f"data.context_path={args.context}")
     if args.data_dir is not None:
         extra.append(f"data.data_dir={args.data_dir}")
     return cfg.override(extra + overrides)
@@ -225,6 +277,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
                 ("--seed", args.seed),
                 ("--out", args.out),
                 ("--data", args.data),
+                ("--context", args.context),
                 ("--data-dir", args.data_dir),
                 ("--device", args.device),
             )
@@ -292,8 +345,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         print(json.dumps(result, allow_nan=False))
         return 0
     cert = result.pop("certificate")
+    per_context = result.pop("kl_per_context", None)
     for key, value in result.items():
         print(f"{key:>24}: {_fmt(value)}")
+    if per_context:
+        print(f"{'KL to the truth at':>24}: context -> KL (nats) +- SE")
+        for row in per_context:
+            ctx = ", ".join(f"{v:.4g}" for v in row["context"])
+            print(f"{'':>24}  ({ctx}) -> {_fmt(row['kl'])} +- {_fmt(row['kl_se'])}")
     print(Certificate.from_dict(cert))
     return 0
 
@@ -306,13 +365,28 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     if args.out is not None and args.out.suffix not in (".npy", ".csv", ".png"):
         raise ConfigError(f"--out must end in .npy, .csv or .png, got '{args.out.suffix}'")
     trained = load_run(args.run_dir)
+    task = trained.task
+    contexts = None
+    if args.context is not None:
+        contexts = scoring.parse_sample_contexts(task, args.context)
+    elif getattr(task, "context_dim", 0):
+        contexts = task.default_contexts()  # type: ignore[attr-defined]
     torch.manual_seed(args.seed)
-    x, diags = trained.task.sample(trained.model, args.num, temperature=args.temperature)
+    if contexts is not None:
+        x, diags = task.sample(  # type: ignore[call-arg]
+            trained.model, args.num, temperature=args.temperature, contexts=contexts
+        )
+    else:
+        x, diags = task.sample(trained.model, args.num, temperature=args.temperature)
     x = x.cpu()
     out = args.out or trained.run.path / "samples.npy"
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".png":
-        if x.dim() == 4:
+        if x.dim() == 4 and contexts is not None:
+            plots.plot_image_grid(
+                x[:256], out, title=f"samples, {args.num} per context (T={args.temperature})"
+            )
+        elif x.dim() == 4:
             plots.plot_image_grid(x[:256], out, title=f"samples (T={args.temperature})")
         elif x.shape[1] == 2:
             plots.plot_density_comparison(x, {}, out)
@@ -328,9 +402,36 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     certified = ""
     if diags.error_bound is not None and diags.error_bound.numel():
         certified = f", certified error <= {float(diags.error_bound.max()):.2e}"
+    per = f" ({args.num} at each of {contexts.shape[0]} contexts)" if contexts is not None else ""
     print(
-        f"wrote {args.num} samples to {out} (inverse converged: {diags.all_converged}, "
+        f"wrote {x.shape[0]} samples{per} to {out} (inverse converged: {diags.all_converged}, "
         f"largest final step {worst:.2e}{certified})"
+    )
+    return 0
+
+
+def _cmd_score(args: argparse.Namespace) -> int:
+    if args.out.suffix not in (".npy", ".csv"):
+        raise ConfigError(f"--out must end in .npy or .csv, got '{args.out.suffix}'")
+    if args.repeats < 2:
+        raise ConfigError(f"--repeats must be >= 2 (the SE needs two draws), got {args.repeats}")
+    trained = load_run(args.run_dir, device=args.device)
+    result = scoring.score_file(
+        trained.task, trained.model, args.data, args.context, repeats=args.repeats
+    )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    table = np.stack([result.columns[c] for c in result.columns], axis=1)
+    if args.out.suffix == ".csv":
+        header = ",".join(result.columns)
+        body = "".join(",".join(f"{v:.17g}" for v in row) + "\n" for row in table)
+        atomic_write(args.out, header + "\n" + body)
+    else:
+        with open(args.out, "wb") as fh:
+            np.save(fh, table)
+    mean = float(np.mean(result.columns["log_prob"]))
+    print(
+        f"scored {table.shape[0]} points: mean log p {mean:.6g} nats with the {result.estimator} "
+        f"log-det; columns {', '.join(result.columns)}; wrote {args.out}"
     )
     return 0
 
@@ -354,6 +455,7 @@ COMMANDS = {
     "train": _cmd_train,
     "evaluate": _cmd_evaluate,
     "sample": _cmd_sample,
+    "score": _cmd_score,
     "certify": _cmd_certify,
     "presets": _cmd_presets,
     "sweep": cmd_sweep,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..datasets import TOY_DATASETS
+from ..datasets import CONDITIONAL_TOYS, TOY_DATASETS
 from ..errors import ConfigError
 from .config import Config, replace
 
@@ -65,6 +65,22 @@ def _toy_presets() -> dict[str, Preset]:
             },
         )
         for name in TOY_DATASETS
+    }
+
+
+def _conditional_toy_presets() -> dict[str, Preset]:
+    """The toy model made conditional: ``p(x | c)`` with conditional blocks (the context shifts
+    and gates the hidden layers) after a conditional affine map; exact log-dets."""
+    toy = _toy_presets()["toy-8gaussians"]
+    return {
+        f"toy-{name}": Preset(
+            f"2-D conditional toy '{name}': conditional MLP i-ResNet, exact log-det, "
+            "KL to the truth per context",
+            dict(toy.model),
+            {"name": name},
+            {**toy.train, "steps": 2000},
+        )
+        for name in CONDITIONAL_TOYS
     }
 
 
@@ -348,7 +364,12 @@ def _classifier_presets() -> dict[str, Preset]:
 
 
 #: Every preset, by name: toys, image flows, classifiers and the hybrid.
-PRESETS: dict[str, Preset] = {**_toy_presets(), **_image_presets(), **_classifier_presets()}
+PRESETS: dict[str, Preset] = {
+    **_toy_presets(),
+    **_conditional_toy_presets(),
+    **_image_presets(),
+    **_classifier_presets(),
+}
 
 
 def get_preset(name: str) -> Config:

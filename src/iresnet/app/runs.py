@@ -107,16 +107,21 @@ class Run:
         }
         if data.standardizer is not None:
             info["standardizer"] = data.standardizer.to_dict()
+        if data.context_dim:
+            info["context_dim"] = data.context_dim
+        if data.context_standardizer is not None:
+            info["context_standardizer"] = data.context_standardizer.to_dict()
         if data.n_levels is not None:
             info["n_levels"] = data.n_levels
         atomic_write(self.data_path, json.dumps(info, indent=2) + "\n")
 
-    def load_standardizer(self) -> Standardizer | None:
-        """Statistics saved when the run started (so evaluation uses the training units)."""
+    def load_standardizer(self, key: str = "standardizer") -> Standardizer | None:
+        """Statistics saved when the run started (so evaluation uses the training units);
+        ``key="context_standardizer"`` for those of the contexts."""
         if not self.data_path.is_file():
             return None
         info = json.loads(self.data_path.read_text(encoding="utf-8"))
-        return Standardizer.from_dict(info["standardizer"]) if "standardizer" in info else None
+        return Standardizer.from_dict(info[key]) if key in info else None
 
     def log(self, row: dict[str, Any]) -> None:
         """Append one JSON row to ``metrics.jsonl``."""
@@ -174,7 +179,11 @@ def load_run(run_dir: str | Path, device: str | None = None) -> TrainedRun:
     dev = resolve_device(cfg.train.device)
     if dev.type == "cpu":
         torch.set_flush_denormal(True)
-    data = load_data(cfg.data, standardizer=run.load_standardizer())
+    data = load_data(
+        cfg.data,
+        standardizer=run.load_standardizer(),
+        context_standardizer=run.load_standardizer("context_standardizer"),
+    )
     model = build_model(cfg, data).to(dev)
     weights = run.weights_path
     if not weights.is_file():

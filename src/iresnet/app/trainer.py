@@ -180,7 +180,11 @@ class Trainer:
             self.run.check_new()  # refuses a folder that already holds a run, writes nothing
         if ctx.is_main:
             self.run.remove_stale_temporaries()  # left by a process killed mid-write
-        data = load_data(cfg.data, standardizer=self.run.load_standardizer())
+        data = load_data(
+            cfg.data,
+            standardizer=self.run.load_standardizer(),
+            context_standardizer=self.run.load_standardizer("context_standardizer"),
+        )
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
         self.model = build_model(cfg, data).to(ctx.device)
         self.task = make_task(cfg, data, ctx.device)
