@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+import iresnet
 from iresnet.app.cli import main
 from iresnet.app.runs import load_run
 from iresnet.datasets import load_dataset
@@ -289,3 +290,84 @@ def test_score_of_an_unconditional_run_refuses_contexts(tmp_path, capsys):
     code, out, err = run(capsys, "sample", str(out_dir), "--context", "1", "-n", "3")
     assert code == 2
     _one_line_error(err, "not conditional")
+
+
+# ------------------------------------------------------------------ class-conditional images
+def test_a_class_conditional_digits_run_samples_each_class_and_scores_in_bits(tmp_path, capsys):
+    pytest.importorskip("sklearn")
+    out_dir = tmp_path / "d"
+    code, out, err = run(
+        capsys,
+        "train",
+        "digits-conditional",
+        "model.n_blocks=1",
+        "model.hidden=8",
+        "train.steps=4",
+        "train.batch_size=32",
+        "train.eval_every=4",
+        "train.checkpoint_every=4",
+        "train.eval_batches=1",
+        "train.max_seconds=0",
+        "--out",
+        str(out_dir),
+        "--no-progress",
+    )
+    assert code == 0, err
+    assert (out_dir / "samples.png").is_file()
+    trained = load_run(out_dir)
+    assert trained.model.context == 10
+    assert all(b.conditional for b in iresnet.certify(trained.model).blocks)
+    # per class: n samples at each label
+    code, out, err = run(
+        capsys,
+        "sample",
+        str(out_dir),
+        "-n",
+        "2",
+        "--context",
+        "3;7",
+        "--out",
+        str(tmp_path / "s.npy"),
+    )
+    assert code == 0, err and np.load(tmp_path / "s.npy").shape == (4, 1, 8, 8)
+    code, _, err = run(capsys, "sample", str(out_dir), "-n", "2", "--context", "12")
+    assert code == 2
+    _one_line_error(err, "0..9")
+    # score a few test images with their labels: nats and bits/dim with per-point SEs
+    x = trained.data.test_x[:6].numpy()
+    np.save(tmp_path / "x.npy", x)
+    np.savetxt(tmp_path / "y.csv", trained.data.test_y[:6].numpy()[:, None], delimiter=",")
+    code, out, err = run(
+        capsys,
+        "score",
+        str(out_dir),
+        "--data",
+        str(tmp_path / "x.npy"),
+        "--context",
+        str(tmp_path / "y.csv"),
+        "--out",
+        str(tmp_path / "o.csv"),
+        "--repeats",
+        "3",
+    )
+    assert code == 0, err
+    header = (tmp_path / "o.csv").read_text().splitlines()[0]
+    assert header == "log_prob,log_prob_se,bpd,bpd_se"
+    table = np.loadtxt(tmp_path / "o.csv", delimiter=",", skiprows=1)
+    assert (table[:, 1] > 0).all()
+    np.testing.assert_allclose(table[:, 2], -table[:, 0] / (64 * math.log(2)))  # level units
+    np.testing.assert_allclose(table[:, 3], table[:, 1] / (64 * math.log(2)))
+    np.save(tmp_path / "bad.npy", (x + 20).astype(np.int64))
+    code, _, err = run(
+        capsys,
+        "score",
+        str(out_dir),
+        "--data",
+        str(tmp_path / "bad.npy"),
+        "--context",
+        str(tmp_path / "y.csv"),
+        "--out",
+        str(tmp_path / "o.csv"),
+    )
+    assert code == 2
+    _one_line_error(err, "levels must lie in 0..16")

@@ -172,7 +172,24 @@ def _image_presets() -> dict[str, Preset]:
         "n_power_iterations": 5,
     }
     cpu = "2 CPU cores, <= 20 min: Residual Flow"
+    conditional = {
+        # Class-conditional: the label (one-hot) shifts and gates every branch's hidden
+        # channels; the sample grid has one row per class.
+        "digits-conditional": Preset(
+            f"class-conditional 8x8 digits (label as context), {cpu}",
+            small8,
+            {"name": "digits", "class_context": True},
+            {**_IMAGE_CPU_TRAIN, "steps": 5000},
+        ),
+        "fashion-mnist-conditional": Preset(
+            f"class-conditional Fashion-MNIST (label as context), {cpu}, squeezed",
+            small28,
+            {"name": "fashion-mnist", "class_context": True},
+            train28,
+        ),
+    }
     return {
+        **conditional,
         "digits": Preset(
             f"8x8 digits, {cpu}, 2 scales x 4 blocks x 32 channels",
             small8,
