@@ -335,8 +335,9 @@ class Flow(nn.Module):
                 raise ValueError(f"context_standardize needs (mean, std) with {context} values")
 
     def check_context(self, c: Tensor | None, where: str) -> Tensor | None:
-        """``c`` checked against this flow: ``(*batch, k)`` floats on the flow's dtype and
-        device (finite, with ``validate``) for a conditional flow, None for an unconditional one.
+        """``c`` checked against this flow, returned as the transforms take it: ``(*batch, k)``
+        floats on the flow's dtype and device (finite, with ``validate``), standardised with
+        ``context_standardize`` where the flow has one; None for an unconditional flow.
 
         Raises:
             DataError: a missing context, one given to an unconditional flow, or one of the

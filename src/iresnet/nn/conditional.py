@@ -225,6 +225,12 @@ class BoundContext(nn.Module):
         """``g(x, c)`` in float64 (see ``ConditionalBranch.forward_float64``)."""
         return self.g.forward_float64(x, self.c)
 
+    @property
+    def grad_inputs(self) -> tuple[Tensor, ...]:
+        """The contexts: inputs besides ``x`` whose gradients the estimators and solvers must
+        carry (the memory-efficient log-det and the implicit inverse gradient reach them)."""
+        return (self.c,)
+
 
 def bind_context(g: ConditionalBranch, c: Tensor) -> BoundContext:
     """``x -> g(x, c)`` as a module, for the estimators and solvers that take a map of ``x``.

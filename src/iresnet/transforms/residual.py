@@ -43,6 +43,10 @@ class _AutocastBranch(nn.Module):
             out = self.g(x)
         return out.to(x.dtype)
 
+    @property
+    def grad_inputs(self) -> tuple[Tensor, ...]:
+        return tuple(getattr(self.g, "grad_inputs", ()))
+
 
 class InvertibleResidualBlock(Transform):
     """Residual block ``y = x + g(x)``, invertible when ``Lip(g) < 1`` (i-ResNet Theorem 1).
