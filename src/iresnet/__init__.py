@@ -47,6 +47,7 @@ from .ops import (
 from .transforms import (
     ActNorm,
     ComposedTransform,
+    ConditionalAffine,
     Dequantize,
     InvertibleResidualBlock,
     Logit,
@@ -64,6 +65,7 @@ __all__ = [
     "Certificate",
     "CheckpointError",
     "ComposedTransform",
+    "ConditionalAffine",
     "ConfigError",
     "DataError",
     "Dequantize",
