@@ -383,8 +383,12 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".png":
         if x.dim() == 4 and contexts is not None:
+            per_row = args.num if args.num <= 32 else None  # one row per context
             plots.plot_image_grid(
-                x[:256], out, title=f"samples, {args.num} per context (T={args.temperature})"
+                x[: 32 * 32],
+                out,
+                nrow=per_row,
+                title=f"samples, {args.num} per context (rows; T={args.temperature})",
             )
         elif x.dim() == 4:
             plots.plot_image_grid(x[:256], out, title=f"samples (T={args.temperature})")
