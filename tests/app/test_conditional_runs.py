@@ -371,3 +371,34 @@ def test_a_class_conditional_digits_run_samples_each_class_and_scores_in_bits(tm
     )
     assert code == 2
     _one_line_error(err, "levels must lie in 0..16")
+
+
+def test_the_fashion_mnist_conditional_preset_builds_a_class_conditional_flow():
+    """Without the data files: the preset on a stand-in bundle of Fashion-MNIST's shape."""
+    from iresnet.app.builder import build_model
+    from iresnet.app.presets import get_preset
+    from iresnet.app.tasks import make_task
+    from iresnet.datasets import DataBundle
+
+    cfg = get_preset("fashion-mnist-conditional")
+    assert cfg.data.class_context and cfg.data.name == "fashion-mnist"
+    images = torch.randint(0, 256, (12, 1, 28, 28), dtype=torch.uint8)
+    labels = torch.arange(12) % 10
+    data = DataBundle(
+        "fashion-mnist",
+        "image",
+        images,
+        images,
+        labels,
+        labels,
+        n_levels=256,
+        class_context=True,
+    )
+    model = build_model(cfg, data)
+    task = make_task(cfg, data, torch.device("cpu"))
+    x, c = task.batch("train", torch.arange(3))
+    assert c.shape == (3, 10) and torch.equal(c.argmax(1), labels[:3])
+    assert model.log_prob(x, c).shape == (3,)  # (the convolutions learn their input size)
+    cert = iresnet.certify(model.eval())
+    assert model.context == 10 and cert.invertible
+    assert all(b.conditional for b in cert.blocks)
