@@ -4,7 +4,9 @@ A transform maps ``x (B, *event)`` to ``(y, logdet (B,))`` and back; a family is
 keyword arguments. Each is checked for: output shapes (and ``forward_shape``),
 ``inverse(forward(x)) == x``, the log-det against ``slogdet`` of the autograd Jacobian, gradients
 reaching every parameter, a ``state_dict`` round trip into a freshly built module, and train
-mode agreeing with eval mode once the power-iteration vectors have converged.
+mode agreeing with eval mode once the power-iteration vectors have converged. Conditional
+transforms and families run the same checks at random contexts (one per sample): the inverse in
+``x`` at the given context, the log-det against the Jacobian in ``x`` only.
 """
 
 from __future__ import annotations
@@ -51,6 +53,41 @@ def _on_active() -> Transform:
     return OnActive(_conv_block(), (2, 2, 2), (2, 2, 2))
 
 
+def _conditional_mlp_block() -> Transform:
+    g = iresnet.nn.conditional_mlp_branch(3, 2, (12, 12), context_features=(8,), coeff=0.9)
+    scale_weights(g.x_path, 3.0)
+    return iresnet.InvertibleResidualBlock(g, logdet=iresnet.ExactLogDet(), inverse=_solver())
+
+
+def _conditional_conv_block() -> Transform:
+    g = iresnet.nn.conditional_conv_branch(2, 3, (4, 4), context_features=(8,), coeff=0.9)
+    return iresnet.InvertibleResidualBlock(g, logdet=iresnet.ExactLogDet(), inverse=_solver())
+
+
+#: name -> context size of the conditional transforms (the others take no context)
+CONTEXTS = {
+    "conditional_block_mlp": 2,
+    "conditional_block_conv": 3,
+    "conditional_affine": 2,
+    "conditional_affine_image": 3,
+    "ResidualFlow-conditional": 2,
+    "MultiscaleResidualFlow-conditional": 3,
+}
+
+
+def _call(module: nn.Module, x: Tensor, c: Tensor | None):
+    return module(x) if c is None else module(x, c=c)
+
+
+def _jacobian(f: Callable[..., Tensor], x: Tensor, c: Tensor | None) -> Tensor:
+    """The Jacobian in ``x`` per sample, each sample at its own context."""
+    if c is None:
+        return explicit_jacobian(f, x)
+    return torch.cat(
+        [explicit_jacobian(lambda v, i=i: f(v, c[i : i + 1]), x[i : i + 1]) for i in range(len(x))]
+    )
+
+
 #: name -> (builder, event shape, how to draw inputs)
 TRANSFORMS: dict[str, tuple[Callable[[], Transform], tuple[int, ...]]] = {
     "residual_block_mlp": (_mlp_block, (3,)),
@@ -64,6 +101,13 @@ TRANSFORMS: dict[str, tuple[Callable[[], Transform], tuple[int, ...]]] = {
     "standardize": (lambda: iresnet.Standardize([1.0, -2.0, 0.5], [2.0, 0.5, 3.0]), (3,)),
     "composed": (_composed, (2, 4, 4)),
     "injective_pad": (lambda: InjectivePad(2, 3), (2, 2, 2)),
+    "conditional_block_mlp": (_conditional_mlp_block, (3,)),
+    "conditional_block_conv": (_conditional_conv_block, (2, 4, 4)),
+    "conditional_affine": (lambda: iresnet.transforms.ConditionalAffine(3, 2, (8,)), (3,)),
+    "conditional_affine_image": (
+        lambda: iresnet.transforms.ConditionalAffine(2, 3, (8,)),
+        (2, 4, 4),
+    ),
 }
 
 
@@ -73,11 +117,14 @@ def _inputs(name: str, shape: tuple[int, ...], n: int = 4) -> Tensor:
 
 
 def _perturb(module: nn.Module) -> None:
-    """Move ActNorm away from its data-dependent start, so its checks are not trivial."""
+    """Move ActNorm away from its data-dependent start, so its checks are not trivial; and the
+    context networks away from their zero-initialised last layers, so the contexts matter."""
     with torch.no_grad():
         for name, p in module.named_parameters():
             if "log_scale" in name or name.endswith("bias"):
                 p.add_(0.3 * torch.randn_like(p))
+            elif "context_net" in name or name.startswith("net.") or ".net." in name:
+                p.add_(0.5 * torch.randn_like(p))
 
 
 def _converge(module: nn.Module) -> None:
@@ -89,47 +136,55 @@ def _converge(module: nn.Module) -> None:
             m._update_vectors(20_000, 1e-15)
 
 
+def _contexts(name: str, n: int) -> Tensor | None:
+    k = CONTEXTS.get(name)
+    return None if k is None else 2.0 * torch.randn(n, k, dtype=torch.float64)
+
+
 @pytest.fixture(params=list(TRANSFORMS))
-def transform(request) -> tuple[str, Transform, Tensor]:
+def transform(request) -> tuple[str, Transform, Tensor, Tensor | None]:
     name = request.param
     build, shape = TRANSFORMS[name]
     torch.manual_seed(0)
     module = build().double()
     x = _inputs(name, shape)
+    c = _contexts(name, x.shape[0])
     module.train()
     with torch.no_grad():
-        module(x)  # data-dependent init, conv shapes learned
+        _call(module, x, c)  # data-dependent init, conv shapes learned
     _perturb(module)
-    return name, module.eval(), x
+    return name, module.eval(), x, c
 
 
 def test_transform_shapes_and_inverse(transform):
-    name, module, x = transform
-    y, logdet = module(x)
+    name, module, x, c = transform
+    assert module.conditional == (c is not None)
+    y, logdet = _call(module, x, c)
     assert logdet.shape == (x.shape[0],) and logdet.dtype == torch.float64
     assert tuple(y.shape[1:]) == module.forward_shape(tuple(x.shape[1:]))
     assert module.inverse_shape(tuple(y.shape[1:])) == tuple(x.shape[1:])
-    torch.testing.assert_close(module.inverse(y), x, rtol=0, atol=1e-9)
-    rec, diagnostics = module.inverse_with_diagnostics(y)
+    kw = {} if c is None else {"c": c}
+    torch.testing.assert_close(module.inverse(y, **kw), x, rtol=0, atol=1e-9)
+    rec, diagnostics = module.inverse_with_diagnostics(y, **kw)
     torch.testing.assert_close(rec, x, rtol=0, atol=1e-9)
     assert all(d.all_converged for d in diagnostics)
 
 
 def test_transform_logdet_matches_slogdet_of_the_jacobian(transform):
-    name, module, x = transform
-    jac = explicit_jacobian(lambda v: module(v)[0], x)
+    name, module, x, c = transform
+    jac = _jacobian(lambda v, ci=None: _call(module, v, ci)[0], x, c)
     if not module.bijective:  # an embedding: the volume term is log sqrt det(J^T J)
         expected = 0.5 * torch.linalg.slogdet(jac.transpose(1, 2) @ jac).logabsdet
     else:
         expected = torch.linalg.slogdet(jac).logabsdet
-    torch.testing.assert_close(module(x)[1], expected, rtol=0, atol=1e-8)
+    torch.testing.assert_close(_call(module, x, c)[1], expected, rtol=0, atol=1e-8)
 
 
 def test_transform_gradients_reach_every_parameter(transform):
-    name, module, x = transform
+    name, module, x, c = transform
     module.train()
     x = x.clone().requires_grad_()
-    y, logdet = module(x)
+    y, logdet = _call(module, x, c)
     (y.pow(2).sum() - logdet.sum()).backward()
     for pname, p in module.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, pname
@@ -137,19 +192,19 @@ def test_transform_gradients_reach_every_parameter(transform):
 
 
 def test_transform_state_dict_round_trip(transform):
-    name, module, x = transform
+    name, module, x, c = transform
     fresh = TRANSFORMS[name][0]().double()
     fresh.load_state_dict(module.state_dict())
     fresh.eval()
-    for a, b in zip(module(x), fresh(x), strict=True):
+    for a, b in zip(_call(module, x, c), _call(fresh, x, c), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 def test_transform_train_and_eval_agree(transform):
-    name, module, x = transform
+    name, module, x, c = transform
     _converge(module)
-    y_eval, l_eval = module.eval()(x)
-    y_train, l_train = module.train()(x)
+    y_eval, l_eval = _call(module.eval(), x, c)
+    y_train, l_train = _call(module.train(), x, c)
     torch.testing.assert_close(y_train, y_eval, rtol=1e-9, atol=1e-11)
     torch.testing.assert_close(l_train, l_eval, rtol=1e-9, atol=1e-11)
 
@@ -210,6 +265,36 @@ def _hybrid() -> nn.Module:
     )
 
 
+def _residual_flow_conditional() -> nn.Module:
+    return iresnet.ResidualFlow(
+        3,
+        context=2,
+        transforms=2,
+        hidden_features=(8,),
+        context_features=(8,),
+        inverse=_solver(),
+        standardize=([0.5, 0.0, -1.0], [2.0, 1.0, 0.5]),
+        context_standardize=([1.0, -1.0], [2.0, 0.5]),
+    )
+
+
+def _multiscale_conditional() -> nn.Module:
+    return iresnet.MultiscaleResidualFlow(
+        (1, 4, 4),
+        context=3,
+        scales=2,
+        blocks=1,
+        hidden_channels=(4,),
+        logdet="exact",
+        factor_out=True,
+        fc_blocks=1,
+        fc_hidden_features=(8,),
+        logit_alpha=0.05,
+        inverse=_solver(),
+        context_features=(8,),
+    )
+
+
 #: name -> (builder, input shape); every family built from keyword arguments
 FAMILIES: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "ResidualFlow": (_residual_flow, (3,)),
@@ -217,6 +302,8 @@ FAMILIES: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "MultiscaleResidualFlow": (_multiscale, (1, 4, 4)),
     "InvertibleClassifier": (_classifier, (1, 4, 4)),
     "HybridClassifier": (_hybrid, (1, 4, 4)),
+    "ResidualFlow-conditional": (_residual_flow_conditional, (3,)),
+    "MultiscaleResidualFlow-conditional": (_multiscale_conditional, (1, 4, 4)),
 }
 
 
@@ -224,36 +311,45 @@ def _invertible(model: nn.Module) -> Transform:
     return model.transform if isinstance(model, iresnet.Flow) else model.trunk
 
 
-def _outputs(model: nn.Module, x: Tensor) -> tuple[Tensor, ...]:
+def _outputs(model: nn.Module, x: Tensor, c: Tensor | None = None) -> tuple[Tensor, ...]:
     if isinstance(model, iresnet.Flow):
-        return (model.log_prob(x),)
+        return (model.log_prob(x, c),)
     if isinstance(model, iresnet.HybridClassifier):
         return model(x, return_log_prob=True)
     return (model(x),)
 
 
 @pytest.fixture(params=list(FAMILIES))
-def family(request) -> tuple[str, nn.Module, Tensor]:
+def family(request) -> tuple[str, nn.Module, Tensor, Tensor | None]:
     name = request.param
     build, shape = FAMILIES[name]
     torch.manual_seed(0)
     model = build().double()
     x = torch.sigmoid(torch.randn(5, *shape, dtype=torch.float64))  # [0, 1): images and logits
+    c = _contexts(name, 5)
     model.train()
     with torch.no_grad():
-        _outputs(model, x)  # data-dependent init (the classifiers' heads too)
+        _outputs(model, x, c)  # data-dependent init (the classifiers' heads too)
     _perturb(model)
-    return name, model.eval(), x
+    return name, model.eval(), x, c
+
+
+def _kw(model: nn.Module, c: Tensor | None) -> dict:
+    """The context keyword of the invertible part (the flow's standardised contexts)."""
+    if c is None:
+        return {}
+    return {"c": model.check_context(c, "test")}
 
 
 def test_family_shapes_and_distribution(family):
-    name, model, x = family
-    outputs = _outputs(model, x)
+    name, model, x, c = family
+    outputs = _outputs(model, x, c)
     if isinstance(model, iresnet.Flow):
-        dist = model()
+        dist = model(c)
         assert isinstance(dist, torch.distributions.Distribution)
         assert dist.log_prob(x).shape == (5,) and dist.event_shape == x.shape[1:]
-        assert model.sample(2).shape == (2, *x.shape[1:])
+        ctx = None if c is None else c[0]
+        assert model.sample(2, c=ctx).shape == (2, *x.shape[1:])
     else:
         assert outputs[0].shape == (5, 3)
         assert model.features(x).shape == (5, *model.feature_shape)
@@ -262,57 +358,61 @@ def test_family_shapes_and_distribution(family):
 
 
 def test_family_inverse(family):
-    name, model, x = family
+    name, model, x, c = family
     f = _invertible(model)
-    rec, diagnostics = f.inverse_with_diagnostics(f(x)[0])
+    kw = _kw(model, c)
+    rec, diagnostics = f.inverse_with_diagnostics(f(x, **kw)[0], **kw)
     torch.testing.assert_close(rec, x, rtol=0, atol=1e-9)
     assert diagnostics and all(d.all_converged for d in diagnostics)
 
 
 def test_family_logdet_matches_slogdet(family):
-    name, model, x = family
+    name, model, x, c = family
     f = _invertible(model)
     if not f.bijective:
         pytest.skip("the classifier pads its input: no density, no log-det")
+    kw = _kw(model, c)
+    cs = kw.get("c")
     with swap_logdets(model, iresnet.ExactLogDet()):
-        jac = explicit_jacobian(lambda v: f(v)[0].flatten(1), x)
-        torch.testing.assert_close(f(x)[1], torch.linalg.slogdet(jac).logabsdet, rtol=0, atol=1e-8)
+        jac = _jacobian(lambda v, ci=None: _call(f, v, ci)[0].flatten(1), x, cs)
+        logdet = f(x, **kw)[1]
+        torch.testing.assert_close(logdet, torch.linalg.slogdet(jac).logabsdet, rtol=0, atol=1e-8)
         if isinstance(model, iresnet.Flow):  # and the density on top of it
-            z = f(x)[0].flatten(1)
+            z = f(x, **kw)[0].flatten(1)
             base = -0.5 * (z.pow(2).sum(1) + z.shape[1] * math.log(2 * math.pi))
-            torch.testing.assert_close(model.log_prob(x), base + f(x)[1], rtol=0, atol=1e-10)
+            torch.testing.assert_close(model.log_prob(x, c), base + logdet, rtol=0, atol=1e-10)
 
 
 def test_family_gradients_reach_every_parameter(family):
-    name, model, x = family
+    name, model, x, c = family
     model.train()
-    loss = sum(o.sum() for o in _outputs(model, x))
+    loss = sum(o.sum() for o in _outputs(model, x, c))
     loss.backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.any()]
     assert not missing
 
 
 def test_family_state_dict_round_trip(family):
-    name, model, x = family
+    name, model, x, c = family
     torch.manual_seed(1)  # another initialisation: everything must come from the state dict
     fresh = FAMILIES[name][0]().double()
     fresh.load_state_dict(model.state_dict())
     fresh.eval()
     torch.manual_seed(2)
-    a = _outputs(model, x)
+    a = _outputs(model, x, c)
     torch.manual_seed(2)  # the same probes for the estimators
-    b = _outputs(fresh, x)
+    b = _outputs(fresh, x, c)
     for u, v in zip(a, b, strict=True):
         torch.testing.assert_close(u, v, rtol=0, atol=0)
 
 
 def test_family_train_and_eval_agree(family):
-    name, model, x = family
+    name, model, x, c = family
     _converge(model)
     torch.manual_seed(3)
-    a = _outputs(model.eval(), x)
+    a = _outputs(model.eval(), x, c)
     torch.manual_seed(3)
-    b = _outputs(model.train(), x)
+    b = _outputs(model.train(), x, c)
     for u, v in zip(a, b, strict=True):
         torch.testing.assert_close(u, v, rtol=1e-9, atol=1e-9)
 

@@ -52,6 +52,7 @@ from .ops import (
 from .transforms import (
     ActNorm,
     ComposedTransform,
+    ConditionalAffine,
     Dequantize,
     InvertibleResidualBlock,
     Logit,
@@ -70,6 +71,7 @@ __all__ = [
     "Certificate",
     "CheckpointError",
     "ComposedTransform",
+    "ConditionalAffine",
     "ConfigError",
     "DataError",
     "Dequantize",

@@ -9,6 +9,11 @@ and otherwise the exact norm of the circular embedding (an upper bound of the ze
 see [`conv2d_operator_bound`][iresnet.nn.bounds.conv2d_operator_bound]), the Frobenius bound for
 ``norm="frobenius"`` layers. The certificate names the method of every layer.
 
+A conditional block ``x + g(x, c)`` is certified for every context at once: the context enters
+its branch only through modulations ``h -> gain(c) h + shift(c)`` with ``0 < gain(c) < 1``
+(method ``"context"``, bound 1), never through the normalised weights on ``x``, so the product
+of the x-path's bounds bounds ``Lip_x(g(., c))`` whatever ``c`` is.
+
 References:
     - Behrmann et al., "Invertible Residual Networks", ICML 2019, arXiv:1811.00995.
 """
@@ -35,11 +40,13 @@ class BlockCertificate:
         bound: the bound of ``Lip(g)`` (``inf`` where none is known): the product of ``layers``.
         layers: each layer's bound and the method that produced it
             ([`LayerBound`][iresnet.nn.lipschitz.LayerBound]).
+        conditional: whether the block takes a context; its bound then holds for every context.
     """
 
     name: str
     bound: float
     layers: tuple[LayerBound, ...] = ()
+    conditional: bool = False
 
     @property
     def methods(self) -> str:
@@ -83,7 +90,7 @@ class Certificate:
 
     def to_dict(self) -> dict:
         """JSON-ready ``{"invertible", "max_lipschitz", "blocks": [{"name", "lipschitz",
-        "layers": [{"name", "bound", "method"}]}]}``."""
+        "conditional", "layers": [{"name", "bound", "method"}]}]}``."""
         return {
             "invertible": self.invertible,
             "max_lipschitz": self.max_bound,
@@ -91,6 +98,7 @@ class Certificate:
                 {
                     "name": b.name,
                     "lipschitz": b.bound,
+                    "conditional": b.conditional,
                     "layers": [
                         {"name": x.name, "bound": x.bound, "method": x.method} for x in b.layers
                     ],
@@ -120,6 +128,7 @@ class Certificate:
                     tuple(
                         LayerBound(x["name"], bound(x["bound"]), x["method"]) for x in b["layers"]
                     ),
+                    bool(b.get("conditional", False)),
                 )
                 for b in data["blocks"]
             ]
@@ -138,6 +147,11 @@ class Certificate:
             lines.append(f"{b.name:<{width}}  {b.bound:>12.6f}  {verdict:<10}  {b.methods}")
         verdict = "guaranteed invertible" if self.invertible else "NOT guaranteed invertible"
         lines.append(f"model: {verdict} (largest bound {self.max_bound:.6f})")
+        if any(b.conditional for b in self.blocks):
+            lines.append(
+                "conditional blocks: bounds hold for every context (the context only shifts and "
+                "gates hidden pre-activations, gains in (0, 1): method 'context')"
+            )
         return "\n".join(lines)
 
 
@@ -146,7 +160,8 @@ def certify(model: nn.Module) -> Certificate:
 
     The blocks are the
     [`InvertibleResidualBlock`][iresnet.transforms.residual.InvertibleResidualBlock]s found by
-    ``model.named_modules()``.
+    ``model.named_modules()``, conditional ones included: their bound is of ``Lip_x(g(., c))``
+    and holds for every context ``c`` (see the module docstring).
     Each bound is the product of the block's layers' provable bounds (activations contribute
     their slopes, 1 for the 1-Lipschitz ones; see
     [`layer_bounds`][iresnet.nn.lipschitz.layer_bounds]), computed from the weights in force
@@ -180,5 +195,7 @@ def certify(model: nn.Module) -> Certificate:
                 bound = math.prod(x.bound for x in layers)
             except RuntimeError:  # a convolution that has not seen an input
                 layers, bound = (), math.inf
-            blocks.append(BlockCertificate(name or type(module).__name__, bound, layers))
+            blocks.append(
+                BlockCertificate(name or type(module).__name__, bound, layers, module.conditional)
+            )
     return Certificate(blocks)

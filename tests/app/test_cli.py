@@ -305,10 +305,11 @@ def test_the_library_names_the_new_users_mistakes():
     import iresnet
 
     flow = iresnet.ResidualFlow(2, transforms=1, hidden_features=(8,))
-    with pytest.raises(
-        iresnet.DataError, match=r"without a batch dimension; pass x.unsqueeze\(0\)"
-    ):
-        flow().log_prob(torch.randn(2))
+    assert flow().log_prob(torch.randn(2)).shape == ()  # one point, as zuko's flows take it
+    from iresnet.checks import check_input
+
+    with pytest.raises(iresnet.DataError, match=r"without a batch dimension; pass x.unsqueeze"):
+        check_input(torch.randn(2), "f", event_shape=(2,))  # where one event is not accepted
     assert flow().sample(5).shape == (5, 2)  # an int is a sample shape of (n,)
     with pytest.raises(TypeError, match="features and transforms must be integers"):
         iresnet.ResidualFlow("2")

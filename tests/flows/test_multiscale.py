@@ -148,6 +148,8 @@ def test_certificate(activation):
     assert not iresnet.certify(loose).invertible
 
 
-def test_conditional_flows_are_refused_for_now():
+def test_a_negative_context_size_is_refused():
+    """(Conditional image flows exist now: ``context=3`` builds one, see
+    ``tests/flows/test_conditional.py``; only a bad size is refused.)"""
     with pytest.raises(ValueError, match="context"):
-        iresnet.MultiscaleResidualFlow((1, 4, 4), context=3)
+        iresnet.MultiscaleResidualFlow((1, 4, 4), context=-1)

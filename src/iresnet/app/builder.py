@@ -55,11 +55,15 @@ FAMILY_ARGS = {
 }
 
 
-def load_data(cfg: DataConfig, standardizer: Standardizer | None = None) -> DataBundle:
+def load_data(
+    cfg: DataConfig,
+    standardizer: Standardizer | None = None,
+    context_standardizer: Standardizer | None = None,
+) -> DataBundle:
     """The data named by the config's data section (see ``iresnet.datasets.load_dataset``).
 
-    ``standardizer``: for user arrays, statistics saved by the run (a resumed or evaluated
-    run keeps the units it was trained in).
+    ``standardizer``, ``context_standardizer``: statistics saved by the run (a resumed or
+    evaluated run keeps the units it was trained in).
     """
     return load_dataset(
         cfg.name,
@@ -72,6 +76,9 @@ def load_data(cfg: DataConfig, standardizer: Standardizer | None = None) -> Data
         standardizer=standardizer,
         dequantize=cfg.dequantize,
         index_column=cfg.index_column,
+        context_path=cfg.context_path,
+        context_standardizer=context_standardizer,
+        class_context=cfg.class_context,
     )
 
 
@@ -174,12 +181,25 @@ def _build(cfg: ModelConfig, data: DataBundle, shape: tuple[int, ...], alpha: fl
     common = _common(cfg)
     dim = math.prod(shape)
     hidden = (cfg.hidden,) * (cfg.n_layers - 1)
+    context = data.context_dim
+    if context and cfg.kind in ("classifier", "hybrid"):
+        raise ConfigError(
+            f"model.kind={cfg.kind} takes no context; drop data.class_context / --context"
+        )
     if cfg.kind == "toy":
         if len(shape) != 1:
             raise ConfigError(
                 f"model.kind=toy needs vector data, got shape {shape}; use an image model kind"
             )
         std = data.standardizer
+        cstd = data.context_standardizer
+        conditional: dict[str, Any] = {}
+        if context:
+            conditional = {
+                "context": context,
+                "context_features": (cfg.hidden,),
+                "context_standardize": (cstd.mean, cstd.std) if cstd is not None else None,
+            }
         return ResidualFlow(
             shape[0],
             transforms=cfg.n_blocks,
@@ -187,6 +207,7 @@ def _build(cfg: ModelConfig, data: DataBundle, shape: tuple[int, ...], alpha: fl
             logdet=build_logdet(cfg, dim),
             actnorm=cfg.actnorm,
             standardize=(std.mean, std.std) if std is not None else None,
+            **conditional,
             **common,
         )
     if len(shape) != 3:
@@ -206,6 +227,8 @@ def _build(cfg: ModelConfig, data: DataBundle, shape: tuple[int, ...], alpha: fl
             fc_hidden_features=(cfg.fc_hidden,) * (cfg.n_layers - 1),
             levels=levels,
             logit_alpha=alpha,
+            context=context,
+            context_features=(cfg.fc_hidden,),
             **common,
         )
     stages = {

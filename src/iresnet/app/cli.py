@@ -1,4 +1,5 @@
-"""The ``iresnet`` command: ``train``, ``evaluate``, ``sample``, ``certify``, ``presets``.
+"""The ``iresnet`` command: ``train``, ``evaluate``, ``sample``, ``score``, ``certify``,
+``presets``.
 
 Errors a user can cause (bad config, data, checkpoint, arguments) print one line and exit 2.
 """
@@ -26,7 +27,7 @@ from tqdm import tqdm
 
 from ..certificate import Certificate, certify
 from ..errors import ConfigError, IResNetError
-from . import plots
+from . import plots, scoring
 from .config import SECTIONS, Config, check_seed
 from .files import atomic_write, json_safe
 from .presets import DEFAULT_PRESET, PRESETS, get_preset
@@ -136,6 +137,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="your own (N, d) data as .npy or .csv (sets data.name=array, data.path)",
     )
     p.add_argument(
+        "--context",
+        type=Path,
+        default=None,
+        help="contexts (N, k) as .npy or .csv, row i the context of data row i: trains the "
+        "conditional density p(x | c) (sets data.context_path; needs --data)",
+    )
+    p.add_argument(
         "--data-dir",
         type=Path,
         default=None,
@@ -207,6 +215,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--overwrite", action="store_true", help="replace an existing --out file (never the data)"
     )
+    p.add_argument(
+        "--context",
+        default=None,
+        help="conditional runs: the context(s) to sample at: numbers 'a,b' (one context), "
+        "'a,b;c,d' (several), a class label for class-conditional images, or a .npy/.csv file "
+        "of rows; NUM samples per context (default: every class, or the run's reporting "
+        "contexts)",
+    )
+
+    p = sub.add_parser(
+        "score",
+        help="the log-density of new data under a trained flow",
+        description="Score new points: log p(x) (log p(x | c) with --context) in the data's own "
+        "units (nats; images also bits/dim), with the estimator named and, where it is "
+        "stochastic, the standard error of every point.",
+    )
+    p.add_argument("run_dir", type=Path, help="the run folder")
+    p.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        help="the points: (N, d) .npy/.csv for vector runs, (N, C, H, W) integer levels .npy "
+        "for image runs",
+    )
+    p.add_argument(
+        "--context", type=Path, default=None, help="conditional runs: (N, k) contexts, row by row"
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="output .csv (a header row, one row per point) or .npy ((N, columns) float64)",
+    )
+    p.add_argument("--device", default=None, help="score on this device instead of the run's")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=8,
+        help="evaluations per point with a stochastic estimator (their spread gives the SE)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
 
     p = sub.add_parser(
         "certify",
@@ -237,6 +286,10 @@ def _resolve_train_config(args: argparse.Namespace) -> Config:
         extra.append(f"train.device={args.device}")
     if args.data is not None:
         extra += ["data.name=array", f"data.path={args.data}"]
+    if args.context is not None:
+        if args.data is None:
+            raise ConfigError("--context pairs contexts with your data: pass --data FILE too")
+        extra.append(f"data.context_path={args.context}")
     if args.data_dir is not None:
         extra.append(f"data.data_dir={args.data_dir}")
     return cfg.override(extra + overrides)
@@ -327,6 +380,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
                 ("--seed", args.seed),
                 ("--out", args.out),
                 ("--data", args.data),
+                ("--context", args.context),
                 ("--data-dir", args.data_dir),
                 ("--device", args.device),
             )
@@ -439,8 +493,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     else:
         shown = dict(result)
         cert = shown.pop("certificate")
+        per_context = shown.pop("kl_per_context", None)
         for key, value in shown.items():
             print(f"{key:>24}: {_fmt(value)}")
+        if per_context:
+            print(f"{'KL to the truth at':>24}: context -> KL (nats) +- SE")
+            for row in per_context:
+                ctx = ", ".join(f"{v:.4g}" for v in row["context"])
+                print(f"{'':>24}  ({ctx}) -> {_fmt(row['kl'])} +- {_fmt(row['kl_se'])}")
         print(Certificate.from_dict(cert), flush=True)
     try:
         atomic_write(
@@ -462,7 +522,15 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     if args.out is not None and args.out.suffix not in (".npy", ".csv", ".png"):
         raise ConfigError(f"--out must end in .npy, .csv or .png, got '{args.out.suffix}'")
     check_seed("--seed", args.seed)
-    trained = load_run(args.run_dir, data=False)
+    # Unconditional runs sample from data.json alone; conditional ones need their contexts.
+    conditional = bool(Run(args.run_dir).data_info().get("context_dim"))
+    trained = load_run(args.run_dir, data=conditional)
+    task = trained.task
+    contexts = None
+    if args.context is not None:
+        contexts = scoring.parse_sample_contexts(task, args.context)
+    elif getattr(task, "context_dim", 0):
+        contexts = task.default_contexts()  # type: ignore[attr-defined]
     out = args.out or trained.run.path / "samples.npy"
     data_file = trained.run.data_info().get("file", {})
     if isinstance(data_file, dict) and data_file.get("absolute") == str(out.resolve()):
@@ -471,23 +539,39 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         raise ConfigError(f"--out {out} exists; choose another file, or pass --overwrite")
     torch.manual_seed(args.seed)
     chunks, converged, worst, bound = [], True, 0.0, None
-    chunk = _SAMPLE_CHUNK
-    with tqdm(
-        total=args.num, desc="sample", unit="sample", disable=args.num <= chunk, file=sys.stderr
-    ) as bar:
-        for start in range(0, args.num, chunk):
-            m = min(chunk, args.num - start)
-            x, diags = trained.task.sample(trained.model, m, temperature=args.temperature)
-            chunks.append(x.cpu())
-            converged &= diags.all_converged
-            worst = max([worst, *(float(d.residual.max()) for d in diags)])
-            if diags.error_bound is not None and diags.error_bound.numel():
-                bound = max(bound or 0.0, float(diags.error_bound.max()))
-            bar.update(m)
+    if contexts is not None:
+        x, diags = task.sample(  # type: ignore[call-arg]
+            trained.model, args.num, temperature=args.temperature, contexts=contexts
+        )
+        reports = [(x, diags)]
+    else:
+        reports = []
+        chunk = _SAMPLE_CHUNK
+        with tqdm(
+            total=args.num, desc="sample", unit="sample", disable=args.num <= chunk, file=sys.stderr
+        ) as bar:
+            for start in range(0, args.num, chunk):
+                m = min(chunk, args.num - start)
+                reports.append(task.sample(trained.model, m, temperature=args.temperature))
+                bar.update(m)
+    for x, diags in reports:
+        chunks.append(x.cpu())
+        converged &= diags.all_converged
+        worst = max([worst, *(float(d.residual.max()) for d in diags)])
+        if diags.error_bound is not None and diags.error_bound.numel():
+            bound = max(bound or 0.0, float(diags.error_bound.max()))
     x = torch.cat(chunks)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".png":
-        if x.dim() == 4:
+        if x.dim() == 4 and contexts is not None:
+            per_row = args.num if args.num <= 32 else None  # one row per context
+            plots.plot_image_grid(
+                x[: 32 * 32],
+                out,
+                nrow=per_row,
+                title=f"samples, {args.num} per context (rows; T={args.temperature})",
+            )
+        elif x.dim() == 4:
             plots.plot_image_grid(x[:256], out, title=f"samples (T={args.temperature})")
         elif x.shape[1] == 2:
             title = f"{args.num} samples, T={args.temperature:g} (histogram)"
@@ -503,9 +587,40 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     else:
         raise ConfigError(f"--out must end in .npy, .csv or .png, got '{out.suffix}'")
     certified = f", certified error <= {bound:.2e}" if bound is not None else ""
+    per = f" ({args.num} at each of {contexts.shape[0]} contexts)" if contexts is not None else ""
     print(
-        f"wrote {args.num} samples to {out} (inverse converged: {converged}, "
+        f"wrote {x.shape[0]} samples{per} to {out} (inverse converged: {converged}, "
         f"largest final step {worst:.2e}{certified})"
+    )
+    return 0
+
+
+def _cmd_score(args: argparse.Namespace) -> int:
+    if args.out.suffix not in (".npy", ".csv"):
+        raise ConfigError(f"--out must end in .npy or .csv, got '{args.out.suffix}'")
+    if args.repeats < 2:
+        raise ConfigError(f"--repeats must be >= 2 (the SE needs two draws), got {args.repeats}")
+    if args.out.exists() and not args.overwrite:
+        raise ConfigError(f"--out {args.out} exists; choose another file, or pass --overwrite")
+    if args.out.resolve() == args.data.resolve():
+        raise ConfigError(f"--out {args.out} is the data being scored; choose another file")
+    conditional = bool(Run(args.run_dir).data_info().get("context_dim"))
+    trained = load_run(args.run_dir, device=args.device, data=conditional)
+    result = scoring.score_file(
+        trained.task, trained.model, args.data, args.context, repeats=args.repeats
+    )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    table = np.stack([result.columns[c] for c in result.columns], axis=1)
+    if args.out.suffix == ".csv":
+        header = ",".join(result.columns)
+        body = "".join(",".join(f"{v:.17g}" for v in row) + "\n" for row in table)
+        atomic_write(args.out, header + "\n" + body)
+    else:
+        atomic_write(args.out, lambda fh: np.save(fh, table))
+    mean = float(np.mean(result.columns["log_prob"]))
+    print(
+        f"scored {table.shape[0]} points: mean log p {mean:.6g} nats with the {result.estimator} "
+        f"log-det; columns {', '.join(result.columns)}; wrote {args.out}"
     )
     return 0
 
@@ -529,6 +644,7 @@ COMMANDS = {
     "train": _cmd_train,
     "evaluate": _cmd_evaluate,
     "sample": _cmd_sample,
+    "score": _cmd_score,
     "certify": _cmd_certify,
     "presets": _cmd_presets,
     "sweep": cmd_sweep,

@@ -141,9 +141,14 @@ class DataConfig:
     """The data.
 
     Attributes:
-        name: a toy density (``8gaussians``, ``checkerboard``, ...), ``array`` (with ``path``),
-            or an image set (``digits``, ``mnist``, ``fashion-mnist``, ``cifar10``, ``png``).
+        name: a toy density (``8gaussians``, ``checkerboard``, ...), a conditional toy
+            (``rotated-8gaussians``, ``moving-gaussian``), ``array`` (with ``path``), or an
+            image set (``digits``, ``mnist``, ``fashion-mnist``, ``cifar10``, ``png``).
         path: ``.npy``/``.csv`` file for ``array``.
+        context_path: ``array``: a ``.npy``/``.csv`` file of contexts ``(N, k)``, row ``i`` the
+            context of data row ``i``; the flow then models ``p(x | c)`` (contexts are
+            standardised like the data).
+        class_context: image sets: the class label is the context (a class-conditional flow).
         data_dir: folder of an image set's standard files.
         n_train, n_test: toy sample sizes (fixed-seed split).
         test_fraction: held-out share of a user array.
@@ -158,6 +163,8 @@ class DataConfig:
 
     name: str = "8gaussians"
     path: str | None = None
+    context_path: str | None = None
+    class_context: bool = False
     data_dir: str | None = None
     n_train: int = 50_000
     n_test: int = 20_000
@@ -179,6 +186,10 @@ class DataConfig:
             raise ConfigError(f"data.logit_alpha must lie in [0, 0.5), got {self.logit_alpha}")
         if self.name == "array" and not self.path:
             raise ConfigError("data.name=array needs data.path (or pass --data FILE)")
+        if self.context_path and self.name != "array":
+            raise ConfigError(
+                "data.context_path (--context) pairs contexts with your own data: pass --data FILE"
+            )
 
 
 @dataclass

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..datasets import TOY_DATASETS
+from ..datasets import CONDITIONAL_TOYS, TOY_DATASETS
 from ..errors import ConfigError
 from .config import Config, replace
 
@@ -65,6 +65,22 @@ def _toy_presets() -> dict[str, Preset]:
             },
         )
         for name in TOY_DATASETS
+    }
+
+
+def _conditional_toy_presets() -> dict[str, Preset]:
+    """The toy model made conditional: ``p(x | c)`` with conditional blocks (the context shifts
+    and gates the hidden layers) after a conditional affine map; exact log-dets."""
+    toy = _toy_presets()["toy-8gaussians"]
+    return {
+        f"toy-{name}": Preset(
+            f"2-D conditional toy '{name}': conditional MLP i-ResNet, exact log-det, "
+            "KL to the truth per context",
+            dict(toy.model),
+            {"name": name},
+            {**toy.train, "steps": 2000},
+        )
+        for name in CONDITIONAL_TOYS
     }
 
 
@@ -156,7 +172,24 @@ def _image_presets() -> dict[str, Preset]:
         "n_power_iterations": 5,
     }
     cpu = "2 CPU cores, <= 20 min: Residual Flow"
+    conditional = {
+        # Class-conditional: the label (one-hot) shifts and gates every branch's hidden
+        # channels; the sample grid has one row per class.
+        "digits-conditional": Preset(
+            f"class-conditional 8x8 digits (label as context), {cpu}",
+            small8,
+            {"name": "digits", "class_context": True},
+            {**_IMAGE_CPU_TRAIN, "steps": 5000},
+        ),
+        "fashion-mnist-conditional": Preset(
+            f"class-conditional Fashion-MNIST (label as context), {cpu}, squeezed",
+            small28,
+            {"name": "fashion-mnist", "class_context": True},
+            train28,
+        ),
+    }
     return {
+        **conditional,
         "digits": Preset(
             f"8x8 digits, {cpu}, 2 scales x 4 blocks x 32 channels",
             small8,
@@ -348,7 +381,12 @@ def _classifier_presets() -> dict[str, Preset]:
 
 
 #: Every preset, by name: toys, image flows, classifiers and the hybrid.
-PRESETS: dict[str, Preset] = {**_toy_presets(), **_image_presets(), **_classifier_presets()}
+PRESETS: dict[str, Preset] = {
+    **_toy_presets(),
+    **_conditional_toy_presets(),
+    **_image_presets(),
+    **_classifier_presets(),
+}
 
 
 def get_preset(name: str) -> Config:

@@ -225,6 +225,11 @@ class Run:
         }
         if data.standardizer is not None:
             info["standardizer"] = data.standardizer.to_dict()
+        if data.context_dim:
+            info["context_dim"] = data.context_dim
+            info["class_context"] = data.class_context
+        if data.context_standardizer is not None:
+            info["context_standardizer"] = data.context_standardizer.to_dict()
         if data.n_levels is not None:
             info["n_levels"] = data.n_levels
         if data.dequantize_width is not None:
@@ -249,10 +254,11 @@ class Run:
             raise CheckpointError(f"{self.data_path}: expected a JSON object")
         return info
 
-    def load_standardizer(self) -> Standardizer | None:
-        """Statistics saved when the run started (so evaluation uses the training units)."""
+    def load_standardizer(self, key: str = "standardizer") -> Standardizer | None:
+        """Statistics saved when the run started (so evaluation uses the training units);
+        ``key="context_standardizer"`` for those of the contexts."""
         info = self.data_info()
-        return Standardizer.from_dict(info["standardizer"]) if "standardizer" in info else None
+        return Standardizer.from_dict(info[key]) if key in info else None
 
     def data_config(self, cfg: DataConfig) -> DataConfig:
         """``cfg`` with a user file's path replaced by the absolute one recorded at the start,
@@ -280,15 +286,22 @@ class Run:
             ) from None
         dtype = torch.uint8 if kind == "image" else torch.float64
         empty = torch.empty((0, *shape), dtype=dtype)
-        std = Standardizer.from_dict(info["standardizer"]) if "standardizer" in info else None
+        k = int(info.get("context_dim", 0))
+        classes = bool(info.get("class_context", False))
+        contexts = torch.empty((0, k), dtype=torch.float64) if k and not classes else None
+        labels = torch.tensor([k - 1]) if classes else None  # n_classes = k
         return DataBundle(
             str(info.get("name", "")),
             kind,
             empty,
             empty,
+            train_y=labels,
             n_levels=info.get("n_levels"),
-            standardizer=std,
+            standardizer=self.load_standardizer(),
             dequantize_width=info.get("dequantize_width"),
+            train_c=contexts,
+            context_standardizer=self.load_standardizer("context_standardizer"),
+            class_context=classes,
         )
 
     def load_data(self, cfg: DataConfig) -> DataBundle:
@@ -300,7 +313,11 @@ class Run:
                 path it was trained from, with what still works without it.
         """
         try:
-            return load_data(self.data_config(cfg), standardizer=self.load_standardizer())
+            return load_data(
+                self.data_config(cfg),
+                standardizer=self.load_standardizer(),
+                context_standardizer=self.load_standardizer("context_standardizer"),
+            )
         except DataError as exc:
             file = self.data_info().get("file")
             where = file.get("absolute") if isinstance(file, dict) else None

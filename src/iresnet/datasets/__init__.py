@@ -30,10 +30,24 @@ from .arrays import (
     load_array,
     split_array,
 )
+from .conditional import (
+    CONDITIONAL_TOYS,
+    conditional_log_density,
+    conditional_toy_split,
+    kl_contexts,
+    sample_conditional,
+)
 from .images import DATASET_NAMES, load_image_dataset
 from .toy import TOY_DATASETS, toy_log_density, toy_split, true_entropy
 
-__all__ = ["DataBundle", "load_dataset", "TOY_DATASETS", "IMAGE_DATASETS", "Standardizer"]
+__all__ = [
+    "CONDITIONAL_TOYS",
+    "DataBundle",
+    "IMAGE_DATASETS",
+    "Standardizer",
+    "TOY_DATASETS",
+    "load_dataset",
+]
 
 IMAGE_DATASETS = tuple(DATASET_NAMES)
 """Image set names [`load_dataset`][iresnet.datasets.load_dataset] accepts."""
@@ -62,6 +76,18 @@ class DataBundle:
             ``x + width * (u - 1/2)``, ``u ~ U[0, 1)``; training batches get a fresh draw each
             step. The NLL of the dequantised data bounds the discrete NLL from above, less
             ``sum log width`` (Theis et al., arXiv:1511.01844, sec. 3.1).
+        train_c: conditional data: the training contexts ``(N, k)`` (rows paired with
+            ``train_x``), or None.
+        test_c: the test contexts, or None.
+        context_standardizer: user contexts: per-column statistics of the training contexts,
+            for a flow that standardises its contexts.
+        true_conditional_log_density: conditional toys: ``log p(x | c)`` in nats,
+            ``(M, 2), (M, 1) -> (M,)``.
+        sample_given: conditional toys: one draw of ``x | c`` per context row,
+            ``(M, 1), generator -> (M, 2)``.
+        report_contexts: conditional toys: the contexts ``(m, k)`` at which the gap to the truth
+            is reported one by one.
+        class_context: images: the class label is the context (one-hot, ``n_classes`` wide).
 
     Examples:
         >>> bundle = DataBundle("mine", "vector", torch.zeros(8, 3), torch.zeros(2, 3))
@@ -79,11 +105,35 @@ class DataBundle:
     standardizer: Standardizer | None = None
     true_log_density: Callable[[Tensor], Tensor] | None = None
     dequantize_width: list[float] | None = None
+    train_c: Tensor | None = None
+    test_c: Tensor | None = None
+    context_standardizer: Standardizer | None = None
+    true_conditional_log_density: Callable[[Tensor, Tensor], Tensor] | None = None
+    sample_given: Callable[[Tensor, torch.Generator], Tensor] | None = None
+    report_contexts: Tensor | None = None
+    class_context: bool = False
 
     @property
     def event_shape(self) -> tuple[int, ...]:
         """The shape of one sample, ``train_x.shape[1:]``."""
         return tuple(self.train_x.shape[1:])
+
+    @property
+    def n_classes(self) -> int:
+        """Images with labels: the number of classes (largest label + 1); else 0."""
+        if self.train_y is None:
+            return 0
+        top = int(self.train_y.max())
+        if self.test_y is not None and self.test_y.numel():
+            top = max(top, int(self.test_y.max()))
+        return top + 1
+
+    @property
+    def context_dim(self) -> int:
+        """The context size ``k`` of conditional data (0: unconditional)."""
+        if self.class_context:
+            return self.n_classes
+        return 0 if self.train_c is None else int(self.train_c.shape[1])
 
     def true_entropy(self) -> tuple[float, float] | None:
         """Monte Carlo entropy of the true density in nats with its standard error, where known.
@@ -105,12 +155,17 @@ def load_dataset(
     standardizer: Standardizer | None = None,
     dequantize: str = "refuse",
     index_column: str = "refuse",
+    context_path: str | None = None,
+    context_standardizer: Standardizer | None = None,
+    class_context: bool = False,
 ) -> DataBundle:
     """Load or generate a data set.
 
     Args:
-        name: a toy density (one of [`TOY_DATASETS`][iresnet.datasets.toy.TOY_DATASETS]),
-            ``"array"`` (with ``path``) or an image set (one of
+        name: a toy density (one of [`TOY_DATASETS`][iresnet.datasets.toy.TOY_DATASETS]), a
+            conditional toy (one of
+            [`CONDITIONAL_TOYS`][iresnet.datasets.conditional.CONDITIONAL_TOYS]), ``"array"``
+            (with ``path``) or an image set (one of
             [`IMAGE_DATASETS`][iresnet.datasets.IMAGE_DATASETS]).
         path: a ``.npy`` / ``.csv`` file of shape ``(N, d)`` for ``"array"``.
         data_dir: the folder of an image set's standard files.
@@ -125,6 +180,10 @@ def load_dataset(
             ``DataError`` naming the choices), ``"uniform"`` (uniform noise over each value's
             cell, see ``DataBundle.dequantize_width``) or ``"off"`` (fit them as they are).
         index_column: see [`load_array`][iresnet.datasets.arrays.load_array].
+        context_path: ``"array"``: a ``.npy`` / ``.csv`` file of contexts ``(N, k)``, one row
+            per data row (split with the same permutation).
+        context_standardizer: saved statistics of the contexts (as ``standardizer``).
+        class_context: image sets: the label is the context.
 
     Returns:
         The [`DataBundle`][iresnet.datasets.DataBundle].
@@ -132,7 +191,9 @@ def load_dataset(
     Raises:
         DataError: an unknown name, a missing or malformed file, a saved ``standardizer``
             of another width, a constant column, discrete columns with
-            ``dequantize="refuse"``, or an unnamed index column with ``index_column="refuse"``.
+            ``dequantize="refuse"``, an unnamed index column with ``index_column="refuse"``,
+            contexts whose rows do not pair with the data's, or contexts asked of a data set
+            that has none.
 
     Examples:
         >>> bundle = load_dataset("checkerboard", n_train=10, n_test=5, seed=1)
@@ -140,9 +201,30 @@ def load_dataset(
         >>> bundle.true_log_density(x).tolist()  # log(1/32) on the black squares
         [-3.4657359027997265, -inf]
     """
+    if context_path and name != "array":
+        raise DataError(
+            f"contexts from a file go with your own data (--data); data set '{name}' has its own"
+        )
+    if class_context and name not in IMAGE_DATASETS:
+        raise DataError(f"class labels as contexts need an image set, not '{name}'")
     if name in TOY_DATASETS:
         train, test = toy_split(name, n_train, n_test, seed=seed)
         return DataBundle(name, "vector", train, test, true_log_density=toy_log_density(name))
+    if name in CONDITIONAL_TOYS:
+        train, train_c, test, test_c = conditional_toy_split(name, n_train, n_test, seed=seed)
+        cstd = context_standardizer or Standardizer.fit(train_c)
+        return DataBundle(
+            name,
+            "vector",
+            train,
+            test,
+            train_c=train_c,
+            test_c=test_c,
+            context_standardizer=cstd,
+            true_conditional_log_density=conditional_log_density(name),
+            sample_given=lambda c, g: sample_conditional(name, c, g),
+            report_contexts=kl_contexts(name),
+        )
     if name == "array":
         if not path:
             raise DataError("data set 'array' needs a path to a .npy or .csv file")
@@ -182,12 +264,35 @@ def load_dataset(
             gen = torch.Generator().manual_seed(seed)
             cell = torch.tensor(widths, dtype=torch.float64)
             test = test + cell * (torch.rand(test.shape, generator=gen, dtype=test.dtype) - 0.5)
-        return DataBundle(path, "vector", train, test, standardizer=std, dequantize_width=width)
+        bundle = DataBundle(path, "vector", train, test, standardizer=std, dequantize_width=width)
+        if context_path:
+            ctx = load_array(context_path)
+            if ctx.shape[0] != arr.shape[0]:
+                raise DataError(
+                    f"{context_path}: {ctx.shape[0]} context rows but {path} has "
+                    f"{arr.shape[0]} data rows; row i of the contexts goes with row i of the data"
+                )
+            check_range(ctx, context_path)
+            train_c, test_c = split_array(ctx, test_fraction, seed)  # the same permutation
+            cstd = context_standardizer or Standardizer.fit(train_c)
+            if cstd.dim != ctx.shape[1]:
+                raise DataError(
+                    f"{context_path}: {ctx.shape[1]} columns, but the run was trained on {cstd.dim}"
+                )
+            bundle.train_c = torch.as_tensor(train_c, dtype=torch.float64)
+            bundle.test_c = torch.as_tensor(test_c, dtype=torch.float64)
+            bundle.context_standardizer = cstd
+        return bundle
     if name in IMAGE_DATASETS:
         tr = load_image_dataset(name, "train", data_dir)
         te = load_image_dataset(name, "test", data_dir)
-        return DataBundle(
+        bundle = DataBundle(
             name, "image", tr.images, te.images, tr.labels, te.labels, n_levels=tr.n_levels
         )
-    known = [*TOY_DATASETS, "array", *IMAGE_DATASETS]
+        if class_context:
+            if tr.labels is None:
+                raise DataError(f"{name}: no labels to use as contexts")
+            bundle.class_context = True
+        return bundle
+    known = [*TOY_DATASETS, *CONDITIONAL_TOYS, "array", *IMAGE_DATASETS]
     raise DataError(f"unknown data set '{name}'; known: {known}")

@@ -15,11 +15,12 @@ Examples:
     torch.Size([2, 3])
 """
 
-from .flow import Flow, FlowDistribution, StandardNormal
+from .flow import ContextStandardize, Flow, FlowDistribution, StandardNormal
 from .multiscale import MultiscaleResidualFlow
 from .residual_flow import ResidualFlow
 
 __all__ = [
+    "ContextStandardize",
     "Flow",
     "FlowDistribution",
     "MultiscaleResidualFlow",

@@ -6,7 +6,9 @@ variables (i-ResNet eq. (3); Residual Flows eq. (2))
     log p(x) = log p_base(f(x)) + log|det J_f(x)|
 
 in nats, and it samples by inverting the transform on draws of the base. As in zuko, calling
-the module returns the distribution: ``flow().log_prob(x)``, ``flow().sample((n,))``.
+the module returns the distribution: ``flow().log_prob(x)``, ``flow().sample((n,))``; a
+conditional flow (``context=k``) returns the distribution of ``x`` given the context:
+``flow(c).log_prob(x)``, ``flow(c).rsample((n,))``.
 
 References:
     - Behrmann et al., "Invertible Residual Networks", ICML 2019, arXiv:1811.00995.
@@ -41,7 +43,7 @@ from ..transforms import (
 )
 from ..transforms.base import InverseReport
 
-__all__ = ["Flow", "FlowDistribution", "StandardNormal"]
+__all__ = ["ContextStandardize", "Flow", "FlowDistribution", "StandardNormal"]
 
 
 class StandardNormal(nn.Module):
@@ -73,18 +75,56 @@ class StandardNormal(nn.Module):
         return f"shape={self.shape}"
 
 
+class ContextStandardize(nn.Module):
+    """``c -> (c - mean) / std`` for contexts ``(..., k)``, with fixed buffers (saved, moved
+    with the flow); contexts enter a conditional flow in their own units.
+
+    Arguments:
+        mean: ``k`` values.
+        std: ``k`` positive values.
+
+    Raises:
+        ValueError: lengths that differ, or a ``std`` that is not positive and finite.
+
+    Examples:
+        >>> ContextStandardize([1.0], [2.0])(torch.tensor([[3.0]])).tolist()
+        [[1.0]]
+    """
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        m = torch.as_tensor(mean, dtype=torch.get_default_dtype()).reshape(-1)
+        sd = torch.as_tensor(std, dtype=torch.get_default_dtype()).reshape(-1)
+        if m.shape != sd.shape or not bool(torch.isfinite(sd).all() and (sd > 0).all()):
+            raise ValueError("context_standardize needs (mean, std) of one length, std > 0")
+        self.register_buffer("mean", m)
+        self.register_buffer("std", sd)
+
+    def forward(self, c: Tensor) -> Tensor:
+        """``(c - mean) / std``, same shape."""
+        return (c - self.mean) / self.std
+
+
 class FlowDistribution(Distribution):
     """The density ``p(x)`` of ``x = f^{-1}(z)``, ``z ~ base``, as a torch ``Distribution``.
 
     ``log_prob`` runs the transform forward; ``rsample`` inverts it (the fixed-point inverses
-    carry implicit gradients, so samples are differentiable in the parameters);
-    ``rsample_and_log_prob`` returns both. Obtained by calling a [`Flow`][iresnet.flows.flow.Flow].
+    carry implicit gradients, ``dx*/dtheta`` through ``(I + J_g)^{-1}``, so samples are
+    differentiable in the parameters and the context); ``rsample_and_log_prob`` returns both.
+    Obtained by calling a [`Flow`][iresnet.flows.flow.Flow].
+
+    Given contexts ``c`` of shape ``(*batch, k)``, the distribution has ``batch_shape = batch``
+    (zuko's convention): ``log_prob(x)`` takes ``x`` of shape ``(*sample, *batch, *event)``
+    (broadcast against ``batch``), and ``rsample(sample_shape)`` returns
+    ``(*sample_shape, *batch, *event)``.
 
     Arguments:
         transform: the map ``f`` from data to latent.
         base: the latent distribution.
         event_shape: the shape of one data point.
-        validate: check ``log_prob`` inputs for NaN/Inf (the shape is always checked).
+        validate: check ``log_prob`` inputs (and contexts) for NaN/Inf (the shape is always
+            checked).
+        context: the contexts ``c``, ``(*batch, k)``, for a conditional transform; None else.
 
     Examples:
         >>> import iresnet
@@ -105,11 +145,21 @@ class FlowDistribution(Distribution):
         base: Distribution,
         event_shape: Sequence[int],
         validate: bool = True,
+        context: Tensor | None = None,
     ) -> None:
         self.transform = transform
         self.base = base
         self.validate = validate
-        super().__init__(torch.Size(), torch.Size(event_shape), validate_args=False)
+        self.context = context
+        batch = torch.Size() if context is None else context.shape[:-1]
+        super().__init__(batch, torch.Size(event_shape), validate_args=False)
+
+    def _contexts(self, shape: torch.Size) -> Tensor | None:
+        """The contexts broadcast to the leading shape ``shape`` and flattened to ``(N, k)``."""
+        if self.context is None:
+            return None
+        k = self.context.shape[-1]
+        return self.context.expand(*shape, k).reshape(-1, k)
 
     def _flat(self, value: Tensor, where: str) -> tuple[Tensor, torch.Size]:
         first = self.transform[0] if isinstance(self.transform, ComposedTransform) else None
@@ -135,22 +185,40 @@ class FlowDistribution(Distribution):
             DataError: a wrong trailing shape, dtype or device, or NaN/Inf (with ``validate``);
                 the message says how to fix it.
         """
+        if isinstance(value, Tensor) and value.dim() == len(self.event_shape):  # one event
+            return self.log_prob(value.unsqueeze(0)).reshape(self.batch_shape)
         flat, sample_shape = self._flat(value, "log_prob")
         if self.validate:
             check_finite(flat, "log_prob")
-        z, logdet = self.transform(flat)
-        return (self.base.log_prob(z) + logdet).reshape(sample_shape)
+        if self.context is None:
+            z, logdet = self.transform(flat)
+            return (self.base.log_prob(z) + logdet).reshape(sample_shape)
+        try:
+            shape = torch.broadcast_shapes(sample_shape, self.batch_shape)
+        except RuntimeError:
+            raise DataError(
+                f"log_prob: values of batch shape {tuple(sample_shape)} do not broadcast with "
+                f"the contexts' batch shape {tuple(self.batch_shape)}"
+            ) from None
+        flat = value.expand(*shape, *self.event_shape).reshape(-1, *self.event_shape)
+        z, logdet = self.transform(flat, c=self._contexts(shape))
+        return (self.base.log_prob(z) + logdet).reshape(shape)
 
     def rsample(self, sample_shape: Sequence[int] = ()) -> Tensor:
         """``x = f^{-1}(z)``, ``z ~ base``, shape ``(*sample_shape, *event_shape)``.
 
         Gradients reach the parameters through the inverses' implicit differentiation.
         """
-        shape = torch.Size((sample_shape,) if isinstance(sample_shape, int) else sample_shape)
+        if isinstance(sample_shape, int):  # `sample(5)` as torch's own distributions do not
+            sample_shape = (sample_shape,)
+        shape = torch.Size(sample_shape) + self.batch_shape
         z = self.base.rsample((shape.numel(),))
         if shape.numel() == 0:  # nothing to invert
             return z.new_zeros(*shape, *self.event_shape)
-        x = self.transform.inverse(z)
+        if self.context is None:
+            x = self.transform.inverse(z)
+        else:
+            x = self.transform.inverse(z, c=self._contexts(shape))
         return x.reshape(*shape, *self.event_shape)
 
     def sample(self, sample_shape: Sequence[int] = ()) -> Tensor:
@@ -159,8 +227,10 @@ class FlowDistribution(Distribution):
             return self.rsample(sample_shape)
 
     def rsample_and_log_prob(self, sample_shape: Sequence[int] = ()) -> tuple[Tensor, Tensor]:
-        """Samples and their log-densities: ``(x, log p(x))``; the density of the samples is
-        evaluated by a forward pass through the transform."""
+        """Samples and their log-densities: ``(x, log p(x))`` of shapes
+        ``(*sample_shape, *batch_shape, *event_shape)`` and ``(*sample_shape, *batch_shape)``;
+        the density of the samples is evaluated by a forward pass through the transform (so it
+        carries gradients through both the samples and the log-dets)."""
         x = self.rsample(sample_shape)
         return x, self.log_prob(x)
 
@@ -186,9 +256,10 @@ def _event_shape_of(transform: ComposedTransform) -> tuple[int, ...]:
 class Flow(nn.Module):
     """A normalising flow: the transform ``f`` from data to latent, and the base distribution.
 
-    Calling the flow returns its ``FlowDistribution`` (zuko's interface): ``flow()``;
-    ``flow.log_prob(x)`` and ``flow.sample(n)`` are shortcuts. The transform stays reachable as
-    ``flow.transform`` for inverses, certificates and diagnostics.
+    Calling the flow returns its ``FlowDistribution`` (zuko's interface): ``flow()``, or
+    ``flow(c)`` for a conditional flow, the distribution of ``x`` given the contexts ``c``;
+    ``flow.log_prob(x, c)`` and ``flow.sample(n, c=c)`` are shortcuts. The transform stays
+    reachable as ``flow.transform`` for inverses, certificates and diagnostics.
 
     Arguments:
         transforms: transforms applied in order from data to latent (or one transform).
@@ -200,6 +271,10 @@ class Flow(nn.Module):
             (``transform.forward_shape``).
         validate: check inputs of ``log_prob`` for NaN/Inf (their shape is always checked) and
             of ``inverse`` for shape and NaN/Inf; one host synchronisation per call.
+        context: the context size ``k`` of a conditional transform (0: unconditional).
+        context_standardize: ``(mean, std)`` of the contexts: every context ``c`` given to the
+            flow becomes ``(c - mean) / std`` before it reaches the transforms (fixed buffers,
+            saved with the flow), so contexts are passed in their own units.
 
     Shapes:
         ``x``: ``(B, *event_shape)``; ``z``: ``(B, *latent_shape)``; log-densities ``(B,)``, in
@@ -208,7 +283,8 @@ class Flow(nn.Module):
     Raises:
         TypeError: an item of ``transforms`` that is not a
             [`Transform`][iresnet.transforms.base.Transform].
-        ValueError: no ``event_shape`` and none can be learned from the first layers.
+        ValueError: no ``event_shape`` and none can be learned from the first layers; a
+            conditional transform with ``context=0``, or ``context > 0`` with none.
 
     Examples:
         >>> import torch, iresnet
@@ -227,6 +303,8 @@ class Flow(nn.Module):
         event_shape: Sequence[int] | None = None,
         base: nn.Module | None = None,
         validate: bool = True,
+        context: int = 0,
+        context_standardize: tuple[Sequence[float], Sequence[float]] | None = None,
     ) -> None:
         super().__init__()
         if isinstance(transforms, ComposedTransform):
@@ -241,30 +319,104 @@ class Flow(nn.Module):
         self.latent_shape = torch.Size(self.transform.forward_shape(tuple(self.event_shape)))
         self.base = base if base is not None else StandardNormal(self.latent_shape)
         self.validate = validate
+        if isinstance(context, bool) or not isinstance(context, int) or context < 0:
+            raise ValueError(f"context must be a non-negative integer, got {context!r}")
+        if self.transform.conditional != (context > 0):
+            raise ValueError(
+                f"context={context} but the transforms are "
+                f"{'' if self.transform.conditional else 'not '}conditional: pass the context "
+                "size k of the conditional transforms (0 for none)"
+            )
+        self.context = context
+        self.context_standardize: ContextStandardize | None = None
+        if context_standardize is not None:
+            if context == 0:
+                raise ValueError("context_standardize needs a conditional flow (context > 0)")
+            self.context_standardize = ContextStandardize(*context_standardize)
+            if self.context_standardize.mean.numel() != context:
+                raise ValueError(f"context_standardize needs (mean, std) with {context} values")
 
-    def forward(self) -> FlowDistribution:
-        """The distribution of the data under this flow, a
-        [`FlowDistribution`][iresnet.flows.flow.FlowDistribution]."""
-        return FlowDistribution(self.transform, self.base(), self.event_shape, self.validate)
+    def check_context(self, c: Tensor | None, where: str) -> Tensor | None:
+        """``c`` checked against this flow, returned as the transforms take it: ``(*batch, k)``
+        floats on the flow's dtype and device (finite, with ``validate``), standardised with
+        ``context_standardize`` where the flow has one; None for an unconditional flow.
 
-    def log_prob(self, x: Tensor) -> Tensor:
-        """``log p(x)`` in nats, shape ``(B,)`` for ``x`` of shape ``(B, *event_shape)``.
+        Raises:
+            DataError: a missing context, one given to an unconditional flow, or one of the
+                wrong shape, dtype or device, or with NaN/Inf; the message says what was
+                expected.
+        """
+        if self.context == 0:
+            if c is not None:
+                raise DataError(f"{where}: this flow is not conditional (context=0); pass no c")
+            return None
+        if c is None:
+            raise DataError(
+                f"{where}: this flow is conditional; pass contexts c of shape (..., {self.context})"
+            )
+        if not isinstance(c, Tensor):
+            raise TypeError(f"{where}: expected the contexts as a torch.Tensor, got {type(c)}")
+        check_input(
+            c if c.dim() > 1 else c.unsqueeze(0),
+            f"{where} context",
+            like=self.transform,
+            event_shape=(self.context,),
+        )
+        if self.validate:
+            check_finite(c.reshape(1, -1), f"{where} context")
+        if self.context_standardize is not None:
+            c = self.context_standardize(c)
+        return c
+
+    def forward(self, c: Tensor | None = None) -> FlowDistribution:
+        """The distribution of the data under this flow (given the contexts ``c``, shape
+        ``(*batch, k)``, for a conditional flow), a
+        [`FlowDistribution`][iresnet.flows.flow.FlowDistribution].
+
+        Raises:
+            DataError: see [`check_context`][iresnet.flows.flow.Flow.check_context].
+        """
+        c = self.check_context(c, "flow(c)")
+        return FlowDistribution(
+            self.transform, self.base(), self.event_shape, self.validate, context=c
+        )
+
+    def log_prob(self, x: Tensor, c: Tensor | None = None) -> Tensor:
+        """``log p(x)`` (``log p(x | c)`` for a conditional flow) in nats, shape ``(B,)`` for
+        ``x`` of shape ``(B, *event_shape)`` and ``c`` of shape ``(B, k)``.
 
         Raises:
             ValueError: a wrong shape, or NaN/Inf (with ``validate``).
         """
-        return self().log_prob(x)
+        return self(c).log_prob(x)
 
-    def sample(self, n: int, temperature: float = 1.0) -> Tensor:
+    def _sample_contexts(self, n: int, c: Tensor | None) -> Tensor | None:
+        c = self.check_context(c, "sample")
+        if c is None:
+            return None
+        if c.dim() == 1:
+            return c.expand(n, self.context)
+        if c.shape != (n, self.context):
+            raise DataError(
+                f"sample: expected one context ({self.context},) or one per sample "
+                f"({n}, {self.context}), got {tuple(c.shape)}"
+            )
+        return c
+
+    def sample(self, n: int, temperature: float = 1.0, c: Tensor | None = None) -> Tensor:
         """``n`` samples ``x = f^{-1}(z)``, ``z ~ base`` with its spread scaled by
-        ``temperature``; shape ``(n, *event_shape)``, no gradient.
+        ``temperature``; shape ``(n, *event_shape)``, no gradient. A conditional flow takes
+        the context ``c``: one ``(k,)`` for all samples, or one per sample ``(n, k)``.
 
         Raises:
             ValueError: ``n < 1``, or ``temperature != 1`` with a base that is not a normal
                 distribution.
+            DataError: a context missing or of the wrong shape.
         """
         with torch.no_grad():
-            return self.transform.inverse(self.sample_latent(n, temperature))
+            z = self.sample_latent(n, temperature)
+            cs = self._sample_contexts(n, c)
+            return self.transform.inverse(z) if cs is None else self.transform.inverse(z, c=cs)
 
     def sample_latent(self, n: int, temperature: float = 1.0) -> Tensor:
         """``n`` draws of the base, scaled about its mean by ``temperature`` (Gaussian bases).
@@ -297,16 +449,20 @@ class Flow(nn.Module):
             return base.mean + temperature * (z - base.mean)
         return base.sample((n,))
 
-    def inverse(self, z: Tensor) -> Tensor:
-        """``x = f^{-1}(z)`` for ``z`` of shape ``(B, *latent_shape)``.
+    def inverse(self, z: Tensor, c: Tensor | None = None) -> Tensor:
+        """``x = f^{-1}(z)`` for ``z`` of shape ``(B, *latent_shape)`` (at the contexts ``c``,
+        ``(B, k)``, for a conditional flow).
 
         Raises:
             ValueError: a wrong shape or NaN/Inf (with ``validate``).
         """
-        return self.inverse_with_diagnostics(z)[0]
+        return self.inverse_with_diagnostics(z, c)[0]
 
-    def inverse_with_diagnostics(self, z: Tensor) -> tuple[Tensor, InverseReport]:
-        """``inverse(z)`` and the report of every block's solve, data side first.
+    def inverse_with_diagnostics(
+        self, z: Tensor, c: Tensor | None = None
+    ) -> tuple[Tensor, InverseReport]:
+        """``inverse(z)`` (at the contexts ``c``) and the report of every block's solve, data
+        side first.
 
         Returns:
             ``x`` of shape ``(B, *event_shape)`` and an
@@ -325,4 +481,12 @@ class Flow(nn.Module):
         check_input(z, "inverse", like=self.transform)
         if self.validate:
             check_finite(z, "inverse")
-        return self.transform.inverse_with_diagnostics(z)
+        c = self.check_context(c, "inverse")
+        if c is None:
+            return self.transform.inverse_with_diagnostics(z)
+        if c.shape != (z.shape[0], self.context):
+            raise DataError(
+                f"inverse: expected contexts of shape ({z.shape[0]}, {self.context}), got "
+                f"{tuple(c.shape)}"
+            )
+        return self.transform.inverse_with_diagnostics(z, c=c)

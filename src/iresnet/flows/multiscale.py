@@ -41,7 +41,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from ..nn import conv_branch, mlp_branch
+from ..nn import conditional_conv_branch, conditional_mlp_branch, conv_branch, mlp_branch
 from ..nn.branches import Activation
 from ..ops import FixedPointInverse, LogDetEstimator, logdet_estimator
 from ..transforms import (
@@ -138,7 +138,13 @@ class MultiscaleResidualFlow(Flow):
 
     Arguments:
         shape: ``(C, H, W)`` of one image.
-        context: the context dimension; only 0 (unconditional) for now.
+        context: the context size ``k`` (0: unconditional). With ``k > 0`` every branch is
+            conditional
+            ([`conditional_conv_branch`][iresnet.nn.conditional.conditional_conv_branch],
+            [`conditional_mlp_branch`][iresnet.nn.conditional.conditional_mlp_branch]:
+            per-channel context shifts and gains in ``(0, 1)``, so each block's certificate
+            holds for every context) and ``flow(c)`` is the distribution of images given ``c``
+            (e.g. one-hot class labels).
         scales: scales ``S`` (a squeeze between consecutive ones).
         blocks: residual blocks per scale.
         hidden_channels: channels between the convolutions of each branch.
@@ -165,13 +171,14 @@ class MultiscaleResidualFlow(Flow):
         logit_alpha: apply [`Logit`][iresnet.transforms.preprocess.Logit] with this margin
             (0: none).
         validate: check ``log_prob`` inputs for NaN/Inf.
+        context_features: hidden sizes of the context networks (conditional flows only).
 
     Shapes:
         ``x``: ``(B, C, H, W)`` (integer levels with ``levels``); ``log_prob(x)``: ``(B,)``, in
         nats; the latent: ``latent_shape``.
 
     Raises:
-        ValueError: ``context != 0``, a shape the squeezes cannot halve, or a bad setting.
+        ValueError: ``context < 0``, a shape the squeezes cannot halve, or a bad setting.
 
     Examples:
         >>> import torch, iresnet
@@ -204,6 +211,7 @@ class MultiscaleResidualFlow(Flow):
         levels: int | None = None,
         logit_alpha: float = 0.0,
         validate: bool = True,
+        context_features: Sequence[int] = (64,),
     ) -> None:
         check_context(context)
         if scales < 1 or blocks < 0 or fc_blocks < 0:
@@ -243,11 +251,19 @@ class MultiscaleResidualFlow(Flow):
         actnorm_layer()
         for scale in range(scales):
             for _ in range(blocks):
-                block(
-                    conv_branch(
-                        stack.shape[0], hidden_channels, preact=stack.n_blocks > 0, **options
+                preact = stack.n_blocks > 0
+                if context:
+                    g: object = conditional_conv_branch(
+                        stack.shape[0],
+                        context,
+                        hidden_channels,
+                        context_features=context_features,
+                        preact=preact,
+                        **options,  # type: ignore[arg-type]
                     )
-                )
+                else:
+                    g = conv_branch(stack.shape[0], hidden_channels, preact=preact, **options)  # type: ignore[arg-type]
+                block(g)
                 actnorm_layer()
             if scale < scales - 1:
                 stack.add(Squeeze(2))
@@ -256,6 +272,19 @@ class MultiscaleResidualFlow(Flow):
         if fc_blocks > 0:
             dim = stack.flatten_active()
             for _ in range(fc_blocks):
-                block(mlp_branch(dim, fc_hidden_features, **options))
+                if context:
+                    block(
+                        conditional_mlp_branch(
+                            dim,
+                            context,
+                            fc_hidden_features,
+                            context_features=context_features,
+                            **options,  # type: ignore[arg-type]
+                        )
+                    )
+                else:
+                    block(mlp_branch(dim, fc_hidden_features, **options))  # type: ignore[arg-type]
                 actnorm_layer()
-        super().__init__(stack.transforms, event_shape=image, validate=validate)
+        if context and stack.n_blocks == 0:
+            raise ValueError("a conditional image flow needs blocks >= 1 or fc_blocks >= 1")
+        super().__init__(stack.transforms, event_shape=image, validate=validate, context=context)

@@ -10,25 +10,24 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..nn import mlp_branch
+from ..nn import conditional_mlp_branch, mlp_branch
 from ..nn.branches import Activation
 from ..ops import FixedPointInverse, LogDetEstimator, logdet_estimator
-from ..transforms import ActNorm, InvertibleResidualBlock, Standardize, Transform
+from ..transforms import ActNorm, ConditionalAffine, InvertibleResidualBlock, Standardize, Transform
 from .flow import Flow
 
 __all__ = ["ResidualFlow", "check_context"]
 
 
 def check_context(context: int) -> None:
-    """Conditional flows are not built yet: refuse ``context != 0`` with a clear message.
+    """Refuse a context size that is not a non-negative integer.
 
     Raises:
-        ValueError: ``context != 0``.
+        ValueError: ``context`` is not an integer ``>= 0``.
     """
-    if context != 0:
+    if isinstance(context, bool) or not isinstance(context, int) or context < 0:
         raise ValueError(
-            f"context={context}: conditional residual flows are not available yet; build the "
-            "flow with context=0"
+            f"context must be a non-negative integer (0: unconditional), got {context!r}"
         )
 
 
@@ -43,9 +42,19 @@ class ResidualFlow(Flow):
     eq. (5)) or the unbiased Russian roulette (Residual Flows Theorem 1, eq. (6)). Called, the
     flow returns a ``torch.distributions.Distribution`` over ``(features,)`` vectors.
 
+    With ``context=k > 0`` the flow is conditional, ``p(x | c)``:
+    ``[Standardize] -> [ConditionalAffine] -> { ActNorm -> x + g(x, c) } x transforms -> ActNorm``
+    with conditional branches
+    ([`conditional_mlp_branch`][iresnet.nn.conditional.conditional_mlp_branch]: the context
+    shifts and gates, with gains in ``(0, 1)``, the hidden pre-activations, so
+    ``Lip_x(g(., c)) <= coeff^(len(hidden_features) + 1)`` for every context) and a
+    [`ConditionalAffine`][iresnet.transforms.conditional.ConditionalAffine] first that moves and
+    scales each context's data. ``flow(c)`` is then the distribution of ``x`` given ``c``
+    (zuko's interface).
+
     Arguments:
         features: the data dimension ``d``.
-        context: the context dimension; only 0 (unconditional) for now.
+        context: the context dimension ``k`` (0: unconditional).
         transforms: the number of residual blocks.
         hidden_features: hidden sizes of each branch ``g``.
         coeff: the Lipschitz coefficient ``c`` of every linear layer, in ``(0, 1]``.
@@ -63,13 +72,17 @@ class ResidualFlow(Flow):
             [`Standardize`][iresnet.transforms.preprocess.Standardize] first, so densities are
             in the data's own units.
         validate: check ``log_prob`` inputs for NaN/Inf.
+        context_features: hidden sizes of the context networks (conditional flows only).
+        context_affine: a ``ConditionalAffine`` first (conditional flows only).
+        context_standardize: ``(mean, std)`` of the contexts (see
+            [`Flow`][iresnet.flows.flow.Flow]).
 
     Shapes:
-        ``x``: ``(B, features)``; ``log_prob(x)``: ``(B,)``, in nats (in the data's own units
-        with ``standardize``).
+        ``x``: ``(B, features)``; ``c``: ``(B, context)``; ``log_prob(x)``: ``(B,)``, in nats (in
+        the data's own units with ``standardize``).
 
     Raises:
-        ValueError: ``context != 0`` or an invalid setting (``features < 1``, ``transforms < 0``,
+        ValueError: an invalid setting (``context < 0``, ``features < 1``, ``transforms < 0``,
             an unknown ``logdet``, ``activation`` or ``norm``, ``coeff`` outside ``(0, 1]``).
 
     Examples:
@@ -79,6 +92,10 @@ class ResidualFlow(Flow):
         torch.Size([5])
         >>> flow.eval().sample(3).shape
         torch.Size([3, 2])
+        >>> cflow = iresnet.ResidualFlow(2, context=1, transforms=2, hidden_features=(16,))
+        >>> c = torch.randn(5, 1)
+        >>> cflow(c).log_prob(torch.randn(5, 2)).shape, cflow(c).rsample((3,)).shape
+        (torch.Size([5]), torch.Size([3, 5, 2]))
     """
 
     def __init__(
@@ -97,6 +114,9 @@ class ResidualFlow(Flow):
         n_power_iterations: int = 1,
         standardize: tuple[Sequence[float], Sequence[float]] | None = None,
         validate: bool = True,
+        context_features: Sequence[int] = (64,),
+        context_affine: bool = True,
+        context_standardize: tuple[Sequence[float], Sequence[float]] | None = None,
     ) -> None:
         check_context(context)
         if not all(isinstance(n, int) for n in (features, transforms)):
@@ -116,18 +136,32 @@ class ResidualFlow(Flow):
         steps: list[Transform] = []
         if standardize is not None:
             steps.append(Standardize(*standardize))
+        if context and context_affine:
+            steps.append(ConditionalAffine(features, context, context_features))
         for _ in range(transforms):
             if actnorm:
                 steps.append(ActNorm(features))
-            g = mlp_branch(
-                features,
-                hidden_features,
-                activation=activation,
-                norm=norm,
-                coeff=coeff,
-                n_power_iterations=n_power_iterations,
-            )
+            layers = {
+                "activation": activation,
+                "norm": norm,
+                "coeff": coeff,
+                "n_power_iterations": n_power_iterations,
+            }
+            if context:
+                g = conditional_mlp_branch(
+                    features, context, hidden_features, context_features=context_features, **layers
+                )
+            else:
+                g = mlp_branch(features, hidden_features, **layers)  # type: ignore[arg-type]
             steps.append(InvertibleResidualBlock(g, logdet=estimator, inverse=solver))
         if actnorm:
             steps.append(ActNorm(features))
-        super().__init__(steps, event_shape=(features,), validate=validate)
+        if context and not steps:
+            raise ValueError("a conditional flow needs transforms >= 1 or context_affine=True")
+        super().__init__(
+            steps,
+            event_shape=(features,),
+            validate=validate,
+            context=context,
+            context_standardize=context_standardize,
+        )

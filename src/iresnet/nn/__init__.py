@@ -2,6 +2,7 @@
 
 Everything is re-exported here from the modules ``spectral`` (spectral normalisation),
 ``activations``, ``branches`` (MLP and CNN branches ``g`` from keyword arguments),
+``conditional`` (branches ``g(x, c)`` whose bound in ``x`` holds for every context),
 ``lipschitz`` (bounds by composition) and ``bounds`` (provable operator-norm bounds: Gram
 iteration, convolutions through the DFT, exact SVDs).
 
@@ -23,6 +24,14 @@ from .bounds import (
     linear_operator_bound,
 )
 from .branches import BRANCH_NORMS, conv_branch, conv_layer, linear_layer, mlp_branch
+from .conditional import (
+    BoundContext,
+    ConditionalBranch,
+    ContextModulation,
+    bind_context,
+    conditional_conv_branch,
+    conditional_mlp_branch,
+)
 from .lipschitz import LayerBound, conv_tap_bound, layer_bounds, lipschitz_bound_of
 from .spectral import (
     NORMS,
@@ -38,6 +47,9 @@ __all__ = [
     "ACTIVATIONS",
     "BRANCH_NORMS",
     "Bound",
+    "BoundContext",
+    "ConditionalBranch",
+    "ContextModulation",
     "GRAM_ITERATIONS",
     "LayerBound",
     "NORMS",
@@ -46,6 +58,9 @@ __all__ = [
     "SpectralConv2d",
     "SpectralLinear",
     "activation_factory",
+    "bind_context",
+    "conditional_conv_branch",
+    "conditional_mlp_branch",
     "conv2d_exact_norm",
     "conv2d_operator_bound",
     "conv_branch",

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from .activations import ONE_LIPSCHITZ_ACTIVATIONS
+from .conditional import BoundContext, ConditionalBranch
 from .spectral import _SpectralNormMixin
 
 __all__ = ["LayerBound", "conv_tap_bound", "layer_bounds", "lipschitz_bound_of"]
@@ -53,7 +54,9 @@ def lipschitz_bound_of(module: nn.Module) -> float:
 
     A module with a ``lipschitz_bound()`` method: its value (the spectral layers give their
     operator norm, see [`SpectralLinear`][iresnet.nn.spectral.SpectralLinear]).
-    ``nn.Sequential``: the product of its children's bounds. Plain ``nn.Linear``: its exact
+    ``nn.Sequential``: the product of its children's bounds. A conditional branch
+    ([`ConditionalBranch`][iresnet.nn.conditional.ConditionalBranch]): the bound of its x-path,
+    which holds for every context. Plain ``nn.Linear``: its exact
     spectral norm (float64 SVD); plain ``nn.Conv2d`` with zero padding:
     [`conv_tap_bound`][iresnet.nn.lipschitz.conv_tap_bound] (the other padding modes copy
     entries, so a tap can expand norms: not certified); ELU and LeakyReLU: their largest
@@ -89,7 +92,9 @@ class LayerBound:
         method: ``"svd"`` (an exact SVD: a linear layer, or the explicit matrix of a small
             convolution), ``"fft-svd"`` / ``"fft-gram"`` (a convolution's circular embedding),
             ``"gram"``, ``"frobenius"``, ``"tap"`` (a plain convolution's tap bound),
-            ``"slope"`` (an activation) or ``"unknown"``.
+            ``"slope"`` (an activation), ``"context"`` (a context modulation of a conditional
+            branch: a gain in ``(0, 1)`` and a shift, 1-Lipschitz for every context) or
+            ``"unknown"``.
     """
 
     name: str
@@ -120,8 +125,13 @@ def layer_bounds(module: nn.Module, prefix: str = "") -> list[LayerBound]:
     if isinstance(module, _SpectralNormMixin):
         b = module.bound()
         return [LayerBound(prefix, float(b.value), b.method)]
+    if isinstance(module, BoundContext):
+        return layer_bounds(module.g, prefix)
+    if isinstance(module, ConditionalBranch):  # only the x-path acts on x
+        return layer_bounds(module.x_path, f"{prefix}.x_path" if prefix else "x_path")
     if hasattr(module, "lipschitz_bound") and callable(module.lipschitz_bound):
-        return [LayerBound(prefix, float(module.lipschitz_bound()), "slope")]
+        method = getattr(module, "lipschitz_method", "slope")
+        return [LayerBound(prefix, float(module.lipschitz_bound()), method)]
     if isinstance(module, nn.Sequential):
         out: list[LayerBound] = []
         for name, child in module.named_children():

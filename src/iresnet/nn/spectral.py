@@ -924,6 +924,9 @@ def float64_forward(module: nn.Module, x: Tensor) -> Tensor | None:
     x = x.double()
     if isinstance(module, _SpectralNormMixin):
         return module.forward_float64(x)
+    custom = getattr(module, "forward_float64", None)
+    if callable(custom):  # e.g. a conditional branch bound to its contexts
+        return custom(x)
     if isinstance(module, nn.Sequential):
         for child in module:
             x = float64_forward(child, x)  # type: ignore[assignment]

@@ -415,6 +415,7 @@ class FixedPointInverse:
                 raise InverseNotConvergedError(msg)
             warnings.warn(msg, InverseNotConvergedWarning, stacklevel=4)
         params = [p for p in g.parameters() if p.requires_grad] if isinstance(g, nn.Module) else []
+        params += [t for t in getattr(g, "grad_inputs", ()) if t.requires_grad]  # contexts
         if torch.is_grad_enabled() and (y.requires_grad or params):
             x = self._attach_implicit_grad(g, y, x)
         return x, diag

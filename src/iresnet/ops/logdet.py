@@ -68,8 +68,13 @@ def _batch_dot(a: Tensor, b: Tensor) -> Tensor:
 
 
 def _grad_params(g: G) -> tuple[Tensor, ...]:
+    """The tensors gradients must reach besides ``x``: ``g``'s trainable parameters and the
+    tensors a bound map closes over (``grad_inputs``, e.g. the contexts of a conditional branch)
+    that require a gradient."""
     if isinstance(g, nn.Module):
-        return tuple(p for p in g.parameters() if p.requires_grad)
+        params = tuple(p for p in g.parameters() if p.requires_grad)
+        extra = tuple(t for t in getattr(g, "grad_inputs", ()) if t.requires_grad)
+        return params + extra
     return ()
 
 

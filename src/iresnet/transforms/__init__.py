@@ -4,7 +4,8 @@ Every piece is a [`Transform`][iresnet.transforms.base.Transform]:
 ``forward(x) -> (y, logdet)`` with ``logdet = log|det dy/dx|`` of shape ``(batch,)`` and
 ``inverse(y) -> x``. Re-exported from ``base`` (the contract and
 [`ComposedTransform`][iresnet.transforms.base.ComposedTransform]), ``residual`` (the block
-``x + g(x)``), ``actnorm``, ``reshape`` (squeeze, flatten, factor-out, padding) and
+``x + g(x)``, conditional with a branch ``g(x, c)``), ``conditional`` (an affine map chosen by
+the context), ``actnorm``, ``reshape`` (squeeze, flatten, factor-out, padding) and
 ``preprocess`` (dequantisation, logit, standardisation).
 
 Examples:
@@ -22,6 +23,7 @@ Examples:
 
 from .actnorm import ActNorm
 from .base import ComposedTransform, InverseReport, Transform
+from .conditional import ConditionalAffine
 from .preprocess import (
     Dequantize,
     Logit,
@@ -38,6 +40,7 @@ from .residual import InvertibleResidualBlock, set_branch_precision, swap_logdet
 __all__ = [
     "ActNorm",
     "ComposedTransform",
+    "ConditionalAffine",
     "Dequantize",
     "Flatten",
     "InjectivePad",

@@ -4,7 +4,9 @@ Every invertible piece of a flow or of an invertible network is a ``Transform``:
 ``nn.Module`` with ``forward(x) -> (y, logdet)``, ``logdet = log|det dy/dx|`` of shape
 ``(batch,)``, and ``inverse(y) -> x`` (the convention of nflows and FrEIA: the forward direction
 maps data to latent). Transforms whose inverse is solved numerically report what the solver did
-through ``Transform.inverse_with_diagnostics``, from the call itself.
+through ``Transform.inverse_with_diagnostics``, from the call itself. A conditional transform
+(``conditional = True``) takes a context ``c`` of shape ``(B, k)`` as the keyword ``c`` of all
+three, and its guarantees hold for every context.
 
 A flow's log-density follows by the change of variables ``log p(x) = log p_z(f(x)) +
 log|det df/dx|`` (i-ResNet eq. (3); Residual Flows eq. (2)), with the log-dets of composed
@@ -117,6 +119,10 @@ class Transform(nn.Module):
     accepts_any_float: bool = False
     """Whether floating inputs of any precision are welcome (converted to the module's dtype)."""
 
+    conditional: bool = False
+    """Whether the map depends on a context: then ``forward(x, c=c)``, ``inverse(y, c=c)`` and
+    ``inverse_with_diagnostics(y, c=c)`` take the contexts ``c (B, k)``, one per sample."""
+
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``x (B, *event) -> (y (B, *event'), logdet (B,))`` with ``logdet = log|det dy/dx|``."""
         raise NotImplementedError
@@ -125,14 +131,17 @@ class Transform(nn.Module):
         """``y (B, *event') -> x (B, *event)``."""
         raise NotImplementedError
 
-    def inverse_with_diagnostics(self, y: Tensor) -> tuple[Tensor, InverseReport]:
-        """``inverse(y)`` and the report of the numerical solves it ran (in order).
+    def inverse_with_diagnostics(
+        self, y: Tensor, c: Tensor | None = None
+    ) -> tuple[Tensor, InverseReport]:
+        """``inverse(y)`` (``inverse(y, c=c)`` for a conditional transform) and the report of
+        the numerical solves it ran (in order).
 
         Returns:
             ``x`` and an [`InverseReport`][iresnet.transforms.base.InverseReport]: empty, with a
                 zero error bound, for transforms with a closed-form inverse.
         """
-        x = self.inverse(y)
+        x = self.inverse(y) if c is None else self.inverse(y, c=c)  # type: ignore[call-arg]
         return x, InverseReport([], torch.zeros(y.shape[0], dtype=torch.float64, device=y.device))
 
     def inverse_lipschitz(self) -> float:
@@ -154,7 +163,9 @@ class ComposedTransform(Transform):
 
     The one loop over transforms that every flow and the classifiers' invertible trunks use.
     Indexing gives a transform; slicing gives a ``ComposedTransform`` of the same modules.
-    ``inverse`` applies the inverses in reverse order.
+    ``inverse`` applies the inverses in reverse order. The context ``c`` given to ``forward``,
+    ``inverse`` or ``inverse_with_diagnostics`` goes to every conditional part (the others do not
+    see it); the composition is conditional when one of its parts is.
 
     Arguments:
         *transforms: the transforms ``f_1, ..., f_n``, data side first.
@@ -206,11 +217,15 @@ class ComposedTransform(Transform):
     def bijective(self) -> bool:  # type: ignore[override]
         return all(t.bijective for t in self)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    @property
+    def conditional(self) -> bool:  # type: ignore[override]
+        return any(t.conditional for t in self)
+
+    def forward(self, x: Tensor, c: Tensor | None = None) -> tuple[Tensor, Tensor]:
         logdet: Tensor | None = None
         batch = x.shape[0]
         for t in self:
-            x, ld = t(x)
+            x, ld = t(x, c=c) if t.conditional else t(x)
             if ld.shape != (batch,):
                 raise ValueError(
                     f"{type(t).__name__} broke the transform contract: its log-det has shape "
@@ -221,18 +236,23 @@ class ComposedTransform(Transform):
             logdet = torch.zeros(x.shape[0], dtype=_float(x), device=x.device)
         return x, logdet
 
-    def inverse(self, y: Tensor) -> Tensor:
+    def inverse(self, y: Tensor, c: Tensor | None = None) -> Tensor:
         for t in reversed(list(self)):
-            y = t.inverse(y)
+            y = t.inverse(y, c=c) if t.conditional else t.inverse(y)
         return y
 
-    def inverse_with_diagnostics(self, y: Tensor) -> tuple[Tensor, InverseReport]:
+    def inverse_with_diagnostics(
+        self, y: Tensor, c: Tensor | None = None
+    ) -> tuple[Tensor, InverseReport]:
         """Inverse in reverse order; the diagnostics listed in forward (data-to-latent) order
         and the certified error composed through every inverse."""
         diagnostics: list[InverseDiagnostics] = []
         error: Tensor | None = torch.zeros(y.shape[0], dtype=torch.float64, device=y.device)
         for t in reversed(list(self)):
-            y, report = t.inverse_with_diagnostics(y)
+            if t.conditional:
+                y, report = t.inverse_with_diagnostics(y, c=c)
+            else:
+                y, report = t.inverse_with_diagnostics(y)
             diagnostics[:0] = report.diagnostics
             if error is not None and report.error_bound is not None:  # (training: no bound)
                 error = _compose_error(t.inverse_lipschitz(), error, report.error_bound)

@@ -161,19 +161,29 @@ class OnActive(Transform):
                 f"OnActive: in_shape {self.in_shape} and out_shape {self.out_shape} differ in size"
             )
 
-    def forward(self, s: Tensor) -> tuple[Tensor, Tensor]:
+    @property
+    def conditional(self) -> bool:  # type: ignore[override]
+        """Whether the inner transform takes a context (passed through as ``c=``)."""
+        return self.inner.conditional
+
+    def forward(self, s: Tensor, c: Tensor | None = None) -> tuple[Tensor, Tensor]:
         n = torch.Size(self.in_shape).numel()
-        y, logdet = self.inner(s[:, :n].reshape(s.shape[0], *self.in_shape))
+        a = s[:, :n].reshape(s.shape[0], *self.in_shape)
+        y, logdet = self.inner(a, c=c) if self.conditional else self.inner(a)
         return torch.cat([y.flatten(1), s[:, n:]], dim=1), logdet
 
-    def inverse(self, s: Tensor) -> Tensor:
-        return self.inverse_with_diagnostics(s)[0]
+    def inverse(self, s: Tensor, c: Tensor | None = None) -> Tensor:
+        return self.inverse_with_diagnostics(s, c=c)[0]
 
-    def inverse_with_diagnostics(self, s: Tensor) -> tuple[Tensor, InverseReport]:
+    def inverse_with_diagnostics(
+        self, s: Tensor, c: Tensor | None = None
+    ) -> tuple[Tensor, InverseReport]:
         n = math.prod(self.out_shape)
-        x, report = self.inner.inverse_with_diagnostics(
-            s[:, :n].reshape(s.shape[0], *self.out_shape)
-        )
+        a = s[:, :n].reshape(s.shape[0], *self.out_shape)
+        if self.conditional:
+            x, report = self.inner.inverse_with_diagnostics(a, c=c)
+        else:
+            x, report = self.inner.inverse_with_diagnostics(a)
         return torch.cat([x.flatten(1), s[:, n:]], dim=1), report
 
     def inverse_lipschitz(self) -> float:

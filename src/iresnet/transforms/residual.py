@@ -21,7 +21,8 @@ import torch
 from torch import Tensor, nn
 
 from ..checks import check_input
-from ..nn import frozen_normalisation, lipschitz_bound_of
+from ..errors import DataError
+from ..nn import ConditionalBranch, bind_context, frozen_normalisation, lipschitz_bound_of
 from ..nn.spectral import float64_forward
 from ..ops import FixedPointInverse, LogDetEstimator, PowerSeriesLogDet, logdet_estimator
 from .base import InverseReport, Transform
@@ -42,6 +43,10 @@ class _AutocastBranch(nn.Module):
             out = self.g(x)
         return out.to(x.dtype)
 
+    @property
+    def grad_inputs(self) -> tuple[Tensor, ...]:
+        return tuple(getattr(self.g, "grad_inputs", ()))
+
 
 class InvertibleResidualBlock(Transform):
     """Residual block ``y = x + g(x)``, invertible when ``Lip(g) < 1`` (i-ResNet Theorem 1).
@@ -51,10 +56,18 @@ class InvertibleResidualBlock(Transform):
     (i-ResNet Algorithm 1) with the spectral layers frozen; in eval mode the certified
     ``Lip(g)`` gives the a-priori error bound of i-ResNet eq. (1) in the diagnostics.
 
+    With a conditional branch ``g(x, c)``
+    ([`ConditionalBranch`][iresnet.nn.conditional.ConditionalBranch]) the block is conditional,
+    ``y = x + g(x, c)``: ``forward``, ``inverse`` and ``inverse_with_diagnostics`` take the
+    contexts as ``c=`` ``(B, k)``; the log-det is that of the Jacobian in ``x`` only, and the
+    inverse solves for ``x`` at the given ``c``. The branch's bound in ``x`` holds for every
+    context, so the block is invertible for every context.
+
     Arguments:
         g: the residual branch, a samplewise ``nn.Module`` built from Lipschitz-constrained
             layers (e.g. [`mlp_branch`][iresnet.nn.branches.mlp_branch]) so that
-            ``Lip(g) < 1``.
+            ``Lip(g) < 1``, or a conditional one
+            ([`conditional_mlp_branch`][iresnet.nn.conditional.conditional_mlp_branch]).
         logdet: estimator of ``log det(I + J_g)`` (default
             [`PowerSeriesLogDet`][iresnet.ops.logdet.PowerSeriesLogDet]); the attribute
             ``logdet_estimator`` may be swapped any time (e.g. exact at evaluation, see
@@ -71,6 +84,8 @@ class InvertibleResidualBlock(Transform):
             a sample does not converge (with ``"warn"``, an ``InverseNotConvergedWarning``).
         RuntimeError: from ``inverse`` in eval mode when a convolution of ``g`` has not yet seen
             an input (its norm, needed for the a-priori bound, is unknown).
+        DataError: a conditional block called without contexts, an unconditional one with
+            contexts, or contexts whose batch does not match.
 
     References:
         - Behrmann et al., arXiv:1811.00995, sec. 2-3, Theorem 1, Algorithm 1.
@@ -104,18 +119,44 @@ class InvertibleResidualBlock(Transform):
         # set by ``set_branch_precision``.
         self.branch_dtype: torch.dtype | None = None
 
-    def _branch(self) -> nn.Module:
-        return self.g if self.branch_dtype is None else _AutocastBranch(self.g, self.branch_dtype)
+    @property
+    def conditional(self) -> bool:  # type: ignore[override]
+        """Whether the branch takes a context (a ``ConditionalBranch``)."""
+        return isinstance(self.g, ConditionalBranch)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def _bound(self, x: Tensor, c: Tensor | None, where: str) -> nn.Module:
+        """``g`` as a map of ``x`` alone: bound to the contexts ``c`` when conditional."""
+        if not self.conditional:
+            if c is not None:
+                raise DataError(f"{where}: this block is not conditional; call it without c=")
+            return self.g
+        if c is None:
+            raise DataError(
+                f"{where}: this block is conditional; pass the contexts as c=, shape "
+                f"(batch, {self.g.context})"
+            )
+        if c.dim() != 2 or c.shape[0] != x.shape[0]:
+            raise DataError(
+                f"{where}: expected contexts of shape ({x.shape[0]}, {self.g.context}), one per "
+                f"sample, got {tuple(c.shape)}"
+            )
+        return bind_context(self.g, c)  # type: ignore[arg-type]
+
+    def _branch(self, g: nn.Module) -> nn.Module:
+        return g if self.branch_dtype is None else _AutocastBranch(g, self.branch_dtype)
+
+    def forward(self, x: Tensor, c: Tensor | None = None) -> tuple[Tensor, Tensor]:
         check_input(x, "InvertibleResidualBlock", like=self.g)
-        gx, logdet = self.logdet_estimator(self._branch(), x)
+        g = self._bound(x, c, "InvertibleResidualBlock")
+        gx, logdet = self.logdet_estimator(self._branch(g), x)
         return x + gx, logdet
 
-    def inverse(self, y: Tensor) -> Tensor:
-        return self.inverse_with_diagnostics(y)[0]
+    def inverse(self, y: Tensor, c: Tensor | None = None) -> Tensor:
+        return self.inverse_with_diagnostics(y, c=c)[0]
 
-    def inverse_with_diagnostics(self, y: Tensor) -> tuple[Tensor, InverseReport]:
+    def inverse_with_diagnostics(
+        self, y: Tensor, c: Tensor | None = None
+    ) -> tuple[Tensor, InverseReport]:
         """The fixed-point inverse and the report of its one solve: its
         [`InverseDiagnostics`][iresnet.ops.fixed_point.InverseDiagnostics] and, in eval mode,
         the certified error of the computed ``x``: ``||y - x - g(x)|| / (1 - L)`` with the
@@ -124,22 +165,26 @@ class InvertibleResidualBlock(Transform):
         # In eval mode the certified L gives the a-priori Banach bound in the diagnostics; in
         # training mode the weights move every step and certifying each call would cost more.
         check_input(y, "InvertibleResidualBlock.inverse", like=self.g)
+        g = self._bound(y, c, "InvertibleResidualBlock.inverse")
         lipschitz = None
         if not self.training:
             with torch.no_grad():
-                self.g(y[:1])  # a convolution learns the input size its norm depends on
+                # a convolution learns the input size its norm depends on
+                self.g(y[:1], c[:1]) if c is not None else self.g(y[:1])
             lipschitz = self.lipschitz_bound()
         with frozen_normalisation(self.g):
             # The branch runs in full precision: a bf16 branch has a precision floor far above
             # the solver's tolerance.
             x, diagnostics = self.inverse_solver.solve(
-                self.g, y, lipschitz=lipschitz, where=type(self).__name__
+                g, y, lipschitz=lipschitz, where=type(self).__name__
             )
         if lipschitz is not None:
-            diagnostics.a_posteriori_bound = self._residual_bound(x, y, lipschitz)
+            diagnostics.a_posteriori_bound = self._residual_bound(g, x, y, lipschitz)
         return x, InverseReport([diagnostics], diagnostics.a_posteriori_bound)
 
-    def _residual_bound(self, x: Tensor, y: Tensor, lipschitz: float) -> Tensor | None:
+    def _residual_bound(
+        self, g: nn.Module, x: Tensor, y: Tensor, lipschitz: float
+    ) -> Tensor | None:
         """``||x - x*|| <= ||y - x - g(x)|| / (1 - L)`` per sample, the residual evaluated in
         float64 (``x -> x + g(x)`` shrinks distances by at most ``1 - L``), so the bound holds
         for the computed ``x`` whatever the rounding of the solve; a relative ``1e-9`` of the
@@ -147,7 +192,7 @@ class InvertibleResidualBlock(Transform):
         be evaluated in float64, or ``L >= 1``."""
         if not lipschitz < 1:
             return None
-        g64 = float64_forward(self.g, x.detach())
+        g64 = float64_forward(g, x.detach())
         if g64 is None:
             return None
         x64, y64 = x.detach().double(), y.detach().double()
@@ -165,7 +210,8 @@ class InvertibleResidualBlock(Transform):
         return 1.0 / (1.0 - lip) if lip < 1 else math.inf
 
     def lipschitz_bound(self) -> float:
-        """Upper bound of ``Lip(g)`` from its layers' norms in force now (``inf`` if unknown).
+        """Upper bound of ``Lip(g)`` from its layers' norms in force now (``inf`` if unknown);
+        for a conditional branch, of ``Lip_x(g(., c))`` for every context ``c``.
 
         See [`lipschitz_bound_of`][iresnet.nn.lipschitz.lipschitz_bound_of].
 

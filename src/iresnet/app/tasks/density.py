@@ -5,6 +5,10 @@ logit map of images, each with its log-det), so ``model.log_prob(x)`` is already
 log-density of the data in their own units: nats for vectors, and for images the density of
 the dequantised levels, ``bpd = -log p / (D log 2)``
 ([`bits_per_dim`][iresnet.transforms.bits_per_dim]).
+
+Conditional data (contexts from a file, a conditional toy, or class labels of images) trains
+``log p(x | c)``: a batch is ``(x, c)`` and every evaluation scores each point at its own
+context; conditional toys also report the gap to the truth at each of a few fixed contexts.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import math
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...certificate import certify
@@ -40,23 +45,51 @@ class DensityTask(Task):
         super().__init__(cfg, data, device)
         self.images = data.kind == "image"
         self.metric = "bpd" if self.images else "nll"
+        self.context_dim = data.context_dim
         width = data.dequantize_width
         self.cell = None if width is None else torch.tensor(width, dtype=torch.float64).to(device)
 
-    def batch(self, split: str, idx: Tensor) -> Tensor:
+    def contexts(self, split: str, idx: Tensor) -> Tensor | None:
+        """The contexts of the points ``idx`` of ``split`` as the flow takes them (in their own
+        units; class labels one-hot), or None for unconditional data."""
+        if not self.context_dim:
+            return None
+        if self.data.class_context:
+            labels = self.data.train_y if split == "train" else self.data.test_y
+            assert labels is not None
+            return self.one_hot(labels[idx])
+        source = self.data.train_c if split == "train" else self.data.test_c
+        assert source is not None
+        return source[idx].to(self.device, non_blocking=True)
+
+    def one_hot(self, labels: Tensor) -> Tensor:
+        """Class labels ``(n,)`` as one-hot contexts ``(n, n_classes)`` on the task's device."""
+        return F.one_hot(labels.long().to(self.device), self.context_dim).float()
+
+    def batch(self, split: str, idx: Tensor) -> Tensor | tuple[Tensor, Tensor]:
         source = self.data.train_x if split == "train" else self.data.test_x
         x = source[idx].to(self.device, non_blocking=True)
         if split == "train" and self.cell is not None:
             # Fresh uniform dequantisation each step (the test split holds one fixed draw).
             x = x + self.cell.to(x.dtype) * (torch.rand_like(x) - 0.5)
-        return x
+        c = self.contexts(split, idx)
+        return x if c is None else (x, c)
+
+    def log_prob(self, model: nn.Module, batch: Tensor | tuple[Tensor, Tensor]) -> Tensor:
+        """``log p(x)``, or ``log p(x | c)`` for a batch ``(x, c)``, in nats."""
+        if isinstance(batch, tuple):
+            x, c = batch
+            return model.log_prob(x, c.to(self.model_dtype(model)))
+        return model.log_prob(batch)
 
     def value(self, log_prob: Tensor) -> Tensor:
         """Per-sample loss values: bits/dim for images, the NLL in nats for vectors."""
         return bits_per_dim(log_prob, self.dim) if self.images else -log_prob
 
-    def loss(self, model: nn.Module, batch: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        value = self.value(model.log_prob(batch)).mean()
+    def loss(
+        self, model: nn.Module, batch: Tensor | tuple[Tensor, Tensor]
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        value = self.value(self.log_prob(model, batch)).mean()
         # The log-det values are estimates (never a gradient surrogate), so this is a likelihood.
         return value, {self.metric: value.detach()}
 
@@ -65,7 +98,10 @@ class DensityTask(Task):
     ) -> Tensor:
         """``log p`` of the test points (the one evaluation loop); call in eval mode."""
         return torch.cat(
-            [model.log_prob(b) for b in self.test_batches(self.eval_batch, max_batches, limit)]
+            [
+                self.log_prob(model, b)
+                for b in self.test_batches(self.eval_batch, max_batches, limit)
+            ]
         )
 
     def evaluate(self, model: nn.Module, max_batches: int | None = None) -> dict[str, float]:
@@ -102,7 +138,14 @@ class DensityTask(Task):
             out["dequantized_columns"] = len(cells)
             out["discrete_nll_bound"] = out["test_nll"] - math.fsum(math.log(w) for w in cells)
         out["entropy_gap"] = out["entropy_gap_se"] = out["true_entropy"] = None
-        if self.data.true_log_density is not None:
+        if self.data.true_conditional_log_density is not None:
+            # E_c KL(p(.|c) || q(.|c)) on the test pairs, and KL at each reporting context.
+            n = logps.shape[0]
+            test_x, test_c = self.data.test_x[:n].double(), self.data.test_c[:n].double()  # type: ignore[index]
+            truth = self.data.true_conditional_log_density(test_x, test_c).to(logps.device)
+            out["entropy_gap"], out["entropy_gap_se"] = mean_se(truth - logps.double())
+            out.update(self.kl_per_context(model, estimator))
+        elif self.data.true_log_density is not None:
             # KL(p || q) = E_p[log p - log q], estimated on the test draws from p (paired, so
             # the standard error is that of the difference, not of two separate means).
             test_x = self.data.test_x[: logps.shape[0]]
@@ -118,12 +161,46 @@ class DensityTask(Task):
         out["certificate"] = cert.to_dict()
         return out
 
+    def kl_per_context(
+        self, model: nn.Module, estimator: Any, n: int = 4096, seed: int = 0
+    ) -> dict[str, Any]:
+        """``KL(p(.|c) || q(.|c))`` in nats at each of the data's reporting contexts, from
+        ``n`` fresh draws of the truth per context (seeded), with standard errors; and their
+        mean over the contexts (its SE from the independent per-context SEs)."""
+        assert self.data.sample_given is not None and self.data.report_contexts is not None
+        assert self.data.true_conditional_log_density is not None
+        g = torch.Generator().manual_seed(seed)
+        rows = []
+        dtype = self.model_dtype(model)
+        with evaluating(model), swap_logdets(model, estimator):
+            for c in self.data.report_contexts:
+                cs = c.expand(n, -1).double()
+                x = self.data.sample_given(cs, g)
+                truth = self.data.true_conditional_log_density(x, cs)
+                q = model.log_prob(x.to(self.device, dtype), cs.to(self.device, dtype))
+                kl, se = mean_se(truth - q.double().cpu())
+                rows.append({"context": c.tolist(), "kl": kl, "kl_se": se})
+        mean = sum(r["kl"] for r in rows) / len(rows)
+        se = math.sqrt(sum(r["kl_se"] ** 2 for r in rows)) / len(rows)
+        return {
+            "kl_mean_over_contexts": mean,
+            "kl_mean_over_contexts_se": se,
+            "kl_per_context": rows,
+        }
+
     def reconstruct(self, model: Flow, n: int) -> tuple[Tensor, Tensor, InverseReport]:
         """The first ``n`` test points ``x`` in the flow's continuous input space (data units;
-        images: cell midpoints in ``[0, 1)``), ``f^{-1}(f(x))`` and the solver diagnostics."""
+        images: cell midpoints in ``[0, 1)``), ``f^{-1}(f(x))`` and the solver diagnostics
+        (at each point's context for conditional data)."""
+        n = min(n, self.data.test_x.shape[0])
         with evaluating(model):
             body, x = continuous_part(model.transform, self.data.test_x[:n].to(self.device))
-            rec, diagnostics = body.inverse_with_diagnostics(body(x)[0])
+            c = self.contexts("test", torch.arange(n))
+            if c is None:
+                rec, diagnostics = body.inverse_with_diagnostics(body(x)[0])
+            else:
+                cs = model.check_context(c.to(self.model_dtype(model)), "reconstruct")
+                rec, diagnostics = body.inverse_with_diagnostics(body(x, c=cs)[0], c=cs)
         return x, rec, diagnostics
 
     def inverse_check(self, model: Flow, n: int) -> dict[str, Any]:
@@ -134,10 +211,36 @@ class DensityTask(Task):
             **inverse_summary(diagnostics),
         }
 
-    def sample(self, model: Flow, n: int, temperature: float = 1.0) -> tuple[Tensor, InverseReport]:
+    def default_contexts(self) -> Tensor | None:
+        """The contexts ``sample`` uses when none are given: every class (class-conditional
+        images), the reporting contexts of a conditional toy, else the first test context."""
+        if not self.context_dim:
+            return None
+        if self.data.class_context:
+            return self.one_hot(torch.arange(self.context_dim))
+        if self.data.report_contexts is not None:
+            return self.data.report_contexts.to(self.device)
+        assert self.data.test_c is not None
+        return self.data.test_c[:1].to(self.device)
+
+    def sample(
+        self, model: Flow, n: int, temperature: float = 1.0, contexts: Tensor | None = None
+    ) -> tuple[Tensor, InverseReport]:
         """Samples in data units and the diagnostics; images: the dequantised sample (before
-        rounding to levels), in ``[0, 1]``."""
+        rounding to levels), in ``[0, 1]``. Conditional data: ``n`` samples at each row of
+        ``contexts`` ``(m, k)`` (default ``default_contexts``), grouped by context:
+        ``(m * n, *event)``."""
+        if self.context_dim and contexts is None:
+            contexts = self.default_contexts()
         with evaluating(model):
-            z = model.sample_latent(n, temperature)
-            x, diagnostics = after_dequantize(model.transform).inverse_with_diagnostics(z)
+            if contexts is None:
+                z = model.sample_latent(n, temperature)
+                x, diagnostics = after_dequantize(model.transform).inverse_with_diagnostics(z)
+            else:
+                m = contexts.shape[0]
+                z = model.sample_latent(n * m, temperature)
+                c = contexts.to(self.device, self.model_dtype(model)).repeat_interleave(n, 0)
+                cs = model.check_context(c, "sample")
+                body = after_dequantize(model.transform)
+                x, diagnostics = body.inverse_with_diagnostics(z, c=cs)
         return (x.clamp(0, 1) if self.images else x), diagnostics
