@@ -558,3 +558,14 @@ def test_plain_convolutions_with_copying_padding_are_not_certified(mode):
         conv.weight[0, 0, ::2, ::2] = 0.24
     cert = iresnet.certify(iresnet.InvertibleResidualBlock(nn.Sequential(conv)).eval())
     assert not cert.invertible and cert.blocks[0].methods == "unknown"
+
+
+def test_a_convolution_that_saw_no_input_is_certified_unknown_not_a_crash():
+    """Found by the conditional-flows session: certify on a fresh conv flow raised IndexError."""
+    import iresnet
+
+    flow = iresnet.MultiscaleResidualFlow((1, 8, 8), scales=1, blocks=1, hidden_channels=(4,))
+    cert = iresnet.certify(flow.eval())
+    assert not cert.invertible and cert.max_bound == float("inf")
+    flow.log_prob(torch.zeros(2, 1, 8, 8))  # the convolutions learn their input size
+    assert iresnet.certify(flow).invertible

@@ -471,8 +471,12 @@ class _SpectralNormMixin:
         keeps its values.
 
         Returns:
-            A [`Bound`][iresnet.nn.bounds.Bound] with a 0-d float64 value.
+            A [`Bound`][iresnet.nn.bounds.Bound] with a 0-d float64 value; ``inf`` (method
+            ``"unknown input size"``) for a convolution that has not seen an input yet, whose
+            norm depends on the size it will see.
         """
+        if self.v.numel() == 0:
+            return Bound(torch.tensor(math.inf, dtype=torch.float64), "unknown input size")
         with torch.no_grad(), frozen_normalisation(self):  # type: ignore[arg-type]
             w_hat = self.normalized_weight().detach().double()
         key = (self.training, self.norm, tuple(self.v.shape))
