@@ -38,6 +38,24 @@ def _conv_block() -> Transform:
     return iresnet.InvertibleResidualBlock(g, logdet=iresnet.ExactLogDet(), inverse=_solver())
 
 
+def _dense_mlp_block() -> Transform:
+    g = iresnet.nn.dense_branch(3, growth=4, depth=2, coeff=0.9)
+    scale_weights(g, 3.0)
+    return iresnet.InvertibleResidualBlock(g, logdet=iresnet.ExactLogDet(), inverse=_solver())
+
+
+def _dense_conv_block() -> Transform:
+    g = iresnet.nn.dense_branch(2, growth=4, depth=2, conv=True, coeff=0.9)
+    scale_weights(g, 3.0)
+    return iresnet.InvertibleResidualBlock(g, logdet=iresnet.ExactLogDet(), inverse=_solver())
+
+
+def _clipswish_conv_block() -> Transform:
+    g = iresnet.nn.conv_branch(2, (4,), activation="clipswish", preact=True, coeff=0.9)
+    scale_weights(g, 3.0)
+    return iresnet.InvertibleResidualBlock(g, logdet=iresnet.ExactLogDet(), inverse=_solver())
+
+
 def _composed() -> Transform:
     return iresnet.ComposedTransform(iresnet.ActNorm(2), iresnet.Squeeze(2), _conv_block_8())
 
@@ -55,6 +73,9 @@ def _on_active() -> Transform:
 TRANSFORMS: dict[str, tuple[Callable[[], Transform], tuple[int, ...]]] = {
     "residual_block_mlp": (_mlp_block, (3,)),
     "residual_block_conv": (_conv_block, (2, 4, 4)),
+    "residual_block_dense_mlp": (_dense_mlp_block, (3,)),
+    "residual_block_dense_conv": (_dense_conv_block, (2, 4, 4)),
+    "residual_block_clipswish": (_clipswish_conv_block, (2, 4, 4)),
     "actnorm_vector": (lambda: iresnet.ActNorm(3), (3,)),
     "actnorm_image": (lambda: iresnet.ActNorm(2), (2, 4, 4)),
     "squeeze": (lambda: iresnet.Squeeze(2), (2, 4, 4)),
@@ -200,6 +221,29 @@ def _multiscale() -> nn.Module:
     )
 
 
+def _residual_flow_dense() -> nn.Module:
+    return iresnet.ResidualFlow(
+        3, transforms=2, branch="dense", dense_growth=4, dense_depth=2, inverse=_solver()
+    )
+
+
+def _multiscale_dense() -> nn.Module:
+    return iresnet.MultiscaleResidualFlow(
+        (1, 4, 4),
+        scales=2,
+        blocks=1,
+        branch="dense",
+        dense_growth=4,
+        dense_depth=2,
+        activation="clipswish",
+        logdet="exact",
+        fc_blocks=1,
+        fc_hidden_features=(8,),
+        logit_alpha=0.05,
+        inverse=_solver(),
+    )
+
+
 def _classifier() -> nn.Module:
     return iresnet.InvertibleClassifier((1, 4, 4), 3, hidden_channels=4, inverse=_solver())
 
@@ -215,6 +259,8 @@ FAMILIES: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "ResidualFlow": (_residual_flow, (3,)),
     "ResidualFlow-roulette": (_residual_flow_roulette, (3,)),
     "MultiscaleResidualFlow": (_multiscale, (1, 4, 4)),
+    "ResidualFlow-dense": (_residual_flow_dense, (3,)),
+    "MultiscaleResidualFlow-dense": (_multiscale_dense, (1, 4, 4)),
     "InvertibleClassifier": (_classifier, (1, 4, 4)),
     "HybridClassifier": (_hybrid, (1, 4, 4)),
 }
@@ -317,7 +363,10 @@ def test_family_train_and_eval_agree(family):
         torch.testing.assert_close(u, v, rtol=1e-9, atol=1e-9)
 
 
-@pytest.mark.parametrize("name", ["ResidualFlow", "MultiscaleResidualFlow", "HybridClassifier"])
+@pytest.mark.parametrize(
+    "name",
+    ["ResidualFlow", "MultiscaleResidualFlow", "HybridClassifier", "MultiscaleResidualFlow-dense"],
+)
 def test_certified_reconstruction_error_bounds_the_true_error(name):
     """A loose solver (``atol = 1e-3``) leaves visible errors; the certified bound composed
     through the whole inverse (blocks, ActNorms, squeezes, factor-out, the logit map) must

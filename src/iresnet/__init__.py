@@ -26,6 +26,8 @@ from .errors import (
 )
 from .flows import Flow, FlowDistribution, MultiscaleResidualFlow, ResidualFlow, StandardNormal
 from .nn import (
+    CLipSwish,
+    DenseLayer,
     LipELU,
     LipSwish,
     SpectralConv2d,
@@ -61,11 +63,13 @@ __version__ = "0.2.0"
 __all__ = [
     "ActNorm",
     "BlockCertificate",
+    "CLipSwish",
     "Certificate",
     "CheckpointError",
     "ComposedTransform",
     "ConfigError",
     "DataError",
+    "DenseLayer",
     "Dequantize",
     "ExactLogDet",
     "FixedPointInverse",

@@ -18,7 +18,7 @@ from ..classifiers import HybridClassifier, InvertibleClassifier
 from ..datasets import DataBundle, Standardizer, load_dataset
 from ..errors import ConfigError
 from ..flows import MultiscaleResidualFlow, ResidualFlow
-from ..nn import LipELU, LipSwish
+from ..nn import CLipSwish, LipELU, LipSwish
 from ..ops import (
     ExactLogDet,
     FixedPointInverse,
@@ -48,6 +48,9 @@ FAMILY_ARGS = {
     "hidden_features": "model.hidden",
     "fc_blocks": "model.fc_blocks",
     "coeff": "model.coeff",
+    "branch": "model.branch",
+    "growth": "model.dense_growth",
+    "dense_coeff": "model.dense_coeff",
 }
 
 
@@ -120,6 +123,8 @@ def _common(cfg: ModelConfig) -> dict[str, Any]:
     norm = cfg.lipschitz_norm if cfg.constrained else "none"
     if cfg.activation == "lipswish":
         act: Any = functools.partial(LipSwish, cfg.lipswish_beta)
+    elif cfg.activation == "clipswish":
+        act = functools.partial(CLipSwish, cfg.lipswish_beta)
     else:
         act = LipELU
     return {
@@ -157,6 +162,16 @@ def _config_words(message: str) -> str:
     return f"cannot build the model: {message}{hint}"
 
 
+def _branch(cfg: ModelConfig) -> dict[str, Any]:
+    """The flows' branch keywords (the classifiers have plain branches only)."""
+    return {
+        "branch": cfg.branch,
+        "dense_growth": cfg.dense_growth,
+        "dense_depth": cfg.dense_depth,
+        "dense_coeff": cfg.dense_coeff,
+    }
+
+
 def _build(cfg: ModelConfig, data: DataBundle, shape: tuple[int, ...], alpha: float) -> nn.Module:
     common = _common(cfg)
     dim = math.prod(shape)
@@ -174,6 +189,7 @@ def _build(cfg: ModelConfig, data: DataBundle, shape: tuple[int, ...], alpha: fl
             logdet=build_logdet(cfg, dim),
             actnorm=cfg.actnorm,
             standardize=(std.mean, std.std) if std is not None else None,
+            **_branch(cfg),
             **common,
         )
     if len(shape) != 3:
@@ -193,6 +209,7 @@ def _build(cfg: ModelConfig, data: DataBundle, shape: tuple[int, ...], alpha: fl
             fc_hidden_features=(cfg.fc_hidden,) * (cfg.n_layers - 1),
             levels=levels,
             logit_alpha=alpha,
+            **_branch(cfg),
             **common,
         )
     stages = {

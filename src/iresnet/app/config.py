@@ -21,7 +21,8 @@ __all__ = ["ModelConfig", "DataConfig", "TrainConfig", "Config", "SECTIONS"]
 
 MODEL_KINDS = ("toy", "iresnet-image", "resflow-image", "classifier", "hybrid")
 LOGDETS = ("exact", "series", "roulette")
-ACTIVATIONS = ("lipswish", "elu")
+ACTIVATIONS = ("lipswish", "elu", "clipswish")
+BRANCHES = ("plain", "dense")
 
 
 @dataclass
@@ -44,7 +45,8 @@ class ModelConfig:
         n_blocks: residual blocks (toy: in total; images: per scale).
         hidden: hidden width (units for MLPs, channels for convolutions).
         n_layers: linear/conv layers inside each residual branch ``g`` (>= 2).
-        activation: ``lipswish`` or ``elu``.
+        activation: ``lipswish``, ``elu`` or ``clipswish`` (concatenated LipSwish of
+            i-DenseNet: twice the width out, 1-Lipschitz).
         lipswish_beta: initial LipSwish ``beta``; a sharper activation (larger ``beta``) lets
             small pre-activations bend, which helps narrow 2-D models leave the Gaussian plateau.
         actnorm: ActNorm before every block.
@@ -63,6 +65,10 @@ class ModelConfig:
             else (classifiers: before the padding), the i-ResNet code's ``init_ds=2``; makes
             the first stage four times cheaper on 28x28 images. Image flows of the i-ResNet
             kind squeeze first anyway where there is room.
+        branch: toy and image flows: ``plain`` (the MLP / CNN branch) or ``dense``
+            (i-DenseNet's dense branch: ``dense_depth`` dense layers adding ``dense_growth``
+            features each, concatenation weights of norm ``dense_coeff``; ``hidden`` and
+            ``n_layers`` then set only the fc blocks).
         head_pool: classifiers: the head average-pools the features to a ``head_pool x
             head_pool`` grid before its linear layer (1: global average pooling, the paper's).
     """
@@ -97,12 +103,17 @@ class ModelConfig:
     n_classes: int = 10
     init_squeeze: bool = False
     head_pool: int = 1
+    branch: str = "plain"
+    dense_depth: int = 3
+    dense_growth: int = 32
+    dense_coeff: float = 0.98
 
     def validate(self) -> None:
         """Raise [`ConfigError`][iresnet.errors.ConfigError] on an out-of-range or unknown value."""
         _choice("model.kind", self.kind, MODEL_KINDS)
         _choice("model.logdet", self.logdet, LOGDETS)
         _choice("model.activation", self.activation, ACTIVATIONS)
+        _choice("model.branch", self.branch, BRANCHES)
         _choice("model.probe", self.probe, ("gaussian", "rademacher"))
         _choice(
             "model.lipschitz_norm",
@@ -111,6 +122,12 @@ class ModelConfig:
         )
         if not 0.0 < self.coeff <= 1.0:
             raise ConfigError(f"model.coeff must lie in (0, 1], got {self.coeff}")
+        if not 0.0 < self.dense_coeff <= 1.0:
+            raise ConfigError(f"model.dense_coeff must lie in (0, 1], got {self.dense_coeff}")
+        if self.branch == "dense" and self.activation == "clipswish" and self.dense_growth % 2:
+            raise ConfigError(
+                f"model.dense_growth must be even with clipswish, got {self.dense_growth}"
+            )
         if not 0.0 < self.roulette_p < 1.0:
             raise ConfigError(f"model.roulette_p must lie in (0, 1), got {self.roulette_p}")
         for name in (
@@ -125,6 +142,8 @@ class ModelConfig:
             "fc_hidden",
             "n_classes",
             "head_pool",
+            "dense_depth",
+            "dense_growth",
         ):
             _positive(f"model.{name}", getattr(self, name))
         _at_least("model.n_layers", self.n_layers, 2)

@@ -10,13 +10,27 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..nn import mlp_branch
+from ..nn import dense_branch, mlp_branch
 from ..nn.branches import Activation
 from ..ops import FixedPointInverse, LogDetEstimator, logdet_estimator
 from ..transforms import ActNorm, InvertibleResidualBlock, Standardize, Transform
 from .flow import Flow
 
-__all__ = ["ResidualFlow", "check_context"]
+__all__ = ["BRANCHES", "ResidualFlow", "check_branch", "check_context"]
+
+BRANCHES = ("plain", "dense")
+"""Branch kinds of the families: ``"plain"`` (the MLP / CNN of i-ResNet and Residual Flows) or
+``"dense"`` (i-DenseNet's, [`dense_branch`][iresnet.nn.dense.dense_branch])."""
+
+
+def check_branch(branch: str) -> None:
+    """Refuse an unknown branch kind with one line.
+
+    Raises:
+        ValueError: ``branch`` not in [`BRANCHES`][iresnet.flows.residual_flow.BRANCHES].
+    """
+    if branch not in BRANCHES:
+        raise ValueError(f"branch must be one of {BRANCHES}, got {branch!r}")
 
 
 def check_context(context: int) -> None:
@@ -63,6 +77,11 @@ class ResidualFlow(Flow):
             [`Standardize`][iresnet.transforms.preprocess.Standardize] first, so densities are
             in the data's own units.
         validate: check ``log_prob`` inputs for NaN/Inf.
+        branch: ``"plain"`` (the MLP above) or ``"dense"``: i-DenseNet's branch
+            ([`dense_branch`][iresnet.nn.dense.dense_branch]) of ``dense_depth`` dense layers
+            adding ``dense_growth`` features each, ``Lip(g) <= coeff * dense_coeff^dense_depth``
+            (``hidden_features`` is then unused).
+        dense_growth, dense_depth, dense_coeff: the dense branch's settings.
 
     Shapes:
         ``x``: ``(B, features)``; ``log_prob(x)``: ``(B,)``, in nats (in the data's own units
@@ -70,7 +89,8 @@ class ResidualFlow(Flow):
 
     Raises:
         ValueError: ``context != 0`` or an invalid setting (``features < 1``, ``transforms < 0``,
-            an unknown ``logdet``, ``activation`` or ``norm``, ``coeff`` outside ``(0, 1]``).
+            an unknown ``logdet``, ``activation``, ``norm`` or ``branch``, ``coeff`` outside
+            ``(0, 1]``).
 
     Examples:
         >>> import torch, iresnet
@@ -97,8 +117,13 @@ class ResidualFlow(Flow):
         n_power_iterations: int = 1,
         standardize: tuple[Sequence[float], Sequence[float]] | None = None,
         validate: bool = True,
+        branch: str = "plain",
+        dense_growth: int = 32,
+        dense_depth: int = 3,
+        dense_coeff: float = 0.98,
     ) -> None:
         check_context(context)
+        check_branch(branch)
         if features < 1 or transforms < 0:
             raise ValueError(
                 f"need features >= 1 and transforms >= 0, got {features}, {transforms}"
@@ -115,14 +140,22 @@ class ResidualFlow(Flow):
         for _ in range(transforms):
             if actnorm:
                 steps.append(ActNorm(features))
-            g = mlp_branch(
-                features,
-                hidden_features,
-                activation=activation,
-                norm=norm,
-                coeff=coeff,
-                n_power_iterations=n_power_iterations,
-            )
+            options = {
+                "activation": activation,
+                "norm": norm,
+                "coeff": coeff,
+                "n_power_iterations": n_power_iterations,
+            }
+            if branch == "dense":
+                g = dense_branch(
+                    features,
+                    dense_growth,
+                    dense_depth,
+                    dense_coeff=dense_coeff,
+                    **options,  # type: ignore[arg-type]
+                )
+            else:
+                g = mlp_branch(features, hidden_features, **options)  # type: ignore[arg-type]
             steps.append(InvertibleResidualBlock(g, logdet=estimator, inverse=solver))
         if actnorm:
             steps.append(ActNorm(features))

@@ -1,7 +1,8 @@
 """Lipschitz-constrained layers, 1-Lipschitz activations and residual-branch builders.
 
 Everything is re-exported here from the modules ``spectral`` (spectral normalisation),
-``activations``, ``branches`` (MLP and CNN branches ``g`` from keyword arguments),
+``activations``, ``branches`` (MLP and CNN branches ``g`` from keyword arguments), ``dense``
+(the i-DenseNet branch),
 ``lipschitz`` (bounds by composition) and ``bounds`` (provable operator-norm bounds: Gram
 iteration, convolutions through the DFT, exact SVDs).
 
@@ -13,7 +14,15 @@ Examples:
     (torch.Size([5, 2]), True)
 """
 
-from .activations import ACTIVATIONS, LipELU, LipSwish, activation_factory
+from .activations import (
+    ACTIVATIONS,
+    CLIPSWISH_CONSTANT,
+    CLipSwish,
+    LipELU,
+    LipSwish,
+    activation_factory,
+    expansion_of,
+)
 from .bounds import (
     GRAM_ITERATIONS,
     Bound,
@@ -23,6 +32,7 @@ from .bounds import (
     linear_operator_bound,
 )
 from .branches import BRANCH_NORMS, conv_branch, conv_layer, linear_layer, mlp_branch
+from .dense import DenseLayer, dense_branch
 from .lipschitz import LayerBound, conv_tap_bound, layer_bounds, lipschitz_bound_of
 from .spectral import (
     NORMS,
@@ -38,6 +48,9 @@ __all__ = [
     "ACTIVATIONS",
     "BRANCH_NORMS",
     "Bound",
+    "CLIPSWISH_CONSTANT",
+    "CLipSwish",
+    "DenseLayer",
     "GRAM_ITERATIONS",
     "LayerBound",
     "NORMS",
@@ -51,6 +64,8 @@ __all__ = [
     "conv_branch",
     "conv_layer",
     "conv_tap_bound",
+    "dense_branch",
+    "expansion_of",
     "frozen_normalisation",
     "gram_iteration_bound",
     "layer_bounds",

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from .activations import ONE_LIPSCHITZ_ACTIVATIONS
+from .dense import DenseLayer
 from .spectral import _SpectralNormMixin
 
 __all__ = ["LayerBound", "conv_tap_bound", "layer_bounds", "lipschitz_bound_of"]
@@ -53,7 +54,9 @@ def lipschitz_bound_of(module: nn.Module) -> float:
 
     A module with a ``lipschitz_bound()`` method: its value (the spectral layers give their
     operator norm, see [`SpectralLinear`][iresnet.nn.spectral.SpectralLinear]).
-    ``nn.Sequential``: the product of its children's bounds. Plain ``nn.Linear``: its exact
+    ``nn.Sequential``: the product of its children's bounds.
+    [`DenseLayer`][iresnet.nn.dense.DenseLayer]: ``sqrt(eta_1^2 + eta_2^2 Lip(h)^2)`` with
+    ``Lip(h)`` bounded by composition (i-DenseNet eq. (8)). Plain ``nn.Linear``: its exact
     spectral norm (float64 SVD); plain ``nn.Conv2d`` with zero padding:
     [`conv_tap_bound`][iresnet.nn.lipschitz.conv_tap_bound] (the other padding modes copy
     entries, so a tap can expand norms: not certified); ELU and LeakyReLU: their largest
@@ -89,7 +92,9 @@ class LayerBound:
         method: ``"svd"`` (an exact SVD: a linear layer, or the explicit matrix of a small
             convolution), ``"fft-svd"`` / ``"fft-gram"`` (a convolution's circular embedding),
             ``"gram"``, ``"frobenius"``, ``"tap"`` (a plain convolution's tap bound),
-            ``"slope"`` (an activation) or ``"unknown"``.
+            ``"slope"`` (an activation), ``"dense[...]"`` (a
+            [`DenseLayer`][iresnet.nn.dense.DenseLayer]: ``sqrt(eta_1^2 + eta_2^2 Lip(h)^2)``
+            with the methods that bounded ``h`` in brackets) or ``"unknown"``.
     """
 
     name: str
@@ -120,6 +125,12 @@ def layer_bounds(module: nn.Module, prefix: str = "") -> list[LayerBound]:
     if isinstance(module, _SpectralNormMixin):
         b = module.bound()
         return [LayerBound(prefix, float(b.value), b.method)]
+    if isinstance(module, DenseLayer):
+        # sqrt(eta_1^2 + eta_2^2 Lip(h)^2), Lip(h) from h's own layers (i-DenseNet eq. (8)).
+        inner = layer_bounds(module.network, f"{prefix}.network" if prefix else "network")
+        methods = sorted({b.method for b in inner if b.method != "slope"})
+        bound = module.bound_given(math.prod(b.bound for b in inner))
+        return [LayerBound(prefix, bound, f"dense[{'+'.join(methods) or 'slope'}]")]
     if hasattr(module, "lipschitz_bound") and callable(module.lipschitz_bound):
         return [LayerBound(prefix, float(module.lipschitz_bound()), "slope")]
     if isinstance(module, nn.Sequential):

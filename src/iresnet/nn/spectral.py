@@ -865,6 +865,9 @@ def float64_forward(module: nn.Module, x: Tensor) -> Tensor | None:
     x = x.double()
     if isinstance(module, _SpectralNormMixin):
         return module.forward_float64(x)
+    composite = getattr(module, "float64_forward", None)
+    if callable(composite):  # a layer built of others (a DenseLayer): it evaluates its parts
+        return composite(x, float64_forward)
     if isinstance(module, nn.Sequential):
         for child in module:
             x = float64_forward(child, x)  # type: ignore[assignment]
