@@ -23,6 +23,7 @@ from .errors import (
     InverseNotConvergedError,
     InverseNotConvergedWarning,
     IResNetError,
+    RouletteVarianceWarning,
 )
 from .flows import Flow, FlowDistribution, MultiscaleResidualFlow, ResidualFlow, StandardNormal
 from .nn import (
@@ -89,6 +90,7 @@ __all__ = [
     "MultiscaleResidualFlow",
     "PowerSeriesLogDet",
     "ResidualFlow",
+    "RouletteVarianceWarning",
     "RussianRouletteLogDet",
     "SpectralConv2d",
     "SpectralLinear",

@@ -84,9 +84,11 @@ def build_logdet(cfg: ModelConfig, dim: int) -> LogDetEstimator:
             neumann_gradient=cfg.neumann_gradient,
             memory_efficient=cfg.memory_efficient,
         )
+    auto = cfg.logdet == "roulette-auto"  # p and n_exact: chosen by the family per block
     return RussianRouletteLogDet(
-        p=cfg.roulette_p,
-        n_exact=cfg.n_exact,
+        p=None if auto else cfg.roulette_p,
+        n_exact=None if auto else cfg.n_exact,
+        auto=auto,
         n_probes=cfg.n_probes,
         probe=cfg.probe,  # type: ignore[arg-type]
         neumann_gradient=cfg.neumann_gradient,

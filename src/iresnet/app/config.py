@@ -20,7 +20,7 @@ from ..errors import ConfigError
 __all__ = ["ModelConfig", "DataConfig", "TrainConfig", "Config", "SECTIONS"]
 
 MODEL_KINDS = ("toy", "iresnet-image", "resflow-image", "classifier", "hybrid")
-LOGDETS = ("exact", "series", "roulette")
+LOGDETS = ("exact", "series", "roulette", "roulette-auto")
 ACTIVATIONS = ("lipswish", "elu", "clipswish")
 BRANCHES = ("plain", "dense")
 
@@ -51,7 +51,10 @@ class ModelConfig:
             small pre-activations bend, which helps narrow 2-D models leave the Gaussian plateau.
         actnorm: ActNorm before every block.
         n_power_iterations: power-iteration steps per training call.
-        logdet: ``exact``, ``series`` (i-ResNet power series) or ``roulette`` (Residual Flows).
+        logdet: ``exact``, ``series`` (i-ResNet power series), ``roulette`` (Residual Flows) or
+            ``roulette-auto`` (toy and image flows: the roulette with ``p`` and ``n_exact``
+            chosen from each block's design bound so its variance is finite; ``roulette_p`` and
+            ``n_exact`` are then unused).
         n_terms: series terms; n_exact: roulette's always-computed terms; roulette_p: geometric p.
         n_probes, probe: Hutchinson probes per call and their distribution.
         neumann_gradient, memory_efficient: gradient estimator and backward mode of the series.
@@ -124,6 +127,11 @@ class ModelConfig:
             raise ConfigError(f"model.coeff must lie in (0, 1], got {self.coeff}")
         if not 0.0 < self.dense_coeff <= 1.0:
             raise ConfigError(f"model.dense_coeff must lie in (0, 1], got {self.dense_coeff}")
+        if self.logdet == "roulette-auto" and self.kind in ("classifier", "hybrid"):
+            raise ConfigError(
+                "model.logdet=roulette-auto is for the flows (toy, iresnet-image, resflow-image); "
+                "use roulette for the hybrid"
+            )
         if self.branch == "dense" and self.activation == "clipswish" and self.dense_growth % 2:
             raise ConfigError(
                 f"model.dense_growth must be even with clipswish, got {self.dense_growth}"

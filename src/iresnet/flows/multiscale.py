@@ -41,7 +41,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from ..nn import conv_branch, dense_branch, mlp_branch
+from ..nn import conv_branch, dense_branch, design_bound_of, mlp_branch
 from ..nn.branches import Activation
 from ..ops import FixedPointInverse, LogDetEstimator, logdet_estimator
 from ..transforms import (
@@ -55,7 +55,7 @@ from ..transforms import (
     Transform,
 )
 from .flow import Flow
-from .residual_flow import check_branch, check_context
+from .residual_flow import check_branch, check_context, check_logdet
 
 __all__ = ["MultiscaleResidualFlow", "check_image_shape"]
 
@@ -144,7 +144,9 @@ class MultiscaleResidualFlow(Flow):
         hidden_channels: channels between the convolutions of each branch.
         coeff: the Lipschitz coefficient ``c`` of every convolution, in ``(0, 1]``.
         activation: ``"lipswish"``, ``"elu"`` or a factory of 1-Lipschitz modules.
-        logdet: ``"exact"``, ``"series"``, ``"roulette"`` or a
+        logdet: ``"exact"``, ``"series"``, ``"roulette"``, ``"roulette-auto"`` (chosen per
+            block from its design bound, finite variance; see
+            [`RussianRouletteLogDet`][iresnet.ops.logdet.RussianRouletteLogDet]) or a
             [`LogDetEstimator`][iresnet.ops.logdet.LogDetEstimator] shared by the blocks. With
             the default roulette, ``log_prob`` is an unbiased random estimate in eval mode too;
             evaluate with [`swap_logdets`][iresnet.transforms.residual.swap_logdets] (``"exact"``
@@ -218,6 +220,7 @@ class MultiscaleResidualFlow(Flow):
     ) -> None:
         check_context(context)
         check_branch(branch)
+        check_logdet(logdet)
         if scales < 1 or blocks < 0 or fc_blocks < 0:
             raise ValueError(
                 f"need scales >= 1, blocks >= 0, fc_blocks >= 0; got {scales}, {blocks}, "
@@ -248,7 +251,11 @@ class MultiscaleResidualFlow(Flow):
                 stack.add(ActNorm(stack.shape[0]))
 
         def block(g: object) -> None:
-            est = logdet_estimator(logdet, math.prod(stack.shape))
+            est = logdet_estimator(
+                logdet,
+                math.prod(stack.shape),
+                lipschitz=design_bound_of(g),  # type: ignore[arg-type]
+            )
             stack.add(InvertibleResidualBlock(g, logdet=est, inverse=solver))  # type: ignore[arg-type]
             stack.n_blocks += 1
 

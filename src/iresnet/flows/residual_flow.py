@@ -10,17 +10,27 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..nn import dense_branch, mlp_branch
+from ..nn import dense_branch, design_bound_of, mlp_branch
 from ..nn.branches import Activation
-from ..ops import FixedPointInverse, LogDetEstimator, logdet_estimator
+from ..ops import LOGDETS, FixedPointInverse, LogDetEstimator, logdet_estimator
 from ..transforms import ActNorm, InvertibleResidualBlock, Standardize, Transform
 from .flow import Flow
 
-__all__ = ["BRANCHES", "ResidualFlow", "check_branch", "check_context"]
+__all__ = ["BRANCHES", "ResidualFlow", "check_branch", "check_context", "check_logdet"]
 
 BRANCHES = ("plain", "dense")
 """Branch kinds of the families: ``"plain"`` (the MLP / CNN of i-ResNet and Residual Flows) or
 ``"dense"`` (i-DenseNet's, [`dense_branch`][iresnet.nn.dense.dense_branch])."""
+
+
+def check_logdet(logdet: str | LogDetEstimator) -> None:
+    """Refuse an unknown log-det name before any block is built.
+
+    Raises:
+        ValueError: a string not in [`LOGDETS`][iresnet.ops.logdet.LOGDETS].
+    """
+    if isinstance(logdet, str) and logdet not in LOGDETS:
+        raise ValueError(f"logdet must be one of {LOGDETS} or a LogDetEstimator, got {logdet!r}")
 
 
 def check_branch(branch: str) -> None:
@@ -64,9 +74,13 @@ class ResidualFlow(Flow):
         hidden_features: hidden sizes of each branch ``g``.
         coeff: the Lipschitz coefficient ``c`` of every linear layer, in ``(0, 1]``.
         activation: ``"lipswish"``, ``"elu"`` or a factory of 1-Lipschitz modules.
-        logdet: ``"exact"``, ``"series"``, ``"roulette"`` or a
-            [`LogDetEstimator`][iresnet.ops.logdet.LogDetEstimator] (shared by all blocks); see
-            [`logdet_estimator`][iresnet.ops.logdet.logdet_estimator].
+        logdet: ``"exact"``, ``"series"``, ``"roulette"``, ``"roulette-auto"`` (``p`` and
+            ``n_exact`` chosen from the blocks' design bound ``Lip(g) <= coeff^n`` so the
+            variance is finite) or a [`LogDetEstimator`][iresnet.ops.logdet.LogDetEstimator]
+            (shared by all blocks); see
+            [`logdet_estimator`][iresnet.ops.logdet.logdet_estimator]. A roulette whose fixed
+            ``p`` has infinite variance for that bound warns
+            ([`RouletteVarianceWarning`][iresnet.errors.RouletteVarianceWarning]).
         inverse: the fixed-point solver of every block (default
             [`FixedPointInverse`][iresnet.ops.fixed_point.FixedPointInverse]).
         actnorm: ActNorm before every block and at the end.
@@ -132,7 +146,8 @@ class ResidualFlow(Flow):
             len(standardize) == 2 and len(standardize[0]) == len(standardize[1]) == features
         ):
             raise ValueError(f"standardize needs (mean, std) with {features} values each")
-        estimator = logdet_estimator(logdet, features)
+        check_logdet(logdet)
+        estimator: LogDetEstimator | None = None
         solver = inverse if inverse is not None else FixedPointInverse()
         steps: list[Transform] = []
         if standardize is not None:
@@ -156,6 +171,8 @@ class ResidualFlow(Flow):
                 )
             else:
                 g = mlp_branch(features, hidden_features, **options)  # type: ignore[arg-type]
+            if estimator is None:  # all blocks share one bound by design, and one estimator
+                estimator = logdet_estimator(logdet, features, lipschitz=design_bound_of(g))
             steps.append(InvertibleResidualBlock(g, logdet=estimator, inverse=solver))
         if actnorm:
             steps.append(ActNorm(features))

@@ -33,7 +33,13 @@ from .bounds import (
 )
 from .branches import BRANCH_NORMS, conv_branch, conv_layer, linear_layer, mlp_branch
 from .dense import DenseLayer, dense_branch
-from .lipschitz import LayerBound, conv_tap_bound, layer_bounds, lipschitz_bound_of
+from .lipschitz import (
+    LayerBound,
+    conv_tap_bound,
+    design_bound_of,
+    layer_bounds,
+    lipschitz_bound_of,
+)
 from .spectral import (
     NORMS,
     SpectralConv2d,
@@ -65,6 +71,7 @@ __all__ = [
     "conv_layer",
     "conv_tap_bound",
     "dense_branch",
+    "design_bound_of",
     "expansion_of",
     "frozen_normalisation",
     "gram_iteration_bound",

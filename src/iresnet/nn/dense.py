@@ -60,7 +60,7 @@ class DenseLayer(nn.Module):
         >>> layer = DenseLayer(nn.Sequential(nn.Linear(2, 3), nn.Tanh()), dense_coeff=0.9)
         >>> layer(torch.zeros(4, 2)).shape
         torch.Size([4, 5])
-        >>> round(float(layer.etas().norm()), 6)
+        >>> round(float(layer.etas().detach().norm()), 6)
         0.9
     """
 

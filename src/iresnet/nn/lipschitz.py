@@ -23,7 +23,13 @@ from .activations import ONE_LIPSCHITZ_ACTIVATIONS
 from .dense import DenseLayer
 from .spectral import _SpectralNormMixin
 
-__all__ = ["LayerBound", "conv_tap_bound", "layer_bounds", "lipschitz_bound_of"]
+__all__ = [
+    "LayerBound",
+    "conv_tap_bound",
+    "design_bound_of",
+    "layer_bounds",
+    "lipschitz_bound_of",
+]
 
 
 def conv_tap_bound(weight: Tensor) -> float:
@@ -153,3 +159,48 @@ def layer_bounds(module: nn.Module, prefix: str = "") -> list[LayerBound]:
             return [LayerBound(prefix, math.inf, "unknown")]
         return [LayerBound(prefix, conv_tap_bound(module.weight), "tap")]
     return [LayerBound(prefix, math.inf, "unknown")]
+
+
+def design_bound_of(module: nn.Module) -> float | None:
+    """The Lipschitz bound ``module``'s constraints impose by construction, for any weights.
+
+    Spectral layers with a hard norm (``"spectral"``, ``"certified"``, ``"frobenius"``):
+    their ``coeff``; [`DenseLayer`][iresnet.nn.dense.DenseLayer]:
+    ``sqrt(eta_1^2 + eta_2^2 L_h^2) <= dense_coeff * max(1, L_h)``; activations: their
+    ``lipschitz_bound()`` (1 for the 1-Lipschitz ones); ``nn.Sequential``: the product. None
+    where a layer has no such constraint (``norm="penalty"``, plain layers). With
+    ``norm="spectral"`` the power-iteration estimate of ``sigma`` can fall short of it, so this
+    is the design, not a certificate: [`layer_bounds`][iresnet.nn.lipschitz.layer_bounds]
+    certifies the weights in force. The model families use it to choose and check their
+    Russian roulettes before any weight is trained.
+
+    Args:
+        module: a residual branch ``g`` (or one of its layers).
+
+    Returns:
+        The bound, or None.
+
+    Examples:
+        >>> from iresnet.nn import mlp_branch
+        >>> round(design_bound_of(mlp_branch(2, (8, 8), coeff=0.9)), 6)
+        0.729
+        >>> design_bound_of(mlp_branch(2, (8,), norm="penalty")) is None
+        True
+    """
+    if isinstance(module, _SpectralNormMixin):
+        return float(module.coeff) if module.norm != "penalty" else None
+    if isinstance(module, DenseLayer):
+        inner = design_bound_of(module.network)
+        return None if inner is None else module.dense_coeff * max(1.0, inner)
+    if isinstance(module, nn.Sequential):
+        total = 1.0
+        for child in module:
+            b = design_bound_of(child)
+            if b is None:
+                return None
+            total *= b
+        return total
+    bounds = layer_bounds(module)
+    if len(bounds) == 1 and bounds[0].method == "slope":
+        return bounds[0].bound
+    return None

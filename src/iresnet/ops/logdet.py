@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import abc
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Literal
 
@@ -44,7 +45,9 @@ import torch
 from torch import Tensor, nn
 
 from ..checks import check_input
+from ..errors import RouletteVarianceWarning
 from .jacobian import jacobian
+from .roulette import roulette_for_lipschitz, roulette_variance_bound, roulette_variance_is_finite
 
 __all__ = [
     "exact_logdet",
@@ -483,10 +486,24 @@ class RussianRouletteLogDet(LogDetEstimator):
     the defaults give 3, where the paper's setting (two exact terms and one draw of Geom(0.5),
     sec. 3.1) costs 4 in expectation because its geometric starts at 1.
 
+    **Finite variance.** Given a probe, the estimate's variance is at most ``||v||^4 B`` with
+    ``B`` finite iff ``L^2 <= 1 - p`` for ``L >= Lip(g)`` (geometric; never for Poisson), a
+    sharp condition: see [`iresnet.ops.roulette`][iresnet.ops.roulette]. With ``lipschitz=L``
+    the estimator checks its fixed choice against ``L`` and warns
+    ([`RouletteVarianceWarning`][iresnet.errors.RouletteVarianceWarning]) when the variance is
+    infinite; with ``auto=True`` it chooses ``p`` and ``n_exact`` from ``L``
+    ([`roulette_for_lipschitz`][iresnet.ops.roulette.roulette_for_lipschitz]:
+    ``p = (1 - L^2)/2``, ``n_exact = max(2, ceil(L^2/(1 - L^2)))``), which has finite variance
+    for every ``L < 1``, and says so in its ``repr``. An ``auto`` estimator built without ``L``
+    is a template: the model families bind it to their blocks' bound
+    ([`logdet_estimator`][iresnet.ops.logdet.logdet_estimator] with ``lipschitz``).
+
     Arguments:
         distribution: ``"geometric"`` (``p``) or ``"poisson"`` (``rate``).
-        p: success probability of the geometric, in ``(0, 1)``.
-        n_exact: terms always computed (>= 1).
+        p: success probability of the geometric, in ``(0, 1)`` (default 0.5; chosen from
+            ``lipschitz`` with ``auto``).
+        n_exact: terms always computed (>= 1; default 2; chosen from ``lipschitz`` with
+            ``auto``).
         n_probes: probe vectors averaged per call (>= 1).
         neumann_gradient: the Neumann-series gradient (Theorem 2, eq. (8)); on by default, as
             in Residual Flows.
@@ -497,10 +514,16 @@ class RussianRouletteLogDet(LogDetEstimator):
             series beyond it; the default is far beyond any practical draw).
         generator: optional torch generator for the probes (on the input's device); the number
             of terms is drawn from torch's default CPU generator.
+        lipschitz: a bound ``L < 1`` of ``Lip(g)`` of the blocks served (e.g. their
+            certificate), or None.
+        auto: choose ``p`` and ``n_exact`` from ``lipschitz`` (those given explicitly are kept,
+            and checked).
 
     Raises:
         ValueError: an unknown ``distribution``, ``p`` outside ``(0, 1)``, ``rate <= 0``,
-            ``n_exact < 1``, ``n_probes < 1`` or an unknown ``probe``.
+            ``n_exact < 1``, ``n_probes < 1``, an unknown ``probe``, ``lipschitz`` outside
+            ``[0, 1)``, ``auto`` with a Poisson distribution; at call time, an ``auto``
+            template not bound to a Lipschitz bound.
 
     References:
         - Chen et al., arXiv:1906.02735, sec. 3.1-3.2, eq. (5)-(6), (8), Theorems 1-2.
@@ -517,8 +540,8 @@ class RussianRouletteLogDet(LogDetEstimator):
     def __init__(
         self,
         distribution: Literal["geometric", "poisson"] = "geometric",
-        p: float = 0.5,
-        n_exact: int = 2,
+        p: float | None = None,
+        n_exact: int | None = None,
         n_probes: int = 1,
         neumann_gradient: bool = True,
         memory_efficient: bool = True,
@@ -526,7 +549,25 @@ class RussianRouletteLogDet(LogDetEstimator):
         probe: Probe = "gaussian",
         max_terms: int = 200,
         generator: torch.Generator | None = None,
+        lipschitz: float | None = None,
+        auto: bool = False,
     ) -> None:
+        if auto and distribution != "geometric":
+            raise ValueError(
+                "auto chooses a geometric roulette; a Poisson one never has finite "
+                "worst-case variance"
+            )
+        if lipschitz is not None and not 0.0 <= lipschitz < 1.0:
+            raise ValueError(f"lipschitz must lie in [0, 1), got {lipschitz}")
+        self._given = {"p": p, "n_exact": n_exact}
+        self.auto, self.lipschitz = auto, lipschitz
+        chosen = roulette_for_lipschitz(lipschitz) if auto and lipschitz is not None else None
+        if p is None:
+            p = chosen[0] if chosen is not None else 0.5
+        if n_exact is None:
+            n_exact = chosen[1] if chosen is not None else 2
+        # a large chosen n_exact must stay below the cap on N
+        max_terms = max(max_terms, n_exact + 100) if chosen is not None else max_terms
         if distribution not in ("geometric", "poisson"):
             raise ValueError(f"distribution must be 'geometric' or 'poisson', got {distribution!r}")
         if distribution == "geometric" and not 0.0 < p < 1.0:
@@ -544,6 +585,65 @@ class RussianRouletteLogDet(LogDetEstimator):
         # The number of terms is drawn on the host (it sets a Python loop's length): one small
         # CPU draw per call, no device synchronisation.
         self._cpu_generator: torch.Generator | None = None
+        if lipschitz is not None:
+            self.check_variance(lipschitz)
+
+    @property
+    def is_template(self) -> bool:
+        """An ``auto`` estimator still waiting for its Lipschitz bound."""
+        return self.auto and self.lipschitz is None
+
+    def with_lipschitz(self, lipschitz: float) -> RussianRouletteLogDet:
+        """A copy for blocks with ``Lip(g) <= lipschitz``: with ``auto``, ``p`` and ``n_exact``
+        (those not given explicitly) are chosen from it; otherwise the fixed choice is checked
+        (a [`RouletteVarianceWarning`][iresnet.errors.RouletteVarianceWarning] if its variance
+        is infinite)."""
+        return RussianRouletteLogDet(
+            self.distribution,  # type: ignore[arg-type]
+            p=self._given["p"] if self.auto else self.p,
+            n_exact=self._given["n_exact"] if self.auto else self.n_exact,
+            n_probes=self.n_probes,
+            neumann_gradient=self.neumann_gradient,
+            memory_efficient=self.memory_efficient,
+            rate=self.rate,
+            probe=self.probe,  # type: ignore[arg-type]
+            max_terms=self.max_terms,
+            generator=self.generator,
+            lipschitz=lipschitz,
+            auto=self.auto,
+        )
+
+    def variance_bound(self, lipschitz: float) -> float:
+        """``B`` with ``Var[estimate | v] <= ||v||^4 B`` for every ``g`` with
+        ``Lip(g) <= lipschitz`` (``inf`` if not finite); see
+        [`roulette_variance_bound`][iresnet.ops.roulette.roulette_variance_bound]."""
+        return roulette_variance_bound(lipschitz, self.n_exact, self.distribution, self._param)
+
+    def check_variance(self, lipschitz: float, where: str = "") -> bool:
+        """Whether the variance is finite for ``Lip(g) <= lipschitz``; warns
+        [`RouletteVarianceWarning`][iresnet.errors.RouletteVarianceWarning] if not."""
+        if roulette_variance_is_finite(lipschitz, self.distribution, self._param):
+            return True
+        what = f"p={self.p}" if self.distribution == "geometric" else f"rate={self.rate}"
+        need = (
+            f"needs p <= 1 - L^2 = {1 - lipschitz**2:.4g}"
+            if self.distribution == "geometric"
+            else "is infinite for every L > 0"
+        )
+        warnings.warn(
+            f"{where + ': ' if where else ''}the Russian roulette ({self.distribution}, {what}) "
+            f"has infinite variance for blocks with Lip(g) <= {lipschitz:.4g}: finite variance "
+            f"{need}; use logdet='roulette-auto' (chooses p and n_exact from the bound)",
+            RouletteVarianceWarning,
+            stacklevel=3,
+        )
+        return False
+
+    def expected_vjps(self) -> float:
+        """Expected vector-Jacobian products per call and sample row:
+        ``n_probes * E[N]`` (the cap ``max_terms`` ignored)."""
+        extra = (1 - self.p) / self.p if self.distribution == "geometric" else self.rate
+        return self.n_probes * (self.n_exact + extra)
 
     @property
     def _param(self) -> float:
@@ -559,6 +659,11 @@ class RussianRouletteLogDet(LogDetEstimator):
         return min(self.n_exact + m, self.max_terms)
 
     def __call__(self, g: G, x: Tensor) -> tuple[Tensor, Tensor]:
+        if self.is_template:
+            raise ValueError(
+                "RussianRouletteLogDet(auto=True) needs the blocks' Lipschitz bound: build it "
+                "with lipschitz=L, or let a model family bind it (logdet='roulette-auto')"
+            )
         n = self.draw_n_terms()
         weights = roulette_weights(n, self.n_exact, self.distribution, self._param)
         check_input(x, type(self).__name__, like=g if isinstance(g, nn.Module) else None)
@@ -573,47 +678,78 @@ class RussianRouletteLogDet(LogDetEstimator):
         )
 
     def __repr__(self) -> str:
-        dist = f"p={self.p}" if self.distribution == "geometric" else f"rate={self.rate}"
+        dist = f"p={self.p:.6g}" if self.distribution == "geometric" else f"rate={self.rate}"
+        chosen = ""
+        if self.auto:
+            chosen = (
+                ", auto=True (p, n_exact to be chosen from Lip(g))"
+                if self.lipschitz is None
+                else f", auto=True (chosen for Lip(g) <= {self.lipschitz:.6g})"
+            )
+        elif self.lipschitz is not None:
+            finite = roulette_variance_is_finite(self.lipschitz, self.distribution, self._param)
+            chosen = (
+                f", lipschitz={self.lipschitz:.6g} ({'finite' if finite else 'INFINITE'} variance)"
+            )
         return (
             f"RussianRouletteLogDet(distribution={self.distribution!r}, {dist}, "
             f"n_exact={self.n_exact}, n_probes={self.n_probes}, "
-            f"neumann_gradient={self.neumann_gradient}, memory_efficient={self.memory_efficient})"
+            f"neumann_gradient={self.neumann_gradient}, memory_efficient={self.memory_efficient}"
+            f"{chosen})"
         )
 
 
-LOGDETS = ("exact", "series", "roulette", "none")
+LOGDETS = ("exact", "series", "roulette", "roulette-auto", "none")
 """Names [`logdet_estimator`][iresnet.ops.logdet.logdet_estimator] accepts."""
 
 
-def logdet_estimator(spec: str | LogDetEstimator, dim: int = 1) -> LogDetEstimator:
+def logdet_estimator(
+    spec: str | LogDetEstimator, dim: int = 1, lipschitz: float | None = None
+) -> LogDetEstimator:
     """The estimator named by ``spec`` with its default settings, or ``spec`` itself.
 
     Args:
         spec: ``"exact"`` ([`ExactLogDet`][iresnet.ops.logdet.ExactLogDet], accepting blocks
             of ``max(256, dim)`` dimensions), ``"series"``
             ([`PowerSeriesLogDet`][iresnet.ops.logdet.PowerSeriesLogDet]), ``"roulette"``
-            ([`RussianRouletteLogDet`][iresnet.ops.logdet.RussianRouletteLogDet]), ``"none"``
-            ([`NoLogDet`][iresnet.ops.logdet.NoLogDet]), or an estimator (returned as is).
+            ([`RussianRouletteLogDet`][iresnet.ops.logdet.RussianRouletteLogDet]),
+            ``"roulette-auto"`` (the roulette with ``p`` and ``n_exact`` chosen from
+            ``lipschitz``, finite variance), ``"none"``
+            ([`NoLogDet`][iresnet.ops.logdet.NoLogDet]), or an estimator (returned as is, or
+            bound to ``lipschitz`` if it is an ``auto`` roulette template).
         dim: the per-sample dimension of the block it will serve.
+        lipschitz: a bound of ``Lip(g)`` of the blocks it will serve; a roulette with a fixed
+            choice is checked against it (a
+            [`RouletteVarianceWarning`][iresnet.errors.RouletteVarianceWarning] where its
+            variance is infinite).
 
     Returns:
         A [`LogDetEstimator`][iresnet.ops.logdet.LogDetEstimator].
 
     Raises:
-        ValueError: an unknown name.
+        ValueError: an unknown name; ``"roulette-auto"`` without ``lipschitz``.
 
     Examples:
         >>> logdet_estimator("exact", dim=1000)
         ExactLogDet(max_dim=1000)
     """
+    if isinstance(spec, RussianRouletteLogDet) and lipschitz is not None:
+        if spec.is_template:
+            return spec.with_lipschitz(lipschitz)
+        spec.check_variance(lipschitz)
+        return spec
     if isinstance(spec, LogDetEstimator):
         return spec
+    if spec == "roulette-auto":
+        if lipschitz is None:
+            raise ValueError("logdet='roulette-auto' needs the blocks' Lipschitz bound")
+        return RussianRouletteLogDet(auto=True, lipschitz=lipschitz)
     if spec == "exact":
         return ExactLogDet(max_dim=max(256, dim))
     if spec == "series":
         return PowerSeriesLogDet()
     if spec == "roulette":
-        return RussianRouletteLogDet()
+        return RussianRouletteLogDet(lipschitz=lipschitz)
     if spec == "none":
         return NoLogDet()
     raise ValueError(f"logdet must be one of {LOGDETS} or a LogDetEstimator, got {spec!r}")
