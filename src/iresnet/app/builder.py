@@ -25,6 +25,7 @@ from ..ops import (
     LogDetEstimator,
     PowerSeriesLogDet,
     RussianRouletteLogDet,
+    StratifiedRouletteLogDet,
 )
 from .config import Config, DataConfig, ModelConfig
 
@@ -79,6 +80,17 @@ def build_logdet(cfg: ModelConfig, dim: int) -> LogDetEstimator:
     if cfg.logdet == "series":
         return PowerSeriesLogDet(
             n_terms=cfg.n_terms,
+            n_probes=cfg.n_probes,
+            probe=cfg.probe,  # type: ignore[arg-type]
+            neumann_gradient=cfg.neumann_gradient,
+            memory_efficient=cfg.memory_efficient,
+        )
+    if cfg.logdet == "stratified":
+        return StratifiedRouletteLogDet(
+            head_terms=cfg.head_terms,
+            head_probes=cfg.head_probes,
+            p=cfg.roulette_p,
+            n_exact=cfg.n_exact,
             n_probes=cfg.n_probes,
             probe=cfg.probe,  # type: ignore[arg-type]
             neumann_gradient=cfg.neumann_gradient,

@@ -20,7 +20,7 @@ from ..errors import ConfigError
 __all__ = ["ModelConfig", "DataConfig", "TrainConfig", "Config", "SECTIONS"]
 
 MODEL_KINDS = ("toy", "iresnet-image", "resflow-image", "classifier", "hybrid")
-LOGDETS = ("exact", "series", "roulette", "roulette-auto")
+LOGDETS = ("exact", "series", "roulette", "roulette-auto", "stratified")
 ACTIVATIONS = ("lipswish", "elu", "clipswish")
 BRANCHES = ("plain", "dense")
 
@@ -54,7 +54,9 @@ class ModelConfig:
         logdet: ``exact``, ``series`` (i-ResNet power series), ``roulette`` (Residual Flows) or
             ``roulette-auto`` (toy and image flows: the roulette with ``p`` and ``n_exact``
             chosen from each block's design bound so its variance is finite; ``roulette_p`` and
-            ``n_exact`` are then unused).
+            ``n_exact`` are then unused) or ``stratified`` (the roulette with its first
+            ``head_terms`` terms averaged over ``head_probes`` probes: lower variance per
+            vector-Jacobian product; ``n_probes`` probes continue into the tail).
         n_terms: series terms; n_exact: roulette's always-computed terms; roulette_p: geometric p.
         n_probes, probe: Hutchinson probes per call and their distribution.
         neumann_gradient, memory_efficient: gradient estimator and backward mode of the series.
@@ -68,6 +70,7 @@ class ModelConfig:
             else (classifiers: before the padding), the i-ResNet code's ``init_ds=2``; makes
             the first stage four times cheaper on 28x28 images. Image flows of the i-ResNet
             kind squeeze first anyway where there is room.
+        head_terms, head_probes: the ``stratified`` log-det's head (terms, probes).
         branch: toy and image flows: ``plain`` (the MLP / CNN branch) or ``dense``
             (i-DenseNet's dense branch: ``dense_depth`` dense layers adding ``dense_growth``
             features each, concatenation weights of norm ``dense_coeff``; ``hidden`` and
@@ -110,6 +113,8 @@ class ModelConfig:
     dense_depth: int = 3
     dense_growth: int = 32
     dense_coeff: float = 0.98
+    head_terms: int = 1
+    head_probes: int = 4
 
     def validate(self) -> None:
         """Raise [`ConfigError`][iresnet.errors.ConfigError] on an out-of-range or unknown value."""
@@ -132,6 +137,13 @@ class ModelConfig:
                 "model.logdet=roulette-auto is for the flows (toy, iresnet-image, resflow-image); "
                 "use roulette for the hybrid"
             )
+        if self.logdet == "stratified" and not (
+            self.head_terms <= self.n_exact and self.head_probes >= self.n_probes
+        ):
+            raise ConfigError(
+                "model.logdet=stratified needs model.head_terms <= model.n_exact and "
+                "model.head_probes >= model.n_probes"
+            )
         if self.branch == "dense" and self.activation == "clipswish" and self.dense_growth % 2:
             raise ConfigError(
                 f"model.dense_growth must be even with clipswish, got {self.dense_growth}"
@@ -152,6 +164,8 @@ class ModelConfig:
             "head_pool",
             "dense_depth",
             "dense_growth",
+            "head_terms",
+            "head_probes",
         ):
             _positive(f"model.{name}", getattr(self, name))
         _at_least("model.n_layers", self.n_layers, 2)
