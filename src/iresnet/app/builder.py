@@ -223,6 +223,9 @@ def _build(cfg: ModelConfig, data: DataBundle, shape: tuple[int, ...], alpha: fl
             fc_hidden_features=(cfg.fc_hidden,) * (cfg.n_layers - 1),
             levels=levels,
             logit_alpha=alpha,
+            dequantization=cfg.dequantization,
+            dequant_hidden=cfg.dequant_hidden,
+            dequant_steps=cfg.dequant_steps,
             **_branch(cfg),
             **common,
         )

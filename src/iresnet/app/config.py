@@ -71,6 +71,11 @@ class ModelConfig:
             the first stage four times cheaper on 28x28 images. Image flows of the i-ResNet
             kind squeeze first anyway where there is room.
         head_terms, head_probes: the ``stratified`` log-det's head (terms, probes).
+        dequantization: image flows: ``uniform`` or ``variational`` (Flow++: a conditional
+            flow ``q(v | x)`` over the dequantisation noise, trained jointly; the bits/dim are
+            then the ELBO's upper bound, and the final evaluation reports the same model's
+            uniform bound beside them); dequant_hidden, dequant_steps: its width and coupling
+            steps.
         branch: toy and image flows: ``plain`` (the MLP / CNN branch) or ``dense``
             (i-DenseNet's dense branch: ``dense_depth`` dense layers adding ``dense_growth``
             features each, concatenation weights of norm ``dense_coeff``; ``hidden`` and
@@ -115,6 +120,9 @@ class ModelConfig:
     dense_coeff: float = 0.98
     head_terms: int = 1
     head_probes: int = 4
+    dequantization: str = "uniform"
+    dequant_hidden: int = 32
+    dequant_steps: int = 4
 
     def validate(self) -> None:
         """Raise [`ConfigError`][iresnet.errors.ConfigError] on an out-of-range or unknown value."""
@@ -122,6 +130,7 @@ class ModelConfig:
         _choice("model.logdet", self.logdet, LOGDETS)
         _choice("model.activation", self.activation, ACTIVATIONS)
         _choice("model.branch", self.branch, BRANCHES)
+        _choice("model.dequantization", self.dequantization, ("uniform", "variational"))
         _choice("model.probe", self.probe, ("gaussian", "rademacher"))
         _choice(
             "model.lipschitz_norm",
@@ -166,11 +175,13 @@ class ModelConfig:
             "dense_growth",
             "head_terms",
             "head_probes",
+            "dequant_hidden",
         ):
             _positive(f"model.{name}", getattr(self, name))
         _at_least("model.n_layers", self.n_layers, 2)
         _at_least("model.anderson", self.anderson, 0)
         _at_least("model.fc_blocks", self.fc_blocks, 0)
+        _at_least("model.dequant_steps", self.dequant_steps, 0)
         if not self.inverse_atol > 0 or self.inverse_rtol < 0:
             raise ConfigError("model.inverse_atol must be positive and model.inverse_rtol >= 0")
         if not self.lipswish_beta > 0:

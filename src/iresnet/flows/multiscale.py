@@ -53,6 +53,7 @@ from ..transforms import (
     OnActive,
     Squeeze,
     Transform,
+    VariationalDequantize,
 )
 from .flow import Flow
 from .residual_flow import check_branch, check_context, check_logdet
@@ -174,6 +175,10 @@ class MultiscaleResidualFlow(Flow):
             their MLP branches.
         dense_growth, dense_depth, dense_coeff: the dense branch's settings (the paper's
             CIFAR-10 model: 172, 3, 0.98).
+        dequantization: with ``levels``: ``"uniform"`` or ``"variational"``
+            ([`VariationalDequantize`][iresnet.transforms.dequantization.VariationalDequantize]:
+            ``q(v | x)`` learned jointly, ``log_prob`` is then the one-sample ELBO).
+        dequant_hidden, dequant_steps: the variational ``q``'s width and coupling steps.
 
     Shapes:
         ``x``: ``(B, C, H, W)`` (integer levels with ``levels``); ``log_prob(x)``: ``(B,)``, in
@@ -217,6 +222,9 @@ class MultiscaleResidualFlow(Flow):
         dense_growth: int = 32,
         dense_depth: int = 3,
         dense_coeff: float = 0.98,
+        dequantization: str = "uniform",
+        dequant_hidden: int = 32,
+        dequant_steps: int = 4,
     ) -> None:
         check_context(context)
         check_branch(branch)
@@ -230,6 +238,10 @@ class MultiscaleResidualFlow(Flow):
             raise ValueError(f"logit_alpha must lie in [0, 0.5), got {logit_alpha}")
         if levels is not None and (isinstance(levels, bool) or not isinstance(levels, int)):
             raise ValueError(f"levels must be an integer >= 2 or None, got {levels!r}")
+        if dequantization not in ("uniform", "variational"):
+            raise ValueError(
+                f"dequantization must be 'uniform' or 'variational', got {dequantization!r}"
+            )
         image = check_image_shape(shape, scales - 1 + int(squeeze_first))
         solver = inverse if inverse is not None else FixedPointInverse()
         options = {
@@ -240,7 +252,12 @@ class MultiscaleResidualFlow(Flow):
         }
         stack = _Stack(image)
         if levels is not None:
-            stack.add(Dequantize(levels))
+            if dequantization == "variational":
+                stack.add(
+                    VariationalDequantize(levels, image, hidden=dequant_hidden, steps=dequant_steps)
+                )
+            else:
+                stack.add(Dequantize(levels))
         if logit_alpha > 0:
             stack.add(Logit(logit_alpha))
         if squeeze_first:

@@ -5,7 +5,8 @@ Every piece is a [`Transform`][iresnet.transforms.base.Transform]:
 ``inverse(y) -> x``. Re-exported from ``base`` (the contract and
 [`ComposedTransform`][iresnet.transforms.base.ComposedTransform]), ``residual`` (the block
 ``x + g(x)``), ``actnorm``, ``reshape`` (squeeze, flatten, factor-out, padding) and
-``preprocess`` (dequantisation, logit, standardisation).
+``preprocess`` (dequantisation, logit, standardisation) and ``dequantization`` (variational
+dequantisation, Flow++).
 
 Examples:
     >>> import torch
@@ -22,6 +23,7 @@ Examples:
 
 from .actnorm import ActNorm
 from .base import ComposedTransform, InverseReport, Transform
+from .dequantization import VariationalDequantize, uniform_dequantization
 from .preprocess import (
     Dequantize,
     Logit,
@@ -48,6 +50,7 @@ __all__ = [
     "Squeeze",
     "Standardize",
     "Transform",
+    "VariationalDequantize",
     "bits_per_dim",
     "dequantize",
     "dequantize_mid",
@@ -55,4 +58,5 @@ __all__ = [
     "logit_transform",
     "set_branch_precision",
     "swap_logdets",
+    "uniform_dequantization",
 ]
