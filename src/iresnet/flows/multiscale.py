@@ -173,12 +173,14 @@ class MultiscaleResidualFlow(Flow):
             3x3 dense layers adding ``dense_growth`` channels each, then a 1x1 back, no
             pre-activation; ``Lip(g) <= coeff * dense_coeff^dense_depth``). The fc blocks keep
             their MLP branches.
-        dense_growth, dense_depth, dense_coeff: the dense branch's settings (the paper's
-            CIFAR-10 model: 172, 3, 0.98).
+        dense_growth: channels each dense layer adds (the paper's CIFAR-10 model: 172).
+        dense_depth: dense layers per branch (the paper's: 3).
+        dense_coeff: ``sqrt(eta_1^2 + eta_2^2)`` of every dense layer (the paper's: 0.98).
         dequantization: with ``levels``: ``"uniform"`` or ``"variational"``
             ([`VariationalDequantize`][iresnet.transforms.dequantization.VariationalDequantize]:
             ``q(v | x)`` learned jointly, ``log_prob`` is then the one-sample ELBO).
-        dequant_hidden, dequant_steps: the variational ``q``'s width and coupling steps.
+        dequant_hidden: the variational ``q``'s width.
+        dequant_steps: the variational ``q``'s coupling steps.
 
     Shapes:
         ``x``: ``(B, C, H, W)`` (integer levels with ``levels``); ``log_prob(x)``: ``(B,)``, in

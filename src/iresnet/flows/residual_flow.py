@@ -27,7 +27,7 @@ def check_logdet(logdet: str | LogDetEstimator) -> None:
     """Refuse an unknown log-det name before any block is built.
 
     Raises:
-        ValueError: a string not in [`LOGDETS`][iresnet.ops.logdet.LOGDETS].
+        ValueError: a string not in ``iresnet.ops.LOGDETS``.
     """
     if isinstance(logdet, str) and logdet not in LOGDETS:
         raise ValueError(f"logdet must be one of {LOGDETS} or a LogDetEstimator, got {logdet!r}")
@@ -95,7 +95,9 @@ class ResidualFlow(Flow):
             ([`dense_branch`][iresnet.nn.dense.dense_branch]) of ``dense_depth`` dense layers
             adding ``dense_growth`` features each, ``Lip(g) <= coeff * dense_coeff^dense_depth``
             (``hidden_features`` is then unused).
-        dense_growth, dense_depth, dense_coeff: the dense branch's settings.
+        dense_growth: features each dense layer adds.
+        dense_depth: dense layers per branch.
+        dense_coeff: ``sqrt(eta_1^2 + eta_2^2)`` of every dense layer, in ``(0, 1]``.
 
     Shapes:
         ``x``: ``(B, features)``; ``log_prob(x)``: ``(B,)``, in nats (in the data's own units

@@ -42,7 +42,7 @@ import abc
 import math
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -764,7 +764,7 @@ class StratifiedRouletteLogDet(RussianRouletteLogDet):
         (0.8, 6.0)
     """
 
-    def __init__(self, head_terms: int = 1, head_probes: int = 4, **kwargs) -> None:
+    def __init__(self, head_terms: int = 1, head_probes: int = 4, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if not isinstance(head_terms, int) or not 1 <= head_terms <= self.n_exact:
             raise ValueError(
