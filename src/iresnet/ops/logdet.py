@@ -734,7 +734,8 @@ class StratifiedRouletteLogDet(RussianRouletteLogDet):
     ``m h + r (N - h)`` vector-Jacobian products against ``r N`` (stratified sampling across the
     series' terms: more samples where the variance is large and the cost small, the allocation
     of multilevel Monte Carlo, Giles 2015). Its variance per VJP against the roulette's is
-    measured in ``benchmarks/estimators.py`` (``benchmarks/results/estimators.md``). The
+    measured in ``benchmarks/estimators.py`` (``benchmarks/results/estimators.md``: about half
+the roulette's variance x VJPs on its toy and conv blocks). The
     tail's variance condition is the roulette's (``L^2 <= 1 - p``), and ``auto`` /
     ``lipschitz`` work as there. The Neumann-series gradient (Residual Flows Theorem 2) takes
     the same split: the head's ``k < h`` gradient terms from all ``m`` probes.
