@@ -734,8 +734,8 @@ class StratifiedRouletteLogDet(RussianRouletteLogDet):
     ``m h + r (N - h)`` vector-Jacobian products against ``r N`` (stratified sampling across the
     series' terms: more samples where the variance is large and the cost small, the allocation
     of multilevel Monte Carlo, Giles 2015). Its variance per VJP against the roulette's is
-    measured in ``benchmarks/estimators.py`` (``benchmarks/results/estimators.md``: about half
-the roulette's variance x VJPs on its toy and conv blocks). The
+    measured in ``benchmarks/estimators.py`` (``benchmarks/results/estimators.md``: about
+    half the roulette's variance x VJPs on its toy and conv blocks). The
     tail's variance condition is the roulette's (``L^2 <= 1 - p``), and ``auto`` /
     ``lipschitz`` work as there. The Neumann-series gradient (Residual Flows Theorem 2) takes
     the same split: the head's ``k < h`` gradient terms from all ``m`` probes.
@@ -760,7 +760,8 @@ the roulette's variance x VJPs on its toy and conv blocks). The
         >>> _ = torch.manual_seed(0)
         >>> est = StratifiedRouletteLogDet(head_probes=4, probe="rademacher",
         ...                                memory_efficient=False)
-        >>> draws = torch.stack([est(lambda x: 0.5 * x, torch.zeros(1, 2))[1] for _ in range(500)])
+        >>> x = torch.zeros(1, 2)
+        >>> draws = torch.stack([est(lambda x: 0.5 * x, x)[1] for _ in range(500)])
         >>> round(float(draws.mean()), 1), est.expected_vjps()  # 2 log(1.5) = 0.81; 4 + 2
         (0.8, 6.0)
     """
