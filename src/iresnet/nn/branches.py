@@ -146,7 +146,8 @@ def mlp_branch(
         features: input and output size.
         hidden_features: sizes of the hidden layers.
         activation: ``"lipswish"``, ``"elu"``, ``"clipswish"`` (each hidden layer then feeds
-            twice its width to the next) or a factory of modules.
+            twice its width to the next; it concatenates along dim 1, so inputs are
+            ``(B, features)``) or a factory of modules.
         norm: the layers' norm, see [`linear_layer`][iresnet.nn.branches.linear_layer].
         coeff: the Lipschitz coefficient of every layer.
         n_power_iterations: power-iteration steps per training forward of every layer.
