@@ -31,7 +31,16 @@ layers, weights chosen so the singular directions line up and ``J ~ -c^3 I``: th
 truncation bias and roulette variance matter; for ``rho(J)^2 > 1/2`` the geometric(0.5)
 roulette has infinite variance, and its sample std is then not a stable number).
 
-Run: ``.venv/bin/python benchmarks/estimators.py`` (``--quick`` for a smoke run).
+**Variance per VJP** (issue 17): on every setting, the roulette (1 and 2 probes; and
+``roulette-auto``: ``p``, ``n_exact`` chosen from the design bound ``L = c^3``) against the
+stratified roulette (``StratifiedRouletteLogDet``: the first term averaged over 4 probes, the
+tail from the first probe), each with Gaussian probes, value only, float64. For each: bias ±
+se, the per-sample variance of one call, the vector-Jacobian products per call counted from the
+drawn ``N``, and ``variance x VJPs`` (the variance at a budget of one VJP; lower is better),
+also as a ratio to the one-probe roulette's.
+
+Run: ``.venv/bin/python benchmarks/estimators.py`` (``--quick`` for a smoke run;
+``--variance-only`` for the variance-per-VJP section alone).
 """
 
 from __future__ import annotations
@@ -242,6 +251,11 @@ def run_setting(name: str, c: float, args) -> dict:
         "exact_ms_value": exact_ms,
     }
 
+    info["variance_per_vjp"] = variance_per_vjp(name, c, g64, x, exact, args)
+    if args.variance_only:
+        info["rows"] = []
+        info["seconds"] = time.perf_counter() - t0
+        return info
     draws = args.draws_conv if name.startswith("conv") else args.draws_mlp
     reps = (1,) * len(shape)
     xr = x.repeat(draws, *reps)
@@ -339,6 +353,96 @@ def run_setting(name: str, c: float, args) -> dict:
     return info
 
 
+def variance_per_vjp(name: str, c: float, g64: nn.Module, x: torch.Tensor, exact, args) -> list:
+    """The variance-per-VJP comparison of one setting (see the module docstring)."""
+    design = c**3  # three normalised layers, each at c
+    estimators = {
+        "roulette p=0.5, n_exact=2": iresnet.RussianRouletteLogDet(p=0.5, n_exact=2),
+        "roulette p=0.5, n_exact=2, 2 probes": iresnet.RussianRouletteLogDet(n_probes=2),
+        f"roulette-auto (L={design:.3g})": iresnet.RussianRouletteLogDet(
+            auto=True, lipschitz=design
+        ),
+        "stratified 4 head probes (p=0.5)": iresnet.StratifiedRouletteLogDet(head_probes=4),
+        f"stratified 4 head probes, auto tail (L={design:.3g})": (
+            iresnet.StratifiedRouletteLogDet(head_probes=4, auto=True, lipschitz=design)
+        ),
+    }
+    calls = args.vpv_calls_conv if name.startswith("conv") else args.vpv_calls_mlp
+    inner = args.vpv_inner
+    reps = (1,) * (x.dim() - 1)
+    xin = x.repeat(inner, *reps)
+    rows, base = [], None
+    for i, (label, est) in enumerate(estimators.items()):
+        est.memory_efficient = False
+        est.generator = torch.Generator().manual_seed(args.seed + 100 + i)
+        torch.manual_seed(args.seed + 200 + i)  # N is drawn from the default CPU generator
+        drawn: list[int] = []
+        orig = est.draw_n_terms
+
+        def recording(orig=orig, drawn=drawn) -> int:
+            n_ = orig()
+            drawn.append(n_)
+            return n_
+
+        est.draw_n_terms = recording  # type: ignore[method-assign]
+        with torch.no_grad():
+            chunks = [est(g64, xin)[1].reshape(inner, -1) for _ in range(calls)]
+        stats = error_stats(torch.cat(chunks), exact, torch.arange(calls).repeat_interleave(inner))
+        n = torch.tensor(drawn, dtype=torch.float64)
+        if isinstance(est, iresnet.StratifiedRouletteLogDet):
+            vjps = est.head_probes * est.head_terms + est.n_probes * (n - est.head_terms)
+        else:
+            vjps = est.n_probes * n
+        var = stats["std"] ** 2
+        work = var * float(vjps.mean())
+        base = work if base is None else base
+        rows.append(
+            {
+                "estimator": label,
+                "p": est.p,
+                "n_exact": est.n_exact,
+                "variance": var,
+                "vjps_mean": float(vjps.mean()),
+                "vjps_expected": est.expected_vjps(),
+                "variance_x_vjps": work,
+                "ratio_to_roulette": work / base,
+                **stats,
+            }
+        )
+    return rows
+
+
+def variance_table(results: list[dict]) -> str:
+    cols = [
+        "block",
+        "c",
+        "spectral radius max",
+        "estimator",
+        "bias ± se",
+        "variance (one call)",
+        "VJPs / call",
+        "variance x VJPs",
+        "vs roulette",
+    ]
+    rows = []
+    for s in results:
+        for r in s["variance_per_vjp"]:
+            rows.append(
+                [
+                    s["block"],
+                    fmt(s["coeff"]),
+                    fmt(s["spectral_radius_max"]),
+                    r["estimator"],
+                    pm(r["bias"], r["bias_se"]),
+                    fmt(r["variance"]),
+                    fmt(r["vjps_mean"]),
+                    fmt(r["variance_x_vjps"]),
+                    fmt(r["ratio_to_roulette"]),
+                ]
+            )
+    return markdown_table(cols, rows)
+
+
 def finite_variance_note(specrad: float) -> str:
     # Geometric(0.5) roulette: E[est^2] has terms ~ rho^(2k) 2^k, finite iff 2 rho^2 < 1.
     return "finite" if 2 * specrad**2 < 1 else "INFINITE (2 rho^2 >= 1)"
@@ -429,8 +533,16 @@ def main() -> None:
         default=[1, 2, 5, 10, 20],
         help="n at which the library estimator is run and timed with a backward pass",
     )
+    ap.add_argument(
+        "--variance-only",
+        action="store_true",
+        help="only the variance-per-VJP comparison (writes estimators-variance.md)",
+    )
     args = ap.parse_args()
     set_threads(args.threads)
+    args.vpv_calls_mlp, args.vpv_calls_conv, args.vpv_inner = 300, 100, 4
+    if args.quick:
+        args.vpv_calls_mlp, args.vpv_calls_conv, args.vpv_inner = 20, 10, 2
     if args.quick:
         args.max_terms, args.draws_mlp, args.draws_conv = 4, 20, 5
         args.roulette_calls_mlp, args.roulette_calls_conv, args.roulette_inner = 30, 10, 2
@@ -447,6 +559,15 @@ def main() -> None:
         for c in args.coeffs:
             s = run_setting(name, c, args)
             results.append(s)
+            for r in s["variance_per_vjp"]:
+                print(
+                    f"  {name} c={c} {r['estimator']}: var {r['variance']:.3g} "
+                    f"VJPs {r['vjps_mean']:.2f} var*VJPs {r['variance_x_vjps']:.3g} "
+                    f"({r['ratio_to_roulette']:.2f}x roulette)",
+                    flush=True,
+                )
+            if args.variance_only:
+                continue
             rr = s["rows"][-1]
             print(
                 f"{name} c={c}: exact {s['exact_logdet_mean']:.4f}, "
@@ -457,17 +578,28 @@ def main() -> None:
             )
 
     settings = {k: v for k, v in vars(args).items() if k != "out_dir"}
-    sections = [
-        ("What is measured", __doc__.split("\n\n", 1)[1].split("Run:")[0].strip()),
-        (
-            "Summary (bias of the batch-mean log-det per sample; std of one single-probe estimate)",
-            summary_table(results),
-        ),
-    ]
-    for s in results:
-        sections.append((f"{s['block']}, c = {s['coeff']}", table_for(s)))
+    vpv = (
+        "Variance per VJP: the roulette against the stratified roulette "
+        "(lower `variance x VJPs` is better; `vs roulette`: ratio to the one-probe roulette's)",
+        variance_table(results),
+    )
+    sections = [("What is measured", __doc__.split("\n\n", 1)[1].split("Run:")[0].strip())]
+    if args.variance_only:
+        sections.append(vpv)
+    else:
+        sections.append(
+            (
+                "Summary (bias of the batch-mean log-det per sample; std of one single-probe "
+                "estimate)",
+                summary_table(results),
+            )
+        )
+        sections.append(vpv)
+        for s in results:
+            sections.append((f"{s['block']}, c = {s['coeff']}", table_for(s)))
+    name = NAME + "-variance" if args.variance_only else NAME
     write_results(
-        NAME,
+        name,
         "Log-det estimators: accuracy per cost",
         env,
         settings,
@@ -475,7 +607,7 @@ def main() -> None:
         raw={"settings": results},
         out_dir=args.out_dir,
     )
-    print(f"wrote {(args.out_dir or RESULTS_DIR) / (NAME + '.md')}")
+    print(f"wrote {(args.out_dir or RESULTS_DIR) / (name + '.md')}")
 
 
 if __name__ == "__main__":

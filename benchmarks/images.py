@@ -26,6 +26,15 @@ the same time, one process each (the share of a core each got is reported).
 standard test split (digits: the library's fixed split; Fashion-MNIST: the 10 000
 ``t10k`` images), each image dequantised with fixed-seed noise.
 
+**Variants of ours** (``--variants``, issue 17): the Residual Flow preset beside an i-DenseNet
+of about the same size (the same skeleton with dense branches: depth 3, CLipSwish, learned
+concatenation weights; growth 12 on digits, 16 on Fashion-MNIST, the ``fashion-mnist-idensenet``
+preset), each with uniform and with variational dequantisation (Flow++: ``q(v | x)`` with 4
+couplings of width 16, trained jointly), all four trained side by side at the same CPU budget.
+With variational dequantisation the reported bits/dim are the negative ELBO (an upper bound of
+the code length); the same model's uniform-dequantisation bound is measured beside it on the
+same test images.
+
 Run: ``.venv/bin/python benchmarks/images.py`` (digits 10 CPU-minutes, Fashion-MNIST 60
 CPU-minutes per model, plus evaluation); ``--datasets digits --budget digits=600`` for one;
 ``--quick`` for a smoke run (writes ``images-<data>-quick.*``). ``--data-dir DIR`` points at
@@ -64,6 +73,26 @@ from bench.stats import mean_se, summarize, verdict
 from bench.worker import add_worker_flag, run_side_by_side, serve
 
 DEFAULT_BUDGETS = {"digits": 600.0, "fashion-mnist": 3600.0}
+#: ``--variants``: config overrides of the data set's preset, per variant.
+_DENSE = ["model.branch=dense", "model.activation=clipswish", "model.dense_depth=3"]
+_VARDEQ = [
+    "model.dequantization=variational",
+    "model.dequant_hidden=16",
+    "model.dequant_steps=4",
+]
+DENSE_GROWTH = {"digits": 12, "fashion-mnist": 16}  # about the Residual Flow's parameters
+
+
+def variants(dataset: str) -> dict[str, list[str]]:
+    dense = [*_DENSE, f"model.dense_growth={DENSE_GROWTH[dataset]}"]
+    return {
+        "Residual Flow": [],
+        "Residual Flow + var. deq.": list(_VARDEQ),
+        "i-DenseNet": dense,
+        "i-DenseNet + var. deq.": [*dense, *_VARDEQ],
+    }
+
+
 #: The peer's size per data set: enough capacity that time, not width, limits it.
 PEER_KW = {
     "digits": {"transforms": 8, "hidden_features": [256, 256]},
@@ -191,6 +220,9 @@ def train_ours(
         f"{m.hidden} channels, {m.activation}, c={m.coeff}, log-det {m.logdet}",
         "test_bpd": ev["test_bpd"],
         "test_bpd_se": ev["test_bpd_se"],
+        "dequantization": ev.get("dequantization"),
+        "test_bpd_uniform": ev.get("test_bpd_uniform"),
+        "test_bpd_uniform_se": ev.get("test_bpd_uniform_se"),
         "estimator": ev["estimator"],
         "n_test": ev["n_test"],
         "inverse_max_error": ev["inverse_max_error"],
@@ -269,6 +301,84 @@ def run_dataset(dataset: str, budget: float, args: argparse.Namespace, work: Pat
     for spec, out in jobs.values():
         results[spec["who"]] = load_result(out, spec["who"])
     return results
+
+
+def run_variants(dataset: str, budget: float, args: argparse.Namespace, work: Path) -> dict:
+    """Train the variants of ours side by side (one process each) and collect their results."""
+    jobs = {}
+    for label, override in variants(dataset).items():
+        slug = label.lower().replace(" ", "-").replace("+", "").replace(".", "").replace("--", "-")
+        out = work / dataset / slug
+        spec = {
+            "who": "ours",
+            "dataset": dataset,
+            "budget": budget,
+            "seed": args.seed,
+            "data_dir": args.data_dir,
+            "out": str(out),
+            "n_test": args.n_test,
+            "ours_override": [*override, *args.ours_override],
+        }
+        jobs[label] = (spec, out)
+    run_side_by_side(__file__, jobs)
+    return {label: load_result(out, "ours") for label, (_, out) in jobs.items()}
+
+
+def variants_report(dataset: str, results: dict[str, Any], budget: float) -> tuple[str, str]:
+    head = [
+        "model",
+        "test bits/dim ± SE",
+        "same model, uniform deq. ± SE",
+        "estimator",
+        "steps",
+        "CPU s/step (mean)",
+        "CPU share",
+        "parameters",
+        "max Lip(g)",
+    ]
+    rows = []
+    for label, r in results.items():
+        variational = r.get("dequantization") == "variational"
+        rows.append(
+            [
+                label,
+                pm(r["test_bpd"], r["test_bpd_se"], 4) + (" (-ELBO)" if variational else ""),
+                pm(r["test_bpd_uniform"], r["test_bpd_uniform_se"], 4) if variational else "-",
+                r["estimator"],
+                r["steps"],
+                f"{1000 * r['train_seconds'] / max(r['steps'], 1):.1f} ms",
+                f"{r['cpu_share']:.2f}",
+                f"{r['params']:,}",
+                f"{r['max_lipschitz']:.4f}",
+            ]
+        )
+    base = results["Residual Flow"]
+    lines = []
+    for label, r in results.items():
+        if label == "Residual Flow":
+            continue
+        d = r["test_bpd"] - base["test_bpd"]
+        se = math.hypot(r["test_bpd_se"], base["test_bpd_se"])
+        said = verdict(d, se).replace("ours", label).replace("peer", "Residual Flow")
+        lines.append(
+            f"- {dataset}, {budget:.0f} CPU s: {label} - Residual Flow = {d:+.4f} (± {se:.4f}) "
+            f"bits/dim: {said}"
+        )
+        if r.get("dequantization") == "variational":
+            g = r["test_bpd"] - r["test_bpd_uniform"]
+            gse = math.hypot(r["test_bpd_se"], r["test_bpd_uniform_se"])
+            lines.append(
+                f"  - its variational bound - its own uniform bound = {g:+.4f} (± {gse:.4f}, "
+                "unpaired SE: conservative, both on the same images) bits/dim"
+            )
+    return markdown_table(head, rows), "\n".join(lines)
+
+
+def variants_figure(dataset: str, results: dict[str, Any], path: Path) -> Path:
+    """16 samples per variant, one row each, in the order of the table."""
+    grid = torch.cat([r["samples"][:16] for r in results.values()])
+    title = f"{dataset}, rows: " + " | ".join(results)
+    return plot_image_grid(grid, path, nrow=16, title=title)
 
 
 def figure(dataset: str, results: dict[str, Any], path: Path) -> Path:
@@ -373,6 +483,12 @@ def main() -> None:
         help="config overrides of our preset, for what-if runs",
     )
     ap.add_argument("--name", default=None, help="results name (default images-<data>)")
+    ap.add_argument(
+        "--variants",
+        action="store_true",
+        help="ours only: Residual Flow vs i-DenseNet, each with uniform and variational "
+        "dequantisation (writes images-variants-<data>.*)",
+    )
     add_worker_flag(ap)
     args = ap.parse_args()
     if serve(args, worker):
@@ -389,6 +505,39 @@ def main() -> None:
     env = environment()
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="iresnet-images-"))
     out_dir = args.out_dir or RESULTS_DIR
+    if args.variants:
+        for ds in args.datasets:
+            print(
+                f"[{ds}] training 4 variants side by side, {budgets[ds]:g} CPU s each", flush=True
+            )
+            res = run_variants(ds, budgets[ds], args, work)
+            name = args.name or f"images-variants-{ds}{'-quick' if args.quick else ''}"
+            png = variants_figure(ds, res, out_dir / f"{name}.png")
+            table, verdicts = variants_report(ds, res, budgets[ds])
+            raw = {who: {k: v for k, v in r.items() if k != "samples"} for who, r in res.items()}
+            settings = {
+                "dataset": ds,
+                "budget_s": budgets[ds],
+                "seed": args.seed,
+                "threads": 1,
+                "n_test": args.n_test or "all",
+                "variants": variants(ds),
+                "work_dir": str(work),
+                "ours_override": args.ours_override,
+            }
+            notes = doc_body(__doc__) + f"\n\nSamples (one row per variant): `{png.name}`."
+            md, _ = write_results(
+                name,
+                f"Residual Flow vs i-DenseNet, uniform vs variational dequantisation, on {ds}",
+                env,
+                settings,
+                [("Results", table), ("Against the Residual Flow", verdicts), ("Notes", notes)],
+                raw,
+                summary={k: r["test_bpd"] for k, r in res.items()},
+                out_dir=out_dir,
+            )
+            print(md.read_text(), flush=True)
+        return
     for ds in args.datasets:
         print(
             f"[{ds}] training ours and zuko RealNVP side by side, {budgets[ds]:g} CPU s each",

@@ -40,6 +40,24 @@ def _conv_block() -> Transform:
     return iresnet.InvertibleResidualBlock(g, logdet=iresnet.ExactLogDet(), inverse=_solver())
 
 
+def _dense_mlp_block() -> Transform:
+    g = iresnet.nn.dense_branch(3, growth=4, depth=2, coeff=0.9)
+    scale_weights(g, 3.0)
+    return iresnet.InvertibleResidualBlock(g, logdet=iresnet.ExactLogDet(), inverse=_solver())
+
+
+def _dense_conv_block() -> Transform:
+    g = iresnet.nn.dense_branch(2, growth=4, depth=2, conv=True, coeff=0.9)
+    scale_weights(g, 3.0)
+    return iresnet.InvertibleResidualBlock(g, logdet=iresnet.ExactLogDet(), inverse=_solver())
+
+
+def _clipswish_conv_block() -> Transform:
+    g = iresnet.nn.conv_branch(2, (4,), activation="clipswish", preact=True, coeff=0.9)
+    scale_weights(g, 3.0)
+    return iresnet.InvertibleResidualBlock(g, logdet=iresnet.ExactLogDet(), inverse=_solver())
+
+
 def _composed() -> Transform:
     return iresnet.ComposedTransform(iresnet.ActNorm(2), iresnet.Squeeze(2), _conv_block_8())
 
@@ -92,6 +110,9 @@ def _jacobian(f: Callable[..., Tensor], x: Tensor, c: Tensor | None) -> Tensor:
 TRANSFORMS: dict[str, tuple[Callable[[], Transform], tuple[int, ...]]] = {
     "residual_block_mlp": (_mlp_block, (3,)),
     "residual_block_conv": (_conv_block, (2, 4, 4)),
+    "residual_block_dense_mlp": (_dense_mlp_block, (3,)),
+    "residual_block_dense_conv": (_dense_conv_block, (2, 4, 4)),
+    "residual_block_clipswish": (_clipswish_conv_block, (2, 4, 4)),
     "actnorm_vector": (lambda: iresnet.ActNorm(3), (3,)),
     "actnorm_image": (lambda: iresnet.ActNorm(2), (2, 4, 4)),
     "squeeze": (lambda: iresnet.Squeeze(2), (2, 4, 4)),
@@ -210,12 +231,13 @@ def test_transform_train_and_eval_agree(transform):
 
 
 def test_every_transform_is_covered():
-    """A new transform in :mod:`iresnet.transforms` must join the table above (Dequantize is
-    stochastic and has its own tests in ``tests/transforms``)."""
+    """A new transform in :mod:`iresnet.transforms` must join the table above (the two
+    dequantisations are stochastic and have their own tests in ``tests/transforms``)."""
     exported = {getattr(iresnet.transforms, n) for n in iresnet.transforms.__all__}
     classes = {c for c in exported if isinstance(c, type) and issubclass(c, Transform)}
     covered = {type(TRANSFORMS[n][0]()) for n in TRANSFORMS}
-    assert classes - covered - {Transform, iresnet.Dequantize} == set()
+    stochastic = {iresnet.Dequantize, iresnet.transforms.VariationalDequantize}
+    assert classes - covered - {Transform} - stochastic == set()
 
 
 # ----------------------------------------------------------------------------------- families
@@ -248,6 +270,29 @@ def _multiscale() -> nn.Module:
         hidden_channels=(4,),
         logdet="exact",
         factor_out=True,
+        fc_blocks=1,
+        fc_hidden_features=(8,),
+        logit_alpha=0.05,
+        inverse=_solver(),
+    )
+
+
+def _residual_flow_dense() -> nn.Module:
+    return iresnet.ResidualFlow(
+        3, transforms=2, branch="dense", dense_growth=4, dense_depth=2, inverse=_solver()
+    )
+
+
+def _multiscale_dense() -> nn.Module:
+    return iresnet.MultiscaleResidualFlow(
+        (1, 4, 4),
+        scales=2,
+        blocks=1,
+        branch="dense",
+        dense_growth=4,
+        dense_depth=2,
+        activation="clipswish",
+        logdet="exact",
         fc_blocks=1,
         fc_hidden_features=(8,),
         logit_alpha=0.05,
@@ -300,6 +345,8 @@ FAMILIES: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "ResidualFlow": (_residual_flow, (3,)),
     "ResidualFlow-roulette": (_residual_flow_roulette, (3,)),
     "MultiscaleResidualFlow": (_multiscale, (1, 4, 4)),
+    "ResidualFlow-dense": (_residual_flow_dense, (3,)),
+    "MultiscaleResidualFlow-dense": (_multiscale_dense, (1, 4, 4)),
     "InvertibleClassifier": (_classifier, (1, 4, 4)),
     "HybridClassifier": (_hybrid, (1, 4, 4)),
     "ResidualFlow-conditional": (_residual_flow_conditional, (3,)),
@@ -417,7 +464,10 @@ def test_family_train_and_eval_agree(family):
         torch.testing.assert_close(u, v, rtol=1e-9, atol=1e-9)
 
 
-@pytest.mark.parametrize("name", ["ResidualFlow", "MultiscaleResidualFlow", "HybridClassifier"])
+@pytest.mark.parametrize(
+    "name",
+    ["ResidualFlow", "MultiscaleResidualFlow", "HybridClassifier", "MultiscaleResidualFlow-dense"],
+)
 def test_certified_reconstruction_error_bounds_the_true_error(name):
     """A loose solver (``atol = 1e-3``) leaves visible errors; the certified bound composed
     through the whole inverse (blocks, ActNorms, squeezes, factor-out, the logit map) must

@@ -23,6 +23,7 @@ __all__ = [
     "CheckpointError",
     "InverseNotConvergedError",
     "InverseNotConvergedWarning",
+    "RouletteVarianceWarning",
 ]
 
 
@@ -59,4 +60,14 @@ class InverseNotConvergedWarning(RuntimeWarning):
     """Warned (instead of raised) when an inverse did not converge and ``on_failure='warn'``.
 
     Turn it into an error with ``warnings.simplefilter("error", InverseNotConvergedWarning)``.
+    """
+
+
+class RouletteVarianceWarning(RuntimeWarning):
+    """A Russian-roulette log-det estimator whose variance is not finite for the Lipschitz
+    bound of the blocks it serves (Geometric(``p``) needs ``L^2 <= 1 - p``; see
+    [`iresnet.ops.roulette`][iresnet.ops.roulette]).
+
+    Use ``logdet="roulette-auto"`` (``p`` and ``n_exact`` chosen from the bound), or a smaller
+    ``p``. Turn it into an error with ``warnings.simplefilter("error", RouletteVarianceWarning)``.
     """

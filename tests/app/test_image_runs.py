@@ -99,6 +99,8 @@ IMAGE_PRESETS = (
     "cifar10-paper",
     "mnist-resflow-paper",
     "cifar10-resflow-paper",
+    "fashion-mnist-idensenet",
+    "cifar10-idensenet-paper",
 )
 
 

@@ -18,13 +18,14 @@ from ..classifiers import HybridClassifier, InvertibleClassifier
 from ..datasets import DataBundle, Standardizer, load_dataset
 from ..errors import ConfigError
 from ..flows import MultiscaleResidualFlow, ResidualFlow
-from ..nn import LipELU, LipSwish
+from ..nn import CLipSwish, LipELU, LipSwish
 from ..ops import (
     ExactLogDet,
     FixedPointInverse,
     LogDetEstimator,
     PowerSeriesLogDet,
     RussianRouletteLogDet,
+    StratifiedRouletteLogDet,
 )
 from .config import Config, DataConfig, ModelConfig
 
@@ -52,6 +53,9 @@ FAMILY_ARGS = {
     "hidden_features": "model.hidden",
     "fc_blocks": "model.fc_blocks",
     "coeff": "model.coeff",
+    "branch": "model.branch",
+    "growth": "model.dense_growth",
+    "dense_coeff": "model.dense_coeff",
 }
 
 
@@ -101,9 +105,22 @@ def build_logdet(cfg: ModelConfig, dim: int) -> LogDetEstimator:
             neumann_gradient=cfg.neumann_gradient,
             memory_efficient=cfg.memory_efficient,
         )
+    if cfg.logdet == "stratified":
+        return StratifiedRouletteLogDet(
+            head_terms=cfg.head_terms,
+            head_probes=cfg.head_probes,
+            p=cfg.roulette_p,
+            n_exact=cfg.n_exact,
+            n_probes=cfg.n_probes,
+            probe=cfg.probe,  # type: ignore[arg-type]
+            neumann_gradient=cfg.neumann_gradient,
+            memory_efficient=cfg.memory_efficient,
+        )
+    auto = cfg.logdet == "roulette-auto"  # p and n_exact: chosen by the family per block
     return RussianRouletteLogDet(
-        p=cfg.roulette_p,
-        n_exact=cfg.n_exact,
+        p=None if auto else cfg.roulette_p,
+        n_exact=None if auto else cfg.n_exact,
+        auto=auto,
         n_probes=cfg.n_probes,
         probe=cfg.probe,  # type: ignore[arg-type]
         neumann_gradient=cfg.neumann_gradient,
@@ -140,6 +157,8 @@ def _common(cfg: ModelConfig) -> dict[str, Any]:
     norm = cfg.lipschitz_norm if cfg.constrained else "none"
     if cfg.activation == "lipswish":
         act: Any = functools.partial(LipSwish, cfg.lipswish_beta)
+    elif cfg.activation == "clipswish":
+        act = functools.partial(CLipSwish, cfg.lipswish_beta)
     else:
         act = LipELU
     return {
@@ -177,6 +196,16 @@ def _config_words(message: str) -> str:
     return f"cannot build the model: {message}{hint}"
 
 
+def _branch(cfg: ModelConfig) -> dict[str, Any]:
+    """The flows' branch keywords (the classifiers have plain branches only)."""
+    return {
+        "branch": cfg.branch,
+        "dense_growth": cfg.dense_growth,
+        "dense_depth": cfg.dense_depth,
+        "dense_coeff": cfg.dense_coeff,
+    }
+
+
 def _build(cfg: ModelConfig, data: DataBundle, shape: tuple[int, ...], alpha: float) -> nn.Module:
     common = _common(cfg)
     dim = math.prod(shape)
@@ -208,6 +237,7 @@ def _build(cfg: ModelConfig, data: DataBundle, shape: tuple[int, ...], alpha: fl
             actnorm=cfg.actnorm,
             standardize=(std.mean, std.std) if std is not None else None,
             **conditional,
+            **_branch(cfg),
             **common,
         )
     if len(shape) != 3:
@@ -229,6 +259,10 @@ def _build(cfg: ModelConfig, data: DataBundle, shape: tuple[int, ...], alpha: fl
             logit_alpha=alpha,
             context=context,
             context_features=(cfg.fc_hidden,),
+            dequantization=cfg.dequantization,
+            dequant_hidden=cfg.dequant_hidden,
+            dequant_steps=cfg.dequant_steps,
+            **_branch(cfg),
             **common,
         )
     stages = {

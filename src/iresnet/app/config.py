@@ -20,8 +20,9 @@ from ..errors import ConfigError
 __all__ = ["ModelConfig", "DataConfig", "TrainConfig", "Config", "SECTIONS"]
 
 MODEL_KINDS = ("toy", "iresnet-image", "resflow-image", "classifier", "hybrid")
-LOGDETS = ("exact", "series", "roulette")
-ACTIVATIONS = ("lipswish", "elu")
+LOGDETS = ("exact", "series", "roulette", "roulette-auto", "stratified")
+ACTIVATIONS = ("lipswish", "elu", "clipswish")
+BRANCHES = ("plain", "dense")
 
 
 @dataclass
@@ -44,12 +45,18 @@ class ModelConfig:
         n_blocks: residual blocks (toy: in total; images: per scale).
         hidden: hidden width (units for MLPs, channels for convolutions).
         n_layers: linear/conv layers inside each residual branch ``g`` (>= 2).
-        activation: ``lipswish`` or ``elu``.
+        activation: ``lipswish``, ``elu`` or ``clipswish`` (concatenated LipSwish of
+            i-DenseNet: twice the width out, 1-Lipschitz).
         lipswish_beta: initial LipSwish ``beta``; a sharper activation (larger ``beta``) lets
             small pre-activations bend, which helps narrow 2-D models leave the Gaussian plateau.
         actnorm: ActNorm before every block.
         n_power_iterations: power-iteration steps per training call.
-        logdet: ``exact``, ``series`` (i-ResNet power series) or ``roulette`` (Residual Flows).
+        logdet: ``exact``, ``series`` (i-ResNet power series), ``roulette`` (Residual Flows) or
+            ``roulette-auto`` (toy and image flows: the roulette with ``p`` and ``n_exact``
+            chosen from each block's design bound so its variance is finite; ``roulette_p`` and
+            ``n_exact`` are then unused) or ``stratified`` (the roulette with its first
+            ``head_terms`` terms averaged over ``head_probes`` probes: lower variance per
+            vector-Jacobian product; ``n_probes`` probes continue into the tail).
         n_terms: series terms; n_exact: roulette's always-computed terms; roulette_p: geometric p.
         n_probes, probe: Hutchinson probes per call and their distribution.
         neumann_gradient, memory_efficient: gradient estimator and backward mode of the series.
@@ -63,6 +70,20 @@ class ModelConfig:
             else (classifiers: before the padding), the i-ResNet code's ``init_ds=2``; makes
             the first stage four times cheaper on 28x28 images. Image flows of the i-ResNet
             kind squeeze first anyway where there is room.
+        head_terms, head_probes: the ``stratified`` log-det's head (terms, probes).
+        dequantization: image flows: ``uniform`` or ``variational`` (Flow++: a conditional
+            flow ``q(v | x)`` over the dequantisation noise, trained jointly; the bits/dim are
+            then the ELBO's upper bound, and the final evaluation reports the same model's
+            uniform bound beside them); dequant_hidden, dequant_steps: its width and coupling
+            steps.
+        branch: toy and image flows: ``plain`` (the MLP / CNN branch) or ``dense``
+            (i-DenseNet's dense branch: ``dense_depth`` dense layers adding ``dense_growth``
+            features each, concatenation weights of norm ``dense_coeff``; ``hidden`` and
+            ``n_layers`` then set only the fc blocks).
+        dense_depth: dense branches: dense layers per branch.
+        dense_growth: dense branches: features (channels) each dense layer adds.
+        dense_coeff: dense branches: ``sqrt(eta_1^2 + eta_2^2)`` of every dense layer, in
+            ``(0, 1]``.
         head_pool: classifiers: the head average-pools the features to a ``head_pool x
             head_pool`` grid before its linear layer (1: global average pooling, the paper's).
     """
@@ -97,12 +118,23 @@ class ModelConfig:
     n_classes: int = 10
     init_squeeze: bool = False
     head_pool: int = 1
+    branch: str = "plain"
+    dense_depth: int = 3
+    dense_growth: int = 32
+    dense_coeff: float = 0.98
+    head_terms: int = 1
+    head_probes: int = 4
+    dequantization: str = "uniform"
+    dequant_hidden: int = 32
+    dequant_steps: int = 4
 
     def validate(self) -> None:
         """Raise [`ConfigError`][iresnet.errors.ConfigError] on an out-of-range or unknown value."""
         _choice("model.kind", self.kind, MODEL_KINDS)
         _choice("model.logdet", self.logdet, LOGDETS)
         _choice("model.activation", self.activation, ACTIVATIONS)
+        _choice("model.branch", self.branch, BRANCHES)
+        _choice("model.dequantization", self.dequantization, ("uniform", "variational"))
         _choice("model.probe", self.probe, ("gaussian", "rademacher"))
         _choice(
             "model.lipschitz_norm",
@@ -111,6 +143,24 @@ class ModelConfig:
         )
         if not 0.0 < self.coeff <= 1.0:
             raise ConfigError(f"model.coeff must lie in (0, 1], got {self.coeff}")
+        if not 0.0 < self.dense_coeff <= 1.0:
+            raise ConfigError(f"model.dense_coeff must lie in (0, 1], got {self.dense_coeff}")
+        if self.logdet == "roulette-auto" and self.kind in ("classifier", "hybrid"):
+            raise ConfigError(
+                "model.logdet=roulette-auto is for the flows (toy, iresnet-image, resflow-image); "
+                "use roulette for the hybrid"
+            )
+        if self.logdet == "stratified" and not (
+            self.head_terms <= self.n_exact and self.head_probes >= self.n_probes
+        ):
+            raise ConfigError(
+                "model.logdet=stratified needs model.head_terms <= model.n_exact and "
+                "model.head_probes >= model.n_probes"
+            )
+        if self.branch == "dense" and self.activation == "clipswish" and self.dense_growth % 2:
+            raise ConfigError(
+                f"model.dense_growth must be even with clipswish, got {self.dense_growth}"
+            )
         if not 0.0 < self.roulette_p < 1.0:
             raise ConfigError(f"model.roulette_p must lie in (0, 1), got {self.roulette_p}")
         for name in (
@@ -125,11 +175,17 @@ class ModelConfig:
             "fc_hidden",
             "n_classes",
             "head_pool",
+            "dense_depth",
+            "dense_growth",
+            "head_terms",
+            "head_probes",
+            "dequant_hidden",
         ):
             _positive(f"model.{name}", getattr(self, name))
         _at_least("model.n_layers", self.n_layers, 2)
         _at_least("model.anderson", self.anderson, 0)
         _at_least("model.fc_blocks", self.fc_blocks, 0)
+        _at_least("model.dequant_steps", self.dequant_steps, 0)
         if not self.inverse_atol > 0 or self.inverse_rtol < 0:
             raise ConfigError("model.inverse_atol must be positive and model.inverse_rtol >= 0")
         if not self.lipswish_beta > 0:

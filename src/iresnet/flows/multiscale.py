@@ -41,7 +41,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from ..nn import conditional_conv_branch, conditional_mlp_branch, conv_branch, mlp_branch
+from ..nn import (
+    conditional_conv_branch,
+    conditional_mlp_branch,
+    conv_branch,
+    dense_branch,
+    design_bound_of,
+    mlp_branch,
+)
 from ..nn.branches import Activation
 from ..ops import FixedPointInverse, LogDetEstimator, logdet_estimator
 from ..transforms import (
@@ -53,9 +60,10 @@ from ..transforms import (
     OnActive,
     Squeeze,
     Transform,
+    VariationalDequantize,
 )
 from .flow import Flow
-from .residual_flow import check_context
+from .residual_flow import check_branch, check_context, check_logdet
 
 __all__ = ["MultiscaleResidualFlow", "check_image_shape"]
 
@@ -150,7 +158,9 @@ class MultiscaleResidualFlow(Flow):
         hidden_channels: channels between the convolutions of each branch.
         coeff: the Lipschitz coefficient ``c`` of every convolution, in ``(0, 1]``.
         activation: ``"lipswish"``, ``"elu"`` or a factory of 1-Lipschitz modules.
-        logdet: ``"exact"``, ``"series"``, ``"roulette"`` or a
+        logdet: ``"exact"``, ``"series"``, ``"roulette"``, ``"roulette-auto"`` (chosen per
+            block from its design bound, finite variance; see
+            [`RussianRouletteLogDet`][iresnet.ops.logdet.RussianRouletteLogDet]) or a
             [`LogDetEstimator`][iresnet.ops.logdet.LogDetEstimator] shared by the blocks. With
             the default roulette, ``log_prob`` is an unbiased random estimate in eval mode too;
             evaluate with [`swap_logdets`][iresnet.transforms.residual.swap_logdets] (``"exact"``
@@ -172,6 +182,19 @@ class MultiscaleResidualFlow(Flow):
             (0: none).
         validate: check ``log_prob`` inputs for NaN/Inf.
         context_features: hidden sizes of the context networks (conditional flows only).
+        branch: ``"plain"`` (the CNN branch above) or ``"dense"``: i-DenseNet's
+            ([`dense_branch`][iresnet.nn.dense.dense_branch] with ``conv=True``: ``dense_depth``
+            3x3 dense layers adding ``dense_growth`` channels each, then a 1x1 back, no
+            pre-activation; ``Lip(g) <= coeff * dense_coeff^dense_depth``). The fc blocks keep
+            their MLP branches.
+        dense_growth: channels each dense layer adds (the paper's CIFAR-10 model: 172).
+        dense_depth: dense layers per branch (the paper's: 3).
+        dense_coeff: ``sqrt(eta_1^2 + eta_2^2)`` of every dense layer (the paper's: 0.98).
+        dequantization: with ``levels``: ``"uniform"`` or ``"variational"``
+            ([`VariationalDequantize`][iresnet.transforms.dequantization.VariationalDequantize]:
+            ``q(v | x)`` learned jointly, ``log_prob`` is then the one-sample ELBO).
+        dequant_hidden: the variational ``q``'s width.
+        dequant_steps: the variational ``q``'s coupling steps.
 
     Shapes:
         ``x``: ``(B, C, H, W)`` (integer levels with ``levels``); ``log_prob(x)``: ``(B,)``, in
@@ -212,8 +235,17 @@ class MultiscaleResidualFlow(Flow):
         logit_alpha: float = 0.0,
         validate: bool = True,
         context_features: Sequence[int] = (64,),
+        branch: str = "plain",
+        dense_growth: int = 32,
+        dense_depth: int = 3,
+        dense_coeff: float = 0.98,
+        dequantization: str = "uniform",
+        dequant_hidden: int = 32,
+        dequant_steps: int = 4,
     ) -> None:
         check_context(context)
+        check_branch(branch)
+        check_logdet(logdet)
         if scales < 1 or blocks < 0 or fc_blocks < 0:
             raise ValueError(
                 f"need scales >= 1, blocks >= 0, fc_blocks >= 0; got {scales}, {blocks}, "
@@ -223,6 +255,10 @@ class MultiscaleResidualFlow(Flow):
             raise ValueError(f"logit_alpha must lie in [0, 0.5), got {logit_alpha}")
         if levels is not None and (isinstance(levels, bool) or not isinstance(levels, int)):
             raise ValueError(f"levels must be an integer >= 2 or None, got {levels!r}")
+        if dequantization not in ("uniform", "variational"):
+            raise ValueError(
+                f"dequantization must be 'uniform' or 'variational', got {dequantization!r}"
+            )
         image = check_image_shape(shape, scales - 1 + int(squeeze_first))
         solver = inverse if inverse is not None else FixedPointInverse()
         options = {
@@ -233,7 +269,12 @@ class MultiscaleResidualFlow(Flow):
         }
         stack = _Stack(image)
         if levels is not None:
-            stack.add(Dequantize(levels))
+            if dequantization == "variational":
+                stack.add(
+                    VariationalDequantize(levels, image, hidden=dequant_hidden, steps=dequant_steps)
+                )
+            else:
+                stack.add(Dequantize(levels))
         if logit_alpha > 0:
             stack.add(Logit(logit_alpha))
         if squeeze_first:
@@ -244,7 +285,11 @@ class MultiscaleResidualFlow(Flow):
                 stack.add(ActNorm(stack.shape[0]))
 
         def block(g: object) -> None:
-            est = logdet_estimator(logdet, math.prod(stack.shape))
+            est = logdet_estimator(
+                logdet,
+                math.prod(stack.shape),
+                lipschitz=design_bound_of(g),  # type: ignore[arg-type]
+            )
             stack.add(InvertibleResidualBlock(g, logdet=est, inverse=solver))  # type: ignore[arg-type]
             stack.n_blocks += 1
 
@@ -252,8 +297,22 @@ class MultiscaleResidualFlow(Flow):
         for scale in range(scales):
             for _ in range(blocks):
                 preact = stack.n_blocks > 0
-                if context:
-                    g: object = conditional_conv_branch(
+                if branch == "dense":
+                    if context:
+                        raise ValueError(
+                            "branch='dense' has no conditional form yet; use branch='plain' "
+                            "with context"
+                        )
+                    g: object = dense_branch(
+                        stack.shape[0],
+                        dense_growth,
+                        dense_depth,
+                        conv=True,
+                        dense_coeff=dense_coeff,
+                        **options,  # type: ignore[arg-type]
+                    )
+                elif context:
+                    g = conditional_conv_branch(
                         stack.shape[0],
                         context,
                         hidden_channels,

@@ -10,13 +10,37 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..nn import conditional_mlp_branch, mlp_branch
+from ..nn import conditional_mlp_branch, dense_branch, design_bound_of, mlp_branch
 from ..nn.branches import Activation
-from ..ops import FixedPointInverse, LogDetEstimator, logdet_estimator
+from ..ops import LOGDETS, FixedPointInverse, LogDetEstimator, logdet_estimator
 from ..transforms import ActNorm, ConditionalAffine, InvertibleResidualBlock, Standardize, Transform
 from .flow import Flow
 
-__all__ = ["ResidualFlow", "check_context"]
+__all__ = ["BRANCHES", "ResidualFlow", "check_branch", "check_context", "check_logdet"]
+
+BRANCHES = ("plain", "dense")
+"""Branch kinds of the families: ``"plain"`` (the MLP / CNN of i-ResNet and Residual Flows) or
+``"dense"`` (i-DenseNet's, [`dense_branch`][iresnet.nn.dense.dense_branch])."""
+
+
+def check_logdet(logdet: str | LogDetEstimator) -> None:
+    """Refuse an unknown log-det name before any block is built.
+
+    Raises:
+        ValueError: a string not in ``iresnet.ops.LOGDETS``.
+    """
+    if isinstance(logdet, str) and logdet not in LOGDETS:
+        raise ValueError(f"logdet must be one of {LOGDETS} or a LogDetEstimator, got {logdet!r}")
+
+
+def check_branch(branch: str) -> None:
+    """Refuse an unknown branch kind with one line.
+
+    Raises:
+        ValueError: ``branch`` not in [`BRANCHES`][iresnet.flows.residual_flow.BRANCHES].
+    """
+    if branch not in BRANCHES:
+        raise ValueError(f"branch must be one of {BRANCHES}, got {branch!r}")
 
 
 def check_context(context: int) -> None:
@@ -59,9 +83,13 @@ class ResidualFlow(Flow):
         hidden_features: hidden sizes of each branch ``g``.
         coeff: the Lipschitz coefficient ``c`` of every linear layer, in ``(0, 1]``.
         activation: ``"lipswish"``, ``"elu"`` or a factory of 1-Lipschitz modules.
-        logdet: ``"exact"``, ``"series"``, ``"roulette"`` or a
-            [`LogDetEstimator`][iresnet.ops.logdet.LogDetEstimator] (shared by all blocks); see
-            [`logdet_estimator`][iresnet.ops.logdet.logdet_estimator].
+        logdet: ``"exact"``, ``"series"``, ``"roulette"``, ``"roulette-auto"`` (``p`` and
+            ``n_exact`` chosen from the blocks' design bound ``Lip(g) <= coeff^n`` so the
+            variance is finite) or a [`LogDetEstimator`][iresnet.ops.logdet.LogDetEstimator]
+            (shared by all blocks); see
+            [`logdet_estimator`][iresnet.ops.logdet.logdet_estimator]. A roulette whose fixed
+            ``p`` has infinite variance for that bound warns
+            ([`RouletteVarianceWarning`][iresnet.errors.RouletteVarianceWarning]).
         inverse: the fixed-point solver of every block (default
             [`FixedPointInverse`][iresnet.ops.fixed_point.FixedPointInverse]).
         actnorm: ActNorm before every block and at the end.
@@ -76,6 +104,13 @@ class ResidualFlow(Flow):
         context_affine: a ``ConditionalAffine`` first (conditional flows only).
         context_standardize: ``(mean, std)`` of the contexts (see
             [`Flow`][iresnet.flows.flow.Flow]).
+        branch: ``"plain"`` (the MLP above) or ``"dense"``: i-DenseNet's branch
+            ([`dense_branch`][iresnet.nn.dense.dense_branch]) of ``dense_depth`` dense layers
+            adding ``dense_growth`` features each, ``Lip(g) <= coeff * dense_coeff^dense_depth``
+            (``hidden_features`` is then unused).
+        dense_growth: features each dense layer adds.
+        dense_depth: dense layers per branch.
+        dense_coeff: ``sqrt(eta_1^2 + eta_2^2)`` of every dense layer, in ``(0, 1]``.
 
     Shapes:
         ``x``: ``(B, features)``; ``c``: ``(B, context)``; ``log_prob(x)``: ``(B,)``, in nats (in
@@ -83,7 +118,8 @@ class ResidualFlow(Flow):
 
     Raises:
         ValueError: an invalid setting (``context < 0``, ``features < 1``, ``transforms < 0``,
-            an unknown ``logdet``, ``activation`` or ``norm``, ``coeff`` outside ``(0, 1]``).
+            an unknown ``logdet``, ``activation``, ``norm`` or ``branch``, ``coeff`` outside
+            ``(0, 1]``, a dense branch with a context).
 
     Examples:
         >>> import torch, iresnet
@@ -117,12 +153,19 @@ class ResidualFlow(Flow):
         context_features: Sequence[int] = (64,),
         context_affine: bool = True,
         context_standardize: tuple[Sequence[float], Sequence[float]] | None = None,
+        branch: str = "plain",
+        dense_growth: int = 32,
+        dense_depth: int = 3,
+        dense_coeff: float = 0.98,
     ) -> None:
         check_context(context)
+        check_branch(branch)
         if not all(isinstance(n, int) for n in (features, transforms)):
             raise TypeError(
                 f"features and transforms must be integers, got {features!r}, {transforms!r}"
             )
+        if branch == "dense" and context:
+            raise ValueError("branch='dense' has no conditional form yet; use branch='plain'")
         if features < 1 or transforms < 0:
             raise ValueError(
                 f"need features >= 1 and transforms >= 0, got {features}, {transforms}"
@@ -131,7 +174,8 @@ class ResidualFlow(Flow):
             len(standardize) == 2 and len(standardize[0]) == len(standardize[1]) == features
         ):
             raise ValueError(f"standardize needs (mean, std) with {features} values each")
-        estimator = logdet_estimator(logdet, features)
+        check_logdet(logdet)
+        estimator: LogDetEstimator | None = None
         solver = inverse if inverse is not None else FixedPointInverse()
         steps: list[Transform] = []
         if standardize is not None:
@@ -141,18 +185,28 @@ class ResidualFlow(Flow):
         for _ in range(transforms):
             if actnorm:
                 steps.append(ActNorm(features))
-            layers = {
+            options = {
                 "activation": activation,
                 "norm": norm,
                 "coeff": coeff,
                 "n_power_iterations": n_power_iterations,
             }
-            if context:
+            if branch == "dense":
+                g = dense_branch(
+                    features,
+                    dense_growth,
+                    dense_depth,
+                    dense_coeff=dense_coeff,
+                    **options,  # type: ignore[arg-type]
+                )
+            elif context:
                 g = conditional_mlp_branch(
-                    features, context, hidden_features, context_features=context_features, **layers
+                    features, context, hidden_features, context_features=context_features, **options
                 )
             else:
-                g = mlp_branch(features, hidden_features, **layers)  # type: ignore[arg-type]
+                g = mlp_branch(features, hidden_features, **options)  # type: ignore[arg-type]
+            if estimator is None:  # all blocks share one bound by design, and one estimator
+                estimator = logdet_estimator(logdet, features, lipschitz=design_bound_of(g))
             steps.append(InvertibleResidualBlock(g, logdet=estimator, inverse=solver))
         if actnorm:
             steps.append(ActNorm(features))

@@ -2,7 +2,8 @@
 
 Everything is re-exported here from the modules ``spectral`` (spectral normalisation),
 ``activations``, ``branches`` (MLP and CNN branches ``g`` from keyword arguments),
-``conditional`` (branches ``g(x, c)`` whose bound in ``x`` holds for every context),
+``conditional`` (branches ``g(x, c)`` whose bound in ``x`` holds for every context), ``dense``
+(the i-DenseNet branch),
 ``lipschitz`` (bounds by composition) and ``bounds`` (provable operator-norm bounds: Gram
 iteration, convolutions through the DFT, exact SVDs).
 
@@ -14,7 +15,15 @@ Examples:
     (torch.Size([5, 2]), True)
 """
 
-from .activations import ACTIVATIONS, LipELU, LipSwish, activation_factory
+from .activations import (
+    ACTIVATIONS,
+    CLIPSWISH_CONSTANT,
+    CLipSwish,
+    LipELU,
+    LipSwish,
+    activation_factory,
+    expansion_of,
+)
 from .bounds import (
     GRAM_ITERATIONS,
     Bound,
@@ -32,7 +41,14 @@ from .conditional import (
     conditional_conv_branch,
     conditional_mlp_branch,
 )
-from .lipschitz import LayerBound, conv_tap_bound, layer_bounds, lipschitz_bound_of
+from .dense import DenseLayer, dense_branch
+from .lipschitz import (
+    LayerBound,
+    conv_tap_bound,
+    design_bound_of,
+    layer_bounds,
+    lipschitz_bound_of,
+)
 from .spectral import (
     NORMS,
     SpectralConv2d,
@@ -50,6 +66,9 @@ __all__ = [
     "BoundContext",
     "ConditionalBranch",
     "ContextModulation",
+    "CLIPSWISH_CONSTANT",
+    "CLipSwish",
+    "DenseLayer",
     "GRAM_ITERATIONS",
     "LayerBound",
     "NORMS",
@@ -66,6 +85,9 @@ __all__ = [
     "conv_branch",
     "conv_layer",
     "conv_tap_bound",
+    "dense_branch",
+    "design_bound_of",
+    "expansion_of",
     "frozen_normalisation",
     "gram_iteration_bound",
     "layer_bounds",

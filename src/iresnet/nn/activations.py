@@ -11,6 +11,8 @@ References:
     - Behrmann et al., "Invertible Residual Networks", ICML 2019, arXiv:1811.00995.
     - Chen et al., "Residual Flows for Invertible Generative Modeling", NeurIPS 2019,
       arXiv:1906.02735.
+    - Perugachi-Diaz, Tomczak, Bhulai, "Invertible DenseNets with Concatenated LipSwish",
+      NeurIPS 2021, arXiv:2102.02694.
 """
 
 from __future__ import annotations
@@ -22,7 +24,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["LipSwish", "LipELU", "ONE_LIPSCHITZ_ACTIVATIONS", "ACTIVATIONS", "activation_factory"]
+__all__ = [
+    "CLIPSWISH_CONSTANT",
+    "CLipSwish",
+    "LipSwish",
+    "LipELU",
+    "ONE_LIPSCHITZ_ACTIVATIONS",
+    "ACTIVATIONS",
+    "activation_factory",
+    "expansion_of",
+]
 
 
 class LipSwish(nn.Module):
@@ -107,6 +118,102 @@ class LipSwish(nn.Module):
         return 1.0
 
 
+CLIPSWISH_CONSTANT = 1.10436155
+"""``sup_t sqrt(h(t)^2 + h(-t)^2)`` for ``h(t) = sigmoid(t) + t sigmoid(t) (1 - sigmoid(t))``,
+the slope of Swish ``t sigmoid(t)``, rounded up (the supremum is 1.104361544035884..., reached
+at ``|t| = 2.39935728...``; computed with 40-digit arithmetic). Since ``h(t) + h(-t) = 1`` and
+``h`` ranges over ``[1 - h_max, h_max]`` with ``h_max = 1.0998393201...``, the supremum is
+``sqrt(h_max^2 + (1 - h_max)^2)``, whatever ``beta``. The i-DenseNet paper divides by
+``1.1 * 1.004 = 1.1044``; this constant is the exact one, rounded up at the 8th decimal."""
+
+
+class CLipSwish(nn.Module):
+    """Concatenated LipSwish: ``f(x) = [s(x), s(-x)] / C``, 1-Lipschitz from ``R^n`` to ``R^2n``.
+
+    ``s(x) = x sigmoid(beta x)`` (Swish) with ``beta = softplus(b)`` learned, and
+    ``C =`` [`CLIPSWISH_CONSTANT`][iresnet.nn.activations.CLIPSWISH_CONSTANT]. Each input
+    ``x_i`` feeds only its two outputs, so the Jacobian is block diagonal with blocks
+    ``(s'(x_i), -s'(-x_i))^T / C`` and its spectral norm is
+    ``max_i sqrt(s'(x_i)^2 + s'(-x_i)^2) / C <= 1`` (i-DenseNet sec. 3.2, eq. (9)-(10)). The
+    concatenation keeps the information LipSwish's negative side squashes: ``x = C (f_1 - f_2)``
+    recovers the input, so unlike LipSwish the map is injective and its slope is close to 1
+    everywhere (the paper's reason for it: i-DenseNet sec. 3.2). The output has twice the
+    channels, so the next layer takes ``2n`` inputs (``expansion = 2``; the branch builders
+    account for it).
+
+    Arguments:
+        init_beta: the initial ``beta`` (> 0).
+        dim: the channel dimension the halves are concatenated along (1: ``(B, C, ...)``).
+
+    Shapes:
+        ``(B, n, *rest) -> (B, 2n, *rest)`` along ``dim``.
+
+    Raises:
+        ValueError: ``init_beta <= 0``.
+
+    References:
+        - Perugachi-Diaz et al., arXiv:2102.02694, sec. 3.2 (CLipSwish), eq. (9)-(10).
+
+    Examples:
+        >>> f = CLipSwish()
+        >>> f(torch.zeros(3, 2)).shape
+        torch.Size([3, 4])
+        >>> y = f(torch.tensor([[1.5]])).detach()
+        >>> round(float(CLIPSWISH_CONSTANT * (y[0, 0] - y[0, 1])), 6)  # s(x) - s(-x) = x
+        1.5
+    """
+
+    expansion = 2
+
+    def __init__(self, init_beta: float = 1.0, dim: int = 1) -> None:
+        super().__init__()
+        if init_beta <= 0:
+            raise ValueError(f"init_beta must be positive, got {init_beta}")
+        self.dim = dim
+        self.raw_beta = nn.Parameter(torch.tensor(math.log(math.expm1(init_beta))))
+
+    @property
+    def beta(self) -> Tensor:
+        """``softplus(raw_beta)``, a 0-d tensor with a gradient."""
+        return F.softplus(self.raw_beta)
+
+    def forward(self, x: Tensor) -> Tensor:
+        z = torch.cat([x, -x], dim=self.dim)
+        return z * torch.sigmoid(self.beta * z) / CLIPSWISH_CONSTANT
+
+    def jvp(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """Forward-mode derivative: ``(f(x), J_f(x) t)``.
+
+        Args:
+            x: input ``(B, n, ...)``.
+            t: tangents ``(d, B, n, ...)``.
+
+        Returns:
+            ``f(x)`` ``(B, 2n, ...)`` and ``J_f(x) t`` ``(d, B, 2n, ...)``.
+        """
+        beta = self.beta
+        z = torch.cat([x, -x], dim=self.dim)
+        tz = torch.cat([t, -t], dim=self.dim + 1)
+        s = torch.sigmoid(beta * z)
+        dy = (s + beta * z * s * (1 - s)) / CLIPSWISH_CONSTANT
+        return z * s / CLIPSWISH_CONSTANT, dy * tz
+
+    def lipschitz_bound(self) -> float:
+        """1.0: the Jacobian's spectral norm never exceeds 1 (see the class docstring)."""
+        return 1.0
+
+
+def expansion_of(module: nn.Module) -> int:
+    """How many output channels an activation makes of each input channel (``expansion``
+    attribute; 1 for elementwise maps, 2 for [`CLipSwish`][iresnet.nn.activations.CLipSwish]).
+
+    Examples:
+        >>> expansion_of(CLipSwish()), expansion_of(LipSwish())
+        (2, 1)
+    """
+    return int(getattr(module, "expansion", 1))
+
+
 class LipELU(nn.ELU):
     """ELU with ``alpha <= 1``: slopes in ``(0, 1]``, so 1-Lipschitz, with a continuous derivative.
 
@@ -176,7 +283,11 @@ ONE_LIPSCHITZ_ACTIVATIONS: tuple[type[nn.Module], ...] = (
 """Activations from torch that are 1-Lipschitz as they are, for the certificate."""
 
 
-ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {"lipswish": LipSwish, "elu": LipELU}
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "lipswish": LipSwish,
+    "elu": LipELU,
+    "clipswish": CLipSwish,
+}
 """Activation names the model families and the config accept, with their module classes."""
 
 
@@ -185,7 +296,7 @@ def activation_factory(spec: str | Callable[[], nn.Module]) -> Callable[[], nn.M
 
     Args:
         spec: a name in [`ACTIVATIONS`][iresnet.nn.activations.ACTIVATIONS] (``"lipswish"``,
-            ``"elu"``) or a callable returning a fresh module (e.g.
+            ``"elu"``, ``"clipswish"``) or a callable returning a fresh module (e.g.
             ``functools.partial(LipSwish, 10.0)``; a module of unknown Lipschitz constant makes
             the certificate ``inf``).
 

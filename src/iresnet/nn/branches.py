@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 
 from torch import nn
 
-from .activations import activation_factory
+from .activations import activation_factory, expansion_of
 from .spectral import SpectralConv2d, SpectralLinear
 
 __all__ = ["BRANCH_NORMS", "linear_layer", "conv_layer", "mlp_branch", "conv_branch"]
@@ -145,7 +145,9 @@ def mlp_branch(
     Args:
         features: input and output size.
         hidden_features: sizes of the hidden layers.
-        activation: ``"lipswish"``, ``"elu"`` or a factory of modules.
+        activation: ``"lipswish"``, ``"elu"``, ``"clipswish"`` (each hidden layer then feeds
+            twice its width to the next; it concatenates along dim 1, so inputs are
+            ``(B, features)``) or a factory of modules.
         norm: the layers' norm, see [`linear_layer`][iresnet.nn.branches.linear_layer].
         coeff: the Lipschitz coefficient of every layer.
         n_power_iterations: power-iteration steps per training forward of every layer.
@@ -171,6 +173,7 @@ def mlp_branch(
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
         if i > 0:
             layers.append(act())
+            a *= expansion_of(layers[-1])  # CLipSwish doubles the width
         layers.append(
             linear_layer(a, b, norm=norm, coeff=coeff, n_power_iterations=n_power_iterations)
         )
@@ -202,7 +205,8 @@ def conv_branch(
         kernel_sizes: one odd size per convolution; default ``3, 1, ..., 1, 3``.
         preact: an activation before the first convolution (both papers' code use it on every
             block but the first of a network).
-        activation: ``"lipswish"``, ``"elu"`` or a factory of modules.
+        activation: ``"lipswish"``, ``"elu"``, ``"clipswish"`` (the next convolution then takes
+            twice the channels) or a factory of modules.
         norm: the convolutions' norm, see [`linear_layer`][iresnet.nn.branches.linear_layer].
         coeff: the Lipschitz coefficient of every convolution.
         n_power_iterations: power-iteration steps per training forward of every convolution.
@@ -234,6 +238,8 @@ def conv_branch(
     for i, (k, c_in, c_out) in enumerate(zip(kernels, sizes[:-1], sizes[1:], strict=True)):
         if i > 0:
             layers.append(act())
+        if layers:
+            c_in *= expansion_of(layers[-1])  # CLipSwish doubles the channels
         layers.append(
             conv_layer(
                 c_in, c_out, k, norm=norm, coeff=coeff, n_power_iterations=n_power_iterations

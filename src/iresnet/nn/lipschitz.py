@@ -21,9 +21,16 @@ from torch import Tensor, nn
 
 from .activations import ONE_LIPSCHITZ_ACTIVATIONS
 from .conditional import BoundContext, ConditionalBranch
+from .dense import DenseLayer
 from .spectral import _SpectralNormMixin
 
-__all__ = ["LayerBound", "conv_tap_bound", "layer_bounds", "lipschitz_bound_of"]
+__all__ = [
+    "LayerBound",
+    "conv_tap_bound",
+    "design_bound_of",
+    "layer_bounds",
+    "lipschitz_bound_of",
+]
 
 
 def conv_tap_bound(weight: Tensor) -> float:
@@ -56,7 +63,9 @@ def lipschitz_bound_of(module: nn.Module) -> float:
     operator norm, see [`SpectralLinear`][iresnet.nn.spectral.SpectralLinear]).
     ``nn.Sequential``: the product of its children's bounds. A conditional branch
     ([`ConditionalBranch`][iresnet.nn.conditional.ConditionalBranch]): the bound of its x-path,
-    which holds for every context. Plain ``nn.Linear``: its exact
+    which holds for every context. [`DenseLayer`][iresnet.nn.dense.DenseLayer]:
+    ``sqrt(eta_1^2 + eta_2^2 Lip(h)^2)`` with ``Lip(h)`` bounded by composition (i-DenseNet
+    eq. (8)). Plain ``nn.Linear``: its exact
     spectral norm (float64 SVD); plain ``nn.Conv2d`` with zero padding:
     [`conv_tap_bound`][iresnet.nn.lipschitz.conv_tap_bound] (the other padding modes copy
     entries, so a tap can expand norms: not certified); ELU and LeakyReLU: their largest
@@ -93,8 +102,10 @@ class LayerBound:
             convolution), ``"fft-svd"`` / ``"fft-gram"`` (a convolution's circular embedding),
             ``"gram"``, ``"frobenius"``, ``"tap"`` (a plain convolution's tap bound),
             ``"slope"`` (an activation), ``"context"`` (a context modulation of a conditional
-            branch: a gain in ``(0, 1)`` and a shift, 1-Lipschitz for every context) or
-            ``"unknown"``.
+            branch: a gain in ``(0, 1)`` and a shift, 1-Lipschitz for every context),
+            ``"dense[...]"`` (a [`DenseLayer`][iresnet.nn.dense.DenseLayer]:
+            ``sqrt(eta_1^2 + eta_2^2 Lip(h)^2)`` with the methods that bounded ``h`` in
+            brackets) or ``"unknown"``.
     """
 
     name: str
@@ -129,6 +140,12 @@ def layer_bounds(module: nn.Module, prefix: str = "") -> list[LayerBound]:
         return layer_bounds(module.g, prefix)
     if isinstance(module, ConditionalBranch):  # only the x-path acts on x
         return layer_bounds(module.x_path, f"{prefix}.x_path" if prefix else "x_path")
+    if isinstance(module, DenseLayer):
+        # sqrt(eta_1^2 + eta_2^2 Lip(h)^2), Lip(h) from h's own layers (i-DenseNet eq. (8)).
+        inner = layer_bounds(module.network, f"{prefix}.network" if prefix else "network")
+        methods = sorted({b.method for b in inner if b.method != "slope"})
+        bound = module.bound_given(math.prod(b.bound for b in inner))
+        return [LayerBound(prefix, bound, f"dense[{'+'.join(methods) or 'slope'}]")]
     if hasattr(module, "lipschitz_bound") and callable(module.lipschitz_bound):
         method = getattr(module, "lipschitz_method", "slope")
         return [LayerBound(prefix, float(module.lipschitz_bound()), method)]
@@ -152,3 +169,48 @@ def layer_bounds(module: nn.Module, prefix: str = "") -> list[LayerBound]:
             return [LayerBound(prefix, math.inf, "unknown")]
         return [LayerBound(prefix, conv_tap_bound(module.weight), "tap")]
     return [LayerBound(prefix, math.inf, "unknown")]
+
+
+def design_bound_of(module: nn.Module) -> float | None:
+    """The Lipschitz bound ``module``'s constraints impose by construction, for any weights.
+
+    Spectral layers with a hard norm (``"spectral"``, ``"certified"``, ``"frobenius"``):
+    their ``coeff``; [`DenseLayer`][iresnet.nn.dense.DenseLayer]:
+    ``sqrt(eta_1^2 + eta_2^2 L_h^2) <= dense_coeff * max(1, L_h)``; activations: their
+    ``lipschitz_bound()`` (1 for the 1-Lipschitz ones); ``nn.Sequential``: the product. None
+    where a layer has no such constraint (``norm="penalty"``, plain layers). With
+    ``norm="spectral"`` the power-iteration estimate of ``sigma`` can fall short of it, so this
+    is the design, not a certificate: [`layer_bounds`][iresnet.nn.lipschitz.layer_bounds]
+    certifies the weights in force. The model families use it to choose and check their
+    Russian roulettes before any weight is trained.
+
+    Args:
+        module: a residual branch ``g`` (or one of its layers).
+
+    Returns:
+        The bound, or None.
+
+    Examples:
+        >>> from iresnet.nn import mlp_branch
+        >>> round(design_bound_of(mlp_branch(2, (8, 8), coeff=0.9)), 6)
+        0.729
+        >>> design_bound_of(mlp_branch(2, (8,), norm="penalty")) is None
+        True
+    """
+    if isinstance(module, _SpectralNormMixin):
+        return float(module.coeff) if module.norm != "penalty" else None
+    if isinstance(module, DenseLayer):
+        inner = design_bound_of(module.network)
+        return None if inner is None else module.dense_coeff * max(1.0, inner)
+    if isinstance(module, nn.Sequential):
+        total = 1.0
+        for child in module:
+            b = design_bound_of(child)
+            if b is None:
+                return None
+            total *= b
+        return total
+    bounds = layer_bounds(module)
+    if len(bounds) == 1 and bounds[0].method == "slope":
+        return bounds[0].bound
+    return None

@@ -931,6 +931,9 @@ def float64_forward(module: nn.Module, x: Tensor) -> Tensor | None:
     custom = getattr(module, "forward_float64", None)
     if callable(custom):  # e.g. a conditional branch bound to its contexts
         return custom(x)
+    composite = getattr(module, "float64_forward", None)
+    if callable(composite):  # a layer built of others (a DenseLayer): it evaluates its parts
+        return composite(x, float64_forward)
     if isinstance(module, nn.Sequential):
         for child in module:
             x = float64_forward(child, x)  # type: ignore[assignment]

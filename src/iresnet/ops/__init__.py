@@ -1,7 +1,8 @@
 """The math as plain functions: Jacobians, log-det estimators and fixed-point solvers.
 
 Re-exported from ``logdet`` (exact, power-series and Russian-roulette estimators of
-``log det(I + J_g)``), ``fixed_point`` (the Banach inverse of ``x + g(x)`` and its diagnostics)
+``log det(I + J_g)``), ``roulette`` (when the roulette's variance is finite, and a choice that
+always is), ``fixed_point`` (the Banach inverse of ``x + g(x)`` and its diagnostics)
 and ``jacobian``. Nothing here knows of transforms or flows.
 
 Examples:
@@ -31,11 +32,18 @@ from .logdet import (
     NoLogDet,
     PowerSeriesLogDet,
     RussianRouletteLogDet,
+    StratifiedRouletteLogDet,
     exact_logdet,
     logdet_estimator,
     roulette_weights,
     sample_probes,
     series_logdet,
+)
+from .roulette import (
+    auto_roulette_bound,
+    roulette_for_lipschitz,
+    roulette_variance_bound,
+    roulette_variance_is_finite,
 )
 
 __all__ = [
@@ -47,6 +55,8 @@ __all__ = [
     "NoLogDet",
     "PowerSeriesLogDet",
     "RussianRouletteLogDet",
+    "StratifiedRouletteLogDet",
+    "auto_roulette_bound",
     "banach_bound",
     "banach_iterations",
     "check_finite",
@@ -56,6 +66,9 @@ __all__ = [
     "jacobian",
     "logdet_estimator",
     "posterior_bound",
+    "roulette_for_lipschitz",
+    "roulette_variance_bound",
+    "roulette_variance_is_finite",
     "roulette_weights",
     "sample_probes",
     "series_logdet",

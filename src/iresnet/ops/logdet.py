@@ -14,6 +14,9 @@ With ``Lip(g) < 1`` the determinant is positive (i-ResNet, app. A, Lemma 6), so
   ``k`` vector-Jacobian products through the one graph of ``g(x)``.
 - Russian roulette (Residual Flows sec. 3.1): the series cut at a random ``N``, term ``k``
   weighted by ``1 / P(N >= k)`` (eq. (5)), hence unbiased (Theorem 1, eq. (6)).
+- stratified roulette ([`StratifiedRouletteLogDet`][iresnet.ops.logdet.StratifiedRouletteLogDet]):
+  the roulette with its first terms averaged over more probes; unbiased, lower variance per
+  vector-Jacobian product where the first terms dominate the variance.
 - Neumann-series gradient (Residual Flows sec. 3.2, Theorem 2, eq. (8)):
   ``d log det(I + J) = tr((I + J)^{-1} dJ) = E[(sum_{k>=0} (-1)^k c_k v^T J^k) dJ v]``, with the
   roulette weights ``c_k``; differentiating it needs one graph of ``J v`` instead of ``n``.
@@ -37,14 +40,17 @@ from __future__ import annotations
 
 import abc
 import math
+import warnings
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
 from ..checks import check_input
+from ..errors import RouletteVarianceWarning
 from .jacobian import jacobian, linearize
+from .roulette import roulette_for_lipschitz, roulette_variance_bound, roulette_variance_is_finite
 
 __all__ = [
     "exact_logdet",
@@ -54,6 +60,7 @@ __all__ = [
     "ExactLogDet",
     "PowerSeriesLogDet",
     "RussianRouletteLogDet",
+    "StratifiedRouletteLogDet",
     "LogDetEstimator",
     "NoLogDet",
     "logdet_estimator",
@@ -159,24 +166,31 @@ def _series(
     gx: Tensor,
     x: Tensor,
     probes: Tensor,
-    weights: Sequence[float],
+    weights: Sequence[float] | Sequence[Sequence[float]],
     *,
     neumann_gradient: bool,
     need_graph: bool,
     vjp: Callable[[Tensor], Tensor] | None = None,
     jv: Tensor | None = None,
 ) -> Tensor:
-    """The series estimate from the graph ``gx = g(x)``; see ``series_logdet``. From
+    """The series estimate from the graph ``gx = g(x)``; see ``series_logdet``.
+
+    ``weights``: one list for every probe (the probes are then averaged), or one list per probe
+    (its own number of terms; summed, the lists carry any averaging). From
     [`linearize`][iresnet.ops.jacobian.linearize]: ``vjp``, the closed-form ``w -> w J`` for
     the terms that need no graph, and ``jv``, the probes pushed forward (``J v`` with its
     graph), for the Neumann gradient's surrogate."""
-    n = len(weights)
+    per_probe = len(weights) > 0 and isinstance(weights[0], Sequence)
+    lists: Sequence[Sequence[float]] = (
+        weights if per_probe else [weights] * probes.shape[0]  # type: ignore[assignment,list-item]
+    )
     value = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
     surrogate = torch.zeros_like(value)
     plain_graph = need_graph and not neumann_gradient
-    for p, v in enumerate(probes):
+    for p, (v, probe_weights) in enumerate(zip(probes, lists, strict=True)):
+        n = len(probe_weights)
         w = v
-        neumann = v * weights[0]
+        neumann = v * probe_weights[0]
         for k in range(1, n + 1):
             # w <- w^T J: one vector-Jacobian product (in closed form where the branch allows,
             # else through the shared graph of g(x)).
@@ -184,9 +198,9 @@ def _series(
                 w = vjp(w)
             else:
                 w = torch.autograd.grad(gx, x, w, retain_graph=True, create_graph=plain_graph)[0]
-            value = value + ((-1) ** (k + 1) * weights[k - 1] / k) * _batch_dot(w, v)
+            value = value + ((-1) ** (k + 1) * probe_weights[k - 1] / k) * _batch_dot(w, v)
             if neumann_gradient and k < n:
-                neumann = neumann + ((-1) ** k * weights[k]) * w
+                neumann = neumann + ((-1) ** k * probe_weights[k]) * w
         if neumann_gradient and need_graph:
             # Surrogate neumann^T J v: its gradient is the Neumann-series gradient estimate.
             if jv is not None:  # J v from forward mode: a first-order backward pass
@@ -196,9 +210,10 @@ def _series(
                     gx, x, neumann.detach(), retain_graph=True, create_graph=True
                 )[0]
                 surrogate = surrogate + _batch_dot(wj, v)
-    value = value / probes.shape[0]
+    scale = 1 if per_probe else probes.shape[0]
+    value = value / scale
     if neumann_gradient:
-        surrogate = surrogate / probes.shape[0]
+        surrogate = surrogate / scale
         return value.detach() + (surrogate - surrogate.detach())
     return value
 
@@ -255,7 +270,7 @@ def series_logdet(
     g: G,
     x: Tensor,
     probes: Tensor,
-    weights: Sequence[float],
+    weights: Sequence[float] | Sequence[Sequence[float]],
     *,
     neumann_gradient: bool = False,
     memory_efficient: bool = False,
@@ -271,7 +286,11 @@ def series_logdet(
         g: samplewise residual map.
         x: ``(B, *event)``.
         probes: ``(m, B, *event)``, from [`sample_probes`][iresnet.ops.logdet.sample_probes].
-        weights: ``n`` term weights (``n`` = number of terms).
+        weights: ``n`` term weights (``n`` = number of terms), shared by the probes and
+            averaged over them; or one list per probe (probe ``i`` runs ``len(weights[i])``
+            terms), summed: ``sum_i sum_k (-1)^{k+1} weights[i][k-1] v_i^T J^k v_i / k``, so
+            different probes may serve different terms
+            ([`StratifiedRouletteLogDet`][iresnet.ops.logdet.StratifiedRouletteLogDet]).
         neumann_gradient: gradient from the Neumann series
             ``sum_{k=0}^{n-1} (-1)^k weights[k] v^T J^k dJ v`` (Residual Flows Theorem 2,
             eq. (8), term ``k`` weighted like term ``k + 1`` of the value) instead of backprop
@@ -508,10 +527,24 @@ class RussianRouletteLogDet(LogDetEstimator):
     the defaults give 3, where the paper's setting (two exact terms and one draw of Geom(0.5),
     sec. 3.1) costs 4 in expectation because its geometric starts at 1.
 
+    **Finite variance.** Given a probe, the estimate's variance is at most ``||v||^4 B`` with
+    ``B`` finite iff ``L^2 <= 1 - p`` for ``L >= Lip(g)`` (geometric; never for Poisson), a
+    sharp condition: see [`iresnet.ops.roulette`][iresnet.ops.roulette]. With ``lipschitz=L``
+    the estimator checks its fixed choice against ``L`` and warns
+    ([`RouletteVarianceWarning`][iresnet.errors.RouletteVarianceWarning]) when the variance is
+    infinite; with ``auto=True`` it chooses ``p`` and ``n_exact`` from ``L``
+    ([`roulette_for_lipschitz`][iresnet.ops.roulette.roulette_for_lipschitz]:
+    ``p = (1 - L^2)/2``, ``n_exact = max(2, ceil(L^2/(1 - L^2)))``), which has finite variance
+    for every ``L < 1``, and says so in its ``repr``. An ``auto`` estimator built without ``L``
+    is a template: the model families bind it to their blocks' bound
+    ([`logdet_estimator`][iresnet.ops.logdet.logdet_estimator] with ``lipschitz``).
+
     Arguments:
         distribution: ``"geometric"`` (``p``) or ``"poisson"`` (``rate``).
-        p: success probability of the geometric, in ``(0, 1)``.
-        n_exact: terms always computed (>= 1).
+        p: success probability of the geometric, in ``(0, 1)`` (default 0.5; chosen from
+            ``lipschitz`` with ``auto``).
+        n_exact: terms always computed (>= 1; default 2; chosen from ``lipschitz`` with
+            ``auto``).
         n_probes: probe vectors averaged per call (>= 1).
         neumann_gradient: the Neumann-series gradient (Theorem 2, eq. (8)); on by default, as
             in Residual Flows.
@@ -522,10 +555,16 @@ class RussianRouletteLogDet(LogDetEstimator):
             series beyond it; the default is far beyond any practical draw).
         generator: optional torch generator for the probes (on the input's device); the number
             of terms is drawn from torch's default CPU generator.
+        lipschitz: a bound ``L < 1`` of ``Lip(g)`` of the blocks served (e.g. their
+            certificate), or None.
+        auto: choose ``p`` and ``n_exact`` from ``lipschitz`` (those given explicitly are kept,
+            and checked).
 
     Raises:
         ValueError: an unknown ``distribution``, ``p`` outside ``(0, 1)``, ``rate <= 0``,
-            ``n_exact < 1``, ``n_probes < 1`` or an unknown ``probe``.
+            ``n_exact < 1``, ``n_probes < 1``, an unknown ``probe``, ``lipschitz`` outside
+            ``[0, 1)``, ``auto`` with a Poisson distribution; at call time, an ``auto``
+            template not bound to a Lipschitz bound.
 
     References:
         - Chen et al., arXiv:1906.02735, sec. 3.1-3.2, eq. (5)-(6), (8), Theorems 1-2.
@@ -542,8 +581,8 @@ class RussianRouletteLogDet(LogDetEstimator):
     def __init__(
         self,
         distribution: Literal["geometric", "poisson"] = "geometric",
-        p: float = 0.5,
-        n_exact: int = 2,
+        p: float | None = None,
+        n_exact: int | None = None,
         n_probes: int = 1,
         neumann_gradient: bool = True,
         memory_efficient: bool = True,
@@ -551,7 +590,25 @@ class RussianRouletteLogDet(LogDetEstimator):
         probe: Probe = "gaussian",
         max_terms: int = 200,
         generator: torch.Generator | None = None,
+        lipschitz: float | None = None,
+        auto: bool = False,
     ) -> None:
+        if auto and distribution != "geometric":
+            raise ValueError(
+                "auto chooses a geometric roulette; a Poisson one never has finite "
+                "worst-case variance"
+            )
+        if lipschitz is not None and not 0.0 <= lipschitz < 1.0:
+            raise ValueError(f"lipschitz must lie in [0, 1), got {lipschitz}")
+        self._given = {"p": p, "n_exact": n_exact}
+        self.auto, self.lipschitz = auto, lipschitz
+        chosen = roulette_for_lipschitz(lipschitz) if auto and lipschitz is not None else None
+        if p is None:
+            p = chosen[0] if chosen is not None else 0.5
+        if n_exact is None:
+            n_exact = chosen[1] if chosen is not None else 2
+        # a large chosen n_exact must stay below the cap on N
+        max_terms = max(max_terms, n_exact + 100) if chosen is not None else max_terms
         if distribution not in ("geometric", "poisson"):
             raise ValueError(f"distribution must be 'geometric' or 'poisson', got {distribution!r}")
         if distribution == "geometric" and not 0.0 < p < 1.0:
@@ -569,6 +626,65 @@ class RussianRouletteLogDet(LogDetEstimator):
         # The number of terms is drawn on the host (it sets a Python loop's length): one small
         # CPU draw per call, no device synchronisation.
         self._cpu_generator: torch.Generator | None = None
+        if lipschitz is not None:
+            self.check_variance(lipschitz)
+
+    @property
+    def is_template(self) -> bool:
+        """An ``auto`` estimator still waiting for its Lipschitz bound."""
+        return self.auto and self.lipschitz is None
+
+    def with_lipschitz(self, lipschitz: float) -> RussianRouletteLogDet:
+        """A copy for blocks with ``Lip(g) <= lipschitz``: with ``auto``, ``p`` and ``n_exact``
+        (those not given explicitly) are chosen from it; otherwise the fixed choice is checked
+        (a [`RouletteVarianceWarning`][iresnet.errors.RouletteVarianceWarning] if its variance
+        is infinite)."""
+        return RussianRouletteLogDet(
+            self.distribution,  # type: ignore[arg-type]
+            p=self._given["p"] if self.auto else self.p,
+            n_exact=self._given["n_exact"] if self.auto else self.n_exact,
+            n_probes=self.n_probes,
+            neumann_gradient=self.neumann_gradient,
+            memory_efficient=self.memory_efficient,
+            rate=self.rate,
+            probe=self.probe,  # type: ignore[arg-type]
+            max_terms=self.max_terms,
+            generator=self.generator,
+            lipschitz=lipschitz,
+            auto=self.auto,
+        )
+
+    def variance_bound(self, lipschitz: float) -> float:
+        """``B`` with ``Var[estimate | v] <= ||v||^4 B`` for every ``g`` with
+        ``Lip(g) <= lipschitz`` (``inf`` if not finite); see
+        [`roulette_variance_bound`][iresnet.ops.roulette.roulette_variance_bound]."""
+        return roulette_variance_bound(lipschitz, self.n_exact, self.distribution, self._param)
+
+    def check_variance(self, lipschitz: float, where: str = "") -> bool:
+        """Whether the variance is finite for ``Lip(g) <= lipschitz``; warns
+        [`RouletteVarianceWarning`][iresnet.errors.RouletteVarianceWarning] if not."""
+        if roulette_variance_is_finite(lipschitz, self.distribution, self._param):
+            return True
+        what = f"p={self.p}" if self.distribution == "geometric" else f"rate={self.rate}"
+        need = (
+            f"needs p <= 1 - L^2 = {1 - lipschitz**2:.4g}"
+            if self.distribution == "geometric"
+            else "is infinite for every L > 0"
+        )
+        warnings.warn(
+            f"{where + ': ' if where else ''}the Russian roulette ({self.distribution}, {what}) "
+            f"has infinite variance for blocks with Lip(g) <= {lipschitz:.4g}: finite variance "
+            f"{need}; use logdet='roulette-auto' (chooses p and n_exact from the bound)",
+            RouletteVarianceWarning,
+            stacklevel=3,
+        )
+        return False
+
+    def expected_vjps(self) -> float:
+        """Expected vector-Jacobian products per call and sample row:
+        ``n_probes * E[N]`` (the cap ``max_terms`` ignored)."""
+        extra = (1 - self.p) / self.p if self.distribution == "geometric" else self.rate
+        return self.n_probes * (self.n_exact + extra)
 
     @property
     def _param(self) -> float:
@@ -584,6 +700,11 @@ class RussianRouletteLogDet(LogDetEstimator):
         return min(self.n_exact + m, self.max_terms)
 
     def __call__(self, g: G, x: Tensor) -> tuple[Tensor, Tensor]:
+        if self.is_template:
+            raise ValueError(
+                "RussianRouletteLogDet(auto=True) needs the blocks' Lipschitz bound: build it "
+                "with lipschitz=L, or let a model family bind it (logdet='roulette-auto')"
+            )
         n = self.draw_n_terms()
         weights = roulette_weights(n, self.n_exact, self.distribution, self._param)
         check_input(x, type(self).__name__, like=g if isinstance(g, nn.Module) else None)
@@ -598,47 +719,191 @@ class RussianRouletteLogDet(LogDetEstimator):
         )
 
     def __repr__(self) -> str:
-        dist = f"p={self.p}" if self.distribution == "geometric" else f"rate={self.rate}"
+        dist = f"p={self.p:.6g}" if self.distribution == "geometric" else f"rate={self.rate}"
+        chosen = ""
+        if self.auto:
+            chosen = (
+                ", auto=True (p, n_exact to be chosen from Lip(g))"
+                if self.lipschitz is None
+                else f", auto=True (chosen for Lip(g) <= {self.lipschitz:.6g})"
+            )
+        elif self.lipschitz is not None:
+            finite = roulette_variance_is_finite(self.lipschitz, self.distribution, self._param)
+            chosen = (
+                f", lipschitz={self.lipschitz:.6g} ({'finite' if finite else 'INFINITE'} variance)"
+            )
         return (
             f"RussianRouletteLogDet(distribution={self.distribution!r}, {dist}, "
             f"n_exact={self.n_exact}, n_probes={self.n_probes}, "
-            f"neumann_gradient={self.neumann_gradient}, memory_efficient={self.memory_efficient})"
+            f"neumann_gradient={self.neumann_gradient}, memory_efficient={self.memory_efficient}"
+            f"{chosen})"
         )
 
 
-LOGDETS = ("exact", "series", "roulette", "none")
+class StratifiedRouletteLogDet(RussianRouletteLogDet):
+    """The roulette with more probes on its cheap head terms: lower variance per VJP.
+
+    ``log det(I + J) = sum_k c_k`` with ``c_k = (-1)^{k+1} tr(J^k) / k``; the roulette
+    estimates all terms from the same probes, so the first term (usually the largest, and the
+    most variable: ``Var[v^T J v] = 2 ||J||_F^2`` for Gaussian ``v``) gets as few probes as the
+    last. Here the ``h = head_terms`` first terms (always computed: ``h <= n_exact``) are
+    averaged over ``m = head_probes`` probes, and the terms after them come from the first
+    ``n_probes`` of those probes, continued to the roulette's ``N`` with its weights
+    ``1 / P(N >= k)`` (Residual Flows eq. (6)):
+
+        estimate = (1/m) sum_{i<=m} sum_{k<=h} c_k(v_i)
+                   + (1/r) sum_{i<=r} sum_{h<k<=N} c_k(v_i) / P(N >= k)
+
+    with ``c_k(v) = (-1)^{k+1} v^T J^k v / k`` and ``r = n_probes``. Each part is unbiased
+    (Hutchinson for the head, Theorem 1 of Residual Flows for the tail), so the sum is. It costs
+    ``m h + r (N - h)`` vector-Jacobian products against ``r N`` (stratified sampling across the
+    series' terms: more samples where the variance is large and the cost small, the allocation
+    of multilevel Monte Carlo, Giles 2015). Its variance per VJP against the roulette's is
+    measured in ``benchmarks/estimators.py`` (``benchmarks/results/estimators.md``: about
+    half the roulette's variance x VJPs on its toy and conv blocks). The
+    tail's variance condition is the roulette's (``L^2 <= 1 - p``), and ``auto`` /
+    ``lipschitz`` work as there. The Neumann-series gradient (Residual Flows Theorem 2) takes
+    the same split: the head's ``k < h`` gradient terms from all ``m`` probes.
+
+    Arguments:
+        head_terms: ``h``, the terms averaged over all probes (``1 <= h <= n_exact``).
+        head_probes: ``m``, the probes of the head (``>= n_probes``).
+        **kwargs: those of
+            [`RussianRouletteLogDet`][iresnet.ops.logdet.RussianRouletteLogDet] (``n_probes``:
+            the probes that continue into the tail).
+
+    Raises:
+        ValueError: ``head_terms`` outside ``[1, n_exact]``, ``head_probes < n_probes``, or a
+            bad roulette setting.
+
+    References:
+        - Chen et al., arXiv:1906.02735, sec. 3.1-3.2, eq. (6), (8).
+        - Hutchinson, Commun. Stat. Simul. Comput. 19(2), 1990.
+        - Giles, "Multilevel Monte Carlo methods", Acta Numerica 24, 2015, arXiv:1304.5472.
+
+    Examples:
+        >>> _ = torch.manual_seed(0)
+        >>> est = StratifiedRouletteLogDet(head_probes=4, probe="rademacher",
+        ...                                memory_efficient=False)
+        >>> x = torch.zeros(1, 2)
+        >>> draws = torch.stack([est(lambda x: 0.5 * x, x)[1] for _ in range(500)])
+        >>> round(float(draws.mean()), 1), est.expected_vjps()  # 2 log(1.5) = 0.81; 4 + 2
+        (0.8, 6.0)
+    """
+
+    def __init__(self, head_terms: int = 1, head_probes: int = 4, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if not isinstance(head_terms, int) or not 1 <= head_terms <= self.n_exact:
+            raise ValueError(
+                f"head_terms must be an integer in [1, n_exact={self.n_exact}] (the head is "
+                f"always computed), got {head_terms!r}"
+            )
+        if not isinstance(head_probes, int) or head_probes < self.n_probes:
+            raise ValueError(
+                f"head_probes must be an integer >= n_probes={self.n_probes}, got {head_probes!r}"
+            )
+        self.head_terms, self.head_probes = head_terms, head_probes
+        self._kwargs = kwargs
+
+    def with_lipschitz(self, lipschitz: float) -> StratifiedRouletteLogDet:
+        """As the roulette's ``with_lipschitz``, keeping the head's settings."""
+        kwargs = {**self._kwargs, "lipschitz": lipschitz}
+        if not self.auto:
+            kwargs.update(p=self.p, n_exact=self.n_exact)
+        return StratifiedRouletteLogDet(self.head_terms, self.head_probes, **kwargs)
+
+    def probe_weights(self, n_terms: int) -> list[list[float]]:
+        """The per-probe term weights for a draw of ``N = n_terms`` (see
+        [`series_logdet`][iresnet.ops.logdet.series_logdet]): probe ``i < n_probes`` runs all
+        ``N`` terms, the others the head only."""
+        tail = roulette_weights(n_terms, self.n_exact, self.distribution, self._param)
+        h, m, r = self.head_terms, self.head_probes, self.n_probes
+        head = [1.0 / m] * h
+        return [head + [w / r for w in tail[h:]] if i < r else list(head) for i in range(m)]
+
+    def __call__(self, g: G, x: Tensor) -> tuple[Tensor, Tensor]:
+        if self.is_template:
+            raise ValueError(
+                "StratifiedRouletteLogDet(auto=True) needs the blocks' Lipschitz bound: build it "
+                "with lipschitz=L, or let a model family bind it"
+            )
+        weights = self.probe_weights(self.draw_n_terms())
+        check_input(x, type(self).__name__, like=g if isinstance(g, nn.Module) else None)
+        probes = sample_probes(x, self.head_probes, self.probe, self.generator)
+        return series_logdet(
+            g,
+            x,
+            probes,
+            weights,
+            neumann_gradient=self.neumann_gradient,
+            memory_efficient=self.memory_efficient,
+        )
+
+    def expected_vjps(self) -> float:
+        """``m h + r (E[N] - h)`` vector-Jacobian products per call and sample row."""
+        extra = (1 - self.p) / self.p if self.distribution == "geometric" else self.rate
+        tail = self.n_exact + extra - self.head_terms
+        return self.head_probes * self.head_terms + self.n_probes * tail
+
+    def __repr__(self) -> str:
+        inner = super().__repr__().split("(", 1)[1]
+        return (
+            f"StratifiedRouletteLogDet(head_terms={self.head_terms}, "
+            f"head_probes={self.head_probes}, {inner}"
+        )
+
+
+LOGDETS = ("exact", "series", "roulette", "roulette-auto", "none")
 """Names [`logdet_estimator`][iresnet.ops.logdet.logdet_estimator] accepts."""
 
 
-def logdet_estimator(spec: str | LogDetEstimator, dim: int = 1) -> LogDetEstimator:
+def logdet_estimator(
+    spec: str | LogDetEstimator, dim: int = 1, lipschitz: float | None = None
+) -> LogDetEstimator:
     """The estimator named by ``spec`` with its default settings, or ``spec`` itself.
 
     Args:
         spec: ``"exact"`` ([`ExactLogDet`][iresnet.ops.logdet.ExactLogDet], accepting blocks
             of ``max(256, dim)`` dimensions), ``"series"``
             ([`PowerSeriesLogDet`][iresnet.ops.logdet.PowerSeriesLogDet]), ``"roulette"``
-            ([`RussianRouletteLogDet`][iresnet.ops.logdet.RussianRouletteLogDet]), ``"none"``
-            ([`NoLogDet`][iresnet.ops.logdet.NoLogDet]), or an estimator (returned as is).
+            ([`RussianRouletteLogDet`][iresnet.ops.logdet.RussianRouletteLogDet]),
+            ``"roulette-auto"`` (the roulette with ``p`` and ``n_exact`` chosen from
+            ``lipschitz``, finite variance), ``"none"``
+            ([`NoLogDet`][iresnet.ops.logdet.NoLogDet]), or an estimator (returned as is, or
+            bound to ``lipschitz`` if it is an ``auto`` roulette template).
         dim: the per-sample dimension of the block it will serve.
+        lipschitz: a bound of ``Lip(g)`` of the blocks it will serve; a roulette with a fixed
+            choice is checked against it (a
+            [`RouletteVarianceWarning`][iresnet.errors.RouletteVarianceWarning] where its
+            variance is infinite).
 
     Returns:
         A [`LogDetEstimator`][iresnet.ops.logdet.LogDetEstimator].
 
     Raises:
-        ValueError: an unknown name.
+        ValueError: an unknown name; ``"roulette-auto"`` without ``lipschitz``.
 
     Examples:
         >>> logdet_estimator("exact", dim=1000)
         ExactLogDet(max_dim=1000)
     """
+    if isinstance(spec, RussianRouletteLogDet) and lipschitz is not None:
+        if spec.is_template:
+            return spec.with_lipschitz(lipschitz)
+        spec.check_variance(lipschitz)
+        return spec
     if isinstance(spec, LogDetEstimator):
         return spec
+    if spec == "roulette-auto":
+        if lipschitz is None:
+            raise ValueError("logdet='roulette-auto' needs the blocks' Lipschitz bound")
+        return RussianRouletteLogDet(auto=True, lipschitz=lipschitz)
     if spec == "exact":
         return ExactLogDet(max_dim=max(256, dim))
     if spec == "series":
         return PowerSeriesLogDet()
     if spec == "roulette":
-        return RussianRouletteLogDet()
+        return RussianRouletteLogDet(lipschitz=lipschitz)
     if spec == "none":
         return NoLogDet()
     raise ValueError(f"logdet must be one of {LOGDETS} or a LogDetEstimator, got {spec!r}")

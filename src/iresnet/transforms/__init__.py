@@ -5,8 +5,9 @@ Every piece is a [`Transform`][iresnet.transforms.base.Transform]:
 ``inverse(y) -> x``. Re-exported from ``base`` (the contract and
 [`ComposedTransform`][iresnet.transforms.base.ComposedTransform]), ``residual`` (the block
 ``x + g(x)``, conditional with a branch ``g(x, c)``), ``conditional`` (an affine map chosen by
-the context), ``actnorm``, ``reshape`` (squeeze, flatten, factor-out, padding) and
-``preprocess`` (dequantisation, logit, standardisation).
+the context), ``actnorm``, ``reshape`` (squeeze, flatten, factor-out, padding),
+``preprocess`` (dequantisation, logit, standardisation) and ``dequantization`` (variational
+dequantisation, Flow++).
 
 Examples:
     >>> import torch
@@ -24,6 +25,7 @@ Examples:
 from .actnorm import ActNorm
 from .base import ComposedTransform, InverseReport, Transform
 from .conditional import ConditionalAffine
+from .dequantization import VariationalDequantize, uniform_dequantization
 from .preprocess import (
     Dequantize,
     Logit,
@@ -51,6 +53,7 @@ __all__ = [
     "Squeeze",
     "Standardize",
     "Transform",
+    "VariationalDequantize",
     "bits_per_dim",
     "dequantize",
     "dequantize_mid",
@@ -58,4 +61,5 @@ __all__ = [
     "logit_transform",
     "set_branch_precision",
     "swap_logdets",
+    "uniform_dequantization",
 ]

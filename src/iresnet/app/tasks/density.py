@@ -23,7 +23,14 @@ from torch import Tensor, nn
 from ...certificate import certify
 from ...datasets import DataBundle
 from ...flows import Flow
-from ...transforms import InverseReport, bits_per_dim, swap_logdets
+from ...transforms import (
+    InverseReport,
+    InvertibleResidualBlock,
+    VariationalDequantize,
+    bits_per_dim,
+    swap_logdets,
+    uniform_dequantization,
+)
 from ..config import Config
 from .base import (
     Task,
@@ -125,13 +132,35 @@ class DensityTask(Task):
         default); the standard error is over the points evaluated (estimator noise included).
         """
         name, estimator = scoring_estimator(self.dim, exact_max_dim, roulette_exact)
+        # The estimators the model trains with (a roulette says what it chose, and for which
+        # Lipschitz bound), before the scoring estimator replaces them.
+        training = sorted(
+            {
+                repr(m.logdet_estimator)
+                for m in model.modules()
+                if isinstance(m, InvertibleResidualBlock)
+            }
+        )
         with evaluating(model), swap_logdets(model, estimator):
             logps = self.log_probs(model, limit=n_test)
         out: dict[str, Any] = {"estimator": name, "n_test": int(logps.shape[0])}
+        out["training_logdets"] = "; ".join(training)
         out[f"test_{self.metric}"], out[f"test_{self.metric}_se"] = mean_se(self.value(logps))
         if self.images:
             nats = self.dim * math.log(2)  # bits/dim -> nats per image
             out["test_nll"], out["test_nll_se"] = out["test_bpd"] * nats, out["test_bpd_se"] * nats
+            variational = any(isinstance(m, VariationalDequantize) for m in model.modules())
+            out["dequantization"] = "variational" if variational else "uniform"
+            if variational:
+                # test_bpd is -ELBO (an upper bound of the code length); the same model's
+                # uniform-dequantisation bound beside it, on the same points.
+                with (
+                    evaluating(model),
+                    swap_logdets(model, estimator),
+                    uniform_dequantization(model),
+                ):
+                    uniform = self.value(self.log_probs(model, limit=n_test))
+                out["test_bpd_uniform"], out["test_bpd_uniform_se"] = mean_se(uniform)
         if self.data.dequantize_width is not None:
             # E_u[-log p(x + w u)] - sum log w >= -log P(x): a bound on the discrete NLL.
             cells = [w for w in self.data.dequantize_width if w > 0]

@@ -1,0 +1,167 @@
+"""The roulette's variance: the exact formula, the bound, the automatic choice and the warnings."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+import torch
+
+import iresnet
+from iresnet.ops import (
+    auto_roulette_bound,
+    roulette_for_lipschitz,
+    roulette_variance_bound,
+    roulette_variance_is_finite,
+    roulette_weights,
+)
+from tests.helpers import slogdet_of
+
+LIPSCHITZ = [0.0, 0.3, 0.5, 0.7, 0.9, 0.95, 0.98, 0.99]
+
+
+def _terms(jac: torch.Tensor, v: torch.Tensor, n: int) -> torch.Tensor:
+    """``a_k = (-1)^(k+1) v^T J^k v / k`` for ``k = 1..n`` (float64)."""
+    out, w = [], v
+    for k in range(1, n + 1):
+        w = jac.T @ w
+        out.append((-1) ** (k + 1) * (w @ v) / k)
+    return torch.stack(out)
+
+
+def _enough_terms(lipschitz: float, n_exact: int, p: float) -> int:
+    """Terms after which ``max(L^2 / q, q)^n`` is below ``e^-50`` (the sums have converged:
+    ``P(N = n) T_n^2`` decays like ``q^n`` once ``T_n`` has, like ``(L^2 / q)^n`` before)."""
+    r = max(lipschitz**2 / (1 - p), 1 - p)
+    return n_exact + 10 + math.ceil(50 / -math.log(r))
+
+
+def _tails(n: int, n_exact: int, p: float) -> torch.Tensor:
+    """``P(N >= k)``, ``k = 1..n``, for ``N = n_exact + Geometric(p)`` on ``{0, 1, ...}``."""
+    return 1.0 / torch.tensor(roulette_weights(n, n_exact, "geometric", p), dtype=torch.float64)
+
+
+def _second_moment_by_draws(a: torch.Tensor, tails: torch.Tensor) -> torch.Tensor:
+    """``E[Z^2] = sum_n P(N = n) T_n^2`` with ``T_n = sum_{k<=n} a_k / P_k`` (truncated)."""
+    partial = torch.cumsum(a / tails, 0)
+    p_n = tails - torch.cat([tails[1:], tails.new_zeros(1)])
+    return torch.cumsum(p_n * partial**2, 0)
+
+
+def test_variance_formula_and_bound_hold_for_a_random_jacobian():
+    """Eq. (1) (pairs of terms) equals the second moment summed over the draws of ``N``, and
+    eq. (2)'s bound lies above it."""
+    gen = torch.Generator().manual_seed(0)
+    for lipschitz, p, n_exact in ((0.6, 0.5, 1), (0.9, 0.15, 3), (0.95, 0.08, 2)):
+        jac = torch.randn(5, 5, generator=gen, dtype=torch.float64)
+        jac *= lipschitz / torch.linalg.matrix_norm(jac, ord=2)
+        v = torch.randn(5, generator=gen, dtype=torch.float64)
+        n = _enough_terms(lipschitz, n_exact, p)
+        a, tails = _terms(jac, v, n), _tails(n, n_exact, p)
+        mean = a.sum()
+        inv_min = (
+            1.0
+            / tails[torch.minimum(*torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij"))]
+        )
+        variance = (a[:, None] * a[None, :] * (inv_min - 1)).sum()
+        by_draws = _second_moment_by_draws(a, tails)[-1] - mean**2
+        torch.testing.assert_close(variance, by_draws, rtol=1e-9, atol=1e-12)
+        bound = v.dot(v) ** 2 * roulette_variance_bound(lipschitz, n_exact, param=p)
+        assert 0 <= variance <= bound, (float(variance), float(bound))
+
+
+@pytest.mark.parametrize("lipschitz", LIPSCHITZ)
+def test_the_automatic_choice_has_finite_variance_up_to_0_99(lipschitz):
+    p, n_exact = roulette_for_lipschitz(lipschitz)
+    assert 0 < p <= 0.5 and n_exact >= 2
+    assert roulette_variance_is_finite(lipschitz, "geometric", p)
+    bound = roulette_variance_bound(lipschitz, n_exact, param=p)
+    assert math.isfinite(bound) and bound <= auto_roulette_bound(lipschitz, n_exact) + 1e-15
+    if lipschitz == 0:
+        return
+    # The worst case J = L I (scalar: a_k = (-1)^(k+1) L^k / k): the second moment summed over
+    # the draws of N converges, to at most the bound above the squared mean.
+    n = _enough_terms(lipschitz, n_exact, p)
+    a = torch.tensor([(-1) ** (k + 1) * lipschitz**k / k for k in range(1, n + 1)])
+    moments = _second_moment_by_draws(a.double(), _tails(n, n_exact, p))
+    variance = moments[-1] - math.log1p(lipschitz) ** 2
+    assert float(variance) <= bound * (1 + 1e-9) + 1e-15
+    assert float(moments[-1] - moments[n // 2]) <= 1e-9 * max(1.0, float(moments[-1]))
+
+
+def test_the_papers_geometric_half_blows_up_above_l_squared_one_half():
+    """p = 1/2: finite at L = 0.7 (L^2 = 0.49), infinite at L = 0.75 (J = L I diverges)."""
+    assert roulette_variance_is_finite(0.7, "geometric", 0.5)
+    assert not roulette_variance_is_finite(0.75, "geometric", 0.5)
+    assert math.isinf(roulette_variance_bound(0.75, 2, param=0.5))
+    assert not roulette_variance_is_finite(0.1, "poisson", 2.0)
+    n = 900
+    a = torch.tensor([(-1) ** (k + 1) * 0.75**k / k for k in range(1, n + 1)], dtype=torch.float64)
+    moments = _second_moment_by_draws(a, _tails(n, 2, 0.5))
+    assert float(moments[n - 1]) > 1e6 * float(moments[99])  # grows without bound
+
+
+def test_auto_roulette_says_what_it_chose_and_is_unbiased_at_high_lipschitz():
+    est = iresnet.RussianRouletteLogDet(auto=True, lipschitz=0.99)
+    assert (round(est.p, 5), est.n_exact) == (0.00995, 50)
+    assert "auto=True (chosen for Lip(g) <= 0.99)" in repr(est)
+    template = iresnet.RussianRouletteLogDet(auto=True, probe="rademacher")
+    assert template.is_template and "to be chosen" in repr(template)
+    with pytest.raises(ValueError, match="Lipschitz bound"):
+        template(lambda x: 0.5 * x, torch.zeros(1, 2))
+    # g = 0.9 tanh(x): J = 0.9 diag(sech^2), Lip(g) <= 0.9 > 0.707 (Geometric(1/2) would
+    # blow up); the auto roulette is unbiased within 4 standard errors of slogdet.
+    bound = template.with_lipschitz(0.9)
+    assert (round(bound.p, 4), bound.n_exact, bound.probe) == (0.095, 5, "rademacher")
+    bound.memory_efficient = False
+    torch.manual_seed(0)
+    x = 0.3 * torch.randn(1, 3, dtype=torch.float64)
+
+    def g(v):
+        return 0.9 * torch.tanh(v)
+
+    exact = slogdet_of(lambda v: v + g(v), x)[0]
+    batch = x.expand(64, 3).contiguous()
+    means = torch.stack([bound(g, batch)[1].mean() for _ in range(300)])
+    se = means.std() / math.sqrt(means.numel())
+    assert abs(means.mean() - exact) <= 4 * se, (means.mean().item(), exact.item(), se.item())
+
+
+def test_fixed_choices_warn_where_their_variance_is_infinite():
+    with pytest.warns(iresnet.RouletteVarianceWarning, match="p <= 1 - L"):
+        est = iresnet.RussianRouletteLogDet(p=0.5, lipschitz=0.9)
+    assert "INFINITE variance" in repr(est) and math.isinf(est.variance_bound(0.9))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ok = iresnet.RussianRouletteLogDet(p=0.1, lipschitz=0.9)
+        assert ok.check_variance(0.9) and "finite variance" in repr(ok)
+    # A family checks the user's estimator against its blocks' design bound (0.98^3 = 0.94).
+    with pytest.warns(iresnet.RouletteVarianceWarning, match="0.9412"):
+        iresnet.MultiscaleResidualFlow((1, 4, 4), scales=1, blocks=1, hidden_channels=(4, 4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        flow = iresnet.ResidualFlow(2, transforms=2, hidden_features=(8,), logdet="roulette-auto")
+    est = flow.transform[1].logdet_estimator
+    assert est is flow.transform[3].logdet_estimator
+    assert est.lipschitz == pytest.approx(0.98**2) and est.auto
+    assert est.p == pytest.approx((1 - 0.98**4) / 2)
+    with pytest.raises(ValueError, match="needs the blocks' Lipschitz bound"):
+        iresnet.ops.logdet_estimator("roulette-auto")
+    with pytest.raises(ValueError, match="lipschitz must lie"):
+        iresnet.RussianRouletteLogDet(lipschitz=1.0)
+    with pytest.raises(ValueError, match="Poisson"):
+        iresnet.RussianRouletteLogDet(distribution="poisson", auto=True)
+
+
+def test_roulette_auto_from_the_config():
+    from iresnet.app.builder import build_model, load_data
+    from iresnet.app.presets import get_preset
+
+    cfg = get_preset("toy-moons").override(["logdet=roulette-auto", "n_blocks=2"])
+    data = load_data(cfg.data.__class__(name="moons", n_train=64, n_test=64))
+    flow = build_model(cfg, data)
+    est = flow.transform[1].logdet_estimator
+    assert est.auto and est.lipschitz == pytest.approx(0.98**3)
+    with pytest.raises(iresnet.ConfigError, match="roulette-auto"):
+        cfg.override(["kind=hybrid"])
