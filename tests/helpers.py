@@ -89,3 +89,17 @@ def make_strong_g(dim: int, low: float = 0.2, high: float = 0.6) -> nn.Module:
     with torch.no_grad():
         layer.weight.copy_(q @ torch.diag(s) @ q.T)
     return nn.Sequential(layer, nn.Tanh()).eval()
+
+
+#: A run small enough for the command-line tests: one block of width 8, a few hundred points,
+#: evaluations and checkpoints every 5 steps on one test batch.
+TINY_RUN = [
+    "model.n_blocks=1",
+    "model.hidden=8",
+    "data.n_train=256",
+    "data.n_test=128",
+    "train.batch_size=64",
+    "train.eval_every=5",
+    "train.checkpoint_every=5",
+    "train.eval_batches=1",
+]

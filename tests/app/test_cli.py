@@ -9,17 +9,9 @@ import torch
 
 from iresnet.app.cli import main
 from iresnet.certificate import Certificate
+from tests.helpers import TINY_RUN
 
-TINY = [
-    "model.n_blocks=1",
-    "model.hidden=8",
-    "data.n_train=256",
-    "data.n_test=128",
-    "train.batch_size=64",
-    "train.eval_every=5",
-    "train.checkpoint_every=5",
-    "train.eval_batches=1",
-]
+TINY = TINY_RUN
 
 
 def run(capsys, *argv):

@@ -19,18 +19,9 @@ from iresnet.datasets.conditional import (
     conditional_toy_split,
     sample_conditional,
 )
+from tests.helpers import TINY_RUN
 
-TINY = [
-    "model.n_blocks=1",
-    "model.hidden=8",
-    "data.n_train=256",
-    "data.n_test=128",
-    "train.batch_size=64",
-    "train.eval_every=5",
-    "train.checkpoint_every=5",
-    "train.eval_batches=1",
-    "--no-progress",
-]
+TINY = [*TINY_RUN, "--no-progress"]
 
 
 def run(capsys, *argv):

@@ -15,17 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-TINY = [
-    "model.n_blocks=1",
-    "model.hidden=8",
-    "data.n_train=256",
-    "data.n_test=128",
-    "train.batch_size=64",
-    "train.eval_every=5",
-    "train.checkpoint_every=5",
-    "train.eval_batches=1",
-    "--no-progress",
-]
+from tests.helpers import TINY_RUN
+
+TINY = [*TINY_RUN, "--no-progress"]
 
 
 def iresnet(*argv: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:

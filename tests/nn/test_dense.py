@@ -155,3 +155,20 @@ def test_certificate_of_a_dense_flow_names_the_dense_layers():
     cert = iresnet.certify(flow.eval())
     assert cert.invertible and cert.max_bound <= 0.9 * 0.98**2 + REL
     assert cert.blocks[0].methods == "dense[svd] x2, svd"
+
+
+@pytest.mark.parametrize("conv", [False, True])
+def test_conditional_branches_take_clipswish_widths(conv):
+    """CLipSwish doubles the width: conditional branches size their next layer for it too."""
+    import iresnet
+
+    torch.manual_seed(0)
+    if conv:
+        g = iresnet.nn.conditional_conv_branch(2, 1, (4,), activation="clipswish", preact=True)
+        x = torch.randn(3, 2, 5, 5)
+    else:
+        g = iresnet.nn.conditional_mlp_branch(2, 1, (8, 8), activation="clipswish")
+        x = torch.randn(3, 2)
+    y = iresnet.nn.bind_context(g, torch.randn(3, 1))(x)
+    assert y.shape == x.shape
+    assert iresnet.nn.lipschitz_bound_of(g.eval()) < 1

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from ..checks import check_input
 from ..errors import DataError
-from .activations import activation_factory
+from .activations import activation_factory, expansion_of
 from .branches import Activation, _check_sizes, conv_layer, linear_layer
 from .spectral import float64_forward
 
@@ -302,6 +302,7 @@ def conditional_mlp_branch(
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
         if i > 0:
             layers += [ContextModulation(a, gain), act()]
+            a *= expansion_of(layers[-1])  # CLipSwish doubles the width
         layers.append(
             linear_layer(a, b, norm=norm, coeff=coeff, n_power_iterations=n_power_iterations)
         )
@@ -362,6 +363,8 @@ def conditional_conv_branch(
     for i, (k, c_in, c_out) in enumerate(zip(kernels, sizes[:-1], sizes[1:], strict=True)):
         if i > 0:
             layers += [ContextModulation(c_in, gain), act()]
+        if layers:
+            c_in *= expansion_of(layers[-1])  # CLipSwish doubles the channels
         layers.append(
             conv_layer(
                 c_in, c_out, k, norm=norm, coeff=coeff, n_power_iterations=n_power_iterations
