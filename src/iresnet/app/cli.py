@@ -16,6 +16,7 @@ import re
 import signal
 import subprocess
 import sys
+import warnings
 from collections.abc import Sequence
 from dataclasses import MISSING, fields
 from pathlib import Path
@@ -651,8 +652,22 @@ COMMANDS = {
 }
 
 
+def _one_line_warning(message: Warning | str, category: type[Warning], *_: Any, **__: Any) -> str:
+    """Warnings as the command prints them: one line, without the source line."""
+    return f"iresnet: warning ({category.__name__}): {message}\n"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``iresnet ARGV``; returns the exit status (2 for a user error, printed in one line)."""
+    previous = warnings.formatwarning
+    warnings.formatwarning = _one_line_warning  # type: ignore[assignment]
+    try:
+        return _main(argv)
+    finally:
+        warnings.formatwarning = previous
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     # Overrides may come after options (`train --out d lr=1e-3`): collect KEY=VALUE leftovers.

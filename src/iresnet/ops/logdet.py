@@ -673,8 +673,9 @@ class RussianRouletteLogDet(LogDetEstimator):
         )
         warnings.warn(
             f"{where + ': ' if where else ''}the Russian roulette ({self.distribution}, {what}) "
-            f"has infinite variance for blocks with Lip(g) <= {lipschitz:.4g}: finite variance "
-            f"{need}; use logdet='roulette-auto' (chooses p and n_exact from the bound)",
+            f"is not guaranteed a finite variance for blocks bounded by Lip(g) <= "
+            f"{lipschitz:.4g} (infinite when J = L I): the guarantee {need}; "
+            "logdet='roulette-auto' chooses p and n_exact from the bound",
             RouletteVarianceWarning,
             stacklevel=3,
         )
