@@ -274,7 +274,7 @@ def test_the_new_users_table_of_mistakes(capsys, tmp_path):
     code, _, err = run(capsys, "train", "--resume", str(out), "--steps", "4", "model.coeff=0.5")
     assert code == 2 and "not KEY=VALUE overrides" in err and "preset" not in err
     code, _, err = run(capsys, "sample", str(out), "-n", "3", "--out", str(data))
-    assert code == 2 and "is the run's training data" in err
+    assert code == 2 and "is an input" in err
     taken = tmp_path / "taken.npy"
     np.save(taken, np.zeros(1))
     code, _, err = run(capsys, "sample", str(out), "-n", "3", "--out", str(taken))
@@ -307,3 +307,63 @@ def test_the_library_names_the_new_users_mistakes():
         iresnet.ResidualFlow("2")
     with pytest.raises(TypeError, match="certify expects a torch.nn.Module"):
         iresnet.certify(None)
+
+
+def test_the_second_new_users_findings(capsys, tmp_path):
+    """A fresh session on the conditional and post-2019 features: contexts are part of the
+    fingerprint, inputs are never outputs, the data file is not needed to sample or score, an
+    interrupted extension is evaluated at its newest checkpoint."""
+    import iresnet
+
+    rng = np.random.default_rng(0)
+    x, c = tmp_path / "x.csv", tmp_path / "c.csv"
+    np.savetxt(x, rng.normal(size=(300, 2)), delimiter=",")
+    np.savetxt(c, rng.uniform(size=(300, 1)), delimiter=",")
+    out = tmp_path / "run"
+    argv = [
+        "train",
+        *TINY,
+        "--data",
+        str(x),
+        "--context",
+        str(c),
+        "--steps",
+        "4",
+        "--out",
+        str(out),
+    ]
+    assert run(capsys, *argv)[0] == 0
+
+    for flags in (["--out", str(x)], ["--out", str(c), "--overwrite"]):
+        code, _, err = run(capsys, "score", str(out), "--data", str(x), "--context", str(c), *flags)
+        assert code == 2 and "is an input" in err, flags
+    code, _, err = run(capsys, "sample", str(out), "-n", "2", "--out", str(c), "--overwrite")
+    assert code == 2 and "is an input" in err
+
+    original = c.read_bytes()
+    np.savetxt(c, rng.uniform(size=(300, 1)), delimiter=",")  # other contexts, same data
+    code, _, err = run(capsys, "evaluate", str(out))
+    assert code == 2 and "the data changed" in err
+    c.write_bytes(original)
+
+    moved = tmp_path / "x-away.csv"
+    x.rename(moved)
+    code, _, err = run(capsys, "sample", str(out), "-n", "2", "--out", str(tmp_path / "s.npy"))
+    assert code == 0, err  # no data file needed, the contexts' mean is the default context
+    code, _, err = run(capsys, "evaluate", str(out))
+    assert code == 2 and "is gone from" in err
+    moved.rename(x)
+
+    # An interrupted extension: the newest checkpoint, not the shorter plan's final weights.
+    from iresnet.app.runs import Run
+    from iresnet.app.training import train
+
+    longer = Run(out).load_config().override(["train.steps=10"])
+    assert train(longer, out, resume=True, progress=False, stop_after=7).stopped == "signal"
+    code, out_json, _ = run(capsys, "evaluate", str(out), "--json", "--n-inverse", "2")
+    result = json.loads(out_json.strip().splitlines()[-1])
+    assert code == 0 and result["weights_step"] == 7 and "step-00000007" in result["weights"]
+
+    assert iresnet.ResidualFlow(2, logdet="stratified", transforms=1) is not None
+    code, _, err = run(capsys, "train", "model.dequantization=variational", "--steps", "2")
+    assert code == 2 and "needs an image density model" in err

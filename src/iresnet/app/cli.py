@@ -487,6 +487,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     )
     result["run_dir"] = str(trained.run.path)
     result["weights"] = str(trained.weights)
+    result["weights_step"] = trained.step
     result = json_safe(result)
     # Print first: a read-only run folder still answers.
     if args.json:
@@ -523,9 +524,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     if args.out is not None and args.out.suffix not in (".npy", ".csv", ".png"):
         raise ConfigError(f"--out must end in .npy, .csv or .png, got '{args.out.suffix}'")
     check_seed("--seed", args.seed)
-    # Unconditional runs sample from data.json alone; conditional ones need their contexts.
-    conditional = bool(Run(args.run_dir).data_info().get("context_dim"))
-    trained = load_run(args.run_dir, data=conditional)
+    trained = load_run(args.run_dir, data=False)  # data.json holds all sampling needs
     task = trained.task
     contexts = None
     if args.context is not None:
@@ -533,11 +532,10 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     elif getattr(task, "context_dim", 0):
         contexts = task.default_contexts()  # type: ignore[attr-defined]
     out = args.out or trained.run.path / "samples.npy"
-    data_file = trained.run.data_info().get("file", {})
-    if isinstance(data_file, dict) and data_file.get("absolute") == str(out.resolve()):
-        raise ConfigError(f"--out {out} is the run's training data; choose another file")
-    if args.out is not None and out.exists() and not args.overwrite:
-        raise ConfigError(f"--out {out} exists; choose another file, or pass --overwrite")
+    inputs = [*trained.run.input_files()]
+    if args.context is not None and Path(args.context).suffix in (".npy", ".csv"):
+        inputs.append(Path(args.context))
+    _check_out(out, inputs, args.overwrite and args.out is not None, default=args.out is None)
     torch.manual_seed(args.seed)
     chunks, converged, worst, bound = [], True, 0.0, None
     if contexts is not None:
@@ -588,7 +586,11 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     else:
         raise ConfigError(f"--out must end in .npy, .csv or .png, got '{out.suffix}'")
     certified = f", certified error <= {bound:.2e}" if bound is not None else ""
-    per = f" ({args.num} at each of {contexts.shape[0]} contexts)" if contexts is not None else ""
+    per = ""
+    if contexts is not None:
+        shown = "; ".join(", ".join(f"{v:.4g}" for v in row) for row in contexts.tolist()[:8])
+        more = ", ..." if contexts.shape[0] > 8 else ""
+        per = f" ({args.num} at each of {contexts.shape[0]} contexts, in order: {shown}{more})"
     print(
         f"wrote {x.shape[0]} samples{per} to {out} (inverse converged: {converged}, "
         f"largest final step {worst:.2e}{certified})"
@@ -596,17 +598,26 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_out(out: Path, inputs: list[Path], overwrite: bool, default: bool = False) -> None:
+    """Refuse an output file that is one of the inputs (the run's training data and contexts,
+    the data being scored), even with ``--overwrite``, and an existing one without it."""
+    target = out.resolve()
+    for path in inputs:
+        if Path(path).resolve() == target:
+            raise ConfigError(f"--out {out} is an input ({path}); choose another file")
+    if out.exists() and not (overwrite or default):
+        raise ConfigError(f"--out {out} exists; choose another file, or pass --overwrite")
+
+
 def _cmd_score(args: argparse.Namespace) -> int:
     if args.out.suffix not in (".npy", ".csv"):
         raise ConfigError(f"--out must end in .npy or .csv, got '{args.out.suffix}'")
     if args.repeats < 2:
         raise ConfigError(f"--repeats must be >= 2 (the SE needs two draws), got {args.repeats}")
-    if args.out.exists() and not args.overwrite:
-        raise ConfigError(f"--out {args.out} exists; choose another file, or pass --overwrite")
-    if args.out.resolve() == args.data.resolve():
-        raise ConfigError(f"--out {args.out} is the data being scored; choose another file")
-    conditional = bool(Run(args.run_dir).data_info().get("context_dim"))
-    trained = load_run(args.run_dir, device=args.device, data=conditional)
+    run = Run(args.run_dir)
+    inputs = [args.data, *([args.context] if args.context is not None else []), *run.input_files()]
+    _check_out(args.out, inputs, args.overwrite)
+    trained = load_run(args.run_dir, device=args.device, data=False)
     result = scoring.score_file(
         trained.task, trained.model, args.data, args.context, repeats=args.repeats
     )

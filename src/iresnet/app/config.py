@@ -135,6 +135,11 @@ class ModelConfig:
         _choice("model.activation", self.activation, ACTIVATIONS)
         _choice("model.branch", self.branch, BRANCHES)
         _choice("model.dequantization", self.dequantization, ("uniform", "variational"))
+        if self.dequantization == "variational" and self.kind in ("toy", "classifier"):
+            raise ConfigError(
+                f"model.dequantization=variational needs an image density model (resflow-image, "
+                f"iresnet-image, hybrid), not model.kind={self.kind}"
+            )
         _choice("model.probe", self.probe, ("gaussian", "rademacher"))
         _choice(
             "model.lipschitz_norm",

@@ -23,10 +23,12 @@ from typing import Any
 
 import torch
 from filelock import FileLock, Timeout
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 from torch import nn
 
 from ..datasets import DataBundle, Standardizer
+from ..datasets.conditional import CONDITIONAL_TOYS, kl_contexts
 from ..errors import CheckpointError, ConfigError, DataError
 from .builder import build_model, load_data
 from .checkpoint import latest_checkpoint, load_weights
@@ -39,13 +41,15 @@ __all__ = ["Run", "TrainedRun", "data_fingerprint", "file_fingerprint", "load_ru
 
 
 def data_fingerprint(data: DataBundle) -> str:
-    """SHA-256 (hex) of a data set's training and test tensors and labels, in that order.
+    """SHA-256 (hex) of a data set's training and test tensors, labels and contexts, in that
+    order.
 
     Two loads of the same data (a file, a toy density's seeded draw, an image set) give the
     same digest; any changed value, shape or dtype gives another.
     """
     h = hashlib.sha256()
-    for t in (data.train_x, data.test_x, data.train_y, data.test_y):
+    contexts = (data.train_c, data.test_c) if data.train_c is not None else ()
+    for t in (data.train_x, data.test_x, data.train_y, data.test_y, *contexts):
         if t is None:
             h.update(b"none;")
             continue
@@ -236,6 +240,8 @@ class Run:
             info["dequantize_width"] = data.dequantize_width
         if cfg is not None and cfg.name == "array" and cfg.path:
             info["file"] = file_fingerprint(cfg.path)
+        if cfg is not None and cfg.context_path:
+            info["context_file"] = file_fingerprint(cfg.context_path)
         atomic_write(self.data_path, json.dumps(info, indent=2) + "\n")
 
     def data_info(self) -> dict[str, Any]:
@@ -263,10 +269,22 @@ class Run:
     def data_config(self, cfg: DataConfig) -> DataConfig:
         """``cfg`` with a user file's path replaced by the absolute one recorded at the start,
         so the run loads the same file from any working directory."""
-        file = self.data_info().get("file")
+        info = self.data_info()
+        file, context = info.get("file"), info.get("context_file")
         if cfg.name == "array" and isinstance(file, dict) and file.get("absolute"):
-            return replace(cfg, path=str(file["absolute"]))
+            cfg = replace(cfg, path=str(file["absolute"]))
+        if cfg.context_path and isinstance(context, dict) and context.get("absolute"):
+            cfg = replace(cfg, context_path=str(context["absolute"]))
         return cfg
+
+    def input_files(self) -> list[Path]:
+        """The user files the run was trained on (data and contexts), as recorded."""
+        info = self.data_info()
+        return [
+            Path(str(f["absolute"]))
+            for f in (info.get("file"), info.get("context_file"))
+            if isinstance(f, dict) and f.get("absolute")
+        ]
 
     def data_spec(self) -> DataBundle:
         """What the model needs to know of the data, from ``data.json`` alone: the event shape,
@@ -287,6 +305,7 @@ class Run:
         dtype = torch.uint8 if kind == "image" else torch.float64
         empty = torch.empty((0, *shape), dtype=dtype)
         k = int(info.get("context_dim", 0))
+        name = str(info.get("name", ""))
         classes = bool(info.get("class_context", False))
         contexts = torch.empty((0, k), dtype=torch.float64) if k and not classes else None
         labels = torch.tensor([k - 1]) if classes else None  # n_classes = k
@@ -300,8 +319,10 @@ class Run:
             standardizer=self.load_standardizer(),
             dequantize_width=info.get("dequantize_width"),
             train_c=contexts,
+            test_c=contexts,
             context_standardizer=self.load_standardizer("context_standardizer"),
             class_context=classes,
+            report_contexts=kl_contexts(name) if name in CONDITIONAL_TOYS else None,
         )
 
     def load_data(self, cfg: DataConfig) -> DataBundle:
@@ -319,13 +340,12 @@ class Run:
                 context_standardizer=self.load_standardizer("context_standardizer"),
             )
         except DataError as exc:
-            file = self.data_info().get("file")
-            where = file.get("absolute") if isinstance(file, dict) else None
-            if where and not Path(where).is_file():
+            gone = [p for p in self.input_files() if not p.is_file()]
+            if gone:
                 raise DataError(
-                    f"{self.path}: the data it was trained on is gone from {where}; put the "
-                    "file back there to evaluate or resume the run (sample and certify need no "
-                    "data; in Python, iresnet.load_run(path, data=False))"
+                    f"{self.path}: the data it was trained on is gone from {gone[0]}; put the "
+                    "file back there to evaluate or resume the run (sample, score and certify "
+                    "need no data; in Python, iresnet.load_run(path, data=False))"
                 ) from None
             raise exc from None
 
@@ -384,15 +404,30 @@ class Run:
         kept = [r for r in self.records() if int(r.get("step", 0)) <= step]
         atomic_write(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
 
-    def save_final_weights(self, model: nn.Module) -> None:
-        """``model.safetensors``: the final (EMA) weights and buffers, written atomically."""
+    def save_final_weights(self, model: nn.Module, step: int | None = None) -> None:
+        """``model.safetensors``: the final (EMA) weights and buffers, written atomically, with
+        the step they belong to in the file's metadata."""
         state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-        atomic_write(self.weights_path, save(state))
+        meta = {"step": str(step)} if step is not None else None
+        atomic_write(self.weights_path, save(state, metadata=meta))
+
+    def final_step(self) -> int | None:
+        """The step recorded in ``model.safetensors`` (None: no file, or written before steps
+        were recorded)."""
+        if not self.weights_path.is_file():
+            return None
+        try:
+            with safe_open(str(self.weights_path), "pt") as fh:
+                step = (fh.metadata() or {}).get("step")
+        except (OSError, SafetensorError):
+            return None
+        return int(step) if step is not None and step.isdigit() else None
 
 
 @dataclass
 class TrainedRun:
-    """A run's config, data, task and evaluation model (EMA weights, eval mode)."""
+    """A run's config, data, task and evaluation model (EMA weights, eval mode), the weights'
+    file and the training step they belong to (None where it was not recorded)."""
 
     run: Run
     cfg: Config
@@ -400,6 +435,7 @@ class TrainedRun:
     task: Task
     model: nn.Module
     weights: Path
+    step: int | None = None
 
 
 def load_run(
@@ -452,14 +488,23 @@ def load_run(
         assert spec is not None
         bundle = spec
     model = build_model(cfg, spec if spec is not None else bundle).to(dev)
-    weights = run.weights_path
-    if not weights.is_file():
-        ckpt = latest_checkpoint(run.checkpoints)
-        if ckpt is None:
-            raise CheckpointError(
-                f"{run.path}: no model.safetensors and no valid checkpoint to evaluate"
-            )
-        weights = ckpt / "ema.safetensors"
+    weights, step = run.weights_path, run.final_step()
+    ckpt = latest_checkpoint(run.checkpoints) if run.checkpoints.is_dir() else None
+    ckpt_step = int(ckpt.name.removeprefix("step-")) if ckpt is not None else None
+    newer = ckpt is not None and (
+        not weights.is_file()
+        or (step is not None and ckpt_step is not None and ckpt_step > step)
+        or (step is None and ckpt.stat().st_mtime > weights.stat().st_mtime)
+    )
+    if newer:
+        # A run that is not finished (or an extension that was interrupted): the EMA weights of
+        # its newest checkpoint, not the final weights of an earlier, shorter plan.
+        assert ckpt is not None
+        weights, step = ckpt / "ema.safetensors", ckpt_step
+    elif not weights.is_file():
+        raise CheckpointError(
+            f"{run.path}: no model.safetensors and no valid checkpoint to evaluate"
+        )
     load_weights(model, weights)
     model.eval()
-    return TrainedRun(run, cfg, bundle, make_task(cfg, bundle, dev), model, weights)
+    return TrainedRun(run, cfg, bundle, make_task(cfg, bundle, dev), model, weights, step)

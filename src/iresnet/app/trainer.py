@@ -412,7 +412,7 @@ class Trainer:
     def finish(self) -> None:
         """The final evaluation weights as ``model.safetensors`` (rank 0)."""
         if self.ctx.is_main:
-            self.run.save_final_weights(self.evaluation_model)
+            self.run.save_final_weights(self.evaluation_model, self.step_count)
 
     # --------------------------------------------------------------------------------- run
     def run_loop(self) -> str:

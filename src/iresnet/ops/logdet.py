@@ -854,7 +854,7 @@ class StratifiedRouletteLogDet(RussianRouletteLogDet):
         )
 
 
-LOGDETS = ("exact", "series", "roulette", "roulette-auto", "none")
+LOGDETS = ("exact", "series", "roulette", "roulette-auto", "stratified", "none")
 """Names [`logdet_estimator`][iresnet.ops.logdet.logdet_estimator] accepts."""
 
 
@@ -869,7 +869,8 @@ def logdet_estimator(
             ([`PowerSeriesLogDet`][iresnet.ops.logdet.PowerSeriesLogDet]), ``"roulette"``
             ([`RussianRouletteLogDet`][iresnet.ops.logdet.RussianRouletteLogDet]),
             ``"roulette-auto"`` (the roulette with ``p`` and ``n_exact`` chosen from
-            ``lipschitz``, finite variance), ``"none"``
+            ``lipschitz``, finite variance), ``"stratified"``
+            ([`StratifiedRouletteLogDet`][iresnet.ops.logdet.StratifiedRouletteLogDet]), ``"none"``
             ([`NoLogDet`][iresnet.ops.logdet.NoLogDet]), or an estimator (returned as is, or
             bound to ``lipschitz`` if it is an ``auto`` roulette template).
         dim: the per-sample dimension of the block it will serve.
@@ -905,6 +906,8 @@ def logdet_estimator(
         return PowerSeriesLogDet()
     if spec == "roulette":
         return RussianRouletteLogDet(lipschitz=lipschitz)
+    if spec == "stratified":
+        return StratifiedRouletteLogDet(lipschitz=lipschitz)
     if spec == "none":
         return NoLogDet()
     raise ValueError(f"logdet must be one of {LOGDETS} or a LogDetEstimator, got {spec!r}")

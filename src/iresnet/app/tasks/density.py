@@ -242,13 +242,17 @@ class DensityTask(Task):
 
     def default_contexts(self) -> Tensor | None:
         """The contexts ``sample`` uses when none are given: every class (class-conditional
-        images), the reporting contexts of a conditional toy, else the first test context."""
+        images), the reporting contexts of a conditional toy, else the training contexts' mean
+        (saved with the run, so no data is read)."""
         if not self.context_dim:
             return None
         if self.data.class_context:
             return self.one_hot(torch.arange(self.context_dim))
         if self.data.report_contexts is not None:
             return self.data.report_contexts.to(self.device)
+        if self.data.context_standardizer is not None:
+            mean = torch.tensor([self.data.context_standardizer.mean], dtype=torch.float64)
+            return mean.to(self.device)
         assert self.data.test_c is not None
         return self.data.test_c[:1].to(self.device)
 
