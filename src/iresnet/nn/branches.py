@@ -165,19 +165,45 @@ def mlp_branch(
         >>> lipschitz_bound_of(g.eval()) <= 0.9**3 + 1e-6
         True
     """
-    _check_sizes("features", [features])
-    _check_sizes("hidden_features", hidden_features)
+    layers = _chain(
+        [features, *hidden_features, features],
+        None,
+        activation,
+        lambda a, b, _: linear_layer(
+            a, b, norm=norm, coeff=coeff, n_power_iterations=n_power_iterations
+        ),
+        names=("features", "hidden_features"),
+    )
+    return nn.Sequential(*layers)
+
+
+def _chain(
+    sizes: Sequence[int],
+    kernels: Sequence[int] | None,
+    activation: Activation,
+    layer: Callable[[int, int, int], nn.Module],
+    *,
+    names: tuple[str, str],
+    preact: bool = False,
+    modulation: Callable[[int], nn.Module] | None = None,
+) -> list[nn.Module]:
+    """The layers of a branch: ``layer(width_in, width_out, kernel)`` for consecutive
+    ``sizes``, an activation between them (and first with ``preact``), each activation after
+    ``modulation(width)`` where given (a conditional branch's context gate), and every layer
+    after a width-changing activation (CLipSwish doubles it) sized for it."""
+    _check_sizes(names[0], [sizes[0]])
+    _check_sizes(names[1], sizes[1:-1])
     act = activation_factory(activation)
-    sizes = [features, *hidden_features, features]
-    layers: list[nn.Module] = []
+    layers: list[nn.Module] = [act()] if preact else []
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
         if i > 0:
+            if modulation is not None:
+                layers.append(modulation(a))
             layers.append(act())
+        if layers:
             a *= expansion_of(layers[-1])  # CLipSwish doubles the width
-        layers.append(
-            linear_layer(a, b, norm=norm, coeff=coeff, n_power_iterations=n_power_iterations)
-        )
-    return nn.Sequential(*layers)
+        layers.append(layer(a, b, kernels[i] if kernels is not None else 1))
+    return layers
 
 
 def conv_branch(
@@ -226,23 +252,24 @@ def conv_branch(
         >>> g(torch.zeros(2, 3, 4, 4)).shape
         torch.Size([2, 3, 4, 4])
     """
-    _check_sizes("channels", [channels])
-    _check_sizes("hidden_channels", hidden_channels)
-    act = activation_factory(activation)
     sizes = [channels, *hidden_channels, channels]
-    n = len(sizes) - 1
+    kernels = _conv_kernels(len(sizes) - 1, kernel_sizes)
+    layers = _chain(
+        sizes,
+        kernels,
+        activation,
+        lambda a, b, k: conv_layer(
+            a, b, k, norm=norm, coeff=coeff, n_power_iterations=n_power_iterations
+        ),
+        names=("channels", "hidden_channels"),
+        preact=preact,
+    )
+    return nn.Sequential(*layers)
+
+
+def _conv_kernels(n: int, kernel_sizes: Sequence[int] | None) -> list[int]:
+    """``n`` kernel sizes: the given ones, else ``3, 1, ..., 1, 3`` (i-ResNet's branch)."""
     kernels = list(kernel_sizes) if kernel_sizes is not None else [3, *([1] * (n - 2)), 3][-n:]
     if len(kernels) != n:
         raise ValueError(f"kernel_sizes needs {n} entries (one per convolution), got {kernels}")
-    layers: list[nn.Module] = [act()] if preact else []
-    for i, (k, c_in, c_out) in enumerate(zip(kernels, sizes[:-1], sizes[1:], strict=True)):
-        if i > 0:
-            layers.append(act())
-        if layers:
-            c_in *= expansion_of(layers[-1])  # CLipSwish doubles the channels
-        layers.append(
-            conv_layer(
-                c_in, c_out, k, norm=norm, coeff=coeff, n_power_iterations=n_power_iterations
-            )
-        )
-    return nn.Sequential(*layers)
+    return kernels

@@ -30,8 +30,7 @@ from torch import Tensor, nn
 
 from ..checks import check_input
 from ..errors import DataError
-from .activations import activation_factory, expansion_of
-from .branches import Activation, _check_sizes, conv_layer, linear_layer
+from .branches import Activation, _chain, _check_sizes, _conv_kernels, conv_layer, linear_layer
 from .spectral import float64_forward
 
 __all__ = [
@@ -294,18 +293,16 @@ def conditional_mlp_branch(
         >>> lipschitz_bound_of(g.eval()) <= 0.9**3 + 1e-6  # for every context
         True
     """
-    _check_sizes("features", [features])
-    _check_sizes("hidden_features", hidden_features)
-    act = activation_factory(activation)
-    sizes = [features, *hidden_features, features]
-    layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
-        if i > 0:
-            layers += [ContextModulation(a, gain), act()]
-            a *= expansion_of(layers[-1])  # CLipSwish doubles the width
-        layers.append(
-            linear_layer(a, b, norm=norm, coeff=coeff, n_power_iterations=n_power_iterations)
-        )
+    layers = _chain(
+        [features, *hidden_features, features],
+        None,
+        activation,
+        lambda a, b, _: linear_layer(
+            a, b, norm=norm, coeff=coeff, n_power_iterations=n_power_iterations
+        ),
+        names=("features", "hidden_features"),
+        modulation=lambda width: ContextModulation(width, gain),
+    )
     return ConditionalBranch(nn.Sequential(*layers), context, context_features)
 
 
@@ -353,21 +350,16 @@ def conditional_conv_branch(
         >>> g(torch.zeros(4, 2, 5, 5), torch.randn(4, 3)).shape
         torch.Size([4, 2, 5, 5])
     """
-    _check_sizes("channels", [channels])
-    _check_sizes("hidden_channels", hidden_channels)
-    act = activation_factory(activation)
     sizes = [channels, *hidden_channels, channels]
-    n = len(sizes) - 1
-    kernels = [3, *([1] * (n - 2)), 3][-n:]
-    layers: list[nn.Module] = [act()] if preact else []
-    for i, (k, c_in, c_out) in enumerate(zip(kernels, sizes[:-1], sizes[1:], strict=True)):
-        if i > 0:
-            layers += [ContextModulation(c_in, gain), act()]
-        if layers:
-            c_in *= expansion_of(layers[-1])  # CLipSwish doubles the channels
-        layers.append(
-            conv_layer(
-                c_in, c_out, k, norm=norm, coeff=coeff, n_power_iterations=n_power_iterations
-            )
-        )
+    layers = _chain(
+        sizes,
+        _conv_kernels(len(sizes) - 1, None),
+        activation,
+        lambda a, b, k: conv_layer(
+            a, b, k, norm=norm, coeff=coeff, n_power_iterations=n_power_iterations
+        ),
+        names=("channels", "hidden_channels"),
+        preact=preact,
+        modulation=lambda width: ContextModulation(width, gain),
+    )
     return ConditionalBranch(nn.Sequential(*layers), context, context_features)
