@@ -367,3 +367,5 @@ def test_the_second_new_users_findings(capsys, tmp_path):
     assert iresnet.ResidualFlow(2, logdet="stratified", transforms=1) is not None
     code, _, err = run(capsys, "train", "model.dequantization=variational", "--steps", "2")
     assert code == 2 and "needs an image density model" in err
+    code, _, err = run(capsys, "train", "logdet=roulette-auto", "coeff=1.0", "--steps", "2")
+    assert code == 2 and "use model.coeff < 1" in err

@@ -195,6 +195,11 @@ class ModelConfig:
             raise ConfigError("model.inverse_atol must be positive and model.inverse_rtol >= 0")
         if not self.lipswish_beta > 0:
             raise ConfigError(f"model.lipswish_beta must be positive, got {self.lipswish_beta}")
+        if self.logdet == "roulette-auto" and self.coeff >= 1.0:
+            raise ConfigError(
+                "model.logdet=roulette-auto chooses its law from a block bound below 1: "
+                f"use model.coeff < 1, got {self.coeff}"
+            )
 
 
 @dataclass
