@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import socket
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from torch import nn
 
 from ..datasets import DataBundle, Standardizer
 from ..datasets.conditional import CONDITIONAL_TOYS, kl_contexts
-from ..errors import CheckpointError, ConfigError, DataError
+from ..errors import CheckpointError, ConfigError, DataError, RouletteVarianceWarning
 from .builder import build_model, load_data
 from .checkpoint import latest_checkpoint, load_weights
 from .config import Config, DataConfig
@@ -487,7 +488,10 @@ def load_run(
     else:
         assert spec is not None
         bundle = spec
-    model = build_model(cfg, spec if spec is not None else bundle).to(dev)
+    with warnings.catch_warnings():
+        # About training with the run's estimator: said when it trained, not on every load.
+        warnings.simplefilter("ignore", RouletteVarianceWarning)
+        model = build_model(cfg, spec if spec is not None else bundle).to(dev)
     weights, step = run.weights_path, run.final_step()
     ckpt = latest_checkpoint(run.checkpoints) if run.checkpoints.is_dir() else None
     ckpt_step = int(ckpt.name.removeprefix("step-")) if ckpt is not None else None
