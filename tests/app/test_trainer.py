@@ -292,3 +292,20 @@ def test_nan_stop_names_a_checkpoint_only_if_one_exists(tmp_path, monkeypatch, b
         assert not (tmp_path / "run").exists()  # nothing left that would block the rerun
     else:
         assert "step-00000004" in message and "--resume" in message
+
+
+def test_a_compiled_training_step_computes_the_eager_loss(tmp_path):
+    """train.compile=true: the same first loss as eager (before any update, the same function),
+    and a finished run. Its speed is measured in docs/benchmarks.md, never here."""
+    flags = ["model.n_blocks=1", "train.steps=2", "train.log_every=1", "train.ema_decay=0"]
+    eager = train(tiny(*flags), tmp_path / "eager", progress=False, figures=False)
+    compiled = train(
+        tiny(*flags, "train.compile=true"), tmp_path / "compiled", progress=False, figures=False
+    )
+    assert compiled.stopped == "finished" and compiled.step == 2
+    first = [
+        json.loads((tmp_path / d / "metrics.jsonl").read_text().splitlines()[0])["loss"]
+        for d in ("eager", "compiled")
+    ]
+    assert first[1] == pytest.approx(first[0], rel=1e-5)
+    assert eager.stopped == "finished"

@@ -292,6 +292,8 @@ class TrainConfig:
             Miyato, arXiv:1705.10941), added to the loss of layers with a power-iteration
             estimate.
         precision: ``fp32``, ``bf16`` or ``fp16`` autocast for the residual branches.
+        compile: run the training loss through ``torch.compile`` (a minute or more of
+            compilation first; pays on long runs, see docs/benchmarks.md).
         augment: classifiers: random translations by up to ``H // 8`` pixels (zero fill) and,
             for colour images, random horizontal flips of every training batch.
     """
@@ -321,6 +323,7 @@ class TrainConfig:
     spectral_penalty: float = 0.0
     precision: str = "fp32"
     augment: bool = False
+    compile: bool = False
 
     def validate(self) -> None:
         for name in (

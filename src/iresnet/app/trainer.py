@@ -224,6 +224,13 @@ class Trainer:
             # DDP hooks only run through forward(): the loss module's forward computes the loss.
             ids = [ctx.device.index] if ctx.device.type == "cuda" else None
             self.loss_module = DistributedDataParallel(self.loss_module, device_ids=ids)
+        if t.compile:
+            # Flows validate their input once (a host sync that breaks the graph); the
+            # compiled loss sees batches the task built, so that check can go.
+            for m in self.model.modules():
+                if hasattr(m, "validate") and isinstance(m.validate, bool):
+                    m.validate = False
+            self.loss_module = torch.compile(self.loss_module)  # type: ignore[assignment]
         if t.precision != "fp32":
             if ctx.device.type == "cpu" and t.precision == "fp16":
                 raise ConfigError("train.precision=fp16 needs a CUDA device; use bf16 on CPU")

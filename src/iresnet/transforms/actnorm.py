@@ -48,6 +48,7 @@ class ActNorm(Transform):
         self.log_scale = nn.Parameter(torch.zeros(num_features))
         self.register_buffer("initialized", torch.tensor(False))
         self.eps = eps
+        self._seen_initialized = False
 
     def _view(self, t: Tensor, x: Tensor) -> Tensor:
         return t.view(1, -1, *([1] * (x.dim() - 2)))
@@ -76,11 +77,19 @@ class ActNorm(Transform):
         )
         self.initialized.fill_(True)
 
+    def _load_from_state_dict(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        self._seen_initialized = False
+        super()._load_from_state_dict(*args, **kwargs)
+
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         check_input(x, "ActNorm", like=self)
         check_size(x, "ActNorm", 1, self.bias.numel(), "channels")
-        if self.training and not bool(self.initialized):
-            self.initialize(x)
+        if self.training and not self._seen_initialized:
+            # The flag is read from its buffer once (a host synchronisation, and a graph break
+            # under torch.compile); loading a state dict reads it again.
+            if not bool(self.initialized):
+                self.initialize(x)
+            self._seen_initialized = True
         y = (x + self._view(self.bias, x)) * self._view(self.log_scale, x).exp()
         spatial = x.shape[2:].numel()
         logdet = (self.log_scale.sum() * spatial).expand(x.shape[0])
