@@ -71,6 +71,8 @@ def test_test_bpd_beats_the_uniform_model(trained):
     out = trained.task.full_evaluation(trained.model, n_inverse=16, n_test=256)
     assert out["estimator"] == "exact"
     assert out["test_bpd"] + 4 * out["test_bpd_se"] < math.log2(17)
+    # The per-pixel categorical yardstick is reported beside it, below the uniform model too.
+    assert 0 < out["categorical_bpd"] < math.log2(17) and out["categorical_bpd_se"] > 0
 
 
 def test_exact_and_estimated_logdet_agree_within_standard_error(trained):

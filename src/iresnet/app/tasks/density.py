@@ -35,6 +35,7 @@ from ..config import Config
 from .base import (
     Task,
     after_dequantize,
+    categorical_bits_per_dim,
     continuous_part,
     evaluating,
     inverse_summary,
@@ -149,6 +150,11 @@ class DensityTask(Task):
         if self.images:
             nats = self.dim * math.log(2)  # bits/dim -> nats per image
             out["test_nll"], out["test_nll_se"] = out["test_bpd"] * nats, out["test_bpd_se"] * nats
+            if self.data.train_x.shape[0] and self.data.n_levels:
+                # The yardstick: independent per-pixel categoricals on the same test images.
+                out["categorical_bpd"], out["categorical_bpd_se"] = categorical_bits_per_dim(
+                    self.data.train_x, self.data.test_x[: logps.shape[0]], self.data.n_levels
+                )
             variational = any(isinstance(m, VariationalDequantize) for m in model.modules())
             out["dequantization"] = "variational" if variational else "uniform"
             if variational:
