@@ -106,23 +106,18 @@ def _user_data(tmp_path, n=300):
     return tmp_path / "x.csv", tmp_path / "c.npy"
 
 
-def test_train_with_contexts_then_score_agrees_with_evaluate(tmp_path, capsys):
+def _train_with_contexts(tmp_path, capsys, steps: int):
+    """A tiny conditional run on the user files of ``_user_data``: (data, contexts, run)."""
     x_path, c_path = _user_data(tmp_path)
     out_dir = tmp_path / "run"
-    code, out, err = run(
-        capsys,
-        "train",
-        "--data",
-        str(x_path),
-        "--context",
-        str(c_path),
-        *TINY,
-        "--steps",
-        "10",
-        "--out",
-        str(out_dir),
-    )
+    argv = ["--data", str(x_path), "--context", str(c_path), *TINY, "--steps", str(steps)]
+    code, _, err = run(capsys, "train", *argv, "--out", str(out_dir))
     assert code == 0, err
+    return x_path, c_path, out_dir
+
+
+def test_train_with_contexts_then_score_agrees_with_evaluate(tmp_path, capsys):
+    x_path, c_path, out_dir = _train_with_contexts(tmp_path, capsys, 10)
     saved = json.loads((out_dir / "data.json").read_text())
     assert saved["context_dim"] == 2
     assert saved["context_standardizer"]["std"][0] > 10  # standardised like the data
@@ -179,22 +174,7 @@ def test_train_with_contexts_then_score_agrees_with_evaluate(tmp_path, capsys):
 
 
 def test_score_and_context_mistakes_are_one_line_errors(tmp_path, capsys):
-    x_path, c_path = _user_data(tmp_path)
-    out_dir = tmp_path / "run"
-    code, _, err = run(
-        capsys,
-        "train",
-        "--data",
-        str(x_path),
-        "--context",
-        str(c_path),
-        *TINY,
-        "--steps",
-        "5",
-        "--out",
-        str(out_dir),
-    )
-    assert code == 0, err
+    x_path, c_path, out_dir = _train_with_contexts(tmp_path, capsys, 5)
     np.save(tmp_path / "x3.npy", np.zeros((5, 3)))
     np.save(tmp_path / "x2.npy", np.zeros((5, 2)))
     np.save(tmp_path / "c5.npy", np.zeros((5, 2)))
