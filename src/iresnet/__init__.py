@@ -66,7 +66,7 @@ from .transforms import (
     swap_logdets,
 )
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = [
     "load_run",
