@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..checks import check_input, check_size
+from .attributes import temporarily_set
 from .bounds import Bound, conv2d_exact_norm, conv2d_operator_bound, linear_operator_bound
 
 __all__ = [
@@ -873,15 +874,8 @@ def frozen_normalisation(module: nn.Module) -> Iterator[None]:
         >>> bool(torch.equal(layer.u, u))
         True
     """
-    layers = [m for m in module.modules() if isinstance(m, _SpectralNormMixin)]
-    previous = [m._frozen for m in layers]
-    for m in layers:
-        m._frozen = True
-    try:
+    with temporarily_set(module, _SpectralNormMixin, "_frozen", True):
         yield
-    finally:
-        for m, p in zip(layers, previous, strict=True):
-            m._frozen = p
 
 
 def spectral_penalty(model: nn.Module) -> Tensor:

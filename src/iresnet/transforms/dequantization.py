@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..nn.attributes import temporarily_set
 from .preprocess import Dequantize, _check_levels
 
 __all__ = ["VariationalDequantize", "uniform_dequantization"]
@@ -173,12 +174,5 @@ def uniform_dequantization(model: nn.Module) -> Iterator[None]:
         >>> t.uniform
         False
     """
-    layers = [m for m in model.modules() if isinstance(m, VariationalDequantize)]
-    saved = [m.uniform for m in layers]
-    for m in layers:
-        m.uniform = True
-    try:
+    with temporarily_set(model, VariationalDequantize, "uniform", True):
         yield
-    finally:
-        for m, s in zip(layers, saved, strict=True):
-            m.uniform = s

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from ..checks import check_input
 from ..errors import DataError
 from ..nn import ConditionalBranch, bind_context, frozen_normalisation, lipschitz_bound_of
+from ..nn.attributes import temporarily_set
 from ..nn.spectral import float64_forward
 from ..ops import FixedPointInverse, LogDetEstimator, PowerSeriesLogDet, logdet_estimator
 from .base import InverseReport, Transform
@@ -265,15 +266,10 @@ def swap_logdets(model: nn.Module, estimator: LogDetEstimator | str | None) -> I
         >>> type(flow.transform[1].logdet_estimator).__name__
         'RussianRouletteLogDet'
     """
-    blocks = [m for m in model.modules() if isinstance(m, InvertibleResidualBlock)]
-    saved = [b.logdet_estimator for b in blocks]
     if isinstance(estimator, str):
         estimator = logdet_estimator(estimator)
-    if estimator is not None:
-        for b in blocks:
-            b.logdet_estimator = estimator
-    try:
+    if estimator is None:
         yield
-    finally:
-        for b, est in zip(blocks, saved, strict=True):
-            b.logdet_estimator = est
+        return
+    with temporarily_set(model, InvertibleResidualBlock, "logdet_estimator", estimator):
+        yield
