@@ -125,17 +125,12 @@ def test_train_with_contexts_then_score_agrees_with_evaluate(tmp_path, capsys):
     trained = load_run(out_dir)
     np.save(tmp_path / "tx.npy", trained.data.test_x.numpy())
     np.savetxt(tmp_path / "tc.csv", trained.data.test_c.numpy(), delimiter=",")
-    code, out, err = run(
-        capsys,
-        "score",
-        str(out_dir),
-        "--data",
-        str(tmp_path / "tx.npy"),
-        "--context",
-        str(tmp_path / "tc.csv"),
-        "--out",
-        str(tmp_path / "logp.csv"),
-    )
+
+    def score(out: str) -> tuple[int, str, str]:
+        inputs = ["--data", str(tmp_path / "tx.npy"), "--context", str(tmp_path / "tc.csv")]
+        return run(capsys, "score", str(out_dir), *inputs, "--out", str(tmp_path / out))
+
+    code, out, err = score("logp.csv")
     assert code == 0, err and "exact" in out
     table = np.loadtxt(tmp_path / "logp.csv", delimiter=",", skiprows=1)
     assert (tmp_path / "logp.csv").read_text().splitlines()[0] == "log_prob"
@@ -144,17 +139,7 @@ def test_train_with_contexts_then_score_agrees_with_evaluate(tmp_path, capsys):
     assert result["n_test"] == table.shape[0]
     assert -table.mean() == pytest.approx(result["test_nll"], rel=1e-9, abs=1e-9)
     # .npy output too; the contexts matter: other contexts give other densities
-    code, out, err = run(
-        capsys,
-        "score",
-        str(out_dir),
-        "--data",
-        str(tmp_path / "tx.npy"),
-        "--context",
-        str(tmp_path / "tc.csv"),
-        "--out",
-        str(tmp_path / "logp.npy"),
-    )
+    code, out, err = score("logp.npy")
     assert code == 0
     np.testing.assert_allclose(np.load(tmp_path / "logp.npy")[:, 0], table)
     # sampling at a context, from the command line
