@@ -1,4 +1,4 @@
-"""Image densities at an equal CPU budget: our CPU image preset against a coupling flow.
+"""Image densities at an equal CPU budget: our CPU image preset against coupling flows.
 
 For each data set (``digits`` 8x8 with 17 levels, ``fashion-mnist`` 1x28x28 with 256 levels):
 
@@ -11,16 +11,19 @@ For each data set (``digits`` 8x8 with 17 levels, ``fashion-mnist`` 1x28x28 with
   where ``D <= 64`` (digits), else an unbiased Russian-roulette estimate with 20 always-computed
   terms (no truncation bias); its standard error is over test images and includes the
   estimator's noise.
-- ``zuko RealNVP``: ``zuko.flows.RealNVP`` on the flattened image, the coupling-flow stand-in
-  for Glow that the seed report compares against. Same data, same preprocessing as ours (the
-  library's ``Dequantize`` and ``Logit`` transforms: uniform dequantisation ``u = (x + U)/K`` and
-  the preset's logit map, each with its log-det), same batch size, Adam lr 1e-3 with a 100-step
-  warm-up and the same cosine-to-zero shape over the budget, gradient norm clipped at 10,
-  non-finite losses skipped. Exact test log-density.
+- ``zuko RealNVP``: ``zuko.flows.RealNVP`` on the flattened image, a single-scale coupling
+  flow. ``normflows Glow``: normflows' multi-scale Glow (Kingma & Dhariwal 2018: ActNorm,
+  invertible 1x1 convolutions, affine couplings with convolutional networks, squeeze and
+  split per level, learned Gaussian priors), two levels of 8 blocks with 64 hidden channels.
+  Both peers see the same data and preprocessing as ours (the library's ``Dequantize`` and
+  ``Logit`` transforms: uniform dequantisation ``u = (x + U)/K`` and the preset's logit map,
+  each with its log-det), the same batch size, Adam lr 1e-3 with a 100-step warm-up and the
+  same cosine-to-zero shape over the budget, gradient norm clipped at 10, non-finite losses
+  skipped. Exact test log-density.
 
 The budget is CPU time of each model's own process with one torch thread (periodic evaluation
 and logging included), i.e. the wall-clock of one dedicated core: on a shared machine the
-wall-clock of a run depends on the other processes, its CPU time does not. Both models train at
+wall-clock of a run depends on the other processes, its CPU time does not. Every model trains at
 the same time, one process each (the share of a core each got is reported).
 ``bpd = (-log p(u) + D log K) / (D log 2)`` with every preprocessing log-det counted, on the
 standard test split (digits: the library's fixed split; Fashion-MNIST: the 10 000
@@ -30,10 +33,11 @@ standard test split (digits: the library's fixed split; Fashion-MNIST: the 10 00
 of about the same size (the same skeleton with dense branches: depth 3, CLipSwish, learned
 concatenation weights; growth 12 on digits, 16 on Fashion-MNIST, the ``fashion-mnist-idensenet``
 preset), each with uniform and with variational dequantisation (Flow++: ``q(v | x)`` with 4
-couplings of width 16, trained jointly), all four trained side by side at the same CPU budget.
-With variational dequantisation the reported bits/dim are the negative ELBO (an upper bound of
-the code length); the same model's uniform-dequantisation bound is measured beside it on the
-same test images.
+couplings of width 16, trained jointly), trained side by side with the peers at the same CPU
+budget. With variational dequantisation the reported bits/dim are the negative ELBO (an upper
+bound of the code length); the same model's uniform-dequantisation bound is measured beside it
+on the same test images. The per-pixel categorical model (independent 256-way histograms of
+the training images, exact) is the floor any image model must clear.
 
 Run: ``.venv/bin/python benchmarks/images.py`` (digits 10 CPU-minutes, Fashion-MNIST 60
 CPU-minutes per model, plus evaluation); ``--datasets digits --budget digits=600`` for one;
@@ -67,7 +71,7 @@ from bench.density import chunked
 from bench.env import environment, script_parser, seed_all, set_threads
 from bench.metrics import logged_max
 from bench.ours import train_under_budget
-from bench.peers import train_for_budget, trainable_parameters, zuko_flow
+from bench.peers import normflows_glow, train_for_budget, trainable_parameters, zuko_flow
 from bench.report import doc_body, markdown_table, pm, write_results
 from bench.stats import mean_se, summarize, verdict
 from bench.worker import add_worker_flag, run_side_by_side, serve
@@ -93,11 +97,21 @@ def variants(dataset: str) -> dict[str, list[str]]:
     }
 
 
-#: The peer's size per data set: enough capacity that time, not width, limits it.
+#: The peers' sizes per data set: enough capacity that time, not width, limits them.
 PEER_KW = {
-    "digits": {"transforms": 8, "hidden_features": [256, 256]},
-    "fashion-mnist": {"transforms": 8, "hidden_features": [512, 512]},
+    "realnvp": {
+        "digits": {"transforms": 8, "hidden_features": [256, 256]},
+        "fashion-mnist": {"transforms": 8, "hidden_features": [512, 512]},
+    },
+    # Two levels of 8 Glow blocks (normflows' example has 3 x 32 blocks of 512 channels on
+    # CIFAR-10, far beyond a CPU budget): one step of 64 Fashion-MNIST images costs about 0.26
+    # CPU s, less than ours (about 0.39).
+    "glow": {
+        "digits": {"levels": 2, "blocks": 8, "hidden": 64},
+        "fashion-mnist": {"levels": 2, "blocks": 8, "hidden": 64},
+    },
 }
+PEER_LABEL = {"realnvp": "zuko RealNVP", "glow": "normflows Glow"}
 PEER_LR, PEER_WARMUP, PEER_CLIP = 1e-3, 100, 10.0
 EVAL_CHUNK = 500
 TIMING_STEPS = 15
@@ -111,19 +125,35 @@ def preset_config(dataset: str, data_dir: str | None, seed: int) -> Config:
 
 
 # --------------------------------------------------------------------------------------------
-# The peer
+# The peers
 # --------------------------------------------------------------------------------------------
 
 
-class FlatPeer:
-    """zuko RealNVP on flattened images after the library's preprocessing transforms."""
+class ImagePeer:
+    """A peer flow on images after the library's preprocessing transforms (uniform
+    dequantisation and the preset's logit map, each with its log-det), as ours sees them.
+
+    ``kind``: ``"realnvp"`` (zuko RealNVP on the flattened image) or ``"glow"`` (normflows'
+    multi-scale Glow on the image).
+    """
 
     def __init__(
-        self, kw: dict[str, Any], levels: int, shape: tuple[int, ...], alpha: float, seed: int
+        self,
+        kind: str,
+        kw: dict[str, Any],
+        levels: int,
+        shape: tuple[int, ...],
+        alpha: float,
+        seed: int,
     ) -> None:
         torch.manual_seed(seed)
-        self.kw, self.shape = kw, shape
-        self.flow = zuko_flow("RealNVP", math.prod(shape), **kw)
+        self.kind, self.kw, self.shape = kind, kw, shape
+        if kind == "realnvp":
+            self.flow = zuko_flow("RealNVP", math.prod(shape), **kw)
+        elif kind == "glow":
+            self.flow = normflows_glow(tuple(shape), **kw)  # type: ignore[arg-type]
+        else:
+            raise ValueError(f"unknown peer {kind!r}: expected one of {list(PEER_LABEL)}")
         self.logit = Logit(alpha) if alpha > 0 else None
         self.pre = ComposedTransform(Dequantize(levels), *([self.logit] if self.logit else []))
 
@@ -131,17 +161,23 @@ class FlatPeer:
         """``log p`` (nats) of integer images ``x`` ``(B, C, H, W)`` dequantised, in level
         units (every preprocessing log-det counted), as our image flows return it."""
         z, logdet = self.pre(x)
+        if self.kind == "glow":
+            return self.flow.log_prob(z, None) + logdet
         return self.flow().log_prob(z.flatten(1)) + logdet
 
     def sample(self, n: int) -> Tensor:
         """``n`` images in ``[0, 1]``."""
         with torch.no_grad():
-            z = self.flow().sample((n,))
+            if self.kind == "glow":
+                z, _ = self.flow.sample(n)
+            else:
+                z = self.flow().sample((n,))
         u = self.logit.inverse(z) if self.logit is not None else z
         return u.clamp(0, 1).reshape(n, *self.shape)
 
 
 def train_peer(
+    kind: str,
     dataset: str,
     cfg: Config,
     budget: float,
@@ -152,8 +188,8 @@ def train_peer(
 ) -> dict[str, Any]:
     data = load_data(cfg.data)
     shape, dim = data.event_shape, math.prod(data.event_shape)
-    kw = PEER_KW[dataset] | (peer_kw or {})
-    peer = FlatPeer(kw, int(data.n_levels), shape, cfg.data.logit_alpha, seed)
+    kw = PEER_KW[kind][dataset] | (peer_kw or {})
+    peer = ImagePeer(kind, kw, int(data.n_levels), shape, cfg.data.logit_alpha, seed)
     batches = EpochBatches(data.train_x.shape[0], cfg.train.batch_size, seed)
 
     def lr_at(step: int, spent: float) -> float:
@@ -174,13 +210,14 @@ def train_peer(
     peer.flow.eval()
     torch.manual_seed(seed + 1)
     test_x = data.test_x[:n_test] if n_test else data.test_x
-    bpd = bits_per_dim(chunked(peer.log_prob, EVAL_CHUNK)(test_x).double(), dim)
+    with torch.no_grad():
+        bpd = bits_per_dim(chunked(peer.log_prob, EVAL_CHUNK)(test_x).double(), dim)
     finite = torch.isfinite(bpd)
     mean, se = mean_se(bpd[finite])
     torch.manual_seed(seed + 2)
     torch.save(peer.sample(64), out / "peer_samples.pt")
     return {
-        "model": f"zuko RealNVP {kw}",
+        "model": f"{PEER_LABEL[kind]} {kw}",
         "test_bpd": mean,
         "test_bpd_se": se,
         "estimator": "exact (coupling flow)",
@@ -225,6 +262,8 @@ def train_ours(
         "test_bpd_uniform_se": ev.get("test_bpd_uniform_se"),
         "estimator": ev["estimator"],
         "n_test": ev["n_test"],
+        "categorical_bpd": ev.get("categorical_bpd"),
+        "categorical_bpd_se": ev.get("categorical_bpd_se"),
         "inverse_max_error": ev["inverse_max_error"],
         "invertible": ev["invertible"],
         "max_lipschitz": ev["max_lipschitz"],
@@ -244,6 +283,9 @@ def train_ours(
 # Driver
 # --------------------------------------------------------------------------------------------
 
+#: The label of the preset run, the reference every other model is compared with.
+REFERENCE = "Residual Flow"
+
 
 def worker(spec: dict[str, Any]) -> None:
     set_threads(1)
@@ -256,75 +298,66 @@ def worker(spec: dict[str, Any]) -> None:
         result = train_ours(spec["dataset"], cfg, spec["budget"], out, spec["n_test"])
     else:
         result = train_peer(
+            spec["who"],
             spec["dataset"],
             cfg,
             spec["budget"],
             spec["seed"],
             out,
             spec["n_test"],
-            spec.get("peer_kw"),
+            (spec.get("peer_kw") or {}).get(spec["who"]),
         )
     atomic_write(out / f"{spec['who']}.json", json.dumps(result))
 
 
 def load_result(folder: Path, who: str) -> dict[str, Any]:
     result = json.loads((folder / f"{who}.json").read_text())
-    result["samples"] = torch.load(folder / f"{who}_samples.pt")
+    stem = "ours" if who == "ours" else "peer"
+    result["samples"] = torch.load(folder / f"{stem}_samples.pt")
     return result
 
 
-def run_dataset(dataset: str, budget: float, args: argparse.Namespace, work: Path) -> dict:
-    """Train ours and the peer at the same time (one process each) and collect their results."""
-    results = {}
-    if args.ours_from:  # reuse ours' run and result from an earlier run
-        prior = args.ours_from / dataset / "ours"
-        results["ours"] = load_result(prior, "ours")
-        results["ours"]["reused_from"] = str(prior)
-        if results["ours"]["config"]["train"]["max_cpu_seconds"] != budget:
-            raise SystemExit(f"--ours-from {prior}: its budget differs from {budget} CPU s")
-    jobs = {}
-    for who in ("peer",) if args.ours_from else ("ours", "peer"):
-        out = work / dataset / who
-        spec = {
-            "who": who,
-            "dataset": dataset,
-            "budget": budget,
-            "seed": args.seed,
-            "data_dir": args.data_dir,
-            "out": str(out),
-            "n_test": args.n_test,
-            "peer_kw": args.peer_kw,
-            "ours_override": args.ours_override,
-        }
-        jobs[f"{dataset}/{who}"] = (spec, out)
-    run_side_by_side(__file__, jobs)
-    for spec, out in jobs.values():
-        results[spec["who"]] = load_result(out, spec["who"])
-    return results
+def _slug(label: str) -> str:
+    return label.lower().replace(" ", "-").replace("+", "").replace(".", "").replace("--", "-")
 
 
-def run_variants(dataset: str, budget: float, args: argparse.Namespace, work: Path) -> dict:
-    """Train the variants of ours side by side (one process each) and collect their results."""
+def run_models(dataset: str, budget: float, args: argparse.Namespace, work: Path) -> dict:
+    """Train ours (the preset, or its four ``--variants``) and the ``--peers`` side by side,
+    one process each, and collect their results by label (ours' preset first)."""
+    ours = variants(dataset) if args.variants else {REFERENCE: []}
+    results: dict[str, Any] = {}
     jobs = {}
-    for label, override in variants(dataset).items():
-        slug = label.lower().replace(" ", "-").replace("+", "").replace(".", "").replace("--", "-")
-        out = work / dataset / slug
-        spec = {
-            "who": "ours",
-            "dataset": dataset,
-            "budget": budget,
-            "seed": args.seed,
-            "data_dir": args.data_dir,
-            "out": str(out),
-            "n_test": args.n_test,
-            "ours_override": [*override, *args.ours_override],
-        }
+    for label, override in ours.items():
+        folder = "ours" if not args.variants else _slug(label)
+        if args.ours_from and label == REFERENCE:  # reuse an earlier run of the preset
+            prior = args.ours_from / dataset / folder
+            results[label] = load_result(prior, "ours")
+            results[label]["reused_from"] = str(prior)
+            if results[label]["config"]["train"]["max_cpu_seconds"] != budget:
+                raise SystemExit(f"--ours-from {prior}: its budget differs from {budget} CPU s")
+            continue
+        out = work / dataset / folder
+        spec = {"who": "ours", "ours_override": [*override, *args.ours_override]}
         jobs[label] = (spec, out)
+    for kind in args.peers:
+        out = work / dataset / kind
+        jobs[PEER_LABEL[kind]] = ({"who": kind, "peer_kw": args.peer_kw}, out)
+    for spec, out in jobs.values():
+        spec |= {
+            "dataset": dataset,
+            "budget": budget,
+            "seed": args.seed,
+            "data_dir": args.data_dir,
+            "out": str(out),
+            "n_test": args.n_test,
+        }
     run_side_by_side(__file__, jobs)
-    return {label: load_result(out, "ours") for label, (_, out) in jobs.items()}
+    for label, (spec, out) in jobs.items():
+        results[label] = load_result(out, spec["who"])
+    return {label: results[label] for label in [*ours, *(PEER_LABEL[k] for k in args.peers)]}
 
 
-def variants_report(dataset: str, results: dict[str, Any], budget: float) -> tuple[str, str]:
+def report(dataset: str, results: dict[str, Any], budget: float) -> tuple[str, str]:
     head = [
         "model",
         "test bits/dim ± SE",
@@ -332,6 +365,7 @@ def variants_report(dataset: str, results: dict[str, Any], budget: float) -> tup
         "estimator",
         "steps",
         "CPU s/step (mean)",
+        "CPU s trained",
         "CPU share",
         "parameters",
         "max Lip(g)",
@@ -347,21 +381,37 @@ def variants_report(dataset: str, results: dict[str, Any], budget: float) -> tup
                 r["estimator"],
                 r["steps"],
                 f"{1000 * r['train_seconds'] / max(r['steps'], 1):.1f} ms",
+                f"{r['train_seconds']:.0f}",
                 f"{r['cpu_share']:.2f}",
                 f"{r['params']:,}",
-                f"{r['max_lipschitz']:.4f}",
+                f"{r['max_lipschitz']:.4f}" if "max_lipschitz" in r else "-",
             ]
         )
-    base = results["Residual Flow"]
+    base = results[REFERENCE]
+    if base.get("categorical_bpd") is not None:
+        rows.append(
+            [
+                "per-pixel categorical (the yardstick)",
+                pm(base["categorical_bpd"], base["categorical_bpd_se"], 4),
+                "-",
+                "exact",
+                "-",
+                "-",
+                "-",
+                "-",
+                "-",
+                "-",
+            ]
+        )
     lines = []
     for label, r in results.items():
-        if label == "Residual Flow":
+        if label == REFERENCE:
             continue
         d = r["test_bpd"] - base["test_bpd"]
         se = math.hypot(r["test_bpd_se"], base["test_bpd_se"])
-        said = verdict(d, se).replace("ours", label).replace("peer", "Residual Flow")
+        said = verdict(d, se).replace("ours", label).replace("peer", REFERENCE)
         lines.append(
-            f"- {dataset}, {budget:.0f} CPU s: {label} - Residual Flow = {d:+.4f} (± {se:.4f}) "
+            f"- {dataset}, {budget:.0f} CPU s: {label} - {REFERENCE} = {d:+.4f} (± {se:.4f}) "
             f"bits/dim: {said}"
         )
         if r.get("dequantization") == "variational":
@@ -371,72 +421,28 @@ def variants_report(dataset: str, results: dict[str, Any], budget: float) -> tup
                 f"  - its variational bound - its own uniform bound = {g:+.4f} (± {gse:.4f}, "
                 "unpaired SE: conservative, both on the same images) bits/dim"
             )
+    if base.get("categorical_bpd") is not None:
+        d = base["test_bpd"] - base["categorical_bpd"]
+        se = math.hypot(base["test_bpd_se"], base["categorical_bpd_se"])
+        lines.append(
+            f"- {dataset}: {REFERENCE} - per-pixel categorical = {d:+.4f} (± {se:.4f}) bits/dim"
+        )
+    lines.append(
+        f"- {dataset}: {REFERENCE} inverse max error {base['inverse_max_error']:.2e} (pixel "
+        f"units, [0, 1]) on 256 test images, certified invertible: {base['invertible']} "
+        f"(largest block bound {base['max_lipschitz']:.4f})"
+    )
+    lines.append("- standard errors are over test images (unpaired: conservative)")
     return markdown_table(head, rows), "\n".join(lines)
-
-
-def variants_figure(dataset: str, results: dict[str, Any], path: Path) -> Path:
-    """16 samples per variant, one row each, in the order of the table."""
-    grid = torch.cat([r["samples"][:16] for r in results.values()])
-    title = f"{dataset}, rows: " + " | ".join(results)
-    return plot_image_grid(grid, path, nrow=16, title=title)
 
 
 def figure(dataset: str, results: dict[str, Any], path: Path) -> Path:
-    """Samples of ours (left 8 columns) beside the peer's (right 8 columns), one grid."""
-    a, b = results["ours"]["samples"][:64], results["peer"]["samples"][:64]
-    rows = [torch.cat([a[i : i + 8], b[i : i + 8]]) for i in range(0, 64, 8)]
-    title = (
-        f"{dataset}: ours {results['ours']['test_bpd']:.3f} bpd (left) | "
-        f"RealNVP {results['peer']['test_bpd']:.3f} bpd (right)"
+    """16 samples per model, one row each, in the order of the table."""
+    grid = torch.cat([r["samples"][:16] for r in results.values()])
+    title = f"{dataset}, rows: " + " | ".join(
+        f"{label} {r['test_bpd']:.2f}" for label, r in results.items()
     )
-    return plot_image_grid(torch.cat(rows), path, nrow=16, title=title)
-
-
-def report(all_results: dict[str, Any], budgets: dict[str, float]) -> tuple[str, str]:
-    head = [
-        "data set",
-        "model",
-        "test bits/dim ± SE",
-        "estimator",
-        "steps",
-        "CPU s/step (mean)",
-        "CPU seconds trained",
-        "wall seconds",
-        "CPU share",
-        "parameters",
-    ]
-    rows, lines = [], []
-    for ds, res in all_results.items():
-        for who, label in (("ours", "ours (Residual Flow preset)"), ("peer", "zuko RealNVP")):
-            r = res[who]
-            sps = r["train_seconds"] / max(r["steps"], 1)  # CPU seconds, evaluations included
-            rows.append(
-                [
-                    ds,
-                    label,
-                    pm(r["test_bpd"], r["test_bpd_se"], 4),
-                    r["estimator"],
-                    r["steps"],
-                    f"{1000 * sps:.1f} ms",
-                    f"{r['train_seconds']:.0f}",
-                    f"{r['wall_seconds']:.0f}",
-                    f"{r['cpu_share']:.2f}",
-                    f"{r['params']:,}",
-                ]
-            )
-        d = res["ours"]["test_bpd"] - res["peer"]["test_bpd"]
-        se = math.hypot(res["ours"]["test_bpd_se"], res["peer"]["test_bpd_se"])
-        lines.append(
-            f"- {ds} after {budgets[ds]:.0f} CPU s: ours - RealNVP = {d:+.4f} "
-            f"(± {se:.4f}) bits/dim: {verdict(d, se)}"
-        )
-        o = res["ours"]
-        lines.append(
-            f"- {ds}: ours inverse max error {o['inverse_max_error']:.2e} (pixel units, [0, 1]) "
-            f"on 256 test images, certified invertible: {o['invertible']} "
-            f"(largest block bound {o['max_lipschitz']:.4f})"
-        )
-    return markdown_table(head, rows), "\n".join(lines)
+    return plot_image_grid(grid, path, nrow=16, title=title)
 
 
 def main() -> None:
@@ -457,37 +463,45 @@ def main() -> None:
         "--n-test",
         type=int,
         default=None,
-        help="evaluate both models on the first N test images (default: all); our "
+        help="evaluate every model on the first N test images (default: all); our "
         "unbiased estimator at D = 784 costs ~20 vector-Jacobian products per "
         "block and image",
+    )
+    ap.add_argument(
+        "--peers",
+        nargs="*",
+        default=list(PEER_LABEL),
+        choices=list(PEER_LABEL),
+        help="the peers trained beside ours (default: all; none with an empty list)",
     )
     ap.add_argument(
         "--peer-kw",
         type=json.loads,
         default=None,
         metavar="JSON",
-        help='override the peer\'s size, e.g. \'{"transforms": 4, "hidden_features": [64, 64]}\'',
+        help="override a peer's size, e.g. "
+        '\'{"realnvp": {"transforms": 4}, "glow": {"blocks": 4, "hidden": 32}}\'',
     )
     ap.add_argument(
         "--ours-from",
         type=Path,
         default=None,
         metavar="WORK_DIR",
-        help="reuse our model's run and result from an earlier --work-dir (same budget)",
+        help="reuse the preset's run and result from an earlier --work-dir (same budget)",
     )
     ap.add_argument(
         "--ours-override",
         nargs="+",
         default=[],
         metavar="KEY=VALUE",
-        help="config overrides of our preset, for what-if runs",
+        help="config overrides of our preset (and its variants), for what-if runs",
     )
-    ap.add_argument("--name", default=None, help="results name (default images-<data>)")
+    ap.add_argument("--name", default=None, help="results name (default images[-variants]-<data>)")
     ap.add_argument(
         "--variants",
         action="store_true",
-        help="ours only: Residual Flow vs i-DenseNet, each with uniform and variational "
-        "dequantisation (writes images-variants-<data>.*)",
+        help="ours as four models: Residual Flow and i-DenseNet, each with uniform and "
+        "variational dequantisation (writes images-variants-<data>.*)",
     )
     add_worker_flag(ap)
     args = ap.parse_args()
@@ -505,48 +519,15 @@ def main() -> None:
     env = environment()
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="iresnet-images-"))
     out_dir = args.out_dir or RESULTS_DIR
-    if args.variants:
-        for ds in args.datasets:
-            print(
-                f"[{ds}] training 4 variants side by side, {budgets[ds]:g} CPU s each", flush=True
-            )
-            res = run_variants(ds, budgets[ds], args, work)
-            name = args.name or f"images-variants-{ds}{'-quick' if args.quick else ''}"
-            png = variants_figure(ds, res, out_dir / f"{name}.png")
-            table, verdicts = variants_report(ds, res, budgets[ds])
-            raw = {who: {k: v for k, v in r.items() if k != "samples"} for who, r in res.items()}
-            settings = {
-                "dataset": ds,
-                "budget_s": budgets[ds],
-                "seed": args.seed,
-                "threads": 1,
-                "n_test": args.n_test or "all",
-                "variants": variants(ds),
-                "work_dir": str(work),
-                "ours_override": args.ours_override,
-            }
-            notes = doc_body(__doc__) + f"\n\nSamples (one row per variant): `{png.name}`."
-            md, _ = write_results(
-                name,
-                f"Residual Flow vs i-DenseNet, uniform vs variational dequantisation, on {ds}",
-                env,
-                settings,
-                [("Results", table), ("Against the Residual Flow", verdicts), ("Notes", notes)],
-                raw,
-                summary={k: r["test_bpd"] for k, r in res.items()},
-                out_dir=out_dir,
-            )
-            print(md.read_text(), flush=True)
-        return
     for ds in args.datasets:
-        print(
-            f"[{ds}] training ours and zuko RealNVP side by side, {budgets[ds]:g} CPU s each",
-            flush=True,
-        )
-        res = run_dataset(ds, budgets[ds], args, work)
-        name = args.name or f"images-{ds}{'-quick' if args.quick else ''}"
+        labels = [*(variants(ds) if args.variants else [REFERENCE])]
+        labels += [PEER_LABEL[k] for k in args.peers]
+        print(f"[{ds}] training side by side, {budgets[ds]:g} CPU s each: {labels}", flush=True)
+        res = run_models(ds, budgets[ds], args, work)
+        stem = "images-variants" if args.variants else "images"
+        name = args.name or f"{stem}-{ds}{'-quick' if args.quick else ''}"
         png = figure(ds, res, out_dir / f"{name}.png")
-        table, verdicts = report({ds: res}, budgets)
+        table, verdicts = report(ds, res, budgets[ds])
         raw = {who: {k: v for k, v in r.items() if k != "samples"} for who, r in res.items()}
         settings = {
             "dataset": ds,
@@ -554,21 +535,25 @@ def main() -> None:
             "seed": args.seed,
             "threads": 1,
             "n_test": args.n_test or "all",
-            "peer": PEER_KW[ds] | (args.peer_kw or {}),
+            "ours": variants(ds) if args.variants else {REFERENCE: []},
+            "peers": {
+                PEER_LABEL[k]: PEER_KW[k][ds] | ((args.peer_kw or {}).get(k) or {})
+                for k in args.peers
+            },
             "peer_lr": PEER_LR,
             "work_dir": str(work),
             "ours_from": str(args.ours_from or ""),
             "ours_override": args.ours_override,
         }
-        notes = doc_body(__doc__) + f"\n\nSamples (ours left, RealNVP right): `{png.name}`."
+        notes = doc_body(__doc__) + f"\n\nSamples (one row per model, table order): `{png.name}`."
         md, _ = write_results(
             name,
-            f"Image density on {ds} at an equal CPU budget: ours vs zuko RealNVP",
+            f"Image density on {ds} at an equal CPU budget: " + ", ".join(res),
             env,
             settings,
-            [("Results", table), ("Ours against the peer", verdicts), ("Notes", notes)],
+            [("Results", table), (f"Against the {REFERENCE} preset", verdicts), ("Notes", notes)],
             raw,
-            summary={"ours_bpd": res["ours"]["test_bpd"], "peer_bpd": res["peer"]["test_bpd"]},
+            summary={k: r["test_bpd"] for k, r in res.items()},
             out_dir=out_dir,
         )
         print(md.read_text(), flush=True)

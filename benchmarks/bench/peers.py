@@ -1,5 +1,5 @@
-"""The peers: normflows' residual flow and zuko's coupling flows, built as their own examples
-build them, and the one loop that trains any of them for a budget of CPU seconds.
+"""The peers: normflows' residual flow and Glow and zuko's coupling flows, built as their own
+examples build them, and the one loop that trains any of them for a budget of CPU seconds.
 
 Each peer library is imported where it is used, so a script that compares against one of them
 runs without the other installed (``pip install -e ".[bench]"`` installs both).
@@ -83,6 +83,41 @@ def zuko_flow(kind: str, features: int, **kwargs: Any) -> nn.Module:
     import zuko
 
     return getattr(zuko.flows, kind)(features, **kwargs)
+
+
+def normflows_glow(
+    shape: tuple[int, int, int], levels: int = 2, blocks: int = 8, hidden: int = 64
+) -> nn.Module:
+    """normflows' Glow (Kingma & Dhariwal 2018, arXiv 1807.03039) as its own Glow example
+    builds it: ``levels`` scales of ``blocks`` x ``GlowBlock`` (ActNorm, invertible 1x1
+    convolution with LU weights, affine coupling with a sigmoid scale and a 3-1-3 convolutional
+    network of ``hidden`` channels), a squeeze per level, half the channels factored out after
+    each but the last into a learned diagonal Gaussian (``GlowBase``), ``MultiscaleFlow``.
+
+    ``shape`` is ``(C, H, W)`` with ``H`` and ``W`` divisible by ``2**levels``. Its
+    ``log_prob(x)`` takes ``(B, C, H, W)`` and returns ``(B,)`` nats.
+    """
+    import normflows as nf
+
+    c, h, w = shape
+    if h % 2**levels or w % 2**levels:
+        raise ValueError(f"Glow with {levels} levels needs H, W divisible by {2**levels}: {shape}")
+    q0: list[nn.Module] = []
+    flows: list[list[nn.Module]] = []
+    merges: list[nn.Module] = []
+    for i in range(levels):  # i = 0 is the coarsest level, as in normflows' example
+        channels = c * 2 ** (levels + 1 - i)
+        flows.append(
+            [nf.flows.GlowBlock(channels, hidden, split_mode="channel") for _ in range(blocks)]
+            + [nf.flows.Squeeze()]
+        )
+        if i == 0:
+            latent = (channels, h // 2**levels, w // 2**levels)
+        else:
+            merges.append(nf.flows.Merge())
+            latent = (c * 2 ** (levels - i), h // 2 ** (levels - i), w // 2 ** (levels - i))
+        q0.append(nf.distributions.GlowBase(latent))
+    return nf.MultiscaleFlow(q0, flows, merges, class_cond=False)
 
 
 # ------------------------------------------------------------------------------ the one loop
