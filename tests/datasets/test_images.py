@@ -254,3 +254,31 @@ def test_digits_split() -> None:
 def test_unknown_dataset_name() -> None:
     with pytest.raises(DataError, match="fashion-mnist"):
         load_image_dataset("imagenet", "train")
+
+
+def test_a_training_subset_keeps_images_with_their_labels_and_the_whole_test_split() -> None:
+    pytest.importorskip("sklearn")
+    from iresnet.datasets import load_dataset
+
+    full = load_dataset("digits")
+    part = load_dataset("digits", train_subset=100, seed=3)
+    assert part.train_x.shape == (100, 1, 8, 8) and part.train_y.shape == (100,)
+    assert torch.equal(part.test_x, full.test_x) and torch.equal(part.test_y, full.test_y)
+    # Every kept image is a training image, with the label it had there.
+    rows = full.train_x.flatten(1)
+    for img, label in zip(part.train_x.flatten(1), part.train_y, strict=True):
+        hits = (rows == img).all(1).nonzero().flatten()
+        assert hits.numel() >= 1 and bool((full.train_y[hits] == label).any())
+    # The same seed draws the same subset; another seed another one.
+    assert torch.equal(load_dataset("digits", train_subset=100, seed=3).train_x, part.train_x)
+    assert not torch.equal(load_dataset("digits", train_subset=100, seed=4).train_x, part.train_x)
+
+
+def test_a_training_subset_larger_than_the_split_or_of_a_toy_is_refused() -> None:
+    pytest.importorskip("sklearn")
+    from iresnet.datasets import load_dataset
+
+    with pytest.raises(DataError, match=r"train_subset=5000 exceeds the 1438 training images"):
+        load_dataset("digits", train_subset=5000)
+    with pytest.raises(DataError, match="data.n_train"):
+        load_dataset("8gaussians", train_subset=10)

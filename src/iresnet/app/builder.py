@@ -83,6 +83,7 @@ def load_data(
         context_path=cfg.context_path,
         context_standardizer=context_standardizer,
         class_context=cfg.class_context,
+        train_subset=cfg.train_subset,
     )
 
 

@@ -225,6 +225,8 @@ class DataConfig:
             discrete NLL) or ``off`` (fit them as they are).
         index_column: a CSV whose first column is an unnamed row index (pandas' ``to_csv()``):
             ``refuse``, ``drop`` or ``keep`` (model it as a feature).
+        train_subset: image sets: train on a random subset of this many training images
+            (drawn with ``data.seed``); the test split stays whole. 0: all of them.
     """
 
     name: str = "8gaussians"
@@ -239,9 +241,12 @@ class DataConfig:
     seed: int = 0
     dequantize: str = "refuse"
     index_column: str = "refuse"
+    train_subset: int = 0
 
     def validate(self) -> None:
         _at_least("data.n_train", self.n_train, 2)
+        if self.train_subset != 0:
+            _at_least("data.train_subset", self.train_subset, 2)
         check_seed("data.seed", self.seed)
         _choice("data.dequantize", self.dequantize, ("refuse", "uniform", "off"))
         _choice("data.index_column", self.index_column, ("refuse", "drop", "keep"))

@@ -158,6 +158,7 @@ def load_dataset(
     context_path: str | None = None,
     context_standardizer: Standardizer | None = None,
     class_context: bool = False,
+    train_subset: int = 0,
 ) -> DataBundle:
     """Load or generate a data set.
 
@@ -184,6 +185,9 @@ def load_dataset(
             per data row (split with the same permutation).
         context_standardizer: saved statistics of the contexts (as ``standardizer``).
         class_context: image sets: the label is the context.
+        train_subset: image sets: train on a random subset of this many training images
+            (drawn with ``seed``, labels kept with their images); the test split is unchanged.
+            0: all of them.
 
     Returns:
         The [`DataBundle`][iresnet.datasets.DataBundle].
@@ -192,8 +196,9 @@ def load_dataset(
         DataError: an unknown name, a missing or malformed file, a saved ``standardizer``
             of another width, a constant column, discrete columns with
             ``dequantize="refuse"``, an unnamed index column with ``index_column="refuse"``,
-            contexts whose rows do not pair with the data's, or contexts asked of a data set
-            that has none.
+            contexts whose rows do not pair with the data's, contexts asked of a data set
+            that has none, or a ``train_subset`` of a data set that is not an image set or
+            larger than its training split.
 
     Examples:
         >>> bundle = load_dataset("checkerboard", n_train=10, n_test=5, seed=1)
@@ -207,6 +212,11 @@ def load_dataset(
         )
     if class_context and name not in IMAGE_DATASETS:
         raise DataError(f"class labels as contexts need an image set, not '{name}'")
+    if train_subset and name not in IMAGE_DATASETS:
+        raise DataError(
+            f"a training subset is drawn from an image set, not '{name}' (toys: data.n_train; "
+            "your own data: keep the rows you want in the file)"
+        )
     if name in TOY_DATASETS:
         train, test = toy_split(name, n_train, n_test, seed=seed)
         return DataBundle(name, "vector", train, test, true_log_density=toy_log_density(name))
@@ -286,8 +296,19 @@ def load_dataset(
     if name in IMAGE_DATASETS:
         tr = load_image_dataset(name, "train", data_dir)
         te = load_image_dataset(name, "test", data_dir)
+        train_x, train_y = tr.images, tr.labels
+        if train_subset:
+            if train_subset > len(train_x):
+                raise DataError(
+                    f"data.train_subset={train_subset} exceeds the {len(train_x)} training "
+                    f"images of {name}: use {len(train_x)} or fewer (0: all)"
+                )
+            keep = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(seed))
+            keep = keep[:train_subset].sort().values
+            train_x = train_x[keep]
+            train_y = train_y[keep] if train_y is not None else None
         bundle = DataBundle(
-            name, "image", tr.images, te.images, tr.labels, te.labels, n_levels=tr.n_levels
+            name, "image", train_x, te.images, train_y, te.labels, n_levels=tr.n_levels
         )
         if class_context:
             if tr.labels is None:
