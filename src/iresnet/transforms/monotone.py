@@ -133,6 +133,11 @@ class MonotoneBlock(InvertibleResidualBlock):
                 g(x)  # this step's power iteration, before the map is frozen for the solve
         with frozen_normalisation(self.g):
             z = self.inverse_solver(g, x, where="MonotoneBlock (forward)")
+            # The solver's implicit gradient is a hook on z; the estimator's own products
+            # (vector-Jacobian products with respect to its input) must not trigger it, so it
+            # differentiates with respect to a copy, through which the loss's gradient still
+            # reaches z, and the hook, once.
+            z = z.clone()
             gz, logdet = self.logdet_estimator.cayley(self._branch(g), z)
         return z - gz, logdet
 
