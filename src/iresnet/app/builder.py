@@ -54,6 +54,7 @@ FAMILY_ARGS = {
     "fc_blocks": "model.fc_blocks",
     "coeff": "model.coeff",
     "branch": "model.branch",
+    "block": "model.block",
     "growth": "model.dense_growth",
     "dense_coeff": "model.dense_coeff",
 }
@@ -197,9 +198,10 @@ def _config_words(message: str) -> str:
 
 
 def _branch(cfg: ModelConfig) -> dict[str, Any]:
-    """The flows' branch keywords (the classifiers have plain branches only)."""
+    """The flows' branch and block keywords (the classifiers have plain residual blocks only)."""
     return {
         "branch": cfg.branch,
+        "block": cfg.block,
         "dense_growth": cfg.dense_growth,
         "dense_depth": cfg.dense_depth,
         "dense_coeff": cfg.dense_coeff,

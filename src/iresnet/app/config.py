@@ -23,6 +23,7 @@ MODEL_KINDS = ("toy", "iresnet-image", "resflow-image", "classifier", "hybrid")
 LOGDETS = ("exact", "series", "roulette", "roulette-auto", "stratified")
 ACTIVATIONS = ("lipswish", "elu", "clipswish")
 BRANCHES = ("plain", "dense")
+BLOCKS = ("residual", "monotone")
 
 
 @dataclass
@@ -84,6 +85,10 @@ class ModelConfig:
         dense_growth: dense branches: features (channels) each dense layer adds.
         dense_coeff: dense branches: ``sqrt(eta_1^2 + eta_2^2)`` of every dense layer, in
             ``(0, 1]``.
+        block: toy and image flows: ``residual`` (``x + g(x)``) or ``monotone`` (Monotone
+            Flows' ``2 (Id + g)^{-1} - Id`` on the same branch, arXiv:2210.08176: forward and
+            inverse each ``(1 + L)/(1 - L)``-Lipschitz; every forward runs a fixed-point solve
+            with the inverse settings).
         head_pool: classifiers: the head average-pools the features to a ``head_pool x
             head_pool`` grid before its linear layer (1: global average pooling, the paper's).
     """
@@ -122,6 +127,7 @@ class ModelConfig:
     dense_depth: int = 3
     dense_growth: int = 32
     dense_coeff: float = 0.98
+    block: str = "residual"
     head_terms: int = 1
     head_probes: int = 4
     dequantization: str = "uniform"
@@ -134,6 +140,12 @@ class ModelConfig:
         _choice("model.logdet", self.logdet, LOGDETS)
         _choice("model.activation", self.activation, ACTIVATIONS)
         _choice("model.branch", self.branch, BRANCHES)
+        _choice("model.block", self.block, BLOCKS)
+        if self.block == "monotone" and self.kind in ("classifier", "hybrid"):
+            raise ConfigError(
+                f"model.block=monotone is for the flows (toy, iresnet-image, resflow-image), "
+                f"not model.kind={self.kind}; use model.block=residual"
+            )
         _choice("model.dequantization", self.dequantization, ("uniform", "variational"))
         if self.dequantization == "variational" and self.kind in ("toy", "classifier"):
             raise ConfigError(
