@@ -1,7 +1,8 @@
 """The monotone block of Monotone Flows: ``f = (Id - g) o (Id + g)^{-1} = 2 (Id + g)^{-1} - Id``.
 
 With ``Lip(g) <= L < 1``, ``Id + g`` and ``Id - g`` are invertible (i-ResNet Theorem 1), and
-``f = 2 (Id + g)^{-1} - Id`` is the Cayley operator of ``g`` (Ahn et al., sec. 3). It is computed
+``f = 2 (Id + g)^{-1} - Id`` is the Cayley operator of ``g`` (Ahn et al., the monotone
+formulation: ``f`` is monotone, and ``g`` is the Cayley operator of ``f``). It is computed
 by one fixed-point solve: ``z + g(z) = x`` for ``z`` (``z <- x - g(z)``), then
 ``y = z - g(z) = 2 z - x``; its inverse by the mirror solve ``w - g(w) = y`` (``w <- y + g(w)``),
 then ``x = 2 w - y``. Its Jacobian is ``(I - J_g(z)) (I + J_g(z))^{-1}``, so
@@ -9,6 +10,11 @@ then ``x = 2 w - y``. Its Jacobian is ``(I - J_g(z)) (I + J_g(z))^{-1}``, so
     log|det J_f(x)| = log det(I - J_g(z)) - log det(I + J_g(z)) = -2 sum_{k odd} tr(J_g(z)^k) / k,
 
 the even powers of the two series cancelling.
+
+The authors' code (github.com/mlvlab/MonotoneFlows, ``monotone_resolvent``) computes
+``sqrt(2) (Id + g')^{-1}(sqrt(2) x) - x``: the same map with ``g(z) = g'(sqrt(2) z) / sqrt(2)``,
+which has the same Lipschitz constant, so both parametrise the same maps (checked numerically to
+``1e-15``); we keep the unscaled form.
 
 **Bounds.** Writing ``dz`` for the difference of two solutions and ``dg`` for that of ``g`` at
 them (``||dg|| <= L ||dz||``): ``dx = dz + dg`` and ``dy = dz - dg``, so
@@ -20,7 +26,7 @@ as the Cayley operator of a maximal monotone operator is.
 
 References:
     - Ahn, Kim, Hong, Kim, "Invertible Monotone Operators for Normalizing Flows", NeurIPS 2022,
-      arXiv:2210.08176 (sec. 3, the monotone formulation via the Cayley operator).
+      arXiv:2210.08176 (the monotone formulation via the Cayley operator).
     - Behrmann et al., "Invertible Residual Networks", ICML 2019, arXiv:1811.00995.
 """
 
@@ -105,7 +111,7 @@ class MonotoneBlock(InvertibleResidualBlock):
             unconditional one with them.
 
     References:
-        - Ahn et al., arXiv:2210.08176, sec. 3 (monotone formulation, Cayley operator).
+        - Ahn et al., arXiv:2210.08176 (the monotone formulation, the Cayley operator).
 
     Examples:
         >>> import torch, iresnet
