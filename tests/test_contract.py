@@ -100,6 +100,12 @@ def _monotone_dense_conv_block() -> Transform:
     return iresnet.MonotoneBlock(g, logdet=iresnet.ExactLogDet(), inverse=_solver())
 
 
+def _monotone_cpila_block() -> Transform:
+    g = iresnet.nn.conv_branch(2, (4,), activation="cpila", preact=True, coeff=0.9)
+    scale_weights(g, 3.0)
+    return iresnet.MonotoneBlock(g, logdet=iresnet.ExactLogDet(), inverse=_solver())
+
+
 def _conditional_monotone_block() -> Transform:
     g = iresnet.nn.conditional_mlp_branch(3, 2, (12, 12), context_features=(8,), coeff=0.9)
     scale_weights(g.x_path, 3.0)
@@ -142,6 +148,7 @@ TRANSFORMS: dict[str, tuple[Callable[[], Transform], tuple[int, ...]]] = {
     "monotone_block_mlp": (_monotone_mlp_block, (3,)),
     "monotone_block_conv": (_monotone_conv_block, (2, 4, 4)),
     "monotone_block_dense_conv": (_monotone_dense_conv_block, (2, 4, 4)),
+    "monotone_block_cpila": (_monotone_cpila_block, (2, 4, 4)),
     "conditional_monotone_block": (_conditional_monotone_block, (3,)),
     "actnorm_vector": (lambda: iresnet.ActNorm(3), (3,)),
     "actnorm_image": (lambda: iresnet.ActNorm(2), (2, 4, 4)),

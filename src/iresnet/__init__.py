@@ -33,6 +33,7 @@ from .errors import (
 from .flows import Flow, FlowDistribution, MultiscaleResidualFlow, ResidualFlow, StandardNormal
 from .nn import (
     CLipSwish,
+    CPila,
     DenseLayer,
     LipELU,
     LipSwish,
@@ -74,6 +75,7 @@ __all__ = [
     "ActNorm",
     "BlockCertificate",
     "CLipSwish",
+    "CPila",
     "Certificate",
     "CheckpointError",
     "ComposedTransform",

@@ -42,3 +42,12 @@ def test_monotone_toy_run_trains_evaluates_and_certifies(tmp_path, capsys):
     assert main(["evaluate", str(out_dir), "--json", "--n-inverse", "64"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["invertible"] is True and result["inverse_max_error"] < 1e-4
+
+
+def test_cpila_activation_key():
+    cfg = Config().override(["model.n_blocks=1", "model.hidden=8", "model.activation=cpila"])
+    data = load_data(Config().override(["data.n_train=64", "data.n_test=32"]).data)
+    model = build_model(cfg, data)
+    assert any(isinstance(m, iresnet.CPila) for m in model.modules())
+    with pytest.raises(ConfigError, match="dense_growth must be even with cpila"):
+        Config().override(["model.branch=dense", "model.activation=cpila", "model.dense_growth=3"])

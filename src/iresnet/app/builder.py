@@ -18,7 +18,7 @@ from ..classifiers import HybridClassifier, InvertibleClassifier
 from ..datasets import DataBundle, Standardizer, load_dataset
 from ..errors import ConfigError
 from ..flows import MultiscaleResidualFlow, ResidualFlow
-from ..nn import CLipSwish, LipELU, LipSwish
+from ..nn import CLipSwish, CPila, LipELU, LipSwish
 from ..ops import (
     ExactLogDet,
     FixedPointInverse,
@@ -160,6 +160,8 @@ def _common(cfg: ModelConfig) -> dict[str, Any]:
         act: Any = functools.partial(LipSwish, cfg.lipswish_beta)
     elif cfg.activation == "clipswish":
         act = functools.partial(CLipSwish, cfg.lipswish_beta)
+    elif cfg.activation == "cpila":
+        act = CPila
     else:
         act = LipELU
     return {

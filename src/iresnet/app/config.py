@@ -21,7 +21,7 @@ __all__ = ["ModelConfig", "DataConfig", "TrainConfig", "Config", "SECTIONS"]
 
 MODEL_KINDS = ("toy", "iresnet-image", "resflow-image", "classifier", "hybrid")
 LOGDETS = ("exact", "series", "roulette", "roulette-auto", "stratified")
-ACTIVATIONS = ("lipswish", "elu", "clipswish")
+ACTIVATIONS = ("lipswish", "elu", "clipswish", "cpila")
 BRANCHES = ("plain", "dense")
 BLOCKS = ("residual", "monotone")
 
@@ -46,8 +46,9 @@ class ModelConfig:
         n_blocks: residual blocks (toy: in total; images: per scale).
         hidden: hidden width (units for MLPs, channels for convolutions).
         n_layers: linear/conv layers inside each residual branch ``g`` (>= 2).
-        activation: ``lipswish``, ``elu`` or ``clipswish`` (concatenated LipSwish of
-            i-DenseNet: twice the width out, 1-Lipschitz).
+        activation: ``lipswish``, ``elu``, ``clipswish`` (concatenated LipSwish of
+            i-DenseNet: twice the width out, 1-Lipschitz) or ``cpila`` (concatenated Pila of
+            Monotone Flows: twice the width out, 1-Lipschitz).
         lipswish_beta: initial LipSwish ``beta``; a sharper activation (larger ``beta``) lets
             small pre-activations bend, which helps narrow 2-D models leave the Gaussian plateau.
         actnorm: ActNorm before every block.
@@ -174,9 +175,10 @@ class ModelConfig:
                 "model.logdet=stratified needs model.head_terms <= model.n_exact and "
                 "model.head_probes >= model.n_probes"
             )
-        if self.branch == "dense" and self.activation == "clipswish" and self.dense_growth % 2:
+        doubling = self.activation in ("clipswish", "cpila")
+        if self.branch == "dense" and doubling and self.dense_growth % 2:
             raise ConfigError(
-                f"model.dense_growth must be even with clipswish, got {self.dense_growth}"
+                f"model.dense_growth must be even with {self.activation}, got {self.dense_growth}"
             )
         if not 0.0 < self.roulette_p < 1.0:
             raise ConfigError(f"model.roulette_p must lie in (0, 1), got {self.roulette_p}")
