@@ -240,7 +240,7 @@ def pila(x: Tensor, k: float = PILA_K) -> Tensor:
 
     Examples:
         >>> [round(v, 4) for v in pila(torch.tensor([-1.0, 0.0, 2.0])).tolist()]
-        [-0.0337, 0.0, 2.0]
+        [-0.1247, 0.0, 2.0]
     """
     t = (k * x).clamp(max=0.0)  # e^t on the positive side is never used: keep it finite
     neg = (t * t * t / 2 - t * t + t) * torch.exp(t) / k
