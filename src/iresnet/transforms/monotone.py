@@ -85,6 +85,11 @@ class MonotoneBlock(InvertibleResidualBlock):
     unrolling the solve. ``inverse`` solves ``w - g(w) = y`` and returns ``x = 2 w - y``; in eval
     mode its report certifies the error of ``x`` from the float64 residual.
 
+    Cost: each forward runs the solve (tens of branch evaluations without a graph, one host
+    synchronisation per iteration for the stopping test) before the residual block's cost, so
+    the forward is not free of host synchronisation, and ``torch.compile`` breaks its graph at
+    the solve; the log-det after it is the residual block's.
+
     A conditional branch ``g(x, c)`` makes a conditional block, as for the residual block:
     ``forward``, ``inverse`` and ``inverse_with_diagnostics`` take the contexts as ``c=``.
 
