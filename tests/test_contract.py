@@ -82,14 +82,46 @@ def _conditional_conv_block() -> Transform:
     return iresnet.InvertibleResidualBlock(g, logdet=iresnet.ExactLogDet(), inverse=_solver())
 
 
+def _monotone_mlp_block() -> Transform:
+    g = mlp_g(3, 12, 0.9)
+    scale_weights(g, 3.0)
+    return iresnet.MonotoneBlock(g, logdet=iresnet.ExactLogDet(), inverse=_solver())
+
+
+def _monotone_conv_block() -> Transform:
+    g = iresnet.nn.conv_branch(2, (4, 4), activation="elu", coeff=0.9)
+    scale_weights(g, 3.0)
+    return iresnet.MonotoneBlock(g, logdet=iresnet.ExactLogDet(), inverse=_solver())
+
+
+def _monotone_dense_conv_block() -> Transform:
+    g = iresnet.nn.dense_branch(2, growth=4, depth=2, conv=True, coeff=0.9)
+    scale_weights(g, 3.0)
+    return iresnet.MonotoneBlock(g, logdet=iresnet.ExactLogDet(), inverse=_solver())
+
+
+def _monotone_cpila_block() -> Transform:
+    g = iresnet.nn.conv_branch(2, (4,), activation="cpila", preact=True, coeff=0.9)
+    scale_weights(g, 3.0)
+    return iresnet.MonotoneBlock(g, logdet=iresnet.ExactLogDet(), inverse=_solver())
+
+
+def _conditional_monotone_block() -> Transform:
+    g = iresnet.nn.conditional_mlp_branch(3, 2, (12, 12), context_features=(8,), coeff=0.9)
+    scale_weights(g.x_path, 3.0)
+    return iresnet.MonotoneBlock(g, logdet=iresnet.ExactLogDet(), inverse=_solver())
+
+
 #: name -> context size of the conditional transforms (the others take no context)
 CONTEXTS = {
     "conditional_block_mlp": 2,
+    "conditional_monotone_block": 2,
     "conditional_block_conv": 3,
     "conditional_affine": 2,
     "conditional_affine_image": 3,
     "ResidualFlow-conditional": 2,
     "MultiscaleResidualFlow-conditional": 3,
+    "ResidualFlow-monotone-conditional": 2,
 }
 
 
@@ -113,6 +145,11 @@ TRANSFORMS: dict[str, tuple[Callable[[], Transform], tuple[int, ...]]] = {
     "residual_block_dense_mlp": (_dense_mlp_block, (3,)),
     "residual_block_dense_conv": (_dense_conv_block, (2, 4, 4)),
     "residual_block_clipswish": (_clipswish_conv_block, (2, 4, 4)),
+    "monotone_block_mlp": (_monotone_mlp_block, (3,)),
+    "monotone_block_conv": (_monotone_conv_block, (2, 4, 4)),
+    "monotone_block_dense_conv": (_monotone_dense_conv_block, (2, 4, 4)),
+    "monotone_block_cpila": (_monotone_cpila_block, (2, 4, 4)),
+    "conditional_monotone_block": (_conditional_monotone_block, (3,)),
     "actnorm_vector": (lambda: iresnet.ActNorm(3), (3,)),
     "actnorm_image": (lambda: iresnet.ActNorm(2), (2, 4, 4)),
     "squeeze": (lambda: iresnet.Squeeze(2), (2, 4, 4)),
@@ -300,6 +337,45 @@ def _multiscale_dense() -> nn.Module:
     )
 
 
+def _residual_flow_monotone() -> nn.Module:
+    return iresnet.ResidualFlow(
+        3,
+        transforms=2,
+        hidden_features=(8,),
+        inverse=_solver(),
+        block="monotone",
+        standardize=([0.5, 0.0, -1.0], [2.0, 1.0, 0.5]),
+    )
+
+
+def _residual_flow_monotone_conditional() -> nn.Module:
+    return iresnet.ResidualFlow(
+        3,
+        context=2,
+        transforms=2,
+        hidden_features=(8,),
+        context_features=(8,),
+        inverse=_solver(),
+        block="monotone",
+    )
+
+
+def _multiscale_monotone() -> nn.Module:
+    return iresnet.MultiscaleResidualFlow(
+        (1, 4, 4),
+        scales=2,
+        blocks=1,
+        hidden_channels=(4,),
+        logdet="exact",
+        factor_out=True,
+        fc_blocks=1,
+        fc_hidden_features=(8,),
+        logit_alpha=0.05,
+        inverse=_solver(),
+        block="monotone",
+    )
+
+
 def _classifier() -> nn.Module:
     return iresnet.InvertibleClassifier((1, 4, 4), 3, hidden_channels=4, inverse=_solver())
 
@@ -351,6 +427,9 @@ FAMILIES: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "HybridClassifier": (_hybrid, (1, 4, 4)),
     "ResidualFlow-conditional": (_residual_flow_conditional, (3,)),
     "MultiscaleResidualFlow-conditional": (_multiscale_conditional, (1, 4, 4)),
+    "ResidualFlow-monotone": (_residual_flow_monotone, (3,)),
+    "ResidualFlow-monotone-conditional": (_residual_flow_monotone_conditional, (3,)),
+    "MultiscaleResidualFlow-monotone": (_multiscale_monotone, (1, 4, 4)),
 }
 
 
@@ -466,7 +545,13 @@ def test_family_train_and_eval_agree(family):
 
 @pytest.mark.parametrize(
     "name",
-    ["ResidualFlow", "MultiscaleResidualFlow", "HybridClassifier", "MultiscaleResidualFlow-dense"],
+    [
+        "ResidualFlow",
+        "MultiscaleResidualFlow",
+        "HybridClassifier",
+        "MultiscaleResidualFlow-dense",
+        "MultiscaleResidualFlow-monotone",
+    ],
 )
 def test_certified_reconstruction_error_bounds_the_true_error(name):
     """A loose solver (``atol = 1e-3``) leaves visible errors; the certified bound composed

@@ -33,6 +33,7 @@ from .errors import (
 from .flows import Flow, FlowDistribution, MultiscaleResidualFlow, ResidualFlow, StandardNormal
 from .nn import (
     CLipSwish,
+    CPila,
     DenseLayer,
     LipELU,
     LipSwish,
@@ -60,6 +61,7 @@ from .transforms import (
     Dequantize,
     InvertibleResidualBlock,
     Logit,
+    MonotoneBlock,
     Squeeze,
     Standardize,
     Transform,
@@ -73,6 +75,7 @@ __all__ = [
     "ActNorm",
     "BlockCertificate",
     "CLipSwish",
+    "CPila",
     "Certificate",
     "CheckpointError",
     "ComposedTransform",
@@ -96,6 +99,7 @@ __all__ = [
     "LipSwish",
     "LogDetEstimator",
     "Logit",
+    "MonotoneBlock",
     "MultiscaleResidualFlow",
     "PowerSeriesLogDet",
     "ResidualFlow",

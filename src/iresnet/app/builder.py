@@ -18,7 +18,7 @@ from ..classifiers import HybridClassifier, InvertibleClassifier
 from ..datasets import DataBundle, Standardizer, load_dataset
 from ..errors import ConfigError
 from ..flows import MultiscaleResidualFlow, ResidualFlow
-from ..nn import CLipSwish, LipELU, LipSwish
+from ..nn import CLipSwish, CPila, LipELU, LipSwish
 from ..ops import (
     ExactLogDet,
     FixedPointInverse,
@@ -54,6 +54,7 @@ FAMILY_ARGS = {
     "fc_blocks": "model.fc_blocks",
     "coeff": "model.coeff",
     "branch": "model.branch",
+    "block": "model.block",
     "growth": "model.dense_growth",
     "dense_coeff": "model.dense_coeff",
 }
@@ -160,6 +161,8 @@ def _common(cfg: ModelConfig) -> dict[str, Any]:
         act: Any = functools.partial(LipSwish, cfg.lipswish_beta)
     elif cfg.activation == "clipswish":
         act = functools.partial(CLipSwish, cfg.lipswish_beta)
+    elif cfg.activation == "cpila":
+        act = CPila
     else:
         act = LipELU
     return {
@@ -198,9 +201,10 @@ def _config_words(message: str) -> str:
 
 
 def _branch(cfg: ModelConfig) -> dict[str, Any]:
-    """The flows' branch keywords (the classifiers have plain branches only)."""
+    """The flows' branch and block keywords (the classifiers have plain residual blocks only)."""
     return {
         "branch": cfg.branch,
+        "block": cfg.block,
         "dense_growth": cfg.dense_growth,
         "dense_depth": cfg.dense_depth,
         "dense_coeff": cfg.dense_coeff,

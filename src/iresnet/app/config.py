@@ -21,8 +21,9 @@ __all__ = ["ModelConfig", "DataConfig", "TrainConfig", "Config", "SECTIONS"]
 
 MODEL_KINDS = ("toy", "iresnet-image", "resflow-image", "classifier", "hybrid")
 LOGDETS = ("exact", "series", "roulette", "roulette-auto", "stratified")
-ACTIVATIONS = ("lipswish", "elu", "clipswish")
+ACTIVATIONS = ("lipswish", "elu", "clipswish", "cpila")
 BRANCHES = ("plain", "dense")
+BLOCKS = ("residual", "monotone")
 
 
 @dataclass
@@ -45,8 +46,9 @@ class ModelConfig:
         n_blocks: residual blocks (toy: in total; images: per scale).
         hidden: hidden width (units for MLPs, channels for convolutions).
         n_layers: linear/conv layers inside each residual branch ``g`` (>= 2).
-        activation: ``lipswish``, ``elu`` or ``clipswish`` (concatenated LipSwish of
-            i-DenseNet: twice the width out, 1-Lipschitz).
+        activation: ``lipswish``, ``elu``, ``clipswish`` (concatenated LipSwish of
+            i-DenseNet: twice the width out, 1-Lipschitz) or ``cpila`` (concatenated Pila of
+            Monotone Flows: twice the width out, 1-Lipschitz).
         lipswish_beta: initial LipSwish ``beta``; a sharper activation (larger ``beta``) lets
             small pre-activations bend, which helps narrow 2-D models leave the Gaussian plateau.
         actnorm: ActNorm before every block.
@@ -84,6 +86,10 @@ class ModelConfig:
         dense_growth: dense branches: features (channels) each dense layer adds.
         dense_coeff: dense branches: ``sqrt(eta_1^2 + eta_2^2)`` of every dense layer, in
             ``(0, 1]``.
+        block: toy and image flows: ``residual`` (``x + g(x)``) or ``monotone`` (Monotone
+            Flows' ``2 (Id + g)^{-1} - Id`` on the same branch, arXiv:2210.08176: forward and
+            inverse each ``(1 + L)/(1 - L)``-Lipschitz; every forward runs a fixed-point solve
+            with the inverse settings).
         head_pool: classifiers: the head average-pools the features to a ``head_pool x
             head_pool`` grid before its linear layer (1: global average pooling, the paper's).
     """
@@ -122,6 +128,7 @@ class ModelConfig:
     dense_depth: int = 3
     dense_growth: int = 32
     dense_coeff: float = 0.98
+    block: str = "residual"
     head_terms: int = 1
     head_probes: int = 4
     dequantization: str = "uniform"
@@ -134,6 +141,12 @@ class ModelConfig:
         _choice("model.logdet", self.logdet, LOGDETS)
         _choice("model.activation", self.activation, ACTIVATIONS)
         _choice("model.branch", self.branch, BRANCHES)
+        _choice("model.block", self.block, BLOCKS)
+        if self.block == "monotone" and self.kind in ("classifier", "hybrid"):
+            raise ConfigError(
+                f"model.block=monotone is for the flows (toy, iresnet-image, resflow-image), "
+                f"not model.kind={self.kind}; use model.block=residual"
+            )
         _choice("model.dequantization", self.dequantization, ("uniform", "variational"))
         if self.dequantization == "variational" and self.kind in ("toy", "classifier"):
             raise ConfigError(
@@ -162,9 +175,10 @@ class ModelConfig:
                 "model.logdet=stratified needs model.head_terms <= model.n_exact and "
                 "model.head_probes >= model.n_probes"
             )
-        if self.branch == "dense" and self.activation == "clipswish" and self.dense_growth % 2:
+        doubling = self.activation in ("clipswish", "cpila")
+        if self.branch == "dense" and doubling and self.dense_growth % 2:
             raise ConfigError(
-                f"model.dense_growth must be even with clipswish, got {self.dense_growth}"
+                f"model.dense_growth must be even with {self.activation}, got {self.dense_growth}"
             )
         if not 0.0 < self.roulette_p < 1.0:
             raise ConfigError(f"model.roulette_p must lie in (0, 1), got {self.roulette_p}")

@@ -55,7 +55,6 @@ from ..transforms import (
     ActNorm,
     Dequantize,
     Flatten,
-    InvertibleResidualBlock,
     Logit,
     OnActive,
     Squeeze,
@@ -63,7 +62,7 @@ from ..transforms import (
     VariationalDequantize,
 )
 from .flow import Flow
-from .residual_flow import check_branch, check_context, check_logdet
+from .residual_flow import block_type, check_branch, check_context, check_logdet
 
 __all__ = ["MultiscaleResidualFlow", "check_image_shape"]
 
@@ -195,6 +194,9 @@ class MultiscaleResidualFlow(Flow):
             ``q(v | x)`` learned jointly, ``log_prob`` is then the one-sample ELBO).
         dequant_hidden: the variational ``q``'s width.
         dequant_steps: the variational ``q``'s coupling steps.
+        block: ``"residual"`` or ``"monotone"`` (every block, the fc ones included, is a
+            [`MonotoneBlock`][iresnet.transforms.monotone.MonotoneBlock] on the same branch);
+            see [`ResidualFlow`][iresnet.flows.residual_flow.ResidualFlow].
 
     Shapes:
         ``x``: ``(B, C, H, W)`` (integer levels with ``levels``); ``log_prob(x)``: ``(B,)``, in
@@ -242,9 +244,11 @@ class MultiscaleResidualFlow(Flow):
         dequantization: str = "uniform",
         dequant_hidden: int = 32,
         dequant_steps: int = 4,
+        block: str = "residual",
     ) -> None:
         check_context(context)
         check_branch(branch)
+        kind = block_type(block)
         check_logdet(logdet)
         if scales < 1 or blocks < 0 or fc_blocks < 0:
             raise ValueError(
@@ -284,13 +288,13 @@ class MultiscaleResidualFlow(Flow):
             if actnorm:
                 stack.add(ActNorm(stack.shape[0]))
 
-        def block(g: object) -> None:
+        def add_block(g: object) -> None:
             est = logdet_estimator(
                 logdet,
                 math.prod(stack.shape),
                 lipschitz=design_bound_of(g),  # type: ignore[arg-type]
             )
-            stack.add(InvertibleResidualBlock(g, logdet=est, inverse=solver))  # type: ignore[arg-type]
+            stack.add(kind(g, logdet=est, inverse=solver))  # type: ignore[arg-type]
             stack.n_blocks += 1
 
         actnorm_layer()
@@ -322,7 +326,7 @@ class MultiscaleResidualFlow(Flow):
                     )
                 else:
                     g = conv_branch(stack.shape[0], hidden_channels, preact=preact, **options)  # type: ignore[arg-type]
-                block(g)
+                add_block(g)
                 actnorm_layer()
             if scale < scales - 1:
                 stack.add(Squeeze(2))
@@ -332,7 +336,7 @@ class MultiscaleResidualFlow(Flow):
             dim = stack.flatten_active()
             for _ in range(fc_blocks):
                 if context:
-                    block(
+                    add_block(
                         conditional_mlp_branch(
                             dim,
                             context,
@@ -342,7 +346,7 @@ class MultiscaleResidualFlow(Flow):
                         )
                     )
                 else:
-                    block(mlp_branch(dim, fc_hidden_features, **options))  # type: ignore[arg-type]
+                    add_block(mlp_branch(dim, fc_hidden_features, **options))  # type: ignore[arg-type]
                 actnorm_layer()
         if context and stack.n_blocks == 0:
             raise ValueError("a conditional image flow needs blocks >= 1 or fc_blocks >= 1")

@@ -4,6 +4,8 @@ References:
     - Behrmann et al., "Invertible Residual Networks", ICML 2019, arXiv:1811.00995.
     - Chen et al., "Residual Flows for Invertible Generative Modeling", NeurIPS 2019,
       arXiv:1906.02735.
+    - Ahn et al., "Invertible Monotone Operators for Normalizing Flows", NeurIPS 2022,
+      arXiv:2210.08176 (``block="monotone"``).
 """
 
 from __future__ import annotations
@@ -13,14 +15,47 @@ from collections.abc import Sequence
 from ..nn import conditional_mlp_branch, dense_branch, design_bound_of, mlp_branch
 from ..nn.branches import Activation
 from ..ops import LOGDETS, FixedPointInverse, LogDetEstimator, logdet_estimator
-from ..transforms import ActNorm, ConditionalAffine, InvertibleResidualBlock, Standardize, Transform
+from ..transforms import (
+    ActNorm,
+    ConditionalAffine,
+    InvertibleResidualBlock,
+    MonotoneBlock,
+    Standardize,
+    Transform,
+)
 from .flow import Flow
 
-__all__ = ["BRANCHES", "ResidualFlow", "check_branch", "check_context", "check_logdet"]
+__all__ = [
+    "BLOCKS",
+    "BRANCHES",
+    "ResidualFlow",
+    "block_type",
+    "check_branch",
+    "check_context",
+    "check_logdet",
+]
 
 BRANCHES = ("plain", "dense")
 """Branch kinds of the families: ``"plain"`` (the MLP / CNN of i-ResNet and Residual Flows) or
 ``"dense"`` (i-DenseNet's, [`dense_branch`][iresnet.nn.dense.dense_branch])."""
+
+
+BLOCKS = ("residual", "monotone")
+"""Block kinds of the families: ``"residual"`` (``x + g(x)``,
+[`InvertibleResidualBlock`][iresnet.transforms.residual.InvertibleResidualBlock]) or
+``"monotone"`` (Monotone Flows' ``2 (Id + g)^{-1} - Id``,
+[`MonotoneBlock`][iresnet.transforms.monotone.MonotoneBlock]), on the same branches."""
+
+
+def block_type(block: str) -> type[InvertibleResidualBlock]:
+    """The block class named by ``block``.
+
+    Raises:
+        ValueError: ``block`` not in [`BLOCKS`][iresnet.flows.residual_flow.BLOCKS].
+    """
+    if block not in BLOCKS:
+        raise ValueError(f"block must be one of {BLOCKS}, got {block!r}")
+    return MonotoneBlock if block == "monotone" else InvertibleResidualBlock
 
 
 def check_logdet(logdet: str | LogDetEstimator) -> None:
@@ -111,6 +146,10 @@ class ResidualFlow(Flow):
         dense_growth: features each dense layer adds.
         dense_depth: dense layers per branch.
         dense_coeff: ``sqrt(eta_1^2 + eta_2^2)`` of every dense layer, in ``(0, 1]``.
+        block: ``"residual"`` (``x + g(x)``) or ``"monotone"``: Monotone Flows' block
+            ([`MonotoneBlock`][iresnet.transforms.monotone.MonotoneBlock],
+            ``2 (Id + g)^{-1} - Id`` on the same branch: forward and inverse each
+            ``(1 + L)/(1 - L)``-Lipschitz; its forward runs a fixed-point solve).
 
     Shapes:
         ``x``: ``(B, features)``; ``c``: ``(B, context)``; ``log_prob(x)``: ``(B,)``, in nats (in
@@ -118,8 +157,8 @@ class ResidualFlow(Flow):
 
     Raises:
         ValueError: an invalid setting (``context < 0``, ``features < 1``, ``transforms < 0``,
-            an unknown ``logdet``, ``activation``, ``norm`` or ``branch``, ``coeff`` outside
-            ``(0, 1]``, a dense branch with a context).
+            an unknown ``logdet``, ``activation``, ``norm``, ``branch`` or ``block``, ``coeff``
+            outside ``(0, 1]``, a dense branch with a context).
 
     Examples:
         >>> import torch, iresnet
@@ -157,9 +196,11 @@ class ResidualFlow(Flow):
         dense_growth: int = 32,
         dense_depth: int = 3,
         dense_coeff: float = 0.98,
+        block: str = "residual",
     ) -> None:
         check_context(context)
         check_branch(branch)
+        kind = block_type(block)
         if not all(isinstance(n, int) for n in (features, transforms)):
             raise TypeError(
                 f"features and transforms must be integers, got {features!r}, {transforms!r}"
@@ -207,7 +248,7 @@ class ResidualFlow(Flow):
                 g = mlp_branch(features, hidden_features, **options)  # type: ignore[arg-type]
             if estimator is None:  # all blocks share one bound by design, and one estimator
                 estimator = logdet_estimator(logdet, features, lipschitz=design_bound_of(g))
-            steps.append(InvertibleResidualBlock(g, logdet=estimator, inverse=solver))
+            steps.append(kind(g, logdet=estimator, inverse=solver))
         if actnorm:
             steps.append(ActNorm(features))
         if context and not steps:

@@ -13,6 +13,8 @@ References:
       arXiv:1906.02735.
     - Perugachi-Diaz, Tomczak, Bhulai, "Invertible DenseNets with Concatenated LipSwish",
       NeurIPS 2021, arXiv:2102.02694.
+    - Ahn, Kim, Hong, Kim, "Invertible Monotone Operators for Normalizing Flows", NeurIPS 2022,
+      arXiv:2210.08176 (Pila and CPila).
 """
 
 from __future__ import annotations
@@ -26,13 +28,17 @@ from torch import Tensor, nn
 
 __all__ = [
     "CLIPSWISH_CONSTANT",
+    "CPILA_CONSTANT",
     "CLipSwish",
+    "CPila",
     "LipSwish",
     "LipELU",
     "ONE_LIPSCHITZ_ACTIVATIONS",
     "ACTIVATIONS",
     "activation_factory",
     "expansion_of",
+    "pila",
+    "pila_slope",
 ]
 
 
@@ -203,6 +209,117 @@ class CLipSwish(nn.Module):
         return 1.0
 
 
+PILA_K = 5.0
+"""The sharpness ``k`` of Pila in CPila (the Monotone Flows code's default)."""
+
+PILA_SHIFT = 0.2
+"""The shift ``s`` of CPila's two halves, ``pila(x - s)`` and ``pila(-x - s)``."""
+
+CPILA_CONSTANT = 1.05882105
+"""``sup_x sqrt(h(k(x - s))^2 + h(k(-x - s))^2)`` for Pila's slope ``h`` with ``k = 5``,
+``s = 0.2``: ``sqrt(1 + 361 e^{-8}) = 1.0588210465762...``, rounded up at the 8th decimal
+(reached at ``x = +-0.6``; see [`CPila`][iresnet.nn.activations.CPila]). The Monotone Flows
+code divides by 1.06."""
+
+
+def pila(x: Tensor, k: float = PILA_K) -> Tensor:
+    """Pila: ``x`` for ``x > 0`` and ``(t^3/2 - t^2 + t) e^t / k`` with ``t = k x`` otherwise.
+
+    Twice continuously differentiable at 0 (value 0, slope 1, curvature 0 from both sides); its
+    slope ``h(t) = (t^3/2 + t^2/2 - t + 1) e^t`` (``t <= 0``) falls from 1 at ``t = 0`` to its
+    minimum ``-19 e^{-4} = -0.348`` at ``t = -4`` and back towards 0, since
+    ``h'(t) = t^2 (t/2 + 2) e^t``; so Pila is 1-Lipschitz. Monotone Flows' activation (the
+    name is the authors'; their code evaluates this polynomial-times-exponential form).
+
+    Args:
+        x: any shape.
+        k: the sharpness ``k > 0``.
+
+    Returns:
+        A tensor of ``x``'s shape.
+
+    Examples:
+        >>> [round(v, 4) for v in pila(torch.tensor([-1.0, 0.0, 2.0])).tolist()]
+        [-0.1247, 0.0, 2.0]
+    """
+    t = (k * x).clamp(max=0.0)  # e^t on the positive side is never used: keep it finite
+    neg = (t * t * t / 2 - t * t + t) * torch.exp(t) / k
+    return torch.where(x > 0, x, neg)
+
+
+def pila_slope(x: Tensor, k: float = PILA_K) -> Tensor:
+    """``pila'(x)``: 1 for ``x > 0``, ``(t^3/2 + t^2/2 - t + 1) e^t`` with ``t = k x``
+    otherwise; values in ``[-19 e^{-4}, 1]``."""
+    t = (k * x).clamp(max=0.0)
+    neg = (t * t * t / 2 + t * t / 2 - t + 1) * torch.exp(t)
+    return torch.where(x > 0, torch.ones_like(x), neg)
+
+
+class CPila(nn.Module):
+    """Concatenated Pila: ``f(x) = [pila(x - s), pila(-x - s)] / C``, 1-Lipschitz ``R^n -> R^2n``.
+
+    Monotone Flows' activation, with ``k = 5`` and ``s = 0.2`` (the authors' values) and
+    ``C =`` [`CPILA_CONSTANT`][iresnet.nn.activations.CPILA_CONSTANT]. Like
+    [`CLipSwish`][iresnet.nn.activations.CLipSwish] each input feeds its own two outputs, so the
+    Jacobian is block diagonal with blocks ``(h(u), -h(v))^T / C``, ``u = k (x - s)``,
+    ``v = k (-x - s) = -u - 2``, and ``h`` the slope of Pila in ``t = k x`` (see
+    [`pila`][iresnet.nn.activations.pila]). **Proof of the constant.** ``h = 1`` on ``t >= 0``
+    and ``h`` lies in ``[h(-4), h(-2)] = [-19 e^{-4}, e^{-2}]`` on ``t <= -2``, so where
+    ``u >= 0`` (then ``v <= -2``) the block's norm is at most ``sqrt(1 + 361 e^{-8})``, reached
+    at ``u = 2`` (``x = 0.6``), and likewise where ``v >= 0``; where both are negative
+    (``-2 < u < 0``) its largest value is ``1.04272...`` (a 10^-6 grid with ``|h'| <= 0.6``
+    there: tested). Hence ``||J_f|| <= 1``. The slopes never vanish where ``|x|`` is moderate
+    (at least one half is close to 1), the gradient-flow argument the paper makes for it.
+
+    Arguments:
+        dim: the channel dimension the halves are concatenated along (1: ``(B, C, ...)``).
+
+    Shapes:
+        ``(B, n, *rest) -> (B, 2n, *rest)`` along ``dim``.
+
+    References:
+        - Ahn et al., arXiv:2210.08176 (Concatenated Pila); the constants as in the authors'
+          code, github.com/mlvlab/MonotoneFlows.
+
+    Examples:
+        >>> f = CPila()
+        >>> f(torch.zeros(3, 2)).shape
+        torch.Size([3, 4])
+        >>> f.lipschitz_bound()
+        1.0
+    """
+
+    expansion = 2
+
+    def __init__(self, dim: int = 1) -> None:
+        super().__init__()
+        self.dim = dim
+
+    def _halves(self, x: Tensor) -> Tensor:
+        return torch.cat([x - PILA_SHIFT, -x - PILA_SHIFT], dim=self.dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return pila(self._halves(x)) / CPILA_CONSTANT
+
+    def jvp(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """Forward-mode derivative: ``(f(x), J_f(x) t)``.
+
+        Args:
+            x: input ``(B, n, ...)``.
+            t: tangents ``(d, B, n, ...)``.
+
+        Returns:
+            ``f(x)`` ``(B, 2n, ...)`` and ``J_f(x) t`` ``(d, B, 2n, ...)``.
+        """
+        z = self._halves(x)
+        tz = torch.cat([t, -t], dim=self.dim + 1)
+        return pila(z) / CPILA_CONSTANT, pila_slope(z) / CPILA_CONSTANT * tz
+
+    def lipschitz_bound(self) -> float:
+        """1.0: the Jacobian's spectral norm never exceeds 1 (see the class docstring)."""
+        return 1.0
+
+
 def expansion_of(module: nn.Module) -> int:
     """How many output channels an activation makes of each input channel (``expansion``
     attribute; 1 for elementwise maps, 2 for [`CLipSwish`][iresnet.nn.activations.CLipSwish]).
@@ -287,6 +404,7 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "lipswish": LipSwish,
     "elu": LipELU,
     "clipswish": CLipSwish,
+    "cpila": CPila,
 }
 """Activation names the model families and the config accept, with their module classes."""
 
@@ -296,7 +414,7 @@ def activation_factory(spec: str | Callable[[], nn.Module]) -> Callable[[], nn.M
 
     Args:
         spec: a name in [`ACTIVATIONS`][iresnet.nn.activations.ACTIVATIONS] (``"lipswish"``,
-            ``"elu"``, ``"clipswish"``) or a callable returning a fresh module (e.g.
+            ``"elu"``, ``"clipswish"``, ``"cpila"``) or a callable returning a fresh module (e.g.
             ``functools.partial(LipSwish, 10.0)``; a module of unknown Lipschitz constant makes
             the certificate ``inf``).
 

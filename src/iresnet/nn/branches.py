@@ -145,9 +145,9 @@ def mlp_branch(
     Args:
         features: input and output size.
         hidden_features: sizes of the hidden layers.
-        activation: ``"lipswish"``, ``"elu"``, ``"clipswish"`` (each hidden layer then feeds
-            twice its width to the next; it concatenates along dim 1, so inputs are
-            ``(B, features)``) or a factory of modules.
+        activation: ``"lipswish"``, ``"elu"``, ``"clipswish"``, ``"cpila"`` (with the last two
+            each hidden layer feeds twice its width to the next; they concatenate along dim 1,
+            so inputs are ``(B, features)``) or a factory of modules.
         norm: the layers' norm, see [`linear_layer`][iresnet.nn.branches.linear_layer].
         coeff: the Lipschitz coefficient of every layer.
         n_power_iterations: power-iteration steps per training forward of every layer.
@@ -231,8 +231,8 @@ def conv_branch(
         kernel_sizes: one odd size per convolution; default ``3, 1, ..., 1, 3``.
         preact: an activation before the first convolution (both papers' code use it on every
             block but the first of a network).
-        activation: ``"lipswish"``, ``"elu"``, ``"clipswish"`` (the next convolution then takes
-            twice the channels) or a factory of modules.
+        activation: ``"lipswish"``, ``"elu"``, ``"clipswish"``, ``"cpila"`` (with the last two
+            the next convolution takes twice the channels) or a factory of modules.
         norm: the convolutions' norm, see [`linear_layer`][iresnet.nn.branches.linear_layer].
         coeff: the Lipschitz coefficient of every convolution.
         n_power_iterations: power-iteration steps per training forward of every convolution.

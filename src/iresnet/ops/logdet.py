@@ -24,6 +24,12 @@ With ``Lip(g) < 1`` the determinant is positive (i-ResNet, app. A, Lemma 6), so
   gradient with respect to the input and the parameters is formed during the forward pass, and
   only the graph of ``g`` is kept for the backward pass, so memory does not grow with the
   number of terms.
+- Cayley log-det (Monotone Flows, arXiv:2210.08176): the monotone block's
+  ``log|det (I - J)(I + J)^{-1}| = log det(I - J) - log det(I + J) = -2 sum_{k odd} tr(J^k)/k``
+  (the even powers cancel). Every estimator's ``cayley(g, x)`` returns it: the exact one by two
+  ``slogdet``s, the series ones by the same series with the term weights of
+  [`cayley_weights`][iresnet.ops.logdet.cayley_weights] (the Neumann gradient and the
+  memory-efficient backward included, unchanged).
 
 The value returned is always the log-det estimate itself; a gradient surrogate is never returned
 as a value (the surrogate only contributes its gradient).
@@ -32,6 +38,8 @@ References:
     - Behrmann et al., "Invertible Residual Networks", ICML 2019, arXiv:1811.00995.
     - Chen et al., "Residual Flows for Invertible Generative Modeling", NeurIPS 2019,
       arXiv:1906.02735.
+    - Ahn et al., "Invertible Monotone Operators for Normalizing Flows", NeurIPS 2022,
+      arXiv:2210.08176.
     - Hutchinson, "A stochastic estimator of the trace of the influence matrix for Laplacian
       smoothing splines", Commun. Stat. Simul. Comput. 19(2), 1990.
 """
@@ -53,6 +61,7 @@ from .jacobian import jacobian, linearize
 from .roulette import roulette_for_lipschitz, roulette_variance_bound, roulette_variance_is_finite
 
 __all__ = [
+    "cayley_weights",
     "exact_logdet",
     "sample_probes",
     "series_logdet",
@@ -85,7 +94,9 @@ def _grad_params(g: G) -> tuple[Tensor, ...]:
     return ()
 
 
-def exact_logdet(g: G, x: Tensor, *, max_dim: int = 256) -> tuple[Tensor, Tensor]:
+def exact_logdet(
+    g: G, x: Tensor, *, max_dim: int = 256, cayley: bool = False
+) -> tuple[Tensor, Tensor]:
     """``(g(x), log|det(I + J_g(x))|)`` from the full Jacobian and ``slogdet``; differentiable.
 
     The log-det of the block ``x + g(x)`` in i-ResNet's change of variables (eq. (3)), computed
@@ -98,6 +109,8 @@ def exact_logdet(g: G, x: Tensor, *, max_dim: int = 256) -> tuple[Tensor, Tensor
         x: ``(B, *event)`` with ``D = prod(event) <= max_dim``.
         max_dim: refuse larger ``D`` (the cost is ``D`` Jacobian-vector products and a ``D x D``
             determinant per sample).
+        cayley: return instead ``log|det (I - J)(I + J)^{-1}| = log|det(I - J)| - log|det(I + J)|``,
+            the log-det of the monotone block (Monotone Flows, arXiv:2210.08176).
 
     Returns:
         ``gx`` of the shape of ``x`` and ``logdet`` of shape ``(B,)``, in nats.
@@ -125,6 +138,8 @@ def exact_logdet(g: G, x: Tensor, *, max_dim: int = 256) -> tuple[Tensor, Tensor
     gx, jac = jacobian(g, x, create_graph=need_graph)
     eye = torch.eye(d, dtype=jac.dtype, device=jac.device)
     logdet = torch.linalg.slogdet(eye + jac).logabsdet
+    if cayley:
+        logdet = torch.linalg.slogdet(eye - jac).logabsdet - logdet
     if not need_graph:
         gx, logdet = gx.detach(), logdet.detach()
     return gx, logdet
@@ -382,6 +397,40 @@ def roulette_weights(
     return weights
 
 
+def cayley_weights(
+    weights: Sequence[float] | Sequence[Sequence[float]],
+) -> list[float] | list[list[float]]:
+    """The term weights that turn the series of ``log det(I + J)`` into that of
+    ``log det(I - J) - log det(I + J)``.
+
+    ``log det(I - J) = -sum_k tr(J^k)/k`` and ``log det(I + J) = sum_k (-1)^{k+1} tr(J^k)/k``
+    (both for ``||J|| < 1``), so the difference is ``-2 sum_{k odd} tr(J^k)/k``: term ``k`` of
+    [`series_logdet`][iresnet.ops.logdet.series_logdet] (which carries ``(-1)^{k+1} / k``) takes
+    the weight ``-2 w_k`` for odd ``k`` and ``0`` for even ``k``. Applied to any weights (all 1:
+    the truncated series; the roulette's ``1 / P(N >= k)``: still unbiased, as term-wise
+    scaling keeps each term's expectation), and to the Neumann-series gradient, whose
+    coefficients become ``-2 sum_{j even} J^j``, the series of
+    ``-((I - J)^{-1} + (I + J)^{-1})``: the derivative of the Cayley log-det.
+
+    Args:
+        weights: one list of term weights, or one list per probe.
+
+    Returns:
+        The weights of the Cayley series, of the same structure.
+
+    Examples:
+        >>> cayley_weights([1.0, 1.0, 2.0, 4.0])
+        [-2.0, 0.0, -4.0, 0.0]
+    """
+
+    def odd(ws: Sequence[float]) -> list[float]:
+        return [-2.0 * w if k % 2 == 0 else 0.0 for k, w in enumerate(ws)]
+
+    if len(weights) > 0 and isinstance(weights[0], Sequence):
+        return [odd(ws) for ws in weights]  # type: ignore[arg-type]
+    return odd(weights)  # type: ignore[arg-type]
+
+
 class LogDetEstimator(abc.ABC):
     """Base of the log-det estimators: ``estimator(g, x) -> (g(x), logdet)``.
 
@@ -394,6 +443,20 @@ class LogDetEstimator(abc.ABC):
     @abc.abstractmethod
     def __call__(self, g: G, x: Tensor) -> tuple[Tensor, Tensor]:
         """``(g(x), logdet)``; see the class docstring."""
+
+    def cayley(self, g: G, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(g(x), log|det (I - J_g(x))(I + J_g(x))^{-1}|)``: the log-det of the monotone block
+        (Monotone Flows, arXiv:2210.08176), ``(B,)`` in nats, from the same graph of ``g``.
+
+        Raises:
+            TypeError: the estimator has no Cayley form (a user's subclass that does not
+                implement it).
+        """
+        raise TypeError(
+            f"{type(self).__name__} has no Cayley log-det for monotone blocks; use ExactLogDet, "
+            "PowerSeriesLogDet, RussianRouletteLogDet or StratifiedRouletteLogDet, or implement "
+            "cayley(g, x)"
+        )
 
 
 class NoLogDet(LogDetEstimator):
@@ -408,6 +471,10 @@ class NoLogDet(LogDetEstimator):
 
     def __call__(self, g: G, x: Tensor) -> tuple[Tensor, Tensor]:
         return g(x), x.new_full((x.shape[0],), math.nan)
+
+    def cayley(self, g: G, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(g(x), NaN)``, as for the residual block."""
+        return self(g, x)
 
     def __repr__(self) -> str:
         return "NoLogDet()"
@@ -438,6 +505,10 @@ class ExactLogDet(LogDetEstimator):
 
     def __call__(self, g: G, x: Tensor) -> tuple[Tensor, Tensor]:
         return exact_logdet(g, x, max_dim=self.max_dim)
+
+    def cayley(self, g: G, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``log|det(I - J)| - log|det(I + J)|`` by two ``slogdet``s of one Jacobian."""
+        return exact_logdet(g, x, max_dim=self.max_dim, cayley=True)
 
     def __repr__(self) -> str:
         return f"ExactLogDet(max_dim={self.max_dim})"
@@ -497,13 +568,23 @@ class PowerSeriesLogDet(LogDetEstimator):
         self.generator = generator
 
     def __call__(self, g: G, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self._estimate(g, x, cayley=False)
+
+    def cayley(self, g: G, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The Cayley series ``-2 sum_{k odd, k <= n} v^T J^k v / k``
+        ([`cayley_weights`][iresnet.ops.logdet.cayley_weights]); its truncation error is at most
+        ``2 d sum_{k odd, k > n} L^k / k``."""
+        return self._estimate(g, x, cayley=True)
+
+    def _estimate(self, g: G, x: Tensor, *, cayley: bool) -> tuple[Tensor, Tensor]:
         check_input(x, type(self).__name__, like=g if isinstance(g, nn.Module) else None)
         probes = sample_probes(x, self.n_probes, self.probe, self.generator)
+        weights = [1.0] * self.n_terms
         return series_logdet(
             g,
             x,
             probes,
-            [1.0] * self.n_terms,
+            cayley_weights(weights) if cayley else weights,
             neumann_gradient=self.neumann_gradient,
             memory_efficient=self.memory_efficient,
         )
@@ -701,6 +782,14 @@ class RussianRouletteLogDet(LogDetEstimator):
         return min(self.n_exact + m, self.max_terms)
 
     def __call__(self, g: G, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self._estimate(g, x, cayley=False)
+
+    def cayley(self, g: G, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The roulette of the Cayley series
+        ([`cayley_weights`][iresnet.ops.logdet.cayley_weights]); unbiased as the plain one."""
+        return self._estimate(g, x, cayley=True)
+
+    def _estimate(self, g: G, x: Tensor, *, cayley: bool) -> tuple[Tensor, Tensor]:
         if self.is_template:
             raise ValueError(
                 "RussianRouletteLogDet(auto=True) needs the blocks' Lipschitz bound: build it "
@@ -714,7 +803,7 @@ class RussianRouletteLogDet(LogDetEstimator):
             g,
             x,
             probes,
-            weights,
+            cayley_weights(weights) if cayley else weights,
             neumann_gradient=self.neumann_gradient,
             memory_efficient=self.memory_efficient,
         )
@@ -822,7 +911,7 @@ class StratifiedRouletteLogDet(RussianRouletteLogDet):
         head = [1.0 / m] * h
         return [head + [w / r for w in tail[h:]] if i < r else list(head) for i in range(m)]
 
-    def __call__(self, g: G, x: Tensor) -> tuple[Tensor, Tensor]:
+    def _estimate(self, g: G, x: Tensor, *, cayley: bool) -> tuple[Tensor, Tensor]:
         if self.is_template:
             raise ValueError(
                 "StratifiedRouletteLogDet(auto=True) needs the blocks' Lipschitz bound: build it "
@@ -835,7 +924,7 @@ class StratifiedRouletteLogDet(RussianRouletteLogDet):
             g,
             x,
             probes,
-            weights,
+            cayley_weights(weights) if cayley else weights,
             neumann_gradient=self.neumann_gradient,
             memory_efficient=self.memory_efficient,
         )

@@ -4,7 +4,8 @@ Every piece is a [`Transform`][iresnet.transforms.base.Transform]:
 ``forward(x) -> (y, logdet)`` with ``logdet = log|det dy/dx|`` of shape ``(batch,)`` and
 ``inverse(y) -> x``. Re-exported from ``base`` (the contract and
 [`ComposedTransform`][iresnet.transforms.base.ComposedTransform]), ``residual`` (the block
-``x + g(x)``, conditional with a branch ``g(x, c)``), ``conditional`` (an affine map chosen by
+``x + g(x)``, conditional with a branch ``g(x, c)``), ``monotone`` (Monotone Flows' block
+``2 (Id + g)^{-1} - Id``), ``conditional`` (an affine map chosen by
 the context), ``actnorm``, ``reshape`` (squeeze, flatten, factor-out, padding),
 ``preprocess`` (dequantisation, logit, standardisation) and ``dequantization`` (variational
 dequantisation, Flow++).
@@ -26,6 +27,7 @@ from .actnorm import ActNorm
 from .base import ComposedTransform, InverseReport, Transform
 from .conditional import ConditionalAffine
 from .dequantization import VariationalDequantize, uniform_dequantization
+from .monotone import MonotoneBlock
 from .preprocess import (
     Dequantize,
     Logit,
@@ -49,6 +51,7 @@ __all__ = [
     "InverseReport",
     "InvertibleResidualBlock",
     "Logit",
+    "MonotoneBlock",
     "OnActive",
     "Squeeze",
     "Standardize",
