@@ -285,7 +285,10 @@ def test_a_class_conditional_digits_run_samples_each_class_and_scores_in_bits(tm
         "--out",
         str(tmp_path / "s.npy"),
     )
-    assert code == 0, err and np.load(tmp_path / "s.npy").shape == (4, 1, 8, 8)
+    assert code == 0, err
+    assert np.load(tmp_path / "s.npy").shape == (4, 1, 8, 8)
+    labels = np.load(tmp_path / "s.contexts.npy")  # each sample's class, as --context takes it
+    assert labels.dtype == np.int64 and labels.tolist() == [[3], [3], [7], [7]]
     code, _, err = run(capsys, "sample", str(out_dir), "-n", "2", "--context", "12")
     assert code == 2
     _one_line_error(err, "0..9")

@@ -247,3 +247,165 @@ def test_ctrl_c_exits_130_after_its_checkpoint(tmp_path):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert any((out / "checkpoints").glob("step-*")), err
+
+
+# --------------------------------------------------------------- conditional runs, as used
+@pytest.fixture(scope="module")
+def conditional(tmp_path_factory) -> Path:
+    """A tiny conditional run: 2-D points, one context uniform on [0, 1] (training mean about
+    0.5, std about 0.29, so mean +- 4 std is about -0.65..1.65)."""
+    root = tmp_path_factory.mktemp("conditional")
+    rng = np.random.default_rng(0)
+    c = rng.uniform(size=(300, 1))
+    np.savetxt(root / "x.csv", rng.normal(size=(300, 2)) + c, delimiter=",")
+    np.savetxt(root / "c.csv", c, delimiter=",")
+    argv = ["train", *TINY, "--data", "x.csv", "--context", "c.csv", "--steps", "5"]
+    result = iresnet(*argv, "--out", "run", cwd=root)
+    assert result.returncode == 0, result.stderr
+    return root / "run"
+
+
+def warnings_of(result: subprocess.CompletedProcess[str]) -> list[str]:
+    return [ln for ln in result.stderr.splitlines() if "warning" in ln]
+
+
+def test_a_conditional_sample_file_says_which_context_each_row_came_from(conditional, tmp_path):
+    result = iresnet(
+        "sample",
+        str(conditional),
+        "--context",
+        "0.25;0.75",
+        "-n",
+        "3",
+        "--out",
+        "s.csv",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = (tmp_path / "s.csv").read_text().splitlines()
+    assert lines[0] == "x1,x2,c1" and len(lines) == 7
+    table = np.loadtxt(tmp_path / "s.csv", delimiter=",", skiprows=1)
+    assert table[:, 2].tolist() == [0.25] * 3 + [0.75] * 3
+    result = iresnet(
+        "sample",
+        str(conditional),
+        "--context",
+        "0.25;0.75",
+        "-n",
+        "3",
+        "--out",
+        "s.npy",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0 and "their contexts to s.contexts.npy" in result.stdout
+    x, c = np.load(tmp_path / "s.npy"), np.load(tmp_path / "s.contexts.npy")
+    assert x.shape == (6, 2) and c.tolist() == [[0.25]] * 3 + [[0.75]] * 3
+    np.testing.assert_allclose(x, table[:, :2], rtol=1e-6)  # the same seed, the same samples
+    # the pair reads back as data and contexts, row by row
+    result = iresnet(
+        "score",
+        str(conditional),
+        "--data",
+        "s.npy",
+        "--context",
+        "s.contexts.npy",
+        "--out",
+        "logp.csv",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    # an existing contexts file is not replaced without --overwrite
+    result = iresnet("sample", str(conditional), "--out", "s2.npy", cwd=tmp_path)
+    assert result.returncode == 0 and (tmp_path / "s2.contexts.npy").is_file()
+    (tmp_path / "s2.npy").unlink()
+    one_line_error(
+        iresnet("sample", str(conditional), "--out", "s2.npy", cwd=tmp_path),
+        "s2.contexts.npy exists",
+    )
+
+
+def test_an_unconditional_sample_file_is_as_it_was(trained, tmp_path):
+    run, _ = trained
+    for name in ("u.csv", "u.npy"):
+        result = iresnet("sample", str(run), "-n", "4", "--out", name, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+    assert np.loadtxt(tmp_path / "u.csv", delimiter=",").shape == (4, 2)  # no header
+    assert np.load(tmp_path / "u.npy").shape == (4, 2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["u.csv", "u.npy"]
+
+
+def test_contexts_far_outside_the_training_range_warn_in_one_line_and_still_answer(
+    conditional, tmp_path
+):
+    np.save(tmp_path / "x.npy", np.zeros((3, 2)))
+    saved = json.loads((conditional / "data.json").read_text())["context_standardizer"]
+    (mean,), (std,) = saved["mean"], saved["std"]
+    span = f"{mean - 4 * std:.4g}..{mean + 4 * std:.4g}"  # about -0.65..1.65
+    assert -0.3 > mean - 4 * std and 1.2 < mean + 4 * std < 7
+    inside = [
+        ("sample", str(conditional), "--context", "1.2", "-n", "2", "--out", "a.npy"),
+        ("score", str(conditional), "--data", "x.npy", "--context", "-0.3", "--out", "a.csv"),
+    ]
+    for argv in inside:
+        result = iresnet(*argv, cwd=tmp_path)
+        assert result.returncode == 0 and warnings_of(result) == [], result.stderr
+    outside = [
+        ("sample", str(conditional), "--context", "0.5;7", "-n", "2", "--out", "b.npy"),
+        ("score", str(conditional), "--data", "x.npy", "--context", "7", "--out", "b.csv"),
+    ]
+    for argv in outside:
+        result = iresnet(*argv, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr  # never refused
+        (line,) = warnings_of(result)
+        assert line.startswith(f"iresnet {argv[0]}: warning: "), line
+        for needle in ("column 1 = 7 ", f"training range mean +- 4 std: {span}", "extrapolates"):
+            assert needle in line, (needle, line)
+
+
+def test_score_takes_a_context_as_sample_does(conditional, tmp_path):
+    np.save(tmp_path / "x.npy", np.random.default_rng(1).normal(size=(5, 2)))
+    np.save(tmp_path / "c.npy", np.full((5, 1), 0.5))
+    for context, out in (("c.npy", "file.csv"), ("0.5", "number.csv")):
+        result = iresnet(
+            "score",
+            str(conditional),
+            "--data",
+            "x.npy",
+            "--context",
+            context,
+            "--out",
+            out,
+            cwd=tmp_path,
+        )
+        assert result.returncode == 0, result.stderr
+    assert (tmp_path / "number.csv").read_text() == (tmp_path / "file.csv").read_text()
+    wrong = [
+        iresnet(cmd, str(conditional), *argv, "--context", "1,2", "--out", out, cwd=tmp_path)
+        for cmd, argv, out in (("score", ["--data", "x.npy"], "w.csv"), ("sample", [], "w.npy"))
+    ]
+    lines = [one_line_error(r, "expected contexts with 1 value(s) per row, got 2") for r in wrong]
+    assert lines[0].split("error: ")[1] == lines[1].split("error: ")[1]
+    one_line_error(
+        iresnet(
+            "score",
+            str(conditional),
+            "--data",
+            "x.npy",
+            "--context",
+            "0.1;0.2",
+            "--out",
+            "w.csv",
+            cwd=tmp_path,
+        ),
+        "2 context rows for 5 points",
+    )
+
+
+def test_a_scalar_context_file_is_named_by_its_shape(conditional, tmp_path):
+    np.save(tmp_path / "z.npy", np.float64(0.5))
+    np.save(tmp_path / "x.npy", np.zeros((3, 2)))
+    for argv in (
+        ("sample", str(conditional), "--context", "z.npy", "--out", "s.npy"),
+        ("score", str(conditional), "--data", "x.npy", "--context", "z.npy", "--out", "o.csv"),
+    ):
+        one_line_error(iresnet(*argv, cwd=tmp_path), "z.npy", "shape (m, k) or (k,)", "of shape ()")

@@ -4,6 +4,7 @@ context, the estimators in ``x`` only, and mistakes named in one line (float64 r
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -298,7 +299,7 @@ def test_context_mistakes_are_named_in_one_line():
     x = torch.randn(3, 2)
     cases = [
         (lambda: flow.log_prob(x), "this flow is conditional"),
-        (lambda: flow(torch.randn(3, 2)), r"\(\*batch, 1\)"),
+        (lambda: flow(torch.randn(3, 2)), r"\(B, 1\) or \(1,\), got \(3, 2\)"),
         (lambda: flow(torch.randn(3, 1).double()), "float64"),
         (lambda: flow(torch.tensor([[math.nan]])), "NaN"),
         (lambda: flow(torch.randn(3, 1)).log_prob(torch.randn(4, 2)), "broadcast"),
@@ -316,6 +317,30 @@ def test_context_mistakes_are_named_in_one_line():
         iresnet.ResidualFlow(2, context=-1)
     with pytest.raises(ValueError, match="conditional"):
         iresnet.Flow([flow.transform[2]], event_shape=(2,))  # context=0 for a conditional block
+
+
+def test_a_0d_context_is_named_with_the_shape_received_and_the_shapes_expected():
+    """A scalar tensor has no context axis: the message shows ``()`` and ``(B, k)`` or ``(k,)``
+    (not the shape of an internal reshape), for ``flow(c)``, ``log_prob`` and ``sample``."""
+    flow = _flow().eval()
+    scalar = torch.tensor(0.5)
+    calls = {
+        "flow(c)": lambda: flow(scalar),
+        "log_prob": lambda: flow.log_prob(torch.randn(3, 2), scalar),
+        "sample": lambda: flow.sample(3, c=scalar),
+    }
+    for where, call in calls.items():
+        with pytest.raises(DataError) as info:
+            call()
+        assert str(info.value) == (
+            f"{where}: expected contexts of shape (B, 1) or (1,), got (); a 0-d tensor has no "
+            "context axis: pass c.reshape(1)"
+        )
+    wide = iresnet.ResidualFlow(2, context=3, transforms=1, hidden_features=(8,))
+    for c, shape in ((scalar, "()"), (torch.zeros(2), "(2,)")):
+        with pytest.raises(DataError, match=re.escape(f"(B, 3) or (3,), got {shape}")):
+            wide(c)
+    assert flow.log_prob(torch.randn(3, 2), torch.tensor([0.5])).shape == (3,)  # (k,) works
 
 
 @pytest.mark.parametrize("memory_efficient", [False, True])

@@ -210,7 +210,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--out",
         type=Path,
         default=None,
-        help="output file: .npy (array), .csv or .png (picture); default RUN_DIR/samples.npy",
+        help="output file: .npy (array), .csv or .png (picture); default RUN_DIR/samples.npy. "
+        "Conditional runs keep each sample's context: a .csv gets a header and the columns "
+        "x1..xd, c1..ck (or label, for class-conditional runs); a .npy is paired with "
+        "NAME.contexts.npy, row i the context of sample i (a file --context reads back)",
     )
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument(
@@ -241,7 +244,11 @@ def build_parser() -> argparse.ArgumentParser:
         "for image runs",
     )
     p.add_argument(
-        "--context", type=Path, default=None, help="conditional runs: (N, k) contexts, row by row"
+        "--context",
+        default=None,
+        help="conditional runs: a .npy/.csv file of (N, k) contexts, row i the context of "
+        "point i; or numbers 'a,b' (one context for every point), as `iresnet sample` takes "
+        "them",
     )
     p.add_argument(
         "--out",
@@ -528,14 +535,18 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     task = trained.task
     contexts = None
     if args.context is not None:
-        contexts = scoring.parse_sample_contexts(task, args.context)
+        contexts = scoring.parse_contexts(task, args.context)
     elif getattr(task, "context_dim", 0):
         contexts = task.default_contexts()  # type: ignore[attr-defined]
     out = args.out or trained.run.path / "samples.npy"
-    inputs = [*trained.run.input_files()]
-    if args.context is not None and Path(args.context).suffix in (".npy", ".csv"):
-        inputs.append(Path(args.context))
-    _check_out(out, inputs, args.overwrite and args.out is not None, default=args.out is None)
+    inputs = [*trained.run.input_files(), *_context_file(args.context)]
+    overwrite = args.overwrite and args.out is not None
+    _check_out(out, inputs, overwrite, default=args.out is None)
+    contexts_out = None
+    if contexts is not None and out.suffix == ".npy":
+        contexts_out = out.with_name(f"{out.stem}.contexts.npy")
+        _check_out(contexts_out, inputs, overwrite, default=args.out is None)
+    _warn(args.command, scoring.extrapolation_warning(task, contexts))
     torch.manual_seed(args.seed)
     chunks, converged, worst, bound = [], True, 0.0, None
     if contexts is not None:
@@ -577,11 +588,24 @@ def _cmd_sample(args: argparse.Namespace) -> int:
             plots.plot_density_comparison(x, {}, out, data_title=title)
         else:
             raise ConfigError("a .png needs 2-D points or images; save .npy or .csv instead")
+    elif out.suffix == ".csv" and contexts is not None:  # samples and contexts side by side
+        flat = x.reshape(x.shape[0], -1).numpy()
+        c, names = scoring.context_columns(task, contexts.repeat_interleave(args.num, 0))
+        header = ",".join([*(f"x{j + 1}" for j in range(flat.shape[1])), *names])
+        fmt = ["%.18e"] * flat.shape[1] + ["%d" if c.dtype.kind == "i" else "%.18e"] * len(names)
+        table = np.concatenate([flat, c.astype(np.float64)], axis=1)
+        atomic_write(
+            out,
+            lambda fh: np.savetxt(fh, table, delimiter=",", fmt=fmt, header=header, comments=""),
+        )
     elif out.suffix == ".csv":  # atomic: a full disk leaves no torn file
         atomic_write(
             out, lambda fh: np.savetxt(fh, x.reshape(x.shape[0], -1).numpy(), delimiter=",")
         )
     elif out.suffix == ".npy":
+        if contexts is not None and contexts_out is not None:  # the pair: contexts first
+            c, _ = scoring.context_columns(task, contexts.repeat_interleave(args.num, 0))
+            atomic_write(contexts_out, lambda fh: np.save(fh, c))
         atomic_write(out, lambda fh: np.save(fh, x.numpy()))
     else:
         raise ConfigError(f"--out must end in .npy, .csv or .png, got '{out.suffix}'")
@@ -591,11 +615,30 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         shown = "; ".join(", ".join(f"{v:.4g}" for v in row) for row in contexts.tolist()[:8])
         more = ", ..." if contexts.shape[0] > 8 else ""
         per = f" ({args.num} at each of {contexts.shape[0]} contexts, in order: {shown}{more})"
+    paired = ""
+    if contexts_out is not None:
+        paired = f", their contexts to {contexts_out}"
+    elif contexts is not None and out.suffix == ".csv":
+        paired = " (with their contexts as columns)"
     print(
-        f"wrote {x.shape[0]} samples{per} to {out} (inverse converged: {converged}, "
+        f"wrote {x.shape[0]} samples{per} to {out}{paired} (inverse converged: {converged}, "
         f"largest final step {worst:.2e}{certified})"
     )
     return 0
+
+
+def _context_file(spec: str | None) -> list[Path]:
+    """``--context`` as an input file (a ``.npy`` / ``.csv`` path), else nothing."""
+    return (
+        [Path(spec)] if spec is not None and Path(spec).suffix.lower() in (".npy", ".csv") else []
+    )
+
+
+def _warn(command: str, message: str | None) -> None:
+    """A warning the user should see, as one line on stderr (even when Python's warnings are
+    silenced)."""
+    if message:
+        print(f"iresnet {command}: warning: {message}", file=sys.stderr)
 
 
 def _check_out(out: Path, inputs: list[Path], overwrite: bool, default: bool = False) -> None:
@@ -615,12 +658,13 @@ def _cmd_score(args: argparse.Namespace) -> int:
     if args.repeats < 2:
         raise ConfigError(f"--repeats must be >= 2 (the SE needs two draws), got {args.repeats}")
     run = Run(args.run_dir)
-    inputs = [args.data, *([args.context] if args.context is not None else []), *run.input_files()]
+    inputs = [args.data, *_context_file(args.context), *run.input_files()]
     _check_out(args.out, inputs, args.overwrite)
     trained = load_run(args.run_dir, device=args.device, data=False)
     result = scoring.score_file(
         trained.task, trained.model, args.data, args.context, repeats=args.repeats
     )
+    _warn(args.command, scoring.extrapolation_warning(trained.task, result.contexts))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     table = np.stack([result.columns[c] for c in result.columns], axis=1)
     if args.out.suffix == ".csv":

@@ -25,16 +25,30 @@ from ..transforms import swap_logdets
 from .tasks import DensityTask, Task
 from .tasks.base import evaluating, scoring_estimator
 
-__all__ = ["ScoreResult", "parse_sample_contexts", "read_contexts", "score_file"]
+__all__ = [
+    "ScoreResult",
+    "context_columns",
+    "extrapolation_warning",
+    "parse_contexts",
+    "read_contexts",
+    "score_file",
+]
+
+#: Training standard deviations from the training contexts' mean beyond which a context is
+#: far outside the training range (a uniform context's range is mean +- 1.73 std).
+EXTRAPOLATION_STDS = 4.0
 
 
 @dataclass
 class ScoreResult:
     """Per-point columns (``log_prob`` in nats; ``log_prob_se`` for a stochastic estimator;
-    ``bpd`` and ``bpd_se`` for images) and the estimator's name."""
+    ``bpd`` and ``bpd_se`` for images), the estimator's name, and the contexts the points were
+    scored at as given (as the flow takes them: one row per point, or one row for every point;
+    None for an unconditional run)."""
 
     columns: dict[str, np.ndarray]
     estimator: str
+    contexts: torch.Tensor | None = None
 
 
 def _density_task(task: Task) -> DensityTask:
@@ -82,7 +96,10 @@ def read_contexts(path: Path) -> np.ndarray:
         except (ValueError, OSError) as exc:
             raise DataError(f"{path}: not a plain numeric .npy array ({exc})") from None
         if arr.dtype.kind not in "biuf" or arr.ndim not in (1, 2) or arr.size == 0:
-            raise DataError(f"{path}: expected a numeric (m, k) array, got {arr.dtype} {arr.shape}")
+            raise DataError(
+                f"{path}: expected numeric contexts of shape (m, k) or (k,), got {arr.dtype} "
+                f"array of shape {arr.shape}"
+            )
         return np.atleast_2d(arr.astype(np.float64)) if arr.ndim == 2 else arr.astype(np.float64)
     if path.suffix.lower() == ".csv" and path.is_file():
         if sum(1 for line in path.read_text(encoding="utf-8").splitlines() if line.strip()) < 2:
@@ -94,32 +111,77 @@ def read_contexts(path: Path) -> np.ndarray:
     raise DataError(f"{path}: no such .npy or .csv file of contexts")
 
 
-def parse_sample_contexts(task: Task, spec: str) -> torch.Tensor:
-    """``--context`` of ``iresnet sample``: ``'a,b'`` (one context), ``'a,b;c,d'`` (several),
-    a class label, or a ``.npy`` / ``.csv`` file of rows; returned as the flow takes them.
+def parse_contexts(task: Task, spec: str | Path) -> torch.Tensor:
+    """``--context`` of ``iresnet sample`` and ``iresnet score``: ``'a,b'`` (one context),
+    ``'a,b;c,d'`` (several), a class label, or a ``.npy`` / ``.csv`` file of rows; returned as
+    the flow takes them, ``(m, k)``.
 
     Raises:
         ConfigError: the run is not conditional, or not a density run.
-        DataError: a malformed or ill-sized context.
+        DataError: a malformed or ill-sized context, or a file that is not there.
     """
     task = _density_task(task)
     if not task.context_dim:
-        raise ConfigError("--context: this run is not conditional; sample without it")
+        raise ConfigError("--context: this run is not conditional; leave it out")
+    spec = str(spec)
     path = Path(spec)
+    where = "--context"
     if path.suffix.lower() in (".npy", ".csv"):
-        values = read_contexts(path)
+        values, where = read_contexts(path), str(path)
     else:
         try:
             rows = [[float(v) for v in part.split(",")] for part in spec.split(";") if part]
         except ValueError:
             raise DataError(
-                f"--context {spec!r}: expected numbers 'a,b', several contexts 'a,b;c,d', or a "
-                ".npy/.csv file"
+                f"--context {spec!r}: not numbers ('a,b' for one context, 'a,b;c,d' for "
+                "several) and no such .npy or .csv file of contexts"
             ) from None
         if not rows or len({len(r) for r in rows}) != 1:
             raise DataError(f"--context {spec!r}: every context needs the same number of values")
         values = np.asarray(rows, dtype=np.float64)
-    return _as_contexts(task, values, "--context")
+    return _as_contexts(task, values, where)
+
+
+def context_columns(task: Task, contexts: torch.Tensor) -> tuple[np.ndarray, list[str]]:
+    """Contexts ``(m, k)`` as a user writes them, with column names: ``c1..ck`` floats, or
+    one integer column ``label`` for class-conditional runs (the form ``--context`` reads)."""
+    task = _density_task(task)
+    c = contexts.detach().double().cpu()
+    if task.data.class_context:
+        return c.argmax(1, keepdim=True).numpy().astype(np.int64), ["label"]
+    return c.numpy(), [f"c{j + 1}" for j in range(c.shape[1])]
+
+
+def extrapolation_warning(task: Task, contexts: torch.Tensor | None) -> str | None:
+    """One line when a context lies more than ``EXTRAPOLATION_STDS`` training standard
+    deviations from the training contexts' mean (the statistics the run saved): the column,
+    the value, the training range, and that the flow extrapolates there; None when every
+    context is inside (or the run has no such statistics, as for class labels, which are
+    checked against the classes instead)."""
+    if contexts is None or not isinstance(task, DensityTask):
+        return None
+    std = task.data.context_standardizer
+    if std is None or task.data.class_context:
+        return None
+    c = contexts.detach().double().cpu().numpy()
+    mean, sd = np.asarray(std.mean), np.asarray(std.std)
+    if c.ndim != 2 or c.shape[1] != mean.shape[0]:
+        return None
+    z = np.abs(c - mean) / sd
+    far = z > EXTRAPOLATION_STDS
+    if not far.any():
+        return None
+    i, j = np.unravel_index(int(np.argmax(z)), z.shape)
+    lo = mean[j] - EXTRAPOLATION_STDS * sd[j]
+    hi = mean[j] + EXTRAPOLATION_STDS * sd[j]
+    rows = int(far.any(1).sum())
+    which = f"{rows} of {c.shape[0]} contexts lie" if c.shape[0] > 1 else "the context lies"
+    return (
+        f"{which} far outside the training contexts: column {j + 1} = {c[i, j]:.6g} is "
+        f"{z[i, j]:.1f} training standard deviations from their mean {mean[j]:.4g} (training "
+        f"range mean +- {EXTRAPOLATION_STDS:g} std: {lo:.4g}..{hi:.4g}); the flow extrapolates "
+        "there, so its samples and densities are not backed by data"
+    )
 
 
 def _read_points(task: DensityTask, path: Path) -> torch.Tensor:
@@ -159,12 +221,15 @@ def score_file(
     task: Task,
     model: nn.Module,
     data_path: Path,
-    context_path: Path | None = None,
+    context: str | Path | None = None,
     *,
     repeats: int = 8,
     batch_size: int = 1024,
 ) -> ScoreResult:
-    """Score the points of ``data_path`` (at the contexts of ``context_path``) under ``model``.
+    """Score the points of ``data_path`` under ``model``; a conditional run at ``context``:
+    a ``.npy`` / ``.csv`` file of one context row per point, or the forms of
+    [`parse_contexts`][iresnet.app.scoring.parse_contexts] (one context for every point, or as
+    many as there are points).
 
     Raises:
         ConfigError: not a density run; contexts given to an unconditional run or missing for
@@ -175,17 +240,24 @@ def score_file(
     """
     task = _density_task(task)
     x = _read_points(task, data_path)
-    c = None
+    c = given = None
     if task.context_dim:
-        if context_path is None:
-            raise ConfigError("this run is conditional: pass --context FILE, one row per point")
-        c = _as_contexts(task, read_contexts(context_path), str(context_path))
-        if c.shape[0] != x.shape[0]:
-            raise DataError(
-                f"{context_path}: {c.shape[0]} context rows for {x.shape[0]} points; give one "
-                "context per point"
+        if context is None:
+            raise ConfigError(
+                "this run is conditional: pass --context, a file of one row per point or one "
+                "context for every point ('a,b')"
             )
-    elif context_path is not None:
+        c = given = parse_contexts(task, context)
+        is_file = Path(str(context)).suffix.lower() in (".npy", ".csv")
+        if c.shape[0] == 1 and not is_file:
+            c = c.expand(x.shape[0], -1)
+        if c.shape[0] != x.shape[0]:
+            where = str(context) if is_file else f"--context {str(context)!r}"
+            raise DataError(
+                f"{where}: {c.shape[0]} context rows for {x.shape[0]} points; give one "
+                "context per point, or a single context ('a,b') for every point"
+            )
+    elif context is not None:
         raise ConfigError("--context: this run is not conditional; score without it")
     name, estimator = scoring_estimator(task.dim)
     stochastic = name != "exact" or task.images  # dequantisation noise is random too
@@ -213,4 +285,4 @@ def score_file(
         bad = int(np.argmin(np.isfinite(columns["log_prob"])))
         raise DataError(f"{data_path}: point {bad} has a non-finite log-density under the model")
     label = name + (" + uniform dequantisation" if task.images else "")
-    return ScoreResult(columns, label)
+    return ScoreResult(columns, label, given)

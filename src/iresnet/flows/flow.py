@@ -356,6 +356,13 @@ class Flow(nn.Module):
             )
         if not isinstance(c, Tensor):
             raise TypeError(f"{where}: expected the contexts as a torch.Tensor, got {type(c)}")
+        if c.dim() == 0 or c.shape[-1] != self.context:
+            k = self.context
+            hint = "; a 0-d tensor has no context axis: pass c.reshape(1)" if c.dim() == 0 else ""
+            raise DataError(
+                f"{where}: expected contexts of shape (B, {k}) or ({k},), got "
+                f"{tuple(c.shape)}{hint if k == 1 else ''}"
+            )
         check_input(
             c if c.dim() > 1 else c.unsqueeze(0),
             f"{where} context",
@@ -376,7 +383,10 @@ class Flow(nn.Module):
         Raises:
             DataError: see [`check_context`][iresnet.flows.flow.Flow.check_context].
         """
-        c = self.check_context(c, "flow(c)")
+        return self._distribution(c, "flow(c)")
+
+    def _distribution(self, c: Tensor | None, where: str) -> FlowDistribution:
+        c = self.check_context(c, where)
         return FlowDistribution(
             self.transform, self.base(), self.event_shape, self.validate, context=c
         )
@@ -388,7 +398,7 @@ class Flow(nn.Module):
         Raises:
             ValueError: a wrong shape, or NaN/Inf (with ``validate``).
         """
-        return self(c).log_prob(x)
+        return self._distribution(c, "log_prob").log_prob(x)
 
     def _sample_contexts(self, n: int, c: Tensor | None) -> Tensor | None:
         c = self.check_context(c, "sample")
