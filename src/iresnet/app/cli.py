@@ -614,7 +614,9 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     if contexts is not None:
         shown = "; ".join(", ".join(f"{v:.4g}" for v in row) for row in contexts.tolist()[:8])
         more = ", ..." if contexts.shape[0] > 8 else ""
-        per = f" ({args.num} at each of {contexts.shape[0]} contexts, in order: {shown}{more})"
+        n = contexts.shape[0]
+        where = "the context" if n == 1 else f"each of {n} contexts, in order:"
+        per = f" ({args.num} at {where} {shown}{more})"
     paired = ""
     if contexts_out is not None:
         paired = f", their contexts to {contexts_out}"
