@@ -36,6 +36,20 @@ __all__ = [
 ]
 
 
+Adjoint = Callable[
+    [Tensor, Tensor | None, bool], tuple[Tensor | None, Tensor, list[tuple[Tensor, Tensor]]]
+]
+"""``adjoint(c, r, need_c) -> (c_in, r_in, pairs)`` of a layer's ``linearize_adjoint``: the
+cotangents of its pushed tangents (``c``) and of its output (``r``, None for zero) carried back
+to its input, and ``(tensor, gradient)`` pairs for the differentiable tensors it used (see
+[`linearize_adjoint`][iresnet.ops.jacobian.linearize_adjoint])."""
+
+
+def _lipswish_slope(z: Tensor, s: Tensor) -> Tensor:
+    """LipSwish's slope ``(s + z s (1 - s)) / 1.1`` from ``z = beta x`` and ``s = sigmoid(z)``."""
+    return torch.addcmul(s, z, s - s * s) / 1.1
+
+
 class LipSwish(nn.Module):
     """LipSwish: ``f(x) = x * sigmoid(beta x) / 1.1`` (Residual Flows eq. (10)).
 
@@ -85,15 +99,54 @@ class LipSwish(nn.Module):
         """``f(x)`` and ``f'(x) t`` (with their graphs; None without tangents ``t``), and
         ``vjp(w) = w * f'(x)`` in closed form (no graph)."""
         beta = self.beta
-        s = torch.sigmoid(beta * x)
+        z = beta * x
+        s = torch.sigmoid(z)
         y = x * s / 1.1
         if t is None:
             with torch.no_grad():
-                slope = (s + beta * x * s * (1 - s)) / 1.1
+                slope = _lipswish_slope(z, s)
             return y, None, lambda w: w * slope
-        slope = (s + beta * x * s * (1 - s)) / 1.1
+        slope = _lipswish_slope(z, s)
         fixed = slope.detach()
         return y, slope * t, lambda w: w * fixed
+
+    def linearize_adjoint(
+        self, x: Tensor, t: Tensor
+    ) -> tuple[Tensor, Tensor, Callable[[Tensor], Tensor], Adjoint]:
+        """``f(x)`` (with its graph), ``f'(x) t`` (no graph), ``vjp(w) = w * f'(x)`` and the
+        adjoint of the tangent map, for the Neumann surrogate's gradient in closed form.
+
+        ``adjoint(c, r, need_c) -> (c', r', pairs)``: ``c`` ``(m, *x.shape)`` is the cotangent
+        of the pushed tangents ``f'(x) t``, ``r`` (or None for zero) that of ``f(x)``; returns
+        ``c' = f'(x) c`` (None unless ``need_c``), ``r' = f'(x) r + f''(x) sum_m c t`` (the
+        cotangent of ``x``) and ``[(beta, d/d beta)]``, with ``f''(x) = beta h'(z) / 1.1``,
+        ``h'(z) = s (1 - s) (2 + z (1 - 2 s))``, ``df/dbeta = x^2 s (1 - s) / 1.1`` and
+        ``df'/dbeta = x h'(z) / 1.1`` (``z = beta x``, ``s = sigmoid(z)``)."""
+        beta = self.beta
+        z = beta * x
+        s = torch.sigmoid(z)
+        y = x * s / 1.1
+        with torch.no_grad():
+            z, s, b, x = z.detach(), s.detach(), beta.detach(), x.detach()
+            ds = s - s * s
+            slope = torch.addcmul(s, z, ds).div_(1.1)
+            t_out = slope * t
+
+        def adjoint(
+            c: Tensor, r: Tensor | None, need_c: bool
+        ) -> tuple[Tensor | None, Tensor, list[tuple[Tensor, Tensor]]]:
+            with torch.no_grad():
+                curvature = (1 - 2 * s).mul_(z).add_(2).mul_(ds).div_(1.1)  # h'(z) / 1.1
+                q = (c * t).sum(0).mul_(curvature)
+                r_in = q * b
+                grad_beta = (q * x).sum()
+                if r is not None:
+                    r_in.addcmul_(r, slope)
+                    grad_beta += (r * x).mul_(x).mul_(ds).sum() / 1.1
+                c_in = c * slope if need_c else None
+            return c_in, r_in, [(beta, grad_beta)]
+
+        return y, t_out, lambda w: w * slope, adjoint
 
     def jvp(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """Forward-mode derivative: ``(f(x), f'(x) t)``.
@@ -107,11 +160,9 @@ class LipSwish(nn.Module):
         Returns:
             ``f(x)`` of ``x``'s shape and ``f'(x) t`` of ``t``'s shape.
         """
-        beta = self.beta
-        s = torch.sigmoid(beta * x)
-        y = x * s / 1.1
-        dy = (s + beta * x * s * (1 - s)) / 1.1
-        return y, dy * t
+        z = self.beta * x
+        s = torch.sigmoid(z)
+        return x * s / 1.1, _lipswish_slope(z, s) * t
 
     def lipschitz_bound(self) -> float:
         """1.0: the slope never exceeds 1."""

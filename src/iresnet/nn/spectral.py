@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..checks import check_input, check_size
+from .activations import Adjoint
 from .attributes import temporarily_set
 from .bounds import Bound, conv2d_exact_norm, conv2d_operator_bound, linear_operator_bound
 
@@ -620,6 +621,46 @@ class SpectralLinear(_SpectralNormMixin, nn.Linear):
         jt = None if t is None else F.linear(t, weight)
         return F.linear(x, weight, self.bias), jt, lambda w: w @ fixed
 
+    def linearize_adjoint(
+        self, x: Tensor, t: Tensor
+    ) -> tuple[Tensor, Tensor, Callable[[Tensor], Tensor], Adjoint]:
+        """``W_hat x + b`` (with its graph), ``W_hat t`` (no graph), ``vjp(w) = w W_hat`` and the
+        adjoint of the tangent map (see
+        [`linearize_adjoint`][iresnet.ops.jacobian.linearize_adjoint]): cotangents ``c`` of
+        ``W_hat t`` and ``r`` of the output give ``c W_hat``, ``r W_hat`` and the gradients
+        ``sum c^T t + r^T x`` of ``W_hat`` and ``sum r`` of the bias.
+
+        Raises:
+            DataError: as ``forward``.
+        """
+        check_input(x, "SpectralLinear", like=self)
+        check_size(x, "SpectralLinear", -1, self.in_features, "input features")
+        weight = self.normalized_weight()
+        y = F.linear(x, weight, self.bias)
+        with torch.no_grad():
+            fixed, xd = weight.detach(), x.detach()
+            t_out = F.linear(t, fixed)
+
+        def adjoint(
+            c: Tensor, r: Tensor | None, need_c: bool
+        ) -> tuple[Tensor | None, Tensor | None, list[tuple[Tensor, Tensor]]]:
+            with torch.no_grad():
+                out, inp = self.out_features, self.in_features
+                grad_w = c.reshape(-1, out).t() @ t.reshape(-1, inp)
+                pairs = []
+                r_in = None
+                if r is not None:
+                    r2 = r.reshape(-1, out)
+                    grad_w.addmm_(r2.t(), xd.reshape(-1, inp))
+                    if self.bias is not None:
+                        pairs.append((self.bias, r2.sum(0)))
+                    r_in = r @ fixed
+                pairs.append((weight, grad_w))
+                c_in = c @ fixed if need_c else None
+            return c_in, r_in, pairs
+
+        return y, t_out, lambda w: w @ fixed, adjoint
+
     def jvp(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """Forward-mode derivative: ``(W_hat x + b, W_hat t)``.
 
@@ -800,6 +841,60 @@ class SpectralConv2d(_SpectralNormMixin, nn.Conv2d):
             tt = self._conv_forward(t.reshape(-1, *t.shape[2:]), weight, None)
             jt = tt.reshape(*t.shape[:2], *tt.shape[1:])
         return self._conv_forward(x, weight, self.bias), jt, vjp
+
+    def linearize_adjoint(
+        self, x: Tensor, t: Tensor
+    ) -> tuple[Tensor, Tensor, Callable[[Tensor], Tensor], Adjoint]:
+        """``conv(x)`` (with its graph), ``conv_without_bias(t)`` (no graph), the transposed
+        convolution as ``vjp`` and the adjoint of the tangent map (see
+        [`linearize_adjoint`][iresnet.ops.jacobian.linearize_adjoint]): cotangents ``c`` of the
+        pushed tangents and ``r`` of the output go back through the transposed convolution, and
+        the kernel's gradient is one weight-gradient convolution over both (tangents and input
+        stacked along the batch).
+
+        Raises:
+            DataError: as ``forward``.
+        """
+        check_input(x, "SpectralConv2d", like=self)
+        check_size(x, "SpectralConv2d", -3, self.in_channels, "input channels")
+        self._ensure_vectors(x)
+        weight = self.normalized_weight()
+        y = self._conv_forward(x, weight, self.bias)
+        stride, padding = self.stride, self.padding
+        with torch.no_grad():
+            fixed, xd = weight.detach(), x.detach()
+            tf = t.reshape(-1, *t.shape[2:])
+            tt = self._conv_forward(tf, fixed, None)
+            t_out = tt.reshape(*t.shape[:2], *tt.shape[1:])
+
+        def back(w: Tensor, shape: torch.Size) -> Tensor:
+            return torch.nn.grad.conv2d_input(shape, fixed, w, stride, padding)
+
+        def adjoint(
+            c: Tensor, r: Tensor | None, need_c: bool
+        ) -> tuple[Tensor | None, Tensor | None, list[tuple[Tensor, Tensor]]]:
+            with torch.no_grad():
+                cf = c.reshape(-1, *c.shape[2:])
+                pairs = []
+                cots, ins = cf, tf
+                if r is not None:
+                    cots, ins = torch.cat([cf, r]), torch.cat([tf, xd])
+                    if self.bias is not None:
+                        pairs.append((self.bias, r.sum((0, 2, 3))))
+                grad_w = torch.nn.grad.conv2d_weight(ins, fixed.shape, cots, stride, padding)
+                pairs.append((weight, grad_w))
+                c_in = r_in = None
+                if need_c and r is not None:
+                    both = back(cots, ins.shape)
+                    c_in = both[: cf.shape[0]].reshape(*c.shape[:2], *both.shape[1:])
+                    r_in = both[cf.shape[0] :]
+                elif need_c:
+                    c_in = back(cf, tf.shape).reshape(*t.shape)
+                elif r is not None:
+                    r_in = back(r, xd.shape)
+            return c_in, r_in, pairs
+
+        return y, t_out, lambda w: back(w, x.shape), adjoint
 
     def jvp(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """Forward-mode derivative: ``(conv(x), conv_without_bias(t))``.

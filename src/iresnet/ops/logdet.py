@@ -49,7 +49,7 @@ from torch import Tensor, nn
 
 from ..checks import check_input
 from ..errors import RouletteVarianceWarning
-from .jacobian import jacobian, linearize
+from .jacobian import SurrogateGrad, jacobian, linearize, linearize_adjoint
 from .roulette import roulette_for_lipschitz, roulette_variance_bound, roulette_variance_is_finite
 
 __all__ = [
@@ -172,6 +172,7 @@ def _series(
     need_graph: bool,
     vjp: Callable[[Tensor], Tensor] | None = None,
     jv: Tensor | None = None,
+    neumann_out: list[Tensor] | None = None,
 ) -> Tensor:
     """The series estimate from the graph ``gx = g(x)``; see ``series_logdet``.
 
@@ -179,7 +180,10 @@ def _series(
     (its own number of terms; summed, the lists carry any averaging). From
     [`linearize`][iresnet.ops.jacobian.linearize]: ``vjp``, the closed-form ``w -> w J`` for
     the terms that need no graph, and ``jv``, the probes pushed forward (``J v`` with its
-    graph), for the Neumann gradient's surrogate."""
+    graph), for the Neumann gradient's surrogate. With ``neumann_out`` (a list), the Neumann
+    vectors, divided by the probes' averaging, are appended to it instead (one per probe, no
+    graph): the surrogate's gradient is then formed by the caller, and the value returned
+    carries none."""
     per_probe = len(weights) > 0 and isinstance(weights[0], Sequence)
     lists: Sequence[Sequence[float]] = (
         weights if per_probe else [weights] * probes.shape[0]  # type: ignore[assignment,list-item]
@@ -201,7 +205,9 @@ def _series(
             value = value + ((-1) ** (k + 1) * probe_weights[k - 1] / k) * _batch_dot(w, v)
             if neumann_gradient and k < n:
                 neumann = neumann + ((-1) ** k * probe_weights[k]) * w
-        if neumann_gradient and need_graph:
+        if neumann_out is not None:
+            neumann_out.append(neumann.detach())
+        elif neumann_gradient and need_graph:
             # Surrogate neumann^T J v: its gradient is the Neumann-series gradient estimate.
             if jv is not None:  # J v from forward mode: a first-order backward pass
                 surrogate = surrogate + _batch_dot(neumann.detach(), jv[p])
@@ -212,6 +218,9 @@ def _series(
                 surrogate = surrogate + _batch_dot(wj, v)
     scale = 1 if per_probe else probes.shape[0]
     value = value / scale
+    if neumann_out is not None:
+        neumann_out[:] = [n / scale for n in neumann_out]
+        return value.detach()
     if neumann_gradient:
         surrogate = surrogate / scale
         return value.detach() + (surrogate - surrogate.detach())
@@ -225,10 +234,11 @@ class _MemoryEfficient(torch.autograd.Function):
     def forward(ctx, compute, x, *params):  # type: ignore[override]
         with torch.enable_grad():
             x_ = x.detach().requires_grad_()
-            gx, logdet = compute(x_)
-            grads = torch.autograd.grad(
-                logdet.sum(), (x_, *params), retain_graph=True, allow_unused=True
-            )
+            gx, logdet, grads = compute(x_)
+            if grads is None:
+                grads = torch.autograd.grad(
+                    logdet.sum(), (x_, *params), retain_graph=True, allow_unused=True
+                )
         # Dropping `logdet` frees the series' own graph; only g's graph (behind gx) survives.
         ctx.graph = (gx, x_, params)
         ctx.logdet_grads = grads
@@ -258,6 +268,35 @@ class _MemoryEfficient(torch.autograd.Function):
                 for d, gr in zip(dg[1:], grads[1:], strict=True)
             ]
         return (None, grad_x, *grad_params)
+
+
+def _surrogate_grads(
+    surrogate_grad: SurrogateGrad, c: Tensor, x: Tensor, params: tuple[Tensor, ...]
+) -> tuple[Tensor | None, ...]:
+    """The gradient of the Neumann surrogate ``sum_p c_p^T J v_p`` with respect to ``x`` and
+    ``params``, from the closed-form ``surrogate_grad`` of
+    [`linearize_adjoint`][iresnet.ops.jacobian.linearize_adjoint]: its pairs that are
+    parameters are added directly, the others (normalised weights, ``beta``) are carried to
+    the parameters by one autograd pass through their (small) graphs."""
+    grad_x, pairs = surrogate_grad(c)
+    if grad_x is None:
+        grad_x = torch.zeros_like(x)
+    index = {id(p): i for i, p in enumerate(params)}
+    grads: list[Tensor | None] = [None] * len(params)
+    outputs, cotangents = [], []
+    for tensor, grad in pairs:
+        i = index.get(id(tensor))
+        if i is not None:
+            grads[i] = _add(grads[i], grad)
+        elif tensor.requires_grad:
+            outputs.append(tensor)
+            cotangents.append(grad)
+    if outputs and params:
+        carried = torch.autograd.grad(
+            outputs, params, cotangents, retain_graph=True, allow_unused=True
+        )
+        grads = [_add(a, b) for a, b in zip(grads, carried, strict=True)]
+    return (grad_x, *grads)
 
 
 def _add(a: Tensor | None, b: Tensor | None) -> Tensor | None:
@@ -320,7 +359,23 @@ def series_logdet(
     params = _grad_params(g)
     need_graph = torch.is_grad_enabled() and (x.requires_grad or len(params) > 0)
 
-    def compute(x_: Tensor) -> tuple[Tensor, Tensor]:
+    def compute(x_: Tensor) -> tuple[Tensor, Tensor, tuple[Tensor | None, ...] | None]:
+        if memory_efficient and neumann_gradient and need_graph:
+            closed = linearize_adjoint(g, x_, probes)
+            if closed is not None:  # the surrogate's gradient in closed form, no graph of J v
+                gx, vjp_, surrogate_grad = closed
+                neumann: list[Tensor] = []
+                ld = _series(
+                    gx,
+                    x_,
+                    probes,
+                    weights,
+                    neumann_gradient=True,
+                    need_graph=True,
+                    vjp=vjp_,
+                    neumann_out=neumann,
+                )
+                return gx, ld, _surrogate_grads(surrogate_grad, torch.stack(neumann), x_, params)
         push = probes if (neumann_gradient and need_graph) else None
         gx, jv, vjp = linearize(g, x_, push)
         ld = _series(
@@ -333,13 +388,13 @@ def series_logdet(
             vjp=vjp,
             jv=jv,
         )
-        return gx, ld
+        return gx, ld, None
 
     if memory_efficient and need_graph:
         return _MemoryEfficient.apply(compute, x, *params)
     with torch.enable_grad():
         x_ = x if (x.requires_grad and need_graph) else x.detach().requires_grad_()
-        gx, logdet = compute(x_)
+        gx, logdet, _ = compute(x_)
     if not need_graph:
         gx, logdet = gx.detach(), logdet.detach()
     return gx, logdet
