@@ -103,48 +103,67 @@ def test_the_series_is_the_same_with_and_without_closed_forms(
 ADJOINT_BRANCHES = ["mlp-lipswish", "conv"]
 
 
+def _carry(pairs: list, params: list) -> list:
+    """Gradients of the parameters from (tensor, gradient) pairs, as the estimator adds them."""
+    index = {id(p): i for i, p in enumerate(params)}
+    out: list = [None] * len(params)
+    others = []
+    for a, b in pairs:
+        if id(a) in index:
+            i = index[id(a)]
+            out[i] = b if out[i] is None else out[i] + b
+        else:
+            others.append((a, b))
+    carried = torch.autograd.grad(
+        [a for a, _ in others], params, [b for _, b in others], allow_unused=True, retain_graph=True
+    )
+    return [
+        b if a is None else (a if b is None else a + b) for a, b in zip(out, carried, strict=True)
+    ]
+
+
+def _assert_grads_close(mine: list, want: tuple) -> None:
+    for a, b in zip(mine, want, strict=True):
+        if a is None or b is None:
+            assert a is None or float(a.abs().max()) == 0.0
+            assert b is None or float(b.abs().max()) == 0.0
+            continue
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
 @pytest.mark.parametrize("name", ADJOINT_BRANCHES)
-def test_surrogate_gradient_in_closed_form_equals_autograd(name):
-    """d/d(x, params) of sum_p c_p^T J t_p, in closed form and by autograd through J t."""
+def test_gradients_in_closed_form_equal_autograd(name):
+    """d/d(x, params) of sum_p c_p^T J t_p and of r^T g(x), in closed form and by autograd."""
     g, event = branches()[name]
     g = g.double()
     x = torch.randn(4, *event, dtype=torch.float64, requires_grad=True)
     t = torch.randn(2, 4, *event, dtype=torch.float64)
     g(x)
+    params = [p for p in g.parameters() if p.requires_grad]
     with iresnet.nn.frozen_normalisation(g):
         closed = linearize_adjoint(g, x, t)
         assert closed is not None
-        gx, vjp, surrogate_grad = closed
+        gx, vjp, surrogate_grad, grad = closed
+        assert gx.grad_fn is None
         torch.testing.assert_close(gx, g(x), rtol=1e-12, atol=1e-12)
         w = torch.randn_like(gx)
         torch.testing.assert_close(
-            vjp(w), torch.autograd.grad(gx, x, w, retain_graph=True)[0], rtol=1e-10, atol=1e-12
+            vjp(w), torch.autograd.grad(g(x), x, w)[0], rtol=1e-10, atol=1e-12
         )
         c = torch.randn(2, *gx.shape, dtype=torch.float64)
         grad_x, pairs = surrogate_grad(c)
-        params = [p for p in g.parameters() if p.requires_grad]
-        index = {id(p): i for i, p in enumerate(params)}
-        mine: list = [None] * len(params)
-        others = [(a, b) for a, b in pairs if id(a) not in index]
-        for a, b in pairs:
-            if id(a) in index:
-                mine[index[id(a)]] = b
-        carried = torch.autograd.grad(
-            [a for a, _ in others], params, [b for _, b in others], allow_unused=True
-        )
-        mine = [
-            b if a is None else (a if b is None else a + b)
-            for a, b in zip(mine, carried, strict=True)
-        ]
+        mine = _carry(pairs, params)
         _, jt, _ = linearize(g, x, t)
         assert jt is not None
         want = torch.autograd.grad((jt * c).sum(), [x, *params], allow_unused=True)
-    torch.testing.assert_close(grad_x, want[0], rtol=1e-9, atol=1e-12)
-    for a, b in zip(mine, want[1:], strict=True):
-        if a is None or b is None:
-            assert a is None or float(a.abs().max()) == 0.0
-            continue
-        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(grad_x, want[0], rtol=1e-9, atol=1e-12)
+        _assert_grads_close(mine, want[1:])
+        # the backward pass of g, r -> d(r^T g(x)), from what the forward kept
+        r = torch.randn_like(gx)
+        grad_x, pairs = grad(r)
+        want = torch.autograd.grad((g(x) * r).sum(), [x, *params], allow_unused=True)
+        torch.testing.assert_close(grad_x, want[0], rtol=1e-10, atol=1e-12)
+        _assert_grads_close(_carry(pairs, params), want[1:])
 
 
 def test_linearize_adjoint_declines_unknown_layers():
@@ -170,6 +189,7 @@ def test_memory_efficient_series_is_the_same_with_the_closed_form_surrogate_grad
     for closed in (True, False):
         if not closed:
             monkeypatch.setattr(logdet_module, "linearize_adjoint", lambda g, x, t: None)
+        # the loss weights g(x) unevenly across samples: the backward pass of g must see it
         estimator = iresnet.RussianRouletteLogDet(
             n_exact=2, n_probes=n_probes, neumann_gradient=True, memory_efficient=True
         )
@@ -178,7 +198,9 @@ def test_memory_efficient_series_is_the_same_with_the_closed_form_surrogate_grad
         g.zero_grad()
         with iresnet.nn.frozen_normalisation(g):
             gx, value = estimator(g, x)
-            (value.sum() + (gx * gx).sum()).backward()
+            (
+                value.mean() + (gx * gx * torch.arange(6.0).reshape(6, *[1] * len(event))).sum()
+            ).backward()
         grads = [None if p.grad is None else p.grad.clone() for p in g.parameters()]
         results.append((value.detach(), x.grad.clone(), grads))
     (v1, gx1, p1), (v2, gx2, p2) = results

@@ -37,12 +37,13 @@ __all__ = [
 
 
 Adjoint = Callable[
-    [Tensor, Tensor | None, bool], tuple[Tensor | None, Tensor, list[tuple[Tensor, Tensor]]]
+    [Tensor | None, Tensor | None, bool],
+    tuple[Tensor | None, Tensor | None, list[tuple[Tensor, Tensor]]],
 ]
 """``adjoint(c, r, need_c) -> (c_in, r_in, pairs)`` of a layer's ``linearize_adjoint``: the
-cotangents of its pushed tangents (``c``) and of its output (``r``, None for zero) carried back
-to its input, and ``(tensor, gradient)`` pairs for the differentiable tensors it used (see
-[`linearize_adjoint`][iresnet.ops.jacobian.linearize_adjoint])."""
+cotangents of its pushed tangents (``c``) and of its output (``r``), either None for zero,
+carried back to its input, and ``(tensor, gradient)`` pairs for the differentiable tensors it
+used (see [`linearize_adjoint`][iresnet.ops.jacobian.linearize_adjoint])."""
 
 
 def _lipswish_slope(z: Tensor, s: Tensor) -> Tensor:
@@ -113,38 +114,50 @@ class LipSwish(nn.Module):
     def linearize_adjoint(
         self, x: Tensor, t: Tensor
     ) -> tuple[Tensor, Tensor, Callable[[Tensor], Tensor], Adjoint]:
-        """``f(x)`` (with its graph), ``f'(x) t`` (no graph), ``vjp(w) = w * f'(x)`` and the
-        adjoint of the tangent map, for the Neumann surrogate's gradient in closed form.
+        """``f(x)`` and ``f'(x) t`` (no graphs), ``vjp(w) = w * f'(x)`` and the adjoint of the
+        linearised map, for gradients in closed form (see
+        [`linearize_adjoint`][iresnet.ops.jacobian.linearize_adjoint]).
 
         ``adjoint(c, r, need_c) -> (c', r', pairs)``: ``c`` ``(m, *x.shape)`` is the cotangent
-        of the pushed tangents ``f'(x) t``, ``r`` (or None for zero) that of ``f(x)``; returns
-        ``c' = f'(x) c`` (None unless ``need_c``), ``r' = f'(x) r + f''(x) sum_m c t`` (the
-        cotangent of ``x``) and ``[(beta, d/d beta)]``, with ``f''(x) = beta h'(z) / 1.1``,
-        ``h'(z) = s (1 - s) (2 + z (1 - 2 s))``, ``df/dbeta = x^2 s (1 - s) / 1.1`` and
-        ``df'/dbeta = x h'(z) / 1.1`` (``z = beta x``, ``s = sigmoid(z)``)."""
-        beta = self.beta
-        z = beta * x
-        s = torch.sigmoid(z)
-        y = x * s / 1.1
+        of the pushed tangents ``f'(x) t`` (or None; it may be given once, after which the
+        tangents are released), ``r`` that of ``f(x)`` (or None); returns ``c' = f'(x) c``
+        (None unless ``need_c``), the cotangent of ``x``,
+        ``r' = f'(x) r + f''(x) sum_m c t``, and ``[(beta, d/d beta)]``, with
+        ``f''(x) = beta h'(z) / 1.1``, ``h'(z) = s (1 - s) (2 + z (1 - 2 s))``,
+        ``df/dbeta = x^2 s (1 - s) / 1.1`` and ``df'/dbeta = x h'(z) / 1.1``
+        (``z = beta x``, ``s = sigmoid(z)``). Kept for ``r``: the slope and ``x^2 s (1 - s)``,
+        as many tensors as autograd would keep for ``f``."""
+        beta = self.beta  # its graph to raw_beta carries the gradient in the end
         with torch.no_grad():
-            z, s, b, x = z.detach(), s.detach(), beta.detach(), x.detach()
+            b = beta.detach()
+            z = b * x
+            s = torch.sigmoid(z)
+            y = (x * s).div_(1.1)
             ds = s - s * s
             slope = torch.addcmul(s, z, ds).div_(1.1)
             t_out = slope * t
+            x2ds = (x * x).mul_(ds)  # 1.1 df/dbeta
+        held = [t, z, s, ds, x]  # for the tangents' cotangent only: released after its use
 
         def adjoint(
-            c: Tensor, r: Tensor | None, need_c: bool
-        ) -> tuple[Tensor | None, Tensor, list[tuple[Tensor, Tensor]]]:
+            c: Tensor | None, r: Tensor | None, need_c: bool
+        ) -> tuple[Tensor | None, Tensor | None, list[tuple[Tensor, Tensor]]]:
             with torch.no_grad():
-                curvature = (1 - 2 * s).mul_(z).add_(2).mul_(ds).div_(1.1)  # h'(z) / 1.1
-                q = (c * t).sum(0).mul_(curvature)
-                r_in = q * b
-                grad_beta = (q * x).sum()
+                r_in = c_in = grad_beta = None
+                if c is not None:
+                    t_, z_, s_, ds_, x_ = held
+                    held.clear()
+                    curvature = (1 - 2 * s_).mul_(z_).add_(2).mul_(ds_).div_(1.1)  # h'(z)/1.1
+                    q = (c * t_).sum(0).mul_(curvature)
+                    r_in = q * b
+                    grad_beta = (q * x_).sum()
+                    if need_c:
+                        c_in = c * slope
                 if r is not None:
-                    r_in.addcmul_(r, slope)
-                    grad_beta += (r * x).mul_(x).mul_(ds).sum() / 1.1
-                c_in = c * slope if need_c else None
-            return c_in, r_in, [(beta, grad_beta)]
+                    r_in = r * slope if r_in is None else r_in.addcmul_(r, slope)
+                    from_r = (r * x2ds).sum() / 1.1
+                    grad_beta = from_r if grad_beta is None else grad_beta + from_r
+            return c_in, r_in, [] if grad_beta is None else [(beta, grad_beta)]
 
         return y, t_out, lambda w: w * slope, adjoint
 

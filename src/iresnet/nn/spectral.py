@@ -624,11 +624,12 @@ class SpectralLinear(_SpectralNormMixin, nn.Linear):
     def linearize_adjoint(
         self, x: Tensor, t: Tensor
     ) -> tuple[Tensor, Tensor, Callable[[Tensor], Tensor], Adjoint]:
-        """``W_hat x + b`` (with its graph), ``W_hat t`` (no graph), ``vjp(w) = w W_hat`` and the
-        adjoint of the tangent map (see
+        """``W_hat x + b`` and ``W_hat t`` (no graphs), ``vjp(w) = w W_hat`` and the adjoint of
+        the linearised map (see
         [`linearize_adjoint`][iresnet.ops.jacobian.linearize_adjoint]): cotangents ``c`` of
-        ``W_hat t`` and ``r`` of the output give ``c W_hat``, ``r W_hat`` and the gradients
-        ``sum c^T t + r^T x`` of ``W_hat`` and ``sum r`` of the bias.
+        ``W_hat t`` (given once; the tangents are then released) and ``r`` of the output, either
+        None, give ``c W_hat``, ``r W_hat`` and the gradients ``sum c^T t + r^T x`` of
+        ``W_hat`` (whose graph carries them to the weight) and ``sum r`` of the bias.
 
         Raises:
             DataError: as ``forward``.
@@ -636,27 +637,34 @@ class SpectralLinear(_SpectralNormMixin, nn.Linear):
         check_input(x, "SpectralLinear", like=self)
         check_size(x, "SpectralLinear", -1, self.in_features, "input features")
         weight = self.normalized_weight()
-        y = F.linear(x, weight, self.bias)
+        bias = self.bias
+        out, inp = self.out_features, self.in_features
         with torch.no_grad():
             fixed, xd = weight.detach(), x.detach()
+            y = F.linear(xd, fixed, None if bias is None else bias.detach())
             t_out = F.linear(t, fixed)
+        held = [t]
 
         def adjoint(
-            c: Tensor, r: Tensor | None, need_c: bool
+            c: Tensor | None, r: Tensor | None, need_c: bool
         ) -> tuple[Tensor | None, Tensor | None, list[tuple[Tensor, Tensor]]]:
             with torch.no_grad():
-                out, inp = self.out_features, self.in_features
-                grad_w = c.reshape(-1, out).t() @ t.reshape(-1, inp)
+                grad_w = c_in = r_in = None
                 pairs = []
-                r_in = None
+                if c is not None:
+                    (t_,) = held
+                    held.clear()
+                    grad_w = c.reshape(-1, out).t() @ t_.reshape(-1, inp)
+                    if need_c:
+                        c_in = c @ fixed
                 if r is not None:
-                    r2 = r.reshape(-1, out)
-                    grad_w.addmm_(r2.t(), xd.reshape(-1, inp))
-                    if self.bias is not None:
-                        pairs.append((self.bias, r2.sum(0)))
+                    r2, x2 = r.reshape(-1, out), xd.reshape(-1, inp)
+                    grad_w = r2.t() @ x2 if grad_w is None else grad_w.addmm_(r2.t(), x2)
+                    if bias is not None:
+                        pairs.append((bias, r2.sum(0)))
                     r_in = r @ fixed
-                pairs.append((weight, grad_w))
-                c_in = c @ fixed if need_c else None
+                if grad_w is not None:
+                    pairs.append((weight, grad_w))
             return c_in, r_in, pairs
 
         return y, t_out, lambda w: w @ fixed, adjoint
@@ -845,12 +853,12 @@ class SpectralConv2d(_SpectralNormMixin, nn.Conv2d):
     def linearize_adjoint(
         self, x: Tensor, t: Tensor
     ) -> tuple[Tensor, Tensor, Callable[[Tensor], Tensor], Adjoint]:
-        """``conv(x)`` (with its graph), ``conv_without_bias(t)`` (no graph), the transposed
-        convolution as ``vjp`` and the adjoint of the tangent map (see
+        """``conv(x)`` and ``conv_without_bias(t)`` (no graphs), the transposed convolution as
+        ``vjp`` and the adjoint of the linearised map (see
         [`linearize_adjoint`][iresnet.ops.jacobian.linearize_adjoint]): cotangents ``c`` of the
-        pushed tangents and ``r`` of the output go back through the transposed convolution, and
-        the kernel's gradient is one weight-gradient convolution over both (tangents and input
-        stacked along the batch).
+        pushed tangents (given once; the tangents are then released) and ``r`` of the output,
+        either None, go back through the transposed convolution, and the kernel's gradient is
+        one weight-gradient convolution over both (tangents and input stacked along the batch).
 
         Raises:
             DataError: as ``forward``.
@@ -859,37 +867,47 @@ class SpectralConv2d(_SpectralNormMixin, nn.Conv2d):
         check_size(x, "SpectralConv2d", -3, self.in_channels, "input channels")
         self._ensure_vectors(x)
         weight = self.normalized_weight()
-        y = self._conv_forward(x, weight, self.bias)
+        bias = self.bias
         stride, padding = self.stride, self.padding
         with torch.no_grad():
             fixed, xd = weight.detach(), x.detach()
+            y = self._conv_forward(xd, fixed, None if bias is None else bias.detach())
             tf = t.reshape(-1, *t.shape[2:])
             tt = self._conv_forward(tf, fixed, None)
             t_out = tt.reshape(*t.shape[:2], *tt.shape[1:])
+        held = [tf]
 
         def back(w: Tensor, shape: torch.Size) -> Tensor:
             return torch.nn.grad.conv2d_input(shape, fixed, w, stride, padding)
 
         def adjoint(
-            c: Tensor, r: Tensor | None, need_c: bool
+            c: Tensor | None, r: Tensor | None, need_c: bool
         ) -> tuple[Tensor | None, Tensor | None, list[tuple[Tensor, Tensor]]]:
             with torch.no_grad():
-                cf = c.reshape(-1, *c.shape[2:])
                 pairs = []
-                cots, ins = cf, tf
+                cots, ins, n_c = [], [], 0
+                if c is not None:
+                    (tf_,) = held
+                    held.clear()
+                    cots.append(c.reshape(-1, *c.shape[2:]))
+                    ins.append(tf_)
+                    n_c = tf_.shape[0]
                 if r is not None:
-                    cots, ins = torch.cat([cf, r]), torch.cat([tf, xd])
-                    if self.bias is not None:
-                        pairs.append((self.bias, r.sum((0, 2, 3))))
-                grad_w = torch.nn.grad.conv2d_weight(ins, fixed.shape, cots, stride, padding)
+                    cots.append(r)
+                    ins.append(xd)
+                    if bias is not None:
+                        pairs.append((bias, r.sum((0, 2, 3))))
+                if not cots:
+                    return None, None, pairs
+                cot = cots[0] if len(cots) == 1 else torch.cat(cots)
+                inp = ins[0] if len(ins) == 1 else torch.cat(ins)
+                grad_w = torch.nn.grad.conv2d_weight(inp, fixed.shape, cot, stride, padding)
                 pairs.append((weight, grad_w))
                 c_in = r_in = None
-                if need_c and r is not None:
-                    both = back(cots, ins.shape)
-                    c_in = both[: cf.shape[0]].reshape(*c.shape[:2], *both.shape[1:])
-                    r_in = both[cf.shape[0] :]
-                elif need_c:
-                    c_in = back(cf, tf.shape).reshape(*t.shape)
+                if need_c and c is not None:
+                    both = back(cot, inp.shape)
+                    c_in = both[:n_c].reshape(*c.shape[:2], *both.shape[1:])
+                    r_in = both[n_c:] if r is not None else None
                 elif r is not None:
                     r_in = back(r, xd.shape)
             return c_in, r_in, pairs

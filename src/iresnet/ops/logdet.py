@@ -49,7 +49,7 @@ from torch import Tensor, nn
 
 from ..checks import check_input
 from ..errors import RouletteVarianceWarning
-from .jacobian import SurrogateGrad, jacobian, linearize, linearize_adjoint
+from .jacobian import ClosedGrad, Pairs, jacobian, linearize, linearize_adjoint
 from .roulette import roulette_for_lipschitz, roulette_variance_bound, roulette_variance_is_finite
 
 __all__ = [
@@ -227,42 +227,47 @@ def _series(
     return value
 
 
+_Closed = tuple[tuple[Tensor | None, Pairs], ClosedGrad]
+"""The closed-form route of ``series_logdet``: the log-det's gradient (with respect to ``x``,
+and ``(tensor, gradient)`` pairs) and the backward pass ``r -> gradient of r^T g(x)``."""
+
+
 class _MemoryEfficient(torch.autograd.Function):
-    """Forms the log-det's gradient in the forward pass; keeps only the graph of ``g(x)``."""
+    """Forms the log-det's gradient in the forward pass; keeps only what the backward pass of
+    ``g`` needs (autograd's graph of ``g(x)``, or the closed-form route's saved tensors)."""
 
     @staticmethod
     def forward(ctx, compute, x, *params):  # type: ignore[override]
         with torch.enable_grad():
             x_ = x.detach().requires_grad_()
-            gx, logdet, grads = compute(x_)
-            if grads is None:
+            gx, logdet, closed = compute(x_)
+            if closed is None:
                 grads = torch.autograd.grad(
                     logdet.sum(), (x_, *params), retain_graph=True, allow_unused=True
                 )
-        # Dropping `logdet` frees the series' own graph; only g's graph (behind gx) survives.
-        ctx.graph = (gx, x_, params)
+                # Dropping `logdet` frees the series' own graph; only g's graph survives.
+                ctx.graph = (gx, x_, params)
+            else:
+                grads = None
+                ctx.graph = (None, x_, params)
         ctx.logdet_grads = grads
+        ctx.closed = closed
         return gx.detach(), logdet.detach()
 
     @staticmethod
     def backward(ctx, grad_gx, grad_logdet):  # type: ignore[override]
         gx, x_, params = ctx.graph
-        grads = ctx.logdet_grads
+        closed, grads = ctx.closed, ctx.logdet_grads
+        ctx.graph = ctx.closed = ctx.logdet_grads = None
+        scale = grad_logdet.reshape(-1, *([1] * (x_.dim() - 1)))
+        if closed is not None:
+            return (None, *_closed_backward(closed, grad_gx, grad_logdet, scale, x_, params))
         with torch.enable_grad():
             dg = torch.autograd.grad(gx, (x_, *params), grad_gx, allow_unused=True)
-        ctx.graph = None
-        scale = grad_logdet.reshape(-1, *([1] * (x_.dim() - 1)))
         grad_x = _add(dg[0], None if grads[0] is None else grads[0] * scale)
         grad_params = []
         if params:
-            c = grad_logdet[0]
-            # Parameter gradients were summed over the batch in the forward pass, so the loss
-            # must weight every sample's log-det equally (a mean or a sum does).
-            if not torch.allclose(grad_logdet, c.expand_as(grad_logdet), rtol=1e-5, atol=1e-12):
-                raise RuntimeError(
-                    "memory_efficient log-det needs a loss that weights every sample's log-det "
-                    "equally (e.g. a mean over the batch); use memory_efficient=False otherwise"
-                )
+            c = _equal_weight(grad_logdet)
             grad_params = [
                 _add(d, None if gr is None else gr * c)
                 for d, gr in zip(dg[1:], grads[1:], strict=True)
@@ -270,33 +275,59 @@ class _MemoryEfficient(torch.autograd.Function):
         return (None, grad_x, *grad_params)
 
 
-def _surrogate_grads(
-    surrogate_grad: SurrogateGrad, c: Tensor, x: Tensor, params: tuple[Tensor, ...]
-) -> tuple[Tensor | None, ...]:
-    """The gradient of the Neumann surrogate ``sum_p c_p^T J v_p`` with respect to ``x`` and
-    ``params``, from the closed-form ``surrogate_grad`` of
-    [`linearize_adjoint`][iresnet.ops.jacobian.linearize_adjoint]: its pairs that are
-    parameters are added directly, the others (normalised weights, ``beta``) are carried to
-    the parameters by one autograd pass through their (small) graphs."""
-    grad_x, pairs = surrogate_grad(c)
+def _equal_weight(grad_logdet: Tensor) -> Tensor:
+    """The one weight of every sample's log-det in the loss; raises if they differ."""
+    c = grad_logdet[0]
+    # Parameter gradients were summed over the batch in the forward pass, so the loss must
+    # weight every sample's log-det equally (a mean or a sum does).
+    if not torch.allclose(grad_logdet, c.expand_as(grad_logdet), rtol=1e-5, atol=1e-12):
+        raise RuntimeError(
+            "memory_efficient log-det needs a loss that weights every sample's log-det "
+            "equally (e.g. a mean over the batch); use memory_efficient=False otherwise"
+        )
+    return c
+
+
+def _closed_backward(
+    closed: _Closed,
+    grad_gx: Tensor,
+    grad_logdet: Tensor,
+    scale: Tensor,
+    x: Tensor,
+    params: tuple[Tensor, ...],
+) -> list[Tensor | None]:
+    """The gradients of ``grad_gx^T g(x) + grad_logdet^T logdet`` with respect to ``x`` and
+    ``params`` on the closed-form route: the backward pass of ``g`` in closed form, the
+    log-det's gradient formed in the forward pass, and one autograd pass through the small
+    graphs of the normalised weights and ``beta`` for both together."""
+    (logdet_x, logdet_pairs), grad = closed
+    grad_x, pairs = grad(grad_gx)
+    if logdet_x is not None:
+        grad_x = logdet_x * scale if grad_x is None else grad_x.addcmul_(logdet_x, scale)
     if grad_x is None:
         grad_x = torch.zeros_like(x)
+    if not params:
+        return [grad_x]
+    c = _equal_weight(grad_logdet) if logdet_pairs else None
     index = {id(p): i for i, p in enumerate(params)}
     grads: list[Tensor | None] = [None] * len(params)
-    outputs, cotangents = [], []
-    for tensor, grad in pairs:
+    merged: dict[int, tuple[Tensor, Tensor]] = {}
+    for tensor, g in [*pairs, *((t, g * c) for t, g in logdet_pairs)]:
         i = index.get(id(tensor))
         if i is not None:
-            grads[i] = _add(grads[i], grad)
+            grads[i] = _add(grads[i], g)
         elif tensor.requires_grad:
-            outputs.append(tensor)
-            cotangents.append(grad)
-    if outputs and params:
+            key = id(tensor)
+            merged[key] = (tensor, g if key not in merged else merged[key][1] + g)
+    if merged:
         carried = torch.autograd.grad(
-            outputs, params, cotangents, retain_graph=True, allow_unused=True
+            [t for t, _ in merged.values()],
+            params,
+            [g for _, g in merged.values()],
+            allow_unused=True,
         )
         grads = [_add(a, b) for a, b in zip(grads, carried, strict=True)]
-    return (grad_x, *grads)
+    return [grad_x, *grads]
 
 
 def _add(a: Tensor | None, b: Tensor | None) -> Tensor | None:
@@ -359,11 +390,11 @@ def series_logdet(
     params = _grad_params(g)
     need_graph = torch.is_grad_enabled() and (x.requires_grad or len(params) > 0)
 
-    def compute(x_: Tensor) -> tuple[Tensor, Tensor, tuple[Tensor | None, ...] | None]:
+    def compute(x_: Tensor) -> tuple[Tensor, Tensor, _Closed | None]:
         if memory_efficient and neumann_gradient and need_graph:
             closed = linearize_adjoint(g, x_, probes)
-            if closed is not None:  # the surrogate's gradient in closed form, no graph of J v
-                gx, vjp_, surrogate_grad = closed
+            if closed is not None:  # every gradient in closed form: no graph of g or J v
+                gx, vjp_, surrogate_grad, grad = closed
                 neumann: list[Tensor] = []
                 ld = _series(
                     gx,
@@ -375,7 +406,7 @@ def series_logdet(
                     vjp=vjp_,
                     neumann_out=neumann,
                 )
-                return gx, ld, _surrogate_grads(surrogate_grad, torch.stack(neumann), x_, params)
+                return gx, ld, (surrogate_grad(torch.stack(neumann)), grad)
         push = probes if (neumann_gradient and need_graph) else None
         gx, jv, vjp = linearize(g, x_, push)
         ld = _series(
