@@ -857,8 +857,8 @@ class SpectralConv2d(_SpectralNormMixin, nn.Conv2d):
         ``vjp`` and the adjoint of the linearised map (see
         [`linearize_adjoint`][iresnet.ops.jacobian.linearize_adjoint]): cotangents ``c`` of the
         pushed tangents (given once; the tangents are then released) and ``r`` of the output,
-        either None, go back through the transposed convolution, and the kernel's gradient is
-        one weight-gradient convolution over both (tangents and input stacked along the batch).
+        either None, go back through the transposed convolution, with the kernel's (and the
+        bias's) gradient from the same call.
 
         Raises:
             DataError: as ``forward``.
@@ -876,6 +876,24 @@ class SpectralConv2d(_SpectralNormMixin, nn.Conv2d):
             tt = self._conv_forward(tf, fixed, None)
             t_out = tt.reshape(*t.shape[:2], *tt.shape[1:])
         held = [tf]
+        dilation, groups = self.dilation, self.groups
+
+        def grads(cot: Tensor, inp: Tensor, mask: list[bool]) -> tuple[Tensor, ...]:
+            # (input, weight, bias) gradients of the convolution at `inp` for the output
+            # cotangent `cot`, those in `mask`, from one call.
+            return torch.ops.aten.convolution_backward(
+                cot,
+                inp,
+                fixed,
+                None if bias is None else [bias.shape[0]],
+                stride,
+                padding,
+                dilation,
+                False,
+                [0, 0],
+                groups,
+                mask,
+            )
 
         def back(w: Tensor, shape: torch.Size) -> Tensor:
             return torch.nn.grad.conv2d_input(shape, fixed, w, stride, padding)
@@ -885,31 +903,21 @@ class SpectralConv2d(_SpectralNormMixin, nn.Conv2d):
         ) -> tuple[Tensor | None, Tensor | None, list[tuple[Tensor, Tensor]]]:
             with torch.no_grad():
                 pairs = []
-                cots, ins, n_c = [], [], 0
+                grad_w = c_in = r_in = None
                 if c is not None:
                     (tf_,) = held
                     held.clear()
-                    cots.append(c.reshape(-1, *c.shape[2:]))
-                    ins.append(tf_)
-                    n_c = tf_.shape[0]
+                    cf = c.reshape(-1, *c.shape[2:])
+                    gi, grad_w, _ = grads(cf, tf_, [need_c, True, False])
+                    if need_c:
+                        c_in = gi.reshape(*c.shape[:2], *gi.shape[1:])
                 if r is not None:
-                    cots.append(r)
-                    ins.append(xd)
+                    r_in, gw, gb = grads(r, xd, [True, True, bias is not None])
+                    grad_w = gw if grad_w is None else grad_w.add_(gw)
                     if bias is not None:
-                        pairs.append((bias, r.sum((0, 2, 3))))
-                if not cots:
-                    return None, None, pairs
-                cot = cots[0] if len(cots) == 1 else torch.cat(cots)
-                inp = ins[0] if len(ins) == 1 else torch.cat(ins)
-                grad_w = torch.nn.grad.conv2d_weight(inp, fixed.shape, cot, stride, padding)
-                pairs.append((weight, grad_w))
-                c_in = r_in = None
-                if need_c and c is not None:
-                    both = back(cot, inp.shape)
-                    c_in = both[:n_c].reshape(*c.shape[:2], *both.shape[1:])
-                    r_in = both[n_c:] if r is not None else None
-                elif r is not None:
-                    r_in = back(r, xd.shape)
+                        pairs.append((bias, gb))
+                if grad_w is not None:
+                    pairs.append((weight, grad_w))
             return c_in, r_in, pairs
 
         return y, t_out, lambda w: back(w, x.shape), adjoint
