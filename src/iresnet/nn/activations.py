@@ -148,7 +148,10 @@ class LipSwish(nn.Module):
                     t_, z_, s_, ds_, x_ = held
                     held.clear()
                     curvature = (1 - 2 * s_).mul_(z_).add_(2).mul_(ds_).div_(1.1)  # h'(z)/1.1
-                    q = (c * t_).sum(0).mul_(curvature)
+                    q = c[0] * t_[0]  # sum_m c t, without a reduction over one probe
+                    for i in range(1, c.shape[0]):
+                        q.addcmul_(c[i], t_[i])
+                    q.mul_(curvature)
                     r_in = q * b
                     grad_beta = (q * x_).sum()
                     if need_c:
