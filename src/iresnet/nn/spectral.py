@@ -118,15 +118,22 @@ def power_iteration(
             if converged:
                 break
         return _normalize(forward(v)), v, sigma, done
-    u = _normalize(forward(v))
-    sigma = (u * forward(v)).sum()
+    av = forward(v)
+    u = _normalize(av)
     done = 0
+    if tol is None:  # a fixed number of steps: sigma is read once, at the end
+        for done in range(1, n_iterations + 1):  # noqa: B007 - `done` is returned
+            v = _normalize(adjoint(u))
+            av = forward(v)
+            u = _normalize(av)
+        return u, v, (u * av).sum(), done
+    sigma = (u * av).sum()
     for done in range(1, n_iterations + 1):  # noqa: B007 - `done` is returned
         v = _normalize(adjoint(u))
         av = forward(v)
         u = _normalize(av)
         new_sigma = (u * av).sum()
-        converged = tol is not None and abs(new_sigma - sigma) <= tol * new_sigma.abs()
+        converged = abs(new_sigma - sigma) <= tol * new_sigma.abs()
         sigma = new_sigma
         if converged:
             break

@@ -195,6 +195,9 @@ def _series(
         n = len(probe_weights)
         w = v
         neumann = v * probe_weights[0]
+        # sum_k (-1)^{k+1} weights[k-1] v^T J^k v / k = v^T (sum_k ... w_k): one product with
+        # v per probe, the terms summed with one fused operation each.
+        terms: Tensor | None = None
         for k in range(1, n + 1):
             # w <- w^T J: one vector-Jacobian product (in closed form where the branch allows,
             # else through the shared graph of g(x)).
@@ -202,9 +205,12 @@ def _series(
                 w = vjp(w)
             else:
                 w = torch.autograd.grad(gx, x, w, retain_graph=True, create_graph=plain_graph)[0]
-            value = value + ((-1) ** (k + 1) * probe_weights[k - 1] / k) * _batch_dot(w, v)
+            coef = (-1) ** (k + 1) * probe_weights[k - 1] / k
+            terms = w * coef if terms is None else torch.add(terms, w, alpha=coef)
             if neumann_gradient and k < n:
-                neumann = neumann + ((-1) ** k * probe_weights[k]) * w
+                neumann = torch.add(neumann, w, alpha=(-1) ** k * probe_weights[k])
+        if terms is not None:
+            value = value + _batch_dot(terms, v)
         if neumann_out is not None:
             neumann_out.append(neumann.detach())
         elif neumann_gradient and need_graph:
