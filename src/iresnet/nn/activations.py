@@ -136,8 +136,10 @@ class LipSwish(nn.Module):
             ds = s - s * s
             slope = torch.addcmul(s, z, ds).div_(1.1)
             t_out = slope * t
+            # h'(z) / 1.1 = f''(x) / beta, for the tangents' cotangent
+            curvature = (1 - 2 * s).mul_(z).add_(2).mul_(ds).div_(1.1)
             x2ds = (x * x).mul_(ds)  # 1.1 df/dbeta
-        held = [t, z, s, ds, x]  # for the tangents' cotangent only: released after its use
+        held = [t, curvature, x]  # for the tangents' cotangent only: released after its use
 
         def adjoint(
             c: Tensor | None, r: Tensor | None, need_c: bool
@@ -145,13 +147,12 @@ class LipSwish(nn.Module):
             with torch.no_grad():
                 r_in = c_in = grad_beta = None
                 if c is not None:
-                    t_, z_, s_, ds_, x_ = held
+                    t_, curvature_, x_ = held
                     held.clear()
-                    curvature = (1 - 2 * s_).mul_(z_).add_(2).mul_(ds_).div_(1.1)  # h'(z)/1.1
                     q = c[0] * t_[0]  # sum_m c t, without a reduction over one probe
                     for i in range(1, c.shape[0]):
                         q.addcmul_(c[i], t_[i])
-                    q.mul_(curvature)
+                    q.mul_(curvature_)
                     r_in = q * b
                     grad_beta = (q * x_).sum()
                     if need_c:
