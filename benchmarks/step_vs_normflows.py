@@ -8,6 +8,11 @@ followed by an ActNorm; standard-normal base. One step = ``zero_grad``, forward 
 blocks with log-det, loss ``-mean log p(x)``, ``backward`` (no optimiser step), batch of 256 2-D
 points (8 Gaussians), float32, ``torch.set_num_threads(1)``.
 
+The convolutional pair (``conv-`` kinds): 4 blocks on 4x14x14 images (uniform in [0, 1)),
+batch 32, each ``LipSwish -> conv3x3(4, 64) -> LipSwish -> conv1x1(64, 64) -> LipSwish ->
+conv3x3(64, 4)`` against normflows' ``LipschitzCNN([4, 64, 64, 4], [3, 1, 3])`` (a Swish before
+every convolution), coefficient 0.9, each block followed by an ActNorm, E[N] = 3.
+
 Estimators compared like with like (Neumann-series gradient + memory-efficient backward on both
 sides, one Gaussian probe, geometric(0.5) roulette):
 
@@ -63,6 +68,8 @@ from bench.worker import add_worker_flag, run_worker, serve
 
 NAME = "step_vs_normflows"
 K, WIDTH, COEFF = 16, 128, 0.9
+#: Issue 13's target for ours/theirs in time (and <= 1 in peak memory).
+TIME_TARGET = 0.5
 #: The convolutional model: its blocks, hidden channels, input shape and batch.
 CONV, CONV_BLOCKS, CONV_WIDTH, CONV_SHAPE, CONV_BATCH = "conv-", 4, 64, (4, 14, 14), 32
 
@@ -233,7 +240,10 @@ def block_phases(args) -> dict:
     libraries run: the forward of g, N vector-Jacobian products without a graph, one with a
     graph and its gradient with respect to (x, parameters) (formed in the forward pass), and in
     the backward pass one gradient of g with respect to (x, parameters). All pieces are timed
-    interleaved, round by round."""
+    interleaved, round by round. Ours are timed through autograd, as the peer's are: the
+    library's memory-efficient route forms the surrogate's gradient and the backward pass of g
+    in closed form instead (``iresnet.ops.jacobian.linearize_adjoint``), so the sum of ours
+    overstates the library's step."""
     x = data(args.batch, args.seed)
     rounds = 20 if args.quick else 150
     _, ours = make_step("ours", "ps3")
@@ -425,7 +435,7 @@ def main() -> None:
             "ours_peak_raw": [r["peak_increase_mib"] for r in mem[na]],
             "theirs_peak_raw": [r["peak_increase_mib"] for r in mem[nb]],
         }
-        s["time_target_met"] = s["time_ratio_of_medians"] <= 0.7
+        s["time_target_met"] = s["time_ratio_of_medians"] <= TIME_TARGET
         s["memory_target_met"] = s["memory_ratio"] <= 1.0
         summary["pairs"][label] = s
         lo, hi = iqr(ratios)
@@ -458,7 +468,8 @@ def main() -> None:
     met_t = all(s["time_target_met"] for s in summary["pairs"].values())
     met_m = all(s["memory_target_met"] for s in summary["pairs"].values())
     body += (
-        f"\n\n**Targets**: ours/theirs <= 0.7 in time: {'met' if met_t else 'NOT met'}; "
+        f"\n\n**Targets** (issue 13): ours/theirs <= {TIME_TARGET} in time: "
+        f"{'met' if met_t else 'NOT met'}; "
         f"<= 1.0 in peak memory: {'met' if met_m else 'NOT met'} (per row above)."
     )
 
