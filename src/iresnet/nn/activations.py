@@ -29,6 +29,7 @@ __all__ = [
     "CLipSwish",
     "LipSwish",
     "LipELU",
+    "Pullback",
     "ONE_LIPSCHITZ_ACTIVATIONS",
     "ACTIVATIONS",
     "activation_factory",
@@ -36,14 +37,34 @@ __all__ = [
 ]
 
 
+class Pullback:
+    """A parameter and the map from the gradient of a tensor computed from it (a normalised
+    weight, LipSwish's ``beta``) to the parameter's gradient: the closed-form backward pass of
+    that small computation. It is linear, so gradients meant for the same computed tensor are
+    summed first and pulled back once.
+
+    Arguments:
+        param: the parameter.
+        pullback: ``gradient of the computed tensor -> gradient of param``.
+    """
+
+    __slots__ = ("param", "pullback")
+
+    def __init__(self, param: Tensor, pullback: Callable[[Tensor], Tensor]) -> None:
+        self.param, self.pullback = param, pullback
+
+
+Pairs = list[tuple["Tensor | Pullback", Tensor]]
 Adjoint = Callable[
     [Tensor | None, Tensor | None, bool],
-    tuple[Tensor | None, Tensor | None, list[tuple[Tensor, Tensor]]],
+    tuple[Tensor | None, Tensor | None, Pairs],
 ]
 """``adjoint(c, r, need_c) -> (c_in, r_in, pairs)`` of a layer's ``linearize_adjoint``: the
 cotangents of its pushed tangents (``c``) and of its output (``r``), either None for zero,
 carried back to its input, and ``(tensor, gradient)`` pairs for the differentiable tensors it
-used (see [`linearize_adjoint`][iresnet.ops.jacobian.linearize_adjoint])."""
+used: parameters, tensors whose autograd graph leads to them, or
+[`Pullback`][iresnet.nn.activations.Pullback]s (see
+[`linearize_adjoint`][iresnet.ops.jacobian.linearize_adjoint])."""
 
 
 def _lipswish_slope(z: Tensor, s: Tensor) -> Tensor:
@@ -127,23 +148,26 @@ class LipSwish(nn.Module):
         ``df/dbeta = x^2 s (1 - s) / 1.1`` and ``df'/dbeta = x h'(z) / 1.1``
         (``z = beta x``, ``s = sigmoid(z)``). Kept for ``r``: the slope and ``x^2 s (1 - s)``,
         as many tensors as autograd would keep for ``f``."""
-        beta = self.beta  # its graph to raw_beta carries the gradient in the end
+        raw = self.raw_beta
         with torch.no_grad():
-            b = beta.detach()
+            b = F.softplus(raw)
+            # d softplus / d raw: sigmoid(raw), and 1 above softplus' linear threshold (20)
+            dbeta = torch.where(raw > 20, torch.ones_like(raw), torch.sigmoid(raw))
+            beta = Pullback(raw, lambda g: g * dbeta)
             z = b * x
             s = torch.sigmoid(z)
             y = (x * s).div_(1.1)
-            ds = s - s * s
+            ds = torch.addcmul(s, s, s, value=-1)  # s (1 - s)
             slope = torch.addcmul(s, z, ds).div_(1.1)
             t_out = slope * t
             # h'(z) / 1.1 = f''(x) / beta, for the tangents' cotangent
-            curvature = (1 - 2 * s).mul_(z).add_(2).mul_(ds).div_(1.1)
+            curvature = torch.rsub(s, 1, alpha=2).mul_(z).add_(2).mul_(ds).div_(1.1)
             x2ds = (x * x).mul_(ds)  # 1.1 df/dbeta
         held = [t, curvature, x]  # for the tangents' cotangent only: released after its use
 
         def adjoint(
             c: Tensor | None, r: Tensor | None, need_c: bool
-        ) -> tuple[Tensor | None, Tensor | None, list[tuple[Tensor, Tensor]]]:
+        ) -> tuple[Tensor | None, Tensor | None, Pairs]:
             with torch.no_grad():
                 r_in = c_in = grad_beta = None
                 if c is not None:

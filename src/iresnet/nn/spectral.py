@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..checks import check_input, check_size
-from .activations import Adjoint
+from .activations import Adjoint, Pairs, Pullback
 from .attributes import temporarily_set
 from .bounds import Bound, conv2d_exact_norm, conv2d_operator_bound, linear_operator_bound
 
@@ -55,7 +55,8 @@ _EPS = 1e-12
 
 
 def _normalize(t: Tensor) -> Tensor:
-    return t / t.norm().clamp_min(_EPS)
+    # linalg.vector_norm directly: Tensor.norm goes through a Python wrapper to the same call
+    return t / torch.linalg.vector_norm(t).clamp_min(_EPS)
 
 
 def power_iteration(
@@ -284,6 +285,46 @@ class _SpectralNormMixin:
         # Clones: the next training call updates u, v in place, and this sigma's backward
         # must still see the vectors it was computed with (two forwards before one backward).
         return (self.u.clone() * fwd(self.v.clone())).sum()
+
+    def _sigma_weight_grad(self, u: Tensor, v: Tensor, weight: Tensor) -> Tensor:
+        """``d (u^T A v) / d weight`` for the layer's linear map ``A`` (no graph)."""
+        raise NotImplementedError
+
+    def _normalized_weight_pullback(self) -> tuple[Tensor, Pullback] | None:
+        """``W_hat`` as [`normalized_weight`][iresnet.nn.spectral.SpectralLinear.normalized_weight]
+        computes it (same power-iteration step, same values), without a graph, and its
+        [`Pullback`][iresnet.nn.activations.Pullback] to the weight; None unless
+        ``norm="spectral"``.
+
+        ``W_hat = W / d`` with ``d = max(1, sigma / coeff)`` and ``sigma = u^T W v`` (``u``,
+        ``v`` fixed), so ``dL/dW = G / d - [sigma / coeff >= 1] (<G, W> / (d^2 coeff)) u v^T``
+        for ``G = dL/dW_hat`` (the clamp passes the gradient where its input reaches 1, as
+        ``torch.clamp`` does)."""
+        if self.norm != "spectral":
+            return None
+        with torch.no_grad():
+            if self.training:
+                if not self._frozen:
+                    self._update_vectors(self.n_power_iterations, None)
+                # copies: the next training call updates the buffers in place
+                u, v = self.u.clone(), self.v.clone()
+            else:
+                u, v = self._eval_vectors()
+            w = self.weight.detach()
+            fwd, _ = self._operator(w)
+            sigma = (u * fwd(v)).sum()
+            self.sigma.copy_(sigma)
+            ratio = sigma / self.coeff
+            d = torch.clamp(ratio, min=1.0)
+            w_hat = w / d
+            through = (ratio >= 1).to(w.dtype) / (d * d * self.coeff)
+
+        def pullback(grad: Tensor) -> Tensor:
+            with torch.no_grad():
+                coef = (grad * w).sum().mul_(through).neg_()
+                return (grad / d).add_(self._sigma_weight_grad(u, v, w).mul_(coef))
+
+        return w_hat, Pullback(self.weight, pullback)
 
     def _frobenius_factor(self) -> float:
         return 1.0
@@ -587,6 +628,9 @@ class SpectralLinear(_SpectralNormMixin, nn.Linear):
     def _normalising_bound(self, weight: Tensor) -> Bound:
         return linear_operator_bound(weight)
 
+    def _sigma_weight_grad(self, u: Tensor, v: Tensor, weight: Tensor) -> Tensor:
+        return torch.outer(u, v)
+
     def _top_singular_vectors(self) -> tuple[Tensor, Tensor]:
         # Up to 1024 wide the SVD gives the exact top pair, in float64, whatever the persistent
         # vectors converged to.
@@ -643,21 +687,26 @@ class SpectralLinear(_SpectralNormMixin, nn.Linear):
         """
         check_input(x, "SpectralLinear", like=self)
         check_size(x, "SpectralLinear", -1, self.in_features, "input features")
-        weight = self.normalized_weight()
+        closed = self._normalized_weight_pullback()
+        weight: Tensor | Pullback
+        if closed is None:
+            weight = fixed = self.normalized_weight()
+        else:
+            fixed, weight = closed
         bias = self.bias
         out, inp = self.out_features, self.in_features
         with torch.no_grad():
-            fixed, xd = weight.detach(), x.detach()
+            fixed, xd = fixed.detach(), x.detach()
             y = F.linear(xd, fixed, None if bias is None else bias.detach())
             t_out = F.linear(t, fixed)
         held = [t]
 
         def adjoint(
             c: Tensor | None, r: Tensor | None, need_c: bool
-        ) -> tuple[Tensor | None, Tensor | None, list[tuple[Tensor, Tensor]]]:
+        ) -> tuple[Tensor | None, Tensor | None, Pairs]:
             with torch.no_grad():
                 grad_w = c_in = r_in = None
-                pairs = []
+                pairs: Pairs = []
                 if c is not None:
                     (t_,) = held
                     held.clear()
@@ -816,6 +865,21 @@ class SpectralConv2d(_SpectralNormMixin, nn.Conv2d):
     def _apply_weight(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         return F.conv2d(x, weight, bias, self.stride, self.padding)
 
+    def _sigma_weight_grad(self, u: Tensor, v: Tensor, weight: Tensor) -> Tensor:
+        return torch.ops.aten.convolution_backward(
+            u,
+            v,
+            weight,
+            None,
+            self.stride,
+            self.padding,
+            self.dilation,
+            False,
+            [0, 0],
+            self.groups,
+            [False, True, False],
+        )[1]
+
     def forward(self, x: Tensor) -> Tensor:
         check_input(x, "SpectralConv2d", like=self)
         check_size(x, "SpectralConv2d", -3, self.in_channels, "input channels")
@@ -873,11 +937,16 @@ class SpectralConv2d(_SpectralNormMixin, nn.Conv2d):
         check_input(x, "SpectralConv2d", like=self)
         check_size(x, "SpectralConv2d", -3, self.in_channels, "input channels")
         self._ensure_vectors(x)
-        weight = self.normalized_weight()
+        closed = self._normalized_weight_pullback()
+        weight: Tensor | Pullback
+        if closed is None:
+            weight = fixed = self.normalized_weight()
+        else:
+            fixed, weight = closed
         bias = self.bias
         stride, padding = self.stride, self.padding
         with torch.no_grad():
-            fixed, xd = weight.detach(), x.detach()
+            fixed, xd = fixed.detach(), x.detach()
             y = self._conv_forward(xd, fixed, None if bias is None else bias.detach())
             tf = t.reshape(-1, *t.shape[2:])
             tt = self._conv_forward(tf, fixed, None)
@@ -907,9 +976,9 @@ class SpectralConv2d(_SpectralNormMixin, nn.Conv2d):
 
         def adjoint(
             c: Tensor | None, r: Tensor | None, need_c: bool
-        ) -> tuple[Tensor | None, Tensor | None, list[tuple[Tensor, Tensor]]]:
+        ) -> tuple[Tensor | None, Tensor | None, Pairs]:
             with torch.no_grad():
-                pairs = []
+                pairs: Pairs = []
                 grad_w = c_in = r_in = None
                 if c is not None:
                     (tf_,) = held

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -74,7 +75,10 @@ def linearize(
     return h, t, vjp
 
 
-Pairs = list[tuple[Tensor, Tensor]]
+Pairs = list[tuple[Any, Tensor]]
+"""``(target, gradient)``: the target is a parameter, a tensor whose autograd graph leads to
+the parameters, or an object with ``param`` and ``pullback`` (gradient of the computed tensor
+-> gradient of ``param``: ``iresnet.nn.Pullback``)."""
 ClosedGrad = Callable[[Tensor], tuple[Tensor | None, Pairs]]
 
 
@@ -109,8 +113,9 @@ def linearize_adjoint(
         J_g(x)``; ``surrogate_grad(c)`` for ``c`` of the tangents' shape (called at most once:
         the pushed tangents are released then) and ``grad(r)`` for ``r`` of ``g(x)``'s shape
         return the gradient with respect to ``x`` (None where it is zero) and
-        ``(tensor, gradient)`` pairs for the differentiable tensors of ``g`` (parameters, or
-        normalised weights and ``beta`` whose graphs carry the gradient to the parameters).
+        ``(target, gradient)`` pairs for the differentiable tensors of ``g``: parameters,
+        tensors whose graphs lead to them, or closed-form pullbacks of the normalised weights
+        and ``beta`` to them (objects with ``param`` and ``pullback``).
 
     Examples:
         >>> from iresnet.nn import mlp_branch

@@ -304,8 +304,9 @@ def _closed_backward(
 ) -> list[Tensor | None]:
     """The gradients of ``grad_gx^T g(x) + grad_logdet^T logdet`` with respect to ``x`` and
     ``params`` on the closed-form route: the backward pass of ``g`` in closed form, the
-    log-det's gradient formed in the forward pass, and one autograd pass through the small
-    graphs of the normalised weights and ``beta`` for both together."""
+    log-det's gradient formed in the forward pass, and for both together the closed-form
+    pullbacks of the normalised weights and ``beta`` to the parameters (one autograd pass
+    through their small graphs where a layer gives no pullback)."""
     (logdet_x, logdet_pairs), grad = closed
     grad_x, pairs = grad(grad_gx)
     if logdet_x is not None:
@@ -317,20 +318,25 @@ def _closed_backward(
     c = _equal_weight(grad_logdet) if logdet_pairs else None
     index = {id(p): i for i, p in enumerate(params)}
     grads: list[Tensor | None] = [None] * len(params)
-    merged: dict[int, tuple[Tensor, Tensor]] = {}
-    for tensor, g in [*pairs, *((t, g * c) for t, g in logdet_pairs)]:
-        i = index.get(id(tensor))
+    # Gradients meant for the same computed tensor are summed before it is pulled back.
+    merged: dict[int, tuple[Any, Tensor]] = {}
+    for target, g in [*pairs, *((t, g * c) for t, g in logdet_pairs)]:
+        i = index.get(id(target))
         if i is not None:
             grads[i] = _add(grads[i], g)
-        elif tensor.requires_grad:
-            key = id(tensor)
-            merged[key] = (tensor, g if key not in merged else merged[key][1] + g)
-    if merged:
+            continue
+        key = id(target)
+        merged[key] = (target, g if key not in merged else merged[key][1] + g)
+    graphs = []
+    for target, g in merged.values():
+        if isinstance(target, Tensor):
+            if target.requires_grad:
+                graphs.append((target, g))
+        elif (i := index.get(id(target.param))) is not None:  # a closed-form pullback
+            grads[i] = _add(grads[i], target.pullback(g))
+    if graphs:
         carried = torch.autograd.grad(
-            [t for t, _ in merged.values()],
-            params,
-            [g for _, g in merged.values()],
-            allow_unused=True,
+            [t for t, _ in graphs], params, [g for _, g in graphs], allow_unused=True
         )
         grads = [_add(a, b) for a, b in zip(grads, carried, strict=True)]
     return [grad_x, *grads]
