@@ -909,11 +909,24 @@ class SpectralConv2d(_SpectralNormMixin, nn.Conv2d):
         self._ensure_vectors(x)
         weight = self.normalized_weight()
         fixed = weight.detach()
-        shape = x.shape
-        stride, padding = self.stride, self.padding
+        xd = x.detach()
+        stride, padding, dilation, groups = self.stride, self.padding, self.dilation, self.groups
 
         def vjp(w: Tensor) -> Tensor:
-            return torch.nn.grad.conv2d_input(shape, fixed, w, stride, padding)
+            # The transposed convolution, at the input itself (see linearize_adjoint).
+            return torch.ops.aten.convolution_backward(
+                w,
+                xd,
+                fixed,
+                None,
+                stride,
+                padding,
+                dilation,
+                False,
+                [0, 0],
+                groups,
+                [True, False, False],
+            )[0]
 
         jt = None
         if t is not None:
@@ -971,8 +984,10 @@ class SpectralConv2d(_SpectralNormMixin, nn.Conv2d):
                 mask,
             )
 
-        def back(w: Tensor, shape: torch.Size) -> Tensor:
-            return torch.nn.grad.conv2d_input(shape, fixed, w, stride, padding)
+        def back(w: Tensor) -> Tensor:
+            # The transposed convolution at the input itself (conv2d_input passes an expanded
+            # placeholder, which costs a copy of the result here).
+            return grads(w, xd, [True, False, False])[0]
 
         def adjoint(
             c: Tensor | None, r: Tensor | None, need_c: bool
@@ -996,7 +1011,7 @@ class SpectralConv2d(_SpectralNormMixin, nn.Conv2d):
                     pairs.append((weight, grad_w))
             return c_in, r_in, pairs
 
-        return y, t_out, lambda w: back(w, x.shape), adjoint
+        return y, t_out, back, adjoint
 
     def jvp(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """Forward-mode derivative: ``(conv(x), conv_without_bias(t))``.
