@@ -165,11 +165,12 @@ def make_step(side: str, kind: str, variant: str = ""):
     return step_theirs, model
 
 
+FIXED_TERMS = "fixed 3 terms"
 # (label, side, estimator kind, variant)
 PAIRS = [
     ("E[N]=3", ("ours", "rr2", ""), ("theirs", "rr1", "")),
     ("E[N]=4 (their default n_exact_terms=2)", ("ours", "rr3", ""), ("theirs", "rr2", "")),
-    ("fixed 3 terms", ("ours", "ps3", ""), ("theirs", "ps3", "")),
+    (FIXED_TERMS, ("ours", "ps3", ""), ("theirs", "ps3", "")),
     ("conv 4x14x14, E[N]=3", ("ours", CONV + "rr2", ""), ("theirs", CONV + "rr1", "")),
 ]
 WHAT_IF = [
@@ -370,7 +371,8 @@ def run_memory(args) -> dict:
     for _, a, b in PAIRS:
         configs += [(a, batch_of(a[1], args.batch)), (b, batch_of(b[1], args.batch))]
     if not args.quick:  # a constant offset shows as a ratio at 256 and vanishes at a large batch
-        configs += [(PAIRS[-1][1], 2048), (PAIRS[-1][2], 2048)]
+        fixed = next(p for p in PAIRS if p[0] == FIXED_TERMS)
+        configs += [(fixed[1], 2048), (fixed[2], 2048)]
     out: dict = {}
     for rep in range(args.mem_reps):
         for (side, kind, variant), batch in configs:
