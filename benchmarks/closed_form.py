@@ -4,8 +4,10 @@ The log-det series needs ``w -> w J_g`` several times per block and step, and th
 gradient's surrogate ``n^T J v``. With ``iresnet.ops.jacobian.linearize`` (the default for
 chains of spectral layers and Lipschitz activations), the products are matrix products and
 transposed convolutions from the slopes cached by the forward pass, and ``J v`` is pushed
-forward with its graph (a first-order backward instead of a double backward). The baseline
-patches ``linearize`` out in this process, so every product goes through autograd as before.
+forward with its graph (a first-order backward instead of a double backward); with the
+memory-efficient backward and LipSwish chains, ``linearize_adjoint`` forms the surrogate's
+gradient itself (no graph of ``J v``). The baseline patches both out in this process, so every
+product goes through autograd as before.
 
 Workloads: the 2-D model of ``step_vs_normflows.py`` (16 blocks of width 128, roulette
 ``E[N] = 3``, Neumann gradient, memory-efficient backward, batch 256) and the first block of
@@ -33,19 +35,26 @@ from bench.timing import time_interleaved
 
 NAME = "closed-form"
 REAL = logdet_module.linearize
+REAL_ADJOINT = logdet_module.linearize_adjoint
 
 
 def autograd_only(g: Any, x: torch.Tensor, t: torch.Tensor | None = None) -> Any:
     return g(x), None, None
 
 
+def no_adjoint(g: Any, x: torch.Tensor, t: torch.Tensor) -> None:
+    return None
+
+
 def variant(closed: bool, step: Callable[[], None]) -> Callable[[], None]:
     def run() -> None:
         logdet_module.linearize = REAL if closed else autograd_only
+        logdet_module.linearize_adjoint = REAL_ADJOINT if closed else no_adjoint
         try:
             step()
         finally:
             logdet_module.linearize = REAL
+            logdet_module.linearize_adjoint = REAL_ADJOINT
 
     return run
 

@@ -43,6 +43,33 @@ def normflows_resflow(
     return nf.NormalizingFlow(q0=q0, flows=flows)
 
 
+def normflows_conv_resflow(
+    shape: tuple[int, int, int],
+    blocks: int,
+    width: int,
+    lipschitz_const: float = 0.9,
+    **residual: Any,
+) -> nn.Module:
+    """normflows' convolutional residual flow on images of ``shape`` (C, H, W): ``blocks`` x
+    [``Residual(LipschitzCNN([C, width, width, C], [3, 1, 3], init_zeros=True),
+    reduce_memory=True, **residual)``, ``ActNorm((C, 1, 1))``] over a fixed standard normal
+    (Residual Flows' ``3x3 -> 1x1 -> 3x3`` branch, a Swish before every convolution)."""
+    import normflows as nf
+
+    c = shape[0]
+    flows: list[nn.Module] = []
+    for _ in range(blocks):
+        net = nf.nets.LipschitzCNN(
+            [c, width, width, c], [3, 1, 3], init_zeros=True, lipschitz_const=lipschitz_const
+        )
+        flows += [
+            nf.flows.Residual(net, reduce_memory=True, **residual),
+            nf.flows.ActNorm((c, 1, 1)),
+        ]
+    q0 = nf.distributions.DiagGaussian(shape, trainable=False)
+    return nf.NormalizingFlow(q0=q0, flows=flows)
+
+
 def normflows_update_lipschitz(model: nn.Module, n_iterations: int) -> None:
     """Refresh the stored spectral-norm estimates (normflows divides by them; only this call
     updates them): ``nf.utils.update_lipschitz``."""

@@ -7,8 +7,7 @@ device; the NaN/Inf check, which must read values, is separate
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -21,10 +20,21 @@ __all__ = ["check_input", "check_size", "check_finite", "module_dtype_device"]
 def module_dtype_device(module: nn.Module) -> tuple[torch.dtype, torch.device] | None:
     """The dtype and device of ``module``'s first floating parameter or buffer (None if it has
     none)."""
-    for t in itertools.chain(module.parameters(), module.buffers()):  # stops at the first
-        if t.is_floating_point():
-            return t.dtype, t.device
+    # The order of ``parameters()`` then ``buffers()`` (modules in pre-order), without building
+    # their names: every layer's forward asks, so this is on the hot path.
+    for kind in ("_parameters", "_buffers"):
+        for m in _preorder(module):
+            for t in getattr(m, kind).values():
+                if t is not None and t.is_floating_point():
+                    return t.dtype, t.device
     return None
+
+
+def _preorder(module: nn.Module) -> Iterator[nn.Module]:
+    yield module
+    for child in module._modules.values():
+        if child is not None:
+            yield from _preorder(child)
 
 
 def _name(dtype: torch.dtype) -> str:

@@ -8,7 +8,7 @@ from torch import nn
 
 import iresnet
 from iresnet.ops import logdet as logdet_module
-from iresnet.ops.jacobian import linearize
+from iresnet.ops.jacobian import linearize, linearize_adjoint
 
 
 def branches() -> dict[str, tuple[nn.Module, tuple[int, ...]]]:
@@ -89,6 +89,137 @@ def test_the_series_is_the_same_with_and_without_closed_forms(
         with iresnet.nn.frozen_normalisation(g):
             _, value = estimator(g, x)
             value.sum().backward()
+        grads = [None if p.grad is None else p.grad.clone() for p in g.parameters()]
+        results.append((value.detach(), x.grad.clone(), grads))
+    (v1, gx1, p1), (v2, gx2, p2) = results
+    torch.testing.assert_close(v1, v2, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(gx1, gx2, rtol=1e-9, atol=1e-12)
+    for a, b in zip(p1, p2, strict=True):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+ADJOINT_BRANCHES = ["mlp-lipswish", "conv"]
+
+
+def _carry(pairs: list, params: list) -> list:
+    """Gradients of the parameters from (tensor, gradient) pairs, as the estimator adds them."""
+    index = {id(p): i for i, p in enumerate(params)}
+    out: list = [None] * len(params)
+    others = []
+    for a, b in pairs:
+        if not isinstance(a, torch.Tensor):  # a closed-form pullback to a parameter
+            a, b = a.param, a.pullback(b)
+        if id(a) in index:
+            i = index[id(a)]
+            out[i] = b if out[i] is None else out[i] + b
+        else:
+            others.append((a, b))
+    if not others:
+        return out
+    carried = torch.autograd.grad(
+        [a for a, _ in others], params, [b for _, b in others], allow_unused=True, retain_graph=True
+    )
+    return [
+        b if a is None else (a if b is None else a + b) for a, b in zip(out, carried, strict=True)
+    ]
+
+
+def _assert_grads_close(mine: list, want: tuple) -> None:
+    for a, b in zip(mine, want, strict=True):
+        if a is None or b is None:
+            assert a is None or float(a.abs().max()) == 0.0
+            assert b is None or float(b.abs().max()) == 0.0
+            continue
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("mode", ["train", "eval", "small-weights", "certified"])
+@pytest.mark.parametrize("name", ADJOINT_BRANCHES)
+def test_gradients_in_closed_form_equal_autograd(name, mode):
+    """d/d(x, params) of sum_p c_p^T J t_p and of r^T g(x), in closed form and by autograd.
+
+    Modes: training; eval (the converged vectors); weights so small that no layer is rescaled
+    (the clamp passes no gradient to sigma); ``norm="certified"`` (no closed-form pullback: the
+    normalised weights' graphs carry the gradient)."""
+    g, event = branches()[name]
+    g = g.double()
+    if mode == "certified":
+        for m in g.modules():
+            if hasattr(m, "norm") and isinstance(m.norm, str):
+                m.norm = "certified"
+    if mode == "small-weights":
+        with torch.no_grad():
+            for m in g.modules():
+                if hasattr(m, "weight") and m.weight is not None and m.weight.dim() > 1:
+                    m.weight.mul_(1e-3)
+    g.train(mode != "eval")
+    x = torch.randn(4, *event, dtype=torch.float64, requires_grad=True)
+    t = torch.randn(2, 4, *event, dtype=torch.float64)
+    g(x)
+    params = [p for p in g.parameters() if p.requires_grad]
+    with iresnet.nn.frozen_normalisation(g):
+        closed = linearize_adjoint(g, x, t)
+        assert closed is not None
+        gx, vjp, surrogate_grad, grad = closed
+        assert gx.grad_fn is None
+        torch.testing.assert_close(gx, g(x), rtol=1e-12, atol=1e-12)
+        w = torch.randn_like(gx)
+        torch.testing.assert_close(
+            vjp(w), torch.autograd.grad(g(x), x, w)[0], rtol=1e-10, atol=1e-12
+        )
+        c = torch.randn(2, *gx.shape, dtype=torch.float64)
+        grad_x, pairs = surrogate_grad(c)
+        mine = _carry(pairs, params)
+        _, jt, _ = linearize(g, x, t)
+        assert jt is not None
+        want = torch.autograd.grad((jt * c).sum(), [x, *params], allow_unused=True)
+        torch.testing.assert_close(grad_x, want[0], rtol=1e-9, atol=1e-12)
+        _assert_grads_close(mine, want[1:])
+        # the backward pass of g, r -> d(r^T g(x)), from what the forward kept
+        r = torch.randn_like(gx)
+        grad_x, pairs = grad(r)
+        want = torch.autograd.grad((g(x) * r).sum(), [x, *params], allow_unused=True)
+        torch.testing.assert_close(grad_x, want[0], rtol=1e-10, atol=1e-12)
+        _assert_grads_close(_carry(pairs, params), want[1:])
+
+
+def test_linearize_adjoint_declines_unknown_layers():
+    assert (
+        linearize_adjoint(branches()["mlp-elu"][0], torch.zeros(3, 3), torch.zeros(1, 3, 3)) is None
+    )
+    g = nn.Sequential(nn.Linear(2, 2), nn.Tanh())
+    assert linearize_adjoint(g, torch.zeros(3, 2), torch.zeros(1, 3, 2)) is None
+
+
+@pytest.mark.parametrize("name", ADJOINT_BRANCHES)
+@pytest.mark.parametrize("n_probes", [1, 2])
+def test_memory_efficient_series_is_the_same_with_the_closed_form_surrogate_gradient(
+    monkeypatch, name, n_probes
+):
+    """The memory-efficient Neumann estimator with the surrogate's gradient in closed form
+    against the same estimator through autograd's graph of J v: same value, same gradients."""
+    g, event = branches()[name]
+    g = g.double().train()
+    x0 = torch.randn(6, *event, dtype=torch.float64)
+    g(x0)
+    results = []
+    for closed in (True, False):
+        if not closed:
+            monkeypatch.setattr(logdet_module, "linearize_adjoint", lambda g, x, t: None)
+        # the loss weights g(x) unevenly across samples: the backward pass of g must see it
+        estimator = iresnet.RussianRouletteLogDet(
+            n_exact=2, n_probes=n_probes, neumann_gradient=True, memory_efficient=True
+        )
+        torch.manual_seed(1)
+        x = x0.clone().requires_grad_()
+        g.zero_grad()
+        with iresnet.nn.frozen_normalisation(g):
+            gx, value = estimator(g, x)
+            (
+                value.mean() + (gx * gx * torch.arange(6.0).reshape(6, *[1] * len(event))).sum()
+            ).backward()
         grads = [None if p.grad is None else p.grad.clone() for p in g.parameters()]
         results.append((value.detach(), x.grad.clone(), grads))
     (v1, gx1, p1), (v2, gx2, p2) = results

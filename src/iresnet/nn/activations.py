@@ -33,6 +33,7 @@ __all__ = [
     "CPila",
     "LipSwish",
     "LipELU",
+    "Pullback",
     "ONE_LIPSCHITZ_ACTIVATIONS",
     "ACTIVATIONS",
     "activation_factory",
@@ -40,6 +41,41 @@ __all__ = [
     "pila",
     "pila_slope",
 ]
+
+
+class Pullback:
+    """A parameter and the map from the gradient of a tensor computed from it (a normalised
+    weight, LipSwish's ``beta``) to the parameter's gradient: the closed-form backward pass of
+    that small computation. It is linear, so gradients meant for the same computed tensor are
+    summed first and pulled back once.
+
+    Arguments:
+        param: the parameter.
+        pullback: ``gradient of the computed tensor -> gradient of param``.
+    """
+
+    __slots__ = ("param", "pullback")
+
+    def __init__(self, param: Tensor, pullback: Callable[[Tensor], Tensor]) -> None:
+        self.param, self.pullback = param, pullback
+
+
+Pairs = list[tuple["Tensor | Pullback", Tensor]]
+Adjoint = Callable[
+    [Tensor | None, Tensor | None, bool],
+    tuple[Tensor | None, Tensor | None, Pairs],
+]
+"""``adjoint(c, r, need_c) -> (c_in, r_in, pairs)`` of a layer's ``linearize_adjoint``: the
+cotangents of its pushed tangents (``c``) and of its output (``r``), either None for zero,
+carried back to its input, and ``(tensor, gradient)`` pairs for the differentiable tensors it
+used: parameters, tensors whose autograd graph leads to them, or
+[`Pullback`][iresnet.nn.activations.Pullback]s (see
+[`linearize_adjoint`][iresnet.ops.jacobian.linearize_adjoint])."""
+
+
+def _lipswish_slope(z: Tensor, s: Tensor) -> Tensor:
+    """LipSwish's slope ``(s + z s (1 - s)) / 1.1`` from ``z = beta x`` and ``s = sigmoid(z)``."""
+    return torch.addcmul(s, z, s - s * s) / 1.1
 
 
 class LipSwish(nn.Module):
@@ -91,15 +127,73 @@ class LipSwish(nn.Module):
         """``f(x)`` and ``f'(x) t`` (with their graphs; None without tangents ``t``), and
         ``vjp(w) = w * f'(x)`` in closed form (no graph)."""
         beta = self.beta
-        s = torch.sigmoid(beta * x)
+        z = beta * x
+        s = torch.sigmoid(z)
         y = x * s / 1.1
         if t is None:
             with torch.no_grad():
-                slope = (s + beta * x * s * (1 - s)) / 1.1
+                slope = _lipswish_slope(z, s)
             return y, None, lambda w: w * slope
-        slope = (s + beta * x * s * (1 - s)) / 1.1
+        slope = _lipswish_slope(z, s)
         fixed = slope.detach()
         return y, slope * t, lambda w: w * fixed
+
+    def linearize_adjoint(
+        self, x: Tensor, t: Tensor
+    ) -> tuple[Tensor, Tensor, Callable[[Tensor], Tensor], Adjoint]:
+        """``f(x)`` and ``f'(x) t`` (no graphs), ``vjp(w) = w * f'(x)`` and the adjoint of the
+        linearised map, for gradients in closed form (see
+        [`linearize_adjoint`][iresnet.ops.jacobian.linearize_adjoint]).
+
+        ``adjoint(c, r, need_c) -> (c', r', pairs)``: ``c`` ``(m, *x.shape)`` is the cotangent
+        of the pushed tangents ``f'(x) t`` (or None; it may be given once, after which the
+        tangents are released), ``r`` that of ``f(x)`` (or None); returns ``c' = f'(x) c``
+        (None unless ``need_c``), the cotangent of ``x``,
+        ``r' = f'(x) r + f''(x) sum_m c t``, and ``[(beta, d/d beta)]``, with
+        ``f''(x) = beta h'(z) / 1.1``, ``h'(z) = s (1 - s) (2 + z (1 - 2 s))``,
+        ``df/dbeta = x^2 s (1 - s) / 1.1`` and ``df'/dbeta = x h'(z) / 1.1``
+        (``z = beta x``, ``s = sigmoid(z)``). Kept for ``r``: the slope and ``x^2 s (1 - s)``,
+        as many tensors as autograd would keep for ``f``."""
+        raw = self.raw_beta
+        with torch.no_grad():
+            b = F.softplus(raw)
+            # d softplus / d raw: sigmoid(raw), and 1 above softplus' linear threshold (20)
+            dbeta = torch.where(raw > 20, torch.ones_like(raw), torch.sigmoid(raw))
+            beta = Pullback(raw, lambda g: g * dbeta)
+            z = b * x
+            s = torch.sigmoid(z)
+            y = (x * s).div_(1.1)
+            ds = torch.addcmul(s, s, s, value=-1)  # s (1 - s)
+            slope = torch.addcmul(s, z, ds).div_(1.1)
+            t_out = slope * t
+            # h'(z) / 1.1 = f''(x) / beta, for the tangents' cotangent
+            curvature = torch.rsub(s, 1, alpha=2).mul_(z).add_(2).mul_(ds).div_(1.1)
+            x2ds = (x * x).mul_(ds)  # 1.1 df/dbeta
+        held = [t, curvature, x]  # for the tangents' cotangent only: released after its use
+
+        def adjoint(
+            c: Tensor | None, r: Tensor | None, need_c: bool
+        ) -> tuple[Tensor | None, Tensor | None, Pairs]:
+            with torch.no_grad():
+                r_in = c_in = grad_beta = None
+                if c is not None:
+                    t_, curvature_, x_ = held
+                    held.clear()
+                    q = c[0] * t_[0]  # sum_m c t, without a reduction over one probe
+                    for i in range(1, c.shape[0]):
+                        q.addcmul_(c[i], t_[i])
+                    q.mul_(curvature_)
+                    r_in = q * b
+                    grad_beta = (q * x_).sum()
+                    if need_c:
+                        c_in = c * slope
+                if r is not None:
+                    r_in = r * slope if r_in is None else r_in.addcmul_(r, slope)
+                    from_r = (r * x2ds).sum() / 1.1
+                    grad_beta = from_r if grad_beta is None else grad_beta + from_r
+            return c_in, r_in, [] if grad_beta is None else [(beta, grad_beta)]
+
+        return y, t_out, lambda w: w * slope, adjoint
 
     def jvp(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """Forward-mode derivative: ``(f(x), f'(x) t)``.
@@ -113,11 +207,9 @@ class LipSwish(nn.Module):
         Returns:
             ``f(x)`` of ``x``'s shape and ``f'(x) t`` of ``t``'s shape.
         """
-        beta = self.beta
-        s = torch.sigmoid(beta * x)
-        y = x * s / 1.1
-        dy = (s + beta * x * s * (1 - s)) / 1.1
-        return y, dy * t
+        z = self.beta * x
+        s = torch.sigmoid(z)
+        return x * s / 1.1, _lipswish_slope(z, s) * t
 
     def lipschitz_bound(self) -> float:
         """1.0: the slope never exceeds 1."""

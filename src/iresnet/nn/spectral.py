@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..checks import check_input, check_size
+from .activations import Adjoint, Pairs, Pullback
 from .attributes import temporarily_set
 from .bounds import Bound, conv2d_exact_norm, conv2d_operator_bound, linear_operator_bound
 
@@ -54,7 +55,8 @@ _EPS = 1e-12
 
 
 def _normalize(t: Tensor) -> Tensor:
-    return t / t.norm().clamp_min(_EPS)
+    # linalg.vector_norm directly: Tensor.norm goes through a Python wrapper to the same call
+    return t / torch.linalg.vector_norm(t).clamp_min(_EPS)
 
 
 def power_iteration(
@@ -117,15 +119,22 @@ def power_iteration(
             if converged:
                 break
         return _normalize(forward(v)), v, sigma, done
-    u = _normalize(forward(v))
-    sigma = (u * forward(v)).sum()
+    av = forward(v)
+    u = _normalize(av)
     done = 0
+    if tol is None:  # a fixed number of steps: sigma is read once, at the end
+        for done in range(1, n_iterations + 1):  # noqa: B007 - `done` is returned
+            v = _normalize(adjoint(u))
+            av = forward(v)
+            u = _normalize(av)
+        return u, v, (u * av).sum(), done
+    sigma = (u * av).sum()
     for done in range(1, n_iterations + 1):  # noqa: B007 - `done` is returned
         v = _normalize(adjoint(u))
         av = forward(v)
         u = _normalize(av)
         new_sigma = (u * av).sum()
-        converged = tol is not None and abs(new_sigma - sigma) <= tol * new_sigma.abs()
+        converged = abs(new_sigma - sigma) <= tol * new_sigma.abs()
         sigma = new_sigma
         if converged:
             break
@@ -276,6 +285,46 @@ class _SpectralNormMixin:
         # Clones: the next training call updates u, v in place, and this sigma's backward
         # must still see the vectors it was computed with (two forwards before one backward).
         return (self.u.clone() * fwd(self.v.clone())).sum()
+
+    def _sigma_weight_grad(self, u: Tensor, v: Tensor, weight: Tensor) -> Tensor:
+        """``d (u^T A v) / d weight`` for the layer's linear map ``A`` (no graph)."""
+        raise NotImplementedError
+
+    def _normalized_weight_pullback(self) -> tuple[Tensor, Pullback] | None:
+        """``W_hat`` as [`normalized_weight`][iresnet.nn.spectral.SpectralLinear.normalized_weight]
+        computes it (same power-iteration step, same values), without a graph, and its
+        [`Pullback`][iresnet.nn.activations.Pullback] to the weight; None unless
+        ``norm="spectral"``.
+
+        ``W_hat = W / d`` with ``d = max(1, sigma / coeff)`` and ``sigma = u^T W v`` (``u``,
+        ``v`` fixed), so ``dL/dW = G / d - [sigma / coeff >= 1] (<G, W> / (d^2 coeff)) u v^T``
+        for ``G = dL/dW_hat`` (the clamp passes the gradient where its input reaches 1, as
+        ``torch.clamp`` does)."""
+        if self.norm != "spectral":
+            return None
+        with torch.no_grad():
+            if self.training:
+                if not self._frozen:
+                    self._update_vectors(self.n_power_iterations, None)
+                # copies: the next training call updates the buffers in place
+                u, v = self.u.clone(), self.v.clone()
+            else:
+                u, v = self._eval_vectors()
+            w = self.weight.detach()
+            fwd, _ = self._operator(w)
+            sigma = (u * fwd(v)).sum()
+            self.sigma.copy_(sigma)
+            ratio = sigma / self.coeff
+            d = torch.clamp(ratio, min=1.0)
+            w_hat = w / d
+            through = (ratio >= 1).to(w.dtype) / (d * d * self.coeff)
+
+        def pullback(grad: Tensor) -> Tensor:
+            with torch.no_grad():
+                coef = (grad * w).sum().mul_(through).neg_()
+                return (grad / d).add_(self._sigma_weight_grad(u, v, w).mul_(coef))
+
+        return w_hat, Pullback(self.weight, pullback)
 
     def _frobenius_factor(self) -> float:
         return 1.0
@@ -579,6 +628,9 @@ class SpectralLinear(_SpectralNormMixin, nn.Linear):
     def _normalising_bound(self, weight: Tensor) -> Bound:
         return linear_operator_bound(weight)
 
+    def _sigma_weight_grad(self, u: Tensor, v: Tensor, weight: Tensor) -> Tensor:
+        return torch.outer(u, v)
+
     def _top_singular_vectors(self) -> tuple[Tensor, Tensor]:
         # Up to 1024 wide the SVD gives the exact top pair, in float64, whatever the persistent
         # vectors converged to.
@@ -619,6 +671,59 @@ class SpectralLinear(_SpectralNormMixin, nn.Linear):
         fixed = weight.detach()
         jt = None if t is None else F.linear(t, weight)
         return F.linear(x, weight, self.bias), jt, lambda w: w @ fixed
+
+    def linearize_adjoint(
+        self, x: Tensor, t: Tensor
+    ) -> tuple[Tensor, Tensor, Callable[[Tensor], Tensor], Adjoint]:
+        """``W_hat x + b`` and ``W_hat t`` (no graphs), ``vjp(w) = w W_hat`` and the adjoint of
+        the linearised map (see
+        [`linearize_adjoint`][iresnet.ops.jacobian.linearize_adjoint]): cotangents ``c`` of
+        ``W_hat t`` (given once; the tangents are then released) and ``r`` of the output, either
+        None, give ``c W_hat``, ``r W_hat`` and the gradients ``sum c^T t + r^T x`` of
+        ``W_hat`` (whose graph carries them to the weight) and ``sum r`` of the bias.
+
+        Raises:
+            DataError: as ``forward``.
+        """
+        check_input(x, "SpectralLinear", like=self)
+        check_size(x, "SpectralLinear", -1, self.in_features, "input features")
+        closed = self._normalized_weight_pullback()
+        weight: Tensor | Pullback
+        if closed is None:
+            weight = fixed = self.normalized_weight()
+        else:
+            fixed, weight = closed
+        bias = self.bias
+        out, inp = self.out_features, self.in_features
+        with torch.no_grad():
+            fixed, xd = fixed.detach(), x.detach()
+            y = F.linear(xd, fixed, None if bias is None else bias.detach())
+            t_out = F.linear(t, fixed)
+        held = [t]
+
+        def adjoint(
+            c: Tensor | None, r: Tensor | None, need_c: bool
+        ) -> tuple[Tensor | None, Tensor | None, Pairs]:
+            with torch.no_grad():
+                grad_w = c_in = r_in = None
+                pairs: Pairs = []
+                if c is not None:
+                    (t_,) = held
+                    held.clear()
+                    grad_w = c.reshape(-1, out).t() @ t_.reshape(-1, inp)
+                    if need_c:
+                        c_in = c @ fixed
+                if r is not None:
+                    r2, x2 = r.reshape(-1, out), xd.reshape(-1, inp)
+                    grad_w = r2.t() @ x2 if grad_w is None else grad_w.addmm_(r2.t(), x2)
+                    if bias is not None:
+                        pairs.append((bias, r2.sum(0)))
+                    r_in = r @ fixed
+                if grad_w is not None:
+                    pairs.append((weight, grad_w))
+            return c_in, r_in, pairs
+
+        return y, t_out, lambda w: w @ fixed, adjoint
 
     def jvp(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """Forward-mode derivative: ``(W_hat x + b, W_hat t)``.
@@ -760,6 +865,21 @@ class SpectralConv2d(_SpectralNormMixin, nn.Conv2d):
     def _apply_weight(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         return F.conv2d(x, weight, bias, self.stride, self.padding)
 
+    def _sigma_weight_grad(self, u: Tensor, v: Tensor, weight: Tensor) -> Tensor:
+        return torch.ops.aten.convolution_backward(
+            u,
+            v,
+            weight,
+            None,
+            self.stride,
+            self.padding,
+            self.dilation,
+            False,
+            [0, 0],
+            self.groups,
+            [False, True, False],
+        )[1]
+
     def forward(self, x: Tensor) -> Tensor:
         check_input(x, "SpectralConv2d", like=self)
         check_size(x, "SpectralConv2d", -3, self.in_channels, "input channels")
@@ -789,17 +909,109 @@ class SpectralConv2d(_SpectralNormMixin, nn.Conv2d):
         self._ensure_vectors(x)
         weight = self.normalized_weight()
         fixed = weight.detach()
-        shape = x.shape
-        stride, padding = self.stride, self.padding
+        xd = x.detach()
+        stride, padding, dilation, groups = self.stride, self.padding, self.dilation, self.groups
 
         def vjp(w: Tensor) -> Tensor:
-            return torch.nn.grad.conv2d_input(shape, fixed, w, stride, padding)
+            # The transposed convolution, at the input itself (see linearize_adjoint).
+            return torch.ops.aten.convolution_backward(
+                w,
+                xd,
+                fixed,
+                None,
+                stride,
+                padding,
+                dilation,
+                False,
+                [0, 0],
+                groups,
+                [True, False, False],
+            )[0]
 
         jt = None
         if t is not None:
             tt = self._conv_forward(t.reshape(-1, *t.shape[2:]), weight, None)
             jt = tt.reshape(*t.shape[:2], *tt.shape[1:])
         return self._conv_forward(x, weight, self.bias), jt, vjp
+
+    def linearize_adjoint(
+        self, x: Tensor, t: Tensor
+    ) -> tuple[Tensor, Tensor, Callable[[Tensor], Tensor], Adjoint]:
+        """``conv(x)`` and ``conv_without_bias(t)`` (no graphs), the transposed convolution as
+        ``vjp`` and the adjoint of the linearised map (see
+        [`linearize_adjoint`][iresnet.ops.jacobian.linearize_adjoint]): cotangents ``c`` of the
+        pushed tangents (given once; the tangents are then released) and ``r`` of the output,
+        either None, go back through the transposed convolution, with the kernel's (and the
+        bias's) gradient from the same call.
+
+        Raises:
+            DataError: as ``forward``.
+        """
+        check_input(x, "SpectralConv2d", like=self)
+        check_size(x, "SpectralConv2d", -3, self.in_channels, "input channels")
+        self._ensure_vectors(x)
+        closed = self._normalized_weight_pullback()
+        weight: Tensor | Pullback
+        if closed is None:
+            weight = fixed = self.normalized_weight()
+        else:
+            fixed, weight = closed
+        bias = self.bias
+        stride, padding = self.stride, self.padding
+        with torch.no_grad():
+            fixed, xd = fixed.detach(), x.detach()
+            y = self._conv_forward(xd, fixed, None if bias is None else bias.detach())
+            tf = t.reshape(-1, *t.shape[2:])
+            tt = self._conv_forward(tf, fixed, None)
+            t_out = tt.reshape(*t.shape[:2], *tt.shape[1:])
+        held = [tf]
+        dilation, groups = self.dilation, self.groups
+
+        def grads(cot: Tensor, inp: Tensor, mask: list[bool]) -> tuple[Tensor, ...]:
+            # (input, weight, bias) gradients of the convolution at `inp` for the output
+            # cotangent `cot`, those in `mask`, from one call.
+            return torch.ops.aten.convolution_backward(
+                cot,
+                inp,
+                fixed,
+                None if bias is None else [bias.shape[0]],
+                stride,
+                padding,
+                dilation,
+                False,
+                [0, 0],
+                groups,
+                mask,
+            )
+
+        def back(w: Tensor) -> Tensor:
+            # The transposed convolution at the input itself (conv2d_input passes an expanded
+            # placeholder, which costs a copy of the result here).
+            return grads(w, xd, [True, False, False])[0]
+
+        def adjoint(
+            c: Tensor | None, r: Tensor | None, need_c: bool
+        ) -> tuple[Tensor | None, Tensor | None, Pairs]:
+            with torch.no_grad():
+                pairs: Pairs = []
+                grad_w = c_in = r_in = None
+                if c is not None:
+                    (tf_,) = held
+                    held.clear()
+                    cf = c.reshape(-1, *c.shape[2:])
+                    gi, grad_w, _ = grads(cf, tf_, [need_c, True, False])
+                    if need_c:
+                        c_in = gi.reshape(*c.shape[:2], *gi.shape[1:])
+                if r is not None:
+                    r_in, gw, gb = grads(r, xd, [True, True, bias is not None])
+                    grad_w = gw if grad_w is None else grad_w.add_(gw)
+                    if bias is not None:
+                        pairs.append((bias, gb))
+                if grad_w is not None:
+                    pairs.append((weight, grad_w))
+            return c_in, r_in, pairs
+
+        return y, t_out, back, adjoint
 
     def jvp(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """Forward-mode derivative: ``(conv(x), conv_without_bias(t))``.

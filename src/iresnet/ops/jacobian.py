@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["jacobian", "linearize"]
+__all__ = ["jacobian", "linearize", "linearize_adjoint"]
 
 G = Callable[[Tensor], Tensor]
 
@@ -72,6 +73,95 @@ def linearize(
         return w
 
     return h, t, vjp
+
+
+Pairs = list[tuple[Any, Tensor]]
+"""``(target, gradient)``: the target is a parameter, a tensor whose autograd graph leads to
+the parameters, or an object with ``param`` and ``pullback`` (gradient of the computed tensor
+-> gradient of ``param``: ``iresnet.nn.Pullback``)."""
+ClosedGrad = Callable[[Tensor], tuple[Tensor | None, Pairs]]
+
+
+def linearize_adjoint(
+    g: G, x: Tensor, tangents: Tensor
+) -> tuple[Tensor, Callable[[Tensor], Tensor], ClosedGrad, ClosedGrad] | None:
+    """``g(x)``, ``w -> w J_g(x)``, and the gradients of ``sum_p c_p^T J_g(x) t_p`` and of
+    ``r^T g(x)`` in closed form, where ``g`` allows it; None otherwise.
+
+    The Neumann-series gradient (Residual Flows Theorem 2) is the gradient of the surrogate
+    ``S = sum_p c_p^T J_g(x) t_p`` with respect to ``x`` and the parameters, for fixed ``c``
+    and probes ``t``. For a chain ``g = f_L o ... o f_1`` the tangents are pushed forward once
+    (``t_l = J_{f_l} t_{l-1}``), and the gradient is one pass back through the chain carrying
+    two cotangents: ``c`` of the tangents (``c_{l-1} = J_{f_l}^T c_l``) and ``r`` of the layer
+    outputs, fed by the tangent map's dependence on the layer's input (an activation's
+    ``f''``: ``r_{l-1} = J_{f_l}^T r_l + f_l''(x_l) sum_p c_p t_p``); each layer gives the
+    gradients of the tensors it used (normalised weights, biases, ``beta``). The gradient of
+    ``r^T g(x)`` (the backward pass of ``g``) is the same pass with ``c = 0``. No autograd
+    graph is built for ``g(x)``, ``J v`` or the slopes: a few matrix products (or
+    convolutions) and element-wise products per layer replace autograd's walk through them,
+    and the pass for ``r`` keeps as many tensors as autograd's graph of ``g`` would.
+
+    Args:
+        g: a samplewise map; a ``nn.Sequential`` whose layers all offer
+            ``linearize_adjoint(x, t) -> (f(x), J_f t, vjp, adjoint)`` (the spectral layers
+            and LipSwish) is handled, anything else returns None.
+        x: ``(B, *event)``.
+        tangents: ``(m, B, *event)``, the probes.
+
+    Returns:
+        None, or ``(g(x), vjp, surrogate_grad, grad)``, none with a graph: ``vjp(w) = w
+        J_g(x)``; ``surrogate_grad(c)`` for ``c`` of the tangents' shape (called at most once:
+        the pushed tangents are released then) and ``grad(r)`` for ``r`` of ``g(x)``'s shape
+        return the gradient with respect to ``x`` (None where it is zero) and
+        ``(target, gradient)`` pairs for the differentiable tensors of ``g``: parameters,
+        tensors whose graphs lead to them, or closed-form pullbacks of the normalised weights
+        and ``beta`` to them (objects with ``param`` and ``pullback``).
+
+    Examples:
+        >>> from iresnet.nn import mlp_branch
+        >>> g = mlp_branch(2, (8,)).eval()  # eval: every call applies the same weights
+        >>> x, v = torch.randn(4, 2, requires_grad=True), torch.randn(1, 4, 2)
+        >>> gx, vjp, surrogate_grad, grad = linearize_adjoint(g, x, v)
+        >>> grad_x, pairs = surrogate_grad(v)
+        >>> _, jv, _ = linearize(g, x, v)  # J v with its graph
+        >>> torch.allclose(grad_x, torch.autograd.grad((jv * v).sum(), x)[0], atol=1e-5)
+        True
+    """
+    if not (isinstance(g, nn.Sequential) and all(hasattr(m, "linearize_adjoint") for m in g)):
+        return None
+    h, t, backs, adjoints = x, tangents, [], []
+    for layer in g:
+        h, t, back, adjoint = layer.linearize_adjoint(h, t)
+        backs.append(back)
+        adjoints.append(adjoint)
+    backs.reverse()
+    adjoints.reverse()
+    last = len(adjoints) - 1
+
+    def vjp(w: Tensor) -> Tensor:
+        with torch.no_grad():
+            for back in backs:
+                w = back(w)
+        return w
+
+    def surrogate_grad(c: Tensor) -> tuple[Tensor | None, Pairs]:
+        cc: Tensor | None = c
+        r: Tensor | None = None
+        pairs: Pairs = []
+        for i, adjoint in enumerate(adjoints):
+            cc, r, layer_pairs = adjoint(cc, r, i < last)
+            pairs += layer_pairs
+        return r, pairs
+
+    def grad(r: Tensor) -> tuple[Tensor | None, Pairs]:
+        rr: Tensor | None = r
+        pairs: Pairs = []
+        for adjoint in adjoints:
+            _, rr, layer_pairs = adjoint(None, rr, False)
+            pairs += layer_pairs
+        return rr, pairs
+
+    return h, vjp, surrogate_grad, grad
 
 
 def _supports_forward_jacobian(g: G) -> bool:

@@ -57,7 +57,7 @@ from torch import Tensor, nn
 
 from ..checks import check_input
 from ..errors import RouletteVarianceWarning
-from .jacobian import jacobian, linearize
+from .jacobian import ClosedGrad, Pairs, jacobian, linearize, linearize_adjoint
 from .roulette import roulette_for_lipschitz, roulette_variance_bound, roulette_variance_is_finite
 
 __all__ = [
@@ -187,6 +187,7 @@ def _series(
     need_graph: bool,
     vjp: Callable[[Tensor], Tensor] | None = None,
     jv: Tensor | None = None,
+    neumann_out: list[Tensor] | None = None,
 ) -> Tensor:
     """The series estimate from the graph ``gx = g(x)``; see ``series_logdet``.
 
@@ -194,7 +195,10 @@ def _series(
     (its own number of terms; summed, the lists carry any averaging). From
     [`linearize`][iresnet.ops.jacobian.linearize]: ``vjp``, the closed-form ``w -> w J`` for
     the terms that need no graph, and ``jv``, the probes pushed forward (``J v`` with its
-    graph), for the Neumann gradient's surrogate."""
+    graph), for the Neumann gradient's surrogate. With ``neumann_out`` (a list), the Neumann
+    vectors, divided by the probes' averaging, are appended to it instead (one per probe, no
+    graph): the surrogate's gradient is then formed by the caller, and the value returned
+    carries none."""
     per_probe = len(weights) > 0 and isinstance(weights[0], Sequence)
     lists: Sequence[Sequence[float]] = (
         weights if per_probe else [weights] * probes.shape[0]  # type: ignore[assignment,list-item]
@@ -206,6 +210,9 @@ def _series(
         n = len(probe_weights)
         w = v
         neumann = v * probe_weights[0]
+        # sum_k (-1)^{k+1} weights[k-1] v^T J^k v / k = v^T (sum_k ... w_k): one product with
+        # v per probe, the terms summed with one fused operation each.
+        terms: Tensor | None = None
         for k in range(1, n + 1):
             # w <- w^T J: one vector-Jacobian product (in closed form where the branch allows,
             # else through the shared graph of g(x)).
@@ -213,10 +220,15 @@ def _series(
                 w = vjp(w)
             else:
                 w = torch.autograd.grad(gx, x, w, retain_graph=True, create_graph=plain_graph)[0]
-            value = value + ((-1) ** (k + 1) * probe_weights[k - 1] / k) * _batch_dot(w, v)
+            coef = (-1) ** (k + 1) * probe_weights[k - 1] / k
+            terms = w * coef if terms is None else torch.add(terms, w, alpha=coef)
             if neumann_gradient and k < n:
-                neumann = neumann + ((-1) ** k * probe_weights[k]) * w
-        if neumann_gradient and need_graph:
+                neumann = torch.add(neumann, w, alpha=(-1) ** k * probe_weights[k])
+        if terms is not None:
+            value = value + _batch_dot(terms, v)
+        if neumann_out is not None:
+            neumann_out.append(neumann.detach())
+        elif neumann_gradient and need_graph:
             # Surrogate neumann^T J v: its gradient is the Neumann-series gradient estimate.
             if jv is not None:  # J v from forward mode: a first-order backward pass
                 surrogate = surrogate + _batch_dot(neumann.detach(), jv[p])
@@ -227,52 +239,122 @@ def _series(
                 surrogate = surrogate + _batch_dot(wj, v)
     scale = 1 if per_probe else probes.shape[0]
     value = value / scale
+    if neumann_out is not None:
+        neumann_out[:] = [n / scale for n in neumann_out]
+        return value.detach()
     if neumann_gradient:
         surrogate = surrogate / scale
         return value.detach() + (surrogate - surrogate.detach())
     return value
 
 
+_Closed = tuple[tuple[Tensor | None, Pairs], ClosedGrad]
+"""The closed-form route of ``series_logdet``: the log-det's gradient (with respect to ``x``,
+and ``(tensor, gradient)`` pairs) and the backward pass ``r -> gradient of r^T g(x)``."""
+
+
 class _MemoryEfficient(torch.autograd.Function):
-    """Forms the log-det's gradient in the forward pass; keeps only the graph of ``g(x)``."""
+    """Forms the log-det's gradient in the forward pass; keeps only what the backward pass of
+    ``g`` needs (autograd's graph of ``g(x)``, or the closed-form route's saved tensors)."""
 
     @staticmethod
     def forward(ctx, compute, x, *params):  # type: ignore[override]
         with torch.enable_grad():
             x_ = x.detach().requires_grad_()
-            gx, logdet = compute(x_)
-            grads = torch.autograd.grad(
-                logdet.sum(), (x_, *params), retain_graph=True, allow_unused=True
-            )
-        # Dropping `logdet` frees the series' own graph; only g's graph (behind gx) survives.
-        ctx.graph = (gx, x_, params)
+            gx, logdet, closed = compute(x_)
+            if closed is None:
+                grads = torch.autograd.grad(
+                    logdet.sum(), (x_, *params), retain_graph=True, allow_unused=True
+                )
+                # Dropping `logdet` frees the series' own graph; only g's graph survives.
+                ctx.graph = (gx, x_, params)
+            else:
+                grads = None
+                ctx.graph = (None, x_, params)
         ctx.logdet_grads = grads
+        ctx.closed = closed
         return gx.detach(), logdet.detach()
 
     @staticmethod
     def backward(ctx, grad_gx, grad_logdet):  # type: ignore[override]
         gx, x_, params = ctx.graph
-        grads = ctx.logdet_grads
+        closed, grads = ctx.closed, ctx.logdet_grads
+        ctx.graph = ctx.closed = ctx.logdet_grads = None
+        scale = grad_logdet.reshape(-1, *([1] * (x_.dim() - 1)))
+        if closed is not None:
+            return (None, *_closed_backward(closed, grad_gx, grad_logdet, scale, x_, params))
         with torch.enable_grad():
             dg = torch.autograd.grad(gx, (x_, *params), grad_gx, allow_unused=True)
-        ctx.graph = None
-        scale = grad_logdet.reshape(-1, *([1] * (x_.dim() - 1)))
         grad_x = _add(dg[0], None if grads[0] is None else grads[0] * scale)
         grad_params = []
         if params:
-            c = grad_logdet[0]
-            # Parameter gradients were summed over the batch in the forward pass, so the loss
-            # must weight every sample's log-det equally (a mean or a sum does).
-            if not torch.allclose(grad_logdet, c.expand_as(grad_logdet), rtol=1e-5, atol=1e-12):
-                raise RuntimeError(
-                    "memory_efficient log-det needs a loss that weights every sample's log-det "
-                    "equally (e.g. a mean over the batch); use memory_efficient=False otherwise"
-                )
+            c = _equal_weight(grad_logdet)
             grad_params = [
                 _add(d, None if gr is None else gr * c)
                 for d, gr in zip(dg[1:], grads[1:], strict=True)
             ]
         return (None, grad_x, *grad_params)
+
+
+def _equal_weight(grad_logdet: Tensor) -> Tensor:
+    """The one weight of every sample's log-det in the loss; raises if they differ."""
+    c = grad_logdet[0]
+    # Parameter gradients were summed over the batch in the forward pass, so the loss must
+    # weight every sample's log-det equally (a mean or a sum does).
+    if not torch.allclose(grad_logdet, c.expand_as(grad_logdet), rtol=1e-5, atol=1e-12):
+        raise RuntimeError(
+            "memory_efficient log-det needs a loss that weights every sample's log-det "
+            "equally (e.g. a mean over the batch); use memory_efficient=False otherwise"
+        )
+    return c
+
+
+def _closed_backward(
+    closed: _Closed,
+    grad_gx: Tensor,
+    grad_logdet: Tensor,
+    scale: Tensor,
+    x: Tensor,
+    params: tuple[Tensor, ...],
+) -> list[Tensor | None]:
+    """The gradients of ``grad_gx^T g(x) + grad_logdet^T logdet`` with respect to ``x`` and
+    ``params`` on the closed-form route: the backward pass of ``g`` in closed form, the
+    log-det's gradient formed in the forward pass, and for both together the closed-form
+    pullbacks of the normalised weights and ``beta`` to the parameters (one autograd pass
+    through their small graphs where a layer gives no pullback)."""
+    (logdet_x, logdet_pairs), grad = closed
+    grad_x, pairs = grad(grad_gx)
+    if logdet_x is not None:
+        grad_x = logdet_x * scale if grad_x is None else grad_x.addcmul_(logdet_x, scale)
+    if grad_x is None:
+        grad_x = torch.zeros_like(x)
+    if not params:
+        return [grad_x]
+    c = _equal_weight(grad_logdet) if logdet_pairs else None
+    index = {id(p): i for i, p in enumerate(params)}
+    grads: list[Tensor | None] = [None] * len(params)
+    # Gradients meant for the same computed tensor are summed before it is pulled back.
+    merged: dict[int, tuple[Any, Tensor]] = {}
+    for target, g in [*pairs, *((t, g * c) for t, g in logdet_pairs)]:
+        i = index.get(id(target))
+        if i is not None:
+            grads[i] = _add(grads[i], g)
+            continue
+        key = id(target)
+        merged[key] = (target, g if key not in merged else merged[key][1] + g)
+    graphs = []
+    for target, g in merged.values():
+        if isinstance(target, Tensor):
+            if target.requires_grad:
+                graphs.append((target, g))
+        elif (i := index.get(id(target.param))) is not None:  # a closed-form pullback
+            grads[i] = _add(grads[i], target.pullback(g))
+    if graphs:
+        carried = torch.autograd.grad(
+            [t for t, _ in graphs], params, [g for _, g in graphs], allow_unused=True
+        )
+        grads = [_add(a, b) for a, b in zip(grads, carried, strict=True)]
+    return [grad_x, *grads]
 
 
 def _add(a: Tensor | None, b: Tensor | None) -> Tensor | None:
@@ -335,7 +417,23 @@ def series_logdet(
     params = _grad_params(g)
     need_graph = torch.is_grad_enabled() and (x.requires_grad or len(params) > 0)
 
-    def compute(x_: Tensor) -> tuple[Tensor, Tensor]:
+    def compute(x_: Tensor) -> tuple[Tensor, Tensor, _Closed | None]:
+        if memory_efficient and neumann_gradient and need_graph:
+            closed = linearize_adjoint(g, x_, probes)
+            if closed is not None:  # every gradient in closed form: no graph of g or J v
+                gx, vjp_, surrogate_grad, grad = closed
+                neumann: list[Tensor] = []
+                ld = _series(
+                    gx,
+                    x_,
+                    probes,
+                    weights,
+                    neumann_gradient=True,
+                    need_graph=True,
+                    vjp=vjp_,
+                    neumann_out=neumann,
+                )
+                return gx, ld, (surrogate_grad(torch.stack(neumann)), grad)
         push = probes if (neumann_gradient and need_graph) else None
         gx, jv, vjp = linearize(g, x_, push)
         ld = _series(
@@ -348,13 +446,13 @@ def series_logdet(
             vjp=vjp,
             jv=jv,
         )
-        return gx, ld
+        return gx, ld, None
 
     if memory_efficient and need_graph:
         return _MemoryEfficient.apply(compute, x, *params)
     with torch.enable_grad():
         x_ = x if (x.requires_grad and need_graph) else x.detach().requires_grad_()
-        gx, logdet = compute(x_)
+        gx, logdet, _ = compute(x_)
     if not need_graph:
         gx, logdet = gx.detach(), logdet.detach()
     return gx, logdet
