@@ -143,8 +143,8 @@ def check_finite(x: Tensor, where: str) -> None:
         ...
         iresnet.errors.DataError: f: input contains NaN (first non-finite sample: index 1)
     """
-    if not x.is_floating_point():
-        return
+    if not x.is_floating_point() or torch.compiler.is_compiling():
+        return  # inside torch.compile the host read would break the graph: checked eagerly
     finite = torch.isfinite(x)
     if not bool(finite.all()):
         bad = (~finite).reshape(x.shape[0], -1).any(1) if x.dim() > 0 else ~finite

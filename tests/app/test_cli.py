@@ -27,7 +27,7 @@ def run(capsys, *argv):
         (["train", "toy-8gaussians", "model.nope=1"], "unknown config key 'model.nope'"),
         (["train", "toy-8gaussians", "model.coeff=abc"], "model.coeff must be float"),
         (["train", "toy-8gaussians", "model.coeff=1.5"], "model.coeff must lie in"),
-        (["evaluate", "/nonexistent/run"], "not an iresnet run folder"),
+        (["evaluate", "/nonexistent/run"], "/nonexistent/run: no such run folder"),
     ],
 )
 def test_bad_arguments_give_one_line_errors(capsys, argv, message):
@@ -369,3 +369,33 @@ def test_the_second_new_users_findings(capsys, tmp_path):
     assert code == 2 and "needs an image density model" in err
     code, _, err = run(capsys, "train", "logdet=roulette-auto", "coeff=1.0", "--steps", "2")
     assert code == 2 and "use model.coeff < 1" in err
+
+
+def test_the_third_new_users_findings(capsys, tmp_path, monkeypatch):
+    """A fresh session on monotone blocks, training subsets and conditional files: the config
+    line names the block and activation, a missing folder is named as missing, a context that
+    starts with a minus sign is a value, and the run's thread count is used after training."""
+    import iresnet
+    from iresnet.app.cli import _config_summary
+    from iresnet.app.config import Config
+
+    line = _config_summary(Config().override(["model.block=monotone", "model.activation=cpila"]))
+    assert "monotone blocks, cpila" in line and "monotone" not in _config_summary(Config())
+    with pytest.raises(TypeError, match=r"one per hidden layer \(e.g. \(64,\)\), got 64"):
+        iresnet.ResidualFlow(2, hidden_features=64)
+    out = tmp_path / "run"
+    argv = ["train", "toy-rotated-8gaussians", *TINY, "--steps", "2", "--out", str(out)]
+    code, _, err = run(capsys, *argv, "train.threads=1", "--no-progress")
+    assert code == 0, err
+    threads: list[int] = []
+    monkeypatch.setattr(torch, "set_num_threads", threads.append)
+    for context in ("-0.5;0.2", "-1e9", "-.5"):
+        code, _, err = run(
+            capsys, "sample", str(out), "-n", "2", "--context", context, "--out",
+            str(tmp_path / "s.npy"), "--overwrite",
+        )  # fmt: skip
+        assert code == 0, (context, err)
+        # -1e9 lies far outside the training angles, -0.5 does not
+        assert ("extrapolates" in err) == (context == "-1e9"), (context, err)
+    assert np.load(tmp_path / "s.contexts.npy")[:, 0].tolist() == [-0.5, -0.5]
+    assert threads == [1, 1, 1]  # the run's train.threads, once per command

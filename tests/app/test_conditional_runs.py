@@ -289,6 +289,27 @@ def test_a_class_conditional_digits_run_samples_each_class_and_scores_in_bits(tm
     assert np.load(tmp_path / "s.npy").shape == (4, 1, 8, 8)
     labels = np.load(tmp_path / "s.contexts.npy")  # each sample's class, as --context takes it
     assert labels.dtype == np.int64 and labels.tolist() == [[3], [3], [7], [7]]
+    # The pair scores back as it was written: samples in [0, 1] are read as the levels they
+    # fall in (floor(u K)), with their contexts.
+    code, out, err = run(
+        capsys,
+        "score",
+        str(out_dir),
+        "--data",
+        str(tmp_path / "s.npy"),
+        "--context",
+        str(tmp_path / "s.contexts.npy"),
+        "--out",
+        str(tmp_path / "s_scores.csv"),
+    )
+    assert code == 0, err
+    scores = np.loadtxt(tmp_path / "s_scores.csv", delimiter=",", skiprows=1)
+    assert scores.shape == (4, 4) and np.isfinite(scores).all()
+    np.save(tmp_path / "far.npy", np.load(tmp_path / "s.npy") * 3)  # floats beyond [0, 1]
+    far = ["--data", str(tmp_path / "far.npy"), "--context", "3", "--out", str(tmp_path / "f.csv")]
+    code, _, err = run(capsys, "score", str(out_dir), *far)
+    assert code == 2
+    _one_line_error(err, "floats in [0, 1]")
     code, _, err = run(capsys, "sample", str(out_dir), "-n", "2", "--context", "12")
     assert code == 2
     _one_line_error(err, "0..9")

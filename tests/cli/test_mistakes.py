@@ -190,7 +190,7 @@ def test_one_writer_per_run_folder_and_a_dead_writer_does_not_block(trained):
         (["train", "--seed", "-1", "--steps", "2"], ["train.seed must be an integer"]),
         (["train", "--device", "foo", "--steps", "2"], ["foo"]),
         (["train", "data.dequantize=maybe"], ["data.dequantize must be one of"]),
-        (["evaluate", "/no/such/run"], ["not an iresnet run folder"]),
+        (["evaluate", "/no/such/run"], ["no such run folder"]),
         (["sample", "/no/such/run", "--temperature", "nan"], ["--temperature"]),
         (["evaluate", "/no/such/run", "--n-inverse", "-5"], ["--n-inverse must be >= 1"]),
     ],

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from iresnet import MultiscaleResidualFlow, ResidualFlow
+from iresnet.errors import DataError
 from iresnet.ops.logdet import PowerSeriesLogDet, RussianRouletteLogDet
 
 dynamo = pytest.importorskip("torch._dynamo")
@@ -46,6 +47,17 @@ def test_a_vector_flow_training_loss_traces_into_one_graph(logdet):
     report = _explain(flow, torch.randn(8, 2))
     assert report.graph_break_count == 0, [str(b.reason)[:200] for b in report.break_reasons]
     assert report.graph_count == 1
+
+
+def test_the_input_check_is_skipped_inside_a_compiled_graph_only():
+    """A flow built with its default ``validate=True`` still traces into one graph (the NaN
+    check is a host read; it runs eagerly and is skipped while compiling)."""
+    torch.manual_seed(0)
+    flow = ResidualFlow(2, transforms=2, hidden_features=(16, 16), logdet="exact")
+    report = _explain(flow, torch.randn(8, 2))
+    assert report.graph_break_count == 0, [str(b.reason)[:200] for b in report.break_reasons]
+    with pytest.raises(DataError, match="NaN"):
+        flow().log_prob(torch.tensor([[float("nan"), 0.0]]))
 
 
 def test_an_image_flow_training_loss_traces_into_one_graph():

@@ -340,6 +340,31 @@ def _launch_torchrun(nproc: int, argv: Sequence[str]) -> int:
     return subprocess.call(cmd, env=os.environ.copy())
 
 
+_NEGATIVE_NUMBER = re.compile(r"-(\d|\.\d|inf|nan)", re.IGNORECASE)
+
+
+def _join_negative_contexts(argv: list[str]) -> list[str]:
+    """``--context -0.5,1`` as ``--context=-0.5,1``: argparse takes a value that starts with
+    ``-`` for an option unless it reads as one plain negative number."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        if argv[i] == "--context" and i + 1 < len(argv) and _NEGATIVE_NUMBER.match(argv[i + 1]):
+            out.append(f"--context={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
+
+
+def _use_run_threads(cfg: Config) -> None:
+    """Evaluate, sample, score and certify with the run's ``train.threads`` (0: torch's
+    default), as it trained: small models lose much when more threads share busy cores."""
+    if cfg.train.threads > 0:
+        torch.set_num_threads(cfg.train.threads)
+
+
 def _config_summary(cfg: Config) -> str:
     """The resolved config in a few lines: what is trained, on what, for how long."""
     m, d, t = cfg.model, cfg.data, cfg.train
@@ -356,8 +381,9 @@ def _config_summary(cfg: Config) -> str:
     )
     return "\n".join(
         [
-            f"preset {cfg.preset}: {m.kind} model, {size}, coeff {m.coeff:g} ({norm}), "
-            f"log-det {m.logdet}",
+            f"preset {cfg.preset}: {m.kind} model, {size}, "
+            + ("monotone blocks, " if m.block == "monotone" else "")
+            + f"{m.activation}, coeff {m.coeff:g} ({norm}), log-det {m.logdet}",
             f"data {data}; train {t.steps} steps{budget}, batch {t.batch_size}, "
             f"{t.optimizer} lr {t.lr:g} ({t.lr_schedule}), seed {t.seed}, device {t.device}",
         ]
@@ -489,6 +515,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if args.n_test is not None and args.n_test < 1:
         raise ConfigError(f"--n-test must be >= 1, got {args.n_test}")
     trained = load_run(args.run_dir, device=args.device, allow_changed_data=args.allow_changed_data)
+    _use_run_threads(trained.cfg)
     result = trained.task.full_evaluation(
         trained.model, n_inverse=args.n_inverse, n_test=args.n_test
     )
@@ -532,6 +559,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         raise ConfigError(f"--out must end in .npy, .csv or .png, got '{args.out.suffix}'")
     check_seed("--seed", args.seed)
     trained = load_run(args.run_dir, data=False)  # data.json holds all sampling needs
+    _use_run_threads(trained.cfg)
     task = trained.task
     contexts = None
     if args.context is not None:
@@ -663,6 +691,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
     inputs = [args.data, *_context_file(args.context), *run.input_files()]
     _check_out(args.out, inputs, args.overwrite)
     trained = load_run(args.run_dir, device=args.device, data=False)
+    _use_run_threads(trained.cfg)
     result = scoring.score_file(
         trained.task, trained.model, args.data, args.context, repeats=args.repeats
     )
@@ -685,6 +714,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
 
 def _cmd_certify(args: argparse.Namespace) -> int:
     trained = load_run(args.run_dir, data=False)
+    _use_run_threads(trained.cfg)
     cert = certify(trained.model)
     print(json.dumps(json_safe(cert.to_dict()), allow_nan=False) if args.json else cert)
     return 0
@@ -726,7 +756,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = _join_negative_contexts(list(sys.argv[1:] if argv is None else argv))
     # Overrides may come after options (`train --out d lr=1e-3`): collect KEY=VALUE leftovers.
     args, unknown = parser.parse_known_args(argv)
     extra = [u for u in unknown if "=" in u and not u.startswith("-")]

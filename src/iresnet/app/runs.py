@@ -204,6 +204,8 @@ class Run:
             CheckpointError: no ``config.json`` (not a run folder).
             ConfigError: the file is not valid JSON or not a valid config.
         """
+        if not self.path.exists():
+            raise CheckpointError(f"{self.path}: no such run folder")
         if not self.config_path.is_file():
             raise CheckpointError(f"{self.path}: no config.json: not an iresnet run folder")
         try:

@@ -198,10 +198,20 @@ def _read_points(task: DensityTask, path: Path) -> torch.Tensor:
             f"{path}: image runs score a .npy array of shape (N, {', '.join(map(str, shape))})"
         )
     arr = np.load(path, allow_pickle=False)
-    if arr.dtype.kind not in "biu":
+    levels = task.data.n_levels or 256
+    if arr.dtype.kind == "f" and arr.size and np.isfinite(arr).all():
+        if arr.min() < 0 or arr.max() > 1:
+            raise DataError(
+                f"{path}: images are integer levels 0..{levels - 1} or, as `iresnet sample` "
+                f"writes them, floats in [0, 1]; got floats in {arr.min():g}..{arr.max():g}"
+            )
+        # A sample file: u in [0, 1] lies in level floor(u K) (u = 1 in the top level).
+        arr = np.minimum(np.floor(arr * levels), levels - 1).astype(np.int64)
+    elif arr.dtype.kind not in "biu":
         raise DataError(
-            f"{path}: images must be integer levels (e.g. uint8 0..{task.data.n_levels - 1}), "
-            f"got {arr.dtype}"
+            f"{path}: images must be integer levels (e.g. uint8 0..{levels - 1}) or floats in "
+            f"[0, 1] as `iresnet sample` writes them, got {arr.dtype}"
+            + (" with NaN or Inf" if arr.dtype.kind == "f" else "")
         )
     if arr.ndim == 2 and arr.shape[1] == math.prod(shape):
         arr = arr.reshape(arr.shape[0], *shape)
@@ -209,7 +219,6 @@ def _read_points(task: DensityTask, path: Path) -> torch.Tensor:
         raise DataError(
             f"{path}: expected shape (N, {', '.join(map(str, shape))}), got {arr.shape}"
         )
-    levels = task.data.n_levels or 256
     if arr.min() < 0 or arr.max() >= levels:
         raise DataError(
             f"{path}: levels must lie in 0..{levels - 1}, got {int(arr.min())}..{int(arr.max())}"

@@ -62,7 +62,7 @@ from ..transforms import (
     VariationalDequantize,
 )
 from .flow import Flow
-from .residual_flow import block_type, check_branch, check_context, check_logdet
+from .residual_flow import _check_sizes, block_type, check_branch, check_context, check_logdet
 
 __all__ = ["MultiscaleResidualFlow", "check_image_shape"]
 
@@ -250,6 +250,7 @@ class MultiscaleResidualFlow(Flow):
         check_branch(branch)
         kind = block_type(block)
         check_logdet(logdet)
+        _check_sizes("hidden_channels", hidden_channels)
         if scales < 1 or blocks < 0 or fc_blocks < 0:
             raise ValueError(
                 f"need scales >= 1, blocks >= 0, fc_blocks >= 0; got {scales}, {blocks}, "

@@ -205,6 +205,7 @@ class ResidualFlow(Flow):
             raise TypeError(
                 f"features and transforms must be integers, got {features!r}, {transforms!r}"
             )
+        _check_sizes("hidden_features", hidden_features)
         if branch == "dense" and context:
             raise ValueError("branch='dense' has no conditional form yet; use branch='plain'")
         if features < 1 or transforms < 0:
@@ -259,4 +260,17 @@ class ResidualFlow(Flow):
             validate=validate,
             context=context,
             context_standardize=context_standardize,
+        )
+
+
+def _check_sizes(name: str, sizes: object) -> None:
+    """Hidden sizes are a sequence of positive integers, one per hidden layer."""
+    ok = isinstance(sizes, (list, tuple)) and all(
+        isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in sizes
+    )
+    if not ok:
+        example = f"({sizes},)" if isinstance(sizes, int) else "(64, 64)"
+        raise TypeError(
+            f"{name} must be a sequence of positive integers, one per hidden layer (e.g. "
+            f"{example}), got {sizes!r}"
         )
