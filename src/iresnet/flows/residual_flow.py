@@ -264,10 +264,13 @@ class ResidualFlow(Flow):
 
 
 def _check_sizes(name: str, sizes: object) -> None:
-    """Hidden sizes are a sequence of positive integers, one per hidden layer."""
+    """Hidden sizes are a sequence of positive integers, one per hidden layer (``TypeError``
+    for another kind of value, ``ValueError`` for a size below 1)."""
     ok = isinstance(sizes, (list, tuple)) and all(
-        isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in sizes
+        isinstance(n, int) and not isinstance(n, bool) for n in sizes
     )
+    if ok and any(n < 1 for n in sizes):  # type: ignore[union-attr]
+        raise ValueError(f"{name} must be positive, got {sizes!r}")
     if not ok:
         example = f"({sizes},)" if isinstance(sizes, int) else "(64, 64)"
         raise TypeError(
