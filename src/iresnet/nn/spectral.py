@@ -326,6 +326,15 @@ class _SpectralNormMixin:
 
         return w_hat, Pullback(self.weight, pullback)
 
+    def _adjoint_weight(self) -> tuple[Tensor, Tensor | Pullback]:
+        """``(W_hat, what carries its gradient)``: the closed-form pullback where ``norm``
+        has one, else the normalised weight with its graph for both."""
+        closed = self._normalized_weight_pullback()
+        if closed is None:
+            w_hat = self.normalized_weight()  # type: ignore[attr-defined]
+            return w_hat, w_hat
+        return closed
+
     def _frobenius_factor(self) -> float:
         return 1.0
 
@@ -687,12 +696,7 @@ class SpectralLinear(_SpectralNormMixin, nn.Linear):
         """
         check_input(x, "SpectralLinear", like=self)
         check_size(x, "SpectralLinear", -1, self.in_features, "input features")
-        closed = self._normalized_weight_pullback()
-        weight: Tensor | Pullback
-        if closed is None:
-            weight = fixed = self.normalized_weight()
-        else:
-            fixed, weight = closed
+        fixed, weight = self._adjoint_weight()
         bias = self.bias
         out, inp = self.out_features, self.in_features
         with torch.no_grad():
@@ -950,12 +954,7 @@ class SpectralConv2d(_SpectralNormMixin, nn.Conv2d):
         check_input(x, "SpectralConv2d", like=self)
         check_size(x, "SpectralConv2d", -3, self.in_channels, "input channels")
         self._ensure_vectors(x)
-        closed = self._normalized_weight_pullback()
-        weight: Tensor | Pullback
-        if closed is None:
-            weight = fixed = self.normalized_weight()
-        else:
-            fixed, weight = closed
+        fixed, weight = self._adjoint_weight()
         bias = self.bias
         stride, padding = self.stride, self.padding
         with torch.no_grad():
