@@ -40,7 +40,6 @@ from torch import Tensor, nn
 from ..checks import check_input
 from ..nn import frozen_normalisation
 from ..nn.spectral import float64_forward
-from ..ops import FixedPointInverse, LogDetEstimator
 from .base import InverseReport
 from .residual import InvertibleResidualBlock
 
@@ -127,14 +126,6 @@ class MonotoneBlock(InvertibleResidualBlock):
         >>> bool(torch.allclose(block.inverse(y), x, atol=1e-5)), tuple(logdet.shape)
         (True, (5,))
     """
-
-    def __init__(
-        self,
-        g: nn.Module,
-        logdet: LogDetEstimator | None = None,
-        inverse: FixedPointInverse | None = None,
-    ) -> None:
-        super().__init__(g, logdet=logdet, inverse=inverse)
 
     def forward(self, x: Tensor, c: Tensor | None = None) -> tuple[Tensor, Tensor]:
         check_input(x, "MonotoneBlock", like=self.g)
