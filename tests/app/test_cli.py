@@ -114,8 +114,10 @@ def test_unavailable_devices_are_named_in_one_line(capsys, tmp_path):
         )
         assert code == 2 and "no CUDA device" in err
         assert run(capsys, "train", *TINY, "--steps", "2", "--out", str(out_dir))[0] == 0
-        code, _, err = run(capsys, "evaluate", str(out_dir), "--device", "cuda")
-        assert code == 2 and "no CUDA device is visible here; use --device cpu" in err
+        for command in ("evaluate", "sample"):
+            code, _, err = run(capsys, command, str(out_dir), "--device", "cuda")
+            assert code == 2 and "no CUDA device is visible here; use --device cpu" in err
+        assert run(capsys, "sample", str(out_dir), "-n", "3", "--device", "cpu")[0] == 0
 
 
 def test_json_output_is_strict_json_and_temperature_is_checked(capsys, tmp_path):

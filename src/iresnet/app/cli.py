@@ -206,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", type=Path, help="the run folder")
     p.add_argument("-n", "--num", type=int, default=1000, help="number of samples")
     p.add_argument("--temperature", type=float, default=1.0, help="scale T of the base normal")
+    p.add_argument("--device", default=None, help="sample on this device instead of the run's")
     p.add_argument(
         "--out",
         type=Path,
@@ -558,7 +559,8 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     if args.out is not None and args.out.suffix not in (".npy", ".csv", ".png"):
         raise ConfigError(f"--out must end in .npy, .csv or .png, got '{args.out.suffix}'")
     check_seed("--seed", args.seed)
-    trained = load_run(args.run_dir, data=False)  # data.json holds all sampling needs
+    # data.json holds all sampling needs
+    trained = load_run(args.run_dir, device=args.device, data=False)
     _use_run_threads(trained.cfg)
     task = trained.task
     contexts = None
