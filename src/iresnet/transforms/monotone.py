@@ -153,11 +153,7 @@ class MonotoneBlock(InvertibleResidualBlock):
         most ``1 - L``)."""
         check_input(y, "MonotoneBlock.inverse", like=self.g)
         g = self._bound(y, c, "MonotoneBlock.inverse")
-        lipschitz = None
-        if not self.training:
-            with torch.no_grad():
-                self.g(y[:1], c[:1]) if c is not None else self.g(y[:1])
-            lipschitz = self.lipschitz_bound()
+        lipschitz = self._inverse_lipschitz_bound(y, c)
         with frozen_normalisation(self.g):
             w, diagnostics = self.inverse_solver.solve(
                 _Negated(g), y, lipschitz=lipschitz, where="MonotoneBlock.inverse"

@@ -155,6 +155,16 @@ class InvertibleResidualBlock(Transform):
     def inverse(self, y: Tensor, c: Tensor | None = None) -> Tensor:
         return self.inverse_with_diagnostics(y, c=c)[0]
 
+    def _inverse_lipschitz_bound(self, y: Tensor, c: Tensor | None) -> float | None:
+        """The certified ``L`` an inverse's error bound uses: in eval mode only (in training the
+        weights move every step and certifying each call would cost more than the solve)."""
+        if self.training:
+            return None
+        with torch.no_grad():
+            # a convolution learns the input size its norm depends on
+            self.g(y[:1], c[:1]) if c is not None else self.g(y[:1])
+        return self.lipschitz_bound()
+
     def inverse_with_diagnostics(
         self, y: Tensor, c: Tensor | None = None
     ) -> tuple[Tensor, InverseReport]:
@@ -167,12 +177,7 @@ class InvertibleResidualBlock(Transform):
         # training mode the weights move every step and certifying each call would cost more.
         check_input(y, "InvertibleResidualBlock.inverse", like=self.g)
         g = self._bound(y, c, "InvertibleResidualBlock.inverse")
-        lipschitz = None
-        if not self.training:
-            with torch.no_grad():
-                # a convolution learns the input size its norm depends on
-                self.g(y[:1], c[:1]) if c is not None else self.g(y[:1])
-            lipschitz = self.lipschitz_bound()
+        lipschitz = self._inverse_lipschitz_bound(y, c)
         with frozen_normalisation(self.g):
             # The branch runs in full precision: a bf16 branch has a precision floor far above
             # the solver's tolerance.
