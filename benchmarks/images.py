@@ -43,6 +43,12 @@ Run: ``.venv/bin/python benchmarks/images.py`` (digits 10 CPU-minutes, Fashion-M
 CPU-minutes per model, plus evaluation); ``--datasets digits --budget digits=600`` for one;
 ``--quick`` for a smoke run (writes ``images-<data>-quick.*``). ``--data-dir DIR`` points at
 the image files.
+
+Long runs survive interruptions: with ``--work-dir DIR`` every model saves its state as it goes
+(peers every 120 CPU s, ours every 250 steps), and the same command with ``--resume`` added
+reads back the models that finished and continues the others, each budget counting the CPU
+seconds of every process that worked on it. The six-model Fashion-MNIST run at 60 CPU-minutes
+(six CPU-hours) can so be spread over several sittings of a 2-core machine.
 """
 
 from __future__ import annotations
@@ -71,7 +77,13 @@ from bench.density import chunked
 from bench.env import environment, script_parser, seed_all, set_threads
 from bench.metrics import logged_max
 from bench.ours import train_under_budget
-from bench.peers import normflows_glow, train_for_budget, trainable_parameters, zuko_flow
+from bench.peers import (
+    Resumable,
+    normflows_glow,
+    train_for_budget,
+    trainable_parameters,
+    zuko_flow,
+)
 from bench.report import doc_body, markdown_table, pm, write_results
 from bench.stats import mean_se, summarize, verdict
 from bench.worker import add_worker_flag, run_side_by_side, serve
@@ -114,6 +126,9 @@ PEER_KW = {
 PEER_LABEL = {"realnvp": "zuko RealNVP", "glow": "normflows Glow"}
 PEER_LR, PEER_WARMUP, PEER_CLIP = 1e-3, 100, 10.0
 EVAL_CHUNK = 500
+#: How often a model's state is saved for ``--resume``: every 120 CPU s (peers), every 250
+#: steps (ours: about 100 CPU s of the Fashion-MNIST preset). A killed run redoes at most that.
+CHECKPOINT_EVERY, OURS_CHECKPOINT_EVERY = 120.0, 250
 TIMING_STEPS = 15
 
 
@@ -185,12 +200,16 @@ def train_peer(
     out: Path,
     n_test: int | None,
     peer_kw: dict[str, Any] | None = None,
+    resume: bool = False,
 ) -> dict[str, Any]:
     data = load_data(cfg.data)
     shape, dim = data.event_shape, math.prod(data.event_shape)
     kw = PEER_KW[kind][dataset] | (peer_kw or {})
     peer = ImagePeer(kind, kw, int(data.n_levels), shape, cfg.data.logit_alpha, seed)
     batches = EpochBatches(data.train_x.shape[0], cfg.train.batch_size, seed)
+    checkpoint_file = out / "peer_checkpoint.pt"
+    if not resume:
+        checkpoint_file.unlink(missing_ok=True)  # a fresh run never continues an old one
 
     def lr_at(step: int, spent: float) -> float:
         # Warm-up, then cosine to zero over the CPU budget (ours decays over its fitted step
@@ -205,6 +224,12 @@ def train_peer(
         budget,
         lr_at=lr_at,
         clip=PEER_CLIP,
+        checkpoint=Resumable(
+            checkpoint_file,
+            CHECKPOINT_EVERY,
+            batches.state,
+            batches.load_state,  # type: ignore[arg-type]
+        ),
     )
     # Evaluation: exact log-densities of every test image, fixed dequantisation noise.
     peer.flow.eval()
@@ -218,6 +243,7 @@ def train_peer(
     torch.save(peer.sample(64), out / "peer_samples.pt")
     return {
         "model": f"{PEER_LABEL[kind]} {kw}",
+        "budget_s": budget,
         "test_bpd": mean,
         "test_bpd_se": se,
         "estimator": "exact (coupling flow)",
@@ -240,11 +266,12 @@ def train_peer(
 
 
 def train_ours(
-    dataset: str, cfg: Config, budget: float, out: Path, n_test: int | None
+    dataset: str, cfg: Config, budget: float, out: Path, n_test: int | None, resume: bool = False
 ) -> dict[str, Any]:
     # The CPU budget replaces the preset's wall-clock cap (which a loaded machine hits early).
     run_dir = out / "ours"
-    run = train_under_budget(cfg, budget, run_dir, out, timing_steps=TIMING_STEPS)
+    cfg = cfg.override([f"train.checkpoint_every={OURS_CHECKPOINT_EVERY}"])
+    run = train_under_budget(cfg, budget, run_dir, out, timing_steps=TIMING_STEPS, resume=resume)
     trained = run.trained
     torch.manual_seed(cfg.train.seed + 1)
     ev = trained.task.full_evaluation(trained.model, n_inverse=256, n_test=n_test)
@@ -295,7 +322,9 @@ def worker(spec: dict[str, Any]) -> None:
     )
     out = Path(spec["out"])
     if spec["who"] == "ours":
-        result = train_ours(spec["dataset"], cfg, spec["budget"], out, spec["n_test"])
+        result = train_ours(
+            spec["dataset"], cfg, spec["budget"], out, spec["n_test"], spec.get("resume", False)
+        )
     else:
         result = train_peer(
             spec["who"],
@@ -306,6 +335,7 @@ def worker(spec: dict[str, Any]) -> None:
             out,
             spec["n_test"],
             (spec.get("peer_kw") or {}).get(spec["who"]),
+            spec.get("resume", False),
         )
     atomic_write(out / f"{spec['who']}.json", json.dumps(result))
 
@@ -319,6 +349,32 @@ def load_result(folder: Path, who: str) -> dict[str, Any]:
 
 def _slug(label: str) -> str:
     return label.lower().replace(" ", "-").replace("+", "").replace(".", "").replace("--", "-")
+
+
+def check_budget(result: dict[str, Any], budget: float, folder: Path) -> None:
+    """Refuse to reuse a finished model trained for another budget."""
+    had = result.get("budget_s", result.get("config", {}).get("train", {}).get("max_cpu_seconds"))
+    if had != budget:
+        raise SystemExit(
+            f"--resume: {folder} was trained for {had} CPU s, not {budget:g}; "
+            "use another --work-dir or the same --budget"
+        )
+
+
+def check_spec(spec: dict[str, Any], folder: Path, resume: bool) -> None:
+    """Keep a model's settings beside its run, and refuse to resume one started with others."""
+    saved = folder / "spec.json"
+    mine = {k: v for k, v in spec.items() if k != "resume"}
+    if resume and saved.exists():
+        before = json.loads(saved.read_text())
+        if before != mine:
+            diff = sorted(k for k in before.keys() | mine.keys() if before.get(k) != mine.get(k))
+            raise SystemExit(
+                f"--resume: {folder} was started with other settings ({', '.join(diff)}); "
+                "rerun with the first command's flags or use another --work-dir"
+            )
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write(saved, json.dumps(mine, sort_keys=True))
 
 
 def run_models(dataset: str, budget: float, args: argparse.Namespace, work: Path) -> dict:
@@ -342,6 +398,12 @@ def run_models(dataset: str, budget: float, args: argparse.Namespace, work: Path
     for kind in args.peers:
         out = work / dataset / kind
         jobs[PEER_LABEL[kind]] = ({"who": kind, "peer_kw": args.peer_kw}, out)
+    if args.resume:  # models that finished in an earlier process are read back, not rerun
+        for label, (spec, out) in list(jobs.items()):
+            if (out / f"{spec['who']}.json").exists():
+                results[label] = load_result(out, spec["who"])
+                check_budget(results[label], budget, out)
+                del jobs[label]
     for spec, out in jobs.values():
         spec |= {
             "dataset": dataset,
@@ -350,7 +412,9 @@ def run_models(dataset: str, budget: float, args: argparse.Namespace, work: Path
             "data_dir": args.data_dir,
             "out": str(out),
             "n_test": args.n_test,
+            "resume": args.resume,
         }
+        check_spec(spec, out, args.resume)
     run_side_by_side(__file__, jobs)
     for label, (spec, out) in jobs.items():
         results[label] = load_result(out, spec["who"])
@@ -460,6 +524,13 @@ def main() -> None:
     ap.add_argument("--data-dir", default=None, help="folder with the image files")
     ap.add_argument("--work-dir", type=Path, default=None, help="where run folders go (kept)")
     ap.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run in --work-dir (the same command otherwise): finished "
+        "models are read back, the others continue from their last checkpoint, CPU seconds "
+        "counted across processes",
+    )
+    ap.add_argument(
         "--n-test",
         type=int,
         default=None,
@@ -517,6 +588,8 @@ def main() -> None:
         budgets[name] = float(secs)
     set_threads(1)  # the driver only waits; each worker sets its own single thread
     env = environment()
+    if args.resume and args.work_dir is None:
+        ap.error("--resume needs the --work-dir of the run to continue")
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="iresnet-images-"))
     out_dir = args.out_dir or RESULTS_DIR
     for ds in args.datasets:

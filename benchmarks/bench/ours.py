@@ -3,13 +3,16 @@ CPU seconds, then loaded as ``iresnet evaluate`` would load it."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from iresnet.app.checkpoint import latest_checkpoint
 from iresnet.app.config import Config
-from iresnet.app.runs import TrainedRun, load_run
+from iresnet.app.files import atomic_write
+from iresnet.app.runs import Run, TrainedRun, load_run
 from iresnet.app.trainer import TrainResult
 from iresnet.app.training import train
 
@@ -68,18 +71,37 @@ def train_under_budget(
     timing_steps: int = 15,
     max_steps: int | None = None,
     figures: bool = True,
+    resume: bool = False,
 ) -> BudgetRun:
     """Train ``cfg`` into ``run_dir`` for ``budget`` CPU seconds (``train.max_cpu_seconds``;
     the wall-clock cap ``train.max_seconds`` off), its ``train.steps`` fitted to the budget by
-    :func:`fit_steps` in ``timing_dir`` (at most ``max_steps``), and load the result."""
-    steps, per_step = fit_steps(cfg, budget, timing_dir, timing_steps)
-    if max_steps is not None:
-        steps = min(steps, max_steps)
-    cfg = cfg.override(
-        [f"train.steps={steps}", f"train.max_cpu_seconds={budget}", "train.max_seconds=0"]
-    )
+    :func:`fit_steps` in ``timing_dir`` (at most ``max_steps``), and load the result.
+
+    ``resume``: continue the run in ``run_dir`` from its newest checkpoint with the steps fitted
+    when it started (kept in ``timing_dir/plan.json``), its CPU seconds counted from where it
+    stopped; without a checkpoint to continue, start afresh. Raises ``RuntimeError`` when the
+    run was stopped by a signal (its result would be a half-trained model)."""
+    plan_file = Path(timing_dir) / "plan.json"
+    checkpoint = latest_checkpoint(Run(run_dir).checkpoints) if run_dir.exists() else None
+    if resume and checkpoint is not None and plan_file.exists():
+        plan = json.loads(plan_file.read_text())
+        steps, per_step = int(plan["steps"]), float(plan["cpu_seconds_per_step"])
+        cfg = Run(run_dir).load_config()
+    else:
+        if run_dir.exists():
+            shutil.rmtree(run_dir)  # killed before its first checkpoint: nothing to keep
+        resume = False
+        steps, per_step = fit_steps(cfg, budget, timing_dir, timing_steps)
+        if max_steps is not None:
+            steps = min(steps, max_steps)
+        cfg = cfg.override(
+            [f"train.steps={steps}", f"train.max_cpu_seconds={budget}", "train.max_seconds=0"]
+        )
+        atomic_write(plan_file, json.dumps({"steps": steps, "cpu_seconds_per_step": per_step}))
     t0, c0 = time.perf_counter(), time.process_time()
-    result = train(cfg, run_dir, progress=False, figures=figures)
+    result = train(cfg, run_dir, resume=resume, progress=False, figures=figures)
+    if result.stopped == "signal":
+        raise RuntimeError(f"{run_dir}: stopped by a signal at step {result.step}; resume it")
     wall = time.perf_counter() - t0
     cpu_share = (time.process_time() - c0) / wall
     return BudgetRun(cfg, result, load_run(run_dir), steps, per_step, wall, cpu_share)

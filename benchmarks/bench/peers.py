@@ -7,9 +7,11 @@ runs without the other installed (``pip install -e ".[bench]"`` installs both).
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -151,6 +153,57 @@ def normflows_glow(
 
 
 @dataclass
+class Resumable:
+    """Where :func:`train_for_budget` keeps its state (``path``, written atomically), how often
+    (``every`` CPU seconds), and the caller's own state to keep with it (``state()`` returns a
+    dict of plain values, ``restore(dict)`` puts it back; for example a batch position)."""
+
+    path: Path
+    every: float = 120.0
+    state: Callable[[], dict[str, Any]] | None = None
+    restore: Callable[[dict[str, Any]], None] | None = None
+
+    def save(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        step_times: list[float],
+        curve: list[tuple[int, float, float]],
+        skipped: int,
+        cpu_seconds: float,
+        wall_seconds: float,
+    ) -> None:
+        payload = {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "rng": torch.get_rng_state(),
+            "caller": self.state() if self.state is not None else {},
+            "step_times": step_times,
+            "curve": [list(c) for c in curve],
+            "skipped": skipped,
+            "cpu_seconds": cpu_seconds,
+            "wall_seconds": wall_seconds,
+        }
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        torch.save(payload, tmp)
+        os.replace(tmp, self.path)
+
+    def load(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any] | None:
+        """Put a saved state back into ``model``, ``optimizer``, the RNG and the caller; the
+        saved counters, or None when there is nothing to resume."""
+        if not self.path.exists():
+            return None
+        payload = torch.load(self.path, weights_only=True)
+        model.load_state_dict(payload["model"])
+        optimizer.load_state_dict(payload["optimizer"])
+        torch.set_rng_state(payload["rng"])
+        if self.restore is not None:
+            self.restore(payload["caller"])
+        payload["curve"] = [tuple(c) for c in payload["curve"]]
+        return payload
+
+
+@dataclass
 class PeerTraining:
     """What :func:`train_for_budget` did: steps, CPU and wall seconds (from the start, the
     initialisation included), per-step CPU seconds, skipped non-finite steps and the loss
@@ -181,6 +234,7 @@ def train_for_budget(
     clip: float | None = None,
     after_step: Callable[[], Any] | None = None,
     curve_every: int = 50,
+    checkpoint: Resumable | None = None,
 ) -> PeerTraining:
     """Optimise ``loss_fn(next_batch())`` until ``budget`` CPU seconds of this process are spent
     (checked after each step, so at least one step runs) or ``max_steps`` steps are done.
@@ -189,15 +243,27 @@ def train_for_budget(
     fraction of the budget spent)`` sets the learning rate of every step; ``clip`` caps the
     gradient norm; ``after_step`` runs after every step, on the step's clock. A non-finite loss
     skips the update.
+
+    ``checkpoint``: save the whole state (model, optimiser, torch RNG, the caller's batch
+    position, clocks, curve) every ``checkpoint.every`` CPU seconds and at the end, and continue
+    from the file if it exists: a run killed between two saves redoes at most that much, and the
+    budget counts the CPU seconds of every earlier process.
     """
     model.train()
     t_start, c_start = time.perf_counter(), time.process_time()
-    if init is not None:
-        init()
     step_times: list[float] = []
     curve: list[tuple[int, float, float]] = []
     skipped, elapsed = 0, 0.0
-    while True:
+    saved = checkpoint.load(model, optimizer) if checkpoint is not None else None
+    if saved is not None:
+        step_times, curve, skipped = saved["step_times"], saved["curve"], saved["skipped"]
+        elapsed = saved["cpu_seconds"]
+        t_start -= saved["wall_seconds"]
+        c_start -= elapsed
+    elif init is not None:
+        init()
+    last_save = elapsed
+    while elapsed < budget and (max_steps is None or len(step_times) < max_steps):
         if lr_at is not None:
             lr = lr_at(len(step_times), min(elapsed / budget, 1.0))
             for group in optimizer.param_groups:
@@ -218,7 +284,11 @@ def train_for_budget(
         elapsed = time.process_time() - c_start
         if len(step_times) % curve_every == 0:
             curve.append((len(step_times), float(loss.detach()), elapsed))
-        if elapsed >= budget or (max_steps is not None and len(step_times) >= max_steps):
-            break
+        if checkpoint is not None and elapsed - last_save >= checkpoint.every:
+            last_save = elapsed
+            wall = time.perf_counter() - t_start
+            checkpoint.save(model, optimizer, step_times, curve, skipped, elapsed, wall)
     wall = time.perf_counter() - t_start
+    if checkpoint is not None:
+        checkpoint.save(model, optimizer, step_times, curve, skipped, elapsed, wall)
     return PeerTraining(len(step_times), elapsed, wall, step_times, skipped, curve)
