@@ -48,6 +48,14 @@ def test_bad_overrides_refused(override, match):
         Config().override([override])
 
 
+def test_monotone_blocks_need_a_coefficient_below_one():
+    # (1 + c)/(1 - c) bounds a monotone block and its inverse: infinite at c = 1.
+    with pytest.raises(ConfigError, match="model.block=monotone needs model.coeff < 1"):
+        Config().override(["model.block=monotone", "model.coeff=1.0"])
+    assert Config().override(["model.block=monotone", "model.coeff=0.99"]).model.coeff == 0.99
+    assert Config().override(["model.coeff=1.0"]).model.coeff == 1.0  # residual blocks: allowed
+
+
 @pytest.mark.parametrize(
     "raw,match",
     [

@@ -314,6 +314,20 @@ def test_a_conditional_sample_file_says_which_context_each_row_came_from(conditi
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr
+    # the headered .csv reads back too: its c columns are the contexts, no --context needed
+    result = iresnet(
+        "score", str(conditional), "--data", "s.csv", "--out", "logp2.csv", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    logp = np.loadtxt(tmp_path / "logp.csv", delimiter=",", skiprows=1, ndmin=2)
+    logp2 = np.loadtxt(tmp_path / "logp2.csv", delimiter=",", skiprows=1, ndmin=2)
+    np.testing.assert_allclose(logp2[:, 0], logp[:, 0], rtol=1e-5)  # .csv holds 9 digits
+    # a plain headerless file of points still needs its contexts
+    np.savetxt(tmp_path / "plain.csv", x, delimiter=",")
+    one_line_error(
+        iresnet("score", str(conditional), "--data", "plain.csv", "--out", "o.csv", cwd=tmp_path),
+        "this run is conditional: pass --context",
+    )
     # an existing contexts file is not replaced without --overwrite
     result = iresnet("sample", str(conditional), "--out", "s2.npy", cwd=tmp_path)
     assert result.returncode == 0 and (tmp_path / "s2.contexts.npy").is_file()

@@ -214,6 +214,12 @@ class ModelConfig:
                 "model.logdet=roulette-auto chooses its law from a block bound below 1: "
                 f"use model.coeff < 1, got {self.coeff}"
             )
+        if self.block == "monotone" and self.coeff >= 1.0:
+            raise ConfigError(
+                "model.block=monotone needs model.coeff < 1: at Lip(g) = 1 its bi-Lipschitz "
+                "bound (1 + c)/(1 - c) is infinite and the solves may not converge; "
+                f"got {self.coeff}"
+            )
 
 
 @dataclass

@@ -11,6 +11,7 @@ evaluated ``repeats`` times per point, so each point gets a standard error.
 
 from __future__ import annotations
 
+import csv
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -184,6 +185,24 @@ def extrapolation_warning(task: Task, contexts: torch.Tensor | None) -> str | No
     )
 
 
+def _sample_file_columns(task: DensityTask, path: Path) -> np.ndarray | None:
+    """The points and contexts of a ``.csv`` that ``iresnet sample`` wrote for this
+    conditional run (header ``x1..xd,c1..ck``, or ``x1..xd,label``), as one float64 array
+    ``(N, d + k)`` (``d + 1`` for labels); None for any other file."""
+    if task.images or not task.context_dim or path.suffix.lower() != ".csv" or not path.is_file():
+        return None
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            first = next(csv.reader(fh), [])
+    except (OSError, UnicodeDecodeError):
+        return None  # the strict reader says what is wrong
+    names = [f.strip() for f in first]
+    _, header = context_columns(task, torch.zeros(1, task.context_dim))
+    if names != [f"x{i + 1}" for i in range(task.dim)] + header:
+        return None
+    return load_array(path, max_dim=task.dim + len(header) + 64)
+
+
 def _read_points(task: DensityTask, path: Path) -> torch.Tensor:
     shape = tuple(task.data.event_shape)
     if not task.images:
@@ -248,13 +267,21 @@ def score_file(
             points.
     """
     task = _density_task(task)
-    x = _read_points(task, data_path)
+    table = _sample_file_columns(task, data_path) if context is None else None
+    if table is not None:  # a sample file of this run: its own contexts, row by row
+        x = torch.as_tensor(table[:, : task.dim], dtype=torch.float64)
+        context_values = table[:, task.dim :]
+    else:
+        x = _read_points(task, data_path)
     c = given = None
-    if task.context_dim:
+    if table is not None:
+        c = given = _as_contexts(task, context_values, f"{data_path} (its context columns)")
+    elif task.context_dim:
         if context is None:
             raise ConfigError(
                 "this run is conditional: pass --context, a file of one row per point or one "
-                "context for every point ('a,b')"
+                "context for every point ('a,b'), or score a .csv that `iresnet sample` wrote "
+                "(its context columns are read)"
             )
         c = given = parse_contexts(task, context)
         is_file = Path(str(context)).suffix.lower() in (".npy", ".csv")
