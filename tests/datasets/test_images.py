@@ -282,3 +282,17 @@ def test_a_training_subset_larger_than_the_split_or_of_a_toy_is_refused() -> Non
         load_dataset("digits", train_subset=5000)
     with pytest.raises(DataError, match="data.n_train"):
         load_dataset("8gaussians", train_subset=10)
+
+
+def test_a_training_subset_without_some_classes_says_which() -> None:
+    pytest.importorskip("sklearn")
+    import warnings
+
+    from iresnet.datasets import load_dataset
+
+    with pytest.warns(UserWarning, match=r"train_subset=5: the subset of digits holds no"):
+        part = load_dataset("digits", train_subset=5, seed=0)  # 5 images: 5 classes at most
+    assert len(set(part.train_y.tolist())) <= 5
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_dataset("digits", train_subset=500, seed=0)  # every class is there

@@ -14,6 +14,7 @@ Examples:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -200,6 +201,9 @@ def load_dataset(
             that has none, or a ``train_subset`` of a data set that is not an image set or
             larger than its training split.
 
+    Warns:
+        UserWarning: a ``train_subset`` that holds no image of some class (named).
+
     Examples:
         >>> bundle = load_dataset("checkerboard", n_train=10, n_test=5, seed=1)
         >>> x = torch.tensor([[-3.0, -3.0], [-1.0, -3.0]], dtype=torch.float64)
@@ -306,7 +310,17 @@ def load_dataset(
             keep = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(seed))
             keep = keep[:train_subset].sort().values
             train_x = train_x[keep]
-            train_y = train_y[keep] if train_y is not None else None
+            if train_y is not None:
+                missing = sorted(set(train_y.tolist()) - set(train_y[keep].tolist()))
+                if missing:
+                    warnings.warn(
+                        f"data.train_subset={train_subset}: the subset of {name} holds no "
+                        f"training image of class(es) {missing}; classifiers and "
+                        "class-conditional flows never see them (use a larger subset)",
+                        UserWarning,
+                        stacklevel=2,
+                    )
+                train_y = train_y[keep]
         bundle = DataBundle(
             name, "image", train_x, te.images, train_y, te.labels, n_levels=tr.n_levels
         )
