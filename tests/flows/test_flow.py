@@ -73,6 +73,15 @@ def test_temperature_scales_the_base_and_is_refused_for_other_bases():
         uniform.sample(3, temperature=0.5)
 
 
+def test_a_sample_shape_given_to_the_module_points_to_the_distribution():
+    flow = iresnet.Flow([iresnet.ActNorm(2)], event_shape=(2,))
+    with pytest.raises(ValueError, match=r"use flow\(\)\.sample\(\(3,\)\)"):
+        flow.sample((3,))
+    assert flow().sample((3,)).shape == (3, 2)  # the zuko way
+    with pytest.raises(ValueError, match="positive integer, got 0$"):
+        flow.sample(0)
+
+
 @pytest.mark.parametrize("method", ["log_prob", "inverse"])
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 def test_non_finite_input_is_refused(method, bad):

@@ -440,7 +440,13 @@ class Flow(nn.Module):
                 distribution.
         """
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"sample: n must be a positive integer, got {n!r}")
+            hint = (
+                "; for a sample shape, as torch.distributions take it, use "
+                f"flow().sample({tuple(n)!r})"
+                if isinstance(n, (tuple, list, torch.Size))
+                else ""
+            )
+            raise ValueError(f"sample: n must be a positive integer, got {n!r}{hint}")
         if not (isinstance(temperature, (int, float)) and math.isfinite(temperature)) or (
             temperature <= 0
         ):

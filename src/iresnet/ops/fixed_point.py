@@ -162,6 +162,9 @@ def banach_iterations(lipschitz: float, first_step: float, tol: float) -> int:
 def _anderson_mix(xs: Tensor, fs: Tensor, lam: float) -> Tensor:
     """Anderson (type II) mixing: ``sum_i alpha_i F_i`` with ``sum alpha = 1`` minimising
     ``||sum_i alpha_i (F_i - X_i)||``; ``xs``, ``fs``: ``(B, n, D)``."""
+    out_dtype = fs.dtype
+    if out_dtype in (torch.float16, torch.bfloat16):  # no LU in half precision: mix in float32
+        xs, fs = xs.float(), fs.float()
     res = fs - xs
     gram = res @ res.transpose(1, 2)  # (B, n, n)
     # Normalise so the ridge term is relative: alpha is invariant to the Gram matrix's scale.
@@ -174,7 +177,7 @@ def _anderson_mix(xs: Tensor, fs: Tensor, lam: float) -> Tensor:
     rhs = torch.zeros(b, n + 1, 1, dtype=xs.dtype, device=xs.device)
     rhs[:, 0] = 1
     alpha = torch.linalg.solve(h, rhs)[:, 1:]  # (B, n, 1)
-    return (alpha.transpose(1, 2) @ fs)[:, 0]
+    return (alpha.transpose(1, 2) @ fs)[:, 0].to(out_dtype)
 
 
 def fixed_point_solve(

@@ -136,10 +136,14 @@ def exact_logdet(
         )
     need_graph = torch.is_grad_enabled()
     gx, jac = jacobian(g, x, create_graph=need_graph)
-    eye = torch.eye(d, dtype=jac.dtype, device=jac.device)
-    logdet = torch.linalg.slogdet(eye + jac).logabsdet
+    # slogdet has no half-precision kernel: float16/bfloat16 Jacobians are factorised in float32.
+    low = jac.dtype in (torch.float16, torch.bfloat16)
+    mat = jac.float() if low else jac
+    eye = torch.eye(d, dtype=mat.dtype, device=mat.device)
+    logdet = torch.linalg.slogdet(eye + mat).logabsdet
     if cayley:
-        logdet = torch.linalg.slogdet(eye - jac).logabsdet - logdet
+        logdet = torch.linalg.slogdet(eye - mat).logabsdet - logdet
+    logdet = logdet.to(jac.dtype)
     if not need_graph:
         gx, logdet = gx.detach(), logdet.detach()
     return gx, logdet
