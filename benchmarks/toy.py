@@ -74,7 +74,14 @@ from iresnet.datasets.toy import toy_log_density, toy_split, true_entropy
 
 from bench import REPO_ROOT, RESULTS_DIR
 from bench.density import LogDensity, chunked, exact_log_density, scores
-from bench.env import environment, loadavg, script_parser, seed_all, set_threads
+from bench.env import (
+    command_line,
+    environment,
+    loadavg,
+    script_parser,
+    seed_all,
+    set_threads,
+)
 from bench.metrics import logged_max, seconds_per_step, train_rows
 from bench.ours import train_under_budget
 from bench.peers import (
@@ -297,7 +304,7 @@ def run_dataset(dataset: str, args: argparse.Namespace, runs_root: Path) -> dict
     panels = {PANEL[m]: densities[m] for m in shown if m in densities}
     figure = None
     if panels and not args.no_figure:
-        path = args.out_dir / f"{args.name}-{dataset}.png"
+        path = args.out_dir / f"{args.figure_name}-{dataset}.png"
         fig = plot_density_comparison(test_x[:20000], panels, path, grid=args.grid)
         figure = str(fig.relative_to(REPO_ROOT)) if fig.is_relative_to(REPO_ROOT) else str(fig)
     return {
@@ -409,6 +416,19 @@ def main() -> None:
         action="store_true",
         help="rewrite NAME.md (and NAME.json) from an existing NAME.json without training",
     )
+    ap.add_argument(
+        "--merge",
+        nargs="+",
+        default=None,
+        metavar="PART",
+        help="write NAME.md (and NAME.json) from the PART.json files of runs with the same "
+        "settings on different data sets (run in parallel), without training",
+    )
+    ap.add_argument(
+        "--part",
+        default=None,
+        help="write NAME.part-PART.md/.json (figures still NAME-DATASET.png), for --merge",
+    )
     ap.add_argument("--no-figure", action="store_true", help="skip the figure")
     ap.add_argument("--grid", type=int, default=200, help="figure resolution (grid x grid)")
     ap.add_argument(
@@ -434,11 +454,18 @@ def main() -> None:
         args.grid = min(args.grid, 80)
     args.name = args.name or ("toy-quick" if args.quick else "toy")
     args.out_dir = args.out_dir or RESULTS_DIR
+    args.figure_name = args.name
+    if args.part:
+        args.name = f"{args.name}.part-{args.part}"
     if args.render_only:
         payload = json.loads((args.out_dir / f"{args.name}.json").read_text())
         write_report(
             args.name, args.out_dir, payload["environment"], payload["settings"], payload["raw"]
         )
+        return
+    if args.merge:
+        env, settings, raw = merge_parts([args.out_dir / f"{p}.json" for p in args.merge])
+        write_report(args.name, args.out_dir, env, settings, raw)
         return
     threads = set_threads(args.threads)
     # Our loop flushes subnormal floats to zero on CPUs (they are orders of magnitude slower);
@@ -479,6 +506,35 @@ def main() -> None:
         "ours_schedule": "fitted steps" if args.ours_fit_steps else "cosine over the CPU clock",
     }
     write_report(args.name, args.out_dir, env, settings, all_results)
+
+
+def merge_parts(paths: list[Path]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """One report's environment, settings and results from the JSONs of runs that differ only
+    in their data sets: the command lists each part's, the load averages span them all."""
+    parts = [json.loads(Path(p).read_text()) for p in paths]
+    raw: dict[str, Any] = {}
+    for part in parts:
+        if overlap := set(raw) & set(part["raw"]):
+            raise ValueError(f"data sets in more than one part: {sorted(overlap)}")
+        raw.update(part["raw"])
+
+    def same(settings: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in settings.items() if k != "datasets"}
+
+    first = parts[0]
+    if any(same(p["settings"]) != same(first["settings"]) for p in parts[1:]):
+        raise ValueError("the parts were run with different settings")
+    envs = [p["environment"] for p in parts]
+    env = {
+        **envs[0],
+        "command": " + ".join(e["command"] for e in envs) + f" (merged by {command_line()})",
+        "load_average_at_end": envs[-1].get("load_average_at_end"),
+        "load_avg_start": max(e["load_avg_start"] for e in envs),
+        "load_avg_end": max(e["load_avg_end"] for e in envs),
+        "total_seconds": max(e["total_seconds"] for e in envs),
+    }
+    settings = {**first["settings"], "datasets": " ".join(raw)}
+    return env, settings, raw
 
 
 def write_report(
