@@ -8,8 +8,11 @@ not depend on what else the machine runs):
   ``train.max_cpu_seconds`` set to the budget, trained by the real loop
   (:func:`iresnet.app.training.train`: warm-up, cosine schedule, EMA, clipping, periodic
   evaluation and checkpoints all count against the clock), evaluated by ``load_run`` +
-  ``full_evaluation`` (exact 2x2 log-det). Its ``train.steps`` is fitted to the budget by a
-  15-step timing run (not counted), so the cosine schedule ends with the budget.
+  ``full_evaluation`` (exact 2x2 log-det). Its cosine schedule follows the CPU clock
+  (``train.lr_schedule=cosine-budget``: the decay ends when the budget does), so ours trains
+  for the whole budget like the peers; ``--ours-fit-steps`` instead fits ``train.steps`` to the
+  budget by a 15-step timing run (not counted), which left up to a quarter of the budget unused
+  when the timing run was slower than the steps after it.
 - ``normflows ResFlow``: normflows' residual-flow toy example (``examples/residual.ipynb``): 16
   x [``Residual(LipschitzMLP([2,128,128,2], init_zeros=True, lipschitz_const=0.9),
   reduce_memory=True)``, ``ActNorm(2)``], fixed standard-normal base, ActNorm initialised on a
@@ -71,7 +74,14 @@ from iresnet.datasets.toy import toy_log_density, toy_split, true_entropy
 
 from bench import REPO_ROOT, RESULTS_DIR
 from bench.density import LogDensity, chunked, exact_log_density, scores
-from bench.env import environment, loadavg, script_parser, seed_all, set_threads
+from bench.env import (
+    command_line,
+    environment,
+    loadavg,
+    script_parser,
+    seed_all,
+    set_threads,
+)
 from bench.metrics import logged_max, seconds_per_step, train_rows
 from bench.ours import train_under_budget
 from bench.peers import (
@@ -220,6 +230,7 @@ def train_ours(dataset: str, args: argparse.Namespace, run_dir: Path) -> tuple[T
         run_dir,
         run_dir.parent / f"{run_dir.name}-timing",
         max_steps=args.max_steps,
+        follow_clock=not args.ours_fit_steps,
     )
     records = run.records
     return run.trained, {
@@ -293,7 +304,7 @@ def run_dataset(dataset: str, args: argparse.Namespace, runs_root: Path) -> dict
     panels = {PANEL[m]: densities[m] for m in shown if m in densities}
     figure = None
     if panels and not args.no_figure:
-        path = args.out_dir / f"{args.name}-{dataset}.png"
+        path = args.out_dir / f"{args.figure_name}-{dataset}.png"
         fig = plot_density_comparison(test_x[:20000], panels, path, grid=args.grid)
         figure = str(fig.relative_to(REPO_ROOT)) if fig.is_relative_to(REPO_ROOT) else str(fig)
     return {
@@ -395,9 +406,28 @@ def main() -> None:
         help="config overrides of our preset (e.g. train.steps=600), for what-if runs",
     )
     ap.add_argument(
+        "--ours-fit-steps",
+        action="store_true",
+        help="ours: fit train.steps to the budget by a timing run and keep the step cosine "
+        "(default: the cosine follows the CPU clock)",
+    )
+    ap.add_argument(
         "--render-only",
         action="store_true",
         help="rewrite NAME.md (and NAME.json) from an existing NAME.json without training",
+    )
+    ap.add_argument(
+        "--merge",
+        nargs="+",
+        default=None,
+        metavar="PART",
+        help="write NAME.md (and NAME.json) from the PART.json files of runs with the same "
+        "settings on different data sets (run in parallel), without training",
+    )
+    ap.add_argument(
+        "--part",
+        default=None,
+        help="write NAME.part-PART.md/.json (figures still NAME-DATASET.png), for --merge",
     )
     ap.add_argument("--no-figure", action="store_true", help="skip the figure")
     ap.add_argument("--grid", type=int, default=200, help="figure resolution (grid x grid)")
@@ -424,11 +454,18 @@ def main() -> None:
         args.grid = min(args.grid, 80)
     args.name = args.name or ("toy-quick" if args.quick else "toy")
     args.out_dir = args.out_dir or RESULTS_DIR
+    args.figure_name = args.name
+    if args.part:
+        args.name = f"{args.name}.part-{args.part}"
     if args.render_only:
         payload = json.loads((args.out_dir / f"{args.name}.json").read_text())
         write_report(
             args.name, args.out_dir, payload["environment"], payload["settings"], payload["raw"]
         )
+        return
+    if args.merge:
+        env, settings, raw = merge_parts([args.out_dir / f"{p}.json" for p in args.merge])
+        write_report(args.name, args.out_dir, env, settings, raw)
         return
     threads = set_threads(args.threads)
     # Our loop flushes subnormal floats to zero on CPUs (they are orders of magnitude slower);
@@ -466,28 +503,63 @@ def main() -> None:
         "nsf": NSF_KW,
         "max_steps": args.max_steps,
         "ours_override": " ".join(args.ours_override) or None,
+        "ours_schedule": "fitted steps" if args.ours_fit_steps else "cosine over the CPU clock",
     }
     write_report(args.name, args.out_dir, env, settings, all_results)
+
+
+def merge_parts(paths: list[Path]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """One report's environment, settings and results from the JSONs of runs that differ only
+    in their data sets: the command lists each part's, the load averages span them all."""
+    parts = [json.loads(Path(p).read_text()) for p in paths]
+    raw: dict[str, Any] = {}
+    for part in parts:
+        if overlap := set(raw) & set(part["raw"]):
+            raise ValueError(f"data sets in more than one part: {sorted(overlap)}")
+        raw.update(part["raw"])
+
+    def same(settings: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in settings.items() if k != "datasets"}
+
+    first = parts[0]
+    if any(same(p["settings"]) != same(first["settings"]) for p in parts[1:]):
+        raise ValueError("the parts were run with different settings")
+    envs = [p["environment"] for p in parts]
+    env = {
+        **envs[0],
+        "command": " + ".join(e["command"] for e in envs) + f" (merged by {command_line()})",
+        "load_average_at_end": envs[-1].get("load_average_at_end"),
+        "load_avg_start": max(e["load_avg_start"] for e in envs),
+        "load_avg_end": max(e["load_avg_end"] for e in envs),
+        "total_seconds": max(e["total_seconds"] for e in envs),
+    }
+    settings = {**first["settings"], "datasets": " ".join(raw)}
+    return env, settings, raw
 
 
 def write_report(
     name: str, out_dir: Path, env: dict[str, Any], settings: dict[str, Any], all_results: dict
 ) -> None:
     """Write ``NAME.md`` and ``NAME.json`` (also used by ``--render-only``)."""
-    ours_cfgs = [
-        res["models"]["ours"]["config"] for res in all_results.values() if "ours" in res["models"]
-    ]
-    ours_line = ""
-    if ours_cfgs:
-        m, t = ours_cfgs[0]["model"], ours_cfgs[0]["train"]
-        ours_line = (
-            f"Ours = preset `{ours_cfgs[0]['preset']}` (per data set): {m['n_blocks']} blocks, "
-            f"hidden {m['hidden']}, {m['n_layers']} layers, coeff {m['coeff']}, "
-            f"{m['activation']} (beta {m['lipswish_beta']}), log-det `{m['logdet']}`; "
-            f"Adam lr {t['lr']}, warm-up {t['warmup_steps']}, {t['lr_schedule']} schedule over "
-            f"{t['steps']} steps, EMA {t['ema_decay']}, batch {t['batch_size']}, "
-            f"max_cpu_seconds {t['max_cpu_seconds']:g}.\n\n"
+    ours_lines = []
+    for dataset, res in all_results.items():
+        if "ours" not in res["models"]:
+            continue
+        cfg = res["models"]["ours"]["config"]
+        m, t = cfg["model"], cfg["train"]
+        schedule = (
+            "cosine over the CPU budget (`cosine-budget`)"
+            if t["lr_schedule"] == "cosine-budget"
+            else f"{t['lr_schedule']} over {t['steps']} steps"
         )
+        ours_lines.append(
+            f"- {dataset}: preset `{cfg['preset']}`: {m['n_blocks']} blocks, hidden {m['hidden']}, "
+            f"{m['n_layers']} layers, coeff {m['coeff']}, {m['activation']} (beta "
+            f"{m['lipswish_beta']}), log-det `{m['logdet']}`; Adam lr {t['lr']}, warm-up "
+            f"{t['warmup_steps']}, {schedule}, EMA {t['ema_decay']}, batch {t['batch_size']}, "
+            f"max_cpu_seconds {t['max_cpu_seconds']:g}"
+        )
+    ours_line = "Ours:\n\n" + "\n".join(ours_lines) + "\n\n" if ours_lines else ""
     threads = settings["threads"]
     notes = (
         f"Every model trains for the same CPU budget ({settings['budget_s']:g} CPU s), one "

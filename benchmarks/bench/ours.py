@@ -44,6 +44,10 @@ def fit_steps(
     return max(int(0.95 * budget / per_step), cfg.train.warmup_steps + 1), per_step
 
 
+#: ``train.steps`` of a run whose cosine follows the clock: only the budget stops it.
+CLOCK_STEPS = 10_000_000
+
+
 @dataclass
 class BudgetRun:
     """A run trained under a CPU budget: its config (with the fitted steps), what the loop
@@ -52,14 +56,29 @@ class BudgetRun:
     cfg: Config
     result: TrainResult
     trained: TrainedRun
-    planned_steps: int
-    timing_cpu_seconds_per_step: float
+    planned_steps: int | None  # None where the schedule follows the clock
+    timing_cpu_seconds_per_step: float | None
     wall_seconds: float  # of the train() call, its final pictures included
     cpu_share: float  # CPU seconds / wall seconds over the train() call
 
     @property
     def records(self) -> metrics.Rows:
         return self.trained.run.records()
+
+
+def budget_overrides(
+    cfg: Config, budget: float, steps: int | None, follow_clock: bool
+) -> list[str]:
+    """Overrides that train ``cfg`` for ``budget`` CPU seconds: ``steps`` fitted to it, or, with
+    ``follow_clock`` and a cosine schedule, ``train.lr_schedule=cosine-budget`` (the cosine
+    decays over the CPU budget, so the run uses all of it whatever the machine's speed) and
+    ``steps`` (or :data:`CLOCK_STEPS`) only as a cap."""
+    base = [f"train.max_cpu_seconds={budget}", "train.max_seconds=0"]
+    if follow_clock and cfg.train.lr_schedule in ("cosine", "cosine-budget"):
+        return [*base, "train.lr_schedule=cosine-budget", f"train.steps={steps or CLOCK_STEPS}"]
+    if steps is None:
+        raise ValueError("steps must be given unless the schedule follows the clock")
+    return [*base, f"train.steps={steps}"]
 
 
 def train_under_budget(
@@ -71,32 +90,42 @@ def train_under_budget(
     timing_steps: int = 15,
     max_steps: int | None = None,
     figures: bool = True,
+    follow_clock: bool = False,
     resume: bool = False,
 ) -> BudgetRun:
     """Train ``cfg`` into ``run_dir`` for ``budget`` CPU seconds (``train.max_cpu_seconds``;
-    the wall-clock cap ``train.max_seconds`` off), its ``train.steps`` fitted to the budget by
-    :func:`fit_steps` in ``timing_dir`` (at most ``max_steps``), and load the result.
+    the wall-clock cap ``train.max_seconds`` off), and load the result.
 
-    ``resume``: continue the run in ``run_dir`` from its newest checkpoint with the steps fitted
+    ``train.steps`` is fitted to the budget by :func:`fit_steps` in ``timing_dir`` (at most
+    ``max_steps``), or, with ``follow_clock`` and a cosine schedule, the cosine follows the CPU
+    clock (:func:`budget_overrides`; no timing run): a fitted step count under-uses the budget
+    when the timing run is slower than the steps that follow (first steps, a busier machine),
+    and is cut mid-decay when it is faster.
+
+    ``resume``: continue the run in ``run_dir`` from its newest checkpoint with the plan made
     when it started (kept in ``timing_dir/plan.json``), its CPU seconds counted from where it
     stopped; without a checkpoint to continue, start afresh. Raises ``RuntimeError`` when the
     run was stopped by a signal (its result would be a half-trained model)."""
+    steps: int | None
+    per_step: float | None
     plan_file = Path(timing_dir) / "plan.json"
     checkpoint = latest_checkpoint(Run(run_dir).checkpoints) if run_dir.exists() else None
     if resume and checkpoint is not None and plan_file.exists():
         plan = json.loads(plan_file.read_text())
-        steps, per_step = int(plan["steps"]), float(plan["cpu_seconds_per_step"])
+        steps, per_step = plan["steps"], plan["cpu_seconds_per_step"]
         cfg = Run(run_dir).load_config()
     else:
-        if run_dir.exists():
+        if resume and run_dir.exists():
             shutil.rmtree(run_dir)  # killed before its first checkpoint: nothing to keep
         resume = False
-        steps, per_step = fit_steps(cfg, budget, timing_dir, timing_steps)
-        if max_steps is not None:
-            steps = min(steps, max_steps)
-        cfg = cfg.override(
-            [f"train.steps={steps}", f"train.max_cpu_seconds={budget}", "train.max_seconds=0"]
-        )
+        if follow_clock and cfg.train.lr_schedule in ("cosine", "cosine-budget"):
+            steps, per_step = max_steps, None
+        else:
+            steps, per_step = fit_steps(cfg, budget, timing_dir, timing_steps)
+            if max_steps is not None:
+                steps = min(steps, max_steps)
+        cfg = cfg.override(budget_overrides(cfg, budget, steps, follow_clock))
+        Path(timing_dir).mkdir(parents=True, exist_ok=True)
         atomic_write(plan_file, json.dumps({"steps": steps, "cpu_seconds_per_step": per_step}))
     t0, c0 = time.perf_counter(), time.process_time()
     result = train(cfg, run_dir, resume=resume, progress=False, figures=figures)
@@ -104,4 +133,5 @@ def train_under_budget(
         raise RuntimeError(f"{run_dir}: stopped by a signal at step {result.step}; resume it")
     wall = time.perf_counter() - t0
     cpu_share = (time.process_time() - c0) / wall
-    return BudgetRun(cfg, result, load_run(run_dir), steps, per_step, wall, cpu_share)
+    planned = None if cfg.train.lr_schedule == "cosine-budget" else steps
+    return BudgetRun(cfg, result, load_run(run_dir), planned, per_step, wall, cpu_share)

@@ -1,6 +1,7 @@
 """The training loop: runs, metrics, resume to identical weights, refusals that keep the run."""
 
 import json
+import math
 import os
 import warnings
 
@@ -114,6 +115,51 @@ def test_learning_rate_schedule():
     assert [learning_rate(cfg, s) for s in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
     cos = cfg.override(["train.lr_schedule=cosine"])
     assert learning_rate(cos, 100) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_cosine_budget_decays_over_the_larger_share_of_steps_or_budget():
+    cfg = Config().override(
+        [
+            "train.lr=1.0",
+            "train.warmup_steps=0",
+            "train.steps=1000",
+            "train.max_cpu_seconds=60",
+            "train.lr_schedule=cosine-budget",
+        ]
+    )
+    assert learning_rate(cfg, 0, 0.0) == 1.0
+    assert learning_rate(cfg, 10, 0.5) == pytest.approx(0.5)  # half the budget spent
+    assert learning_rate(cfg, 500, 0.1) == pytest.approx(0.5)  # half the steps done
+    assert learning_rate(cfg, 10, 0.75) == pytest.approx(0.5 * (1 + math.cos(0.75 * math.pi)))
+    assert learning_rate(cfg, 10, 1.3) == pytest.approx(0.0, abs=1e-12)  # past the budget
+    # Without the budget share it is the step cosine; the step cosine ignores the share.
+    cos = cfg.override(["train.lr_schedule=cosine"])
+    assert learning_rate(cfg, 250) == learning_rate(cos, 250) == learning_rate(cos, 250, 0.9)
+    with pytest.raises(ConfigError, match="cosine-budget decays over the time budget"):
+        cfg.override(["train.max_cpu_seconds=0"])
+    assert cfg.override(["train.max_cpu_seconds=0", "train.max_seconds=5"]).train.max_seconds == 5
+
+
+def test_cosine_budget_run_decays_to_zero_with_the_budget(tmp_path):
+    """A run far shorter than its steps still decays: the clock drives the cosine."""
+    cfg = tiny(
+        "train.steps=100000",
+        "train.max_cpu_seconds=1.5",
+        "train.lr_schedule=cosine-budget",
+        "train.warmup_steps=0",
+        "train.log_every=1",
+        "train.threads=1",
+    )
+    result = train(cfg, tmp_path / "run", progress=False)
+    assert result.stopped == "finished" and result.step < 100000
+    rows = [
+        json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    ]
+    lrs = [r["lr"] for r in rows if "loss" in r]
+    assert lrs == sorted(lrs, reverse=True)  # the clock only moves on
+    # The last step starts with at most one step's time of the budget left: its rate is
+    # near 0, where a step cosine over 100000 steps would still be at its peak.
+    assert lrs[-1] < 0.05 * cfg.train.lr
 
 
 def test_a_cosine_extension_is_a_warm_restart_from_where_the_run_is():

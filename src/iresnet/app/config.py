@@ -299,7 +299,12 @@ class TrainConfig:
         lr: peak learning rate.
         weight_decay: coupled L2 for ``adam``/``sgd``, decoupled for ``adamw``.
         warmup_steps: linear warm-up of the learning rate from ``lr / warmup_steps``.
-        lr_schedule: ``constant`` (after warm-up) or ``cosine`` (decay to 0 at ``steps``).
+        lr_schedule: ``constant`` (after warm-up), ``cosine`` (decay to 0 at ``steps``) or
+            ``cosine-budget`` (a cosine over the larger of the share of ``steps`` done and the
+            share of the time budget spent, ``max_cpu_seconds`` if set, else ``max_seconds``:
+            the decay ends when the budget does, however fast the machine runs; the learning
+            rate then depends on the clock, so runs are not step-for-step reproducible; one
+            process only).
         cycle_start: the step where the current cosine cycle began: 0, or where ``--resume RUN
             --steps N`` extended the run (a warm restart: the extension decays from ``lr`` at
             ``cycle_start`` to 0 at the new ``steps``; Loshchilov & Hutter, arXiv:1608.03983).
@@ -364,7 +369,7 @@ class TrainConfig:
             _positive(f"train.{name}", getattr(self, name))
         check_seed("train.seed", self.seed)
         _choice("train.optimizer", self.optimizer, ("adam", "adamw", "sgd"))
-        _choice("train.lr_schedule", self.lr_schedule, ("constant", "cosine"))
+        _choice("train.lr_schedule", self.lr_schedule, ("constant", "cosine", "cosine-budget"))
         _choice("train.precision", self.precision, ("fp32", "bf16", "fp16"))
         if not self.lr > 0:
             raise ConfigError(f"train.lr must be positive, got {self.lr}")
@@ -378,6 +383,13 @@ class TrainConfig:
         for name in ("max_seconds", "max_cpu_seconds"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
+        if self.lr_schedule == "cosine-budget" and not (
+            self.max_cpu_seconds > 0 or self.max_seconds > 0
+        ):
+            raise ConfigError(
+                "train.lr_schedule=cosine-budget decays over the time budget: set "
+                "train.max_cpu_seconds or train.max_seconds (or use lr_schedule=cosine)"
+            )
         if self.spectral_penalty < 0:
             raise ConfigError(f"train.spectral_penalty must be >= 0, got {self.spectral_penalty}")
         if self.weight_decay < 0 or self.grad_clip < 0 or self.density_weight < 0:

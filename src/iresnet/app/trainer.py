@@ -59,18 +59,23 @@ class TrainResult:
     signal: int | None = None  # the signal that stopped the run (None for stop_after)
 
 
-def learning_rate(cfg: Config, step: int) -> float:
+def learning_rate(cfg: Config, step: int, budget_spent: float = 0.0) -> float:
     """Learning rate at ``step`` (0-based): linear warm-up, then constant or cosine.
 
     The cosine decays from ``train.lr`` at ``train.cycle_start`` (0, or where an extension
     restarted it) to 0 at ``train.steps``; before ``cycle_start`` the value is that of the
-    current cycle's start (the earlier plan is not kept).
+    current cycle's start (the earlier plan is not kept). ``cosine-budget`` runs the same
+    cosine over the fraction ``max(steps done / steps, budget_spent)``, where ``budget_spent``
+    is the share of the time budget used (clipped to [0, 1]; the other schedules ignore it).
     """
     t = cfg.train
     warm = min(1.0, (step + 1) / t.warmup_steps) if t.warmup_steps > 0 else 1.0
-    if t.lr_schedule == "cosine":
+    if t.lr_schedule in ("cosine", "cosine-budget"):
         done = min(max(step - t.cycle_start, 0), t.steps - t.cycle_start)
-        return t.lr * warm * 0.5 * (1 + math.cos(math.pi * done / (t.steps - t.cycle_start)))
+        frac = done / (t.steps - t.cycle_start)
+        if t.lr_schedule == "cosine-budget":
+            frac = max(frac, min(max(budget_spent, 0.0), 1.0))
+        return t.lr * warm * 0.5 * (1 + math.cos(math.pi * frac))
     return t.lr * warm
 
 
@@ -177,6 +182,12 @@ class Trainer:
     def build(self, ctx: DistContext) -> None:
         """Set up the run folder, data, model, task, batches, EMA and optimiser."""
         cfg = self.cfg
+        if ctx.distributed and cfg.train.lr_schedule == "cosine-budget":
+            # Each rank's clock differs: their learning rates, hence their replicas, would too.
+            raise ConfigError(
+                "train.lr_schedule=cosine-budget follows this process's clock and cannot run on "
+                "several processes; use lr_schedule=cosine with a fitted train.steps"
+            )
         self.ctx = ctx
         self.run = Run(self.run_dir)
         checkpoint = None
@@ -296,7 +307,7 @@ class Trainer:
         """
         t = self.cfg.train
         self.model.train()
-        lr = learning_rate(self.cfg, self.step_count)
+        lr = learning_rate(self.cfg, self.step_count, self.budget_spent())
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self._seed_step()
@@ -402,6 +413,16 @@ class Trainer:
             state,
             keep_last=self.cfg.train.keep_last,
         )
+
+    def budget_spent(self) -> float:
+        """The share of the time budget used: of ``train.max_cpu_seconds`` if set, else of
+        ``train.max_seconds``, else 0 (read by the ``cosine-budget`` schedule)."""
+        t = self.cfg.train
+        if t.max_cpu_seconds > 0:
+            return (time.process_time() - self.cpu_start) / t.max_cpu_seconds
+        if t.max_seconds > 0:
+            return (time.perf_counter() - self.start) / t.max_seconds
+        return 0.0
 
     def out_of_budget(self) -> bool:
         """Past ``train.max_seconds`` (wall-clock) or ``train.max_cpu_seconds`` (CPU)."""
