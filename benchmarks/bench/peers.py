@@ -8,6 +8,8 @@ runs without the other installed (``pip install -e ".[bench]"`` installs both).
 from __future__ import annotations
 
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -263,31 +265,42 @@ def train_for_budget(
     elif init is not None:
         init()
     last_save = elapsed
-    while elapsed < budget and (max_steps is None or len(step_times) < max_steps):
-        if lr_at is not None:
-            lr = lr_at(len(step_times), min(elapsed / budget, 1.0))
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-        t0 = time.process_time()
-        optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(next_batch())
-        if torch.isfinite(loss):
-            loss.backward()
-            if clip is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-            optimizer.step()
-        else:
-            skipped += 1
-        if after_step is not None:
-            after_step()
-        step_times.append(time.process_time() - t0)
-        elapsed = time.process_time() - c_start
-        if len(step_times) % curve_every == 0:
-            curve.append((len(step_times), float(loss.detach()), elapsed))
-        if checkpoint is not None and elapsed - last_save >= checkpoint.every:
-            last_save = elapsed
-            wall = time.perf_counter() - t_start
-            checkpoint.save(model, optimizer, step_times, curve, skipped, elapsed, wall)
+    signals: list[int] = []
+    previous: dict[int, Any] = {}
+    if checkpoint is not None and threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.signal(sig, lambda signum, _frame: signals.append(signum))
+    try:
+        while elapsed < budget and (max_steps is None or len(step_times) < max_steps):
+            if lr_at is not None:
+                lr = lr_at(len(step_times), min(elapsed / budget, 1.0))
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+            t0 = time.process_time()
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(next_batch())
+            if torch.isfinite(loss):
+                loss.backward()
+                if clip is not None:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+                optimizer.step()
+            else:
+                skipped += 1
+            if after_step is not None:
+                after_step()
+            step_times.append(time.process_time() - t0)
+            elapsed = time.process_time() - c_start
+            if len(step_times) % curve_every == 0:
+                curve.append((len(step_times), float(loss.detach()), elapsed))
+            if checkpoint is not None and (elapsed - last_save >= checkpoint.every or signals):
+                last_save = elapsed
+                wall = time.perf_counter() - t_start
+                checkpoint.save(model, optimizer, step_times, curve, skipped, elapsed, wall)
+                if signals:  # SIGTERM/SIGINT: saved after the step it interrupted; resume later
+                    raise SystemExit(128 + signals[0])
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     wall = time.perf_counter() - t_start
     if checkpoint is not None:
         checkpoint.save(model, optimizer, step_times, curve, skipped, elapsed, wall)

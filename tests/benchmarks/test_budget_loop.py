@@ -4,9 +4,12 @@ resumed from its checkpoint ends where the uninterrupted run ends, and its clock
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from torch import nn
 
@@ -19,7 +22,9 @@ from iresnet.app.batches import EpochBatches  # noqa: E402
 DATA = torch.randn(40, 3, generator=torch.Generator().manual_seed(0))
 
 
-def _run(max_steps: int, checkpoint_path: Path | None) -> tuple[nn.Module, object, EpochBatches]:
+def _run(
+    max_steps: int, checkpoint_path: Path | None, after_step=None
+) -> tuple[nn.Module, object, EpochBatches]:
     torch.manual_seed(0)
     model = nn.Linear(3, 3)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
@@ -42,6 +47,7 @@ def _run(max_steps: int, checkpoint_path: Path | None) -> tuple[nn.Module, objec
         lr_at=lambda step, spent: 1e-2 / (1 + step),
         clip=1.0,
         checkpoint=checkpoint,
+        after_step=after_step,
     )
     return model, run, batches
 
@@ -70,3 +76,25 @@ def test_the_budget_counts_the_cpu_seconds_of_earlier_processes(tmp_path):
     # A finished run resumed again does no more steps.
     _, third, _ = _run(6, path)
     assert third.steps == 6 and third.cpu_seconds == second.cpu_seconds
+
+
+def test_sigterm_saves_after_the_step_it_interrupted_and_the_run_resumes(tmp_path):
+    whole, _, _ = _run(9, None)
+    path = tmp_path / "peer_checkpoint.pt"
+    steps = []
+
+    def terminate_at_step_4() -> None:
+        steps.append(1)
+        if len(steps) == 4:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as stopped:
+        _run(9, path, after_step=terminate_at_step_4)
+    assert stopped.value.code == 128 + signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler is put back
+    assert len(torch.load(path, weights_only=True)["step_times"]) == 4
+    resumed, run, _ = _run(9, path)
+    assert run.steps == 9
+    for a, b in zip(whole.parameters(), resumed.parameters(), strict=True):
+        assert torch.equal(a, b)
