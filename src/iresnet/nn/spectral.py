@@ -59,6 +59,11 @@ def _normalize(t: Tensor) -> Tensor:
     return t / torch.linalg.vector_norm(t).clamp_min(_EPS)
 
 
+def _expand_batch(matrix: Tensor, batch: int) -> Tensor:
+    """``matrix`` as a ``(batch, *matrix.shape)`` view (no copy), for ``torch.bmm``."""
+    return matrix.unsqueeze(0).expand(batch, *matrix.shape)
+
+
 def power_iteration(
     forward: Callable[[Tensor], Tensor],
     adjoint: Callable[[Tensor], Tensor],
@@ -899,10 +904,12 @@ class SpectralConv2d(_SpectralNormMixin, nn.Conv2d):
     def _conv_forward(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         if not self._pointwise:
             return super()._conv_forward(x, weight, bias)
-        # The 1x1 convolution as one matrix product (ATen's convolution costs several times
-        # more on the few-channel maps of the branches, forward and backward).
+        # The 1x1 convolution as one matrix product per sample (ATen's convolution costs
+        # several times more on the few-channel maps of the branches, forward and backward);
+        # bmm with the weight expanded, not a broadcast matmul, which inductor lowers through
+        # transposed copies of the activations.
         b, _, h, w = x.shape
-        y = torch.matmul(weight.flatten(1), x.flatten(2)).view(b, -1, h, w)
+        y = torch.bmm(_expand_batch(weight.flatten(1), b), x.flatten(2)).view(b, -1, h, w)
         return y if bias is None else y + bias.view(-1, 1, 1)
 
     def _conv_grads(
@@ -929,7 +936,8 @@ class SpectralConv2d(_SpectralNormMixin, nn.Conv2d):
         c2 = cot.flatten(2)
         grad_in = grad_w = grad_b = None
         if mask[0]:
-            grad_in = torch.matmul(weight.flatten(1).t(), c2).view(inp.shape)
+            grad_in = torch.bmm(_expand_batch(weight.flatten(1).t(), c2.shape[0]), c2)
+            grad_in = grad_in.view(inp.shape)
         if mask[1]:
             grad_w = torch.matmul(c2, inp.flatten(2).transpose(1, 2)).sum(0).view(weight.shape)
         if mask[2]:
