@@ -2,7 +2,9 @@
 
 Workloads (one thread): (a) the ``toy-8gaussians`` preset's whole flow (exact log-dets), on a
 batch of its size; (c) the first block of the 28x28 image presets on the 4x14x14 input their
-squeezed flows give it (32 channels, roulette, memory-efficient Neumann gradient), batch 64.
+squeezed flows give it (32 channels, roulette, memory-efficient Neumann gradient), batch 64;
+traced, the roulette draws its terms in the graph and its memory-efficient backward gives way
+to the Neumann surrogate (``RussianRouletteLogDet``: same numbers as eager for the same seed).
 The loss (forward and backward through AOTAutograd) is compiled, the optimiser step is not;
 flows skip their input check (``validate=False``) and inductor takes ``iresnet.compile_options``,
 as ``train.compile=true`` does. CPU time per
