@@ -2,9 +2,12 @@
 
 Workloads (one thread): (a) the ``toy-8gaussians`` preset's whole flow (exact log-dets), on a
 batch of its size; (c) the first block of the 28x28 image presets on the 4x14x14 input their
-squeezed flows give it (32 channels, roulette, memory-efficient Neumann gradient), batch 64.
+squeezed flows give it (32 channels, roulette, memory-efficient Neumann gradient), batch 64;
+traced, the roulette draws its terms in the graph and its memory-efficient backward gives way
+to the Neumann surrogate (``RussianRouletteLogDet``: same numbers as eager for the same seed).
 The loss (forward and backward through AOTAutograd) is compiled, the optimiser step is not;
-flows skip their input check (``validate=False``), as ``train.compile=true`` does. CPU time per
+flows skip their input check (``validate=False``) and inductor takes ``iresnet.compile_options``,
+as ``train.compile=true`` does. CPU time per
 step, medians of interleaved rounds after warm-up; the compilation's CPU time is reported
 apart. The RNG is re-seeded before every step, so both draw the same roulette terms.
 
@@ -19,6 +22,8 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
+from iresnet import compile_options
 
 from bench.env import environment, script_parser, seed_all, set_threads
 from bench.norms import BlockStepper, Stepper, conv_steppers, toy_steppers
@@ -62,7 +67,7 @@ def cpu_time(fn: Callable[[], None]) -> float:
 def measure(stepper: Stepper, repeats: int) -> dict[str, Any]:
     eager_loss = loss_of(stepper)
     eager = step_with(stepper, eager_loss)
-    compiled = step_with(stepper, torch.compile(eager_loss))
+    compiled = step_with(stepper, torch.compile(eager_loss, options=compile_options("cpu")))
     for _ in range(2):
         eager()
     compile_s = cpu_time(compiled) + cpu_time(compiled)  # the first calls compile

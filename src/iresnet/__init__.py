@@ -51,6 +51,7 @@ from .ops import (
     RussianRouletteLogDet,
     StratifiedRouletteLogDet,
     banach_bound,
+    compile_options,
     exact_logdet,
     fixed_point_solve,
 )
@@ -114,6 +115,7 @@ __all__ = [
     "Transform",
     "banach_bound",
     "certify",
+    "compile_options",
     "datasets",
     "exact_logdet",
     "fixed_point_solve",

@@ -569,3 +569,29 @@ def test_a_convolution_that_saw_no_input_is_certified_unknown_not_a_crash():
     assert not cert.invertible and cert.max_bound == float("inf")
     flow.log_prob(torch.zeros(2, 1, 8, 8))  # the convolutions learn their input size
     assert iresnet.certify(flow).invertible
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_a_pointwise_convolution_is_the_convolution_it_replaces(bias):
+    """A 1x1 convolution runs as one matrix product over the channels: its output, the
+    transposed map and the kernel's and bias's gradients equal ATen's convolution's (float64)."""
+    torch.manual_seed(0)
+    layer = iresnet.SpectralConv2d(5, 3, kernel_size=1, bias=bias).double()
+    assert layer._pointwise
+    x = torch.randn(4, 5, 6, 7, dtype=torch.float64)
+    w = torch.randn(3, 5, 1, 1, dtype=torch.float64)
+    b = torch.randn(3, dtype=torch.float64) if bias else None
+    reference = torch.nn.functional.conv2d(x, w, b)
+    torch.testing.assert_close(layer._conv_forward(x, w, b), reference, rtol=1e-12, atol=1e-12)
+    cot = torch.randn_like(reference)
+    mask = [True, True, bias]
+    expected = torch.ops.aten.convolution_backward(
+        cot, x, w, [3] if bias else None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1, mask
+    )
+    for got, want in zip(layer._conv_grads(cot, x, w, mask), expected, strict=True):
+        if want is None:
+            assert got is None
+        else:
+            torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    assert not iresnet.SpectralConv2d(5, 3, kernel_size=1, stride=2)._pointwise
+    assert not iresnet.SpectralConv2d(5, 3, kernel_size=3, padding=1)._pointwise

@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from ..errors import CheckpointError, ConfigError
 from ..nn import spectral_penalty
+from ..ops import compile_options
 from ..transforms import set_branch_precision
 from .batches import EpochBatches
 from .builder import build_model, load_data
@@ -246,7 +247,11 @@ class Trainer:
             for m in self.model.modules():
                 if hasattr(m, "validate") and isinstance(m.validate, bool):
                     m.validate = False
-            self.loss_module = torch.compile(self.loss_module)  # type: ignore[assignment]
+            # The roulette's draws and its random tail trace into the graph (no break); see
+            # iresnet.ops.compiling for the options.
+            self.loss_module = torch.compile(  # type: ignore[assignment]
+                self.loss_module, options=compile_options(ctx.device)
+            )
         if t.precision != "fp32":
             if ctx.device.type == "cpu" and t.precision == "fp16":
                 raise ConfigError("train.precision=fp16 needs a CUDA device; use bf16 on CPU")

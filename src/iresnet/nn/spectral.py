@@ -59,6 +59,11 @@ def _normalize(t: Tensor) -> Tensor:
     return t / torch.linalg.vector_norm(t).clamp_min(_EPS)
 
 
+def _expand_batch(matrix: Tensor, batch: int) -> Tensor:
+    """``matrix`` as a ``(batch, *matrix.shape)`` view (no copy), for ``torch.bmm``."""
+    return matrix.unsqueeze(0).expand(batch, *matrix.shape)
+
+
 def power_iteration(
     forward: Callable[[Tensor], Tensor],
     adjoint: Callable[[Tensor], Tensor],
@@ -884,6 +889,61 @@ class SpectralConv2d(_SpectralNormMixin, nn.Conv2d):
             [False, True, False],
         )[1]
 
+    @property
+    def _pointwise(self) -> bool:
+        """A 1x1 convolution without stride, padding, dilation or groups: a matrix product over
+        the channels at every pixel."""
+        return (
+            tuple(self.kernel_size) == (1, 1)
+            and tuple(self.stride) == (1, 1)
+            and self.padding in ((0, 0), "valid", "same")
+            and tuple(self.dilation) == (1, 1)
+            and self.groups == 1
+        )
+
+    def _conv_forward(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        if not self._pointwise:
+            return super()._conv_forward(x, weight, bias)
+        # The 1x1 convolution as one matrix product per sample (ATen's convolution costs
+        # several times more on the few-channel maps of the branches, forward and backward);
+        # bmm with the weight expanded, not a broadcast matmul, which inductor lowers through
+        # transposed copies of the activations.
+        b, _, h, w = x.shape
+        y = torch.bmm(_expand_batch(weight.flatten(1), b), x.flatten(2)).view(b, -1, h, w)
+        return y if bias is None else y + bias.view(-1, 1, 1)
+
+    def _conv_grads(
+        self, cot: Tensor, inp: Tensor, weight: Tensor, mask: list[bool]
+    ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        """The (input, weight, bias) gradients of the convolution at ``inp`` for the output
+        cotangent ``cot``, those in ``mask`` (None for the others), without autograd."""
+        if not self._pointwise:
+            return tuple(  # type: ignore[return-value]
+                torch.ops.aten.convolution_backward(
+                    cot,
+                    inp,
+                    weight,
+                    None if self.bias is None else [self.bias.shape[0]],
+                    self.stride,
+                    self.padding,
+                    self.dilation,
+                    False,
+                    [0, 0],
+                    self.groups,
+                    mask,
+                )
+            )
+        c2 = cot.flatten(2)
+        grad_in = grad_w = grad_b = None
+        if mask[0]:
+            grad_in = torch.bmm(_expand_batch(weight.flatten(1).t(), c2.shape[0]), c2)
+            grad_in = grad_in.view(inp.shape)
+        if mask[1]:
+            grad_w = torch.matmul(c2, inp.flatten(2).transpose(1, 2)).sum(0).view(weight.shape)
+        if mask[2]:
+            grad_b = c2.sum((0, 2))
+        return grad_in, grad_w, grad_b
+
     def forward(self, x: Tensor) -> Tensor:
         check_input(x, "SpectralConv2d", like=self)
         check_size(x, "SpectralConv2d", -3, self.in_channels, "input channels")
@@ -914,23 +974,10 @@ class SpectralConv2d(_SpectralNormMixin, nn.Conv2d):
         weight = self.normalized_weight()
         fixed = weight.detach()
         xd = x.detach()
-        stride, padding, dilation, groups = self.stride, self.padding, self.dilation, self.groups
 
         def vjp(w: Tensor) -> Tensor:
             # The transposed convolution, at the input itself (see linearize_adjoint).
-            return torch.ops.aten.convolution_backward(
-                w,
-                xd,
-                fixed,
-                None,
-                stride,
-                padding,
-                dilation,
-                False,
-                [0, 0],
-                groups,
-                [True, False, False],
-            )[0]
+            return self._conv_grads(w, xd, fixed, [True, False, False])[0]  # type: ignore[return-value]
 
         jt = None
         if t is not None:
@@ -956,7 +1003,6 @@ class SpectralConv2d(_SpectralNormMixin, nn.Conv2d):
         self._ensure_vectors(x)
         fixed, weight = self._adjoint_weight()
         bias = self.bias
-        stride, padding = self.stride, self.padding
         with torch.no_grad():
             fixed, xd = fixed.detach(), x.detach()
             y = self._conv_forward(xd, fixed, None if bias is None else bias.detach())
@@ -964,24 +1010,11 @@ class SpectralConv2d(_SpectralNormMixin, nn.Conv2d):
             tt = self._conv_forward(tf, fixed, None)
             t_out = tt.reshape(*t.shape[:2], *tt.shape[1:])
         held = [tf]
-        dilation, groups = self.dilation, self.groups
 
         def grads(cot: Tensor, inp: Tensor, mask: list[bool]) -> tuple[Tensor, ...]:
             # (input, weight, bias) gradients of the convolution at `inp` for the output
             # cotangent `cot`, those in `mask`, from one call.
-            return torch.ops.aten.convolution_backward(
-                cot,
-                inp,
-                fixed,
-                None if bias is None else [bias.shape[0]],
-                stride,
-                padding,
-                dilation,
-                False,
-                [0, 0],
-                groups,
-                mask,
-            )
+            return self._conv_grads(cot, inp, fixed, mask)  # type: ignore[return-value]
 
         def back(w: Tensor) -> Tensor:
             # The transposed convolution at the input itself (conv2d_input passes an expanded

@@ -2,8 +2,9 @@
 
 Re-exported from ``logdet`` (exact, power-series and Russian-roulette estimators of
 ``log det(I + J_g)``), ``roulette`` (when the roulette's variance is finite, and a choice that
-always is), ``fixed_point`` (the Banach inverse of ``x + g(x)`` and its diagnostics)
-and ``jacobian``. Nothing here knows of transforms or flows.
+always is), ``compiling`` (the ``torch.compile`` options their graphs want), ``fixed_point``
+(the Banach inverse of ``x + g(x)`` and its diagnostics) and ``jacobian``.
+Nothing here knows of transforms or flows.
 
 Examples:
     >>> import torch
@@ -16,6 +17,7 @@ Examples:
 """
 
 from ..checks import check_finite, check_input
+from .compiling import compile_options
 from .fixed_point import (
     FixedPointInverse,
     InverseDiagnostics,
@@ -63,6 +65,7 @@ __all__ = [
     "cayley_weights",
     "check_finite",
     "check_input",
+    "compile_options",
     "exact_logdet",
     "fixed_point_solve",
     "jacobian",

@@ -173,10 +173,13 @@ def sample_probes(
         (torch.Size([2, 4, 3]), True)
     """
     shape = (n_probes, *x.shape)
+    # (no generator argument unless given: traced with a symbolic batch size, ``randn`` takes
+    # no ``generator=None``)
+    gen = {} if generator is None else {"generator": generator}
     if kind == "gaussian":
-        return torch.randn(shape, dtype=x.dtype, device=x.device, generator=generator)
+        return torch.randn(shape, dtype=x.dtype, device=x.device, **gen)
     if kind == "rademacher":
-        bits = torch.randint(0, 2, shape, device=x.device, generator=generator)
+        bits = torch.randint(0, 2, shape, device=x.device, **gen)
         return bits.to(x.dtype) * 2 - 1
     raise ValueError(f"probe must be 'gaussian' or 'rademacher', got {kind!r}")
 
@@ -452,14 +455,110 @@ def series_logdet(
         )
         return gx, ld, None
 
-    if memory_efficient and need_graph:
+    compiling = torch.compiler.is_compiling()
+    if memory_efficient and need_graph and not compiling:
         return _MemoryEfficient.apply(compute, x, *params)
+    # Traced by torch.compile, the memory-efficient backward (an autograd.Function calling
+    # autograd, and a host check of the loss's weights) gives way to the plain Neumann
+    # surrogate: the same numbers, in one graph whose backward the compiler plans.
     with torch.enable_grad():
-        x_ = x if (x.requires_grad and need_graph) else x.detach().requires_grad_()
+        if x.requires_grad and need_graph:
+            x_ = x
+        elif compiling and _has_closed_form(g) and (neumann_gradient or not need_graph):
+            x_ = x  # no autograd call on x: a fresh leaf would only break the graph
+        else:
+            x_ = x.detach().requires_grad_()
         gx, logdet, _ = compute(x_)
     if not need_graph:
         gx, logdet = gx.detach(), logdet.detach()
     return gx, logdet
+
+
+def _has_closed_form(g: G) -> bool:
+    """Whether ``g`` is a chain whose vector-Jacobian products ``linearize`` writes in closed
+    form (no autograd call needed for the series' terms)."""
+    return isinstance(g, nn.Sequential) and all(hasattr(m, "linearize") for m in g)
+
+
+def _series_in_graph(
+    g: G,
+    x: Tensor,
+    probes: Tensor,
+    n_terms: Tensor,
+    weights: Sequence[float],
+    *,
+    n_sure: int,
+    neumann_gradient: bool,
+) -> tuple[Tensor, Tensor]:
+    """``series_logdet`` for a number of terms ``n_terms`` held in a tensor, so a random ``N``
+    needs no host read and one compiled graph serves every draw: the ``n_sure`` terms that are
+    always computed (``N >= n_sure`` surely) are written out, the rest run in a
+    ``while_loop`` up to ``k = n_terms``. Same numbers as ``series_logdet`` with
+    ``weights[:n_terms]`` (the table ``weights`` is indexed by ``k`` as the list would be);
+    ``g`` must have closed-form products ([`linearize`][iresnet.ops.jacobian.linearize]), and
+    a gradient is only formed by the Neumann series (the terms are never differentiated: their
+    products run without a graph, and the gradient is that of the surrogate
+    ``neumann^T J v``)."""
+    from torch._higher_order_ops.while_loop import while_loop
+
+    params = _grad_params(g)
+    need_graph = torch.is_grad_enabled() and (x.requires_grad or len(params) > 0)
+    gx, jv, vjp = linearize(g, x, probes if (neumann_gradient and need_graph) else None)
+    assert vjp is not None  # the caller checked _has_closed_form
+    k_max = len(weights)
+    n_sure = min(n_sure, k_max)
+    # term k adds (-1)^{k+1} w_k / k (v J^k) to the terms, and (-1)^k w_{k+1} (v J^k) to the
+    # Neumann vector while k < N (entry k - 1 of both tables; the last Neumann one is unused)
+    term_coef = [(-1) ** (k + 1) * weights[k - 1] / k for k in range(1, k_max + 1)]
+    neumann_coef = [(-1) ** k * weights[k] for k in range(1, k_max)] + [0.0]
+    n = n_terms.to(device=x.device)
+    m = probes.shape[0]
+
+    def term(state: Sequence[Tensor], c: Tensor | float, nc: Tensor | float | None) -> list[Tensor]:
+        out: list[Tensor] = []
+        for p in range(m):
+            w, terms, neumann = state[3 * p : 3 * p + 3]
+            w = vjp(w)
+            out += [w, terms + w * c, neumann if nc is None else neumann + w * nc]
+        return out
+
+    with torch.no_grad():
+        state: list[Tensor] = []
+        for v in probes:
+            state += [v, torch.zeros_like(v), v * weights[0]]
+        for k in range(1, n_sure):  # terms surely computed, and surely followed by another
+            state = term(state, term_coef[k - 1], neumann_coef[k - 1])
+        last = torch.full((), neumann_coef[n_sure - 1], dtype=x.dtype, device=x.device)
+        more = torch.where(n > n_sure, last, torch.zeros_like(last))
+        state = term(state, term_coef[n_sure - 1], more)
+        if n_sure < k_max:
+            coef = torch.tensor(term_coef, dtype=x.dtype, device=x.device)
+            ncoef = torch.tensor(neumann_coef, dtype=x.dtype, device=x.device)
+
+            def cond(k: Tensor, *state: Tensor) -> Tensor:
+                return k <= n
+
+            def body(k: Tensor, *state: Tensor) -> tuple[Tensor, ...]:
+                at = (k - 1).reshape(1)  # a 0-d index tensor: index_select, no host read
+                c = coef.index_select(0, at)
+                nc = torch.where(k < n, ncoef.index_select(0, at), torch.zeros_like(c))
+                return (k + 1, *term(state, c, nc))
+
+            first = torch.full((), n_sure + 1, dtype=torch.int64, device=x.device)
+            _, *state = while_loop(cond, body, (first, *state))
+        value = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+        for p, v in enumerate(probes):
+            value = value + _batch_dot(state[3 * p + 1], v)
+        value = value / m
+    if not need_graph:
+        return gx.detach(), value
+    if not neumann_gradient:
+        return gx, value
+    surrogate = torch.zeros_like(value)
+    for p in range(m):
+        surrogate = surrogate + _batch_dot(state[3 * p + 2], jv[p])  # type: ignore[index]
+    surrogate = surrogate / m
+    return gx, value + (surrogate - surrogate.detach())
 
 
 def roulette_weights(
@@ -722,6 +821,14 @@ class RussianRouletteLogDet(LogDetEstimator):
     is a template: the model families bind it to their blocks' bound
     ([`logdet_estimator`][iresnet.ops.logdet.logdet_estimator] with ``lipschitz``).
 
+    **Compiled.** Traced by ``torch.compile`` (with the Neumann gradient, or without autograd,
+    for branches with closed-form products), ``N`` is drawn in the graph by the same operation
+    from the same generator, and the terms after the ``n_exact`` sure ones run in a
+    ``while_loop`` up to ``N``: no graph break, one graph for every draw, the same estimate and
+    gradients as eagerly for the same seed (the memory-efficient backward gives way to the
+    Neumann surrogate, which the compiler differentiates). Use
+    [`compile_options`][iresnet.ops.compiling.compile_options].
+
     Arguments:
         distribution: ``"geometric"`` (``p``) or ``"poisson"`` (``rate``).
         p: success probability of the geometric, in ``(0, 1)`` (default 0.5; chosen from
@@ -876,12 +983,17 @@ class RussianRouletteLogDet(LogDetEstimator):
 
     def draw_n_terms(self) -> int:
         """Draw the number of terms ``N = n_exact + M`` (at most ``max_terms``) on the host."""
+        return int(self._draw_n().item())
+
+    def _draw_n(self) -> Tensor:
+        """``N = min(n_exact + M, max_terms)`` as a 0-d CPU int64 tensor (no host read: a
+        compiled graph draws it in place)."""
         gen = self._cpu_generator
         if self.distribution == "geometric":
-            m = int(torch.empty(()).geometric_(self.p, generator=gen).item()) - 1
+            m = torch.empty(()).geometric_(self.p, generator=gen) - 1
         else:
-            m = int(torch.poisson(torch.tensor(float(self.rate)), generator=gen).item())
-        return min(self.n_exact + m, self.max_terms)
+            m = torch.poisson(torch.tensor(float(self.rate)), generator=gen)
+        return (m.to(torch.int64) + self.n_exact).clamp(max=self.max_terms)
 
     def __call__(self, g: G, x: Tensor) -> tuple[Tensor, Tensor]:
         return self._estimate(g, x, cayley=False)
@@ -897,6 +1009,13 @@ class RussianRouletteLogDet(LogDetEstimator):
                 "RussianRouletteLogDet(auto=True) needs the blocks' Lipschitz bound: build it "
                 "with lipschitz=L, or let a model family bind it (logdet='roulette-auto')"
             )
+        if (
+            torch.compiler.is_compiling()
+            and self.generator is None
+            and _has_closed_form(g)
+            and (self.neumann_gradient or not torch.is_grad_enabled())
+        ):
+            return self._estimate_in_graph(g, x, cayley=cayley)
         n = self.draw_n_terms()
         weights = roulette_weights(n, self.n_exact, self.distribution, self._param)
         check_input(x, type(self).__name__, like=g if isinstance(g, nn.Module) else None)
@@ -908,6 +1027,27 @@ class RussianRouletteLogDet(LogDetEstimator):
             cayley_weights(weights) if cayley else weights,
             neumann_gradient=self.neumann_gradient,
             memory_efficient=self.memory_efficient,
+        )
+
+    def _estimate_in_graph(self, g: G, x: Tensor, *, cayley: bool) -> tuple[Tensor, Tensor]:
+        """The estimate traced by ``torch.compile``: ``N`` drawn in the graph (the same draw
+        from the same generator as ``draw_n_terms``), the terms in a loop of ``N`` steps
+        ([`_series_in_graph`][iresnet.ops.logdet._series_in_graph]) with the weights
+        ``1 / P(N >= k)`` of ``roulette_weights`` up to ``max_terms``: the same law, no graph
+        break, one graph for every ``N``. The Neumann gradient is formed by autograd through
+        the compiled graph (the memory-efficient backward's ``autograd.Function`` does not
+        trace; the compiler chooses what the backward keeps)."""
+        n = self._draw_n()
+        table = roulette_weights(self.max_terms, self.n_exact, self.distribution, self._param)
+        probes = sample_probes(x, self.n_probes, self.probe, self.generator)
+        return _series_in_graph(
+            g,
+            x,
+            probes,
+            n,
+            cayley_weights(table) if cayley else table,  # type: ignore[arg-type]
+            n_sure=self.n_exact,
+            neumann_gradient=self.neumann_gradient,
         )
 
     def __repr__(self) -> str:
