@@ -5,8 +5,10 @@ For each data set (``digits`` 8x8 with 17 levels, ``fashion-mnist`` 1x28x28 with
 - ``ours``: the image preset of the same name (a multi-scale Residual Flow, see
   :data:`iresnet.app.presets.PRESETS`), trained by the real loop
   (:func:`iresnet.app.training.train`) with ``train.max_cpu_seconds`` set to the budget. Its
-  cosine schedule is fitted to the budget: a short timing run (not counted) measures CPU seconds
-  per step, and ``train.steps`` is set to what fits in 95% of the budget. Test bits/dim from
+  cosine decays over the CPU budget (``train.lr_schedule=cosine-budget``), as the peers' does,
+  so it trains for all of it however fast the steps run; ``--ours-fit-steps`` instead fits
+  ``train.steps`` to 95% of the budget from a short timing run (not counted), which a timing
+  taken under another load than the run's makes stop early or late. Test bits/dim from
   ``DensityTask.full_evaluation``, the number ``iresnet evaluate --json`` prints: exact log-dets
   where ``D <= 64`` (digits), else an unbiased Russian-roulette estimate with 20 always-computed
   terms (no truncation bias); its standard error is over test images and includes the
@@ -212,8 +214,7 @@ def train_peer(
         checkpoint_file.unlink(missing_ok=True)  # a fresh run never continues an old one
 
     def lr_at(step: int, spent: float) -> float:
-        # Warm-up, then cosine to zero over the CPU budget (ours decays over its fitted step
-        # count; this one follows the clock, which needs no timing run).
+        # Warm-up, then cosine to zero over the CPU budget, as ours (cosine-budget).
         return PEER_LR * min(1.0, (step + 1) / PEER_WARMUP) * 0.5 * (1 + math.cos(math.pi * spent))
 
     run = train_for_budget(
@@ -266,12 +267,26 @@ def train_peer(
 
 
 def train_ours(
-    dataset: str, cfg: Config, budget: float, out: Path, n_test: int | None, resume: bool = False
+    dataset: str,
+    cfg: Config,
+    budget: float,
+    out: Path,
+    n_test: int | None,
+    resume: bool = False,
+    follow_clock: bool = True,
 ) -> dict[str, Any]:
     # The CPU budget replaces the preset's wall-clock cap (which a loaded machine hits early).
     run_dir = out / "ours"
     cfg = cfg.override([f"train.checkpoint_every={OURS_CHECKPOINT_EVERY}"])
-    run = train_under_budget(cfg, budget, run_dir, out, timing_steps=TIMING_STEPS, resume=resume)
+    run = train_under_budget(
+        cfg,
+        budget,
+        run_dir,
+        out,
+        timing_steps=TIMING_STEPS,
+        resume=resume,
+        follow_clock=follow_clock,
+    )
     trained = run.trained
     torch.manual_seed(cfg.train.seed + 1)
     ev = trained.task.full_evaluation(trained.model, n_inverse=256, n_test=n_test)
@@ -323,7 +338,13 @@ def worker(spec: dict[str, Any]) -> None:
     out = Path(spec["out"])
     if spec["who"] == "ours":
         result = train_ours(
-            spec["dataset"], cfg, spec["budget"], out, spec["n_test"], spec.get("resume", False)
+            spec["dataset"],
+            cfg,
+            spec["budget"],
+            out,
+            spec["n_test"],
+            spec.get("resume", False),
+            not spec.get("fit_steps", False),
         )
     else:
         result = train_peer(
@@ -393,7 +414,11 @@ def run_models(dataset: str, budget: float, args: argparse.Namespace, work: Path
                 raise SystemExit(f"--ours-from {prior}: its budget differs from {budget} CPU s")
             continue
         out = work / dataset / folder
-        spec = {"who": "ours", "ours_override": [*override, *args.ours_override]}
+        spec = {
+            "who": "ours",
+            "ours_override": [*override, *args.ours_override],
+            "fit_steps": args.ours_fit_steps,
+        }
         jobs[label] = (spec, out)
     for kind in args.peers:
         out = work / dataset / kind
@@ -524,6 +549,12 @@ def main() -> None:
     ap.add_argument("--data-dir", default=None, help="folder with the image files")
     ap.add_argument("--work-dir", type=Path, default=None, help="where run folders go (kept)")
     ap.add_argument(
+        "--ours-fit-steps",
+        action="store_true",
+        help="fit our train.steps to the budget from a timing run (the old way) instead of a "
+        "cosine over the CPU budget",
+    )
+    ap.add_argument(
         "--resume",
         action="store_true",
         help="continue an interrupted run in --work-dir (the same command otherwise): finished "
@@ -617,6 +648,8 @@ def main() -> None:
             "work_dir": str(work),
             "ours_from": str(args.ours_from or ""),
             "ours_override": args.ours_override,
+            "ours_schedule": "fitted steps" if args.ours_fit_steps else "cosine over the budget",
+            "resumed": args.resume,
         }
         notes = doc_body(__doc__) + f"\n\nSamples (one row per model, table order): `{png.name}`."
         md, _ = write_results(
