@@ -388,8 +388,11 @@ def check_spec(spec: dict[str, Any], folder: Path, resume: bool) -> None:
     mine = {k: v for k, v in spec.items() if k != "resume"}
     if resume and saved.exists():
         before = json.loads(saved.read_text())
-        if before != mine:
-            diff = sorted(k for k in before.keys() | mine.keys() if before.get(k) != mine.get(k))
+        # The folder may have moved with its work dir: where it is now is not a setting.
+        diff = sorted(
+            k for k in before.keys() | mine.keys() if k != "out" and before.get(k) != mine.get(k)
+        )
+        if diff:
             raise SystemExit(
                 f"--resume: {folder} was started with other settings ({', '.join(diff)}); "
                 "rerun with the first command's flags or use another --work-dir"
@@ -423,12 +426,6 @@ def run_models(dataset: str, budget: float, args: argparse.Namespace, work: Path
     for kind in args.peers:
         out = work / dataset / kind
         jobs[PEER_LABEL[kind]] = ({"who": kind, "peer_kw": args.peer_kw}, out)
-    if args.resume:  # models that finished in an earlier process are read back, not rerun
-        for label, (spec, out) in list(jobs.items()):
-            if (out / f"{spec['who']}.json").exists():
-                results[label] = load_result(out, spec["who"])
-                check_budget(results[label], budget, out)
-                del jobs[label]
     for spec, out in jobs.values():
         spec |= {
             "dataset": dataset,
@@ -440,6 +437,12 @@ def run_models(dataset: str, budget: float, args: argparse.Namespace, work: Path
             "resume": args.resume,
         }
         check_spec(spec, out, args.resume)
+    if args.resume:  # models that finished in an earlier process are read back, not rerun
+        for label, (spec, out) in list(jobs.items()):
+            if (out / f"{spec['who']}.json").exists():
+                results[label] = load_result(out, spec["who"])
+                check_budget(results[label], budget, out)
+                del jobs[label]
     run_side_by_side(__file__, jobs)
     for label, (spec, out) in jobs.items():
         results[label] = load_result(out, spec["who"])
@@ -621,6 +624,8 @@ def main() -> None:
     env = environment()
     if args.resume and args.work_dir is None:
         ap.error("--resume needs the --work-dir of the run to continue")
+    if args.resume and not args.work_dir.is_dir():
+        ap.error(f"--resume: no work dir {args.work_dir} to continue; leave out --resume to start")
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="iresnet-images-"))
     out_dir = args.out_dir or RESULTS_DIR
     for ds in args.datasets:

@@ -243,6 +243,23 @@ def test_score_of_an_unconditional_run_refuses_contexts(tmp_path, capsys):
         str(tmp_path / "o.csv"),
     )
     assert code == 0 and "exact" in out
+    # One point is something to score (only training needs two rows).
+    for name in ("one.npy", "one.csv"):
+        if name.endswith(".npy"):
+            np.save(tmp_path / name, np.array([[0.5, -0.25]]))
+        else:
+            (tmp_path / name).write_text("0.5,-0.25\n")
+        code, out, err = run(
+            capsys,
+            "score",
+            str(out_dir),
+            "--data",
+            str(tmp_path / name),
+            "--out",
+            str(tmp_path / f"{name}.scores.csv"),
+        )
+        assert code == 0, err
+        assert len((tmp_path / f"{name}.scores.csv").read_text().splitlines()) == 2
     code, out, err = run(capsys, "sample", str(out_dir), "--context", "1", "-n", "3")
     assert code == 2
     _one_line_error(err, "not conditional")

@@ -77,3 +77,12 @@ def test_augment_is_refused_for_density_models():
     with pytest.raises(ConfigError, match="train.augment"):
         Config().override(["train.augment=true"])
     assert Config().override(["model.kind=classifier", "train.augment=true"]).train.augment
+
+
+def test_compiling_a_series_log_det_needs_the_neumann_gradient():
+    # AOTAutograd has no double backward: the series' own gradient cannot be compiled.
+    with pytest.raises(ConfigError, match="needs model.neumann_gradient=true"):
+        Config().override(["train.compile=true", "model.logdet=roulette"])
+    ok = ["train.compile=true", "model.logdet=roulette", "model.neumann_gradient=true"]
+    assert Config().override(ok).train.compile
+    assert Config().override(["train.compile=true", "model.logdet=exact"]).train.compile

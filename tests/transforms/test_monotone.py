@@ -228,3 +228,14 @@ def test_forward_that_does_not_converge_raises():
     )
     with pytest.raises(iresnet.InverseNotConvergedError, match="MonotoneBlock"):
         block(torch.randn(2, 3, dtype=torch.float64))
+
+
+def test_a_monotone_flow_refuses_a_coefficient_of_one():
+    # Its bound (1 + c)/(1 - c) is infinite at c = 1: nothing would be certified.
+    for make in (
+        lambda: iresnet.ResidualFlow(2, block="monotone", coeff=1.0),
+        lambda: iresnet.MultiscaleResidualFlow((1, 4, 4), block="monotone", coeff=1.0),
+    ):
+        with pytest.raises(ValueError, match="block='monotone' needs coeff < 1"):
+            make()
+    assert iresnet.ResidualFlow(2, block="residual", coeff=1.0) is not None

@@ -249,8 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="conditional runs: a .npy/.csv file of (N, k) contexts, row i the context of "
         "point i; or numbers 'a,b' (one context for every point), as `iresnet sample` takes "
-        "them. Not needed for a .csv that `iresnet sample` wrote (header x1..xd,c1..ck): its "
-        "context columns are read",
+        "them. Not needed for a .csv that `iresnet sample` wrote for a vector run (header "
+        "x1..xd,c1..ck): its context columns are read",
     )
     p.add_argument(
         "--out",

@@ -426,6 +426,18 @@ class Config:
                 "train.augment moves images for classifiers and hybrids; a density model "
                 f"(model.kind={self.model.kind}) would learn the moved images: set it to false"
             )
+        if (
+            self.train.compile
+            and self.model.kind != "classifier"  # no log-det to differentiate
+            and self.model.logdet != "exact"
+            and not self.model.neumann_gradient
+        ):
+            # The series' own gradient is a double backward, which AOTAutograd does not trace.
+            raise ConfigError(
+                f"train.compile=true with model.logdet={self.model.logdet} needs "
+                "model.neumann_gradient=true (torch.compile has no double backward), or use "
+                "model.logdet=exact"
+            )
         return self
 
     def to_dict(self) -> dict[str, Any]:

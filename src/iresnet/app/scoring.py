@@ -200,13 +200,13 @@ def _sample_file_columns(task: DensityTask, path: Path) -> np.ndarray | None:
     _, header = context_columns(task, torch.zeros(1, task.context_dim))
     if names != [f"x{i + 1}" for i in range(task.dim)] + header:
         return None
-    return load_array(path, max_dim=task.dim + len(header) + 64)
+    return load_array(path, max_dim=task.dim + len(header) + 64, min_rows=1)
 
 
 def _read_points(task: DensityTask, path: Path) -> torch.Tensor:
     shape = tuple(task.data.event_shape)
     if not task.images:
-        x = load_array(path, max_dim=max(64, task.dim))
+        x = load_array(path, max_dim=max(64, task.dim), min_rows=1)
         if x.shape[1] != task.dim:
             raise DataError(
                 f"{path}: {x.shape[1]} columns, but the run models {task.dim}-dimensional points"

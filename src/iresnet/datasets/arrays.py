@@ -139,7 +139,10 @@ def _read_npy(path: Path) -> np.ndarray:
 
 
 def load_array(
-    path: str | os.PathLike[str], max_dim: int = 64, index_column: str = "refuse"
+    path: str | os.PathLike[str],
+    max_dim: int = 64,
+    index_column: str = "refuse",
+    min_rows: int = 2,
 ) -> np.ndarray:
     """Load user data from a ``.npy`` or ``.csv`` file as a float64 array of shape ``(N, d)``.
 
@@ -150,13 +153,15 @@ def load_array(
     Args:
         path: the ``.npy`` or ``.csv`` file.
         max_dim: the largest number of columns accepted.
+        min_rows: the fewest rows accepted (2 for training data, to train and to test; 1 for
+            points to score).
         index_column: what to do with a CSV whose first column is an unnamed row index (the
             pattern of pandas' ``to_csv()``: an empty first header name over distinct
             integers): ``"refuse"`` (a ``DataError`` naming the choices), ``"drop"`` or
             ``"keep"`` (model it as a feature).
 
     Returns:
-        A float64 array of shape ``(N, d)`` with ``N >= 2``, every value finite.
+        A float64 array of shape ``(N, d)`` with ``N >= min_rows``, every value finite.
 
     Raises:
         DataError: missing file, unknown extension, empty file or zero rows, fewer than 2 rows,
@@ -211,8 +216,10 @@ def load_array(
 
     n, d = array.shape
     if n == 0:
-        raise DataError(f"{p}: zero data rows; the file must hold at least 2 samples (rows)")
-    if n < 2:
+        raise DataError(
+            f"{p}: zero data rows; the file must hold at least {min_rows} sample(s) (rows)"
+        )
+    if n < min_rows:
         raise DataError(
             f"{p}: 1-row file; at least 2 samples are needed (to train and to test); "
             "if the row is one sample per column, transpose the data"
@@ -226,7 +233,7 @@ def load_array(
         where = f"line {lines[i]}, column {j + 1}" if lines is not None else f"x[{i}, {j}]"
         raise DataError(
             f"{p}: {kind} value at {where} (first of {int(bad.sum())}); "
-            "drop or impute missing values before training"
+            "drop or impute missing values first"
         )
     if d > max_dim:
         raise DataError(

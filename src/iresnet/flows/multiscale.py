@@ -248,7 +248,7 @@ class MultiscaleResidualFlow(Flow):
     ) -> None:
         check_context(context)
         check_branch(branch)
-        kind = block_type(block)
+        kind = block_type(block, coeff)
         check_logdet(logdet)
         _check_sizes("hidden_channels", hidden_channels)
         if scales < 1 or blocks < 0 or fc_blocks < 0:

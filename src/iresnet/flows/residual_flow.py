@@ -47,14 +47,21 @@ BLOCKS = ("residual", "monotone")
 [`MonotoneBlock`][iresnet.transforms.monotone.MonotoneBlock]), on the same branches."""
 
 
-def block_type(block: str) -> type[InvertibleResidualBlock]:
-    """The block class named by ``block``.
+def block_type(block: str, coeff: float | None = None) -> type[InvertibleResidualBlock]:
+    """The block class named by ``block`` (for branches of Lipschitz coefficient ``coeff``).
 
     Raises:
-        ValueError: ``block`` not in [`BLOCKS`][iresnet.flows.residual_flow.BLOCKS].
+        ValueError: ``block`` not in [`BLOCKS`][iresnet.flows.residual_flow.BLOCKS], or a
+            monotone block with ``coeff >= 1`` (its bi-Lipschitz bound ``(1 + c)/(1 - c)`` is
+            infinite there).
     """
     if block not in BLOCKS:
         raise ValueError(f"block must be one of {BLOCKS}, got {block!r}")
+    if block == "monotone" and coeff is not None and coeff >= 1:
+        raise ValueError(
+            f"block='monotone' needs coeff < 1 (its bound (1 + c)/(1 - c) is infinite at 1), "
+            f"got {coeff}"
+        )
     return MonotoneBlock if block == "monotone" else InvertibleResidualBlock
 
 
@@ -200,7 +207,7 @@ class ResidualFlow(Flow):
     ) -> None:
         check_context(context)
         check_branch(branch)
-        kind = block_type(block)
+        kind = block_type(block, coeff)
         if not all(isinstance(n, int) for n in (features, transforms)):
             raise TypeError(
                 f"features and transforms must be integers, got {features!r}, {transforms!r}"
