@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from iresnet.app.cli import main
+from iresnet.app.runs import load_run
 from iresnet.certificate import Certificate
 from tests.helpers import TINY_RUN
 
@@ -101,6 +102,23 @@ def test_train_evaluate_sample_certify(tmp_path, capsys):
 def test_resume_refuses_overrides(tmp_path, capsys):
     code, _, err = run(capsys, "train", "--resume", str(tmp_path), "model.coeff=0.5")
     assert code == 2
+
+
+def test_a_run_that_spent_its_time_budget_is_resumed_with_a_new_one(tmp_path, capsys):
+    out_dir = tmp_path / "run"
+    argv = ["train", *TINY, "--steps", "100000", "train.max_cpu_seconds=0.5", "--out"]
+    code, _, err = run(capsys, *argv, str(out_dir))
+    assert code == 0, err
+    stopped = load_run(out_dir).run.last_step()
+    assert 0 < stopped < 100000
+    code, _, err = run(capsys, "train", "--resume", str(out_dir))
+    assert code == 2 and "has spent its CPU budget" in err and "train.max_cpu_seconds=N" in err
+    assert load_run(out_dir).run.last_step() == stopped  # nothing trained, nothing lost
+    code, _, err = run(capsys, "train", "--resume", str(out_dir), "train.max_cpu_seconds=1.5")
+    assert code == 0, err
+    assert load_run(out_dir).run.last_step() > stopped + 1
+    code, _, err = run(capsys, "train", "--resume", str(out_dir), "model.coeff=0.5")
+    assert code == 2 and "not KEY=VALUE overrides" in err
 
 
 def test_unavailable_devices_are_named_in_one_line(capsys, tmp_path):

@@ -29,6 +29,7 @@ from tqdm import tqdm
 from ..certificate import Certificate, certify
 from ..errors import ConfigError, IResNetError
 from . import plots, scoring
+from .checkpoint import latest_checkpoint
 from .config import SECTIONS, Config, check_seed
 from .files import atomic_write, json_safe
 from .presets import DEFAULT_PRESET, PRESETS, get_preset
@@ -408,6 +409,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if preset is not None and "=" in preset:  # an override in the preset's place
             overrides.insert(0, preset)
             preset = None
+        # The time budget is not part of the model: a run that spent it may be given more.
+        budgets = [o for o in overrides if o.split("=", 1)[0].split(".")[-1] in _BUDGET_KEYS]
+        overrides = [o for o in overrides if o not in budgets]
         ignored = [
             flag
             for flag, value in (
@@ -425,8 +429,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if ignored:
             raise ConfigError(
                 f"--resume continues a run with its saved config; it takes --steps (to extend "
-                f"it), not {', '.join(ignored)}"
+                f"it) and a new time budget (train.max_seconds=, train.max_cpu_seconds=), not "
+                f"{', '.join(ignored)}"
             )
+        if budgets:
+            cfg = cfg.override(budgets)
+        _check_budget_left(run, cfg)
         done = run.last_step()
         if args.steps is None and done >= cfg.train.steps and run.weights_path.is_file():
             raise ConfigError(
@@ -468,6 +476,32 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 _UNITS = {"nll": "nats", "bpd": "bits/dim", "acc": "", "accuracy": "", "error": ""}
+
+
+_BUDGET_KEYS = ("max_seconds", "max_cpu_seconds")
+
+
+def _check_budget_left(run: Run, cfg: Config) -> None:
+    """Refuse to resume a run whose time budget is spent (it would train one step and stop),
+    naming the override that gives it more."""
+    checkpoint = latest_checkpoint(run.checkpoints)
+    if checkpoint is None:
+        return  # the trainer says there is nothing to resume
+    try:
+        clocks = json.loads((checkpoint / "state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # a torn checkpoint: the trainer's own check names it
+    for key, saved, what in (
+        ("max_cpu_seconds", "cpu_elapsed", "CPU"),
+        ("max_seconds", "elapsed", "wall-clock"),
+    ):
+        cap = getattr(cfg.train, key)
+        spent = float(clocks.get(saved, 0.0))
+        if cap > 0 and spent >= cap:
+            raise ConfigError(
+                f"{run.path} has spent its {what} budget ({spent:.0f} s of train.{key}={cap:g}):"
+                f" give it more with --resume {run.path} train.{key}=N (N > {spent:.0f}; 0: none)"
+            )
 
 
 def _last_logged(rows: list[dict[str, Any]]) -> dict[str, float]:
