@@ -75,7 +75,7 @@ def test_temperature_scales_the_base_and_is_refused_for_other_bases():
 
 def test_a_sample_shape_given_to_the_module_points_to_the_distribution():
     flow = iresnet.Flow([iresnet.ActNorm(2)], event_shape=(2,))
-    with pytest.raises(ValueError, match=r"use flow\(\)\.sample\(\(3,\)\)"):
+    with pytest.raises(ValueError, match=r"flow\.sample\(3\).*use flow\(\)\.sample\(\(3,\)\)"):
         flow.sample((3,))
     assert flow().sample((3,)).shape == (3, 2)  # the zuko way
     with pytest.raises(ValueError, match="positive integer, got 0$"):

@@ -280,8 +280,13 @@ def score_file(
         if context is None:
             raise ConfigError(
                 "this run is conditional: pass --context, a file of one row per point or one "
-                "context for every point ('a,b'), or score a .csv that `iresnet sample` wrote "
-                "(its context columns are read)"
+                "context for every point ('a,b')"
+                + (
+                    ""
+                    if task.images
+                    else ", or score a .csv that `iresnet sample` wrote (its context columns "
+                    "are read)"
+                )
             )
         c = given = parse_contexts(task, context)
         is_file = Path(str(context)).suffix.lower() in (".npy", ".csv")

@@ -441,8 +441,8 @@ class Flow(nn.Module):
         """
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             hint = (
-                "; for a sample shape, as torch.distributions take it, use "
-                f"flow().sample({tuple(n)!r})"
+                "; pass a number of samples (flow.sample(3), which takes temperature=), or use "
+                f"flow().sample({tuple(n)!r}) for a sample shape as torch.distributions take it"
                 if isinstance(n, (tuple, list, torch.Size))
                 else ""
             )
