@@ -875,19 +875,7 @@ class SpectralConv2d(_SpectralNormMixin, nn.Conv2d):
         return F.conv2d(x, weight, bias, self.stride, self.padding)
 
     def _sigma_weight_grad(self, u: Tensor, v: Tensor, weight: Tensor) -> Tensor:
-        return torch.ops.aten.convolution_backward(
-            u,
-            v,
-            weight,
-            None,
-            self.stride,
-            self.padding,
-            self.dilation,
-            False,
-            [0, 0],
-            self.groups,
-            [False, True, False],
-        )[1]
+        return self._conv_grads(u, v, weight, [False, True, False])[1]  # type: ignore[return-value]
 
     @property
     def _pointwise(self) -> bool:
