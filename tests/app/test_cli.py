@@ -419,3 +419,32 @@ def test_the_third_new_users_findings(capsys, tmp_path, monkeypatch):
         assert ("extrapolates" in err) == (context == "-1e9"), (context, err)
     assert np.load(tmp_path / "s.contexts.npy")[:, 0].tolist() == [-0.5, -0.5]
     assert threads == [1, 1, 1]  # the run's train.threads, once per command
+
+
+def test_a_run_on_your_data_is_named_for_the_data_not_the_preset(tmp_path):
+    """The summary says the preset only lends the model and training to ``--data`` runs, and
+    the progress bar names the data file."""
+    from iresnet.app.cli import _config_summary
+    from iresnet.app.config import Config
+    from iresnet.app.trainer import _run_title
+
+    cfg = Config()
+    assert _config_summary(cfg).startswith(f"preset {cfg.preset}: toy model")
+    assert _run_title(cfg) == cfg.preset
+    cfg.data.name, cfg.data.path = "array", str(tmp_path / "points.csv")
+    assert _config_summary(cfg).startswith(
+        f"preset {cfg.preset} (its model and training, on your data): toy model"
+    )
+    assert _run_title(cfg) == "points.csv"
+
+
+def test_the_final_line_describes_only_the_numbers_it_shows():
+    """A run stopped before its first test evaluation has no test number to explain."""
+    from iresnet.app.cli import _describe_metrics
+
+    train_only = _describe_metrics({"nll": 1.5}, 2560)
+    assert "train nll 1.5000 nats" in train_only and "test" not in train_only.split("(")[1][:20]
+    assert "EMA" not in train_only and "2560" not in train_only
+    both = _describe_metrics({"nll": 1.5, "test_nll": 1.6, "test_nll_se": 0.1}, 2560)
+    assert "test nll 1.6000 +- 0.1000 nats" in both and "test: 2560 test samples" in both
+    assert _describe_metrics({}, None) == "no metrics logged"

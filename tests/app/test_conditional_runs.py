@@ -303,6 +303,7 @@ def test_a_class_conditional_digits_run_samples_each_class_and_scores_in_bits(tm
         str(tmp_path / "s.npy"),
     )
     assert code == 0, err
+    assert "each of 2 labels, in order: 3, 7)" in out  # the labels, not their one-hot rows
     assert np.load(tmp_path / "s.npy").shape == (4, 1, 8, 8)
     labels = np.load(tmp_path / "s.contexts.npy")  # each sample's class, as --context takes it
     assert labels.dtype == np.int64 and labels.tolist() == [[3], [3], [7], [7]]

@@ -322,6 +322,21 @@ def test_a_conditional_sample_file_says_which_context_each_row_came_from(conditi
     logp = np.loadtxt(tmp_path / "logp.csv", delimiter=",", skiprows=1, ndmin=2)
     logp2 = np.loadtxt(tmp_path / "logp2.csv", delimiter=",", skiprows=1, ndmin=2)
     np.testing.assert_allclose(logp2[:, 0], logp[:, 0], rtol=1e-5)  # .csv holds 9 digits
+    # its contexts given twice (the columns and --context): say which to drop
+    one_line_error(
+        iresnet(
+            "score",
+            str(conditional),
+            "--data",
+            "s.csv",
+            "--context",
+            "0.5",
+            "--out",
+            "o.csv",
+            cwd=tmp_path,
+        ),
+        "leave out --context",
+    )
     # a plain headerless file of points still needs its contexts
     np.savetxt(tmp_path / "plain.csv", x, delimiter=",")
     one_line_error(

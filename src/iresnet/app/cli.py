@@ -384,7 +384,9 @@ def _config_summary(cfg: Config) -> str:
     )
     return "\n".join(
         [
-            f"preset {cfg.preset}: {m.kind} model, {size}, "
+            f"preset {cfg.preset}"
+            + (" (its model and training, on your data)" if d.name == "array" else "")
+            + f": {m.kind} model, {size}, "
             + ("monotone blocks, " if m.block == "monotone" else "")
             + f"{m.activation}, coeff {m.coeff:g} ({norm}), log-det {m.logdet}",
             f"data {data}; train {t.steps} steps{budget}, batch {t.batch_size}, "
@@ -530,12 +532,14 @@ def _describe_metrics(last: dict[str, float], n_eval: int | None) -> str:
         number = f"{value:.4f}" + (f" +- {se:.4f}" if se is not None and math.isfinite(se) else "")
         parts.append(f"{'test' if test else 'train'} {name} {number}{' ' + unit if unit else ''}")
     on = f"{n_eval} test samples" if n_eval is not None else "a test subset"
-    tail = (
-        f" (train: last logged batch; test: {on}, EMA weights; "
-        "`iresnet evaluate` scores the whole test set)"
-        if parts
-        else ""
-    )
+    said = {p.split(" ", 1)[0] for p in parts}  # describe only what the line shows
+    what = []
+    if "train" in said:
+        what.append("train: last logged batch")
+    if "test" in said:
+        what.append(f"test: {on}, EMA weights")
+    what.append("`iresnet evaluate` scores the whole test set")
+    tail = f" ({'; '.join(what)})" if parts else ""
     return ", ".join(parts) + tail if parts else "no metrics logged"
 
 
@@ -677,10 +681,17 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     certified = f", certified error <= {bound:.2e}" if bound is not None else ""
     per = ""
     if contexts is not None:
-        shown = "; ".join(", ".join(f"{v:.4g}" for v in row) for row in contexts.tolist()[:8])
+        # as the user writes them: class labels, not their one-hot vectors
+        head, names = scoring.context_columns(task, contexts[:8])
+        if names == ["label"]:
+            shown = ", ".join(str(int(v)) for v in head[:, 0])
+            kind = "label", "labels"
+        else:
+            shown = "; ".join(", ".join(f"{v:.4g}" for v in row) for row in head.tolist())
+            kind = "context", "contexts"
         more = ", ..." if contexts.shape[0] > 8 else ""
         n = contexts.shape[0]
-        where = "the context" if n == 1 else f"each of {n} contexts, in order:"
+        where = f"the {kind[0]}" if n == 1 else f"each of {n} {kind[1]}, in order:"
         per = f" ({args.num} at {where} {shown}{more})"
     paired = ""
     if contexts_out is not None:

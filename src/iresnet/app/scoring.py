@@ -267,7 +267,14 @@ def score_file(
             points.
     """
     task = _density_task(task)
-    table = _sample_file_columns(task, data_path) if context is None else None
+    table = _sample_file_columns(task, data_path)
+    if table is not None and context is not None:
+        names = context_columns(task, torch.zeros(1, task.context_dim))[1]
+        raise DataError(
+            f"{data_path}: a sample file of this run, its context columns "
+            f"({', '.join(names)}) already pair each point with its context: leave out "
+            "--context to score it at them, or drop those columns to score at another"
+        )
     if table is not None:  # a sample file of this run: its own contexts, row by row
         x = torch.as_tensor(table[:, : task.dim], dtype=torch.float64)
         context_values = table[:, task.dim :]

@@ -462,7 +462,7 @@ class Trainer:
             initial=self.step_count,
             disable=not (self.progress and main),
             dynamic_ncols=True,
-            desc=f"train {self.cfg.preset}",
+            desc=f"train {_run_title(self.cfg)}",
             file=sys.stderr,
         )
         self.start = time.perf_counter() - self.elapsed
@@ -533,3 +533,11 @@ class Trainer:
             ctx.is_main,
             self.signal,
         )
+
+
+def _run_title(cfg: Config) -> str:
+    """What the progress bar names: the data file's name for ``--data`` runs (the preset
+    only lends them its model and training), else the preset."""
+    if cfg.data.name == "array" and cfg.data.path:
+        return Path(cfg.data.path).name
+    return cfg.preset
