@@ -70,6 +70,9 @@ class InverseDiagnostics:
         at_floor: ``(B,)`` booleans: the sample stopped at the rounding floor of the dtype,
             above the requested tolerance (``converged`` is False for it).
 
+    References:
+        - Behrmann et al., "Invertible Residual Networks", arXiv:1811.00995, eq. (1).
+
     Examples:
         >>> _, d = fixed_point_solve(lambda x: 0.5 * x, torch.ones(2, 3), lipschitz=0.5)
         >>> d.all_converged, d.iterations.tolist()
@@ -124,6 +127,9 @@ def banach_bound(lipschitz: float, n: Tensor | int, first_step: Tensor | float) 
     Returns:
         A float64 tensor of the broadcast shape; ``inf`` where ``L`` is outside ``[0, 1)``.
 
+    References:
+        - Behrmann et al., "Invertible Residual Networks", arXiv:1811.00995, eq. (1).
+
     Examples:
         >>> banach_bound(0.5, 10, 1.0).item()  # 0.5**10 / 0.5
         0.001953125
@@ -147,6 +153,9 @@ def banach_iterations(lipschitz: float, first_step: float, tol: float) -> int:
     Returns:
         ``n`` (0 if ``L = 0`` or the first step is already small enough), or ``math.inf`` when
         ``L`` is not in ``[0, 1)``.
+
+    References:
+        - Behrmann et al., "Invertible Residual Networks", arXiv:1811.00995, eq. (1).
 
     Examples:
         >>> banach_iterations(0.5, 1.0, 1e-6)
@@ -214,6 +223,17 @@ def fixed_point_solve(
     Returns:
         ``x`` of the shape of ``y`` (no graph) and the
             [`InverseDiagnostics`][iresnet.ops.fixed_point.InverseDiagnostics] of this solve.
+
+    Raises:
+        TypeError: ``y`` is not a tensor.
+        DataError: ``y`` is empty, boolean or complex, or (``g`` a module) of another dtype or
+            device than ``g``.
+
+    References:
+        - Behrmann et al., "Invertible Residual Networks", arXiv:1811.00995, sec. 2,
+          Algorithm 1.
+        - Walker & Ni, "Anderson Acceleration for Fixed-Point Iterations", SIAM J. Numer. Anal.
+          49(4), 2011 (``anderson > 0``).
 
     Examples:
         >>> y = torch.tensor([[1.5, 3.0]])
@@ -312,6 +332,10 @@ def posterior_bound(lipschitz: float, last_step: Tensor | float) -> Tensor:
     Returns:
         A float64 tensor of ``last_step``'s shape.
 
+    References:
+        - Derived above from the contraction property; the a-priori counterpart is
+          Behrmann et al., arXiv:1811.00995, eq. (1).
+
     Examples:
         >>> posterior_bound(0.5, torch.tensor([1e-6]))
         tensor([1.0000e-06], dtype=torch.float64)
@@ -347,6 +371,11 @@ class FixedPointInverse:
     Raises:
         ValueError: negative tolerances or both 0, ``max_iter < 1``, ``anderson < 0`` or an
             unknown ``on_failure``.
+        InverseNotConvergedError: at call time, a sample missed the tolerance and
+            ``on_failure="raise"``.
+        TypeError: at call time, an input that is not a tensor.
+        DataError: at call time, an empty, boolean or complex input, or one of another dtype or
+            device than ``g``.
 
     References:
         - Behrmann et al., arXiv:1811.00995, sec. 2, Algorithm 1, eq. (1).
@@ -402,6 +431,9 @@ class FixedPointInverse:
         Raises:
             InverseNotConvergedError: a sample missed the tolerance and ``on_failure="raise"``
                 (with ``"warn"``, an ``InverseNotConvergedWarning`` is warned instead).
+            TypeError: ``y`` is not a tensor.
+            DataError: ``y`` is empty, boolean or complex, or (``g`` a module) of another dtype
+                or device than ``g``.
         """
         x, diag = fixed_point_solve(
             g,

@@ -116,7 +116,15 @@ def exact_logdet(
         ``gx`` of the shape of ``x`` and ``logdet`` of shape ``(B,)``, in nats.
 
     Raises:
+        TypeError: ``x`` is not a tensor.
+        DataError: ``x`` is empty, boolean or complex, or (``g`` a module) of another dtype or
+            device than ``g``.
         ValueError: ``D > max_dim``.
+
+    References:
+        - Behrmann et al., "Invertible Residual Networks", arXiv:1811.00995, eq. (3).
+        - Ahn et al., "Invertible Monotone Operators for Normalizing Flows", arXiv:2210.08176
+          (``cayley=True``).
 
     Examples:
         >>> g = torch.nn.Linear(2, 2, bias=False)
@@ -407,8 +415,16 @@ def series_logdet(
         ``gx`` (shape of ``x``) and ``logdet`` ``(B,)``, in nats.
 
     Raises:
+        TypeError: ``x`` is not a tensor.
+        DataError: ``x`` is empty, boolean or complex, or (``g`` a module) of another dtype or
+            device than ``g``.
         RuntimeError: in the backward pass of ``memory_efficient=True``, a loss that weights the
             samples' log-dets unequally.
+
+    References:
+        - Behrmann et al., arXiv:1811.00995, sec. 3.2-3.3, eq. (5).
+        - Chen et al., arXiv:1906.02735, sec. 3.1-3.2, eq. (6), (8).
+        - Hutchinson, Commun. Stat. Simul. Comput. 19(2), 1990.
 
     Examples:
         >>> g = torch.nn.Linear(2, 2, bias=False)
@@ -579,6 +595,10 @@ def roulette_weights(
     Returns:
         A list of ``n_terms`` floats, each ``>= 1``.
 
+    References:
+        - Chen et al., "Residual Flows for Invertible Generative Modeling", arXiv:1906.02735,
+          sec. 3.1, eq. (5).
+
     Examples:
         >>> roulette_weights(4, 2, "geometric", 0.5)
         [1.0, 1.0, 2.0, 4.0]
@@ -618,6 +638,9 @@ def cayley_weights(
 
     Returns:
         The weights of the Cayley series, of the same structure.
+
+    References:
+        - Ahn et al., "Invertible Monotone Operators for Normalizing Flows", arXiv:2210.08176.
 
     Examples:
         >>> cayley_weights([1.0, 1.0, 2.0, 4.0])
@@ -692,6 +715,12 @@ class ExactLogDet(LogDetEstimator):
     Raises:
         ValueError: ``max_dim < 1``; at call time, an input of more than ``max_dim`` values per
             sample.
+        TypeError: at call time, an input that is not a tensor.
+        DataError: at call time, an empty, boolean or complex input, or one of another dtype or
+            device than ``g``.
+
+    References:
+        - Behrmann et al., arXiv:1811.00995, eq. (3).
 
     Examples:
         >>> gx, logdet = ExactLogDet()(torch.nn.Identity(), torch.zeros(3, 2))
@@ -741,6 +770,11 @@ class PowerSeriesLogDet(LogDetEstimator):
 
     Raises:
         ValueError: ``n_terms < 1``, ``n_probes < 1`` or an unknown ``probe``.
+        TypeError: at call time, an input that is not a tensor.
+        DataError: at call time, an empty, boolean or complex input, or one of another dtype or
+            device than ``g``.
+        RuntimeError: with ``memory_efficient=True``, in the backward pass of a loss that
+            weights the samples' log-dets unequally.
 
     References:
         - Behrmann et al., arXiv:1811.00995, sec. 3.1-3.3, eq. (4)-(5), Algorithm 2, Theorem 3.
@@ -855,6 +889,11 @@ class RussianRouletteLogDet(LogDetEstimator):
             ``n_exact < 1``, ``n_probes < 1``, an unknown ``probe``, ``lipschitz`` outside
             ``[0, 1)``, ``auto`` with a Poisson distribution; at call time, an ``auto``
             template not bound to a Lipschitz bound.
+        TypeError: at call time, an input that is not a tensor.
+        DataError: at call time, an empty, boolean or complex input, or one of another dtype or
+            device than ``g``.
+        RuntimeError: with ``memory_efficient=True``, in the backward pass of a loss that
+            weights the samples' log-dets unequally.
 
     References:
         - Chen et al., arXiv:1906.02735, sec. 3.1-3.2, eq. (5)-(6), (8), Theorems 1-2.
@@ -1106,7 +1145,13 @@ class StratifiedRouletteLogDet(RussianRouletteLogDet):
 
     Raises:
         ValueError: ``head_terms`` outside ``[1, n_exact]``, ``head_probes < n_probes``, or a
-            bad roulette setting.
+            bad roulette setting; at call time, an ``auto`` template not bound to a Lipschitz
+            bound.
+        TypeError: at call time, an input that is not a tensor.
+        DataError: at call time, an empty, boolean or complex input, or one of another dtype or
+            device than ``g``.
+        RuntimeError: with ``memory_efficient=True``, in the backward pass of a loss that
+            weights the samples' log-dets unequally.
 
     References:
         - Chen et al., arXiv:1906.02735, sec. 3.1-3.2, eq. (6), (8).

@@ -80,6 +80,10 @@ def roulette_for_lipschitz(lipschitz: float) -> tuple[float, int]:
     Raises:
         ValueError: ``L`` outside ``[0, 1)``.
 
+    References:
+        - Chen et al., "Residual Flows for Invertible Generative Modeling", arXiv:1906.02735,
+          sec. 3.1 (the estimator); the variance bound is derived in the module docstring.
+
     Examples:
         >>> roulette_for_lipschitz(0.0)
         (0.5, 2)
@@ -94,6 +98,13 @@ def roulette_for_lipschitz(lipschitz: float) -> tuple[float, int]:
 
 def auto_roulette_bound(lipschitz: float, n_exact: int) -> float:
     """The closed-form bound (4) of the automatic choice: ``2 L^(2n+2) / ((1-L)^2 (n+1)^2)``.
+
+    Raises:
+        ValueError: ``L`` outside ``[0, 1)``.
+
+    References:
+        - Chen et al., "Residual Flows for Invertible Generative Modeling", arXiv:1906.02735,
+          sec. 3.1 (the estimator); the variance bound is derived in the module docstring.
 
     Examples:
         >>> round(auto_roulette_bound(0.99, 50), 2)
@@ -110,6 +121,13 @@ def roulette_variance_is_finite(
 
     Geometric(``p``): iff ``L^2 <= 1 - p`` (sharp: ``J = L I`` attains it). Poisson: only for
     ``L = 0`` (module docstring).
+
+    Raises:
+        ValueError: ``L`` outside ``[0, 1)``.
+
+    References:
+        - Chen et al., "Residual Flows for Invertible Generative Modeling", arXiv:1906.02735,
+          sec. 3.1 (the estimator); the variance bound is derived in the module docstring.
 
     Examples:
         >>> roulette_variance_is_finite(0.7), roulette_variance_is_finite(0.71)
@@ -149,6 +167,10 @@ def roulette_variance_bound(
 
     Raises:
         ValueError: ``L`` outside ``[0, 1)``.
+
+    References:
+        - Chen et al., "Residual Flows for Invertible Generative Modeling", arXiv:1906.02735,
+          sec. 3.1 (the estimator); the variance bound is derived in the module docstring.
 
     Examples:
         >>> roulette_variance_bound(0.9, 2, param=0.5)
