@@ -30,6 +30,11 @@ class ActNorm(Transform):
         ``x``, ``y``: ``(B, C)`` or ``(B, C, H, W)``; ``logdet = H W sum(s)``, shape ``(B,)``
         (``H W = 1`` for vectors).
 
+    Raises:
+        TypeError: ``forward`` of an input that is not a tensor.
+        DataError: ``forward`` of an empty, boolean, complex or integer input, one of another
+            dtype or device than the layer, or one without ``C`` channels in dimension 1.
+
     References:
         - Kingma & Dhariwal, "Glow: Generative Flow with Invertible 1x1 Convolutions",
           NeurIPS 2018, arXiv:1807.03039, sec. 3.1.

@@ -97,6 +97,16 @@ class Transform(nn.Module):
         ``x``: ``(B, *event)``; ``y``: ``(B, *forward_shape(event))``; ``logdet``: ``(B,)``, in
         nats.
 
+    Raises:
+        NotImplementedError: ``forward`` or ``inverse`` of a subclass that does not implement
+            it.
+
+    References:
+        - Behrmann et al., "Invertible Residual Networks", arXiv:1811.00995, eq. (3) (the
+          change of variables the log-det serves).
+        - Chen et al., "Residual Flows for Invertible Generative Modeling", arXiv:1906.02735,
+          eq. (2).
+
     Examples:
         >>> import math, torch
         >>> class Double(Transform):
@@ -175,6 +185,8 @@ class ComposedTransform(Transform):
 
     Raises:
         TypeError: an item that is not a [`Transform`][iresnet.transforms.base.Transform].
+        ValueError: in ``forward``, a part whose log-det is not of shape ``(B,)`` (a broken
+            transform contract).
 
     Examples:
         >>> import torch, iresnet

@@ -48,7 +48,14 @@ class ConditionalAffine(Transform):
 
     Raises:
         ValueError: sizes that are not positive integers, or ``log_scale_bound <= 0``.
-        DataError: from ``forward`` / ``inverse``, inputs or contexts of the wrong shape.
+        TypeError: from ``forward`` / ``inverse``, an input or context that is not a tensor.
+        DataError: from ``forward`` / ``inverse``, inputs or contexts of the wrong shape, dtype
+            or device, or no context ``c``.
+
+    References:
+        - Kingma & Dhariwal, arXiv:1807.03039, sec. 3.1 (ActNorm, its unconditional form).
+        - Winkler et al., "Learning Likelihoods with Conditional Normalizing Flows",
+          arXiv:1912.00042.
 
     Examples:
         >>> import torch

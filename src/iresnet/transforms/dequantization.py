@@ -94,7 +94,8 @@ class VariationalDequantize(Dequantize):
     Raises:
         ValueError: ``levels < 2``, a shape that is not ``(C, H, W)``, ``hidden < 1`` or
             ``steps < 0``.
-        DataError: at call time, levels outside ``0..K-1`` or non-integer values.
+        DataError: at call time, a boolean or complex input, levels outside ``0..K-1`` or
+            non-integer values.
 
     References:
         - Ho et al., arXiv:1902.00275, sec. 3.1, eq. (12)-(13).

@@ -110,9 +110,15 @@ class MonotoneBlock(InvertibleResidualBlock):
     Raises:
         InverseNotConvergedError: from ``forward`` or ``inverse`` when a solve misses its
             tolerance and the solver's ``on_failure="raise"`` (else a warning).
-        TypeError: an estimator without a Cayley form (from ``forward``).
-        DataError: a non-finite input, a conditional block called without contexts or an
-            unconditional one with them.
+        TypeError: an estimator without a Cayley form (from ``forward``), or an input that is
+            not a tensor.
+        DataError: an empty, boolean, complex or integer input, one of another dtype or device
+            than ``g``, a conditional block called without contexts, an unconditional one with
+            them, or contexts whose batch does not match.
+        RuntimeError: from ``inverse`` in eval mode when a convolution of ``g`` has not yet seen
+            an input.
+        ValueError: from ``forward`` with an [`ExactLogDet`][iresnet.ops.logdet.ExactLogDet],
+            an input of more than its ``max_dim`` values per sample.
 
     References:
         - Ahn et al., arXiv:2210.08176 (the monotone formulation, the Cayley operator).

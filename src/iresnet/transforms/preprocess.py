@@ -91,7 +91,12 @@ def dequantize(
             ``[x/K, (x+1)/K)`` of its level.
 
     Raises:
-        DataError: ``n_levels < 2``, levels outside ``0..K-1``, or non-integer values.
+        DataError: ``n_levels < 2``, a boolean or complex ``x``, levels outside ``0..K-1``, or
+            non-integer values.
+
+    References:
+        - Theis, van den Oord & Bethge, "A note on the evaluation of generative models",
+          arXiv:1511.01844.
 
     Examples:
         >>> u = dequantize(torch.tensor([0, 3]), 4)
@@ -151,6 +156,9 @@ def logit_transform(u: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.
     Raises:
         DataError: ``alpha`` outside ``[0, 0.5)`` or a 0-d ``u``.
 
+    References:
+        - Dinh et al., "Density estimation using Real NVP", arXiv:1605.08803, sec. 4.1.
+
     Examples:
         >>> z, logdet = logit_transform(torch.tensor([[0.5, 0.5]]), 0.0)
         >>> z.tolist(), [round(v, 4) for v in logdet.tolist()]  # 2 * log 4
@@ -176,6 +184,9 @@ def logit_inverse(z: torch.Tensor, alpha: float) -> torch.Tensor:
     Raises:
         DataError: ``alpha`` outside ``[0, 0.5)``.
 
+    References:
+        - Dinh et al., "Density estimation using Real NVP", arXiv:1605.08803, sec. 4.1.
+
     Examples:
         >>> logit_inverse(torch.tensor([0.0]), 0.05).tolist()
         [0.5]
@@ -200,6 +211,10 @@ def bits_per_dim(log_prob: Tensor, n_dims: int) -> Tensor:
 
     Raises:
         DataError: ``n_dims < 1``.
+
+    References:
+        - Theis, van den Oord & Bethge, "A note on the evaluation of generative models",
+          arXiv:1511.01844.
 
     Examples:
         >>> import math
@@ -230,7 +245,12 @@ class Dequantize(Transform):
 
     Raises:
         ValueError: ``levels < 2``.
-        DataError: at call time, levels outside ``0..K-1`` or non-integer values.
+        DataError: at call time, a boolean or complex input, levels outside ``0..K-1`` or
+            non-integer values.
+
+    References:
+        - Theis, van den Oord & Bethge, "A note on the evaluation of generative models",
+          arXiv:1511.01844.
 
     Examples:
         >>> t = Dequantize(4)
@@ -280,7 +300,10 @@ class Logit(Transform):
         ``u``, ``z``: ``(B, *event)``; ``logdet``: ``(B,)``.
 
     Raises:
-        DataError: ``alpha`` outside ``[0, 0.5)``.
+        DataError: ``alpha`` outside ``[0, 0.5)``; at call time, a 0-d input.
+
+    References:
+        - Dinh et al., "Density estimation using Real NVP", arXiv:1605.08803, sec. 4.1.
 
     Examples:
         >>> t = Logit(0.05)
@@ -324,6 +347,9 @@ class Standardize(Transform):
 
     Raises:
         ValueError: lengths differ, or a ``std`` is not finite and positive.
+        TypeError: ``forward`` of an input that is not a tensor.
+        DataError: ``forward`` of an empty, boolean, complex or integer input, one on another
+            device than the buffers, or one without ``d`` features in its last dimension.
 
     Examples:
         >>> t = Standardize([1.0, 2.0], [2.0, 4.0])

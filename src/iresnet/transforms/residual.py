@@ -85,8 +85,12 @@ class InvertibleResidualBlock(Transform):
             a sample does not converge (with ``"warn"``, an ``InverseNotConvergedWarning``).
         RuntimeError: from ``inverse`` in eval mode when a convolution of ``g`` has not yet seen
             an input (its norm, needed for the a-priori bound, is unknown).
-        DataError: a conditional block called without contexts, an unconditional one with
+        DataError: an empty, boolean, complex or integer input, one of another dtype or device
+            than ``g``, a conditional block called without contexts, an unconditional one with
             contexts, or contexts whose batch does not match.
+        TypeError: an input that is not a tensor.
+        ValueError: from ``forward`` with an [`ExactLogDet`][iresnet.ops.logdet.ExactLogDet],
+            an input of more than its ``max_dim`` values per sample.
 
     References:
         - Behrmann et al., arXiv:1811.00995, sec. 2-3, Theorem 1, Algorithm 1.
