@@ -126,6 +126,21 @@ class FlowDistribution(Distribution):
             checked).
         context: the contexts ``c``, ``(*batch, k)``, for a conditional transform; None else.
 
+    Shapes:
+        ``log_prob``: ``(*sample, *batch, *event) -> (*sample, *batch)``, in nats;
+        ``rsample(sample_shape)``: ``(*sample_shape, *batch, *event)``.
+
+    Raises:
+        TypeError: ``log_prob`` of a value that is not a tensor.
+        DataError: ``log_prob`` of a value of the wrong trailing shape, dtype or device, with
+            NaN/Inf (with ``validate``), or whose batch shape does not broadcast with the
+            contexts'.
+
+    References:
+        - Behrmann et al., "Invertible Residual Networks", arXiv:1811.00995, eq. (3).
+        - Chen et al., "Residual Flows for Invertible Generative Modeling", arXiv:1906.02735,
+          eq. (2).
+
     Examples:
         >>> import iresnet
         >>> flow = iresnet.ResidualFlow(2, transforms=1, hidden_features=(8,)).eval()
@@ -182,8 +197,10 @@ class FlowDistribution(Distribution):
             value: ``(*sample_shape, *event_shape)``.
 
         Raises:
-            DataError: a wrong trailing shape, dtype or device, or NaN/Inf (with ``validate``);
-                the message says how to fix it.
+            TypeError: ``value`` is not a tensor.
+            DataError: a wrong trailing shape, dtype or device, NaN/Inf (with ``validate``), or
+                a batch shape that does not broadcast with the contexts'; the message says how
+                to fix it.
         """
         if isinstance(value, Tensor) and value.dim() == len(self.event_shape):  # one event
             return self.log_prob(value.unsqueeze(0)).reshape(self.batch_shape)
@@ -284,7 +301,15 @@ class Flow(nn.Module):
         TypeError: an item of ``transforms`` that is not a
             [`Transform`][iresnet.transforms.base.Transform].
         ValueError: no ``event_shape`` and none can be learned from the first layers; a
-            conditional transform with ``context=0``, or ``context > 0`` with none.
+            ``context`` that is not a non-negative integer; a conditional transform with
+            ``context=0``, or ``context > 0`` with none; ``context_standardize`` without a
+            context, with the wrong number of values, or with a ``std`` that is not finite and
+            positive.
+
+    References:
+        - Behrmann et al., "Invertible Residual Networks", arXiv:1811.00995, eq. (3).
+        - Chen et al., "Residual Flows for Invertible Generative Modeling", arXiv:1906.02735,
+          eq. (2).
 
     Examples:
         >>> import torch, iresnet
@@ -342,6 +367,7 @@ class Flow(nn.Module):
         ``context_standardize`` where the flow has one; None for an unconditional flow.
 
         Raises:
+            TypeError: ``c`` is given but is not a tensor.
             DataError: a missing context, one given to an unconditional flow, or one of the
                 wrong shape, dtype or device, or with NaN/Inf; the message says what was
                 expected.
@@ -381,6 +407,7 @@ class Flow(nn.Module):
         [`FlowDistribution`][iresnet.flows.flow.FlowDistribution].
 
         Raises:
+            TypeError: see [`check_context`][iresnet.flows.flow.Flow.check_context].
             DataError: see [`check_context`][iresnet.flows.flow.Flow.check_context].
         """
         return self._distribution(c, "flow(c)")
@@ -396,7 +423,9 @@ class Flow(nn.Module):
         ``x`` of shape ``(B, *event_shape)`` and ``c`` of shape ``(B, k)``.
 
         Raises:
-            ValueError: a wrong shape, or NaN/Inf (with ``validate``).
+            TypeError: ``x`` or ``c`` is not a tensor.
+            DataError: ``x`` or ``c`` of the wrong shape, dtype or device, or with NaN/Inf
+                (with ``validate``); a context missing, or given to an unconditional flow.
         """
         return self._distribution(c, "log_prob").log_prob(x)
 
@@ -421,7 +450,9 @@ class Flow(nn.Module):
         Raises:
             ValueError: ``n < 1``, or ``temperature != 1`` with a base that is not a normal
                 distribution.
-            DataError: a context missing or of the wrong shape.
+            TypeError: ``c`` is given but is not a tensor.
+            DataError: a context missing, given to an unconditional flow, or of the wrong
+                shape, dtype or device.
         """
         with torch.no_grad():
             z = self.sample_latent(n, temperature)
@@ -470,7 +501,11 @@ class Flow(nn.Module):
         ``(B, k)``, for a conditional flow).
 
         Raises:
-            ValueError: a wrong shape or NaN/Inf (with ``validate``).
+            DataError: ``z`` or ``c`` of the wrong shape, dtype or device, or with NaN/Inf
+                (with ``validate``); a context missing, or given to an unconditional flow.
+            TypeError: ``c`` is given but is not a tensor.
+            InverseNotConvergedError: a block's solve missed its tolerance and its solver has
+                ``on_failure="raise"``.
         """
         return self.inverse_with_diagnostics(z, c)[0]
 
@@ -487,7 +522,11 @@ class Flow(nn.Module):
                 residual block, and the certified reconstruction error per sample.
 
         Raises:
-            ValueError: a wrong shape or NaN/Inf (with ``validate``).
+            DataError: ``z`` or ``c`` of the wrong shape, dtype or device, or with NaN/Inf
+                (with ``validate``); a context missing, or given to an unconditional flow.
+            TypeError: ``c`` is given but is not a tensor.
+            InverseNotConvergedError: a block's solve missed its tolerance and its solver has
+                ``on_failure="raise"``.
         """
         if z.dim() != len(self.latent_shape) + 1 or z.shape[1:] != self.latent_shape:
             shape = ", ".join(map(str, self.latent_shape))

@@ -204,6 +204,19 @@ class MultiscaleResidualFlow(Flow):
 
     Raises:
         ValueError: ``context < 0``, a shape the squeezes cannot halve, or a bad setting.
+        TypeError: ``hidden_channels`` not a sequence of integers.
+
+    References:
+        - Behrmann et al., "Invertible Residual Networks", arXiv:1811.00995.
+        - Chen et al., "Residual Flows for Invertible Generative Modeling", arXiv:1906.02735,
+          app. E.
+        - Perugachi-Diaz et al., "Invertible DenseNets with Concatenated LipSwish",
+          arXiv:2102.02694 (``branch="dense"``).
+        - Ahn et al., "Invertible Monotone Operators for Normalizing Flows", arXiv:2210.08176
+          (``block="monotone"``).
+        - Dinh et al., "Density estimation using Real NVP", arXiv:1605.08803, sec. 3.6 (the
+          multi-scale layout).
+        - Ho et al., "Flow++", arXiv:1902.00275, sec. 3.1 (``dequantization="variational"``).
 
     Examples:
         >>> import torch, iresnet

@@ -164,8 +164,20 @@ class ResidualFlow(Flow):
 
     Raises:
         ValueError: an invalid setting (``context < 0``, ``features < 1``, ``transforms < 0``,
-            an unknown ``logdet``, ``activation``, ``norm``, ``branch`` or ``block``, ``coeff``
-            outside ``(0, 1]``, a dense branch with a context).
+            a hidden size below 1, an unknown ``logdet``, ``activation``, ``norm``, ``branch``
+            or ``block``, ``coeff`` outside ``(0, 1]``, a monotone block with ``coeff >= 1``, a
+            dense branch with a context, ``standardize`` without ``features`` values each, a
+            conditional flow with no transform at all).
+        TypeError: ``features`` or ``transforms`` not integers, or ``hidden_features`` not a
+            sequence of integers.
+
+    References:
+        - Behrmann et al., "Invertible Residual Networks", arXiv:1811.00995.
+        - Chen et al., "Residual Flows for Invertible Generative Modeling", arXiv:1906.02735.
+        - Perugachi-Diaz et al., "Invertible DenseNets with Concatenated LipSwish",
+          arXiv:2102.02694 (``branch="dense"``).
+        - Ahn et al., "Invertible Monotone Operators for Normalizing Flows", arXiv:2210.08176
+          (``block="monotone"``).
 
     Examples:
         >>> import torch, iresnet
