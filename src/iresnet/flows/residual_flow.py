@@ -135,7 +135,7 @@ class ResidualFlow(Flow):
         inverse: the fixed-point solver of every block (default
             [`FixedPointInverse`][iresnet.ops.fixed_point.FixedPointInverse]).
         actnorm: ActNorm before every block and at the end.
-        norm: ``"spectral"``, ``"frobenius"``, ``"penalty"`` or ``"none"`` (see
+        norm: ``"spectral"``, ``"certified"``, ``"frobenius"``, ``"penalty"`` or ``"none"`` (see
             [`linear_layer`][iresnet.nn.branches.linear_layer]).
         n_power_iterations: power-iteration steps per training call of every layer.
         standardize: ``(mean, std)`` of a fixed

@@ -330,6 +330,10 @@ def pila(x: Tensor, k: float = PILA_K) -> Tensor:
     Returns:
         A tensor of ``x``'s shape.
 
+    References:
+        - Ahn et al., "Invertible Monotone Operators for Normalizing Flows", arXiv:2210.08176
+          (Pila); the form as in the authors' code, github.com/mlvlab/MonotoneFlows.
+
     Examples:
         >>> [round(v, 4) for v in pila(torch.tensor([-1.0, 0.0, 2.0])).tolist()]
         [-0.1247, 0.0, 2.0]
@@ -341,7 +345,7 @@ def pila(x: Tensor, k: float = PILA_K) -> Tensor:
 
 def pila_slope(x: Tensor, k: float = PILA_K) -> Tensor:
     """``pila'(x)``: 1 for ``x > 0``, ``(t^3/2 + t^2/2 - t + 1) e^t`` with ``t = k x``
-    otherwise; values in ``[-19 e^{-4}, 1]``."""
+    otherwise; values in ``[-19 e^{-4}, 1]``, of ``x``'s shape (Ahn et al., arXiv:2210.08176)."""
     t = (k * x).clamp(max=0.0)
     neg = (t * t * t / 2 + t * t / 2 - t + 1) * torch.exp(t)
     return torch.where(x > 0, torch.ones_like(x), neg)

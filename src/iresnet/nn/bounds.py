@@ -230,7 +230,12 @@ def linear_operator_bound(
             value for a 2-D weight.
 
     Raises:
-        ValueError: NaN or infinite entries, fewer than 2 dimensions, or a bad ``n_iter``.
+        ValueError: NaN or infinite entries, fewer than 2 dimensions, an integer or boolean
+            dtype, or ``n_iter`` outside ``[0, 64]``.
+
+    References:
+        - Delattre et al., "Efficient Bound of Lipschitz Constant for Convolutional Layers by
+          Gram Iteration", arXiv:2305.16173 (the Gram bound above ``max_svd_dim``).
 
     Examples:
         >>> w = torch.tensor([[3.0, 0.0], [0.0, 1.0]])
@@ -430,7 +435,9 @@ def conv2d_exact_norm(
             would be larger.
 
     Raises:
-        ValueError: as [`conv2d_operator_bound`][iresnet.nn.bounds.conv2d_operator_bound].
+        ValueError: a weight that is not 4-D, has NaN or infinite entries or an integer dtype;
+            a string, negative or non-integer ``padding``; ``stride < 1``; an input size below
+            1; an empty output (``H + 2 p_h < k_h`` or ``W + 2 p_w < k_w``).
 
     Examples:
         >>> w = torch.ones(1, 1, 2, 2, dtype=torch.float64)  # zero padding loses the wrap

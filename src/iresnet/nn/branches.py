@@ -54,7 +54,9 @@ def linear_layer(
         in_features: input size.
         out_features: output size.
         norm: one of [`BRANCH_NORMS`][iresnet.nn.branches.BRANCH_NORMS]: ``"spectral"``
-            (``||W_hat||_2 <= coeff``), ``"frobenius"``, ``"penalty"`` or ``"none"`` (a plain
+            (``||W_hat||_2 <= coeff`` up to the power-iteration estimate), ``"certified"``
+            (``||W_hat||_2 <= coeff`` by a provable bound), ``"frobenius"``, ``"penalty"`` or
+            ``"none"`` (a plain
             ``nn.Linear``, no bound).
         coeff: the Lipschitz coefficient ``c``, in ``(0, 1]``.
         n_power_iterations: power-iteration steps per training forward.
@@ -64,6 +66,11 @@ def linear_layer(
 
     Raises:
         ValueError: an unknown ``norm`` (or a bad ``coeff`` / ``n_power_iterations``).
+
+    References:
+        - Miyato et al., "Spectral Normalization for Generative Adversarial Networks",
+          arXiv:1802.05957.
+        - Behrmann et al., arXiv:1811.00995, sec. 2 (the coefficient ``c < 1``).
 
     Examples:
         >>> type(linear_layer(3, 5, norm="none")).__name__
@@ -105,6 +112,13 @@ def conv_layer(
 
     Raises:
         ValueError: an unknown ``norm`` (or a bad ``coeff`` / ``n_power_iterations``).
+
+    References:
+        - Miyato et al., "Spectral Normalization for Generative Adversarial Networks",
+          arXiv:1802.05957.
+        - Gouk et al., "Regularisation of Neural Networks by Enforcing Lipschitz Continuity",
+          arXiv:1804.04368 (power iteration through the convolution itself).
+        - Behrmann et al., arXiv:1811.00995, sec. 2.
 
     Examples:
         >>> import torch
@@ -158,6 +172,10 @@ def mlp_branch(
     Raises:
         ValueError: an unknown ``activation`` or ``norm``, or sizes that are not positive
             integers.
+
+    References:
+        - Behrmann et al., "Invertible Residual Networks", arXiv:1811.00995, sec. 2.
+        - Chen et al., "Residual Flows for Invertible Generative Modeling", arXiv:1906.02735.
 
     Examples:
         >>> g = mlp_branch(2, (16, 16), coeff=0.9)
@@ -243,6 +261,10 @@ def conv_branch(
     Raises:
         ValueError: ``kernel_sizes`` of the wrong length, an unknown ``activation`` or
             ``norm``, or sizes that are not positive integers.
+
+    References:
+        - Behrmann et al., "Invertible Residual Networks", arXiv:1811.00995, sec. 2.
+        - Chen et al., "Residual Flows for Invertible Generative Modeling", arXiv:1906.02735.
 
     Examples:
         >>> import torch

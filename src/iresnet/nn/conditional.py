@@ -57,6 +57,10 @@ class ContextModulation(nn.Module):
 
     Shapes:
         ``h``: ``(B, features, *spatial)``; ``shift``, ``gain``: ``(B, features)``.
+
+    References:
+        - Perez et al., "FiLM: Visual Reasoning with a General Conditioning Layer",
+          arXiv:1709.07871.
     """
 
     lipschitz_method = "context"
@@ -106,7 +110,13 @@ class ConditionalBranch(nn.Module):
     Raises:
         ValueError: no ``ContextModulation`` slot, ``context < 1`` or ``gain_init`` outside
             ``(0, 1)``.
-        DataError: from ``forward``, a context of the wrong shape.
+        TypeError: from ``forward``, a context that is not a tensor.
+        DataError: from ``forward``, a context of the wrong shape, dtype or device.
+
+    References:
+        - Perez et al., "FiLM: Visual Reasoning with a General Conditioning Layer",
+          arXiv:1709.07871 (feature-wise gain and shift).
+        - Behrmann et al., "Invertible Residual Networks", arXiv:1811.00995 (``Lip(g) < 1``).
 
     Examples:
         >>> g = conditional_mlp_branch(2, 3, (16,), coeff=0.9)
@@ -287,6 +297,11 @@ def conditional_mlp_branch(
         ValueError: an unknown ``activation`` or ``norm``, or sizes that are not positive
             integers.
 
+    References:
+        - Perez et al., "FiLM: Visual Reasoning with a General Conditioning Layer",
+          arXiv:1709.07871 (feature-wise gain and shift).
+        - Behrmann et al., "Invertible Residual Networks", arXiv:1811.00995 (``Lip(g) < 1``).
+
     Examples:
         >>> from iresnet.nn import lipschitz_bound_of
         >>> g = conditional_mlp_branch(2, 3, (16, 16), coeff=0.9)
@@ -344,6 +359,11 @@ def conditional_conv_branch(
     Raises:
         ValueError: an unknown ``activation`` or ``norm``, or sizes that are not positive
             integers.
+
+    References:
+        - Perez et al., "FiLM: Visual Reasoning with a General Conditioning Layer",
+          arXiv:1709.07871 (feature-wise gain and shift).
+        - Behrmann et al., "Invertible Residual Networks", arXiv:1811.00995 (``Lip(g) < 1``).
 
     Examples:
         >>> g = conditional_conv_branch(2, 3, (8,))

@@ -170,6 +170,9 @@ def linear_operator_norm(
     Returns:
         The estimate of ``||A||_2`` as a Python float.
 
+    References:
+        - Miyato et al., arXiv:1802.05957, app. A (the power iteration).
+
     Examples:
         >>> A = torch.diag(torch.tensor([2.0, 0.5], dtype=torch.float64))
         >>> v = torch.ones(2, dtype=torch.float64)
@@ -589,9 +592,10 @@ class SpectralLinear(_SpectralNormMixin, nn.Linear):
         coeff: the target Lipschitz constant ``c``, in ``(0, 1]``.
         n_power_iterations: power-iteration steps per training forward (>= 1).
         eval_tol: relative tolerance of the converged power iteration in eval mode.
-        norm: ``"spectral"`` (the default), ``"frobenius"`` (divide by the cheaper, looser
-            ``||W||_F``; no power iteration) or ``"penalty"`` (no rescaling and no guarantee:
-            power iteration still runs so that
+        norm: ``"spectral"`` (the default), ``"certified"`` (divide by a provable upper bound
+            of ``||W||_2``, see [`NORMS`][iresnet.nn.spectral.NORMS]), ``"frobenius"`` (divide
+            by the cheaper, looser ``||W||_F``; no power iteration) or ``"penalty"`` (no
+            rescaling and no guarantee: power iteration still runs so that
             [`spectral_penalty`][iresnet.nn.spectral_penalty] can penalise ``||W||_2^2``).
 
     Shapes:
@@ -600,6 +604,10 @@ class SpectralLinear(_SpectralNormMixin, nn.Linear):
     Raises:
         ValueError: an unknown ``norm``, ``coeff`` outside ``(0, 1]``, ``n_power_iterations < 1``
             or ``eval_tol <= 0``.
+        TypeError: at call time, an input that is not a tensor.
+        DataError: at call time, an empty, boolean, complex or integer input, one of another
+            dtype or device than the layer, or one without ``in_features`` in its last
+            dimension.
 
     References:
         - Behrmann et al., arXiv:1811.00995, sec. 2.1, eq. (2).
@@ -783,6 +791,9 @@ class SpectralConv2d(_SpectralNormMixin, nn.Conv2d):
             ``eval_tol`` (as [`SpectralLinear`][iresnet.nn.spectral.SpectralLinear]).
         RuntimeError: ``operator_norm()`` before the first forward pass (the norm depends on
             the input size).
+        TypeError: at call time, an input that is not a tensor.
+        DataError: at call time, an empty, boolean, complex or integer input, one of another
+            dtype or device than the layer, or one without ``C_in`` channels in dimension -3.
 
     References:
         - Behrmann et al., arXiv:1811.00995, sec. 2.1.
@@ -1125,6 +1136,10 @@ def spectral_penalty(model: nn.Module) -> Tensor:
 
     Returns:
         A 0-d tensor (0 when ``model`` has no spectral layers).
+
+    References:
+        - Yoshida & Miyato, "Spectral Norm Regularization for Improving the Generalizability of
+          Deep Learning", arXiv:1705.10941.
 
     Examples:
         >>> layer = SpectralLinear(2, 2, norm="penalty")
