@@ -77,11 +77,19 @@ def lipschitz_bound_of(module: nn.Module) -> float:
         module: the map, usually a residual branch ``g``.
 
     Returns:
-        The bound as a Python float (``math.inf`` if unknown).
+        The bound as a Python float (``math.inf`` if unknown, e.g. with a
+            [`SpectralConv2d`][iresnet.nn.spectral.SpectralConv2d] that has not yet seen an
+            input: its norm depends on the input size).
 
     Raises:
-        RuntimeError: a [`SpectralConv2d`][iresnet.nn.spectral.SpectralConv2d] inside that has
-            not yet seen an input (its norm depends on the input size).
+        ValueError: a spectral layer whose weight has NaN or infinite entries (the provable
+            bounds of [`iresnet.nn.bounds`][iresnet.nn.bounds] refuse them).
+
+    References:
+        - Behrmann et al., "Invertible Residual Networks", arXiv:1811.00995, sec. 2.1.
+        - Miyato et al., arXiv:1802.05957 (the composition bound).
+        - Perugachi-Diaz et al., "Invertible DenseNets with Concatenated LipSwish",
+          arXiv:2102.02694 (dense layers).
 
     Examples:
         >>> lipschitz_bound_of(torch.nn.Sequential(torch.nn.Tanh(), torch.nn.ReLU()))
@@ -105,7 +113,8 @@ class LayerBound:
             branch: a gain in ``(0, 1)`` and a shift, 1-Lipschitz for every context),
             ``"dense[...]"`` (a [`DenseLayer`][iresnet.nn.dense.DenseLayer]:
             ``sqrt(eta_1^2 + eta_2^2 Lip(h)^2)`` with the methods that bounded ``h`` in
-            brackets) or ``"unknown"``.
+            brackets), ``"unknown input size"`` (a spectral convolution that has not yet seen
+            an input: ``inf``) or ``"unknown"``.
     """
 
     name: str
@@ -122,11 +131,17 @@ def layer_bounds(module: nn.Module, prefix: str = "") -> list[LayerBound]:
         prefix: the name of ``module`` (for the ``name`` of the entries).
 
     Returns:
-        A list of [`LayerBound`][iresnet.nn.lipschitz.LayerBound]s.
+        A list of [`LayerBound`][iresnet.nn.lipschitz.LayerBound]s; a
+            [`SpectralConv2d`][iresnet.nn.spectral.SpectralConv2d] that has not yet seen an
+            input gets ``inf`` (method ``"unknown input size"``).
 
     Raises:
-        RuntimeError: a [`SpectralConv2d`][iresnet.nn.spectral.SpectralConv2d] inside that has
-            not yet seen an input (its norm depends on the input size).
+        ValueError: a spectral layer whose weight has NaN or infinite entries (the provable
+            bounds of [`iresnet.nn.bounds`][iresnet.nn.bounds] refuse them).
+
+    References:
+        - Behrmann et al., "Invertible Residual Networks", arXiv:1811.00995, sec. 2.1.
+        - Perugachi-Diaz et al., arXiv:2102.02694 (dense layers).
 
     Examples:
         >>> g = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Tanh())
@@ -189,6 +204,9 @@ def design_bound_of(module: nn.Module) -> float | None:
 
     Returns:
         The bound, or None.
+
+    References:
+        - Behrmann et al., "Invertible Residual Networks", arXiv:1811.00995, sec. 2.1.
 
     Examples:
         >>> from iresnet.nn import mlp_branch

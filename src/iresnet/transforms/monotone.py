@@ -115,8 +115,6 @@ class MonotoneBlock(InvertibleResidualBlock):
         DataError: an empty, boolean, complex or integer input, one of another dtype or device
             than ``g``, a conditional block called without contexts, an unconditional one with
             them, or contexts whose batch does not match.
-        RuntimeError: from ``inverse`` in eval mode when a convolution of ``g`` has not yet seen
-            an input.
         ValueError: from ``forward`` with an [`ExactLogDet`][iresnet.ops.logdet.ExactLogDet],
             an input of more than its ``max_dim`` values per sample.
 

@@ -83,8 +83,6 @@ class InvertibleResidualBlock(Transform):
     Raises:
         InverseNotConvergedError: from ``inverse`` when the solver's ``on_failure="raise"`` and
             a sample does not converge (with ``"warn"``, an ``InverseNotConvergedWarning``).
-        RuntimeError: from ``inverse`` in eval mode when a convolution of ``g`` has not yet seen
-            an input (its norm, needed for the a-priori bound, is unknown).
         DataError: an empty, boolean, complex or integer input, one of another dtype or device
             than ``g``, a conditional block called without contexts, an unconditional one with
             contexts, or contexts whose batch does not match.
@@ -225,8 +223,10 @@ class InvertibleResidualBlock(Transform):
 
         See [`lipschitz_bound_of`][iresnet.nn.lipschitz.lipschitz_bound_of].
 
+        A convolution of ``g`` that has not yet seen an input contributes ``inf``.
+
         Raises:
-            RuntimeError: a convolution of ``g`` has not yet seen an input.
+            ValueError: a spectral layer of ``g`` whose weight has NaN or infinite entries.
         """
         return lipschitz_bound_of(self.g)
 
