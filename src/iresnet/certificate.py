@@ -41,6 +41,10 @@ class BlockCertificate:
         layers: each layer's bound and the method that produced it
             ([`LayerBound`][iresnet.nn.lipschitz.LayerBound]).
         conditional: whether the block takes a context; its bound then holds for every context.
+
+    References:
+        - Behrmann et al., "Invertible Residual Networks", arXiv:1811.00995, sec. 2.1,
+          Theorem 1.
     """
 
     name: str
@@ -74,6 +78,10 @@ class Certificate:
 
     Attributes:
         blocks: one entry per residual block, in ``named_modules`` order.
+
+    References:
+        - Behrmann et al., "Invertible Residual Networks", arXiv:1811.00995, sec. 2.1,
+          Theorem 1.
     """
 
     blocks: list[BlockCertificate] = field(default_factory=list)
@@ -177,6 +185,12 @@ def certify(model: nn.Module) -> Certificate:
 
     Raises:
         TypeError: ``model`` is not a module.
+        ValueError: a spectral layer whose weight has NaN or infinite entries (its provable
+            bound refuses them).
+
+    References:
+        - Behrmann et al., "Invertible Residual Networks", arXiv:1811.00995, sec. 2.1,
+          Theorem 1.
 
     Examples:
         >>> import iresnet

@@ -113,6 +113,12 @@ class ClassifierHead(nn.Module):
 
     Raises:
         ValueError: ``grid < 1``.
+        TypeError: at call time, features that are not a tensor.
+        DataError: at call time, features of the wrong dtype or device, or without ``C``
+            channels.
+
+    References:
+        - Behrmann et al., "Invertible Residual Networks", arXiv:1811.00995, sec. 5.1.
 
     Examples:
         >>> import torch
@@ -144,6 +150,13 @@ class LinearHead(nn.Module):
     Arguments:
         shape: ``(C, H, W)`` of the features.
         n_classes: classes ``K``.
+
+    Shapes:
+        Features ``(B, C, H, W)``; logits ``(B, K)``.
+
+    References:
+        - Nalisnick et al., "Hybrid Models with Deep and Invertible Features",
+          arXiv:1902.02767.
     """
 
     def __init__(self, shape: tuple[int, int, int], n_classes: int) -> None:
@@ -191,6 +204,7 @@ class _InvertibleNetwork(nn.Module):
         """Features ``f = F(x)`` of images ``x`` ``(B, C, H, W)``, shape ``(B, *feature_shape)``.
 
         Raises:
+            TypeError: ``x`` is not a tensor.
             DataError: a wrong shape, dtype or device (the message says how to fix it).
         """
         return self._trunk(x, "features")[0]
@@ -208,6 +222,12 @@ class _InvertibleNetwork(nn.Module):
 
         Args:
             f: features ``(B, *feature_shape)``.
+
+        Raises:
+            TypeError: ``f`` is not a tensor.
+            DataError: a wrong shape, dtype or device (the message says how to fix it).
+            InverseNotConvergedError: a block's solve missed its tolerance and its solver has
+                ``on_failure="raise"``.
         """
         return self.invert_features_with_diagnostics(f)[0]
 
@@ -252,8 +272,8 @@ class InvertibleClassifier(_InvertibleNetwork):
         blocks: residual blocks per stage.
         hidden_channels: branch width of the first stage (doubled at every stage).
         coeff: the Lipschitz coefficient of every convolution.
-        norm: ``"spectral"``, ``"frobenius"``, ``"penalty"`` or ``"none"`` (the unconstrained
-            "vanilla" network).
+        norm: ``"spectral"``, ``"certified"``, ``"frobenius"``, ``"penalty"`` or ``"none"``
+            (the unconstrained "vanilla" network).
         activation: ``"elu"`` (the paper's), ``"lipswish"`` or a factory.
         actnorm: ActNorm before every block.
         squeeze_first: squeeze before the padding (the i-ResNet code's ``init_ds=2``).
@@ -270,6 +290,12 @@ class InvertibleClassifier(_InvertibleNetwork):
     Raises:
         ValueError: an image shape the squeezes cannot halve, ``head_pool`` larger than the
             feature grid, or another bad setting.
+        TypeError: at call time, an input that is not a tensor.
+        DataError: at call time, an input of the wrong shape, dtype or device (the message says
+            how to fix it).
+
+    References:
+        - Behrmann et al., "Invertible Residual Networks", arXiv:1811.00995, sec. 5.1.
 
     Examples:
         >>> import torch, iresnet
@@ -344,7 +370,7 @@ class HybridClassifier(_InvertibleNetwork):
         blocks: residual blocks per stage.
         hidden_channels: branch width of the first stage (doubled at every stage).
         coeff: the Lipschitz coefficient of every convolution.
-        norm: ``"spectral"``, ``"frobenius"``, ``"penalty"`` or ``"none"``.
+        norm: ``"spectral"``, ``"certified"``, ``"frobenius"``, ``"penalty"`` or ``"none"``.
         activation: ``"elu"``, ``"lipswish"`` or a factory.
         actnorm: ActNorm before every block.
         squeeze_first: squeeze the input once before the first stage.
@@ -360,6 +386,15 @@ class HybridClassifier(_InvertibleNetwork):
 
     Raises:
         ValueError: an image shape the squeezes cannot halve, or another bad setting.
+        DataError: ``logit_alpha >= 0.5``; at call time, an input of the wrong
+            shape, dtype or device, or (with ``levels``) levels outside ``0..K-1``.
+        TypeError: at call time, an input that is not a tensor.
+
+    References:
+        - Nalisnick et al., "Hybrid Models with Deep and Invertible Features",
+          arXiv:1902.02767.
+        - Chen et al., "Residual Flows for Invertible Generative Modeling", arXiv:1906.02735,
+          sec. 5.
 
     Examples:
         >>> import torch, iresnet
@@ -422,6 +457,11 @@ class HybridClassifier(_InvertibleNetwork):
         return logits
 
     def log_prob(self, x: Tensor) -> Tensor:
-        """``log p(x)`` in nats, shape ``(B,)``, for images ``x`` ``(B, C, H, W)``."""
+        """``log p(x)`` in nats, shape ``(B,)``, for images ``x`` ``(B, C, H, W)``.
+
+        Raises:
+            TypeError: ``x`` is not a tensor.
+            DataError: a wrong shape, dtype or device (the message says how to fix it).
+        """
         z, logdet = self._trunk(x, "log_prob")
         return self.base().log_prob(z) + logdet
