@@ -198,8 +198,10 @@ def load_dataset(
             of another width, a constant column, discrete columns with
             ``dequantize="refuse"``, an unnamed index column with ``index_column="refuse"``,
             contexts whose rows do not pair with the data's, contexts asked of a data set
-            that has none, or a ``train_subset`` of a data set that is not an image set or
-            larger than its training split.
+            that has none, a user array that splits into fewer than 2 training or 2 test rows,
+            or a ``train_subset`` of a data set that is not an image set or larger than its
+            training split.
+        ValueError: a ``dequantize`` other than ``"refuse"``, ``"uniform"`` or ``"off"``.
 
     Warns:
         UserWarning: a ``train_subset`` that holds no image of some class (named).

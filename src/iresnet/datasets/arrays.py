@@ -373,6 +373,8 @@ class Standardizer:
     Raises:
         ConfigError: lengths differ, a non-finite mean, or a ``std`` that is not finite and
             positive.
+        TypeError: an entry that is not a number (``float()`` refuses it).
+        ValueError: an entry that is a string ``float()`` cannot parse.
 
     Examples:
         >>> st = Standardizer.fit(np.array([[0.0, 5.0], [2.0, 5.0]]))

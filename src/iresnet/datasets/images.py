@@ -239,6 +239,10 @@ def load_mnist(root: str | Path, split: str = "train") -> ImageData:
         DataError: an unknown split, missing files (the message says where to get them) or
             malformed ones.
 
+    References:
+        - LeCun, Bottou, Bengio, Haffner, "Gradient-Based Learning Applied to Document
+          Recognition", Proc. IEEE 86(11), 1998 (MNIST).
+
     Examples:
         >>> load_mnist("/nonexistent")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
@@ -267,6 +271,10 @@ def load_fashion_mnist(root: str | Path | None = None, split: str = "train") -> 
     Raises:
         DataError: an unknown split, missing files (the message says where to get them) or
             malformed ones.
+
+    References:
+        - Xiao, Rasul, Vollgraf, "Fashion-MNIST: a Novel Image Dataset for Benchmarking Machine
+          Learning Algorithms", arXiv:1708.07747.
 
     Examples:
         >>> load_fashion_mnist("/nonexistent", "test")  # doctest: +ELLIPSIS
@@ -372,6 +380,10 @@ def load_cifar10(root: str | Path, split: str = "train") -> ImageData:
         DataError: an unknown split, missing batches (the message says where to get them),
             malformed ones, or a pickle that asks for anything but numpy arrays.
 
+    References:
+        - Krizhevsky, "Learning Multiple Layers of Features from Tiny Images", technical
+          report, University of Toronto, 2009 (CIFAR-10).
+
     Examples:
         >>> load_cifar10("/nonexistent", "test")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
@@ -408,6 +420,10 @@ def load_digits(split: str = "train") -> ImageData:
 
     Raises:
         DataError: an unknown split, or scikit-learn is not installed.
+
+    References:
+        - Alpaydin & Kaynak, "Optical Recognition of Handwritten Digits", UCI Machine Learning
+          Repository, 1998 (the test set scikit-learn bundles).
 
     Examples:
         >>> data = load_digits("test")
