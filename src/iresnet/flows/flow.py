@@ -137,9 +137,8 @@ class FlowDistribution(Distribution):
             contexts'.
 
     References:
-        - Behrmann et al., "Invertible Residual Networks", arXiv:1811.00995, eq. (3).
-        - Chen et al., "Residual Flows for Invertible Generative Modeling", arXiv:1906.02735,
-          eq. (2).
+        - Behrmann et al., "Invertible Residual Networks", arXiv:1811.00995.
+        - Chen et al., "Residual Flows for Invertible Generative Modeling", arXiv:1906.02735.
 
     Examples:
         >>> import iresnet
@@ -307,9 +306,8 @@ class Flow(nn.Module):
             positive.
 
     References:
-        - Behrmann et al., "Invertible Residual Networks", arXiv:1811.00995, eq. (3).
-        - Chen et al., "Residual Flows for Invertible Generative Modeling", arXiv:1906.02735,
-          eq. (2).
+        - Behrmann et al., "Invertible Residual Networks", arXiv:1811.00995.
+        - Chen et al., "Residual Flows for Invertible Generative Modeling", arXiv:1906.02735.
 
     Examples:
         >>> import torch, iresnet

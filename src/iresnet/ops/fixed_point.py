@@ -71,7 +71,7 @@ class InverseDiagnostics:
             above the requested tolerance (``converged`` is False for it).
 
     References:
-        - Behrmann et al., "Invertible Residual Networks", arXiv:1811.00995, eq. (1).
+        - Behrmann et al., "Invertible Residual Networks", arXiv:1811.00995 (the Banach bound).
 
     Examples:
         >>> _, d = fixed_point_solve(lambda x: 0.5 * x, torch.ones(2, 3), lipschitz=0.5)
@@ -128,7 +128,7 @@ def banach_bound(lipschitz: float, n: Tensor | int, first_step: Tensor | float) 
         A float64 tensor of the broadcast shape; ``inf`` where ``L`` is outside ``[0, 1)``.
 
     References:
-        - Behrmann et al., "Invertible Residual Networks", arXiv:1811.00995, eq. (1).
+        - Behrmann et al., "Invertible Residual Networks", arXiv:1811.00995 (the Banach bound).
 
     Examples:
         >>> banach_bound(0.5, 10, 1.0).item()  # 0.5**10 / 0.5
@@ -155,7 +155,7 @@ def banach_iterations(lipschitz: float, first_step: float, tol: float) -> int:
         ``L`` is not in ``[0, 1)``.
 
     References:
-        - Behrmann et al., "Invertible Residual Networks", arXiv:1811.00995, eq. (1).
+        - Behrmann et al., "Invertible Residual Networks", arXiv:1811.00995 (the Banach bound).
 
     Examples:
         >>> banach_iterations(0.5, 1.0, 1e-6)
@@ -334,7 +334,7 @@ def posterior_bound(lipschitz: float, last_step: Tensor | float) -> Tensor:
 
     References:
         - Derived above from the contraction property; the a-priori counterpart is
-          Behrmann et al., arXiv:1811.00995, eq. (1).
+          Behrmann et al., arXiv:1811.00995.
 
     Examples:
         >>> posterior_bound(0.5, torch.tensor([1e-6]))

@@ -122,7 +122,7 @@ def exact_logdet(
         ValueError: ``D > max_dim``.
 
     References:
-        - Behrmann et al., "Invertible Residual Networks", arXiv:1811.00995, eq. (3).
+        - Behrmann et al., "Invertible Residual Networks", arXiv:1811.00995.
         - Ahn et al., "Invertible Monotone Operators for Normalizing Flows", arXiv:2210.08176
           (``cayley=True``).
 
@@ -422,8 +422,8 @@ def series_logdet(
             samples' log-dets unequally.
 
     References:
-        - Behrmann et al., arXiv:1811.00995, sec. 3.2-3.3, eq. (5).
-        - Chen et al., arXiv:1906.02735, sec. 3.1-3.2, eq. (6), (8).
+        - Behrmann et al., arXiv:1811.00995, sec. 3.2-3.3.
+        - Chen et al., arXiv:1906.02735, sec. 3.1-3.2.
         - Hutchinson, Commun. Stat. Simul. Comput. 19(2), 1990.
 
     Examples:
@@ -597,7 +597,7 @@ def roulette_weights(
 
     References:
         - Chen et al., "Residual Flows for Invertible Generative Modeling", arXiv:1906.02735,
-          sec. 3.1, eq. (5).
+          sec. 3.1.
 
     Examples:
         >>> roulette_weights(4, 2, "geometric", 0.5)
@@ -720,7 +720,7 @@ class ExactLogDet(LogDetEstimator):
             device than ``g``.
 
     References:
-        - Behrmann et al., arXiv:1811.00995, eq. (3).
+        - Behrmann et al., "Invertible Residual Networks", arXiv:1811.00995.
 
     Examples:
         >>> gx, logdet = ExactLogDet()(torch.nn.Identity(), torch.zeros(3, 2))

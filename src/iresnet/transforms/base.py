@@ -102,10 +102,9 @@ class Transform(nn.Module):
             it.
 
     References:
-        - Behrmann et al., "Invertible Residual Networks", arXiv:1811.00995, eq. (3) (the
-          change of variables the log-det serves).
-        - Chen et al., "Residual Flows for Invertible Generative Modeling", arXiv:1906.02735,
-          eq. (2).
+        - Behrmann et al., "Invertible Residual Networks", arXiv:1811.00995 (the change of
+          variables the log-det serves).
+        - Chen et al., "Residual Flows for Invertible Generative Modeling", arXiv:1906.02735.
 
     Examples:
         >>> import math, torch
