@@ -267,6 +267,10 @@ def swap_logdets(model: nn.Module, estimator: LogDetEstimator | str | None) -> I
             ``"none"``; see [`logdet_estimator`][iresnet.ops.logdet.logdet_estimator]), or None
             to leave the blocks as they are.
 
+    Raises:
+        ValueError: an unknown name, or ``"roulette-auto"`` (a name carries no Lipschitz bound
+            to choose from: pass an estimator built with ``lipschitz=``).
+
     Examples:
         >>> import torch, iresnet
         >>> flow = iresnet.ResidualFlow(2, transforms=1, hidden_features=(4,), logdet="roulette")
