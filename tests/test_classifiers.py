@@ -136,6 +136,16 @@ def test_head_pool_grid_reads_pooled_windows_and_is_refused_beyond_the_features(
             classifier((1, 8, 8), head_pool=bad)
 
 
+def test_classifiers_refuse_bad_counts_and_margins():
+    for bad in (0, -1):
+        with pytest.raises(ValueError, match="scales must be a positive integer"):
+            classifier((1, 8, 8), scales=bad)
+        with pytest.raises(ValueError, match="scales must be a positive integer"):
+            HybridClassifier((1, 8, 8), 10, **{**TINY, "scales": bad})
+    with pytest.raises(ValueError, match=r"logit_alpha must lie in \[0, 0.5\)"):
+        HybridClassifier((1, 8, 8), 10, **TINY, logit_alpha=-0.1)
+
+
 def test_classifiers_refuse_bad_shapes():
     with pytest.raises(ValueError, match=r"\(C, H, W\)"):
         classifier((64,))

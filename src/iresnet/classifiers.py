@@ -47,7 +47,7 @@ from torch import Tensor, nn
 from .checks import check_input
 from .flows.flow import StandardNormal
 from .flows.multiscale import check_image_shape
-from .nn import conv_branch
+from .nn import conv_branch, design_bound_of
 from .nn.branches import Activation
 from .ops import FixedPointInverse, LogDetEstimator, logdet_estimator
 from .transforms import (
@@ -71,14 +71,17 @@ def _stages(
     scales: int,
     blocks: int,
     hidden_channels: int,
-    logdet: LogDetEstimator,
+    logdet: str | LogDetEstimator,
     inverse: FixedPointInverse,
     actnorm: bool,
     branch: dict[str, Any],
 ) -> list[Transform]:
     """``scales`` stages of ``[ActNorm,] block`` x ``blocks``, a squeeze before all but the
-    first; stage ``s`` has branch width ``hidden_channels * 2^s``."""
+    first; stage ``s`` has branch width ``hidden_channels * 2^s``. Each block's estimator is
+    bound to its branch's Lipschitz bound, as the flows' are (``"roulette-auto"`` chooses from
+    it; a fixed roulette of infinite variance warns)."""
     c = shape[0]
+    dim = math.prod(shape)  # squeezes keep it
     out: list[Transform] = []
     for s in range(scales):
         if s > 0:
@@ -89,7 +92,8 @@ def _stages(
             if actnorm:
                 out.append(ActNorm(c))
             g = conv_branch(c, (width, width), preact=(s, i) != (0, 0), **branch)
-            out.append(InvertibleResidualBlock(g, logdet=logdet, inverse=inverse))
+            est = logdet_estimator(logdet, dim, lipschitz=design_bound_of(g))
+            out.append(InvertibleResidualBlock(g, logdet=est, inverse=inverse))
     return out
 
 
@@ -327,7 +331,9 @@ class InvertibleClassifier(_InvertibleNetwork):
         inverse: FixedPointInverse | None = None,
     ) -> None:
         super().__init__()
-        _check_counts(classes=classes, hidden_channels=hidden_channels, blocks=blocks)
+        _check_counts(
+            classes=classes, hidden_channels=hidden_channels, blocks=blocks, scales=scales
+        )
         image = check_image_shape(shape, scales - 1 + int(squeeze_first))
         entry: list[Transform] = [Squeeze(2)] if squeeze_first else []
         c = image[0] * (4 if squeeze_first else 1)
@@ -340,7 +346,7 @@ class InvertibleClassifier(_InvertibleNetwork):
                 "scales": scales,
                 "blocks": blocks,
                 "hidden_channels": hidden_channels,
-                "logdet": logdet_estimator("none"),
+                "logdet": "none",
                 "actnorm": actnorm,
                 "inverse": inverse if inverse is not None else FixedPointInverse(),
                 "branch": _branch_options(activation, norm, coeff, n_power_iterations),
@@ -374,7 +380,8 @@ class HybridClassifier(_InvertibleNetwork):
         activation: ``"elu"``, ``"lipswish"`` or a factory.
         actnorm: ActNorm before every block.
         squeeze_first: squeeze the input once before the first stage.
-        logdet: ``"exact"``, ``"series"``, ``"roulette"`` or an estimator.
+        logdet: ``"exact"``, ``"series"``, ``"roulette"``, ``"roulette-auto"`` (chosen per
+            block from its design bound), ``"stratified"`` or an estimator.
         levels: ``K``: dequantise integer levels first, as in
             [`MultiscaleResidualFlow`][iresnet.flows.multiscale.MultiscaleResidualFlow].
         logit_alpha: apply the logit map with this margin (0: none).
@@ -424,11 +431,15 @@ class HybridClassifier(_InvertibleNetwork):
         inverse: FixedPointInverse | None = None,
     ) -> None:
         super().__init__()
-        _check_counts(classes=classes, hidden_channels=hidden_channels, blocks=blocks)
+        _check_counts(
+            classes=classes, hidden_channels=hidden_channels, blocks=blocks, scales=scales
+        )
         image = check_image_shape(shape, scales - 1 + int(squeeze_first))
         entry: list[Transform] = []
         if levels is not None:
             entry.append(Dequantize(levels))
+        if not 0.0 <= logit_alpha < 0.5:  # as MultiscaleResidualFlow
+            raise ValueError(f"logit_alpha must lie in [0, 0.5), got {logit_alpha}")
         if logit_alpha > 0:
             entry.append(Logit(logit_alpha))
         if squeeze_first:
@@ -440,7 +451,7 @@ class HybridClassifier(_InvertibleNetwork):
                 "scales": scales,
                 "blocks": blocks,
                 "hidden_channels": hidden_channels,
-                "logdet": logdet_estimator(logdet, math.prod(image)),
+                "logdet": logdet,
                 "actnorm": actnorm,
                 "inverse": inverse if inverse is not None else FixedPointInverse(),
                 "branch": _branch_options(activation, norm, coeff, n_power_iterations),

@@ -94,6 +94,12 @@ def test_unknown_name_lists_valid_names() -> None:
             call()
     with pytest.raises(DataError):
         sample_toy("moons", -1)
+    # the conditional toys refuse a bad size with the same one line (was torch's RuntimeError)
+    from iresnet.datasets.conditional import conditional_toy_split
+
+    for sizes in ((-1, 3), (3, 2.5), (True, 3)):
+        with pytest.raises(DataError, match="non-negative int"):
+            conditional_toy_split("rotated-8gaussians", *sizes)
 
 
 def test_closed_form_availability() -> None:

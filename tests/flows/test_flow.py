@@ -146,6 +146,8 @@ def test_mistakes_are_named_in_one_line_with_the_fix():
         flow.transform[1](torch.zeros(4, 2, dtype=torch.float64))  # a block on its own
     with pytest.raises(TypeError, match="expected a torch.Tensor"):
         flow.log_prob([[0.0, 0.0]])
+    with pytest.raises(TypeError, match="expected a torch.Tensor"):
+        flow.inverse([[0.0, 0.0]])  # was an AttributeError from the shape check
     for bad in (0, -3, 2.5):
         with pytest.raises(ValueError, match="positive integer"):
             flow.sample(bad)

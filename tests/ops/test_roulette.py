@@ -164,4 +164,20 @@ def test_roulette_auto_from_the_config():
     est = flow.transform[1].logdet_estimator
     assert est.auto and est.lipschitz == pytest.approx(0.98**3)
     with pytest.raises(iresnet.ConfigError, match="roulette-auto"):
-        cfg.override(["kind=hybrid"])
+        cfg.override(["kind=classifier"])
+
+
+def test_the_hybrid_binds_its_roulette_to_each_block_bound_as_the_flows_do():
+    shape, kw = (1, 8, 8), {"scales": 2, "blocks": 1, "hidden_channels": 4, "coeff": 0.9}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model = iresnet.HybridClassifier(shape, 10, logdet="roulette-auto", **kw)
+    blocks = [m for m in model.modules() if isinstance(m, iresnet.InvertibleResidualBlock)]
+    assert len(blocks) == 2
+    for block in blocks:
+        est = block.logdet_estimator
+        assert est.auto and est.lipschitz == pytest.approx(iresnet.nn.design_bound_of(block.g))
+        assert math.isfinite(est.variance_bound(est.lipschitz))
+    # a fixed Geometric(1/2) roulette at these bounds (0.9^3 = 0.73 > 0.707) warns
+    with pytest.warns(iresnet.RouletteVarianceWarning):
+        iresnet.HybridClassifier(shape, 10, logdet="roulette", **kw)

@@ -54,7 +54,7 @@ class ModelConfig:
         actnorm: ActNorm before every block.
         n_power_iterations: power-iteration steps per training call.
         logdet: ``exact``, ``series`` (i-ResNet power series), ``roulette`` (Residual Flows) or
-            ``roulette-auto`` (toy and image flows: the roulette with ``p`` and ``n_exact``
+            ``roulette-auto`` (flows and the hybrid: the roulette with ``p`` and ``n_exact``
             chosen from each block's design bound so its variance is finite; ``roulette_p`` and
             ``n_exact`` are then unused) or ``stratified`` (the roulette with its first
             ``head_terms`` terms averaged over ``head_probes`` probes: lower variance per
@@ -163,10 +163,10 @@ class ModelConfig:
             raise ConfigError(f"model.coeff must lie in (0, 1], got {self.coeff}")
         if not 0.0 < self.dense_coeff <= 1.0:
             raise ConfigError(f"model.dense_coeff must lie in (0, 1], got {self.dense_coeff}")
-        if self.logdet == "roulette-auto" and self.kind in ("classifier", "hybrid"):
+        if self.logdet == "roulette-auto" and self.kind == "classifier":
             raise ConfigError(
-                "model.logdet=roulette-auto is for the flows (toy, iresnet-image, resflow-image); "
-                "use roulette for the hybrid"
+                "model.logdet=roulette-auto is for models with a log-det (the flows and the "
+                "hybrid); a classifier computes none"
             )
         if self.logdet == "stratified" and not (
             self.head_terms <= self.n_exact and self.head_probes >= self.n_probes

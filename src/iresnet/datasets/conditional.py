@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from ..errors import DataError
-from .toy import sample_toy, toy_log_density
+from .toy import sample_count, sample_toy, toy_log_density
 
 __all__ = [
     "CONDITIONAL_TOYS",
@@ -149,7 +149,7 @@ def conditional_toy_split(
     the test set depends only on ``(name, n_test, seed)``.
 
     Raises:
-        DataError: an unknown name.
+        DataError: an unknown name, or a size that is not a non-negative integer.
 
     Examples:
         >>> x, c, tx, tc = conditional_toy_split("rotated-8gaussians", 10, 4)
@@ -157,9 +157,10 @@ def conditional_toy_split(
         (torch.Size([10, 2]), torch.Size([10, 1]), True)
     """
     _check_name(name)
+    sizes = sample_count(n_train), sample_count(n_test)
     seeds = torch.randint(0, 2**62, (2,), generator=torch.Generator().manual_seed(seed))
     out = []
-    for s, n in zip(seeds.tolist(), (n_train, n_test), strict=True):
+    for s, n in zip(seeds.tolist(), sizes, strict=True):
         g = torch.Generator().manual_seed(int(s))
         c = _draw_contexts(name, n, g)[:, None]
         out += [sample_conditional(name, c, g).to(dtype), c.to(dtype)]

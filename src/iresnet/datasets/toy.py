@@ -185,13 +185,22 @@ def sample_toy(
         (torch.Size([1000, 2]), True)
     """
     _check_name(name)
+    return _SAMPLERS[name](sample_count(n), generator).to(dtype)
+
+
+def sample_count(n: object) -> int:
+    """``n`` as a number of samples: a non-negative integer (NumPy integers too).
+
+    Raises:
+        DataError: a float, a bool or a negative number.
+    """
     try:
         count = operator.index(n)  # accepts NumPy integers, refuses floats
     except TypeError:
         count = -1
     if isinstance(n, bool) or count < 0:
         raise DataError(f"number of samples must be a non-negative int, got {n!r}")
-    return _SAMPLERS[name](count, generator).to(dtype)
+    return count
 
 
 def _check_points(x: torch.Tensor) -> torch.Tensor:

@@ -526,12 +526,12 @@ class Flow(nn.Module):
             InverseNotConvergedError: a block's solve missed its tolerance and its solver has
                 ``on_failure="raise"``.
         """
+        check_input(z, "inverse", like=self.transform)  # first: a non-tensor is a TypeError
         if z.dim() != len(self.latent_shape) + 1 or z.shape[1:] != self.latent_shape:
             shape = ", ".join(map(str, self.latent_shape))
             raise DataError(
                 f"inverse: expected a latent of shape (batch, {shape}), got {tuple(z.shape)}"
             )
-        check_input(z, "inverse", like=self.transform)
         if self.validate:
             check_finite(z, "inverse")
         c = self.check_context(c, "inverse")
