@@ -537,6 +537,22 @@ def figure(dataset: str, results: dict[str, Any], path: Path) -> Path:
     return plot_image_grid(grid, path, nrow=16, title=title)
 
 
+def peer_kw_problem(peer_kw: object, peers: list[str]) -> str | None:
+    """What is wrong with ``--peer-kw`` (sizes keyed by the peers trained), or None: an
+    unkeyed or misspelt form would otherwise be ignored and the peer trained at its default."""
+    if peer_kw is None:
+        return None
+    if not isinstance(peer_kw, dict) or not all(isinstance(v, dict) for v in peer_kw.values()):
+        return (
+            "--peer-kw takes sizes keyed by peer, e.g. "
+            '\'{"realnvp": {"transforms": 4}}\', got ' + json.dumps(peer_kw)
+        )
+    unknown = sorted(set(peer_kw) - set(peers))
+    if unknown:
+        return f"--peer-kw names {unknown}, not among the peers trained ({peers}); see --peers"
+    return None
+
+
 def main() -> None:
     ap = script_parser(__doc__)
     ap.add_argument(
@@ -610,6 +626,9 @@ def main() -> None:
     )
     add_worker_flag(ap)
     args = ap.parse_args()
+    problem = peer_kw_problem(args.peer_kw, args.peers)
+    if problem:
+        ap.error(problem)
     if serve(args, worker):
         return
     budgets = dict(DEFAULT_BUDGETS)
