@@ -448,3 +448,18 @@ def test_the_final_line_describes_only_the_numbers_it_shows():
     both = _describe_metrics({"nll": 1.5, "test_nll": 1.6, "test_nll_se": 0.1}, 2560)
     assert "test nll 1.6000 +- 0.1000 nats" in both and "test: 2560 test samples" in both
     assert _describe_metrics({}, None) == "no metrics logged"
+
+
+def test_every_config_field_has_its_own_help_line():
+    """``iresnet train --help`` describes each field by itself (fields that shared a docstring
+    entry used to share one line, so ``model.anderson`` read as a stop tolerance)."""
+    from iresnet.app.cli import _attribute_docs
+    from iresnet.app.config import DataConfig, ModelConfig, TrainConfig
+
+    for cls in (ModelConfig, TrainConfig, DataConfig):
+        docs = _attribute_docs(cls)
+        shared = {t: [k for k in docs if docs[k] == t] for t in set(docs.values())}
+        assert all(len(names) == 1 for names in shared.values()), {
+            t: n for t, n in shared.items() if len(n) > 1
+        }
+    assert "Anderson" in _attribute_docs(ModelConfig)["anderson"]

@@ -60,10 +60,18 @@ class ModelConfig:
             ``head_terms`` terms averaged over ``head_probes`` probes: lower variance per
             vector-Jacobian product; ``n_probes`` probes continue into the tail).
         n_terms: series terms; n_exact: roulette's always-computed terms; roulette_p: geometric p.
-        n_probes, probe: Hutchinson probes per call and their distribution.
-        neumann_gradient, memory_efficient: gradient estimator and backward mode of the series.
-        inverse_atol, inverse_rtol, inverse_max_iter, anderson: fixed-point inverse settings
-            (stop when ``max|x_{k+1} - x_k| <= atol + rtol * max|x_k|``).
+        n_probes: Hutchinson probes per log-det call; probe: the Hutchinson probes'
+            distribution
+            (``gaussian`` or ``rademacher``).
+        neumann_gradient: the series' gradient from the Neumann series (Residual Flows
+            eq. (8)) instead of backpropagating its terms; memory_efficient: the log-det's
+            gradient taken during the forward pass (Residual Flows sec. 3.2), so its graph is
+            not stored.
+        inverse_atol: the fixed-point inverse stops when
+            ``max|x_{k+1} - x_k| <= atol + rtol * max|x_k|``; inverse_rtol: the inverse's
+            relative tolerance (``rtol`` there); inverse_max_iter: the inverse's
+            iteration cap; anderson: memory of Anderson
+            acceleration (0: plain Banach iteration).
         n_scales: image flows: scales (squeeze between them); factor_out: split off half the
             channels after each scale; fc_blocks: fully connected blocks at the end;
             fc_hidden: their width.
@@ -72,12 +80,13 @@ class ModelConfig:
             else (classifiers: before the padding), the i-ResNet code's ``init_ds=2``; makes
             the first stage four times cheaper on 28x28 images. Image flows of the i-ResNet
             kind squeeze first anyway where there is room.
-        head_terms, head_probes: the ``stratified`` log-det's head (terms, probes).
+        head_terms: the ``stratified`` log-det's head terms; head_probes: the probes
+            averaged over in those terms.
         dequantization: image flows: ``uniform`` or ``variational`` (Flow++: a conditional
             flow ``q(v | x)`` over the dequantisation noise, trained jointly; the bits/dim are
             then the ELBO's upper bound, and the final evaluation reports the same model's
-            uniform bound beside them); dequant_hidden, dequant_steps: its width and coupling
-            steps.
+            uniform bound beside them); dequant_hidden: the width of ``q``'s networks;
+            dequant_steps: ``q``'s coupling steps.
         branch: toy and image flows: ``plain`` (the MLP / CNN branch) or ``dense``
             (i-DenseNet's dense branch: ``dense_depth`` dense layers adding ``dense_growth``
             features each, concatenation weights of norm ``dense_coeff``; ``hidden`` and
@@ -236,7 +245,7 @@ class DataConfig:
             standardised like the data).
         class_context: image sets: the class label is the context (a class-conditional flow).
         data_dir: folder of an image set's standard files.
-        n_train, n_test: toy sample sizes (fixed-seed split).
+        n_train: toy training sample size (fixed-seed split); n_test: toy test sample size.
         test_fraction: held-out share of a user array.
         logit_alpha: image flows: logit transform ``logit(a + (1-2a) u)``; 0 disables it.
         seed: seed of the toy split / array split (independent of the training seed).
@@ -311,7 +320,9 @@ class TrainConfig:
             Set by the command; a constant schedule ignores it.
         grad_clip: max gradient norm (0 disables clipping).
         ema_decay: decay of the EMA weights used for evaluation (0 disables EMA).
-        eval_every, log_every, checkpoint_every: intervals in steps; keep_last: checkpoints kept.
+        eval_every: steps between test evaluations; log_every: steps between logged
+            training rows; checkpoint_every: steps between checkpoints; keep_last: checkpoints
+            kept.
         eval_batches: test batches per periodic evaluation (the final evaluation uses all).
         max_bad_steps: stop after this many consecutive steps with NaN/Inf loss or gradient.
         seed: training seed (initialisation, batches, probes); device: ``cpu``, ``cuda``, ...
