@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+import iresnet
 from iresnet.app.builder import build_model, load_data
 from iresnet.app.config import Config
 from iresnet.app.presets import get_preset
@@ -62,6 +63,11 @@ def test_trained_constrained_classifier_inverts_its_features(tmp_path):
     assert ev["feature_inverse_max_error"] <= 1e-4 and ev["inverse_converged"]
     assert "note" not in ev and ev["certificate"]["invertible"]
     json.dumps(ev)  # what `iresnet evaluate --json` prints
+    # Without its data (certify, sample, score read none): the run still loads and certifies
+    # (empty labels stand for the labels; it refused "needs a labelled image data set").
+    bare = load_run(run, data=False)
+    assert bare.data.train_x.numel() == 0 and bare.data.train_y.numel() == 0
+    assert iresnet.certify(bare.model).invertible
 
 
 def test_vanilla_evaluation_reports_a_failed_inverse_without_raising():
@@ -115,6 +121,10 @@ def test_hybrid_trains_and_reports_bpd_and_error(tmp_path):
         and 0 <= samples.min()
         and samples.max() <= 1
     )
+    # `iresnet sample` and `certify` load the hybrid without its data
+    bare = load_run(tmp_path / "hybrid", data=False)
+    assert bare.task.sample(bare.model, 2)[0].shape == (2, 1, 8, 8)
+    assert iresnet.certify(bare.model).invertible
 
 
 def test_sweep_writes_its_table(tmp_path):

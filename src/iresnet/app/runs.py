@@ -490,6 +490,11 @@ def load_run(
     else:
         assert spec is not None
         bundle = spec
+        if cfg.model.kind in ("classifier", "hybrid") and bundle.train_y is None:
+            # Labelled data without the data: empty labels stand for them, as the empty
+            # tensors do for the images (certify, sample and score read no labels).
+            no_labels = torch.empty(0, dtype=torch.long)
+            bundle = spec = replace(bundle, train_y=no_labels, test_y=no_labels)
     with warnings.catch_warnings():
         # About training with the run's estimator: said when it trained, not on every load.
         warnings.simplefilter("ignore", RouletteVarianceWarning)
