@@ -165,6 +165,10 @@ def test_roulette_auto_from_the_config():
     assert est.auto and est.lipschitz == pytest.approx(0.98**3)
     with pytest.raises(iresnet.ConfigError, match="roulette-auto"):
         cfg.override(["kind=classifier"])
+    # no design bound to choose from: one line, not the estimator's traceback at build time
+    for unbounded in ("constrained=false", "lipschitz_norm=penalty"):
+        with pytest.raises(iresnet.ConfigError, match="design bound.*model.logdet=roulette"):
+            cfg.override([unbounded])
 
 
 def test_the_hybrid_binds_its_roulette_to_each_block_bound_as_the_flows_do():

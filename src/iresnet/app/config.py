@@ -223,6 +223,15 @@ class ModelConfig:
                 "model.logdet=roulette-auto chooses its law from a block bound below 1: "
                 f"use model.coeff < 1, got {self.coeff}"
             )
+        if self.logdet == "roulette-auto" and (
+            not self.constrained or self.lipschitz_norm == "penalty"
+        ):
+            why = "model.constrained=false" if not self.constrained else "lipschitz_norm=penalty"
+            raise ConfigError(
+                "model.logdet=roulette-auto chooses its law from the blocks' design bound, "
+                f"which {why} does not give: use model.logdet=roulette (a fixed law) or a "
+                "bounded norm (spectral, certified, frobenius)"
+            )
         if self.block == "monotone" and self.coeff >= 1.0:
             raise ConfigError(
                 "model.block=monotone needs model.coeff < 1: at Lip(g) = 1 its bi-Lipschitz "
