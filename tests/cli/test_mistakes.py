@@ -141,6 +141,7 @@ def test_evaluate_refuses_data_that_changed_since_training(trained, tmp_path):
         one_line_error(
             iresnet("evaluate", str(run)),
             "data changed since this run was trained",
+            f"({data.resolve()} changed)",
             "--allow-changed-data",
         )
         result = iresnet("evaluate", str(run), "--json", "--allow-changed-data", "--n-inverse", "4")
@@ -263,6 +264,18 @@ def conditional(tmp_path_factory) -> Path:
     result = iresnet(*argv, "--out", "run", cwd=root)
     assert result.returncode == 0, result.stderr
     return root / "run"
+
+
+def test_a_changed_context_file_is_named_not_the_data_file(conditional):
+    contexts = conditional.parent / "c.csv"
+    original = contexts.read_bytes()
+    try:
+        contexts.write_bytes(original.replace(b"e-01", b"e-02", 1))
+        result = iresnet("evaluate", str(conditional))
+        one_line_error(result, f"({contexts.resolve()} changed)")
+        assert "x.csv" not in result.stderr
+    finally:
+        contexts.write_bytes(original)
 
 
 def warnings_of(result: subprocess.CompletedProcess[str]) -> list[str]:

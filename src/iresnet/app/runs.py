@@ -373,17 +373,34 @@ class Run:
         shape = [int(data.train_x.shape[0]), int(data.test_x.shape[0])]
         was = [info.get("n_train"), info.get("n_test")]
         how = f" ({was[0]}+{was[1]} rows then, {shape[0]}+{shape[1]} now)" if shape != was else ""
-        file = info.get("file", {}).get("absolute") if isinstance(info.get("file"), dict) else None
         fix = (
             "restore the original data to resume, or train a new run on the new data"
             if resuming
             else "restore the original data, or pass --allow-changed-data (in Python, "
             "allow_changed_data=True) to score the new data with this model"
         )
+        changed = self._changed_files(info)
+        which = f" ({', '.join(changed)} changed)" if changed else ""
         raise DataError(
-            f"the data changed since this run was trained{how}: SHA-256 {got[:12]} now, "
-            f"{want[:12]} then{f' ({file})' if file else ''}; {fix}"
+            f"the data changed since this run was trained{how}{which}: fingerprint of the "
+            f"loaded data {got[:12]} now, {want[:12]} then; {fix}"
         )
+
+    @staticmethod
+    def _changed_files(info: dict[str, Any]) -> list[str]:
+        """The recorded data files (data, contexts) whose bytes differ from their record."""
+        changed = []
+        for key in ("file", "context_file"):
+            rec = info.get(key)
+            if not isinstance(rec, dict) or not rec.get("absolute") or not rec.get("sha256"):
+                continue
+            try:
+                now = file_fingerprint(rec["absolute"])["sha256"]
+            except OSError:
+                continue  # a moved file: the loader found the data elsewhere
+            if now != rec["sha256"]:
+                changed.append(str(rec["absolute"]))
+        return changed
 
     def log(self, row: dict[str, Any]) -> None:
         """Append one JSON row to ``metrics.jsonl``."""
