@@ -440,13 +440,19 @@ def test_a_run_on_your_data_is_named_for_the_data_not_the_preset(tmp_path):
 
 def test_the_final_line_describes_only_the_numbers_it_shows():
     """A run stopped before its first test evaluation has no test number to explain."""
-    from iresnet.app.cli import _describe_metrics
+    from iresnet.app.cli import _describe_metrics, _latest_test
 
     train_only = _describe_metrics({"nll": 1.5}, 2560)
-    assert "train nll 1.5000 nats" in train_only and "test" not in train_only.split("(")[1][:20]
-    assert "EMA" not in train_only and "2560" not in train_only
+    assert train_only == "train nll 1.5000 nats (train: last logged batch)"
     both = _describe_metrics({"nll": 1.5, "test_nll": 1.6, "test_nll_se": 0.1}, 2560)
-    assert "test nll 1.6000 +- 0.1000 nats" in both and "test: 2560 test samples" in both
+    assert "test nll 1.6000 +- 0.1000 nats" in both and "test: 2560 test samples," in both
+    assert "`iresnet evaluate` scores the whole test set" in both
+    # stopped between evaluations: the newest test estimate, with its step
+    rows = [{"step": 10, "nll": 2.0}, {"step": 20, "test_nll": 1.7}, {"step": 30, "nll": 1.5}]
+    assert _latest_test(rows) == (20, {"test_nll": 1.7})
+    assert _latest_test(rows[:1]) == (None, {})
+    older = _describe_metrics({"nll": 1.5, "test_nll": 1.7}, 2560, test_step=20)
+    assert "test: 2560 test samples at step 20, EMA weights" in older
     assert _describe_metrics({}, None) == "no metrics logged"
 
 

@@ -467,9 +467,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
         result = train(cfg, out, progress=not args.no_progress)
     verb = "finished" if result.stopped == "finished" else "stopped by a signal (checkpoint saved)"
     if result.is_main:
-        last = result.last_metrics or _last_logged(Run(result.run_dir).records())
+        rows = Run(result.run_dir).records()
+        last = dict(result.last_metrics or _last_logged(rows))
+        test_step = None
+        if not any(k.startswith("test_") for k in last):  # stopped between evaluations
+            test_step, test = _latest_test(rows)
+            last.update(test)
         n_eval = result.task.n_evaluated(cfg.train.eval_batches) if result.task else None
-        metrics = _describe_metrics(last, n_eval)
+        metrics = _describe_metrics(last, n_eval, test_step)
         print(f"{verb} at step {result.step}: {metrics}; run folder: {result.run_dir}")
     if result.stopped == "finished":
         return 0
@@ -518,9 +523,21 @@ def _last_logged(rows: list[dict[str, Any]]) -> dict[str, float]:
     return last
 
 
-def _describe_metrics(last: dict[str, float], n_eval: int | None) -> str:
+def _latest_test(rows: list[dict[str, Any]]) -> tuple[int | None, dict[str, float]]:
+    """The step and values of the newest periodic test estimate in ``metrics.jsonl`` rows."""
+    for row in reversed(rows):
+        test = {k: float(v) for k, v in row.items() if k.startswith("test_")}
+        if test:
+            return int(row.get("step", 0)), test
+    return None, {}
+
+
+def _describe_metrics(
+    last: dict[str, float], n_eval: int | None, test_step: int | None = None
+) -> str:
     """The final line's numbers with their units and what they are: the last training batch's
-    loss terms, and the periodic test estimate on ``n_eval`` test samples (EMA weights)."""
+    loss terms, and the periodic test estimate on ``n_eval`` test samples (EMA weights; at
+    ``test_step`` when that is earlier than the line's step)."""
     parts = []
     for key, value in last.items():
         if key.endswith("_se"):
@@ -537,8 +554,8 @@ def _describe_metrics(last: dict[str, float], n_eval: int | None) -> str:
     if "train" in said:
         what.append("train: last logged batch")
     if "test" in said:
-        what.append(f"test: {on}, EMA weights")
-    what.append("`iresnet evaluate` scores the whole test set")
+        at = f" at step {test_step}" if test_step is not None else ""
+        what.append(f"test: {on}{at}, EMA weights; `iresnet evaluate` scores the whole test set")
     tail = f" ({'; '.join(what)})" if parts else ""
     return ", ".join(parts) + tail if parts else "no metrics logged"
 
