@@ -469,3 +469,19 @@ def test_every_config_field_has_its_own_help_line():
             t: n for t, n in shared.items() if len(n) > 1
         }
     assert "Anderson" in _attribute_docs(ModelConfig)["anderson"]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["train", "--out", ""],
+        ["sample", "/nonexistent/run", "--out", " "],
+        ["score", "/nonexistent/run", "--data", "x.csv", "--out", ""],
+        ["sweep", "digits-classifier", "--out", ""],
+    ],
+)
+def test_an_empty_out_is_refused_not_taken_as_the_current_folder(capsys, argv):
+    with pytest.raises(SystemExit) as exit_:  # argparse's own usage error
+        main(argv)
+    assert exit_.value.code == 2
+    assert "argument --out: an empty path" in capsys.readouterr().err

@@ -31,7 +31,7 @@ from ..errors import ConfigError, IResNetError
 from . import plots, scoring
 from .checkpoint import latest_checkpoint
 from .config import SECTIONS, Config, check_seed
-from .files import atomic_write, json_safe
+from .files import atomic_write, json_safe, out_path
 from .presets import DEFAULT_PRESET, PRESETS, get_preset
 from .runs import Run, load_run
 from .sweep import add_sweep_parser, cmd_sweep
@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--out",
-        type=Path,
+        type=out_path,
         default=None,
         help="run folder to create (default runs/PRESET, or runs/PRESET-2, ... if taken)",
     )
@@ -210,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="sample on this device instead of the run's")
     p.add_argument(
         "--out",
-        type=Path,
+        type=out_path,
         default=None,
         help="output file: .npy (array), .csv or .png (picture); default RUN_DIR/samples.npy. "
         "Conditional runs keep each sample's context: a .csv gets a header and the columns "
@@ -255,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--out",
-        type=Path,
+        type=out_path,
         required=True,
         help="output .csv (a header row, one row per point) or .npy ((N, columns) float64)",
     )

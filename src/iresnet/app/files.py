@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import math
 import os
@@ -10,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
-__all__ = ["atomic_write", "json_safe"]
+__all__ = ["atomic_write", "json_safe", "out_path"]
 
 
 def atomic_write(
@@ -63,3 +64,15 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [json_safe(v) for v in value]
     return value
+
+
+def out_path(text: str) -> Path:
+    """An ``--out`` argument as a path; an empty one is refused (``Path("")`` is the current
+    folder, where a run would scatter its files among the user's).
+
+    Raises:
+        argparse.ArgumentTypeError: an empty or blank path.
+    """
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path; name a folder or file")
+    return Path(text)

@@ -27,7 +27,7 @@ from typing import Any
 from ..errors import ConfigError
 from . import plots
 from .config import Config
-from .files import atomic_write, json_safe
+from .files import atomic_write, json_safe, out_path
 from .presets import get_preset
 from .runs import Run, load_run
 from .training import train
@@ -225,7 +225,7 @@ def add_sweep_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="train.max_seconds: wall-clock budget of every run",
     )
     p.add_argument(
-        "--out", type=Path, default=None, help="sweep folder (default runs/sweep-PRESET)"
+        "--out", type=out_path, default=None, help="sweep folder (default runs/sweep-PRESET)"
     )
     p.add_argument("--data-dir", type=Path, default=None, help="folder of the image set's files")
     p.add_argument("--n-inverse", type=int, default=512, help="test images reconstructed")
