@@ -92,6 +92,24 @@ def test_truncated_weights_refused_on_load(run_dir):
     assert snapshot(run_dir) == before
 
 
+def test_damaged_final_weights_are_refused_and_the_checkpoint_still_serves(run_dir):
+    """Bytes flipped inside the values (the header still parses) were loaded silently."""
+    weights = run_dir / "model.safetensors"
+    good = load_run(run_dir)
+    blob = bytearray(weights.read_bytes())
+    blob[-40:-32] = b"\x7f" * 8  # inside the last tensor's values
+    weights.write_bytes(bytes(blob))
+    before = snapshot(run_dir)
+    with pytest.raises(CheckpointError, match="damaged.*removing this file"):
+        load_run(run_dir)
+    assert snapshot(run_dir) == before
+    weights.unlink()  # as the message says: the newest checkpoint's EMA weights serve
+    again = load_run(run_dir)
+    ours, theirs = good.model.state_dict(), again.model.state_dict()
+    assert ours.keys() == theirs.keys()
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
 @pytest.mark.parametrize(
     "edit,match",
     [

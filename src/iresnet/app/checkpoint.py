@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
@@ -38,6 +38,7 @@ __all__ = [
     "list_checkpoints",
     "latest_checkpoint",
     "load_weights",
+    "weights_digest",
     "flatten_optimizer",
     "unflatten_optimizer",
 ]
@@ -170,9 +171,35 @@ def _safe_load(path: Path) -> dict[str, Tensor]:
         raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
 
 
+def weights_digest(state: dict[str, Tensor]) -> str:
+    """SHA-256 (hex) of a state dict's names, dtypes, shapes and values, in name order: what a
+    weights file records in its metadata (``"sha256"``) so a damaged file is refused on load."""
+    h = hashlib.sha256()
+    for key in sorted(state):
+        t = state[key].detach().cpu().contiguous()
+        h.update(f"{key};{t.dtype};{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _recorded_digest(path: Path) -> str | None:
+    try:
+        with safe_open(str(path), "pt") as fh:
+            return (fh.metadata() or {}).get("sha256")
+    except (SafetensorError, OSError):
+        return None  # the loader says what is wrong with the file
+
+
 def load_weights(module: nn.Module, path: Path) -> None:
-    """Load a safetensors state dict into ``module``, refusing missing, extra or misshaped keys."""
+    """Load a safetensors state dict into ``module``, refusing missing, extra or misshaped keys
+    and, where the file records its digest (``weights_digest``), damaged values."""
     state = _safe_load(path)
+    recorded = _recorded_digest(path)
+    if recorded is not None and recorded != weights_digest(state):
+        raise CheckpointError(
+            f"{path}: damaged (its values do not match the digest it was saved with); restore "
+            "it from a copy, or evaluate the run's newest checkpoint by removing this file"
+        )
     own = module.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))

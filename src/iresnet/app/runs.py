@@ -32,7 +32,7 @@ from ..datasets import DataBundle, Standardizer
 from ..datasets.conditional import CONDITIONAL_TOYS, kl_contexts
 from ..errors import CheckpointError, ConfigError, DataError, RouletteVarianceWarning
 from .builder import build_model, load_data
-from .checkpoint import latest_checkpoint, load_weights
+from .checkpoint import latest_checkpoint, load_weights, weights_digest
 from .config import Config, DataConfig
 from .distributed import resolve_device
 from .files import atomic_write
@@ -426,9 +426,11 @@ class Run:
 
     def save_final_weights(self, model: nn.Module, step: int | None = None) -> None:
         """``model.safetensors``: the final (EMA) weights and buffers, written atomically, with
-        the step they belong to in the file's metadata."""
+        the step they belong to and their digest (``weights_digest``) in the file's metadata."""
         state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-        meta = {"step": str(step)} if step is not None else None
+        meta = {"sha256": weights_digest(state)}  # checked on load: damage is refused
+        if step is not None:
+            meta["step"] = str(step)
         atomic_write(self.weights_path, save(state, metadata=meta))
 
     def final_step(self) -> int | None:
