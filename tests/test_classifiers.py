@@ -70,6 +70,11 @@ def test_certificate_invertible_for_c_below_one_not_for_vanilla():
         assert cert.max_bound <= c**3 * 1.01  # three convolutions per branch (float32 sigma)
     vanilla = certify(ready(classifier((1, 4, 4), norm="none", blocks=1), x))
     assert not vanilla.invertible and vanilla.max_bound > 1
+    # Before any forward pass the convolutions' norms are unknown: the certificate says so
+    # and how to get them (its verdict stays the honest "not guaranteed").
+    fresh = certify(classifier((1, 4, 4), coeff=0.9, blocks=1))
+    assert not fresh.invertible and "run one (e.g. model(x) on a batch)" in str(fresh)
+    assert "run one" not in str(certify(ready(classifier((1, 4, 4), blocks=1), x)))
 
 
 def test_classifier_trunk_has_no_log_det():

@@ -155,6 +155,12 @@ class Certificate:
             lines.append(f"{b.name:<{width}}  {b.bound:>12.6f}  {verdict:<10}  {b.methods}")
         verdict = "guaranteed invertible" if self.invertible else "NOT guaranteed invertible"
         lines.append(f"model: {verdict} (largest bound {self.max_bound:.6f})")
+        if any("unknown input size" in b.methods for b in self.blocks):
+            lines.append(
+                "unknown input size: a convolution's norm depends on the size of its input, "
+                "which it learns from its first forward pass; run one (e.g. model(x) on a "
+                "batch) and certify again"
+            )
         if any(b.conditional for b in self.blocks):
             lines.append(
                 "conditional blocks: bounds hold for every context (the context only shifts and "
