@@ -383,6 +383,11 @@ def test_the_second_new_users_findings(capsys, tmp_path):
     code, out_json, _ = run(capsys, "evaluate", str(out), "--json", "--n-inverse", "2")
     result = json.loads(out_json.strip().splitlines()[-1])
     assert code == 0 and result["weights_step"] == 7 and "step-00000007" in result["weights"]
+    # --steps of an interrupted plan must extend the plan, not shrink it to a few more steps
+    code, _, err = run(capsys, "train", "--resume", str(out), "--steps", "9", "--dry-run")
+    assert code == 2 and "stopped at step 7 of its planned 10" in err
+    code, dry, err = run(capsys, "train", "--resume", str(out), "--steps", "11", "--dry-run")
+    assert code == 0 and json.loads(dry)["train"]["steps"] == 11
 
     assert iresnet.ResidualFlow(2, logdet="stratified", transforms=1) is not None
     code, _, err = run(capsys, "train", "model.dequantization=variational", "--steps", "2")

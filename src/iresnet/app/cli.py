@@ -448,6 +448,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
                 raise ConfigError(
                     f"{run.path} is at step {done}: --steps {args.steps} would not extend it"
                 )
+            final = run.final_step() if run.weights_path.is_file() else -1
+            interrupted = final is not None and final < done
+            if interrupted and args.steps <= cfg.train.steps:
+                # It would shrink the plan and restart the cosine a few steps from its end.
+                raise ConfigError(
+                    f"{run.path} stopped at step {done} of its planned {cfg.train.steps}: "
+                    f"--resume {run.path} continues the plan; --steps N extends it (N > "
+                    f"{cfg.train.steps})"
+                )
             extend = [f"train.steps={args.steps}"]
             if cfg.train.lr_schedule == "cosine":  # a warm restart from where the run is
                 extend.append(f"train.cycle_start={done}")
