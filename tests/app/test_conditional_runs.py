@@ -156,6 +156,20 @@ def test_train_with_contexts_then_score_agrees_with_evaluate(tmp_path, capsys):
     )
     assert code == 0, err
     assert np.load(tmp_path / "s.npy").shape == (14, 2) and "2 contexts" in out
+    # a picture of a conditional vector run: one histogram panel per context
+    from iresnet.app import plots
+
+    panels = []
+    monkey = pytest.MonkeyPatch()
+    monkey.setattr(plots, "plot_histograms", lambda sets, out, **kw: panels.extend(sets))
+    try:
+        argv = ["sample", str(out_dir), "-n", "7", "--context", "10,-20;0,0"]
+        code, out, err = run(capsys, *argv, "--out", str(tmp_path / "s.png"))
+    finally:
+        monkey.undo()
+    assert code == 0, err
+    assert [tuple(p.shape) for p, _ in panels] == [(7, 2), (7, 2)]
+    assert [t for _, t in panels] == ["c = 10, -20: 7 samples, T=1", "c = 0, 0: 7 samples, T=1"]
 
 
 def test_score_and_context_mistakes_are_one_line_errors(tmp_path, capsys):
@@ -331,6 +345,23 @@ def test_a_class_conditional_digits_run_samples_each_class_and_scores_in_bits(tm
     code, _, err = run(capsys, "sample", str(out_dir), "-n", "2", "--context", "12")
     assert code == 2
     _one_line_error(err, "0..9")
+    # a picture: one row per label, whatever the number of samples (40 filled 9-wide rows)
+    from iresnet.app import plots
+
+    grids = []
+    monkey = pytest.MonkeyPatch()
+    monkey.setattr(plots, "plot_image_grid", lambda imgs, out, **kw: grids.append((imgs, kw)))
+    try:
+        png = str(tmp_path / "big.png")
+        code, _, err = run(
+            capsys, "sample", str(out_dir), "-n", "40", "--context", "3;7", "--out", png
+        )
+    finally:
+        monkey.undo()
+    assert code == 0, err
+    ((imgs, kw),) = grids
+    assert kw["nrow"] == 32 and imgs.shape[0] == 64  # two rows of 32 of the 40 per label
+    assert "rows: label 3, label 7" in kw["title"]
     # score a few test images with their labels: nats and bits/dim with per-point SEs
     x = trained.data.test_x[:6].numpy()
     np.save(tmp_path / "x.npy", x)

@@ -230,3 +230,16 @@ def test_module_is_standalone_and_avoids_pyplot() -> None:
             imported.add(node.module or "")
     assert not [m for m in imported if m.split(".")[0] == "iresnet"]
     assert "matplotlib.pyplot" not in imported
+
+
+def test_histograms_share_one_extent_and_refuse_nothing_to_draw(tmp_path: Path) -> None:
+    g = torch.Generator().manual_seed(0)
+    left = torch.randn(500, 2, generator=g) - 3
+    right = torch.randn(500, 2, generator=g) + 3
+    out = plots.plot_histograms([(left, "c = -3"), (right, "c = 3")], tmp_path / "h.png")
+    img = mpimg.imread(out)
+    assert img.shape[1] > img.shape[0]  # two panels side by side
+    with pytest.raises(ValueError, match="at least one"):
+        plots.plot_histograms([], tmp_path / "none.png")
+    with pytest.raises(ValueError, match=r"shape \(N, 2\)"):
+        plots.plot_histograms([(torch.zeros(5, 3), "3-D")], tmp_path / "bad.png")

@@ -668,14 +668,8 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     x = torch.cat(chunks)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".png":
-        if x.dim() == 4 and contexts is not None:
-            per_row = args.num if args.num <= 32 else None  # one row per context
-            plots.plot_image_grid(
-                x[: 32 * 32],
-                out,
-                nrow=per_row,
-                title=f"samples, {args.num} per context (rows; T={args.temperature})",
-            )
+        if contexts is not None and (x.dim() == 4 or x.shape[1] == 2):
+            _plot_per_context(task, x, contexts, args.num, args.temperature, out)
         elif x.dim() == 4:
             plots.plot_image_grid(x[:256], out, title=f"samples (T={args.temperature})")
         elif x.shape[1] == 2:
@@ -729,6 +723,42 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         f"largest final step {worst:.2e}{certified})"
     )
     return 0
+
+
+_SHOWN_CONTEXTS = 8  # panels (points) or rows (images) of a conditional sample picture
+
+
+def _plot_per_context(
+    task: Any, x: torch.Tensor, contexts: torch.Tensor, num: int, temperature: float, out: Path
+) -> None:
+    """A conditional run's samples drawn per context (``num`` rows of ``x`` each, in order):
+    one histogram panel (2-D points) or one image row (images, at most 32 per row) for each of
+    the first contexts, titled with the context as the user writes it (a label, or values)."""
+    n = min(contexts.shape[0], _SHOWN_CONTEXTS)
+    shown, names = scoring.context_columns(task, contexts[:n])
+    if names == ["label"]:
+        labels = [f"label {int(v)}" for v in shown[:, 0]]
+    else:
+        labels = ["c = " + ", ".join(f"{v:.4g}" for v in row) for row in shown.tolist()]
+    more = f" (first {n} of {contexts.shape[0]} contexts)" if contexts.shape[0] > n else ""
+    if x.dim() == 4:
+        per_row = min(num, 32)
+        rows = x[: n * num].reshape(n, num, *x.shape[1:])[:, :per_row]
+        plots.plot_image_grid(
+            rows.reshape(-1, *x.shape[1:]),
+            out,
+            nrow=per_row,
+            title=f"{num} samples per row, T={temperature:g}; rows: {', '.join(labels)}{more}",
+        )
+    else:
+        groups = x[: n * num].reshape(n, num, 2)
+        plots.plot_histograms(
+            [
+                (g, f"{label}: {num} samples, T={temperature:g}")
+                for g, label in zip(groups, labels, strict=True)
+            ],
+            out,
+        )
 
 
 def _context_file(spec: str | None) -> list[Path]:

@@ -27,6 +27,7 @@ from .files import atomic_write
 __all__ = [
     "plot_toy_figure",
     "plot_density_comparison",
+    "plot_histograms",
     "plot_learning_curve",
     "plot_image_grid",
     "plot_reconstructions",
@@ -286,6 +287,16 @@ def plot_density_comparison(
     panels = [(_hist(pts, ext, grid), data_title)]
     panels += [(_eval_density(fn, ext, grid), name) for name, fn in densities.items()]
     return _save_panels(panels, ext, path)
+
+
+def plot_histograms(samples: Sequence[tuple[Any, str]], path: PathLike, *, grid: int = 200) -> Path:
+    """One 2-D histogram panel per ``(points (N, 2), title)``, side by side on one extent (that
+    of all the points together), e.g. a conditional flow's samples at each context."""
+    sets = [(_points(x, "samples"), title) for x, title in samples]
+    if not sets:
+        raise ValueError("plot_histograms needs at least one set of points")
+    ext = _resolve_extent(None, np.concatenate([pts for pts, _ in sets]))
+    return _save_panels([(_hist(pts, ext, grid), title) for pts, title in sets], ext, path)
 
 
 def plot_learning_curve(
