@@ -345,6 +345,9 @@ def test_a_class_conditional_digits_run_samples_each_class_and_scores_in_bits(tm
     code, _, err = run(capsys, "sample", str(out_dir), "-n", "2", "--context", "12")
     assert code == 2
     _one_line_error(err, "0..9")
+    code, _, err = run(capsys, "sample", str(out_dir), "-n", "2", "--context", "3.5")
+    assert code == 2
+    _one_line_error(err, "class labels are integers 0..9, got 3.5")
     # a picture: one row per label, whatever the number of samples (40 filled 9-wide rows)
     from iresnet.app import plots
 

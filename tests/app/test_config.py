@@ -41,6 +41,8 @@ def test_overrides_qualified_and_unique_keys():
         ("data.train_subset=1", "data.train_subset must be"),
         ("data.train_subset=-5", "data.train_subset must be"),
         ("noequals", "key=value"),
+        ("train.grad_clip=-1", r"train.grad_clip must be >= 0, got -1"),
+        ("train.density_weight=-0.5", r"train.density_weight must be >= 0, got -0.5"),
     ],
 )
 def test_bad_overrides_refused(override, match):

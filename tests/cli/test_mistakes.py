@@ -335,6 +335,22 @@ def test_a_conditional_sample_file_says_which_context_each_row_came_from(conditi
     logp = np.loadtxt(tmp_path / "logp.csv", delimiter=",", skiprows=1, ndmin=2)
     logp2 = np.loadtxt(tmp_path / "logp2.csv", delimiter=",", skiprows=1, ndmin=2)
     np.testing.assert_allclose(logp2[:, 0], logp[:, 0], rtol=1e-5)  # .csv holds 9 digits
+    # a 1-D file of contexts for a one-context run is one context per point, as (N, 1) is
+    np.save(tmp_path / "flat.npy", c[:, 0])
+    result = iresnet(
+        "score",
+        str(conditional),
+        "--data",
+        "s.npy",
+        "--context",
+        "flat.npy",
+        "--out",
+        "f.csv",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    flat = np.loadtxt(tmp_path / "f.csv", delimiter=",", skiprows=1, ndmin=2)
+    np.testing.assert_allclose(flat[:, 0], logp[:, 0])
     # its contexts given twice (the columns and --context): say which to drop
     one_line_error(
         iresnet(

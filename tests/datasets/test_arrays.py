@@ -110,6 +110,7 @@ def test_non_finite_csv(tmp_path: Path, value: str, kind: str) -> None:
     path = _write(tmp_path / "nf.csv", f"a,b,c\n1,2,3\n\n4,5,6\n7,{value},9\n{value},1,1\n")
     # Line numbers count the header and the blank line: the first bad value is line 5, col 2.
     _refused(path, kind, "line 5, column 2", "first of 2")
+    _refused(path, "impute missing" if kind == "NaN" else "clip the infinite")
 
 
 def test_non_finite_npy(tmp_path: Path) -> None:

@@ -379,7 +379,7 @@ def _config_summary(cfg: Config) -> str:
     norm = m.lipschitz_norm if m.constrained else "unconstrained"
     budget = "".join(
         f", {label} {v:g} s"
-        for label, v in (("wall", t.max_seconds), ("CPU", t.max_cpu_seconds))
+        for label, v in (("wall budget", t.max_seconds), ("CPU budget", t.max_cpu_seconds))
         if v > 0
     )
     return "\n".join(
@@ -719,7 +719,8 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     elif contexts is not None and out.suffix == ".csv":
         paired = " (with their contexts as columns)"
     print(
-        f"wrote {x.shape[0]} samples{per} to {out}{paired} (inverse converged: {converged}, "
+        f"wrote {x.shape[0]} sample{'s' if x.shape[0] != 1 else ''}{per} to {out}{paired} "
+        f"(inverse converged: {converged}, "
         f"largest final step {worst:.2e}{certified})"
     )
     return 0

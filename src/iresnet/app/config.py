@@ -332,7 +332,7 @@ class TrainConfig:
         eval_every: steps between test evaluations; log_every: steps between logged
             training rows; checkpoint_every: steps between checkpoints; keep_last: checkpoints
             kept.
-        eval_batches: test batches per periodic evaluation (the final evaluation uses all).
+        eval_batches: test batches per periodic evaluation (``iresnet evaluate`` uses all).
         max_bad_steps: stop after this many consecutive steps with NaN/Inf loss or gradient.
         seed: training seed (initialisation, batches, probes); device: ``cpu``, ``cuda``, ...
         threads: CPU threads of PyTorch (0: its default). Small models gain little from more
@@ -412,10 +412,9 @@ class TrainConfig:
             )
         if self.spectral_penalty < 0:
             raise ConfigError(f"train.spectral_penalty must be >= 0, got {self.spectral_penalty}")
-        if self.weight_decay < 0 or self.grad_clip < 0 or self.density_weight < 0:
-            raise ConfigError(
-                "train.weight_decay, train.grad_clip and train.density_weight must be >= 0"
-            )
+        for key in ("weight_decay", "grad_clip", "density_weight"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"train.{key} must be >= 0, got {getattr(self, key)}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f"train.ema_decay must lie in [0, 1), got {self.ema_decay}")
 

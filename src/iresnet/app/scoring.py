@@ -62,16 +62,19 @@ def _as_contexts(task: DensityTask, values: np.ndarray, where: str) -> torch.Ten
     """Rows of user contexts as the flow takes them: floats ``(m, k)``; class labels ``(m, 1)``
     integers in ``[0, n_classes)`` become one-hot."""
     k = task.context_dim
-    if values.ndim == 1:
-        values = values[:, None] if task.data.class_context else values[None, :]
+    if values.ndim == 1:  # a file's 1-D array: one value per point where k = 1 (or labels)
+        values = values[:, None] if task.data.class_context or k == 1 else values[None, :]
     if not np.isfinite(values).all():
         raise DataError(f"{where}: contexts hold NaN or Inf; give finite numbers")
     if task.data.class_context:
-        if values.shape[1] != 1 or not np.all(values == np.round(values)):
+        if values.shape[1] != 1:
             raise DataError(
                 f"{where}: this run is class-conditional: give one integer class label per row "
-                f"(0..{k - 1}), got shape {values.shape}"
+                f"(0..{k - 1}), got {values.shape[1]} values per row"
             )
+        if not np.all(values == np.round(values)):
+            bad = values[values != np.round(values)][0]
+            raise DataError(f"{where}: class labels are integers 0..{k - 1}, got {bad:g}")
         labels = values[:, 0].astype(np.int64)
         if labels.min() < 0 or labels.max() >= k:
             raise DataError(

@@ -233,7 +233,11 @@ def load_array(
         where = f"line {lines[i]}, column {j + 1}" if lines is not None else f"x[{i}, {j}]"
         raise DataError(
             f"{p}: {kind} value at {where} (first of {int(bad.sum())}); "
-            "drop or impute missing values first"
+            + (
+                "drop or impute missing values first"
+                if kind == "NaN"
+                else "drop or clip the infinite values first"
+            )
         )
     if d > max_dim:
         raise DataError(
