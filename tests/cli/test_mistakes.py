@@ -467,3 +467,19 @@ def test_a_scalar_context_file_is_named_by_its_shape(conditional, tmp_path):
         ("score", str(conditional), "--data", "x.npy", "--context", "z.npy", "--out", "o.csv"),
     ):
         one_line_error(iresnet(*argv, cwd=tmp_path), "z.npy", "shape (m, k) or (k,)", "of shape ()")
+
+
+def test_a_reader_that_stops_early_is_no_error():
+    """`iresnet presets | head -1`: the closed pipe ends the command quietly (it printed
+    "error: Broken pipe")."""
+    reader = subprocess.Popen(["true"], stdin=subprocess.PIPE)
+    reader.wait()  # gone before anything is written: every write meets a closed pipe
+    result = subprocess.run(
+        [sys.executable, "-m", "iresnet", "presets"],
+        stdout=reader.stdin,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=300,
+    )
+    reader.stdin.close()
+    assert result.returncode == 141 and result.stderr == ""

@@ -879,6 +879,10 @@ def _main(argv: Sequence[str] | None) -> int:
                     )
                 return _launch_torchrun(args.nproc, argv)
         return COMMANDS[args.command](args)
+    except BrokenPipeError:  # `iresnet presets | head`: the reader has all it wanted
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush is silent
+        return 141  # the shell's 128 + SIGPIPE
     except (IResNetError, FloatingPointError, OSError) as exc:
         if args.debug:
             raise
