@@ -148,8 +148,16 @@ def test_fixed_choices_warn_where_their_variance_is_infinite():
     assert est.p == pytest.approx((1 - 0.98**4) / 2)
     with pytest.raises(ValueError, match="needs the blocks' Lipschitz bound"):
         iresnet.ops.logdet_estimator("roulette-auto")
-    with pytest.raises(ValueError, match="lipschitz must lie"):
-        iresnet.RussianRouletteLogDet(lipschitz=1.0)
+    # L = 1 (coeff=1): no law has finite variance; a fixed one warns, auto cannot choose
+    with pytest.warns(iresnet.RouletteVarianceWarning, match="holds for no law at L >= 1"):
+        iresnet.ResidualFlow(2, transforms=1, hidden_features=(8,), coeff=1.0, logdet="roulette")
+    assert math.isinf(iresnet.RussianRouletteLogDet(p=0.01).variance_bound(1.0))
+    with pytest.raises(ValueError, match="below 1 \\(the blocks' coeff < 1\\)"):
+        iresnet.ResidualFlow(
+            2, transforms=1, hidden_features=(8,), coeff=1.0, logdet="roulette-auto"
+        )
+    with pytest.raises(ValueError, match="lipschitz must be >= 0"):
+        iresnet.RussianRouletteLogDet(lipschitz=-0.1)
     with pytest.raises(ValueError, match="Poisson"):
         iresnet.RussianRouletteLogDet(distribution="poisson", auto=True)
 

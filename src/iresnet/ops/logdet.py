@@ -927,8 +927,13 @@ class RussianRouletteLogDet(LogDetEstimator):
                 "auto chooses a geometric roulette; a Poisson one never has finite "
                 "worst-case variance"
             )
-        if lipschitz is not None and not 0.0 <= lipschitz < 1.0:
-            raise ValueError(f"lipschitz must lie in [0, 1), got {lipschitz}")
+        if lipschitz is not None and not lipschitz >= 0.0:
+            raise ValueError(f"lipschitz must be >= 0, got {lipschitz}")
+        if auto and lipschitz is not None and lipschitz >= 1.0:
+            raise ValueError(
+                "auto chooses the roulette from a Lipschitz bound below 1 (the blocks' "
+                f"coeff < 1); got {lipschitz:.6g}, where no roulette has finite variance"
+            )
         self._given = {"p": p, "n_exact": n_exact}
         self.auto, self.lipschitz = auto, lipschitz
         chosen = roulette_for_lipschitz(lipschitz) if auto and lipschitz is not None else None
@@ -995,16 +1000,21 @@ class RussianRouletteLogDet(LogDetEstimator):
         if roulette_variance_is_finite(lipschitz, self.distribution, self._param):
             return True
         what = f"p={self.p}" if self.distribution == "geometric" else f"rate={self.rate}"
-        need = (
-            f"needs p <= 1 - L^2 = {1 - lipschitz**2:.4g}"
-            if self.distribution == "geometric"
-            else "is infinite for every L > 0"
-        )
+        if lipschitz >= 1.0:
+            need = "holds for no law at L >= 1 (it needs blocks with coeff < 1)"
+        elif self.distribution == "geometric":
+            need = f"needs p <= 1 - L^2 = {1 - lipschitz**2:.4g}"
+        else:
+            need = "is infinite for every L > 0"
         warnings.warn(
             f"{where + ': ' if where else ''}the Russian roulette ({self.distribution}, {what}) "
             f"is not guaranteed a finite variance for blocks bounded by Lip(g) <= "
-            f"{lipschitz:.4g} (infinite when J = L I): the guarantee {need}; "
-            "logdet='roulette-auto' chooses p and n_exact from the bound",
+            f"{lipschitz:.4g} (infinite when J = L I): the guarantee {need}"
+            + (
+                "; logdet='roulette-auto' chooses p and n_exact from the bound"
+                if lipschitz < 1
+                else ""
+            ),
             RouletteVarianceWarning,
             stacklevel=3,
         )

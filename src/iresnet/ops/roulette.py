@@ -64,6 +64,11 @@ def _check_lipschitz(lipschitz: float) -> None:
         )
 
 
+def _check_nonnegative(lipschitz: float) -> None:
+    if not lipschitz >= 0.0:
+        raise ValueError(f"a Lipschitz bound is >= 0, got {lipschitz}")
+
+
 def roulette_for_lipschitz(lipschitz: float) -> tuple[float, int]:
     """The geometric roulette chosen for ``Lip(g) <= L``: ``(p, n_exact)``.
 
@@ -120,10 +125,11 @@ def roulette_variance_is_finite(
     """Whether the roulette's worst-case variance over ``Lip(g) <= L`` is finite.
 
     Geometric(``p``): iff ``L^2 <= 1 - p`` (sharp: ``J = L I`` attains it). Poisson: only for
-    ``L = 0`` (module docstring).
+    ``L = 0`` (module docstring). Never for ``L >= 1`` (``J = I``: the terms ``tr(J^k)/k`` do
+    not shrink).
 
     Raises:
-        ValueError: ``L`` outside ``[0, 1)``.
+        ValueError: a negative or NaN ``L``.
 
     References:
         - Chen et al., "Residual Flows for Invertible Generative Modeling", arXiv:1906.02735,
@@ -133,9 +139,11 @@ def roulette_variance_is_finite(
         >>> roulette_variance_is_finite(0.7), roulette_variance_is_finite(0.71)
         (True, False)
     """
-    _check_lipschitz(lipschitz)
+    _check_nonnegative(lipschitz)
     if lipschitz == 0.0:
         return True
+    if lipschitz >= 1.0:
+        return False
     if distribution == "geometric":
         return lipschitz * lipschitz <= 1.0 - param
     return False
@@ -156,7 +164,7 @@ def roulette_variance_bound(
     the roulette's variance is not finite.
 
     Args:
-        lipschitz: ``L`` in ``[0, 1)``.
+        lipschitz: ``L >= 0`` (``inf`` is returned for ``L >= 1``).
         n_exact: the terms always computed (>= 1).
         distribution: ``"geometric"`` or ``"poisson"``.
         param: ``p`` of the geometric (or the Poisson rate).
@@ -166,7 +174,7 @@ def roulette_variance_bound(
         The bound (an upper bound of ``B``), ``math.inf`` if infinite.
 
     Raises:
-        ValueError: ``L`` outside ``[0, 1)``.
+        ValueError: a negative or NaN ``L``.
 
     References:
         - Chen et al., "Residual Flows for Invertible Generative Modeling", arXiv:1906.02735,
@@ -179,7 +187,6 @@ def roulette_variance_bound(
         >>> 0 < roulette_variance_bound(0.9, n, param=p) <= auto_roulette_bound(0.9, n)
         True
     """
-    _check_lipschitz(lipschitz)
     if not roulette_variance_is_finite(lipschitz, distribution, param):
         return math.inf
     if lipschitz == 0.0:
