@@ -441,6 +441,10 @@ def test_a_run_on_your_data_is_named_for_the_data_not_the_preset(tmp_path):
         f"preset {cfg.preset} (its model and training, on your data): toy model"
     )
     assert _run_title(cfg) == "points.csv"
+    cfg.data.context_path = str(tmp_path / "c.csv")
+    assert f"data array ({cfg.data.path}), contexts {cfg.data.context_path};" in _config_summary(
+        cfg
+    )
 
 
 def test_the_final_line_describes_only_the_numbers_it_shows():

@@ -372,6 +372,8 @@ def _config_summary(cfg: Config) -> str:
     """The resolved config in a few lines: what is trained, on what, for how long."""
     m, d, t = cfg.model, cfg.data, cfg.train
     data = f"{d.name} ({d.path})" if d.name == "array" else d.name
+    if d.context_path:
+        data += f", contexts {d.context_path}"
     if m.kind == "toy":
         size = f"{m.n_blocks} blocks x {m.hidden} units"
     else:
