@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import time
 import warnings
 
 import numpy as np
@@ -355,3 +356,18 @@ def test_a_compiled_training_step_computes_the_eager_loss(tmp_path):
     ]
     assert first[1] == pytest.approx(first[0], rel=1e-5)
     assert eager.stopped == "finished"
+
+
+def test_the_cpu_clock_counts_child_processes_it_waited_for():
+    """``train.max_cpu_seconds`` must see the C++ compiler runs of ``train.compile`` (children
+    of the training process), which ``time.process_time()`` alone did not."""
+    import subprocess
+    import sys
+
+    from iresnet.app.trainer import cpu_clock
+
+    burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.4: pass"
+    before, own = cpu_clock(), time.process_time()
+    subprocess.run([sys.executable, "-c", burn], check=True)
+    assert cpu_clock() - before >= 0.4  # the child's 0.4 CPU s (plus its start-up)
+    assert time.process_time() - own < 0.3  # which the process's own clock does not see

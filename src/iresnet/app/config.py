@@ -309,7 +309,8 @@ class TrainConfig:
         steps: optimiser steps; batch_size: global batch (split across DDP ranks).
         max_seconds: wall-clock budget of training (0: none); the run stops, evaluated and
             saved, at the first step past it (for equal-time comparisons).
-        max_cpu_seconds: CPU-time budget of the training process (all its threads; 0: none),
+        max_cpu_seconds: CPU-time budget of the training process (all its threads, and the
+            compiler runs of ``train.compile``; 0: none),
             checked like ``max_seconds``. On a shared machine, wall-clock depends on the other
             processes; CPU time does not, so it makes equal-budget comparisons fair.
         optimizer: ``adam``, ``adamw`` (Adam with decoupled weight decay, Loshchilov & Hutter)
