@@ -593,7 +593,7 @@ class SpectralLinear(_SpectralNormMixin, nn.Linear):
         n_power_iterations: power-iteration steps per training forward (>= 1).
         eval_tol: relative tolerance of the converged power iteration in eval mode.
         norm: ``"spectral"`` (the default), ``"certified"`` (divide by a provable upper bound
-            of ``||W||_2``, see [`NORMS`][iresnet.nn.spectral.NORMS]), ``"frobenius"`` (divide
+            of ``||W||_2``, see ``iresnet.nn.spectral.NORMS``), ``"frobenius"`` (divide
             by the cheaper, looser ``||W||_F``; no power iteration) or ``"penalty"`` (no
             rescaling and no guarantee: power iteration still runs so that
             [`spectral_penalty`][iresnet.nn.spectral_penalty] can penalise ``||W||_2^2``).
