@@ -314,19 +314,15 @@ def test_a_conditional_sample_file_says_which_context_each_row_came_from(conditi
     x, c = np.load(tmp_path / "s.npy"), np.load(tmp_path / "s.contexts.npy")
     assert x.shape == (6, 2) and c.tolist() == [[0.25]] * 3 + [[0.75]] * 3
     np.testing.assert_allclose(x, table[:, :2], rtol=1e-6)  # the same seed, the same samples
+
+    def score_pair(contexts: str, out: str) -> None:
+        """Score the samples ``s.npy`` at the contexts of file ``contexts``."""
+        args = ["--data", "s.npy", "--context", contexts, "--out", out]
+        result = iresnet("score", str(conditional), *args, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+
     # the pair reads back as data and contexts, row by row
-    result = iresnet(
-        "score",
-        str(conditional),
-        "--data",
-        "s.npy",
-        "--context",
-        "s.contexts.npy",
-        "--out",
-        "logp.csv",
-        cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stderr
+    score_pair("s.contexts.npy", "logp.csv")
     # the headered .csv reads back too: its c columns are the contexts, no --context needed
     result = iresnet(
         "score", str(conditional), "--data", "s.csv", "--out", "logp2.csv", cwd=tmp_path
@@ -337,18 +333,7 @@ def test_a_conditional_sample_file_says_which_context_each_row_came_from(conditi
     np.testing.assert_allclose(logp2[:, 0], logp[:, 0], rtol=1e-5)  # .csv holds 9 digits
     # a 1-D file of contexts for a one-context run is one context per point, as (N, 1) is
     np.save(tmp_path / "flat.npy", c[:, 0])
-    result = iresnet(
-        "score",
-        str(conditional),
-        "--data",
-        "s.npy",
-        "--context",
-        "flat.npy",
-        "--out",
-        "f.csv",
-        cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stderr
+    score_pair("flat.npy", "f.csv")
     flat = np.loadtxt(tmp_path / "f.csv", delimiter=",", skiprows=1, ndmin=2)
     np.testing.assert_allclose(flat[:, 0], logp[:, 0])
     # its contexts given twice (the columns and --context): say which to drop
