@@ -371,3 +371,16 @@ def test_the_cpu_clock_counts_child_processes_it_waited_for():
     subprocess.run([sys.executable, "-c", burn], check=True)
     assert cpu_clock() - before >= 0.4  # the child's 0.4 CPU s (plus its start-up)
     assert time.process_time() - own < 0.3  # which the process's own clock does not see
+
+
+def test_the_cpu_clock_advances_with_less_work_than_a_clock_tick():
+    """A 1e-9 CPU-second budget must stop after the first step however short it is: CI saw
+    the clock stand still over a step (``os.times()`` counts whole 10 ms ticks)."""
+    from iresnet.app.trainer import cpu_clock
+
+    for _ in range(20):
+        before = cpu_clock()
+        t = time.process_time()
+        while time.process_time() - t < 5e-4:  # half a millisecond of work
+            pass
+        assert cpu_clock() > before
