@@ -101,14 +101,28 @@ _VARDEQ = [
 DENSE_GROWTH = {"digits": 12, "fashion-mnist": 16}  # about the Residual Flow's parameters
 
 
-def variants(dataset: str) -> dict[str, list[str]]:
+def variants(dataset: str, only: list[str] | None = None) -> dict[str, list[str]]:
+    """Our four variants (label -> config overrides), or those whose slugs ``only`` names
+    (``residual-flow``, ``residual-flow-var-deq``, ``i-densenet``, ``i-densenet-var-deq``)."""
     dense = [*_DENSE, f"model.dense_growth={DENSE_GROWTH[dataset]}"]
-    return {
+    every = {
         "Residual Flow": [],
         "Residual Flow + var. deq.": list(_VARDEQ),
         "i-DenseNet": dense,
         "i-DenseNet + var. deq.": [*dense, *_VARDEQ],
     }
+    if not only:
+        return every
+    return {label: o for label, o in every.items() if _slug(label) in only}
+
+
+def variant_problem(only: list[str] | None) -> str | None:
+    """One line naming a ``--variants`` name that is not a variant, or None."""
+    known = [_slug(label) for label in variants("digits")]
+    unknown = [name for name in only or [] if name not in known]
+    if unknown:
+        return f"--variants: unknown {', '.join(unknown)}; choose from {', '.join(known)}"
+    return None
 
 
 #: The peers' sizes per data set: enough capacity that time, not width, limits them.
@@ -401,14 +415,19 @@ def check_spec(spec: dict[str, Any], folder: Path, resume: bool) -> None:
     atomic_write(saved, json.dumps(mine, sort_keys=True))
 
 
+def our_models(dataset: str, args: argparse.Namespace) -> dict[str, list[str]]:
+    """Ours by label: the preset alone, or the ``--variants`` (all four, or those named)."""
+    return {REFERENCE: []} if args.variants is None else variants(dataset, args.variants)
+
+
 def run_models(dataset: str, budget: float, args: argparse.Namespace, work: Path) -> dict:
     """Train ours (the preset, or its four ``--variants``) and the ``--peers`` side by side,
     one process each, and collect their results by label (ours' preset first)."""
-    ours = variants(dataset) if args.variants else {REFERENCE: []}
+    ours = our_models(dataset, args)
     results: dict[str, Any] = {}
     jobs = {}
     for label, override in ours.items():
-        folder = "ours" if not args.variants else _slug(label)
+        folder = "ours" if args.variants is None else _slug(label)
         if args.ours_from and label == REFERENCE:  # reuse an earlier run of the preset
             prior = args.ours_from / dataset / folder
             results[label] = load_result(prior, "ours")
@@ -620,13 +639,17 @@ def main() -> None:
     ap.add_argument("--name", default=None, help="results name (default images[-variants]-<data>)")
     ap.add_argument(
         "--variants",
-        action="store_true",
+        nargs="*",
+        default=None,
+        metavar="NAME",
         help="ours as four models: Residual Flow and i-DenseNet, each with uniform and "
-        "variational dequantisation (writes images-variants-<data>.*)",
+        "variational dequantisation (writes images-variants-<data>.*); names pick some of them "
+        "(residual-flow, residual-flow-var-deq, i-densenet, i-densenet-var-deq)",
     )
     add_worker_flag(ap)
     args = ap.parse_args()
     problem = peer_kw_problem(args.peer_kw, args.peers)
+    problem = problem or variant_problem(args.variants)
     if problem:
         ap.error(problem)
     if serve(args, worker):
@@ -648,11 +671,11 @@ def main() -> None:
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="iresnet-images-"))
     out_dir = args.out_dir or RESULTS_DIR
     for ds in args.datasets:
-        labels = [*(variants(ds) if args.variants else [REFERENCE])]
+        labels = [*our_models(ds, args)]
         labels += [PEER_LABEL[k] for k in args.peers]
         print(f"[{ds}] training side by side, {budgets[ds]:g} CPU s each: {labels}", flush=True)
         res = run_models(ds, budgets[ds], args, work)
-        stem = "images-variants" if args.variants else "images"
+        stem = "images" if args.variants is None else "images-variants"
         name = args.name or f"{stem}-{ds}{'-quick' if args.quick else ''}"
         png = figure(ds, res, out_dir / f"{name}.png")
         table, verdicts = report(ds, res, budgets[ds])
@@ -663,7 +686,7 @@ def main() -> None:
             "seed": args.seed,
             "threads": 1,
             "n_test": args.n_test or "all",
-            "ours": variants(ds) if args.variants else {REFERENCE: []},
+            "ours": our_models(ds, args),
             "peers": {
                 PEER_LABEL[k]: PEER_KW[k][ds] | ((args.peer_kw or {}).get(k) or {})
                 for k in args.peers
