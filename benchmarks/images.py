@@ -421,7 +421,7 @@ def our_models(dataset: str, args: argparse.Namespace) -> dict[str, list[str]]:
 
 
 def run_models(dataset: str, budget: float, args: argparse.Namespace, work: Path) -> dict:
-    """Train ours (the preset, or its four ``--variants``) and the ``--peers`` side by side,
+    """Train ours (the preset, or the ``--variants`` asked for) and the ``--peers`` side by side,
     one process each, and collect their results by label (ours' preset first)."""
     ours = our_models(dataset, args)
     results: dict[str, Any] = {}
