@@ -676,13 +676,13 @@ def main() -> None:
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="iresnet-images-"))
     out_dir = args.out_dir or RESULTS_DIR
     for ds in args.datasets:
-        labels = [*our_models(ds, args)]
-        labels += [PEER_LABEL[k] for k in args.peers]
+        ours = our_models(ds, args)
+        labels = [*ours, *(PEER_LABEL[k] for k in args.peers)]
         print(f"[{ds}] training side by side, {budgets[ds]:g} CPU s each: {labels}", flush=True)
         res = run_models(ds, budgets[ds], args, work)
         stem = "images" if args.variants is None else "images-variants"
         # Some variants only: their names in the default name, so two halves do not overwrite.
-        picked = [_slug(label) for label in our_models(ds, args)]
+        picked = [_slug(label) for label in ours]
         some = f"-{'-'.join(picked)}" if args.variants and len(picked) < len(variants(ds)) else ""
         name = args.name or f"{stem}-{ds}{some}{'-quick' if args.quick else ''}"
         table, verdicts = report(ds, res, budgets[ds])  # before the picture: fails, writes none
@@ -694,7 +694,7 @@ def main() -> None:
             "seed": args.seed,
             "threads": 1,
             "n_test": args.n_test or "all",
-            "ours": our_models(ds, args),
+            "ours": ours,
             "peers": {
                 PEER_LABEL[k]: PEER_KW[k][ds] | ((args.peer_kw or {}).get(k) or {})
                 for k in args.peers
