@@ -415,6 +415,22 @@ def check_spec(spec: dict[str, Any], folder: Path, resume: bool) -> None:
     atomic_write(saved, json.dumps(mine, sort_keys=True))
 
 
+def prior_run(work_dir: Path, dataset: str) -> Path:
+    """The finished run of the preset in an earlier ``--work-dir`` (a plain run keeps it in
+    ``ours/``, a ``--variants`` run in ``residual-flow/``), for ``--ours-from``.
+
+    Raises ``SystemExit`` with one line when there is none.
+    """
+    for folder in ("ours", _slug(REFERENCE)):
+        if (work_dir / dataset / folder / "ours.json").is_file():
+            return work_dir / dataset / folder
+    raise SystemExit(
+        f"--ours-from {work_dir}: no finished run of the {dataset} preset in "
+        f"{work_dir / dataset}/ours or /{_slug(REFERENCE)}; give the --work-dir of a run that "
+        "finished, or leave out --ours-from to train it"
+    )
+
+
 def our_models(dataset: str, args: argparse.Namespace) -> dict[str, list[str]]:
     """Ours by label: the preset alone, or the ``--variants`` (all four, or those named)."""
     return {REFERENCE: []} if args.variants is None else variants(dataset, args.variants)
@@ -429,7 +445,7 @@ def run_models(dataset: str, budget: float, args: argparse.Namespace, work: Path
     for label, override in ours.items():
         folder = "ours" if args.variants is None else _slug(label)
         if args.ours_from and label == REFERENCE:  # reuse an earlier run of the preset
-            prior = args.ours_from / dataset / folder
+            prior = prior_run(args.ours_from, dataset)
             results[label] = load_result(prior, "ours")
             results[label]["reused_from"] = str(prior)
             if results[label]["config"]["train"]["max_cpu_seconds"] != budget:
@@ -675,6 +691,10 @@ def main() -> None:
         ap.error(f"--resume: no work dir {args.work_dir} to continue; leave out --resume to start")
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="iresnet-images-"))
     out_dir = args.out_dir or RESULTS_DIR
+    if args.ours_from:  # before any training: a wrong path is found now, not after an hour
+        for ds in args.datasets:
+            if REFERENCE in our_models(ds, args):
+                prior_run(args.ours_from, ds)
     for ds in args.datasets:
         ours = our_models(ds, args)
         labels = [*ours, *(PEER_LABEL[k] for k in args.peers)]
@@ -706,7 +726,11 @@ def main() -> None:
             "ours_schedule": "fitted steps" if args.ours_fit_steps else "cosine over the budget",
             "resumed": args.resume,
         }
-        notes = doc_body(__doc__) + f"\n\nSamples (one row per model, table order): `{png.name}`."
+        notes = (
+            f"This run trained {', '.join(res)} (the notes below describe every model the "
+            f"script can train).\n\n{doc_body(__doc__)}\n\n"
+            f"Samples (one row per model, table order): `{png.name}`."
+        )
         md, _ = write_results(
             name,
             f"Image density on {ds} at an equal CPU budget: " + ", ".join(res),

@@ -308,9 +308,22 @@ def test_cpu_seconds_are_logged_and_increase(tmp_path):
     rows = [
         json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     ]
-    rows = [r for r in rows if "loss" in r]
-    assert all(0 < r["cpu_seconds"] for r in rows)
+    assert any("test_nll" in r for r in rows) and any("loss" in r for r in rows)
+    assert all(0 < r["cpu_seconds"] for r in rows)  # training and evaluation rows alike
     assert [r["cpu_seconds"] for r in rows] == sorted(r["cpu_seconds"] for r in rows)
+
+
+def test_a_run_stopped_before_its_first_log_row_still_says_its_cpu_seconds(tmp_path):
+    """A CPU budget spent before ``log_every`` leaves only the evaluation row: it must carry
+    the CPU seconds too (it had only the wall seconds)."""
+    train(
+        tiny("train.max_cpu_seconds=1e-9", "train.log_every=1000"), tmp_path / "r", progress=False
+    )
+    rows = [
+        json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert [r["step"] for r in rows] == [1] and "test_nll" in rows[0]
+    assert rows[0]["cpu_seconds"] > 0
 
 
 @pytest.mark.parametrize("bad_from", [0, 5])

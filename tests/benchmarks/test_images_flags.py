@@ -7,7 +7,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
-from images import against, peer_kw_problem, report, variant_problem, variants  # noqa: E402
+import pytest  # noqa: E402
+from images import (  # noqa: E402
+    against,
+    peer_kw_problem,
+    prior_run,
+    report,
+    variant_problem,
+    variants,
+)
 
 
 def test_peer_sizes_must_be_keyed_by_a_peer_that_is_trained():
@@ -71,3 +79,20 @@ def test_a_report_without_the_residual_flow_compares_against_the_first_variant()
     assert "zuko RealNVP - i-DenseNet + var. deq. = -0.1000" in lines
     assert against(results) == "Against i-DenseNet + var. deq."
     assert against({"Residual Flow": _result(3.9)}) == "Against the Residual Flow preset"
+
+
+def test_ours_from_finds_a_plain_or_a_variants_run_and_refuses_a_missing_one(tmp_path):
+    """A plain run keeps the preset in ``ours/``, a ``--variants`` run in ``residual-flow/``;
+    a path with neither is one line, before any training (it was a traceback after it)."""
+    plain, variant = tmp_path / "plain", tmp_path / "variants"
+    (plain / "digits" / "ours").mkdir(parents=True)
+    (plain / "digits" / "ours" / "ours.json").write_text("{}")
+    (variant / "digits" / "residual-flow").mkdir(parents=True)
+    (variant / "digits" / "residual-flow" / "ours.json").write_text("{}")
+    assert prior_run(plain, "digits") == plain / "digits" / "ours"
+    assert prior_run(variant, "digits") == variant / "digits" / "residual-flow"
+    with pytest.raises(SystemExit) as stop:
+        prior_run(tmp_path / "nowhere", "digits")
+    assert "--ours-from" in str(stop.value) and "finished" in str(stop.value)
+    with pytest.raises(SystemExit):
+        prior_run(plain, "fashion-mnist")  # finished for another data set only

@@ -410,7 +410,12 @@ class Trainer:
         """Test metrics of the evaluation model on ``eval_batches`` batches, logged."""
         test = self.task.evaluate(self.evaluation_model, max_batches=self.cfg.train.eval_batches)
         self.run.log(
-            {"step": self.step_count, **test, "seconds": round(time.perf_counter() - self.start, 3)}
+            {
+                "step": self.step_count,
+                **test,
+                "seconds": round(time.perf_counter() - self.start, 3),
+                "cpu_seconds": round(cpu_clock() - self.cpu_start, 3),
+            }
         )
         self.last.update(test)
 
