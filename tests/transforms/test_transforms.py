@@ -54,6 +54,14 @@ def test_composed_transform_refuses_modules_outside_the_contract():
         iresnet.ComposedTransform(iresnet.ActNorm(2), torch.nn.Linear(2, 2))
 
 
+@pytest.mark.parametrize("method", ["forward", "inverse", "inverse_with_diagnostics"])
+def test_composed_transform_names_a_list_input_in_one_line(method):
+    """``flow.transform([[0.0, 1.0]])`` was an AttributeError on ``list.shape``."""
+    f = iresnet.ResidualFlow(2, transforms=2, hidden_features=(8,)).transform
+    with pytest.raises(TypeError, match=rf"ComposedTransform.{method}: .*got list.*as_tensor"):
+        getattr(f, method)([[0.0, 1.0]])
+
+
 def test_composed_transform_diagnostics_come_from_the_call():
     """Each inverse returns the diagnostics of its own solves, in data-to-latent order; nothing
     is left on the modules for a later call to overwrite."""

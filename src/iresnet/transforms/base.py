@@ -183,7 +183,8 @@ class ComposedTransform(Transform):
         ``x``: ``(B, *event)``; ``y``: ``(B, *forward_shape(event))``; ``logdet``: ``(B,)``.
 
     Raises:
-        TypeError: an item that is not a [`Transform`][iresnet.transforms.base.Transform].
+        TypeError: an item that is not a [`Transform`][iresnet.transforms.base.Transform];
+            an input to ``forward`` or ``inverse`` that is not a tensor.
         ValueError: in ``forward``, a part whose log-det is not of shape ``(B,)`` (a broken
             transform contract).
 
@@ -233,6 +234,7 @@ class ComposedTransform(Transform):
         return any(t.conditional for t in self)
 
     def forward(self, x: Tensor, c: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        _tensor(x, "forward")
         logdet: Tensor | None = None
         batch = x.shape[0]
         for t in self:
@@ -248,6 +250,7 @@ class ComposedTransform(Transform):
         return x, logdet
 
     def inverse(self, y: Tensor, c: Tensor | None = None) -> Tensor:
+        _tensor(y, "inverse")
         for t in reversed(list(self)):
             y = t.inverse(y, c=c) if t.conditional else t.inverse(y)
         return y
@@ -257,6 +260,7 @@ class ComposedTransform(Transform):
     ) -> tuple[Tensor, InverseReport]:
         """Inverse in reverse order; the diagnostics listed in forward (data-to-latent) order
         and the certified error composed through every inverse."""
+        _tensor(y, "inverse_with_diagnostics")
         diagnostics: list[InverseDiagnostics] = []
         error: Tensor | None = torch.zeros(y.shape[0], dtype=torch.float64, device=y.device)
         for t in reversed(list(self)):
@@ -284,6 +288,15 @@ class ComposedTransform(Transform):
         for t in reversed(list(self)):
             shape = t.inverse_shape(shape)
         return tuple(shape)
+
+
+def _tensor(x: object, method: str) -> None:
+    """One line for a list or an array handed where a tensor goes (it was an AttributeError)."""
+    if not isinstance(x, Tensor):
+        raise TypeError(
+            f"ComposedTransform.{method}: expected a torch.Tensor of shape (B, *event), got "
+            f"{type(x).__name__}; convert it with torch.as_tensor(x, dtype=torch.float32)"
+        )
 
 
 def _float(x: Tensor) -> torch.dtype:
