@@ -224,6 +224,18 @@ def test_swap_logdets_takes_a_name_and_the_contract_checks_log_det_shapes():
         iresnet.ComposedTransform(Wrong())(torch.zeros(3, 2))
 
 
+def test_the_name_exact_above_256_dimensions_says_which_estimator_to_pass():
+    """``swap_logdets(model, "exact")`` on a 300-dimensional block refused with "raise
+    max_dim", which a name cannot do; the message now gives the call that works, and it does."""
+    flow = iresnet.ResidualFlow(300, transforms=1, hidden_features=(4,), logdet="series")
+    x = torch.randn(2, 300)
+    with iresnet.swap_logdets(flow, "exact"), pytest.raises(ValueError) as refused:
+        flow().log_prob(x)
+    assert r"ExactLogDet(max_dim=300)" in str(refused.value)
+    with iresnet.swap_logdets(flow, iresnet.ExactLogDet(max_dim=300)), torch.no_grad():
+        assert torch.isfinite(flow().log_prob(x)).all()
+
+
 def test_a_flow_without_event_shape_learns_it_from_its_first_layer_and_checks_every_call():
     """The issue's case: 3 features into a 2-D flow built without ``event_shape`` failed deep
     in torch ("mat1 and mat2 shapes cannot be multiplied (4x3 and 2x32)")."""

@@ -139,8 +139,8 @@ def exact_logdet(
     if d > max_dim:
         raise ValueError(
             f"ExactLogDet: dimension {d} exceeds max_dim={max_dim}; the exact Jacobian costs {d} "
-            "backward passes per block. Raise max_dim if you mean it, or use "
-            "PowerSeriesLogDet / RussianRouletteLogDet."
+            f"backward passes per block. Pass ExactLogDet(max_dim={d}) (not the name 'exact') "
+            "if you mean it, or use PowerSeriesLogDet / RussianRouletteLogDet."
         )
     need_graph = torch.is_grad_enabled()
     gx, jac = jacobian(g, x, create_graph=need_graph)
