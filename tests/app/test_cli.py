@@ -29,6 +29,9 @@ def run(capsys, *argv):
         (["train", "toy-8gaussians", "model.coeff=abc"], "model.coeff must be float"),
         (["train", "toy-8gaussians", "model.coeff=1.5"], "model.coeff must lie in"),
         (["evaluate", "/nonexistent/run"], "/nonexistent/run: no such run folder"),
+        # --data and an override of what it sets: the override won without a word
+        (["train", "--data", "a.npy", "data.path=b.npy"], "data.path=b.npy says otherwise"),
+        (["train", "--data", "a.npy", "data.name=moons"], "data.name=moons says otherwise"),
     ],
 )
 def test_bad_arguments_give_one_line_errors(capsys, argv, message):

@@ -296,3 +296,13 @@ def test_a_training_subset_without_some_classes_says_which() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         load_dataset("digits", train_subset=500, seed=0)  # every class is there
+
+
+def test_a_data_folder_with_a_data_set_that_reads_no_files_is_refused(tmp_path) -> None:
+    """``iresnet train toy-8gaussians --data-dir DIR`` ignored the folder without a word."""
+    pytest.importorskip("sklearn")
+    from iresnet.datasets import load_dataset
+
+    with pytest.raises(DataError, match="'8gaussians' reads none"):
+        load_dataset("8gaussians", n_train=10, n_test=5, data_dir=str(tmp_path))
+    load_dataset("digits", data_dir=str(tmp_path))  # an image set may be given one

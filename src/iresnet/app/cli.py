@@ -296,6 +296,12 @@ def _resolve_train_config(args: argparse.Namespace) -> Config:
     if args.device is not None:
         extra.append(f"train.device={args.device}")
     if args.data is not None:
+        clash = [o for o in overrides if o.split("=", 1)[0] in ("data.name", "data.path")]
+        if clash:
+            raise ConfigError(
+                f"--data {args.data} sets data.name=array and data.path; {clash[0]} says "
+                "otherwise: give one of them"
+            )
         extra += ["data.name=array", f"data.path={args.data}"]
     if args.context is not None:
         if args.data is None:

@@ -199,8 +199,8 @@ def load_dataset(
             ``dequantize="refuse"``, an unnamed index column with ``index_column="refuse"``,
             contexts whose rows do not pair with the data's, contexts asked of a data set
             that has none, a user array that splits into fewer than 2 training or 2 test rows,
-            or a ``train_subset`` of a data set that is not an image set or larger than its
-            training split.
+            a ``train_subset`` of a data set that is not an image set or larger than its
+            training split, or a ``data_dir`` given with a data set that is not an image set.
         ValueError: a ``dequantize`` other than ``"refuse"``, ``"uniform"`` or ``"off"``.
 
     Warns:
@@ -218,6 +218,11 @@ def load_dataset(
         )
     if class_context and name not in IMAGE_DATASETS:
         raise DataError(f"class labels as contexts need an image set, not '{name}'")
+    if data_dir is not None and name not in IMAGE_DATASETS:
+        raise DataError(
+            f"a data folder (--data-dir, data.data_dir) holds an image set's files; '{name}' "
+            "reads none: leave it out (your own data: --data FILE)"
+        )
     if train_subset and name not in IMAGE_DATASETS:
         raise DataError(
             f"a training subset is drawn from an image set, not '{name}' (toys: data.n_train; "
