@@ -91,7 +91,13 @@ def test_a_conditional_toy_run_reports_the_gap_per_context(tmp_path, capsys):
     assert len(rows) == 8 and all(r["kl_se"] > 0 for r in rows)
     assert result["kl_mean_over_contexts"] == pytest.approx(np.mean([r["kl"] for r in rows]))
     assert result["entropy_gap"] is not None and result["invertible"]
+    # E_c H(x | c) on the test pairs (it was None): each p(. | c) is a Gaussian with standard
+    # deviations 0.25 e^{c/2} and 0.25 e^{-c/2}, so H = 1 + log(2 pi) + 2 log 0.25 for every c.
+    exact = 1 + math.log(2 * math.pi) + 2 * math.log(0.25)
+    assert abs(result["true_entropy"] - exact) < 4 * result["true_entropy_se"]
     assert all(b["conditional"] for b in result["certificate"]["blocks"])
+    code, out, err = run(capsys, "evaluate", str(out_dir), "--n-inverse", "16")
+    assert code == 0 and "true_entropy" in out and "None" not in out  # no row for what is not
     saved = json.loads((out_dir / "data.json").read_text())
     assert saved["context_dim"] == 1 and "context_standardizer" in saved
 

@@ -605,7 +605,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         cert = shown.pop("certificate")
         per_context = shown.pop("kl_per_context", None)
         for key, value in shown.items():
-            print(f"{key:>24}: {_fmt(value)}")
+            if value is not None:  # a quantity this data set has not (--json keeps it as null)
+                print(f"{key:>24}: {_fmt(value)}")
         if per_context:
             print(f"{'KL to the truth at':>24}: context -> KL (nats) +- SE")
             for row in per_context:

@@ -179,6 +179,8 @@ class DensityTask(Task):
             test_x, test_c = self.data.test_x[:n].double(), self.data.test_c[:n].double()  # type: ignore[index]
             truth = self.data.true_conditional_log_density(test_x, test_c).to(logps.device)
             out["entropy_gap"], out["entropy_gap_se"] = mean_se(truth - logps.double())
+            # The conditional entropy E_c H(x | c), Monte Carlo over the same test pairs.
+            out["true_entropy"], out["true_entropy_se"] = mean_se(-truth)
             out.update(self.kl_per_context(model, estimator))
         elif self.data.true_log_density is not None:
             # KL(p || q) = E_p[log p - log q], estimated on the test draws from p (paired, so
