@@ -127,7 +127,7 @@ def test_hybrid_trains_and_reports_bpd_and_error(tmp_path):
     assert iresnet.certify(bare.model).invertible
 
 
-def test_sweep_writes_its_table(tmp_path):
+def test_sweep_writes_its_table(tmp_path, capsys):
     rows = run_sweep(
         "digits-classifier",
         ["vanilla", 0.5],
@@ -146,6 +146,9 @@ def test_sweep_writes_its_table(tmp_path):
     assert json.loads((tmp_path / "sweep" / "sweep.json").read_text())["rows"][1]["coeff"] == 0.5
     assert (tmp_path / "sweep" / "sweep.png").is_file()
     assert sweep_table(rows) in table
+    # What it says as it goes is the table's figure (it said the process's time, 3 s, beside 0)
+    said = capsys.readouterr().err
+    assert f"sweep c0.5: trained 8 steps in {rows[1]['train_seconds']:.1f} s" in said
     with pytest.raises(ConfigError):
         run_sweep("digits-classifier", ["1.5"], tmp_path / "bad")
 
