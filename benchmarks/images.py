@@ -648,7 +648,8 @@ def main() -> None:
         type=Path,
         default=None,
         metavar="WORK_DIR",
-        help="reuse the preset's run and result from an earlier --work-dir (same budget)",
+        help="reuse the preset's finished run from an earlier --work-dir (same budget; a plain "
+        "run's ours/ or a --variants run's residual-flow/)",
     )
     ap.add_argument(
         "--ours-override",
