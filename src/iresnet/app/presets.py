@@ -30,15 +30,13 @@ class Preset:
 
 
 # ------------------------------------------------------------------------------------ toys
-#: Data sets whose toy preset departs from the default model. The checkerboard's sharp edges
-#: need more, not wider, blocks: at 2500 steps, 16 blocks of width 64 reached test NLL 3.640
-#: where 8 blocks reached 3.722 (width 128: 3.723), true entropy log 32 = 3.466.
-#: Toys whose model departs from the default: the sharp-edged densities want depth more than
-#: width (a block costs about 3 ms a step whatever its width). 90 CPU s on checkerboard, one
-#: seed, KL to the truth (``benchmarks/results/toy-explore-ckb-*-90.md``): 16x64 0.142, 24x32
-#: 0.133, 32x32 0.133, 24x16 0.123-0.126; 24x16 at 300 CPU s 0.081 (16x64: 0.109;
-#: ``toy-explore-ckb-24x16-300.md``), on 2spirals
-#: at 90 CPU s test NLL 2.673 (16x64: 2.805; ``toy-explore-2sp-24x16-90.md``).
+#: Toys whose model departs from the default: the sharp-edged densities need more, not wider,
+#: blocks (a block costs about 3 ms a step whatever its width). At 2500 steps on checkerboard,
+#: 16 blocks of width 64 reached test NLL 3.640 where 8 reached 3.722 (width 128: 3.723; true
+#: entropy log 32 = 3.466). At 90 CPU s, one seed, KL to the truth
+#: (``benchmarks/results/toy-explore-ckb-*-90.md``): 16x64 0.142, 24x32 0.133, 32x32 0.133,
+#: 24x16 0.123-0.126; 24x16 at 300 CPU s 0.081 (16x64: 0.109, ``toy-explore-ckb-24x16-300.md``);
+#: on 2spirals at 90 CPU s test NLL 2.673 (8x64: 2.805, ``toy-explore-2sp-24x16-90.md``).
 _DEEP_NARROW = {"n_blocks": 24, "hidden": 16}
 _TOY_MODEL = {"checkerboard": _DEEP_NARROW, "2spirals": _DEEP_NARROW}
 #: Toys whose training departs from the default. The sharp-edged densities learn faster at a
