@@ -150,7 +150,7 @@ TIMING_STEPS = 15
 
 def preset_config(dataset: str, data_dir: str | None, seed: int) -> Config:
     overrides = [f"train.seed={seed}", "train.threads=1"]
-    if data_dir:
+    if data_dir and dataset != "digits":  # digits come with scikit-learn: no folder
         overrides.append(f"data.data_dir={data_dir}")
     return get_preset(dataset).override(overrides)
 
@@ -426,7 +426,8 @@ def prior_run(work_dir: Path, dataset: str) -> Path:
             return work_dir / dataset / folder
     raise SystemExit(
         f"--ours-from {work_dir}: no finished run of the {dataset} preset in "
-        f"{work_dir / dataset}/ours or /{_slug(REFERENCE)}; give the --work-dir of a run that "
+        f"{work_dir / dataset / 'ours'} or {work_dir / dataset / _slug(REFERENCE)}; give the "
+        "--work-dir of a run that "
         "finished, or leave out --ours-from to train it"
     )
 

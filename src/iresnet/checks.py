@@ -75,7 +75,10 @@ def check_input(
         iresnet.errors.DataError: f: got float64, the module is float32: call x.float() or ...
     """
     if not isinstance(x, Tensor):
-        raise TypeError(f"{where}: expected a torch.Tensor, got {type(x).__name__}")
+        raise TypeError(
+            f"{where}: expected a torch.Tensor, got {type(x).__name__}; convert it with "
+            "torch.as_tensor(x, dtype=torch.float32)"
+        )
     if event_shape is not None:
         event = tuple(int(s) for s in event_shape)
         n = len(event)

@@ -30,8 +30,9 @@ def run(capsys, *argv):
         (["train", "toy-8gaussians", "model.coeff=1.5"], "model.coeff must lie in"),
         (["evaluate", "/nonexistent/run"], "/nonexistent/run: no such run folder"),
         # --data and an override of what it sets: the override won without a word
-        (["train", "--data", "a.npy", "data.path=b.npy"], "data.path=b.npy says otherwise"),
-        (["train", "--data", "a.npy", "data.name=moons"], "data.name=moons says otherwise"),
+        (["train", "--data", "a.npy", "data.path=b.npy"], "data.path=b.npy: give one"),
+        (["train", "--data", "a.npy", "path=b.npy"], "data.path=b.npy: give one"),
+        (["train", "--data", "a.npy", "name=moons"], "data.name=moons data.path=a.npy"),
     ],
 )
 def test_bad_arguments_give_one_line_errors(capsys, argv, message):
@@ -39,6 +40,14 @@ def test_bad_arguments_give_one_line_errors(capsys, argv, message):
     assert code == 2
     lines = [line for line in err.splitlines() if line.startswith("iresnet")]
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in err
+
+
+def test_overrides_that_agree_with_data_are_accepted(capsys):
+    """Only an override that says otherwise is refused (an agreeing one was, too)."""
+    code, out, err = run(capsys, "train", "--data", "a.npy", "data.path=a.npy", "--dry-run")
+    assert code == 0, err
+    code, out, err = run(capsys, "train", "--data", "a.npy", "name=array", "--dry-run")
+    assert code == 0, err
 
 
 def test_bad_data_files_are_refused(tmp_path, capsys):

@@ -305,4 +305,5 @@ def test_a_data_folder_with_a_data_set_that_reads_no_files_is_refused(tmp_path) 
 
     with pytest.raises(DataError, match="'8gaussians' reads none"):
         load_dataset("8gaussians", n_train=10, n_test=5, data_dir=str(tmp_path))
-    load_dataset("digits", data_dir=str(tmp_path))  # an image set may be given one
+    with pytest.raises(DataError, match="'digits' reads none"):  # scikit-learn's
+        load_dataset("digits", data_dir=str(tmp_path))

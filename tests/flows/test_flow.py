@@ -144,9 +144,13 @@ def test_mistakes_are_named_in_one_line_with_the_fix():
         flow.inverse(torch.zeros(4, 2, dtype=torch.float64))
     with pytest.raises(iresnet.DataError, match="got float64"):
         flow.transform[1](torch.zeros(4, 2, dtype=torch.float64))  # a block on its own
-    with pytest.raises(TypeError, match="expected a torch.Tensor"):
+    with pytest.raises(
+        TypeError, match="expected a torch.Tensor, got list; convert it with torch.as_tensor"
+    ):
         flow.log_prob([[0.0, 0.0]])
-    with pytest.raises(TypeError, match="expected a torch.Tensor"):
+    with pytest.raises(
+        TypeError, match="expected a torch.Tensor, got list; convert it with torch.as_tensor"
+    ):
         flow.inverse([[0.0, 0.0]])  # was an AttributeError from the shape check
     for bad in (0, -3, 2.5):
         with pytest.raises(ValueError, match="positive integer"):

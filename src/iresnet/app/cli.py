@@ -296,12 +296,6 @@ def _resolve_train_config(args: argparse.Namespace) -> Config:
     if args.device is not None:
         extra.append(f"train.device={args.device}")
     if args.data is not None:
-        clash = [o for o in overrides if o.split("=", 1)[0] in ("data.name", "data.path")]
-        if clash:
-            raise ConfigError(
-                f"--data {args.data} sets data.name=array and data.path; {clash[0]} says "
-                "otherwise: give one of them"
-            )
         extra += ["data.name=array", f"data.path={args.data}"]
     if args.context is not None:
         if args.data is None:
@@ -309,7 +303,14 @@ def _resolve_train_config(args: argparse.Namespace) -> Config:
         extra.append(f"data.context_path={args.context}")
     if args.data_dir is not None:
         extra.append(f"data.data_dir={args.data_dir}")
-    return cfg.override(extra + overrides)
+    cfg = cfg.override(extra + overrides)
+    if args.data is not None and (cfg.data.name, cfg.data.path) != ("array", str(args.data)):
+        # an override (data.path=, path=, name=, ...) that says otherwise would win silently
+        raise ConfigError(
+            f"--data {args.data} trains on that file, but the overrides give data.name="
+            f"{cfg.data.name} data.path={cfg.data.path}: give one of them"
+        )
+    return cfg
 
 
 def _run_name(cfg: Config) -> str:

@@ -176,7 +176,7 @@ def sweep_table(rows: Sequence[dict[str, Any]]) -> str:
         lines.append(
             f"| {coeff} | {r['test_error_pct']:.2f} | {'yes' if r['invertible'] else 'no'}"
             f" | {recon} | {r['max_lipschitz']:.3g} | {r['steps']} | "
-            f"{r['train_seconds']:.0f} |"
+            f"{r['train_seconds']:.1f} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -218,10 +218,11 @@ def load_dataset(
         )
     if class_context and name not in IMAGE_DATASETS:
         raise DataError(f"class labels as contexts need an image set, not '{name}'")
-    if data_dir is not None and name not in IMAGE_DATASETS:
+    if data_dir is not None and (name not in IMAGE_DATASETS or name == "digits"):
         raise DataError(
             f"a data folder (--data-dir, data.data_dir) holds an image set's files; '{name}' "
-            "reads none: leave it out (your own data: --data FILE)"
+            "reads none (digits come with scikit-learn): leave it out (your own data: --data "
+            "FILE)"
         )
     if train_subset and name not in IMAGE_DATASETS:
         raise DataError(

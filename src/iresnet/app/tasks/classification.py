@@ -43,7 +43,7 @@ Batch = tuple[Tensor, Tensor]  # integer levels (B, C, H, W) and labels (B,)
 
 VANILLA_NOTE = (
     "unconstrained (vanilla) model: no inverse is guaranteed (Lip(g) is not bounded below 1); "
-    "the numbers below are what the fixed-point iteration gave"
+    "its inverse figures are what the fixed-point iteration gave"
 )
 
 
