@@ -111,8 +111,8 @@ def check_input(
         if not integers:
             raise DataError(
                 f"{where}: got an integer tensor ({_name(x.dtype)}) where real values are "
-                f"expected: call x.to({_name(dtype)!r}) (for images of integer levels, build "
-                "the model with levels=K so that it dequantises them)"
+                f"expected: call x.to({_name(dtype)!r}) (images of integer levels: a "
+                "MultiscaleResidualFlow or HybridClassifier built with levels=K dequantises them)"
             )
         return
     # Under autocast, half-precision activations meet float32 weights by design.

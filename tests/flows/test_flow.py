@@ -273,3 +273,12 @@ def test_the_pieces_name_mistakes_too():
     model = iresnet.InvertibleClassifier((1, 8, 8), 10, hidden_channels=4)
     with pytest.raises(iresnet.DataError, match="invert_features"):
         model.invert_features(torch.zeros(2, 3, 4, 4))
+
+
+def test_a_negative_sample_shape_is_one_value_error():
+    """``flow().sample((-1,))`` was torch's "negative dimension" RuntimeError."""
+    flow = iresnet.ResidualFlow(2, transforms=1, hidden_features=(4,))
+    for bad in ((-1,), (2, -3), (1.5,)):
+        with pytest.raises(ValueError, match="sample_shape must hold non-negative integers"):
+            flow().sample(bad)
+    assert flow().sample((0,)).shape == (0, 2)

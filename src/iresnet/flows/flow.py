@@ -224,9 +224,16 @@ class FlowDistribution(Distribution):
         """``x = f^{-1}(z)``, ``z ~ base``, shape ``(*sample_shape, *event_shape)``.
 
         Gradients reach the parameters through the inverses' implicit differentiation.
+
+        Raises:
+            ValueError: a negative or non-integer size in ``sample_shape``.
         """
         if isinstance(sample_shape, int):  # `sample(5)` as torch's own distributions do not
             sample_shape = (sample_shape,)
+        if any(not isinstance(n, int) or n < 0 for n in sample_shape):
+            raise ValueError(
+                f"sample_shape must hold non-negative integers, got {tuple(sample_shape)!r}"
+            )
         shape = torch.Size(sample_shape) + self.batch_shape
         z = self.base.rsample((shape.numel(),))
         if shape.numel() == 0:  # nothing to invert
