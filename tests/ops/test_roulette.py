@@ -146,8 +146,11 @@ def test_fixed_choices_warn_where_their_variance_is_infinite():
     assert est is flow.transform[3].logdet_estimator
     assert est.lipschitz == pytest.approx(0.98**2) and est.auto
     assert est.p == pytest.approx((1 - 0.98**4) / 2)
-    with pytest.raises(ValueError, match="needs the blocks' Lipschitz bound"):
+    with pytest.raises(ValueError, match=r"needs the blocks' Lipschitz bound: pass Russian"):
         iresnet.ops.logdet_estimator("roulette-auto")
+    # the estimator that message names is what swap_logdets takes instead of the name
+    with iresnet.swap_logdets(flow, iresnet.RussianRouletteLogDet(auto=True, lipschitz=0.99)):
+        assert flow.transform[1].logdet_estimator.auto
     # L = 1 (coeff=1): no law has finite variance; a fixed one warns, auto cannot choose
     with pytest.warns(iresnet.RouletteVarianceWarning, match="holds for no law at L >= 1"):
         iresnet.ResidualFlow(2, transforms=1, hidden_features=(8,), coeff=1.0, logdet="roulette")

@@ -1284,7 +1284,11 @@ def logdet_estimator(
         return spec
     if spec == "roulette-auto":
         if lipschitz is None:
-            raise ValueError("logdet='roulette-auto' needs the blocks' Lipschitz bound")
+            raise ValueError(
+                "logdet='roulette-auto' needs the blocks' Lipschitz bound: pass "
+                "RussianRouletteLogDet(auto=True, lipschitz=L) with L a bound of Lip(g) (e.g. "
+                "iresnet.certify(model).max_bound)"
+            )
         return RussianRouletteLogDet(auto=True, lipschitz=lipschitz)
     if spec == "exact":
         return ExactLogDet(max_dim=max(256, dim))

@@ -264,8 +264,9 @@ def swap_logdets(model: nn.Module, estimator: LogDetEstimator | str | None) -> I
     Args:
         model: any module.
         estimator: the estimator to use, a name (``"exact"``, ``"series"``, ``"roulette"``,
-            ``"none"``; see [`logdet_estimator`][iresnet.ops.logdet.logdet_estimator]), or None
-            to leave the blocks as they are.
+            ``"stratified"``, ``"none"``; see
+            [`logdet_estimator`][iresnet.ops.logdet.logdet_estimator]), or None to leave the
+            blocks as they are.
 
     Raises:
         ValueError: an unknown name, or ``"roulette-auto"`` (a name carries no Lipschitz bound
