@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from .errors import DataError
 
-__all__ = ["check_input", "check_size", "check_finite", "module_dtype_device"]
+__all__ = ["check_tensor", "check_input", "check_size", "check_finite", "module_dtype_device"]
 
 
 def module_dtype_device(module: nn.Module) -> tuple[torch.dtype, torch.device] | None:
@@ -39,6 +39,16 @@ def _preorder(module: nn.Module) -> Iterator[nn.Module]:
 
 def _name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
+
+
+def check_tensor(x: object, where: str) -> None:
+    """Raise one ``TypeError`` naming ``torch.as_tensor`` if ``x`` is not a tensor (a list or
+    an array would otherwise fail deep inside, on ``.shape`` or ``.dtype``)."""
+    if not isinstance(x, Tensor):
+        raise TypeError(
+            f"{where}: expected a torch.Tensor, got {type(x).__name__}; convert it with "
+            "torch.as_tensor(x, dtype=torch.float32)"
+        )
 
 
 def check_input(
@@ -74,11 +84,7 @@ def check_input(
         ...
         iresnet.errors.DataError: f: got float64, the module is float32: call x.float() or ...
     """
-    if not isinstance(x, Tensor):
-        raise TypeError(
-            f"{where}: expected a torch.Tensor, got {type(x).__name__}; convert it with "
-            "torch.as_tensor(x, dtype=torch.float32)"
-        )
+    check_tensor(x, where)
     if event_shape is not None:
         event = tuple(int(s) for s in event_shape)
         n = len(event)

@@ -58,7 +58,10 @@ def test_composed_transform_refuses_modules_outside_the_contract():
 def test_composed_transform_names_a_list_input_in_one_line(method):
     """``flow.transform([[0.0, 1.0]])`` was an AttributeError on ``list.shape``."""
     f = iresnet.ResidualFlow(2, transforms=2, hidden_features=(8,)).transform
-    with pytest.raises(TypeError, match=rf"ComposedTransform.{method}: .*got list.*as_tensor"):
+    with pytest.raises(
+        TypeError,
+        match=rf"ComposedTransform.{method}: expected a torch.Tensor, got list.*as_tensor",
+    ):
         getattr(f, method)([[0.0, 1.0]])
 
 

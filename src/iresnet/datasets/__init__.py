@@ -200,7 +200,8 @@ def load_dataset(
             contexts whose rows do not pair with the data's, contexts asked of a data set
             that has none, a user array that splits into fewer than 2 training or 2 test rows,
             a ``train_subset`` of a data set that is not an image set or larger than its
-            training split, or a ``data_dir`` given with a data set that is not an image set.
+            training split, or a ``data_dir`` given with a data set that reads no files (not
+            an image set, or ``digits``).
         ValueError: a ``dequantize`` other than ``"refuse"``, ``"uniform"`` or ``"off"``.
 
     Warns:

@@ -23,6 +23,7 @@ from typing import overload
 import torch
 from torch import Tensor, nn
 
+from ..checks import check_tensor
 from ..ops import InverseDiagnostics
 
 __all__ = ["Transform", "ComposedTransform", "InverseReport"]
@@ -234,7 +235,7 @@ class ComposedTransform(Transform):
         return any(t.conditional for t in self)
 
     def forward(self, x: Tensor, c: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        _tensor(x, "forward")
+        check_tensor(x, "ComposedTransform.forward")
         logdet: Tensor | None = None
         batch = x.shape[0]
         for t in self:
@@ -250,7 +251,7 @@ class ComposedTransform(Transform):
         return x, logdet
 
     def inverse(self, y: Tensor, c: Tensor | None = None) -> Tensor:
-        _tensor(y, "inverse")
+        check_tensor(y, "ComposedTransform.inverse")
         for t in reversed(list(self)):
             y = t.inverse(y, c=c) if t.conditional else t.inverse(y)
         return y
@@ -260,7 +261,7 @@ class ComposedTransform(Transform):
     ) -> tuple[Tensor, InverseReport]:
         """Inverse in reverse order; the diagnostics listed in forward (data-to-latent) order
         and the certified error composed through every inverse."""
-        _tensor(y, "inverse_with_diagnostics")
+        check_tensor(y, "ComposedTransform.inverse_with_diagnostics")
         diagnostics: list[InverseDiagnostics] = []
         error: Tensor | None = torch.zeros(y.shape[0], dtype=torch.float64, device=y.device)
         for t in reversed(list(self)):
@@ -288,15 +289,6 @@ class ComposedTransform(Transform):
         for t in reversed(list(self)):
             shape = t.inverse_shape(shape)
         return tuple(shape)
-
-
-def _tensor(x: object, method: str) -> None:
-    """One line for a list or an array handed where a tensor goes (it was an AttributeError)."""
-    if not isinstance(x, Tensor):
-        raise TypeError(
-            f"ComposedTransform.{method}: expected a torch.Tensor of shape (B, *event), got "
-            f"{type(x).__name__}; convert it with torch.as_tensor(x, dtype=torch.float32)"
-        )
 
 
 def _float(x: Tensor) -> torch.dtype:
