@@ -427,8 +427,7 @@ def prior_run(work_dir: Path, dataset: str) -> Path:
     raise SystemExit(
         f"--ours-from {work_dir}: no finished run of the {dataset} preset in "
         f"{work_dir / dataset / 'ours'} or {work_dir / dataset / _slug(REFERENCE)}; give the "
-        "--work-dir of a run that "
-        "finished, or leave out --ours-from to train it"
+        "--work-dir of a run that finished, or leave out --ours-from to train it"
     )
 
 
