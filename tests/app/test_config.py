@@ -88,3 +88,13 @@ def test_compiling_a_series_log_det_needs_the_neumann_gradient():
     ok = ["train.compile=true", "model.logdet=roulette", "model.neumann_gradient=true"]
     assert Config().override(ok).train.compile
     assert Config().override(["train.compile=true", "model.logdet=exact"]).train.compile
+
+
+def test_toy_presets_name_their_size_in_the_listing():
+    """``iresnet presets`` listed the toys without their size (the image presets had theirs),
+    and checkerboard's and 2spirals' differ from the rest."""
+    for name in ("toy-8gaussians", "toy-checkerboard", "toy-2spirals"):
+        cfg = get_preset(name)
+        size = f"{cfg.model.n_blocks} blocks x {cfg.model.hidden} units"
+        assert size in PRESETS[name].description
+    assert get_preset("toy-checkerboard").model.n_blocks == 24

@@ -49,22 +49,28 @@ _TOY_TRAIN: dict[str, dict[str, Any]] = {
 }
 
 
+def _toy_model(name: str) -> dict[str, Any]:
+    """The toy preset's model section: the default MLP i-ResNet, with ``_TOY_MODEL``'s changes."""
+    return {
+        "kind": "toy",
+        "n_blocks": 8,
+        "hidden": 64,
+        "n_layers": 3,
+        "coeff": 0.98,
+        "logdet": "exact",
+        "activation": "lipswish",
+        "lipswish_beta": 10.0,
+        **_TOY_MODEL.get(name, {}),
+    }
+
+
 def _toy_presets() -> dict[str, Preset]:
     """The default 2-D model: an MLP i-ResNet with exact log-dets (cheap in 2-D)."""
     return {
         f"toy-{name}": Preset(
-            f"2-D toy density '{name}': MLP i-ResNet, exact log-det",
-            {
-                "kind": "toy",
-                "n_blocks": 8,
-                "hidden": 64,
-                "n_layers": 3,
-                "coeff": 0.98,
-                "logdet": "exact",
-                "activation": "lipswish",
-                "lipswish_beta": 10.0,
-                **_TOY_MODEL.get(name, {}),
-            },
+            f"2-D toy density '{name}': MLP i-ResNet, {model['n_blocks']} blocks x "
+            f"{model['hidden']} units, exact log-det",
+            model,
             {"name": name},
             {
                 "steps": 1000,
@@ -79,6 +85,7 @@ def _toy_presets() -> dict[str, Preset]:
             },
         )
         for name in TOY_DATASETS
+        for model in [_toy_model(name)]
     }
 
 
