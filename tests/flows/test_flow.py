@@ -282,3 +282,12 @@ def test_a_negative_sample_shape_is_one_value_error():
         with pytest.raises(ValueError, match="sample_shape must hold non-negative integers"):
             flow().sample(bad)
     assert flow().sample((0,)).shape == (0, 2)
+
+
+def test_a_wrong_single_event_is_reported_with_its_own_shape():
+    """``log_prob(torch.zeros(5))`` on a 2-D flow said it got ``(1, 5)``: the shape of what the
+    flow made of the input, not of the input."""
+    dist = iresnet.ResidualFlow(2, transforms=1, hidden_features=(4,))()
+    with pytest.raises(iresnet.DataError, match=r"shape \(\*batch, 2\), got \(5,\)"):
+        dist.log_prob(torch.zeros(5))
+    assert dist.log_prob(torch.zeros(2)).shape == ()  # one event of the right shape still works

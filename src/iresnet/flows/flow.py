@@ -201,7 +201,7 @@ class FlowDistribution(Distribution):
                 a batch shape that does not broadcast with the contexts'; the message says how
                 to fix it.
         """
-        if isinstance(value, Tensor) and value.dim() == len(self.event_shape):  # one event
+        if isinstance(value, Tensor) and value.shape == self.event_shape:  # one event
             return self.log_prob(value.unsqueeze(0)).reshape(self.batch_shape)
         flat, sample_shape = self._flat(value, "log_prob")
         if self.validate:
