@@ -395,8 +395,7 @@ class Trainer:
             **self.last,
             "lr": lr,
             "grad_norm": float(grad_norm) if grad_norm is not None else math.nan,
-            "seconds": round(time.perf_counter() - self.start, 3),
-            "cpu_seconds": round(cpu_clock() - self.cpu_start, 3),
+            **self._clocks(),
         }
         self.run.log(row)
         self.bar.set_postfix({k: f"{v:.4f}" for k, v in self.last.items()}, refresh=False)
@@ -409,15 +408,15 @@ class Trainer:
     def evaluate(self) -> None:
         """Test metrics of the evaluation model on ``eval_batches`` batches, logged."""
         test = self.task.evaluate(self.evaluation_model, max_batches=self.cfg.train.eval_batches)
-        self.run.log(
-            {
-                "step": self.step_count,
-                **test,
-                "seconds": round(time.perf_counter() - self.start, 3),
-                "cpu_seconds": round(cpu_clock() - self.cpu_start, 3),
-            }
-        )
+        self.run.log({"step": self.step_count, **test, **self._clocks()})
         self.last.update(test)
+
+    def _clocks(self) -> dict[str, float]:
+        """Wall and CPU seconds of this run so far, as every ``metrics.jsonl`` row gives them."""
+        return {
+            "seconds": round(time.perf_counter() - self.start, 3),
+            "cpu_seconds": round(cpu_clock() - self.cpu_start, 3),
+        }
 
     def checkpoint(self) -> None:
         """An atomic checkpoint of everything ``restore`` needs (rank 0 writes)."""
