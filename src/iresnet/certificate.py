@@ -96,6 +96,13 @@ class Certificate:
         """The largest block bound (NaN without blocks)."""
         return max((b.bound for b in self.blocks), default=math.nan)
 
+    @property
+    def max_lipschitz(self) -> float:
+        """[`max_bound`][iresnet.certificate.Certificate.max_bound] under the name that
+        [`to_dict`][iresnet.certificate.Certificate.to_dict], `iresnet evaluate --json` and
+        `iresnet sweep` give it, so code written against either reads both."""
+        return self.max_bound
+
     def to_dict(self) -> dict:
         """JSON-ready ``{"invertible", "max_lipschitz", "blocks": [{"name", "lipschitz",
         "conditional", "layers": [{"name", "bound", "method"}]}]}``."""

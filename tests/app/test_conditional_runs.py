@@ -132,9 +132,9 @@ def test_train_with_contexts_then_score_agrees_with_evaluate(tmp_path, capsys):
     np.save(tmp_path / "tx.npy", trained.data.test_x.numpy())
     np.savetxt(tmp_path / "tc.csv", trained.data.test_c.numpy(), delimiter=",")
 
-    def score(out: str) -> tuple[int, str, str]:
+    def score(out: str, *flags: str) -> tuple[int, str, str]:
         inputs = ["--data", str(tmp_path / "tx.npy"), "--context", str(tmp_path / "tc.csv")]
-        return run(capsys, "score", str(out_dir), *inputs, "--out", str(tmp_path / out))
+        return run(capsys, "score", str(out_dir), *inputs, "--out", str(tmp_path / out), *flags)
 
     code, out, err = score("logp.csv")
     assert code == 0, err and "exact" in out
@@ -148,6 +148,13 @@ def test_train_with_contexts_then_score_agrees_with_evaluate(tmp_path, capsys):
     code, out, err = score("logp.npy")
     assert code == 0
     np.testing.assert_allclose(np.load(tmp_path / "logp.npy")[:, 0], table)
+    # an exact log-det is evaluated once: one repeat is enough, none is not
+    code, out, err = score("logp.npy", "--repeats", "1", "--overwrite")
+    assert code == 0, err
+    np.testing.assert_allclose(np.load(tmp_path / "logp.npy")[:, 0], table)
+    code, out, err = score("logp1.npy", "--repeats", "0")
+    assert code == 2 and not (tmp_path / "logp1.npy").exists()
+    _one_line_error(err, "--repeats must be >= 1")
     # sampling at a context, from the command line
     code, out, err = run(
         capsys,
@@ -389,6 +396,12 @@ def test_a_class_conditional_digits_run_samples_each_class_and_scores_in_bits(tm
         "3",
     )
     assert code == 0, err
+    one = ["--data", str(tmp_path / "x.npy"), "--context", str(tmp_path / "y.csv")]
+    code, _, err = run(
+        capsys, "score", str(out_dir), *one, "--out", str(tmp_path / "o1.csv"), "--repeats", "1"
+    )
+    assert code == 2 and not (tmp_path / "o1.csv").exists()
+    _one_line_error(err, "--repeats must be >= 2")
     header = (tmp_path / "o.csv").read_text().splitlines()[0]
     assert header == "log_prob,log_prob_se,bpd,bpd_se"
     table = np.loadtxt(tmp_path / "o.csv", delimiter=",", skiprows=1)

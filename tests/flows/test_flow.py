@@ -115,6 +115,9 @@ def test_certificate_reports_each_block():
         if isinstance(m, iresnet.SpectralLinear):
             prod *= torch.linalg.matrix_norm(m.normalized_weight().detach(), ord=2).item()
     assert cert.blocks[0].bound == pytest.approx(prod, rel=1e-6)
+    # one maximum under the Python name and the JSON name
+    largest = max(b.bound for b in cert.blocks)
+    assert cert.max_bound == cert.max_lipschitz == cert.to_dict()["max_lipschitz"] == largest
 
 
 def test_certificate_refuses_unconstrained_blocks():

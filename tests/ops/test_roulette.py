@@ -132,6 +132,11 @@ def test_fixed_choices_warn_where_their_variance_is_infinite():
     with pytest.warns(iresnet.RouletteVarianceWarning, match="p <= 1 - L"):
         est = iresnet.RussianRouletteLogDet(p=0.5, lipschitz=0.9)
     assert "INFINITE variance" in repr(est) and math.isinf(est.variance_bound(0.9))
+    # the warning prices its fix: at L = 0.9 the automatic law has p = (1 - 0.81) / 2 = 0.095
+    # and n_exact = ceil(0.81 / 0.19) = 5, so E[N] = 5 + 0.905 / 0.095 = 14.5 against 2 + 1
+    priced = r"p=0.095, n_exact=5: E\[N\] = 14.5 terms per probe against 3.0 now"
+    with pytest.warns(iresnet.RouletteVarianceWarning, match=priced):
+        iresnet.RussianRouletteLogDet(p=0.5, lipschitz=0.9)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         ok = iresnet.RussianRouletteLogDet(p=0.1, lipschitz=0.9)

@@ -264,7 +264,8 @@ def score_file(
 
     Raises:
         ConfigError: not a density run; contexts given to an unconditional run or missing for
-            a conditional one.
+            a conditional one; ``repeats`` below 2 for a stochastic estimate (below 1 for an
+            exact one, which is evaluated once whatever ``repeats`` says).
         DataError: a malformed file, a wrong number of columns or shape, non-integer or
             out-of-range image levels, NaN/Inf, or context rows that do not pair with the
             points.
@@ -312,6 +313,13 @@ def score_file(
         raise ConfigError("--context: this run is not conditional; score without it")
     name, estimator = scoring_estimator(task.dim)
     stochastic = name != "exact" or task.images  # dequantisation noise is random too
+    if repeats < (2 if stochastic else 1):
+        why = "the SE of a stochastic estimate needs two draws" if stochastic else "one pass"
+        raise ConfigError(
+            f"--repeats must be >= {2 if stochastic else 1} ({why}; the {name} log-det"
+            + (" with dequantisation noise" if task.images else "")
+            + f" scores this run), got {repeats}"
+        )
     draws = []
     dtype = task.model_dtype(model)
     with evaluating(model), swap_logdets(model, estimator):

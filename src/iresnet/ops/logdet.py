@@ -1006,15 +1006,19 @@ class RussianRouletteLogDet(LogDetEstimator):
             need = f"needs p <= 1 - L^2 = {1 - lipschitz**2:.4g}"
         else:
             need = "is infinite for every L > 0"
+        auto = ""
+        if lipschitz < 1:
+            # What the fix costs: the automatic law's expected terms against this one's.
+            p, n_exact = roulette_for_lipschitz(lipschitz)
+            auto = (
+                f"; logdet='roulette-auto' chooses p and n_exact from the bound (here p={p:.3g}, "
+                f"n_exact={n_exact}: E[N] = {n_exact + (1 - p) / p:.1f} terms per probe against "
+                f"{self.expected_vjps() / self.n_probes:.1f} now)"
+            )
         warnings.warn(
             f"{where + ': ' if where else ''}the Russian roulette ({self.distribution}, {what}) "
             f"is not guaranteed a finite variance for blocks bounded by Lip(g) <= "
-            f"{lipschitz:.4g} (infinite when J = L I): the guarantee {need}"
-            + (
-                "; logdet='roulette-auto' chooses p and n_exact from the bound"
-                if lipschitz < 1
-                else ""
-            ),
+            f"{lipschitz:.4g} (infinite when J = L I): the guarantee {need}{auto}",
             RouletteVarianceWarning,
             stacklevel=3,
         )
