@@ -54,6 +54,7 @@ __all__ = [
     "roulette_variance_bound",
     "roulette_variance_is_finite",
     "auto_roulette_bound",
+    "truncation_cap",
 ]
 
 
@@ -99,6 +100,38 @@ def roulette_for_lipschitz(lipschitz: float) -> tuple[float, int]:
     _check_lipschitz(lipschitz)
     l2 = lipschitz * lipschitz
     return (1.0 - l2) / 2.0, max(2, math.ceil(l2 / (1.0 - l2) - 1e-12))
+
+
+def truncation_cap(lipschitz: float, tol: float = 1e-6) -> int:
+    """The smallest cap ``K`` on the number of terms whose truncation bias is at most ``tol``
+    nats per dimension for every ``g`` with ``Lip(g) <= L``.
+
+    Capping ``N`` at ``K`` keeps the weights ``1 / P(N >= k)`` of the terms ``k <= K`` (the
+    capped ``N`` reaches ``k <= K`` exactly when the uncapped one does), so the capped
+    roulette's mean is the series truncated after ``K`` terms, and its bias is the tail:
+    ``|sum_{k>K} (-1)^(k+1) tr(J^k) / k| <= d L^(K+1) / ((K+1)(1-L))`` for ``J`` of size ``d``.
+
+    Args:
+        lipschitz: ``L`` in ``[0, 1)``.
+        tol: the bias allowed per dimension, in nats (> 0).
+
+    Returns:
+        ``K >= 1``.
+
+    Raises:
+        ValueError: ``L`` outside ``[0, 1)`` or ``tol <= 0``.
+
+    Examples:
+        >>> truncation_cap(0.5), truncation_cap(0.99)
+        (16, 1133)
+    """
+    _check_lipschitz(lipschitz)
+    if not tol > 0:
+        raise ValueError(f"tol must be positive, got {tol}")
+    k = 1
+    while lipschitz ** (k + 1) / ((k + 1) * (1.0 - lipschitz)) > tol:
+        k += 1
+    return k
 
 
 def auto_roulette_bound(lipschitz: float, n_exact: int) -> float:
