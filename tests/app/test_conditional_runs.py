@@ -206,6 +206,20 @@ def test_score_and_context_mistakes_are_one_line_errors(tmp_path, capsys):
         (["--data", str(tmp_path / "nan.csv"), "--context", str(tmp_path / "c5.npy")], "NaN"),
         (["--data", str(tmp_path / "x2.npy"), "--context", str(tmp_path / "c.txt")], "no such"),
     ]
+    # broken context files (found by a try-out: tracebacks, or numpy's advice to unpickle)
+    (tmp_path / "rnd.npy").write_bytes(bytes(range(50)))
+    (tmp_path / "empty.npy").write_bytes(b"")
+    (tmp_path / "png.csv").write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff\xfe")
+    np.save(tmp_path / "obj.npy", np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
+    for name, message in [
+        ("rnd.npy", "bad magic bytes"),
+        ("empty.npy", "the file is empty"),
+        ("png.csv", "not UTF-8 text"),
+        ("obj.npy", "cannot load without pickle"),
+    ]:
+        cases.append(
+            (["--data", str(tmp_path / "x2.npy"), "--context", str(tmp_path / name)], message)
+        )
     for argv, message in cases:
         code, _, err = run(capsys, "score", str(out_dir), *argv, "--out", logp)
         assert code == 2
@@ -408,6 +422,15 @@ def test_a_class_conditional_digits_run_samples_each_class_and_scores_in_bits(tm
     assert (table[:, 1] > 0).all()
     np.testing.assert_allclose(table[:, 2], -table[:, 0] / (64 * math.log(2)))  # level units
     np.testing.assert_allclose(table[:, 3], table[:, 1] / (64 * math.log(2)))
+    for name, content, message in [
+        ("rnd.npy", bytes(range(50)), "bad magic bytes"),
+        ("empty.npy", b"", "the file is empty"),
+    ]:
+        (tmp_path / name).write_bytes(content)
+        argv = ["--data", str(tmp_path / name), "--context", str(tmp_path / "y.csv")]
+        code, _, err = run(capsys, "score", str(out_dir), *argv, "--out", str(tmp_path / "b.csv"))
+        assert code == 2 and not (tmp_path / "b.csv").exists()
+        _one_line_error(err, message)
     np.save(tmp_path / "bad.npy", (x + 20).astype(np.int64))
     code, _, err = run(
         capsys,

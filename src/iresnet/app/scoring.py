@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..datasets import load_array
+from ..datasets.arrays import load_array, read_npy
 from ..errors import ConfigError, DataError
 from ..transforms import swap_logdets
 from .tasks import DensityTask, Task
@@ -95,18 +95,21 @@ def read_contexts(path: Path) -> np.ndarray:
         DataError: a missing file, another extension, or content that is not numeric.
     """
     if path.suffix.lower() == ".npy" and path.is_file():
-        try:
-            arr = np.load(path, allow_pickle=False)
-        except (ValueError, OSError) as exc:
-            raise DataError(f"{path}: not a plain numeric .npy array ({exc})") from None
-        if arr.dtype.kind not in "biuf" or arr.ndim not in (1, 2) or arr.size == 0:
+        arr = read_npy(path)
+        if arr.ndim not in (1, 2) or arr.size == 0:
             raise DataError(
                 f"{path}: expected numeric contexts of shape (m, k) or (k,), got {arr.dtype} "
                 f"array of shape {arr.shape}"
             )
         return np.atleast_2d(arr.astype(np.float64)) if arr.ndim == 2 else arr.astype(np.float64)
     if path.suffix.lower() == ".csv" and path.is_file():
-        if sum(1 for line in path.read_text(encoding="utf-8").splitlines() if line.strip()) < 2:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise DataError(
+                f"{path}: not UTF-8 text ({exc.reason}); save the CSV as UTF-8"
+            ) from None
+        if sum(1 for line in text.splitlines() if line.strip()) < 2:
             try:
                 return np.loadtxt(path, delimiter=",", ndmin=2)
             except ValueError as exc:
@@ -219,7 +222,7 @@ def _read_points(task: DensityTask, path: Path) -> torch.Tensor:
         raise DataError(
             f"{path}: image runs score a .npy array of shape (N, {', '.join(map(str, shape))})"
         )
-    arr = np.load(path, allow_pickle=False)
+    arr = read_npy(path)
     levels = task.data.n_levels or 256
     if arr.dtype.kind == "f" and arr.size and np.isfinite(arr).all():
         if arr.min() < 0 or arr.max() > 1:

@@ -25,6 +25,7 @@ from ..errors import ConfigError, DataError
 
 __all__ = [
     "load_array",
+    "read_npy",
     "split_array",
     "check_range",
     "check_spread",
@@ -100,9 +101,20 @@ def _is_unnamed_index(array: np.ndarray, header: list[str] | None) -> bool:
     return bool(np.all(first == np.round(first))) and len(np.unique(first)) == len(first)
 
 
-def _read_npy(path: Path) -> np.ndarray:
+def read_npy(path: str | os.PathLike[str]) -> np.ndarray:
+    """One real numeric array from a ``.npy`` file, read without pickle, any shape.
+
+    Raises:
+        DataError: a missing or empty file, one that is not ``.npy`` (bad magic bytes), an
+            object array or pickle, a truncated file, or a dtype that is not real numeric.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
     with path.open("rb") as fh:
         magic = fh.read(6)
+    if not magic:
+        raise DataError(f"{path}: the file is empty; save the data with numpy.save")
     if magic != b"\x93NUMPY":
         # Without this, numpy.load takes any other file for a pickle and blames allow_pickle.
         raise DataError(f"{path}: not a .npy file (bad magic bytes); save the data with numpy.save")
@@ -125,6 +137,11 @@ def _read_npy(path: Path) -> np.ndarray:
             f"{path}: array dtype {array.dtype} is not real-valued numeric; convert it with "
             "x.astype(float) (split complex data into real and imaginary columns)"
         )
+    return array
+
+
+def _read_npy(path: Path) -> np.ndarray:
+    array = read_npy(path)
     if array.ndim == 1:
         raise DataError(
             f"{path}: array is 1-D with shape {array.shape}; a density needs shape (N, d): for "
