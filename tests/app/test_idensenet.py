@@ -70,3 +70,21 @@ def test_toy_kind_takes_the_dense_branch():
     flow = build_model(cfg, data)
     assert sum(isinstance(m, DenseLayer) for m in flow.modules()) == 2 * cfg.model.n_blocks
     assert flow.log_prob(data.test_x[:4].float()).shape == (4,)
+
+
+@pytest.mark.parametrize(
+    ("preset", "message"),
+    [
+        ("digits-classifier", "model.branch=dense is for the flows"),
+        ("digits-hybrid", "model.branch=dense is for the flows"),
+        ("digits-conditional", "no conditional form yet"),
+        ("toy-moving-gaussian", "no conditional form yet"),
+    ],
+)
+def test_a_dense_branch_where_the_builder_has_none_is_refused_by_the_config(preset, message):
+    """Found by a try-out: a classifier took model.branch=dense, recorded it and built plain
+    blocks; a conditional preset passed --dry-run and failed only when building."""
+    cfg = get_preset(preset)
+    cfg.model.branch = "dense"
+    with pytest.raises(ConfigError, match=message):
+        cfg.validate()

@@ -15,6 +15,7 @@ import typing
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from ..datasets.conditional import CONDITIONAL_TOYS
 from ..errors import ConfigError
 
 __all__ = ["ModelConfig", "DataConfig", "TrainConfig", "Config", "SECTIONS"]
@@ -155,6 +156,11 @@ class ModelConfig:
             raise ConfigError(
                 f"model.block=monotone is for the flows (toy, iresnet-image, resflow-image), "
                 f"not model.kind={self.kind}; use model.block=residual"
+            )
+        if self.branch == "dense" and self.kind in ("classifier", "hybrid"):
+            raise ConfigError(
+                f"model.branch=dense is for the flows (toy, iresnet-image, resflow-image), not "
+                f"model.kind={self.kind}, whose blocks are plain: use model.branch=plain"
             )
         _choice("model.dequantization", self.dequantization, ("uniform", "variational"))
         if self.dequantization == "variational" and self.kind in ("toy", "classifier"):
@@ -445,6 +451,14 @@ class Config:
             raise ConfigError(
                 "train.augment moves images for classifiers and hybrids; a density model "
                 f"(model.kind={self.model.kind}) would learn the moved images: set it to false"
+            )
+        conditional = bool(
+            self.data.context_path or self.data.class_context or self.data.name in CONDITIONAL_TOYS
+        )
+        if conditional and self.model.branch == "dense":
+            raise ConfigError(
+                "model.branch=dense has no conditional form yet, and this data set comes with "
+                "contexts: use model.branch=plain"
             )
         if (
             self.train.compile
