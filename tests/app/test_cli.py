@@ -103,6 +103,10 @@ def test_train_evaluate_sample_certify(tmp_path, capsys):
     part = json.loads(out)
     assert code == 0 and part["n_test"] == 100 and result["n_test"] > 100
     assert part["test_nll_se"] > result["test_nll_se"]  # fewer points, wider error bar
+    # the three figures belong to the same points (true_entropy came from other draws)
+    for r in (result, part):
+        gap = r["test_nll"] - r["true_entropy"]
+        assert gap == pytest.approx(r["entropy_gap"], rel=1e-9, abs=1e-9)
     code, _, err = run(capsys, "evaluate", str(out_dir), "--n-test", "0")
     assert code != 0 and "--n-test" in err and "Traceback" not in err
     code, out, _ = run(capsys, "sample", str(out_dir), "-n", "50", "--out", str(tmp_path / "s.npy"))
