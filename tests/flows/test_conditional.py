@@ -313,6 +313,9 @@ def test_context_mistakes_are_named_in_one_line():
         with pytest.raises(DataError, match=match) as info:
             call()
         assert "\n" not in str(info.value)
+    # the context in the temperature's place (log_prob takes it second; sample third)
+    with pytest.raises(TypeError, match=r"pass the context by name, flow.sample\(n, c=c\)"):
+        flow.sample(3, torch.randn(3, 1))
     with pytest.raises(ValueError, match="context"):
         iresnet.ResidualFlow(2, context=-1)
     with pytest.raises(ValueError, match="conditional"):

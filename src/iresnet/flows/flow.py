@@ -455,10 +455,17 @@ class Flow(nn.Module):
         Raises:
             ValueError: ``n < 1``, or ``temperature != 1`` with a base that is not a normal
                 distribution.
-            TypeError: ``c`` is given but is not a tensor.
+            TypeError: ``c`` is given but is not a tensor, or a tensor is passed as the
+                temperature (the context goes by name: ``sample(n, c=c)``).
             DataError: a context missing, given to an unconditional flow, or of the wrong
                 shape, dtype or device.
         """
+        if isinstance(temperature, Tensor):
+            raise TypeError(
+                "sample: the second argument is the temperature, got a tensor; pass the context "
+                "by name, flow.sample(n, c=c), or sample the conditional distribution, "
+                "flow(c).sample((n,))"
+            )
         with torch.no_grad():
             z = self.sample_latent(n, temperature)
             cs = self._sample_contexts(n, c)
