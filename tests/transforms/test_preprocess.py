@@ -47,6 +47,9 @@ def test_dequantize_rejects_bad_levels() -> None:
         dequantize(torch.tensor([0, 4]), 4)
     with pytest.raises(DataError, match="integer"):
         dequantize_mid(torch.tensor([0.5]), 4)
+    # a sampled image in [0, 1] is told how to become levels
+    with pytest.raises(DataError, match=r"levels torch.floor\(x \* 4\).clamp\(max=3\)"):
+        dequantize(torch.tensor([0.25, 0.6]), 4)
     with pytest.raises(DataError, match="n_levels"):
         dequantize(torch.tensor([0]), 1)
 

@@ -63,7 +63,11 @@ def _check_levels(x: torch.Tensor, n_levels: int) -> None:
     if lo < 0 or hi > n_levels - 1:
         raise DataError(f"levels must lie in 0..{n_levels - 1}, got values in [{lo}, {hi}]")
     if x.is_floating_point() and not torch.equal(x, x.round()):
-        raise DataError("expected integer levels, got non-integer floating values")
+        raise DataError(
+            f"expected integer levels 0..{n_levels - 1}, got non-integer floating values; "
+            f"images in [0, 1] (as `iresnet sample` writes them) are levels "
+            f"torch.floor(x * {n_levels}).clamp(max={n_levels - 1})"
+        )
 
 
 def _float_dtype(x: torch.Tensor, dtype: torch.dtype | None) -> torch.dtype:
