@@ -422,6 +422,10 @@ def test_the_third_new_users_findings(capsys, tmp_path, monkeypatch):
 
     line = _config_summary(Config().override(["model.block=monotone", "model.activation=cpila"]))
     assert "monotone blocks, cpila" in line and "monotone" not in _config_summary(Config())
+    # a run shorter than its warm-up never reaches its learning rate, and is told so
+    short = _config_summary(Config().override(["train.steps=20", "train.warmup_steps=50"]))
+    assert "note: train.warmup_steps=50 is not below the run's 20 steps" in short
+    assert "note" not in _config_summary(Config().override(["train.steps=51", "warmup_steps=50"]))
     with pytest.raises(TypeError, match=r"one per hidden layer \(e.g. \(64,\)\), got 64"):
         iresnet.ResidualFlow(2, hidden_features=64)
     out = tmp_path / "run"

@@ -402,6 +402,15 @@ def _config_summary(cfg: Config) -> str:
             f"data {data}; train {t.steps} steps{budget}, batch {t.batch_size}, "
             f"{t.optimizer} lr {t.lr:g} ({t.lr_schedule}), seed {t.seed}, device {t.device}",
         ]
+        + (
+            [
+                f"note: train.warmup_steps={t.warmup_steps} is not below the run's {t.steps} "
+                f"steps, so the learning rate stays below {t.lr:g} (lower train.warmup_steps "
+                "for a short run)"
+            ]
+            if t.warmup_steps >= t.steps
+            else []
+        )
     )
 
 
