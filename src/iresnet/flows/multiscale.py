@@ -156,10 +156,14 @@ class MultiscaleResidualFlow(Flow):
         blocks: residual blocks per scale.
         hidden_channels: channels between the convolutions of each branch.
         coeff: the Lipschitz coefficient ``c`` of every convolution, in ``(0, 1]``.
-        activation: ``"lipswish"``, ``"elu"`` or a factory of 1-Lipschitz modules.
+        activation: ``"lipswish"``, ``"elu"``, ``"clipswish"`` or ``"cpila"`` (the last two
+            concatenate, doubling the width they feed; see
+            [`ACTIVATIONS`][iresnet.nn.activations.ACTIVATIONS]) or a factory of
+            1-Lipschitz modules.
         logdet: ``"exact"``, ``"series"``, ``"roulette"``, ``"roulette-auto"`` (chosen per
             block from its design bound, finite variance; see
-            [`RussianRouletteLogDet`][iresnet.ops.logdet.RussianRouletteLogDet]) or a
+            [`RussianRouletteLogDet`][iresnet.ops.logdet.RussianRouletteLogDet]),
+            ``"stratified"``, ``"none"`` (no log-det: ``log_prob`` is NaN) or a
             [`LogDetEstimator`][iresnet.ops.logdet.LogDetEstimator] shared by the blocks. With
             the default roulette, ``log_prob`` is an unbiased random estimate in eval mode too;
             evaluate with [`swap_logdets`][iresnet.transforms.residual.swap_logdets] (``"exact"``

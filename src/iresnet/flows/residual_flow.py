@@ -124,10 +124,15 @@ class ResidualFlow(Flow):
         transforms: the number of residual blocks.
         hidden_features: hidden sizes of each branch ``g``.
         coeff: the Lipschitz coefficient ``c`` of every linear layer, in ``(0, 1]``.
-        activation: ``"lipswish"``, ``"elu"`` or a factory of 1-Lipschitz modules.
+        activation: ``"lipswish"``, ``"elu"``, ``"clipswish"`` or ``"cpila"`` (the last two
+            concatenate, doubling the width they feed; see
+            [`ACTIVATIONS`][iresnet.nn.activations.ACTIVATIONS]) or a factory of
+            1-Lipschitz modules.
         logdet: ``"exact"``, ``"series"``, ``"roulette"``, ``"roulette-auto"`` (``p`` and
             ``n_exact`` chosen from the blocks' design bound ``Lip(g) <= coeff^n`` so the
-            variance is finite) or a [`LogDetEstimator`][iresnet.ops.logdet.LogDetEstimator]
+            variance is finite), ``"stratified"`` (the roulette with more probes on its first
+            terms), ``"none"`` (no log-det: ``log_prob`` is NaN; for sampling or features
+            only) or a [`LogDetEstimator`][iresnet.ops.logdet.LogDetEstimator]
             (shared by all blocks); see
             [`logdet_estimator`][iresnet.ops.logdet.logdet_estimator]. A roulette whose fixed
             ``p`` has infinite variance for that bound warns
