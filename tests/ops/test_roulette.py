@@ -137,6 +137,10 @@ def test_fixed_choices_warn_where_their_variance_is_infinite():
     priced = r"p=0.095, n_exact=5: E\[N\] = 14.5 terms per probe against 3.0 now"
     with pytest.warns(iresnet.RouletteVarianceWarning, match=priced):
         iresnet.RussianRouletteLogDet(p=0.5, lipschitz=0.9)
+    # the stratified roulette is pointed at its own automatic form, not at another estimator
+    own = r"StratifiedRouletteLogDet\(auto=True, lipschitz=0.9\) chooses p and n_exact"
+    with pytest.warns(iresnet.RouletteVarianceWarning, match=own):
+        iresnet.StratifiedRouletteLogDet(p=0.5, lipschitz=0.9)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         ok = iresnet.RussianRouletteLogDet(p=0.1, lipschitz=0.9)

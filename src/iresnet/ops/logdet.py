@@ -1023,10 +1023,15 @@ class RussianRouletteLogDet(LogDetEstimator):
         if lipschitz < 1:
             # What the fix costs: the automatic law's expected terms against this one's.
             p, n_exact = roulette_for_lipschitz(lipschitz)
+            named = (
+                "logdet='roulette-auto'"
+                if type(self) is RussianRouletteLogDet
+                else f"{type(self).__name__}(auto=True, lipschitz={lipschitz:.4g})"
+            )
             auto = (
-                f"; logdet='roulette-auto' chooses p and n_exact from the bound (here p={p:.3g}, "
+                f"; {named} chooses p and n_exact from the bound (here p={p:.3g}, "
                 f"n_exact={n_exact}: E[N] = {n_exact + (1 - p) / p:.1f} terms per probe against "
-                f"{self.expected_vjps() / self.n_probes:.1f} now)"
+                f"{RussianRouletteLogDet.expected_vjps(self) / self.n_probes:.1f} now)"
             )
         warnings.warn(
             f"{where + ': ' if where else ''}the Russian roulette ({self.distribution}, {what}) "
