@@ -230,7 +230,9 @@ def test_a_data_run_is_named_after_its_file_and_says_what_its_numbers_are(tmp_pa
     assert (tmp_path / "runs" / "my-measurements" / "config.json").is_file()
     last = result.stdout.strip().splitlines()[-1]
     assert "nats" in last and "60 test samples" in last and "EMA" in last, last
-    assert len(result.stderr.strip().splitlines()) == 2, result.stderr  # the config in brief
+    lines = result.stderr.strip().splitlines()
+    # the config in brief, and the note that 2 steps never finish the 50-step warm-up
+    assert len(lines) == 3 and lines[2].startswith("note: train.warmup_steps=50"), lines
 
 
 def test_ctrl_c_exits_130_after_its_checkpoint(tmp_path):
