@@ -137,6 +137,21 @@ def test_a_run_that_spent_its_time_budget_is_resumed_with_a_new_one(tmp_path, ca
     assert code == 2 and "not KEY=VALUE overrides" in err
 
 
+def test_a_torn_checkpoint_is_named_once_when_a_run_resumes(tmp_path, capsys):
+    """Found by a try-out: the budget check and the trainer each warned about the same file."""
+    import os
+
+    out_dir = tmp_path / "run"
+    code, _, err = run(capsys, "train", *TINY, "--steps", "10", "--out", str(out_dir))
+    assert code == 0, err
+    newest = sorted((out_dir / "checkpoints").glob("step-*"))[-1]
+    os.remove(newest / "MANIFEST.json")
+    with pytest.warns(RuntimeWarning, match="skipping checkpoint") as caught:
+        code, _, err = run(capsys, "train", "--resume", str(out_dir), "--steps", "15")
+    assert code == 0, err
+    assert sum("skipping checkpoint" in str(w.message) for w in caught) == 1
+
+
 def test_unavailable_devices_are_named_in_one_line(capsys, tmp_path):
     out_dir = tmp_path / "run"
     code, out, err = run(capsys, "train", "--device", "foo", "--steps", "2", "--out", str(out_dir))

@@ -17,10 +17,10 @@ import signal
 import subprocess
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import MISSING, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -456,7 +456,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if budgets:
             cfg = cfg.override(budgets)
         _check_budget_left(run, cfg)
-        done = run.last_step()
+        done = _quietly(run.last_step)
         if args.steps is None and done >= cfg.train.steps and run.weights_path.is_file():
             raise ConfigError(
                 f"{run.path} already finished ({done} of {cfg.train.steps} steps): extend it "
@@ -516,10 +516,21 @@ _UNITS = {"nll": "nats", "bpd": "bits/dim", "acc": "", "accuracy": "", "error": 
 _BUDGET_KEYS = ("max_seconds", "max_cpu_seconds")
 
 
+_T = TypeVar("_T")
+
+
+def _quietly(fn: Callable[..., _T], *args: Any) -> _T:
+    """``fn(*args)`` without its skipped-checkpoint warnings: the trainer, which reads the
+    same checkpoints next, names each torn one once."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return fn(*args)
+
+
 def _check_budget_left(run: Run, cfg: Config) -> None:
     """Refuse to resume a run whose time budget is spent (it would train one step and stop),
     naming the override that gives it more."""
-    checkpoint = latest_checkpoint(run.checkpoints)
+    checkpoint = _quietly(latest_checkpoint, run.checkpoints)
     if checkpoint is None:
         return  # the trainer says there is nothing to resume
     try:
