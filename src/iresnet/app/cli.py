@@ -167,7 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
         "`torchrun --standalone --nproc_per_node=N` (DDP; gloo on CPU, nccl on GPU)",
     )
     p.add_argument(
-        "--dry-run", action="store_true", help="print the whole resolved config (JSON) and stop"
+        "--dry-run",
+        action="store_true",
+        help="check the config and print it whole (JSON), then stop; the data is not read, so "
+        "a model that does not fit the data's shape is refused only by train",
     )
     p.add_argument(
         "--verbose", action="store_true", help="print the whole resolved config, not a summary"
