@@ -107,12 +107,14 @@ def build_logdet(cfg: ModelConfig, dim: int) -> LogDetEstimator:
             neumann_gradient=cfg.neumann_gradient,
             memory_efficient=cfg.memory_efficient,
         )
-    if cfg.logdet == "stratified":
+    if cfg.logdet in ("stratified", "stratified-auto"):
+        auto = cfg.logdet == "stratified-auto"  # the tail's law: chosen by the family per block
         return StratifiedRouletteLogDet(
             head_terms=cfg.head_terms,
             head_probes=cfg.head_probes,
-            p=cfg.roulette_p,
-            n_exact=cfg.n_exact,
+            p=None if auto else cfg.roulette_p,
+            n_exact=None if auto else cfg.n_exact,
+            auto=auto,
             n_probes=cfg.n_probes,
             probe=cfg.probe,  # type: ignore[arg-type]
             neumann_gradient=cfg.neumann_gradient,

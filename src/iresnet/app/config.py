@@ -21,7 +21,8 @@ from ..errors import ConfigError
 __all__ = ["ModelConfig", "DataConfig", "TrainConfig", "Config", "SECTIONS"]
 
 MODEL_KINDS = ("toy", "iresnet-image", "resflow-image", "classifier", "hybrid")
-LOGDETS = ("exact", "series", "roulette", "roulette-auto", "stratified")
+LOGDETS = ("exact", "series", "roulette", "roulette-auto", "stratified", "stratified-auto")
+AUTO_LOGDETS = ("roulette-auto", "stratified-auto")  # the law chosen from the design bound
 ACTIVATIONS = ("lipswish", "elu", "clipswish", "cpila")
 BRANCHES = ("plain", "dense")
 BLOCKS = ("residual", "monotone")
@@ -59,7 +60,9 @@ class ModelConfig:
             chosen from each block's design bound so its variance is finite; ``roulette_p`` and
             ``n_exact`` are then unused) or ``stratified`` (the roulette with its first
             ``head_terms`` terms averaged over ``head_probes`` probes: lower variance per
-            vector-Jacobian product; ``n_probes`` probes continue into the tail).
+            vector-Jacobian product; ``n_probes`` probes continue into the tail) or
+            ``stratified-auto`` (the same with its tail's ``p`` and ``n_exact`` chosen as
+            ``roulette-auto`` chooses them: finite variance).
         n_terms: series terms; n_exact: roulette's always-computed terms; roulette_p: geometric p.
         n_probes: Hutchinson probes per log-det call; probe: the Hutchinson probes'
             distribution
@@ -178,17 +181,24 @@ class ModelConfig:
             raise ConfigError(f"model.coeff must lie in (0, 1], got {self.coeff}")
         if not 0.0 < self.dense_coeff <= 1.0:
             raise ConfigError(f"model.dense_coeff must lie in (0, 1], got {self.dense_coeff}")
-        if self.logdet == "roulette-auto" and self.kind == "classifier":
+        if self.logdet in AUTO_LOGDETS and self.kind == "classifier":
             raise ConfigError(
-                "model.logdet=roulette-auto is for models with a log-det (the flows and the "
+                f"model.logdet={self.logdet} is for models with a log-det (the flows and the "
                 "hybrid); a classifier computes none"
             )
-        if self.logdet == "stratified" and not (
-            self.head_terms <= self.n_exact and self.head_probes >= self.n_probes
+        # the automatic law's n_exact is at least 2, whatever model.n_exact says
+        sure = 2 if self.logdet == "stratified-auto" else self.n_exact
+        if self.logdet in ("stratified", "stratified-auto") and not (
+            self.head_terms <= sure and self.head_probes >= self.n_probes
         ):
             raise ConfigError(
-                "model.logdet=stratified needs model.head_terms <= model.n_exact and "
-                "model.head_probes >= model.n_probes"
+                f"model.logdet={self.logdet} needs model.head_terms <= "
+                + (
+                    "2 (the least n_exact it chooses)"
+                    if self.logdet == "stratified-auto"
+                    else "model.n_exact"
+                )
+                + " and model.head_probes >= model.n_probes"
             )
         doubling = self.activation in ("clipswish", "cpila")
         if self.branch == "dense" and doubling and self.dense_growth % 2:
@@ -224,17 +234,17 @@ class ModelConfig:
             raise ConfigError("model.inverse_atol must be positive and model.inverse_rtol >= 0")
         if not self.lipswish_beta > 0:
             raise ConfigError(f"model.lipswish_beta must be positive, got {self.lipswish_beta}")
-        if self.logdet == "roulette-auto" and self.coeff >= 1.0:
+        if self.logdet in AUTO_LOGDETS and self.coeff >= 1.0:
             raise ConfigError(
-                "model.logdet=roulette-auto chooses its law from a block bound below 1: "
+                f"model.logdet={self.logdet} chooses its law from a block bound below 1: "
                 f"use model.coeff < 1, got {self.coeff}"
             )
-        if self.logdet == "roulette-auto" and (
+        if self.logdet in AUTO_LOGDETS and (
             not self.constrained or self.lipschitz_norm == "penalty"
         ):
             why = "model.constrained=false" if not self.constrained else "lipschitz_norm=penalty"
             raise ConfigError(
-                "model.logdet=roulette-auto chooses its law from the blocks' design bound, "
+                f"model.logdet={self.logdet} chooses its law from the blocks' design bound, "
                 f"which {why} does not give: use model.logdet=roulette (a fixed law) or a "
                 "bounded norm (spectral, certified, frobenius)"
             )

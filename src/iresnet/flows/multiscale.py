@@ -163,7 +163,8 @@ class MultiscaleResidualFlow(Flow):
         logdet: ``"exact"``, ``"series"``, ``"roulette"``, ``"roulette-auto"`` (chosen per
             block from its design bound, finite variance; see
             [`RussianRouletteLogDet`][iresnet.ops.logdet.RussianRouletteLogDet]),
-            ``"stratified"``, ``"none"`` (no log-det: ``log_prob`` is NaN) or a
+            ``"stratified"``, ``"stratified-auto"``, ``"none"`` (no log-det: ``log_prob`` is
+            NaN) or a
             [`LogDetEstimator`][iresnet.ops.logdet.LogDetEstimator] shared by the blocks. With
             the default roulette, ``log_prob`` is an unbiased random estimate in eval mode too;
             evaluate with [`swap_logdets`][iresnet.transforms.residual.swap_logdets] (``"exact"``

@@ -131,7 +131,8 @@ class ResidualFlow(Flow):
         logdet: ``"exact"``, ``"series"``, ``"roulette"``, ``"roulette-auto"`` (``p`` and
             ``n_exact`` chosen from the blocks' design bound ``Lip(g) <= coeff^n`` so the
             variance is finite), ``"stratified"`` (the roulette with more probes on its first
-            terms), ``"none"`` (no log-det: ``log_prob`` is NaN; for sampling or features
+            terms), ``"stratified-auto"`` (its tail's law chosen as ``"roulette-auto"``
+            chooses), ``"none"`` (no log-det: ``log_prob`` is NaN; for sampling or features
             only) or a [`LogDetEstimator`][iresnet.ops.logdet.LogDetEstimator]
             (shared by all blocks); see
             [`logdet_estimator`][iresnet.ops.logdet.logdet_estimator]. A roulette whose fixed

@@ -1262,7 +1262,7 @@ class StratifiedRouletteLogDet(RussianRouletteLogDet):
         )
 
 
-LOGDETS = ("exact", "series", "roulette", "roulette-auto", "stratified", "none")
+LOGDETS = ("exact", "series", "roulette", "roulette-auto", "stratified", "stratified-auto", "none")
 """Names [`logdet_estimator`][iresnet.ops.logdet.logdet_estimator] accepts."""
 
 
@@ -1278,7 +1278,9 @@ def logdet_estimator(
             ([`RussianRouletteLogDet`][iresnet.ops.logdet.RussianRouletteLogDet]),
             ``"roulette-auto"`` (the roulette with ``p`` and ``n_exact`` chosen from
             ``lipschitz``, finite variance), ``"stratified"``
-            ([`StratifiedRouletteLogDet`][iresnet.ops.logdet.StratifiedRouletteLogDet]), ``"none"``
+            ([`StratifiedRouletteLogDet`][iresnet.ops.logdet.StratifiedRouletteLogDet]),
+            ``"stratified-auto"`` (its tail's ``p`` and ``n_exact`` chosen from ``lipschitz``,
+            finite variance), ``"none"``
             ([`NoLogDet`][iresnet.ops.logdet.NoLogDet]), or an estimator (returned as is, or
             bound to ``lipschitz`` if it is an ``auto`` roulette template).
         dim: the per-sample dimension of the block it will serve.
@@ -1291,7 +1293,8 @@ def logdet_estimator(
         A [`LogDetEstimator`][iresnet.ops.logdet.LogDetEstimator].
 
     Raises:
-        ValueError: an unknown name; ``"roulette-auto"`` without ``lipschitz``.
+        ValueError: an unknown name; ``"roulette-auto"`` or ``"stratified-auto"`` without
+            ``lipschitz``.
 
     Examples:
         >>> logdet_estimator("exact", dim=1000)
@@ -1304,14 +1307,15 @@ def logdet_estimator(
         return spec
     if isinstance(spec, LogDetEstimator):
         return spec
-    if spec == "roulette-auto":
+    if spec in ("roulette-auto", "stratified-auto"):
+        kind = RussianRouletteLogDet if spec == "roulette-auto" else StratifiedRouletteLogDet
         if lipschitz is None:
             raise ValueError(
-                "logdet='roulette-auto' needs the blocks' Lipschitz bound: pass "
-                "RussianRouletteLogDet(auto=True, lipschitz=L) with L a bound of Lip(g) (e.g. "
+                f"logdet='{spec}' needs the blocks' Lipschitz bound: pass "
+                f"{kind.__name__}(auto=True, lipschitz=L) with L a bound of Lip(g) (e.g. "
                 "iresnet.certify(model).max_bound)"
             )
-        return RussianRouletteLogDet(auto=True, lipschitz=lipschitz)
+        return kind(auto=True, lipschitz=lipschitz)
     if spec == "exact":
         return ExactLogDet(max_dim=max(256, dim))
     if spec == "series":

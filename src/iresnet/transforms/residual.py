@@ -269,8 +269,9 @@ def swap_logdets(model: nn.Module, estimator: LogDetEstimator | str | None) -> I
             blocks as they are.
 
     Raises:
-        ValueError: an unknown name, or ``"roulette-auto"`` (a name carries no Lipschitz bound
-            to choose from: pass an estimator built with ``lipschitz=``).
+        ValueError: an unknown name, or ``"roulette-auto"`` / ``"stratified-auto"`` (a name
+            carries no Lipschitz bound to choose from: pass an estimator built with
+            ``lipschitz=``).
 
     Examples:
         >>> import torch, iresnet
