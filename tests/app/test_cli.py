@@ -1,6 +1,7 @@
 """The command line: one-line errors, the JSON contract, and the commands end to end (tiny)."""
 
 import json
+import math
 import re
 
 import numpy as np
@@ -529,3 +530,32 @@ def test_an_empty_out_is_refused_not_taken_as_the_current_folder(capsys, argv):
         main(argv)
     assert exit_.value.code == 2
     assert "argument --out: an empty path" in capsys.readouterr().err
+
+
+def test_a_dequantised_run_reports_a_discrete_bound_and_score_says_what_it_gives(tmp_path, capsys):
+    """Integer data trained with data.dequantize=uniform: evaluate bounds the discrete NLL
+    (test NLL minus sum log w over the cells), and score, which evaluates the continuous
+    density at the given points, says that it is not the discrete probability."""
+    counts = np.random.default_rng(0).poisson(4.0, size=(300, 2)).astype(float)
+    np.savetxt(tmp_path / "counts.csv", counts, delimiter=",")
+    out_dir = tmp_path / "run"
+    argv = ["train", *TINY, "--data", str(tmp_path / "counts.csv"), "data.dequantize=uniform"]
+    code, _, err = run(capsys, *argv, "--steps", "5", "--out", str(out_dir))
+    assert code == 0, err
+    code, out, err = run(capsys, "evaluate", str(out_dir), "--json", "--n-inverse", "8")
+    result = json.loads(out)
+    assert result["dequantized_columns"] == 2
+    width = json.loads((out_dir / "data.json").read_text())["dequantize_width"]
+    expected = result["test_nll"] - sum(math.log(w) for w in width)
+    assert result["discrete_nll_bound"] == pytest.approx(expected, rel=1e-12)
+    code, out, err = run(
+        capsys,
+        "score",
+        str(out_dir),
+        "--data",
+        str(tmp_path / "counts.csv"),
+        "--out",
+        str(tmp_path / "s.csv"),
+    )
+    assert code == 0, err
+    assert "not the log-probability of the discrete values" in err and "discrete_nll_bound" in err

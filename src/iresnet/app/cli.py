@@ -833,6 +833,15 @@ def _cmd_score(args: argparse.Namespace) -> int:
         trained.task, trained.model, args.data, args.context, repeats=args.repeats
     )
     _warn(args.command, scoring.extrapolation_warning(trained.task, result.contexts))
+    width = getattr(trained.task.data, "dequantize_width", None)
+    if width is not None and any(w > 0 for w in width):
+        _warn(
+            args.command,
+            f"this run dequantised {sum(w > 0 for w in width)} discrete column(s) "
+            "(data.dequantize=uniform): log_prob is the continuous density at the given points, "
+            "not the log-probability of the discrete values; `iresnet evaluate` reports a bound "
+            "on that (discrete_nll_bound)",
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     table = np.stack([result.columns[c] for c in result.columns], axis=1)
     if args.out.suffix == ".csv":
