@@ -833,11 +833,11 @@ def _cmd_score(args: argparse.Namespace) -> int:
         trained.task, trained.model, args.data, args.context, repeats=args.repeats
     )
     _warn(args.command, scoring.extrapolation_warning(trained.task, result.contexts))
-    width = getattr(trained.task.data, "dequantize_width", None)
-    if width is not None and any(w > 0 for w in width):
+    cells = [w for w in trained.task.data.dequantize_width or [] if w > 0]
+    if cells:
         _warn(
             args.command,
-            f"this run dequantised {sum(w > 0 for w in width)} discrete column(s) "
+            f"this run dequantised {len(cells)} discrete column(s) "
             "(data.dequantize=uniform): log_prob is the continuous density at the given points, "
             "not the log-probability of the discrete values; `iresnet evaluate` reports a bound "
             "on that (discrete_nll_bound)",

@@ -187,18 +187,17 @@ class ModelConfig:
                 "hybrid); a classifier computes none"
             )
         # the automatic law's n_exact is at least 2, whatever model.n_exact says
-        sure = 2 if self.logdet == "stratified-auto" else self.n_exact
+        sure, named = (
+            (2, "2 (the least n_exact it chooses)")
+            if self.logdet == "stratified-auto"
+            else (self.n_exact, "model.n_exact")
+        )
         if self.logdet in ("stratified", "stratified-auto") and not (
             self.head_terms <= sure and self.head_probes >= self.n_probes
         ):
             raise ConfigError(
-                f"model.logdet={self.logdet} needs model.head_terms <= "
-                + (
-                    "2 (the least n_exact it chooses)"
-                    if self.logdet == "stratified-auto"
-                    else "model.n_exact"
-                )
-                + " and model.head_probes >= model.n_probes"
+                f"model.logdet={self.logdet} needs model.head_terms <= {named} and "
+                "model.head_probes >= model.n_probes"
             )
         doubling = self.activation in ("clipswish", "cpila")
         if self.branch == "dense" and doubling and self.dense_growth % 2:

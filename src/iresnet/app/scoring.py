@@ -103,18 +103,7 @@ def read_contexts(path: Path) -> np.ndarray:
             )
         return np.atleast_2d(arr.astype(np.float64)) if arr.ndim == 2 else arr.astype(np.float64)
     if path.suffix.lower() == ".csv" and path.is_file():
-        try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError as exc:
-            raise DataError(
-                f"{path}: not UTF-8 text ({exc.reason}); save the CSV as UTF-8"
-            ) from None
-        if sum(1 for line in text.splitlines() if line.strip()) < 2:
-            try:
-                return np.loadtxt(path, delimiter=",", ndmin=2)
-            except ValueError as exc:
-                raise DataError(f"{path}: not numeric CSV ({exc})") from None
-        return load_array(path)
+        return load_array(path, min_rows=1)  # the data's reader: one row is a context too
     raise DataError(f"{path}: no such .npy or .csv file of contexts")
 
 

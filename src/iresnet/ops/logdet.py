@@ -837,6 +837,11 @@ class PowerSeriesLogDet(LogDetEstimator):
         )
 
 
+def _expected_terms(distribution: str, param: float, n_exact: int) -> float:
+    """``E[N] = n_exact + E[M]``: ``(1 - p) / p`` for a geometric ``M``, the rate for Poisson."""
+    return n_exact + ((1 - param) / param if distribution == "geometric" else param)
+
+
 class RussianRouletteLogDet(LogDetEstimator):
     """Residual Flows' unbiased Russian-roulette estimator (Theorem 1, eq. (6)).
 
@@ -1030,8 +1035,8 @@ class RussianRouletteLogDet(LogDetEstimator):
             )
             auto = (
                 f"; {named} chooses p and n_exact from the bound (here p={p:.3g}, "
-                f"n_exact={n_exact}: E[N] = {n_exact + (1 - p) / p:.1f} terms per probe against "
-                f"{RussianRouletteLogDet.expected_vjps(self) / self.n_probes:.1f} now)"
+                f"n_exact={n_exact}: E[N] = {_expected_terms('geometric', p, n_exact):.1f} terms "
+                f"per probe against {self.expected_terms:.1f} now)"
             )
         warnings.warn(
             f"{where + ': ' if where else ''}the Russian roulette ({self.distribution}, {what}) "
@@ -1042,11 +1047,15 @@ class RussianRouletteLogDet(LogDetEstimator):
         )
         return False
 
+    @property
+    def expected_terms(self) -> float:
+        """``E[N]``, the expected number of series terms (the cap ``max_terms`` ignored)."""
+        return _expected_terms(self.distribution, self._param, self.n_exact)
+
     def expected_vjps(self) -> float:
         """Expected vector-Jacobian products per call and sample row:
         ``n_probes * E[N]`` (the cap ``max_terms`` ignored)."""
-        extra = (1 - self.p) / self.p if self.distribution == "geometric" else self.rate
-        return self.n_probes * (self.n_exact + extra)
+        return self.n_probes * self.expected_terms
 
     @property
     def _param(self) -> float:
@@ -1250,8 +1259,7 @@ class StratifiedRouletteLogDet(RussianRouletteLogDet):
 
     def expected_vjps(self) -> float:
         """``m h + r (E[N] - h)`` vector-Jacobian products per call and sample row."""
-        extra = (1 - self.p) / self.p if self.distribution == "geometric" else self.rate
-        tail = self.n_exact + extra - self.head_terms
+        tail = self.expected_terms - self.head_terms
         return self.head_probes * self.head_terms + self.n_probes * tail
 
     def __repr__(self) -> str:
