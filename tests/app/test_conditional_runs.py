@@ -209,6 +209,8 @@ def test_score_and_context_mistakes_are_one_line_errors(tmp_path, capsys):
     # broken context files (found by a try-out: tracebacks, or numpy's advice to unpickle)
     (tmp_path / "rnd.npy").write_bytes(bytes(range(50)))
     (tmp_path / "empty.npy").write_bytes(b"")
+    (tmp_path / "empty.csv").write_bytes(b"")
+    (tmp_path / "blank.csv").write_text("\n\n")
     (tmp_path / "png.csv").write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff\xfe")
     np.save(tmp_path / "obj.npy", np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
     for name, message in [
@@ -216,6 +218,8 @@ def test_score_and_context_mistakes_are_one_line_errors(tmp_path, capsys):
         ("empty.npy", "the file is empty"),
         ("png.csv", "not UTF-8 text"),
         ("obj.npy", "cannot load without pickle"),
+        ("empty.csv", "file is empty"),  # it reached the sampler as zero contexts
+        ("blank.csv", "zero data rows"),
     ]:
         cases.append(
             (["--data", str(tmp_path / "x2.npy"), "--context", str(tmp_path / name)], message)
