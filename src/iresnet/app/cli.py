@@ -235,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "score",
-        help="the log-density of new data under a trained flow",
+        help="the log-density of new data under a trained flow or hybrid",
         description="Score new points: log p(x) (log p(x | c) with --context) in the data's own "
         "units (nats; images also bits/dim), with the estimator named and, where it is "
         "stochastic, the standard error of every point.",
@@ -246,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         required=True,
         help="the points: (N, d) .npy/.csv for vector runs, (N, C, H, W) integer levels .npy "
-        "for image runs",
+        "for image runs (flows and hybrids)",
     )
     p.add_argument(
         "--context",
