@@ -35,6 +35,7 @@ from .files import atomic_write, json_safe, out_path
 from .presets import DEFAULT_PRESET, PRESETS, get_preset
 from .runs import Run, load_run
 from .sweep import add_sweep_parser, cmd_sweep
+from .trainer import warmup_outlasts_run
 from .training import train
 
 __all__ = ["main", "build_parser"]
@@ -411,7 +412,7 @@ def _config_summary(cfg: Config) -> str:
                 f"steps, so the learning rate stays below {t.lr:g} (lower train.warmup_steps "
                 "for a short run)"
             ]
-            if t.warmup_steps >= t.steps
+            if warmup_outlasts_run(cfg)
             else []
         )
     )
