@@ -238,3 +238,22 @@ def test_score_gives_a_hybrids_density_and_refuses_a_classifier_by_its_command(t
     assert main([*argv, "--out", str(tmp_path / "c.csv")]) == 2
     err = capsys.readouterr().err
     assert "score needs a run with a density" in err and "conditional sampling" not in err
+
+
+@pytest.mark.parametrize(
+    "coeffs,needle",
+    [
+        (["0.9", "0.9"], "--coeffs 0.9 twice"),
+        (["vanilla", "0.9", "VANILLA"], "--coeffs vanilla twice"),
+        (["0.9", "0.90"], "--coeffs 0.9 twice"),
+        (["0.9", "0.9000001"], "0.9 and 0.9000001 share the run folder c0.9"),
+    ],
+)
+def test_sweep_refuses_a_coefficient_given_twice(tmp_path, capsys, coeffs, needle):
+    """``--coeffs 0.9 0.9`` trained and listed the same coefficient twice into one folder."""
+    from iresnet.app.cli import main
+
+    out = tmp_path / "sweep"
+    assert main(["sweep", "digits-classifier", "--coeffs", *coeffs, "--out", str(out)]) == 2
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("iresnet")]
+    assert len(lines) == 1 and needle in lines[0] and not out.exists(), lines
