@@ -217,8 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=out_path,
         default=None,
         help="output file: .npy (array), .csv or .png (picture); default RUN_DIR/samples.npy. "
-        "Conditional runs keep each sample's context: a .csv gets a header and the columns "
-        "x1..xd, c1..ck (or label, for class-conditional runs); a .npy is paired with "
+        "A .csv has a header row x1..xd; conditional runs keep each sample's context: a .csv "
+        "gets the columns x1..xd, c1..ck (or label, for class-conditional runs); a .npy is "
+        "paired with "
         "NAME.contexts.npy, row i the context of sample i (a file --context reads back)",
     )
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
@@ -723,8 +724,11 @@ def _cmd_sample(args: argparse.Namespace) -> int:
             lambda fh: np.savetxt(fh, table, delimiter=",", fmt=fmt, header=header, comments=""),
         )
     elif out.suffix == ".csv":  # atomic: a full disk leaves no torn file
+        flat = x.reshape(x.shape[0], -1).numpy()
+        header = ",".join(f"x{j + 1}" for j in range(flat.shape[1]))  # as conditional files
         atomic_write(
-            out, lambda fh: np.savetxt(fh, x.reshape(x.shape[0], -1).numpy(), delimiter=",")
+            out,
+            lambda fh: np.savetxt(fh, flat, delimiter=",", header=header, comments=""),
         )
     elif out.suffix == ".npy":
         if contexts is not None and contexts_out is not None:  # the pair: contexts first
