@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -197,3 +198,62 @@ def test_hybrid_augmentation_moves_whole_levels():
     moved = seen[0]
     assert torch.equal(moved, moved.round()) and moved.shape == x.shape  # whole levels
     assert not torch.equal(moved, x.to(moved.dtype))  # and moved
+
+
+def test_score_gives_a_hybrids_density_and_refuses_a_classifier_by_its_command(tmp_path, capsys):
+    """A hybrid has a density (``evaluate`` reports its ``test_bpd``): ``iresnet score`` gives
+    each image's ``log p`` and bits/dim, the model's own ``log_prob`` under the same noise (it
+    refused: "score and conditional sampling need a density run"). A plain classifier is
+    refused by a message that names the command used, not "conditional sampling"."""
+    from iresnet.app.cli import main
+    from iresnet.app.scoring import score_file
+    from iresnet.transforms import bits_per_dim
+
+    cfg = tiny("model.kind=hybrid", "model.logdet=exact", "train.steps=2", "train.eval_every=2")
+    train(cfg.override(["train.checkpoint_every=2"]), tmp_path / "hybrid", progress=False)
+    images = np.random.default_rng(0).integers(0, 17, size=(3, 1, 8, 8))
+    np.save(tmp_path / "img.npy", images)
+    bare = load_run(tmp_path / "hybrid", data=False)
+    torch.manual_seed(5)
+    result = score_file(bare.task, bare.model, tmp_path / "img.npy", repeats=2)
+    assert result.estimator == "exact + uniform dequantisation"
+    x = torch.as_tensor(images)
+    torch.manual_seed(5)
+    with torch.no_grad():
+        bare.model.eval()
+        own = torch.stack([bare.model.log_prob(x) for _ in range(2)]).double().mean(0)
+    np.testing.assert_allclose(result.columns["log_prob"], own.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(result.columns["bpd"], bits_per_dim(own, 64).numpy(), rtol=1e-6)
+    assert result.columns["bpd_se"].shape == (3,)
+    out = tmp_path / "s.csv"
+    code = main(["score", str(tmp_path / "hybrid"), "--data", str(tmp_path / "img.npy"),
+                 "--out", str(out)])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    assert out.read_text().splitlines()[0] == "log_prob,log_prob_se,bpd,bpd_se"
+
+    train(tiny("train.steps=1", "train.eval_every=1", "train.checkpoint_every=1"),
+          tmp_path / "cls", progress=False)  # fmt: skip
+    capsys.readouterr()
+    argv = ["score", str(tmp_path / "cls"), "--data", str(tmp_path / "img.npy")]
+    assert main([*argv, "--out", str(tmp_path / "c.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "score needs a run with a density" in err and "conditional sampling" not in err
+
+
+@pytest.mark.parametrize(
+    "coeffs,needle",
+    [
+        (["0.9", "0.9"], "--coeffs 0.9 twice"),
+        (["vanilla", "0.9", "VANILLA"], "--coeffs vanilla twice"),
+        (["0.9", "0.90"], "--coeffs 0.9 twice"),
+        (["0.9", "0.9000001"], "0.9 and 0.9000001 share the run folder c0.9"),
+    ],
+)
+def test_sweep_refuses_a_coefficient_given_twice(tmp_path, capsys, coeffs, needle):
+    """``--coeffs 0.9 0.9`` trained and listed the same coefficient twice into one folder."""
+    from iresnet.app.cli import main
+
+    out = tmp_path / "sweep"
+    assert main(["sweep", "digits-classifier", "--coeffs", *coeffs, "--out", str(out)]) == 2
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("iresnet")]
+    assert len(lines) == 1 and needle in lines[0] and not out.exists(), lines

@@ -442,6 +442,10 @@ def test_the_third_new_users_findings(capsys, tmp_path, monkeypatch):
     short = _config_summary(Config().override(["train.steps=20", "train.warmup_steps=50"]))
     assert "note: train.warmup_steps=50 is not below the run's 20 steps" in short
     assert "note" not in _config_summary(Config().override(["train.steps=51", "warmup_steps=50"]))
+    # under the constant schedule the last of 50 warm-up steps runs at train.lr
+    assert "note" not in _config_summary(Config().override(["train.steps=50", "warmup_steps=50"]))
+    cosine = Config().override(["steps=50", "warmup_steps=50", "train.lr_schedule=cosine"])
+    assert "note: train.warmup_steps=50 is not below the run's 50 steps" in _config_summary(cosine)
     with pytest.raises(TypeError, match=r"one per hidden layer \(e.g. \(64,\)\), got 64"):
         iresnet.ResidualFlow(2, hidden_features=64)
     out = tmp_path / "run"

@@ -15,7 +15,7 @@ import iresnet
 from iresnet.app.checkpoint import latest_checkpoint, list_checkpoints
 from iresnet.app.config import Config
 from iresnet.app.runs import load_run
-from iresnet.app.trainer import learning_rate
+from iresnet.app.trainer import learning_rate, warmup_outlasts_run
 from iresnet.app.training import train
 from iresnet.errors import CheckpointError, ConfigError
 
@@ -116,6 +116,31 @@ def test_learning_rate_schedule():
     assert [learning_rate(cfg, s) for s in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
     cos = cfg.override(["train.lr_schedule=cosine"])
     assert learning_rate(cos, 100) == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine", "cosine-budget"])
+def test_the_warm_up_note_fires_where_the_schedule_never_reaches_train_lr(schedule):
+    """``warmup_outlasts_run`` (the config summary's note) against the schedule itself: under
+    ``constant`` the last warm-up step runs at ``train.lr``, so ``warmup_steps == steps`` reaches
+    it (the note said it did not); under the cosines a run no longer than its warm-up peaks
+    below ``train.lr``."""
+    for steps in (1, 2, 4, 9):
+        for warmup in range(0, steps + 3):
+            cfg = Config().override(
+                [
+                    "train.lr=1.0",
+                    f"train.steps={steps}",
+                    f"train.warmup_steps={warmup}",
+                    f"train.lr_schedule={schedule}",
+                    "train.max_cpu_seconds=60",
+                ]
+            )
+            peak = max(learning_rate(cfg, s) for s in range(steps))
+            expected = peak < 1.0 and (schedule == "constant" or warmup >= steps)
+            assert warmup_outlasts_run(cfg) == expected, (steps, warmup, peak)
+    constant = Config().override(["train.steps=4", "train.warmup_steps=4"])
+    assert not warmup_outlasts_run(constant)  # steps 1-4 at lr/4, lr/2, 3lr/4, lr
+    assert warmup_outlasts_run(constant.override(["train.lr_schedule=cosine"]))
 
 
 def test_cosine_budget_decays_over_the_larger_share_of_steps_or_budget():

@@ -369,14 +369,29 @@ def test_a_conditional_sample_file_says_which_context_each_row_came_from(conditi
     )
 
 
-def test_an_unconditional_sample_file_is_as_it_was(trained, tmp_path):
+def test_an_unconditional_sample_csv_has_a_header_and_scores_as_it_is(trained, tmp_path):
+    """A conditional ``.csv`` had its ``x1,...`` header and an unconditional one none: both
+    carry it now, and ``score --data`` reads the file back (its header skipped)."""
     run, _ = trained
     for name in ("u.csv", "u.npy"):
         result = iresnet("sample", str(run), "-n", "4", "--out", name, cwd=tmp_path)
         assert result.returncode == 0, result.stderr
-    assert np.loadtxt(tmp_path / "u.csv", delimiter=",").shape == (4, 2)  # no header
+    assert (tmp_path / "u.csv").read_text().splitlines()[0] == "x1,x2"
+    points = np.loadtxt(tmp_path / "u.csv", delimiter=",", skiprows=1)
+    assert points.shape == (4, 2)
     assert np.load(tmp_path / "u.npy").shape == (4, 2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["u.csv", "u.npy"]
+    result = iresnet("score", str(run), "--data", "u.csv", "--out", "s.csv", cwd=tmp_path)
+    assert result.returncode == 0 and "scored 4 points" in result.stdout, result.stderr
+    # the header changes nothing: the same points without it score the same
+    np.savetxt(tmp_path / "bare.csv", points, delimiter=",", fmt="%.18e")
+    result = iresnet("score", str(run), "--data", "bare.csv", "--out", "b.csv", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "s.csv").read_text() == (tmp_path / "b.csv").read_text()
+    # one row scores; an empty file names score's own minimum, one row (it said 2)
+    (tmp_path / "empty.csv").write_text("")
+    result = iresnet("score", str(run), "--data", "empty.csv", "--out", "e.csv", cwd=tmp_path)
+    one_line_error(result, "empty.csv", "at least 1 sample (row)")
 
 
 def test_contexts_far_outside_the_training_range_warn_in_one_line_and_still_answer(

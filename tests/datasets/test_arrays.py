@@ -300,3 +300,35 @@ def test_a_pandas_index_column_is_found(tmp_path, header):
 def test_standardizer_names_the_place_of_a_bad_value():
     with pytest.raises(DataError, match="row 2, column 1"):
         Standardizer.fit(np.array([[0.0, 1.0], [np.inf, 2.0]]))
+
+
+def test_the_fewest_rows_in_a_message_are_the_readers_own(tmp_path: Path) -> None:
+    """An empty file said "at least 2 samples" to ``iresnet score``, which takes one row."""
+    empty = _write(tmp_path / "empty.csv", "")
+    _refused(empty, "file is empty", "at least 1 sample (row)", min_rows=1)
+    _refused(empty, "file is empty", "at least 2 samples (rows)")
+    _refused(_write(tmp_path / "blank.csv", "\n\n"), "at least 1 sample (row)", min_rows=1)
+    _refused(_write(tmp_path / "h.csv", "a,b\n"), "at least 2 samples (rows)")
+    _refused(_write(tmp_path / "two.csv", "1,2\n3,4\n"), "2-row file", "at least 3", min_rows=3)
+
+
+@pytest.mark.parametrize(
+    "array,needles",
+    [
+        (np.array([["a", "b"]]), ["<U1", "text"]),
+        (np.array([[b"1", b"2"]]), ["|S1", "text"]),
+        (np.zeros(3, dtype=[("x", "f8"), ("y", "f8")]), ["record", "structured_to_unstructured"]),
+        (np.zeros((2, 2), dtype="datetime64[s]"), ["datetime64[s]", "astype(float)"]),
+        (np.ones((3, 2), dtype=complex), ["complex128", "real and imaginary columns"]),
+    ],
+    ids=["unicode", "bytes", "record", "datetime", "complex"],
+)
+def test_a_non_numeric_dtype_gets_the_hint_for_its_kind(tmp_path, array, needles):
+    """The complex-data hint was given for every dtype (strings and records too)."""
+    np.save(tmp_path / "x.npy", array)
+    with pytest.raises(DataError) as info:
+        load_array(tmp_path / "x.npy")
+    msg = str(info.value)
+    for needle in needles:
+        assert needle in msg, (needle, msg)
+    assert ("imaginary" in msg) == (array.dtype.kind == "c"), msg

@@ -294,3 +294,28 @@ def test_a_wrong_single_event_is_reported_with_its_own_shape():
     with pytest.raises(iresnet.DataError, match=r"shape \(\*batch, 2\), got \(5,\)"):
         dist.log_prob(torch.zeros(5))
     assert dist.log_prob(torch.zeros(2)).shape == ()  # one event of the right shape still works
+
+
+def test_a_0d_tensor_temperature_is_a_number_and_the_context_hint_is_for_conditional_flows():
+    """``temperature=torch.tensor(0.7)`` samples as ``0.7`` does (it was refused with "pass the
+    context by name" even on an unconditional flow); a tensor of another shape is refused, with
+    the context hint only where the flow takes a context."""
+    plain = iresnet.ResidualFlow(2, transforms=1, hidden_features=(8,)).eval()
+    torch.manual_seed(0)
+    a = plain.sample(3, temperature=torch.tensor(0.7))
+    torch.manual_seed(0)
+    assert torch.equal(a, plain.sample(3, temperature=0.7))
+    torch.manual_seed(0)
+    b = plain.sample_latent(3, torch.tensor(0.7))
+    torch.manual_seed(0)
+    assert torch.equal(b, plain.sample_latent(3, 0.7))
+    with pytest.raises(TypeError, match=r"temperature must be a number.*shape \(3, 1\)") as info:
+        plain.sample(3, torch.randn(3, 1))
+    assert "context" not in str(info.value)
+    with pytest.raises(ValueError, match="temperature"):
+        plain.sample(3, temperature=torch.tensor(-1.0))
+    conditional = iresnet.ResidualFlow(2, transforms=1, hidden_features=(8,), context=1).eval()
+    torch.manual_seed(0)
+    assert conditional.sample(3, torch.tensor(0.7), c=torch.zeros(1)).shape == (3, 2)
+    with pytest.raises(TypeError, match=r"pass the context by name, flow.sample\(n, c=c\)"):
+        conditional.sample(3, torch.randn(3, 1))

@@ -233,3 +233,16 @@ def test_the_cap_on_terms_leaves_a_truncation_bias_below_its_tolerance(lipschitz
     # the capped draw's weights are those of the uncapped law below the cap
     n = est.draw_n_terms()
     assert est.n_exact <= n <= cap
+
+
+@pytest.mark.parametrize("kind", ["RussianRouletteLogDet", "StratifiedRouletteLogDet"])
+@pytest.mark.parametrize("given", [{"p": 0.3}, {"n_exact": 4}, {"p": 0.3, "n_exact": 4}])
+def test_auto_refuses_a_p_or_n_exact_of_its_own(kind, given):
+    """``auto=True`` chooses ``p`` and ``n_exact``: an explicit one beside it was kept, the repr
+    said "chosen", and the variance warning advised the automatic law the user had asked for."""
+    cls = getattr(iresnet, kind)
+    for lipschitz in (0.99, None):  # bound now, or a template the family binds
+        with pytest.raises(ValueError, match=r"auto=True chooses p and n_exact.*without auto"):
+            cls(auto=True, lipschitz=lipschitz, **given)
+    fixed = cls(lipschitz=0.5, **given)  # without auto: kept and checked
+    assert "chosen" not in repr(fixed) and "finite variance" in repr(fixed)

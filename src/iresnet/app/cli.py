@@ -35,6 +35,7 @@ from .files import atomic_write, json_safe, out_path
 from .presets import DEFAULT_PRESET, PRESETS, get_preset
 from .runs import Run, load_run
 from .sweep import add_sweep_parser, cmd_sweep
+from .trainer import warmup_outlasts_run
 from .training import train
 
 __all__ = ["main", "build_parser"]
@@ -216,8 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=out_path,
         default=None,
         help="output file: .npy (array), .csv or .png (picture); default RUN_DIR/samples.npy. "
-        "Conditional runs keep each sample's context: a .csv gets a header and the columns "
-        "x1..xd, c1..ck (or label, for class-conditional runs); a .npy is paired with "
+        "A .csv has a header row x1..xd; conditional runs keep each sample's context: a .csv "
+        "gets the columns x1..xd, c1..ck (or label, for class-conditional runs); a .npy is "
+        "paired with "
         "NAME.contexts.npy, row i the context of sample i (a file --context reads back)",
     )
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
@@ -235,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "score",
-        help="the log-density of new data under a trained flow",
+        help="the log-density of new data under a trained flow or hybrid",
         description="Score new points: log p(x) (log p(x | c) with --context) in the data's own "
         "units (nats; images also bits/dim), with the estimator named and, where it is "
         "stochastic, the standard error of every point.",
@@ -246,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         required=True,
         help="the points: (N, d) .npy/.csv for vector runs, (N, C, H, W) integer levels .npy "
-        "for image runs",
+        "for image runs (flows and hybrids)",
     )
     p.add_argument(
         "--context",
@@ -411,7 +413,7 @@ def _config_summary(cfg: Config) -> str:
                 f"steps, so the learning rate stays below {t.lr:g} (lower train.warmup_steps "
                 "for a short run)"
             ]
-            if t.warmup_steps >= t.steps
+            if warmup_outlasts_run(cfg)
             else []
         )
     )
@@ -722,8 +724,11 @@ def _cmd_sample(args: argparse.Namespace) -> int:
             lambda fh: np.savetxt(fh, table, delimiter=",", fmt=fmt, header=header, comments=""),
         )
     elif out.suffix == ".csv":  # atomic: a full disk leaves no torn file
+        flat = x.reshape(x.shape[0], -1).numpy()
+        header = ",".join(f"x{j + 1}" for j in range(flat.shape[1]))  # as conditional files
         atomic_write(
-            out, lambda fh: np.savetxt(fh, x.reshape(x.shape[0], -1).numpy(), delimiter=",")
+            out,
+            lambda fh: np.savetxt(fh, flat, delimiter=",", header=header, comments=""),
         )
     elif out.suffix == ".npy":
         if contexts is not None and contexts_out is not None:  # the pair: contexts first

@@ -4,7 +4,8 @@ the data's own units with the estimator named.
 A vector run scores ``(N, d)`` points in nats: the density of the data in the units it was
 trained in (the flow carries its standardisation). An image run scores ``(N, C, H, W)`` integer
 levels with the flow's own ``log_prob`` (uniform dequantisation noise drawn per evaluation), in
-nats and bits/dim. The log-det is exact where the dimension allows (the estimator
+nats and bits/dim; a hybrid run's images likewise, with its density (the ``test_bpd`` of
+``iresnet evaluate``). The log-det is exact where the dimension allows (the estimator
 ``iresnet evaluate`` reports with), else the unbiased Russian roulette; a stochastic score is
 evaluated ``repeats`` times per point, so each point gets a standard error.
 """
@@ -23,7 +24,7 @@ from torch import nn
 from ..datasets.arrays import load_array, read_npy
 from ..errors import ConfigError, DataError
 from ..transforms import swap_logdets
-from .tasks import DensityTask, Task
+from .tasks import DensityTask, HybridTask, Task
 from .tasks.base import evaluating, scoring_estimator
 
 __all__ = [
@@ -52,13 +53,18 @@ class ScoreResult:
     contexts: torch.Tensor | None = None
 
 
-def _density_task(task: Task) -> DensityTask:
-    if not isinstance(task, DensityTask):
-        raise ConfigError("score and conditional sampling need a density run (a flow)")
+def _density_task(task: Task, command: str) -> DensityTask | HybridTask:
+    """The run's task if it has a density (a flow, or a hybrid: unconditional images), else a
+    ConfigError that names ``command``, the thing that needs one."""
+    if not isinstance(task, DensityTask | HybridTask):
+        raise ConfigError(
+            f"{command} needs a run with a density (a flow or model.kind=hybrid); "
+            "this classifier models none"
+        )
     return task
 
 
-def _as_contexts(task: DensityTask, values: np.ndarray, where: str) -> torch.Tensor:
+def _as_contexts(task: DensityTask | HybridTask, values: np.ndarray, where: str) -> torch.Tensor:
     """Rows of user contexts as the flow takes them: floats ``(m, k)``; class labels ``(m, 1)``
     integers in ``[0, n_classes)`` become one-hot."""
     k = task.context_dim
@@ -107,16 +113,16 @@ def read_contexts(path: Path) -> np.ndarray:
     raise DataError(f"{path}: no such .npy or .csv file of contexts")
 
 
-def parse_contexts(task: Task, spec: str | Path) -> torch.Tensor:
+def parse_contexts(task: Task, spec: str | Path, command: str = "sample") -> torch.Tensor:
     """``--context`` of ``iresnet sample`` and ``iresnet score``: ``'a,b'`` (one context),
     ``'a,b;c,d'`` (several), a class label, or a ``.npy`` / ``.csv`` file of rows; returned as
-    the flow takes them, ``(m, k)``.
+    the flow takes them, ``(m, k)``. ``command`` names the command in the errors.
 
     Raises:
         ConfigError: the run is not conditional, or not a density run.
         DataError: a malformed or ill-sized context, or a file that is not there.
     """
-    task = _density_task(task)
+    task = _density_task(task, f"{command} --context")
     if not task.context_dim:
         raise ConfigError("--context: this run is not conditional; leave it out")
     spec = str(spec)
@@ -141,7 +147,7 @@ def parse_contexts(task: Task, spec: str | Path) -> torch.Tensor:
 def context_columns(task: Task, contexts: torch.Tensor) -> tuple[np.ndarray, list[str]]:
     """Contexts ``(m, k)`` as a user writes them, with column names: ``c1..ck`` floats, or
     one integer column ``label`` for class-conditional runs (the form ``--context`` reads)."""
-    task = _density_task(task)
+    task = _density_task(task, "a context")
     c = contexts.detach().double().cpu()
     if task.data.class_context:
         return c.argmax(1, keepdim=True).numpy().astype(np.int64), ["label"]
@@ -180,7 +186,7 @@ def extrapolation_warning(task: Task, contexts: torch.Tensor | None) -> str | No
     )
 
 
-def _sample_file_columns(task: DensityTask, path: Path) -> np.ndarray | None:
+def _sample_file_columns(task: DensityTask | HybridTask, path: Path) -> np.ndarray | None:
     """The points and contexts of a ``.csv`` that ``iresnet sample`` wrote for this
     conditional run (header ``x1..xd,c1..ck``, or ``x1..xd,label``), as one float64 array
     ``(N, d + k)`` (``d + 1`` for labels); None for any other file."""
@@ -198,7 +204,7 @@ def _sample_file_columns(task: DensityTask, path: Path) -> np.ndarray | None:
     return load_array(path, max_dim=task.dim + len(header) + 64, min_rows=1)
 
 
-def _read_points(task: DensityTask, path: Path) -> torch.Tensor:
+def _read_points(task: DensityTask | HybridTask, path: Path) -> torch.Tensor:
     shape = tuple(task.data.event_shape)
     if not task.images:
         x = load_array(path, max_dim=max(64, task.dim), min_rows=1)
@@ -262,7 +268,7 @@ def score_file(
             out-of-range image levels, NaN/Inf, or context rows that do not pair with the
             points.
     """
-    task = _density_task(task)
+    task = _density_task(task, "score")
     table = _sample_file_columns(task, data_path)
     if table is not None and context is not None:
         names = context_columns(task, torch.zeros(1, task.context_dim))[1]
@@ -291,7 +297,7 @@ def score_file(
                     "are read)"
                 )
             )
-        c = given = parse_contexts(task, context)
+        c = given = parse_contexts(task, context, "score")
         is_file = Path(str(context)).suffix.lower() in (".npy", ".csv")
         if c.shape[0] == 1 and not is_file:
             c = c.expand(x.shape[0], -1)

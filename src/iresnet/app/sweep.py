@@ -86,7 +86,7 @@ def run_sweep(
 
     Args:
         base_preset: a classifier preset (e.g. ``digits-classifier``).
-        coeffs: ``"vanilla"`` and/or numbers in ``(0, 1]``.
+        coeffs: ``"vanilla"`` and/or numbers in ``(0, 1]``, each once.
         out_dir: the sweep folder (run folders ``vanilla``, ``c0.9``, ... inside).
         steps, max_seconds: ``train.steps`` / ``train.max_seconds`` for every model (the same
             budget for each); data_dir: ``data.data_dir``; overrides: more ``KEY=VALUE``.
@@ -97,6 +97,10 @@ def run_sweep(
         One row per coefficient: ``coeff``, ``test_error`` (fraction), ``test_error_pct``,
         ``invertible``, ``feature_inverse_max_error``, ``max_lipschitz``, ``steps``,
         ``train_seconds``, ``run_dir`` and the full evaluation under ``evaluation``.
+
+    Raises:
+        ConfigError: a bad coefficient, one given twice (or two that share a run folder), a
+            preset that is not a classifier's, or ``out_dir`` a file; nothing is trained.
     """
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
@@ -110,6 +114,18 @@ def run_sweep(
     if data_dir is not None:
         extra.append(f"data.data_dir={data_dir}")
     parsed = [parse_coeff(c) for c in coeffs]
+    seen: dict[str, str | float] = {}
+    for c in parsed:  # one run folder per coefficient: a repeat would train it twice
+        name = _run_name(c)
+        if name in seen:
+            first = seen[name]
+            raise ConfigError(
+                f"--coeffs {c} twice; give each coefficient once"
+                if first == c
+                else f"--coeffs {first} and {c} share the run folder {name}; give "
+                "coefficients that differ in their first 6 significant digits"
+            )
+        seen[name] = c
     configs = [(c, coeff_config(base, c, extra)) for c in parsed]  # validate all before training
     out.mkdir(parents=True, exist_ok=True)  # only now: a refused sweep leaves no folder
     rows: list[dict[str, Any]] = []

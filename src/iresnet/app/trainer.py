@@ -42,7 +42,7 @@ from .distributed import DistContext, setup_distributed, teardown_distributed
 from .runs import Run
 from .tasks import Task, make_task
 
-__all__ = ["Trainer", "TrainResult", "learning_rate"]
+__all__ = ["Trainer", "TrainResult", "learning_rate", "warmup_outlasts_run"]
 
 
 @dataclass
@@ -90,6 +90,22 @@ def learning_rate(cfg: Config, step: int, budget_spent: float = 0.0) -> float:
             frac = max(frac, min(max(budget_spent, 0.0), 1.0))
         return t.lr * warm * 0.5 * (1 + math.cos(math.pi * frac))
     return t.lr * warm
+
+
+def warmup_outlasts_run(cfg: Config) -> bool:
+    """Whether ``train.warmup_steps`` leaves the run below ``train.lr`` throughout, as
+    [`learning_rate`][iresnet.app.trainer.learning_rate] computes it.
+
+    The warm-up factor ``min(1, (s + 1) / W)`` of step ``s`` (0-based) is 1 from step ``W - 1``
+    on. ``constant``: the run's last step ``steps - 1`` reaches ``train.lr`` unless
+    ``W > steps``. The cosines: the warm-up ends no earlier than the last step (``W >= steps``),
+    where the cosine has decayed the rate, and the run peaks below ``train.lr`` (it reaches it
+    only when the warm-up is done at the cycle's first step, ``W <= cycle_start + 1``).
+    """
+    t = cfg.train
+    if t.lr_schedule == "constant":
+        return t.warmup_steps > t.steps
+    return t.warmup_steps >= t.steps and t.warmup_steps > t.cycle_start + 1
 
 
 def _optimizer(cfg: Config, params: list[nn.Parameter]) -> torch.optim.Optimizer:

@@ -134,10 +134,28 @@ def read_npy(path: str | os.PathLike[str]) -> np.ndarray:
         raise DataError(f"{path}: expected a single .npy array, got {type(array).__name__}")
     if array.dtype.kind not in "biuf":
         raise DataError(
-            f"{path}: array dtype {array.dtype} is not real-valued numeric; convert it with "
-            "x.astype(float) (split complex data into real and imaginary columns)"
+            f"{path}: array dtype {array.dtype} is not real-valued numeric; {_fix(array)}"
         )
     return array
+
+
+def _fix(array: np.ndarray) -> str:
+    """How to turn an array of a non-numeric dtype into numbers, by the dtype's kind."""
+    kind = array.dtype.kind
+    if kind == "c":
+        return "split complex data into real and imaginary columns, e.g. np.c_[x.real, x.imag]"
+    if kind in "US":
+        return "it holds text: save the numbers themselves, e.g. x.astype(float) if it parses"
+    if kind == "V":
+        return (
+            "a record (structured) array: save its fields as plain columns, e.g. "
+            "numpy.lib.recfunctions.structured_to_unstructured(x).astype(float)"
+        )
+    return "convert it to numbers, e.g. x.astype(float)"
+
+
+def _samples(n: int) -> str:
+    return "1 sample (row)" if n == 1 else f"{n} samples (rows)"
 
 
 def _read_npy(path: Path) -> np.ndarray:
@@ -181,7 +199,8 @@ def load_array(
         A float64 array of shape ``(N, d)`` with ``N >= min_rows``, every value finite.
 
     Raises:
-        DataError: missing file, unknown extension, empty file or zero rows, fewer than 2 rows,
+        DataError: missing file, unknown extension, empty file or zero rows, fewer than
+            ``min_rows`` rows,
             ragged CSV rows, non-numeric fields, non-numeric ``.npy`` dtype, an array that is
             not 2-D, zero columns, NaN or Inf values, ``d > max_dim``, or an unnamed index
             column with ``index_column="refuse"``. The message names the file and, where it
@@ -212,7 +231,7 @@ def load_array(
             "or as a comma-separated .csv"
         )
     if p.stat().st_size == 0:
-        raise DataError(f"{p}: file is empty; it must hold at least 2 samples (rows)")
+        raise DataError(f"{p}: file is empty; it must hold at least {_samples(min_rows)}")
 
     if index_column not in ("refuse", "drop", "keep"):
         raise ValueError(f"index_column must be refuse, drop or keep, got {index_column!r}")
@@ -233,13 +252,12 @@ def load_array(
 
     n, d = array.shape
     if n == 0:
-        raise DataError(
-            f"{p}: zero data rows; the file must hold at least {min_rows} sample(s) (rows)"
-        )
+        raise DataError(f"{p}: zero data rows; the file must hold at least {_samples(min_rows)}")
     if n < min_rows:
+        why = " (to train and to test)" if min_rows == 2 else ""
         raise DataError(
-            f"{p}: 1-row file; at least 2 samples are needed (to train and to test); "
-            "if the row is one sample per column, transpose the data"
+            f"{p}: {n}-row file; at least {min_rows} samples are needed{why}"
+            + ("; if the row is one sample per column, transpose the data" if n == 1 else "")
         )
     if d == 0:
         raise DataError(f"{p}: zero columns; each sample needs at least one value")

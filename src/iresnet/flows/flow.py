@@ -447,7 +447,7 @@ class Flow(nn.Module):
             )
         return c
 
-    def sample(self, n: int, temperature: float = 1.0, c: Tensor | None = None) -> Tensor:
+    def sample(self, n: int, temperature: float | Tensor = 1.0, c: Tensor | None = None) -> Tensor:
         """``n`` samples ``x = f^{-1}(z)``, ``z ~ base`` with its spread scaled by
         ``temperature``; shape ``(n, *event_shape)``, no gradient. A conditional flow takes
         the context ``c``: one ``(k,)`` for all samples, or one per sample ``(n, k)``.
@@ -455,23 +455,28 @@ class Flow(nn.Module):
         Raises:
             ValueError: ``n < 1``, or ``temperature != 1`` with a base that is not a normal
                 distribution.
-            TypeError: ``c`` is given but is not a tensor, or a tensor is passed as the
-                temperature (the context goes by name: ``sample(n, c=c)``).
+            TypeError: ``c`` is given but is not a tensor, or a tensor that is not 0-d is
+                passed as the temperature (a context goes by name: ``sample(n, c=c)``).
             DataError: a context missing, given to an unconditional flow, or of the wrong
                 shape, dtype or device.
         """
-        if isinstance(temperature, Tensor):
+        if isinstance(temperature, Tensor) and temperature.dim() != 0:
+            hint = (
+                "; if it is the context, pass the context by name, flow.sample(n, c=c), or "
+                "sample the conditional distribution, flow(c).sample((n,))"
+                if self.context
+                else ""
+            )
             raise TypeError(
-                "sample: the second argument is the temperature, got a tensor; pass the context "
-                "by name, flow.sample(n, c=c), or sample the conditional distribution, "
-                "flow(c).sample((n,))"
+                "sample: temperature must be a number (or a 0-d tensor), got a tensor of shape "
+                f"{tuple(temperature.shape)}{hint}"
             )
         with torch.no_grad():
             z = self.sample_latent(n, temperature)
             cs = self._sample_contexts(n, c)
             return self.transform.inverse(z) if cs is None else self.transform.inverse(z, c=cs)
 
-    def sample_latent(self, n: int, temperature: float = 1.0) -> Tensor:
+    def sample_latent(self, n: int, temperature: float | Tensor = 1.0) -> Tensor:
         """``n`` draws of the base, scaled about its mean by ``temperature`` (Gaussian bases).
 
         Returns:
@@ -490,6 +495,8 @@ class Flow(nn.Module):
                 else ""
             )
             raise ValueError(f"sample: n must be a positive integer, got {n!r}{hint}")
+        if isinstance(temperature, Tensor) and temperature.dim() == 0:
+            temperature = float(temperature)  # a 0-d tensor is a number
         if not (isinstance(temperature, (int, float)) and math.isfinite(temperature)) or (
             temperature <= 0
         ):

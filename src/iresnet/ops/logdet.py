@@ -895,13 +895,13 @@ class RussianRouletteLogDet(LogDetEstimator):
             of terms is drawn from torch's default CPU generator.
         lipschitz: a bound ``L < 1`` of ``Lip(g)`` of the blocks served (e.g. their
             certificate), or None.
-        auto: choose ``p`` and ``n_exact`` from ``lipschitz`` (those given explicitly are kept,
-            and checked).
+        auto: choose ``p`` and ``n_exact`` from ``lipschitz`` (give neither beside it).
 
     Raises:
         ValueError: an unknown ``distribution``, ``p`` outside ``(0, 1)``, ``rate <= 0``,
             ``n_exact < 1``, ``n_probes < 1``, an unknown ``probe``, ``lipschitz`` outside
-            ``[0, 1)``, ``auto`` with a Poisson distribution; at call time, an ``auto``
+            ``[0, 1)``, ``auto`` with a Poisson distribution or with ``p`` or ``n_exact``
+            given; at call time, an ``auto``
             template not bound to a Lipschitz bound.
         TypeError: at call time, an input that is not a tensor.
         DataError: at call time, an empty, boolean or complex input, or one of another dtype or
@@ -948,7 +948,15 @@ class RussianRouletteLogDet(LogDetEstimator):
                 "auto chooses the roulette from a Lipschitz bound below 1 (the blocks' "
                 f"coeff < 1); got {lipschitz:.6g}, where no roulette has finite variance"
             )
-        self._given = {"p": p, "n_exact": n_exact}
+        if auto and (p is not None or n_exact is not None):
+            given = ", ".join(
+                f"{k}={v!r}" for k, v in (("p", p), ("n_exact", n_exact)) if v is not None
+            )
+            raise ValueError(
+                f"{type(self).__name__}: auto=True chooses p and n_exact from the Lipschitz "
+                f"bound, got {given} too: pass {given} without auto (checked against lipschitz=), "
+                "or auto=True without them"
+            )
         self.auto, self.lipschitz = auto, lipschitz
         chosen = roulette_for_lipschitz(lipschitz) if auto and lipschitz is not None else None
         if p is None:
@@ -988,13 +996,13 @@ class RussianRouletteLogDet(LogDetEstimator):
 
     def with_lipschitz(self, lipschitz: float) -> RussianRouletteLogDet:
         """A copy for blocks with ``Lip(g) <= lipschitz``: with ``auto``, ``p`` and ``n_exact``
-        (those not given explicitly) are chosen from it; otherwise the fixed choice is checked
+        are chosen from it; otherwise the fixed choice is checked
         (a [`RouletteVarianceWarning`][iresnet.errors.RouletteVarianceWarning] if its variance
         is infinite)."""
         return RussianRouletteLogDet(
             self.distribution,  # type: ignore[arg-type]
-            p=self._given["p"] if self.auto else self.p,
-            n_exact=self._given["n_exact"] if self.auto else self.n_exact,
+            p=None if self.auto else self.p,
+            n_exact=None if self.auto else self.n_exact,
             n_probes=self.n_probes,
             neumann_gradient=self.neumann_gradient,
             memory_efficient=self.memory_efficient,

@@ -236,6 +236,17 @@ class HybridTask(ClassificationTask):
     evaluation ``test_bpd``, ``test_error``, ``test_loss`` (cross-entropy)."""
 
     has_density = True
+    #: what ``iresnet score`` reads (as of an unconditional image flow): levels, no contexts
+    images = True
+    context_dim = 0
+
+    def log_prob(self, model: nn.Module, batch: Tensor) -> Tensor:
+        """``log p(x)`` in nats of integer levels ``x``, the density ``evaluate`` reports."""
+        return model.log_prob(batch)
+
+    def value(self, log_prob: Tensor) -> Tensor:
+        """Per-image bits/dim."""
+        return bits_per_dim(log_prob, self.dim)
 
     def predict(
         self, model: nn.Module, x: Tensor, *, train: bool = False
