@@ -185,6 +185,38 @@ def test_gradients_in_closed_form_equal_autograd(name, mode):
         _assert_grads_close(_carry(pairs, params), want[1:])
 
 
+@pytest.mark.parametrize("name", ADJOINT_BRANCHES)
+def test_with_graph_the_output_carries_autograds_backward_and_the_rest_is_unchanged(name):
+    """``linearize_adjoint(..., graph=True)`` (the route ``torch.compile`` traces): ``g(x)``
+    with the graph of ``g`` (its gradients those of autograd through ``g``), the same
+    products and the same surrogate gradient as without ``graph``."""
+    g, event = branches()[name]
+    g = g.double().train()
+    x = torch.randn(4, *event, dtype=torch.float64, requires_grad=True)
+    t = torch.randn(2, 4, *event, dtype=torch.float64)
+    g(x)
+    params = [p for p in g.parameters() if p.requires_grad]
+    with iresnet.nn.frozen_normalisation(g):
+        plain = linearize_adjoint(g, x, t)
+        traced = linearize_adjoint(g, x, t, graph=True)
+        assert plain is not None and traced is not None
+        assert plain[0].grad_fn is None and traced[0].grad_fn is not None
+        torch.testing.assert_close(traced[0], plain[0], rtol=1e-12, atol=1e-12)
+        r = torch.randn_like(plain[0])
+        grad_x, pairs = plain[3](r)
+        got = torch.autograd.grad(
+            (traced[0] * r).sum(), [x, *params], allow_unused=True, retain_graph=True
+        )
+        torch.testing.assert_close(got[0], grad_x, rtol=1e-10, atol=1e-12)
+        _assert_grads_close(_carry(pairs, params), got[1:])
+        w = torch.randn_like(plain[0])
+        torch.testing.assert_close(traced[1](w), plain[1](w), rtol=1e-12, atol=1e-12)
+        c = torch.randn(2, *plain[0].shape, dtype=torch.float64)
+        (gx_plain, pairs_plain), (gx_traced, pairs_traced) = plain[2](c), traced[2](c)
+        torch.testing.assert_close(gx_traced, gx_plain, rtol=1e-12, atol=1e-12)
+        _assert_grads_close(_carry(pairs_traced, params), tuple(_carry(pairs_plain, params)))
+
+
 def test_linearize_adjoint_declines_unknown_layers():
     assert (
         linearize_adjoint(branches()["mlp-elu"][0], torch.zeros(3, 3), torch.zeros(1, 3, 3)) is None
@@ -207,7 +239,7 @@ def test_memory_efficient_series_is_the_same_with_the_closed_form_surrogate_grad
     results = []
     for closed in (True, False):
         if not closed:
-            monkeypatch.setattr(logdet_module, "linearize_adjoint", lambda g, x, t: None)
+            monkeypatch.setattr(logdet_module, "linearize_adjoint", lambda g, x, t, **kw: None)
         # the loss weights g(x) unevenly across samples: the backward pass of g must see it
         estimator = iresnet.RussianRouletteLogDet(
             n_exact=2, n_probes=n_probes, neumann_gradient=True, memory_efficient=True

@@ -139,11 +139,11 @@ class LipSwish(nn.Module):
         return y, slope * t, lambda w: w * fixed
 
     def linearize_adjoint(
-        self, x: Tensor, t: Tensor
+        self, x: Tensor, t: Tensor, graph: bool = False
     ) -> tuple[Tensor, Tensor, Callable[[Tensor], Tensor], Adjoint]:
-        """``f(x)`` and ``f'(x) t`` (no graphs), ``vjp(w) = w * f'(x)`` and the adjoint of the
-        linearised map, for gradients in closed form (see
-        [`linearize_adjoint`][iresnet.ops.jacobian.linearize_adjoint]).
+        """``f(x)`` and ``f'(x) t`` (no graphs; with ``graph`` ``f(x)`` has its autograd
+        graph), ``vjp(w) = w * f'(x)`` and the adjoint of the linearised map, for gradients in
+        closed form (see [`linearize_adjoint`][iresnet.ops.jacobian.linearize_adjoint]).
 
         ``adjoint(c, r, need_c) -> (c', r', pairs)``: ``c`` ``(m, *x.shape)`` is the cotangent
         of the pushed tangents ``f'(x) t`` (or None; it may be given once, after which the
@@ -155,14 +155,21 @@ class LipSwish(nn.Module):
         (``z = beta x``, ``s = sigmoid(z)``). Kept for ``r``: the slope and ``x^2 s (1 - s)``,
         as many tensors as autograd would keep for ``f``."""
         raw = self.raw_beta
+        y: Tensor | None = None
+        if graph:
+            z = self.beta * x
+            s = torch.sigmoid(z)
+            y = x * s / 1.1
+            x, z, s = x.detach(), z.detach(), s.detach()
         with torch.no_grad():
             b = F.softplus(raw)
             # d softplus / d raw: sigmoid(raw), and 1 above softplus' linear threshold (20)
             dbeta = torch.where(raw > 20, torch.ones_like(raw), torch.sigmoid(raw))
             beta = Pullback(raw, lambda g: g * dbeta)
-            z = b * x
-            s = torch.sigmoid(z)
-            y = (x * s).div_(1.1)
+            if y is None:
+                z = b * x
+                s = torch.sigmoid(z)
+                y = (x * s).div_(1.1)
             ds = torch.addcmul(s, s, s, value=-1)  # s (1 - s)
             slope = torch.addcmul(s, z, ds).div_(1.1)
             t_out = slope * t

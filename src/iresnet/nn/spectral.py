@@ -334,10 +334,10 @@ class _SpectralNormMixin:
 
         return w_hat, Pullback(self.weight, pullback)
 
-    def _adjoint_weight(self) -> tuple[Tensor, Tensor | Pullback]:
+    def _adjoint_weight(self, graph: bool = False) -> tuple[Tensor, Tensor | Pullback]:
         """``(W_hat, what carries its gradient)``: the closed-form pullback where ``norm``
-        has one, else the normalised weight with its graph for both."""
-        closed = self._normalized_weight_pullback()
+        has one (and not ``graph``), else the normalised weight with its graph for both."""
+        closed = None if graph else self._normalized_weight_pullback()
         if closed is None:
             w_hat = self.normalized_weight()  # type: ignore[attr-defined]
             return w_hat, w_hat
@@ -695,10 +695,10 @@ class SpectralLinear(_SpectralNormMixin, nn.Linear):
         return F.linear(x, weight, self.bias), jt, lambda w: w @ fixed
 
     def linearize_adjoint(
-        self, x: Tensor, t: Tensor
+        self, x: Tensor, t: Tensor, graph: bool = False
     ) -> tuple[Tensor, Tensor, Callable[[Tensor], Tensor], Adjoint]:
-        """``W_hat x + b`` and ``W_hat t`` (no graphs), ``vjp(w) = w W_hat`` and the adjoint of
-        the linearised map (see
+        """``W_hat x + b`` and ``W_hat t`` (no graphs; with ``graph`` the output has its
+        autograd graph), ``vjp(w) = w W_hat`` and the adjoint of the linearised map (see
         [`linearize_adjoint`][iresnet.ops.jacobian.linearize_adjoint]): cotangents ``c`` of
         ``W_hat t`` (given once; the tangents are then released) and ``r`` of the output, either
         None, give ``c W_hat``, ``r W_hat`` and the gradients ``sum c^T t + r^T x`` of
@@ -709,12 +709,14 @@ class SpectralLinear(_SpectralNormMixin, nn.Linear):
         """
         check_input(x, "SpectralLinear", like=self)
         check_size(x, "SpectralLinear", -1, self.in_features, "input features")
-        fixed, weight = self._adjoint_weight()
+        fixed, weight = self._adjoint_weight(graph)
         bias = self.bias
         out, inp = self.out_features, self.in_features
+        y = F.linear(x, weight, bias) if graph else None  # type: ignore[arg-type]
         with torch.no_grad():
             fixed, xd = fixed.detach(), x.detach()
-            y = F.linear(xd, fixed, None if bias is None else bias.detach())
+            if y is None:
+                y = F.linear(xd, fixed, None if bias is None else bias.detach())
             t_out = F.linear(t, fixed)
         held = [t]
 
@@ -985,10 +987,11 @@ class SpectralConv2d(_SpectralNormMixin, nn.Conv2d):
         return self._conv_forward(x, weight, self.bias), jt, vjp
 
     def linearize_adjoint(
-        self, x: Tensor, t: Tensor
+        self, x: Tensor, t: Tensor, graph: bool = False
     ) -> tuple[Tensor, Tensor, Callable[[Tensor], Tensor], Adjoint]:
-        """``conv(x)`` and ``conv_without_bias(t)`` (no graphs), the transposed convolution as
-        ``vjp`` and the adjoint of the linearised map (see
+        """``conv(x)`` and ``conv_without_bias(t)`` (no graphs; with ``graph`` the output has
+        its autograd graph), the transposed convolution as ``vjp`` and the adjoint of the
+        linearised map (see
         [`linearize_adjoint`][iresnet.ops.jacobian.linearize_adjoint]): cotangents ``c`` of the
         pushed tangents (given once; the tangents are then released) and ``r`` of the output,
         either None, go back through the transposed convolution, with the kernel's (and the
@@ -1000,11 +1003,13 @@ class SpectralConv2d(_SpectralNormMixin, nn.Conv2d):
         check_input(x, "SpectralConv2d", like=self)
         check_size(x, "SpectralConv2d", -3, self.in_channels, "input channels")
         self._ensure_vectors(x)
-        fixed, weight = self._adjoint_weight()
+        fixed, weight = self._adjoint_weight(graph)
         bias = self.bias
+        y = self._conv_forward(x, weight, bias) if graph else None  # type: ignore[arg-type]
         with torch.no_grad():
             fixed, xd = fixed.detach(), x.detach()
-            y = self._conv_forward(xd, fixed, None if bias is None else bias.detach())
+            if y is None:
+                y = self._conv_forward(xd, fixed, None if bias is None else bias.detach())
             tf = t.reshape(-1, *t.shape[2:])
             tt = self._conv_forward(tf, fixed, None)
             t_out = tt.reshape(*t.shape[:2], *tt.shape[1:])

@@ -83,7 +83,7 @@ ClosedGrad = Callable[[Tensor], tuple[Tensor | None, Pairs]]
 
 
 def linearize_adjoint(
-    g: G, x: Tensor, tangents: Tensor
+    g: G, x: Tensor, tangents: Tensor, *, graph: bool = False
 ) -> tuple[Tensor, Callable[[Tensor], Tensor], ClosedGrad, ClosedGrad] | None:
     """``g(x)``, ``w -> w J_g(x)``, and the gradients of ``sum_p c_p^T J_g(x) t_p`` and of
     ``r^T g(x)`` in closed form, where ``g`` allows it; None otherwise.
@@ -104,12 +104,17 @@ def linearize_adjoint(
     Args:
         g: a samplewise map; a ``nn.Sequential`` whose layers all offer
             ``linearize_adjoint(x, t) -> (f(x), J_f t, vjp, adjoint)`` (the spectral layers
-            and LipSwish) is handled, anything else returns None.
+            and LipSwish; with ``graph``, ``linearize_adjoint(x, t, graph=True)``) is handled,
+            anything else returns None.
         x: ``(B, *event)``.
         tangents: ``(m, B, *event)``, the probes.
+        graph: give ``g(x)`` its autograd graph (to ``x`` and the parameters) for autograd's
+            backward pass, instead of ``grad``'s; the rest is unchanged (the memory-efficient
+            route that ``torch.compile`` traces).
 
     Returns:
-        None, or ``(g(x), vjp, surrogate_grad, grad)``, none with a graph: ``vjp(w) = w
+        None, or ``(g(x), vjp, surrogate_grad, grad)``, none with a graph (but ``g(x)`` with
+        ``graph``): ``vjp(w) = w
         J_g(x)``; ``surrogate_grad(c)`` for ``c`` of the tangents' shape (called at most once:
         the pushed tangents are released then) and ``grad(r)`` for ``r`` of ``g(x)``'s shape
         return the gradient with respect to ``x`` (None where it is zero) and
@@ -131,7 +136,10 @@ def linearize_adjoint(
         return None
     h, t, backs, adjoints = x, tangents, [], []
     for layer in g:
-        h, t, back, adjoint = layer.linearize_adjoint(h, t)
+        if graph:  # a keyword the layers' protocol added later: asked for only when used
+            h, t, back, adjoint = layer.linearize_adjoint(h, t, graph=True)
+        else:
+            h, t, back, adjoint = layer.linearize_adjoint(h, t)
         backs.append(back)
         adjoints.append(adjoint)
     backs.reverse()

@@ -383,6 +383,26 @@ def _add(a: Tensor | None, b: Tensor | None) -> Tensor | None:
     return a if b is None else a + b
 
 
+def _gradient_carrier(x: Tensor, grad_x: Tensor | None, pairs: Pairs) -> Tensor:
+    """A ``(B,)`` tensor of zeros whose gradient is the log-det's, formed in the forward pass:
+    ``grad_x`` per sample, and the ``(target, gradient)`` pairs (batch sums) spread equally over
+    the samples, so a loss that weights every sample's log-det equally (a mean or a sum) gets
+    them exactly. Added to a log-det without a graph, it is the memory-efficient route that
+    ``torch.compile`` traces: autograd keeps the small graphs of the targets (normalised
+    weights, ``beta``) instead of the series' or ``J v``'s."""
+    total = x.new_zeros(())
+    for target, g in pairs:
+        if isinstance(target, Tensor):
+            if target.requires_grad:
+                total = total + (g.detach() * target).sum()
+        else:  # a closed-form pullback to a parameter
+            total = total + (target.pullback(g).detach() * target.param).sum()
+    carrier = (total / x.shape[0]).expand(x.shape[0])
+    if grad_x is not None and x.requires_grad:
+        carrier = carrier + _batch_dot(grad_x.detach(), x)
+    return carrier - carrier.detach()
+
+
 def series_logdet(
     g: G,
     x: Tensor,
@@ -414,7 +434,9 @@ def series_logdet(
             through the series; same expectation, one graph of ``J v`` instead of ``n``.
         memory_efficient: form the gradient in the forward pass (Residual Flows sec. 3.2); same
             numbers as without it for the same draws. The loss must then weight every sample's
-            log-det equally (a mean or a sum over the batch).
+            log-det equally (a mean or a sum over the batch): checked in the backward pass when
+            eager, assumed when traced by ``torch.compile`` (the check would read the weights
+            on the host; use ``memory_efficient=False`` for a loss that weights samples).
 
     Returns:
         ``gx`` (shape of ``x``) and ``logdet`` ``(B,)``, in nats.
@@ -424,7 +446,7 @@ def series_logdet(
         DataError: ``x`` is empty, boolean or complex, or (``g`` a module) of another dtype or
             device than ``g``.
         RuntimeError: in the backward pass of ``memory_efficient=True``, a loss that weights the
-            samples' log-dets unequally.
+            samples' log-dets unequally (eager only).
 
     References:
         - Behrmann et al., arXiv:1811.00995, sec. 3.2-3.3.
@@ -445,9 +467,9 @@ def series_logdet(
     params = _grad_params(g)
     need_graph = torch.is_grad_enabled() and (x.requires_grad or len(params) > 0)
 
-    def compute(x_: Tensor) -> tuple[Tensor, Tensor, _Closed | None]:
+    def compute(x_: Tensor, in_graph: bool = False) -> tuple[Tensor, Tensor, _Closed | None]:
         if memory_efficient and neumann_gradient and need_graph:
-            closed = linearize_adjoint(g, x_, probes)
+            closed = linearize_adjoint(g, x_, probes, graph=in_graph)
             if closed is not None:  # every gradient in closed form: no graph of g or J v
                 gx, vjp_, surrogate_grad, grad = closed
                 neumann: list[Tensor] = []
@@ -461,6 +483,12 @@ def series_logdet(
                     vjp=vjp_,
                     neumann_out=neumann,
                 )
+                if in_graph:  # g(x) has its graph; the log-det's gradient rides on a carrier
+                    return (
+                        gx,
+                        ld + _gradient_carrier(x_, *surrogate_grad(torch.stack(neumann))),
+                        None,
+                    )
                 return gx, ld, (surrogate_grad(torch.stack(neumann)), grad)
         push = probes if (neumann_gradient and need_graph) else None
         gx, jv, vjp = linearize(g, x_, push)
@@ -480,8 +508,10 @@ def series_logdet(
     if memory_efficient and need_graph and not compiling:
         return _MemoryEfficient.apply(compute, x, *params)
     # Traced by torch.compile, the memory-efficient backward (an autograd.Function calling
-    # autograd, and a host check of the loss's weights) gives way to the plain Neumann
-    # surrogate: the same numbers, in one graph whose backward the compiler plans.
+    # autograd, and a host check of the loss's weights) gives way to a gradient carrier where
+    # g's products are in closed form (the same numbers; the loss must weight the samples'
+    # log-dets equally, unchecked), else to the plain Neumann surrogate: one graph whose
+    # backward the compiler plans.
     with torch.enable_grad():
         if x.requires_grad and need_graph:
             x_ = x
@@ -489,7 +519,7 @@ def series_logdet(
             x_ = x  # no autograd call on x: a fresh leaf would only break the graph
         else:
             x_ = x.detach().requires_grad_()
-        gx, logdet, _ = compute(x_)
+        gx, logdet, _ = compute(x_, in_graph=True)
     if not need_graph:
         gx, logdet = gx.detach(), logdet.detach()
     return gx, logdet
@@ -510,6 +540,7 @@ def _series_in_graph(
     *,
     n_sure: int,
     neumann_gradient: bool,
+    memory_efficient: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """``series_logdet`` for a number of terms ``n_terms`` held in a tensor, so a random ``N``
     needs no host read and one compiled graph serves every draw: the ``n_sure`` terms that are
@@ -519,12 +550,21 @@ def _series_in_graph(
     ``g`` must have closed-form products ([`linearize`][iresnet.ops.jacobian.linearize]), and
     a gradient is only formed by the Neumann series (the terms are never differentiated: their
     products run without a graph, and the gradient is that of the surrogate
-    ``neumann^T J v``)."""
+    ``neumann^T J v``). With ``memory_efficient`` (and products whose adjoints are in closed
+    form, [`linearize_adjoint`][iresnet.ops.jacobian.linearize_adjoint]) that gradient is
+    formed in the forward pass and carried by ``_gradient_carrier``: no graph of ``J v``."""
     from torch._higher_order_ops.while_loop import while_loop
 
     params = _grad_params(g)
     need_graph = torch.is_grad_enabled() and (x.requires_grad or len(params) > 0)
-    gx, jv, vjp = linearize(g, x, probes if (neumann_gradient and need_graph) else None)
+    closed = None
+    if memory_efficient and neumann_gradient and need_graph:
+        closed = linearize_adjoint(g, x, probes, graph=True)
+    if closed is not None:
+        gx, vjp, surrogate_grad, _ = closed
+        jv = None
+    else:
+        gx, jv, vjp = linearize(g, x, probes if (neumann_gradient and need_graph) else None)
     assert vjp is not None  # the caller checked _has_closed_form
     k_max = len(weights)
     n_sure = min(n_sure, k_max)
@@ -575,6 +615,9 @@ def _series_in_graph(
         return gx.detach(), value
     if not neumann_gradient:
         return gx, value
+    if closed is not None:
+        neumann = torch.stack([state[3 * p + 2] for p in range(m)]) / m
+        return gx, value + _gradient_carrier(x, *surrogate_grad(neumann))
     surrogate = torch.zeros_like(value)
     for p in range(m):
         surrogate = surrogate + _batch_dot(state[3 * p + 2], jv[p])  # type: ignore[index]
@@ -779,7 +822,8 @@ class PowerSeriesLogDet(LogDetEstimator):
         DataError: at call time, an empty, boolean or complex input, or one of another dtype or
             device than ``g``.
         RuntimeError: with ``memory_efficient=True``, in the backward pass of a loss that
-            weights the samples' log-dets unequally.
+            weights the samples' log-dets unequally (eager; not checked under
+            ``torch.compile``, see [`series_logdet`][iresnet.ops.logdet.series_logdet]).
 
     References:
         - Behrmann et al., arXiv:1811.00995, sec. 3.1-3.3, eq. (4)-(5), Algorithm 2, Theorem 3.
@@ -907,7 +951,8 @@ class RussianRouletteLogDet(LogDetEstimator):
         DataError: at call time, an empty, boolean or complex input, or one of another dtype or
             device than ``g``.
         RuntimeError: with ``memory_efficient=True``, in the backward pass of a loss that
-            weights the samples' log-dets unequally.
+            weights the samples' log-dets unequally (eager; not checked under
+            ``torch.compile``, see [`series_logdet`][iresnet.ops.logdet.series_logdet]).
 
     References:
         - Chen et al., arXiv:1906.02735, sec. 3.1-3.2, eq. (5)-(6), (8), Theorems 1-2.
@@ -1136,6 +1181,7 @@ class RussianRouletteLogDet(LogDetEstimator):
             cayley_weights(table) if cayley else table,  # type: ignore[arg-type]
             n_sure=self.n_exact,
             neumann_gradient=self.neumann_gradient,
+            memory_efficient=self.memory_efficient,
         )
 
     def __repr__(self) -> str:
@@ -1200,7 +1246,8 @@ class StratifiedRouletteLogDet(RussianRouletteLogDet):
         DataError: at call time, an empty, boolean or complex input, or one of another dtype or
             device than ``g``.
         RuntimeError: with ``memory_efficient=True``, in the backward pass of a loss that
-            weights the samples' log-dets unequally.
+            weights the samples' log-dets unequally (eager; not checked under
+            ``torch.compile``, see [`series_logdet`][iresnet.ops.logdet.series_logdet]).
 
     References:
         - Chen et al., arXiv:1906.02735, sec. 3.1-3.2, eq. (6), (8).
