@@ -1,9 +1,9 @@
 """A compiled Russian roulette is the eager one: same draws of ``N``, log-dets and gradients.
 
 Traced by ``torch.compile``, the roulette draws ``N`` in the graph and runs its random tail in a
-``while_loop``, and the memory-efficient backward gives way to the plain Neumann surrogate
-(``iresnet.ops.logdet``). Here, in float64, for seeds whose draws differ (tails of several
-lengths), the compiled training loss of a block (``aot_eager``: ATen's random generators, as
+``while_loop``, and the memory-efficient backward gives way to a carrier of the gradient formed in
+the forward pass (``iresnet.ops.logdet``). Here, in float64, for seeds whose draws differ (tails of
+several lengths), the compiled training loss of a block (``aot_eager``: ATen's random generators, as
 ``iresnet.compile_options`` asks of inductor) gives the eager loss's log-dets and parameter
 gradients, with one graph for every draw and no graph break (``fullgraph=True``). Timings live in
 ``benchmarks/compile.py``, never here.

@@ -1,15 +1,16 @@
 """The ``torch.compile`` settings under which the estimators' compiled graphs pay.
 
-Traced by ``torch.compile``, the Russian roulette draws its number of terms and its probes
-inside the graph and runs its random tail in a ``while_loop`` (no graph break, one graph for
-every draw; see ``RussianRouletteLogDet``), and the memory-efficient backward gives way to the
-Neumann surrogate that the compiler differentiates. Two of inductor's defaults then cost more
-than they save on CPU (measured in ``benchmarks/compile.py``): its own random-number kernels
-(per-element Philox, several milliseconds for one probe of an image batch where ATen's takes a
-fraction of one) and its switch of convolutions to channels-last (layout copies around every
+Traced by ``torch.compile``, the Russian roulette draws its number of terms and its probes inside
+the graph and runs its random tail in a ``while_loop`` (no graph break, one graph for every draw;
+see ``RussianRouletteLogDet``), and the memory-efficient backward (an ``autograd.Function`` that
+does not trace) gives way to a carrier of the same gradient formed in the forward pass
+(``iresnet.ops.logdet``): ``g(x)`` keeps its graph, ``J v`` none. Two of inductor's defaults then
+cost more than they save on CPU (measured in ``benchmarks/compile.py``): its own random-number
+kernels (per-element Philox, several milliseconds for one probe of an image batch where ATen's takes
+a fraction of one) and its switch of convolutions to channels-last (layout copies around every
 convolution of the few-channel branches). [`compile_options`][iresnet.ops.compiling.compile_options]
-turns both off; ATen's generators also make a compiled step draw the same numbers as the eager
-one for the same seed.
+turns both off; ATen's generators also make a compiled step draw the same numbers as the eager one
+for the same seed.
 """
 
 from __future__ import annotations

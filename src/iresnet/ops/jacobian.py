@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -75,6 +75,13 @@ def linearize(
     return h, t, vjp
 
 
+class Samplewise(NamedTuple):
+    """A layer's input with its autograd graph, as the target of a cotangent given sample by
+    sample (``linearize_adjoint(..., graph=True)``)."""
+
+    tensor: Tensor
+
+
 Pairs = list[tuple[Any, Tensor]]
 """``(target, gradient)``: the target is a parameter, a tensor whose autograd graph leads to
 the parameters, or an object with ``param`` and ``pullback`` (gradient of the computed tensor
@@ -109,8 +116,11 @@ def linearize_adjoint(
         x: ``(B, *event)``.
         tangents: ``(m, B, *event)``, the probes.
         graph: give ``g(x)`` its autograd graph (to ``x`` and the parameters) for autograd's
-            backward pass, instead of ``grad``'s; the rest is unchanged (the memory-efficient
-            route that ``torch.compile`` traces).
+            backward pass, instead of ``grad``'s (the memory-efficient route that
+            ``torch.compile`` traces). ``surrogate_grad`` then carries no cotangent back
+            through the chain: it returns None for ``x`` and, among its pairs, each layer's
+            share of the cotangent of its own input, as ``(Samplewise(input), cotangent)``
+            (the input with its graph), for autograd to carry back with the loss's.
 
     Returns:
         None, or ``(g(x), vjp, surrogate_grad, grad)``, none with a graph (but ``g(x)`` with
@@ -134,8 +144,9 @@ def linearize_adjoint(
     """
     if not (isinstance(g, nn.Sequential) and all(hasattr(m, "linearize_adjoint") for m in g)):
         return None
-    h, t, backs, adjoints = x, tangents, [], []
+    h, t, backs, adjoints, inputs = x, tangents, [], [], []
     for layer in g:
+        inputs.append(h)
         if graph:  # a keyword the layers' protocol added later: asked for only when used
             h, t, back, adjoint = layer.linearize_adjoint(h, t, graph=True)
         else:
@@ -144,6 +155,7 @@ def linearize_adjoint(
         adjoints.append(adjoint)
     backs.reverse()
     adjoints.reverse()
+    inputs.reverse()
     last = len(adjoints) - 1
 
     def vjp(w: Tensor) -> Tensor:
@@ -157,9 +169,17 @@ def linearize_adjoint(
         r: Tensor | None = None
         pairs: Pairs = []
         for i, adjoint in enumerate(adjoints):
-            cc, r, layer_pairs = adjoint(cc, r, i < last)
+            if graph:
+                # Each layer's own share of the cotangent of its input goes to that input's
+                # graph, where autograd's backward pass of g carries it together with the
+                # loss's own cotangent (one pass back through the chain, not two).
+                cc, r, layer_pairs = adjoint(cc, None, i < last)
+                if r is not None:
+                    pairs.append((Samplewise(inputs[i]), r))
+            else:
+                cc, r, layer_pairs = adjoint(cc, r, i < last)
             pairs += layer_pairs
-        return r, pairs
+        return (None, pairs) if graph else (r, pairs)
 
     def grad(r: Tensor) -> tuple[Tensor | None, Pairs]:
         rr: Tensor | None = r

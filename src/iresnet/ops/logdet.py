@@ -57,7 +57,7 @@ from torch import Tensor, nn
 
 from ..checks import check_input
 from ..errors import RouletteVarianceWarning
-from .jacobian import ClosedGrad, Pairs, jacobian, linearize, linearize_adjoint
+from .jacobian import ClosedGrad, Pairs, Samplewise, jacobian, linearize, linearize_adjoint
 from .roulette import (
     roulette_for_lipschitz,
     roulette_variance_bound,
@@ -391,13 +391,20 @@ def _gradient_carrier(x: Tensor, grad_x: Tensor | None, pairs: Pairs) -> Tensor:
     ``torch.compile`` traces: autograd keeps the small graphs of the targets (normalised
     weights, ``beta``) instead of the series' or ``J v``'s."""
     total = x.new_zeros(())
+    per_sample: Tensor | None = None
     for target, g in pairs:
-        if isinstance(target, Tensor):
+        if isinstance(target, Samplewise):  # a cotangent per sample: exact for any weights
+            if target.tensor.requires_grad:
+                term = _batch_dot(g.detach(), target.tensor)
+                per_sample = term if per_sample is None else per_sample + term
+        elif isinstance(target, Tensor):
             if target.requires_grad:
                 total = total + (g.detach() * target).sum()
         else:  # a closed-form pullback to a parameter
             total = total + (target.pullback(g).detach() * target.param).sum()
     carrier = (total / x.shape[0]).expand(x.shape[0])
+    if per_sample is not None:
+        carrier = carrier + per_sample
     if grad_x is not None and x.requires_grad:
         carrier = carrier + _batch_dot(grad_x.detach(), x)
     return carrier - carrier.detach()
@@ -913,8 +920,9 @@ class RussianRouletteLogDet(LogDetEstimator):
     for branches with closed-form products), ``N`` is drawn in the graph by the same operation
     from the same generator, and the terms after the ``n_exact`` sure ones run in a
     ``while_loop`` up to ``N``: no graph break, one graph for every draw, the same estimate and
-    gradients as eagerly for the same seed (the memory-efficient backward gives way to the
-    Neumann surrogate, which the compiler differentiates). Use
+    gradients as eagerly for the same seed (with ``memory_efficient``, the log-det's gradient
+    is formed in the forward pass and carried into the graph by a zero tensor; without it the
+    compiler differentiates the Neumann surrogate). Use
     [`compile_options`][iresnet.ops.compiling.compile_options].
 
     Arguments:
@@ -1167,9 +1175,10 @@ class RussianRouletteLogDet(LogDetEstimator):
         from the same generator as ``draw_n_terms``), the terms in a loop of ``N`` steps
         ([`_series_in_graph`][iresnet.ops.logdet._series_in_graph]) with the weights
         ``1 / P(N >= k)`` of ``roulette_weights`` up to ``max_terms``: the same law, no graph
-        break, one graph for every ``N``. The Neumann gradient is formed by autograd through
-        the compiled graph (the memory-efficient backward's ``autograd.Function`` does not
-        trace; the compiler chooses what the backward keeps)."""
+        break, one graph for every ``N``. The Neumann gradient is formed in the forward pass
+        and carried by ``_gradient_carrier`` with ``memory_efficient`` (the memory-efficient
+        backward's ``autograd.Function`` does not trace), else by autograd through the
+        surrogate ``neumann^T J v``."""
         n = self._draw_n()
         table = roulette_weights(self.max_terms, self.n_exact, self.distribution, self._param)
         probes = sample_probes(x, self.n_probes, self.probe, self.generator)
