@@ -383,6 +383,23 @@ def _add(a: Tensor | None, b: Tensor | None) -> Tensor | None:
     return a if b is None else a + b
 
 
+class _Carry(torch.autograd.Function):
+    """``(target, cotangent) -> zeros(B)`` whose backward gives ``target`` the cotangent times
+    each sample's weight: the carrier of a per-sample cotangent, with no work in the forward
+    pass (a product and a sum, ``(cotangent * target).flatten(1).sum(1)``, would compute zeros
+    the hard way)."""
+
+    @staticmethod
+    def forward(ctx, target, cotangent):  # type: ignore[override]
+        ctx.save_for_backward(cotangent)
+        return target.new_zeros(target.shape[0])
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        (cotangent,) = ctx.saved_tensors
+        return grad.reshape(-1, *([1] * (cotangent.dim() - 1))) * cotangent, None
+
+
 def _gradient_carrier(x: Tensor, grad_x: Tensor | None, pairs: Pairs) -> Tensor:
     """A ``(B,)`` tensor of zeros whose gradient is the log-det's, formed in the forward pass:
     ``grad_x`` per sample, and the ``(target, gradient)`` pairs (batch sums) spread equally over
@@ -395,7 +412,7 @@ def _gradient_carrier(x: Tensor, grad_x: Tensor | None, pairs: Pairs) -> Tensor:
     for target, g in pairs:
         if isinstance(target, Samplewise):  # a cotangent per sample: exact for any weights
             if target.tensor.requires_grad:
-                term = _batch_dot(g.detach(), target.tensor)
+                term = _Carry.apply(target.tensor, g.detach())
                 per_sample = term if per_sample is None else per_sample + term
         elif isinstance(target, Tensor):
             if target.requires_grad:
