@@ -153,13 +153,30 @@ def exact_logdet(
     low = jac.dtype in (torch.float16, torch.bfloat16)
     mat = jac.float() if low else jac
     eye = torch.eye(d, dtype=mat.dtype, device=mat.device)
-    logdet = torch.linalg.slogdet(eye + mat).logabsdet
+    logdet = _logabsdet(eye + mat)
     if cayley:
-        logdet = torch.linalg.slogdet(eye - mat).logabsdet - logdet
+        logdet = _logabsdet(eye - mat) - logdet
     logdet = logdet.to(jac.dtype)
     if not need_graph:
         gx, logdet = gx.detach(), logdet.detach()
     return gx, logdet
+
+
+def _logabsdet(m: Tensor) -> Tensor:
+    """``log|det m|`` of a batch of matrices ``(B, D, D)``, differentiable.
+
+    Traced by ``torch.compile``, its value comes from ``slogdet`` without a graph and its
+    gradient ``m^{-T}`` rides on ``<m^{-T}, m>`` (zero added): inductor (torch 2.13) miscompiles
+    ``slogdet``'s backward through a batched Jacobian such as ``exact_logdet`` builds (wrong
+    parameter gradients, some of the wrong sign, where ``aot_eager`` and eager agree), and
+    gets ``inv`` right. One graph, no break; first derivatives only, as a compiled step needs."""
+    if not torch.compiler.is_compiling():
+        return torch.linalg.slogdet(m).logabsdet
+    with torch.no_grad():
+        value = torch.linalg.slogdet(m).logabsdet
+        inverse_t = torch.linalg.inv(m).transpose(-2, -1)
+    carrier = (inverse_t * m).sum((-2, -1))
+    return value + (carrier - carrier.detach())
 
 
 def sample_probes(
@@ -195,6 +212,15 @@ def sample_probes(
         bits = torch.randint(0, 2, shape, device=x.device, **gen)
         return bits.to(x.dtype) * 2 - 1
     raise ValueError(f"probe must be 'gaussian' or 'rademacher', got {kind!r}")
+
+
+def _axpy(a: Tensor, w: Tensor, coef: float) -> Tensor:
+    """``a + coef * w``: one fused ``add`` eagerly; traced, a product and a sum, because
+    inductor (torch 2.13) drops ``alpha`` from ``torch.add(a, w, alpha=coef)`` when ``w`` comes
+    out of a matrix product (a pattern rewrite into ``addmm``), which the series' terms do."""
+    if torch.compiler.is_compiling():
+        return a + w * coef
+    return torch.add(a, w, alpha=coef)
 
 
 def _series(
@@ -241,9 +267,9 @@ def _series(
             else:
                 w = torch.autograd.grad(gx, x, w, retain_graph=True, create_graph=plain_graph)[0]
             coef = (-1) ** (k + 1) * probe_weights[k - 1] / k
-            terms = w * coef if terms is None else torch.add(terms, w, alpha=coef)
+            terms = w * coef if terms is None else _axpy(terms, w, coef)
             if neumann_gradient and k < n:
-                neumann = torch.add(neumann, w, alpha=(-1) ** k * probe_weights[k])
+                neumann = _axpy(neumann, w, (-1) ** k * probe_weights[k])
         if terms is not None:
             value = value + _batch_dot(terms, v)
         if neumann_out is not None:
