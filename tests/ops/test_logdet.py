@@ -178,6 +178,23 @@ def test_memory_efficient_refuses_non_uniform_sample_weights():
         (ld * torch.arange(4.0, dtype=torch.float64)).sum().backward()
 
 
+def test_a_second_backward_through_a_memory_efficient_log_det_is_a_clear_error():
+    """The memory-efficient log-det frees what its backward needs after one pass: a second
+    one (``autograd.functional.jacobian``, ``retain_graph=True``) gets a message naming the
+    way out, not an internal unpacking error; with ``memory_efficient=False`` it works."""
+    g = make_g(3)
+    x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    gx, ld = iresnet.RussianRouletteLogDet()(g, x)
+    loss = (gx.sum() + ld.sum()) / 4
+    torch.autograd.grad(loss, x, retain_graph=True)
+    with pytest.raises(RuntimeError, match="memory_efficient=False"):
+        torch.autograd.grad(loss, x, retain_graph=True)
+    gx, ld = iresnet.RussianRouletteLogDet(memory_efficient=False)(g, x)
+    loss = (gx.sum() + ld.sum()) / 4
+    first = torch.autograd.grad(loss, x, retain_graph=True)[0]
+    torch.testing.assert_close(torch.autograd.grad(loss, x)[0], first)
+
+
 def test_no_grad_evaluation_returns_detached_values():
     g = make_g(4)
     x = torch.randn(3, 4, dtype=torch.float64)

@@ -246,3 +246,15 @@ def test_auto_refuses_a_p_or_n_exact_of_its_own(kind, given):
             cls(auto=True, lipschitz=lipschitz, **given)
     fixed = cls(lipschitz=0.5, **given)  # without auto: kept and checked
     assert "chosen" not in repr(fixed) and "finite variance" in repr(fixed)
+
+
+@pytest.mark.parametrize("kind", ["RussianRouletteLogDet", "StratifiedRouletteLogDet"])
+@pytest.mark.parametrize(("max_terms", "n_exact"), [(0, None), (1, 2), (2.5, None)])
+def test_a_cap_below_the_sure_terms_is_refused(kind, max_terms, n_exact):
+    """``max_terms=0`` was accepted and failed at call time with a bare IndexError, and a cap
+    below ``n_exact`` silently overrode it (the estimate's mean moved: 1.0 instead of 0.811 on
+    ``g = x / 2``)."""
+    given = {} if n_exact is None else {"n_exact": n_exact}
+    with pytest.raises(ValueError, match="max_terms must be an integer >= n_exact"):
+        getattr(iresnet, kind)(max_terms=max_terms, **given)
+    getattr(iresnet, kind)(max_terms=2, n_exact=2)  # a cap at the sure terms: N = n_exact

@@ -323,6 +323,13 @@ class _MemoryEfficient(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_gx, grad_logdet):  # type: ignore[override]
+        if ctx.graph is None:
+            raise RuntimeError(
+                "the memory-efficient log-det keeps what its backward pass needs for one pass "
+                "only (retain_graph cannot keep it); for a second one (autograd.functional."
+                "jacobian, gradient checks) use memory_efficient=False, or evaluate inside "
+                "iresnet.swap_logdets(model, 'exact')"
+            )
         gx, x_, params = ctx.graph
         closed, grads = ctx.closed, ctx.logdet_grads
         ctx.graph = ctx.closed = ctx.logdet_grads = None
@@ -994,10 +1001,11 @@ class RussianRouletteLogDet(LogDetEstimator):
 
     Raises:
         ValueError: an unknown ``distribution``, ``p`` outside ``(0, 1)``, ``rate <= 0``,
-            ``n_exact < 1``, ``n_probes < 1``, an unknown ``probe``, ``lipschitz`` outside
-            ``[0, 1)``, ``auto`` with a Poisson distribution or with ``p`` or ``n_exact``
-            given; at call time, an ``auto``
-            template not bound to a Lipschitz bound.
+            ``n_exact < 1``, ``max_terms < n_exact``, ``n_probes < 1``, an unknown ``probe``,
+            ``lipschitz < 0`` (or ``>= 1`` with ``auto``; without it such a bound draws a
+            ``RouletteVarianceWarning``), ``auto`` with a Poisson distribution or with ``p``
+            or ``n_exact`` given; at call time, an ``auto`` template not bound to a Lipschitz
+            bound.
         TypeError: at call time, an input that is not a tensor.
         DataError: at call time, an empty, boolean or complex input, or one of another dtype or
             device than ``g``.
@@ -1074,6 +1082,11 @@ class RussianRouletteLogDet(LogDetEstimator):
         if not isinstance(n_exact, int) or n_exact < 1:
             # N >= 1 must hold surely, else clamping N up to one term would bias the estimate.
             raise ValueError(f"n_exact must be a positive integer, got {n_exact!r}")
+        if not isinstance(max_terms, int) or max_terms < n_exact:
+            raise ValueError(
+                f"max_terms must be an integer >= n_exact = {n_exact} (a cap on N below the "
+                f"terms always computed), got {max_terms!r}"
+            )
         _check_probe(probe, n_probes)
         self.distribution, self.p, self.rate, self.n_exact = distribution, p, rate, n_exact
         self.n_probes, self.probe, self.max_terms = n_probes, probe, max_terms
