@@ -90,6 +90,16 @@ def test_compiling_a_series_log_det_needs_the_neumann_gradient():
     assert Config().override(["train.compile=true", "model.logdet=exact"]).train.compile
 
 
+def test_compiling_a_monotone_block_is_refused_up_front():
+    """Its implicit gradient calls autograd inside the backward pass: compiled, the first step
+    ended in a 92-line traceback (exit 1) after the run had started."""
+    with pytest.raises(ConfigError, match="cannot compile model.block=monotone"):
+        Config().override(
+            ["train.compile=true", "model.block=monotone", "model.neumann_gradient=true"]
+        )
+    assert Config().override(["model.block=monotone"]).model.block == "monotone"
+
+
 def test_toy_presets_name_their_size_in_the_listing():
     """``iresnet presets`` listed the toys without their size (the image presets had theirs),
     and checkerboard's and 2spirals' differ from the rest."""

@@ -469,6 +469,13 @@ class Config:
                 "model.branch=dense has no conditional form yet, and this data set comes with "
                 "contexts: use model.branch=plain"
             )
+        if self.train.compile and self.model.block == "monotone":
+            # Its inverse's implicit gradient calls autograd inside the backward pass (a hook),
+            # which a compiled backward does not run: a traceback at the first step.
+            raise ConfigError(
+                "train.compile=true cannot compile model.block=monotone (its inverse's implicit "
+                "gradient calls autograd in the backward pass); leave train.compile=false"
+            )
         if (
             self.train.compile
             and self.model.kind != "classifier"  # no log-det to differentiate
