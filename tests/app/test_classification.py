@@ -230,6 +230,10 @@ def test_score_gives_a_hybrids_density_and_refuses_a_classifier_by_its_command(t
                  "--out", str(out)])  # fmt: skip
     assert code == 0, capsys.readouterr().err
     assert out.read_text().splitlines()[0] == "log_prob,log_prob_se,bpd,bpd_se"
+    capsys.readouterr()
+    missing = ["score", str(tmp_path / "hybrid"), "--data", str(tmp_path / "gone.npy")]
+    assert main([*missing, "--out", str(tmp_path / "g.csv")]) == 2
+    assert "gone.npy: no such file" in capsys.readouterr().err  # it described a shape
 
     train(tiny("train.steps=1", "train.eval_every=1", "train.checkpoint_every=1"),
           tmp_path / "cls", progress=False)  # fmt: skip

@@ -109,6 +109,17 @@ def test_a_pandas_index_column_is_refused_and_can_be_dropped(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert json.loads((tmp_path / "r" / "data.json").read_text())["event_shape"] == [2]
+    # score reads the file as the run did (it refused it, advising a flag score does not take)
+    plain = tmp_path / "plain.csv"
+    np.savetxt(plain, xy, delimiter=",")
+    scores = []
+    for source in (data, plain):
+        out = tmp_path / f"{source.stem}-scores.csv"
+        result = iresnet("score", str(tmp_path / "r"), "--data", str(source), "--out", str(out))
+        assert result.returncode == 0, result.stderr
+        scores.append(np.genfromtxt(out, delimiter=",", names=True))
+    assert len(scores[0]) == 200
+    np.testing.assert_array_equal(scores[0]["log_prob"], scores[1]["log_prob"])
 
 
 def test_a_run_does_not_need_its_data_file_to_sample_or_certify(trained, tmp_path):

@@ -207,12 +207,17 @@ def _sample_file_columns(task: DensityTask | HybridTask, path: Path) -> np.ndarr
 def _read_points(task: DensityTask | HybridTask, path: Path) -> torch.Tensor:
     shape = tuple(task.data.event_shape)
     if not task.images:
-        x = load_array(path, max_dim=max(64, task.dim), min_rows=1)
+        # the run's own reading of its CSVs (an unnamed index column dropped if it was dropped)
+        x = load_array(
+            path, max_dim=max(64, task.dim), min_rows=1, index_column=task.cfg.data.index_column
+        )
         if x.shape[1] != task.dim:
             raise DataError(
                 f"{path}: {x.shape[1]} columns, but the run models {task.dim}-dimensional points"
             )
         return torch.as_tensor(x, dtype=torch.float64)
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
     if path.suffix.lower() != ".npy" or not path.is_file():
         raise DataError(
             f"{path}: image runs score a .npy array of shape (N, {', '.join(map(str, shape))})"
