@@ -113,3 +113,23 @@ def test_float32_certified_error_is_never_below_the_true_error(anderson):
     err = (x.double() - x_star).norm(dim=1)
     assert (err <= report.error_bound).all()
     assert report.error_bound.max() < 1e-5  # and useful
+
+
+def test_a_loaded_actnorm_compiles_without_a_break_once_its_flag_is_read():
+    """Loading a state dict re-arms ActNorm's one read of its ``initialized`` buffer, which in
+    a compiled forward is a graph break (a resumed ``train.compile=true`` run printed ~30
+    lines of dynamo's log): ``is_initialized()`` reads it eagerly, as the trainer now does."""
+    layer = iresnet.ActNorm(2).double()
+    x = torch.randn(16, 2, dtype=torch.float64)
+    layer(x)  # initialises
+    copy_ = iresnet.ActNorm(2).double()
+    copy_.load_state_dict(layer.state_dict())
+    with pytest.raises(Exception, match="(?i)graph break|item|data-dependent"):
+        torch.compile(copy_, backend="aot_eager", fullgraph=True)(x)
+    torch._dynamo.reset()
+    copy_.load_state_dict(layer.state_dict())
+    assert copy_.is_initialized()
+    y, logdet = torch.compile(copy_, backend="aot_eager", fullgraph=True)(x)
+    torch.testing.assert_close(y, layer(x)[0])
+    fresh = iresnet.ActNorm(2)
+    assert not fresh.is_initialized()  # not initialised: read, and it stays to be initialised

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from ..errors import CheckpointError, ConfigError
 from ..nn import spectral_penalty
 from ..ops import compile_options
-from ..transforms import set_branch_precision
+from ..transforms import ActNorm, set_branch_precision
 from .batches import EpochBatches
 from .builder import build_model, load_data
 from .checkpoint import (
@@ -275,6 +275,8 @@ class Trainer:
             for m in self.model.modules():
                 if hasattr(m, "validate") and isinstance(m.validate, bool):
                     m.validate = False
+                if isinstance(m, ActNorm):
+                    m.is_initialized()  # a restored flag, read now rather than in the graph
             # The roulette's draws and its random tail trace into the graph (no break); see
             # iresnet.ops.compiling for the options.
             # One compile thread: inductor then runs its C++ compiler as children this

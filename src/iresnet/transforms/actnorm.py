@@ -86,14 +86,19 @@ class ActNorm(Transform):
         self._seen_initialized = False
         super()._load_from_state_dict(*args, **kwargs)
 
+    def is_initialized(self) -> bool:
+        """Whether ``b`` and ``s`` are set, read from the ``initialized`` buffer once and then
+        remembered (a host synchronisation, and a graph break under ``torch.compile``; loading a
+        state dict reads it again). Call it eagerly before compiling a loaded model."""
+        if not self._seen_initialized:
+            self._seen_initialized = bool(self.initialized)
+        return self._seen_initialized
+
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         check_input(x, "ActNorm", like=self)
         check_size(x, "ActNorm", 1, self.bias.numel(), "channels")
-        if self.training and not self._seen_initialized:
-            # The flag is read from its buffer once (a host synchronisation, and a graph break
-            # under torch.compile); loading a state dict reads it again.
-            if not bool(self.initialized):
-                self.initialize(x)
+        if self.training and not self.is_initialized():
+            self.initialize(x)
             self._seen_initialized = True
         y = (x + self._view(self.bias, x)) * self._view(self.log_scale, x).exp()
         spatial = x.shape[2:].numel()
