@@ -433,13 +433,14 @@ class _Carry(torch.autograd.Function):
         return grad.reshape(-1, *([1] * (cotangent.dim() - 1))) * cotangent, None
 
 
-def _gradient_carrier(x: Tensor, grad_x: Tensor | None, pairs: Pairs) -> Tensor:
-    """A ``(B,)`` tensor of zeros whose gradient is the log-det's, formed in the forward pass:
-    ``grad_x`` per sample, and the ``(target, gradient)`` pairs (batch sums) spread equally over
-    the samples, so a loss that weights every sample's log-det equally (a mean or a sum) gets
-    them exactly. Added to a log-det without a graph, it is the memory-efficient route that
-    ``torch.compile`` traces: autograd keeps the small graphs of the targets (normalised
-    weights, ``beta``) instead of the series' or ``J v``'s."""
+def _gradient_carrier(x: Tensor, pairs: Pairs) -> Tensor:
+    """A ``(B,)`` tensor of zeros whose gradient is the log-det's, formed in the forward pass
+    (``surrogate_grad``'s pairs of ``linearize_adjoint(..., graph=True)``): the layers' inputs'
+    cotangents per sample (exact for any weighting of the samples), and the other pairs' batch
+    sums spread equally over the samples, exact for a loss that weights every sample's log-det
+    equally (a mean or a sum). Added to a log-det without a graph, it is the memory-efficient
+    route that ``torch.compile`` traces: autograd keeps the small graphs of the targets
+    (normalised weights, ``beta``) instead of the series' or ``J v``'s."""
     total = x.new_zeros(())
     per_sample: Tensor | None = None
     for target, g in pairs:
@@ -455,8 +456,6 @@ def _gradient_carrier(x: Tensor, grad_x: Tensor | None, pairs: Pairs) -> Tensor:
     carrier = (total / x.shape[0]).expand(x.shape[0])
     if per_sample is not None:
         carrier = carrier + per_sample
-    if grad_x is not None and x.requires_grad:
-        carrier = carrier + _batch_dot(grad_x.detach(), x)
     return carrier - carrier.detach()
 
 
@@ -543,7 +542,7 @@ def series_logdet(
                 if in_graph:  # g(x) has its graph; the log-det's gradient rides on a carrier
                     return (
                         gx,
-                        ld + _gradient_carrier(x_, *surrogate_grad(torch.stack(neumann))),
+                        ld + _gradient_carrier(x_, surrogate_grad(torch.stack(neumann))[1]),
                         None,
                     )
                 return gx, ld, (surrogate_grad(torch.stack(neumann)), grad)
@@ -674,7 +673,7 @@ def _series_in_graph(
         return gx, value
     if closed is not None:
         neumann = torch.stack([state[3 * p + 2] for p in range(m)]) / m
-        return gx, value + _gradient_carrier(x, *surrogate_grad(neumann))
+        return gx, value + _gradient_carrier(x, surrogate_grad(neumann)[1])
     surrogate = torch.zeros_like(value)
     for p in range(m):
         surrogate = surrogate + _batch_dot(state[3 * p + 2], jv[p])  # type: ignore[index]
