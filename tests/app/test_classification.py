@@ -261,3 +261,24 @@ def test_sweep_refuses_a_coefficient_given_twice(tmp_path, capsys, coeffs, needl
     assert main(["sweep", "digits-classifier", "--coeffs", *coeffs, "--out", str(out)]) == 2
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("iresnet")]
     assert len(lines) == 1 and needle in lines[0] and not out.exists(), lines
+
+
+def test_a_hybrid_sweeps_table_shows_its_density():
+    """A hybrid sweep's table left out its bits/dim (only ``sweep.json`` had ``test_bpd``);
+    a classifier sweep's table has no such column."""
+    row = {
+        "coeff": 0.9,
+        "test_error_pct": 8.5,
+        "invertible": True,
+        "feature_inverse_max_error": 1e-6,
+        "inverse_converged": True,
+        "max_lipschitz": 0.9,
+        "steps": 2,
+        "train_seconds": 1.0,
+    }
+    hybrid = sweep_table([{**row, "test_bpd": 3.8812}])
+    assert "test bits/dim" in hybrid and "| 0.9 | 8.50 | 3.881 | yes |" in hybrid
+    header, rule = hybrid.splitlines()[:2]
+    assert header.count("|") == rule.count("|")
+    plain = sweep_table([{**row, "test_bpd": None}])
+    assert "bits/dim" not in plain and "| 0.9 | 8.50 | yes |" in plain

@@ -178,19 +178,26 @@ def _fmt_err(v: float | None) -> str:
 
 
 def sweep_table(rows: Sequence[dict[str, Any]]) -> str:
-    """The coefficient sweep as a Markdown table (i-ResNet, arXiv:1811.00995, sec. 5.1)."""
+    """The coefficient sweep as a Markdown table (i-ResNet, arXiv:1811.00995, sec. 5.1); a
+    hybrid sweep's rows carry their density too (test bits/dim)."""
+    density = any(r.get("test_bpd") is not None for r in rows)
     head = (
-        "| coefficient | test error (%) | guaranteed inverse | feature reconstruction error "
+        "| coefficient | test error (%) |"
+        + (" test bits/dim |" if density else "")
+        + " guaranteed inverse | feature reconstruction error "
         "(max abs) | largest block Lip bound | steps | train s |"
     )
-    lines = [head, "|---|---:|:---:|---:|---:|---:|---:|"]
+    lines = [head, "|---|---:|" + ("---:|" if density else "") + ":---:|---:|---:|---:|---:|"]
     for r in rows:
         coeff = r["coeff"] if r["coeff"] == "vanilla" else f"{r['coeff']:g}"
         recon = _fmt_err(r["feature_inverse_max_error"])
         if not r["inverse_converged"]:
             recon += " (iteration did not converge)"
+        bpd = r.get("test_bpd")
         lines.append(
-            f"| {coeff} | {r['test_error_pct']:.2f} | {'yes' if r['invertible'] else 'no'}"
+            f"| {coeff} | {r['test_error_pct']:.2f} |"
+            + ((" - |" if bpd is None else f" {bpd:.3f} |") if density else "")
+            + f" {'yes' if r['invertible'] else 'no'}"
             f" | {recon} | {r['max_lipschitz']:.3g} | {r['steps']} | "
             f"{r['train_seconds']:.1f} |"
         )
