@@ -608,3 +608,21 @@ def test_a_fresh_models_certificate_above_one_says_why_and_eval_certifies_it():
     flow.eval()
     assert iresnet.certify(flow).max_bound <= 0.9 * (1 + 1e-6)
     assert "power iteration's norm estimate" not in str(iresnet.certify(flow))
+
+
+def test_an_eval_forward_of_unchanged_weights_writes_no_buffer_so_torch_func_can_differentiate():
+    """Every eval forward wrote ``sigma`` into its buffer, so ``torch.func.jacrev``/``vmap``
+    refused any spectral layer ("attempted to call in-place operation ... captured Tensor");
+    the buffer is now written when the singular pair is recomputed."""
+    torch.manual_seed(0)
+    g = iresnet.nn.mlp_branch(3, (8,), coeff=0.9).double().eval()
+    x = torch.randn(4, 3, dtype=torch.float64)
+    g(x)  # the pair is computed once, and sigma written
+    sigmas = [m.sigma.clone() for m in g.modules() if hasattr(m, "sigma")]
+    per_sample = torch.func.vmap(torch.func.jacrev(lambda xi: g(xi[None])[0]))(x)
+    want = torch.stack(
+        [torch.autograd.functional.jacobian(lambda xi: g(xi[None])[0], xi) for xi in x]
+    )
+    torch.testing.assert_close(per_sample, want, rtol=1e-12, atol=1e-12)
+    after = [m.sigma for m in g.modules() if hasattr(m, "sigma")]
+    assert all(torch.equal(a, b) for a, b in zip(sigmas, after, strict=True)) and sigmas

@@ -403,14 +403,17 @@ class _SpectralNormMixin:
             if not self._frozen:
                 self._update_vectors(self.n_power_iterations, None)
             sigma = self._sigma_with_grad()
+            with torch.no_grad():
+                self.sigma.copy_(sigma)
         else:
+            # The buffer is written when the pair is recomputed, not on every call: an eval
+            # forward of unchanged weights mutates nothing (torch.func's jacrev and vmap
+            # refuse a function that writes a captured buffer).
             u, v = self._eval_vectors()
             fwd, _ = self._operator(self.weight)
             # ||W||_2 = u^T W v at the top singular pair, and d sigma / dW = u v^T there: the
             # eval-mode gradient carries the dependence of sigma on W as training mode does.
             sigma = (u * fwd(v)).sum()
-        with torch.no_grad():
-            self.sigma.copy_(sigma)
         return self.weight / torch.clamp(sigma / self.coeff, min=1.0)
 
     def _eval_vectors(self) -> tuple[Tensor, Tensor]:
@@ -432,6 +435,9 @@ class _SpectralNormMixin:
             u, v = self._top_singular_vectors()
             state = _EvalState(w.clone(), float(self.coeff), u, v)
             self._eval_state = state
+            with torch.no_grad():
+                fwd, _ = self._operator(w)
+                self.sigma.copy_((u * fwd(v)).sum())
         assert state is not None
         return state.u, state.v
 
