@@ -162,7 +162,13 @@ class Certificate:
             lines.append(f"{b.name:<{width}}  {b.bound:>12.6f}  {verdict:<10}  {b.methods}")
         verdict = "guaranteed invertible" if self.invertible else "NOT guaranteed invertible"
         lines.append(f"model: {verdict} (largest bound {self.max_bound:.6f})")
-        if any(b.bound >= 1 and "unknown input size" not in b.methods for b in self.blocks):
+        if any(b.bound >= 1 and "(penalty)" in b.methods for b in self.blocks):
+            lines.append(
+                "a bound of 1 or more on layers trained with a spectral penalty "
+                "(lipschitz_norm=penalty): a soft regulariser that rescales no weight, so "
+                "nothing holds their norms below 1; the bound says whether training did"
+            )
+        elif any(b.bound >= 1 and "unknown input size" not in b.methods for b in self.blocks):
             lines.append(
                 "a bound of 1 or more: a spectral layer in training mode divides by its power "
                 "iteration's norm estimate, too low until forward passes have refined it (a "

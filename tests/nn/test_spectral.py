@@ -626,3 +626,24 @@ def test_an_eval_forward_of_unchanged_weights_writes_no_buffer_so_torch_func_can
     torch.testing.assert_close(per_sample, want, rtol=1e-12, atol=1e-12)
     after = [m.sigma for m in g.modules() if hasattr(m, "sigma")]
     assert all(torch.equal(a, b) for a, b in zip(sigmas, after, strict=True)) and sigmas
+
+
+def test_a_penalty_runs_certificate_names_the_penalty_not_power_iteration():
+    """A layer trained with ``norm="penalty"`` is never rescaled: a bound of 1 or more there
+    was explained by a training-mode power iteration that such a layer does not divide by."""
+    flow = iresnet.ResidualFlow(2, transforms=1, hidden_features=(8,))
+    for m in flow.modules():
+        if isinstance(getattr(m, "norm", None), str):
+            m.norm = "penalty"
+    with torch.no_grad():
+        for m in flow.modules():
+            if getattr(m, "norm", None) == "penalty":
+                m.weight.mul_(5)
+    cert = iresnet.certify(flow)
+    text = str(cert)
+    assert not cert.invertible and "svd (penalty)" in text
+    assert "spectral penalty" in text and "power iteration's norm estimate" not in text
+    # the exact norms of the raw weights, named: the bound is still the product of SVDs
+    raw = [torch.linalg.matrix_norm(m.weight.detach().double(), 2) for m in flow.modules()
+           if getattr(m, "norm", None) == "penalty"]  # fmt: skip
+    assert cert.max_bound == pytest.approx(float(raw[0] * raw[1]), rel=1e-9)

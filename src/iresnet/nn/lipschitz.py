@@ -150,7 +150,9 @@ def layer_bounds(module: nn.Module, prefix: str = "") -> list[LayerBound]:
     """
     if isinstance(module, _SpectralNormMixin):
         b = module.bound()
-        return [LayerBound(prefix, float(b.value), b.method)]
+        # norm="penalty" rescales nothing: its bound is the raw weight's, named as such
+        method = f"{b.method} (penalty)" if module.norm == "penalty" else b.method
+        return [LayerBound(prefix, float(b.value), method)]
     if isinstance(module, BoundContext):
         return layer_bounds(module.g, prefix)
     if isinstance(module, ConditionalBranch):  # only the x-path acts on x
