@@ -100,6 +100,28 @@ def test_compiling_a_monotone_block_is_refused_up_front():
     assert Config().override(["model.block=monotone"]).model.block == "monotone"
 
 
+@pytest.mark.parametrize(
+    ("overrides", "needle"),
+    [
+        (["data.name=rotated-8gaussians"], "cannot compile a conditional flow"),
+        (["model.activation=clipswish"], "model.activation=clipswish lacks"),
+        (["model.activation=cpila"], "model.activation=cpila lacks"),
+        (["model.branch=dense"], "model.branch=dense lacks"),
+    ],
+)
+def test_compiling_what_torch_compile_cannot_differentiate_is_refused(overrides, needle):
+    """These passed the config and crashed at the first compiled step (a double backward:
+    their Jacobian products go through autograd); the same with the exact log-det compiles,
+    except the conditional flows."""
+    roulette = ["model.logdet=roulette", "model.neumann_gradient=true"]
+    with pytest.raises(ConfigError, match=needle):
+        Config().override(["train.compile=true", *roulette, *overrides])
+    if "data.name" not in overrides[0]:
+        exact = Config().override(["train.compile=true", "model.logdet=exact", *overrides])
+        assert exact.train.compile
+    assert Config().override(["train.compile=true", *roulette]).train.compile  # lipswish, plain
+
+
 def test_toy_presets_name_their_size_in_the_listing():
     """``iresnet presets`` listed the toys without their size (the image presets had theirs),
     and checkerboard's and 2spirals' differ from the rest."""

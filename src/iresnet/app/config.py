@@ -476,6 +476,31 @@ class Config:
                 "train.compile=true cannot compile model.block=monotone (its inverse's implicit "
                 "gradient calls autograd in the backward pass); leave train.compile=false"
             )
+        density = self.train.compile and self.model.kind != "classifier"
+        if density and conditional:
+            # The context branch's Jacobian products go through autograd (no forward-mode or
+            # closed form): compiled, that is a double backward, whatever the log-det.
+            raise ConfigError(
+                "train.compile=true cannot compile a conditional flow yet (its branch's "
+                "Jacobian goes through autograd: a double backward, which torch.compile does "
+                "not trace); leave train.compile=false"
+            )
+        lacking = [
+            name
+            for name, lacks in (
+                (f"model.activation={self.model.activation}", self.model.activation
+                 in ("clipswish", "cpila")),
+                ("model.branch=dense", self.model.branch == "dense"),
+            )
+            if lacks
+        ]  # fmt: skip
+        if density and self.model.logdet not in ("exact", "none") and lacking:
+            raise ConfigError(
+                f"train.compile=true with model.logdet={self.model.logdet} needs the branch's "
+                f"Jacobian products in closed form, which {' and '.join(lacking)} lacks (a "
+                "double backward under torch.compile): use model.activation=lipswish or elu "
+                "and model.branch=plain, or model.logdet=exact"
+            )
         if (
             self.train.compile
             and self.model.kind != "classifier"  # no log-det to differentiate
