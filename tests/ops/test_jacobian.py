@@ -126,6 +126,15 @@ def _carry(pairs: list, params: list) -> list:
     ]
 
 
+def _inputs(g: nn.Module, event: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor, list]:
+    """``x`` (4 samples, requiring a gradient), two tangents, and ``g``'s trainable parameters,
+    after one call of ``g`` (a convolution learns its input size)."""
+    x = torch.randn(4, *event, dtype=torch.float64, requires_grad=True)
+    t = torch.randn(2, 4, *event, dtype=torch.float64)
+    g(x)
+    return x, t, [p for p in g.parameters() if p.requires_grad]
+
+
 def _assert_grads_close(mine: list, want: tuple) -> None:
     for a, b in zip(mine, want, strict=True):
         if a is None or b is None:
@@ -155,10 +164,7 @@ def test_gradients_in_closed_form_equal_autograd(name, mode):
                 if hasattr(m, "weight") and m.weight is not None and m.weight.dim() > 1:
                     m.weight.mul_(1e-3)
     g.train(mode != "eval")
-    x = torch.randn(4, *event, dtype=torch.float64, requires_grad=True)
-    t = torch.randn(2, 4, *event, dtype=torch.float64)
-    g(x)
-    params = [p for p in g.parameters() if p.requires_grad]
+    x, t, params = _inputs(g, event)
     with iresnet.nn.frozen_normalisation(g):
         closed = linearize_adjoint(g, x, t)
         assert closed is not None
@@ -192,10 +198,7 @@ def test_with_graph_the_output_carries_autograds_backward_and_the_rest_is_unchan
     products and the same surrogate gradient as without ``graph``."""
     g, event = branches()[name]
     g = g.double().train()
-    x = torch.randn(4, *event, dtype=torch.float64, requires_grad=True)
-    t = torch.randn(2, 4, *event, dtype=torch.float64)
-    g(x)
-    params = [p for p in g.parameters() if p.requires_grad]
+    x, t, params = _inputs(g, event)
     with iresnet.nn.frozen_normalisation(g):
         plain = linearize_adjoint(g, x, t)
         traced = linearize_adjoint(g, x, t, graph=True)
