@@ -1,12 +1,14 @@
 """Spectral normalisation: power iteration against SVDs of explicit operators, eval-mode
 caching, the Frobenius and penalty modes, and the bounds by composition."""
 
+import copy
+
 import pytest
 import torch
 from torch import nn
 
 import iresnet
-from iresnet.nn import power_iteration
+from iresnet.nn import power_iteration, spectral
 from tests.helpers import operator_matrix, scale_weights
 
 
@@ -401,13 +403,15 @@ def test_eval_mode_parameter_gradients_match_finite_differences(kind):
     with torch.no_grad():
         layer.weight.copy_(2 * torch.randn_like(layer.weight))
     layer.eval()
-    a = torch.randn_like(layer(x))
+    out = layer(x)
+    a = torch.randn(out.shape, dtype=out.dtype)  # the same draws whatever the output's layout
 
     def loss() -> torch.Tensor:
         return (layer(x) * a).sum()
 
     (grad,) = torch.autograd.grad(loss(), layer.weight)
-    numeric = torch.zeros_like(grad)
+    # (a convolution's kernel gradient comes back channels-last, as its convolutions ran)
+    numeric = torch.zeros(grad.numel(), dtype=grad.dtype)
     eps = 1e-6
     with torch.no_grad():
         for i in range(grad.numel()):
@@ -417,7 +421,8 @@ def test_eval_mode_parameter_gradients_match_finite_differences(kind):
             w[i] -= 2 * eps
             down = loss()
             w[i] += eps
-            numeric.view(-1)[i] = (up - down) / (2 * eps)
+            numeric[i] = (up - down) / (2 * eps)
+    numeric = numeric.reshape(grad.shape)
     rel = ((grad - numeric).norm() / numeric.norm()).item()
     assert rel < 1e-6, rel
 
@@ -571,30 +576,89 @@ def test_a_convolution_that_saw_no_input_is_certified_unknown_not_a_crash():
     assert iresnet.certify(flow).invertible
 
 
-@pytest.mark.parametrize("bias", [True, False])
-def test_a_pointwise_convolution_is_the_convolution_it_replaces(bias):
-    """A 1x1 convolution runs as one matrix product over the channels: its output, the
-    transposed map and the kernel's and bias's gradients equal ATen's convolution's (float64)."""
+@pytest.mark.parametrize("channels_last", [True, False])
+@pytest.mark.parametrize(("kernel", "bias"), [(1, True), (1, False), (3, True), (3, False)])
+def test_the_layers_convolutions_are_atens_in_either_layout(
+    kernel, bias, channels_last, monkeypatch
+):
+    """A 1x1 convolution runs as matrix products over the channels (in place in the
+    channels-last layout, else one per sample), the others as ATen's convolution in
+    channels-last on a CPU (``conv_layout``): for inputs in either layout, the output, the
+    transposed map and the kernel's and bias's gradients equal ATen's convolution in the
+    default layout (float64), and on a CPU the results are channels-last (``_CHANNELS_LAST``
+    off: every layout as given)."""
+    monkeypatch.setattr(spectral, "_CHANNELS_LAST", channels_last)
     torch.manual_seed(0)
-    layer = iresnet.SpectralConv2d(5, 3, kernel_size=1, bias=bias).double()
-    assert layer._pointwise
-    x = torch.randn(4, 5, 6, 7, dtype=torch.float64)
-    w = torch.randn(3, 5, 1, 1, dtype=torch.float64)
+    pad = kernel // 2
+    layer = iresnet.SpectralConv2d(5, 3, kernel_size=kernel, padding=pad, bias=bias).double()
+    assert layer._pointwise == (kernel == 1)
+    w = torch.randn(3, 5, kernel, kernel, dtype=torch.float64)
     b = torch.randn(3, dtype=torch.float64) if bias else None
-    reference = torch.nn.functional.conv2d(x, w, b)
-    torch.testing.assert_close(layer._conv_forward(x, w, b), reference, rtol=1e-12, atol=1e-12)
-    cot = torch.randn_like(reference)
+    x0 = torch.randn(4, 5, 6, 7, dtype=torch.float64)
+    reference = torch.nn.functional.conv2d(x0, w, b, padding=pad)
+    cot0 = torch.randn_like(reference)
     mask = [True, True, bias]
     expected = torch.ops.aten.convolution_backward(
-        cot, x, w, [3] if bias else None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1, mask
+        cot0, x0, w, [3] if bias else None, [1, 1], [pad, pad], [1, 1], False, [0, 0], 1, mask
     )
-    for got, want in zip(layer._conv_grads(cot, x, w, mask), expected, strict=True):
-        if want is None:
-            assert got is None
-        else:
-            torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    cl = torch.channels_last
+    for x, cot in [
+        (x0, cot0),
+        (x0.contiguous(memory_format=cl), cot0.contiguous(memory_format=cl)),
+    ]:
+        out = layer._conv_forward(x, w, b)
+        torch.testing.assert_close(out, reference, rtol=1e-12, atol=1e-12)
+        if channels_last:  # else the layout is ATen's choice (its convolution follows x's)
+            assert out.is_contiguous(memory_format=cl)
+        got = layer._conv_grads(cot, x, w, mask)
+        for g, want in zip(got, expected, strict=True):
+            if want is None:
+                assert g is None
+            else:
+                torch.testing.assert_close(g, want, rtol=1e-12, atol=1e-12)
+        if channels_last:
+            assert got[0].is_contiguous(memory_format=cl)
     assert not iresnet.SpectralConv2d(5, 3, kernel_size=1, stride=2)._pointwise
     assert not iresnet.SpectralConv2d(5, 3, kernel_size=3, padding=1)._pointwise
+
+
+@pytest.mark.filterwarnings("ignore::iresnet.RouletteVarianceWarning")
+@pytest.mark.parametrize("estimator", ["exact", "roulette", "roulette-plain-backward"])
+def test_a_convolutional_block_gives_the_same_numbers_in_either_layout(estimator, monkeypatch):
+    """A block with spectral convolutions keeps its input channels-last on a CPU (its output
+    takes that layout); its output, log-det and every gradient (input and parameters) are
+    the default layout's, float64, training mode, the same draws."""
+    torch.manual_seed(0)
+    logdet = {
+        "exact": lambda: iresnet.ExactLogDet(),
+        "roulette": lambda: iresnet.RussianRouletteLogDet(),
+        "roulette-plain-backward": lambda: iresnet.RussianRouletteLogDet(memory_efficient=False),
+    }[estimator]()
+    g = iresnet.nn.conv_branch(2, (6, 6), preact=True)
+    block = iresnet.InvertibleResidualBlock(g, logdet=logdet).double().train()
+    x = torch.randn(3, 2, 4, 5, dtype=torch.float64)
+    with torch.no_grad():
+        block(x)  # the convolutions learn their input size
+    state = copy.deepcopy(block.state_dict())
+    results = []
+    for channels_last in (True, False):
+        monkeypatch.setattr(spectral, "_CHANNELS_LAST", channels_last)
+        block.load_state_dict(state)
+        block.zero_grad(set_to_none=True)
+        xi = x.clone().requires_grad_()
+        torch.manual_seed(1)
+        y, ld = block(xi)
+        assert y.is_contiguous(memory_format=torch.channels_last) == channels_last
+        (y.pow(2).sum() - ld.sum()).backward()
+        grads = {n: p.grad.clone() for n, p in block.named_parameters() if p.grad is not None}
+        results.append((y.detach(), ld.detach(), xi.grad, grads))
+    (y1, ld1, gx1, gp1), (y0, ld0, gx0, gp0) = results
+    torch.testing.assert_close(y1, y0, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(ld1, ld0, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(gx1, gx0, rtol=1e-10, atol=1e-12)
+    assert gp1.keys() == gp0.keys() and len(gp0) >= 4
+    for name in gp0:
+        torch.testing.assert_close(gp1[name], gp0[name], rtol=1e-10, atol=1e-12, msg=name)
 
 
 def test_a_fresh_models_certificate_above_one_says_why_and_eval_certifies_it():

@@ -24,7 +24,7 @@ from ..checks import check_input
 from ..errors import DataError
 from ..nn import ConditionalBranch, bind_context, frozen_normalisation, lipschitz_bound_of
 from ..nn.attributes import temporarily_set
-from ..nn.spectral import float64_forward
+from ..nn.spectral import SpectralConv2d, conv_layout, float64_forward
 from ..ops import FixedPointInverse, LogDetEstimator, PowerSeriesLogDet, logdet_estimator
 from .base import InverseReport, Transform
 
@@ -121,6 +121,9 @@ class InvertibleResidualBlock(Transform):
         # ``torch.bfloat16``/``torch.float16`` runs ``g`` under autocast (mixed precision);
         # set by ``set_branch_precision``.
         self.branch_dtype: torch.dtype | None = None
+        # A branch with the spectral convolutions runs them in their fastest layout
+        # (``conv_layout``); the block then keeps its input in it too.
+        self._convolutional = any(isinstance(m, SpectralConv2d) for m in g.modules())
 
     @property
     def conditional(self) -> bool:  # type: ignore[override]
@@ -151,6 +154,9 @@ class InvertibleResidualBlock(Transform):
     def forward(self, x: Tensor, c: Tensor | None = None) -> tuple[Tensor, Tensor]:
         check_input(x, "InvertibleResidualBlock", like=self.g)
         g = self._bound(x, c, "InvertibleResidualBlock")
+        if self._convolutional:
+            # x + g(x) takes x's layout: channels-last from here on, as g's convolutions run
+            x = conv_layout(x)
         gx, logdet = self.logdet_estimator(self._branch(g), x)
         return x + gx, logdet
 
