@@ -381,19 +381,52 @@ def test_nan_stop_names_a_checkpoint_only_if_one_exists(tmp_path, monkeypatch, b
 
 def test_a_compiled_training_step_computes_the_eager_loss(tmp_path):
     """train.compile=true: the same first loss as eager (before any update, the same function),
-    and a finished run. Its speed is measured in docs/benchmarks.md, never here."""
-    flags = ["model.n_blocks=1", "train.steps=2", "train.log_every=1", "train.ema_decay=0"]
+    a finished run, and its compiled steps are one graph with no break (the first step of the
+    fresh model runs eagerly; compiled, its host reads had split every later step into
+    pieces). Its speed is measured in docs/benchmarks.md, never here."""
+    from torch._dynamo.utils import counters
+
+    flags = ["model.n_blocks=1", "train.steps=3", "train.log_every=1", "train.ema_decay=0"]
     eager = train(tiny(*flags), tmp_path / "eager", progress=False, figures=False)
+    torch._dynamo.reset()
+    graphs, breaks = counters["stats"]["unique_graphs"], sum(counters["graph_break"].values())
     compiled = train(
         tiny(*flags, "train.compile=true"), tmp_path / "compiled", progress=False, figures=False
     )
-    assert compiled.stopped == "finished" and compiled.step == 2
+    assert compiled.stopped == "finished" and compiled.step == 3
+    assert counters["stats"]["unique_graphs"] - graphs == 1
+    assert sum(counters["graph_break"].values()) == breaks
     first = [
         json.loads((tmp_path / d / "metrics.jsonl").read_text().splitlines()[0])["loss"]
         for d in ("eager", "compiled")
     ]
     assert first[1] == pytest.approx(first[0], rel=1e-5)
     assert eager.stopped == "finished"
+
+
+@pytest.mark.filterwarnings("ignore::iresnet.RouletteVarianceWarning")
+def test_a_compiled_image_run_steps_as_one_graph(tmp_path):
+    """train.compile=true on an image preset (convolutions, ActNorm, dequantisation, the
+    roulette): every compiled step is one graph with no break. The fresh model's first step
+    (power-iteration vectors for the input size, ActNorm's initialisation) runs eagerly, and
+    the dequantisation's level check is off with the flow's ``validate``; before, their host
+    reads split every step into a dozen graphs."""
+    from torch._dynamo.utils import counters
+
+    from iresnet.app.presets import get_preset
+
+    flags = [
+        *("model.n_blocks=1", "model.hidden=8", "model.n_scales=1", "train.batch_size=16"),
+        *("train.steps=3", "train.log_every=1", "train.ema_decay=0", "train.warmup_steps=1"),
+        *("train.eval_every=3", "train.checkpoint_every=3", "train.eval_batches=1"),
+        "train.compile=true",
+    ]
+    torch._dynamo.reset()
+    graphs, breaks = counters["stats"]["unique_graphs"], sum(counters["graph_break"].values())
+    result = train(get_preset("digits").override(flags), tmp_path / "run", progress=False)
+    assert result.stopped == "finished" and result.step == 3
+    assert counters["stats"]["unique_graphs"] - graphs == 1
+    assert sum(counters["graph_break"].values()) == breaks
 
 
 def test_the_cpu_clock_counts_child_processes_it_waited_for():

@@ -319,3 +319,17 @@ def test_a_0d_tensor_temperature_is_a_number_and_the_context_hint_is_for_conditi
     assert conditional.sample(3, torch.tensor(0.7), c=torch.zeros(1)).shape == (3, 2)
     with pytest.raises(TypeError, match=r"pass the context by name, flow.sample\(n, c=c\)"):
         conditional.sample(3, torch.randn(3, 1))
+
+
+def test_a_flows_validate_reaches_its_dequantisation():
+    """``validate=False`` leaves a training step without host reads: the flow's setting is
+    its ``Dequantize``'s too (levels outside ``0..K-1`` are then not checked), and setting it
+    back turns the check on again."""
+    dq = iresnet.Dequantize(4)
+    flow = iresnet.Flow([dq, iresnet.ActNorm(2)], event_shape=(2,), validate=False)
+    assert dq.validate is False
+    flow.log_prob(torch.tensor([[0.0, 7.0]]))  # not checked
+    flow.validate = True
+    assert dq.validate is True
+    with pytest.raises(iresnet.DataError, match="levels must lie in 0..3"):
+        flow.log_prob(torch.tensor([[0.0, 7.0]]))

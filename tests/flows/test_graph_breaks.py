@@ -108,3 +108,36 @@ def test_a_roulette_differentiated_through_its_series_breaks_at_its_draw_and_aut
             "draw_n_terms" in frame.name for frame in brk.user_stack
         )
         assert at_draw or "torch.autograd.grad" in reason, reason[:300]
+
+
+@pytest.mark.filterwarnings("ignore::iresnet.RouletteVarianceWarning")
+@pytest.mark.parametrize("first_call", ["eager", "compiled"])
+def test_a_fresh_flow_compiled_after_its_first_call_runs_as_one_graph(first_call):
+    """``compile_after_first_call`` (what ``train.compile=true`` uses): a fresh image flow's
+    first call sets up ActNorm and the convolutions' power-iteration vectors with host reads;
+    run eagerly, every later call is one graph with no break. Compiled from the first call
+    (plain ``torch.compile``), the graphs dynamo built around those reads stay in use: the
+    step runs in pieces (asserted, so that a torch that stops doing so is seen)."""
+    from iresnet import compile_after_first_call
+
+    testing = pytest.importorskip("torch._dynamo.testing")
+    torch.manual_seed(0)
+    flow = MultiscaleResidualFlow(
+        (1, 8, 8), scales=2, blocks=1, hidden_channels=(8, 8), validate=False
+    ).train()
+
+    def loss(batch: torch.Tensor) -> torch.Tensor:
+        return -flow.log_prob(batch).mean()
+
+    dynamo.reset()
+    counter = testing.CompileCounterWithBackend("aot_eager")
+    if first_call == "eager":
+        step = compile_after_first_call(loss, backend=counter)
+    else:
+        step = torch.compile(loss, backend=counter)
+    for seed in range(3):
+        step(torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(seed))).backward()
+    if first_call == "eager":
+        assert counter.frame_count == 1
+    else:
+        assert counter.frame_count > 1

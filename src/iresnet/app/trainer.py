@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from ..errors import CheckpointError, ConfigError
 from ..nn import spectral_penalty
-from ..ops import compile_options
+from ..ops import compile_after_first_call
 from ..transforms import ActNorm, set_branch_precision
 from .batches import EpochBatches
 from .builder import build_model, load_data
@@ -278,14 +278,16 @@ class Trainer:
                 if isinstance(m, ActNorm):
                     m.is_initialized()  # a restored flag, read now rather than in the graph
             # The roulette's draws and its random tail trace into the graph (no break); see
-            # iresnet.ops.compiling for the options.
+            # iresnet.ops.compiling for the options and the first call.
             # One compile thread: inductor then runs its C++ compiler as children this
             # process waits for, whose CPU cpu_clock() counts (a worker pool's is not seen).
             import torch._inductor.config as inductor_config
 
             inductor_config.compile_threads = 1
-            self.loss_module = torch.compile(  # type: ignore[assignment]
-                self.loss_module, options=compile_options(ctx.device)
+            # The first step of every (re)start runs eagerly: it sets up what depends on the
+            # data (host reads that would split the compiled step into many graphs for good).
+            self.loss_module = compile_after_first_call(  # type: ignore[assignment]
+                self.loss_module, ctx.device
             )
         if t.precision != "fp32":
             if ctx.device.type == "cpu" and t.precision == "fp16":

@@ -17,7 +17,7 @@ Examples:
 """
 
 from ..checks import check_finite, check_input
-from .compiling import compile_options
+from .compiling import compile_after_first_call, compile_options
 from .fixed_point import (
     FixedPointInverse,
     InverseDiagnostics,
@@ -65,6 +65,7 @@ __all__ = [
     "cayley_weights",
     "check_finite",
     "check_input",
+    "compile_after_first_call",
     "compile_options",
     "exact_logdet",
     "fixed_point_solve",

@@ -150,7 +150,8 @@ class VariationalDequantize(Dequantize):
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         if self.uniform:
             return super().forward(x)
-        _check_levels(x, self.levels)
+        if self.validate:
+            _check_levels(x, self.levels)
         v, log_q = self.sample_noise(x)
         u = (x.to(v.dtype) + v) / self.levels
         u = u.clamp(max=1.0 - torch.finfo(u.dtype).eps / 2)  # keep u in its cell, [0, 1)

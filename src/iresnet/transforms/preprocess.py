@@ -81,6 +81,7 @@ def dequantize(
     n_levels: int,
     generator: torch.Generator | None = None,
     dtype: torch.dtype | None = None,
+    check: bool = True,
 ) -> torch.Tensor:
     """Uniform dequantisation ``u = (x + v) / K`` with ``v ~ U[0, 1)`` i.i.d. per entry.
 
@@ -89,14 +90,15 @@ def dequantize(
         n_levels: ``K``.
         generator: optional generator for reproducible noise (on ``x``'s device).
         dtype: float dtype of the result; default ``x``'s if floating, else torch's default.
+        check: check the levels (a host synchronisation); False for data checked before.
 
     Returns:
         Float tensor of ``x``'s shape with values in ``[0, 1)``; ``u`` lies in the cell
             ``[x/K, (x+1)/K)`` of its level.
 
     Raises:
-        DataError: ``n_levels < 2``, a boolean or complex ``x``, levels outside ``0..K-1``, or
-            non-integer values.
+        DataError: with ``check``: ``n_levels < 2``, a boolean or complex ``x``, levels
+            outside ``0..K-1``, or non-integer values.
 
     References:
         - Theis, van den Oord & Bethge, "A note on the evaluation of generative models",
@@ -107,7 +109,8 @@ def dequantize(
         >>> bool((u[0] < 0.25) & (u[1] >= 0.75))
         True
     """
-    _check_levels(x, n_levels)
+    if check:
+        _check_levels(x, n_levels)
     dt = _float_dtype(x, dtype)
     v = torch.rand(x.shape, generator=generator, dtype=dt, device=x.device)
     u = (x.to(dt) + v) / n_levels
@@ -271,11 +274,14 @@ class Dequantize(Transform):
         if levels < 2:
             raise ValueError(f"levels must be >= 2, got {levels}")
         self.levels = int(levels)
+        # Check the levels on every call (a host read); a flow's ``validate=False`` turns it
+        # off here too (a compiled training step of data checked once when loaded).
+        self.validate = True
         # Carries the dtype the module was cast to (not saved: it is the constant K).
         self.register_buffer("_k", torch.tensor(float(levels)), persistent=False)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        u = dequantize(x, self.levels, dtype=self._k.dtype)
+        u = dequantize(x, self.levels, dtype=self._k.dtype, check=self.validate)
         logdet = u.new_full((x.shape[0],), -x[0].numel() * math.log(self.levels))
         return u, logdet
 
