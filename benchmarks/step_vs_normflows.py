@@ -83,6 +83,8 @@ K, WIDTH, COEFF = 16, 128, 0.9
 TIME_TARGET = 0.5
 #: The convolutional model: its blocks, hidden channels, input shape and batch.
 CONV, CONV_BLOCKS, CONV_WIDTH, CONV_SHAPE, CONV_BATCH = "conv-", 4, 64, (4, 14, 14), 32
+#: A step's peak memory increase below this (MiB) is not resolved by the RSS method.
+MEMORY_RESOLUTION_MIB = 0.5
 
 
 # --------------------------------------------------------------------------------------------
@@ -479,6 +481,7 @@ def main() -> None:
         ratios = paired_ratios(ta, tb)
         ma = median([r["peak_increase_mib"] for r in mem[na]])
         mb = median([r["peak_increase_mib"] for r in mem[nb]])
+        resolved = min(ma, mb) >= MEMORY_RESOLUTION_MIB
         s = {
             "ours": na,
             "theirs": nb,
@@ -488,12 +491,12 @@ def main() -> None:
             "time_ratio_paired_median": median(ratios),
             "ours_peak_mib": ma,
             "theirs_peak_mib": mb,
-            "memory_ratio": ma / mb,
+            "memory_ratio": ma / mb if resolved else None,
             "ours_peak_raw": [r["peak_increase_mib"] for r in mem[na]],
             "theirs_peak_raw": [r["peak_increase_mib"] for r in mem[nb]],
         }
         s["time_target_met"] = s["time_ratio_of_medians"] <= TIME_TARGET
-        s["memory_target_met"] = s["memory_ratio"] <= 1.0
+        s["memory_target_met"] = s["memory_ratio"] <= 1.0 if resolved else None
         summary["pairs"][label] = s
         lo, hi = iqr(ratios)
         rows.append(
@@ -507,7 +510,7 @@ def main() -> None:
                 f"IQR {lo:.2f}-{hi:.2f})",
                 f"{ma:.2f}",
                 f"{mb:.2f}",
-                f"{s['memory_ratio']:.2f}",
+                f"{s['memory_ratio']:.2f}" if resolved else "not resolved",
             ]
         )
     cols = [
@@ -524,12 +527,15 @@ def main() -> None:
     body = markdown_table(cols, rows)
     verdict = "; ".join(
         f"{label}: time {'met' if s['time_target_met'] else 'NOT met'}, memory "
-        f"{'met' if s['memory_target_met'] else 'NOT met'}"
+        + {True: "met", False: "NOT met", None: "not resolved"}[s["memory_target_met"]]
         for label, s in summary["pairs"].items()
     )
     body += (
         f"\n\n**Targets** (issue 13: ours/theirs <= {TIME_TARGET} in time, <= 1.0 in peak "
-        f"memory), row by row: {verdict}."
+        f"memory), row by row: {verdict}. A peak below {MEMORY_RESOLUTION_MIB} MiB is not "
+        "resolved: the step stayed within the resident set it started from (memory a previous "
+        "call left mapped), which says nothing about its own need; the batch-2048 figures "
+        "below resolve it."
     )
     error = theirs_compile_error() if not args.quick else "(not tried: --quick)"
     summary["theirs_compile_error"] = error
