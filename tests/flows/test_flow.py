@@ -321,15 +321,27 @@ def test_a_0d_tensor_temperature_is_a_number_and_the_context_hint_is_for_conditi
         conditional.sample(3, torch.randn(3, 1))
 
 
-def test_a_flows_validate_reaches_its_dequantisation():
-    """``validate=False`` leaves a training step without host reads: the flow's setting is
-    its ``Dequantize``'s too (levels outside ``0..K-1`` are then not checked), and setting it
-    back turns the check on again."""
-    dq = iresnet.Dequantize(4)
-    flow = iresnet.Flow([dq, iresnet.ActNorm(2)], event_shape=(2,), validate=False)
-    assert dq.validate is False
-    flow.log_prob(torch.tensor([[0.0, 7.0]]))  # not checked
-    flow.validate = True
-    assert dq.validate is True
-    with pytest.raises(iresnet.DataError, match="levels must lie in 0..3"):
-        flow.log_prob(torch.tensor([[0.0, 7.0]]))
+def test_validate_false_still_checks_the_levels_of_a_dequantisation():
+    """``validate=False`` drops the flow's NaN/Inf check only: a ``Dequantize`` checks its
+    levels on every eager call (skipped only where ``torch.compile`` traces the step), so a
+    [0, 1] image or out-of-range levels are refused, not scored."""
+    flow = iresnet.Flow([iresnet.Dequantize(4), iresnet.ActNorm(2)], event_shape=(2,))
+    flow.validate = False
+    for bad, says in [([[0.0, 7.0]], "levels must lie in 0..3"), ([[0.5, 0.25]], "non-integer")]:
+        with pytest.raises(iresnet.DataError, match=says):
+            flow.log_prob(torch.tensor(bad))
+
+
+def test_a_convolutional_flows_latents_and_inverses_come_back_contiguous():
+    """The blocks work channels-last (``conv_layout``); the chain hands back the default
+    layout: latents and inverses ``.view`` and save as before."""
+    torch.manual_seed(0)
+    flow = iresnet.MultiscaleResidualFlow(
+        (1, 8, 8), scales=2, blocks=1, hidden_channels=(8,), logdet="exact", factor_out=False
+    ).eval()
+    x = torch.rand(3, 1, 8, 8)
+    z, _ = flow.transform(x)
+    assert z.is_contiguous() and z.view(3, -1).shape == (3, 64)
+    back = flow.transform.inverse(z)
+    assert back.is_contiguous()
+    torch.testing.assert_close(back, x, rtol=0, atol=1e-4)

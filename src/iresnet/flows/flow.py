@@ -348,7 +348,6 @@ class Flow(nn.Module):
         self.event_shape = torch.Size(int(s) for s in event_shape)
         self.latent_shape = torch.Size(self.transform.forward_shape(tuple(self.event_shape)))
         self.base = base if base is not None else StandardNormal(self.latent_shape)
-        self._validate = True
         self.validate = validate
         if isinstance(context, bool) or not isinstance(context, int) or context < 0:
             raise ValueError(f"context must be a non-negative integer, got {context!r}")
@@ -366,20 +365,6 @@ class Flow(nn.Module):
             self.context_standardize = ContextStandardize(*context_standardize)
             if self.context_standardize.mean.numel() != context:
                 raise ValueError(f"context_standardize needs (mean, std) with {context} values")
-
-    @property
-    def validate(self) -> bool:
-        """Whether calls check their inputs (host synchronisations); set on the flow, it is
-        set on its transforms that check their own (a ``Dequantize``'s levels), so
-        ``validate=False`` leaves a training step without a host read (``torch.compile``)."""
-        return self._validate
-
-    @validate.setter
-    def validate(self, value: bool) -> None:
-        self._validate = bool(value)
-        for m in self.transform.modules():
-            if m is not self and isinstance(getattr(m, "validate", None), bool):
-                m.validate = self._validate
 
     def check_context(self, c: Tensor | None, where: str) -> Tensor | None:
         """``c`` checked against this flow, returned as the transforms take it: ``(*batch, k)``

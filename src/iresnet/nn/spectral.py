@@ -68,11 +68,11 @@ def conv_layout(t: Tensor) -> Tensor:
 
     oneDNN's CPU convolutions work on channels-last data: given the default layout, every call
     reorders its input, its kernel and its result (forward and backward), and element-wise work
-    between them follows whichever layout it is handed. Kept channels-last from a residual
-    block's input on, the training step of the 4-block 4x14x14 flow of
-    ``benchmarks/step_vs_normflows.py`` costs about 0.65 of the default layout's compiled and
-    0.85 eager (``benchmarks/results/step_vs_normflows.md``). On other devices the layout is
-    left to the caller.
+    between them follows whichever layout it is handed. A residual block with spectral
+    convolutions keeps its input channels-last, and a chain of transforms hands its result
+    back in the default layout (``ComposedTransform``). The step it saves is measured in
+    ``benchmarks/step_vs_normflows.py`` (the convolutional rows). On other devices the layout
+    is left to the caller.
 
     Examples:
         >>> x = torch.zeros(2, 3, 4, 4)

@@ -12,7 +12,8 @@ around every convolution of the few-channel branches; the spectral convolutions 
 layout themselves, ``iresnet.nn.conv_layout``, and the switch neither helps nor hurts them).
 [`compile_options`][iresnet.ops.compiling.compile_options] turns both off; ATen's generators also
 make a compiled step draw the same numbers as the eager one for the same seed. A fresh flow's first
-call is best left eager ([`compile_after_first_call`][iresnet.ops.compiling.compile_after_first_call]).
+call is best left eager
+([`compile_after_first_call`][iresnet.ops.compiling.compile_after_first_call]).
 """
 
 from __future__ import annotations
@@ -58,8 +59,9 @@ class _EagerFirst:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if not self.primed:
-            self.primed = True
-            return self.fn(*args, **kwargs)
+            out = self.fn(*args, **kwargs)
+            self.primed = True  # after a first call that succeeded
+            return out
         return self.compiled(*args, **kwargs)
 
 
@@ -87,7 +89,8 @@ def compile_after_first_call(
         backend: ``torch.compile``'s backend; the options go to inductor only.
 
     Returns:
-        A callable with ``fn``'s signature.
+        A callable with ``fn``'s signature (not a module: train or evaluate ``fn`` itself);
+        its first successful call runs ``fn`` eagerly.
 
     Examples:
         >>> import torch

@@ -248,13 +248,15 @@ class ComposedTransform(Transform):
             logdet = ld if logdet is None else logdet + ld
         if logdet is None:  # no transforms: the identity
             logdet = torch.zeros(x.shape[0], dtype=_float(x), device=x.device)
-        return x, logdet
+        # Blocks with spectral convolutions work channels-last (``iresnet.nn.conv_layout``);
+        # the chain hands back the default layout (``.view``, safetensors, NumPy want it).
+        return x.contiguous(), logdet
 
     def inverse(self, y: Tensor, c: Tensor | None = None) -> Tensor:
         check_tensor(y, "ComposedTransform.inverse")
         for t in reversed(list(self)):
             y = t.inverse(y, c=c) if t.conditional else t.inverse(y)
-        return y
+        return y.contiguous()
 
     def inverse_with_diagnostics(
         self, y: Tensor, c: Tensor | None = None
@@ -274,7 +276,7 @@ class ComposedTransform(Transform):
                 error = _compose_error(t.inverse_lipschitz(), error, report.error_bound)
             else:
                 error = None
-        return y, InverseReport(diagnostics, error)
+        return y.contiguous(), InverseReport(diagnostics, error)
 
     def inverse_lipschitz(self) -> float:
         """The product of the parts' bounds."""

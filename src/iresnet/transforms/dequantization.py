@@ -150,7 +150,7 @@ class VariationalDequantize(Dequantize):
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         if self.uniform:
             return super().forward(x)
-        if self.validate:
+        if not torch.compiler.is_compiling():  # as Dequantize: eager calls check the levels
             _check_levels(x, self.levels)
         v, log_q = self.sample_noise(x)
         u = (x.to(v.dtype) + v) / self.levels

@@ -274,14 +274,14 @@ class Dequantize(Transform):
         if levels < 2:
             raise ValueError(f"levels must be >= 2, got {levels}")
         self.levels = int(levels)
-        # Check the levels on every call (a host read); a flow's ``validate=False`` turns it
-        # off here too (a compiled training step of data checked once when loaded).
-        self.validate = True
         # Carries the dtype the module was cast to (not saved: it is the constant K).
         self.register_buffer("_k", torch.tensor(float(levels)), persistent=False)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        u = dequantize(x, self.levels, dtype=self._k.dtype, check=self.validate)
+        # The levels are checked eagerly (a host read); a traced step (torch.compile, whose
+        # data the trainer checked when it loaded them) skips the check: no graph break.
+        check = not torch.compiler.is_compiling()
+        u = dequantize(x, self.levels, dtype=self._k.dtype, check=check)
         logdet = u.new_full((x.shape[0],), -x[0].numel() * math.log(self.levels))
         return u, logdet
 
