@@ -695,7 +695,8 @@ def main() -> None:
             f"{label}: ours {median(times[s['ours']]):.1f} ms, theirs "
             f"{median(times[s['theirs']]):.1f} ms, "
             f"time ratio {s['time_ratio_of_medians']:.2f}, memory {s['ours_peak_mib']:.2f}/"
-            f"{s['theirs_peak_mib']:.2f} MiB = {s['memory_ratio']:.2f}"
+            f"{s['theirs_peak_mib']:.2f} MiB = "
+            + ("not resolved" if s["memory_ratio"] is None else f"{s['memory_ratio']:.2f}")
         )
 
 
