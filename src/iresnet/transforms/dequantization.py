@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..nn.attributes import temporarily_set
-from .preprocess import Dequantize, _check_levels
+from .preprocess import Dequantize, _check_levels_eagerly
 
 __all__ = ["VariationalDequantize", "uniform_dequantization"]
 
@@ -150,8 +150,7 @@ class VariationalDequantize(Dequantize):
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         if self.uniform:
             return super().forward(x)
-        if not torch.compiler.is_compiling():  # as Dequantize: eager calls check the levels
-            _check_levels(x, self.levels)
+        _check_levels_eagerly(x, self.levels)
         v, log_q = self.sample_noise(x)
         u = (x.to(v.dtype) + v) / self.levels
         u = u.clamp(max=1.0 - torch.finfo(u.dtype).eps / 2)  # keep u in its cell, [0, 1)

@@ -70,6 +70,13 @@ def _check_levels(x: torch.Tensor, n_levels: int) -> None:
         )
 
 
+def _check_levels_eagerly(x: torch.Tensor, n_levels: int) -> None:
+    """``_check_levels`` on every eager call; skipped where ``torch.compile`` traces (a host
+    read would break the graph; the trainer checked the data when it loaded them)."""
+    if not torch.compiler.is_compiling():
+        _check_levels(x, n_levels)
+
+
 def _float_dtype(x: torch.Tensor, dtype: torch.dtype | None) -> torch.dtype:
     if dtype is not None:
         return dtype
@@ -278,10 +285,8 @@ class Dequantize(Transform):
         self.register_buffer("_k", torch.tensor(float(levels)), persistent=False)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        # The levels are checked eagerly (a host read); a traced step (torch.compile, whose
-        # data the trainer checked when it loaded them) skips the check: no graph break.
-        check = not torch.compiler.is_compiling()
-        u = dequantize(x, self.levels, dtype=self._k.dtype, check=check)
+        _check_levels_eagerly(x, self.levels)
+        u = dequantize(x, self.levels, dtype=self._k.dtype, check=False)
         logdet = u.new_full((x.shape[0],), -x[0].numel() * math.log(self.levels))
         return u, logdet
 
