@@ -711,3 +711,27 @@ def test_a_penalty_runs_certificate_names_the_penalty_not_power_iteration():
     raw = [torch.linalg.matrix_norm(m.weight.detach().double(), 2) for m in flow.modules()
            if getattr(m, "norm", None) == "penalty"]  # fmt: skip
     assert cert.max_bound == pytest.approx(float(raw[0] * raw[1]), rel=1e-9)
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+def test_the_spectral_norm_runs_in_full_precision_under_autocast(kind):
+    """Under bfloat16 autocast (``train.precision=bf16``) the power iteration and ``sigma``
+    run in the weight's precision: a fresh convolution's singular vectors stay float32 (a
+    later float32 call refused bfloat16 ones: a bf16 image run crashed drawing its samples),
+    and ``sigma`` equals the float32 computation's."""
+    torch.manual_seed(0)
+    if kind == "linear":
+        layer, x = iresnet.SpectralLinear(6, 5, coeff=0.9), torch.randn(4, 6)
+    else:
+        layer, x = iresnet.SpectralConv2d(3, 4, 3, padding=1, coeff=0.9), torch.randn(2, 3, 5, 5)
+    with torch.no_grad():
+        layer.weight.mul_(3.0)  # sigma above coeff: the normalisation divides
+    reference = copy.deepcopy(layer)
+    torch.manual_seed(1)  # a fresh convolution draws its starting vectors: the same for both
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        layer(x)
+    torch.manual_seed(1)
+    reference(x)
+    assert layer.u.dtype == layer.v.dtype == torch.float32
+    torch.testing.assert_close(layer.sigma, reference.sigma, rtol=1e-6, atol=0)
+    layer.eval()(x)  # float32 afterwards

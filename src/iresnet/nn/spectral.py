@@ -86,6 +86,14 @@ def conv_layout(t: Tensor) -> Tensor:
     return t
 
 
+def _full_precision(t: Tensor) -> torch.autocast:
+    """Autocast off on ``t``'s device: the spectral norm's products (power iteration, ``sigma``)
+    run in the weight's own precision. Under ``train.precision=bf16`` they ran in bfloat16, so
+    a fresh convolution stored bfloat16 singular vectors (which a later float32 call refused)
+    and ``sigma`` carried bfloat16's rounding into the normalisation."""
+    return torch.autocast(t.device.type, enabled=False)
+
+
 def _expand_batch(matrix: Tensor, batch: int) -> Tensor:
     """``matrix`` as a ``(batch, *matrix.shape)`` view (no copy), for ``torch.bmm``."""
     return matrix.unsqueeze(0).expand(batch, *matrix.shape)
@@ -672,7 +680,15 @@ class SpectralLinear(_SpectralNormMixin, nn.Linear):
     def _operator(
         self, weight: Tensor
     ) -> tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]:
-        return (lambda v: weight @ v), (lambda u: weight.t() @ u)
+        def fwd(v: Tensor) -> Tensor:
+            with _full_precision(weight):
+                return weight @ v
+
+        def adj(u: Tensor) -> Tensor:
+            with _full_precision(weight):
+                return weight.t() @ u
+
+        return fwd, adj
 
     def _exact_norm(self, weight: Tensor) -> Tensor | None:
         # A dense matrix: its SVD is exact and, up to 1024 wide, costs at most milliseconds.
@@ -884,10 +900,12 @@ class SpectralConv2d(_SpectralNormMixin, nn.Conv2d):
         out_pad = self._output_padding(in_hw, out_hw)  # type: ignore[arg-type]
 
         def fwd(v: Tensor) -> Tensor:
-            return F.conv2d(v, weight, None, self.stride, self.padding)
+            with _full_precision(weight):
+                return F.conv2d(v, weight, None, self.stride, self.padding)
 
         def adj(u: Tensor) -> Tensor:
-            return F.conv_transpose2d(u, weight, None, self.stride, self.padding, out_pad)
+            with _full_precision(weight):
+                return F.conv_transpose2d(u, weight, None, self.stride, self.padding, out_pad)
 
         return fwd, adj
 
@@ -895,7 +913,7 @@ class SpectralConv2d(_SpectralNormMixin, nn.Conv2d):
         in_shape = (1, self.in_channels, x.shape[-2], x.shape[-1])
         if tuple(self.v.shape) == in_shape:
             return
-        with torch.no_grad():
+        with torch.no_grad(), _full_precision(self.weight):
             v = torch.randn(in_shape, device=self.weight.device, dtype=self.weight.dtype)
             u = F.conv2d(v, self.weight, None, self.stride, self.padding)
         self.v = _normalize(v)
