@@ -379,23 +379,28 @@ def test_nan_stop_names_a_checkpoint_only_if_one_exists(tmp_path, monkeypatch, b
         assert "step-00000004" in message and "--resume" in message
 
 
+def _graphs_and_breaks() -> tuple[int, int]:
+    """dynamo's counts so far: graphs compiled, graph breaks."""
+    from torch._dynamo.utils import counters
+
+    return counters["stats"]["unique_graphs"], sum(counters["graph_break"].values())
+
+
 def test_a_compiled_training_step_computes_the_eager_loss(tmp_path):
     """train.compile=true: the same first loss as eager (before any update, the same function),
     a finished run, and its compiled steps are one graph with no break (the first step of the
     fresh model runs eagerly; compiled, its host reads had split every later step into
     pieces). Its speed is measured in docs/benchmarks.md, never here."""
-    from torch._dynamo.utils import counters
-
     flags = ["model.n_blocks=1", "train.steps=3", "train.log_every=1", "train.ema_decay=0"]
     eager = train(tiny(*flags), tmp_path / "eager", progress=False, figures=False)
     torch._dynamo.reset()
-    graphs, breaks = counters["stats"]["unique_graphs"], sum(counters["graph_break"].values())
+    before = _graphs_and_breaks()
     compiled = train(
         tiny(*flags, "train.compile=true"), tmp_path / "compiled", progress=False, figures=False
     )
     assert compiled.stopped == "finished" and compiled.step == 3
-    assert counters["stats"]["unique_graphs"] - graphs == 1
-    assert sum(counters["graph_break"].values()) == breaks
+    graphs, breaks = (a - b for a, b in zip(_graphs_and_breaks(), before, strict=True))
+    assert (graphs, breaks) == (1, 0)
     first = [
         json.loads((tmp_path / d / "metrics.jsonl").read_text().splitlines()[0])["loss"]
         for d in ("eager", "compiled")
@@ -411,8 +416,6 @@ def test_a_compiled_image_run_steps_as_one_graph(tmp_path):
     (power-iteration vectors for the input size, ActNorm's initialisation) runs eagerly, and
     the dequantisation's level check is off with the flow's ``validate``; before, their host
     reads split every step into a dozen graphs."""
-    from torch._dynamo.utils import counters
-
     from iresnet.app.presets import get_preset
 
     flags = [
@@ -422,11 +425,11 @@ def test_a_compiled_image_run_steps_as_one_graph(tmp_path):
         "train.compile=true",
     ]
     torch._dynamo.reset()
-    graphs, breaks = counters["stats"]["unique_graphs"], sum(counters["graph_break"].values())
+    before = _graphs_and_breaks()
     result = train(get_preset("digits").override(flags), tmp_path / "run", progress=False)
     assert result.stopped == "finished" and result.step == 3
-    assert counters["stats"]["unique_graphs"] - graphs == 1
-    assert sum(counters["graph_break"].values()) == breaks
+    graphs, breaks = (a - b for a, b in zip(_graphs_and_breaks(), before, strict=True))
+    assert (graphs, breaks) == (1, 0)
 
 
 def test_the_cpu_clock_counts_child_processes_it_waited_for():

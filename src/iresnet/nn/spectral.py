@@ -94,6 +94,18 @@ def _full_precision(t: Tensor) -> torch.autocast:
     return torch.autocast(t.device.type, enabled=False)
 
 
+def _pixel_rows(t: Tensor) -> Tensor:
+    """A channels-last ``(B, C, H, W)`` map as its ``(B * H * W, C)`` rows (a view)."""
+    return t.permute(0, 2, 3, 1).reshape(-1, t.shape[1])
+
+
+def _from_pixel_rows(rows: Tensor, like: Tensor) -> Tensor:
+    """``(B * H * W, C')`` rows back to a channels-last ``(B, C', H, W)`` map, ``like``'s
+    batch and size (a view)."""
+    b, _, h, w = like.shape
+    return rows.view(b, h, w, -1).permute(0, 3, 1, 2)
+
+
 def _expand_batch(matrix: Tensor, batch: int) -> Tensor:
     """``matrix`` as a ``(batch, *matrix.shape)`` view (no copy), for ``torch.bmm``."""
     return matrix.unsqueeze(0).expand(batch, *matrix.shape)
@@ -957,21 +969,17 @@ class SpectralConv2d(_SpectralNormMixin, nn.Conv2d):
         x = conv_layout(x)
         if not self._pointwise:
             return super()._conv_forward(x, conv_layout(weight), bias)
-        b, c, h, w = x.shape
         if x.is_contiguous(memory_format=torch.channels_last):
             # The 1x1 convolution as one matrix product over the channels of every pixel, in
             # place in the channels-last layout (ATen's convolution costs several times more on
             # the few-channel maps of the branches, forward and backward).
-            rows = x.permute(0, 2, 3, 1).reshape(-1, c)
-            y = (
-                rows @ weight.flatten(1).t()
-                if bias is None
-                else torch.addmm(bias, rows, weight.flatten(1).t())
-            )
-            return y.view(b, h, w, -1).permute(0, 3, 1, 2)
+            rows, wt = _pixel_rows(x), weight.flatten(1).t()
+            y = rows @ wt if bias is None else torch.addmm(bias, rows, wt)
+            return _from_pixel_rows(y, x)
         # Other layouts (devices): one matrix product per sample; bmm with the weight expanded,
         # not a broadcast matmul, which inductor lowers through transposed copies of the
         # activations.
+        b, _, h, w = x.shape
         y = torch.bmm(_expand_batch(weight.flatten(1), b), x.flatten(2)).view(b, -1, h, w)
         return y if bias is None else y + bias.view(-1, 1, 1)
 
@@ -999,13 +1007,11 @@ class SpectralConv2d(_SpectralNormMixin, nn.Conv2d):
             )
         grad_in = grad_w = grad_b = None
         if cot.is_contiguous(memory_format=torch.channels_last):
-            b, _, h, w = cot.shape
-            rows = cot.permute(0, 2, 3, 1).reshape(-1, cot.shape[1])
+            rows = _pixel_rows(cot)
             if mask[0]:
-                grad_in = (rows @ weight.flatten(1)).view(b, h, w, -1).permute(0, 3, 1, 2)
+                grad_in = _from_pixel_rows(rows @ weight.flatten(1), cot)
             if mask[1]:
-                inp_rows = inp.permute(0, 2, 3, 1).reshape(-1, inp.shape[1])
-                grad_w = (rows.t() @ inp_rows).view(weight.shape)
+                grad_w = (rows.t() @ _pixel_rows(inp)).view(weight.shape)
             if mask[2]:
                 grad_b = rows.sum(0)
             return grad_in, grad_w, grad_b
