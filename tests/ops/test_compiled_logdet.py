@@ -159,22 +159,24 @@ def test_a_compiled_memory_efficient_series_gives_the_eager_gradients(branch, sh
 
 @pytest.mark.filterwarnings("ignore::iresnet.RouletteVarianceWarning")
 @pytest.mark.parametrize(
-    "make",
+    ("make", "dim"),
     [
-        ExactLogDet,
-        lambda: PowerSeriesLogDet(2, neumann_gradient=True, memory_efficient=True),
+        (ExactLogDet, 2),
+        (ExactLogDet, 3),
+        (lambda: PowerSeriesLogDet(2, neumann_gradient=True, memory_efficient=True), 2),
     ],
-    ids=["exact", "series"],
+    ids=["exact-2d", "exact-3d", "series"],
 )
-def test_inductor_gives_the_eager_log_likelihood_and_gradients(make):
+def test_inductor_gives_the_eager_log_likelihood_and_gradients(make, dim):
     """With inductor itself (what ``train.compile=true`` runs, not ``aot_eager``): the same loss
     and parameter gradients as eager, in float64. torch 2.13's inductor miscompiled two things
     the estimators wrote: ``slogdet``'s backward through the batched Jacobian of the exact
     log-det (wrong gradients, some of the wrong sign) and ``torch.add(a, w, alpha=k)`` with
-    ``w`` a matrix product (alpha dropped: the series' value off by 1e-2)."""
+    ``w`` a matrix product (alpha dropped: the series' value off by 1e-2). In 2-D the exact
+    log-det takes the determinant's closed form; in 3-D ``slogdet``."""
     torch.manual_seed(1)
-    flow = ResidualFlow(2, transforms=2, hidden_features=(16, 16), logdet=make()).double()
-    x = torch.randn(64, 2, dtype=torch.float64)
+    flow = ResidualFlow(dim, transforms=2, hidden_features=(16, 16), logdet=make()).double()
+    x = torch.randn(64, dim, dtype=torch.float64)
     with torch.no_grad():
         flow.log_prob(x)  # ActNorm's initialisation
     state = copy.deepcopy(flow.state_dict())

@@ -169,7 +169,16 @@ def _logabsdet(m: Tensor) -> Tensor:
     gradient ``m^{-T}`` rides on ``<m^{-T}, m>`` (zero added): inductor (torch 2.13) miscompiles
     ``slogdet``'s backward through a batched Jacobian such as ``exact_logdet`` builds (wrong
     parameter gradients, some of the wrong sign, where ``aot_eager`` and eager agree), and
-    gets ``inv`` right. One graph, no break; first derivatives only, as a compiled step needs."""
+    gets ``inv`` right. One graph, no break; first derivatives only, as a compiled step needs.
+
+    ``D <= 2`` (the 2-D toys' blocks) takes the determinant's closed form, ``m_00`` or
+    ``m_00 m_11 - m_01 m_10``: a few element-wise operations, differentiable to any order,
+    where ``slogdet`` runs an LU factorisation per call and another in its backward."""
+    d = m.shape[-1]
+    if d == 1:
+        return m[..., 0, 0].abs().log()
+    if d == 2:
+        return (m[..., 0, 0] * m[..., 1, 1] - m[..., 0, 1] * m[..., 1, 0]).abs().log()
     if not torch.compiler.is_compiling():
         return torch.linalg.slogdet(m).logabsdet
     with torch.no_grad():
