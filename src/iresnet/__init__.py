@@ -67,6 +67,7 @@ from .transforms import (
     Squeeze,
     Standardize,
     Transform,
+    compile_blocks,
     swap_logdets,
 )
 
@@ -117,6 +118,7 @@ __all__ = [
     "banach_bound",
     "certify",
     "compile_after_first_call",
+    "compile_blocks",
     "compile_options",
     "datasets",
     "exact_logdet",

@@ -407,6 +407,30 @@ def test_a_compiled_training_step_computes_the_eager_loss(tmp_path):
     ]
     assert first[1] == pytest.approx(first[0], rel=1e-5)
     assert eager.stopped == "finished"
+    # The input checks were off while compiled steps ran; the model handed back checks again.
+    flags_of = [m.validate for m in compiled.model.modules() if hasattr(m, "validate")]
+    assert flags_of and all(flags_of)
+
+
+def test_a_run_compiled_by_blocks_shares_one_graph_and_keeps_its_checks(tmp_path):
+    """train.compile_scope=blocks: the three blocks share one compiled graph (no break), the
+    flow's input check stays on, and every step's loss is the eager run's (float rounding)."""
+    flags = ["model.n_blocks=3", "train.steps=4", "train.log_every=1", "train.ema_decay=0"]
+    eager = train(tiny(*flags), tmp_path / "eager", progress=False, figures=False)
+    torch._dynamo.reset()
+    before = _graphs_and_breaks()
+    scope = ["train.compile=true", "train.compile_scope=blocks"]
+    compiled = train(tiny(*flags, *scope), tmp_path / "compiled", progress=False, figures=False)
+    assert eager.stopped == compiled.stopped == "finished" and compiled.step == 4
+    graphs, breaks = (a - b for a, b in zip(_graphs_and_breaks(), before, strict=True))
+    assert (graphs, breaks) == (1, 0)
+    lines = [
+        (tmp_path / d / "metrics.jsonl").read_text().splitlines() for d in ("eager", "compiled")
+    ]
+    losses = [[json.loads(line)["loss"] for line in run if '"loss"' in line] for run in lines]
+    assert len(losses[1]) == 4
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5)
+    assert all(m.validate for m in compiled.model.modules() if hasattr(m, "validate"))
 
 
 @pytest.mark.filterwarnings("ignore::iresnet.RouletteVarianceWarning")

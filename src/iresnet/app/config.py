@@ -360,6 +360,11 @@ class TrainConfig:
         precision: ``fp32``, ``bf16`` or ``fp16`` autocast for the residual branches.
         compile: run the training loss through ``torch.compile`` (a minute or more of
             compilation first; pays on long runs, see docs/benchmarks.md).
+        compile_scope: what ``train.compile=true`` compiles: ``step``, the whole training loss
+            as one graph (``iresnet.compile_after_first_call``), or ``blocks``, each residual
+            block's training forward, one graph shared by the blocks of the same shape
+            (``iresnet.compile_blocks``): seconds of compilation instead of minutes for deep
+            flows (the 24-block toys), with the flow's input checks kept.
         augment: classifiers: random translations by up to ``H // 8`` pixels (zero fill) and,
             for colour images, random horizontal flips of every training batch.
     """
@@ -390,6 +395,7 @@ class TrainConfig:
     precision: str = "fp32"
     augment: bool = False
     compile: bool = False
+    compile_scope: str = "step"
 
     def validate(self) -> None:
         for name in (
@@ -407,6 +413,7 @@ class TrainConfig:
         _choice("train.optimizer", self.optimizer, ("adam", "adamw", "sgd"))
         _choice("train.lr_schedule", self.lr_schedule, ("constant", "cosine", "cosine-budget"))
         _choice("train.precision", self.precision, ("fp32", "bf16", "fp16"))
+        _choice("train.compile_scope", self.compile_scope, ("step", "blocks"))
         if not self.lr > 0:
             raise ConfigError(f"train.lr must be positive, got {self.lr}")
         _at_least("train.warmup_steps", self.warmup_steps, 0)

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from ..errors import CheckpointError, ConfigError
 from ..nn import spectral_penalty
 from ..ops import compile_after_first_call
-from ..transforms import ActNorm, set_branch_precision
+from ..transforms import ActNorm, compile_blocks, set_branch_precision
 from .batches import EpochBatches
 from .builder import build_model, load_data
 from .checkpoint import (
@@ -269,26 +269,32 @@ class Trainer:
             # DDP hooks only run through forward(): the loss module's forward computes the loss.
             ids = [ctx.device.index] if ctx.device.type == "cuda" else None
             self.loss_module = DistributedDataParallel(self.loss_module, device_ids=ids)
+        self.unvalidated: list[nn.Module] = []
         if t.compile:
-            # Flows validate their input once (a host sync that breaks the graph); the
-            # compiled loss sees batches the task built, so that check can go.
-            for m in self.model.modules():
-                if hasattr(m, "validate") and isinstance(m.validate, bool):
-                    m.validate = False
-                if isinstance(m, ActNorm):
-                    m.is_initialized()  # a restored flag, read now rather than in the graph
-            # The roulette's draws and its random tail trace into the graph (no break); see
-            # iresnet.ops.compiling for the options and the first call.
             # One compile thread: inductor then runs its C++ compiler as children this
             # process waits for, whose CPU cpu_clock() counts (a worker pool's is not seen).
             import torch._inductor.config as inductor_config
 
             inductor_config.compile_threads = 1
-            # The first step of every (re)start runs eagerly: it sets up what depends on the
-            # data (host reads that would split the compiled step into many graphs for good).
-            self.loss_module = compile_after_first_call(  # type: ignore[assignment]
-                self.loss_module, ctx.device
-            )
+            # The roulette's draws and its random tail trace into the graph (no break); see
+            # iresnet.ops.compiling for the options. The first step of every (re)start runs
+            # eagerly: it sets up what depends on the data (host reads that would split the
+            # compiled step into many graphs for good).
+            if t.compile_scope == "blocks":
+                compile_blocks(self.model, ctx.device)  # the flow's own checks stay eager
+            else:
+                # Flows validate their input once (a host sync that breaks the graph); the
+                # compiled loss sees batches the task built, so that check can go while
+                # training (``run`` turns it back on).
+                for m in self.model.modules():
+                    if getattr(m, "validate", None) is True:
+                        m.validate = False
+                        self.unvalidated.append(m)
+                    if isinstance(m, ActNorm):
+                        m.is_initialized()  # a restored flag, read now rather than in the graph
+                self.loss_module = compile_after_first_call(  # type: ignore[assignment]
+                    self.loss_module, ctx.device
+                )
         if t.precision != "fp32":
             if ctx.device.type == "cpu" and t.precision == "fp16":
                 raise ConfigError("train.precision=fp16 needs a CUDA device; use bf16 on CPU")
@@ -561,6 +567,8 @@ class Trainer:
                 self.run.discard()  # a new run that failed before its first checkpoint
             raise
         finally:
+            for m in getattr(self, "unvalidated", ()):
+                m.validate = True  # the model handed back checks its input again
             if hasattr(self, "run"):
                 self.run.release()  # the folder's writer lock (held by the main process)
             teardown_distributed(wait=completed)

@@ -39,7 +39,12 @@ from .preprocess import (
     logit_transform,
 )
 from .reshape import Flatten, InjectivePad, OnActive, Squeeze
-from .residual import InvertibleResidualBlock, set_branch_precision, swap_logdets
+from .residual import (
+    InvertibleResidualBlock,
+    compile_blocks,
+    set_branch_precision,
+    swap_logdets,
+)
 
 __all__ = [
     "ActNorm",
@@ -58,6 +63,7 @@ __all__ = [
     "Transform",
     "VariationalDequantize",
     "bits_per_dim",
+    "compile_blocks",
     "dequantize",
     "dequantize_mid",
     "logit_inverse",
