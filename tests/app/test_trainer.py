@@ -482,3 +482,26 @@ def test_the_cpu_clock_advances_with_less_work_than_a_clock_tick():
         while time.process_time() - t < 5e-4:  # half a millisecond of work
             pass
         assert cpu_clock() > before
+
+
+def test_the_ema_update_averages_parameters_and_copies_buffers():
+    """EMA <- EMA + (1 - d) (model - EMA) with the warm-up d = min(decay, (1 + t) / (10 + t)),
+    every parameter; buffers (power-iteration vectors) copied, a lazily shaped one included."""
+    import copy
+
+    from iresnet.app.trainer import _update_ema
+
+    torch.manual_seed(0)
+    model = iresnet.MultiscaleResidualFlow((1, 4, 4), scales=1, blocks=2, hidden_channels=(4,))
+    ema = copy.deepcopy(model)
+    model.log_prob(torch.rand(3, 1, 4, 4))  # the convolutions learn their input size
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p))
+    before = [e.detach().clone() for e in ema.parameters()]
+    _update_ema(ema, model, 0.99, 5)
+    d = min(0.99, 6 / 15)
+    for e, b, p in zip(ema.parameters(), before, model.parameters(), strict=True):
+        torch.testing.assert_close(e, b + (1 - d) * (p - b))
+    for e, b in zip(ema.buffers(), model.buffers(), strict=True):
+        assert torch.equal(e, b)

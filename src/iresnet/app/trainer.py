@@ -129,13 +129,20 @@ def _update_ema(ema: nn.Module, model: nn.Module, decay: float, step: int) -> No
     # Warm-up of the decay, min(decay, (1 + t) / (10 + t)): without it the initial weights keep
     # a share decay^t of the average, which makes short runs evaluate lagging weights.
     decay = min(decay, (1 + step) / (10 + step))
-    for e, p in zip(ema.parameters(), model.parameters(), strict=True):
-        e.lerp_(p, 1.0 - decay)
+    # One multi-tensor update each: a toy flow has hundreds of small tensors, whose
+    # one-by-one updates cost milliseconds a step in Python and dispatch alone.
+    averaged, current = list(ema.parameters()), list(model.parameters())
+    if len(averaged) != len(current):
+        raise RuntimeError("the EMA model's parameters no longer match the model's")
+    torch._foreach_lerp_(averaged, current, 1.0 - decay)
+    same: tuple[list[Tensor], list[Tensor]] = ([], [])
     for e, b in zip(ema.buffers(), model.buffers(), strict=True):
         if e.shape != b.shape:  # conv power-iteration vectors learn their shape lazily
             e.data = b.detach().clone()
         else:
-            e.copy_(b)
+            same[0].append(e)
+            same[1].append(b)
+    torch._foreach_copy_(*same)
 
 
 class _LossModule(nn.Module):
