@@ -1,7 +1,7 @@
 """torch.compile of a training step against eager, for the toy presets and an image block.
 
 Workloads (one thread): (a) the ``toy-8gaussians`` preset's whole flow (exact log-dets, 8
-blocks), on a batch of its size, and the deeper ``toy-checkerboard`` preset (24 blocks); (c)
+blocks), on a batch of its size, and the deeper ``toy-checkerboard`` preset (32 blocks); (c)
 the first block of the 28x28 image presets on the 4x14x14 input their squeezed flows give it
 (32 channels, roulette, memory-efficient Neumann gradient), batch 64;
 traced, the roulette draws its terms in the graph and its memory-efficient backward gives way
@@ -109,7 +109,7 @@ def main() -> None:
     repeats = 5 if args.quick else 20
     cases = {
         "(a) toy-8gaussians preset, exact": toy_steppers("8gaussians", 0, ["spectral"])["spectral"],
-        "(a) toy-checkerboard preset (24 blocks), exact": toy_steppers(
+        "(a) toy-checkerboard preset (32 blocks), exact": toy_steppers(
             "checkerboard", 0, ["spectral"]
         )["spectral"],
         "(c) image block 4x14x14, roulette": conv_steppers(

@@ -129,4 +129,4 @@ def test_toy_presets_name_their_size_in_the_listing():
         cfg = get_preset(name)
         size = f"{cfg.model.n_blocks} blocks x {cfg.model.hidden} units"
         assert size in PRESETS[name].description
-    assert get_preset("toy-checkerboard").model.n_blocks == 24
+    assert get_preset("toy-checkerboard").model.n_blocks == 32

@@ -505,3 +505,19 @@ def test_the_ema_update_averages_parameters_and_copies_buffers():
         torch.testing.assert_close(e, b + (1 - d) * (p - b))
     for e, b in zip(ema.buffers(), model.buffers(), strict=True):
         assert torch.equal(e, b)
+
+
+def test_compiling_without_a_cpp_compiler_is_one_clear_line(tmp_path, monkeypatch):
+    """No C++ compiler: train.compile=true is refused before the run folder exists (it was a
+    long traceback from inductor at the first compiled step)."""
+    import torch._inductor.cpp_builder as cpp_builder
+
+    def missing():
+        raise cpp_builder.exc.InvalidCxxCompiler()
+
+    monkeypatch.setattr(cpp_builder, "get_cpp_compiler", missing)
+    for scope in ("step", "blocks"):
+        cfg = tiny("train.compile=true", f"train.compile_scope={scope}")
+        with pytest.raises(ConfigError, match="needs a C[+][+] compiler"):
+            train(cfg, tmp_path / scope, progress=False)
+        assert not (tmp_path / scope).exists()

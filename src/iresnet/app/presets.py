@@ -31,21 +31,31 @@ class Preset:
 
 # ------------------------------------------------------------------------------------ toys
 #: Toys whose model departs from the default: the sharp-edged densities need more, not wider,
-#: blocks (a block costs about 3 ms a step whatever its width). At 2500 steps on checkerboard,
-#: 16 blocks of width 64 reached test NLL 3.640 where 8 reached 3.722 (width 128: 3.723; true
-#: entropy log 32 = 3.466). At 90 CPU s, one seed, KL to the truth
-#: (``benchmarks/results/toy-explore-ckb-*-90.md``): 16x64 0.142, 24x32 0.133, 32x32 0.133,
-#: 24x16 0.123-0.126; 24x16 at 300 CPU s 0.081 (16x64: 0.109, ``toy-explore-ckb-24x16-300.md``);
-#: on 2spirals at 90 CPU s test NLL 2.673 (8x64: 2.805, ``toy-explore-2sp-24x16-90.md``).
-_DEEP_NARROW = {"n_blocks": 24, "hidden": 16}
+#: blocks. At 2500 steps on checkerboard, 16 blocks of width 64 reached test NLL 3.640 where 8
+#: reached 3.722 (width 128: 3.723; true entropy log 32 = 3.466). Eager, at 90 CPU s, one seed,
+#: KL to the truth (``benchmarks/results/toy-explore-ckb-*-90.md``): 16x64 0.142, 24x32 0.133,
+#: 32x32 0.133, 24x16 0.123-0.126. With the blocks compiled (``train.compile_scope=blocks``:
+#: one graph for all blocks, ~5 CPU s to compile) a block's step costs less than half, and a
+#: batch of 1024 about 1.5x a batch of 256 (per-call overhead dominates these small maps), so
+#: depth and batch became cheap: at 90 CPU s, batch 1024 (``*-blocks-b*-90.md``), 24x16 0.096
+#: (batch 256: 0.107, 2048: 0.095), 32x16 0.075, 48x16 0.082 and 64x16 0.089 (under a load of
+#: 3); 2spirals 32x16 test NLL 2.652 (eager 24x16 at batch 256: 2.673).
+_DEEP_NARROW = {"n_blocks": 32, "hidden": 16}
 _TOY_MODEL = {"checkerboard": _DEEP_NARROW, "2spirals": _DEEP_NARROW}
 #: Toys whose training departs from the default. The sharp-edged densities learn faster at a
 #: higher peak rate: with 90 CPU s and the cosine over the budget (``benchmarks/toy.py``, one
 #: seed, KL to the truth on checkerboard / test NLL on 2spirals, SEs 0.002-0.004):
-#: lr 3e-3 0.236 / 2.872, 5e-3 0.193 / 2.846, 1e-2 0.162 / 2.822, 2e-2 0.154 / 2.807.
+#: lr 3e-3 0.236 / 2.872, 5e-3 0.193 / 2.846, 1e-2 0.162 / 2.822, 2e-2 0.154 / 2.807. Their
+#: blocks compile (a C++ compiler is needed; ``train.compile=false`` trains eagerly).
+_COMPILED_BLOCKS: dict[str, Any] = {
+    "lr": 2e-2,
+    "batch_size": 1024,
+    "compile": True,
+    "compile_scope": "blocks",
+}
 _TOY_TRAIN: dict[str, dict[str, Any]] = {
-    "checkerboard": {"lr": 2e-2},
-    "2spirals": {"lr": 2e-2},
+    "checkerboard": _COMPILED_BLOCKS,
+    "2spirals": _COMPILED_BLOCKS,
 }
 
 
@@ -69,7 +79,8 @@ def _toy_presets() -> dict[str, Preset]:
     return {
         f"toy-{name}": Preset(
             f"2-D toy density '{name}': MLP i-ResNet, {model['n_blocks']} blocks x "
-            f"{model['hidden']} units, exact log-det",
+            f"{model['hidden']} units, exact log-det"
+            + (", compiled blocks" if _TOY_TRAIN.get(name, {}).get("compile") else ""),
             model,
             {"name": name},
             {

@@ -124,6 +124,22 @@ def _optimizer(cfg: Config, params: list[nn.Parameter]) -> torch.optim.Optimizer
     return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay, **kind)
 
 
+def _check_cpp_compiler() -> None:
+    """``torch.compile`` on a CPU builds C++ kernels: refuse in one line, before anything is
+    written, where no compiler is found (else: a long traceback at the second step)."""
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+    except ImportError:  # another torch: leave the check to torch.compile
+        return
+    try:
+        get_cpp_compiler()
+    except Exception as exc:  # torch's InvalidCxxCompiler (and what its search raises)
+        raise ConfigError(
+            "train.compile=true on a CPU needs a C++ compiler for torch.compile, and none was "
+            f"found ({type(exc).__name__}): install g++ (or set CXX), or use train.compile=false"
+        ) from None
+
+
 @torch.no_grad()
 def _update_ema(ema: nn.Module, model: nn.Module, decay: float, step: int) -> None:
     # Warm-up of the decay, min(decay, (1 + t) / (10 + t)): without it the initial weights keep
@@ -278,6 +294,8 @@ class Trainer:
             self.loss_module = DistributedDataParallel(self.loss_module, device_ids=ids)
         self.unvalidated: list[nn.Module] = []
         if t.compile:
+            if ctx.device.type == "cpu":
+                _check_cpp_compiler()
             # One compile thread: inductor then runs its C++ compiler as children this
             # process waits for, whose CPU cpu_clock() counts (a worker pool's is not seen).
             import torch._inductor.config as inductor_config
