@@ -302,11 +302,13 @@ class Trainer:
 
             inductor_config.compile_threads = 1
             # The roulette's draws and its random tail trace into the graph (no break); see
-            # iresnet.ops.compiling for the options. The first step of every (re)start runs
-            # eagerly: it sets up what depends on the data (host reads that would split the
-            # compiled step into many graphs for good).
+            # iresnet.ops.compiling for the options. A fresh model's first step runs eagerly:
+            # it sets up what depends on the data (host reads that would split the compiled
+            # step into many graphs for good).
             if t.compile_scope == "blocks":
-                compile_blocks(self.model, ctx.device)  # the flow's own checks stay eager
+                # The flow's own checks stay eager. A restored model's set-up is done: its
+                # first step compiled, as the uninterrupted run's was, it resumes bit for bit.
+                compile_blocks(self.model, ctx.device, eager_first=checkpoint is None)
             else:
                 # Flows validate their input once (a host sync that breaks the graph); the
                 # compiled loss sees batches the task built, so that check can go while
@@ -317,8 +319,10 @@ class Trainer:
                         self.unvalidated.append(m)
                     if isinstance(m, ActNorm):
                         m.is_initialized()  # a restored flag, read now rather than in the graph
+                # A restored model's set-up is done: compiled from its first step, as the
+                # uninterrupted run's steps were, it resumes bit for bit.
                 self.loss_module = compile_after_first_call(  # type: ignore[assignment]
-                    self.loss_module, ctx.device
+                    self.loss_module, ctx.device, eager_first=checkpoint is None
                 )
         if t.precision != "fp32":
             if ctx.device.type == "cpu" and t.precision == "fp16":

@@ -70,6 +70,7 @@ def compile_after_first_call(
     device: torch.device | str = "cpu",
     *,
     backend: str | Callable[..., Any] = "inductor",
+    eager_first: bool = True,
 ) -> Callable[..., Any]:
     """``fn`` itself for its first call, then ``torch.compile(fn)`` with
     [`compile_options`][iresnet.ops.compiling.compile_options]: how ``train.compile=true``
@@ -87,10 +88,13 @@ def compile_after_first_call(
         fn: the loss (a function or a module).
         device: where it runs (for inductor's options).
         backend: ``torch.compile``'s backend; the options go to inductor only.
+        eager_first: False for a model restored from a checkpoint of a compiled run (its
+            set-up is done): compiled from the first call, as the uninterrupted run's steps
+            were after its first, so it resumes bit for bit.
 
     Returns:
         A callable with ``fn``'s signature (not a module: train or evaluate ``fn`` itself);
-        its first successful call runs ``fn`` eagerly.
+        with ``eager_first``, its first successful call runs ``fn`` eagerly.
 
     Examples:
         >>> import torch
@@ -99,4 +103,7 @@ def compile_after_first_call(
         0.0
     """
     options = compile_options(device) if backend == "inductor" else None
-    return _EagerFirst(fn, torch.compile(fn, backend=backend, options=options))
+    compiled = torch.compile(fn, backend=backend, options=options)
+    if not eager_first:
+        return compiled  # type: ignore[no-any-return]
+    return _EagerFirst(fn, compiled)

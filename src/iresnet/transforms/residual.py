@@ -275,6 +275,7 @@ def compile_blocks(
     device: torch.device | str = "cpu",
     *,
     backend: str | Callable[..., Any] = "inductor",
+    eager_first: bool = True,
 ) -> nn.Module:
     """Compile the training forward of every residual block of ``model``, in place.
 
@@ -287,14 +288,19 @@ def compile_blocks(
 
     Only the training forward with autograd on is compiled: evaluation (``eval()`` or
     ``torch.no_grad()``), sampling and inverses run eagerly, so they trigger no compilation.
-    Each block's first training call after ``compile_blocks`` runs eagerly (it sets up what
-    depends on the data, such as a convolution's power-iteration vectors for the input size).
+    With ``eager_first``, each block's first training call after ``compile_blocks`` runs
+    eagerly: on a fresh model it sets up what depends on the data (a convolution's
+    power-iteration vectors for the input size) with host reads that would otherwise split the
+    compiled graph for good.
 
     Args:
         model: any module; its ``InvertibleResidualBlock``s are compiled.
         device: where it runs (for inductor's options,
             [`compile_options`][iresnet.ops.compiling.compile_options]).
         backend: ``torch.compile``'s backend; the options go to inductor only.
+        eager_first: run each block's first training call eagerly; pass False for a model
+            restored from a checkpoint of a compiled run (its set-up is done), so that its
+            steps are the uninterrupted run's, bit for bit.
 
     Returns:
         ``model`` itself.
@@ -328,7 +334,7 @@ def compile_blocks(
     )
     compiled = torch.compile(forward, backend=backend, options=options)
     for block in blocks:
-        block._compiled_forward, block._compiled_primed = compiled, False
+        block._compiled_forward, block._compiled_primed = compiled, not eager_first
     return model
 
 
