@@ -735,3 +735,71 @@ def test_the_spectral_norm_runs_in_full_precision_under_autocast(kind):
     assert layer.u.dtype == layer.v.dtype == torch.float32
     torch.testing.assert_close(layer.sigma, reference.sigma, rtol=1e-6, atol=0)
     layer.eval()(x)  # float32 afterwards
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize("kernel", [1, 3])
+def test_one_unbatched_map_goes_through_every_kernel_size_as_in_torch_conv2d(
+    kernel, mode, channels_last, monkeypatch
+):
+    """``torch.nn.Conv2d`` takes one ``(C, H, W)`` map and gives one back; a 3x3 layer did,
+    a 1x1 one (its channels-last matrix-product path) failed on unpacking four sizes. Every
+    kernel size now gives the batched layer's numbers for a batch of one, through forward,
+    ``linearize`` (tangents ``(d, C, H, W)``, the transposed map), ``jvp`` and
+    ``linearize_adjoint`` (float64, no power-iteration step between the calls)."""
+    monkeypatch.setattr(spectral, "_CHANNELS_LAST", channels_last)
+    layer = iresnet.SpectralConv2d(5, 3, kernel_size=kernel, padding=kernel // 2).double()
+    x = torch.randn(5, 6, 7, dtype=torch.float64)
+    t = torch.randn(2, 5, 6, 7, dtype=torch.float64)
+    layer(x)  # learns the input size from one map
+    assert tuple(layer.v.shape) == (1, 5, 6, 7)
+    layer.train(mode == "train")
+    with iresnet.nn.frozen_normalisation(layer):
+        w_hat = layer.normalized_weight().detach()
+        want = torch.nn.functional.conv2d(x, w_hat, layer.bias, padding=kernel // 2)
+        y = layer(x)
+        assert y.shape == (3, 6, 7)
+        torch.testing.assert_close(y, want, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(y, layer(x[None])[0], rtol=1e-12, atol=1e-12)
+
+        cot = torch.randn(3, 6, 7, dtype=torch.float64)
+        y1, jt1, vjp1 = layer.linearize(x, t)
+        yb, jtb, vjpb = layer.linearize(x[None], t[:, None])
+        torch.testing.assert_close(y1, yb[0], rtol=1e-12, atol=1e-12)
+        assert jt1.shape == (2, 3, 6, 7)
+        torch.testing.assert_close(jt1, jtb[:, 0], rtol=1e-12, atol=1e-12)
+        assert vjp1(cot).shape == (5, 6, 7)
+        torch.testing.assert_close(vjp1(cot), vjpb(cot[None])[0], rtol=1e-12, atol=1e-12)
+        y2, jt2 = layer.jvp(x, t)
+        torch.testing.assert_close(y2, yb[0], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(jt2, jtb[:, 0], rtol=1e-12, atol=1e-12)
+
+        c = torch.randn(2, 3, 6, 7, dtype=torch.float64)
+        y3, t3, back3, adj3 = layer.linearize_adjoint(x, t)
+        yb, tb, backb, adjb = layer.linearize_adjoint(x[None], t[:, None])
+        torch.testing.assert_close(y3, yb[0], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(t3, tb[:, 0], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(back3(cot), backb(cot[None])[0], rtol=1e-12, atol=1e-12)
+        c3, r3, pairs3 = adj3(c, cot, True)
+        cb, rb, pairsb = adjb(c[:, None], cot[None], True)
+        assert c3.shape == (2, 5, 6, 7) and r3.shape == (5, 6, 7)
+        torch.testing.assert_close(c3, cb[:, 0], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(r3, rb[0], rtol=1e-12, atol=1e-12)
+        assert len(pairs3) == len(pairsb) == 2
+        for (p3, g3), (pb, gb) in zip(pairs3, pairsb, strict=True):
+            assert type(p3) is type(pb)
+            torch.testing.assert_close(g3, gb, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("kernel", [1, 3])
+@pytest.mark.parametrize("shape", [(5, 6), (2, 2, 5, 6, 7)])
+def test_a_convolution_refuses_inputs_that_are_not_maps_in_one_line(kernel, shape):
+    """Neither one map nor a batch of them: one DataError naming both shapes it takes, from
+    every entry point and kernel size (not torch's or a Python unpacking error)."""
+    layer = iresnet.SpectralConv2d(5, 3, kernel_size=kernel, padding=kernel // 2)
+    x = torch.randn(shape)
+    match = r"expected a \(B, C, H, W\) batch or one \(C, H, W\) map, got a tensor of shape"
+    for call in (layer, layer.linearize, lambda x: layer.linearize_adjoint(x, x[None])):
+        with pytest.raises(iresnet.DataError, match=match):
+            call(x)

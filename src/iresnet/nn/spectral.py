@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..checks import check_input, check_size
+from ..errors import DataError
 from .activations import Adjoint, Pairs, Pullback
 from .attributes import temporarily_set
 from .bounds import Bound, conv2d_exact_norm, conv2d_operator_bound, linear_operator_bound
@@ -104,6 +105,30 @@ def _from_pixel_rows(rows: Tensor, like: Tensor) -> Tensor:
     batch and size (a view)."""
     b, _, h, w = like.shape
     return rows.view(b, h, w, -1).permute(0, 3, 1, 2)
+
+
+def _maps(t: Tensor) -> Tensor:
+    """Tangents ``(*lead, C, H, W)`` (``lead`` the probes, then the batch if there is one) as
+    one batch of maps, ``(prod(lead), C, H, W)``."""
+    return t.reshape(-1, *t.shape[-3:])
+
+
+def _unmaps(maps: Tensor, like: Tensor) -> Tensor:
+    """``(prod(lead), C', H', W')`` maps back to ``like``'s leading dimensions,
+    ``(*lead, C', H', W')``."""
+    return maps.reshape(*like.shape[:-3], *maps.shape[1:])
+
+
+def _check_conv_input(x: Tensor, layer: nn.Module, in_channels: int) -> None:
+    """One clear error unless ``x`` is a ``(B, C_in, H, W)`` batch or one ``(C_in, H, W)`` map
+    (as ``torch.nn.Conv2d`` takes them)."""
+    check_input(x, "SpectralConv2d", like=layer)
+    if x.dim() not in (3, 4):
+        raise DataError(
+            f"SpectralConv2d: expected a (B, C, H, W) batch or one (C, H, W) map, got a tensor "
+            f"of shape {tuple(x.shape)}"
+        )
+    check_size(x, "SpectralConv2d", -3, in_channels, "input channels")
 
 
 def _expand_batch(matrix: Tensor, batch: int) -> Tensor:
@@ -847,7 +872,8 @@ class SpectralConv2d(_SpectralNormMixin, nn.Conv2d):
             multiplied by ``sqrt(k_h k_w)``).
 
     Shapes:
-        Input ``(B, C_in, H, W)``, output ``(B, C_out, H', W')``.
+        Input ``(B, C_in, H, W)``, output ``(B, C_out, H', W')``; as in ``torch.nn.Conv2d``,
+        one unbatched map ``(C_in, H, W)`` gives ``(C_out, H', W')`` (for every kernel size).
 
     Raises:
         ValueError: string padding, or a bad ``norm``, ``coeff``, ``n_power_iterations`` or
@@ -856,7 +882,8 @@ class SpectralConv2d(_SpectralNormMixin, nn.Conv2d):
             the input size).
         TypeError: at call time, an input that is not a tensor.
         DataError: at call time, an empty, boolean, complex or integer input, one of another
-            dtype or device than the layer, or one without ``C_in`` channels in dimension -3.
+            dtype or device than the layer, one that is neither 3-D nor 4-D, or one without
+            ``C_in`` channels in dimension -3.
 
     References:
         - Behrmann et al., arXiv:1811.00995, sec. 2.1.
@@ -966,6 +993,8 @@ class SpectralConv2d(_SpectralNormMixin, nn.Conv2d):
         )
 
     def _conv_forward(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        if x.dim() == 3:  # one (C, H, W) map, as torch.nn.Conv2d takes it: a batch of one
+            return self._conv_forward(x.unsqueeze(0), weight, bias).squeeze(0)
         x = conv_layout(x)
         if not self._pointwise:
             return super()._conv_forward(x, conv_layout(weight), bias)
@@ -988,6 +1017,9 @@ class SpectralConv2d(_SpectralNormMixin, nn.Conv2d):
     ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
         """The (input, weight, bias) gradients of the convolution at ``inp`` for the output
         cotangent ``cot``, those in ``mask`` (None for the others), without autograd."""
+        if cot.dim() == 3:  # one (C, H, W) map: a batch of one
+            gi, gw, gb = self._conv_grads(cot.unsqueeze(0), inp.unsqueeze(0), weight, mask)
+            return (None if gi is None else gi.squeeze(0)), gw, gb
         cot, inp = conv_layout(cot), conv_layout(inp)
         if not self._pointwise:
             return tuple(  # type: ignore[return-value]
@@ -1026,8 +1058,7 @@ class SpectralConv2d(_SpectralNormMixin, nn.Conv2d):
         return grad_in, grad_w, grad_b
 
     def forward(self, x: Tensor) -> Tensor:
-        check_input(x, "SpectralConv2d", like=self)
-        check_size(x, "SpectralConv2d", -3, self.in_channels, "input channels")
+        _check_conv_input(x, self, self.in_channels)
         self._ensure_vectors(x)
         return self._conv_forward(x, self.normalized_weight(), self.bias)
 
@@ -1038,7 +1069,7 @@ class SpectralConv2d(_SpectralNormMixin, nn.Conv2d):
         product in closed form.
 
         Args:
-            x: input, ``(B, C_in, H, W)``.
+            x: input, ``(B, C_in, H, W)`` or one map ``(C_in, H, W)``.
             t: tangents ``(d, *x.shape)``, or None.
 
         Returns:
@@ -1049,8 +1080,7 @@ class SpectralConv2d(_SpectralNormMixin, nn.Conv2d):
         Raises:
             DataError: as ``forward``.
         """
-        check_input(x, "SpectralConv2d", like=self)
-        check_size(x, "SpectralConv2d", -3, self.in_channels, "input channels")
+        _check_conv_input(x, self, self.in_channels)
         self._ensure_vectors(x)
         weight = self.normalized_weight()
         fixed = weight.detach()
@@ -1062,8 +1092,7 @@ class SpectralConv2d(_SpectralNormMixin, nn.Conv2d):
 
         jt = None
         if t is not None:
-            tt = self._conv_forward(t.reshape(-1, *t.shape[2:]), weight, None)
-            jt = tt.reshape(*t.shape[:2], *tt.shape[1:])
+            jt = _unmaps(self._conv_forward(_maps(t), weight, None), t)
         return self._conv_forward(x, weight, self.bias), jt, vjp
 
     def linearize_adjoint(
@@ -1080,8 +1109,7 @@ class SpectralConv2d(_SpectralNormMixin, nn.Conv2d):
         Raises:
             DataError: as ``forward``.
         """
-        check_input(x, "SpectralConv2d", like=self)
-        check_size(x, "SpectralConv2d", -3, self.in_channels, "input channels")
+        _check_conv_input(x, self, self.in_channels)
         self._ensure_vectors(x)
         fixed, weight = self._adjoint_weight(graph)
         bias = self.bias
@@ -1090,9 +1118,8 @@ class SpectralConv2d(_SpectralNormMixin, nn.Conv2d):
             fixed, xd = fixed.detach(), x.detach()
             if y is None:
                 y = self._conv_forward(xd, fixed, None if bias is None else bias.detach())
-            tf = t.reshape(-1, *t.shape[2:])
-            tt = self._conv_forward(tf, fixed, None)
-            t_out = tt.reshape(*t.shape[:2], *tt.shape[1:])
+            tf = _maps(t)
+            t_out = _unmaps(self._conv_forward(tf, fixed, None), t)
         held = [tf]
 
         def grads(cot: Tensor, inp: Tensor, mask: list[bool]) -> tuple[Tensor, ...]:
@@ -1114,10 +1141,9 @@ class SpectralConv2d(_SpectralNormMixin, nn.Conv2d):
                 if c is not None:
                     (tf_,) = held
                     held.clear()
-                    cf = c.reshape(-1, *c.shape[2:])
-                    gi, grad_w, _ = grads(cf, tf_, [need_c, True, False])
+                    gi, grad_w, _ = grads(_maps(c), tf_, [need_c, True, False])
                     if need_c:
-                        c_in = gi.reshape(*c.shape[:2], *gi.shape[1:])
+                        c_in = _unmaps(gi, c)
                 if r is not None:
                     r_in, gw, gb = grads(r, xd, [True, True, bias is not None])
                     grad_w = gw if grad_w is None else grad_w.add_(gw)
@@ -1133,7 +1159,7 @@ class SpectralConv2d(_SpectralNormMixin, nn.Conv2d):
         """Forward-mode derivative: ``(conv(x), conv_without_bias(t))``.
 
         Args:
-            x: input, ``(B, C_in, H, W)``.
+            x: input, ``(B, C_in, H, W)`` or one map ``(C_in, H, W)``.
             t: tangents, ``(d, *x.shape)``.
 
         Returns:
@@ -1141,8 +1167,8 @@ class SpectralConv2d(_SpectralNormMixin, nn.Conv2d):
         """
         self._ensure_vectors(x)
         w = self.normalized_weight()
-        tt = self._conv_forward(t.reshape(-1, *t.shape[2:]), w, None)
-        return self._conv_forward(x, w, self.bias), tt.reshape(*t.shape[:2], *tt.shape[1:])
+        jt = _unmaps(self._conv_forward(_maps(t), w, None), t)
+        return self._conv_forward(x, w, self.bias), jt
 
     def _input_size(self) -> tuple[int, int]:
         if self.v.numel() == 0:
