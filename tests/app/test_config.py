@@ -130,3 +130,33 @@ def test_toy_presets_name_their_size_in_the_listing():
         size = f"{cfg.model.n_blocks} blocks x {cfg.model.hidden} units"
         assert size in PRESETS[name].description
     assert get_preset("toy-checkerboard").model.n_blocks == 32
+    assert get_preset("toy-checkerboard").model.n_blocks == 24
+
+
+@pytest.mark.parametrize("logdet", ["roulette-auto", "stratified-auto"])
+@pytest.mark.parametrize(
+    ("overrides", "named"),
+    [
+        (["model.roulette_p=0.3"], "model.roulette_p=0.3"),
+        (["model.n_exact=5"], "model.n_exact=5"),
+        (["model.roulette_p=0.3", "model.n_exact=5"], "model.roulette_p=0.3 and model.n_exact=5"),
+    ],
+)
+def test_an_automatic_law_refuses_a_roulette_law_set_beside_it(logdet, overrides, named):
+    """``roulette-auto`` and ``stratified-auto`` choose ``p`` and ``n_exact`` from each block's
+    bound: a ``roulette_p`` or ``n_exact`` the user set was silently dropped (the run trained
+    with another law than the one asked for). Now one ConfigError line names the keys set and
+    both ways out; the fields' defaults (what every preset and saved run holds) still pass."""
+    fixed = logdet.removesuffix("-auto")
+    with pytest.raises(ConfigError) as info:
+        get_preset("digits").override([f"model.logdet={logdet}", *overrides])
+    message = str(info.value)
+    assert "\n" not in message
+    assert f"model.logdet={logdet} chooses model.roulette_p and model.n_exact" in message
+    assert f"got {named}" in message
+    assert f"model.logdet={fixed}" in message
+    # the law set beside a fixed roulette is taken as it is
+    cfg = get_preset("digits").override([f"model.logdet={fixed}", *overrides])
+    assert cfg.model.logdet == fixed
+    for name in ("digits", "toy-8gaussians", "digits-hybrid"):
+        assert get_preset(name).override([f"model.logdet={logdet}"]).model.logdet == logdet

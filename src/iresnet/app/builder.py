@@ -89,7 +89,12 @@ def load_data(
 
 
 def build_logdet(cfg: ModelConfig, dim: int) -> LogDetEstimator:
-    """The log-det estimator named by ``cfg.logdet`` with its settings, for blocks of ``dim``."""
+    """The log-det estimator named by ``cfg.logdet`` with its settings, for blocks of ``dim``.
+
+    ``roulette-auto`` and ``stratified-auto`` leave ``p`` and ``n_exact`` to the family, which
+    chooses them from each block's bound; a validated config holds no other ``roulette_p`` or
+    ``n_exact`` beside them ([`ModelConfig.validate`][iresnet.app.config.ModelConfig.validate]).
+    """
     if cfg.logdet == "exact":
         if dim > EXACT_MAX_DIM:
             raise ConfigError(

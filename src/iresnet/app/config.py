@@ -58,11 +58,13 @@ class ModelConfig:
         logdet: ``exact``, ``series`` (i-ResNet power series), ``roulette`` (Residual Flows) or
             ``roulette-auto`` (flows and the hybrid: the roulette with ``p`` and ``n_exact``
             chosen from each block's design bound so its variance is finite; ``roulette_p`` and
-            ``n_exact`` are then unused) or ``stratified`` (the roulette with its first
+            ``n_exact`` then stay at their defaults: another value is refused, since it would
+            not be used) or ``stratified`` (the roulette with its first
             ``head_terms`` terms averaged over ``head_probes`` probes: lower variance per
             vector-Jacobian product; ``n_probes`` probes continue into the tail) or
             ``stratified-auto`` (the same with its tail's ``p`` and ``n_exact`` chosen as
-            ``roulette-auto`` chooses them: finite variance).
+            ``roulette-auto`` chooses them: finite variance; ``roulette_p`` and ``n_exact`` as
+            for ``roulette-auto``).
         n_terms: series terms; n_exact: roulette's always-computed terms; roulette_p: geometric p.
         n_probes: Hutchinson probes per log-det call; probe: the Hutchinson probes'
             distribution
@@ -186,6 +188,22 @@ class ModelConfig:
                 f"model.logdet={self.logdet} is for models with a log-det (the flows and the "
                 "hybrid); a classifier computes none"
             )
+        if self.logdet in AUTO_LOGDETS:
+            # The automatic law chooses p and n_exact per block: a law set beside it would be
+            # dropped without a word. "Set" is told by the value: the field's default is what
+            # every preset and saved config holds, so only another value is refused.
+            defaults = {f.name: f.default for f in fields(ModelConfig)}
+            given = [
+                f"model.{key}={getattr(self, key)}"
+                for key in ("roulette_p", "n_exact")
+                if getattr(self, key) != defaults[key]
+            ]
+            if given:
+                raise ConfigError(
+                    f"model.logdet={self.logdet} chooses model.roulette_p and model.n_exact from "
+                    f"the blocks' bound, got {' and '.join(given)}: drop them, or use "
+                    f"model.logdet={self.logdet.removesuffix('-auto')} to set the law yourself"
+                )
         # the automatic law's n_exact is at least 2, whatever model.n_exact says
         sure, named = (
             (2, "2 (the least n_exact it chooses)")
