@@ -207,6 +207,41 @@ def test_the_hybrid_binds_its_roulette_to_each_block_bound_as_the_flows_do():
         iresnet.HybridClassifier(shape, 10, logdet="roulette", **kw)
 
 
+def test_conditional_flows_bind_and_check_their_roulettes_as_the_unconditional_ones_do():
+    """A conditional branch is bounded in ``x`` by its x-path for every context (its
+    modulations count 1), but ``design_bound_of`` gave it None: a conditional flow's fixed
+    Geometric(1/2) roulette at 0.98^2 went unchecked (its variance infinite, without a word),
+    and ``roulette-auto`` refused to build ("needs the blocks' Lipschitz bound"). Both now
+    behave as for the unconditional flows, toy and image."""
+    from iresnet.nn.conditional import conditional_conv_branch, conditional_mlp_branch
+
+    bound = iresnet.nn.design_bound_of
+    assert bound(conditional_conv_branch(2, 3, (4, 4), coeff=0.9)) == pytest.approx(0.9**3)
+    assert bound(conditional_mlp_branch(2, 3, (4,), coeff=0.9)) == pytest.approx(0.9**2)
+    plain = conditional_mlp_branch(2, 3, (4,), norm="penalty")
+    assert bound(plain) is None  # no hard norm: still nothing to choose from
+    families = {
+        "image": lambda logdet: iresnet.MultiscaleResidualFlow(
+            (1, 4, 4), scales=1, blocks=1, hidden_channels=(4,), context=3, logdet=logdet
+        ),
+        "toy": lambda logdet: iresnet.ResidualFlow(
+            2, transforms=1, hidden_features=(8,), context=3, logdet=logdet
+        ),
+    }
+    for build in families.values():
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            flow = build("roulette-auto")
+        blocks = [m for m in flow.modules() if isinstance(m, iresnet.InvertibleResidualBlock)]
+        assert blocks
+        for block in blocks:
+            est = block.logdet_estimator
+            assert est.auto and est.lipschitz == pytest.approx(0.98**2)
+            assert math.isfinite(est.variance_bound(est.lipschitz))
+        with pytest.warns(iresnet.RouletteVarianceWarning, match="0.9604"):
+            build("roulette")
+
+
 @pytest.mark.parametrize("lipschitz", [0.5, 0.9, 0.99])
 def test_the_cap_on_terms_leaves_a_truncation_bias_below_its_tolerance(lipschitz):
     """A capped roulette's mean is the series truncated at the cap (the weights of the terms

@@ -194,7 +194,10 @@ def design_bound_of(module: nn.Module) -> float | None:
     Spectral layers with a hard norm (``"spectral"``, ``"certified"``, ``"frobenius"``):
     their ``coeff``; [`DenseLayer`][iresnet.nn.dense.DenseLayer]:
     ``sqrt(eta_1^2 + eta_2^2 L_h^2) <= dense_coeff * max(1, L_h)``; activations: their
-    ``lipschitz_bound()`` (1 for the 1-Lipschitz ones); ``nn.Sequential``: the product. None
+    ``lipschitz_bound()`` (1 for the 1-Lipschitz ones); a
+    [`ConditionalBranch`][iresnet.nn.conditional.ConditionalBranch]: its x-path's, its
+    context modulations counting 1 (the bound in ``x`` for every context); ``nn.Sequential``:
+    the product. None
     where a layer has no such constraint (``norm="penalty"``, plain layers). With
     ``norm="spectral"`` the power-iteration estimate of ``sigma`` can fall short of it, so this
     is the design, not a certificate: [`layer_bounds`][iresnet.nn.lipschitz.layer_bounds]
@@ -219,6 +222,10 @@ def design_bound_of(module: nn.Module) -> float | None:
     """
     if isinstance(module, _SpectralNormMixin):
         return float(module.coeff) if module.norm != "penalty" else None
+    if isinstance(module, BoundContext):
+        return design_bound_of(module.g)
+    if isinstance(module, ConditionalBranch):  # only the x-path acts on x, for every context
+        return design_bound_of(module.x_path)
     if isinstance(module, DenseLayer):
         inner = design_bound_of(module.network)
         return None if inner is None else module.dense_coeff * max(1.0, inner)
@@ -231,6 +238,7 @@ def design_bound_of(module: nn.Module) -> float | None:
             total *= b
         return total
     bounds = layer_bounds(module)
-    if len(bounds) == 1 and bounds[0].method == "slope":
+    # an activation's slope, or a context modulation (a gain in (0, 1), for every context)
+    if len(bounds) == 1 and bounds[0].method in ("slope", "context"):
         return bounds[0].bound
     return None
