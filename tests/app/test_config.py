@@ -130,7 +130,6 @@ def test_toy_presets_name_their_size_in_the_listing():
         size = f"{cfg.model.n_blocks} blocks x {cfg.model.hidden} units"
         assert size in PRESETS[name].description
     assert get_preset("toy-checkerboard").model.n_blocks == 32
-    assert get_preset("toy-checkerboard").model.n_blocks == 24
 
 
 @pytest.mark.parametrize("logdet", ["roulette-auto", "stratified-auto"])

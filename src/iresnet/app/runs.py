@@ -305,12 +305,16 @@ class Run:
                 f"{self.path}: data.json is missing or lacks the data's shape; "
                 "not a complete iresnet run folder"
             ) from None
-        dtype = torch.uint8 if kind == "image" else torch.float64
+        # The recorded dtype (a toy's float32, a user file's float64): what the model was fed
+        # at evaluation, so that scoring new points feeds them alike.
+        recorded = getattr(torch, str(info.get("dtype", "")), None)
+        vector_dtype = recorded if isinstance(recorded, torch.dtype) else torch.float64
+        dtype = torch.uint8 if kind == "image" else vector_dtype
         empty = torch.empty((0, *shape), dtype=dtype)
         k = int(info.get("context_dim", 0))
         name = str(info.get("name", ""))
         classes = bool(info.get("class_context", False))
-        contexts = torch.empty((0, k), dtype=torch.float64) if k and not classes else None
+        contexts = torch.empty((0, k), dtype=vector_dtype) if k and not classes else None
         labels = torch.tensor([k - 1]) if classes else None  # n_classes = k
         return DataBundle(
             str(info.get("name", "")),

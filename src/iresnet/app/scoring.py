@@ -324,15 +324,20 @@ def score_file(
             + f" scores this run), got {repeats}"
         )
     draws = []
-    dtype = task.model_dtype(model)
+    # The dtypes `evaluate` feeds the model (the run's data, as data.json records them), so
+    # that the same points get the same numbers bit for bit: cast to the model's dtype before
+    # its standardisation, a float64 data set's points scored a float32 ulp or two away.
+    x_dtype = task.data.test_x.dtype if task.data.test_x.is_floating_point() else None
+    test_c = getattr(task.data, "test_c", None)
+    c_dtype = test_c.dtype if test_c is not None else task.model_dtype(model)
     with evaluating(model), swap_logdets(model, estimator):
         for _ in range(repeats if stochastic else 1):
             parts = []
             for start in range(0, x.shape[0], batch_size):
                 xb = x[start : start + batch_size].to(task.device)
-                if xb.is_floating_point():
-                    xb = xb.to(dtype)
-                cb = None if c is None else c[start : start + batch_size].to(task.device, dtype)
+                if xb.is_floating_point() and x_dtype is not None:
+                    xb = xb.to(x_dtype)
+                cb = None if c is None else c[start : start + batch_size].to(task.device, c_dtype)
                 parts.append(task.log_prob(model, xb if cb is None else (xb, cb)).double().cpu())
             draws.append(torch.cat(parts))
     logp = torch.stack(draws)
