@@ -4,6 +4,7 @@ blocks; the same values and gradients as eager (float64), evaluation left eager.
 from __future__ import annotations
 
 import copy
+import io
 
 import pytest
 import torch
@@ -80,9 +81,9 @@ def test_compiled_convolutional_blocks_give_the_eager_losses_and_gradients():
 
 
 def test_evaluation_and_copies_of_a_compiled_flow_stay_eager():
-    """Only training forwards with autograd on compile: eval mode, ``no_grad``, inverses and a
-    deep copy (the trainer's EMA) of a compiled flow add no graph; the copy's own training
-    forward is compiled with the same function (its block is an argument, not captured)."""
+    """Only training forwards with autograd on compile: eval mode, ``no_grad`` and inverses of
+    a compiled flow add no graph; a deep copy and a pickle (``torch.save``) are eager flows
+    with the same numbers."""
     flow = iresnet.ResidualFlow(2, transforms=2, hidden_features=(8,), logdet="exact")
     compile_blocks(flow, backend="eager")
     x = torch.randn(16, 2)
@@ -95,11 +96,27 @@ def test_evaluation_and_copies_of_a_compiled_flow_stay_eager():
     flow.log_prob(x)
     flow.transform.inverse(flow.transform(x)[0])
     assert _counts() == before
-    twin = copy.deepcopy(flow).train()
-    assert twin.transform[1]._compiled_forward is flow.transform[1]._compiled_forward
     flow.train()
     flow.log_prob(x).sum().backward()
     assert _counts()[0] == before[0] + 1
+    buffer = io.BytesIO()
+    torch.save(flow, buffer)
+    buffer.seek(0)
+    for twin in (copy.deepcopy(flow), torch.load(buffer, weights_only=False)):
+        assert all(b._compiled_forward is None for b in twin.transform if hasattr(b, "g"))
+        twin.log_prob(x).sum().backward()  # eager: no graph added
+        assert _counts()[0] == before[0] + 1
+        torch.testing.assert_close(twin.eval().log_prob(x), flow.eval().log_prob(x))
+        flow.train()
+
+
+def test_a_block_with_its_own_forward_stays_eager():
+    """``MonotoneBlock`` overrides the forward (its inverse's implicit gradient runs autograd in
+    the backward pass): ``compile_blocks`` leaves it eager."""
+    g = iresnet.nn.mlp_branch(2, (8,), coeff=0.5)
+    block = iresnet.MonotoneBlock(g, logdet=iresnet.ExactLogDet())
+    compile_blocks(block, backend="eager")
+    assert block._compiled_forward is None
 
 
 def test_a_conditional_block_is_refused():

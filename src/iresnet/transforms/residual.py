@@ -112,6 +112,12 @@ class InvertibleResidualBlock(Transform):
         (True, (5,))
     """
 
+    # Set by ``compile_blocks``: the compiled training forward (shared by the blocks) and
+    # whether this block's first training call ran. Class defaults: a block pickled before
+    # they existed still loads.
+    _compiled_forward: Callable[..., Any] | None = None
+    _compiled_primed: bool = False
+
     def __init__(
         self,
         g: nn.Module,
@@ -132,9 +138,14 @@ class InvertibleResidualBlock(Transform):
         # A branch with the spectral convolutions runs them in their fastest layout
         # (``conv_layout``); the block then keeps its input in it too.
         self._convolutional = any(isinstance(m, SpectralConv2d) for m in g.modules())
-        # Set by ``compile_blocks``: the compiled training forward, shared by the blocks.
-        self._compiled_forward: Callable[..., Any] | None = None
-        self._compiled_primed = False
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Copies and pickles are not compiled (a compiled function does not pickle); call
+        ``compile_blocks`` on them."""
+        state = super().__getstate__()
+        state.pop("_compiled_forward", None)
+        state.pop("_compiled_primed", None)
+        return state  # type: ignore[no-any-return]
 
     @property
     def conditional(self) -> bool:  # type: ignore[override]
@@ -288,6 +299,9 @@ def compile_blocks(
 
     Only the training forward with autograd on is compiled: evaluation (``eval()`` or
     ``torch.no_grad()``), sampling and inverses run eagerly, so they trigger no compilation.
+    Blocks with a forward of their own (``MonotoneBlock``: its inverse's implicit gradient runs
+    autograd in the backward pass) stay eager. Copies (``copy.deepcopy``) and pickles
+    (``torch.save``) of the model are not compiled.
     With ``eager_first``, each block's first training call after ``compile_blocks`` runs
     eagerly: on a fresh model it sets up what depends on the data (a convolution's
     power-iteration vectors for the input size) with host reads that would otherwise split the
@@ -319,7 +333,12 @@ def compile_blocks(
         ...     tuple(flow.log_prob(torch.zeros(3, 2)).shape)
         (3,)
     """
-    blocks = [m for m in model.modules() if isinstance(m, InvertibleResidualBlock)]
+    blocks = [
+        m
+        for m in model.modules()
+        if isinstance(m, InvertibleResidualBlock)
+        and type(m).forward is InvertibleResidualBlock.forward
+    ]
     if any(b.conditional for b in blocks):
         raise ValueError(
             "compile_blocks cannot compile a conditional block: its branch's Jacobian goes "
