@@ -32,8 +32,9 @@ not depend on what else the machine runs):
 
 Peers see the training set standardised per coordinate (``iresnet.datasets.Standardizer``:
 train mean and population std; the affine map's log-det is added back, so every NLL is in the
-data's units). Ours sees the raw data (its ActNorm layers standardise). Batches: 256 points,
-epochs of seeded random permutations of the same 50 000-point training set
+data's units). Ours sees the raw data (its ActNorm layers standardise). Batches: 256 points
+for the peers, the preset's batch for ours (1024 on checkerboard and 2spirals), epochs of
+seeded random permutations of the same 50 000-point training set
 (``iresnet.app.batches.EpochBatches``). Test set: the same 20 000 points for every model
 (``toy_split(name, 50000, 20000, seed=0)``, what the preset loads).
 
@@ -558,6 +559,12 @@ def write_report(
             f"{m['lipswish_beta']}), log-det `{m['logdet']}`; Adam lr {t['lr']}, warm-up "
             f"{t['warmup_steps']}, {schedule}, EMA {t['ema_decay']}, batch {t['batch_size']}, "
             f"max_cpu_seconds {t['max_cpu_seconds']:g}"
+            + (
+                f", compiled (`train.compile_scope={t.get('compile_scope', 'step')}`, the "
+                "compilation counted in the budget)"
+                if t.get("compile")
+                else ""
+            )
         )
     ours_line = "Ours:\n\n" + "\n".join(ours_lines) + "\n\n" if ours_lines else ""
     threads = settings["threads"]
