@@ -159,3 +159,18 @@ def test_an_automatic_law_refuses_a_roulette_law_set_beside_it(logdet, overrides
     assert cfg.model.logdet == fixed
     for name in ("digits", "toy-8gaussians", "digits-hybrid"):
         assert get_preset(name).override([f"model.logdet={logdet}"]).model.logdet == logdet
+
+
+@pytest.mark.parametrize("logdet", ["exact", "roulette"])
+def test_compiling_a_mixed_precision_flow_is_refused(logdet):
+    """train.precision=bf16 with train.compile=true crashed at the first compiled step (the
+    autocast branch's Jacobian goes through autograd: a double backward); one line now, also
+    for the toy presets that turn compilation on. A classifier computes no log-det and
+    compiles."""
+    flags = ["train.precision=bf16", f"model.logdet={logdet}", "model.neumann_gradient=true"]
+    with pytest.raises(ConfigError, match="train.precision=bf16"):
+        Config().override(["train.compile=true", *flags])
+    with pytest.raises(ConfigError, match="train.precision=fp32 or train.compile=false"):
+        get_preset("toy-checkerboard").override(["train.precision=bf16"])
+    classifier = get_preset("digits-classifier").override(["train.compile=true", flags[0]])
+    assert classifier.train.compile

@@ -112,14 +112,38 @@ def test_evaluation_and_copies_of_a_compiled_flow_stay_eager():
 
 def test_a_block_with_its_own_forward_stays_eager():
     """``MonotoneBlock`` overrides the forward (its inverse's implicit gradient runs autograd in
-    the backward pass): ``compile_blocks`` leaves it eager."""
+    the backward pass): ``compile_blocks`` leaves it eager, and says so when nothing is left."""
     g = iresnet.nn.mlp_branch(2, (8,), coeff=0.5)
     block = iresnet.MonotoneBlock(g, logdet=iresnet.ExactLogDet())
-    compile_blocks(block, backend="eager")
+    with pytest.raises(ValueError, match="no residual block"):
+        compile_blocks(block, backend="eager")
     assert block._compiled_forward is None
 
 
-def test_a_conditional_block_is_refused():
-    flow = iresnet.ResidualFlow(2, context=3, transforms=1, hidden_features=(8,))
-    with pytest.raises(ValueError, match="conditional"):
+def _flow(**kwargs):
+    return iresnet.ResidualFlow(2, transforms=1, hidden_features=(8,), **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda: _flow(context=3), "conditional"),
+        (lambda: _flow(logdet=iresnet.PowerSeriesLogDet(3)), "neumann"),
+        (lambda: _bf16(_flow(logdet="exact")), "mixed precision"),
+    ],
+    ids=["conditional", "series-without-neumann", "bf16"],
+)
+def test_blocks_whose_backward_is_a_double_backward_are_refused_up_front(make, match):
+    """They passed and failed at the first compiled backward with torch's "does not currently
+    support double backward" traceback."""
+    flow = make()
+    with pytest.raises(ValueError, match=match):
         compile_blocks(flow)
+    assert all(
+        b._compiled_forward is None for b in flow.modules() if hasattr(b, "logdet_estimator")
+    )
+
+
+def _bf16(flow):
+    iresnet.transforms.set_branch_precision(flow, "bf16")
+    return flow

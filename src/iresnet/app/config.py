@@ -382,7 +382,7 @@ class TrainConfig:
             as one graph (``iresnet.compile_after_first_call``), or ``blocks``, each residual
             block's training forward, one graph shared by the blocks of the same shape
             (``iresnet.compile_blocks``): seconds of compilation instead of minutes for deep
-            flows (the 24-block toys), with the flow's input checks kept.
+            flows (the 32-block toys), with the flow's input checks kept.
         augment: classifiers: random translations by up to ``H // 8`` pixels (zero fill) and,
             for colour images, random horizontal flips of every training batch.
     """
@@ -499,7 +499,8 @@ class Config:
             # which a compiled backward does not run: a traceback at the first step.
             raise ConfigError(
                 "train.compile=true cannot compile model.block=monotone (its inverse's implicit "
-                "gradient calls autograd in the backward pass); leave train.compile=false"
+                "gradient calls autograd in the backward pass); set train.compile=false (the "
+                "toy-checkerboard and toy-2spirals presets turn it on)"
             )
         density = self.train.compile and self.model.kind != "classifier"
         if density and conditional:
@@ -508,7 +509,17 @@ class Config:
             raise ConfigError(
                 "train.compile=true cannot compile a conditional flow yet (its branch's "
                 "Jacobian goes through autograd: a double backward, which torch.compile does "
-                "not trace); leave train.compile=false"
+                "not trace); set train.compile=false (the toy-checkerboard and toy-2spirals "
+                "presets turn it on)"
+            )
+        if density and self.model.logdet != "none" and self.train.precision != "fp32":
+            # Under autocast the branch is wrapped (``set_branch_precision``), and its Jacobian
+            # products go through autograd: compiled, that is a double backward.
+            raise ConfigError(
+                f"train.compile=true cannot compile train.precision={self.train.precision} with "
+                "a log-det yet (the autocast branch's Jacobian goes through autograd: a double "
+                "backward, which torch.compile does not trace); use train.precision=fp32 or "
+                "train.compile=false"
             )
         lacking = [
             name

@@ -35,7 +35,8 @@ class Preset:
 #: reached 3.722 (width 128: 3.723; true entropy log 32 = 3.466). Eager, at 90 CPU s, one seed,
 #: KL to the truth (``benchmarks/results/toy-explore-ckb-*-90.md``): 16x64 0.142, 24x32 0.133,
 #: 32x32 0.133, 24x16 0.123-0.126. With the blocks compiled (``train.compile_scope=blocks``:
-#: one graph for all blocks, ~5 CPU s to compile) a block's step costs less than half, and a
+#: one graph for all blocks; 5-16 CPU s to compile with a warm inductor cache, ~30 from a cold
+#: one) a block's step costs less than half, and a
 #: batch of 1024 about 1.5x a batch of 256 (per-call overhead dominates these small maps), so
 #: depth and batch became cheap: at 90 CPU s, batch 1024 (``*-blocks-b*-90.md``), 24x16 0.096
 #: (batch 256: 0.107, 2048: 0.095), 32x16 0.075, 48x16 0.082 and 64x16 0.089 (under a load of

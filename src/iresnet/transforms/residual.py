@@ -292,7 +292,7 @@ def compile_blocks(
 
     The unit ``torch.compile`` sees is one block (its branch, log-det estimator and the
     gradients they carry), with the block an argument: blocks of the same structure, input
-    shape and estimator share one compiled graph, so compiling a 24-block flow costs what one
+    shape and estimator share one compiled graph, so compiling a 32-block flow costs what one
     block costs, where compiling the whole training step (``compile_after_first_call``) traces
     and compiles every block anew and grows with the depth. What lies between the blocks
     (ActNorm, squeezes, the base density, the flow's input check) stays eager.
@@ -320,8 +320,10 @@ def compile_blocks(
         ``model`` itself.
 
     Raises:
-        ValueError: a conditional block (its branch's Jacobian in ``x`` goes through autograd:
-            a double backward, which ``torch.compile`` does not trace).
+        ValueError: nothing to compile; or a block whose training backward is a double
+            backward, which ``torch.compile`` does not trace: a conditional block or one
+            under mixed precision (``set_branch_precision``: their branch's Jacobian goes
+            through autograd), or a series estimator without the Neumann gradient.
 
     Examples:
         >>> import torch, iresnet
@@ -339,11 +341,26 @@ def compile_blocks(
         if isinstance(m, InvertibleResidualBlock)
         and type(m).forward is InvertibleResidualBlock.forward
     ]
-    if any(b.conditional for b in blocks):
+    if not blocks:
         raise ValueError(
-            "compile_blocks cannot compile a conditional block: its branch's Jacobian goes "
-            "through autograd (a double backward, which torch.compile does not trace)"
+            "compile_blocks found no residual block to compile (blocks with a forward of "
+            "their own, such as MonotoneBlock, stay eager)"
         )
+    for b in blocks:
+        why = (
+            "a conditional block"
+            if b.conditional
+            else "a block under mixed precision (set_branch_precision)"
+            if b.branch_dtype is not None
+            else "a series estimator without neumann_gradient=True"
+            if getattr(b.logdet_estimator, "neumann_gradient", True) is False
+            else None
+        )
+        if why is not None:
+            raise ValueError(
+                f"compile_blocks cannot compile {why}: its training backward is a double "
+                "backward, which torch.compile does not trace"
+            )
     options = compile_options(device) if backend == "inductor" else None
     # A copy of the code per call: dynamo keeps its compiled graphs (and its limit of
     # recompilations) per code object, so models compiled one after another in a process
