@@ -502,6 +502,8 @@ def test_the_final_line_describes_only_the_numbers_it_shows():
     assert _latest_test(rows[:1]) == (None, {})
     older = _describe_metrics({"nll": 1.5, "test_nll": 1.7}, 2560, test_step=20)
     assert "test: 2560 test samples at step 20, EMA weights" in older
+    no_ema = _describe_metrics({"test_nll": 1.7}, 2560, ema=False)
+    assert "the trained weights (no EMA)" in no_ema and "EMA weights" not in no_ema
     assert _describe_metrics({}, None) == "no metrics logged"
 
 

@@ -507,7 +507,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             test_step, test = _latest_test(rows)
             last.update(test)
         n_eval = result.task.n_evaluated(cfg.train.eval_batches) if result.task else None
-        metrics = _describe_metrics(last, n_eval, test_step)
+        metrics = _describe_metrics(last, n_eval, test_step, ema=cfg.train.ema_decay > 0)
         print(f"{verb} at step {result.step}: {metrics}; run folder: {result.run_dir}")
     if result.stopped == "finished":
         return 0
@@ -577,11 +577,12 @@ def _latest_test(rows: list[dict[str, Any]]) -> tuple[int | None, dict[str, floa
 
 
 def _describe_metrics(
-    last: dict[str, float], n_eval: int | None, test_step: int | None = None
+    last: dict[str, float], n_eval: int | None, test_step: int | None = None, ema: bool = True
 ) -> str:
     """The final line's numbers with their units and what they are: the last training batch's
-    loss terms, and the periodic test estimate on ``n_eval`` test samples (EMA weights; at
-    ``test_step`` when that is earlier than the line's step)."""
+    loss terms, and the periodic test estimate on ``n_eval`` test samples (EMA weights, or the
+    trained weights without an EMA; at ``test_step`` when that is earlier than the line's
+    step)."""
     parts = []
     for key, value in last.items():
         if key.endswith("_se"):
@@ -599,7 +600,8 @@ def _describe_metrics(
         what.append("train: last logged batch")
     if "test" in said:
         at = f" at step {test_step}" if test_step is not None else ""
-        what.append(f"test: {on}{at}, EMA weights; `iresnet evaluate` scores the whole test set")
+        weights = "EMA weights" if ema else "the trained weights (no EMA)"
+        what.append(f"test: {on}{at}, {weights}; `iresnet evaluate` scores the whole test set")
     tail = f" ({'; '.join(what)})" if parts else ""
     return ", ".join(parts) + tail if parts else "no metrics logged"
 
