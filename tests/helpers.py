@@ -103,3 +103,10 @@ TINY_RUN = [
     "train.checkpoint_every=5",
     "train.eval_batches=1",
 ]
+
+
+def graphs_and_breaks() -> tuple[int, int]:
+    """dynamo's counts so far in this process: graphs compiled, graph breaks."""
+    from torch._dynamo.utils import counters
+
+    return counters["stats"]["unique_graphs"], sum(counters["graph_break"].values())

@@ -18,6 +18,7 @@ from iresnet.app.runs import load_run
 from iresnet.app.trainer import learning_rate, warmup_outlasts_run
 from iresnet.app.training import train
 from iresnet.errors import CheckpointError, ConfigError
+from tests.helpers import graphs_and_breaks
 
 TINY = [
     "model.n_blocks=2",
@@ -379,13 +380,6 @@ def test_nan_stop_names_a_checkpoint_only_if_one_exists(tmp_path, monkeypatch, b
         assert "step-00000004" in message and "--resume" in message
 
 
-def _graphs_and_breaks() -> tuple[int, int]:
-    """dynamo's counts so far: graphs compiled, graph breaks."""
-    from torch._dynamo.utils import counters
-
-    return counters["stats"]["unique_graphs"], sum(counters["graph_break"].values())
-
-
 def test_a_compiled_training_step_computes_the_eager_loss(tmp_path):
     """train.compile=true: the same first loss as eager (before any update, the same function),
     a finished run, and its compiled steps are one graph with no break (the first step of the
@@ -394,12 +388,12 @@ def test_a_compiled_training_step_computes_the_eager_loss(tmp_path):
     flags = ["model.n_blocks=1", "train.steps=3", "train.log_every=1", "train.ema_decay=0"]
     eager = train(tiny(*flags), tmp_path / "eager", progress=False, figures=False)
     torch._dynamo.reset()
-    before = _graphs_and_breaks()
+    before = graphs_and_breaks()
     compiled = train(
         tiny(*flags, "train.compile=true"), tmp_path / "compiled", progress=False, figures=False
     )
     assert compiled.stopped == "finished" and compiled.step == 3
-    graphs, breaks = (a - b for a, b in zip(_graphs_and_breaks(), before, strict=True))
+    graphs, breaks = (a - b for a, b in zip(graphs_and_breaks(), before, strict=True))
     assert (graphs, breaks) == (1, 0)
     first = [
         json.loads((tmp_path / d / "metrics.jsonl").read_text().splitlines()[0])["loss"]
@@ -418,11 +412,11 @@ def test_a_run_compiled_by_blocks_shares_one_graph_and_keeps_its_checks(tmp_path
     flags = ["model.n_blocks=3", "train.steps=4", "train.log_every=1", "train.ema_decay=0"]
     eager = train(tiny(*flags), tmp_path / "eager", progress=False, figures=False)
     torch._dynamo.reset()
-    before = _graphs_and_breaks()
+    before = graphs_and_breaks()
     scope = ["train.compile=true", "train.compile_scope=blocks"]
     compiled = train(tiny(*flags, *scope), tmp_path / "compiled", progress=False, figures=False)
     assert eager.stopped == compiled.stopped == "finished" and compiled.step == 4
-    graphs, breaks = (a - b for a, b in zip(_graphs_and_breaks(), before, strict=True))
+    graphs, breaks = (a - b for a, b in zip(graphs_and_breaks(), before, strict=True))
     assert (graphs, breaks) == (1, 0)
     lines = [
         (tmp_path / d / "metrics.jsonl").read_text().splitlines() for d in ("eager", "compiled")
@@ -449,10 +443,10 @@ def test_a_compiled_image_run_steps_as_one_graph(tmp_path):
         "train.compile=true",
     ]
     torch._dynamo.reset()
-    before = _graphs_and_breaks()
+    before = graphs_and_breaks()
     result = train(get_preset("digits").override(flags), tmp_path / "run", progress=False)
     assert result.stopped == "finished" and result.step == 3
-    graphs, breaks = (a - b for a, b in zip(_graphs_and_breaks(), before, strict=True))
+    graphs, breaks = (a - b for a, b in zip(graphs_and_breaks(), before, strict=True))
     assert (graphs, breaks) == (1, 0)
 
 

@@ -11,13 +11,7 @@ import torch
 
 import iresnet
 from iresnet import compile_blocks
-
-
-def _counts() -> tuple[int, int]:
-    """dynamo's counts so far: graphs compiled, graph breaks."""
-    from torch._dynamo.utils import counters
-
-    return counters["stats"]["unique_graphs"], sum(counters["graph_break"].values())
+from tests.helpers import graphs_and_breaks
 
 
 def _steps(flow, batches, compiled: bool, backend: str):
@@ -54,9 +48,9 @@ def test_compiled_blocks_give_the_eager_losses_and_gradients(logdet, backend):
     batches = [torch.randn(32, 2, dtype=torch.float64) for _ in range(3)]
     eager = _steps(flow, batches, compiled=False, backend=backend)
     torch._dynamo.reset()
-    before = _counts()
+    before = graphs_and_breaks()
     compiled = _steps(flow, batches, compiled=True, backend=backend)
-    graphs, breaks = (a - b for a, b in zip(_counts(), before, strict=True))
+    graphs, breaks = (a - b for a, b in zip(graphs_and_breaks(), before, strict=True))
     assert (graphs, breaks) == (1, 0)  # three blocks, one graph
     for (loss_e, grads_e), (loss_c, grads_c) in zip(eager, compiled, strict=True):
         torch.testing.assert_close(loss_c, loss_e, rtol=1e-10, atol=1e-12)
@@ -88,24 +82,24 @@ def test_evaluation_and_copies_of_a_compiled_flow_stay_eager():
     compile_blocks(flow, backend="eager")
     x = torch.randn(16, 2)
     torch._dynamo.reset()
-    before = _counts()
+    before = graphs_and_breaks()
     flow.log_prob(x).sum().backward()  # each block's first call: eager
     with torch.no_grad():
         flow.log_prob(x)
     flow.eval()
     flow.log_prob(x)
     flow.transform.inverse(flow.transform(x)[0])
-    assert _counts() == before
+    assert graphs_and_breaks() == before
     flow.train()
     flow.log_prob(x).sum().backward()
-    assert _counts()[0] == before[0] + 1
+    assert graphs_and_breaks()[0] == before[0] + 1
     buffer = io.BytesIO()
     torch.save(flow, buffer)
     buffer.seek(0)
     for twin in (copy.deepcopy(flow), torch.load(buffer, weights_only=False)):
         assert all(b._compiled_forward is None for b in twin.transform if hasattr(b, "g"))
         twin.log_prob(x).sum().backward()  # eager: no graph added
-        assert _counts()[0] == before[0] + 1
+        assert graphs_and_breaks()[0] == before[0] + 1
         torch.testing.assert_close(twin.eval().log_prob(x), flow.eval().log_prob(x))
         flow.train()
 
