@@ -112,6 +112,16 @@ def test_train_evaluate_sample_certify(tmp_path, capsys):
     assert code != 0 and "--n-test" in err and "Traceback" not in err
     code, out, _ = run(capsys, "sample", str(out_dir), "-n", "50", "--out", str(tmp_path / "s.npy"))
     assert code == 0 and np.load(tmp_path / "s.npy").shape == (50, 2)
+    assert "certified error <= " in out and "composed" not in out  # one block, one solve
+    # the composed bound grows with depth: with more solves the line gives one solve's bound
+    deep = ["--steps", "2", "model.n_blocks=3", "--no-progress", "--out", str(tmp_path / "d")]
+    assert run(capsys, "train", *TINY, *deep)[0] == 0
+    sample = ["sample", str(tmp_path / "d"), "-n", "20", "--out", str(tmp_path / "d.npy")]
+    code, out, _ = run(capsys, *sample)
+    pattern = r"certified error <= (\S+); composed over (\d+) solves, each solve <= (\S+)\)"
+    composed = re.search(pattern, out)
+    assert code == 0 and composed and int(composed[2]) == 3, out
+    assert float(composed[3]) <= float(composed[1])
     code, out, _ = run(capsys, "certify", str(out_dir), "--json")
     assert json.loads(out)["invertible"] is True
 

@@ -35,6 +35,7 @@ from .files import atomic_write, json_safe, out_path
 from .presets import DEFAULT_PRESET, PRESETS, get_preset
 from .runs import Run, load_run
 from .sweep import add_sweep_parser, cmd_sweep
+from .tasks.base import inverse_summary
 from .trainer import warmup_outlasts_run
 from .training import train
 
@@ -681,7 +682,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         _check_out(contexts_out, inputs, overwrite, default=args.out is None)
     _warn(args.command, scoring.extrapolation_warning(task, contexts))
     torch.manual_seed(args.seed)
-    chunks, converged, worst, bound = [], True, 0.0, None
+    chunks, converged, worst, bound, solve_bound = [], True, 0.0, None, None
     if contexts is not None:
         x, diags = task.sample(  # type: ignore[call-arg]
             trained.model, args.num, temperature=args.temperature, contexts=contexts
@@ -703,6 +704,9 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         worst = max([worst, *(float(d.residual.max()) for d in diags)])
         if diags.error_bound is not None and diags.error_bound.numel():
             bound = max(bound or 0.0, float(diags.error_bound.max()))
+        per_solve = inverse_summary(diags)["inverse_solve_error_bound"]
+        if per_solve is not None:
+            solve_bound = max(solve_bound or 0.0, per_solve)
     x = torch.cat(chunks)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".png":
@@ -740,6 +744,10 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     else:
         raise ConfigError(f"--out must end in .npy, .csv or .png, got '{out.suffix}'")
     certified = f", certified error <= {bound:.2e}" if bound is not None else ""
+    if certified and solve_bound is not None and len(reports[0][1]) > 1:
+        # The composed bound grows like prod 1/(1 - L_k) with depth: say what one solve's is.
+        n = len(reports[0][1])
+        certified += f"; composed over {n} solves, each solve <= {solve_bound:.2e}"
     per = ""
     if contexts is not None:
         # as the user writes them: class labels, not their one-hot vectors
