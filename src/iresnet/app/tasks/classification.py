@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from ...certificate import certify
 from ...datasets import DataBundle
 from ...errors import ConfigError, InverseNotConvergedWarning
+from ...ops import LogDetEstimator
 from ...transforms import InverseReport, bits_per_dim, swap_logdets
 from ..config import Config
 from .base import (
@@ -120,13 +121,24 @@ class ClassificationTask(Task):
         return loss, {**metrics, "loss": loss.detach(), "ce": ce.detach(), "bpd": bpd_mean.detach()}
 
     def evaluate(
-        self, model: nn.Module, max_batches: int | None = None, limit: int | None = None
+        self,
+        model: nn.Module,
+        max_batches: int | None = None,
+        limit: int | None = None,
+        *,
+        estimator: LogDetEstimator | None = None,
     ) -> dict[str, float]:
         """Test error and cross-entropy (and, for hybrids, bits/dim with its standard error)
         over the first ``limit`` test images (all by default), in eval mode: the one evaluation
-        loop of classifiers."""
+        loop of classifiers. Hybrids' bits/dim use ``estimator``, by default the
+        [`scoring_estimator`][iresnet.app.tasks.base.scoring_estimator] (as ``iresnet evaluate``),
+        never the training one."""
         wrong, n, ces, bpds = 0, 0, [], []
-        with evaluating(model):
+        # Hybrids' bits/dim with the scoring estimator (or the one given), as the density
+        # task's evaluations: never the cheap roulette the model trains with.
+        if estimator is None and self.has_density:
+            estimator = scoring_estimator(self.dim)[1]
+        with evaluating(model), swap_logdets(model, estimator):
             for x, y in self.test_batches(self.eval_batch, max_batches, limit):
                 logits, bpd = self.predict(model, x)
                 ces.append(F.cross_entropy(logits, y, reduction="none"))
@@ -161,8 +173,7 @@ class ClassificationTask(Task):
         estimator = None
         if self.has_density:
             out["estimator"], estimator = scoring_estimator(self.dim, exact_max_dim, roulette_exact)
-        with swap_logdets(model, estimator):
-            out.update(self.evaluate(model, limit=n_test))
+        out.update(self.evaluate(model, limit=n_test, estimator=estimator))
         cert = certify(model)
         out["constrained"] = bool(self.cfg.model.constrained)
         out["coeff"] = self.cfg.model.coeff if self.cfg.model.constrained else None
