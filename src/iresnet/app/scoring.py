@@ -25,7 +25,7 @@ from ..datasets.arrays import load_array, read_npy
 from ..errors import ConfigError, DataError
 from ..transforms import swap_logdets
 from .tasks import DensityTask, HybridTask, Task
-from .tasks.base import evaluating, scoring_estimator
+from .tasks.base import evaluating, scoring_estimator, scoring_lipschitz
 
 __all__ = [
     "ScoreResult",
@@ -314,7 +314,8 @@ def score_file(
             )
     elif context is not None:
         raise ConfigError("--context: this run is not conditional; score without it")
-    name, estimator = scoring_estimator(task.dim)
+    bound = scoring_lipschitz(model, certified=True)
+    name, estimator = scoring_estimator(task.dim, lipschitz=bound)
     stochastic = name != "exact" or task.images  # dequantisation noise is random too
     if repeats < (2 if stochastic else 1):
         why = "the SE of a stochastic estimate needs two draws" if stochastic else "one pass"

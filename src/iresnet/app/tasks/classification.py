@@ -36,6 +36,7 @@ from .base import (
     inverse_summary,
     mean_se,
     scoring_estimator,
+    scoring_lipschitz,
 )
 
 __all__ = ["ClassificationTask", "HybridTask", "augment"]
@@ -137,7 +138,8 @@ class ClassificationTask(Task):
         # Hybrids' bits/dim with the scoring estimator (or the one given), as the density
         # task's evaluations: never the cheap roulette the model trains with.
         if estimator is None and self.has_density:
-            estimator = scoring_estimator(self.dim)[1]
+            bound = scoring_lipschitz(model, certified=False)
+            estimator = scoring_estimator(self.dim, lipschitz=bound)[1]
         with evaluating(model), swap_logdets(model, estimator):
             for x, y in self.test_batches(self.eval_batch, max_batches, limit):
                 logits, bpd = self.predict(model, x)
@@ -171,10 +173,13 @@ class ClassificationTask(Task):
         n = int(self.data.test_x.shape[0])
         out: dict[str, Any] = {"n_test": n if n_test is None else min(n, n_test)}
         estimator = None
-        if self.has_density:
-            out["estimator"], estimator = scoring_estimator(self.dim, exact_max_dim, roulette_exact)
-        out.update(self.evaluate(model, limit=n_test, estimator=estimator))
         cert = certify(model)
+        if self.has_density:
+            bound = cert.max_bound if math.isfinite(cert.max_bound) else None
+            out["estimator"], estimator = scoring_estimator(
+                self.dim, exact_max_dim, roulette_exact, bound
+            )
+        out.update(self.evaluate(model, limit=n_test, estimator=estimator))
         out["constrained"] = bool(self.cfg.model.constrained)
         out["coeff"] = self.cfg.model.coeff if self.cfg.model.constrained else None
         out["invertible"] = cert.invertible
