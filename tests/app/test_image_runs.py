@@ -14,7 +14,7 @@ from iresnet.app.builder import build_model, squeezes_first
 from iresnet.app.config import Config
 from iresnet.app.presets import PRESETS, get_preset
 from iresnet.app.runs import load_run
-from iresnet.app.tasks.base import continuous_part, scoring_estimator
+from iresnet.app.tasks.base import MAX_SURE_TERMS, continuous_part, scoring_estimator
 from iresnet.app.training import train
 from iresnet.datasets import DataBundle
 from iresnet.ops import PowerSeriesLogDet, RussianRouletteLogDet
@@ -132,19 +132,26 @@ def test_the_reported_roulette_has_finite_variance_for_the_certified_bound(train
     assert abs(out["test_bpd"] - exact["test_bpd"]) < 4 * out["test_bpd_se"]
 
 
-@pytest.mark.parametrize("bound", [0.5, 0.943, 0.99])
+@pytest.mark.parametrize("bound", [0.5, 0.943, 0.99, 0.99999])
 def test_scoring_estimator_chooses_a_finite_variance_law_from_the_bound(bound):
     name, est = scoring_estimator(784, lipschitz=bound)
     assert isinstance(est, RussianRouletteLogDet)
     p, n_exact = roulette_for_lipschitz(bound)
-    assert (est.p, est.n_exact) == (p, max(n_exact, 20))
+    # the sure terms stop at MAX_SURE_TERMS (50 000 at 0.99999 otherwise); p keeps the law
+    assert (est.p, est.n_exact) == (p, max(min(n_exact, MAX_SURE_TERMS), 20))
     assert math.isfinite(est.variance_bound(bound)) and not est.neumann_gradient
-    assert f"p={p:.3g}" in name
-    # without a bound: the fixed Geometric(1/2), whose worst-case variance is infinite here
-    _, fixed = scoring_estimator(784)
+    assert f"p={p:.3g}" in name and f"Lip(g)<={bound:.6g}" in name and "<=1)" not in name
+    assert scoring_estimator(64, lipschitz=bound)[0] == "exact"
+
+
+@pytest.mark.parametrize(("bound", "why"), [(None, "no bound"), (1.3, "bound 1.3 >= 1")])
+def test_scoring_estimator_without_a_bound_below_one_says_so(bound, why):
+    """The fixed Geometric(1/2): its worst-case variance is infinite at L = 0.943 already, and
+    with no bound below 1 nothing is guaranteed; the name says so."""
+    name, fixed = scoring_estimator(784, lipschitz=bound)
     assert (fixed.p, fixed.n_exact) == (0.5, 20)
     assert not math.isfinite(fixed.variance_bound(0.943))
-    assert scoring_estimator(64, lipschitz=bound)[0] == "exact"
+    assert why in name and "finite variance not guaranteed" in name
 
 
 def test_scoring_roulette_is_unbiased_against_slogdet_in_float64():

@@ -866,8 +866,9 @@ def _cmd_score(args: argparse.Namespace) -> int:
     else:
         atomic_write(args.out, lambda fh: np.save(fh, table))
     mean = float(np.mean(result.columns["log_prob"]))
+    points = f"{table.shape[0]} point{'s' if table.shape[0] != 1 else ''}"
     print(
-        f"scored {table.shape[0]} points: mean log p {mean:.6g} nats with the {result.estimator} "
+        f"scored {points}: mean log p {mean:.6g} nats with the {result.estimator} "
         f"log-det; columns {', '.join(result.columns)}; wrote {args.out}"
     )
     return 0

@@ -120,7 +120,9 @@ class DensityTask(Task):
         Geometric(1/2) at ``Lip(g) = 0.94``) has infinite variance, and one draw of its number
         of terms serves a whole evaluation batch, so its periodic test bits/dim jumped by
         0.4 between evaluations of the same weights. Its roulette's law is chosen from the
-        blocks' design bound (the certificate would cost seconds per evaluation)."""
+        blocks' design bound (the certificate would cost seconds per evaluation; see
+        [`scoring_lipschitz`][iresnet.app.tasks.base.scoring_lipschitz] for what that does not
+        prove)."""
         _, estimator = scoring_estimator(
             self.dim, lipschitz=scoring_lipschitz(model, certified=False)
         )
