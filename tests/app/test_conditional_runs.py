@@ -305,6 +305,14 @@ def test_score_of_an_unconditional_run_refuses_contexts(tmp_path, capsys):
         )
         assert code == 0, err
         assert len((tmp_path / f"{name}.scores.csv").read_text().splitlines()) == 2
+        assert "scored 1 point:" in out
+    # A file of another width, even wider than training data may be: the mismatch is named.
+    for width in (3, 80):
+        np.save(tmp_path / f"w{width}.npy", np.zeros((4, width)))
+        wide = ["--data", str(tmp_path / f"w{width}.npy"), "--out", str(tmp_path / "w.csv")]
+        code, out, err = run(capsys, "score", str(out_dir), *wide)
+        assert code == 2
+        _one_line_error(err, f"{width} columns, but the run models 2-dimensional points")
     code, out, err = run(capsys, "sample", str(out_dir), "--context", "1", "-n", "3")
     assert code == 2
     _one_line_error(err, "not conditional")

@@ -208,9 +208,8 @@ def _read_points(task: DensityTask | HybridTask, path: Path) -> torch.Tensor:
     shape = tuple(task.data.event_shape)
     if not task.images:
         # the run's own reading of its CSVs (an unnamed index column dropped if it was dropped)
-        x = load_array(
-            path, max_dim=max(64, task.dim), min_rows=1, index_column=task.cfg.data.index_column
-        )
+        # no cap of its own: a file of another width gets the mismatch line below
+        x = load_array(path, max_dim=2**31, min_rows=1, index_column=task.cfg.data.index_column)
         if x.shape[1] != task.dim:
             raise DataError(
                 f"{path}: {x.shape[1]} columns, but the run models {task.dim}-dimensional points"
