@@ -100,9 +100,13 @@ def test_train_evaluate_sample_certify(tmp_path, capsys):
         assert key in result
     assert result["invertible"] is True and result["inverse_max_error"] < 1e-4
     assert result["entropy_gap"] > -4 * result["entropy_gap_se"]  # a KL divergence is >= 0
+    full = (out_dir / "eval.json").read_text()
     code, out, _ = run(capsys, "evaluate", str(out_dir), "--json", "--n-test", "100")
     part = json.loads(out)
     assert code == 0 and part["n_test"] == 100 and result["n_test"] > 100
+    # the partial result has its own file; the whole test set's stays as it was
+    assert (out_dir / "eval.json").read_text() == full
+    assert json.loads((out_dir / "eval-n100.json").read_text())["n_test"] == 100
     assert part["test_nll_se"] > result["test_nll_se"]  # fewer points, wider error bar
     # the three figures belong to the same points (true_entropy came from other draws)
     for r in (result, part):

@@ -196,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="evaluate on the first N test points only (default: all; the standard error is "
-        "over the points evaluated)",
+        "over the points evaluated); saved as eval-nN.json, leaving a full eval.json as it is",
     )
     p.add_argument(
         "--allow-changed-data",
@@ -643,13 +643,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                 ctx = ", ".join(f"{v:.4g}" for v in row["context"])
                 print(f"{'':>24}  ({ctx}) -> {_fmt(row['kl'])} +- {_fmt(row['kl_se'])}")
         print(Certificate.from_dict(cert), flush=True)
+    # A partial evaluation has a file of its own: it never replaces the whole test set's.
+    name = "eval.json" if args.n_test is None else f"eval-n{args.n_test}.json"
     try:
-        atomic_write(
-            trained.run.path / "eval.json", json.dumps(result, indent=2, allow_nan=False) + "\n"
-        )
+        atomic_write(trained.run.path / name, json.dumps(result, indent=2, allow_nan=False) + "\n")
     except OSError as exc:
         print(
-            f"iresnet evaluate: note: eval.json not saved in {trained.run.path} ({exc.strerror})",
+            f"iresnet evaluate: note: {name} not saved in {trained.run.path} ({exc.strerror})",
             file=sys.stderr,
         )
     return 0
