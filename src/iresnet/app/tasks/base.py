@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ...certificate import certify
+from ...certificate import Certificate, certify
 from ...datasets import DataBundle
 from ...nn import design_bound_of
 from ...ops import ExactLogDet, LogDetEstimator, RussianRouletteLogDet
@@ -130,7 +130,9 @@ def scoring_estimator(
     return f"russian-roulette(n_exact={n_exact}, p={p:.3g}, Lip(g)<={lipschitz:.6g})", est
 
 
-def scoring_lipschitz(model: nn.Module, *, certified: bool) -> float | None:
+def scoring_lipschitz(
+    model: nn.Module, *, certified: bool, certificate: Certificate | None = None
+) -> float | None:
     """The bound of the blocks' ``Lip(g)`` that
     [`scoring_estimator`][iresnet.app.tasks.base.scoring_estimator] chooses its roulette for:
     the certificate's largest block bound (``certified=True``: proven for the weights in force,
@@ -139,13 +141,14 @@ def scoring_lipschitz(model: nn.Module, *, certified: bool) -> float | None:
     blocks' own roulettes are checked against; the periodic evaluations use it). The design
     bound is not a proof: the certificate of the same weights can be a little higher (0.972
     against 0.941 seen after a few Fashion-MNIST steps), so only ``evaluate`` and ``score``
-    have a proven finite variance. None without residual blocks or where a block has no
+    have a proven finite variance. ``certificate``: the model's, where the caller has it
+    already (it is not computed again). None without residual blocks or where a block has no
     bound."""
     blocks = [m for m in model.modules() if isinstance(m, InvertibleResidualBlock)]
     if not blocks:
         return None
     if certified:
-        bound = certify(model).max_bound
+        bound = (certificate or certify(model)).max_bound
         return bound if math.isfinite(bound) else None
     bounds = [design_bound_of(b.g) for b in blocks]
     return None if any(b is None for b in bounds) else max(bounds)  # type: ignore[type-var]

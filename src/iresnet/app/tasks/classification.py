@@ -175,7 +175,7 @@ class ClassificationTask(Task):
         estimator = None
         cert = certify(model)
         if self.has_density:
-            bound = cert.max_bound if math.isfinite(cert.max_bound) else None
+            bound = scoring_lipschitz(model, certified=True, certificate=cert)
             out["estimator"], estimator = scoring_estimator(
                 self.dim, exact_max_dim, roulette_exact, bound
             )

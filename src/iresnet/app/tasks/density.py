@@ -146,7 +146,7 @@ class DensityTask(Task):
         default); the standard error is over the points evaluated (estimator noise included).
         """
         cert = certify(model)  # its bound chooses a roulette of finite variance
-        bound = cert.max_bound if math.isfinite(cert.max_bound) else None
+        bound = scoring_lipschitz(model, certified=True, certificate=cert)
         name, estimator = scoring_estimator(self.dim, exact_max_dim, roulette_exact, bound)
         # The estimators the model trains with (a roulette says what it chose, and for which
         # Lipschitz bound), before the scoring estimator replaces them.
