@@ -311,6 +311,7 @@ def _multiscale() -> nn.Module:
         fc_hidden_features=(8,),
         logit_alpha=0.05,
         inverse=_solver(),
+        base="diagonal",
     )
 
 
@@ -504,8 +505,10 @@ def test_family_logdet_matches_slogdet(family):
         logdet = f(x, **kw)[1]
         torch.testing.assert_close(logdet, torch.linalg.slogdet(jac).logabsdet, rtol=0, atol=1e-8)
         if isinstance(model, iresnet.Flow):  # and the density on top of it
-            z = f(x, **kw)[0].flatten(1)
-            base = -0.5 * (z.pow(2).sum(1) + z.shape[1] * math.log(2 * math.pi))
+            prior = model.base()  # N(0, I), or a learned diagonal Gaussian: written out
+            u = ((f(x, **kw)[0] - prior.mean) / prior.stddev).flatten(1)
+            log_s = prior.stddev.log().sum()
+            base = -0.5 * (u.pow(2).sum(1) + u.shape[1] * math.log(2 * math.pi)) - log_s
             torch.testing.assert_close(model.log_prob(x, c), base + logdet, rtol=0, atol=1e-10)
 
 

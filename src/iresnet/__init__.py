@@ -30,7 +30,14 @@ from .errors import (
     IResNetError,
     RouletteVarianceWarning,
 )
-from .flows import Flow, FlowDistribution, MultiscaleResidualFlow, ResidualFlow, StandardNormal
+from .flows import (
+    DiagonalNormal,
+    Flow,
+    FlowDistribution,
+    MultiscaleResidualFlow,
+    ResidualFlow,
+    StandardNormal,
+)
 from .nn import (
     CLipSwish,
     CPila,
@@ -90,6 +97,7 @@ __all__ = [
     "ExactLogDet",
     "FixedPointInverse",
     "Flow",
+    "DiagonalNormal",
     "FlowDistribution",
     "HybridClassifier",
     "IResNetError",

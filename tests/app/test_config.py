@@ -38,6 +38,8 @@ def test_overrides_qualified_and_unique_keys():
         ("model.coeff=0", r"coeff must lie in \(0, 1\]"),
         ("model.n_terms=-1", "n_terms must be a positive"),
         ("model.logdet=magic", "model.logdet must be one of"),
+        ("model.base=gaussian", "model.base must be one of"),
+        ("model.base=diagonal", "model.base=diagonal is for the image flows"),
         ("data.train_subset=1", "data.train_subset must be"),
         ("data.train_subset=-5", "data.train_subset must be"),
         ("noequals", "key=value"),

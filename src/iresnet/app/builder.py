@@ -52,6 +52,7 @@ FAMILY_ARGS = {
     "hidden_channels": "model.hidden",
     "hidden_features": "model.hidden",
     "fc_blocks": "model.fc_blocks",
+    "base": "model.base",
     "coeff": "model.coeff",
     "branch": "model.branch",
     "block": "model.block",
@@ -274,6 +275,7 @@ def _build(cfg: ModelConfig, data: DataBundle, shape: tuple[int, ...], alpha: fl
             dequantization=cfg.dequantization,
             dequant_hidden=cfg.dequant_hidden,
             dequant_steps=cfg.dequant_steps,
+            base=cfg.base,
             **_branch(cfg),
             **common,
         )

@@ -79,7 +79,10 @@ class ModelConfig:
             iteration cap; anderson: memory of Anderson
             acceleration (0: plain Banach iteration).
         n_scales: image flows: scales (squeeze between them); factor_out: split off half the
-            channels after each scale; fc_blocks: fully connected blocks at the end;
+            channels after each scale; base: image flows' latent distribution, ``standard``
+            ``N(0, I)`` or ``diagonal`` (Glow's learned per-dimension mean and scale,
+            :class:`iresnet.flows.flow.DiagonalNormal`); fc_blocks: fully connected blocks at
+            the end;
             fc_hidden: their width.
         n_classes: classifier / hybrid heads.
         init_squeeze: squeeze the input once (``(C, H, W) -> (4C, H/2, W/2)``) before anything
@@ -134,6 +137,7 @@ class ModelConfig:
     anderson: int = 0
     n_scales: int = 2
     factor_out: bool = False
+    base: str = "standard"
     fc_blocks: int = 0
     fc_hidden: int = 64
     n_classes: int = 10
@@ -172,6 +176,12 @@ class ModelConfig:
             raise ConfigError(
                 f"model.dequantization=variational needs an image density model (resflow-image, "
                 f"iresnet-image, hybrid), not model.kind={self.kind}"
+            )
+        _choice("model.base", self.base, ("standard", "diagonal"))
+        if self.base == "diagonal" and self.kind not in ("iresnet-image", "resflow-image"):
+            raise ConfigError(
+                f"model.base=diagonal is for the image flows (resflow-image, iresnet-image), "
+                f"not model.kind={self.kind}; use model.base=standard"
             )
         _choice("model.probe", self.probe, ("gaussian", "rademacher"))
         _choice(

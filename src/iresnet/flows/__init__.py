@@ -15,12 +15,13 @@ Examples:
     torch.Size([2, 3])
 """
 
-from .flow import ContextStandardize, Flow, FlowDistribution, StandardNormal
+from .flow import ContextStandardize, DiagonalNormal, Flow, FlowDistribution, StandardNormal
 from .multiscale import MultiscaleResidualFlow
 from .residual_flow import ResidualFlow
 
 __all__ = [
     "ContextStandardize",
+    "DiagonalNormal",
     "Flow",
     "FlowDistribution",
     "MultiscaleResidualFlow",

@@ -61,7 +61,7 @@ from ..transforms import (
     Transform,
     VariationalDequantize,
 )
-from .flow import Flow
+from .flow import DiagonalNormal, Flow
 from .residual_flow import _check_sizes, block_type, check_branch, check_context, check_logdet
 
 __all__ = ["MultiscaleResidualFlow", "check_image_shape"]
@@ -202,6 +202,9 @@ class MultiscaleResidualFlow(Flow):
         block: ``"residual"`` or ``"monotone"`` (every block, the fc ones included, is a
             [`MonotoneBlock`][iresnet.transforms.monotone.MonotoneBlock] on the same branch);
             see [`ResidualFlow`][iresnet.flows.residual_flow.ResidualFlow].
+        base: the latent distribution: ``"standard"`` ``N(0, I)`` (the papers') or
+            ``"diagonal"``, Glow's learned per-dimension Gaussian
+            ([`DiagonalNormal`][iresnet.flows.flow.DiagonalNormal]; unconditional).
 
     Shapes:
         ``x``: ``(B, C, H, W)`` (integer levels with ``levels``); ``log_prob(x)``: ``(B,)``, in
@@ -222,6 +225,7 @@ class MultiscaleResidualFlow(Flow):
         - Dinh et al., "Density estimation using Real NVP", arXiv:1605.08803, sec. 3.6 (the
           multi-scale layout).
         - Ho et al., "Flow++", arXiv:1902.00275, sec. 3.1 (``dequantization="variational"``).
+        - Kingma & Dhariwal, "Glow", arXiv:1807.03039 (``base="diagonal"``, its learned prior).
 
     Examples:
         >>> import torch, iresnet
@@ -263,6 +267,7 @@ class MultiscaleResidualFlow(Flow):
         dequant_hidden: int = 32,
         dequant_steps: int = 4,
         block: str = "residual",
+        base: str = "standard",
     ) -> None:
         check_context(context)
         check_branch(branch)
@@ -278,6 +283,8 @@ class MultiscaleResidualFlow(Flow):
             raise ValueError(f"logit_alpha must lie in [0, 0.5), got {logit_alpha}")
         if levels is not None and (isinstance(levels, bool) or not isinstance(levels, int)):
             raise ValueError(f"levels must be an integer >= 2 or None, got {levels!r}")
+        if base not in ("standard", "diagonal"):
+            raise ValueError(f"base must be 'standard' or 'diagonal', got {base!r}")
         if dequantization not in ("uniform", "variational"):
             raise ValueError(
                 f"dequantization must be 'uniform' or 'variational', got {dequantization!r}"
@@ -370,3 +377,5 @@ class MultiscaleResidualFlow(Flow):
         if context and stack.n_blocks == 0:
             raise ValueError("a conditional image flow needs blocks >= 1 or fc_blocks >= 1")
         super().__init__(stack.transforms, event_shape=image, validate=validate, context=context)
+        if base == "diagonal":
+            self.base = DiagonalNormal(self.latent_shape)
