@@ -86,6 +86,7 @@ def load_data(
         context_standardizer=context_standardizer,
         class_context=cfg.class_context,
         train_subset=cfg.train_subset,
+        max_dim=cfg.max_dim,
     )
 
 

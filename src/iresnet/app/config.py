@@ -308,6 +308,9 @@ class DataConfig:
             ``refuse``, ``drop`` or ``keep`` (model it as a feature).
         train_subset: image sets: train on a random subset of this many training images
             (drawn with ``data.seed``); the test split stays whole. 0: all of them.
+        max_dim: user arrays: the most columns accepted (64). Above 64 dimensions the
+            periodic and final evaluations score with the roulette instead of exact log-dets,
+            and above 256 the toy family cannot train exact log-dets (``model.logdet=roulette``).
     """
 
     name: str = "8gaussians"
@@ -323,9 +326,11 @@ class DataConfig:
     dequantize: str = "refuse"
     index_column: str = "refuse"
     train_subset: int = 0
+    max_dim: int = 64
 
     def validate(self) -> None:
         _at_least("data.n_train", self.n_train, 2)
+        _at_least("data.max_dim", self.max_dim, 1)
         if self.train_subset != 0:
             _at_least("data.train_subset", self.train_subset, 2)
         check_seed("data.seed", self.seed)

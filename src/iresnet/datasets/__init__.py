@@ -160,6 +160,7 @@ def load_dataset(
     context_standardizer: Standardizer | None = None,
     class_context: bool = False,
     train_subset: int = 0,
+    max_dim: int = 64,
 ) -> DataBundle:
     """Load or generate a data set.
 
@@ -189,6 +190,8 @@ def load_dataset(
         train_subset: image sets: train on a random subset of this many training images
             (drawn with ``seed``, labels kept with their images); the test split is unchanged.
             0: all of them.
+        max_dim: ``"array"``: the most columns accepted (a ``DataError`` above; see
+            [`load_array`][iresnet.datasets.arrays.load_array]).
 
     Returns:
         The [`DataBundle`][iresnet.datasets.DataBundle].
@@ -253,7 +256,7 @@ def load_dataset(
             raise DataError("data set 'array' needs a path to a .npy or .csv file")
         if dequantize not in ("refuse", "uniform", "off"):
             raise ValueError(f"dequantize must be refuse, uniform or off, got {dequantize!r}")
-        arr = load_array(path, index_column=index_column)
+        arr = load_array(path, max_dim=max_dim, index_column=index_column)
         check_range(arr, path)
         train_np, test_np = split_array(arr, test_fraction, seed)
         if min(len(train_np), len(test_np)) < 2:
