@@ -81,9 +81,8 @@ class ModelConfig:
         n_scales: image flows: scales (squeeze between them); factor_out: split off half the
             channels after each scale; base: image flows' latent distribution, ``standard``
             ``N(0, I)`` or ``diagonal`` (Glow's learned per-dimension mean and scale,
-            :class:`iresnet.flows.flow.DiagonalNormal`); fc_blocks: fully connected blocks at
-            the end;
-            fc_hidden: their width.
+            [`DiagonalNormal`][iresnet.flows.flow.DiagonalNormal]); fc_blocks: fully connected
+            blocks at the end; fc_hidden: their width.
         n_classes: classifier / hybrid heads.
         init_squeeze: squeeze the input once (``(C, H, W) -> (4C, H/2, W/2)``) before anything
             else (classifiers: before the padding), the i-ResNet code's ``init_ds=2``; makes
