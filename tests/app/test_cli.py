@@ -595,3 +595,18 @@ def test_wider_user_data_needs_data_max_dim_and_then_trains(capsys, tmp_path):
     assert load_run(out_dir).cfg.data.max_dim == 70
     code, out, _ = run(capsys, "evaluate", str(out_dir), "--json", "--n-test", "8")
     assert code == 0 and "russian-roulette" in json.loads(out)["estimator"]
+
+
+def test_samples_that_are_not_finite_are_refused_not_written(capsys, tmp_path):
+    """A temperature that overflows the latent made the inverse return NaN: the samples were
+    written (exit 0) under "certified error <= 0" (Python's max dropped the NaN)."""
+    run_dir = tmp_path / "run"
+    assert run(capsys, "train", *TINY, "--steps", "2", "--out", str(run_dir))[0] == 0
+    out = tmp_path / "s.npy"
+    code, out_text, err = run(
+        capsys, "sample", str(run_dir), "-n", "4", "--temperature", "1e38", "--out", str(out)
+    )
+    assert code == 2 and "samples are not finite" in err and "lower --temperature" in err
+    assert "certified error <= 0" not in out_text + err and not out.exists()
+    assert run(capsys, "sample", str(run_dir), "-n", "4", "--out", str(out))[0] == 0
+    assert np.isfinite(np.load(out)).all()

@@ -207,7 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "sample",
         help="draw samples from a trained flow (by inverting it)",
-        description="Draw samples x = f^{-1}(z), z ~ N(0, T^2 I), and save them.",
+        description="Draw samples x = f^{-1}(z), z from the base with its spread scaled by T "
+        "(N(0, T^2 I); mu + T sigma eps for model.base=diagonal), and save them.",
     )
     p.add_argument("run_dir", type=Path, help="the run folder")
     p.add_argument("-n", "--num", type=int, default=1000, help="number of samples")
@@ -701,13 +702,25 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     for x, diags in reports:
         chunks.append(x.cpu())
         converged &= diags.all_converged
-        worst = max([worst, *(float(d.residual.max()) for d in diags)])
+        worst = _worst(worst, *(float(d.residual.max()) for d in diags))
         if diags.error_bound is not None and diags.error_bound.numel():
-            bound = max(bound or 0.0, float(diags.error_bound.max()))
+            bound = _worst(bound, float(diags.error_bound.max()))
         per_solve = inverse_summary(diags)["inverse_solve_error_bound"]
         if per_solve is not None:
-            solve_bound = max(solve_bound or 0.0, per_solve)
+            solve_bound = _worst(solve_bound, per_solve)
     x = torch.cat(chunks)
+    bad = int((~torch.isfinite(x.reshape(len(x), -1))).any(1).sum())
+    if bad:
+        hint = (
+            f"sample at a lower --temperature than {args.temperature:g} (1 is the model's own "
+            "spread)"
+            if args.temperature > 1
+            else f"check the model: iresnet certify {args.run_dir}"
+        )
+        raise IResNetError(
+            f"{bad} of {len(x)} samples are not finite (the inverse diverged; largest final "
+            f"step {worst:.3g}): nothing written; {hint}"
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".png":
         if contexts is not None and (x.dim() == 4 or x.shape[1] == 2):
@@ -823,6 +836,15 @@ def _warn(command: str, message: str | None) -> None:
     silenced)."""
     if message:
         print(f"iresnet {command}: warning: {message}", file=sys.stderr)
+
+
+def _worst(*values: float | None) -> float | None:
+    """The largest of the values that are known, NaN if one is NaN (Python's ``max`` keeps
+    the first operand when a comparison with NaN is false, so ``max(0.0, nan)`` is 0.0)."""
+    known = [v for v in values if v is not None]
+    if not known:
+        return None
+    return math.nan if any(math.isnan(v) for v in known) else max(known)
 
 
 def _check_out(out: Path, inputs: list[Path], overwrite: bool, default: bool = False) -> None:
