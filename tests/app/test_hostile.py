@@ -177,3 +177,25 @@ def test_bf16_branches_keep_logdet_within_tolerance():
     # bf16 keeps 8 mantissa bits: the Jacobian entries carry ~0.4% relative error.
     assert (ld16 - ld32).abs().max() < 2e-2
     assert (x_rec - x).abs().max() < 5e-2
+
+
+def test_pruning_never_deletes_the_new_checkpoint_for_torn_or_foreign_folders(tmp_path):
+    """A resumed run pruned by name: with a torn ``step-99999999`` and a stray ``step-abc`` in
+    its folder, the valid checkpoint and the one just written were deleted, and the run could
+    not be resumed (try-out 8, F2)."""
+    cfg = Config().override(
+        [*TINY, "train.steps=4", "train.checkpoint_every=2", "train.keep_last=2"]
+    )
+    run = tmp_path / "run"
+    train(cfg, run, progress=False)
+    folder = run / "checkpoints"
+    (folder / "step-99999999").mkdir()  # torn: no manifest
+    (folder / "step-abc").mkdir()
+    (folder / "junk.txt").write_text("x")
+    with pytest.warns(RuntimeWarning, match="skipping checkpoint"):
+        train(cfg.override(["train.steps=8"]), run, resume=True, progress=False)
+    names = sorted(p.name for p in list_checkpoints(folder))
+    assert names == ["step-00000006", "step-00000008", "step-99999999", "step-abc"]
+    with pytest.warns(RuntimeWarning, match="skipping checkpoint"):
+        assert latest_checkpoint(folder).name == "step-00000008"
+    assert (folder / "junk.txt").read_text() == "x"

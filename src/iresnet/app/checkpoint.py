@@ -96,7 +96,9 @@ def save_checkpoint(
     extra_tensors: dict[str, Tensor] | None = None,
     keep_last: int = 2,
 ) -> Path:
-    """Write checkpoint ``folder/step-XXXXXXXX`` atomically and prune all but ``keep_last``."""
+    """Write checkpoint ``folder/step-XXXXXXXX`` atomically and prune all but the ``keep_last``
+    newest of the complete checkpoints up to it (``_prunable``): this one is always kept, and
+    torn, foreign or later folders are left alone (a resume skips them with a warning)."""
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"step-{step:08d}"
     tmp = folder / f".tmp-step-{step:08d}-{os.getpid()}"
@@ -114,9 +116,24 @@ def save_checkpoint(
     if final.exists():  # a re-save of the same step (e.g. after a signal) replaces it
         shutil.rmtree(final)
     os.replace(tmp, final)
-    for old in list_checkpoints(folder)[:-keep_last]:
+    for old in _prunable(folder, step)[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _prunable(folder: Path, newest: int) -> list[Path]:
+    """The checkpoints pruning may remove, oldest first: named ``step-XXXXXXXX`` for a step up
+    to ``newest`` (the one just written), with a manifest. Pruning by name alone kept the two
+    highest-named folders, torn ones and junk included, and deleted every valid checkpoint,
+    the new one too (try-out 8, F2); hashing every file at each save would cost a model's size
+    in reads, so a manifest stands for complete here, as the atomic write makes it."""
+    kept = []
+    for path in list_checkpoints(folder):
+        digits = path.name.removeprefix("step-")
+        if len(digits) == 8 and digits.isdigit() and int(digits) <= newest:
+            if (path / "MANIFEST.json").is_file():
+                kept.append(path)
+    return kept
 
 
 def list_checkpoints(folder: Path) -> list[Path]:
