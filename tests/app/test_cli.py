@@ -610,3 +610,23 @@ def test_samples_that_are_not_finite_are_refused_not_written(capsys, tmp_path):
     assert "certified error <= 0" not in out_text + err and not out.exists()
     assert run(capsys, "sample", str(run_dir), "-n", "4", "--out", str(out))[0] == 0
     assert np.isfinite(np.load(out)).all()
+
+
+def test_contexts_wider_than_64_columns_follow_data_max_dim(capsys, tmp_path):
+    """The context file was read with a fixed limit of 64 columns while its refusal advised
+    ``data.max_dim`` (try-out 8, F1); sample and score read the run's width."""
+    rng = np.random.default_rng(0)
+    data, ctx = tmp_path / "x.npy", tmp_path / "c.npy"
+    np.save(data, rng.normal(size=(300, 2)))
+    np.save(ctx, rng.normal(size=(300, 70)))
+    out_dir = tmp_path / "run"
+    args = ("train", *TINY, "--data", str(data), "--context", str(ctx), "--steps", "2")
+    code, _, err = run(capsys, *args, "--out", str(out_dir))
+    assert code == 2 and "70 columns" in err and "data.max_dim=70" in err
+    assert run(capsys, *args, "data.max_dim=70", "--out", str(out_dir))[0] == 0
+    rows = tmp_path / "c3.csv"
+    np.savetxt(rows, rng.normal(size=(3, 70)), delimiter=",")
+    assert run(capsys, "sample", str(out_dir), "--context", str(rows), "-n", "2")[0] == 0
+    np.savetxt(rows, rng.normal(size=(3, 71)), delimiter=",")
+    code, _, err = run(capsys, "sample", str(out_dir), "--context", str(rows), "-n", "2")
+    assert code == 2 and "expected contexts with 70 value(s) per row, got 71" in err

@@ -307,7 +307,8 @@ class DataConfig:
             ``refuse``, ``drop`` or ``keep`` (model it as a feature).
         train_subset: image sets: train on a random subset of this many training images
             (drawn with ``data.seed``); the test split stays whole. 0: all of them.
-        max_dim: user arrays: the most columns accepted (64). Above 64 dimensions the
+        max_dim: user arrays: the most columns accepted (64), in the data and in the contexts
+            (``context_path``). Above 64 dimensions the
             periodic and final evaluations score with the roulette instead of exact log-dets,
             and above 256 the toy family cannot train exact log-dets (``model.logdet=roulette``).
     """

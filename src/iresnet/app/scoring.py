@@ -109,7 +109,9 @@ def read_contexts(path: Path) -> np.ndarray:
             )
         return np.atleast_2d(arr.astype(np.float64)) if arr.ndim == 2 else arr.astype(np.float64)
     if path.suffix.lower() == ".csv" and path.is_file():
-        return load_array(path, min_rows=1)  # the data's reader: one row is a context too
+        # The data's reader (one row is a context too); the width is checked against the run's
+        # context size afterwards, with a message that names it.
+        return load_array(path, min_rows=1, max_dim=2**31)
     raise DataError(f"{path}: no such .npy or .csv file of contexts")
 
 

@@ -190,8 +190,8 @@ def load_dataset(
         train_subset: image sets: train on a random subset of this many training images
             (drawn with ``seed``, labels kept with their images); the test split is unchanged.
             0: all of them.
-        max_dim: ``"array"``: the most columns accepted (a ``DataError`` above; see
-            [`load_array`][iresnet.datasets.arrays.load_array]).
+        max_dim: ``"array"``: the most columns accepted in the data and in the contexts (a
+            ``DataError`` above; see [`load_array`][iresnet.datasets.arrays.load_array]).
 
     Returns:
         The [`DataBundle`][iresnet.datasets.DataBundle].
@@ -292,7 +292,7 @@ def load_dataset(
             test = test + cell * (torch.rand(test.shape, generator=gen, dtype=test.dtype) - 0.5)
         bundle = DataBundle(path, "vector", train, test, standardizer=std, dequantize_width=width)
         if context_path:
-            ctx = load_array(context_path)
+            ctx = load_array(context_path, max_dim=max_dim)
             if ctx.shape[0] != arr.shape[0]:
                 raise DataError(
                     f"{context_path}: {ctx.shape[0]} context rows but {path} has "

@@ -277,8 +277,8 @@ def load_array(
     if d > max_dim:
         raise DataError(
             f"{p}: {d} columns (dimensions) exceed max_dim={max_dim}; reduce the dimension "
-            f"(e.g. PCA), or raise the limit (`iresnet train --data FILE data.max_dim={d}`; in "
-            "Python, load_array(path, max_dim=...))"
+            f"(e.g. PCA), or raise the limit (`data.max_dim={d}` after `iresnet train`; in "
+            "Python, iresnet.datasets.load_array(path, max_dim=...))"
         )
     return array
 
