@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -208,3 +209,21 @@ def test_squeezes_first_follows_the_papers():
     assert not squeezes_first("iresnet-image", (1, 28, 28), 3, False)
     assert not squeezes_first("resflow-image", (3, 32, 32), 3, False)
     assert squeezes_first("resflow-image", (1, 8, 8), 2, init_squeeze=True)
+
+
+def test_score_of_a_variational_run_says_it_is_the_elbo(tmp_path):
+    """``iresnet score`` labelled every image run "uniform dequantisation", also where the
+    model's first transform is ``VariationalDequantize`` and the value is the one-sample ELBO
+    (try-out 8, F8b)."""
+    pytest.importorskip("sklearn")
+    from iresnet.app.scoring import score_file
+
+    cfg = Config().override([*TRAIN, "train.steps=2", "model.dequantization=variational"])
+    train(cfg, tmp_path / "run", progress=False)
+    run = load_run(tmp_path / "run")
+    np.save(tmp_path / "img.npy", run.data.test_x[:3].numpy())
+    result = score_file(run.task, run.model, tmp_path / "img.npy", repeats=2)
+    assert (
+        result.estimator
+        == "exact + variational dequantisation (the one-sample ELBO: a lower bound)"
+    )

@@ -23,7 +23,7 @@ from torch import nn
 
 from ..datasets.arrays import load_array, read_npy
 from ..errors import ConfigError, DataError
-from ..transforms import swap_logdets
+from ..transforms import VariationalDequantize, swap_logdets
 from .tasks import DensityTask, HybridTask, Task
 from .tasks.base import evaluating, scoring_estimator, scoring_lipschitz
 
@@ -356,5 +356,10 @@ def score_file(
     if not np.isfinite(columns["log_prob"]).all():
         bad = int(np.argmin(np.isfinite(columns["log_prob"])))
         raise DataError(f"{data_path}: point {bad} has a non-finite log-density under the model")
-    label = name + (" + uniform dequantisation" if task.images else "")
+    if not task.images:
+        label = name
+    elif any(isinstance(m, VariationalDequantize) for m in model.modules()):
+        label = f"{name} + variational dequantisation (the one-sample ELBO: a lower bound)"
+    else:
+        label = f"{name} + uniform dequantisation"
     return ScoreResult(columns, label, given)
