@@ -185,8 +185,9 @@ def test_unavailable_devices_are_named_in_one_line(capsys, tmp_path):
 
 
 def test_json_output_is_strict_json_and_temperature_is_checked(capsys, tmp_path):
-    """One test point has no standard error: strict JSON says null, never NaN (and a data set
-    too small for a test split of 2 is refused at the start)."""
+    """One test point has no standard error: ``--n-test 1`` is refused as a test split of one
+    is at the start (it printed null); ``--n-test`` at or above the test size is the whole test
+    set, saved as ``eval.json`` (it was saved as ``eval-n100000.json``; try-out 8, F6)."""
     data = tmp_path / "three.npy"
     np.save(data, np.random.default_rng(0).normal(size=(3, 2)))
     out_dir = tmp_path / "run"
@@ -197,9 +198,12 @@ def test_json_output_is_strict_json_and_temperature_is_checked(capsys, tmp_path)
         run(capsys, "train", *TINY, "--data", str(data), "--steps", "2", "--out", str(out_dir))[0]
         == 0
     )
-    code, out, _ = run(capsys, "evaluate", str(out_dir), "--json", "--n-test", "1")
-    assert code == 0 and "NaN" not in out
-    assert json.loads(out)["test_nll_se"] is None
+    code, _, err = run(capsys, "evaluate", str(out_dir), "--json", "--n-test", "1")
+    assert code == 2 and "--n-test must be >= 2 (a standard error needs two), got 1" in err
+    code, out, _ = run(capsys, "evaluate", str(out_dir), "--json", "--n-test", "100000")
+    assert code == 0 and "NaN" not in out and json.loads(out)["test_nll_se"] > 0
+    assert json.loads(out)["n_test"] == 60  # 300 rows, test_fraction 0.2
+    assert (out_dir / "eval.json").is_file() and not list(out_dir.glob("eval-n*.json"))
     code, _, err = run(capsys, "sample", str(out_dir), "--temperature", "-1")
     assert code == 2 and "--temperature must be a finite positive number" in err
 
@@ -244,7 +248,10 @@ def test_evaluate_and_sample_check_their_flags_before_loading(capsys, tmp_path):
     missing = str(tmp_path / "no-run")
     for args, message in (
         (("evaluate", missing, "--n-inverse", "0"), "--n-inverse must be >= 1, got 0"),
-        (("evaluate", missing, "--n-test", "-3"), "--n-test must be >= 1, got -3"),
+        (
+            ("evaluate", missing, "--n-test", "-3"),
+            "--n-test must be >= 2 (a standard error needs two), got -3",
+        ),
         (("sample", missing, "-n", "0"), "--num must be >= 1, got 0"),
         (("sample", missing, "--out", str(tmp_path / "s.txt")), "--out must end in .npy"),
     ):

@@ -196,7 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="evaluate on the first N test points only (default: all; the standard error is "
-        "over the points evaluated); saved as eval-nN.json, leaving a full eval.json as it is",
+        "over the points evaluated; N >= 2); saved as eval-nN.json, leaving a full eval.json as "
+        "it is (N at or above the test size: the whole set, saved as eval.json)",
     )
     p.add_argument(
         "--allow-changed-data",
@@ -617,8 +618,8 @@ def _fmt(v: Any) -> str:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     if args.n_inverse < 1:
         raise ConfigError(f"--n-inverse must be >= 1, got {args.n_inverse}")
-    if args.n_test is not None and args.n_test < 1:
-        raise ConfigError(f"--n-test must be >= 1, got {args.n_test}")
+    if args.n_test is not None and args.n_test < 2:
+        raise ConfigError(f"--n-test must be >= 2 (a standard error needs two), got {args.n_test}")
     trained = load_run(args.run_dir, device=args.device, allow_changed_data=args.allow_changed_data)
     _use_run_threads(trained.cfg)
     result = trained.task.full_evaluation(
@@ -645,7 +646,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                 print(f"{'':>24}  ({ctx}) -> {_fmt(row['kl'])} +- {_fmt(row['kl_se'])}")
         print(Certificate.from_dict(cert), flush=True)
     # A partial evaluation has a file of its own: it never replaces the whole test set's.
-    name = "eval.json" if args.n_test is None else f"eval-n{args.n_test}.json"
+    partial = args.n_test is not None and args.n_test < trained.data.test_x.shape[0]
+    name = f"eval-n{args.n_test}.json" if partial else "eval.json"
     try:
         atomic_write(trained.run.path / name, json.dumps(result, indent=2, allow_nan=False) + "\n")
     except OSError as exc:
