@@ -34,6 +34,18 @@ def run(capsys, *argv):
         (["train", "--data", "a.npy", "data.path=b.npy"], "data.path=b.npy: give one"),
         (["train", "--data", "a.npy", "path=b.npy"], "data.path=b.npy: give one"),
         (["train", "--data", "a.npy", "name=moons"], "data.name=moons data.path=a.npy"),
+        # ... and so did the other flags' keys (try-out 8, F3), in either order
+        (
+            ["train", "digits", "--steps", "1", "steps=5"],
+            "--steps 1 and the override train.steps=5",
+        ),
+        (["train", "digits", "train.steps=5", "--steps", "3"], "--steps 3 and the override"),
+        (
+            ["train", "digits", "--seed", "1", "train.seed=2"],
+            "--seed 1 and the override train.seed",
+        ),
+        (["train", "--device", "cpu", "train.device=cuda"], "--device cpu and the override"),
+        (["train", "--data-dir", "/a", "data.data_dir=/b"], "--data-dir /a and the override"),
     ],
 )
 def test_bad_arguments_give_one_line_errors(capsys, argv, message):

@@ -319,6 +319,16 @@ def _resolve_train_config(args: argparse.Namespace) -> Config:
             f"--data {args.data} trains on that file, but the overrides give data.name="
             f"{cfg.data.name} data.path={cfg.data.path}: give one of them"
         )
+    # The other flags that set a key: an override of the same key would win silently too.
+    for flag, given, key, got in (
+        ("--steps", args.steps, "train.steps", cfg.train.steps),
+        ("--seed", args.seed, "train.seed", cfg.train.seed),
+        ("--device", args.device, "train.device", cfg.train.device),
+        ("--context", args.context, "data.context_path", cfg.data.context_path),
+        ("--data-dir", args.data_dir, "data.data_dir", cfg.data.data_dir),
+    ):
+        if given is not None and str(got) != str(given):
+            raise ConfigError(f"{flag} {given} and the override {key}={got} disagree: give one")
     return cfg
 
 
