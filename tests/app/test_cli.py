@@ -614,6 +614,21 @@ def test_wider_user_data_needs_data_max_dim_and_then_trains(capsys, tmp_path):
     assert load_run(out_dir).cfg.data.max_dim == 70
     code, out, _ = run(capsys, "evaluate", str(out_dir), "--json", "--n-test", "8")
     assert code == 0 and "russian-roulette" in json.loads(out)["estimator"]
+    # Seeded (try-out 8, F5: each call gave, and saved, another number)
+    again = run(capsys, "evaluate", str(out_dir), "--json", "--n-test", "8")[1]
+    other = run(capsys, "evaluate", str(out_dir), "--json", "--n-test", "8", "--seed", "1")[1]
+    assert json.loads(again)["test_nll"] == json.loads(out)["test_nll"]
+    assert json.loads(other)["test_nll"] != json.loads(out)["test_nll"]
+    points = tmp_path / "p.npy"
+    np.save(points, np.random.default_rng(1).normal(size=(3, 70)))
+    for name in ("a.csv", "b.csv"):
+        assert (
+            run(
+                capsys, "score", str(out_dir), "--data", str(points), "--out", str(tmp_path / name)
+            )[0]
+            == 0
+        )
+    assert (tmp_path / "a.csv").read_text() == (tmp_path / "b.csv").read_text()
 
 
 def test_samples_that_are_not_finite_are_refused_not_written(capsys, tmp_path):

@@ -205,6 +205,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="evaluate even if the data's fingerprint differs from the training data's",
     )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the random parts (roulette draws, probes, dequantisation noise): the "
+        "same seed gives the same numbers",
+    )
 
     p = sub.add_parser(
         "sample",
@@ -277,6 +284,12 @@ def build_parser() -> argparse.ArgumentParser:
         "SE); an exact log-det is evaluated once",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the random parts (roulette draws, probes, dequantisation noise)",
+    )
 
     p = sub.add_parser(
         "certify",
@@ -631,8 +644,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         raise ConfigError(f"--n-inverse must be >= 1, got {args.n_inverse}")
     if args.n_test is not None and args.n_test < 2:
         raise ConfigError(f"--n-test must be >= 2 (a standard error needs two), got {args.n_test}")
+    check_seed("--seed", args.seed)
     trained = load_run(args.run_dir, device=args.device, allow_changed_data=args.allow_changed_data)
     _use_run_threads(trained.cfg)
+    torch.manual_seed(args.seed)
     result = trained.task.full_evaluation(
         trained.model, n_inverse=args.n_inverse, n_test=args.n_test
     )
@@ -874,11 +889,13 @@ def _check_out(out: Path, inputs: list[Path], overwrite: bool, default: bool = F
 def _cmd_score(args: argparse.Namespace) -> int:
     if args.out.suffix not in (".npy", ".csv"):
         raise ConfigError(f"--out must end in .npy or .csv, got '{args.out.suffix}'")
+    check_seed("--seed", args.seed)
     run = Run(args.run_dir)
     inputs = [args.data, *_context_file(args.context), *run.input_files()]
     _check_out(args.out, inputs, args.overwrite)
     trained = load_run(args.run_dir, device=args.device, data=False)
     _use_run_threads(trained.cfg)
+    torch.manual_seed(args.seed)
     result = scoring.score_file(
         trained.task, trained.model, args.data, args.context, repeats=args.repeats
     )
