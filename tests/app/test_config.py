@@ -30,6 +30,8 @@ def test_overrides_qualified_and_unique_keys():
     "override,match",
     [
         ("model.nope=1", "unknown config key"),
+        ("model.nblocks=3", "unknown config key 'model.nblocks'; did you mean 'model.n_blocks'"),
+        ("n_block=3", "unknown config key 'n_block'; did you mean 'n_blocks'"),
         ("nope=1", "unknown config key"),
         ("seed=1", "ambiguous"),
         ("model.coeff=high", "must be float"),

@@ -8,6 +8,7 @@ and takes command-line overrides such as ``model.coeff=0.8`` or ``coeff=0.8``.
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import types
@@ -629,16 +630,27 @@ def _resolve_key(key: str) -> tuple[str, str]:
                 f"unknown config section '{section}' in '{key}'; known: {sorted(SECTIONS)}"
             )
         if name not in {f.name for f in fields(SECTIONS[section])}:
-            raise ConfigError(f"unknown config key '{key}'")
+            raise ConfigError(f"unknown config key '{key}'{_near_miss(key)}")
         return section, name
     owners = [s for s, cls in SECTIONS.items() if key in {f.name for f in fields(cls)}]
     if not owners:
-        raise ConfigError(f"unknown config key '{key}' (see `iresnet train --help` for the keys)")
+        raise ConfigError(
+            f"unknown config key '{key}'{_near_miss(key)} (see `iresnet train --help` for the keys)"
+        )
     if len(owners) > 1:
         raise ConfigError(
             f"config key '{key}' is ambiguous: write one of {[f'{o}.{key}' for o in owners]}"
         )
     return owners[0], key
+
+
+def _near_miss(key: str) -> str:
+    """``"; did you mean 'model.n_blocks'?"`` for a key close to a real one, else ``""``."""
+    known = [f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in fields(cls)]
+    if "." not in key:
+        known += [k.split(".", 1)[1] for k in known]
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.8)
+    return f"; did you mean '{close[0]}'?" if close else ""
 
 
 def _base_types(hint: Any) -> tuple[type, ...]:
