@@ -345,3 +345,13 @@ def test_a_convolutional_flows_latents_and_inverses_come_back_contiguous():
     back = flow.transform.inverse(z)
     assert back.is_contiguous()
     torch.testing.assert_close(back, x, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("base", [iresnet.StandardNormal, iresnet.DiagonalNormal])
+@pytest.mark.parametrize("shape", [3, (-2,), (0,), (), (True,), "ab"])
+def test_a_base_refuses_a_shape_that_is_not_positive_ints(base, shape):
+    """``DiagonalNormal(3)`` raised a bare TypeError and ``(-2,)`` torch's own message
+    (try-out 8, F7); both bases say what they need."""
+    with pytest.raises(ValueError, match="event shape of positive ints"):
+        base(shape)
+    assert base(torch.Size([2, 3])).shape == base((2, 3)).shape == (2, 3)

@@ -19,6 +19,7 @@ References:
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Sequence
 
 import torch
@@ -46,6 +47,20 @@ from ..transforms.base import InverseReport
 __all__ = ["ContextStandardize", "DiagonalNormal", "Flow", "FlowDistribution", "StandardNormal"]
 
 
+def _event_shape(shape: Sequence[int]) -> tuple[int, ...]:
+    """``shape`` as a tuple of positive ints, or a ``ValueError`` that says what was given."""
+    try:
+        dims = tuple(operator.index(n) for n in shape if not isinstance(n, bool))
+    except TypeError:
+        dims = ()
+    if not dims or len(dims) != len(shape) or min(dims) < 1:
+        raise ValueError(
+            "a base distribution needs an event shape of positive ints, e.g. (2,) or "
+            f"(1, 28, 28); got {shape!r}"
+        )
+    return dims
+
+
 class StandardNormal(nn.Module):
     """The base distribution ``N(0, I)`` on events of ``shape``, as a module.
 
@@ -62,7 +77,7 @@ class StandardNormal(nn.Module):
 
     def __init__(self, shape: Sequence[int]) -> None:
         super().__init__()
-        self.shape = tuple(int(s) for s in shape)
+        self.shape = _event_shape(shape)
         self.register_buffer("loc", torch.zeros(self.shape))
         self.register_buffer("scale", torch.ones(self.shape))
 
@@ -97,7 +112,7 @@ class DiagonalNormal(nn.Module):
 
     def __init__(self, shape: Sequence[int]) -> None:
         super().__init__()
-        self.shape = tuple(int(s) for s in shape)
+        self.shape = _event_shape(shape)
         self.loc = nn.Parameter(torch.zeros(self.shape))
         self.log_scale = nn.Parameter(torch.zeros(self.shape))
 
