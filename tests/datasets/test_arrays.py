@@ -332,3 +332,12 @@ def test_a_non_numeric_dtype_gets_the_hint_for_its_kind(tmp_path, array, needles
     for needle in needles:
         assert needle in msg, (needle, msg)
     assert ("imaginary" in msg) == (array.dtype.kind == "c"), msg
+
+
+@pytest.mark.parametrize("max_dim", [None, "80", 0, 2.5, True])
+def test_max_dim_must_be_a_positive_integer(tmp_path: Path, max_dim) -> None:
+    """``max_dim=None`` raised a bare TypeError from a comparison, and 2.5 was taken (try-out
+    8, F9)."""
+    np.save(tmp_path / "x.npy", np.zeros((3, 2)))
+    with pytest.raises(ValueError, match="max_dim must be a positive integer"):
+        load_array(tmp_path / "x.npy", max_dim=max_dim)

@@ -205,6 +205,7 @@ def load_array(
             not 2-D, zero columns, NaN or Inf values, ``d > max_dim``, or an unnamed index
             column with ``index_column="refuse"``. The message names the file and, where it
             applies, the line/row and column.
+        ValueError: ``max_dim`` not a positive integer.
 
     Examples:
         >>> import pathlib, tempfile
@@ -220,6 +221,8 @@ def load_array(
         iresnet.errors.DataError: ...: non-numeric field 'oops' at line 1, column 2; ...
         >>> folder.cleanup()
     """
+    if isinstance(max_dim, bool) or not isinstance(max_dim, int) or max_dim < 1:
+        raise ValueError(f"max_dim must be a positive integer, got {max_dim!r}")
     p = Path(path)
     if not p.is_file():
         what = "is a directory, not a file" if p.is_dir() else "does not exist"
