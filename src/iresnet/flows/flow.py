@@ -94,10 +94,10 @@ class DiagonalNormal(nn.Module):
     """A learned diagonal Gaussian base ``N(mu, diag(sigma^2))`` on events of ``shape``: one
     mean and one log-scale per latent dimension, both starting at ``N(0, I)``.
 
-    Glow's "learned prior" (Kingma & Dhariwal 2018, arXiv:1807.03039, sec. 3 and its code's
-    ``learntop``): for images it learns, per pixel and channel, where the latent sits and how
-    wide it is, which a per-channel ActNorm cannot. The log-density stays exact; it adds
-    ``2 * prod(shape)`` parameters.
+    Glow's learned prior (Kingma & Dhariwal 2018, arXiv:1807.03039; the ``learntop`` option of
+    its code, and normflows' ``GlowBase``): for images it learns, per pixel and channel, where
+    the latent sits and how wide it is, which a per-channel ActNorm cannot. The log-density
+    stays exact; it adds ``2 * prod(shape)`` parameters.
 
     Arguments:
         shape: the event shape.
