@@ -7,7 +7,7 @@ import pickle
 import pytest
 import torch
 
-from iresnet.app.checkpoint import latest_checkpoint, list_checkpoints
+from iresnet.app.checkpoint import latest_checkpoint, list_checkpoints, verify_checkpoint
 from iresnet.app.config import Config
 from iresnet.app.runs import load_run
 from iresnet.app.training import train
@@ -199,3 +199,39 @@ def test_pruning_never_deletes_the_new_checkpoint_for_torn_or_foreign_folders(tm
     with pytest.warns(RuntimeWarning, match="skipping checkpoint"):
         assert latest_checkpoint(folder).name == "step-00000008"
     assert (folder / "junk.txt").read_text() == "x"
+
+
+def test_a_damaged_or_renamed_checkpoint_takes_no_place_of_a_valid_one(tmp_path):
+    """A damaged copy with a manifest counted as complete, so pruning removed a valid
+    checkpoint for it (try-out 9, M1); a renamed copy verified, and a resume took its step from
+    the name, with another step's weights (M2)."""
+    import shutil
+
+    cfg = Config().override(
+        [*TINY, "train.steps=4", "train.checkpoint_every=2", "train.keep_last=2"]
+    )
+    run = tmp_path / "run"
+    train(cfg, run, progress=False)
+    folder = run / "checkpoints"
+    renamed = folder / "step-00000009"
+    shutil.copytree(folder / "step-00000002", renamed)
+    with pytest.raises(CheckpointError, match="manifest is of step 2, not the step its name"):
+        verify_checkpoint(renamed)
+    shutil.rmtree(renamed)
+    damaged = folder / "step-00000005"
+    shutil.copytree(folder / "step-00000004", damaged)
+    with (damaged / "model.safetensors").open("r+b") as fh:
+        fh.truncate(100)
+    _rehash_manifest_step(damaged, 5)
+    with pytest.warns(RuntimeWarning, match="skipping checkpoint"):
+        train(cfg.override(["train.steps=6"]), run, resume=True, progress=False)
+    names = sorted(p.name for p in list_checkpoints(folder))
+    assert names == ["step-00000004", "step-00000005", "step-00000006"]
+    verify_checkpoint(folder / "step-00000004")
+
+
+def _rehash_manifest_step(ckpt, step):
+    """Give a copied checkpoint the manifest step of its new name (its hashes stay old)."""
+    manifest = json.loads((ckpt / "MANIFEST.json").read_text())
+    manifest["step"] = step
+    (ckpt / "MANIFEST.json").write_text(json.dumps(manifest))

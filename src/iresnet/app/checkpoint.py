@@ -96,9 +96,10 @@ def save_checkpoint(
     extra_tensors: dict[str, Tensor] | None = None,
     keep_last: int = 2,
 ) -> Path:
-    """Write checkpoint ``folder/step-XXXXXXXX`` atomically and prune all but the ``keep_last``
-    newest of the complete checkpoints up to it (``_prunable``): this one is always kept, and
-    torn, foreign or later folders are left alone (a resume skips them with a warning)."""
+    """Write checkpoint ``folder/step-XXXXXXXX`` atomically and prune (``_prune``): this one and
+    the ``keep_last - 1`` newest before it that verify are kept, complete checkpoints older
+    than those are removed, and torn, damaged, foreign or later folders in between are left
+    alone (a resume skips them with a warning)."""
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"step-{step:08d}"
     tmp = folder / f".tmp-step-{step:08d}-{os.getpid()}"
@@ -116,17 +117,36 @@ def save_checkpoint(
     if final.exists():  # a re-save of the same step (e.g. after a signal) replaces it
         shutil.rmtree(final)
     os.replace(tmp, final)
-    for old in _prunable(folder, step)[:-keep_last]:
-        shutil.rmtree(old, ignore_errors=True)
+    _prune(folder, final, keep_last)
     return final
 
 
+def _prune(folder: Path, newest: Path, keep_last: int) -> None:
+    """Keep ``newest`` and the newest checkpoints before it that verify, ``keep_last`` in all;
+    remove the complete checkpoints older than the last one kept. A damaged checkpoint (its
+    hashes do not match) takes no place among the kept ones: counted as complete, it made a
+    valid one go (try-out 9, M1). Verifying costs reading the kept checkpoints' files."""
+    kept = 0
+    for path in reversed(_prunable(folder, int(newest.name.removeprefix("step-")))):
+        if kept >= keep_last:
+            shutil.rmtree(path, ignore_errors=True)
+        elif path == newest or _verifies(path):
+            kept += 1
+
+
+def _verifies(path: Path) -> bool:
+    try:
+        verify_checkpoint(path)
+    except CheckpointError:
+        return False
+    return True
+
+
 def _prunable(folder: Path, newest: int) -> list[Path]:
-    """The checkpoints pruning may remove, oldest first: named ``step-XXXXXXXX`` for a step up
+    """The checkpoints pruning considers, oldest first: named ``step-XXXXXXXX`` for a step up
     to ``newest`` (the one just written), with a manifest. Pruning by name alone kept the two
     highest-named folders, torn ones and junk included, and deleted every valid checkpoint,
-    the new one too (try-out 8, F2); hashing every file at each save would cost a model's size
-    in reads, so a manifest stands for complete here, as the atomic write makes it."""
+    the new one too (try-out 8, F2)."""
     kept = []
     for path in list_checkpoints(folder):
         digits = path.name.removeprefix("step-")
@@ -158,6 +178,14 @@ def verify_checkpoint(path: Path) -> dict[str, Any]:
         raise CheckpointError(
             f"{path}: not an iresnet checkpoint (format {manifest.get('format')!r}, "
             f"expected {FORMAT!r})"
+        )
+    named = path.name.removeprefix("step-")
+    if named.isdigit() and int(named) != manifest.get("step"):
+        # A resume takes its step from the name: a renamed copy would restart the schedule at
+        # the name's step with the weights of another (try-out 9, M2).
+        raise CheckpointError(
+            f"{path}: its manifest is of step {manifest.get('step')}, not the step its name "
+            "says (a renamed or copied checkpoint)"
         )
     for name in _FILES:
         f = path / name
