@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 import re
 
 import numpy as np
@@ -46,6 +47,7 @@ def run(capsys, *argv):
         ),
         (["train", "--device", "cpu", "train.device=cuda"], "--device cpu and the override"),
         (["train", "--data-dir", "/a", "data.data_dir=/b"], "--data-dir /a and the override"),
+        (["train", "--data-dir", "/a/", "data.data_dir=/a/b"], "data.data_dir=/a/b disagree"),
     ],
 )
 def test_bad_arguments_give_one_line_errors(capsys, argv, message):
@@ -618,6 +620,7 @@ def test_wider_user_data_needs_data_max_dim_and_then_trains(capsys, tmp_path):
     again = run(capsys, "evaluate", str(out_dir), "--json", "--n-test", "8")[1]
     other = run(capsys, "evaluate", str(out_dir), "--json", "--n-test", "8", "--seed", "1")[1]
     assert json.loads(again)["test_nll"] == json.loads(out)["test_nll"]
+    assert json.loads(out)["seed"] == 0 and json.loads(other)["seed"] == 1
     assert json.loads(other)["test_nll"] != json.loads(out)["test_nll"]
     points = tmp_path / "p.npy"
     np.save(points, np.random.default_rng(1).normal(size=(3, 70)))
@@ -664,3 +667,14 @@ def test_contexts_wider_than_64_columns_follow_data_max_dim(capsys, tmp_path):
     np.savetxt(rows, rng.normal(size=(3, 71)), delimiter=",")
     code, _, err = run(capsys, "sample", str(out_dir), "--context", str(rows), "-n", "2")
     assert code == 2 and "expected contexts with 70 value(s) per row, got 71" in err
+
+
+def test_a_flag_and_an_override_naming_one_folder_two_ways_agree(capsys, tmp_path):
+    """``--data-dir /x/`` beside ``data.data_dir=/x`` (or a relative spelling) is one folder, not
+    a disagreement (try-out 9's note on the flag check)."""
+    rel = os.path.relpath(tmp_path)
+    for given, override in ((f"{tmp_path}/", str(tmp_path)), (rel, str(tmp_path))):
+        code, _, err = run(
+            capsys, "train", "digits", "--data-dir", given, f"data.data_dir={override}", "--dry-run"
+        )
+        assert code == 0, err

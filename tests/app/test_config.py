@@ -32,6 +32,13 @@ def test_overrides_qualified_and_unique_keys():
         ("model.nope=1", "unknown config key"),
         ("model.nblocks=3", "unknown config key 'model.nblocks'; did you mean 'model.n_blocks'"),
         ("n_block=3", "unknown config key 'n_block'; did you mean 'n_blocks'"),
+        # the name in another section, a misspelt section (try-out 9, M3)
+        ("train.hidden=3", "unknown config key 'train.hidden'; did you mean 'model.hidden'"),
+        ("data.base=diagonal", "did you mean 'model.base'"),
+        (
+            "trian.steps=3",
+            "unknown config section 'trian' in 'trian.steps'; did you mean 'train.steps'",
+        ),
         ("nope=1", "unknown config key"),
         ("seed=1", "ambiguous"),
         ("model.coeff=high", "must be float"),

@@ -341,9 +341,15 @@ def _resolve_train_config(args: argparse.Namespace) -> Config:
         ("--context", args.context, "data.context_path", cfg.data.context_path),
         ("--data-dir", args.data_dir, "data.data_dir", cfg.data.data_dir),
     ):
-        if given is not None and str(got) != str(given):
+        same = _same_path(got, given) if key.startswith("data.") else str(got) == str(given)
+        if given is not None and not same:
             raise ConfigError(f"{flag} {given} and the override {key}={got} disagree: give one")
     return cfg
+
+
+def _same_path(a: object, b: object) -> bool:
+    """One file or folder written two ways (``/tmp/a`` and ``/tmp/a/``, relative and absolute)."""
+    return a is not None and os.path.abspath(str(a)) == os.path.abspath(str(b))
 
 
 def _run_name(cfg: Config) -> str:
@@ -652,6 +658,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         trained.model, n_inverse=args.n_inverse, n_test=args.n_test
     )
     result["run_dir"] = str(trained.run.path)
+    result["seed"] = args.seed
     result["weights"] = str(trained.weights)
     result["weights_step"] = trained.step
     result = json_safe(result)

@@ -627,7 +627,8 @@ def _resolve_key(key: str) -> tuple[str, str]:
         section, name = key.split(".", 1)
         if section not in SECTIONS:
             raise ConfigError(
-                f"unknown config section '{section}' in '{key}'; known: {sorted(SECTIONS)}"
+                f"unknown config section '{section}' in '{key}'{_near_miss(key)}; known: "
+                f"{sorted(SECTIONS)}"
             )
         if name not in {f.name for f in fields(SECTIONS[section])}:
             raise ConfigError(f"unknown config key '{key}'{_near_miss(key)}")
@@ -645,11 +646,17 @@ def _resolve_key(key: str) -> tuple[str, str]:
 
 
 def _near_miss(key: str) -> str:
-    """``"; did you mean 'model.n_blocks'?"`` for a key close to a real one, else ``""``."""
+    """``"; did you mean 'model.n_blocks'?"`` for a key close to a real one, else ``""``: the
+    same name in another section first (``train.hidden`` -> ``model.hidden``), then a near
+    spelling of the whole key or of its name in any section."""
     known = [f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in fields(cls)]
-    if "." not in key:
-        known += [k.split(".", 1)[1] for k in known]
-    close = difflib.get_close_matches(key, known, n=1, cutoff=0.8)
+    name = key.rsplit(".", 1)[-1]
+    elsewhere = [k for k in known if k.split(".", 1)[1] == name and k != key]
+    close = elsewhere or difflib.get_close_matches(key, known, n=1, cutoff=0.8)
+    if not close:
+        names = {k.split(".", 1)[1]: k for k in known}
+        near = difflib.get_close_matches(name, list(names), n=1, cutoff=0.8)
+        close = [names[near[0]] if "." in key else near[0]] if near else []
     return f"; did you mean '{close[0]}'?" if close else ""
 
 

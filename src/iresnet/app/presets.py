@@ -228,7 +228,7 @@ def _image_presets() -> dict[str, Preset]:
             {**_IMAGE_CPU_TRAIN, "steps": 5000},
         ),
         "fashion-mnist-conditional": Preset(
-            f"class-conditional Fashion-MNIST (label as context), {cpu}, squeezed",
+            f"class-conditional Fashion-MNIST (label as context), {cpu}, squeezed, learned prior",
             small28,
             {"name": "fashion-mnist", "class_context": True},
             train28,
@@ -263,7 +263,7 @@ def _image_presets() -> dict[str, Preset]:
         ),
         "fashion-mnist-idensenet": Preset(
             "Fashion-MNIST 28x28, 2 CPU cores, <= 20 min: i-DenseNet, squeezed, 2 scales x 3 "
-            "blocks, dense depth 3 x growth 16, CLipSwish",
+            "blocks, dense depth 3 x growth 16, CLipSwish, learned prior",
             small28_dense,
             {"name": "fashion-mnist"},
             train28,
