@@ -127,7 +127,7 @@ def _prune(folder: Path, newest: Path, keep_last: int) -> None:
     hashes do not match) takes no place among the kept ones: counted as complete, it made a
     valid one go (try-out 9, M1). Verifying costs reading the kept checkpoints' files."""
     kept = 0
-    for path in reversed(_prunable(folder, int(newest.name.removeprefix("step-")))):
+    for path in reversed(_prunable(folder, checkpoint_step(newest) or 0)):
         if kept >= keep_last:
             shutil.rmtree(path, ignore_errors=True)
         elif path == newest or _verifies(path):
@@ -147,13 +147,19 @@ def _prunable(folder: Path, newest: int) -> list[Path]:
     to ``newest`` (the one just written), with a manifest. Pruning by name alone kept the two
     highest-named folders, torn ones and junk included, and deleted every valid checkpoint,
     the new one too (try-out 8, F2)."""
-    kept = []
-    for path in list_checkpoints(folder):
-        digits = path.name.removeprefix("step-")
-        if len(digits) == 8 and digits.isdigit() and int(digits) <= newest:
-            if (path / "MANIFEST.json").is_file():
-                kept.append(path)
-    return kept
+    return [
+        path
+        for path in list_checkpoints(folder)
+        if (step := checkpoint_step(path)) is not None
+        and step <= newest
+        and (path / "MANIFEST.json").is_file()
+    ]
+
+
+def checkpoint_step(path: Path) -> int | None:
+    """The step a checkpoint folder's name ``step-XXXXXXXX`` gives; None for another name."""
+    digits = path.name.removeprefix("step-")
+    return int(digits) if len(digits) == 8 and digits.isdigit() else None
 
 
 def list_checkpoints(folder: Path) -> list[Path]:
@@ -179,8 +185,8 @@ def verify_checkpoint(path: Path) -> dict[str, Any]:
             f"{path}: not an iresnet checkpoint (format {manifest.get('format')!r}, "
             f"expected {FORMAT!r})"
         )
-    named = path.name.removeprefix("step-")
-    if named.isdigit() and int(named) != manifest.get("step"):
+    named = checkpoint_step(path)
+    if named is not None and named != manifest.get("step"):
         # A resume takes its step from the name: a renamed copy would restart the schedule at
         # the name's step with the weights of another (try-out 9, M2).
         raise CheckpointError(

@@ -205,13 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="evaluate even if the data's fingerprint differs from the training data's",
     )
-    p.add_argument(
-        "--seed",
-        type=int,
-        default=0,
-        help="seed of the random parts (roulette draws, probes, dequantisation noise): the "
-        "same seed gives the same numbers",
-    )
+    _add_scoring_seed(p)
 
     p = sub.add_parser(
         "sample",
@@ -284,12 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
         "SE); an exact log-det is evaluated once",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
-    p.add_argument(
-        "--seed",
-        type=int,
-        default=0,
-        help="seed of the random parts (roulette draws, probes, dequantisation noise)",
-    )
+    _add_scoring_seed(p)
 
     p = sub.add_parser(
         "certify",
@@ -302,6 +291,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("presets", help="list the presets", description="List the named presets.")
     add_sweep_parser(sub)
     return parser
+
+
+def _add_scoring_seed(p: argparse.ArgumentParser) -> None:
+    """``--seed`` of ``evaluate`` and ``score``."""
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the random parts (roulette draws, probes, dequantisation noise): the "
+        "same seed gives the same numbers",
+    )
 
 
 def _resolve_train_config(args: argparse.Namespace) -> Config:

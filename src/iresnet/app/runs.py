@@ -32,7 +32,7 @@ from ..datasets import DataBundle, Standardizer
 from ..datasets.conditional import CONDITIONAL_TOYS, kl_contexts
 from ..errors import CheckpointError, ConfigError, DataError, RouletteVarianceWarning
 from .builder import build_model, load_data
-from .checkpoint import latest_checkpoint, load_weights, weights_digest
+from .checkpoint import checkpoint_step, latest_checkpoint, load_weights, weights_digest
 from .config import Config, DataConfig
 from .distributed import resolve_device
 from .files import atomic_write
@@ -188,7 +188,7 @@ class Run:
     def last_step(self) -> int:
         """The step of the newest valid checkpoint (0 without one)."""
         ckpt = latest_checkpoint(self.checkpoints)
-        return 0 if ckpt is None else int(ckpt.name.removeprefix("step-"))
+        return 0 if ckpt is None else checkpoint_step(ckpt) or 0
 
     def remove_stale_temporaries(self) -> None:
         """Delete half-written checkpoint folders (``.tmp-*``) of a process that was killed."""
@@ -524,7 +524,7 @@ def load_run(
         model = build_model(cfg, spec if spec is not None else bundle).to(dev)
     weights, step = run.weights_path, run.final_step()
     ckpt = latest_checkpoint(run.checkpoints) if run.checkpoints.is_dir() else None
-    ckpt_step = int(ckpt.name.removeprefix("step-")) if ckpt is not None else None
+    ckpt_step = checkpoint_step(ckpt) if ckpt is not None else None
     newer = ckpt is not None and (
         not weights.is_file()
         or (step is not None and ckpt_step is not None and ckpt_step > step)
