@@ -235,3 +235,66 @@ def _rehash_manifest_step(ckpt, step):
     manifest = json.loads((ckpt / "MANIFEST.json").read_text())
     manifest["step"] = step
     (ckpt / "MANIFEST.json").write_text(json.dumps(manifest))
+
+
+def test_a_kill_while_pruning_leaves_no_half_deleted_checkpoint(tmp_path, monkeypatch):
+    """Pruning removed an old checkpoint in place: a ``kill -9`` in the middle left a
+    ``step-*`` folder without its manifest, which no later prune removes and every resume warns
+    about (CI, ``test_kill_9_then_resume_gives_same_weights``). It is renamed away first."""
+    import shutil
+    from pathlib import Path
+
+    class Killed(BaseException):
+        pass
+
+    def killed_midway(path, ignore_errors=False):
+        path = Path(path)
+        if path.exists():
+            (path / "MANIFEST.json").unlink(missing_ok=True)
+            raise Killed
+
+    cfg = Config().override(
+        [*TINY, "train.steps=4", "train.checkpoint_every=2", "train.keep_last=2"]
+    )
+    run = tmp_path / "run"
+    train(cfg, run, progress=False)
+    folder = run / "checkpoints"
+    with monkeypatch.context() as patch:
+        patch.setattr(shutil, "rmtree", killed_midway)
+        with pytest.raises(Killed):
+            train(cfg.override(["train.steps=6"]), run, resume=True, progress=False)
+    for ckpt in list_checkpoints(folder):
+        verify_checkpoint(ckpt)  # none half-deleted
+    train(cfg.override(["train.steps=8"]), run, resume=True, progress=False)
+    assert sorted(p.name for p in folder.iterdir()) == ["step-00000006", "step-00000008"]
+
+
+def test_a_kill_while_replacing_a_checkpoint_of_the_same_step_leaves_it_whole(
+    tmp_path, monkeypatch
+):
+    """A re-save of the same step (after a signal) removed the old folder in place first; a
+    kill in the middle left it without its manifest. The old one is set aside, the new one
+    takes its name, then the old one goes."""
+    import shutil
+    from pathlib import Path
+
+    from iresnet.app.checkpoint import save_checkpoint
+
+    class Killed(BaseException):
+        pass
+
+    def killed_midway(path, ignore_errors=False):
+        path = Path(path)
+        if path.exists():
+            (path / "MANIFEST.json").unlink(missing_ok=True)
+            raise Killed
+
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.Adam(model.parameters())
+    save_checkpoint(tmp_path, 3, model, None, opt, {})
+    with monkeypatch.context() as patch:
+        patch.setattr(shutil, "rmtree", killed_midway)
+        with pytest.raises(Killed):
+            save_checkpoint(tmp_path, 3, model, None, opt, {})
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step-00000003"]
+    verify_checkpoint(tmp_path / "step-00000003")

@@ -114,9 +114,13 @@ def save_checkpoint(
     (tmp / "state.json").write_text(json.dumps(meta, indent=1, sort_keys=True), encoding="utf-8")
     manifest = {"format": FORMAT, "step": step, "files": {f: _sha256(tmp / f) for f in _FILES}}
     atomic_write(tmp / "MANIFEST.json", json.dumps(manifest, indent=1))
-    if final.exists():  # a re-save of the same step (e.g. after a signal) replaces it
-        shutil.rmtree(final)
+    # A re-save of the same step (e.g. after a signal) replaces it: the old folder is set
+    # aside before the new one takes its name and removed after, so a kill at any point leaves
+    # one whole ``step-XXXXXXXX`` (and ``.tmp-`` leftovers that a resume clears).
+    old = _set_aside(final) if final.exists() else None
     os.replace(tmp, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
     _prune(folder, final, keep_last)
     return final
 
@@ -129,9 +133,29 @@ def _prune(folder: Path, newest: Path, keep_last: int) -> None:
     kept = 0
     for path in reversed(_prunable(folder, checkpoint_step(newest) or 0)):
         if kept >= keep_last:
-            shutil.rmtree(path, ignore_errors=True)
+            _remove(path)
         elif path == newest or _verifies(path):
             kept += 1
+
+
+def _set_aside(path: Path) -> Path:
+    """Rename a checkpoint folder to a ``.tmp-`` name (atomic) and return that name. Removed
+    in place, a ``kill -9`` in the middle left a ``step-*`` folder without its manifest, which
+    pruning leaves alone and every resume warns about (CI, the kill-9 test); a ``.tmp-``
+    leftover is cleared when the run resumes (``Run.remove_stale_temporaries``)."""
+    doomed = path.with_name(f".tmp-removing-{path.name}-{os.getpid()}")
+    shutil.rmtree(doomed, ignore_errors=True)
+    os.replace(path, doomed)
+    return doomed
+
+
+def _remove(path: Path) -> None:
+    """Delete a checkpoint folder so that no half-deleted ``step-*`` folder can remain."""
+    try:
+        doomed = _set_aside(path)
+    except OSError:
+        return
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
 def _verifies(path: Path) -> bool:
