@@ -573,6 +573,27 @@ def test_an_empty_out_is_refused_not_taken_as_the_current_folder(capsys, argv):
     assert "argument --out: an empty path" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("argv", "prog"),
+    [
+        (["presets", "extra"], "iresnet presets"),
+        (["train", "--bogus"], "iresnet train"),
+        (["train", "--steps", "ten"], "iresnet train"),
+        (["frobnicate"], "iresnet"),
+        (["evaluate"], "iresnet evaluate"),
+    ],
+)
+def test_usage_errors_are_one_line_naming_the_command(capsys, argv, prog):
+    """argparse printed its usage block above the error, two lines or more for one fault
+    (try-out 8, F10); the command's own errors are one line."""
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "usage:" not in err, err
+    assert err.startswith(f"{prog}: error: ") and f"`{prog} --help`" in err, err
+
+
 def test_a_dequantised_run_reports_a_discrete_bound_and_score_says_what_it_gives(tmp_path, capsys):
     """Integer data trained with data.dequantize=uniform: evaluate bounds the discrete NLL
     (test NLL minus sum log w over the cells), and score, which evaluates the continuous

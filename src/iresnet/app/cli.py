@@ -20,7 +20,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import MISSING, fields
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import numpy as np
 import torch
@@ -93,9 +93,17 @@ def _config_keys_help() -> str:
     return "\n".join(lines)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its usage errors on one line, as the command's own errors are: the usage
+    block printed above them buried the message (try-out 8, F10)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``iresnet`` argument parser with its sub-commands."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="iresnet",
         description="Invertible Residual Networks and Residual Flows: "
         "train, evaluate, sample, certify.",
@@ -982,7 +990,7 @@ def _main(argv: Sequence[str] | None) -> int:
     args, unknown = parser.parse_known_args(argv)
     extra = [u for u in unknown if "=" in u and not u.startswith("-")]
     if len(extra) != len(unknown) or (extra and not hasattr(args, "overrides")):
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        _usage_error(args.command, f"unrecognized arguments: {' '.join(unknown)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
     try:
@@ -990,8 +998,9 @@ def _main(argv: Sequence[str] | None) -> int:
             _check_nproc(args)
             if args.nproc > 1:
                 if args.out is None and args.resume is None:
-                    parser.error(
-                        "--nproc needs --out (every process must write to the same run folder)"
+                    _usage_error(
+                        "train",
+                        "--nproc needs --out (every process must write to the same run folder)",
                     )
                 return _launch_torchrun(args.nproc, argv)
         return COMMANDS[args.command](args)
@@ -1009,6 +1018,11 @@ def _main(argv: Sequence[str] | None) -> int:
             raise
         print(f"iresnet {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _usage_error(command: str, message: str) -> NoReturn:
+    """Exit 2 with a usage error of ``iresnet COMMAND`` on one line, as argparse's own."""
+    _Parser(prog=f"iresnet {command}").error(message)
 
 
 def _check_nproc(args: argparse.Namespace) -> None:
