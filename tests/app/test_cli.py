@@ -540,6 +540,11 @@ def test_the_final_line_describes_only_the_numbers_it_shows():
     no_ema = _describe_metrics({"test_nll": 1.7}, 2560, ema=False)
     assert "the trained weights (no EMA)" in no_ema and "EMA weights" not in no_ema
     assert _describe_metrics({}, None) == "no metrics logged"
+    # the periodic estimate took the whole test set: no pointer to evaluate for it (try-out 8)
+    whole = _describe_metrics({"test_nll": 1.7}, 359, n_test=359)
+    assert "test: all 359 test samples, EMA weights)" in whole and "evaluate" not in whole
+    part = _describe_metrics({"test_nll": 1.7}, 64, n_test=359)
+    assert "test: 64 test samples, EMA weights; `iresnet evaluate` scores the whole" in part
 
 
 def test_every_config_field_has_its_own_help_line():

@@ -548,7 +548,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
             test_step, test = _latest_test(rows)
             last.update(test)
         n_eval = result.task.n_evaluated(cfg.train.eval_batches) if result.task else None
-        metrics = _describe_metrics(last, n_eval, test_step, ema=cfg.train.ema_decay > 0)
+        n_test = result.task.n_evaluated(None) if result.task else None
+        metrics = _describe_metrics(last, n_eval, test_step, cfg.train.ema_decay > 0, n_test)
         print(f"{verb} at step {result.step}: {metrics}; run folder: {result.run_dir}")
     if result.stopped == "finished":
         return 0
@@ -618,12 +619,17 @@ def _latest_test(rows: list[dict[str, Any]]) -> tuple[int | None, dict[str, floa
 
 
 def _describe_metrics(
-    last: dict[str, float], n_eval: int | None, test_step: int | None = None, ema: bool = True
+    last: dict[str, float],
+    n_eval: int | None,
+    test_step: int | None = None,
+    ema: bool = True,
+    n_test: int | None = None,
 ) -> str:
     """The final line's numbers with their units and what they are: the last training batch's
-    loss terms, and the periodic test estimate on ``n_eval`` test samples (EMA weights, or the
-    trained weights without an EMA; at ``test_step`` when that is earlier than the line's
-    step)."""
+    loss terms, and the periodic test estimate on ``n_eval`` of the ``n_test`` test samples
+    (EMA weights, or the trained weights without an EMA; at ``test_step`` when that is earlier
+    than the line's step). Only an estimate on part of the test set points to
+    ``iresnet evaluate`` for the whole."""
     parts = []
     for key, value in last.items():
         if key.endswith("_se"):
@@ -634,7 +640,14 @@ def _describe_metrics(
         se = last.get(f"{key}_se")
         number = f"{value:.4f}" + (f" +- {se:.4f}" if se is not None and math.isfinite(se) else "")
         parts.append(f"{'test' if test else 'train'} {name} {number}{' ' + unit if unit else ''}")
-    on = f"{n_eval} test samples" if n_eval is not None else "a test subset"
+    whole = n_eval is not None and n_eval == n_test
+    on = (
+        f"all {n_eval} test samples"
+        if whole
+        else f"{n_eval} test samples"
+        if n_eval is not None
+        else "a test subset"
+    )
     said = {p.split(" ", 1)[0] for p in parts}  # describe only what the line shows
     what = []
     if "train" in said:
@@ -642,7 +655,8 @@ def _describe_metrics(
     if "test" in said:
         at = f" at step {test_step}" if test_step is not None else ""
         weights = "EMA weights" if ema else "the trained weights (no EMA)"
-        what.append(f"test: {on}{at}, {weights}; `iresnet evaluate` scores the whole test set")
+        pointer = "" if whole else "; `iresnet evaluate` scores the whole test set"
+        what.append(f"test: {on}{at}, {weights}{pointer}")
     tail = f" ({'; '.join(what)})" if parts else ""
     return ", ".join(parts) + tail if parts else "no metrics logged"
 
