@@ -689,7 +689,12 @@ def test_contexts_wider_than_64_columns_follow_data_max_dim(capsys, tmp_path):
     assert run(capsys, *args, "data.max_dim=70", "--out", str(out_dir))[0] == 0
     rows = tmp_path / "c3.csv"
     np.savetxt(rows, rng.normal(size=(3, 70)), delimiter=",")
-    assert run(capsys, "sample", str(out_dir), "--context", str(rows), "-n", "2")[0] == 0
+    code, out, _ = run(capsys, "sample", str(out_dir), "--context", str(rows), "-n", "2")
+    assert code == 0
+    # the line names each context by its first values, not all 70 (try-out 9, N3)
+    first = np.loadtxt(rows, delimiter=",")[0]
+    assert out.count("... (70 values)") == 3, out
+    assert f"{first[3]:.4g}, ..." in out and f"{first[4]:.4g}" not in out, out
     np.savetxt(rows, rng.normal(size=(3, 71)), delimiter=",")
     code, _, err = run(capsys, "sample", str(out_dir), "--context", str(rows), "-n", "2")
     assert code == 2 and "expected contexts with 70 value(s) per row, got 71" in err

@@ -826,7 +826,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
             shown = ", ".join(str(int(v)) for v in head[:, 0])
             kind = "label", "labels"
         else:
-            shown = "; ".join(", ".join(f"{v:.4g}" for v in row) for row in head.tolist())
+            shown = "; ".join(_context_text(row) for row in head.tolist())
             kind = "context", "contexts"
         more = ", ..." if contexts.shape[0] > 8 else ""
         n = contexts.shape[0]
@@ -846,6 +846,14 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 
 
 _SHOWN_CONTEXTS = 8  # panels (points) or rows (images) of a conditional sample picture
+_SHOWN_VALUES = 4  # values of one context written out; a wider one is cut with its width
+
+
+def _context_text(row: list[float]) -> str:
+    """One context as the user wrote it, its first values only when it is wide: a 70-wide
+    context put 350 numbers on the ``wrote ...`` line (try-out 9, N3)."""
+    text = ", ".join(f"{v:.4g}" for v in row[:_SHOWN_VALUES])
+    return text if len(row) <= _SHOWN_VALUES else f"{text}, ... ({len(row)} values)"
 
 
 def _plot_per_context(
@@ -859,7 +867,7 @@ def _plot_per_context(
     if names == ["label"]:
         labels = [f"label {int(v)}" for v in shown[:, 0]]
     else:
-        labels = ["c = " + ", ".join(f"{v:.4g}" for v in row) for row in shown.tolist()]
+        labels = ["c = " + _context_text(row) for row in shown.tolist()]
     more = f" (first {n} of {contexts.shape[0]} contexts)" if contexts.shape[0] > n else ""
     if x.dim() == 4:
         per_row = min(num, 32)
