@@ -58,6 +58,10 @@ def test_trained_constrained_classifier_inverts_its_features(tmp_path):
     trained = load_run(run)
     ev = trained.task.full_evaluation(trained.model, n_inverse=64)
     assert ev["test_error"] < 0.9 and ev["n_test"] == 359  # better than chance after 40 steps
+    # its standard error over the test images: the binomial one, sqrt(e (1 - e) / (n - 1))
+    e = ev["test_error"]
+    assert ev["test_error_se"] == pytest.approx(math.sqrt(e * (1 - e) / 358), rel=1e-9)
+    assert ev["test_loss_se"] > 0
     losses = [r["loss"] for r in rows if "acc" in r]
     assert losses[-1] < losses[0]
     assert ev["invertible"] and ev["max_lipschitz"] < 1
@@ -292,3 +296,5 @@ def test_a_hybrid_sweeps_table_shows_its_density():
     assert header.count("|") == rule.count("|")
     plain = sweep_table([{**row, "test_bpd": None}])
     assert "bits/dim" not in plain and "| 0.9 | 8.50 | yes |" in plain
+    with_se = sweep_table([{**row, "test_bpd": None, "test_error_pct_se": 1.47}])
+    assert "| 0.9 | 8.50 ± 1.47 | yes |" in with_se and "test error (%) ± SE" in with_se

@@ -94,7 +94,8 @@ def run_sweep(
         command: the command line to record in ``sweep.md``.
 
     Returns:
-        One row per coefficient: ``coeff``, ``test_error`` (fraction), ``test_error_pct``,
+        One row per coefficient: ``coeff``, ``test_error`` (fraction), ``test_error_pct`` (and
+        its standard error over the test images, ``test_error_pct_se``),
         ``invertible``, ``feature_inverse_max_error``, ``max_lipschitz``, ``steps``,
         ``train_seconds``, ``run_dir`` and the full evaluation under ``evaluation``.
 
@@ -158,6 +159,7 @@ def run_sweep(
                 "coeff": coeff,
                 "test_error": ev["test_error"],
                 "test_error_pct": 100.0 * ev["test_error"],
+                "test_error_pct_se": 100.0 * ev["test_error_se"],
                 "invertible": ev["invertible"],
                 "feature_inverse_max_error": ev["feature_inverse_max_error"],
                 "inverse_converged": ev["inverse_converged"],
@@ -182,7 +184,7 @@ def sweep_table(rows: Sequence[dict[str, Any]]) -> str:
     hybrid sweep's rows carry their density too (test bits/dim)."""
     density = any(r.get("test_bpd") is not None for r in rows)
     head = (
-        "| coefficient | test error (%) |"
+        "| coefficient | test error (%) ± SE |"
         + (" test bits/dim |" if density else "")
         + " guaranteed inverse | feature reconstruction error "
         "(max abs) | largest block Lip bound | steps | train s |"
@@ -194,8 +196,10 @@ def sweep_table(rows: Sequence[dict[str, Any]]) -> str:
         if not r["inverse_converged"]:
             recon += " (iteration did not converge)"
         bpd = r.get("test_bpd")
+        se = r.get("test_error_pct_se")  # rows written before it was recorded have none
+        error = f"{r['test_error_pct']:.2f}" + (f" ± {se:.2f}" if se is not None else "")
         lines.append(
-            f"| {coeff} | {r['test_error_pct']:.2f} |"
+            f"| {coeff} | {error} |"
             + ((" - |" if bpd is None else f" {bpd:.3f} |") if density else "")
             + f" {'yes' if r['invertible'] else 'no'}"
             f" | {recon} | {r['max_lipschitz']:.3g} | {r['steps']} | "

@@ -129,12 +129,13 @@ class ClassificationTask(Task):
         *,
         estimator: LogDetEstimator | None = None,
     ) -> dict[str, float]:
-        """Test error and cross-entropy (and, for hybrids, bits/dim with its standard error)
-        over the first ``limit`` test images (all by default), in eval mode: the one evaluation
+        """Test error (a fraction) and cross-entropy (nats), and for hybrids bits/dim, each
+        with its standard error over the test images (``*_se``), over the first ``limit`` test
+        images (all by default), in eval mode: the one evaluation
         loop of classifiers. Hybrids' bits/dim use ``estimator``, by default the
         [`scoring_estimator`][iresnet.app.tasks.base.scoring_estimator] (as ``iresnet evaluate``),
         never the training one."""
-        wrong, n, ces, bpds = 0, 0, [], []
+        wrongs, ces, bpds = [], [], []
         # Hybrids' bits/dim with the scoring estimator (or the one given), as the density
         # task's evaluations: never the cheap roulette the model trains with.
         if estimator is None and self.has_density:
@@ -144,11 +145,15 @@ class ClassificationTask(Task):
             for x, y in self.test_batches(self.eval_batch, max_batches, limit):
                 logits, bpd = self.predict(model, x)
                 ces.append(F.cross_entropy(logits, y, reduction="none"))
-                wrong += int((logits.argmax(1) != y).sum())
-                n += y.numel()
+                wrongs.append(logits.argmax(1) != y)
                 if bpd is not None:
                     bpds.append(bpd)
-        out = {"test_error": wrong / max(n, 1), "test_loss": float(torch.cat(ces).mean())}
+        # Standard errors over the test images: the error is a mean of 0/1 indicators
+        # (binomial), and a hybrid's is itself stochastic (dequantisation noise).
+        out = dict(
+            zip(("test_error", "test_error_se"), mean_se(torch.cat(wrongs).double()), strict=True)
+        )
+        out["test_loss"], out["test_loss_se"] = mean_se(torch.cat(ces))
         if bpds:
             out["test_bpd"], out["test_bpd_se"] = mean_se(torch.cat(bpds))
         return out
