@@ -185,3 +185,10 @@ def test_compiling_a_mixed_precision_flow_is_refused(logdet):
         get_preset("toy-checkerboard").override(["train.precision=bf16"])
     classifier = get_preset("digits-classifier").override(["train.compile=true", flags[0]])
     assert classifier.train.compile
+
+
+def test_array_data_without_a_path_names_the_flag_that_sets_it():
+    """The refusal said "or pass --data FILE", which commands other than train do not take
+    (try-out 8, F10: a hand-edited config.json met it in ``iresnet evaluate``)."""
+    with pytest.raises(ConfigError, match=r"needs data.path.*`iresnet train --data FILE`"):
+        Config().override(["data.name=array"])

@@ -343,7 +343,10 @@ class DataConfig:
         if not 0.0 <= self.logit_alpha < 0.5:
             raise ConfigError(f"data.logit_alpha must lie in [0, 0.5), got {self.logit_alpha}")
         if self.name == "array" and not self.path:
-            raise ConfigError("data.name=array needs data.path (or pass --data FILE)")
+            raise ConfigError(
+                "data.name=array needs data.path, the array file (`iresnet train --data FILE` "
+                "sets it)"
+            )
         if self.context_path and self.name != "array":
             raise ConfigError(
                 "data.context_path (--context) pairs contexts with your own data: pass --data FILE"
