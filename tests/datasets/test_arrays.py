@@ -103,6 +103,21 @@ def test_non_numeric_field_names_line_and_column(tmp_path: Path) -> None:
     _refused(_write(tmp_path / "bad.csv", "1,2\n3,x\n"), "'x'", "line 2", "column 2")
     # A mixed first row is not a header: the non-numeric field is reported.
     _refused(_write(tmp_path / "mixed.csv", "a,2\n3,4\n"), "'a'", "line 1", "column 1")
+    _refused(_write(tmp_path / "mixed.csv", "a,2\n3,4\n"), "only a first header row")
+
+
+@pytest.mark.parametrize(
+    "text, hint",
+    [
+        ("a;b;c\n1;2;3\n4;5;6\n", "semicolon-separated: save it comma-separated"),
+        ("1\t2\n3\t4\n", "tab-separated"),
+        ("1,2,\n3,4,\n", "empty field (a missing value, or a trailing comma?)"),
+        ("1,,2\n3,4,5\n", "line 1, column 2; an empty field"),
+    ],
+)
+def test_a_non_numeric_field_says_what_it_likely_is(tmp_path: Path, text: str, hint: str) -> None:
+    """A semicolon CSV and a trailing comma met the header advice (try-out 8, F10)."""
+    _refused(_write(tmp_path / "x.csv", text), hint)
 
 
 @pytest.mark.parametrize("value, kind", [("nan", "NaN"), ("inf", "Inf"), ("-1e999", "Inf")])

@@ -76,8 +76,7 @@ def _read_csv(path: Path) -> tuple[np.ndarray, list[int], list[str] | None]:
                     if value is None:
                         raise DataError(
                             f"{path}: non-numeric field {field.strip()!r} at line {line}, "
-                            f"column {col}; only a first header row may hold names "
-                            "(and then every field of it must be a name)"
+                            f"column {col}; {_field_hint(field)}"
                         )
                     parsed.append(value)
                 rows.append(parsed)
@@ -88,6 +87,16 @@ def _read_csv(path: Path) -> tuple[np.ndarray, list[int], list[str] | None]:
         raise DataError(f"{path}: malformed CSV ({exc}); check quoting and delimiters") from exc
     array = np.asarray(rows, dtype=np.float64).reshape(len(rows), width)
     return array, lines, header
+
+
+def _field_hint(field: str) -> str:
+    """What a field that is not a number most likely means, as advice (try-out 8, F10)."""
+    if not field.strip():
+        return "an empty field (a missing value, or a trailing comma?): fill or drop it"
+    for sep, name in ((";", "semicolon"), ("\t", "tab"), ("|", "pipe")):
+        if sep in field and all(_parse_float(f) is not None for f in field.split(sep)):
+            return f"the file looks {name}-separated: save it comma-separated"
+    return "only a first header row may hold names (and then every field of it must be a name)"
 
 
 def _is_unnamed_index(array: np.ndarray, header: list[str] | None) -> bool:
