@@ -230,3 +230,95 @@ def test_score_of_a_variational_run_says_it_is_the_elbo(tmp_path):
         result.estimator
         == "exact + variational dequantisation (the one-sample ELBO: a lower bound)"
     )
+
+
+# ----------------------------------------------------------- score: what an image run takes
+def _log_prob(trained, path, seed=0):
+    from iresnet.app.scoring import score_file
+
+    torch.manual_seed(seed)  # the same dequantisation noise for files of the same images
+    return score_file(trained.task, trained.model, path, repeats=2).columns["log_prob"]
+
+
+def _score_error(trained, path) -> str:
+    with pytest.raises(iresnet.DataError) as exc:
+        _log_prob(trained, path)
+    message = str(exc.value)
+    assert "\n" not in message
+    return message
+
+
+def test_score_takes_images_or_their_flattened_rows_and_says_so(trained, tmp_path):
+    """Try-out F8 (1-3): a (5, 64) array was scored while the error named (N, 1, 8, 8) alone,
+    (5, 8, 8) was refused without a way out, an empty file was told its shape was wrong, and
+    a (120, 80) float file was told about its values. The rule: images (N, C, H, W) or their
+    flattened rows (N, C*H*W), both named; no rows said as such; the shape before the values."""
+    x = trained.data.test_x[:5].numpy()
+    np.save(tmp_path / "img.npy", x)
+    np.save(tmp_path / "flat.npy", x.reshape(5, -1))
+    np.testing.assert_array_equal(
+        _log_prob(trained, tmp_path / "img.npy"), _log_prob(trained, tmp_path / "flat.npy")
+    )
+    forms = "expected images of shape (N, 1, 8, 8) or flattened rows (N, 64)"
+    np.save(tmp_path / "hw.npy", x[:, 0])
+    message = _score_error(trained, tmp_path / "hw.npy")
+    assert f"{forms}, got shape (5, 8, 8); add the channel axis (x[:, None])" in message
+    np.save(tmp_path / "empty.npy", x[:0])
+    message = _score_error(trained, tmp_path / "empty.npy")
+    assert "no images to score (shape (0, 1, 8, 8): zero rows); save at least one" in message
+    np.save(tmp_path / "w80.npy", np.random.default_rng(0).normal(size=(120, 80)))
+    message = _score_error(trained, tmp_path / "w80.npy")
+    assert f"{forms}, got shape (120, 80)" in message and "floats in" not in message
+
+
+def test_score_reads_image_csvs_as_the_npy_rules_say(trained, tmp_path):
+    """Try-out F8 (4): image runs took only a .npy. A .csv of flattened rows is read by the
+    .npy rules, its "dtype" the way it is written: whole numbers are integer levels, anything
+    else floats in [0, 1]."""
+    x = trained.data.test_x[:5].numpy().reshape(5, -1)
+    np.save(tmp_path / "x.npy", x)
+    np.savetxt(tmp_path / "levels.csv", x, fmt="%d", delimiter=",")
+    expected = _log_prob(trained, tmp_path / "x.npy")
+    np.testing.assert_array_equal(_log_prob(trained, tmp_path / "levels.csv"), expected)
+    # the same levels as floats in [0, 1] (the middle of each level's cell)
+    u = (x + 0.5) / trained.data.n_levels
+    header = ",".join(f"x{j + 1}" for j in range(64))
+    np.savetxt(tmp_path / "u.csv", u, delimiter=",", header=header, comments="")
+    np.testing.assert_array_equal(_log_prob(trained, tmp_path / "u.csv"), expected)
+    np.savetxt(tmp_path / "float_levels.csv", x.astype(float), delimiter=",")
+    message = _score_error(trained, tmp_path / "float_levels.csv")
+    assert "floats in 0..16 (for integer levels write whole numbers: 3, not 3.0)" in message
+    (tmp_path / "header.csv").write_text(header + "\n")
+    assert "zero data rows" in _score_error(trained, tmp_path / "header.csv")
+    np.savetxt(tmp_path / "w80.csv", np.full((3, 80), 2.5), delimiter=",")
+    message = _score_error(trained, tmp_path / "w80.csv")
+    assert "or flattened rows (N, 64), got 80 columns" in message
+    (tmp_path / "x.txt").write_text("1,2\n")
+    message = _score_error(trained, tmp_path / "x.txt")
+    assert "image runs score a .npy array or a .csv of images, (N, 1, 8, 8) or" in message
+
+
+def test_a_sample_csv_of_an_image_run_scores_back(trained, tmp_path, capsys):
+    """Try-out F8 (4): ``sample --out s.csv`` wrote a file ``score`` refused. It scores back
+    now, to the same numbers as the same samples saved as .npy."""
+    from iresnet.app.cli import main
+
+    run_dir = str(trained.run.path)
+    for name in ("s.csv", "s.npy"):
+        assert main(["sample", run_dir, "-n", "4", "--out", str(tmp_path / name)]) == 0
+        code = main(
+            [
+                "score",
+                run_dir,
+                "--data",
+                str(tmp_path / name),
+                "--out",
+                str(tmp_path / f"{name}.o.csv"),
+            ]
+        )
+        assert code == 0, capsys.readouterr().err
+    scores = np.loadtxt(tmp_path / "s.csv.o.csv", delimiter=",", skiprows=1)
+    assert scores.shape == (4, 4) and np.isfinite(scores).all()
+    np.testing.assert_array_equal(
+        scores, np.loadtxt(tmp_path / "s.npy.o.csv", delimiter=",", skiprows=1)
+    )

@@ -2,9 +2,11 @@
 the data's own units with the estimator named.
 
 A vector run scores ``(N, d)`` points in nats: the density of the data in the units it was
-trained in (the flow carries its standardisation). An image run scores ``(N, C, H, W)`` integer
-levels with the flow's own ``log_prob`` (uniform dequantisation noise drawn per evaluation), in
-nats and bits/dim; a hybrid run's images likewise, with its density (the ``test_bpd`` of
+trained in (the flow carries its standardisation). An image run scores images ``(N, C, H, W)``
+or their flattened rows ``(N, C*H*W)`` (a ``.npy``, or a ``.csv`` such as ``iresnet sample``
+writes), integer levels or floats in ``[0, 1]`` (each read as the level it falls in), with the
+flow's own ``log_prob`` (uniform dequantisation noise drawn per evaluation), in nats and
+bits/dim; a hybrid run's images likewise, with its density (the ``test_bpd`` of
 ``iresnet evaluate``). The log-det is exact where the dimension allows (the estimator
 ``iresnet evaluate`` reports with), else the unbiased Russian roulette; a stochastic score is
 evaluated ``repeats`` times per point, so each point gets a standard error.
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -190,8 +193,13 @@ def extrapolation_warning(task: Task, contexts: torch.Tensor | None) -> str | No
 
 def _sample_file_columns(task: DensityTask | HybridTask, path: Path) -> np.ndarray | None:
     """The points and contexts of a ``.csv`` that ``iresnet sample`` wrote for this
-    conditional run (header ``x1..xd,c1..ck``, or ``x1..xd,label``), as one float64 array
-    ``(N, d + k)`` (``d + 1`` for labels); None for any other file."""
+    conditional vector run (header ``x1..xd,c1..ck``, or ``x1..xd,label``), as one float64
+    array ``(N, d + k)`` (``d + 1`` for labels); None for any other file.
+
+    Raises:
+        DataError: a file with that header whose rows are malformed (the strict reader's
+            errors: ragged rows, non-numeric fields, NaN/Inf).
+    """
     if task.images or not task.context_dim or path.suffix.lower() != ".csv" or not path.is_file():
         return None
     try:
@@ -206,8 +214,98 @@ def _sample_file_columns(task: DensityTask | HybridTask, path: Path) -> np.ndarr
     return load_array(path, max_dim=task.dim + len(header) + 64, min_rows=1)
 
 
-def _read_points(task: DensityTask | HybridTask, path: Path) -> torch.Tensor:
+#: A CSV field written as a whole number (no decimal point, no exponent): an integer level.
+_INTEGER_FIELD = re.compile(r"[+-]?\d+")
+
+
+def _csv_integer_columns(path: Path, width: int) -> np.ndarray:
+    """Whether each of the ``width`` columns of a ``.csv`` that ``load_array`` has read is
+    written as integers only (``3``, not ``3.0`` or ``3e0``), as pandas types a column int64:
+    the CSV counterpart of an integer ``.npy`` dtype. A bool array ``(width,)``; header names
+    and blank lines are skipped."""
+    integer = np.ones(width, dtype=bool)
+    with path.open(newline="", encoding="utf-8-sig") as fh:
+        for fields in csv.reader(fh):
+            if len(fields) != width:
+                continue  # a blank line (load_array refused ragged rows)
+            for j, field in enumerate(fields):
+                if integer[j] and not _INTEGER_FIELD.fullmatch(field.strip()):
+                    try:
+                        float(field)
+                    except ValueError:
+                        continue  # a header name, not a value
+                    integer[j] = False
+            if not integer.any():
+                break
+    return integer
+
+
+def _image_forms(shape: tuple[int, ...]) -> str:
+    """The array shapes ``iresnet score`` takes for images of ``shape`` ``(C, H, W)``: the
+    images, or their flattened rows (what a ``.csv`` of ``iresnet sample`` holds)."""
+    return f"(N, {', '.join(map(str, shape))}) or flattened rows (N, {math.prod(shape)})"
+
+
+def _image_points(
+    task: DensityTask | HybridTask, arr: np.ndarray, path: Path, integers: bool, what: str
+) -> torch.Tensor:
+    """Images given as ``arr`` (``(N, C, H, W)`` or flattened ``(N, C*H*W)``) as the integer
+    levels the flow scores, ``(N, C, H, W)``. ``integers``: the values are integer levels
+    ``0..K-1`` (an integer ``.npy`` dtype, or a ``.csv`` written in whole numbers), else
+    floats in ``[0, 1]`` as ``iresnet sample`` writes them, each read as the level it falls in
+    (``floor(u K)``, ``u = 1`` in the top level). ``what`` names the array's extent in the
+    shape error (its shape, or a CSV's columns). Checked in this order: rows, shape, values.
+
+    Raises:
+        DataError: no rows; another shape; floats that are NaN/Inf or outside ``[0, 1]``;
+            levels outside ``0..K-1``.
+    """
     shape = tuple(task.data.event_shape)
+    forms = _image_forms(shape)
+    if arr.ndim >= 1 and arr.shape[0] == 0:
+        raise DataError(
+            f"{path}: no images to score (shape {arr.shape}: zero rows); save at least one "
+            f"image, as {forms}"
+        )
+    if arr.ndim == 2 and arr.shape[1] == math.prod(shape):
+        arr = arr.reshape(arr.shape[0], *shape)
+    if arr.ndim != len(shape) + 1 or tuple(arr.shape[1:]) != shape:
+        hint = ""
+        if shape[0] == 1 and arr.ndim == len(shape) and tuple(arr.shape[1:]) == shape[1:]:
+            hint = "; add the channel axis (x[:, None]) or flatten each image"
+        raise DataError(f"{path}: expected images of shape {forms}, got {what}{hint}")
+    levels = task.data.n_levels or 256
+    if not integers:
+        if not np.isfinite(arr).all():
+            raise DataError(
+                f"{path}: images are integer levels 0..{levels - 1} or floats in [0, 1]; got "
+                "NaN or Inf"
+            )
+        if arr.min() < 0 or arr.max() > 1:
+            whole = ""
+            if path.suffix.lower() == ".csv" and np.all(arr == np.round(arr)):
+                whole = " (for integer levels write whole numbers: 3, not 3.0)"
+            raise DataError(
+                f"{path}: images are integer levels 0..{levels - 1} or, as `iresnet sample` "
+                f"writes them, floats in [0, 1]; got floats in {arr.min():g}..{arr.max():g}" + whole
+            )
+        arr = np.minimum(np.floor(arr * levels), levels - 1)
+    if arr.min() < 0 or arr.max() >= levels:
+        raise DataError(
+            f"{path}: levels must lie in 0..{levels - 1}, got {int(arr.min())}..{int(arr.max())}"
+        )
+    return torch.as_tensor(arr.astype(np.int64)).to(task.data.train_x.dtype)
+
+
+def _read_points(task: DensityTask | HybridTask, path: Path) -> torch.Tensor:
+    """The points of ``path`` as the run scores them: ``(N, d)`` float64 for a vector run,
+    ``(N, C, H, W)`` levels for an image run (from a ``.npy`` of images or flattened rows, or
+    a ``.csv`` of flattened rows: see ``_image_points``).
+
+    Raises:
+        DataError: a missing or malformed file, another extension, or points of another
+            width, shape or range.
+    """
     if not task.images:
         # the run's own reading of its CSVs (an unnamed index column dropped if it was dropped)
         # no cap of its own: a file of another width gets the mismatch line below
@@ -219,37 +317,21 @@ def _read_points(task: DensityTask | HybridTask, path: Path) -> torch.Tensor:
         return torch.as_tensor(x, dtype=torch.float64)
     if not path.exists():
         raise DataError(f"{path}: no such file")
+    forms = _image_forms(tuple(task.data.event_shape))
+    if path.suffix.lower() == ".csv" and path.is_file():
+        x = load_array(path, max_dim=2**31, min_rows=1, index_column=task.cfg.data.index_column)
+        integers = bool(_csv_integer_columns(path, x.shape[1]).all())
+        return _image_points(task, x, path, integers, f"{x.shape[1]} columns")
     if path.suffix.lower() != ".npy" or not path.is_file():
-        raise DataError(
-            f"{path}: image runs score a .npy array of shape (N, {', '.join(map(str, shape))})"
-        )
+        raise DataError(f"{path}: image runs score a .npy array or a .csv of images, {forms}")
     arr = read_npy(path)
-    levels = task.data.n_levels or 256
-    if arr.dtype.kind == "f" and arr.size and np.isfinite(arr).all():
-        if arr.min() < 0 or arr.max() > 1:
-            raise DataError(
-                f"{path}: images are integer levels 0..{levels - 1} or, as `iresnet sample` "
-                f"writes them, floats in [0, 1]; got floats in {arr.min():g}..{arr.max():g}"
-            )
-        # A sample file: u in [0, 1] lies in level floor(u K) (u = 1 in the top level).
-        arr = np.minimum(np.floor(arr * levels), levels - 1).astype(np.int64)
-    elif arr.dtype.kind not in "biu":
+    if arr.dtype.kind not in "biuf":
+        top = (task.data.n_levels or 256) - 1
         raise DataError(
-            f"{path}: images must be integer levels (e.g. uint8 0..{levels - 1}) or floats in "
-            f"[0, 1] as `iresnet sample` writes them, got {arr.dtype}"
-            + (" with NaN or Inf" if arr.dtype.kind == "f" else "")
+            f"{path}: images must be integer levels (e.g. uint8 0..{top}) or floats in [0, 1] "
+            f"as `iresnet sample` writes them, got {arr.dtype}"
         )
-    if arr.ndim == 2 and arr.shape[1] == math.prod(shape):
-        arr = arr.reshape(arr.shape[0], *shape)
-    if arr.ndim != len(shape) + 1 or tuple(arr.shape[1:]) != shape or arr.shape[0] == 0:
-        raise DataError(
-            f"{path}: expected shape (N, {', '.join(map(str, shape))}), got {arr.shape}"
-        )
-    if arr.min() < 0 or arr.max() >= levels:
-        raise DataError(
-            f"{path}: levels must lie in 0..{levels - 1}, got {int(arr.min())}..{int(arr.max())}"
-        )
-    return torch.as_tensor(arr.astype(np.int64)).to(task.data.train_x.dtype)
+    return _image_points(task, arr, path, arr.dtype.kind in "biu", f"shape {arr.shape}")
 
 
 def score_file(
@@ -261,7 +343,11 @@ def score_file(
     repeats: int = 8,
     batch_size: int = 1024,
 ) -> ScoreResult:
-    """Score the points of ``data_path`` under ``model``; a conditional run at ``context``:
+    """Score the points of ``data_path`` under ``model``: ``(N, d)`` rows (``.npy`` / ``.csv``)
+    for a vector run; for an image run images ``(N, C, H, W)`` or flattened rows
+    ``(N, C*H*W)`` (``.npy``, or ``.csv`` rows as ``iresnet sample`` writes them), integer levels
+    ``0..K-1`` (an integer dtype, or a ``.csv`` written in whole numbers) or floats in ``[0, 1]``
+    (read as the level each falls in). A conditional run is scored at ``context``:
     a ``.npy`` / ``.csv`` file of one context row per point, or the forms of
     [`parse_contexts`][iresnet.app.scoring.parse_contexts] (one context for every point, or as
     many as there are points).
@@ -270,9 +356,9 @@ def score_file(
         ConfigError: not a density run; contexts given to an unconditional run or missing for
             a conditional one; ``repeats`` below 2 for a stochastic estimate (below 1 for an
             exact one, which is evaluated once whatever ``repeats`` says).
-        DataError: a malformed file, a wrong number of columns or shape, non-integer or
-            out-of-range image levels, NaN/Inf, or context rows that do not pair with the
-            points.
+        DataError: a malformed or empty file, a wrong number of columns or shape (checked
+            before the values), out-of-range image levels or floats outside ``[0, 1]``, NaN/Inf,
+            or context rows that do not pair with the points.
     """
     task = _density_task(task, "score")
     table = _sample_file_columns(task, data_path)
