@@ -376,6 +376,16 @@ def test_a_class_conditional_digits_run_samples_each_class_and_scores_in_bits(tm
     assert code == 0, err
     scores = np.loadtxt(tmp_path / "s_scores.csv", delimiter=",", skiprows=1)
     assert scores.shape == (4, 4) and np.isfinite(scores).all()
+    # The same samples as a .csv (x1..x64,label) score back at their own labels, to the same
+    # numbers (try-out F8: image runs refused the .csv that `iresnet sample` wrote).
+    csv_out = ["--out", str(tmp_path / "s.csv")]
+    code, _, err = run(capsys, "sample", str(out_dir), "-n", "2", "--context", "3;7", *csv_out)
+    assert code == 0, err
+    back = ["--data", str(tmp_path / "s.csv"), "--out", str(tmp_path / "s_csv_scores.csv")]
+    code, _, err = run(capsys, "score", str(out_dir), *back)
+    assert code == 0, err
+    again = np.loadtxt(tmp_path / "s_csv_scores.csv", delimiter=",", skiprows=1)
+    np.testing.assert_array_equal(again, scores)
     np.save(tmp_path / "far.npy", np.load(tmp_path / "s.npy") * 3)  # floats beyond [0, 1]
     far = ["--data", str(tmp_path / "far.npy"), "--context", "3", "--out", str(tmp_path / "f.csv")]
     code, _, err = run(capsys, "score", str(out_dir), *far)

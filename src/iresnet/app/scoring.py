@@ -193,14 +193,15 @@ def extrapolation_warning(task: Task, contexts: torch.Tensor | None) -> str | No
 
 def _sample_file_columns(task: DensityTask | HybridTask, path: Path) -> np.ndarray | None:
     """The points and contexts of a ``.csv`` that ``iresnet sample`` wrote for this
-    conditional vector run (header ``x1..xd,c1..ck``, or ``x1..xd,label``), as one float64
-    array ``(N, d + k)`` (``d + 1`` for labels); None for any other file.
+    conditional run (header ``x1..xd,c1..ck``, or ``x1..xd,label``; an image run's ``d`` is
+    ``C*H*W``, its images flattened), as one float64 array ``(N, d + k)`` (``d + 1`` for
+    labels); None for any other file.
 
     Raises:
         DataError: a file with that header whose rows are malformed (the strict reader's
             errors: ragged rows, non-numeric fields, NaN/Inf).
     """
-    if task.images or not task.context_dim or path.suffix.lower() != ".csv" or not path.is_file():
+    if not task.context_dim or path.suffix.lower() != ".csv" or not path.is_file():
         return None
     try:
         with path.open(newline="", encoding="utf-8-sig") as fh:
@@ -370,8 +371,12 @@ def score_file(
             "--context to score it at them, or drop those columns to score at another"
         )
     if table is not None:  # a sample file of this run: its own contexts, row by row
-        x = torch.as_tensor(table[:, : task.dim], dtype=torch.float64)
-        context_values = table[:, task.dim :]
+        points, context_values = table[:, : task.dim], table[:, task.dim :]
+        if task.images:  # flattened images: floats in [0, 1], or levels written as integers
+            integers = bool(_csv_integer_columns(data_path, table.shape[1])[: task.dim].all())
+            x = _image_points(task, points, data_path, integers, f"{task.dim} columns")
+        else:
+            x = torch.as_tensor(points, dtype=torch.float64)
     else:
         x = _read_points(task, data_path)
     c = given = None
@@ -381,13 +386,8 @@ def score_file(
         if context is None:
             raise ConfigError(
                 "this run is conditional: pass --context, a file of one row per point or one "
-                "context for every point ('a,b')"
-                + (
-                    ""
-                    if task.images
-                    else ", or score a .csv that `iresnet sample` wrote (its context columns "
-                    "are read)"
-                )
+                "context for every point ('a,b'), or score a .csv that `iresnet sample` wrote "
+                "(its context columns are read)"
             )
         c = given = parse_contexts(task, context, "score")
         is_file = Path(str(context)).suffix.lower() in (".npy", ".csv")
