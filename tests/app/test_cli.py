@@ -85,6 +85,24 @@ def test_presets_and_help(capsys):
         assert "--" in capsys.readouterr().out
 
 
+def test_score_help_says_what_an_image_run_takes(capsys):
+    """Try-out F8 (1, 4, 5): the help named only (N, C, H, W) integer levels in a .npy, while
+    flattened rows, floats in [0, 1] (what `iresnet sample` writes) and sample's .csv are
+    taken too."""
+    with pytest.raises(SystemExit) as exc:
+        main(["score", "--help"])
+    assert exc.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for form in (
+        "a .npy of images (N, C, H, W) or flattened rows (N, C*H*W)",
+        "a .csv of flattened rows (N, C*H*W) as `iresnet sample --out x.csv` writes them",
+        "integer levels 0..K-1",
+        "floats in [0, 1] as `iresnet sample` writes them",
+        "header x1..xd,c1..ck, or x1..xd,label",
+    ):
+        assert form in text, form
+
+
 def test_train_evaluate_sample_certify(tmp_path, capsys):
     out_dir = tmp_path / "run"
     code, out, err = run(

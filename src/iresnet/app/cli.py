@@ -260,16 +260,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--data",
         type=Path,
         required=True,
-        help="the points: (N, d) .npy/.csv for vector runs, (N, C, H, W) integer levels .npy "
-        "for image runs (flows and hybrids)",
+        help="the points: (N, d) .npy/.csv for vector runs; for image runs (flows and "
+        "hybrids) a .npy of images (N, C, H, W) or flattened rows (N, C*H*W), or a .csv of "
+        "flattened rows (N, C*H*W) as `iresnet sample --out x.csv` writes them (a header row "
+        "x1..xD allowed), holding integer levels 0..K-1 (an integer dtype; in a .csv whole "
+        "numbers such as 3, not 3.0) or floats in [0, 1] as `iresnet sample` writes them (each "
+        "read as the level it falls in)",
     )
     p.add_argument(
         "--context",
         default=None,
         help="conditional runs: a .npy/.csv file of (N, k) contexts, row i the context of "
         "point i; or numbers 'a,b' (one context for every point), as `iresnet sample` takes "
-        "them. Not needed for a .csv that `iresnet sample` wrote for a vector run (header "
-        "x1..xd,c1..ck): its context columns are read",
+        "them. Not needed for a .csv that `iresnet sample` wrote (header x1..xd,c1..ck, or "
+        "x1..xd,label): its context columns are read",
     )
     p.add_argument(
         "--out",
