@@ -20,7 +20,7 @@ DATASETS = ("digits", "fashion-mnist")
 
 
 def main() -> None:
-    script_parser(__doc__).parse_args()
+    args = script_parser(__doc__).parse_args()
     env = environment()
     rows, raw = [], {}
     for name in DATASETS:
@@ -40,6 +40,7 @@ def main() -> None:
         {},
         [("Test bits/dim ± standard error over test images", table)],
         raw,
+        out_dir=args.out_dir,
     )
 
 

@@ -152,6 +152,7 @@ def main() -> None:
         {"repeats": repeats},
         [("Step time", table)],
         raw,
+        out_dir=args.out_dir,
     )
 
 

@@ -90,6 +90,7 @@ def main() -> None:
         [("Test bits/dim", markdown_table(head, rows))],
         {"evaluation": ev, "cpu_seconds": cpu, "step": trained.step},
         summary={"test_bpd": ev["test_bpd"], "categorical_bpd": ev["categorical_bpd"]},
+        out_dir=args.out_dir,
     )
     print(md.read_text(), flush=True)
 

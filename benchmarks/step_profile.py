@@ -198,6 +198,7 @@ def main() -> None:
         {"quick": args.quick},
         sections,
         results,
+        out_dir=args.out_dir,
     )
 
 
