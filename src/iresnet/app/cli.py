@@ -645,13 +645,9 @@ def _describe_metrics(
         number = f"{value:.4f}" + (f" +- {se:.4f}" if se is not None and math.isfinite(se) else "")
         parts.append(f"{'test' if test else 'train'} {name} {number}{' ' + unit if unit else ''}")
     whole = n_eval is not None and n_eval == n_test
-    on = (
-        f"all {n_eval} test samples"
-        if whole
-        else f"{n_eval} test samples"
-        if n_eval is not None
-        else "a test subset"
-    )
+    on = f"{n_eval} test samples" if n_eval is not None else "a test subset"
+    if whole:
+        on = f"all {on}"
     said = {p.split(" ", 1)[0] for p in parts}  # describe only what the line shows
     what = []
     if "train" in said:
