@@ -4,6 +4,7 @@ import json
 import math
 import os
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -727,3 +728,23 @@ def test_a_flag_and_an_override_naming_one_folder_two_ways_agree(capsys, tmp_pat
             capsys, "train", "digits", "--data-dir", given, f"data.data_dir={override}", "--dry-run"
         )
         assert code == 0, err
+
+
+def test_resume_without_a_checkpoint_says_what_to_do(capsys, tmp_path):
+    """``--resume RUN --steps N`` on a run with no valid checkpoint pointed to ``--resume RUN``,
+    which then said "no valid checkpoint" (try-out 10, F2); a run killed before its first
+    checkpoint was told "another --out", where the same --out works (F3)."""
+    out_dir = tmp_path / "run"
+    assert run(capsys, "train", *TINY, "--steps", "4", "--out", str(out_dir))[0] == 0
+    (out_dir / "model.safetensors").unlink()
+    for ckpt in (out_dir / "checkpoints").iterdir():  # all torn
+        (ckpt / "MANIFEST.json").unlink()
+    for steps in ([], ["--steps", "100"]):
+        code, _, err = run(capsys, "train", "--resume", str(out_dir), *steps)
+        assert code == 2 and "no valid checkpoint to resume from" in err, err
+        assert "continues the plan" not in err
+    shutil.rmtree(out_dir / "checkpoints")  # as a run killed before its first checkpoint
+    code, _, err = run(capsys, "train", "--resume", str(out_dir))
+    assert code == 2 and "stopped before its first one" in err and f"--out {out_dir}" in err
+    again = ("train", *TINY, "--steps", "4", "--out", str(out_dir))
+    assert run(capsys, *again)[0] == 0  # as the message says

@@ -298,3 +298,34 @@ def test_a_kill_while_replacing_a_checkpoint_of_the_same_step_leaves_it_whole(
             save_checkpoint(tmp_path, 3, model, None, opt, {})
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step-00000003"]
     verify_checkpoint(tmp_path / "step-00000003")
+
+
+def test_a_checkpoint_of_another_model_is_skipped_not_loaded(tmp_path):
+    """A valid checkpoint copied in from a run with other model settings verified, was taken
+    as the newest, and failed to load ("has shape (8,) but the model expects (16,)"): resume and
+    evaluate were blocked and the run's own older checkpoints never tried (try-out 10, F1)."""
+    import shutil
+
+    cfg = Config().override(
+        [*TINY, "train.steps=4", "train.checkpoint_every=2", "train.keep_last=2"]
+    )
+    from safetensors.torch import load_file
+
+    run, other = tmp_path / "run", tmp_path / "other"
+    train(cfg, run, progress=False)
+    reference = load_file(run / "model.safetensors")
+    # as a run interrupted after step 2's checkpoint, with another run's step 4 copied in
+    (run / "model.safetensors").unlink()
+    shutil.rmtree(run / "checkpoints" / "step-00000004")
+    train(cfg.override(["model.hidden=8"]), other, progress=False)
+    shutil.copytree(other / "checkpoints" / "step-00000004", run / "checkpoints" / "step-00000004")
+    with pytest.warns(
+        RuntimeWarning, match=r"other model settings \(model.hidden=8, this run's 16"
+    ):
+        assert load_run(run).step == 2  # evaluate reads the run's own checkpoint
+    with pytest.warns(RuntimeWarning, match="other model settings"):
+        result = train(cfg, run, resume=True, progress=False)
+    assert result.step == 4
+    resumed = load_file(run / "model.safetensors")
+    for key in reference:  # the run's own step 2, continued: the uninterrupted weights
+        torch.testing.assert_close(resumed[key], reference[key], rtol=0, atol=0, msg=key)

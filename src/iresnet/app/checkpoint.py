@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -228,11 +229,15 @@ def verify_checkpoint(path: Path) -> dict[str, Any]:
     return manifest
 
 
-def latest_checkpoint(folder: Path) -> Path | None:
-    """The newest checkpoint that verifies; torn or tampered ones are skipped with a warning."""
+def latest_checkpoint(folder: Path, check: Callable[[Path], None] | None = None) -> Path | None:
+    """The newest checkpoint that verifies; torn or tampered ones are skipped with a warning,
+    and so are those that ``check`` refuses (it raises ``CheckpointError``: the run's own
+    test, e.g. that the checkpoint was saved with the run's model settings)."""
     for path in reversed(list_checkpoints(folder)):
         try:
             verify_checkpoint(path)
+            if check is not None:
+                check(path)
             return path
         except CheckpointError as exc:
             warnings.warn(f"skipping checkpoint: {exc}", RuntimeWarning, stacklevel=2)

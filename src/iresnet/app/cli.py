@@ -27,9 +27,8 @@ import torch
 from tqdm import tqdm
 
 from ..certificate import Certificate, certify
-from ..errors import ConfigError, IResNetError
+from ..errors import CheckpointError, ConfigError, IResNetError
 from . import plots, scoring
-from .checkpoint import latest_checkpoint
 from .config import SECTIONS, Config, check_seed
 from .files import atomic_write, json_safe, out_path
 from .presets import DEFAULT_PRESET, PRESETS, get_preset
@@ -507,6 +506,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
             cfg = cfg.override(budgets)
         _check_budget_left(run, cfg)
         done = _quietly(run.last_step)
+        if not done and not run.weights_path.is_file():  # before any --steps arithmetic
+            raise CheckpointError(run.nothing_to_resume())
         if args.steps is None and done >= cfg.train.steps and run.weights_path.is_file():
             raise ConfigError(
                 f"{run.path} already finished ({done} of {cfg.train.steps} steps): extend it "
@@ -581,7 +582,7 @@ def _quietly(fn: Callable[..., _T], *args: Any) -> _T:
 def _check_budget_left(run: Run, cfg: Config) -> None:
     """Refuse to resume a run whose time budget is spent (it would train one step and stop),
     naming the override that gives it more."""
-    checkpoint = _quietly(latest_checkpoint, run.checkpoints)
+    checkpoint = _quietly(run.latest_checkpoint)
     if checkpoint is None:
         return  # the trainer says there is nothing to resume
     try:

@@ -18,7 +18,7 @@ import os
 import shutil
 import socket
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,13 @@ from ..datasets import DataBundle, Standardizer
 from ..datasets.conditional import CONDITIONAL_TOYS, kl_contexts
 from ..errors import CheckpointError, ConfigError, DataError, RouletteVarianceWarning
 from .builder import build_model, load_data
-from .checkpoint import checkpoint_step, latest_checkpoint, load_weights, weights_digest
+from .checkpoint import (
+    checkpoint_step,
+    latest_checkpoint,
+    list_checkpoints,
+    load_weights,
+    weights_digest,
+)
 from .config import Config, DataConfig
 from .distributed import resolve_device
 from .files import atomic_write
@@ -185,9 +191,55 @@ class Run:
             except OSError:
                 pass
 
+    def latest_checkpoint(self) -> Path | None:
+        """The newest checkpoint that verifies and was saved with this run's model settings;
+        None without one. A checkpoint copied in from a run with another model verified, and
+        its weights then failed to load, blocking the run's own older ones (try-out 10, F1):
+        it is skipped with a warning, as torn ones are."""
+        if not self.checkpoints.is_dir():
+            return None
+        try:
+            model = self.load_config().model
+        except (CheckpointError, ConfigError):
+            return latest_checkpoint(self.checkpoints)  # no config: the hashes alone decide
+
+        def same_model(path: Path) -> None:
+            try:
+                state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+                saved = Config.from_dict(state["config"]).model
+            except (OSError, ValueError, KeyError, TypeError, ConfigError):
+                return  # no readable config in it: the weights' own shape check decides
+            if saved != model:
+                key = next(
+                    f.name
+                    for f in fields(model)
+                    if getattr(saved, f.name) != getattr(model, f.name)
+                )
+                raise CheckpointError(
+                    f"{path}: saved by a run with other model settings (model.{key}="
+                    f"{getattr(saved, key)!r}, this run's {getattr(model, key)!r}): copied from "
+                    "another run? Move it out of the run folder"
+                )
+
+        return latest_checkpoint(self.checkpoints, same_model)
+
+    def nothing_to_resume(self) -> str:
+        """Why a resume of this run has nothing to start from, and what to do instead."""
+        if not list_checkpoints(self.checkpoints) and not self.weights_path.exists():
+            # killed before its first checkpoint: `check_new` clears and reuses such a folder
+            return (
+                f"{self.path}: no checkpoint to resume from (stopped before its first one); "
+                f"start it again with the command that started it (--out {self.path} reuses "
+                "the folder)"
+            )
+        return (
+            f"{self.path}: no valid checkpoint to resume from (torn or modified ones are "
+            "skipped); start a new run with another --out"
+        )
+
     def last_step(self) -> int:
         """The step of the newest valid checkpoint (0 without one)."""
-        ckpt = latest_checkpoint(self.checkpoints)
+        ckpt = self.latest_checkpoint()
         return 0 if ckpt is None else checkpoint_step(ckpt) or 0
 
     def remove_stale_temporaries(self) -> None:
@@ -523,7 +575,7 @@ def load_run(
         warnings.simplefilter("ignore", RouletteVarianceWarning)
         model = build_model(cfg, spec if spec is not None else bundle).to(dev)
     weights, step = run.weights_path, run.final_step()
-    ckpt = latest_checkpoint(run.checkpoints) if run.checkpoints.is_dir() else None
+    ckpt = run.latest_checkpoint()
     ckpt_step = checkpoint_step(ckpt) if ckpt is not None else None
     newer = ckpt is not None and (
         not weights.is_file()

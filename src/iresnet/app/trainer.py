@@ -31,7 +31,6 @@ from ..transforms import ActNorm, compile_blocks, set_branch_precision
 from .batches import EpochBatches
 from .builder import build_model, load_data
 from .checkpoint import (
-    latest_checkpoint,
     load_checkpoint,
     load_weights,
     save_checkpoint,
@@ -246,12 +245,9 @@ class Trainer:
         if self.resume:
             if ctx.is_main:
                 self.run.acquire()  # one writer: refuses a run that another process trains
-            checkpoint = latest_checkpoint(self.run.checkpoints)
+            checkpoint = self.run.latest_checkpoint()
             if checkpoint is None:
-                raise CheckpointError(
-                    f"{self.run_dir}: no valid checkpoint to resume from (torn or modified ones "
-                    "are skipped); start a new run with another --out"
-                )
+                raise CheckpointError(self.run.nothing_to_resume())
         else:
             self.run.check_new()  # refuses a folder that already holds a run, writes nothing
         if ctx.is_main:
@@ -427,7 +423,7 @@ class Trainer:
         return False
 
     def _nan_stop_message(self) -> str:
-        saved = latest_checkpoint(self.run.checkpoints) if self.run.checkpoints.is_dir() else None
+        saved = self.run.latest_checkpoint()
         where = (
             f"the last good checkpoint ({saved.name}) is kept; lower the learning rate or "
             f"check the data, then --resume {self.run_dir}"
