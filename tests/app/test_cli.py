@@ -748,3 +748,16 @@ def test_resume_without_a_checkpoint_says_what_to_do(capsys, tmp_path):
     assert code == 2 and "stopped before its first one" in err and f"--out {out_dir}" in err
     again = ("train", *TINY, "--steps", "4", "--out", str(out_dir))
     assert run(capsys, *again)[0] == 0  # as the message says
+
+
+def test_sample_takes_no_progress_as_train_does(capsys, tmp_path):
+    """``sample`` drew its bar with no way to turn it off (try-out 10, F8)."""
+    out_dir = tmp_path / "run"
+    assert run(capsys, "train", *TINY, "--steps", "2", "--out", str(out_dir))[0] == 0
+    n = "1100"  # more than one batch of samples: the bar is drawn
+    code, _, err = run(capsys, "sample", str(out_dir), "-n", n, "--out", str(tmp_path / "a.npy"))
+    assert code == 0 and "sample:" in err
+    code, _, err = run(
+        capsys, "sample", str(out_dir), "-n", n, "--no-progress", "--out", str(tmp_path / "b.npy")
+    )
+    assert code == 0 and "sample:" not in err, err

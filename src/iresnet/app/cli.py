@@ -225,6 +225,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=1.0, help="scale T of the base normal")
     p.add_argument("--device", default=None, help="sample on this device instead of the run's")
     p.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bar (drawn beyond one batch of samples, as train's)",
+    )
+    p.add_argument(
         "--out",
         type=out_path,
         default=None,
@@ -751,7 +756,11 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         reports = []
         chunk = _SAMPLE_CHUNK
         with tqdm(
-            total=args.num, desc="sample", unit="sample", disable=args.num <= chunk, file=sys.stderr
+            total=args.num,
+            desc="sample",
+            unit="sample",
+            disable=args.no_progress or args.num <= chunk,
+            file=sys.stderr,
         ) as bar:
             for start in range(0, args.num, chunk):
                 m = min(chunk, args.num - start)
