@@ -605,6 +605,7 @@ def test_an_empty_out_is_refused_not_taken_as_the_current_folder(capsys, argv):
         (["train", "--steps", "ten"], "iresnet train"),
         (["frobnicate"], "iresnet"),
         (["evaluate"], "iresnet evaluate"),
+        (["sweep"], "iresnet sweep"),
     ],
 )
 def test_usage_errors_are_one_line_naming_the_command(capsys, argv, prog):
@@ -615,7 +616,8 @@ def test_usage_errors_are_one_line_naming_the_command(capsys, argv, prog):
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "usage:" not in err, err
-    assert err.startswith(f"{prog}: error: ") and f"`{prog} --help`" in err, err
+    assert err.startswith(f"{prog}: error: ") and "KEY=VALUE" not in err, err
+    assert f"`{prog} --help`" in err, err
 
 
 def test_a_dequantised_run_reports_a_discrete_bound_and_score_says_what_it_gives(tmp_path, capsys):
@@ -761,3 +763,8 @@ def test_sample_takes_no_progress_as_train_does(capsys, tmp_path):
         capsys, "sample", str(out_dir), "-n", n, "--no-progress", "--out", str(tmp_path / "b.npy")
     )
     assert code == 0 and "sample:" not in err, err
+
+
+def test_train_refuses_a_key_given_twice(capsys):
+    code, _, err = run(capsys, "train", "hidden=16", "model.hidden=32", "--dry-run")
+    assert code == 2 and "model.hidden is given twice (16, then 32): give it once" in err

@@ -192,3 +192,20 @@ def test_array_data_without_a_path_names_the_flag_that_sets_it():
     (try-out 8, F10: a hand-edited config.json met it in ``iresnet evaluate``)."""
     with pytest.raises(ConfigError, match=r"needs data.path.*`iresnet train --data FILE`"):
         Config().override(["data.name=array"])
+
+
+def test_a_key_given_twice_with_different_values_is_refused():
+    """``hidden=16 model.hidden=32`` trained with 32, silently (try-out 10, F12)."""
+    from iresnet.app.config import check_given_once
+
+    with pytest.raises(ConfigError, match=r"model.hidden is given twice \(16, then 32\)"):
+        check_given_once(["hidden=16", "model.hidden=32"])
+    with pytest.raises(ConfigError, match="given twice"):
+        Config().override(["train.lr=1e-3", "lr=2e-3"], once=True)
+    check_given_once(["hidden=16", "model.hidden=16", "lr=1e-3"])  # the same value: one wish
+    assert Config().override(["hidden=16", "hidden=32"]).model.hidden == 32  # presets' layering
+
+
+def test_an_unknown_key_without_a_near_miss_points_to_the_help():
+    with pytest.raises(ConfigError, match=r"'model.bogus' \(see `iresnet train --help`"):
+        Config().override(["model.bogus=3"])

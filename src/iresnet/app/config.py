@@ -610,8 +610,18 @@ class Config:
             raise ConfigError("config key 'preset' must be a string")
         return cls(preset=preset, **parts).validate()
 
-    def override(self, assignments: list[str]) -> Config:
-        """Apply ``section.key=value`` (or ``key=value`` where the key is unique) overrides."""
+    def override(self, assignments: list[str], *, once: bool = False) -> Config:
+        """Apply ``section.key=value`` (or ``key=value`` where the key is unique) overrides.
+
+        With ``once`` (what a user typed), a key given twice with different values is refused
+        before anything is applied (see ``check_given_once``).
+
+        Raises:
+            ConfigError: a malformed assignment, an unknown or ambiguous key, a bad value, a
+                key given twice (with ``once``), or a config that does not validate.
+        """
+        if once:
+            check_given_once(assignments)
         d = self.to_dict()
         for item in assignments:
             if "=" not in item:
@@ -625,6 +635,27 @@ class Config:
         return Config.from_dict(d)
 
 
+def check_given_once(assignments: list[str]) -> None:
+    """Refuse a key given twice with different values among ``KEY=VALUE`` overrides (in any
+    spelling: ``hidden=16 model.hidden=32``): the last one won silently (try-out 10, F12).
+    Nothing is applied; malformed items are left to ``Config.override`` to name.
+
+    Raises:
+        ConfigError: the key and both values; or an unknown or ambiguous key.
+    """
+    given: dict[tuple[str, str], str] = {}
+    for item in assignments:
+        key, eq, text = item.partition("=")
+        if not eq:
+            continue
+        where = _resolve_key(key.strip())
+        before = given.setdefault(where, text.strip())
+        if before != text.strip():
+            raise ConfigError(
+                f"{'.'.join(where)} is given twice ({before}, then {text.strip()}): give it once"
+            )
+
+
 def _resolve_key(key: str) -> tuple[str, str]:
     if "." in key:
         section, name = key.split(".", 1)
@@ -634,7 +665,8 @@ def _resolve_key(key: str) -> tuple[str, str]:
                 f"{sorted(SECTIONS)}"
             )
         if name not in {f.name for f in fields(SECTIONS[section])}:
-            raise ConfigError(f"unknown config key '{key}'{_near_miss(key)}")
+            hint = _near_miss(key) or " (see `iresnet train --help` for the keys)"
+            raise ConfigError(f"unknown config key '{key}'{hint}")
         return section, name
     owners = [s for s, cls in SECTIONS.items() if key in {f.name for f in fields(cls)}]
     if not owners:

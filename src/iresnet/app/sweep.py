@@ -25,7 +25,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from . import plots
-from .config import Config
+from .config import Config, check_given_once
 from .files import atomic_write, json_safe, out_path
 from .presets import get_preset
 from .runs import Run, load_run
@@ -66,6 +66,7 @@ def coeff_config(base: Config, coeff: str | float, extra: Sequence[str] = ()) ->
         if coeff == "vanilla"
         else ["model.constrained=true", f"model.coeff={coeff}"]
     )
+    check_given_once(list(extra))  # a user's key given twice: the last one won silently
     return base.override([*ov, *extra])
 
 
@@ -238,7 +239,11 @@ def add_sweep_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("preset", help="classifier preset, e.g. digits-classifier")
     p.add_argument(
-        "overrides", nargs="*", metavar="KEY=VALUE", help="config overrides for every run"
+        "overrides",
+        nargs="*",
+        default=[],  # argparse listed an empty nargs="*" as required (try-out 10, F12)
+        metavar="KEY=VALUE",
+        help="config overrides for every run",
     )
     p.add_argument(
         "--coeffs",
