@@ -298,3 +298,28 @@ def test_a_hybrid_sweeps_table_shows_its_density():
     assert "bits/dim" not in plain and "| 0.9 | 8.50 | yes |" in plain
     with_se = sweep_table([{**row, "test_bpd": None, "test_error_pct_se": 1.47}])
     assert "| 0.9 | 8.50 ± 1.47 | yes |" in with_se and "test error (%) ± SE" in with_se
+    # a hybrid's bits/dim with its SE; a vanilla one's is not a density's (try-out 10, F15)
+    hybrid_se = sweep_table([{**row, "test_bpd": 3.8812, "test_bpd_se": 0.0043}])
+    assert "| 0.9 | 8.50 | 3.881 ± 0.004 | yes |" in hybrid_se
+    vanilla = sweep_table(
+        [{**row, "coeff": "vanilla", "invertible": False, "test_bpd": 3.82, "test_bpd_se": 0.004}]
+    )
+    assert "| vanilla | 8.50 | 3.820 ± 0.004 (not a density) | no |" in vanilla
+
+
+def test_a_vanilla_hybrids_bits_per_dim_is_flagged_as_no_density():
+    """Its test_bpd is the change of variables of a map not known to be a bijection; the note
+    spoke only of the inverse (try-out 10, F15)."""
+    cfg = tiny("model.kind=hybrid", "model.constrained=false", "model.logdet=exact")
+    data = load_data(cfg.data)
+    model = build_model(cfg, data)
+    task = make_task(cfg, data, torch.device("cpu"))
+    with torch.no_grad():
+        model.train()
+        task.loss(model, task.batch("train", torch.arange(32)))  # ActNorm's first batch
+    ev = task.full_evaluation(model, n_inverse=4, n_test=32)
+    assert "test_bpd" in ev and "not the bits/dim of a density" in ev["note"]
+    plain_cfg = tiny("model.constrained=false")  # a plain classifier: no density to flag
+    plain = make_task(plain_cfg, data, torch.device("cpu"))
+    note = plain.full_evaluation(build_model(plain_cfg, data), n_inverse=4, n_test=32)["note"]
+    assert "no inverse is guaranteed" in note and "density" not in note

@@ -166,6 +166,7 @@ def run_sweep(
                 "inverse_converged": ev["inverse_converged"],
                 "max_lipschitz": ev["max_lipschitz"],
                 "test_bpd": ev.get("test_bpd"),
+                "test_bpd_se": ev.get("test_bpd_se"),
                 "steps": int(last.get("step", 0)),
                 "train_seconds": float(last.get("seconds", math.nan)),
                 "run_dir": str(run_dir),
@@ -186,7 +187,7 @@ def sweep_table(rows: Sequence[dict[str, Any]]) -> str:
     density = any(r.get("test_bpd") is not None for r in rows)
     head = (
         "| coefficient | test error (%) ± SE |"
-        + (" test bits/dim |" if density else "")
+        + (" test bits/dim ± SE |" if density else "")
         + " guaranteed inverse | feature reconstruction error "
         "(max abs) | largest block Lip bound | steps | train s |"
     )
@@ -197,11 +198,16 @@ def sweep_table(rows: Sequence[dict[str, Any]]) -> str:
         if not r["inverse_converged"]:
             recon += " (iteration did not converge)"
         bpd = r.get("test_bpd")
+        if bpd is not None:
+            bpd_se = r.get("test_bpd_se")
+            bpd_text = f"{bpd:.3f}" + (f" ± {bpd_se:.3f}" if bpd_se is not None else "")
+            if not r["invertible"]:  # the change of variables of a map not known invertible
+                bpd_text += " (not a density)"
         se = r.get("test_error_pct_se")  # rows written before it was recorded have none
         error = f"{r['test_error_pct']:.2f}" + (f" ± {se:.2f}" if se is not None else "")
         lines.append(
             f"| {coeff} | {error} |"
-            + ((" - |" if bpd is None else f" {bpd:.3f} |") if density else "")
+            + ((" - |" if bpd is None else f" {bpd_text} |") if density else "")
             + f" {'yes' if r['invertible'] else 'no'}"
             f" | {recon} | {r['max_lipschitz']:.3g} | {r['steps']} | "
             f"{r['train_seconds']:.1f} |"
