@@ -768,3 +768,15 @@ def test_sample_takes_no_progress_as_train_does(capsys, tmp_path):
 def test_train_refuses_a_key_given_twice(capsys):
     code, _, err = run(capsys, "train", "hidden=16", "model.hidden=32", "--dry-run")
     assert code == 2 and "model.hidden is given twice (16, then 32): give it once" in err
+
+
+def test_evaluate_aligns_its_text_on_the_longest_key(capsys, tmp_path):
+    """Keys longer than 24 characters pushed their colons out of line (try-out 10, F14)."""
+    out_dir = tmp_path / "run"
+    assert run(capsys, "train", *TINY, "--steps", "2", "--out", str(out_dir))[0] == 0
+    code, out, _ = run(capsys, "evaluate", str(out_dir), "--json")
+    keys = [k for k, v in json.loads(out).items() if v is not None and not isinstance(v, dict)]
+    assert max(map(len, keys)) > 24  # e.g. inverse_solve_error_bound
+    code, out, _ = run(capsys, "evaluate", str(out_dir))
+    lines = [ln for ln in out.splitlines() if ln.strip().split(":")[0] in keys]
+    assert len(lines) == len(keys) and len({ln.index(":") for ln in lines}) == 1, out

@@ -698,14 +698,16 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         shown = dict(result)
         cert = shown.pop("certificate")
         per_context = shown.pop("kl_per_context", None)
+        # None: a quantity this data set has not (--json keeps it as null)
+        shown = {k: v for k, v in shown.items() if v is not None}
+        width = max(map(len, [*shown, "KL to the truth at"]))  # long keys kept the colons apart
         for key, value in shown.items():
-            if value is not None:  # a quantity this data set has not (--json keeps it as null)
-                print(f"{key:>24}: {_fmt(value)}")
+            print(f"{key:>{width}}: {_fmt(value)}")
         if per_context:
-            print(f"{'KL to the truth at':>24}: context -> KL (nats) +- SE")
+            print(f"{'KL to the truth at':>{width}}: context -> KL (nats) +- SE")
             for row in per_context:
                 ctx = ", ".join(f"{v:.4g}" for v in row["context"])
-                print(f"{'':>24}  ({ctx}) -> {_fmt(row['kl'])} +- {_fmt(row['kl_se'])}")
+                print(f"{'':>{width}}  ({ctx}) -> {_fmt(row['kl'])} +- {_fmt(row['kl_se'])}")
         print(Certificate.from_dict(cert), flush=True)
     # A partial evaluation has a file of its own: it never replaces the whole test set's.
     partial = args.n_test is not None and args.n_test < trained.data.test_x.shape[0]
