@@ -780,3 +780,10 @@ def test_evaluate_aligns_its_text_on_the_longest_key(capsys, tmp_path):
     code, out, _ = run(capsys, "evaluate", str(out_dir))
     lines = [ln for ln in out.splitlines() if ln.strip().split(":")[0] in keys]
     assert len(lines) == len(keys) and len({ln.index(":") for ln in lines}) == 1, out
+
+
+def test_a_range_of_one_value_is_written_once():
+    """``got 11..11`` for the one label 11 (try-out 10, F16)."""
+    from iresnet.app.scoring import _span
+
+    assert _span(np.array([11])) == "11" and _span(np.array([3, 11, 5])) == "3..11"

@@ -56,6 +56,12 @@ class ScoreResult:
     contexts: torch.Tensor | None = None
 
 
+def _span(values: np.ndarray) -> str:
+    """``"3..11"`` for the range of integer values, or ``"11"`` when there is one value."""
+    low, high = int(values.min()), int(values.max())
+    return str(low) if low == high else f"{low}..{high}"
+
+
 def _density_task(task: Task, command: str) -> DensityTask | HybridTask:
     """The run's task if it has a density (a flow, or a hybrid: unconditional images), else a
     ConfigError that names ``command``, the thing that needs one."""
@@ -86,9 +92,7 @@ def _as_contexts(task: DensityTask | HybridTask, values: np.ndarray, where: str)
             raise DataError(f"{where}: class labels are integers 0..{k - 1}, got {bad:g}")
         labels = values[:, 0].astype(np.int64)
         if labels.min() < 0 or labels.max() >= k:
-            raise DataError(
-                f"{where}: class labels must lie in 0..{k - 1}, got {labels.min()}..{labels.max()}"
-            )
+            raise DataError(f"{where}: class labels must lie in 0..{k - 1}, got {_span(labels)}")
         return task.one_hot(torch.as_tensor(labels))
     if values.shape[1] != k:
         raise DataError(
@@ -293,7 +297,7 @@ def _image_points(
         arr = np.minimum(np.floor(arr * levels), levels - 1)
     if arr.min() < 0 or arr.max() >= levels:
         raise DataError(
-            f"{path}: levels must lie in 0..{levels - 1}, got {int(arr.min())}..{int(arr.max())}"
+            f"{path}: levels must lie in 0..{levels - 1}, got {_span(arr.astype(np.int64))}"
         )
     return torch.as_tensor(arr.astype(np.int64)).to(task.data.train_x.dtype)
 
@@ -313,7 +317,8 @@ def _read_points(task: DensityTask | HybridTask, path: Path) -> torch.Tensor:
         x = load_array(path, max_dim=2**31, min_rows=1, index_column=task.cfg.data.index_column)
         if x.shape[1] != task.dim:
             raise DataError(
-                f"{path}: {x.shape[1]} columns, but the run models {task.dim}-dimensional points"
+                f"{path}: {x.shape[1]} column{'s' if x.shape[1] != 1 else ''}, but the run "
+                f"models {task.dim}-dimensional points"
             )
         return torch.as_tensor(x, dtype=torch.float64)
     if not path.exists():
