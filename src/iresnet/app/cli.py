@@ -233,7 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--out",
         type=out_path,
         default=None,
-        help="output file: .npy (array), .csv or .png (picture); default RUN_DIR/samples.npy. "
+        help="output file: .npy (array), .csv or .png (picture); default RUN_DIR/samples.npy, "
+        "the run's scratch sample, replaced by each call without --out. "
         "A .csv has a header row x1..xd; conditional runs keep each sample's context: a .csv "
         "gets the columns x1..xd, c1..ck (or label, for class-conditional runs); a .npy is "
         "paired with "
@@ -241,7 +242,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument(
-        "--overwrite", action="store_true", help="replace an existing --out file (never the data)"
+        "--overwrite",
+        action="store_true",
+        help="replace an existing --out file (never the data); an --out that exists is "
+        "refused without it",
     )
     p.add_argument(
         "--context",
