@@ -111,6 +111,7 @@ def test_non_numeric_field_names_line_and_column(tmp_path: Path) -> None:
     [
         ("a;b;c\n1;2;3\n4;5;6\n", "semicolon-separated: save it comma-separated"),
         ("1\t2\n3\t4\n", "tab-separated"),
+        ("0,37;-0,53\n1,25;2,5\n", "semicolon-separated: save it comma-separated with decimal"),
         ("1,2,\n3,4,\n", "empty field (a missing value, or a trailing comma?)"),
         ("1,,2\n3,4,5\n", "line 1, column 2; an empty field"),
     ],

@@ -95,7 +95,10 @@ def _field_hint(field: str) -> str:
         return "an empty field (a missing value, or a trailing comma?): fill or drop it"
     for sep, name in ((";", "semicolon"), ("\t", "tab"), ("|", "pipe")):
         if sep in field and all(_parse_float(f) is not None for f in field.split(sep)):
-            return f"the file looks {name}-separated: save it comma-separated"
+            return (
+                f"the file looks {name}-separated: save it comma-separated with decimal points "
+                "(1.5, not 1,5)"
+            )
     return "only a first header row may hold names (and then every field of it must be a name)"
 
 
