@@ -9,7 +9,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from iresnet.app.checkpoint import latest_checkpoint
 from iresnet.app.config import Config
 from iresnet.app.files import atomic_write
 from iresnet.app.runs import Run, TrainedRun, load_run
@@ -109,7 +108,7 @@ def train_under_budget(
     steps: int | None
     per_step: float | None
     plan_file = Path(timing_dir) / "plan.json"
-    checkpoint = latest_checkpoint(Run(run_dir).checkpoints) if run_dir.exists() else None
+    checkpoint = Run(run_dir).latest_checkpoint() if run_dir.exists() else None
     if resume and checkpoint is not None and plan_file.exists():
         plan = json.loads(plan_file.read_text())
         steps, per_step = plan["steps"], plan["cpu_seconds_per_step"]

@@ -199,6 +199,11 @@ def test_pruning_never_deletes_the_new_checkpoint_for_torn_or_foreign_folders(tm
     with pytest.warns(RuntimeWarning, match="skipping checkpoint"):
         assert latest_checkpoint(folder).name == "step-00000008"
     assert (folder / "junk.txt").read_text() == "x"
+    # a stray folder is named as such, not "torn by a crash" (try-out 10, F10)
+    with pytest.raises(CheckpointError, match="step-abc: not a checkpoint folder"):
+        verify_checkpoint(folder / "step-abc")
+    with pytest.raises(CheckpointError, match="torn by a crash"):
+        verify_checkpoint(folder / "step-99999999")
 
 
 def test_a_damaged_or_renamed_checkpoint_takes_no_place_of_a_valid_one(tmp_path):

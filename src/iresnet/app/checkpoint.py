@@ -197,6 +197,11 @@ def list_checkpoints(folder: Path) -> list[Path]:
 def verify_checkpoint(path: Path) -> dict[str, Any]:
     """Check a checkpoint folder's manifest and hashes; return the manifest or raise."""
     manifest_path = path / "MANIFEST.json"
+    if checkpoint_step(path) is None:  # `step-abc` was called torn (try-out 10, F10)
+        raise CheckpointError(
+            f"{path}: not a checkpoint folder (a checkpoint is named step-XXXXXXXX, 8 digits); "
+            "move it out of the checkpoints folder"
+        )
     if not manifest_path.is_file():
         raise CheckpointError(
             f"{path}: no MANIFEST.json: the checkpoint is incomplete (torn by a crash?)"

@@ -29,7 +29,7 @@ from tqdm import tqdm
 from ..certificate import Certificate, certify
 from ..errors import CheckpointError, ConfigError, IResNetError
 from . import plots, scoring
-from .config import SECTIONS, Config, check_given_once, check_seed
+from .config import SECTIONS, Config, check_seed, repeated_keys
 from .files import atomic_write, json_safe, out_path
 from .presets import DEFAULT_PRESET, PRESETS, get_preset
 from .runs import Run, load_run
@@ -346,7 +346,8 @@ def _resolve_train_config(args: argparse.Namespace) -> Config:
         extra.append(f"data.context_path={args.context}")
     if args.data_dir is not None:
         extra.append(f"data.data_dir={args.data_dir}")
-    check_given_once(overrides)
+    for note in repeated_keys(overrides):
+        print(f"iresnet: note: {note}", file=sys.stderr)
     cfg = cfg.override(extra + overrides)
     if args.data is not None and (cfg.data.name, cfg.data.path) != ("array", str(args.data)):
         # an override (data.path=, path=, name=, ...) that says otherwise would win silently

@@ -610,18 +610,14 @@ class Config:
             raise ConfigError("config key 'preset' must be a string")
         return cls(preset=preset, **parts).validate()
 
-    def override(self, assignments: list[str], *, once: bool = False) -> Config:
-        """Apply ``section.key=value`` (or ``key=value`` where the key is unique) overrides.
-
-        With ``once`` (what a user typed), a key given twice with different values is refused
-        before anything is applied (see ``check_given_once``).
+    def override(self, assignments: list[str]) -> Config:
+        """Apply ``section.key=value`` (or ``key=value`` where the key is unique) overrides, in
+        order: a key given twice takes its last value (see ``repeated_keys``).
 
         Raises:
-            ConfigError: a malformed assignment, an unknown or ambiguous key, a bad value, a
-                key given twice (with ``once``), or a config that does not validate.
+            ConfigError: a malformed assignment, an unknown or ambiguous key, a bad value, or
+                a config that does not validate.
         """
-        if once:
-            check_given_once(assignments)
         d = self.to_dict()
         for item in assignments:
             if "=" not in item:
@@ -635,25 +631,27 @@ class Config:
         return Config.from_dict(d)
 
 
-def check_given_once(assignments: list[str]) -> None:
-    """Refuse a key given twice with different values among ``KEY=VALUE`` overrides (in any
-    spelling: ``hidden=16 model.hidden=32``): the last one won silently (try-out 10, F12).
-    Nothing is applied; malformed items are left to ``Config.override`` to name.
+def repeated_keys(assignments: list[str]) -> list[str]:
+    """Notes on keys given more than once with different values among ``KEY=VALUE``
+    overrides (in any spelling: ``hidden=16 model.hidden=32``), which ``Config.override``
+    resolves to the last value: it did so silently (try-out 10, F12). Layering on purpose (a
+    list of defaults, then a change) stays allowed; the CLI says which value it used.
+    Malformed items are left to ``Config.override`` to name.
 
     Raises:
-        ConfigError: the key and both values; or an unknown or ambiguous key.
+        ConfigError: an unknown or ambiguous key.
     """
-    given: dict[tuple[str, str], str] = {}
+    given: dict[tuple[str, str], list[str]] = {}
     for item in assignments:
         key, eq, text = item.partition("=")
-        if not eq:
-            continue
-        where = _resolve_key(key.strip())
-        before = given.setdefault(where, text.strip())
-        if before != text.strip():
-            raise ConfigError(
-                f"{'.'.join(where)} is given twice ({before}, then {text.strip()}): give it once"
-            )
+        if eq:
+            given.setdefault(_resolve_key(key.strip()), []).append(text.strip())
+    return [
+        f"{'.'.join(where)} is given {len(values)} times ({', '.join(values)}): "
+        f"the last, {values[-1]}, is used"
+        for where, values in given.items()
+        if len(set(values)) > 1
+    ]
 
 
 def _resolve_key(key: str) -> tuple[str, str]:

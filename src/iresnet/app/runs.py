@@ -589,7 +589,7 @@ def load_run(
         weights, step = ckpt / "ema.safetensors", ckpt_step
     elif not weights.is_file():
         raise CheckpointError(
-            f"{run.path}: no model.safetensors and no valid checkpoint to evaluate"
+            f"{run.path}: no model.safetensors and no valid checkpoint to load the model from"
         )
     load_weights(model, weights)
     model.eval()

@@ -25,7 +25,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from . import plots
-from .config import Config, check_given_once
+from .config import Config
 from .files import atomic_write, json_safe, out_path
 from .presets import get_preset
 from .runs import Run, load_run
@@ -66,7 +66,6 @@ def coeff_config(base: Config, coeff: str | float, extra: Sequence[str] = ()) ->
         if coeff == "vanilla"
         else ["model.constrained=true", f"model.coeff={coeff}"]
     )
-    check_given_once(list(extra))  # a user's key given twice: the last one won silently
     return base.override([*ov, *extra])
 
 
