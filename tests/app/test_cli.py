@@ -788,3 +788,16 @@ def test_a_range_of_one_value_is_written_once():
     from iresnet.app.scoring import _span
 
     assert _span(np.array([11])) == "11" and _span(np.array([3, 11, 5])) == "3..11"
+
+
+def test_a_resume_sets_earlier_evaluations_aside_by_their_step(capsys, tmp_path):
+    """``eval.json`` of an interrupted run stayed beside the resumed run's new weights under
+    the plain name (try-out 10, F6): it now carries the step it scored; nothing is deleted."""
+    out_dir = tmp_path / "run"
+    assert run(capsys, "train", *TINY, "--steps", "4", "--out", str(out_dir))[0] == 0
+    assert run(capsys, "evaluate", str(out_dir))[0] == 0
+    assert run(capsys, "evaluate", str(out_dir), "--n-test", "10")[0] == 0
+    assert run(capsys, "train", "--resume", str(out_dir), "--steps", "6")[0] == 0
+    names = sorted(p.name for p in out_dir.glob("eval*.json"))
+    assert names == ["eval-n10-step4.json", "eval-step4.json"], names
+    assert json.loads((out_dir / "eval-step4.json").read_text())["weights_step"] == 4

@@ -242,6 +242,26 @@ class Run:
         ckpt = self.latest_checkpoint()
         return 0 if ckpt is None else checkpoint_step(ckpt) or 0
 
+    def set_aside_evaluations(self) -> list[Path]:
+        """Rename ``eval.json`` / ``eval-nN.json`` to carry the step of the weights they scored
+        (``eval-step80.json``, ``eval-n50-step80.json``), so that a resumed run holds no
+        evaluation under the plain name of weights it no longer has (try-out 10, F6); nothing is
+        deleted. Returns the new paths."""
+        moved = []
+        for old in sorted(self.path.glob("eval*.json")):
+            stem = old.stem
+            if stem != "eval" and not (stem.startswith("eval-n") and stem[6:].isdigit()):
+                continue  # already set aside, or not ours
+            try:
+                step = json.loads(old.read_text(encoding="utf-8")).get("weights_step")
+            except (OSError, ValueError, AttributeError):
+                step = None
+            new = old.with_name(f"{stem}-step{step if step is not None else 'unknown'}.json")
+            if not new.exists():
+                os.replace(old, new)
+                moved.append(new)
+        return moved
+
     def remove_stale_temporaries(self) -> None:
         """Delete half-written checkpoint folders (``.tmp-*``) of a process that was killed."""
         if self.checkpoints.is_dir():

@@ -255,6 +255,8 @@ class Trainer:
         data = self.run.load_data(cfg.data) if self.resume else load_data(cfg.data)
         if self.resume:
             self.run.check_data(data, resuming=True)  # the same data, or a clear refusal
+            if ctx.is_main:  # they scored weights the run is about to move on from
+                self.run.set_aside_evaluations()
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
         self.model = build_model(cfg, data).to(ctx.device)
         self.task = make_task(cfg, data, ctx.device)
