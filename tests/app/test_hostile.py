@@ -3,6 +3,8 @@
 import json
 import os
 import pickle
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -210,7 +212,6 @@ def test_a_damaged_or_renamed_checkpoint_takes_no_place_of_a_valid_one(tmp_path)
     """A damaged copy with a manifest counted as complete, so pruning removed a valid
     checkpoint for it (try-out 9, M1); a renamed copy verified, and a resume took its step from
     the name, with another step's weights (M2)."""
-    import shutil
 
     cfg = Config().override(
         [*TINY, "train.steps=4", "train.checkpoint_every=2", "train.keep_last=2"]
@@ -242,22 +243,22 @@ def _rehash_manifest_step(ckpt, step):
     (ckpt / "MANIFEST.json").write_text(json.dumps(manifest))
 
 
+class Killed(BaseException):
+    """A ``kill -9``, as far as the code under test can tell: nothing after it runs."""
+
+
+def _killed_midway(path, ignore_errors=False):
+    """``shutil.rmtree`` killed midway: the manifest gone, the rest of the folder left."""
+    path = Path(path)
+    if path.exists():
+        (path / "MANIFEST.json").unlink(missing_ok=True)
+        raise Killed
+
+
 def test_a_kill_while_pruning_leaves_no_half_deleted_checkpoint(tmp_path, monkeypatch):
     """Pruning removed an old checkpoint in place: a ``kill -9`` in the middle left a
     ``step-*`` folder without its manifest, which no later prune removes and every resume warns
     about (CI, ``test_kill_9_then_resume_gives_same_weights``). It is renamed away first."""
-    import shutil
-    from pathlib import Path
-
-    class Killed(BaseException):
-        pass
-
-    def killed_midway(path, ignore_errors=False):
-        path = Path(path)
-        if path.exists():
-            (path / "MANIFEST.json").unlink(missing_ok=True)
-            raise Killed
-
     cfg = Config().override(
         [*TINY, "train.steps=4", "train.checkpoint_every=2", "train.keep_last=2"]
     )
@@ -265,7 +266,7 @@ def test_a_kill_while_pruning_leaves_no_half_deleted_checkpoint(tmp_path, monkey
     train(cfg, run, progress=False)
     folder = run / "checkpoints"
     with monkeypatch.context() as patch:
-        patch.setattr(shutil, "rmtree", killed_midway)
+        patch.setattr(shutil, "rmtree", _killed_midway)
         with pytest.raises(Killed):
             train(cfg.override(["train.steps=6"]), run, resume=True, progress=False)
     for ckpt in list_checkpoints(folder):
@@ -280,25 +281,13 @@ def test_a_kill_while_replacing_a_checkpoint_of_the_same_step_leaves_it_whole(
     """A re-save of the same step (after a signal) removed the old folder in place first; a
     kill in the middle left it without its manifest. The old one is set aside, the new one
     takes its name, then the old one goes."""
-    import shutil
-    from pathlib import Path
-
     from iresnet.app.checkpoint import save_checkpoint
-
-    class Killed(BaseException):
-        pass
-
-    def killed_midway(path, ignore_errors=False):
-        path = Path(path)
-        if path.exists():
-            (path / "MANIFEST.json").unlink(missing_ok=True)
-            raise Killed
 
     model = torch.nn.Linear(2, 2)
     opt = torch.optim.Adam(model.parameters())
     save_checkpoint(tmp_path, 3, model, None, opt, {})
     with monkeypatch.context() as patch:
-        patch.setattr(shutil, "rmtree", killed_midway)
+        patch.setattr(shutil, "rmtree", _killed_midway)
         with pytest.raises(Killed):
             save_checkpoint(tmp_path, 3, model, None, opt, {})
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step-00000003"]
@@ -309,7 +298,6 @@ def test_a_checkpoint_of_another_model_is_skipped_not_loaded(tmp_path):
     """A valid checkpoint copied in from a run with other model settings verified, was taken
     as the newest, and failed to load ("has shape (8,) but the model expects (16,)"): resume and
     evaluate were blocked and the run's own older checkpoints never tried (try-out 10, F1)."""
-    import shutil
 
     cfg = Config().override(
         [*TINY, "train.steps=4", "train.checkpoint_every=2", "train.keep_last=2"]
