@@ -745,7 +745,8 @@ def test_resume_without_a_checkpoint_says_what_to_do(capsys, tmp_path):
         code, _, err = run(capsys, "train", "--resume", str(out_dir), *steps)
         assert code == 2 and "no valid checkpoint to resume from" in err, err
         assert "continues the plan" not in err
-    shutil.rmtree(out_dir / "checkpoints")  # as a run killed before its first checkpoint
+    shutil.rmtree(out_dir / "checkpoints")  # as a run killed during its first checkpoint
+    (out_dir / "checkpoints" / ".tmp-step-00000002-123").mkdir(parents=True)
     code, _, err = run(capsys, "train", "--resume", str(out_dir))
     assert code == 2 and "stopped before its first one" in err and f"--out {out_dir}" in err
     again = ("train", *TINY, "--steps", "4", "--out", str(out_dir))

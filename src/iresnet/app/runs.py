@@ -132,7 +132,8 @@ class Run:
         """Refuse, before anything is written, a path that is a file or already holds a run.
 
         A folder left by a run that was killed before its first checkpoint (a config, no
-        checkpoint, no weights, no live writer) holds nothing to keep: it is cleared and reused.
+        checkpoint, no weights, no live writer; at most a half-written ``.tmp-`` checkpoint)
+        holds nothing to keep: it is cleared and reused.
 
         Raises:
             ConfigError: the path exists as a file, or holds a run's checkpoints or weights.
@@ -141,7 +142,7 @@ class Run:
             raise ConfigError(f"{self.path} is a file, not a run folder: choose another --out")
         unstarted = (
             self.config_path.exists()
-            and not self.checkpoints.exists()
+            and not list_checkpoints(self.checkpoints)
             and not self.weights_path.exists()
         )
         if unstarted:
