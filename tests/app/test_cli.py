@@ -802,3 +802,7 @@ def test_a_resume_sets_earlier_evaluations_aside_by_their_step(capsys, tmp_path)
     names = sorted(p.name for p in out_dir.glob("eval*.json"))
     assert names == ["eval-n10-step4.json", "eval-step4.json"], names
     assert json.loads((out_dir / "eval-step4.json").read_text())["weights_step"] == 4
+    # a name already taken is not a reason to leave eval.json in place (try-out 11, F2)
+    (out_dir / "eval.json").write_text(json.dumps({"weights_step": 4}))
+    assert run(capsys, "train", "--resume", str(out_dir), "--steps", "8")[0] == 0
+    assert not (out_dir / "eval.json").exists() and (out_dir / "eval-step4-2.json").is_file()

@@ -298,12 +298,11 @@ def test_a_checkpoint_of_another_model_is_skipped_not_loaded(tmp_path):
     """A valid checkpoint copied in from a run with other model settings verified, was taken
     as the newest, and failed to load ("has shape (8,) but the model expects (16,)"): resume and
     evaluate were blocked and the run's own older checkpoints never tried (try-out 10, F1)."""
+    from safetensors.torch import load_file
 
     cfg = Config().override(
         [*TINY, "train.steps=4", "train.checkpoint_every=2", "train.keep_last=2"]
     )
-    from safetensors.torch import load_file
-
     run, other = tmp_path / "run", tmp_path / "other"
     train(cfg, run, progress=False)
     reference = load_file(run / "model.safetensors")
@@ -312,13 +311,36 @@ def test_a_checkpoint_of_another_model_is_skipped_not_loaded(tmp_path):
     shutil.rmtree(run / "checkpoints" / "step-00000004")
     train(cfg.override(["model.hidden=8"]), other, progress=False)
     shutil.copytree(other / "checkpoints" / "step-00000004", run / "checkpoints" / "step-00000004")
-    with pytest.warns(
-        RuntimeWarning, match=r"other model settings \(model.hidden=8, this run's 16"
-    ):
+    with pytest.warns(RuntimeWarning, match=r"other settings \(model.hidden=8, this run's 16"):
         assert load_run(run).step == 2  # evaluate reads the run's own checkpoint
-    with pytest.warns(RuntimeWarning, match="other model settings"):
+    with pytest.warns(RuntimeWarning, match="other settings"):
         result = train(cfg, run, resume=True, progress=False)
     assert result.step == 4
     resumed = load_file(run / "model.safetensors")
     for key in reference:  # the run's own step 2, continued: the uninterrupted weights
         torch.testing.assert_close(resumed[key], reference[key], rtol=0, atol=0, msg=key)
+
+
+def test_a_checkpoint_of_other_data_is_skipped_and_never_kept_in_a_valid_ones_place(tmp_path):
+    """Same model, other data (moons into an 8gaussians run) was taken silently (try-out 11,
+    F6); and pruning counted a foreign checkpoint among the kept ones, deleting the run's own
+    older one early (try-out 11, F1)."""
+    cfg = Config().override(
+        [*TINY, "train.steps=6", "train.checkpoint_every=2", "train.keep_last=2"]
+    )
+    run, other = tmp_path / "run", tmp_path / "other"
+    train(cfg.override(["train.steps=4"]), run, progress=False)  # step-2, step-4
+    train(cfg.override(["data.name=moons"]), other, progress=False)
+    foreign = run / "checkpoints" / "step-00000005"
+    shutil.copytree(other / "checkpoints" / "step-00000004", foreign)
+    _rehash_manifest_step(foreign, 5)
+    _rehash(foreign)
+    verify_checkpoint(foreign)  # a valid checkpoint, of another run
+    with pytest.warns(RuntimeWarning, match=r"other settings \(data.name='moons'"):
+        assert load_run(run).step == 4
+    with pytest.warns(RuntimeWarning, match="other settings"):
+        train(cfg, run, resume=True, progress=False)  # saves step 6; keeps 2 of its own
+    names = sorted(p.name for p in list_checkpoints(run / "checkpoints"))
+    # the run's own step 4 is kept (the foreign one took its place before); the foreign one,
+    # between the kept ones, is left alone as torn and damaged ones are
+    assert names == ["step-00000004", "step-00000005", "step-00000006"], names

@@ -121,6 +121,14 @@ def test_a_non_numeric_field_says_what_it_likely_is(tmp_path: Path, text: str, h
     _refused(_write(tmp_path / "x.csv", text), hint)
 
 
+def test_a_long_field_is_quoted_short(tmp_path: Path) -> None:
+    """A semicolon file's whole row was quoted as the field (try-out 11, F7)."""
+    row = ";".join(["1.5"] * 400)
+    with pytest.raises(DataError) as exc:
+        load_array(_write(tmp_path / "x.csv", f"{row}\n{row}\n"))
+    assert len(str(exc.value)) < 300 and "semicolon-separated" in str(exc.value)
+
+
 @pytest.mark.parametrize("value, kind", [("nan", "NaN"), ("inf", "Inf"), ("-1e999", "Inf")])
 def test_non_finite_csv(tmp_path: Path, value: str, kind: str) -> None:
     path = _write(tmp_path / "nf.csv", f"a,b,c\n1,2,3\n\n4,5,6\n7,{value},9\n{value},1,1\n")

@@ -96,9 +96,11 @@ def save_checkpoint(
     state: dict[str, Any],
     extra_tensors: dict[str, Tensor] | None = None,
     keep_last: int = 2,
+    check: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write checkpoint ``folder/step-XXXXXXXX`` atomically and prune (``_prune``): this one and
-    the ``keep_last - 1`` newest before it that verify are kept, complete checkpoints older
+    the ``keep_last - 1`` newest before it that verify (and pass ``check``, the run's test that
+    a checkpoint is its own: see ``latest_checkpoint``) are kept, complete checkpoints older
     than those are removed, and torn, damaged, foreign or later folders in between are left
     alone (a resume skips them with a warning)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -122,11 +124,13 @@ def save_checkpoint(
     os.replace(tmp, final)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
-    _prune(folder, final, keep_last)
+    _prune(folder, final, keep_last, check)
     return final
 
 
-def _prune(folder: Path, newest: Path, keep_last: int) -> None:
+def _prune(
+    folder: Path, newest: Path, keep_last: int, check: Callable[[Path], None] | None = None
+) -> None:
     """Keep ``newest`` and the newest checkpoints before it that verify, ``keep_last`` in all;
     remove the complete checkpoints older than the last one kept. A damaged checkpoint (its
     hashes do not match) takes no place among the kept ones: counted as complete, it made a
@@ -135,7 +139,7 @@ def _prune(folder: Path, newest: Path, keep_last: int) -> None:
     for path in reversed(_prunable(folder, checkpoint_step(newest) or 0)):
         if kept >= keep_last:
             _remove(path)
-        elif path == newest or _verifies(path):
+        elif path == newest or _verifies(path, check):
             kept += 1
 
 
@@ -159,9 +163,11 @@ def _remove(path: Path) -> None:
     shutil.rmtree(doomed, ignore_errors=True)
 
 
-def _verifies(path: Path) -> bool:
+def _verifies(path: Path, check: Callable[[Path], None] | None = None) -> bool:
     try:
         verify_checkpoint(path)
+        if check is not None:
+            check(path)
     except CheckpointError:
         return False
     return True

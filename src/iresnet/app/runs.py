@@ -76,6 +76,10 @@ def file_fingerprint(path: str | os.PathLike[str]) -> dict[str, Any]:
     return {"path": str(path), "absolute": str(p.resolve()), "sha256": h.hexdigest()}
 
 
+#: Data settings that name where the data lies, not what it is (compared by ``data.json``).
+_PATH_KEYS = frozenset({"data_dir", "path", "context_path"})
+
+
 class Run:
     """File layout and bookkeeping of one run folder."""
 
@@ -193,36 +197,38 @@ class Run:
                 pass
 
     def latest_checkpoint(self) -> Path | None:
-        """The newest checkpoint that verifies and was saved with this run's model settings;
-        None without one. A checkpoint copied in from a run with another model verified, and
-        its weights then failed to load, blocking the run's own older ones (try-out 10, F1):
-        it is skipped with a warning, as torn ones are."""
+        """The newest checkpoint that verifies and is this run's (``is_own_checkpoint``); None
+        without one. A checkpoint copied in from a run with another model verified, and its
+        weights then failed to load, blocking the run's own older ones (try-out 10, F1): it is
+        skipped with a warning, as torn ones are."""
         if not self.checkpoints.is_dir():
             return None
-        try:
-            model = self.load_config().model
-        except (CheckpointError, ConfigError):
-            return latest_checkpoint(self.checkpoints)  # no config: the hashes alone decide
+        return latest_checkpoint(self.checkpoints, self.is_own_checkpoint)
 
-        def same_model(path: Path) -> None:
-            try:
-                state = json.loads((path / "state.json").read_text(encoding="utf-8"))
-                saved = Config.from_dict(state["config"]).model
-            except (OSError, ValueError, KeyError, TypeError, ConfigError):
-                return  # no readable config in it: the weights' own shape check decides
-            if saved != model:
-                key = next(
-                    f.name
-                    for f in fields(model)
-                    if getattr(saved, f.name) != getattr(model, f.name)
-                )
+    def is_own_checkpoint(self, path: Path) -> None:
+        """Refuse a checkpoint saved with other model or data settings than this run's
+        ``config.json`` (paths aside: a moved data folder is the same data); one that records
+        no readable config passes (the weights' own checks decide).
+
+        Raises:
+            CheckpointError: the first setting that differs, and what to do.
+        """
+        try:
+            mine = self.load_config()
+            state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+            saved = Config.from_dict(state["config"])
+        except (OSError, ValueError, KeyError, TypeError, CheckpointError, ConfigError):
+            return
+        for section in ("model", "data"):
+            a, b = getattr(saved, section), getattr(mine, section)
+            for f in fields(a):
+                if f.name in _PATH_KEYS or getattr(a, f.name) == getattr(b, f.name):
+                    continue
                 raise CheckpointError(
-                    f"{path}: saved by a run with other model settings (model.{key}="
-                    f"{getattr(saved, key)!r}, this run's {getattr(model, key)!r}): copied from "
+                    f"{path}: saved by a run with other settings ({section}.{f.name}="
+                    f"{getattr(a, f.name)!r}, this run's {getattr(b, f.name)!r}): copied from "
                     "another run? Move it out of the run folder"
                 )
-
-        return latest_checkpoint(self.checkpoints, same_model)
 
     def nothing_to_resume(self) -> str:
         """Why a resume of this run has nothing to start from, and what to do instead."""
@@ -257,10 +263,13 @@ class Run:
                 step = json.loads(old.read_text(encoding="utf-8")).get("weights_step")
             except (OSError, ValueError, AttributeError):
                 step = None
-            new = old.with_name(f"{stem}-step{step if step is not None else 'unknown'}.json")
-            if not new.exists():
-                os.replace(old, new)
-                moved.append(new)
+            base = f"{stem}-step{step if step is not None else 'unknown'}"
+            new, n = old.with_name(f"{base}.json"), 1
+            while new.exists():  # an earlier resume set one aside under that name
+                n += 1
+                new = old.with_name(f"{base}-{n}.json")
+            os.replace(old, new)
+            moved.append(new)
         return moved
 
     def remove_stale_temporaries(self) -> None:

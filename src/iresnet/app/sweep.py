@@ -23,6 +23,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..errors import ConfigError
 from . import plots
 from .config import Config
@@ -144,6 +146,7 @@ def run_sweep(
             train(cfg, run_dir, resume=run.checkpoints.is_dir(), progress=progress)
             trained_now = True
         trained = load_run(run_dir)
+        torch.manual_seed(0)  # as `iresnet evaluate` (--seed 0): the same numbers for the same run
         ev = trained.task.full_evaluation(trained.model, n_inverse=n_inverse)
         atomic_write(run_dir / "eval.json", json.dumps(json_safe(ev), indent=2) + "\n")
         records = trained.run.records()

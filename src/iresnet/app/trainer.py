@@ -491,6 +491,7 @@ class Trainer:
             self.optimizer,
             state,
             keep_last=self.cfg.train.keep_last,
+            check=self.run.is_own_checkpoint,
         )
 
     def budget_spent(self) -> float:

@@ -74,9 +74,10 @@ def _read_csv(path: Path) -> tuple[np.ndarray, list[int], list[str] | None]:
                 for col, field in enumerate(fields, start=1):
                     value = _parse_float(field)
                     if value is None:
+                        shown = _shorten(field.strip())
                         raise DataError(
-                            f"{path}: non-numeric field {field.strip()!r} at line {line}, "
-                            f"column {col}; {_field_hint(field)}"
+                            f"{path}: non-numeric field {shown!r} at line {line}, column {col}; "
+                            f"{_field_hint(field)}"
                         )
                     parsed.append(value)
                 rows.append(parsed)
@@ -87,6 +88,12 @@ def _read_csv(path: Path) -> tuple[np.ndarray, list[int], list[str] | None]:
         raise DataError(f"{path}: malformed CSV ({exc}); check quoting and delimiters") from exc
     array = np.asarray(rows, dtype=np.float64).reshape(len(rows), width)
     return array, lines, header
+
+
+def _shorten(text: str, limit: int = 40) -> str:
+    """``text`` cut to ``limit`` characters: a semicolon file's whole row is one "field"
+    (1,600 characters quoted in one error line; try-out 11, F7)."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _field_hint(field: str) -> str:
