@@ -144,11 +144,7 @@ class Run:
         """
         if self.path.exists() and not self.path.is_dir():
             raise ConfigError(f"{self.path} is a file, not a run folder: choose another --out")
-        unstarted = (
-            self.config_path.exists()
-            and not list_checkpoints(self.checkpoints)
-            and not self.weights_path.exists()
-        )
+        unstarted = self.config_path.exists() and self.never_checkpointed()
         if unstarted:
             self.acquire()  # refuses while its writer is alive
             self.discard()
@@ -230,10 +226,14 @@ class Run:
                     "another run? Move it out of the run folder"
                 )
 
+    def never_checkpointed(self) -> bool:
+        """No checkpoint folder (a half-written ``.tmp-`` one aside) and no final weights: a
+        run killed before its first checkpoint, with nothing to keep."""
+        return not list_checkpoints(self.checkpoints) and not self.weights_path.exists()
+
     def nothing_to_resume(self) -> str:
         """Why a resume of this run has nothing to start from, and what to do instead."""
-        if not list_checkpoints(self.checkpoints) and not self.weights_path.exists():
-            # killed before its first checkpoint: `check_new` clears and reuses such a folder
+        if self.never_checkpointed():  # `check_new` clears and reuses such a folder
             return (
                 f"{self.path}: no checkpoint to resume from (stopped before its first one); "
                 f"start it again with the command that started it (--out {self.path} reuses "
