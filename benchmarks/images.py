@@ -156,6 +156,31 @@ def preset_config(dataset: str, data_dir: str | None, seed: int) -> Config:
     return get_preset(dataset).override(overrides)
 
 
+def data_overrides(ours_override: list[str]) -> list[str]:
+    """The ``data.*`` part of ``--ours-override``: the peers train with it too, so that every
+    model sees the same preprocessing (a logit margin given to ours alone once favoured ours)."""
+    return [o for o in ours_override if o.strip().startswith("data.")]
+
+
+#: Data settings that say where the files are, not what the models see.
+_DATA_PATHS = ("data_dir", "path", "context_path")
+
+
+def preprocessing_problem(reused: dict[str, Any], cfg: Config, prior: Path) -> str | None:
+    """One line when a run reused by ``--ours-from`` saw other data settings (the logit
+    margin, say) than the peers trained now would, or None."""
+    now = cfg.to_dict()["data"]
+    then = reused.get("config", {}).get("data", {})
+    diff = sorted(k for k in now if k not in _DATA_PATHS and then.get(k) != now[k])
+    if not diff:
+        return None
+    shown = ", ".join(f"data.{k}={then.get(k)} there, {now[k]} here" for k in diff)
+    return (
+        f"--ours-from {prior}: its run saw other data settings than the peers would ({shown}); "
+        "give the same ones with --ours-override, or leave out --ours-from"
+    )
+
+
 # --------------------------------------------------------------------------------------------
 # The peers
 # --------------------------------------------------------------------------------------------
@@ -352,9 +377,8 @@ REFERENCE = "Residual Flow"
 def worker(spec: dict[str, Any]) -> None:
     set_threads(1)
     seed_all(spec["seed"])
-    cfg = preset_config(spec["dataset"], spec["data_dir"], spec["seed"]).override(
-        spec.get("ours_override") or []
-    )
+    overrides = spec.get("ours_override") or spec.get("data_override") or []
+    cfg = preset_config(spec["dataset"], spec["data_dir"], spec["seed"]).override(overrides)
     out = Path(spec["out"])
     if spec["who"] == "ours":
         result = train_ours(
@@ -437,6 +461,12 @@ def prior_run(work_dir: Path, dataset: str) -> Path:
     )
 
 
+def peer_config(dataset: str, args: argparse.Namespace) -> Config:
+    """The config the peers train with: the preset's, with the ``data.*`` overrides."""
+    base = preset_config(dataset, args.data_dir, args.seed)
+    return base.override(data_overrides(args.ours_override))
+
+
 def our_models(dataset: str, args: argparse.Namespace) -> dict[str, list[str]]:
     """Ours by label: the preset alone, or the ``--variants`` (all four, or those named)."""
     return {REFERENCE: []} if args.variants is None else variants(dataset, args.variants)
@@ -456,6 +486,9 @@ def run_models(dataset: str, budget: float, args: argparse.Namespace, work: Path
             results[label]["reused_from"] = str(prior)
             if results[label]["config"]["train"]["max_cpu_seconds"] != budget:
                 raise SystemExit(f"--ours-from {prior}: its budget differs from {budget} CPU s")
+            problem = preprocessing_problem(results[label], peer_config(dataset, args), prior)
+            if problem and args.peers:
+                raise SystemExit(problem)
             continue
         out = work / dataset / folder
         spec = {
@@ -464,9 +497,13 @@ def run_models(dataset: str, budget: float, args: argparse.Namespace, work: Path
             "fit_steps": args.ours_fit_steps,
         }
         jobs[label] = (spec, out)
+    shared = data_overrides(args.ours_override)
     for kind in args.peers:
         out = work / dataset / kind
-        jobs[PEER_LABEL[kind]] = ({"who": kind, "peer_kw": args.peer_kw}, out)
+        spec = {"who": kind, "peer_kw": args.peer_kw}
+        if shared:  # only when given: older work dirs' spec.json stay resumable
+            spec["data_override"] = shared
+        jobs[PEER_LABEL[kind]] = (spec, out)
     for spec, out in jobs.values():
         spec |= {
             "dataset": dataset,
@@ -662,7 +699,8 @@ def main() -> None:
         nargs="+",
         default=[],
         metavar="KEY=VALUE",
-        help="config overrides of our preset (and its variants), for what-if runs",
+        help="config overrides of our preset (and its variants), for what-if runs; the data.* "
+        "ones apply to the peers too (the same preprocessing for every model)",
     )
     ap.add_argument("--name", default=None, help="results name (default images[-variants]-<data>)")
     ap.add_argument(
@@ -701,7 +739,11 @@ def main() -> None:
     if args.ours_from:  # before any training: a wrong path is found now, not after an hour
         for ds in args.datasets:
             if REFERENCE in our_models(ds, args):
-                prior_run(args.ours_from, ds)
+                prior = prior_run(args.ours_from, ds)
+                reused = json.loads((prior / "ours.json").read_text())
+                problem = preprocessing_problem(reused, peer_config(ds, args), prior)
+                if problem and args.peers:
+                    ap.error(problem)
     for ds in args.datasets:
         ours = our_models(ds, args)
         labels = [*ours, *(PEER_LABEL[k] for k in args.peers)]
