@@ -222,13 +222,15 @@ class ImagePeer:
             return self.flow.log_prob(z, None) + logdet
         return self.flow().log_prob(z.flatten(1)) + logdet
 
-    def sample(self, n: int) -> Tensor:
-        """``n`` images in ``[0, 1]``."""
+    def sample(self, n: int, temperature: float = 1.0) -> Tensor:
+        """``n`` images in ``[0, 1]``, the base's standard deviation scaled by ``temperature``
+        (Glow: each level's learned Gaussian; RealNVP: the standard normal)."""
         with torch.no_grad():
             if self.kind == "glow":
-                z, _ = self.flow.sample(n)
+                z, _ = self.flow.sample(n, temperature=None if temperature == 1 else temperature)
             else:
-                z = self.flow().sample((n,))
+                flow = self.flow()
+                z = flow.transform.inv(temperature * flow.base.sample((n,)))
         u = self.logit.inverse(z) if self.logit is not None else z
         return u.clamp(0, 1).reshape(n, *self.shape)
 

@@ -96,3 +96,24 @@ def test_ours_from_finds_a_plain_or_a_variants_run_and_refuses_a_missing_one(tmp
     assert "--ours-from" in str(stop.value) and "finished" in str(stop.value)
     with pytest.raises(SystemExit):
         prior_run(plain, "fashion-mnist")  # finished for another data set only
+
+
+def test_the_peers_train_with_the_data_settings_given_to_ours():
+    """A logit margin given to ours by --ours-override reached ours alone: the peers kept the
+    preset's, and the comparison favoured ours. The data.* overrides now reach every model, and
+    a reused run of ours with other data settings is refused."""
+    import argparse
+
+    from images import data_overrides, peer_config, preprocessing_problem
+
+    assert data_overrides(["train.compile=true", "data.logit_alpha=0.01"]) == [
+        "data.logit_alpha=0.01"
+    ]
+    args = argparse.Namespace(data_dir=None, seed=0, ours_override=["data.logit_alpha=0.01"])
+    cfg = peer_config("digits", args)
+    assert cfg.data.logit_alpha == 0.01
+    same = {"config": {"data": cfg.to_dict()["data"] | {"data_dir": "/elsewhere"}}}
+    assert preprocessing_problem(same, cfg, Path("w")) is None  # where the files are: no matter
+    other = {"config": {"data": cfg.to_dict()["data"] | {"logit_alpha": 0.05}}}
+    problem = preprocessing_problem(other, cfg, Path("w"))
+    assert problem is not None and "data.logit_alpha=0.05 there, 0.01 here" in problem

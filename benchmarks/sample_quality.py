@@ -1,0 +1,387 @@
+"""Sample quality of trained image flows, measured by a classifier of the data set, not by eye.
+
+Issue 13 asks for samples "a person recognises as garments". Bits/dim does not say it (a model
+can assign high likelihood to the test images and still draw blobs), and an eye judges one
+picture at a time, so this script puts a number on it. A multilayer perceptron
+(``sklearn.neural_network.MLPClassifier``, one hidden layer of 256 ReLU units, 12 epochs of Adam,
+``random_state=0``) is fitted to the data set's training images and labels; every model then
+draws ``--n-samples`` samples at each ``--temperature`` (the base normal's standard deviation,
+Kingma & Dhariwal 2018, arXiv 1807.03039, Section 5: Glow's own samples use T = 0.7), rounded
+to the data's levels as an image file would store them, and gets:
+
+- **KID** (Binkowski et al. 2018, arXiv 1801.01401, Section 3): the unbiased squared maximum
+  mean discrepancy between the classifier's hidden features of the samples and of as many test
+  images, with the cubic polynomial kernel ``k(a, b) = (a.b / d + 1)^3``; mean and standard error
+  over ``--subsets`` disjoint subsets (shown x 1000). Zero for a model that draws the test
+  distribution; it sees both quality and diversity.
+- **confident**: the fraction of samples the classifier puts in one class with probability at
+  least 0.9 (binomial standard error), and the **class entropy** of its predicted labels, in bits
+  (log2 10 = 3.32 when every class is drawn equally often).
+- **non-finite samples**: draws whose inverse overflowed (NaN or infinite pixels); they count
+  as not confident, and KID is over the others.
+
+Two references frame the numbers: held-out test images (what a perfect model's samples would
+get; KID near 0) and the independent per-pixel categorical model fitted to the training images
+(the floor of issue 13: its samples are noise with the right mean, nobody's garments).
+
+Runs (``--runs LABEL=PATH``, one or more): an ``iresnet`` image run folder (ours), or a peer's
+folder written by ``benchmarks/images.py --work-dir`` (``spec.json`` and ``peer_checkpoint.pt``:
+normflows Glow or zuko RealNVP), or the ``ours`` folder it writes. Nothing is trained but the
+classifier (about 90 CPU s on Fashion-MNIST); sampling ours costs about 40 CPU s per 1 000.
+
+Run: ``.venv/bin/python benchmarks/sample_quality.py --runs ours=W/fashion-mnist/ours
+glow=W/fashion-mnist/glow`` (W: the ``--work-dir`` of an ``images.py`` run).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from iresnet.app.plots import plot_image_grid
+from iresnet.app.runs import load_run
+from iresnet.datasets import load_dataset
+
+from bench import RESULTS_DIR
+from bench.env import environment, script_parser, set_threads
+from bench.report import markdown_table, pm, write_results
+
+NAME = "sample-quality"
+CONFIDENT = 0.9
+HIDDEN = 256
+EPOCHS = 12
+PER_ROW = 16
+
+
+# ------------------------------------------------------------------------------- the metrics
+
+
+def polynomial_kernel(a: Tensor, b: Tensor) -> Tensor:
+    """``(a b^T / d + 1)^3`` for rows ``a`` ``(n, d)`` and ``b`` ``(m, d)``: ``(n, m)``."""
+    return (a @ b.T / a.shape[1] + 1) ** 3
+
+
+def mmd2_unbiased(x: Tensor, y: Tensor) -> float:
+    """Unbiased squared MMD between samples ``x`` ``(n, d)`` and ``y`` ``(m, d)`` under
+    :func:`polynomial_kernel` (Gretton et al. 2012, JMLR 13, Lemma 6): the within-sample sums
+    leave out their diagonals, so its mean over draws is the population MMD^2 (it can be
+    negative)."""
+    n, m = x.shape[0], y.shape[0]
+    kxx, kyy, kxy = polynomial_kernel(x, x), polynomial_kernel(y, y), polynomial_kernel(x, y)
+    within_x = (kxx.sum() - kxx.diagonal().sum()) / (n * (n - 1))
+    within_y = (kyy.sum() - kyy.diagonal().sum()) / (m * (m - 1))
+    return float(within_x + within_y - 2 * kxy.mean())
+
+
+def kid(features: Tensor, reference: Tensor, subsets: int) -> tuple[float, float]:
+    """KID: mean and standard error of :func:`mmd2_unbiased` over ``subsets`` disjoint,
+    equal slices of ``features`` and ``reference`` (rows, float64)."""
+    n = min(features.shape[0], reference.shape[0]) // subsets
+    if n < 2:
+        raise ValueError(f"{subsets} subsets of {features.shape[0]} samples: fewer than 2 each")
+    values = torch.tensor(
+        [
+            mmd2_unbiased(features[i * n : (i + 1) * n], reference[i * n : (i + 1) * n])
+            for i in range(subsets)
+        ],
+        dtype=torch.float64,
+    )
+    return float(values.mean()), float(values.std() / math.sqrt(subsets))
+
+
+def class_entropy_bits(labels: np.ndarray, n_classes: int) -> float:
+    """Entropy of the label histogram in bits (``log2 n_classes`` when uniform)."""
+    p = np.bincount(labels, minlength=n_classes) / len(labels)
+    p = p[p > 0]
+    return float(-(p * np.log2(p)).sum())
+
+
+class Judge:
+    """The data set's classifier and what it says of a set of images.
+
+    ``train_x`` ``(N, C, H, W)`` integer levels in ``[0, levels)``, ``train_y`` ``(N,)``.
+    """
+
+    def __init__(self, train_x: Tensor, train_y: Tensor, levels: int, seed: int, epochs: int):
+        from sklearn.neural_network import MLPClassifier
+
+        self.levels = levels
+        self.mlp = MLPClassifier(
+            hidden_layer_sizes=(HIDDEN,), max_iter=epochs, batch_size=256, random_state=seed
+        )
+        t = time.process_time()
+        with _quiet_convergence():
+            self.mlp.fit(self.pixels(train_x), train_y.numpy())
+        self.fit_cpu_seconds = time.process_time() - t
+
+    def pixels(self, levels_x: Tensor) -> np.ndarray:
+        """Integer levels ``(N, C, H, W)`` as flat rows in ``[0, 1]``."""
+        return levels_x.reshape(levels_x.shape[0], -1).double().numpy() / (self.levels - 1)
+
+    def features(self, levels_x: Tensor) -> Tensor:
+        """The hidden layer's ReLU activations ``(N, 256)``, float64."""
+        x = self.pixels(levels_x)
+        h = np.maximum(x @ self.mlp.coefs_[0] + self.mlp.intercepts_[0], 0.0)
+        return torch.from_numpy(h)
+
+    def accuracy(self, x: Tensor, y: Tensor) -> float:
+        return float((self.mlp.predict(self.pixels(x)) == y.numpy()).mean())
+
+    def judge(
+        self, levels_x: Tensor, reference: Tensor, subsets: int, failed: int = 0
+    ) -> dict[str, Any]:
+        """KID against ``reference`` features, the confident fraction and the class entropy.
+
+        ``failed``: samples that came out non-finite (not in ``levels_x``); they count as
+        not confident, and KID is over the others."""
+        proba = self.mlp.predict_proba(self.pixels(levels_x))
+        confident = proba.max(axis=1) >= CONFIDENT
+        n = len(confident) + failed
+        frac = float(confident.sum() / n)
+        kid_mean, kid_se = kid(self.features(levels_x), reference, subsets)
+        return {
+            "kid": kid_mean,
+            "kid_se": kid_se,
+            "confident": frac,
+            "confident_se": math.sqrt(frac * (1 - frac) / max(n - 1, 1)),
+            "mean_top_probability": float(proba.max(axis=1).mean()),
+            "class_entropy_bits": class_entropy_bits(proba.argmax(axis=1), proba.shape[1]),
+            "n": n,
+            "non_finite": failed,
+        }
+
+
+class _quiet_convergence:
+    """sklearn warns that a fixed number of epochs did not converge: by design here."""
+
+    def __enter__(self) -> None:
+        import warnings
+
+        self._ctx = warnings.catch_warnings()
+        self._ctx.__enter__()
+        warnings.simplefilter("ignore")
+
+    def __exit__(self, *exc: object) -> None:
+        self._ctx.__exit__(*exc)
+
+
+# ------------------------------------------------------------------------------- the samplers
+
+
+def to_levels(u: Tensor, levels: int) -> Tensor:
+    """Dequantised images ``u`` in ``[0, 1]`` (``u = (x + U) / K``) back to integer levels.
+
+    Raises:
+        ValueError: a non-finite pixel (it has no level; filter those samples first).
+    """
+    if not torch.isfinite(u).all():
+        raise ValueError("non-finite pixels have no level: filter those samples first")
+    return (u.double() * levels).floor().clamp(0, levels - 1).to(torch.int64)
+
+
+def categorical_samples(train_x: Tensor, levels: int, n: int) -> Tensor:
+    """``n`` draws of the per-pixel categorical model (add-one smoothed training histograms,
+    as ``categorical_bpd``), integer levels ``(n, C, H, W)``."""
+    flat = train_x.reshape(train_x.shape[0], -1).long()
+    counts = torch.ones(flat.shape[1], levels, dtype=torch.float64)
+    counts.scatter_add_(1, flat.T, torch.ones_like(flat.T, dtype=torch.float64))
+    draws = torch.multinomial(counts / counts.sum(1, keepdim=True), n, replacement=True)
+    return draws.T.reshape(n, *train_x.shape[1:])
+
+
+class Sampler:
+    """A trained model from its folder: ``sample(n, temperature)`` gives dequantised images in
+    ``[0, 1]``; ``dataset`` and ``levels`` say what it was trained on."""
+
+    def __init__(self, path: Path):
+        spec_file = path / "spec.json"
+        if spec_file.is_file() and (path / "ours").is_dir():
+            path = path / "ours"  # images.py's folder of ours: the run is inside
+            spec_file = path / "spec.json"
+        if spec_file.is_file():
+            self._peer(path, json.loads(spec_file.read_text()))
+        elif (path / "config.json").is_file():
+            self._ours(path)
+        else:
+            raise SystemExit(
+                f"{path}: neither an iresnet run folder (config.json) nor a peer folder of "
+                "benchmarks/images.py (spec.json); give one of those"
+            )
+
+    def _ours(self, path: Path) -> None:
+        trained = load_run(path, data=False)
+        if not trained.task.images:
+            raise SystemExit(f"{path}: not an image run; this script judges image samples")
+        self.kind, self.dataset = "ours", trained.cfg.data.name
+        self.levels = int(trained.data.n_levels or 0)
+        self._draw = lambda n, t: trained.task.sample(trained.model, n, temperature=t)[0]
+
+    def _peer(self, path: Path, spec: dict[str, Any]) -> None:
+        from images import PEER_KW, ImagePeer, preset_config
+
+        who, self.dataset = spec["who"], spec["dataset"]
+        if who not in PEER_KW:
+            raise SystemExit(f"{path}: spec.json names {who!r}, not a peer ({list(PEER_KW)})")
+        checkpoint = path / "peer_checkpoint.pt"
+        if not checkpoint.is_file():
+            raise SystemExit(f"{path}: no peer_checkpoint.pt; the peer has not been trained")
+        cfg = preset_config(self.dataset, spec["data_dir"], spec["seed"])
+        cfg = cfg.override(spec.get("data_override") or [])
+        data = load_dataset(self.dataset, **_data_dir(cfg.data.data_dir))
+        self.levels = int(data.n_levels or 0)
+        kw = PEER_KW[who][self.dataset] | ((spec.get("peer_kw") or {}).get(who) or {})
+        peer = ImagePeer(who, kw, self.levels, tuple(data.event_shape), cfg.data.logit_alpha, 0)
+        peer.flow.load_state_dict(torch.load(checkpoint, weights_only=True)["model"])
+        peer.flow.eval()
+        self.kind = who
+        self._draw = peer.sample
+
+    def sample(self, n: int, temperature: float, chunk: int = 250) -> Tensor:
+        parts = [self._draw(min(chunk, n - i), temperature) for i in range(0, n, chunk)]
+        return torch.cat(parts).detach()
+
+
+def _data_dir(data_dir: str | None) -> dict[str, str]:
+    return {"data_dir": data_dir} if data_dir else {}
+
+
+# ------------------------------------------------------------------------------- the driver
+
+
+def parse_runs(items: list[str]) -> dict[str, Path]:
+    runs: dict[str, Path] = {}
+    for item in items:
+        label, sep, path = item.partition("=")
+        if not sep or not label or not path:
+            raise SystemExit(f"--runs takes LABEL=PATH, got {item!r}")
+        if label in runs:
+            raise SystemExit(f"--runs: the label {label!r} is given twice")
+        runs[label] = Path(path)
+    return runs
+
+
+def main() -> None:
+    ap = script_parser(__doc__)
+    ap.add_argument("--runs", nargs="+", required=True, metavar="LABEL=PATH")
+    ap.add_argument("--temperatures", nargs="+", type=float, default=[1.0, 0.7])
+    ap.add_argument("--n-samples", type=int, default=1000, help="samples per model and T")
+    ap.add_argument("--subsets", type=int, default=10, help="disjoint subsets for KID's SE")
+    ap.add_argument("--epochs", type=int, default=EPOCHS, help="classifier epochs")
+    ap.add_argument("--name", default=NAME, help="results name")
+    args = ap.parse_args()
+    if args.quick:
+        args.n_samples, args.subsets, args.epochs = 60, 3, 1
+    bad_t = [t for t in args.temperatures if not (math.isfinite(t) and t > 0)]
+    if bad_t:
+        ap.error(f"--temperatures must be finite and positive, got {bad_t}")
+    if args.n_samples < 2 * args.subsets:
+        ap.error(f"--n-samples {args.n_samples} is too few for {args.subsets} subsets of 2+")
+    set_threads(args.threads)
+    env = environment()
+    samplers = {label: Sampler(path) for label, path in parse_runs(args.runs).items()}
+    datasets = {s.dataset for s in samplers.values()}
+    if len(datasets) != 1:
+        raise SystemExit(f"--runs mix data sets ({sorted(datasets)}); judge one at a time")
+    dataset = datasets.pop()
+    data = load_dataset(dataset)
+    levels = int(data.n_levels or 0)
+    if data.train_y is None or not levels:
+        raise SystemExit(f"{dataset}: no labelled images to fit the judge to")
+    print(f"fitting the judge on {data.train_x.shape[0]} {dataset} images", flush=True)
+    judge = Judge(data.train_x, data.train_y, levels, args.seed, args.epochs)
+    n = args.n_samples
+    if 2 * n > data.test_x.shape[0]:
+        ap.error(f"--n-samples {n}: the reference needs 2 x {n} test images, there are fewer")
+    reference = judge.features(data.test_x[:n])
+    rows: list[list[Any]] = []
+    raw: dict[str, Any] = {}
+    grid: list[Tensor] = []
+    legend: list[str] = []
+
+    def add(label: str, temperature: str, levels_x: Tensor, cpu: float, failed: int = 0) -> None:
+        r = judge.judge(levels_x, reference, args.subsets, failed) | {"cpu_seconds": cpu}
+        raw[f"{label} T={temperature}"] = r
+        rows.append(
+            [
+                label,
+                temperature,
+                pm(1000 * r["kid"], 1000 * r["kid_se"], 2),
+                pm(r["confident"], r["confident_se"], 3),
+                f"{r['mean_top_probability']:.3f}",
+                f"{r['class_entropy_bits']:.2f}",
+                failed,
+                f"{cpu:.0f}",
+            ]
+        )
+        grid.append(levels_x[:PER_ROW].double() / (levels - 1))
+        legend.append(f"{label} T={temperature}")
+        print(f"  {legend[-1]}: KID x 1000 {rows[-1][2]}, confident {rows[-1][3]}", flush=True)
+
+    add("test images (held out)", "-", data.test_x[n : 2 * n].long(), 0.0)
+    torch.manual_seed(args.seed)
+    add("per-pixel categorical", "-", categorical_samples(data.train_x, levels, n), 0.0)
+    for label, sampler in samplers.items():
+        for t in args.temperatures:
+            torch.manual_seed(args.seed)
+            start = time.process_time()
+            u = sampler.sample(n, t)
+            cpu = time.process_time() - start
+            finite = torch.isfinite(u).flatten(1).all(1)
+            add(label, f"{t:g}", to_levels(u[finite], levels), cpu, int((~finite).sum()))
+    png = plot_image_grid(
+        torch.cat(grid),
+        (args.out_dir or RESULTS_DIR) / f"{args.name}.png",
+        nrow=PER_ROW,
+        title=f"{dataset}: {PER_ROW} samples per row, rounded to levels",
+    )
+    table = markdown_table(
+        [
+            "model",
+            "T",
+            "KID x 1000 ± SE",
+            f"confident (p >= {CONFIDENT}) ± SE",
+            "mean top p",
+            "class entropy (bits)",
+            "non-finite samples",
+            "CPU s to sample",
+        ],
+        rows,
+    )
+    legend_md = "\n".join(f"{i + 1}. {text}" for i, text in enumerate(legend))
+    judge_md = (
+        f"MLPClassifier(({HIDDEN},)), {args.epochs} epochs, seed {args.seed}, fitted in "
+        f"{judge.fit_cpu_seconds:.0f} CPU s; test accuracy "
+        f"{judge.accuracy(data.test_x, data.test_y):.4f} on all {data.test_x.shape[0]} test "
+        f"images. KID's reference: test images 1-{n}; the held-out row: test images "
+        f"{n + 1}-{2 * n}."
+    )
+    write_results(
+        args.name,
+        f"Sample quality on {dataset}, judged by a classifier",
+        env,
+        {
+            "dataset": dataset,
+            "runs": {k: str(v) for k, v in parse_runs(args.runs).items()},
+            "temperatures": args.temperatures,
+            "n_samples": n,
+            "subsets": args.subsets,
+        },
+        [
+            ("Samples against test images", table),
+            ("The judge", judge_md),
+            (f"Picture: {png.name}, one row each", legend_md),
+        ],
+        raw | {"judge": {"fit_cpu_seconds": judge.fit_cpu_seconds, "epochs": args.epochs}},
+        out_dir=args.out_dir,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+"""``benchmarks/sample_quality.py``: its KID against an explicit computation, its samplers of
+the categorical model and the rounding to levels, and its refusal of folders it cannot read."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from sample_quality import (  # noqa: E402
+    Sampler,
+    categorical_samples,
+    class_entropy_bits,
+    kid,
+    mmd2_unbiased,
+    parse_runs,
+    to_levels,
+)
+
+
+def _mmd2_by_loops(x, y):
+    """The unbiased MMD^2 written out term by term (Gretton et al. 2012, eq. 3)."""
+
+    def k(a, b):
+        return (float(a @ b) / a.numel() + 1) ** 3
+
+    n, m = len(x), len(y)
+    xx = sum(k(x[i], x[j]) for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
+    yy = sum(k(y[i], y[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    xy = sum(k(x[i], y[j]) for i in range(n) for j in range(m)) / (n * m)
+    return xx + yy - 2 * xy
+
+
+def test_mmd2_agrees_with_the_sum_written_out():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(7, 5, generator=g, dtype=torch.float64)
+    y = torch.randn(9, 5, generator=g, dtype=torch.float64) + 0.5
+    assert mmd2_unbiased(x, y) == pytest.approx(_mmd2_by_loops(x, y), rel=1e-12)
+
+
+def test_kid_is_unbiased_zero_for_one_distribution_and_positive_for_two():
+    """Same law: the mean over 40 disjoint subsets sits within 3 SE of 0 (an estimate that
+    kept the diagonals would sit above it); a shifted law is many SE above 0."""
+    g = torch.Generator().manual_seed(1)
+    a = torch.randn(2000, 4, generator=g, dtype=torch.float64)
+    b = torch.randn(2000, 4, generator=g, dtype=torch.float64)
+    mean, se = kid(a, b, subsets=40)
+    assert abs(mean) < 3 * se
+    shifted, se2 = kid(a, b + 1.0, subsets=40)
+    assert shifted > 10 * se2
+    with pytest.raises(ValueError, match="fewer than 2"):
+        kid(a[:3], b[:3], subsets=2)
+
+
+def test_categorical_samples_follow_the_smoothed_histograms():
+    """Pixel 0 is 0 in 3 of 4 training images and 2 in one: with add-one smoothing over 3
+    levels, p = (4, 1, 2) / 7; 20 000 draws' frequencies within 4 binomial SE."""
+    train = torch.tensor([[0, 1], [0, 1], [0, 1], [2, 1]], dtype=torch.uint8).reshape(4, 1, 1, 2)
+    torch.manual_seed(0)
+    draws = categorical_samples(train, levels=3, n=20000)
+    assert draws.shape == (20000, 1, 1, 2)
+    freq = torch.bincount(draws[:, 0, 0, 0], minlength=3).double() / 20000
+    p = torch.tensor([4, 1, 2], dtype=torch.float64) / 7
+    se = (p * (1 - p) / 20000).sqrt()
+    assert ((freq - p).abs() < 4 * se).all()
+    freq1 = torch.bincount(draws[:, 0, 0, 1], minlength=3).double() / 20000
+    assert freq1[1] > 0.6  # (1 + 4) / 7 = 0.714
+
+
+def test_dequantised_images_round_back_to_their_levels():
+    torch.manual_seed(0)
+    x = torch.randint(0, 256, (50, 1, 4, 4))
+    u = (x + torch.rand(x.shape)) / 256  # u = (x + U) / K, as Dequantize does
+    assert torch.equal(to_levels(u, 256), x)
+    assert to_levels(torch.tensor([0.0, 1.0]), 256).tolist() == [0, 255]  # clamped ends
+
+
+def test_class_entropy_in_bits():
+    assert class_entropy_bits(np.arange(10).repeat(3), 10) == pytest.approx(math.log2(10))
+    assert class_entropy_bits(np.zeros(5, dtype=int), 10) == 0.0
+
+
+def test_runs_and_folders_it_cannot_read_are_one_line(tmp_path):
+    assert parse_runs(["a=x", "b=y/z"]) == {"a": Path("x"), "b": Path("y/z")}
+    for bad in (["noequals"], ["=x"], ["a="], ["a=x", "a=y"]):
+        with pytest.raises(SystemExit):
+            parse_runs(bad)
+    with pytest.raises(SystemExit, match="neither an iresnet run folder"):
+        Sampler(tmp_path)
+    (tmp_path / "spec.json").write_text('{"who": "glow", "dataset": "digits"}')
+    with pytest.raises(SystemExit, match="no peer_checkpoint.pt"):
+        Sampler(tmp_path)
+
+
+def test_a_non_finite_sample_has_no_level():
+    """A NaN pixel cast to int64 became -2**63 and blew KID up to 1e101 (a Glow sample whose
+    inverse overflowed): such samples are refused here and counted apart by the script."""
+    with pytest.raises(ValueError, match="non-finite"):
+        to_levels(torch.tensor([0.5, float("nan")]), 256)
+
+
+def test_failed_samples_count_as_not_confident():
+    """Two classes a classifier cannot miss (dark and bright images): all 20 bright samples
+    are confident; with 20 failed draws beside them the fraction halves, KID stays over the 20."""
+    from sample_quality import Judge
+
+    torch.manual_seed(0)
+    dark = torch.randint(0, 3, (100, 1, 2, 2))
+    bright = torch.randint(13, 16, (100, 1, 2, 2))
+    x, y = torch.cat([dark, bright]), torch.tensor([0] * 100 + [1] * 100)
+    judge = Judge(x, y, levels=16, seed=0, epochs=200)
+    assert judge.accuracy(x, y) == 1.0
+    reference = judge.features(bright[:20])
+    alone = judge.judge(bright[20:40], reference, subsets=2)
+    assert alone["confident"] == 1.0 and alone["n"] == 20
+    with_failed = judge.judge(bright[20:40], reference, subsets=2, failed=20)
+    assert with_failed["confident"] == 0.5 and with_failed["n"] == 40
+    assert with_failed["non_finite"] == 20 and with_failed["kid"] == alone["kid"]
