@@ -376,11 +376,26 @@ def train_ours(
 REFERENCE = "Residual Flow"
 
 
+def spec_config(spec: dict[str, Any]) -> Config:
+    """The config a worker trains with: the preset's, with ours' overrides (ours) or their
+    ``data.*`` part (a peer, :func:`peer_spec`)."""
+    overrides = spec.get("ours_override") or spec.get("data_override") or []
+    return preset_config(spec["dataset"], spec["data_dir"], spec["seed"]).override(overrides)
+
+
+def peer_spec(kind: str, args: argparse.Namespace) -> dict[str, Any]:
+    """A peer's worker settings: its sizes, and the ``data.*`` overrides given to ours."""
+    spec: dict[str, Any] = {"who": kind, "peer_kw": args.peer_kw}
+    shared = data_overrides(args.ours_override)
+    if shared:  # only when given: older work dirs' spec.json stay resumable
+        spec["data_override"] = shared
+    return spec
+
+
 def worker(spec: dict[str, Any]) -> None:
     set_threads(1)
     seed_all(spec["seed"])
-    overrides = spec.get("ours_override") or spec.get("data_override") or []
-    cfg = preset_config(spec["dataset"], spec["data_dir"], spec["seed"]).override(overrides)
+    cfg = spec_config(spec)
     out = Path(spec["out"])
     if spec["who"] == "ours":
         result = train_ours(
@@ -499,13 +514,8 @@ def run_models(dataset: str, budget: float, args: argparse.Namespace, work: Path
             "fit_steps": args.ours_fit_steps,
         }
         jobs[label] = (spec, out)
-    shared = data_overrides(args.ours_override)
     for kind in args.peers:
-        out = work / dataset / kind
-        spec = {"who": kind, "peer_kw": args.peer_kw}
-        if shared:  # only when given: older work dirs' spec.json stay resumable
-            spec["data_override"] = shared
-        jobs[PEER_LABEL[kind]] = (spec, out)
+        jobs[PEER_LABEL[kind]] = (peer_spec(kind, args), work / dataset / kind)
     for spec, out in jobs.values():
         spec |= {
             "dataset": dataset,

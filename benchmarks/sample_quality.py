@@ -224,7 +224,7 @@ class Sampler:
         self._draw = lambda n, t: trained.task.sample(trained.model, n, temperature=t)[0]
 
     def _peer(self, path: Path, spec: dict[str, Any]) -> None:
-        from images import PEER_KW, ImagePeer, preset_config
+        from images import PEER_KW, ImagePeer, spec_config
 
         who, self.dataset = spec["who"], spec["dataset"]
         if who not in PEER_KW:
@@ -232,8 +232,7 @@ class Sampler:
         checkpoint = path / "peer_checkpoint.pt"
         if not checkpoint.is_file():
             raise SystemExit(f"{path}: no peer_checkpoint.pt; the peer has not been trained")
-        cfg = preset_config(self.dataset, spec["data_dir"], spec["seed"])
-        cfg = cfg.override(spec.get("data_override") or [])
+        cfg = spec_config(spec)
         data = load_dataset(self.dataset, **_data_dir(cfg.data.data_dir))
         self.levels = int(data.n_levels or 0)
         kw = PEER_KW[who][self.dataset] | ((spec.get("peer_kw") or {}).get(who) or {})

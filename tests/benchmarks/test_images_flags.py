@@ -104,7 +104,7 @@ def test_the_peers_train_with_the_data_settings_given_to_ours():
     a reused run of ours with other data settings is refused."""
     import argparse
 
-    from images import data_overrides, peer_config, preprocessing_problem
+    from images import data_overrides, peer_config, peer_spec, preprocessing_problem, spec_config
 
     assert data_overrides(["train.compile=true", "data.logit_alpha=0.01"]) == [
         "data.logit_alpha=0.01"
@@ -112,6 +112,11 @@ def test_the_peers_train_with_the_data_settings_given_to_ours():
     args = argparse.Namespace(data_dir=None, seed=0, ours_override=["data.logit_alpha=0.01"])
     cfg = peer_config("digits", args)
     assert cfg.data.logit_alpha == 0.01
+    spec = peer_spec("glow", argparse.Namespace(**vars(args), peer_kw=None))
+    spec |= {"dataset": "digits", "data_dir": None, "seed": 0}
+    assert spec_config(spec).data.logit_alpha == 0.01  # what the peer's worker trains with
+    plain = argparse.Namespace(data_dir=None, seed=0, ours_override=[], peer_kw=None)
+    assert "data_override" not in peer_spec("glow", plain)  # old work dirs' spec.json resume
     same = {"config": {"data": cfg.to_dict()["data"] | {"data_dir": "/elsewhere"}}}
     assert preprocessing_problem(same, cfg, Path("w")) is None  # where the files are: no matter
     other = {"config": {"data": cfg.to_dict()["data"] | {"logit_alpha": 0.05}}}
