@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -103,6 +104,16 @@ TINY_RUN = [
     "train.checkpoint_every=5",
     "train.eval_batches=1",
 ]
+
+
+def assert_figures_named(run_dir: str | Path) -> None:
+    """The pictures in a finished run's folder are those ``figure_names`` lists for its task
+    loaded without data (what a resume checks for when it redraws missing ones)."""
+    from iresnet.app.figures import figure_names
+    from iresnet.app.runs import load_run
+
+    names = figure_names(load_run(run_dir, data=False).task)
+    assert sorted(p.name for p in Path(run_dir).glob("*.png")) == sorted(names)
 
 
 def graphs_and_breaks() -> tuple[int, int]:

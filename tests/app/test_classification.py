@@ -19,6 +19,7 @@ from iresnet.app.tasks import ClassificationTask, HybridTask, make_task
 from iresnet.app.tasks.classification import augment
 from iresnet.app.training import train
 from iresnet.errors import ConfigError
+from tests.helpers import assert_figures_named
 
 pytest.importorskip("sklearn")
 
@@ -52,6 +53,7 @@ def test_trained_constrained_classifier_inverts_its_features(tmp_path):
         "reconstructions.png",
     ):
         assert (run / name).is_file(), name
+    assert_figures_named(run)
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert {"loss", "acc", "grad_norm"} <= set(next(r for r in rows if "acc" in r))
     assert {"test_error", "test_loss"} <= set(result.last_metrics)

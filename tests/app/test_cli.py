@@ -13,7 +13,7 @@ import torch
 from iresnet.app.cli import main
 from iresnet.app.runs import load_run
 from iresnet.certificate import Certificate
-from tests.helpers import TINY_RUN
+from tests.helpers import TINY_RUN, assert_figures_named
 
 TINY = TINY_RUN
 
@@ -806,3 +806,22 @@ def test_a_resume_sets_earlier_evaluations_aside_by_their_step(capsys, tmp_path)
     (out_dir / "eval.json").write_text(json.dumps({"weights_step": 4}))
     assert run(capsys, "train", "--resume", str(out_dir), "--steps", "8")[0] == 0
     assert not (out_dir / "eval.json").exists() and (out_dir / "eval-step4-2.json").is_file()
+
+
+def test_resuming_a_run_killed_while_drawing_its_figures_draws_the_missing_ones(capsys, tmp_path):
+    """A ``kill -9`` during the final figures left a finished run without ``figure.png`` and
+    with a half-written ``.figure.png.*.tmp``; ``--resume`` said "already finished"."""
+    out_dir = tmp_path / "run"
+    assert run(capsys, "train", *TINY, "--steps", "2", "--out", str(out_dir))[0] == 0
+    (out_dir / "figure.png").unlink()
+    stale = out_dir / ".figure.png.k3x9.tmp"
+    stale.write_bytes(b"\x89PNG half")
+    code, out, err = run(capsys, "train", "--resume", str(out_dir), "--dry-run")
+    assert code == 0 and json.loads(out)["train"]["steps"] == 2 and stale.exists()
+    code, out, err = run(capsys, "train", "--resume", str(out_dir))
+    assert code == 0, err
+    assert "already finished (2 of 2 steps); redrew its missing pictures: figure.png" in out
+    assert (out_dir / "figure.png").stat().st_size > 1000 and not stale.exists()
+    assert_figures_named(out_dir)
+    code, _, err = run(capsys, "train", "--resume", str(out_dir))  # all there: as before
+    assert code == 2 and "already finished (2 of 2 steps): extend it" in err

@@ -19,7 +19,7 @@ from iresnet.datasets.conditional import (
     conditional_toy_split,
     sample_conditional,
 )
-from tests.helpers import TINY_RUN
+from tests.helpers import TINY_RUN, assert_figures_named
 
 TINY = [*TINY_RUN, "--no-progress"]
 
@@ -84,6 +84,7 @@ def test_a_conditional_toy_run_reports_the_gap_per_context(tmp_path, capsys):
         capsys, "train", "toy-moving-gaussian", *TINY, "--steps", "10", "--out", str(out_dir)
     )
     assert code == 0, err
+    assert_figures_named(out_dir)
     code, out, err = run(capsys, "evaluate", str(out_dir), "--json", "--n-inverse", "16")
     assert code == 0, err
     result = json.loads(out)
@@ -126,6 +127,7 @@ def test_train_with_contexts_then_score_agrees_with_evaluate(tmp_path, capsys):
     x_path, c_path, out_dir = _train_with_contexts(tmp_path, capsys, 10)
     saved = json.loads((out_dir / "data.json").read_text())
     assert saved["context_dim"] == 2
+    assert_figures_named(out_dir)
     assert saved["context_standardizer"]["std"][0] > 10  # standardised like the data
     # score the run's own test split: the same points evaluate reports on
     trained = load_run(out_dir)
@@ -340,6 +342,7 @@ def test_a_class_conditional_digits_run_samples_each_class_and_scores_in_bits(tm
     )
     assert code == 0, err
     assert (out_dir / "samples.png").is_file()
+    assert_figures_named(out_dir)
     trained = load_run(out_dir)
     assert trained.model.context == 10
     assert all(b.conditional for b in iresnet.certify(trained.model).blocks)

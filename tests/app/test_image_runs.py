@@ -20,6 +20,7 @@ from iresnet.app.training import train
 from iresnet.datasets import DataBundle
 from iresnet.ops import PowerSeriesLogDet, RussianRouletteLogDet
 from iresnet.ops.roulette import roulette_for_lipschitz
+from tests.helpers import assert_figures_named
 
 TRAIN = [
     "model.kind=resflow-image",
@@ -56,6 +57,7 @@ def test_run_folder_has_the_pictures(trained):
     for name in ("samples.png", "samples_t0.7.png", "reconstructions.png", "learning_curve.png"):
         path = trained.run.path / name
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    assert_figures_named(trained.run.path)
 
 
 def test_trained_model_inverts_test_images(trained):

@@ -36,7 +36,7 @@ from .runs import Run, load_run
 from .sweep import add_sweep_parser, cmd_sweep
 from .tasks.base import inverse_summary
 from .trainer import warmup_outlasts_run
-from .training import train
+from .training import missing_figures, redraw_figures, train
 
 __all__ = ["main", "build_parser"]
 
@@ -520,10 +520,27 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if not done and not run.weights_path.is_file():  # before any --steps arithmetic
             raise CheckpointError(run.nothing_to_resume())
         if args.steps is None and done >= cfg.train.steps and run.weights_path.is_file():
-            raise ConfigError(
-                f"{run.path} already finished ({done} of {cfg.train.steps} steps): extend it "
-                f"with --resume {run.path} --steps N (N > {done}), or evaluate it"
-            )
+            finished = f"{run.path} already finished ({done} of {cfg.train.steps} steps)"
+            missing = missing_figures(run.path)
+            if not missing:
+                raise ConfigError(
+                    f"{finished}: extend it with --resume {run.path} --steps N (N > {done}), "
+                    "or evaluate it"
+                )
+            if args.dry_run:
+                print(cfg.to_json())
+                return 0
+            # Killed while it drew its final pictures: draw those it lacks, as training does.
+            _use_run_threads(cfg)
+            try:
+                redraw_figures(run.path, missing)
+            except (ValueError, FloatingPointError) as exc:
+                raise ConfigError(
+                    f"{finished}, but {', '.join(missing)} could not be drawn ({exc}); extend "
+                    f"it with --resume {run.path} --steps N (N > {done}), or evaluate it"
+                ) from None
+            print(f"{finished}; redrew its missing pictures: {', '.join(missing)}")
+            return 0
         if args.steps is not None:
             if args.steps <= done:
                 raise ConfigError(

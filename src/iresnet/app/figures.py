@@ -6,6 +6,7 @@ training process that makes no pictures never loads it.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -17,52 +18,80 @@ from . import plots
 from .tasks import ClassificationTask, DensityTask, Task
 from .tasks.base import evaluating, scoring_estimator
 
-__all__ = ["run_figures"]
+__all__ = ["figure_names", "run_figures"]
+
+
+def figure_names(task: Task) -> list[str]:
+    """The file names ``run_figures`` writes for ``task``, in the order it writes them (a
+    task loaded without its data, ``load_run(..., data=False)``, knows them too)."""
+    if isinstance(task, ClassificationTask):
+        return ["learning_curve.png", "error_curve.png", "reconstructions.png"]
+    assert isinstance(task, DensityTask)
+    names = ["learning_curve.png"]
+    if task.images:
+        names += ["samples.png", "samples_t0.7.png", "reconstructions.png"]
+    elif task.dim == 2 and task.context_dim:
+        shown = 3 if task.data.report_contexts is not None else 1
+        names += [f"figure_context{i}.png" for i in range(shown)]
+    elif task.dim == 2:
+        names.append("figure.png")
+    return names
 
 
 def run_figures(
-    task: Task, model: nn.Module, run_dir: Path, records: list[dict[str, Any]]
+    task: Task,
+    model: nn.Module,
+    run_dir: Path,
+    records: list[dict[str, Any]],
+    only: Collection[str] | None = None,
 ) -> list[Path]:
-    """Write the pictures of ``task`` for ``model`` into ``run_dir``; return their paths."""
+    """Write the pictures of ``task`` for ``model`` into ``run_dir`` (those named in ``only``,
+    when given: see ``figure_names``); return their paths."""
+    wanted = set(figure_names(task) if only is None else only)
     if isinstance(task, ClassificationTask):
-        return _classifier_figures(task, model, run_dir, records)
+        return _classifier_figures(task, model, run_dir, records, wanted)
     assert isinstance(task, DensityTask)
-    return _density_figures(task, model, run_dir, records)
+    return _density_figures(task, model, run_dir, records, wanted)
 
 
 def _density_figures(
-    task: DensityTask, model: nn.Module, run_dir: Path, records: list[dict[str, Any]]
+    task: DensityTask,
+    model: nn.Module,
+    run_dir: Path,
+    records: list[dict[str, Any]],
+    wanted: set[str],
 ) -> list[Path]:
-    out = [
-        plots.plot_learning_curve(
-            records,
-            run_dir / "learning_curve.png",
-            keys=(task.metric, f"test_{task.metric}"),
-            ylabel="bits/dim" if task.images else "NLL (nats)",
-        )
-    ]
-    if task.images and task.context_dim:
-        # Class-conditional: one row of samples per class, at T = 1 and 0.7.
-        for t, name in ((1.0, "samples.png"), (0.7, "samples_t0.7.png")):
-            samples = task.sample(model, 8, temperature=t)[0].clamp(0, 1)
-            out.append(
-                plots.plot_image_grid(
-                    samples, run_dir / name, nrow=8, title=f"samples per class (rows), T={t}"
-                )
+    out = []
+    if "learning_curve.png" in wanted:
+        out.append(
+            plots.plot_learning_curve(
+                records,
+                run_dir / "learning_curve.png",
+                keys=(task.metric, f"test_{task.metric}"),
+                ylabel="bits/dim" if task.images else "NLL (nats)",
             )
-        x, rec, _ = task.reconstruct(model, 32)
-        out.append(plots.plot_reconstructions(x.cpu(), rec.cpu(), run_dir / "reconstructions.png"))
-    elif task.images:
+        )
+    if task.images:
         # Samples at T = 1 (the model) and a lower temperature (the typical set's core, as
-        # the Glow and Residual Flows papers show), then test images beside x -> z -> x.
+        # the Glow and Residual Flows papers show), then test images beside x -> z -> x;
+        # class-conditional: one row of samples per class.
         for t, name in ((1.0, "samples.png"), (0.7, "samples_t0.7.png")):
-            samples = task.sample(model, 64, temperature=t)[0].clamp(0, 1)
-            out.append(plots.plot_image_grid(samples, run_dir / name, title=f"samples (T={t})"))
-        x, rec, _ = task.reconstruct(model, 32)
-        out.append(plots.plot_reconstructions(x.cpu(), rec.cpu(), run_dir / "reconstructions.png"))
+            if name not in wanted:
+                continue
+            if task.context_dim:
+                samples = task.sample(model, 8, temperature=t)[0].clamp(0, 1)
+                title, nrow = f"samples per class (rows), T={t}", 8
+            else:
+                samples = task.sample(model, 64, temperature=t)[0].clamp(0, 1)
+                title, nrow = f"samples (T={t})", None
+            out.append(plots.plot_image_grid(samples, run_dir / name, nrow=nrow, title=title))
+        if "reconstructions.png" in wanted:
+            x, rec, _ = task.reconstruct(model, 32)
+            path = run_dir / "reconstructions.png"
+            out.append(plots.plot_reconstructions(x.cpu(), rec.cpu(), path))
     elif task.dim == 2 and task.context_dim:
-        out += _conditional_toy_figures(task, model, run_dir)
-    elif task.dim == 2:
+        out += _conditional_toy_figures(task, model, run_dir, wanted)
+    elif task.dim == 2 and "figure.png" in wanted:
         test = task.data.test_x[:5000]
         samples = task.sample(model, 5000)[0]
         _, exact = scoring_estimator(2)
@@ -83,7 +112,9 @@ def _density_figures(
     return out
 
 
-def _conditional_toy_figures(task: DensityTask, model: nn.Module, run_dir: Path) -> list[Path]:
+def _conditional_toy_figures(
+    task: DensityTask, model: nn.Module, run_dir: Path, wanted: set[str]
+) -> list[Path]:
     """``figure_context{i}.png``: data | [true density |] learned density | samples at a few
     contexts (three of a conditional toy's reporting contexts; else the first test context,
     with the test points of every context as the data panel)."""
@@ -99,6 +130,8 @@ def _conditional_toy_figures(task: DensityTask, model: nn.Module, run_dir: Path)
     out = []
     g = torch.Generator().manual_seed(0)
     for i, c in enumerate(contexts):
+        if f"figure_context{i}.png" not in wanted:
+            continue
         c = c.double()
         if data.sample_given is not None:
             shown = data.sample_given(c.expand(5000, -1), g)
@@ -133,18 +166,23 @@ def _conditional_toy_figures(task: DensityTask, model: nn.Module, run_dir: Path)
 
 
 def _classifier_figures(
-    task: ClassificationTask, model: nn.Module, run_dir: Path, records: list[dict[str, Any]]
+    task: ClassificationTask,
+    model: nn.Module,
+    run_dir: Path,
+    records: list[dict[str, Any]],
+    wanted: set[str],
 ) -> list[Path]:
     rows = [{**r, "train_error": 1.0 - r["acc"]} if "acc" in r else r for r in records]
-    out = [
-        plots.plot_learning_curve(
-            rows, run_dir / "learning_curve.png", keys=task.curve_keys(), ylabel="loss"
-        ),
-        plots.plot_learning_curve(
-            rows, run_dir / "error_curve.png", keys=("train_error", "test_error"), ylabel="error"
-        ),
-    ]
-    x, rec, _, _ = task.reconstruct(model, 16)
-    shown = torch.nan_to_num(rec, nan=0.0, posinf=1.0, neginf=0.0).clamp(0, 1)
-    out.append(plots.plot_reconstructions(x.cpu(), shown.cpu(), run_dir / "reconstructions.png"))
+    out = []
+    for name, keys, ylabel in (
+        ("learning_curve.png", task.curve_keys(), "loss"),
+        ("error_curve.png", ("train_error", "test_error"), "error"),
+    ):
+        if name in wanted:
+            out.append(plots.plot_learning_curve(rows, run_dir / name, keys=keys, ylabel=ylabel))
+    if "reconstructions.png" in wanted:
+        x, rec, _, _ = task.reconstruct(model, 16)
+        shown = torch.nan_to_num(rec, nan=0.0, posinf=1.0, neginf=0.0).clamp(0, 1)
+        path = run_dir / "reconstructions.png"
+        out.append(plots.plot_reconstructions(x.cpu(), shown.cpu(), path))
     return out
