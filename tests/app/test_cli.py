@@ -808,6 +808,25 @@ def test_a_resume_sets_earlier_evaluations_aside_by_their_step(capsys, tmp_path)
     assert not (out_dir / "eval.json").exists() and (out_dir / "eval-step4-2.json").is_file()
 
 
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--device", "tpu"], "unknown device 'tpu'"),
+        (["data.name=foo"], "unknown data set 'foo'"),
+        (["data.name=moons", "--data-dir", "/data"], "'moons' reads none"),
+        (["data.train_subset=100"], "a training subset is drawn from an image set"),
+        (["train.precision=fp16"], "fp16 needs a CUDA device"),
+    ],
+)
+def test_config_mistakes_are_refused_before_the_summary(capsys, tmp_path, argv, message):
+    """``--device tpu`` and ``data.name=foo`` were refused below the config summary, as if the
+    run had started; ``model.coeff=1.5`` never was."""
+    out_dir = tmp_path / "run"
+    code, out, err = run(capsys, "train", *argv, "--out", str(out_dir), "--no-progress")
+    assert code == 2 and message in err and err.count("\n") == 1, err
+    assert not out_dir.exists()
+
+
 def test_resuming_a_run_killed_while_drawing_its_figures_draws_the_missing_ones(capsys, tmp_path):
     """A ``kill -9`` during the final figures left a finished run without ``figure.png`` and
     with a half-written ``.figure.png.*.tmp``; ``--resume`` said "already finished"."""

@@ -54,6 +54,10 @@ def test_overrides_qualified_and_unique_keys():
         ("noequals", "key=value"),
         ("train.grad_clip=-1", r"train.grad_clip must be >= 0, got -1"),
         ("train.density_weight=-0.5", r"train.density_weight must be >= 0, got -0.5"),
+        # config-only mistakes found when the data or the device was loaded, after the summary
+        ("data.name=foo", "unknown data set 'foo'; known: .*'moons'"),
+        ("train.device=tpu", "unknown device 'tpu'; use cpu, cuda, cuda:N or mps"),
+        ("train.device=cuda:x", "unknown device 'cuda:x'"),
     ],
 )
 def test_bad_overrides_refused(override, match):

@@ -27,9 +27,11 @@ import torch
 from tqdm import tqdm
 
 from ..certificate import Certificate, certify
+from ..datasets import check_dataset_options
 from ..errors import CheckpointError, ConfigError, IResNetError
 from . import plots, scoring
 from .config import SECTIONS, Config, check_seed, repeated_keys
+from .distributed import check_precision, resolve_device
 from .files import atomic_write, json_safe, out_path
 from .presets import DEFAULT_PRESET, PRESETS, get_preset
 from .runs import Run, load_run
@@ -474,6 +476,20 @@ def _config_summary(cfg: Config) -> str:
     )
 
 
+def _check_before_start(cfg: Config) -> None:
+    """Refuse, before the summary is printed, what the config's own checks leave to the start:
+    data options that the data set does not take (after the flags that set them were compared
+    with the overrides), a device this machine lacks, fp16 on a CPU."""
+    d = cfg.data
+    check_dataset_options(
+        d.name,
+        class_context=d.class_context,
+        data_dir=d.data_dir,
+        train_subset=d.train_subset,
+    )
+    check_precision(cfg.train.precision, resolve_device(cfg.train.device))
+
+
 def _print_config(cfg: Config, verbose: bool = False) -> None:
     """The resolved config on stderr, once (under torchrun only rank 0 prints): a summary, or
     the whole JSON with ``verbose`` (the run folder's ``config.json`` always holds it all)."""
@@ -562,6 +578,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if args.dry_run:
             print(cfg.to_json())
             return 0
+        _check_before_start(cfg)
         _print_config(cfg, args.verbose)
         result = train(cfg, run.path, resume=True, progress=not args.no_progress)
     else:
@@ -569,6 +586,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if args.dry_run:
             print(cfg.to_json())
             return 0
+        _check_before_start(cfg)
         _print_config(cfg, args.verbose)
         out = args.out or _free_run_dir(_run_name(cfg))
         result = train(cfg, out, progress=not args.no_progress)

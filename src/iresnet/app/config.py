@@ -16,8 +16,10 @@ import typing
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from ..datasets import check_dataset_options
 from ..datasets.conditional import CONDITIONAL_TOYS
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
+from .distributed import parse_device
 
 __all__ = ["ModelConfig", "DataConfig", "TrainConfig", "Config", "SECTIONS"]
 
@@ -351,6 +353,10 @@ class DataConfig:
             raise ConfigError(
                 "data.context_path (--context) pairs contexts with your own data: pass --data FILE"
             )
+        try:  # before anything is printed or read
+            check_dataset_options(self.name)
+        except DataError as exc:
+            raise ConfigError(str(exc)) from None
 
 
 @dataclass
@@ -447,6 +453,7 @@ class TrainConfig:
         ):
             _positive(f"train.{name}", getattr(self, name))
         check_seed("train.seed", self.seed)
+        parse_device(self.device)
         _choice("train.optimizer", self.optimizer, ("adam", "adamw", "sgd"))
         _choice("train.lr_schedule", self.lr_schedule, ("constant", "cosine", "cosine-budget"))
         _choice("train.precision", self.precision, ("fp32", "bf16", "fp16"))

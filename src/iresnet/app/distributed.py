@@ -14,7 +14,14 @@ import torch.distributed as dist
 
 from ..errors import ConfigError
 
-__all__ = ["DistContext", "resolve_device", "setup_distributed", "teardown_distributed"]
+__all__ = [
+    "DistContext",
+    "check_precision",
+    "parse_device",
+    "resolve_device",
+    "setup_distributed",
+    "teardown_distributed",
+]
 
 
 @dataclass(frozen=True)
@@ -44,12 +51,12 @@ class DistContext:
         return bool(t.item() > 0)
 
 
-def resolve_device(name: str) -> torch.device:
-    """The device called ``name`` (``cpu``, ``cuda``, ``cuda:N``, ``mps``, ...), if this machine
-    has it.
+def parse_device(name: str) -> torch.device:
+    """The device called ``name`` (``cpu``, ``cuda``, ``cuda:N``, ``mps``), whether or not this
+    machine has it (a config's check).
 
     Raises:
-        ConfigError: an unknown device name, or a device this machine does not have.
+        ConfigError: not a device name, or a kind of device iresnet does not run on.
     """
     try:
         dev = torch.device(name)
@@ -57,6 +64,19 @@ def resolve_device(name: str) -> torch.device:
         raise ConfigError(
             f"unknown device '{name}'; use cpu, cuda, cuda:N or mps (--device / train.device)"
         ) from None
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"device '{name}' is not supported; use cpu, cuda, cuda:N or mps")
+    return dev
+
+
+def resolve_device(name: str) -> torch.device:
+    """The device called ``name`` (``cpu``, ``cuda``, ``cuda:N``, ``mps``), if this machine
+    has it.
+
+    Raises:
+        ConfigError: an unknown device name, or a device this machine does not have.
+    """
+    dev = parse_device(name)
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise ConfigError(f"device '{name}': no CUDA device is visible here; use --device cpu")
@@ -66,9 +86,17 @@ def resolve_device(name: str) -> torch.device:
             )
     elif dev.type == "mps" and not torch.backends.mps.is_available():
         raise ConfigError(f"device '{name}': MPS is not available here; use --device cpu")
-    elif dev.type not in ("cpu", "cuda", "mps"):
-        raise ConfigError(f"device '{name}' is not supported; use cpu, cuda, cuda:N or mps")
     return dev
+
+
+def check_precision(precision: str, device: torch.device) -> None:
+    """Refuse a ``train.precision`` the device cannot run.
+
+    Raises:
+        ConfigError: ``fp16`` on a CPU.
+    """
+    if device.type == "cpu" and precision == "fp16":
+        raise ConfigError("train.precision=fp16 needs a CUDA device; use bf16 on CPU")
 
 
 def setup_distributed(device: str) -> DistContext:

@@ -37,7 +37,7 @@ from .checkpoint import (
     unflatten_optimizer,
 )
 from .config import SEED_LIMIT, Config
-from .distributed import DistContext, setup_distributed, teardown_distributed
+from .distributed import DistContext, check_precision, setup_distributed, teardown_distributed
 from .runs import Run
 from .tasks import Task, make_task
 
@@ -323,8 +323,7 @@ class Trainer:
                     self.loss_module, ctx.device, eager_first=checkpoint is None
                 )
         if t.precision != "fp32":
-            if ctx.device.type == "cpu" and t.precision == "fp16":
-                raise ConfigError("train.precision=fp16 needs a CUDA device; use bf16 on CPU")
+            check_precision(t.precision, ctx.device)
             for m in (self.model, self.ema):
                 if m is not None:
                     set_branch_precision(m, t.precision)

@@ -47,6 +47,7 @@ __all__ = [
     "IMAGE_DATASETS",
     "Standardizer",
     "TOY_DATASETS",
+    "check_dataset_options",
     "load_dataset",
 ]
 
@@ -144,6 +145,44 @@ class DataBundle:
         return true_entropy(self.name) if self.true_log_density is not None else None
 
 
+def check_dataset_options(
+    name: str,
+    *,
+    context_path: str | None = None,
+    class_context: bool = False,
+    data_dir: str | None = None,
+    train_subset: int = 0,
+) -> None:
+    """Refuse, before anything is read, a data set name that
+    [`load_dataset`][iresnet.datasets.load_dataset] does not know, or an option that the data
+    set does not take.
+
+    Raises:
+        DataError: an unknown name; contexts from a file, class contexts, a ``data_dir`` or a
+            ``train_subset`` asked of a data set that has none of them.
+    """
+    known = [*TOY_DATASETS, *CONDITIONAL_TOYS, "array", *IMAGE_DATASETS]
+    if name not in known:
+        raise DataError(f"unknown data set '{name}'; known: {known}")
+    if context_path and name != "array":
+        raise DataError(
+            f"contexts from a file go with your own data (--data); data set '{name}' has its own"
+        )
+    if class_context and name not in IMAGE_DATASETS:
+        raise DataError(f"class labels as contexts need an image set, not '{name}'")
+    if data_dir is not None and (name not in IMAGE_DATASETS or name == "digits"):
+        raise DataError(
+            f"a data folder (--data-dir, data.data_dir) holds an image set's files; '{name}' "
+            "reads none (digits come with scikit-learn): leave it out (your own data: --data "
+            "FILE)"
+        )
+    if train_subset and name not in IMAGE_DATASETS:
+        raise DataError(
+            f"a training subset is drawn from an image set, not '{name}' (toys: data.n_train; "
+            "your own data: keep the rows you want in the file)"
+        )
+
+
 def load_dataset(
     name: str,
     *,
@@ -216,23 +255,13 @@ def load_dataset(
         >>> bundle.true_log_density(x).tolist()  # log(1/32) on the black squares
         [-3.4657359027997265, -inf]
     """
-    if context_path and name != "array":
-        raise DataError(
-            f"contexts from a file go with your own data (--data); data set '{name}' has its own"
-        )
-    if class_context and name not in IMAGE_DATASETS:
-        raise DataError(f"class labels as contexts need an image set, not '{name}'")
-    if data_dir is not None and (name not in IMAGE_DATASETS or name == "digits"):
-        raise DataError(
-            f"a data folder (--data-dir, data.data_dir) holds an image set's files; '{name}' "
-            "reads none (digits come with scikit-learn): leave it out (your own data: --data "
-            "FILE)"
-        )
-    if train_subset and name not in IMAGE_DATASETS:
-        raise DataError(
-            f"a training subset is drawn from an image set, not '{name}' (toys: data.n_train; "
-            "your own data: keep the rows you want in the file)"
-        )
+    check_dataset_options(
+        name,
+        context_path=context_path,
+        class_context=class_context,
+        data_dir=data_dir,
+        train_subset=train_subset,
+    )
     if name in TOY_DATASETS:
         train, test = toy_split(name, n_train, n_test, seed=seed)
         return DataBundle(name, "vector", train, test, true_log_density=toy_log_density(name))
@@ -341,5 +370,4 @@ def load_dataset(
                 raise DataError(f"{name}: no labels to use as contexts")
             bundle.class_context = True
         return bundle
-    known = [*TOY_DATASETS, *CONDITIONAL_TOYS, "array", *IMAGE_DATASETS]
-    raise DataError(f"unknown data set '{name}'; known: {known}")
+    raise AssertionError(f"unreachable: {name}")  # check_dataset_options knows every name
