@@ -13,6 +13,7 @@ import torch
 from iresnet.app.cli import main
 from iresnet.app.runs import load_run
 from iresnet.certificate import Certificate
+from iresnet.errors import ConfigError
 from tests.helpers import TINY_RUN, assert_figures_named
 
 TINY = TINY_RUN
@@ -844,3 +845,23 @@ def test_resuming_a_run_killed_while_drawing_its_figures_draws_the_missing_ones(
     assert_figures_named(out_dir)
     code, _, err = run(capsys, "train", "--resume", str(out_dir))  # all there: as before
     assert code == 2 and "already finished (2 of 2 steps): extend it" in err
+
+
+def test_sample_refuses_more_values_than_one_call_draws(capsys, tmp_path):
+    """``sample -n 1000000000`` started at once (hours, GBs of output); the cap and the way
+    past it are in ``--help``."""
+    from iresnet.app.cli import SAMPLE_MAX_VALUES, _check_sample_size
+
+    out_dir = tmp_path / "run"
+    assert run(capsys, "train", *TINY, "--steps", "2", "--out", str(out_dir))[0] == 0
+    most = SAMPLE_MAX_VALUES // 2  # 2-D points
+    out = tmp_path / "s.npy"
+    code, _, err = run(capsys, "sample", str(out_dir), "-n", str(most + 1), "--out", str(out))
+    assert code == 2 and len(err.splitlines()) == 1 and not out.exists(), err
+    assert f"(--num {most} here): draw more in several calls with different --seed" in err
+    with pytest.raises(SystemExit):
+        main(["sample", "--help"])
+    assert f"at most {SAMPLE_MAX_VALUES:,} values" in " ".join(capsys.readouterr().out.split())
+    _check_sample_size(most, 2, 1)  # the cap itself is drawn
+    with pytest.raises(ConfigError, match="at each of 10 contexts"):
+        _check_sample_size(most // 10 + 1, 2, 10)
