@@ -94,6 +94,17 @@ def test_one_row(tmp_path: Path) -> None:
     _refused(tmp_path / "one.npy", "1-row file")
 
 
+def test_comment_lines_are_skipped_as_numpy_does(tmp_path: Path) -> None:
+    """A first line ``# comment`` was "ragged CSV: line 2 has 2 columns but line 1 has 1"."""
+    text = '# made by hand, "quoted\n  # x, y\n1,2\n# a note\n3,4\n'
+    np.testing.assert_array_equal(load_array(_write(tmp_path / "c.csv", text)), [[1, 2], [3, 4]])
+    header = tmp_path / "h.csv"  # numpy.savetxt's header is a comment: not a header row
+    np.savetxt(header, [[1.0, 2.0], [3.0, 4.0]], delimiter=",", header="x,y")
+    np.testing.assert_array_equal(load_array(header), np.loadtxt(header, delimiter=","))
+    # line numbers still count the comments
+    _refused(_write(tmp_path / "r.csv", "# c\n1,2\n# c\n3,4,5\n"), "line 4", "line 2 has 2")
+
+
 def test_ragged_csv_names_line_and_counts(tmp_path: Path) -> None:
     path = _write(tmp_path / "ragged.csv", "a,b\n1,2\n3,4\n5,6,7\n")
     _refused(path, "line 4", "3 columns", "line 1 has 2")

@@ -54,7 +54,9 @@ def _read_csv(path: Path) -> tuple[np.ndarray, list[int], list[str] | None]:
     try:
         # utf-8-sig drops a byte-order mark that spreadsheet exports like to prepend.
         with path.open(newline="", encoding="utf-8-sig") as fh:
-            reader = csv.reader(fh)
+            # A comment line ('#' first, as numpy.savetxt's header) is read as a blank line:
+            # skipped before the CSV parser sees a quote in it, and the line numbers still hold.
+            reader = csv.reader("\n" if ln.lstrip().startswith("#") else ln for ln in fh)
             for fields in reader:
                 line = reader.line_num
                 if not fields or all(not f.strip() for f in fields):
@@ -202,7 +204,9 @@ def load_array(
 
     ``.npy`` files are read with ``numpy.load(..., allow_pickle=False)`` and must hold a 2-D
     real array. ``.csv`` files are comma separated, one sample per line; a first row whose
-    fields are all non-numeric is taken as a header and skipped, blank lines are ignored.
+    fields are all non-numeric is taken as a header and skipped, blank lines and comment lines
+    (their first character other than spaces is ``#``, as ``numpy.loadtxt`` skips them) are
+    ignored.
 
     Args:
         path: the ``.npy`` or ``.csv`` file.
