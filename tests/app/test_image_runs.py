@@ -278,6 +278,18 @@ def test_score_takes_images_or_their_flattened_rows_and_says_so(trained, tmp_pat
     assert f"{forms}, got shape (120, 80)" in message and "floats in" not in message
 
 
+def test_score_refuses_a_boolean_array_with_the_forms_it_takes(trained, tmp_path):
+    """``np.save(path, x > 0.5)`` was scored as the levels 0 and 1, two of the darkest."""
+    x = trained.data.test_x[:5].numpy() / (trained.data.n_levels - 1)
+    np.save(tmp_path / "mask.npy", x > 0.5)
+    message = _score_error(trained, tmp_path / "mask.npy")
+    assert "a boolean array is not images; save integer levels 0..16 or floats in [0, 1]" in (
+        message
+    )
+    np.save(tmp_path / "as_float.npy", (x > 0.5).astype(float))  # as the message says
+    assert np.isfinite(_log_prob(trained, tmp_path / "as_float.npy")).all()
+
+
 def test_score_reads_image_csvs_as_the_npy_rules_say(trained, tmp_path):
     """Try-out F8 (4): image runs took only a .npy. A .csv of flattened rows is read by the
     .npy rules, its "dtype" the way it is written: whole numbers are integer levels, anything

@@ -331,13 +331,18 @@ def _read_points(task: DensityTask | HybridTask, path: Path) -> torch.Tensor:
     if path.suffix.lower() != ".npy" or not path.is_file():
         raise DataError(f"{path}: image runs score a .npy array or a .csv of images, {forms}")
     arr = read_npy(path)
+    top = (task.data.n_levels or 256) - 1
+    if arr.dtype.kind == "b":  # np.save(path, x > 0.5) was scored as the levels 0 and 1
+        raise DataError(
+            f"{path}: a boolean array is not images; save integer levels 0..{top} or floats in "
+            f"[0, 1] (x.astype(float) reads True as 1.0, the level {top})"
+        )
     if arr.dtype.kind not in "biuf":
-        top = (task.data.n_levels or 256) - 1
         raise DataError(
             f"{path}: images must be integer levels (e.g. uint8 0..{top}) or floats in [0, 1] "
             f"as `iresnet sample` writes them, got {arr.dtype}"
         )
-    return _image_points(task, arr, path, arr.dtype.kind in "biu", f"shape {arr.shape}")
+    return _image_points(task, arr, path, arr.dtype.kind in "iu", f"shape {arr.shape}")
 
 
 def score_file(
@@ -363,8 +368,9 @@ def score_file(
             a conditional one; ``repeats`` below 2 for a stochastic estimate (below 1 for an
             exact one, which is evaluated once whatever ``repeats`` says).
         DataError: a malformed or empty file, a wrong number of columns or shape (checked
-            before the values), out-of-range image levels or floats outside ``[0, 1]``, NaN/Inf,
-            or context rows that do not pair with the points.
+            before the values), out-of-range image levels or floats outside ``[0, 1]``, a
+            boolean array of images (neither levels nor floats), NaN/Inf, or context rows
+            that do not pair with the points.
     """
     task = _density_task(task, "score")
     table = _sample_file_columns(task, data_path)
