@@ -344,3 +344,20 @@ def test_a_hybrid_sweep_scores_as_evaluate_does(tmp_path, capsys):
     assert main(["evaluate", rows[0]["run_dir"], "--json", "--n-inverse", "4"]) == 0
     ev = json.loads(capsys.readouterr().out)
     assert ev["test_error"] == rows[0]["test_error"] and ev["test_bpd"] == rows[0]["test_bpd"]
+
+
+def test_a_quick_evaluation_reconstructs_no_more_than_it_tests():
+    """``evaluate --n-test 10`` of a classifier reconstructed every test image (n_inverse 512
+    regardless); by default the inverse check now takes at most the points tested, as a
+    density run's now does too (it was capped only at the test set), and an explicit
+    ``n_inverse`` is kept."""
+    cfg = tiny()
+    data = load_data(cfg.data)
+    task = make_task(cfg, data, torch.device("cpu"))
+    model = build_model(cfg, data).eval()
+    assert task.full_evaluation(model, n_test=10)["n_inverse"] == 10
+    assert task.full_evaluation(model, n_test=10, n_inverse=12)["n_inverse"] == 12
+    toy = get_preset("toy-8gaussians").override(["model.n_blocks=1", "data.n_test=64"])
+    toy_data = load_data(toy.data)
+    density = make_task(toy, toy_data, torch.device("cpu"))
+    assert density.full_evaluation(build_model(toy, toy_data), n_test=10)["n_inverse"] == 10

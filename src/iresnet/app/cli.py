@@ -203,7 +203,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object (for scripts)")
     p.add_argument("--device", default=None, help="evaluate on this device instead of the run's")
     p.add_argument(
-        "--n-inverse", type=int, default=512, help="test points reconstructed through the inverse"
+        "--n-inverse",
+        type=int,
+        default=None,
+        help="test points reconstructed through the inverse (default: 512, at most --n-test)",
     )
     p.add_argument(
         "--n-test",
@@ -727,7 +730,7 @@ def _fmt(v: Any) -> str:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    if args.n_inverse < 1:
+    if args.n_inverse is not None and args.n_inverse < 1:
         raise ConfigError(f"--n-inverse must be >= 1, got {args.n_inverse}")
     if args.n_test is not None and args.n_test < 2:
         raise ConfigError(f"--n-test must be >= 2 (a standard error needs two), got {args.n_test}")

@@ -28,9 +28,22 @@ __all__ = [
     "MAX_SURE_TERMS",
     "after_dequantize",
     "continuous_part",
+    "inverse_count",
     "inverse_summary",
     "mean_se",
 ]
+
+#: Test points an evaluation reconstructs through the inverse unless told.
+N_INVERSE = 512
+
+
+def inverse_count(n_inverse: int | None, n_test: int | None) -> int:
+    """The test points an evaluation reconstructs: ``n_inverse`` when given, else
+    ``N_INVERSE`` (512), at most the ``n_test`` points it evaluates (a quick ``--n-test 10``
+    reconstructed hundreds)."""
+    if n_inverse is not None:
+        return n_inverse
+    return N_INVERSE if n_test is None else min(N_INVERSE, n_test)
 
 
 def mean_se(values: Tensor) -> tuple[float, float]:
@@ -250,13 +263,14 @@ class Task:
         self,
         model: nn.Module,
         *,
-        n_inverse: int = 512,
+        n_inverse: int | None = None,
         exact_max_dim: int = 64,
         roulette_exact: int = 20,
         n_test: int | None = None,
     ) -> dict[str, Any]:
         """Everything ``iresnet evaluate`` reports, on the first ``n_test`` test points (all by
-        default) and ``n_inverse`` reconstructions; log-likelihoods with the exact log-det up to
+        default) and ``n_inverse`` reconstructions (see ``inverse_count``: by default 512, at
+        most ``n_test``); log-likelihoods with the exact log-det up to
         ``exact_max_dim`` dimensions, else the roulette with ``roulette_exact`` fixed terms."""
         raise NotImplementedError
 

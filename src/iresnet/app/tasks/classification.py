@@ -33,6 +33,7 @@ from .base import (
     after_dequantize,
     continuous_part,
     evaluating,
+    inverse_count,
     inverse_summary,
     mean_se,
     scoring_estimator,
@@ -168,7 +169,7 @@ class ClassificationTask(Task):
         self,
         model: nn.Module,
         *,
-        n_inverse: int = 512,
+        n_inverse: int | None = None,
         exact_max_dim: int = 64,
         roulette_exact: int = 20,
         n_test: int | None = None,
@@ -178,8 +179,9 @@ class ClassificationTask(Task):
         feature inverse check.
 
         ``feature_inverse_max_error = max |x - F^{-1}(F(x))|`` over the first ``n_inverse`` test
-        images (in network-input units: ``[0, 1]``); for the unconstrained model a ``note``
-        says that no inverse is guaranteed. Never raises on a failed inverse.
+        images (by default 512, at most ``n_test``: see ``inverse_count``), in network-input
+        units (``[0, 1]``); for the unconstrained model a ``note`` says that no inverse is
+        guaranteed. Never raises on a failed inverse.
         """
         n = int(self.data.test_x.shape[0])
         out: dict[str, Any] = {"n_test": n if n_test is None else min(n, n_test)}
@@ -195,7 +197,7 @@ class ClassificationTask(Task):
         out["coeff"] = self.cfg.model.coeff if self.cfg.model.constrained else None
         out["invertible"] = cert.invertible
         out["max_lipschitz"] = cert.max_bound
-        out.update(self.feature_inverse_check(model, n_inverse))
+        out.update(self.feature_inverse_check(model, inverse_count(n_inverse, n_test)))
         if not self.cfg.model.constrained:
             out["note"] = VANILLA_NOTE + (VANILLA_DENSITY_NOTE if self.has_density else "")
         out["certificate"] = cert.to_dict()

@@ -38,6 +38,7 @@ from .base import (
     categorical_bits_per_dim,
     continuous_part,
     evaluating,
+    inverse_count,
     inverse_summary,
     mean_se,
     scoring_estimator,
@@ -134,7 +135,7 @@ class DensityTask(Task):
         self,
         model: nn.Module,
         *,
-        n_inverse: int = 512,
+        n_inverse: int | None = None,
         exact_max_dim: int = 64,
         roulette_exact: int = 20,
         n_test: int | None = None,
@@ -206,7 +207,7 @@ class DensityTask(Task):
             # H(p), Monte Carlo over the same test draws (as for the conditional toys), so that
             # test_nll - true_entropy = entropy_gap whatever --n-test keeps.
             out["true_entropy"], out["true_entropy_se"] = mean_se(-truth)
-        out.update(self.inverse_check(model, n_inverse))
+        out.update(self.inverse_check(model, inverse_count(n_inverse, n_test)))
         out["invertible"] = cert.invertible
         out["max_lipschitz"] = cert.max_bound
         out["certificate"] = cert.to_dict()
@@ -258,6 +259,7 @@ class DensityTask(Task):
         """``max |x - f^{-1}(f(x))|`` over ``n`` test points (see ``reconstruct``)."""
         x, rec, diagnostics = self.reconstruct(model, n)
         return {
+            "n_inverse": int(x.shape[0]),
             "inverse_max_error": float((rec - x.to(rec.dtype)).abs().max()),
             **inverse_summary(diagnostics),
         }
