@@ -376,3 +376,24 @@ def test_max_dim_must_be_a_positive_integer(tmp_path: Path, max_dim) -> None:
     np.save(tmp_path / "x.npy", np.zeros((3, 2)))
     with pytest.raises(ValueError, match="max_dim must be a positive integer"):
         load_array(tmp_path / "x.npy", max_dim=max_dim)
+
+
+def test_a_constant_context_column_is_named_once_when_the_run_starts(tmp_path: Path) -> None:
+    """A constant data column is refused by name; a constant context column was accepted
+    silently (std set to 1). It is harmless (no unbounded likelihood), only useless: a warning
+    names it when the contexts are first fitted, not on every evaluation."""
+    import warnings
+
+    from iresnet.datasets import load_dataset
+
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "x.npy", rng.normal(size=(100, 2)))
+    np.save(tmp_path / "c.npy", np.c_[rng.normal(size=100), np.full(100, 3.0)])
+    args = {"path": str(tmp_path / "x.npy"), "context_path": str(tmp_path / "c.npy")}
+    with pytest.warns(UserWarning, match=r"c.npy: context column 2 is constant \(every value is 3"):
+        bundle = load_dataset("array", **args)
+    assert bundle.context_standardizer is not None
+    assert bundle.context_standardizer.std[1] == 1.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a resumed or evaluated run: said once, at the start
+        load_dataset("array", **args, context_standardizer=bundle.context_standardizer)

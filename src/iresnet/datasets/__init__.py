@@ -27,6 +27,7 @@ from .arrays import (
     Standardizer,
     check_range,
     check_spread,
+    constant_columns,
     discrete_columns,
     load_array,
     split_array,
@@ -143,6 +144,24 @@ class DataBundle:
         See [`true_entropy`][iresnet.datasets.toy.true_entropy]; None without a closed form.
         """
         return true_entropy(self.name) if self.true_log_density is not None else None
+
+
+def _note_constant_contexts(train_c: np.ndarray, ctx: np.ndarray, source: str) -> None:
+    """Warn of context columns without spread. Unlike a constant data column (refused: the
+    likelihood grows without bound), a constant context is harmless, only useless: the flow
+    is conditioned on a constant and learns nothing of how the column acts."""
+    flat = constant_columns(train_c)
+    if flat.size:
+        j = int(flat[0])
+        also = f" (and {flat.size - 1} more)" if flat.size > 1 else ""
+        where = "" if j in constant_columns(ctx) else " in the training split"
+        warnings.warn(
+            f"{source}: context column {j + 1} is constant{where} (every value is "
+            f"{train_c[0, j]:g}){also}: the model learns nothing of it, and samples or scores at "
+            "other values of it are guesses; drop the column unless it varies in your data",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def check_dataset_options(
@@ -329,6 +348,8 @@ def load_dataset(
                 )
             check_range(ctx, context_path)
             train_c, test_c = split_array(ctx, test_fraction, seed)  # the same permutation
+            if context_standardizer is None:  # said once, when the run starts
+                _note_constant_contexts(train_c, ctx, context_path)
             cstd = context_standardizer or Standardizer.fit(train_c)
             if cstd.dim != ctx.shape[1]:
                 raise DataError(

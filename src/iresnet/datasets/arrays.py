@@ -29,6 +29,7 @@ __all__ = [
     "split_array",
     "check_range",
     "check_spread",
+    "constant_columns",
     "discrete_columns",
     "Standardizer",
 ]
@@ -309,6 +310,13 @@ def load_array(
     return array
 
 
+def constant_columns(x: np.ndarray) -> np.ndarray:
+    """The 0-based indices of the columns of ``x`` ``(N, d)`` whose values are all equal (up
+    to rounding: ``std <= 1e-12 |mean|``), those ``Standardizer.fit`` gives std 1."""
+    mean, std = x.mean(axis=0), x.std(axis=0)
+    return np.flatnonzero(std <= 1e-12 * np.abs(mean))
+
+
 def check_spread(x: np.ndarray, source: str = "data") -> None:
     """Refuse columns without spread: a density has nothing to fit there and its likelihood
     grows without bound as it narrows (all-identical rows train to ever lower NLL).
@@ -327,8 +335,7 @@ def check_spread(x: np.ndarray, source: str = "data") -> None:
         ...
         iresnet.errors.DataError: x.csv: column 2 is constant (every value is 1): ...
     """
-    mean, std = x.mean(axis=0), x.std(axis=0)
-    flat = np.flatnonzero(std <= 1e-12 * np.abs(mean))
+    flat = constant_columns(x)
     if flat.size:
         j = int(flat[0])
         also = f" (and {flat.size - 1} more)" if flat.size > 1 else ""
