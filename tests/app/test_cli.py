@@ -845,6 +845,10 @@ def test_resuming_a_run_killed_while_drawing_its_figures_draws_the_missing_ones(
     assert_figures_named(out_dir)
     code, _, err = run(capsys, "train", "--resume", str(out_dir))  # all there: as before
     assert code == 2 and "already finished (2 of 2 steps): extend it" in err
+    (out_dir / "figure.png").unlink()
+    (out_dir / "data.json").unlink()  # what the pictures are cannot be told: as before
+    code, _, err = run(capsys, "train", "--resume", str(out_dir))
+    assert code == 2 and "already finished (2 of 2 steps): extend it" in err
 
 
 def test_sample_refuses_more_values_than_one_call_draws(capsys, tmp_path):

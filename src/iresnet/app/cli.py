@@ -552,7 +552,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
             raise CheckpointError(run.nothing_to_resume())
         if args.steps is None and done >= cfg.train.steps and run.weights_path.is_file():
             finished = f"{run.path} already finished ({done} of {cfg.train.steps} steps)"
-            missing = missing_figures(run.path)
+            try:
+                missing = _quietly(missing_figures, run.path)
+            except IResNetError:  # e.g. no data.json, a device not here: cannot tell, as before
+                missing = []
             if not missing:
                 raise ConfigError(
                     f"{finished}: extend it with --resume {run.path} --steps N (N > {done}), "
