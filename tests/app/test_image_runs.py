@@ -206,9 +206,11 @@ def test_image_presets_build_the_families():
         # the 28x28 CPU presets learn Glow's prior (measured: docs/benchmarks.md)
         learned = shape == (1, 28, 28)
         assert isinstance(flow.base, iresnet.DiagonalNormal) == learned, name
-        # and the logit margin of Residual Flows' MNIST runs (-0.38 bits/dim at 450 CPU s);
-        # digits and CIFAR-10 keep 0.05 (not measured there)
-        assert cfg.data.logit_alpha == (1e-6 if learned else 0.05), name
+        # and the logit margin of Residual Flows' MNIST runs (-0.38 bits/dim at 450 CPU s;
+        # on digits -0.05 at 600 CPU s); the conditional digits and CIFAR-10 keep 0.05 (not
+        # measured there)
+        fine = learned or name == "digits"
+        assert cfg.data.logit_alpha == (1e-6 if fine else 0.05), name
         logit = next(m for m in flow.transform if isinstance(m, iresnet.Logit))
         assert logit.alpha == cfg.data.logit_alpha, name
 
