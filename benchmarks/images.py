@@ -19,7 +19,8 @@ For each data set (``digits`` 8x8 with 17 levels, ``fashion-mnist`` 1x28x28 with
   split per level, learned Gaussian priors), two levels of 8 blocks with 64 hidden channels.
   Both peers see the same data and preprocessing as ours (the library's ``Dequantize`` and
   ``Logit`` transforms: uniform dequantisation ``u = (x + U)/K`` and the preset's logit map,
-  each with its log-det), the same batch size, Adam lr 1e-3 with a 100-step warm-up and the
+  each with its log-det; the ``data.*`` part of ``--ours-override`` reaches them too), the
+  same batch size, Adam lr 1e-3 with a 100-step warm-up and the
   same cosine-to-zero shape over the budget, gradient norm clipped at 10, non-finite losses
   skipped. Exact test log-density.
 
@@ -40,6 +41,10 @@ budget. With variational dequantisation the reported bits/dim are the negative E
 bound of the code length); the same model's uniform-dequantisation bound is measured beside it
 on the same test images. The per-pixel categorical model (independent 256-way histograms of
 the training images, exact) is the floor any image model must clear.
+
+The samples each model draws are shown side by side (``<name>.png``); to judge them by a
+classifier rather than by eye, give the work dir's model folders to
+``benchmarks/sample_quality.py``.
 
 Run: ``.venv/bin/python benchmarks/images.py`` (digits 10 CPU-minutes, Fashion-MNIST 60
 CPU-minutes per model, plus evaluation); ``--datasets digits --budget digits=600`` for one;
