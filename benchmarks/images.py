@@ -73,7 +73,7 @@ from torch import Tensor
 from iresnet import ComposedTransform, Dequantize, Logit
 from iresnet.app.batches import EpochBatches
 from iresnet.app.builder import load_data
-from iresnet.app.config import Config
+from iresnet.app.config import Config, key_section
 from iresnet.app.files import atomic_write
 from iresnet.app.plots import plot_image_grid
 from iresnet.app.presets import get_preset
@@ -162,9 +162,10 @@ def preset_config(dataset: str, data_dir: str | None, seed: int) -> Config:
 
 
 def data_overrides(ours_override: list[str]) -> list[str]:
-    """The ``data.*`` part of ``--ours-override``: the peers train with it too, so that every
-    model sees the same preprocessing (a logit margin given to ours alone once favoured ours)."""
-    return [o for o in ours_override if o.strip().startswith("data.")]
+    """The data part of ``--ours-override`` (``data.logit_alpha=...`` or the short
+    ``logit_alpha=...``): the peers train with it too, so that every model sees the same
+    preprocessing (a logit margin given to ours alone once favoured ours)."""
+    return [o for o in ours_override if key_section(o.partition("=")[0].strip()) == "data"]
 
 
 #: Data settings that say where the files are, not what the models see.
@@ -448,23 +449,45 @@ def check_budget(result: dict[str, Any], budget: float, folder: Path) -> None:
         )
 
 
-def check_spec(spec: dict[str, Any], folder: Path, resume: bool) -> None:
-    """Keep a model's settings beside its run, and refuse to resume one started with others."""
+def spec_problem(spec: dict[str, Any], folder: Path, resume: bool) -> str | None:
+    """One line when a model's folder cannot take ``spec``: a fresh run into a folder that
+    holds one (it would overwrite its settings and crash on its run), or a resume with other
+    settings than it was started with; else None."""
     saved = folder / "spec.json"
-    mine = {k: v for k, v in spec.items() if k != "resume"}
-    if resume and saved.exists():
-        before = json.loads(saved.read_text())
-        # The folder may have moved with its work dir: where it is now is not a setting.
-        diff = sorted(
-            k for k in before.keys() | mine.keys() if k != "out" and before.get(k) != mine.get(k)
+    if not saved.exists():
+        return None
+    if not resume:
+        return (
+            f"{folder} already holds a model of an earlier run: add --resume to continue it "
+            "(with the same flags), or use another --work-dir"
         )
-        if diff:
-            raise SystemExit(
-                f"--resume: {folder} was started with other settings ({', '.join(diff)}); "
-                "rerun with the first command's flags or use another --work-dir"
-            )
+    before = json.loads(saved.read_text())
+    mine = {k: v for k, v in spec.items() if k != "resume"}
+    # The folder may have moved with its work dir: where it is now is not a setting.
+    diff = sorted(
+        k for k in before.keys() | mine.keys() if k != "out" and before.get(k) != mine.get(k)
+    )
+    if diff:
+        return (
+            f"--resume: {folder} was started with other settings ({', '.join(diff)}); "
+            "rerun with the first command's flags or use another --work-dir"
+        )
+    return None
+
+
+def write_spec(spec: dict[str, Any], folder: Path) -> None:
+    """Keep a model's settings beside its run (``spec.json``)."""
     folder.mkdir(parents=True, exist_ok=True)
-    atomic_write(saved, json.dumps(mine, sort_keys=True))
+    mine = {k: v for k, v in spec.items() if k != "resume"}
+    atomic_write(folder / "spec.json", json.dumps(mine, sort_keys=True))
+
+
+def check_spec(spec: dict[str, Any], folder: Path, resume: bool) -> None:
+    """Refuse what :func:`spec_problem` finds (``SystemExit``), else write the spec."""
+    problem = spec_problem(spec, folder, resume)
+    if problem:
+        raise SystemExit(problem)
+    write_spec(spec, folder)
 
 
 def prior_run(work_dir: Path, dataset: str) -> Path:
@@ -531,7 +554,13 @@ def run_models(dataset: str, budget: float, args: argparse.Namespace, work: Path
             "n_test": args.n_test,
             "resume": args.resume,
         }
-        check_spec(spec, out, args.resume)
+    # Every folder checked before any is written: a refusal leaves the work dir as it was.
+    for spec, out in jobs.values():
+        problem = spec_problem(spec, out, args.resume)
+        if problem:
+            raise SystemExit(problem)
+    for spec, out in jobs.values():
+        write_spec(spec, out)
     if args.resume:  # models that finished in an earlier process are read back, not rerun
         for label, (spec, out) in list(jobs.items()):
             if (out / f"{spec['who']}.json").exists():

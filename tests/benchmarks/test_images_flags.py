@@ -109,6 +109,8 @@ def test_the_peers_train_with_the_data_settings_given_to_ours():
     assert data_overrides(["train.compile=true", "data.logit_alpha=0.01"]) == [
         "data.logit_alpha=0.01"
     ]
+    # the short form the config takes reached ours but not the peers
+    assert data_overrides(["logit_alpha=0.01", "hidden=8"]) == ["logit_alpha=0.01"]
     args = argparse.Namespace(data_dir=None, seed=0, ours_override=["data.logit_alpha=0.01"])
     cfg = peer_config("digits", args)
     assert cfg.data.logit_alpha == 0.01
@@ -122,3 +124,20 @@ def test_the_peers_train_with_the_data_settings_given_to_ours():
     other = {"config": {"data": cfg.to_dict()["data"] | {"logit_alpha": 0.05}}}
     problem = preprocessing_problem(other, cfg, Path("w"))
     assert problem is not None and "data.logit_alpha=0.05 there, 0.01 here" in problem
+
+
+def test_a_fresh_run_into_a_work_dir_that_holds_one_is_refused_before_writing(tmp_path):
+    """Rerun without --resume into the same --work-dir: the spec.json files were rewritten
+    with the new settings before the worker crashed on the old run, and a later --resume then
+    reported the old numbers under the new settings."""
+    from images import check_spec, spec_problem
+
+    spec = {"who": "glow", "dataset": "digits", "out": str(tmp_path / "g"), "seed": 0}
+    check_spec(spec, tmp_path / "g", resume=False)
+    before = (tmp_path / "g" / "spec.json").read_text()
+    problem = spec_problem(spec | {"seed": 1}, tmp_path / "g", resume=False)
+    assert problem is not None and "--resume" in problem and "another --work-dir" in problem
+    with pytest.raises(SystemExit):
+        check_spec(spec | {"seed": 1}, tmp_path / "g", resume=False)
+    assert (tmp_path / "g" / "spec.json").read_text() == before  # nothing rewritten
+    assert spec_problem(spec, tmp_path / "g", resume=True) is None

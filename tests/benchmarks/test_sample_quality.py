@@ -121,3 +121,31 @@ def test_failed_samples_count_as_not_confident():
     with_failed = judge.judge(bright[20:40], reference, subsets=2, failed=20)
     assert with_failed["confident"] == 0.5 and with_failed["n"] == 40
     assert with_failed["non_finite"] == 20 and with_failed["kid"] == alone["kid"]
+
+
+def test_a_model_whose_every_draw_overflowed_gets_nan_not_a_traceback():
+    from sample_quality import Judge
+
+    torch.manual_seed(0)
+    x = torch.randint(0, 16, (40, 1, 2, 2))
+    judge = Judge(x, torch.arange(40) % 2, levels=16, seed=0, epochs=1)
+    r = judge.judge(x[:0], judge.features(x[:20]), subsets=2, failed=30)
+    assert math.isnan(r["kid"]) and math.isnan(r["confident"])
+    assert r["n"] == 30 and r["non_finite"] == 30
+
+
+@pytest.mark.parametrize(
+    "flags, says", [(["--subsets", "1"], "--subsets"), (["--epochs", "0"], "--epochs")]
+)
+def test_flags_that_cannot_give_a_number_are_refused_first(flags, says):
+    import subprocess
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "sample_quality.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--runs", "a=nowhere", *flags],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2 and says in done.stderr
+    assert "Traceback" not in done.stderr

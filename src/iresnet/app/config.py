@@ -21,7 +21,7 @@ from ..datasets.conditional import CONDITIONAL_TOYS
 from ..errors import ConfigError, DataError
 from .distributed import parse_device
 
-__all__ = ["ModelConfig", "DataConfig", "TrainConfig", "Config", "SECTIONS"]
+__all__ = ["ModelConfig", "DataConfig", "TrainConfig", "Config", "SECTIONS", "key_section"]
 
 MODEL_KINDS = ("toy", "iresnet-image", "resflow-image", "classifier", "hybrid")
 LOGDETS = ("exact", "series", "roulette", "roulette-auto", "stratified", "stratified-auto")
@@ -659,6 +659,16 @@ def repeated_keys(assignments: list[str]) -> list[str]:
         for where, values in given.items()
         if len(set(values)) > 1
     ]
+
+
+def key_section(key: str) -> str:
+    """The section (``model``, ``data``, ``train``) of a config key, written in full
+    (``data.logit_alpha``) or short (``logit_alpha``).
+
+    Raises:
+        ConfigError: an unknown or ambiguous key.
+    """
+    return _resolve_key(key)[0]
 
 
 def _resolve_key(key: str) -> tuple[str, str]:
