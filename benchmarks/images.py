@@ -187,6 +187,26 @@ def preprocessing_problem(reused: dict[str, Any], cfg: Config, prior: Path) -> s
     )
 
 
+def reuse_problem(reused: dict[str, Any], cfg: Config, prior: Path) -> str | None:
+    """One line when the run reused by ``--ours-from`` has other model or data settings
+    (paths aside) than ``--ours-override`` asks of ours (``cfg``): the overrides cannot reach
+    a model that is not trained again, and the report would show them beside its numbers."""
+    now, then = cfg.to_dict(), reused.get("config", {})
+    diff = sorted(
+        f"{section}.{k}"
+        for section in ("model", "data")
+        for k, v in now[section].items()
+        if not (section == "data" and k in _DATA_PATHS) and then.get(section, {}).get(k) != v
+    )
+    if not diff:
+        return None
+    shown = ", ".join(diff[:4]) + (f" and {len(diff) - 4} more" if len(diff) > 4 else "")
+    return (
+        f"--ours-from {prior}: its run has other settings than --ours-override asks ({shown}); "
+        "an override cannot reach a reused run: give its settings, or leave out --ours-from"
+    )
+
+
 # --------------------------------------------------------------------------------------------
 # The peers
 # --------------------------------------------------------------------------------------------
@@ -737,8 +757,9 @@ def main() -> None:
         type=Path,
         default=None,
         metavar="WORK_DIR",
-        help="reuse the preset's finished run from an earlier --work-dir (same budget; a plain "
-        "run's ours/ or a --variants run's residual-flow/)",
+        help="reuse the preset's finished run from an earlier --work-dir (same budget, and the "
+        "model and data settings --ours-override gives; a plain run's ours/ or a --variants "
+        "run's residual-flow/)",
     )
     ap.add_argument(
         "--ours-override",
@@ -787,8 +808,10 @@ def main() -> None:
             if REFERENCE in our_models(ds, args):
                 prior = prior_run(args.ours_from, ds)
                 reused = json.loads((prior / "ours.json").read_text())
-                problem = preprocessing_problem(reused, peer_config(ds, args), prior)
-                if problem and args.peers:
+                ours_cfg = preset_config(ds, args.data_dir, args.seed)
+                problem = reuse_problem(reused, ours_cfg.override(args.ours_override), prior)
+                problem = problem or preprocessing_problem(reused, peer_config(ds, args), prior)
+                if problem:
                     ap.error(problem)
     for ds in args.datasets:
         ours = our_models(ds, args)

@@ -126,6 +126,20 @@ def test_the_peers_train_with_the_data_settings_given_to_ours():
     assert problem is not None and "data.logit_alpha=0.05 there, 0.01 here" in problem
 
 
+def test_ours_from_refuses_overrides_that_cannot_reach_the_reused_run():
+    """`--ours-from W --peers --ours-override data.logit_alpha=0.05` exited 0 and reported the
+    reused 1e-6 run under the 0.05 override."""
+    from images import preset_config, reuse_problem
+
+    base = preset_config("digits", None, 0)
+    reused = {"config": base.to_dict()}
+    assert reuse_problem(reused, base, Path("w")) is None
+    asked = base.override(["data.logit_alpha=0.01", "model.coeff=0.9"])
+    problem = reuse_problem(reused, asked, Path("w"))
+    assert problem is not None and "data.logit_alpha" in problem and "model.coeff" in problem
+    assert reuse_problem(reused, base.override(["train.compile=true"]), Path("w")) is None
+
+
 def test_a_fresh_run_into_a_work_dir_that_holds_one_is_refused_before_writing(tmp_path):
     """Rerun without --resume into the same --work-dir: the spec.json files were rewritten
     with the new settings before the worker crashed on the old run, and a later --resume then
