@@ -172,35 +172,21 @@ def data_overrides(ours_override: list[str]) -> list[str]:
 _DATA_PATHS = ("data_dir", "path", "context_path")
 
 
-def preprocessing_problem(reused: dict[str, Any], cfg: Config, prior: Path) -> str | None:
-    """One line when a run reused by ``--ours-from`` saw other data settings (the logit
-    margin, say) than the peers trained now would, or None."""
-    now = cfg.to_dict()["data"]
-    then = reused.get("config", {}).get("data", {})
-    diff = sorted(k for k in now if k not in _DATA_PATHS and then.get(k) != now[k])
-    if not diff:
-        return None
-    shown = ", ".join(f"data.{k}={then.get(k)} there, {now[k]} here" for k in diff)
-    return (
-        f"--ours-from {prior}: its run saw other data settings than the peers would ({shown}); "
-        "give the same ones with --ours-override, or leave out --ours-from"
-    )
-
-
 def reuse_problem(reused: dict[str, Any], cfg: Config, prior: Path) -> str | None:
     """One line when the run reused by ``--ours-from`` has other model or data settings
-    (paths aside) than ``--ours-override`` asks of ours (``cfg``): the overrides cannot reach
-    a model that is not trained again, and the report would show them beside its numbers."""
+    (paths aside) than ``--ours-override`` asks of ours (``cfg``), or None. The overrides
+    cannot reach a model that is not trained again, and its data settings are the peers' too
+    (:func:`data_overrides`): a margin that differs would compare unequal preprocessing."""
     now, then = cfg.to_dict(), reused.get("config", {})
     diff = sorted(
-        f"{section}.{k}"
+        f"{section}.{k}={then.get(section, {}).get(k)} there, {v} here"
         for section in ("model", "data")
         for k, v in now[section].items()
         if not (section == "data" and k in _DATA_PATHS) and then.get(section, {}).get(k) != v
     )
     if not diff:
         return None
-    shown = ", ".join(diff[:4]) + (f" and {len(diff) - 4} more" if len(diff) > 4 else "")
+    shown = "; ".join(diff[:4]) + (f"; and {len(diff) - 4} more" if len(diff) > 4 else "")
     return (
         f"--ours-from {prior}: its run has other settings than --ours-override asks ({shown}); "
         "an override cannot reach a reused run: give its settings, or leave out --ours-from"
@@ -502,14 +488,6 @@ def write_spec(spec: dict[str, Any], folder: Path) -> None:
     atomic_write(folder / "spec.json", json.dumps(mine, sort_keys=True))
 
 
-def check_spec(spec: dict[str, Any], folder: Path, resume: bool) -> None:
-    """Refuse what :func:`spec_problem` finds (``SystemExit``), else write the spec."""
-    problem = spec_problem(spec, folder, resume)
-    if problem:
-        raise SystemExit(problem)
-    write_spec(spec, folder)
-
-
 def prior_run(work_dir: Path, dataset: str) -> Path:
     """The finished run of the preset in an earlier ``--work-dir`` (a plain run keeps it in
     ``ours/``, a ``--variants`` run in ``residual-flow/``), for ``--ours-from``.
@@ -524,12 +502,6 @@ def prior_run(work_dir: Path, dataset: str) -> Path:
         f"{work_dir / dataset / 'ours'} or {work_dir / dataset / _slug(REFERENCE)}; give the "
         "--work-dir of a run that finished, or leave out --ours-from to train it"
     )
-
-
-def peer_config(dataset: str, args: argparse.Namespace) -> Config:
-    """The config the peers train with: the preset's, with the ``data.*`` overrides."""
-    base = preset_config(dataset, args.data_dir, args.seed)
-    return base.override(data_overrides(args.ours_override))
 
 
 def our_models(dataset: str, args: argparse.Namespace) -> dict[str, list[str]]:
@@ -551,10 +523,7 @@ def run_models(dataset: str, budget: float, args: argparse.Namespace, work: Path
             results[label]["reused_from"] = str(prior)
             if results[label]["config"]["train"]["max_cpu_seconds"] != budget:
                 raise SystemExit(f"--ours-from {prior}: its budget differs from {budget} CPU s")
-            problem = preprocessing_problem(results[label], peer_config(dataset, args), prior)
-            if problem and args.peers:
-                raise SystemExit(problem)
-            continue
+            continue  # its settings were checked against the overrides before any training
         out = work / dataset / folder
         spec = {
             "who": "ours",
@@ -810,7 +779,6 @@ def main() -> None:
                 reused = json.loads((prior / "ours.json").read_text())
                 ours_cfg = preset_config(ds, args.data_dir, args.seed)
                 problem = reuse_problem(reused, ours_cfg.override(args.ours_override), prior)
-                problem = problem or preprocessing_problem(reused, peer_config(ds, args), prior)
                 if problem:
                     ap.error(problem)
     for ds in args.datasets:

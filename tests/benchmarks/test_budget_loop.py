@@ -102,12 +102,12 @@ def test_sigterm_saves_after_the_step_it_interrupted_and_the_run_resumes(tmp_pat
 
 def test_resume_refuses_other_settings_but_not_a_moved_folder(tmp_path):
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-    from images import check_spec
+    from images import spec_problem, write_spec
 
     spec = {"who": "glow", "budget": 60.0, "n_test": 50, "out": str(tmp_path / "a"), "resume": 0}
-    check_spec(spec, tmp_path / "a", resume=False)
+    write_spec(spec, tmp_path / "a")
     moved = tmp_path / "b"
     (tmp_path / "a").rename(moved)
-    check_spec(spec | {"out": str(moved), "resume": 1}, moved, resume=True)  # same settings
-    with pytest.raises(SystemExit, match=r"started with other settings \(n_test\)"):
-        check_spec(spec | {"out": str(moved), "n_test": 40}, moved, resume=True)
+    assert spec_problem(spec | {"out": str(moved), "resume": 1}, moved, resume=True) is None
+    problem = spec_problem(spec | {"out": str(moved), "n_test": 40}, moved, resume=True)
+    assert problem is not None and "started with other settings (n_test)" in problem

@@ -104,25 +104,23 @@ def test_the_peers_train_with_the_data_settings_given_to_ours():
     a reused run of ours with other data settings is refused."""
     import argparse
 
-    from images import data_overrides, peer_config, peer_spec, preprocessing_problem, spec_config
+    from images import data_overrides, peer_spec, reuse_problem, spec_config
 
     assert data_overrides(["train.compile=true", "data.logit_alpha=0.01"]) == [
         "data.logit_alpha=0.01"
     ]
     # the short form the config takes reached ours but not the peers
     assert data_overrides(["logit_alpha=0.01", "hidden=8"]) == ["logit_alpha=0.01"]
-    args = argparse.Namespace(data_dir=None, seed=0, ours_override=["data.logit_alpha=0.01"])
-    cfg = peer_config("digits", args)
+    args = argparse.Namespace(ours_override=["data.logit_alpha=0.01"], peer_kw=None)
+    spec = peer_spec("glow", args) | {"dataset": "digits", "data_dir": None, "seed": 0}
+    cfg = spec_config(spec)  # what the peer's worker trains with
     assert cfg.data.logit_alpha == 0.01
-    spec = peer_spec("glow", argparse.Namespace(**vars(args), peer_kw=None))
-    spec |= {"dataset": "digits", "data_dir": None, "seed": 0}
-    assert spec_config(spec).data.logit_alpha == 0.01  # what the peer's worker trains with
     plain = argparse.Namespace(data_dir=None, seed=0, ours_override=[], peer_kw=None)
     assert "data_override" not in peer_spec("glow", plain)  # old work dirs' spec.json resume
-    same = {"config": {"data": cfg.to_dict()["data"] | {"data_dir": "/elsewhere"}}}
-    assert preprocessing_problem(same, cfg, Path("w")) is None  # where the files are: no matter
-    other = {"config": {"data": cfg.to_dict()["data"] | {"logit_alpha": 0.05}}}
-    problem = preprocessing_problem(other, cfg, Path("w"))
+    same = {"config": cfg.to_dict() | {"data": cfg.to_dict()["data"] | {"data_dir": "/elsewhere"}}}
+    assert reuse_problem(same, cfg, Path("w")) is None  # where the files are: no matter
+    other = {"config": cfg.to_dict() | {"data": cfg.to_dict()["data"] | {"logit_alpha": 0.05}}}
+    problem = reuse_problem(other, cfg, Path("w"))
     assert problem is not None and "data.logit_alpha=0.05 there, 0.01 here" in problem
 
 
@@ -144,14 +142,11 @@ def test_a_fresh_run_into_a_work_dir_that_holds_one_is_refused_before_writing(tm
     """Rerun without --resume into the same --work-dir: the spec.json files were rewritten
     with the new settings before the worker crashed on the old run, and a later --resume then
     reported the old numbers under the new settings."""
-    from images import check_spec, spec_problem
+    from images import spec_problem, write_spec
 
     spec = {"who": "glow", "dataset": "digits", "out": str(tmp_path / "g"), "seed": 0}
-    check_spec(spec, tmp_path / "g", resume=False)
-    before = (tmp_path / "g" / "spec.json").read_text()
+    assert spec_problem(spec, tmp_path / "g", resume=False) is None  # a fresh folder
+    write_spec(spec, tmp_path / "g")
     problem = spec_problem(spec | {"seed": 1}, tmp_path / "g", resume=False)
     assert problem is not None and "--resume" in problem and "another --work-dir" in problem
-    with pytest.raises(SystemExit):
-        check_spec(spec | {"seed": 1}, tmp_path / "g", resume=False)
-    assert (tmp_path / "g" / "spec.json").read_text() == before  # nothing rewritten
     assert spec_problem(spec, tmp_path / "g", resume=True) is None
