@@ -41,6 +41,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +114,7 @@ class Judge:
     """
 
     def __init__(self, train_x: Tensor, train_y: Tensor, levels: int, seed: int, epochs: int):
+        from sklearn.exceptions import ConvergenceWarning
         from sklearn.neural_network import MLPClassifier
 
         self.levels = levels
@@ -120,7 +122,8 @@ class Judge:
             hidden_layer_sizes=(HIDDEN,), max_iter=epochs, batch_size=256, random_state=seed
         )
         t = time.process_time()
-        with _quiet_convergence():
+        with warnings.catch_warnings():  # a fixed number of epochs "did not converge": by design
+            warnings.simplefilter("ignore", ConvergenceWarning)
             self.mlp.fit(self.pixels(train_x), train_y.numpy())
         self.fit_cpu_seconds = time.process_time() - t
 
@@ -172,20 +175,6 @@ class Judge:
             "n": n,
             "non_finite": failed,
         }
-
-
-class _quiet_convergence:
-    """sklearn warns that a fixed number of epochs did not converge: by design here."""
-
-    def __enter__(self) -> None:
-        import warnings
-
-        self._ctx = warnings.catch_warnings()
-        self._ctx.__enter__()
-        warnings.simplefilter("ignore")
-
-    def __exit__(self, *exc: object) -> None:
-        self._ctx.__exit__(*exc)
 
 
 # ------------------------------------------------------------------------------- the samplers
@@ -316,7 +305,8 @@ def main() -> None:
         ap.error(f"--n-samples {args.n_samples} is too few for {args.subsets} subsets of 2+")
     set_threads(args.threads)
     env = environment()
-    samplers = {label: Sampler(path) for label, path in parse_runs(args.runs).items()}
+    runs = parse_runs(args.runs)
+    samplers = {label: Sampler(path) for label, path in runs.items()}
     datasets = {s.dataset for s in samplers.values()}
     if len(datasets) != 1:
         raise SystemExit(f"--runs mix data sets ({sorted(datasets)}); judge one at a time")
@@ -403,7 +393,7 @@ def main() -> None:
         env,
         {
             "dataset": dataset,
-            "runs": {k: str(v) for k, v in parse_runs(args.runs).items()},
+            "runs": {k: str(v) for k, v in runs.items()},
             "temperatures": args.temperatures,
             "n_samples": n,
             "subsets": args.subsets,
