@@ -73,7 +73,7 @@ from torch import Tensor
 from iresnet import ComposedTransform, Dequantize, Logit
 from iresnet.app.batches import EpochBatches
 from iresnet.app.builder import load_data
-from iresnet.app.config import Config, key_section
+from iresnet.app.config import Config, differing_settings, key_section
 from iresnet.app.files import atomic_write
 from iresnet.app.plots import plot_image_grid
 from iresnet.app.presets import get_preset
@@ -168,22 +168,13 @@ def data_overrides(ours_override: list[str]) -> list[str]:
     return [o for o in ours_override if key_section(o.partition("=")[0].strip()) == "data"]
 
 
-#: Data settings that say where the files are, not what the models see.
-_DATA_PATHS = ("data_dir", "path", "context_path")
-
-
 def reuse_problem(reused: dict[str, Any], cfg: Config, prior: Path) -> str | None:
     """One line when the run reused by ``--ours-from`` has other model or data settings
     (paths aside) than ``--ours-override`` asks of ours (``cfg``), or None. The overrides
     cannot reach a model that is not trained again, and its data settings are the peers' too
     (:func:`data_overrides`): a margin that differs would compare unequal preprocessing."""
-    now, then = cfg.to_dict(), reused.get("config", {})
-    diff = sorted(
-        f"{section}.{k}={then.get(section, {}).get(k)} there, {v} here"
-        for section in ("model", "data")
-        for k, v in now[section].items()
-        if not (section == "data" and k in _DATA_PATHS) and then.get(section, {}).get(k) != v
-    )
+    then = Config.from_dict(reused.get("config", {}))
+    diff = [f"{key}={a} there, {b} here" for key, a, b in differing_settings(then, cfg)]
     if not diff:
         return None
     shown = "; ".join(diff[:4]) + (f"; and {len(diff) - 4} more" if len(diff) > 4 else "")

@@ -213,3 +213,17 @@ def test_a_key_given_twice_with_different_values_is_named():
 def test_an_unknown_key_without_a_near_miss_points_to_the_help():
     with pytest.raises(ConfigError, match=r"'model.bogus' \(see `iresnet train --help`"):
         Config().override(["model.bogus=3"])
+
+
+def test_differing_settings_name_model_and_data_keys_but_not_paths():
+    from iresnet.app.config import differing_settings
+    from iresnet.app.presets import get_preset
+
+    a = get_preset("digits")
+    b = a.override(["model.coeff=0.9", "data.logit_alpha=0.01", "train.lr=0.1"])
+    assert differing_settings(a, b) == [
+        ("model.coeff", a.model.coeff, 0.9),
+        ("data.logit_alpha", a.data.logit_alpha, 0.01),
+    ]  # training settings do not make other weights' settings
+    moved = a.override(["data.data_dir=/elsewhere"])
+    assert differing_settings(a, moved) == []  # where the files lie is not what they are

@@ -21,7 +21,15 @@ from ..datasets.conditional import CONDITIONAL_TOYS
 from ..errors import ConfigError, DataError
 from .distributed import parse_device
 
-__all__ = ["ModelConfig", "DataConfig", "TrainConfig", "Config", "SECTIONS", "key_section"]
+__all__ = [
+    "ModelConfig",
+    "DataConfig",
+    "TrainConfig",
+    "Config",
+    "SECTIONS",
+    "differing_settings",
+    "key_section",
+]
 
 MODEL_KINDS = ("toy", "iresnet-image", "resflow-image", "classifier", "hybrid")
 LOGDETS = ("exact", "series", "roulette", "roulette-auto", "stratified", "stratified-auto")
@@ -659,6 +667,24 @@ def repeated_keys(assignments: list[str]) -> list[str]:
         for where, values in given.items()
         if len(set(values)) > 1
     ]
+
+
+#: Data settings that name where the data lies, not what it is.
+PATH_KEYS = frozenset({"data_dir", "path", "context_path"})
+
+
+def differing_settings(a: Config, b: Config) -> list[tuple[str, Any, Any]]:
+    """``(key, a's value, b's value)`` for every model and data setting in which two configs
+    differ, paths aside (a moved data folder is the same data): what makes weights or numbers
+    of one config not those of the other."""
+    out = []
+    for section in ("model", "data"):
+        sa, sb = getattr(a, section), getattr(b, section)
+        for f in fields(sa):
+            va, vb = getattr(sa, f.name), getattr(sb, f.name)
+            if f.name not in PATH_KEYS and va != vb:
+                out.append((f"{section}.{f.name}", va, vb))
+    return out
 
 
 def key_section(key: str) -> str:

@@ -18,7 +18,7 @@ import os
 import shutil
 import socket
 import warnings
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,7 @@ from .checkpoint import (
     load_weights,
     weights_digest,
 )
-from .config import Config, DataConfig
+from .config import Config, DataConfig, differing_settings
 from .distributed import resolve_device
 from .files import atomic_write
 from .tasks import Task, make_task
@@ -74,10 +74,6 @@ def file_fingerprint(path: str | os.PathLike[str]) -> dict[str, Any]:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return {"path": str(path), "absolute": str(p.resolve()), "sha256": h.hexdigest()}
-
-
-#: Data settings that name where the data lies, not what it is (compared by ``data.json``).
-_PATH_KEYS = frozenset({"data_dir", "path", "context_path"})
 
 
 class Run:
@@ -215,16 +211,13 @@ class Run:
             saved = Config.from_dict(state["config"])
         except (OSError, ValueError, KeyError, TypeError, CheckpointError, ConfigError):
             return
-        for section in ("model", "data"):
-            a, b = getattr(saved, section), getattr(mine, section)
-            for f in fields(a):
-                if f.name in _PATH_KEYS or getattr(a, f.name) == getattr(b, f.name):
-                    continue
-                raise CheckpointError(
-                    f"{path}: saved by a run with other settings ({section}.{f.name}="
-                    f"{getattr(a, f.name)!r}, this run's {getattr(b, f.name)!r}): copied from "
-                    "another run? Move it out of the run folder"
-                )
+        diff = differing_settings(saved, mine)
+        if diff:
+            key, theirs, ours = diff[0]
+            raise CheckpointError(
+                f"{path}: saved by a run with other settings ({key}={theirs!r}, this run's "
+                f"{ours!r}): copied from another run? Move it out of the run folder"
+            )
 
     def never_checkpointed(self) -> bool:
         """No checkpoint folder (a half-written ``.tmp-`` one aside) and no final weights: a
