@@ -6,7 +6,9 @@ import argparse
 import contextlib
 import math
 import os
+import re
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -24,6 +26,9 @@ def atomic_write(
             its permissions.
         content: text (UTF-8), bytes, or a function that writes to a binary file object.
 
+    A temporary file of ``path`` that a killed process left (``.NAME.XXXXXXXX.tmp``, older than
+    this write) is removed once the new file is in place; other files' are left alone.
+
     Returns:
         ``path`` as a ``Path``.
 
@@ -32,6 +37,7 @@ def atomic_write(
             and an existing file at ``path`` is left as it was.
     """
     out = Path(path)
+    started = time.time()
     out.parent.mkdir(parents=True, exist_ok=True)
     mode = out.stat().st_mode & 0o777 if out.exists() else 0o644
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
@@ -51,7 +57,23 @@ def atomic_write(
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    _remove_stale_temporaries(out, started)
     return out
+
+
+def _remove_stale_temporaries(out: Path, before: float) -> None:
+    """Delete the temporary files of ``out`` (``mkstemp``'s ``.NAME.`` + 8 characters +
+    ``.tmp``) last modified before ``before``: a process killed mid-write leaves one, and no
+    later write would. ``.a.png.XXXXXXXX.tmp`` is ``a.png``'s, not ``a``'s (no dot in the
+    random part). One written to since ``before`` may be another process's write under way:
+    it stays."""
+    own = re.compile(rf"\.{re.escape(out.name)}\.[a-z0-9_]{{8}}\.tmp")
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(out.parent):
+            if own.fullmatch(entry.name):
+                with contextlib.suppress(OSError):
+                    if entry.is_file(follow_symlinks=False) and entry.stat().st_mtime < before:
+                        os.unlink(entry.path)
 
 
 def json_safe(value: Any) -> Any:
