@@ -105,6 +105,16 @@ def test_comment_lines_are_skipped_as_numpy_does(tmp_path: Path) -> None:
     _refused(_write(tmp_path / "r.csv", "# c\n1,2\n# c\n3,4,5\n"), "line 4", "line 2 has 2")
 
 
+def test_inline_comments_are_cut_as_numpy_does(tmp_path: Path) -> None:
+    """``1,2  # note`` was "non-numeric field '2  # note'": only whole-line comments were
+    skipped, where ``numpy.loadtxt(comments="#")`` cuts every comment to the end of its line."""
+    text = "x,y # units: m\n1.0,2.0  # first\n3,4#\n# 5,6\n7,8\n"
+    path = _write(tmp_path / "c.csv", text)
+    np.testing.assert_array_equal(load_array(path), np.loadtxt(path, delimiter=",", skiprows=1))
+    # a '#' inside a quoted header name is the name's; line numbers still count every line
+    _refused(_write(tmp_path / "q.csv", '"#id",b\n1,2 # c\n3,x # c\n'), "'x'", "line 3")
+
+
 def test_ragged_csv_names_line_and_counts(tmp_path: Path) -> None:
     path = _write(tmp_path / "ragged.csv", "a,b\n1,2\n3,4\n5,6,7\n")
     _refused(path, "line 4", "3 columns", "line 1 has 2")

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..datasets.arrays import load_array, read_npy
+from ..datasets.arrays import load_array, read_npy, uncommented
 from ..errors import ConfigError, DataError
 from ..transforms import VariationalDequantize, swap_logdets
 from .tasks import DensityTask, HybridTask, Task
@@ -209,7 +209,7 @@ def _sample_file_columns(task: DensityTask | HybridTask, path: Path) -> np.ndarr
         return None
     try:
         with path.open(newline="", encoding="utf-8-sig") as fh:
-            first = next(csv.reader(fh), [])
+            first = next((f for f in csv.reader(uncommented(fh)) if f), [])
     except (OSError, UnicodeDecodeError):
         return None  # the strict reader says what is wrong
     names = [f.strip() for f in first]
@@ -227,10 +227,10 @@ def _csv_integer_columns(path: Path, width: int) -> np.ndarray:
     """Whether each of the ``width`` columns of a ``.csv`` that ``load_array`` has read is
     written as integers only (``3``, not ``3.0`` or ``3e0``), as pandas types a column int64:
     the CSV counterpart of an integer ``.npy`` dtype. A bool array ``(width,)``; header names
-    and blank lines are skipped."""
+    and blank lines are skipped, comments cut as ``load_array`` cuts them."""
     integer = np.ones(width, dtype=bool)
     with path.open(newline="", encoding="utf-8-sig") as fh:
-        for fields in csv.reader(fh):
+        for fields in csv.reader(uncommented(fh)):
             if len(fields) != width:
                 continue  # a blank line (load_array refused ragged rows)
             for j, field in enumerate(fields):

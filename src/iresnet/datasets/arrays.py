@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -26,6 +27,7 @@ from ..errors import ConfigError, DataError
 __all__ = [
     "load_array",
     "read_npy",
+    "uncommented",
     "split_array",
     "check_range",
     "check_spread",
@@ -44,6 +46,33 @@ def _parse_float(field: str) -> float | None:
         return None
 
 
+def uncommented(lines: Iterable[str]) -> Iterator[str]:
+    r"""``lines`` of a CSV file with their comments cut, as ``numpy.loadtxt(comments="#")``
+    cuts them: from a ``#`` to the end of the line (a ``#`` inside a double-quoted field, a
+    header name such as ``"#id"``, is kept). A whole-line comment (``numpy.savetxt``'s
+    ``header=``) becomes a blank line, so the line numbers still hold; ``1,2  # note`` reads
+    as ``1,2``.
+
+    Examples:
+        >>> list(uncommented(["# x, y\n", "1,2  # note\r\n", '"#id",b\n']))
+        ['\n', '1,2  \r\n', '"#id",b\n']
+    """
+    for line in lines:
+        if "#" not in line:
+            yield line
+            continue
+        quoted = False
+        for i, char in enumerate(line):
+            if char == '"':
+                quoted = not quoted
+            elif char == "#" and not quoted:
+                end = line[len(line.rstrip("\r\n")) :]
+                yield line[:i] + end
+                break
+        else:
+            yield line
+
+
 def _read_csv(path: Path) -> tuple[np.ndarray, list[int], list[str] | None]:
     """Parse ``path`` into a float64 ``(N, d)`` array, the 1-based file line of each row and
     the header's names (None without a header)."""
@@ -55,9 +84,9 @@ def _read_csv(path: Path) -> tuple[np.ndarray, list[int], list[str] | None]:
     try:
         # utf-8-sig drops a byte-order mark that spreadsheet exports like to prepend.
         with path.open(newline="", encoding="utf-8-sig") as fh:
-            # A comment line ('#' first, as numpy.savetxt's header) is read as a blank line:
-            # skipped before the CSV parser sees a quote in it, and the line numbers still hold.
-            reader = csv.reader("\n" if ln.lstrip().startswith("#") else ln for ln in fh)
+            # Comments are cut before the CSV parser sees a quote in them (numpy.savetxt's
+            # header is a whole-line comment, read as a blank line).
+            reader = csv.reader(uncommented(fh))
             for fields in reader:
                 line = reader.line_num
                 if not fields or all(not f.strip() for f in fields):
@@ -205,9 +234,9 @@ def load_array(
 
     ``.npy`` files are read with ``numpy.load(..., allow_pickle=False)`` and must hold a 2-D
     real array. ``.csv`` files are comma separated, one sample per line; a first row whose
-    fields are all non-numeric is taken as a header and skipped, blank lines and comment lines
-    (their first character other than spaces is ``#``, as ``numpy.loadtxt`` skips them) are
-    ignored.
+    fields are all non-numeric is taken as a header and skipped, blank lines are ignored and
+    comments cut (from a ``#`` to the end of its line, as ``numpy.loadtxt`` cuts them; see
+    [`uncommented`][iresnet.datasets.arrays.uncommented]).
 
     Args:
         path: the ``.npy`` or ``.csv`` file.
