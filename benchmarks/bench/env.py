@@ -112,9 +112,38 @@ def script_parser(doc: str | None) -> argparse.ArgumentParser:
     return ap
 
 
+def out_dir(text: str) -> Path:
+    """An ``--out-dir`` argument, refused at parse time where the results could not be written
+    (they are written last, after a run of up to an hour): an empty path, a file, a folder
+    under a file, or a folder this user cannot write in (or create). Nothing is created.
+
+    Raises:
+        argparse.ArgumentTypeError: the path and what to do, in one line.
+    """
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path; name a folder for the results")
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{path} is a file; name a folder for the results")
+    existing = path.absolute()
+    while not existing.exists():  # the folder, or the nearest one above it that exists
+        existing = existing.parent
+    if not existing.is_dir():
+        raise argparse.ArgumentTypeError(
+            f"{existing} is a file, so {path} cannot be created; name another folder"
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        made = "write in" if existing == path.absolute() else f"create {path} in"
+        raise argparse.ArgumentTypeError(
+            f"cannot {made} {existing} (no permission); name a folder you can write to"
+        )
+    return path
+
+
 def add_common_args(ap: argparse.ArgumentParser) -> None:
-    """``--quick``, ``--threads``, ``--seed`` and ``--out-dir``."""
+    """``--quick``, ``--threads``, ``--seed`` and ``--out-dir`` (checked as it is parsed:
+    :func:`out_dir`)."""
     ap.add_argument("--quick", action="store_true", help="fast smoke run")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out-dir", type=Path, default=None, help="default: benchmarks/results")
+    ap.add_argument("--out-dir", type=out_dir, default=None, help="default: benchmarks/results")

@@ -1,9 +1,16 @@
 """Every benchmark that takes ``--out-dir`` (``script_parser``'s shared flags) writes there."""
 
 import ast
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+
+from bench.env import script_parser  # noqa: E402
 
 SCRIPTS = [  # the scripts with the shared flags (``script_parser``), --out-dir among them
     p
@@ -31,3 +38,44 @@ def test_a_script_that_takes_out_dir_writes_its_results_there(script):
     assert all(
         len(call.args) >= 8 or any(k.arg == "out_dir" for k in call.keywords) for call in writes
     ), script.name
+
+
+def _refusal(capsys: pytest.CaptureFixture[str], out_dir: Path) -> str:
+    with pytest.raises(SystemExit) as exc:
+        script_parser("a benchmark").parse_args(["--out-dir", str(out_dir)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--out-dir" in err
+    return err
+
+
+def test_an_out_dir_that_cannot_hold_the_results_is_refused_as_it_is_parsed(tmp_path, capsys):
+    """``--out-dir`` naming a file failed only when the results were written, after the whole
+    run (up to an hour); every script's parser now refuses it first, creating nothing."""
+    afile = tmp_path / "notes.txt"
+    afile.write_text("mine")
+    assert "notes.txt is a file; name a folder" in _refusal(capsys, afile)
+    assert "cannot be created" in _refusal(capsys, afile / "sub" / "deeper")
+    assert afile.read_text() == "mine"
+    assert "empty path" in _refusal(capsys, Path(" "))
+    fresh = tmp_path / "new" / "results"  # created when the results are written, not now
+    assert script_parser(None).parse_args(["--out-dir", str(fresh)]).out_dir == fresh
+    assert not (tmp_path / "new").exists()
+    if os.geteuid() != 0:  # root writes anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        assert "no permission" in _refusal(capsys, locked / "results")
+
+
+def test_a_script_refuses_a_file_as_out_dir_before_it_runs(tmp_path):
+    afile = tmp_path / "results.md"
+    afile.write_text("kept")
+    script = Path(__file__).parents[2] / "benchmarks" / "categorical.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--out-dir", str(afile)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2 and "is a file" in done.stderr
+    assert "Traceback" not in done.stderr and afile.read_text() == "kept"
