@@ -38,6 +38,7 @@ glow=W/fashion-mnist/glow`` (W: the ``--work-dir`` of an ``images.py`` run).
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import time
@@ -280,20 +281,41 @@ def parse_runs(items: list[str]) -> dict[str, Path]:
     return runs
 
 
-def main() -> None:
+#: The sizes a run takes unless told (``--quick``: a smoke run's, whose judge is barely trained
+#: and whose numbers mean nothing); a size given on the command line is kept either way.
+SIZES = {"n_samples": 1000, "subsets": 10, "epochs": EPOCHS}
+QUICK_SIZES = {"n_samples": 60, "subsets": 3, "epochs": 1}
+
+
+def parser() -> argparse.ArgumentParser:
     ap = script_parser(__doc__)
     ap.add_argument("--runs", nargs="+", required=True, metavar="LABEL=PATH")
     ap.add_argument("--temperatures", nargs="+", type=float, default=[1.0, 0.7])
-    ap.add_argument("--n-samples", type=int, default=1000, help="samples per model and T")
-    ap.add_argument("--subsets", type=int, default=10, help="disjoint subsets for KID's SE")
-    ap.add_argument("--epochs", type=int, default=EPOCHS, help="classifier epochs")
+    for flag, key, what in (
+        ("--n-samples", "n_samples", "samples per model and T"),
+        ("--subsets", "subsets", "disjoint subsets for KID's SE"),
+        ("--epochs", "epochs", "classifier epochs"),
+    ):
+        ap.add_argument(
+            flag,
+            type=int,
+            default=None,
+            help=f"{what} (default {SIZES[key]}; {QUICK_SIZES[key]} with --quick)",
+        )
     ap.add_argument("--name", default=NAME, help="results name")
     ap.add_argument(
         "--data-dir", default=None, help="the image files' folder (default: the runs' own)"
     )
-    args = ap.parse_args()
-    if args.quick:  # a smoke run: its judge is barely trained, its numbers mean nothing
-        args.n_samples, args.subsets, args.epochs = 60, 3, 1
+    return ap
+
+
+def parse_args(ap: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
+    """The flags, with the sizes not given filled in (``--quick`` lowers only those), and the
+    ones that cannot give a number refused."""
+    args = ap.parse_args(argv)
+    for key, value in (QUICK_SIZES if args.quick else SIZES).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     if args.subsets < 2:
         ap.error(f"--subsets must be >= 2 (a standard error needs two), got {args.subsets}")
     if args.epochs < 1:
@@ -303,6 +325,12 @@ def main() -> None:
         ap.error(f"--temperatures must be finite and positive, got {bad_t}")
     if args.n_samples < 2 * args.subsets:
         ap.error(f"--n-samples {args.n_samples} is too few for {args.subsets} subsets of 2+")
+    return args
+
+
+def main() -> None:
+    ap = parser()
+    args = parse_args(ap)
     set_threads(args.threads)
     env = environment()
     runs = parse_runs(args.runs)

@@ -18,7 +18,9 @@ from sample_quality import (  # noqa: E402
     class_entropy_bits,
     kid,
     mmd2_unbiased,
+    parse_args,
     parse_runs,
+    parser,
     to_levels,
 )
 
@@ -149,3 +151,13 @@ def test_flags_that_cannot_give_a_number_are_refused_first(flags, says):
     )
     assert done.returncode == 2 and says in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_quick_lowers_only_the_sizes_not_given():
+    """``--quick --n-samples 500`` judged 60 samples: --quick overwrote the sizes given."""
+    args = parse_args(parser(), ["--runs", "a=x", "--quick", "--n-samples", "500"])
+    assert (args.n_samples, args.subsets, args.epochs) == (500, 3, 1)
+    args = parse_args(parser(), ["--runs", "a=x", "--quick", "--epochs", "4", "--subsets", "5"])
+    assert (args.n_samples, args.subsets, args.epochs) == (60, 5, 4)
+    args = parse_args(parser(), ["--runs", "a=x", "--subsets", "4"])
+    assert (args.n_samples, args.subsets, args.epochs) == (1000, 4, 12)
