@@ -817,6 +817,11 @@ def test_a_resume_sets_earlier_evaluations_aside_by_their_step(capsys, tmp_path)
         (["data.name=moons", "--data-dir", "/data"], "'moons' reads none"),
         (["data.train_subset=100"], "a training subset is drawn from an image set"),
         (["train.precision=fp16"], "fp16 needs a CUDA device"),
+        (["train.batch_size=60000"], "exceeds the 50000 training samples (data.n_train)"),
+        (
+            ["digits", "data.train_subset=100", "train.batch_size=128"],
+            "exceeds the 100 training samples (data.train_subset); use train.batch_size=100",
+        ),
     ],
 )
 def test_config_mistakes_are_refused_before_the_summary(capsys, tmp_path, argv, message):
@@ -826,6 +831,22 @@ def test_config_mistakes_are_refused_before_the_summary(capsys, tmp_path, argv, 
     code, out, err = run(capsys, "train", *argv, "--out", str(out_dir), "--no-progress")
     assert code == 2 and message in err and err.count("\n") == 1, err
     assert not out_dir.exists()
+
+
+def test_an_out_that_holds_a_run_is_refused_before_the_summary(capsys, tmp_path):
+    """A second ``train --out R`` printed the config summary, as if it had started, and only
+    then "R already holds a run"; so did an ``--out`` that is a file."""
+    out_dir = tmp_path / "run"
+    assert run(capsys, "train", *TINY, "--steps", "2", "--out", str(out_dir))[0] == 0
+    config = (out_dir / "config.json").read_text()
+    code, _, err = run(capsys, "train", *TINY, "model.coeff=0.5", "--out", str(out_dir))
+    assert code == 2 and "already holds a run" in err and err.count("\n") == 1, err
+    assert (out_dir / "config.json").read_text() == config
+    afile = tmp_path / "notes.txt"
+    afile.write_text("mine")
+    code, _, err = run(capsys, "train", *TINY, "--out", str(afile))
+    assert code == 2 and "is a file" in err and err.count("\n") == 1, err
+    assert afile.read_text() == "mine"
 
 
 def test_resuming_a_run_killed_while_drawing_its_figures_draws_the_missing_ones(capsys, tmp_path):

@@ -27,7 +27,7 @@ import torch
 from tqdm import tqdm
 
 from ..certificate import Certificate, certify
-from ..datasets import check_dataset_options
+from ..datasets import CONDITIONAL_TOYS, IMAGE_DATASETS, TOY_DATASETS, check_dataset_options
 from ..errors import CheckpointError, ConfigError, IResNetError
 from . import plots, scoring
 from .config import SECTIONS, Config, check_seed, repeated_keys
@@ -37,7 +37,7 @@ from .presets import DEFAULT_PRESET, PRESETS, get_preset
 from .runs import Run, load_run
 from .sweep import add_sweep_parser, cmd_sweep
 from .tasks.base import inverse_summary
-from .trainer import warmup_outlasts_run
+from .trainer import check_batch_size, warmup_outlasts_run
 from .training import missing_figures, redraw_figures, train
 
 __all__ = ["main", "build_parser"]
@@ -491,10 +491,11 @@ def _config_summary(cfg: Config) -> str:
     )
 
 
-def _check_before_start(cfg: Config) -> None:
+def _check_before_start(cfg: Config, out: Path | None = None) -> None:
     """Refuse, before the summary is printed, what the config's own checks leave to the start:
     data options that the data set does not take (after the flags that set them were compared
-    with the overrides), a device this machine lacks, fp16 on a CPU."""
+    with the overrides), a device this machine lacks, fp16 on a CPU, a batch larger than a
+    training set whose size the config fixes, and an ``--out`` (``out``) that holds a run."""
     d = cfg.data
     check_dataset_options(
         d.name,
@@ -503,6 +504,13 @@ def _check_before_start(cfg: Config) -> None:
         train_subset=d.train_subset,
     )
     check_precision(cfg.train.precision, resolve_device(cfg.train.device))
+    # A user array's size is known once it is read, as training starts: the trainer checks it.
+    if d.name in TOY_DATASETS or d.name in CONDITIONAL_TOYS:
+        check_batch_size(cfg.train.batch_size, d.n_train, " (data.n_train)")
+    elif d.name in IMAGE_DATASETS and d.train_subset:
+        check_batch_size(cfg.train.batch_size, d.train_subset, " (data.train_subset)")
+    if out is not None and os.environ.get("RANK", "0") == "0":
+        Run(out).check_new()  # the trainer looks again (every rank) before it writes
 
 
 def _print_config(cfg: Config, verbose: bool = False) -> None:
@@ -604,7 +612,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if args.dry_run:
             print(cfg.to_json())
             return 0
-        _check_before_start(cfg)
+        _check_before_start(cfg, args.out)
         _print_config(cfg, args.verbose)
         out = args.out or _free_run_dir(_run_name(cfg))
         result = train(cfg, out, progress=not args.no_progress)

@@ -195,6 +195,20 @@ class _StopSignal:
             signal.signal(sig, old)
 
 
+def check_batch_size(batch_size: int, n_train: int, source: str = "") -> None:
+    """Refuse a batch larger than the training set (``source``: where the size comes from,
+    shown after it, such as ``" (data.n_train)"``).
+
+    Raises:
+        ConfigError: ``batch_size > n_train``, with the largest batch that fits.
+    """
+    if batch_size > n_train:
+        raise ConfigError(
+            f"train.batch_size={batch_size} exceeds the {n_train} training samples{source}; "
+            f"use train.batch_size={n_train} or less"
+        )
+
+
 class Trainer:
     """Train ``cfg`` into ``run_dir`` (or continue it with ``resume=True``).
 
@@ -262,11 +276,7 @@ class Trainer:
         self.task = make_task(cfg, data, ctx.device)
         t = cfg.train
         n_train = self.task.n_train()
-        if t.batch_size > n_train:
-            raise ConfigError(
-                f"train.batch_size={t.batch_size} exceeds the {n_train} training samples; "
-                f"use train.batch_size={n_train} or less"
-            )
+        check_batch_size(t.batch_size, n_train)
         if t.batch_size % ctx.world:
             raise ConfigError(
                 f"train.batch_size={t.batch_size} does not split evenly over {ctx.world} "
