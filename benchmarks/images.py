@@ -345,8 +345,8 @@ def train_ours(
     torch.save(samples.cpu(), out / "ours_samples.pt")
     m, records = run.cfg.model, run.records
     return {
-        "model": f"preset {dataset}: {m.kind}, {m.n_scales} scales x {m.n_blocks} blocks x "
-        f"{m.hidden} channels, {m.activation}, c={m.coeff}, log-det {m.logdet}",
+        "model": f"preset {dataset}: {m.kind}, {m.size()}, {m.activation}, c={m.coeff}, "
+        f"log-det {m.logdet}",
         "test_bpd": ev["test_bpd"],
         "test_bpd_se": ev["test_bpd_se"],
         "dequantization": ev.get("dequantization"),

@@ -76,7 +76,7 @@ def main() -> None:
     m = trained.cfg.model
     settings = {
         "run_dir": str(args.run_dir),
-        "model": f"{m.kind}, {m.n_scales} scales x {m.n_blocks} blocks x {m.hidden}",
+        "model": f"{m.kind}, {m.size()}",
         "train_subset": d.train_subset,
         "max_cpu_seconds": trained.cfg.train.max_cpu_seconds,
         "max_seconds": trained.cfg.train.max_seconds,

@@ -227,3 +227,14 @@ def test_differing_settings_name_model_and_data_keys_but_not_paths():
     ]  # training settings do not make other weights' settings
     moved = a.override(["data.data_dir=/elsewhere"])
     assert differing_settings(a, moved) == []  # where the files lie is not what they are
+
+
+def test_model_size_names_every_part_of_the_network():
+    assert get_preset("toy-8gaussians").model.size().endswith("units")
+    fm = get_preset("fashion-mnist").model
+    assert fm.size().startswith(f"{fm.n_scales} scales x {fm.n_blocks} blocks x {fm.hidden}")
+    fc = get_preset("fashion-mnist").override(["model.fc_blocks=8", "model.fc_hidden=128"])
+    assert fc.model.size().endswith(", 8 fc blocks x 128")
+    dense = get_preset("fashion-mnist-idensenet").model
+    assert f"dense depth {dense.dense_depth} x growth {dense.dense_growth}" in dense.size()
+    assert f"x {dense.hidden} channels" not in dense.size()

@@ -459,10 +459,7 @@ def _config_summary(cfg: Config) -> str:
     data = f"{d.name} ({d.path})" if d.name == "array" else d.name
     if d.context_path:
         data += f", contexts {d.context_path}"
-    if m.kind == "toy":
-        size = f"{m.n_blocks} blocks x {m.hidden} units"
-    else:
-        size = f"{m.n_scales} scales x {m.n_blocks} blocks x {m.hidden} channels"
+    size = m.size()
     norm = m.lipschitz_norm if m.constrained else "unconstrained"
     budget = "".join(
         f", {label} {v:g} s"

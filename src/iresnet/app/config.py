@@ -164,6 +164,19 @@ class ModelConfig:
     dequant_hidden: int = 32
     dequant_steps: int = 4
 
+    def size(self) -> str:
+        """The network's size in words, as the CLI's summary and the benchmarks print it:
+        ``"8 blocks x 64 units"`` (toy), ``"2 scales x 3 blocks x 32 channels, 8 fc blocks x
+        128"`` (image; a dense branch's depth and growth in place of the channels)."""
+        if self.branch == "dense":
+            width = f"dense depth {self.dense_depth} x growth {self.dense_growth}"
+        else:
+            width = f"{self.hidden} {'units' if self.kind == 'toy' else 'channels'}"
+        if self.kind == "toy":
+            return f"{self.n_blocks} blocks x {width}"
+        fc = f", {self.fc_blocks} fc blocks x {self.fc_hidden}" if self.fc_blocks else ""
+        return f"{self.n_scales} scales x {self.n_blocks} blocks x {width}{fc}"
+
     def validate(self) -> None:
         """Raise [`ConfigError`][iresnet.errors.ConfigError] on an out-of-range or unknown value."""
         _choice("model.kind", self.kind, MODEL_KINDS)
