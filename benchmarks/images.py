@@ -33,9 +33,10 @@ standard test split (digits: the library's fixed split; Fashion-MNIST: the 10 00
 ``t10k`` images), each image dequantised with fixed-seed noise.
 
 **Variants of ours** (``--variants``, issue 17): the Residual Flow preset beside an i-DenseNet
-of about the same size (the same skeleton with dense branches: depth 3, CLipSwish, learned
-concatenation weights; growth 12 on digits, 16 on Fashion-MNIST, the ``fashion-mnist-idensenet``
-preset), each with uniform and with variational dequantisation (Flow++: ``q(v | x)`` with 4
+with branches of about the same size (the same convolutional skeleton with dense branches:
+depth 3, CLipSwish, learned concatenation weights; growth 12 on digits, 16 on Fashion-MNIST, the
+``fashion-mnist-idensenet`` preset, which does not carry the ``fashion-mnist`` preset's fully
+connected blocks), each with uniform and with variational dequantisation (Flow++: ``q(v | x)`` with 4
 couplings of width 16, trained jointly), trained side by side with the peers at the same CPU
 budget. With variational dequantisation the reported bits/dim are the negative ELBO (an upper
 bound of the code length); the same model's uniform-dequantisation bound is measured beside it
