@@ -36,8 +36,8 @@ standard test split (digits: the library's fixed split; Fashion-MNIST: the 10 00
 with branches of about the same size (the same convolutional skeleton with dense branches:
 depth 3, CLipSwish, learned concatenation weights; growth 12 on digits, 16 on Fashion-MNIST, the
 ``fashion-mnist-idensenet`` preset, which does not carry the ``fashion-mnist`` preset's fully
-connected blocks), each with uniform and with variational dequantisation (Flow++: ``q(v | x)`` with 4
-couplings of width 16, trained jointly), trained side by side with the peers at the same CPU
+connected blocks), each with uniform and with variational dequantisation (Flow++: ``q(v | x)``
+with 4 couplings of width 16, trained jointly), trained side by side with the peers at the same CPU
 budget. With variational dequantisation the reported bits/dim are the negative ELBO (an upper
 bound of the code length); the same model's uniform-dequantisation bound is measured beside it
 on the same test images. The per-pixel categorical model (independent 256-way histograms of
