@@ -449,6 +449,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.budget is None:
         args.budget = 5.0 if args.quick else DEFAULT_BUDGET
+    if not (math.isfinite(args.budget) and args.budget > 0):
+        ap.error(f"--budget must be a positive number of CPU seconds, got {args.budget:g}")
     if args.datasets is None:
         args.datasets = ["8gaussians"] if args.quick else list(DATASETS)
     if args.quick:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -111,3 +112,19 @@ def test_resume_refuses_other_settings_but_not_a_moved_folder(tmp_path):
     assert spec_problem(spec | {"out": str(moved), "resume": 1}, moved, resume=True) is None
     problem = spec_problem(spec | {"out": str(moved), "n_test": 40}, moved, resume=True)
     assert problem is not None and "started with other settings (n_test)" in problem
+
+
+@pytest.mark.parametrize("budget", ["0", "-5", "nan"])
+def test_toy_refuses_a_budget_that_is_not_positive(budget, tmp_path):
+    """``toy.py --budget 0`` ran into the config's check and printed its traceback."""
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "toy.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--budget", budget, "--out-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2, result.stderr[-1000:]
+    assert "Traceback" not in result.stderr
+    assert "--budget must be a positive number of CPU seconds" in result.stderr
+    assert not any(tmp_path.iterdir())

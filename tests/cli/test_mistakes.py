@@ -496,3 +496,13 @@ def test_a_reader_that_stops_early_is_no_error():
     )
     reader.stdin.close()
     assert result.returncode == 141 and result.stderr == ""
+
+
+def test_a_network_too_large_for_memory_is_one_line(tmp_path):
+    # a 10^7 x 10^7 hidden layer: 400 TB, refused by the allocator at once
+    out = tmp_path / "run"
+    result = iresnet(
+        "train", "toy-8gaussians", "model.hidden=10000000", "train.steps=1", "--out", str(out)
+    )
+    line = one_line_error(result, "out of memory", "GiB asked", "model.hidden")
+    assert line.startswith("iresnet train: error:"), line

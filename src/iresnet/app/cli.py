@@ -1126,11 +1126,33 @@ def _main(argv: Sequence[str] | None) -> int:
             raise
         print(f"iresnet {args.command}: error: {_one_line(exc, args.command)}", file=sys.stderr)
         return 2
+    except (MemoryError, RuntimeError) as exc:
+        if args.debug or not _out_of_memory(exc):
+            raise
+        print(f"iresnet {args.command}: error: {_out_of_memory(exc)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         if args.debug:
             raise
         print(f"iresnet {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _out_of_memory(exc: BaseException) -> str:
+    """One line for an allocation that failed (a width or batch too large for this machine's
+    memory: torch's CPU allocator raises a RuntimeError, CUDA's an OutOfMemoryError), or ""
+    for any other error, which keeps its traceback."""
+    text = str(exc)
+    if not (
+        isinstance(exc, (MemoryError, torch.OutOfMemoryError)) or "can't allocate memory" in text
+    ):
+        return ""
+    asked = re.search(r"allocate (\d+) bytes", text)
+    size = f" ({int(asked.group(1)) / 2**30:.3g} GiB asked)" if asked else ""
+    return (
+        f"out of memory{size}: lower the model's widths (model.hidden, model.fc_hidden), "
+        "its depth or train.batch_size"
+    )
 
 
 def _usage_error(command: str, message: str) -> NoReturn:
