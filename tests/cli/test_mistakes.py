@@ -506,3 +506,27 @@ def test_a_network_too_large_for_memory_is_one_line(tmp_path):
     )
     line = one_line_error(result, "out of memory", "GiB asked", "model.hidden")
     assert line.startswith("iresnet train: error:"), line
+
+
+def test_an_out_inside_a_run_under_a_file_or_a_dangling_link_is_refused_before_the_summary(
+    trained, tmp_path
+):
+    run, _ = trained
+    afile = tmp_path / "afile"
+    afile.write_text("keep me\n")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    project = tmp_path / "project"  # a folder with some other tool's config.json is no run
+    project.mkdir()
+    (project / "config.json").write_text("{}\n")
+    for out, needles in (
+        (run / "checkpoints", ("lies inside the run folder", "outside it")),
+        (afile / "sub", ("is a file", "choose another --out")),
+        (tmp_path / "dangling", ("is a link to", "does not exist")),
+    ):
+        result = iresnet("train", *TINY, "--out", str(out))
+        one_line_error(result, *needles)
+        assert "preset " not in result.stdout, result.stdout  # before the config summary
+    assert afile.read_text() == "keep me\n"
+    assert not (tmp_path / "nowhere").exists()
+    ok = iresnet("train", *TINY, "--steps", "2", "--out", str(project / "run"))
+    assert ok.returncode == 0, ok.stderr[-2000:]

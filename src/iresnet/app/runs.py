@@ -128,6 +128,11 @@ class Run:
         self._lock.release()
         self._lock = None
 
+    def is_run(self) -> bool:
+        """Whether the folder holds a run (its config and data record, which a run writes as it
+        starts), not just some project's ``config.json``."""
+        return self.config_path.is_file() and self.data_path.is_file()
+
     def check_new(self) -> None:
         """Refuse, before anything is written, a path that is a file or already holds a run.
 
@@ -136,10 +141,25 @@ class Run:
         holds nothing to keep: it is cleared and reused.
 
         Raises:
-            ConfigError: the path exists as a file, or holds a run's checkpoints or weights.
+            ConfigError: the path exists as a file, is a link to nothing, lies under a file or
+                inside another run's folder, or holds a run's checkpoints or weights.
         """
         if self.path.exists() and not self.path.is_dir():
             raise ConfigError(f"{self.path} is a file, not a run folder: choose another --out")
+        if self.path.is_symlink() and not self.path.exists():
+            raise ConfigError(
+                f"{self.path} is a link to {os.readlink(self.path)}, which does not exist: "
+                "remove the link or choose another --out"
+            )
+        for parent in self.path.absolute().parents:
+            if parent.exists() and not parent.is_dir():
+                raise ConfigError(
+                    f"cannot create {self.path}: {parent} is a file; choose another --out"
+                )
+            if Run(parent).is_run():
+                raise ConfigError(
+                    f"{self.path} lies inside the run folder {parent}: choose an --out outside it"
+                )
         unstarted = self.config_path.exists() and self.never_checkpointed()
         if unstarted:
             self.acquire()  # refuses while its writer is alive
