@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from iresnet.app.files import out_path
+
 from . import REPO_ROOT
 
 
@@ -120,9 +122,7 @@ def out_dir(text: str) -> Path:
     Raises:
         argparse.ArgumentTypeError: the path and what to do, in one line.
     """
-    if not text.strip():
-        raise argparse.ArgumentTypeError("an empty path; name a folder for the results")
-    path = Path(text)
+    path = out_path(text)  # the CLI's --out: a blank path refused
     if path.exists() and not path.is_dir():
         raise argparse.ArgumentTypeError(f"{path} is a file; name a folder for the results")
     existing = path.absolute()

@@ -1127,9 +1127,10 @@ def _main(argv: Sequence[str] | None) -> int:
         print(f"iresnet {args.command}: error: {_one_line(exc, args.command)}", file=sys.stderr)
         return 2
     except (MemoryError, RuntimeError) as exc:
-        if args.debug or not _out_of_memory(exc):
+        line = _out_of_memory(exc)
+        if args.debug or not line:
             raise
-        print(f"iresnet {args.command}: error: {_out_of_memory(exc)}", file=sys.stderr)
+        print(f"iresnet {args.command}: error: {line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         if args.debug:
