@@ -4,8 +4,9 @@ KID (``sample_quality.kid``) should be 0 on average for two samples of one law, 
 reported standard error should match the spread of KID over independent repeats. This script
 measures both on the judge's real features: the test images of the data set are split at
 random, ``--replicates`` times, into two disjoint samples of ``n`` images (``--sizes``), the
-first the reference; a fraction ``--mixes`` of the second is replaced by samples of the
-independent per-pixel categorical model (0: one law; 1: the floor of issue 13, far from it).
+first the reference; a fraction ``a`` (``--mixes``) of the second, at random rows, is replaced
+by samples of the independent per-pixel categorical model (0: one law; 1: the floor of issue 13,
+far from it). The mixture's KID is ``a^2`` times the floor's (MMD is linear in the law).
 Each split is scored two ways:
 
 - **all pairs + jackknife** (``sample_quality.kid``, the estimator in use): the unbiased MMD^2
@@ -109,6 +110,9 @@ def main() -> None:
                 sample = test[split[n : 2 * n]].clone()
                 k = round(mix * n)
                 sample[:k] = floor[pick[:k]]
+                # in random places, as a model's draws come: the groups and slices are
+                # consecutive rows, and a first slice of all floor samples would weigh it alone
+                sample = sample[torch.randperm(n, generator=g)]
                 for name, estimator in ESTIMATORS.items():
                     value, se = estimator(sample, test[split[:n]], args.subsets)
                     found[name][0].append(value)
