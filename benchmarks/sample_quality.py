@@ -54,9 +54,12 @@ from torch import Tensor
 
 from iresnet.app.plots import plot_image_grid
 from iresnet.app.runs import load_run
+from iresnet.app.tasks.base import evaluating, scoring_estimator, scoring_lipschitz
 from iresnet.datasets import load_dataset
+from iresnet.transforms import bits_per_dim, swap_logdets
 
 from bench import RESULTS_DIR
+from bench.density import chunked
 from bench.env import environment, script_parser, set_threads
 from bench.report import markdown_table, pm, write_results
 
@@ -254,7 +257,8 @@ def categorical_samples(train_x: Tensor, levels: int, n: int) -> Tensor:
 
 class Sampler:
     """A trained model from its folder: ``sample(n, temperature)`` gives dequantised images in
-    ``[0, 1]``; ``dataset`` and ``levels`` say what it was trained on."""
+    ``[0, 1]``, ``test_bits_per_dim(n_test, seed)`` its per-image test bits/dim; ``dataset``
+    and ``levels`` say what it was trained on."""
 
     def __init__(self, path: Path):
         spec_file = path / "spec.json"
@@ -286,6 +290,7 @@ class Sampler:
         self.data_dir = trained.cfg.data.data_dir
         self.levels = int(trained.data.n_levels or 0)
         self._draw = lambda n, t: trained.task.sample(trained.model, n, temperature=t)[0]
+        self._score = lambda x: _our_bits_per_dim(trained, x)
 
     def _peer(self, path: Path, spec: dict[str, Any]) -> None:
         from images import PEER_KW, ImagePeer, spec_config
@@ -306,10 +311,30 @@ class Sampler:
         peer.flow.eval()
         self.kind = who
         self._draw = peer.sample
+        dim = math.prod(data.event_shape)
+        self._score = lambda x: bits_per_dim(chunked(peer.log_prob)(x).double(), dim)
 
     def sample(self, n: int, temperature: float, chunk: int = 250) -> Tensor:
         parts = [self._draw(min(chunk, n - i), temperature) for i in range(0, n, chunk)]
         return torch.cat(parts).detach()
+
+    def test_bits_per_dim(self, n_test: int | None, seed: int) -> Tensor:
+        """Bits/dim ``(n,)`` of each of the first ``n_test`` test images (all with ``None``),
+        float64, after ``torch.manual_seed(seed)`` (the dequantisation noise; our estimator's
+        draws): a peer's exact, ours under the scoring estimator ``iresnet evaluate`` uses."""
+        data = load_dataset(self.dataset, **_data_dir(self.data_dir))
+        x = data.test_x[:n_test] if n_test else data.test_x
+        torch.manual_seed(seed)
+        return self._score(x).double()
+
+
+def _our_bits_per_dim(trained: Any, x: Tensor, chunk: int = 100) -> Tensor:
+    """Per-image bits/dim of integer images ``x`` under the run's scoring estimator (its
+    certified bound picks a roulette of finite variance), as ``iresnet evaluate`` scores."""
+    model, task = trained.model, trained.task
+    _, estimator = scoring_estimator(task.dim, lipschitz=scoring_lipschitz(model, certified=True))
+    with evaluating(model), swap_logdets(model, estimator):
+        return torch.cat([task.value(task.log_prob(model, b)).detach() for b in x.split(chunk)])
 
 
 def _data_dir(data_dir: str | None) -> dict[str, str]:
