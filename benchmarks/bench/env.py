@@ -11,6 +11,7 @@ import random
 import shlex
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -117,7 +118,9 @@ def script_parser(doc: str | None) -> argparse.ArgumentParser:
 def out_dir(text: str) -> Path:
     """An ``--out-dir`` argument, refused at parse time where the results could not be written
     (they are written last, after a run of up to an hour): an empty path, a file, a folder
-    under a file, or a folder this user cannot write in (or create). Nothing is created.
+    under a file, or a folder this user cannot write in (or create). Nothing is left behind:
+    a probe file is written in the nearest existing folder and removed (permission bits alone
+    let root "write" in ``/proc``).
 
     Raises:
         argparse.ArgumentTypeError: the path and what to do, in one line.
@@ -137,6 +140,13 @@ def out_dir(text: str) -> Path:
         raise argparse.ArgumentTypeError(
             f"cannot {made} {existing} (no permission); name a folder you can write to"
         )
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as e:
+        raise argparse.ArgumentTypeError(
+            f"cannot write in {existing} ({e.strerror}); name a folder you can write to"
+        ) from None
     return path
 
 
