@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from .nn.dense import DenseLayer
 from .nn.lipschitz import LayerBound, layer_bounds
 from .transforms import InvertibleResidualBlock
 
@@ -41,6 +42,10 @@ class BlockCertificate:
         layers: each layer's bound and the method that produced it
             ([`LayerBound`][iresnet.nn.lipschitz.LayerBound]).
         conditional: whether the block takes a context; its bound then holds for every context.
+        kind: what the block's branch is, read from its layers: ``"conv"`` (convolutions),
+            ``"fc"`` (fully connected, e.g. an image model's ``fc_blocks`` at its end), with
+            ``"dense "`` before it for an i-DenseNet branch; ``""`` where unknown (a
+            certificate saved before the field existed).
 
     References:
         - Behrmann et al., "Invertible Residual Networks", arXiv:1811.00995, sec. 2.1,
@@ -51,6 +56,7 @@ class BlockCertificate:
     bound: float
     layers: tuple[LayerBound, ...] = ()
     conditional: bool = False
+    kind: str = ""
 
     @property
     def methods(self) -> str:
@@ -104,7 +110,7 @@ class Certificate:
         return self.max_bound
 
     def to_dict(self) -> dict:
-        """JSON-ready ``{"invertible", "max_lipschitz", "blocks": [{"name", "lipschitz",
+        """JSON-ready ``{"invertible", "max_lipschitz", "blocks": [{"name", "kind", "lipschitz",
         "conditional", "layers": [{"name", "bound", "method"}]}]}``."""
         return {
             "invertible": self.invertible,
@@ -112,6 +118,7 @@ class Certificate:
             "blocks": [
                 {
                     "name": b.name,
+                    "kind": b.kind,
                     "lipschitz": b.bound,
                     "conditional": b.conditional,
                     "layers": [
@@ -144,6 +151,7 @@ class Certificate:
                         LayerBound(x["name"], bound(x["bound"]), x["method"]) for x in b["layers"]
                     ),
                     bool(b.get("conditional", False)),
+                    str(b.get("kind", "")),
                 )
                 for b in data["blocks"]
             ]
@@ -153,13 +161,17 @@ class Certificate:
         if not self.blocks:
             return "no residual blocks found: nothing to certify"
         width = max(len("block"), *(len(b.name) for b in self.blocks))
+        kinds = max(len("kind"), *(len(b.kind) for b in self.blocks))
         lines = [
-            f"{'block':<{width}}  Lip(g) bound  invertible  layers bounded by",
-            "-" * (width + 45),
+            f"{'block':<{width}}  {'kind':<{kinds}}  Lip(g) bound  invertible  layers bounded by",
+            "-" * (width + kinds + 47),
         ]
         for b in self.blocks:
             verdict = "yes" if b.invertible else "NO"
-            lines.append(f"{b.name:<{width}}  {b.bound:>12.6f}  {verdict:<10}  {b.methods}")
+            lines.append(
+                f"{b.name:<{width}}  {b.kind or '-':<{kinds}}  {b.bound:>12.6f}  {verdict:<10}  "
+                f"{b.methods}"
+            )
         verdict = "guaranteed invertible" if self.invertible else "NOT guaranteed invertible"
         lines.append(f"model: {verdict} (largest bound {self.max_bound:.6f})")
         if any(b.bound >= 1 and "(penalty)" in b.methods for b in self.blocks):
@@ -236,6 +248,26 @@ def certify(model: nn.Module) -> Certificate:
             except RuntimeError:  # a convolution that has not seen an input
                 layers, bound = (), math.inf
             blocks.append(
-                BlockCertificate(name or type(module).__name__, bound, layers, module.conditional)
+                BlockCertificate(
+                    name or type(module).__name__,
+                    bound,
+                    layers,
+                    module.conditional,
+                    _branch_kind(module.g),
+                )
             )
     return Certificate(blocks)
+
+
+def _branch_kind(g: nn.Module) -> str:
+    """``"conv"`` or ``"fc"`` by the branch's weight layers (``"dense "`` before it for an
+    i-DenseNet branch), so a certificate tells an image model's fully connected blocks from
+    its convolutional ones; ``""`` for a branch with neither."""
+    modules = list(g.modules())
+    if any(isinstance(m, nn.Conv2d) for m in modules):
+        kind = "conv"
+    elif any(isinstance(m, nn.Linear) for m in modules):
+        kind = "fc"
+    else:
+        return ""
+    return f"dense {kind}" if any(isinstance(m, DenseLayer) for m in modules) else kind
