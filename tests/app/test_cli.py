@@ -890,3 +890,29 @@ def test_sample_refuses_more_values_than_one_call_draws(capsys, tmp_path):
     _check_sample_size(most, 2, 1)  # the cap itself is drawn
     with pytest.raises(ConfigError, match="at each of 10 contexts"):
         _check_sample_size(most // 10 + 1, 2, 10)
+
+
+def test_the_summary_counts_steps_and_names_the_training_subset():
+    """Tryout 13: "train 1 steps", and a training subset the summary left out."""
+    from iresnet.app.cli import _config_summary
+    from iresnet.app.config import Config
+    from iresnet.app.presets import get_preset
+
+    one = _config_summary(Config().override(["train.steps=1", "train.warmup_steps=5"]))
+    assert "; train 1 step, batch" in one and "the run's 1 step, so" in one
+    assert "; train 2 steps, batch" in _config_summary(Config().override(["train.steps=2"]))
+    subset = _config_summary(get_preset("digits").override(["data.train_subset=100"]))
+    assert "data digits (100 training images, data.train_subset); train" in subset
+    assert "train_subset" not in _config_summary(get_preset("digits"))
+
+
+def test_a_resumed_run_says_where_it_resumed_from(tmp_path, capsys):
+    """Tryout 13: ``--resume`` printed the summary of a fresh run and nothing else."""
+    out_dir = tmp_path / "run"
+    code, _, err = run(capsys, "train", *TINY, "--steps", "5", "--out", str(out_dir))
+    assert code == 0, err
+    assert "resumed" not in err
+    argv = ["train", "--resume", str(out_dir), "--steps", "7", "--no-progress"]
+    code, _, err = run(capsys, *argv)
+    assert code == 0, err
+    assert "resumed from step 5 of 7" in err.splitlines()

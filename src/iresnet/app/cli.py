@@ -459,6 +459,8 @@ def _config_summary(cfg: Config) -> str:
     data = f"{d.name} ({d.path})" if d.name == "array" else d.name
     if d.context_path:
         data += f", contexts {d.context_path}"
+    if d.train_subset:
+        data += f" ({_count(d.train_subset, 'training image')}, data.train_subset)"
     size = m.size()
     norm = m.lipschitz_norm if m.constrained else "unconstrained"
     budget = "".join(
@@ -473,19 +475,24 @@ def _config_summary(cfg: Config) -> str:
             + f": {m.kind} model, {size}, "
             + ("monotone blocks, " if m.block == "monotone" else "")
             + f"{m.activation}, coeff {m.coeff:g} ({norm}), log-det {m.logdet}",
-            f"data {data}; train {t.steps} steps{budget}, batch {t.batch_size}, "
+            f"data {data}; train {_count(t.steps, 'step')}{budget}, batch {t.batch_size}, "
             f"{t.optimizer} lr {t.lr:g} ({t.lr_schedule}), seed {t.seed}, device {t.device}",
         ]
         + (
             [
-                f"note: train.warmup_steps={t.warmup_steps} is not below the run's {t.steps} "
-                f"steps, so the learning rate stays below {t.lr:g} (lower train.warmup_steps "
-                "for a short run)"
+                f"note: train.warmup_steps={t.warmup_steps} is not below the run's "
+                f"{_count(t.steps, 'step')}, so the learning rate stays below {t.lr:g} "
+                "(lower train.warmup_steps for a short run)"
             ]
             if warmup_outlasts_run(cfg)
             else []
         )
     )
+
+
+def _count(n: int, noun: str) -> str:
+    """``n`` and ``noun``, plural unless ``n`` is 1: "1 step", "2 steps"."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _check_before_start(cfg: Config, out: Path | None = None) -> None:
@@ -510,11 +517,15 @@ def _check_before_start(cfg: Config, out: Path | None = None) -> None:
         Run(out).check_new()  # the trainer looks again (every rank) before it writes
 
 
-def _print_config(cfg: Config, verbose: bool = False) -> None:
+def _print_config(cfg: Config, verbose: bool = False, resumed_from: int | None = None) -> None:
     """The resolved config on stderr, once (under torchrun only rank 0 prints): a summary, or
-    the whole JSON with ``verbose`` (the run folder's ``config.json`` always holds it all)."""
+    the whole JSON with ``verbose`` (the run folder's ``config.json`` always holds it all);
+    then, for a resumed run, the step it continues from (``resumed_from``), with or without a
+    progress bar, so that its start is not read as a fresh run's."""
     if os.environ.get("RANK", "0") == "0":
         print(cfg.to_json() if verbose else _config_summary(cfg), file=sys.stderr)
+        if resumed_from is not None:
+            print(f"resumed from step {resumed_from} of {cfg.train.steps}", file=sys.stderr)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -602,7 +613,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             print(cfg.to_json())
             return 0
         _check_before_start(cfg)
-        _print_config(cfg, args.verbose)
+        _print_config(cfg, args.verbose, resumed_from=done)
         result = train(cfg, run.path, resume=True, progress=not args.no_progress)
     else:
         cfg = _resolve_train_config(args)
