@@ -407,3 +407,18 @@ def test_a_constant_context_column_is_named_once_when_the_run_starts(tmp_path: P
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a resumed or evaluated run: said once, at the start
         load_dataset("array", **args, context_standardizer=bundle.context_standardizer)
+
+
+def test_a_ragged_line_says_a_comment_was_cut_from_it(tmp_path: Path) -> None:
+    """Tryout 13: ``1.0#2.0,3.0`` read "line 3 has 1 columns but line 1 has 2", while the line
+    shows two fields; the comment cut at its '#' is named, and one column is one."""
+    path = _write(tmp_path / "cut.csv", "x,y\n1.0,2.0\n1.0#2.0,3.0\n")
+    _refused(path, "line 3 has 1 column (after cutting the comment at '#' in column 4) but")
+    _refused(path, "but line 1 has 2; every row")
+    # a line cut to the right width is not ragged, and a plain ragged line mentions no comment
+    np.testing.assert_array_equal(
+        load_array(_write(tmp_path / "ok.csv", "1,2\n3,4#,5\n")), [[1, 2], [3, 4]]
+    )
+    with pytest.raises(DataError) as refused:
+        load_array(_write(tmp_path / "r.csv", "1,2 # two\n3\n"))
+    assert "line 2 has 1 column but line 1 has 2 (after cutting" in str(refused.value)

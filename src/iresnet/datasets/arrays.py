@@ -46,18 +46,24 @@ def _parse_float(field: str) -> float | None:
         return None
 
 
-def uncommented(lines: Iterable[str]) -> Iterator[str]:
+def uncommented(lines: Iterable[str], cuts: dict[int, int] | None = None) -> Iterator[str]:
     r"""``lines`` of a CSV file with their comments cut, as ``numpy.loadtxt(comments="#")``
     cuts them: from a ``#`` to the end of the line (a ``#`` inside a double-quoted field, a
     header name such as ``"#id"``, is kept). A whole-line comment (``numpy.savetxt``'s
     ``header=``) becomes a blank line, so the line numbers still hold; ``1,2  # note`` reads
     as ``1,2``.
 
+    Args:
+        lines: the file's lines.
+        cuts: if given, filled with ``{line: column}`` (both 1-based) for each line whose
+            comment was cut after some data, so that an error about the line can say that
+            what the parser saw is less than the line shows (``1.0#2.0,3.0`` is one field).
+
     Examples:
         >>> list(uncommented(["# x, y\n", "1,2  # note\r\n", '"#id",b\n']))
         ['\n', '1,2  \r\n', '"#id",b\n']
     """
-    for line in lines:
+    for number, line in enumerate(lines, start=1):
         if "#" not in line:
             yield line
             continue
@@ -67,10 +73,19 @@ def uncommented(lines: Iterable[str]) -> Iterator[str]:
                 quoted = not quoted
             elif char == "#" and not quoted:
                 end = line[len(line.rstrip("\r\n")) :]
+                if cuts is not None and line[:i].strip():
+                    cuts[number] = i + 1
                 yield line[:i] + end
                 break
         else:
             yield line
+
+
+def _cut_note(cuts: dict[int, int], line: int) -> str:
+    """`` (after cutting the comment at '#' in column C)`` where ``line`` lost a comment."""
+    if line not in cuts:
+        return ""
+    return f" (after cutting the comment at '#' in column {cuts[line]})"
 
 
 def _read_csv(path: Path) -> tuple[np.ndarray, list[int], list[str] | None]:
@@ -86,7 +101,8 @@ def _read_csv(path: Path) -> tuple[np.ndarray, list[int], list[str] | None]:
         with path.open(newline="", encoding="utf-8-sig") as fh:
             # Comments are cut before the CSV parser sees a quote in them (numpy.savetxt's
             # header is a whole-line comment, read as a blank line).
-            reader = csv.reader(uncommented(fh))
+            cuts: dict[int, int] = {}
+            reader = csv.reader(uncommented(fh, cuts))
             for fields in reader:
                 line = reader.line_num
                 if not fields or all(not f.strip() for f in fields):
@@ -99,8 +115,10 @@ def _read_csv(path: Path) -> tuple[np.ndarray, list[int], list[str] | None]:
                         continue  # a header row of column names
                 elif len(fields) != width:
                     raise DataError(
-                        f"{path}: ragged CSV: line {line} has {len(fields)} columns but line "
-                        f"{first_line} has {width}; every row needs the same number of fields"
+                        f"{path}: ragged CSV: line {line} has {len(fields)} "
+                        f"column{'s' if len(fields) != 1 else ''}{_cut_note(cuts, line)} but "
+                        f"line {first_line} has {width}{_cut_note(cuts, first_line)}; every row "
+                        "needs the same number of fields"
                     )
                 parsed: list[float] = []
                 for col, field in enumerate(fields, start=1):
