@@ -239,6 +239,27 @@ def test_score_of_a_variational_run_says_it_is_the_elbo(tmp_path):
         result.estimator
         == "exact + variational dequantisation (the one-sample ELBO: a lower bound)"
     )
+    assert result.logdet == "exact"
+    assert (
+        result.dequantisation == "variational dequantisation (the one-sample ELBO: a lower bound)"
+    )
+
+
+def test_the_score_line_keeps_the_dequantisation_out_of_the_log_det(tmp_path, capsys):
+    """Tryout 13: "with the exact + uniform dequantisation (...) log-det" read as if the
+    dequantisation were part of the log-det; the line names the two apart."""
+    pytest.importorskip("sklearn")
+    from iresnet.app.cli import main
+
+    train(Config().override([*TRAIN, "train.steps=2"]), tmp_path / "run", progress=False)
+    run = load_run(tmp_path / "run")
+    np.save(tmp_path / "img.npy", run.data.test_x[:3].numpy())
+    argv = ["score", str(tmp_path / "run"), "--data", str(tmp_path / "img.npy")]
+    assert main([*argv, "--out", str(tmp_path / "s.csv")]) == 0
+    out = capsys.readouterr().out
+    # 64 dimensions: scored with the exact log-det
+    assert "nats with the exact log-det and uniform dequantisation (E_u log p(x + u): " in out
+    assert "a lower bound); columns log_prob," in out
 
 
 # ----------------------------------------------------------- score: what an image run takes

@@ -1059,8 +1059,9 @@ def _cmd_score(args: argparse.Namespace) -> int:
     mean = float(np.mean(result.columns["log_prob"]))
     points = f"{table.shape[0]} point{'s' if table.shape[0] != 1 else ''}"
     print(
-        f"scored {points}: mean log p {mean:.6g} nats with the {result.estimator} "
-        f"log-det; columns {', '.join(result.columns)}; wrote {args.out}"
+        f"scored {points}: mean log p {mean:.6g} nats with the {result.logdet} log-det"
+        + (f" and {result.dequantisation}" if result.dequantisation else "")
+        + f"; columns {', '.join(result.columns)}; wrote {args.out}"
     )
     return 0
 

@@ -49,11 +49,17 @@ class ScoreResult:
     """Per-point columns (``log_prob`` in nats; ``log_prob_se`` for a stochastic estimator;
     ``bpd`` and ``bpd_se`` for images), the estimator's name, and the contexts the points were
     scored at as given (as the flow takes them: one row per point, or one row for every point;
-    None for an unconditional run)."""
+    None for an unconditional run).
+
+    ``estimator`` names the whole estimate (for images, the log-det's estimator and the
+    dequantisation); ``logdet`` and ``dequantisation`` are its two parts, apart, since the
+    dequantisation is no part of the log-det (``""`` where the run has none)."""
 
     columns: dict[str, np.ndarray]
     estimator: str
     contexts: torch.Tensor | None = None
+    logdet: str = ""
+    dequantisation: str = ""
 
 
 def _span(values: np.ndarray) -> str:
@@ -454,11 +460,12 @@ def score_file(
         bad = int(np.argmin(np.isfinite(columns["log_prob"])))
         raise DataError(f"{data_path}: point {bad} has a non-finite log-density under the model")
     if not task.images:
-        label = name
+        dequantisation = ""
     elif any(isinstance(m, VariationalDequantize) for m in model.modules()):
-        label = f"{name} + variational dequantisation (the one-sample ELBO: a lower bound)"
+        dequantisation = "variational dequantisation (the one-sample ELBO: a lower bound)"
     else:
         # E_u log p(x + u) <= log P(x) by Jensen (Theis et al. 2016, arXiv:1511.01844): a
         # bound as the variational one is, which the label said only for that one (try-out 9).
-        label = f"{name} + uniform dequantisation (E_u log p(x + u): a lower bound)"
-    return ScoreResult(columns, label, given)
+        dequantisation = "uniform dequantisation (E_u log p(x + u): a lower bound)"
+    label = f"{name} + {dequantisation}" if dequantisation else name
+    return ScoreResult(columns, label, given, logdet=name, dequantisation=dequantisation)
