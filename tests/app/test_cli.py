@@ -822,6 +822,20 @@ def test_a_resume_sets_earlier_evaluations_aside_by_their_step(capsys, tmp_path)
             ["digits", "data.train_subset=100", "train.batch_size=128"],
             "exceeds the 100 training samples (data.train_subset); use train.batch_size=100",
         ),
+        # tryout 13: a built-in set's own size was checked only after the summary and build
+        (
+            ["digits", "train.batch_size=5000"],
+            "train.batch_size=5000 exceeds the 1438 training samples of digits; use "
+            "train.batch_size=1438 or less",
+        ),
+        (
+            ["digits", "data.train_subset=5000"],
+            "data.train_subset=5000 exceeds the 1438 training images of digits: use 1438",
+        ),
+        (
+            ["digits", "data.train_subset=5000", "train.batch_size=4000"],
+            "data.train_subset=5000 exceeds the 1438 training images of digits",
+        ),
     ],
 )
 def test_config_mistakes_are_refused_before_the_summary(capsys, tmp_path, argv, message):
@@ -916,3 +930,21 @@ def test_a_resumed_run_says_where_it_resumed_from(tmp_path, capsys):
     code, _, err = run(capsys, *argv)
     assert code == 0, err
     assert "resumed from step 5 of 7" in err.splitlines()
+
+
+def test_an_idx_sets_size_from_its_header_refuses_a_batch_before_the_summary(capsys, tmp_path):
+    """Tryout 13: fashion-mnist with ``train.batch_size=70000`` was refused after the summary
+    and the model build; the training file's header gives its size (the user's files, so not
+    assumed to be the published 60000)."""
+    from tests.datasets.test_images import _write_mnist
+
+    _write_mnist(tmp_path / "fm", "train", 30, gz=True)
+    _write_mnist(tmp_path / "fm", "test", 10, gz=True)
+    argv = ["train", "fashion-mnist", "--data-dir", str(tmp_path / "fm"), "--no-progress"]
+    code, _, err = run(capsys, *argv, "train.batch_size=31", "--out", str(tmp_path / "r"))
+    assert code == 2 and err.count("\n") == 1, err
+    assert "train.batch_size=31 exceeds the 30 training samples of fashion-mnist" in err
+    code, _, err = run(capsys, *argv, "data.train_subset=40", "--out", str(tmp_path / "r"))
+    assert code == 2 and err.count("\n") == 1, err
+    assert "data.train_subset=40 exceeds the 30 training images of fashion-mnist" in err
+    assert not (tmp_path / "r").exists()

@@ -22,6 +22,7 @@ from iresnet.datasets.images import (
     load_mnist,
     load_png_folder,
     read_idx,
+    train_size,
 )
 from iresnet.errors import DataError
 
@@ -307,3 +308,30 @@ def test_a_data_folder_with_a_data_set_that_reads_no_files_is_refused(tmp_path) 
         load_dataset("8gaussians", n_train=10, n_test=5, data_dir=str(tmp_path))
     with pytest.raises(DataError, match="'digits' reads none"):  # scikit-learn's
         load_dataset("digits", data_dir=str(tmp_path))
+
+
+# --------------------------------------------------------------------------------- train_size
+@pytest.mark.parametrize("gz", [False, True])
+def test_train_size_reads_the_idx_header_and_knows_digits(tmp_path: Path, gz: bool) -> None:
+    """The size the CLI refuses a batch or a subset against before it loads anything: the
+    digits constant is the loader's count, an IDX file's is its header's, not 60000."""
+    pytest.importorskip("sklearn")
+    assert train_size("digits") == len(load_digits("train")) == 1438
+    _write_mnist(tmp_path / "MNIST" / "raw", "train", 37, gz)
+    assert train_size("mnist", tmp_path) == len(load_mnist(tmp_path)) == 37
+    _write_mnist(tmp_path / "f", "train", 12, gz)
+    assert train_size("fashion_mnist", tmp_path / "f") == 12
+    # not known cheaply, or not there: None (the loader counts, or names what is missing)
+    assert train_size("mnist", tmp_path / "none") is None and train_size("mnist") is None
+    assert train_size("cifar10", tmp_path) is None and train_size("png", tmp_path) is None
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "train-images-idx3-ubyte").write_bytes(b"\x1f\x8bnot gzip")
+    (tmp_path / "bad" / "train-labels-idx1-ubyte").write_bytes(b"")
+    assert train_size("mnist", tmp_path / "bad") is None
+
+
+def test_train_size_of_the_system_fashion_mnist_is_its_header() -> None:
+    folder = next((d for d in FASHION_MNIST_SYSTEM_DIRS if d.is_dir()), None)
+    if folder is None:
+        pytest.skip("no system Fashion-MNIST")
+    assert train_size("fashion-mnist") == 60000

@@ -27,7 +27,14 @@ import torch
 from tqdm import tqdm
 
 from ..certificate import Certificate, certify
-from ..datasets import CONDITIONAL_TOYS, IMAGE_DATASETS, TOY_DATASETS, check_dataset_options
+from ..datasets import (
+    CONDITIONAL_TOYS,
+    IMAGE_DATASETS,
+    TOY_DATASETS,
+    check_dataset_options,
+    check_train_subset,
+)
+from ..datasets.images import train_size
 from ..errors import CheckpointError, ConfigError, IResNetError
 from . import plots, scoring
 from .config import SECTIONS, Config, check_seed, repeated_keys
@@ -498,8 +505,10 @@ def _count(n: int, noun: str) -> str:
 def _check_before_start(cfg: Config, out: Path | None = None) -> None:
     """Refuse, before the summary is printed, what the config's own checks leave to the start:
     data options that the data set does not take (after the flags that set them were compared
-    with the overrides), a device this machine lacks, fp16 on a CPU, a batch larger than a
-    training set whose size the config fixes, and an ``--out`` (``out``) that holds a run."""
+    with the overrides), a device this machine lacks, fp16 on a CPU, a batch or a training
+    subset larger than a training set whose size is known before it is read (the config's
+    ``data.n_train`` or ``data.train_subset``, digits' constant, an IDX file's header), and
+    an ``--out`` (``out``) that holds a run."""
     d = cfg.data
     check_dataset_options(
         d.name,
@@ -511,8 +520,15 @@ def _check_before_start(cfg: Config, out: Path | None = None) -> None:
     # A user array's size is known once it is read, as training starts: the trainer checks it.
     if d.name in TOY_DATASETS or d.name in CONDITIONAL_TOYS:
         check_batch_size(cfg.train.batch_size, d.n_train, " (data.n_train)")
-    elif d.name in IMAGE_DATASETS and d.train_subset:
-        check_batch_size(cfg.train.batch_size, d.train_subset, " (data.train_subset)")
+    elif d.name in IMAGE_DATASETS:
+        # digits' size is a constant, an IDX file's is in its header; others are counted.
+        full = train_size(d.name, d.data_dir)
+        if full is not None and d.train_subset:
+            check_train_subset(d.name, d.train_subset, full)
+        if d.train_subset:
+            check_batch_size(cfg.train.batch_size, d.train_subset, " (data.train_subset)")
+        elif full is not None:
+            check_batch_size(cfg.train.batch_size, full, f" of {d.name}")
     if out is not None and os.environ.get("RANK", "0") == "0":
         Run(out).check_new()  # the trainer looks again (every rank) before it writes
 

@@ -49,6 +49,7 @@ __all__ = [
     "Standardizer",
     "TOY_DATASETS",
     "check_dataset_options",
+    "check_train_subset",
     "load_dataset",
 ]
 
@@ -199,6 +200,21 @@ def check_dataset_options(
         raise DataError(
             f"a training subset is drawn from an image set, not '{name}' (toys: data.n_train; "
             "your own data: keep the rows you want in the file)"
+        )
+
+
+def check_train_subset(name: str, train_subset: int, n_train: int) -> None:
+    """Refuse a training subset larger than the image set ``name``'s ``n_train`` training
+    images (known before loading for some sets:
+    [`train_size`][iresnet.datasets.images.train_size]).
+
+    Raises:
+        DataError: ``train_subset > n_train``, with the largest subset there is.
+    """
+    if train_subset > n_train:
+        raise DataError(
+            f"data.train_subset={train_subset} exceeds the {n_train} training images of "
+            f"{name}: use {n_train} or fewer (0: all)"
         )
 
 
@@ -364,11 +380,7 @@ def load_dataset(
         te = load_image_dataset(name, "test", data_dir)
         train_x, train_y = tr.images, tr.labels
         if train_subset:
-            if train_subset > len(train_x):
-                raise DataError(
-                    f"data.train_subset={train_subset} exceeds the {len(train_x)} training "
-                    f"images of {name}: use {len(train_x)} or fewer (0: all)"
-                )
+            check_train_subset(name, train_subset, len(train_x))
             keep = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(seed))
             keep = keep[:train_subset].sort().values
             train_x = train_x[keep]

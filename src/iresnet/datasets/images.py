@@ -36,6 +36,7 @@ __all__ = [
     "load_digits",
     "load_png_folder",
     "load_image_dataset",
+    "train_size",
     "FASHION_MNIST_SYSTEM_DIRS",
     "DATASET_NAMES",
 ]
@@ -185,6 +186,21 @@ def _check_split(split: str, allowed: Sequence[str] = _SPLITS) -> None:
         raise DataError(f"unknown split {split!r}; expected one of {', '.join(allowed)}")
 
 
+def _idx_length(path: Path) -> int | None:
+    """The first dimension in an IDX file's header (raw or gzip), read without its data; None
+    where the header cannot be read (the loader then says what is wrong)."""
+    try:
+        with path.open("rb") as raw:
+            gz = raw.read(2) == b"\x1f\x8b"
+        with gzip.open(path, "rb") if gz else path.open("rb") as fh:
+            head = fh.read(8)
+    except (OSError, EOFError, zlib.error):
+        return None
+    if len(head) < 8 or head[:2] != b"\x00\x00" or head[3] == 0:
+        return None
+    return int(struct.unpack(">I", head[4:8])[0])
+
+
 def _find_idx(folder: Path, stem: str) -> Path | None:
     # Extracted files first (faster); the MNIST site's unzipped names use a dot before "idx".
     dotted = stem.replace("-idx", ".idx")
@@ -194,14 +210,31 @@ def _find_idx(folder: Path, stem: str) -> Path | None:
     return None
 
 
+def _idx_pair(split: str, folders: Sequence[Path]) -> tuple[Path, Path] | None:
+    """The first folder's images and labels files of ``split``, or None where no folder holds
+    both (images and labels must come from the same folder, or they could be mispaired)."""
+    for folder in folders:
+        img_path, lab_path = (_find_idx(folder, s) for s in _IDX_STEMS[split])
+        if img_path is not None and lab_path is not None:
+            return img_path, lab_path
+    return None
+
+
+def _idx_folders(name: str, root: str | Path | None) -> list[Path]:
+    """Where ``mnist`` or ``fashion-mnist`` looks for its files (``root=None``: fashion-mnist's
+    system install; mnist has none)."""
+    if root is None:
+        return list(FASHION_MNIST_SYSTEM_DIRS) if name == "fashion-mnist" else []
+    sub = "MNIST" if name == "mnist" else "FashionMNIST"
+    return [Path(root), Path(root) / sub / "raw"]
+
+
 def _load_idx_pair(name: str, split: str, folders: Sequence[Path], how: str) -> ImageData:
     _check_split(split)
     stems = _IDX_STEMS[split]
-    for folder in folders:
-        # Images and labels must come from the same folder, or they could be mispaired.
-        img_path, lab_path = (_find_idx(folder, s) for s in stems)
-        if img_path is not None and lab_path is not None:
-            break
+    found = _idx_pair(split, folders)
+    if found is not None:
+        img_path, lab_path = found
     else:
         raise DataError(
             f"{name} {split} split not found: expected {stems[0]}[.gz] and {stems[1]}[.gz] in "
@@ -249,12 +282,11 @@ def load_mnist(root: str | Path, split: str = "train") -> ImageData:
         ...
         iresnet.errors.DataError: mnist train split not found: expected train-images-idx3-ubyte...
     """
-    root = Path(root)
     how = (
         "Get the four IDX files from the MNIST site (yann.lecun.com/exdb/mnist or a mirror) or "
         "point root at a folder holding a torchvision MNIST/raw folder."
     )
-    return _load_idx_pair("mnist", split, [root, root / "MNIST" / "raw"], how)
+    return _load_idx_pair("mnist", split, _idx_folders("mnist", root), how)
 
 
 def load_fashion_mnist(root: str | Path | None = None, split: str = "train") -> ImageData:
@@ -282,10 +314,7 @@ def load_fashion_mnist(root: str | Path | None = None, split: str = "train") -> 
         ...
         iresnet.errors.DataError: fashion-mnist test split not found: ...
     """
-    if root is None:
-        folders = list(FASHION_MNIST_SYSTEM_DIRS)
-    else:
-        folders = [Path(root), Path(root) / "FashionMNIST" / "raw"]
+    folders = _idx_folders("fashion-mnist", root)
     how = (
         "Install them with `apt-get install dataset-fashion-mnist` (Debian/Ubuntu) or download "
         "the IDX files from the Zalando repository github.com/zalandoresearch/fashion-mnist."
@@ -408,6 +437,10 @@ def load_cifar10(root: str | Path, split: str = "train") -> ImageData:
 
 
 # ------------------------------------------------------------------------------------- digits
+_DIGITS_IMAGES = 1797
+"""The images scikit-learn bundles; ``load_digits`` keeps ``1797 // 5`` for its test split."""
+
+
 def load_digits(split: str = "train") -> ImageData:
     """scikit-learn's bundled 8x8 digits: ``(N, 1, 8, 8)`` uint8 with 17 levels (0..16).
 
@@ -528,6 +561,32 @@ def load_png_folder(path: str | Path, split: str | None = None) -> ImageData:
 
 
 # ----------------------------------------------------------------------------------- dispatch
+def train_size(name: str, data_dir: str | Path | None = None) -> int | None:
+    """The number of training images of an image set, known without loading it: ``digits``'
+    1438 (a constant: the images come with scikit-learn), and the count in the header of
+    ``mnist``'s or ``fashion-mnist``'s training images file (its first 8 bytes: the files are
+    the user's, so their count is read, not assumed to be the published 60,000). None where
+    it is not known so cheaply (``cifar10``'s pickles, a ``png`` folder, files not found):
+    the loader then counts, or says what is missing.
+
+    Args:
+        name: one of [`DATASET_NAMES`][iresnet.datasets.images.DATASET_NAMES].
+        data_dir: the folder holding the files, as for
+            [`load_image_dataset`][iresnet.datasets.images.load_image_dataset].
+
+    Examples:
+        >>> train_size("digits"), train_size("cifar10", "/nonexistent")
+        (1438, None)
+    """
+    key = name.strip().lower().replace("_", "-")
+    if key == "digits":
+        return _DIGITS_IMAGES - _DIGITS_IMAGES // 5
+    if key in ("mnist", "fashion-mnist"):
+        found = _idx_pair("train", _idx_folders(key, data_dir))
+        return None if found is None else _idx_length(found[0])
+    return None
+
+
 def load_image_dataset(name: str, split: str, data_dir: str | Path | None = None) -> ImageData:
     """Load an image set by name (``_`` and ``-`` are interchangeable).
 
