@@ -728,7 +728,7 @@ def test_a_flag_and_an_override_naming_one_folder_two_ways_agree(capsys, tmp_pat
     rel = os.path.relpath(tmp_path)
     for given, override in ((f"{tmp_path}/", str(tmp_path)), (rel, str(tmp_path))):
         code, _, err = run(
-            capsys, "train", "digits", "--data-dir", given, f"data.data_dir={override}", "--dry-run"
+            capsys, "train", "mnist", "--data-dir", given, f"data.data_dir={override}", "--dry-run"
         )
         assert code == 0, err
 
@@ -948,3 +948,33 @@ def test_an_idx_sets_size_from_its_header_refuses_a_batch_before_the_summary(cap
     assert code == 2 and err.count("\n") == 1, err
     assert "data.train_subset=40 exceeds the 30 training images of fashion-mnist" in err
     assert not (tmp_path / "r").exists()
+
+
+def test_a_dry_run_checks_the_config_but_not_the_machine(capsys, tmp_path):
+    """Tryout 13: ``--dry-run`` ("check the config") printed configs that train refuses before
+    its summary (a batch above data.n_train, an --out that holds a run); it runs those checks
+    now, but not whether this machine has the device, so a GPU config prints on a laptop."""
+    from iresnet.app.runs import Run
+
+    for argv, message in (
+        (["data.n_train=10", "train.batch_size=11"], "exceeds the 10 training samples"),
+        (["digits", "data.train_subset=63", "train.batch_size=64"], "(data.train_subset)"),
+        (["digits", "train.batch_size=5000"], "exceeds the 1438 training samples of digits"),
+        (["digits", "--data-dir", str(tmp_path)], "'digits' reads none"),
+        (["train.precision=fp16", "--device", "cpu"], "fp16 needs a CUDA device"),
+    ):
+        code, out, err = run(capsys, "train", *argv, "--dry-run")
+        assert code == 2 and message in err and err.count("\n") == 1 and not out, (argv, err)
+    out_dir = tmp_path / "run"
+    assert run(capsys, "train", *TINY, "--steps", "2", "--out", str(out_dir))[0] == 0
+    code, out, err = run(capsys, "train", *TINY, "--out", str(out_dir), "--dry-run")
+    assert code == 2 and "already holds a run" in err and not out, err
+    # a device this machine lacks is the machine's business, not the config's
+    code, out, err = run(capsys, "train", "--device", "cuda:7", "--dry-run")
+    assert code == 0 and json.loads(out)["train"]["device"] == "cuda:7", err
+    code, out, err = run(capsys, "train", "--device", "cuda:7", "train.precision=fp16", "--dry-run")
+    assert code == 0, err
+    # a resumed run's dry run checks its config too, and still prints it
+    code, out, err = run(capsys, "train", "--resume", str(out_dir), "--steps", "4", "--dry-run")
+    assert code == 0 and json.loads(out)["train"]["steps"] == 4, err
+    assert Run(out_dir).last_step() == 2  # nothing trained

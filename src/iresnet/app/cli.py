@@ -38,7 +38,7 @@ from ..datasets.images import train_size
 from ..errors import CheckpointError, ConfigError, IResNetError
 from . import plots, scoring
 from .config import SECTIONS, Config, check_seed, repeated_keys
-from .distributed import check_precision, resolve_device
+from .distributed import check_precision, parse_device, resolve_device
 from .files import atomic_write, json_safe, out_path
 from .presets import DEFAULT_PRESET, PRESETS, get_preset
 from .runs import Run, load_run
@@ -191,8 +191,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--dry-run",
         action="store_true",
-        help="check the config and print it whole (JSON), then stop; the data is not read, so "
-        "a model that does not fit the data's shape is refused only by train",
+        help="check the config and print it whole (JSON), then stop: the config's own checks "
+        "run (data options, a batch or data.train_subset above a training set whose size is "
+        "known, an --out that holds a run), the machine's do not (a --device this machine "
+        "lacks: a GPU config prints on a CPU machine); the data is not read, so a model that "
+        "does not fit the data's shape is refused only by train",
     )
     p.add_argument(
         "--verbose", action="store_true", help="print the whole resolved config, not a summary"
@@ -504,11 +507,19 @@ def _count(n: int, noun: str) -> str:
 
 def _check_before_start(cfg: Config, out: Path | None = None) -> None:
     """Refuse, before the summary is printed, what the config's own checks leave to the start:
-    data options that the data set does not take (after the flags that set them were compared
-    with the overrides), a device this machine lacks, fp16 on a CPU, a batch or a training
-    subset larger than a training set whose size is known before it is read (the config's
-    ``data.n_train`` or ``data.train_subset``, digits' constant, an IDX file's header), and
-    an ``--out`` (``out``) that holds a run."""
+    the config's mistakes (``_check_config``) and a device this machine lacks."""
+    _check_config(cfg, out)
+    resolve_device(cfg.train.device)
+
+
+def _check_config(cfg: Config, out: Path | None = None) -> None:
+    """The checks of the config itself, which ``train --dry-run`` runs too: data options that
+    the data set does not take (after the flags that set them were compared with the
+    overrides), fp16 on a CPU named in the config, a batch or a training subset larger than a
+    training set whose size is known before it is read (the config's ``data.n_train`` or
+    ``data.train_subset``, digits' constant, an IDX file's header), and an ``--out``
+    (``out``) that holds a run. Not whether this machine has the device: a GPU config
+    checked on a laptop is a config, not a mistake."""
     d = cfg.data
     check_dataset_options(
         d.name,
@@ -516,7 +527,7 @@ def _check_before_start(cfg: Config, out: Path | None = None) -> None:
         data_dir=d.data_dir,
         train_subset=d.train_subset,
     )
-    check_precision(cfg.train.precision, resolve_device(cfg.train.device))
+    check_precision(cfg.train.precision, parse_device(cfg.train.device))
     # A user array's size is known once it is read, as training starts: the trainer checks it.
     if d.name in TOY_DATASETS or d.name in CONDITIONAL_TOYS:
         check_batch_size(cfg.train.batch_size, d.n_train, " (data.n_train)")
@@ -626,6 +637,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
                 extend.append(f"train.cycle_start={done}")
             cfg = cfg.override(extend)
         if args.dry_run:
+            _check_config(cfg)
             print(cfg.to_json())
             return 0
         _check_before_start(cfg)
@@ -634,6 +646,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     else:
         cfg = _resolve_train_config(args)
         if args.dry_run:
+            _check_config(cfg, args.out)
             print(cfg.to_json())
             return 0
         _check_before_start(cfg, args.out)
