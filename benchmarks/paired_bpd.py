@@ -33,6 +33,13 @@ from bench.stats import mean_se
 NAME = "paired-bpd"
 
 
+def _in_se(diff: float, se: float) -> str:
+    """The difference in standard errors, or what a zero SE means (one model given twice)."""
+    if se > 0:
+        return f"{diff / se:+.1f} SE"
+    return "the same value on every image" if diff == 0 else "the same shift on every image"
+
+
 def main() -> None:
     ap = script_parser(__doc__)
     ap.add_argument("--runs", nargs=2, required=True, metavar="LABEL=PATH", help="A, then B")
@@ -63,6 +70,11 @@ def main() -> None:
         print(f"  {label}: {pm(mean, se, 4)} bits/dim ({cpu:.0f} CPU s)", flush=True)
     (a, va), (b, vb) = values.items()
     both = torch.isfinite(va) & torch.isfinite(vb)
+    if int(both.sum()) < 2:
+        raise SystemExit(
+            f"only {int(both.sum())} test image(s) scored finitely under both models: "
+            "nothing to pair (see the non-finite counts above)"
+        )
     diff, diff_se = mean_se(vb[both] - va[both])
     unpaired = math.hypot(raw[a]["test_bpd_se"], raw[b]["test_bpd_se"])
     corr = float(torch.corrcoef(torch.stack([va[both], vb[both]]))[0, 1])
@@ -76,7 +88,7 @@ def main() -> None:
     print(f"  {b} - {a}: {pm(diff, diff_se, 4)} (unpaired SE {unpaired:.4f})", flush=True)
     said = (
         f"**{b} - {a} = {pm(diff, diff_se, 4)} bits/dim** over the {int(both.sum())} test images "
-        f"both scored finitely ({diff / diff_se:+.1f} SE); unpaired SE {unpaired:.4f}; "
+        f"both scored finitely ({_in_se(diff, diff_se)}); unpaired SE {unpaired:.4f}; "
         f"correlation of the two models' per-image bits/dim {corr:.3f}. One training seed each."
     )
     write_results(

@@ -78,6 +78,21 @@ def test_the_difference_is_per_image_and_skips_images_either_model_lost(monkeypa
     assert raw["paired"]["n"] == 4 and raw["B"]["non_finite"] == 1
 
 
+def test_one_model_given_twice_is_reported_not_divided_by_zero(monkeypatch, tmp_path):
+    v = torch.tensor([3.0, 2.0, 4.0], dtype=torch.float64)
+    raw = _run(monkeypatch, tmp_path, {"a": ("digits", v), "b": ("digits", v)})
+    assert raw["paired"]["b_minus_a"] == 0 and raw["paired"]["se"] == 0
+    text = (tmp_path / "paired-bpd.md").read_text()
+    assert "the same value on every image" in text
+
+
+def test_too_few_images_scored_by_both_is_one_line(monkeypatch, tmp_path):
+    a = torch.tensor([3.0, math.nan, 4.0], dtype=torch.float64)
+    b = torch.tensor([2.0, 1.0, math.inf], dtype=torch.float64)
+    with pytest.raises(SystemExit, match="only 1 test image"):
+        _run(monkeypatch, tmp_path, {"a": ("digits", a), "b": ("digits", b)})
+
+
 def test_two_data_sets_are_refused(monkeypatch, tmp_path):
     v = torch.ones(4, dtype=torch.float64)
     with pytest.raises(SystemExit, match="different data sets"):
