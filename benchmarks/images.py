@@ -78,11 +78,13 @@ from iresnet.app.config import Config, differing_settings, key_section
 from iresnet.app.files import atomic_write
 from iresnet.app.plots import plot_image_grid
 from iresnet.app.presets import get_preset
+from iresnet.errors import IResNetError
 from iresnet.transforms import bits_per_dim
 
 from bench import RESULTS_DIR
 from bench.density import chunked
 from bench.env import environment, script_parser, seed_all, set_threads
+from bench.env import out_dir as writable_dir
 from bench.metrics import logged_max
 from bench.ours import train_under_budget
 from bench.peers import (
@@ -663,6 +665,64 @@ def peer_kw_problem(peer_kw: object, peers: list[str]) -> str | None:
     return None
 
 
+def parse_budgets(items: list[str], datasets: list[str], quick: bool) -> dict[str, float]:
+    """``--budget DATA=SECONDS`` items over the defaults (20 s each with ``--quick``).
+
+    Raises:
+        ValueError: an item that is not ``DATA=SECONDS`` with DATA among ``datasets`` and a
+            finite, positive number of seconds (the message says which and what to give).
+    """
+    budgets = {k: 20.0 if quick else v for k, v in DEFAULT_BUDGETS.items()}
+    for item in items:
+        name, _, secs = item.partition("=")
+        if name not in budgets or not secs:
+            raise ValueError(
+                f"--budget expects DATA=SECONDS with DATA in {list(budgets)}, got {item!r}"
+            )
+        if name not in datasets:
+            raise ValueError(
+                f"--budget {item}: {name} is not among --datasets {datasets}; add it there or "
+                "drop the budget"
+            )
+        try:
+            value = float(secs)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"--budget {item}: SECONDS must be a positive number of CPU seconds")
+        budgets[name] = value
+    return budgets
+
+
+def preflight_problem(dataset: str, args: argparse.Namespace) -> str | None:
+    """What would stop a model of ``dataset`` at its start, found before any trains (a worker
+    that fails after the others' hour is an hour lost): our configs with ``--ours-override``,
+    and each peer built at its ``--peer-kw`` size. None when all of them build."""
+    for label, override in our_models(dataset, args).items():
+        try:
+            preset_config(dataset, args.data_dir, args.seed).override(
+                [*override, *args.ours_override]
+            )
+        except IResNetError as e:
+            return f"--ours-override ({label}): {e}"
+    if not args.peers:
+        return None
+    try:
+        cfg = preset_config(dataset, args.data_dir, args.seed).override(
+            data_overrides(args.ours_override)
+        )
+        data = load_data(cfg.data)
+    except IResNetError as e:
+        return f"{dataset}: {e}"
+    for kind in args.peers:
+        kw = PEER_KW[kind][dataset] | ((args.peer_kw or {}).get(kind) or {})
+        try:
+            ImagePeer(kind, kw, int(data.n_levels or 0), data.event_shape, cfg.data.logit_alpha, 0)
+        except (TypeError, ValueError) as e:
+            return f"--peer-kw: {PEER_LABEL[kind]} cannot be built with {kw}: {e}"
+    return None
+
+
 def main() -> None:
     ap = script_parser(__doc__)
     ap.add_argument(
@@ -676,7 +736,9 @@ def main() -> None:
         help="CPU-seconds training budget per model (default digits=600, fashion-mnist=3600)",
     )
     ap.add_argument("--data-dir", default=None, help="folder with the image files")
-    ap.add_argument("--work-dir", type=Path, default=None, help="where run folders go (kept)")
+    ap.add_argument(
+        "--work-dir", type=writable_dir, default=None, help="where run folders go (kept)"
+    )
     ap.add_argument(
         "--ours-fit-steps",
         action="store_true",
@@ -744,18 +806,22 @@ def main() -> None:
     args = ap.parse_args()
     problem = peer_kw_problem(args.peer_kw, args.peers)
     problem = problem or variant_problem(args.variants)
+    if args.n_test is not None and args.n_test < 2:
+        problem = problem or (
+            f"--n-test must be >= 2 (a standard error needs two images), got {args.n_test}"
+        )
     if problem:
         ap.error(problem)
     if serve(args, worker):
         return
-    budgets = dict(DEFAULT_BUDGETS)
-    if args.quick:
-        budgets = {k: 20.0 for k in budgets}
-    for item in args.budget:
-        name, _, secs = item.partition("=")
-        if name not in budgets or not secs:
-            ap.error(f"--budget expects DATA=SECONDS with DATA in {list(budgets)}, got {item!r}")
-        budgets[name] = float(secs)
+    try:
+        budgets = parse_budgets(args.budget, args.datasets, args.quick)
+    except ValueError as e:
+        ap.error(str(e))
+    for ds in args.datasets:  # every model built once before any trains
+        problem = preflight_problem(ds, args)
+        if problem:
+            ap.error(problem)
     set_threads(1)  # the driver only waits; each worker sets its own single thread
     env = environment()
     if args.resume and args.work_dir is None:

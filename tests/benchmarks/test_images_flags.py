@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -10,6 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import pytest  # noqa: E402
 from images import (  # noqa: E402
     against,
+    parse_budgets,
     peer_kw_problem,
     prior_run,
     report,
@@ -150,3 +153,58 @@ def test_a_fresh_run_into_a_work_dir_that_holds_one_is_refused_before_writing(tm
     problem = spec_problem(spec | {"seed": 1}, tmp_path / "g", resume=False)
     assert problem is not None and "--resume" in problem and "another --work-dir" in problem
     assert spec_problem(spec, tmp_path / "g", resume=True) is None
+
+
+def test_budgets_are_positive_seconds_of_a_data_set_that_is_trained():
+    """``--budget digits=0`` and ``-5`` gave a worker's traceback, ``abc`` a float() traceback,
+    and ``fashion-mnist=10`` with ``--datasets digits`` was ignored without a word."""
+    assert parse_budgets([], ["digits"], quick=False)["digits"] == 600.0
+    assert parse_budgets(["digits=90"], ["digits"], quick=True) == {
+        "digits": 90.0,
+        "fashion-mnist": 20.0,
+    }
+    for bad in ("digits=0", "digits=-5", "digits=abc", "digits=nan", "digits=inf"):
+        with pytest.raises(ValueError, match="positive number of CPU seconds"):
+            parse_budgets([bad], ["digits"], quick=False)
+    with pytest.raises(ValueError, match="not among --datasets"):
+        parse_budgets(["fashion-mnist=10"], ["digits"], quick=False)
+    with pytest.raises(ValueError, match="DATA=SECONDS"):
+        parse_budgets(["cifar=10"], ["digits"], quick=False)
+
+
+def _refusal(argv: list[str], tmp_path: Path) -> str:
+    script = Path(__file__).parents[2] / "benchmarks" / "images.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--quick", "--datasets", "digits", *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=os.environ | {"PYTHONPATH": os.pathsep.join(sys.path)},
+        cwd=tmp_path,
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    return done.stderr
+
+
+@pytest.mark.parametrize(
+    "argv, says",
+    [
+        (["--n-test", "1"], "--n-test must be >= 2"),
+        (["--ours-override", "model.nope=1", "--peers"], "unknown config key 'model.nope'"),
+        (["--peer-kw", '{"glow": {"nope": 1}}', "--peers", "glow"], "cannot be built"),
+    ],
+)
+def test_a_model_that_cannot_start_is_refused_before_any_trains(argv, says, tmp_path):
+    """A misspelt override or peer size failed in its worker, after the other models had
+    trained their whole budget, and left a work dir that neither a rerun nor --resume took."""
+    work = tmp_path / "work"
+    stderr = _refusal([*argv, "--work-dir", str(work), "--out-dir", str(tmp_path)], tmp_path)
+    assert says in stderr
+    assert not work.exists()
+
+
+def test_a_work_dir_that_is_a_file_is_refused_as_it_is_parsed(tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("kept")
+    assert "is a file" in _refusal(["--peers", "--work-dir", str(afile)], tmp_path)
+    assert afile.read_text() == "kept"
