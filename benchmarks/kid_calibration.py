@@ -36,7 +36,7 @@ from torch import Tensor
 from iresnet.datasets import load_dataset
 from sample_quality import EPOCHS, Judge, categorical_samples, kid, mmd2_unbiased
 
-from bench.env import environment, script_parser, set_threads
+from bench.env import environment, run_script, script_parser, set_threads
 from bench.report import markdown_table, pm, write_results
 
 NAME = "kid-calibration"
@@ -81,8 +81,8 @@ def main() -> None:
     ap.add_argument("--name", default=NAME, help="results name")
     args = ap.parse_args()
     dataset = args.dataset or ("digits" if args.quick else "fashion-mnist")
-    replicates = args.replicates or (20 if args.quick else 200)
-    sizes = args.sizes or ([60] if args.quick else [1000, 200])
+    replicates = (20 if args.quick else 200) if args.replicates is None else args.replicates
+    sizes = ([60] if args.quick else [1000, 200]) if args.sizes is None else args.sizes
     if replicates < 2 or args.subsets < 2 or min(sizes) < 2 * args.subsets:
         ap.error("--replicates and --subsets must be >= 2, each of --sizes >= 2 x --subsets")
     if any(not 0 <= m <= 1 for m in args.mixes):
@@ -165,4 +165,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -26,11 +26,12 @@ import torch
 
 from sample_quality import Sampler, parse_runs
 
-from bench.env import environment, script_parser, set_threads
+from bench.env import environment, run_script, script_parser, set_threads
 from bench.report import markdown_table, pm, write_results
 from bench.stats import mean_se
 
 NAME = "paired-bpd"
+QUICK_N_TEST = 100  # --quick without --n-test
 
 
 def _in_se(diff: float, se: float) -> str:
@@ -43,9 +44,16 @@ def _in_se(diff: float, se: float) -> str:
 def main() -> None:
     ap = script_parser(__doc__)
     ap.add_argument("--runs", nargs=2, required=True, metavar="LABEL=PATH", help="A, then B")
-    ap.add_argument("--n-test", type=int, default=None, help="first N test images (default all)")
+    ap.add_argument(
+        "--n-test",
+        type=int,
+        default=None,
+        help=f"first N test images (default all; {QUICK_N_TEST} with --quick)",
+    )
     ap.add_argument("--name", default=NAME, help="results name")
     args = ap.parse_args()
+    if args.quick and args.n_test is None:
+        args.n_test = QUICK_N_TEST
     if args.n_test is not None and args.n_test < 2:
         ap.error(f"--n-test must be >= 2 (a standard error needs two images), got {args.n_test}")
     set_threads(args.threads)
@@ -55,12 +63,19 @@ def main() -> None:
     datasets = {m.dataset for m in models.values()}
     if len(datasets) != 1:
         raise SystemExit(f"--runs are on different data sets ({sorted(datasets)}): nothing to pair")
+    images = {label: m.test_images(args.n_test) for label, m in models.items()}
+    (a, xa), (b, xb) = images.items()
+    if xa.shape != xb.shape or not torch.equal(xa, xb):
+        raise SystemExit(
+            f"{a} and {b} read different test images ({runs[a]} and {runs[b]} name different "
+            "data folders' files): a pairing needs the same images; give both runs one data set"
+        )
     values: dict[str, torch.Tensor] = {}
     rows: list[list[Any]] = []
     raw: dict[str, Any] = {}
     for label, model in models.items():
         start = time.process_time()
-        values[label] = model.test_bits_per_dim(args.n_test, args.seed)
+        values[label] = model.bits_per_dim(xa, args.seed)
         cpu = time.process_time() - start
         finite = torch.isfinite(values[label])
         mean, se = mean_se(values[label][finite])
@@ -68,7 +83,7 @@ def main() -> None:
         raw[label] |= {"cpu_seconds": cpu, "kind": model.kind, "path": str(runs[label])}
         rows.append([label, model.kind, pm(mean, se, 4), int((~finite).sum()), f"{cpu:.0f}"])
         print(f"  {label}: {pm(mean, se, 4)} bits/dim ({cpu:.0f} CPU s)", flush=True)
-    (a, va), (b, vb) = values.items()
+    va, vb = values[a], values[b]
     both = torch.isfinite(va) & torch.isfinite(vb)
     if int(both.sum()) < 2:
         raise SystemExit(
@@ -109,4 +124,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -43,6 +43,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -60,7 +61,7 @@ from iresnet.transforms import bits_per_dim, swap_logdets
 
 from bench import RESULTS_DIR
 from bench.density import chunked
-from bench.env import environment, script_parser, set_threads
+from bench.env import environment, run_script, script_parser, set_threads
 from bench.report import markdown_table, pm, write_results
 
 NAME = "sample-quality"
@@ -266,7 +267,19 @@ class Sampler:
             path = path / "ours"  # images.py's folder of ours: the run is inside
             spec_file = path / "spec.json"
         if spec_file.is_file():
-            self._peer(path, json.loads(spec_file.read_text()))
+            try:
+                spec = json.loads(spec_file.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise SystemExit(
+                    f"{spec_file}: not the spec.json images.py writes ({e}); point at another "
+                    "folder or rerun images.py"
+                ) from None
+            keys = {"who", "dataset", "data_dir", "seed"}
+            if not isinstance(spec, dict) or not keys <= set(spec):
+                raise SystemExit(
+                    f"{spec_file}: not the spec.json images.py writes (it has {sorted(keys)})"
+                )
+            self._peer(path, spec)
         elif (path / "config.json").is_file():
             self._ours(path)
         else:
@@ -279,12 +292,14 @@ class Sampler:
         trained = load_run(path, data=False)
         if not getattr(trained.task, "images", False) or trained.cfg.model.kind == "hybrid":
             raise SystemExit(
-                f"{path}: not an image density run; this script judges the samples of one"
+                f"{path}: not an image density run; sample_quality.py and paired_bpd.py take "
+                "unconditional image density runs"
             )
         if getattr(trained.task, "context_dim", 0):
             raise SystemExit(
-                f"{path}: a conditional run; this script judges unconditional samples (draw "
-                "them per class with `iresnet sample --context`)"
+                f"{path}: a conditional run; sample_quality.py and paired_bpd.py take "
+                "unconditional image density runs (`iresnet sample --context` draws per class, "
+                "`iresnet evaluate` scores one)"
             )
         self.kind, self.dataset = "ours", trained.cfg.data.name
         self.data_dir = trained.cfg.data.data_dir
@@ -307,7 +322,13 @@ class Sampler:
         self.levels = int(data.n_levels or 0)
         kw = PEER_KW[who][self.dataset] | ((spec.get("peer_kw") or {}).get(who) or {})
         peer = ImagePeer(who, kw, self.levels, tuple(data.event_shape), cfg.data.logit_alpha, 0)
-        peer.flow.load_state_dict(torch.load(checkpoint, weights_only=True)["model"])
+        try:
+            peer.flow.load_state_dict(torch.load(checkpoint, weights_only=True)["model"])
+        except Exception as e:  # torch.load's errors on a damaged file have no common type
+            raise SystemExit(
+                f"{checkpoint}: not a readable checkpoint of this peer ({type(e).__name__}); "
+                "retrain it (images.py) or point at another folder"
+            ) from None
         peer.flow.eval()
         self.kind = who
         self._draw = peer.sample
@@ -318,14 +339,22 @@ class Sampler:
         parts = [self._draw(min(chunk, n - i), temperature) for i in range(0, n, chunk)]
         return torch.cat(parts).detach()
 
-    def test_bits_per_dim(self, n_test: int | None, seed: int) -> Tensor:
-        """Bits/dim ``(n,)`` of each of the first ``n_test`` test images (all with ``None``),
-        float64, after ``torch.manual_seed(seed)`` (the dequantisation noise; our estimator's
-        draws): a peer's exact, ours under the scoring estimator ``iresnet evaluate`` uses."""
+    def test_images(self, n_test: int | None) -> Tensor:
+        """The first ``n_test`` test images (all with ``None``) of the data the model was
+        trained on, from its own data folder: integer levels ``(n, C, H, W)``."""
         data = load_dataset(self.dataset, **_data_dir(self.data_dir))
-        x = data.test_x[:n_test] if n_test else data.test_x
+        return data.test_x[:n_test] if n_test else data.test_x
+
+    def bits_per_dim(self, x: Tensor, seed: int) -> Tensor:
+        """Bits/dim ``(n,)`` of each integer image of ``x``, float64, after
+        ``torch.manual_seed(seed)`` (the dequantisation noise; our estimator's draws): a
+        peer's exact, ours under the scoring estimator ``iresnet evaluate`` uses."""
         torch.manual_seed(seed)
         return self._score(x).double()
+
+    def test_bits_per_dim(self, n_test: int | None, seed: int) -> Tensor:
+        """:meth:`bits_per_dim` of :meth:`test_images`."""
+        return self.bits_per_dim(self.test_images(n_test), seed)
 
 
 def _our_bits_per_dim(trained: Any, x: Tensor, chunk: int = 100) -> Tensor:
@@ -421,8 +450,9 @@ def main() -> None:
         raise SystemExit(f"{dataset}: no labelled images to fit the judge to")
     n = args.n_samples
     if 2 * n > data.test_x.shape[0]:
+        given = "" if n_samples_given(sys.argv[1:]) else " (the default)"
         ap.error(
-            f"--n-samples {n}: the reference and the held-out row take 2 x {n} test images; "
+            f"--n-samples {n}{given}: the reference and the held-out row take 2 x {n} test images; "
             f"{dataset} has {data.test_x.shape[0]}: use at most {data.test_x.shape[0] // 2}"
         )
     print(f"fitting the judge on {data.train_x.shape[0]} {dataset} images", flush=True)
@@ -511,5 +541,9 @@ def main() -> None:
     )
 
 
+def n_samples_given(argv: list[str]) -> bool:
+    return any(a == "--n-samples" or a.startswith("--n-samples=") for a in argv)
+
+
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -12,6 +12,7 @@ import shlex
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 
 from iresnet.app.files import out_path
+from iresnet.errors import IResNetError
 
 from . import REPO_ROOT
 
@@ -144,10 +146,22 @@ def out_dir(text: str) -> Path:
         with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as e:
+        where = f"write in {existing}" if existing == path.absolute() else f"create {path}"
         raise argparse.ArgumentTypeError(
-            f"cannot write in {existing} ({e.strerror}); name a folder you can write to"
+            f"cannot {where} ({e.strerror} in {existing}); name a folder you can write to"
         ) from None
     return path
+
+
+def run_script(main: Callable[[], None]) -> None:
+    """Run a benchmark's ``main``; the library's own errors (a data folder without the files,
+    a damaged run folder: ``IResNetError``) end it with their message in one line, exit
+    status 2, as the ``iresnet`` command line prints them, not in a traceback."""
+    try:
+        main()
+    except IResNetError as e:
+        print(f"{Path(sys.argv[0]).name}: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def add_common_args(ap: argparse.ArgumentParser) -> None:

@@ -66,7 +66,7 @@ def test_an_out_dir_that_cannot_hold_the_results_is_refused_as_it_is_parsed(tmp_
         locked.mkdir(mode=0o500)
         assert "no permission" in _refusal(capsys, locked / "results")
     if Path("/proc/self").is_dir():  # permission bits say root may write in /proc; it cannot
-        assert "cannot write in /proc" in _refusal(capsys, Path("/proc/results"))
+        assert "cannot create /proc/results" in _refusal(capsys, Path("/proc/results"))
     assert set(tmp_path.iterdir()) == {afile, *([locked] if os.geteuid() != 0 else [])}
 
 

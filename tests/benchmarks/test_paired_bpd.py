@@ -54,8 +54,12 @@ def test_our_per_image_scores_are_what_evaluate_reports(tmp_path):
 class _Fake:
     def __init__(self, path, table):
         self.kind, self.dataset, self.values = "fake", table[str(path)][0], table[str(path)][1]
+        self.images = table[str(path)][2] if len(table[str(path)]) > 2 else torch.zeros(3)
 
-    def test_bits_per_dim(self, n_test, seed):
+    def test_images(self, n_test):
+        return self.images
+
+    def bits_per_dim(self, x, seed):
         return self.values
 
 
@@ -91,6 +95,18 @@ def test_too_few_images_scored_by_both_is_one_line(monkeypatch, tmp_path):
     b = torch.tensor([2.0, 1.0, math.inf], dtype=torch.float64)
     with pytest.raises(SystemExit, match="only 1 test image"):
         _run(monkeypatch, tmp_path, {"a": ("digits", a), "b": ("digits", b)})
+
+
+def test_two_runs_that_read_different_test_images_are_refused(monkeypatch, tmp_path):
+    """Two data folders whose test files differ (the same images in another order) paired
+    image i of one with image i of the other, without a word."""
+    v = torch.ones(3, dtype=torch.float64)
+    table = {
+        "a": ("digits", v, torch.tensor([1, 2, 3])),
+        "b": ("digits", v, torch.tensor([3, 2, 1])),
+    }
+    with pytest.raises(SystemExit, match="different test images"):
+        _run(monkeypatch, tmp_path, table)
 
 
 def test_two_data_sets_are_refused(monkeypatch, tmp_path):

@@ -12,6 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from bench.env import run_script  # noqa: E402
 from sample_quality import (  # noqa: E402
     Sampler,
     categorical_samples,
@@ -134,8 +135,33 @@ def test_runs_and_folders_it_cannot_read_are_one_line(tmp_path):
     with pytest.raises(SystemExit, match="neither an iresnet run folder"):
         Sampler(tmp_path)
     (tmp_path / "spec.json").write_text('{"who": "glow", "dataset": "digits"}')
+    with pytest.raises(SystemExit, match="not the spec.json"):  # not all its keys
+        Sampler(tmp_path)
+    spec = '{"who": "glow", "dataset": "digits", "data_dir": null, "seed": 0}'
+    (tmp_path / "spec.json").write_text(spec)
     with pytest.raises(SystemExit, match="no peer_checkpoint.pt"):
         Sampler(tmp_path)
+    (tmp_path / "peer_checkpoint.pt").write_bytes(b"junk")  # a damaged file: one line
+    with pytest.raises(SystemExit, match="not a readable checkpoint"):
+        Sampler(tmp_path)
+    (tmp_path / "spec.json").write_text("{")
+    with pytest.raises(SystemExit, match="not the spec.json images.py writes"):
+        Sampler(tmp_path)
+
+
+def test_the_library_s_errors_end_a_script_in_one_line(capsys, monkeypatch):
+    from iresnet.errors import DataError
+
+    def main():
+        raise DataError("fashion-mnist train split not found: expected ...")
+
+    monkeypatch.setattr(sys, "argv", ["sample_quality.py"])
+    with pytest.raises(SystemExit) as stop:
+        run_script(main)
+    assert stop.value.code == 2
+    assert capsys.readouterr().err == (
+        "sample_quality.py: error: fashion-mnist train split not found: expected ...\n"
+    )
 
 
 def test_a_non_finite_sample_has_no_level():
