@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from iresnet.app.checkpoint import list_checkpoints, verify_checkpoint
+from iresnet.app.runs import Run
 
 TINY = [
     "model.n_blocks=2",
@@ -53,6 +54,9 @@ def test_two_processes_match_one(tmp_path):
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(
         p.name for p in (tmp_path / "one").iterdir()
     )
+    # Resumed by one process, it would continue with another place in the data: refused.
+    alone = iresnet("--resume", str(tmp_path / "two"), "--steps", "8")
+    assert alone.returncode == 2 and "resume it with --nproc 2" in alone.stderr, alone.stderr
 
 
 def _wait_for_checkpoint(folder, proc, deadline=180):
@@ -126,3 +130,19 @@ def test_signal_leaves_a_valid_checkpoint(tmp_path, sig):
     ckpts = list_checkpoints(tmp_path / "run" / "checkpoints")
     manifest = verify_checkpoint(ckpts[-1])
     assert f"step {manifest['step']}" in out  # the checkpoint is the step the run stopped at
+
+
+def test_a_run_resumes_only_with_the_process_count_that_trained_it(tmp_path):
+    """A 1-process run resumed with ``--nproc 2`` failed in rank 1 (``KeyError: '1'``: the
+    checkpoint keeps one place in the data per process) under torchrun's traceback; a run that
+    holds a run given to ``--nproc 2 --out`` was refused once per rank, then the traceback.
+    Both are one line before the launch now."""
+    run = tmp_path / "one"
+    assert iresnet("--steps", "4", "--out", str(run)).returncode == 0
+    assert Run(run).process_count() == 1
+    more = iresnet("--resume", str(run), "--steps", "6", nproc=2)
+    assert more.returncode == 2 and "Traceback" not in more.stderr, more.stderr
+    assert f"{run} was trained with --nproc 1; resume it with --nproc 1" in more.stderr
+    again = iresnet("--out", str(run), nproc=2)
+    assert again.returncode == 2 and "Traceback" not in again.stderr, again.stderr
+    assert again.stderr.count("error:") == 1 and "holds a run" in again.stderr

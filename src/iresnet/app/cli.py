@@ -1156,6 +1156,10 @@ def _main(argv: Sequence[str] | None) -> int:
                         "train",
                         "--nproc needs --out (every process must write to the same run folder)",
                     )
+                if args.resume is None and not args.dry_run:
+                    # Once here, not once per process after the launch with torchrun's
+                    # traceback after it.
+                    Run(args.out).check_new()
                 return _launch_torchrun(args.nproc, argv)
         return COMMANDS[args.command](args)
     except BrokenPipeError:  # `iresnet presets | head`: the reader has all it wanted
@@ -1208,6 +1212,14 @@ def _check_nproc(args: argparse.Namespace) -> None:
     n = args.nproc
     if n < 1:
         raise ConfigError(f"--nproc must be >= 1, got {n}")
+    if args.resume is not None:
+        saved = _quietly(Run(args.resume).process_count)
+        if saved is not None and saved != n:
+            raise ConfigError(
+                f"{args.resume} was trained with --nproc {saved}; resume it with --nproc "
+                f"{saved}: each process keeps its own place in the data, so another count "
+                "cannot continue the run exactly"
+            )
     if n == 1:
         return
     cfg = Run(args.resume).load_config() if args.resume is not None else None

@@ -262,6 +262,18 @@ class Run:
         ckpt = self.latest_checkpoint()
         return 0 if ckpt is None else checkpoint_step(ckpt) or 0
 
+    def process_count(self) -> int | None:
+        """How many processes (``--nproc``) wrote the newest valid checkpoint: its data order
+        is saved per process. None without a checkpoint, or one that does not say."""
+        ckpt = self.latest_checkpoint()
+        if ckpt is None:
+            return None
+        try:
+            batches = json.loads((ckpt / "state.json").read_text(encoding="utf-8"))["batches"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return len(batches) if isinstance(batches, dict) and batches else None
+
     def set_aside_evaluations(self) -> list[Path]:
         """Rename ``eval.json`` / ``eval-nN.json`` to carry the step of the weights they scored
         (``eval-step80.json``, ``eval-n50-step80.json``), so that a resumed run holds no
