@@ -8,8 +8,10 @@ script scores both models (``--runs A=PATH B=PATH``: an ``iresnet`` image run fo
 zuko RealNVP) on the first ``--n-test`` test images and reports ``B - A`` per image: its mean
 ± its standard error over images, beside the unpaired one. Ours is scored as ``iresnet
 evaluate`` does (the roulette its certified bound allows: an unbiased estimate per image, whose
-noise is in the SE); a peer exactly. Each model draws its own dequantisation noise (seeded): the
-pairing is by image. One training seed per model: the spread over seeds is not in the SE.
+noise is in the SE); a peer exactly. Each model draws its own dequantisation noise, seeded as
+``images.py --seed S`` seeds its evaluation (``S + 1``), so that each model's figure repeats the
+one ``images.py`` reported for it (on the same ``--n-test``); the pairing is by image. One
+training seed per model: the spread over seeds is not in the SE.
 
 Run: ``.venv/bin/python benchmarks/paired_bpd.py --runs "normflows Glow=W/fashion-mnist/glow"
 "Residual Flow (ours)=W/fashion-mnist/ours" --n-test 1000`` (W: the ``--work-dir`` of an
@@ -75,7 +77,8 @@ def main() -> None:
     raw: dict[str, Any] = {}
     for label, model in models.items():
         start = time.process_time()
-        values[label] = model.bits_per_dim(xa, args.seed)
+        # images.py scores with its --seed + 1: the same noise, so each figure repeats its own
+        values[label] = model.bits_per_dim(xa, args.seed + 1)
         cpu = time.process_time() - start
         finite = torch.isfinite(values[label])
         mean, se = mean_se(values[label][finite])

@@ -357,13 +357,16 @@ class Sampler:
         return self.bits_per_dim(self.test_images(n_test), seed)
 
 
-def _our_bits_per_dim(trained: Any, x: Tensor, chunk: int = 100) -> Tensor:
+def _our_bits_per_dim(trained: Any, x: Tensor) -> Tensor:
     """Per-image bits/dim of integer images ``x`` under the run's scoring estimator (its
-    certified bound picks a roulette of finite variance), as ``iresnet evaluate`` scores."""
+    certified bound picks a roulette of finite variance), as ``iresnet evaluate`` scores: the
+    same certificate first, then batches of its evaluation size, so that after the same seed
+    the same noise is drawn."""
     model, task = trained.model, trained.task
     _, estimator = scoring_estimator(task.dim, lipschitz=scoring_lipschitz(model, certified=True))
     with evaluating(model), swap_logdets(model, estimator):
-        return torch.cat([task.value(task.log_prob(model, b)).detach() for b in x.split(chunk)])
+        parts = [task.value(task.log_prob(model, b)).detach() for b in x.split(task.eval_batch)]
+    return torch.cat(parts)
 
 
 def _data_dir(data_dir: str | None) -> dict[str, str]:
