@@ -11,7 +11,7 @@ import torch
 
 from iresnet.app.checkpoint import latest_checkpoint, list_checkpoints, verify_checkpoint
 from iresnet.app.config import Config
-from iresnet.app.runs import load_run
+from iresnet.app.runs import Run, load_run
 from iresnet.app.training import train
 from iresnet.errors import CheckpointError, ConfigError, DataError
 from iresnet.transforms import set_branch_precision
@@ -344,3 +344,16 @@ def test_a_checkpoint_of_other_data_is_skipped_and_never_kept_in_a_valid_ones_pl
     # the run's own step 4 is kept (the foreign one took its place before); the foreign one,
     # between the kept ones, is left alone as torn and damaged ones are
     assert names == ["step-00000004", "step-00000005", "step-00000006"], names
+
+
+def test_a_folder_that_holds_one_run_one_level_down_is_named_in_the_refusal(tmp_path):
+    """``iresnet evaluate W/digits/ours`` (``images.py``'s folder; the run is ``ours/ours``)
+    said only "not an iresnet run folder"."""
+
+    (tmp_path / "ours" / "ours").mkdir(parents=True)
+    (tmp_path / "ours" / "ours" / "config.json").write_text("{}")
+    with pytest.raises(CheckpointError, match=r"the run folder inside it: .*ours/ours\?"):
+        Run(tmp_path / "ours").load_config()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match=r"not an iresnet run folder$"):
+        Run(tmp_path / "empty").load_config()

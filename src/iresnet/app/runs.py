@@ -314,7 +314,9 @@ class Run:
         if not self.path.exists():
             raise CheckpointError(f"{self.path}: no such run folder")
         if not self.config_path.is_file():
-            raise CheckpointError(f"{self.path}: no config.json: not an iresnet run folder")
+            inner = [p.parent for p in sorted(self.path.glob("*/config.json"))]
+            hint = f" (the run folder inside it: {inner[0]}?)" if len(inner) == 1 else ""
+            raise CheckpointError(f"{self.path}: no config.json: not an iresnet run folder{hint}")
         try:
             raw = json.loads(self.config_path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
