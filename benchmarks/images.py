@@ -85,7 +85,7 @@ from iresnet.transforms import bits_per_dim
 
 from bench import RESULTS_DIR
 from bench.density import chunked
-from bench.env import environment, script_parser, seed_all, set_threads
+from bench.env import environment, run_script, script_parser, seed_all, set_threads
 from bench.env import out_dir as writable_dir
 from bench.metrics import logged_max, train_rows
 from bench.ours import train_under_budget
@@ -894,4 +894,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -84,7 +84,7 @@ def main() -> None:
         mean, se = mean_se(values[label][finite])
         raw[label] = {"test_bpd": mean, "test_bpd_se": se, "non_finite": int((~finite).sum())}
         raw[label] |= {"cpu_seconds": cpu, "kind": model.kind, "path": str(runs[label])}
-        rows.append([label, model.kind, pm(mean, se, 4), int((~finite).sum()), f"{cpu:.0f}"])
+        rows.append([label, model.kind, pm(mean, se, 4), int((~finite).sum()), f"{cpu:.1f}"])
         print(f"  {label}: {pm(mean, se, 4)} bits/dim ({cpu:.0f} CPU s)", flush=True)
     va, vb = values[a], values[b]
     both = torch.isfinite(va) & torch.isfinite(vb)
@@ -117,7 +117,9 @@ def main() -> None:
         [
             (
                 "Test bits/dim",
-                markdown_table(["model", "kind", "bits/dim ± SE", "non-finite", "CPU s"], rows),
+                markdown_table(
+                    ["model", "kind", "bits/dim ± SE", "non-finite", "CPU s to score"], rows
+                ),
             ),
             ("Paired difference", said),
         ],

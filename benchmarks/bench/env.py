@@ -156,12 +156,16 @@ def out_dir(text: str) -> Path:
 def run_script(main: Callable[[], None]) -> None:
     """Run a benchmark's ``main``; the library's own errors (a data folder without the files,
     a damaged run folder: ``IResNetError``) end it with their message in one line, exit
-    status 2, as the ``iresnet`` command line prints them, not in a traceback."""
+    status 2, and Ctrl-C with "interrupted", exit status 130, as the ``iresnet`` command line
+    ends, not in a traceback."""
     try:
         main()
     except IResNetError as e:
         print(f"{Path(sys.argv[0]).name}: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+    except KeyboardInterrupt:  # Ctrl-C: the shell's status for SIGINT, as the CLI's
+        print(f"{Path(sys.argv[0]).name}: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 def add_common_args(ap: argparse.ArgumentParser) -> None:

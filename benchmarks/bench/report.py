@@ -35,9 +35,9 @@ def fmt(x: Any, digits: int = 3) -> str:
             return "0"
         if abs(x) >= 1e5 or abs(x) < 1e-3:
             return f"{x:.{digits - 1}e}"
-        if abs(x) >= 10**digits:
-            return f"{x:.0f}"
-        return f"{x:.{digits}g}"
+        short = f"{x:.{digits}g}"
+        # 99.7 to 2 digits is "1e+02" in the g format: whole numbers from there up
+        return f"{x:.0f}" if abs(x) >= 10**digits or "e" in short else short
     return str(x)
 
 
