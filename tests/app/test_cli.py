@@ -186,6 +186,48 @@ def test_a_run_that_spent_its_time_budget_is_resumed_with_a_new_one(tmp_path, ca
     assert code == 2 and "not KEY=VALUE overrides" in err
 
 
+def _spend_cpu_budget(run_dir, seconds):
+    """Mark the newest checkpoint of ``run_dir`` as having spent ``seconds`` of CPU time (its
+    manifest hash updated), as a final evaluation past the budget leaves it."""
+    import hashlib
+
+    newest = sorted((run_dir / "checkpoints").glob("step-*"))[-1]
+    state = json.loads((newest / "state.json").read_text())
+    state["cpu_elapsed"] = seconds
+    (newest / "state.json").write_text(json.dumps(state, indent=1, sort_keys=True))
+    manifest = json.loads((newest / "MANIFEST.json").read_text())
+    digest = hashlib.sha256((newest / "state.json").read_bytes()).hexdigest()
+    manifest["files"]["state.json"] = digest
+    (newest / "MANIFEST.json").write_text(json.dumps(manifest, indent=1))
+
+
+def test_a_finished_run_past_its_budget_is_told_both_at_once(tmp_path, capsys):
+    """Try-out 14, F5: a run that finished its steps but whose final evaluation went past
+    ``train.max_cpu_seconds`` was told to give it more budget, and then that it had finished."""
+    out_dir = tmp_path / "run"
+    argv = ["train", *TINY, "--steps", "3", "train.max_cpu_seconds=1000", "--no-progress"]
+    code, _, err = run(capsys, *argv, "--out", str(out_dir))
+    assert code == 0, err
+    _spend_cpu_budget(out_dir, 2000.0)
+    code, _, err = run(capsys, "train", "--resume", str(out_dir))
+    assert code == 2 and "already finished (3 of 3 steps)" in err, err
+    assert "--steps N (N > 3)" in err and "train.max_cpu_seconds=" in err and "2000" in err
+    # a new budget alone: only the steps are left to name
+    code, _, err = run(capsys, "train", "--resume", str(out_dir), "train.max_cpu_seconds=3000")
+    assert code == 2 and "already finished (3 of 3 steps): extend it" in err, err
+    assert "max_cpu_seconds" not in err
+    # more steps alone: the budget message names the --steps it was given, so that following
+    # it does not lead back to "already finished"
+    code, _, err = run(capsys, "train", "--resume", str(out_dir), "--steps", "5")
+    assert code == 2 and "has spent its CPU budget" in err, err
+    assert f"--resume {out_dir} --steps 5 train.max_cpu_seconds=N" in err
+    code, _, err = run(
+        capsys, "train", "--resume", str(out_dir), "--steps", "5", "train.max_cpu_seconds=3000"
+    )
+    assert code == 0, err
+    assert load_run(out_dir).run.last_step() == 5
+
+
 def test_a_torn_checkpoint_is_named_once_when_a_run_resumes(tmp_path, capsys):
     """Found by a try-out: the budget check and the trainer each warned about the same file."""
     import os

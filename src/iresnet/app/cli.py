@@ -589,17 +589,25 @@ def _cmd_train(args: argparse.Namespace) -> int:
             )
         if budgets:
             cfg = cfg.override(budgets)
-        _check_budget_left(run, cfg)
         done = _quietly(run.last_step)
         if not done and not run.weights_path.is_file():  # before any --steps arithmetic
             raise CheckpointError(run.nothing_to_resume())
         if args.steps is None and done >= cfg.train.steps and run.weights_path.is_file():
+            # Finished comes before a spent budget: a final evaluation may have gone past the
+            # budget, and more budget alone would only lead here (try-out 14, F5).
             finished = f"{run.path} already finished ({done} of {cfg.train.steps} steps)"
             try:
                 missing = _quietly(missing_figures, run.path)
             except IResNetError:  # e.g. no data.json, a device not here: cannot tell, as before
                 missing = []
             if not missing:
+                spent = _spent_budgets(run, cfg)
+                if spent:
+                    raise ConfigError(
+                        f"{finished} and has spent its {_budget_words(spent)}: extend it with "
+                        f"--resume {run.path} --steps N (N > {done}) "
+                        f"{_more_budget(spent, 'T')}, or evaluate it"
+                    )
                 raise ConfigError(
                     f"{finished}: extend it with --resume {run.path} --steps N (N > {done}), "
                     "or evaluate it"
@@ -636,6 +644,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
             if cfg.train.lr_schedule == "cosine":  # a warm restart from where the run is
                 extend.append(f"train.cycle_start={done}")
             cfg = cfg.override(extend)
+        spent = _spent_budgets(run, cfg)
+        if spent:  # it would train one step and stop
+            steps = f" --steps {args.steps}" if args.steps is not None else ""
+            raise ConfigError(
+                f"{run.path} has spent its {_budget_words(spent)}: give it more with "
+                f"--resume {run.path}{steps} {_more_budget(spent, 'N')}"
+            )
         if args.dry_run:
             _check_config(cfg)
             print(cfg.to_json())
@@ -688,27 +703,43 @@ def _quietly(fn: Callable[..., _T], *args: Any) -> _T:
         return fn(*args)
 
 
-def _check_budget_left(run: Run, cfg: Config) -> None:
-    """Refuse to resume a run whose time budget is spent (it would train one step and stop),
-    naming the override that gives it more."""
+def _spent_budgets(run: Run, cfg: Config) -> list[tuple[str, str, float, float]]:
+    """The time budgets of ``cfg`` that ``run``'s newest checkpoint has spent, as
+    ``(key, what, spent, cap)``: a run resumed with one would train one step and stop."""
     checkpoint = _quietly(run.latest_checkpoint)
     if checkpoint is None:
-        return  # the trainer says there is nothing to resume
+        return []  # the trainer says there is nothing to resume
     try:
         clocks = json.loads((checkpoint / "state.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return  # a torn checkpoint: the trainer's own check names it
+        return []  # a torn checkpoint: the trainer's own check names it
+    spent = []
     for key, saved, what in (
         ("max_cpu_seconds", "cpu_elapsed", "CPU"),
         ("max_seconds", "elapsed", "wall-clock"),
     ):
         cap = getattr(cfg.train, key)
-        spent = float(clocks.get(saved, 0.0))
-        if cap > 0 and spent >= cap:
-            raise ConfigError(
-                f"{run.path} has spent its {what} budget ({spent:.0f} s of train.{key}={cap:g}):"
-                f" give it more with --resume {run.path} train.{key}=N (N > {spent:.0f}; 0: none)"
-            )
+        used = float(clocks.get(saved, 0.0))
+        if cap > 0 and used >= cap:
+            spent.append((key, what, used, cap))
+    return spent
+
+
+def _budget_words(spent: list[tuple[str, str, float, float]]) -> str:
+    """``CPU budget (4 s of train.max_cpu_seconds=3)``, or both budgets in one phrase."""
+    whats = " and ".join(what for _, what, _, _ in spent)
+    amounts = ", ".join(f"{used:.0f} s of train.{key}={cap:g}" for key, _, used, cap in spent)
+    return f"{whats} budget{'s' if len(spent) > 1 else ''} ({amounts})"
+
+
+def _more_budget(spent: list[tuple[str, str, float, float]], letter: str) -> str:
+    """The overrides that give each spent budget more: ``train.max_cpu_seconds=N (N > 4; 0:
+    none)``; a second budget takes the next letter."""
+    parts = []
+    for i, (key, _, used, _) in enumerate(spent):
+        n = chr(ord(letter) + i)
+        parts.append(f"train.{key}={n} ({n} > {used:.0f}; 0: none)")
+    return " ".join(parts)
 
 
 def _last_logged(rows: list[dict[str, Any]]) -> dict[str, float]:
