@@ -411,9 +411,10 @@ def test_a_constant_context_column_is_named_once_when_the_run_starts(tmp_path: P
 
 def test_a_ragged_line_says_a_comment_was_cut_from_it(tmp_path: Path) -> None:
     """Tryout 13: ``1.0#2.0,3.0`` read "line 3 has 1 columns but line 1 has 2", while the line
-    shows two fields; the comment cut at its '#' is named, and one column is one."""
+    shows two fields; the comment cut at its '#' is named, and one column is one. Its place is
+    a character, not a "column" next to a count of columns (try-out 14, F11)."""
     path = _write(tmp_path / "cut.csv", "x,y\n1.0,2.0\n1.0#2.0,3.0\n")
-    _refused(path, "line 3 has 1 column (after cutting the comment at '#' in column 4) but")
+    _refused(path, "line 3 has 1 column (after cutting the comment at '#' in character 4) but")
     _refused(path, "but line 1 has 2; every row")
     # a line cut to the right width is not ragged, and a plain ragged line mentions no comment
     np.testing.assert_array_equal(
@@ -422,3 +423,17 @@ def test_a_ragged_line_says_a_comment_was_cut_from_it(tmp_path: Path) -> None:
     with pytest.raises(DataError) as refused:
         load_array(_write(tmp_path / "r.csv", "1,2 # two\n3\n"))
     assert "line 2 has 1 column but line 1 has 2 (after cutting" in str(refused.value)
+
+
+@pytest.mark.parametrize("text", ["0.12,#0.34\n", "0.12,  # no second value\n"])
+def test_a_field_emptied_by_a_cut_comment_says_so(tmp_path: Path, text: str) -> None:
+    """Try-out 14, F11: ``0.12,#0.34`` was "an empty field (a missing value, or a trailing
+    comma?)", while the file shows a value there: the '#' that cut it is named."""
+    path = _write(tmp_path / "hash.csv", "1.0,2.0\n" + text)
+    _refused(path, "non-numeric field '' at line 2, column 2; a comment was cut at '#' in ")
+    _refused(path, "character " + str(text.index("#") + 1))
+    with pytest.raises(DataError) as refused:
+        load_array(path)
+    assert "trailing comma" not in str(refused.value)
+    # an empty field with no comment near it keeps its own hint
+    _refused(_write(tmp_path / "e.csv", "1,2\n3,\n"), "a missing value, or a trailing comma?")

@@ -82,10 +82,11 @@ def uncommented(lines: Iterable[str], cuts: dict[int, int] | None = None) -> Ite
 
 
 def _cut_note(cuts: dict[int, int], line: int) -> str:
-    """`` (after cutting the comment at '#' in column C)`` where ``line`` lost a comment."""
+    """`` (after cutting the comment at '#' in character C)`` where ``line`` lost a comment
+    (a character, since the message counts its fields as columns: try-out 14, F11)."""
     if line not in cuts:
         return ""
-    return f" (after cutting the comment at '#' in column {cuts[line]})"
+    return f" (after cutting the comment at '#' in character {cuts[line]})"
 
 
 def _read_csv(path: Path) -> tuple[np.ndarray, list[int], list[str] | None]:
@@ -125,9 +126,11 @@ def _read_csv(path: Path) -> tuple[np.ndarray, list[int], list[str] | None]:
                     value = _parse_float(field)
                     if value is None:
                         shown = _shorten(field.strip())
+                        # Only the last field can end where a comment was cut from the line.
+                        cut = cuts.get(line) if col == len(fields) else None
                         raise DataError(
                             f"{path}: non-numeric field {shown!r} at line {line}, column {col}; "
-                            f"{_field_hint(field)}"
+                            f"{_field_hint(field, cut)}"
                         )
                     parsed.append(value)
                 rows.append(parsed)
@@ -146,8 +149,15 @@ def _shorten(text: str, limit: int = 40) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _field_hint(field: str) -> str:
-    """What a field that is not a number most likely means, as advice (try-out 8, F10)."""
+def _field_hint(field: str, cut: int | None = None) -> str:
+    """What a field that is not a number most likely means, as advice (try-out 8, F10);
+    ``cut``: the character where a comment was cut from the end of the field, if one was."""
+    if not field.strip() and cut is not None:
+        # ``0.12,#0.34``: not empty in the file, but a '#' starts a comment (try-out 14, F11).
+        return (
+            f"a comment was cut at '#' in character {cut}, which left it empty: a '#' starts "
+            "a comment to the end of the line; drop the '#' or fill the field"
+        )
     if not field.strip():
         return "an empty field (a missing value, or a trailing comma?): fill or drop it"
     for sep, name in ((";", "semicolon"), ("\t", "tab"), ("|", "pipe")):
