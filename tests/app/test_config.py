@@ -238,3 +238,13 @@ def test_model_size_names_every_part_of_the_network():
     dense = get_preset("fashion-mnist-idensenet").model
     assert f"dense depth {dense.dense_depth} x growth {dense.dense_growth}" in dense.size()
     assert f"x {dense.hidden} channels" not in dense.size()
+
+
+def test_model_size_says_one_in_the_singular():
+    """Try-out 14, F12: "2 scales x 1 blocks x ..., 1 fc blocks x 64", beside "train 1 step"."""
+    one = ["model.n_blocks=1", "model.fc_blocks=1", "model.fc_hidden=64", "model.branch=dense"]
+    size = get_preset("digits").override(one).model.size()
+    assert " x 1 block x " in size and size.endswith(", 1 fc block x 64"), size
+    toy = get_preset("toy-8gaussians").override(["model.n_blocks=1", "model.hidden=1"])
+    assert toy.model.size() == "1 block x 1 unit"
+    assert get_preset("toy-8gaussians").model.size().endswith(" blocks x 64 units")

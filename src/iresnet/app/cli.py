@@ -46,6 +46,7 @@ from .sweep import add_sweep_parser, cmd_sweep
 from .tasks.base import inverse_summary
 from .trainer import check_batch_size, warmup_outlasts_run
 from .training import missing_figures, redraw_figures, train
+from .words import count
 
 __all__ = ["main", "build_parser"]
 
@@ -470,7 +471,7 @@ def _config_summary(cfg: Config) -> str:
     if d.context_path:
         data += f", contexts {d.context_path}"
     if d.train_subset:
-        data += f" ({_count(d.train_subset, 'training image')}, data.train_subset)"
+        data += f" ({count(d.train_subset, 'training image')}, data.train_subset)"
     size = m.size()
     norm = m.lipschitz_norm if m.constrained else "unconstrained"
     budget = "".join(
@@ -485,24 +486,19 @@ def _config_summary(cfg: Config) -> str:
             + f": {m.kind} model, {size}, "
             + ("monotone blocks, " if m.block == "monotone" else "")
             + f"{m.activation}, coeff {m.coeff:g} ({norm}), log-det {m.logdet}",
-            f"data {data}; train {_count(t.steps, 'step')}{budget}, batch {t.batch_size}, "
+            f"data {data}; train {count(t.steps, 'step')}{budget}, batch {t.batch_size}, "
             f"{t.optimizer} lr {t.lr:g} ({t.lr_schedule}), seed {t.seed}, device {t.device}",
         ]
         + (
             [
                 f"note: train.warmup_steps={t.warmup_steps} is not below the run's "
-                f"{_count(t.steps, 'step')}, so the learning rate stays below {t.lr:g} "
+                f"{count(t.steps, 'step')}, so the learning rate stays below {t.lr:g} "
                 "(lower train.warmup_steps for a short run)"
             ]
             if warmup_outlasts_run(cfg)
             else []
         )
     )
-
-
-def _count(n: int, noun: str) -> str:
-    """``n`` and ``noun``, plural unless ``n`` is 1: "1 step", "2 steps"."""
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _check_before_start(cfg: Config, out: Path | None = None) -> None:
@@ -1000,7 +996,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     elif contexts is not None and out.suffix == ".csv":
         paired = " (with their contexts as columns)"
     print(
-        f"wrote {x.shape[0]} sample{'s' if x.shape[0] != 1 else ''}{per} to {out}{paired} "
+        f"wrote {count(x.shape[0], 'sample')}{per} to {out}{paired} "
         f"(inverse converged: {converged}, "
         f"largest final step {worst:.2e}{certified})"
     )
@@ -1117,7 +1113,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
     else:
         atomic_write(args.out, lambda fh: np.save(fh, table))
     mean = float(np.mean(result.columns["log_prob"]))
-    points = f"{table.shape[0]} point{'s' if table.shape[0] != 1 else ''}"
+    points = count(table.shape[0], "point")
     print(
         f"scored {points}: mean log p {mean:.6g} nats with the {result.logdet} log-det"
         + (f" and {result.dequantisation}" if result.dequantisation else "")

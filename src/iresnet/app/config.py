@@ -20,6 +20,7 @@ from ..datasets import check_dataset_options
 from ..datasets.conditional import CONDITIONAL_TOYS
 from ..errors import ConfigError, DataError
 from .distributed import parse_device
+from .words import count
 
 __all__ = [
     "ModelConfig",
@@ -171,11 +172,12 @@ class ModelConfig:
         if self.branch == "dense":
             width = f"dense depth {self.dense_depth} x growth {self.dense_growth}"
         else:
-            width = f"{self.hidden} {'units' if self.kind == 'toy' else 'channels'}"
+            width = count(self.hidden, "unit" if self.kind == "toy" else "channel")
+        blocks = count(self.n_blocks, "block")
         if self.kind == "toy":
-            return f"{self.n_blocks} blocks x {width}"
-        fc = f", {self.fc_blocks} fc blocks x {self.fc_hidden}" if self.fc_blocks else ""
-        return f"{self.n_scales} scales x {self.n_blocks} blocks x {width}{fc}"
+            return f"{blocks} x {width}"
+        fc = f", {count(self.fc_blocks, 'fc block')} x {self.fc_hidden}" if self.fc_blocks else ""
+        return f"{count(self.n_scales, 'scale')} x {blocks} x {width}{fc}"
 
     def validate(self) -> None:
         """Raise [`ConfigError`][iresnet.errors.ConfigError] on an out-of-range or unknown value."""

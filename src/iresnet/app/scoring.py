@@ -29,6 +29,7 @@ from ..errors import ConfigError, DataError
 from ..transforms import VariationalDequantize, swap_logdets
 from .tasks import DensityTask, HybridTask, Task
 from .tasks.base import evaluating, scoring_estimator, scoring_lipschitz
+from .words import count
 
 __all__ = [
     "ScoreResult",
@@ -323,7 +324,7 @@ def _read_points(task: DensityTask | HybridTask, path: Path) -> torch.Tensor:
         x = load_array(path, max_dim=2**31, min_rows=1, index_column=task.cfg.data.index_column)
         if x.shape[1] != task.dim:
             raise DataError(
-                f"{path}: {x.shape[1]} column{'s' if x.shape[1] != 1 else ''}, but the run "
+                f"{path}: {count(x.shape[1], 'column')}, but the run "
                 f"models {task.dim}-dimensional points"
             )
         return torch.as_tensor(x, dtype=torch.float64)
