@@ -252,6 +252,16 @@ def test_digits_split() -> None:
     assert torch.equal(again.images, test.images) and torch.equal(again.labels, test.labels)
 
 
+@pytest.mark.parametrize("name", ["mnist", "cifar10", "png"])
+def test_a_set_without_its_folder_names_the_flag_and_the_key(name: str) -> None:
+    """Try-out 14, F13: "needs data_dir" named the function's argument, not the CLI's."""
+    with pytest.raises(DataError) as info:
+        load_image_dataset(name, "train")
+    msg = str(info.value)
+    assert msg.startswith(f"data set '{name}' needs") and "--data-dir" in msg, msg
+    assert "data.data_dir" in msg, msg
+
+
 def test_unknown_dataset_name() -> None:
     with pytest.raises(DataError, match="fashion-mnist"):
         load_image_dataset("imagenet", "train")

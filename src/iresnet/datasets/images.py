@@ -616,7 +616,10 @@ def load_image_dataset(name: str, split: str, data_dir: str | Path | None = None
     if key not in DATASET_NAMES:
         raise DataError(f"unknown image data set {name!r}; valid names: {', '.join(DATASET_NAMES)}")
     if data_dir is None:
-        raise DataError(f"data set {key!r} needs data_dir (the folder holding its files)")
+        raise DataError(
+            f"data set {key!r} needs the folder holding its files: --data-dir DIR "
+            "(data.data_dir=DIR)"
+        )
     if key == "mnist":
         return load_mnist(data_dir, split)
     if key == "cifar10":
