@@ -49,8 +49,9 @@ def test_overrides_qualified_and_unique_keys():
         ("model.logdet=magic", "model.logdet must be one of"),
         ("model.base=gaussian", "model.base must be one of"),
         ("model.base=diagonal", "model.base=diagonal is for the image flows"),
-        ("data.train_subset=1", "data.train_subset must be"),
-        ("data.train_subset=-5", "data.train_subset must be"),
+        # --help says "0: all of them": the message names the 0 too (try-out 14, F13)
+        ("data.train_subset=1", r"data.train_subset must be 0 \(all\) or >= 2, got 1"),
+        ("data.train_subset=-5", r"data.train_subset must be 0 \(all\) or >= 2, got -5"),
         ("noequals", "key=value"),
         ("train.grad_clip=-1", r"train.grad_clip must be >= 0, got -1"),
         ("train.density_weight=-0.5", r"train.density_weight must be >= 0, got -0.5"),

@@ -357,8 +357,8 @@ class DataConfig:
     def validate(self) -> None:
         _at_least("data.n_train", self.n_train, 2)
         _at_least("data.max_dim", self.max_dim, 1)
-        if self.train_subset != 0:
-            _at_least("data.train_subset", self.train_subset, 2)
+        if self.train_subset != 0 and self.train_subset < 2:  # --help: "0: all of them"
+            raise ConfigError(f"data.train_subset must be 0 (all) or >= 2, got {self.train_subset}")
         check_seed("data.seed", self.seed)
         _choice("data.dequantize", self.dequantize, ("refuse", "uniform", "off"))
         _choice("data.index_column", self.index_column, ("refuse", "drop", "keep"))
