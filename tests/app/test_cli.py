@@ -862,12 +862,12 @@ def test_a_resume_sets_earlier_evaluations_aside_by_their_step(capsys, tmp_path)
         (["train.batch_size=60000"], "exceeds the 50000 training samples (data.n_train)"),
         (
             ["digits", "data.train_subset=100", "train.batch_size=128"],
-            "exceeds the 100 training samples (data.train_subset); use train.batch_size=100",
+            "exceeds the 100 training images (data.train_subset); use train.batch_size=100",
         ),
         # tryout 13: a built-in set's own size was checked only after the summary and build
         (
             ["digits", "train.batch_size=5000"],
-            "train.batch_size=5000 exceeds the 1438 training samples of digits; use "
+            "train.batch_size=5000 exceeds the 1438 training images of digits; use "
             "train.batch_size=1438 or less",
         ),
         (
@@ -985,7 +985,7 @@ def test_an_idx_sets_size_from_its_header_refuses_a_batch_before_the_summary(cap
     argv = ["train", "fashion-mnist", "--data-dir", str(tmp_path / "fm"), "--no-progress"]
     code, _, err = run(capsys, *argv, "train.batch_size=31", "--out", str(tmp_path / "r"))
     assert code == 2 and err.count("\n") == 1, err
-    assert "train.batch_size=31 exceeds the 30 training samples of fashion-mnist" in err
+    assert "train.batch_size=31 exceeds the 30 training images of fashion-mnist" in err
     code, _, err = run(capsys, *argv, "data.train_subset=40", "--out", str(tmp_path / "r"))
     assert code == 2 and err.count("\n") == 1, err
     assert "data.train_subset=40 exceeds the 30 training images of fashion-mnist" in err
@@ -1001,7 +1001,7 @@ def test_a_dry_run_checks_the_config_but_not_the_machine(capsys, tmp_path):
     for argv, message in (
         (["data.n_train=10", "train.batch_size=11"], "exceeds the 10 training samples"),
         (["digits", "data.train_subset=63", "train.batch_size=64"], "(data.train_subset)"),
-        (["digits", "train.batch_size=5000"], "exceeds the 1438 training samples of digits"),
+        (["digits", "train.batch_size=5000"], "exceeds the 1438 training images of digits"),
         (["digits", "--data-dir", str(tmp_path)], "'digits' reads none"),
         (["train.precision=fp16", "--device", "cpu"], "fp16 needs a CUDA device"),
     ):

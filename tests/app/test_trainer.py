@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 import iresnet
 from iresnet.app.checkpoint import latest_checkpoint, list_checkpoints
 from iresnet.app.config import Config
+from iresnet.app.presets import get_preset
 from iresnet.app.runs import load_run
 from iresnet.app.trainer import learning_rate, warmup_outlasts_run
 from iresnet.app.training import train
@@ -537,3 +538,19 @@ def test_a_compiled_run_resumes_bit_for_bit(tmp_path, scope):
     assert len(losses[0]) == 8 and losses[0] == losses[1]
     whole, split = (load_file(tmp_path / d / "model.safetensors") for d in ("whole", "split"))
     assert all(torch.equal(whole[k], split[k]) for k in whole)
+
+
+def test_a_batch_above_an_image_folder_counts_images(tmp_path):
+    """Try-out 14, F13: the batch message said "training samples" of an image set, and the
+    subset message "training images". A png folder's size is known only once it is read."""
+    image = pytest.importorskip("PIL.Image")
+    for split, n in (("train", 3), ("test", 2)):
+        folder = tmp_path / "png" / split
+        folder.mkdir(parents=True)
+        for i in range(n):
+            gray = np.full((8, 8), 40 * i, np.uint8)
+            image.fromarray(gray, mode="L").save(folder / f"{i}.png")
+    png = ["data.name=png", f"data.data_dir={tmp_path / 'png'}", "train.batch_size=4"]
+    cfg = get_preset("digits").override([*png, "model.n_blocks=1", "model.hidden=8"])
+    with pytest.raises(ConfigError, match="batch_size=4 exceeds the 3 training images;"):
+        train(cfg, tmp_path / "run", progress=False)

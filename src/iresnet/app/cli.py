@@ -533,9 +533,9 @@ def _check_config(cfg: Config, out: Path | None = None) -> None:
         if full is not None and d.train_subset:
             check_train_subset(d.name, d.train_subset, full)
         if d.train_subset:
-            check_batch_size(cfg.train.batch_size, d.train_subset, " (data.train_subset)")
+            check_batch_size(cfg.train.batch_size, d.train_subset, " (data.train_subset)", "images")
         elif full is not None:
-            check_batch_size(cfg.train.batch_size, full, f" of {d.name}")
+            check_batch_size(cfg.train.batch_size, full, f" of {d.name}", "images")
     if out is not None and os.environ.get("RANK", "0") == "0":
         Run(out).check_new()  # the trainer looks again (every rank) before it writes
 

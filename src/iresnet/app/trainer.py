@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from ..datasets import IMAGE_DATASETS
 from ..errors import CheckpointError, ConfigError
 from ..nn import spectral_penalty
 from ..ops import compile_after_first_call
@@ -195,16 +196,19 @@ class _StopSignal:
             signal.signal(sig, old)
 
 
-def check_batch_size(batch_size: int, n_train: int, source: str = "") -> None:
+def check_batch_size(
+    batch_size: int, n_train: int, source: str = "", what: str = "samples"
+) -> None:
     """Refuse a batch larger than the training set (``source``: where the size comes from,
-    shown after it, such as ``" (data.n_train)"``).
+    shown after it, such as ``" (data.n_train)"``; ``what``: ``"images"`` for an image set,
+    as the ``data.train_subset`` message counts them).
 
     Raises:
         ConfigError: ``batch_size > n_train``, with the largest batch that fits.
     """
     if batch_size > n_train:
         raise ConfigError(
-            f"train.batch_size={batch_size} exceeds the {n_train} training samples{source}; "
+            f"train.batch_size={batch_size} exceeds the {n_train} training {what}{source}; "
             f"use train.batch_size={n_train} or less"
         )
 
@@ -276,7 +280,8 @@ class Trainer:
         self.task = make_task(cfg, data, ctx.device)
         t = cfg.train
         n_train = self.task.n_train()
-        check_batch_size(t.batch_size, n_train)
+        what = "images" if cfg.data.name in IMAGE_DATASETS else "samples"
+        check_batch_size(t.batch_size, n_train, what=what)
         if t.batch_size % ctx.world:
             raise ConfigError(
                 f"train.batch_size={t.batch_size} does not split evenly over {ctx.world} "
