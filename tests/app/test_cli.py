@@ -186,14 +186,17 @@ def test_a_run_that_spent_its_time_budget_is_resumed_with_a_new_one(tmp_path, ca
     assert code == 2 and "not KEY=VALUE overrides" in err
 
 
-def _spend_cpu_budget(run_dir, seconds):
-    """Mark the newest checkpoint of ``run_dir`` as having spent ``seconds`` of CPU time (its
-    manifest hash updated), as a final evaluation past the budget leaves it."""
+def _spend_cpu_budget(run_dir, seconds, wall=None):
+    """Mark the newest checkpoint of ``run_dir`` as having spent ``seconds`` of CPU time (and
+    ``wall`` seconds of wall-clock time, if given; its manifest hash updated), as a final
+    evaluation past the budget leaves it."""
     import hashlib
 
     newest = sorted((run_dir / "checkpoints").glob("step-*"))[-1]
     state = json.loads((newest / "state.json").read_text())
     state["cpu_elapsed"] = seconds
+    if wall is not None:
+        state["elapsed"] = wall
     (newest / "state.json").write_text(json.dumps(state, indent=1, sort_keys=True))
     manifest = json.loads((newest / "MANIFEST.json").read_text())
     digest = hashlib.sha256((newest / "state.json").read_bytes()).hexdigest()
@@ -226,6 +229,21 @@ def test_a_finished_run_past_its_budget_is_told_both_at_once(tmp_path, capsys):
     )
     assert code == 0, err
     assert load_run(out_dir).run.last_step() == 5
+
+
+def test_both_spent_budgets_are_named_in_one_line(tmp_path, capsys):
+    out_dir = tmp_path / "run"
+    budgets = ["train.max_cpu_seconds=1000", "train.max_seconds=1000"]
+    code, _, err = run(capsys, "train", *TINY, "--steps", "3", *budgets, "--out", str(out_dir))
+    assert code == 0, err
+    _spend_cpu_budget(out_dir, 2000.0, wall=3000.0)
+    code, _, err = run(capsys, "train", "--resume", str(out_dir))
+    assert code == 2 and err.count("\n") == 1, err
+    assert "already finished (3 of 3 steps) and has spent its CPU and wall-clock budgets" in err
+    assert "train.max_cpu_seconds=T (T > 2000; 0: none) train.max_seconds=W (W > 3000" in err
+    code, _, err = run(capsys, "train", "--resume", str(out_dir), "--steps", "5")
+    assert "has spent its CPU and wall-clock budgets (2000 s of train.max_cpu_seconds=1000, " in err
+    assert "--steps 5 train.max_cpu_seconds=N (N > 2000; 0: none) train.max_seconds=M" in err
 
 
 def test_a_torn_checkpoint_is_named_once_when_a_run_resumes(tmp_path, capsys):

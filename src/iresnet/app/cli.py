@@ -602,7 +602,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
                     raise ConfigError(
                         f"{finished} and has spent its {_budget_words(spent)}: extend it with "
                         f"--resume {run.path} --steps N (N > {done}) "
-                        f"{_more_budget(spent, 'T')}, or evaluate it"
+                        f"{_more_budget(spent, 'TW')}, or evaluate it"
                     )
                 raise ConfigError(
                     f"{finished}: extend it with --resume {run.path} --steps N (N > {done}), "
@@ -645,7 +645,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             steps = f" --steps {args.steps}" if args.steps is not None else ""
             raise ConfigError(
                 f"{run.path} has spent its {_budget_words(spent)}: give it more with "
-                f"--resume {run.path}{steps} {_more_budget(spent, 'N')}"
+                f"--resume {run.path}{steps} {_more_budget(spent, 'NM')}"
             )
         if args.dry_run:
             _check_config(cfg)
@@ -728,14 +728,13 @@ def _budget_words(spent: list[tuple[str, str, float, float]]) -> str:
     return f"{whats} budget{'s' if len(spent) > 1 else ''} ({amounts})"
 
 
-def _more_budget(spent: list[tuple[str, str, float, float]], letter: str) -> str:
+def _more_budget(spent: list[tuple[str, str, float, float]], letters: str) -> str:
     """The overrides that give each spent budget more: ``train.max_cpu_seconds=N (N > 4; 0:
-    none)``; a second budget takes the next letter."""
-    parts = []
-    for i, (key, _, used, _) in enumerate(spent):
-        n = chr(ord(letter) + i)
-        parts.append(f"train.{key}={n} ({n} > {used:.0f}; 0: none)")
-    return " ".join(parts)
+    none)``; a second budget takes the second of ``letters``."""
+    return " ".join(
+        f"train.{key}={n} ({n} > {used:.0f}; 0: none)"
+        for n, (key, _, used, _) in zip(letters, spent, strict=False)
+    )
 
 
 def _last_logged(rows: list[dict[str, Any]]) -> dict[str, float]:
