@@ -211,10 +211,10 @@ def test_a_finished_run_past_its_budget_is_told_both_at_once(tmp_path, capsys):
     argv = ["train", *TINY, "--steps", "3", "train.max_cpu_seconds=1000", "--no-progress"]
     code, _, err = run(capsys, *argv, "--out", str(out_dir))
     assert code == 0, err
-    _spend_cpu_budget(out_dir, 2000.0)
+    _spend_cpu_budget(out_dir, 2000.4)
     code, _, err = run(capsys, "train", "--resume", str(out_dir))
     assert code == 2 and "already finished (3 of 3 steps)" in err, err
-    assert "--steps N (N > 3)" in err and "train.max_cpu_seconds=" in err and "2000" in err
+    assert "--steps N (N > 3)" in err and "train.max_cpu_seconds=T (T > 2000.4; 0: none)" in err
     # a new budget alone: only the steps are left to name
     code, _, err = run(capsys, "train", "--resume", str(out_dir), "train.max_cpu_seconds=3000")
     assert code == 2 and "already finished (3 of 3 steps): extend it" in err, err
@@ -240,10 +240,12 @@ def test_both_spent_budgets_are_named_in_one_line(tmp_path, capsys):
     code, _, err = run(capsys, "train", "--resume", str(out_dir))
     assert code == 2 and err.count("\n") == 1, err
     assert "already finished (3 of 3 steps) and has spent its CPU and wall-clock budgets" in err
-    assert "train.max_cpu_seconds=T (T > 2000; 0: none) train.max_seconds=W (W > 3000" in err
+    assert "train.max_cpu_seconds=T (T > 2000.0; 0: none) train.max_seconds=W (W > 3000.0" in err
     code, _, err = run(capsys, "train", "--resume", str(out_dir), "--steps", "5")
-    assert "has spent its CPU and wall-clock budgets (2000 s of train.max_cpu_seconds=1000, " in err
-    assert "--steps 5 train.max_cpu_seconds=N (N > 2000; 0: none) train.max_seconds=M" in err
+    assert (
+        "has spent its CPU and wall-clock budgets (2000.0 s of train.max_cpu_seconds=1000, " in err
+    )
+    assert "--steps 5 train.max_cpu_seconds=N (N > 2000.0; 0: none) train.max_seconds=M" in err
 
 
 def test_a_torn_checkpoint_is_named_once_when_a_run_resumes(tmp_path, capsys):

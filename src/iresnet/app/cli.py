@@ -724,7 +724,7 @@ def _spent_budgets(run: Run, cfg: Config) -> list[tuple[str, str, float, float]]
 def _budget_words(spent: list[tuple[str, str, float, float]]) -> str:
     """``CPU budget (4 s of train.max_cpu_seconds=3)``, or both budgets in one phrase."""
     whats = " and ".join(what for _, what, _, _ in spent)
-    amounts = ", ".join(f"{used:.0f} s of train.{key}={cap:g}" for key, _, used, cap in spent)
+    amounts = ", ".join(f"{used:.1f} s of train.{key}={cap:g}" for key, _, used, cap in spent)
     return f"{whats} budget{'s' if len(spent) > 1 else ''} ({amounts})"
 
 
@@ -732,7 +732,7 @@ def _more_budget(spent: list[tuple[str, str, float, float]], letters: str) -> st
     """The overrides that give each spent budget more: ``train.max_cpu_seconds=N (N > 4; 0:
     none)``; a second budget takes the second of ``letters``."""
     return " ".join(
-        f"train.{key}={n} ({n} > {used:.0f}; 0: none)"
+        f"train.{key}={n} ({n} > {used:.1f}; 0: none)"
         for n, (key, _, used, _) in zip(letters, spent, strict=False)
     )
 
