@@ -57,6 +57,10 @@ def test_two_processes_match_one(tmp_path):
     # Resumed by one process, it would continue with another place in the data: refused.
     alone = iresnet("--resume", str(tmp_path / "two"), "--steps", "8")
     assert alone.returncode == 2 and "resume it with --nproc 2" in alone.stderr, alone.stderr
+    # With --nproc 2, a resume given overrides (TINY's) is refused once, before the launch.
+    both = iresnet("--resume", str(tmp_path / "two"), "--steps", "8", nproc=2)
+    assert both.returncode == 2 and both.stderr.count("error:") == 1, both.stderr
+    assert "not KEY=VALUE overrides" in both.stderr and "Traceback" not in both.stderr
 
 
 def _wait_for_checkpoint(folder, proc, deadline=180):

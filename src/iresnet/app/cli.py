@@ -551,38 +551,45 @@ def _print_config(cfg: Config, verbose: bool = False, resumed_from: int | None =
             print(f"resumed from step {resumed_from} of {cfg.train.steps}", file=sys.stderr)
 
 
+def _resume_budgets(args: argparse.Namespace) -> list[str]:
+    """The new time budgets ``--resume`` was given; refuse whatever else would change the saved
+    config (a preset, other overrides, flags that set data, seed or device)."""
+    overrides = list(args.overrides)
+    preset = args.preset
+    if preset is not None and "=" in preset:  # an override in the preset's place
+        overrides.insert(0, preset)
+        preset = None
+    # The time budget is not part of the model: a run that spent it may be given more.
+    budgets = [o for o in overrides if o.split("=", 1)[0].split(".")[-1] in _BUDGET_KEYS]
+    overrides = [o for o in overrides if o not in budgets]
+    ignored = [
+        flag
+        for flag, value in (
+            ("a preset", preset),
+            ("KEY=VALUE overrides", overrides),
+            ("--seed", args.seed),
+            ("--out", args.out),
+            ("--data", args.data),
+            ("--context", args.context),
+            ("--data-dir", args.data_dir),
+            ("--device", args.device),
+        )
+        if value
+    ]
+    if ignored:
+        raise ConfigError(
+            f"--resume continues a run with its saved config; it takes --steps (to extend "
+            f"it) and a new time budget (train.max_seconds=, train.max_cpu_seconds=), not "
+            f"{', '.join(ignored)}"
+        )
+    return budgets
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     if args.resume is not None:
         run = Run(args.resume)
         cfg = run.load_config()
-        overrides = list(args.overrides)
-        preset = args.preset
-        if preset is not None and "=" in preset:  # an override in the preset's place
-            overrides.insert(0, preset)
-            preset = None
-        # The time budget is not part of the model: a run that spent it may be given more.
-        budgets = [o for o in overrides if o.split("=", 1)[0].split(".")[-1] in _BUDGET_KEYS]
-        overrides = [o for o in overrides if o not in budgets]
-        ignored = [
-            flag
-            for flag, value in (
-                ("a preset", preset),
-                ("KEY=VALUE overrides", overrides),
-                ("--seed", args.seed),
-                ("--out", args.out),
-                ("--data", args.data),
-                ("--context", args.context),
-                ("--data-dir", args.data_dir),
-                ("--device", args.device),
-            )
-            if value
-        ]
-        if ignored:
-            raise ConfigError(
-                f"--resume continues a run with its saved config; it takes --steps (to extend "
-                f"it) and a new time budget (train.max_seconds=, train.max_cpu_seconds=), not "
-                f"{', '.join(ignored)}"
-            )
+        budgets = _resume_budgets(args)
         if budgets:
             cfg = cfg.override(budgets)
         done = _quietly(run.last_step)
@@ -1182,9 +1189,11 @@ def _main(argv: Sequence[str] | None) -> int:
                         "train",
                         "--nproc needs --out (every process must write to the same run folder)",
                     )
-                if args.resume is None and not args.dry_run:
-                    # Once here, not once per process after the launch with torchrun's
-                    # traceback after it.
+                # Once here, not once per process after the launch with torchrun's traceback
+                # after it.
+                if args.resume is not None:
+                    _resume_budgets(args)
+                elif not args.dry_run:
                     Run(args.out).check_new()
                 return _launch_torchrun(args.nproc, argv)
         return COMMANDS[args.command](args)
