@@ -56,6 +56,7 @@ from torch import Tensor
 from iresnet.app.plots import plot_image_grid
 from iresnet.app.runs import load_run
 from iresnet.app.tasks.base import evaluating, scoring_estimator, scoring_lipschitz
+from iresnet.app.words import count
 from iresnet.datasets import load_dataset
 from iresnet.transforms import bits_per_dim, swap_logdets
 
@@ -517,7 +518,7 @@ def main() -> None:
     )
     legend_md = "\n".join(f"{i + 1}. {text}" for i, text in enumerate(legend))
     judge_md = (
-        f"MLPClassifier(({HIDDEN},)), {args.epochs} epochs, seed {args.seed}, fitted in "
+        f"MLPClassifier(({HIDDEN},)), {count(args.epochs, 'epoch')}, seed {args.seed}, fitted in "
         f"{judge.fit_cpu_seconds:.0f} CPU s; test accuracy "
         f"{judge.accuracy(data.test_x, data.test_y):.4f} on all {data.test_x.shape[0]} test "
         f"images. KID's reference: test images 1-{n}; the held-out row: test images "
