@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from sample_quality import Sampler, parse_runs
+from sample_quality import load_models, parse_runs
 
 from bench.env import environment, run_script, script_parser, set_threads
 from bench.report import markdown_table, pm, write_results
@@ -61,10 +61,7 @@ def main() -> None:
     set_threads(args.threads)
     env = environment()
     runs = parse_runs(args.runs)
-    models = {label: Sampler(path) for label, path in runs.items()}
-    datasets = {m.dataset for m in models.values()}
-    if len(datasets) != 1:
-        raise SystemExit(f"--runs are on different data sets ({sorted(datasets)}): nothing to pair")
+    models, dataset = load_models(args.runs, "nothing to pair")
     images = {label: m.test_images(args.n_test) for label, m in models.items()}
     (a, xa), (b, xb) = images.items()
     if xa.shape != xb.shape or not torch.equal(xa, xb):
@@ -111,7 +108,7 @@ def main() -> None:
     )
     write_results(
         args.name,
-        f"{b} against {a} on {datasets.pop()}, paired on test images",
+        f"{b} against {a} on {dataset}, paired on test images",
         env,
         {"runs": {k: str(v) for k, v in runs.items()}, "n_test": args.n_test, "seed": args.seed},
         [

@@ -395,6 +395,16 @@ SIZES = {"n_samples": 1000, "subsets": 10, "epochs": EPOCHS}
 QUICK_SIZES = {"n_samples": 60, "subsets": 3, "epochs": 1}
 
 
+def load_models(items: list[str], doing: str) -> tuple[dict[str, Sampler], str]:
+    """The models of ``--runs LABEL=PATH`` items by label, and the one data set they share
+    (``doing``: what the script does with them, for the refusal of two data sets)."""
+    models = {label: Sampler(path) for label, path in parse_runs(items).items()}
+    datasets = {m.dataset for m in models.values()}
+    if len(datasets) != 1:
+        raise SystemExit(f"--runs are on different data sets ({sorted(datasets)}): {doing}")
+    return models, datasets.pop()
+
+
 def parser() -> argparse.ArgumentParser:
     ap = script_parser(__doc__)
     ap.add_argument("--runs", nargs="+", required=True, metavar="LABEL=PATH")
@@ -442,11 +452,7 @@ def main() -> None:
     set_threads(args.threads)
     env = environment()
     runs = parse_runs(args.runs)
-    samplers = {label: Sampler(path) for label, path in runs.items()}
-    datasets = {s.dataset for s in samplers.values()}
-    if len(datasets) != 1:
-        raise SystemExit(f"--runs mix data sets ({sorted(datasets)}); judge one at a time")
-    dataset = datasets.pop()
+    samplers, dataset = load_models(args.runs, "judge one at a time")
     data_dir = args.data_dir or next((s.data_dir for s in samplers.values() if s.data_dir), None)
     data = load_dataset(dataset, **_data_dir(data_dir))
     levels = int(data.n_levels or 0)

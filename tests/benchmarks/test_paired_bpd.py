@@ -12,6 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
 import paired_bpd  # noqa: E402
 import pytest  # noqa: E402
+import sample_quality  # noqa: E402
 import torch  # noqa: E402
 from sample_quality import Sampler  # noqa: E402
 
@@ -64,7 +65,7 @@ class _Fake:
 
 
 def _run(monkeypatch, tmp_path, table):
-    monkeypatch.setattr(paired_bpd, "Sampler", lambda path: _Fake(path, table))
+    monkeypatch.setattr(sample_quality, "Sampler", lambda path: _Fake(path, table))
     monkeypatch.setattr(
         sys, "argv", ["paired_bpd.py", "--runs", "A=a", "B=b", "--out-dir", str(tmp_path)]
     )
