@@ -80,6 +80,7 @@ from iresnet.app.config import Config, differing_settings, key_section
 from iresnet.app.files import atomic_write
 from iresnet.app.plots import plot_image_grid
 from iresnet.app.presets import get_preset
+from iresnet.app.trainer import check_batch_size
 from iresnet.errors import IResNetError
 from iresnet.transforms import bits_per_dim
 
@@ -701,15 +702,19 @@ def parse_budgets(items: list[str], datasets: list[str], quick: bool) -> dict[st
 
 def preflight_problem(dataset: str, args: argparse.Namespace) -> str | None:
     """What would stop a model of ``dataset`` at its start, found before any trains (a worker
-    that fails after the others' hour is an hour lost): our configs with ``--ours-override``,
-    and each peer built at its ``--peer-kw`` size. None when all of them build."""
+    that fails after the others' hour is an hour lost): our configs with ``--ours-override``
+    and the data they read (its folder, a subset, a batch that fits), and each peer built at
+    its ``--peer-kw`` size, with parameters to train and a finite log-density on two training
+    images. None when all of them would start."""
     for label, override in our_models(dataset, args).items():
         try:
-            preset_config(dataset, args.data_dir, args.seed).override(
+            cfg = preset_config(dataset, args.data_dir, args.seed).override(
                 [*override, *args.ours_override]
             )
+            data = load_data(cfg.data)
+            check_batch_size(cfg.train.batch_size, data.train_x.shape[0], what="images")
         except IResNetError as e:
-            return f"--ours-override ({label}): {e}"
+            return f"{label}: {e}"
     if not args.peers:
         return None
     try:
@@ -721,10 +726,21 @@ def preflight_problem(dataset: str, args: argparse.Namespace) -> str | None:
         return f"{dataset}: {e}"
     for kind in args.peers:
         kw = PEER_KW[kind][dataset] | ((args.peer_kw or {}).get(kind) or {})
+        name = PEER_LABEL[kind]
         try:
-            ImagePeer(kind, kw, int(data.n_levels or 0), data.event_shape, cfg.data.logit_alpha, 0)
-        except (TypeError, ValueError) as e:
-            return f"--peer-kw: {PEER_LABEL[kind]} cannot be built with {kw}: {e}"
+            peer = ImagePeer(
+                kind, kw, int(data.n_levels or 0), data.event_shape, cfg.data.logit_alpha, 0
+            )
+            if not trainable_parameters(peer.flow):
+                return f"--peer-kw: {name} at {kw} has no parameters to train"
+            with torch.no_grad():
+                finite = bool(torch.isfinite(peer.log_prob(data.train_x[:2])).all())
+        except ImportError as e:
+            return f"{name} needs its library ({e.name}): pip install -e '.[bench]'"
+        except Exception as e:  # a size the peer's own code rejects, in whatever form
+            return f"--peer-kw: {name} cannot be built with {kw}: {type(e).__name__}: {e}"
+        if not finite:
+            return f"--peer-kw: {name} at {kw} gives a non-finite log-density at the start"
     return None
 
 

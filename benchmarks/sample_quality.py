@@ -322,9 +322,12 @@ class Sampler:
         data = load_dataset(self.dataset, **_data_dir(cfg.data.data_dir))
         self.levels = int(data.n_levels or 0)
         kw = PEER_KW[who][self.dataset] | ((spec.get("peer_kw") or {}).get(who) or {})
-        peer = ImagePeer(who, kw, self.levels, tuple(data.event_shape), cfg.data.logit_alpha, 0)
-        try:
-            peer.flow.load_state_dict(torch.load(checkpoint, weights_only=True)["model"])
+        try:  # the file read first: a damaged one is found before the peer's library loads
+            state = torch.load(checkpoint, weights_only=True)["model"]
+            peer = ImagePeer(who, kw, self.levels, tuple(data.event_shape), cfg.data.logit_alpha, 0)
+            peer.flow.load_state_dict(state)
+        except ImportError:
+            raise
         except Exception as e:  # torch.load's errors on a damaged file have no common type
             raise SystemExit(
                 f"{checkpoint}: not a readable checkpoint of this peer ({type(e).__name__}); "

@@ -192,6 +192,8 @@ def _refusal(argv: list[str], tmp_path: Path) -> str:
         (["--n-test", "1"], "--n-test must be >= 2"),
         (["--ours-override", "model.nope=1", "--peers"], "unknown config key 'model.nope'"),
         (["--peer-kw", '{"glow": {"nope": 1}}', "--peers", "glow"], "cannot be built"),
+        (["--ours-override", "train.batch_size=5000", "--peers"], "exceeds the 1438 training"),
+        (["--ours-override", "data.train_subset=5000", "--peers"], "data.train_subset=5000"),
     ],
 )
 def test_a_model_that_cannot_start_is_refused_before_any_trains(argv, says, tmp_path):
@@ -208,3 +210,13 @@ def test_a_work_dir_that_is_a_file_is_refused_as_it_is_parsed(tmp_path):
     afile.write_text("kept")
     assert "is a file" in _refusal(["--peers", "--work-dir", str(afile)], tmp_path)
     assert afile.read_text() == "kept"
+
+
+def test_a_peer_size_that_builds_but_cannot_train_is_refused_before_any_trains(tmp_path):
+    """``{"glow": {"levels": 0}}`` built a Glow with no parameters: it died at its first step
+    while ours trained its whole budget."""
+    pytest.importorskip("normflows")
+    work = tmp_path / "work"
+    argv = ["--peer-kw", '{"glow": {"levels": 0}}', "--peers", "glow", "--work-dir", str(work)]
+    stderr = _refusal([*argv, "--out-dir", str(tmp_path)], tmp_path)
+    assert "Glow" in stderr and not work.exists()
