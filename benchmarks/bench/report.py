@@ -76,6 +76,25 @@ def doc_body(doc: str | None) -> str:
     return (doc or "").split("\n\n", 1)[1].split("Run:")[0].strip()
 
 
+def load_words(env: dict[str, Any]) -> str:
+    """What the recorded load averages say of the timings: only a 1-minute load above one per
+    core means other processes competed for the CPU (the text said so of every run)."""
+    cores = env.get("cpu_count") or 1
+    loads = [
+        x[0]
+        for x in (env.get("load_average_at_start"), env.get("load_average_at_end"))
+        if isinstance(x, (list, tuple)) and x
+    ]
+    if not loads:
+        return "not recorded"
+    if max(loads) > cores:
+        return (
+            "above 1 per core, so other processes competed for the CPU and absolute times are "
+            "inflated (ratios measured interleaved are more robust)"
+        )
+    return "at most 1 per core at start and end (a quiet machine then; loads between not seen)"
+
+
 def write_results(
     name: str,
     title: str,
@@ -103,9 +122,7 @@ def write_results(
         f"torch threads: {env['torch_threads']}",
         f"- git commit: {env.get('git_commit')} (working tree may differ)",
         f"- load average (1/5/15 min) at start {env.get('load_average_at_start')}, at end "
-        f"{env.get('load_average_at_end')} on {env['cpu_count']} cores: above ~1 per core, other "
-        "processes competed for the CPU and absolute times are inflated (ratios measured "
-        "interleaved are more robust)",
+        f"{env.get('load_average_at_end')} on {env['cpu_count']} cores: {load_words(env)}",
         "",
         "Settings: " + ", ".join(f"`{k}={v}`" for k, v in settings.items()),
         "",

@@ -16,3 +16,16 @@ def test_numbers_near_a_power_of_ten_print_whole_not_in_exponent_form():
     assert pm(686.0, 99.7) == "686 ± 100"
     assert fmt(123.4, 2) == "123" and fmt(5.5) == "5.5" and fmt(0.0123, 2) == "0.012"
     assert fmt(2e-4) == "2.00e-04" and fmt(3e5) == "3.00e+05"  # the far ends keep theirs
+
+
+def test_the_load_line_says_competition_only_when_the_load_was_above_one_per_core():
+    from bench.report import load_words
+
+    quiet = {
+        "cpu_count": 2,
+        "load_average_at_start": [0.01, 0.7, 1.8],
+        "load_average_at_end": [0.7, 0.8, 1.9],
+    }
+    busy = quiet | {"load_average_at_end": [3.5, 2.0, 1.9]}
+    assert "quiet" in load_words(quiet) and "competed" in load_words(busy)
+    assert load_words({"cpu_count": 2}) == "not recorded"  # nothing recorded: nothing claimed
