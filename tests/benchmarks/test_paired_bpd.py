@@ -19,22 +19,10 @@ from sample_quality import Sampler  # noqa: E402
 from iresnet.app.config import Config  # noqa: E402
 from iresnet.app.runs import load_run  # noqa: E402
 from iresnet.app.training import train  # noqa: E402
+from tests.app.test_image_runs import TRAIN  # noqa: E402
 
-TINY = [
-    "model.kind=resflow-image",
-    "model.n_scales=2",
-    "model.n_blocks=1",
-    "model.hidden=8",
-    "model.factor_out=true",
-    "model.fc_blocks=1",
-    "model.fc_hidden=16",
-    "data.name=digits",
-    "train.steps=3",
-    "train.batch_size=32",
-    "train.eval_every=3",
-    "train.checkpoint_every=3",
-    "train.eval_batches=1",
-]
+# The image-run tests' tiny digits flow, trained 3 steps instead of 30.
+TINY = [*TRAIN, "train.steps=3", "train.eval_every=3", "train.checkpoint_every=3"]
 
 
 def test_our_per_image_scores_are_what_evaluate_reports(tmp_path):
