@@ -37,6 +37,7 @@ from ..datasets import (
 from ..datasets.images import train_size
 from ..errors import CheckpointError, ConfigError, IResNetError
 from . import plots, scoring
+from .allocator import retain_freed_memory
 from .config import SECTIONS, Config, check_seed, repeated_keys
 from .distributed import check_precision, parse_device, resolve_device
 from .files import atomic_write, json_safe, out_path
@@ -1181,6 +1182,9 @@ def _main(argv: Sequence[str] | None) -> int:
     if extra:
         args.overrides = [*args.overrides, *extra]
     try:
+        # Before any tensor: freed memory stays with the process (no page fault per new
+        # tensor); IRESNET_ALLOCATOR=system opts out (see iresnet.app.allocator).
+        retain_freed_memory()
         if args.command == "train" and "RANK" not in os.environ:
             _check_nproc(args)
             if args.nproc > 1:
