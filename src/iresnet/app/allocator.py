@@ -4,8 +4,8 @@ A CPU training step or evaluation allocates and frees the same tensors again and
 ``malloc`` gives a block above its mmap threshold (128 KiB at first, raised on the fly up to
 32 MiB) a fresh mapping and hands it back to the kernel when it is freed, and trims the heap's
 free top above its trim threshold; every new tensor of that size then costs one page fault per
-4 KiB page touched. Measured on a 4-block convolutional residual flow (``benchmarks/
-allocator.py``), these faults made up about a third of a training step's CPU time, and
+4 KiB page touched. Measured on a 4-block convolutional residual flow
+(``benchmarks/allocator.py``), these faults made up about a third of a training step's CPU time, and
 ``iresnet evaluate`` of a Fashion-MNIST model ran about twice as long as it does with freed
 memory kept. [`retain_freed_memory`][iresnet.app.allocator.retain_freed_memory] fixes both
 thresholds (``mallopt``): blocks up to 32 MiB come from the heap and freed memory stays with
@@ -79,8 +79,9 @@ def allocator_choice() -> str | None:
 
 def retain_freed_memory() -> str:
     """Keep freed memory in the process: glibc's mmap threshold at 32 MiB and its trim
-    threshold at 1 GiB, fixed (``mallopt``), unless [`allocator_choice`][iresnet.app.
-    allocator.allocator_choice] gives a reason to leave the allocator alone.
+    threshold at 1 GiB, fixed (``mallopt``), unless
+    [`allocator_choice`][iresnet.app.allocator.allocator_choice] gives a reason to leave the
+    allocator alone.
 
     Called once by the ``iresnet`` command before any work; safe to call again (the settings
     are applied once per process). Only blocks allocated afterwards follow the new thresholds.
