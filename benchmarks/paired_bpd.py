@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from sample_quality import load_models, parse_runs
+from sample_quality import load_models, parse_runs, shared_test_images
 
 from bench.env import environment, run_script, script_parser, set_threads
 from bench.report import markdown_table, pm, write_results
@@ -62,13 +62,10 @@ def main() -> None:
     env = environment()
     runs = parse_runs(args.runs)
     models, dataset = load_models(args.runs, "nothing to pair")
-    images = {label: m.test_images(args.n_test) for label, m in models.items()}
-    (a, xa), (b, xb) = images.items()
-    if xa.shape != xb.shape or not torch.equal(xa, xb):
-        raise SystemExit(
-            f"{a} and {b} read different test images ({runs[a]} and {runs[b]} name different "
-            "data folders' files): a pairing needs the same images; give both runs one data set"
-        )
+    xa = shared_test_images(
+        models, runs, args.n_test, "a pairing needs the same images; give both runs one data set"
+    )
+    a, b = models
     values: dict[str, torch.Tensor] = {}
     rows: list[list[Any]] = []
     raw: dict[str, Any] = {}

@@ -408,6 +408,23 @@ def load_models(items: list[str], doing: str) -> tuple[dict[str, Sampler], str]:
     return models, datasets.pop()
 
 
+def shared_test_images(
+    models: dict[str, Sampler], runs: dict[str, Path], n_test: int | None, doing: str
+) -> Tensor:
+    """The first ``n_test`` test images (all with ``None``) that every model's own data folder
+    gives, the same for each; runs whose folders give other images (other files, or the same
+    images in another order) are refused in one line (``doing``: why they must be the same,
+    and what to do)."""
+    (first, x), *rest = ((label, m.test_images(n_test)) for label, m in models.items())
+    for label, y in rest:
+        if y.shape != x.shape or not torch.equal(x, y):
+            raise SystemExit(
+                f"{first} and {label} read different test images ({runs[first]} and "
+                f"{runs[label]} name different data folders' files): {doing}"
+            )
+    return x
+
+
 def parser() -> argparse.ArgumentParser:
     ap = script_parser(__doc__)
     ap.add_argument("--runs", nargs="+", required=True, metavar="LABEL=PATH")
@@ -456,6 +473,14 @@ def main() -> None:
     env = environment()
     runs = parse_runs(args.runs)
     samplers, dataset = load_models(args.runs, "judge one at a time")
+    if args.data_dir is None:  # the reference is the first run's: the others' must be the same
+        shared_test_images(
+            samplers,
+            runs,
+            None,
+            "their samples are judged against one set of test images; give runs of one data "
+            "folder, or --data-dir to judge every run against that folder's",
+        )
     data_dir = args.data_dir or next((s.data_dir for s in samplers.values() if s.data_dir), None)
     data = load_dataset(dataset, **_data_dir(data_dir))
     levels = int(data.n_levels or 0)

@@ -226,3 +226,51 @@ def test_quick_lowers_only_the_sizes_not_given():
     assert (args.n_samples, args.subsets, args.epochs) == (60, 5, 4)
     args = parse_args(parser(), ["--runs", "a=x", "--subsets", "4"])
     assert (args.n_samples, args.subsets, args.epochs) == (1000, 4, 12)
+
+
+class _FakeRun:
+    """A run as ``main`` sees it before judging: its data set, folder and test images."""
+
+    def __init__(self, images):
+        self.kind, self.dataset, self.data_dir, self.images = "fake", "digits", None, images
+
+    def test_images(self, n_test):
+        return self.images if n_test is None else self.images[:n_test]
+
+
+class _Judged(Exception):
+    """Raised where ``main`` goes on to read the reference images: the runs were accepted."""
+
+
+def _main(monkeypatch, tmp_path, images, *flags):
+    import sample_quality
+
+    runs = {"a": _FakeRun(images[0]), "b": _FakeRun(images[1])}
+    monkeypatch.setattr(sample_quality, "Sampler", lambda path: runs[str(path)])
+
+    def load_dataset(*args, **kwargs):
+        raise _Judged
+
+    monkeypatch.setattr(sample_quality, "load_dataset", load_dataset)
+    argv = ["sample_quality.py", "--runs", "A=a", "B=b", "--out-dir", str(tmp_path), *flags]
+    monkeypatch.setattr(sys, "argv", argv)
+    sample_quality.main()
+
+
+def test_runs_that_read_different_test_images_are_refused_before_the_judge(monkeypatch, tmp_path):
+    """The judge's reference came from the first run's folder: a second run trained on another
+    folder's files (here the same images in another order) was judged against images it never
+    had, without a word. paired_bpd.py refused such runs; sample_quality.py now does too, with
+    the same check, before the judge is fitted."""
+    x = torch.arange(6).reshape(3, 1, 1, 2)
+    with pytest.raises(SystemExit) as stop:
+        _main(monkeypatch, tmp_path, [x, x.flip(0)])
+    assert str(stop.value) == (
+        "A and B read different test images (a and b name different data folders' files): "
+        "their samples are judged against one set of test images; give runs of one data "
+        "folder, or --data-dir to judge every run against that folder's"
+    )
+    with pytest.raises(_Judged):  # the same images: judged
+        _main(monkeypatch, tmp_path, [x, x.clone()])
+    with pytest.raises(_Judged):  # --data-dir names the one reference for all
+        _main(monkeypatch, tmp_path, [x, x.flip(0)], "--data-dir", str(tmp_path))
