@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from iresnet.app.cli import OneLineParser
 from iresnet.app.files import out_path
 from iresnet.errors import IResNetError
 
@@ -108,8 +109,9 @@ def seed_all(seed: int) -> None:
 
 def script_parser(doc: str | None) -> argparse.ArgumentParser:
     """A script's parser: its docstring's first paragraph as the description, and the flags
-    every benchmark shares (:func:`add_common_args`)."""
-    ap = argparse.ArgumentParser(
+    every benchmark shares (:func:`add_common_args`); a usage error is one line, as the
+    ``iresnet`` command's (``prog: error: ... (see `prog --help`)``), exit status 2."""
+    ap = OneLineParser(
         description=(doc or "").split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -82,3 +82,21 @@ def test_a_script_refuses_a_file_as_out_dir_before_it_runs(tmp_path):
     )
     assert done.returncode == 2 and "is a file" in done.stderr
     assert "Traceback" not in done.stderr and afile.read_text() == "kept"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--nope"], "unrecognized arguments: --nope"),
+        (["--threads", "two"], "argument --threads: invalid int value: 'two'"),
+    ],
+)
+def test_a_usage_error_is_one_line_that_names_the_help(capsys, argv, message):
+    """A script's usage error came under argparse's usage block (six lines for
+    sample_quality.py); it is one line, as the ``iresnet`` command's, naming ``--help``."""
+    ap = script_parser(None)
+    ap.prog = "demo.py"
+    with pytest.raises(SystemExit) as stop:
+        ap.parse_args(argv)
+    assert stop.value.code == 2
+    assert capsys.readouterr().err == f"demo.py: error: {message} (see `demo.py --help`)\n"

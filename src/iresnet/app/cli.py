@@ -107,9 +107,10 @@ def _config_keys_help() -> str:
     return "\n".join(lines)
 
 
-class _Parser(argparse.ArgumentParser):
+class OneLineParser(argparse.ArgumentParser):
     """argparse with its usage errors on one line, as the command's own errors are: the usage
-    block printed above them buried the message (try-out 8, F10)."""
+    block printed above them buried the message (try-out 8, F10). The benchmark scripts'
+    parsers are of this kind too."""
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
@@ -117,7 +118,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``iresnet`` argument parser with its sub-commands."""
-    parser = _Parser(
+    parser = OneLineParser(
         prog="iresnet",
         description="Invertible Residual Networks and Residual Flows: "
         "train, evaluate, sample, certify.",
@@ -1242,7 +1243,7 @@ def _out_of_memory(exc: BaseException) -> str:
 
 def _usage_error(command: str, message: str) -> NoReturn:
     """Exit 2 with a usage error of ``iresnet COMMAND`` on one line, as argparse's own."""
-    _Parser(prog=f"iresnet {command}").error(message)
+    OneLineParser(prog=f"iresnet {command}").error(message)
 
 
 def _check_nproc(args: argparse.Namespace) -> None:
