@@ -97,7 +97,7 @@ from bench.peers import (
     trainable_parameters,
     zuko_flow,
 )
-from bench.report import doc_body, markdown_table, pm, write_results
+from bench.report import doc_body, fmt, markdown_table, pm, write_results
 from bench.stats import mean_se, summarize, verdict
 from bench.worker import add_worker_flag, run_side_by_side, serve
 
@@ -370,7 +370,9 @@ def train_ours(
         "timing_cpu_seconds_per_step": run.timing_cpu_seconds_per_step,
         # Training rows only: the test row after the last step also counts the trainer's
         # final evaluation, which the peers' figure leaves out (~3.5 of 24 s on quick digits).
-        "train_seconds": logged_max(train_rows(records, "cpu_seconds"), "cpu_seconds"),
+        # None where the budget stopped it before its first logged training row (a row every
+        # train.log_every steps): its CPU time at a training step is not known.
+        "train_seconds": _known(logged_max(train_rows(records, "cpu_seconds"), "cpu_seconds")),
         "train_seconds_with_final_evaluation": logged_max(records, "cpu_seconds"),
         "wall_seconds": logged_max(records, "seconds"),
         "cpu_share": run.cpu_share,
@@ -562,6 +564,36 @@ def run_models(dataset: str, budget: float, args: argparse.Namespace, work: Path
     return {label: results[label] for label in [*ours, *(PEER_LABEL[k] for k in args.peers)]}
 
 
+def _known(x: Any) -> float | None:
+    """A finite number of a result, else None (NaN, or the ``"nan"`` a results file holds)."""
+    try:
+        value = float(x)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def cost_cells(label: str, r: dict[str, Any]) -> tuple[str, str, str | None]:
+    """A result's "CPU s/step (mean)" and "CPU s trained" cells, and, where they are "-", the
+    note that says why (None where they are known). A budget that ended before a training step
+    was timed gave "nan ms | nan" (ours logs its CPU time every ``train.log_every`` steps), and
+    a peer with no step "0.0 ms"."""
+    seconds, steps = _known(r.get("train_seconds")), int(r.get("steps") or 0)
+    if seconds is not None and steps > 0:
+        return f"{1000 * seconds / steps:.1f} ms", fmt(seconds), None
+    why = (
+        "no training step finished"
+        if steps <= 0
+        else f"it stopped at step {steps} before its first logged training row (one every "
+        "train.log_every steps)"
+    )
+    return (
+        "-",
+        "-",
+        f"{label}: {why}, so its CPU time per step is not known; give a larger --budget",
+    )
+
+
 def report(dataset: str, results: dict[str, Any], budget: float) -> tuple[str, str]:
     head = [
         "model",
@@ -576,8 +608,12 @@ def report(dataset: str, results: dict[str, Any], budget: float) -> tuple[str, s
         "max Lip(g)",
     ]
     rows = []
+    unknown: list[str] = []
     for label, r in results.items():
         variational = r.get("dequantization") == "variational"
+        per_step, trained, why = cost_cells(label, r)
+        if why:
+            unknown.append(f"- {why}")
         rows.append(
             [
                 label,
@@ -585,8 +621,8 @@ def report(dataset: str, results: dict[str, Any], budget: float) -> tuple[str, s
                 pm(r["test_bpd_uniform"], r["test_bpd_uniform_se"], 4) if variational else "-",
                 r["estimator"],
                 r["steps"],
-                f"{1000 * r['train_seconds'] / max(r['steps'], 1):.1f} ms",
-                f"{r['train_seconds']:.0f}",
+                per_step,
+                trained,
                 f"{r['cpu_share']:.2f}",
                 f"{r['params']:,}",
                 f"{r['max_lipschitz']:.4f}" if "max_lipschitz" in r else "-",
@@ -617,7 +653,7 @@ def report(dataset: str, results: dict[str, Any], budget: float) -> tuple[str, s
         se = math.hypot(r["test_bpd_se"], base["test_bpd_se"])
         said = verdict(d, se).replace("ours", label).replace("peer", ref)
         lines.append(
-            f"- {dataset}, {budget:.0f} CPU s: {label} - {ref} = {d:+.4f} (± {se:.4f}) "
+            f"- {dataset}, {budget:g} CPU s: {label} - {ref} = {d:+.4f} (± {se:.4f}) "
             f"bits/dim: {said}"
         )
         if r.get("dequantization") == "variational":
@@ -637,7 +673,8 @@ def report(dataset: str, results: dict[str, Any], budget: float) -> tuple[str, s
         f"(largest block bound {base['max_lipschitz']:.4f})"
     )
     lines.append("- standard errors are over test images (unpaired: conservative)")
-    return markdown_table(head, rows), "\n".join(lines)
+    table = "\n\n".join([markdown_table(head, rows), *(["\n".join(unknown)] if unknown else [])])
+    return table, "\n".join(lines)
 
 
 def against(results: dict[str, Any]) -> str:

@@ -220,3 +220,31 @@ def test_a_peer_size_that_builds_but_cannot_train_is_refused_before_any_trains(t
     argv = ["--peer-kw", '{"glow": {"levels": 0}}', "--peers", "glow", "--work-dir", str(work)]
     stderr = _refusal([*argv, "--out-dir", str(tmp_path)], tmp_path)
     assert "Glow" in stderr and not work.exists()
+
+
+def test_a_budget_that_ended_before_a_timed_step_says_so_not_nan():
+    """``--budget digits=0.3`` printed "nan ms | nan" for ours, which stopped at step 2 before
+    its first logged training row (its CPU time at a step is read from those rows), and "0.0
+    ms" for a peer with no step. Such cells are "-", with one line under the table that says
+    why and what to do; the others are as before."""
+    results = {
+        "Residual Flow": _result(3.9, steps=2, train_seconds=None),
+        "zuko RealNVP": _result(3.8, steps=0, train_seconds=0.0),
+        "normflows Glow": _result(3.7, steps=4, train_seconds="nan"),  # as a results file holds
+        "i-DenseNet": _result(3.6, steps=10, train_seconds=0.25),
+    }
+    table, lines = report("digits", results, 0.3)
+    rows = {row.split(" | ")[0].lstrip("| "): row.split(" | ") for row in table.splitlines()}
+    assert rows["Residual Flow"][5:7] == ["-", "-"]
+    assert rows["zuko RealNVP"][5:7] == ["-", "-"]
+    assert rows["i-DenseNet"][5:7] == ["25.0 ms", "0.25"]
+    assert "nan" not in table.lower()
+    assert table.split("\n\n")[1].splitlines() == [
+        "- Residual Flow: it stopped at step 2 before its first logged training row (one every "
+        "train.log_every steps), so its CPU time per step is not known; give a larger --budget",
+        "- zuko RealNVP: no training step finished, so its CPU time per step is not known; give "
+        "a larger --budget",
+        "- normflows Glow: it stopped at step 4 before its first logged training row (one every "
+        "train.log_every steps), so its CPU time per step is not known; give a larger --budget",
+    ]
+    assert "- digits, 0.3 CPU s: zuko RealNVP - Residual Flow" in lines
