@@ -554,3 +554,26 @@ def test_a_batch_above_an_image_folder_counts_images(tmp_path):
     cfg = get_preset("digits").override([*png, "model.n_blocks=1", "model.hidden=8"])
     with pytest.raises(ConfigError, match="batch_size=4 exceeds the 3 training images;"):
         train(cfg, tmp_path / "run", progress=False)
+
+
+def test_a_torn_metrics_line_is_dropped_on_resume_and_named_in_one_line(tmp_path, capsys):
+    """A run killed while it wrote ``metrics.jsonl`` leaves a line cut short; resuming dropped
+    it without a word. It is still dropped (the resumed run logs those steps again), and one
+    line says which line of which file."""
+    run = tmp_path / "run"
+    train(tiny(), run, progress=False, stop_after=8)
+    metrics = run / "metrics.jsonl"
+    n_lines = len(metrics.read_text().splitlines())
+    with open(metrics, "a", encoding="utf-8") as fh:
+        fh.write('{"step": 9, "loss": 1.25, "nll": 1.25, "lr": 0.0')  # the write was cut
+    capsys.readouterr()
+    result = train(tiny(), run, resume=True, progress=False)
+    assert result.step == 12
+    notes = [line for line in capsys.readouterr().err.splitlines() if "metrics.jsonl" in line]
+    assert notes == [
+        f"iresnet: note: dropped its torn last line (line {n_lines + 1}: "
+        f'\'{{"step": 9, "loss": 1.25, "nll": 1.25...\') from {metrics}: a row cut short when '
+        "the run was stopped; the steps after 8 are logged again as it resumes"
+    ]
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()]  # every line a row
+    assert [r["step"] for r in rows if "loss" in r] == [2, 4, 6, 8, 10, 12]

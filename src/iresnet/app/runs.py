@@ -522,20 +522,46 @@ class Run:
 
     def records(self) -> list[dict[str, Any]]:
         """Every row of ``metrics.jsonl`` (a line torn by a crash is skipped)."""
-        if not self.metrics_path.is_file():
-            return []
-        rows = []
-        for line in self.metrics_path.read_text(encoding="utf-8").splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a line torn by a crash
-        return rows
+        return self._read_metrics()[0]
 
-    def truncate_metrics(self, step: int) -> None:
-        """Drop rows logged after ``step`` (by an interrupted run that is now resumed from it)."""
-        kept = [r for r in self.records() if int(r.get("step", 0)) <= step]
+    def _read_metrics(self) -> tuple[list[dict[str, Any]], list[tuple[int, str]]]:
+        """The rows of ``metrics.jsonl``, and its lines that are not a row (a line torn by a
+        crash: cut short, or not a JSON object) as ``(line number, text)``."""
+        if not self.metrics_path.is_file():
+            return [], []
+        rows, torn = [], []
+        text = self.metrics_path.read_text(encoding="utf-8", errors="replace")
+        for number, line in enumerate(text.splitlines(), start=1):
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                row = None
+            if isinstance(row, dict):
+                rows.append(row)
+            elif line.strip():
+                torn.append((number, line))
+        return rows, torn
+
+    def truncate_metrics(self, step: int) -> str | None:
+        """Drop rows logged after ``step`` (by an interrupted run that is now resumed from it),
+        and lines that are not a row (torn by the crash that stopped it). Returns the line that
+        says what was torn and dropped, or None where nothing was."""
+        rows, torn = self._read_metrics()
+        kept = [r for r in rows if int(r.get("step", 0)) <= step]
         atomic_write(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
+        if not torn:
+            return None
+        number, line = torn[-1]
+        shown = line if len(line) <= 40 else line[:37] + "..."
+        what = (
+            f"its torn last line (line {number}: {shown!r})"
+            if len(torn) == 1
+            else f"{len(torn)} torn lines (the last, line {number}: {shown!r})"
+        )
+        return (
+            f"dropped {what} from {self.metrics_path}: a row cut short when the run was "
+            f"stopped; the steps after {step} are logged again as it resumes"
+        )
 
     def save_final_weights(self, model: nn.Module, step: int | None = None) -> None:
         """``model.safetensors``: the final (EMA) weights and buffers, written atomically, with

@@ -378,7 +378,9 @@ class Trainer:
         rank = str(self.ctx.rank) if self.ctx.distributed else "0"
         self.batches.load_state(meta["batches"][rank])
         if self.ctx.is_main:
-            self.run.truncate_metrics(self.step_count)
+            dropped = self.run.truncate_metrics(self.step_count)
+            if dropped:  # a torn row was dropped without a word (try-out 15)
+                print(f"iresnet: note: {dropped}", file=sys.stderr)
 
     # ------------------------------------------------------------------------------- steps
     def _seed_step(self) -> None:
