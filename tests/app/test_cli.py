@@ -784,9 +784,23 @@ def test_contexts_wider_than_64_columns_follow_data_max_dim(capsys, tmp_path):
     assert code == 2 and "expected contexts with 70 value(s) per row, got 71" in err
 
 
+def _write_mnist_files(folder, splits=("train", "test"), n=64):
+    """MNIST's IDX files of ``splits`` in ``folder``: ``n`` blank images (the preset's batch)
+    and their labels each."""
+    for split in splits:
+        prefix = "train" if split == "train" else "t10k"
+        (folder / f"{prefix}-images-idx3-ubyte").write_bytes(
+            bytes([0, 0, 8, 3]) + np.array([n, 28, 28], ">u4").tobytes() + bytes(n * 28 * 28)
+        )
+        (folder / f"{prefix}-labels-idx1-ubyte").write_bytes(
+            bytes([0, 0, 8, 1]) + np.array([n], ">u4").tobytes() + bytes(n)
+        )
+
+
 def test_a_flag_and_an_override_naming_one_folder_two_ways_agree(capsys, tmp_path):
     """``--data-dir /x/`` beside ``data.data_dir=/x`` (or a relative spelling) is one folder, not
     a disagreement (try-out 9's note on the flag check)."""
+    _write_mnist_files(tmp_path)  # a dry run looks for the files too
     rel = os.path.relpath(tmp_path)
     for given, override in ((f"{tmp_path}/", str(tmp_path)), (rel, str(tmp_path))):
         code, _, err = run(
@@ -1010,6 +1024,36 @@ def test_an_idx_sets_size_from_its_header_refuses_a_batch_before_the_summary(cap
     assert code == 2 and err.count("\n") == 1, err
     assert "data.train_subset=40 exceeds the 30 training images of fashion-mnist" in err
     assert not (tmp_path / "r").exists()
+
+
+def test_an_image_set_without_its_files_is_refused_before_the_summary_as_by_a_dry_run(
+    capsys, tmp_path
+):
+    """``iresnet train mnist`` without the files was refused only after the config summary
+    (when training read them), and ``--dry-run`` passed. Both now refuse first, in one line
+    that says how to get the files; nothing is written."""
+    out_dir, folder = tmp_path / "run", tmp_path / "files"
+    folder.mkdir()
+    _write_mnist_files(folder, splits=("train",))
+    train = ("train", "mnist", "--steps", "1", "--no-progress", "--out", str(out_dir))
+    for dry in ([], ["--dry-run"]):
+        code, out, err = run(capsys, *train, *dry)
+        assert (code, out) == (2, ""), err
+        assert err == (
+            "iresnet train: error: data set 'mnist' needs the folder holding its files: "
+            "--data-dir DIR (data.data_dir=DIR) with the four MNIST IDX files (from "
+            "yann.lecun.com/exdb/mnist or a mirror)\n"
+        )
+        code, out, err = run(capsys, *train, "--data-dir", str(folder), *dry)
+        assert (code, out) == (2, ""), err
+        assert err == (
+            "iresnet train: error: mnist test split not found: expected "
+            "t10k-images-idx3-ubyte[.gz] and t10k-labels-idx1-ubyte[.gz] in one of: "
+            f"{folder}, {folder / 'MNIST' / 'raw'}. Get the four IDX files from the MNIST site "
+            "(yann.lecun.com/exdb/mnist or a mirror) or use the folder that holds a torchvision "
+            "MNIST/raw folder.\n"
+        )
+    assert not out_dir.exists()
 
 
 def test_a_dry_run_checks_the_config_but_not_the_machine(capsys, tmp_path):

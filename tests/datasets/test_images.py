@@ -15,6 +15,7 @@ import torch
 from iresnet.datasets.images import (
     FASHION_MNIST_SYSTEM_DIRS,
     ImageData,
+    check_image_files,
     load_cifar10,
     load_digits,
     load_fashion_mnist,
@@ -345,3 +346,33 @@ def test_train_size_of_the_system_fashion_mnist_is_its_header() -> None:
     if folder is None:
         pytest.skip("no system Fashion-MNIST")
     assert train_size("fashion-mnist") == 60000
+
+
+def test_check_image_files_finds_what_the_loader_would_not_without_reading(tmp_path: Path) -> None:
+    """The check a dry run makes: each split's files where the loader looks, with the loader's
+    own message where they are not; what the files hold is the loader's to check."""
+    check_image_files("digits")
+    mnist = tmp_path / "mnist"
+    _write_mnist(mnist, "train", 3, gz=True)
+    with pytest.raises(DataError) as info:
+        check_image_files("mnist", mnist)
+    with pytest.raises(DataError) as loaded:
+        load_mnist(mnist, "test")
+    assert str(info.value) == str(loaded.value) and "t10k-images" in str(info.value)
+    _write_mnist(mnist, "test", 2, gz=False)
+    check_image_files("mnist", mnist)
+    (tmp_path / "cifar" / "cifar-10-batches-py").mkdir(parents=True)
+    for name in ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4"):
+        (tmp_path / "cifar" / "cifar-10-batches-py" / name).write_bytes(b"unread")
+    with pytest.raises(DataError) as info:
+        check_image_files("cifar10", tmp_path / "cifar")
+    assert str(info.value).startswith("cifar10 train split not found: expected data_batch_1, ")
+    (tmp_path / "png" / "train").mkdir(parents=True)
+    with pytest.raises(DataError) as info:
+        check_image_files("png", tmp_path / "png")
+    assert str(info.value) == (
+        f"PNG folder {tmp_path / 'png' / 'test'} does not exist: --data-dir DIR "
+        "(data.data_dir=DIR) needs train/ and test/ subfolders of *.png images"
+    )
+    with pytest.raises(DataError, match="valid names"):
+        check_image_files("imagenet", tmp_path)

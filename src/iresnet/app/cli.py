@@ -34,7 +34,7 @@ from ..datasets import (
     check_dataset_options,
     check_train_subset,
 )
-from ..datasets.images import train_size
+from ..datasets.images import check_image_files, train_size
 from ..errors import CheckpointError, ConfigError, IResNetError
 from . import plots, scoring
 from .allocator import retain_freed_memory
@@ -530,6 +530,9 @@ def _check_config(cfg: Config, out: Path | None = None) -> None:
     if d.name in TOY_DATASETS or d.name in CONDITIONAL_TOYS:
         check_batch_size(cfg.train.batch_size, d.n_train, " (data.n_train)")
     elif d.name in IMAGE_DATASETS:
+        # Files not there were found only after the summary, as training read them; a dry run
+        # passed (try-out 15). Found by name alone: the loader checks what they hold.
+        check_image_files(d.name, d.data_dir)
         # digits' size is a constant, an IDX file's is in its header; others are counted.
         full = train_size(d.name, d.data_dir)
         if full is not None and d.train_subset:

@@ -37,6 +37,7 @@ __all__ = [
     "load_png_folder",
     "load_image_dataset",
     "train_size",
+    "check_image_files",
     "FASHION_MNIST_SYSTEM_DIRS",
     "DATASET_NAMES",
 ]
@@ -48,6 +49,24 @@ DATASET_NAMES: tuple[str, ...] = ("digits", "mnist", "fashion-mnist", "cifar10",
 """Names accepted by [`load_image_dataset`][iresnet.datasets.images.load_image_dataset]."""
 
 _SPLITS = ("train", "test")
+
+#: How to get each set's files, for the messages of a missing file or folder.
+_HOW = {
+    "mnist": "Get the four IDX files from the MNIST site (yann.lecun.com/exdb/mnist or a mirror) "
+    "or use the folder that holds a torchvision MNIST/raw folder.",
+    "fashion-mnist": "Install them with `apt-get install dataset-fashion-mnist` (Debian/Ubuntu) "
+    "or download the IDX files from the Zalando repository "
+    "github.com/zalandoresearch/fashion-mnist.",
+    "cifar10": "Download the 'CIFAR-10 python version' from www.cs.toronto.edu/~kriz/cifar.html "
+    "and extract it there.",
+}
+
+#: What the folder of a set that needs one holds, for the message that asks for it.
+_FOLDER_OF = {
+    "mnist": "the four MNIST IDX files (from yann.lecun.com/exdb/mnist or a mirror)",
+    "cifar10": "the 'CIFAR-10 python version' (www.cs.toronto.edu/~kriz/cifar.html), extracted",
+    "png": "train/ and test/ subfolders of *.png images",
+}
 
 
 @dataclass(frozen=True)
@@ -229,17 +248,22 @@ def _idx_folders(name: str, root: str | Path | None) -> list[Path]:
     return [Path(root), Path(root) / sub / "raw"]
 
 
-def _load_idx_pair(name: str, split: str, folders: Sequence[Path], how: str) -> ImageData:
+def _found_idx_pair(name: str, split: str, folders: Sequence[Path]) -> tuple[Path, Path]:
+    """The images and labels files of ``split``, or the error that says where they were looked
+    for and how to get them."""
     _check_split(split)
-    stems = _IDX_STEMS[split]
     found = _idx_pair(split, folders)
-    if found is not None:
-        img_path, lab_path = found
-    else:
+    if found is None:
+        stems = _IDX_STEMS[split]
         raise DataError(
             f"{name} {split} split not found: expected {stems[0]}[.gz] and {stems[1]}[.gz] in "
-            f"one of: {', '.join(str(f) for f in folders)}. {how}"
+            f"one of: {', '.join(str(f) for f in folders)}. {_HOW[name]}"
         )
+    return found
+
+
+def _load_idx_pair(name: str, split: str, folders: Sequence[Path]) -> ImageData:
+    img_path, lab_path = _found_idx_pair(name, split, folders)
     images, labels = read_idx(img_path), read_idx(lab_path)
     if images.ndim != 3 or images.dtype != np.uint8:
         raise DataError(f"{img_path}: expected uint8 (N, H, W), got {images.dtype} {images.shape}")
@@ -282,11 +306,7 @@ def load_mnist(root: str | Path, split: str = "train") -> ImageData:
         ...
         iresnet.errors.DataError: mnist train split not found: expected train-images-idx3-ubyte...
     """
-    how = (
-        "Get the four IDX files from the MNIST site (yann.lecun.com/exdb/mnist or a mirror) or "
-        "point root at a folder holding a torchvision MNIST/raw folder."
-    )
-    return _load_idx_pair("mnist", split, _idx_folders("mnist", root), how)
+    return _load_idx_pair("mnist", split, _idx_folders("mnist", root))
 
 
 def load_fashion_mnist(root: str | Path | None = None, split: str = "train") -> ImageData:
@@ -314,12 +334,7 @@ def load_fashion_mnist(root: str | Path | None = None, split: str = "train") -> 
         ...
         iresnet.errors.DataError: fashion-mnist test split not found: ...
     """
-    folders = _idx_folders("fashion-mnist", root)
-    how = (
-        "Install them with `apt-get install dataset-fashion-mnist` (Debian/Ubuntu) or download "
-        "the IDX files from the Zalando repository github.com/zalandoresearch/fashion-mnist."
-    )
-    return _load_idx_pair("fashion-mnist", split, folders, how)
+    return _load_idx_pair("fashion-mnist", split, _idx_folders("fashion-mnist", root))
 
 
 # ----------------------------------------------------------------------------------- CIFAR-10
@@ -419,21 +434,26 @@ def load_cifar10(root: str | Path, split: str = "train") -> ImageData:
         ...
         iresnet.errors.DataError: cifar10 test split not found: expected test_batch in one of: ...
     """
+    folder = _cifar_folder(root, split)
+    batches = [_read_cifar_batch(folder / n) for n in _CIFAR_FILES[split]]
+    data = np.concatenate([b[0] for b in batches]).reshape(-1, 3, 32, 32)
+    labels = np.concatenate([b[1] for b in batches])
+    return ImageData(torch.from_numpy(data), torch.from_numpy(labels), 256, "cifar10")
+
+
+def _cifar_folder(root: str | Path, split: str) -> Path:
+    """The folder holding the batches of ``split``, or the error that says where they were
+    looked for and how to get them."""
     _check_split(split)
-    root = Path(root)
     files = _CIFAR_FILES[split]
-    folders = [root / _CIFAR_DIR, root]
+    folders = [Path(root) / _CIFAR_DIR, Path(root)]
     folder = next((f for f in folders if all((f / n).is_file() for n in files)), None)
     if folder is None:
         raise DataError(
             f"cifar10 {split} split not found: expected {', '.join(files)} in one of: "
-            f"{', '.join(str(f) for f in folders)}. Download the 'CIFAR-10 python version' "
-            "from www.cs.toronto.edu/~kriz/cifar.html and extract it there."
+            f"{', '.join(str(f) for f in folders)}. {_HOW['cifar10']}"
         )
-    batches = [_read_cifar_batch(folder / n) for n in files]
-    data = np.concatenate([b[0] for b in batches]).reshape(-1, 3, 32, 32)
-    labels = np.concatenate([b[1] for b in batches])
-    return ImageData(torch.from_numpy(data), torch.from_numpy(labels), 256, "cifar10")
+    return folder
 
 
 # ------------------------------------------------------------------------------------- digits
@@ -587,6 +607,49 @@ def train_size(name: str, data_dir: str | Path | None = None) -> int | None:
     return None
 
 
+def _no_folder(key: str) -> DataError:
+    return DataError(
+        f"data set {key!r} needs the folder holding its files: --data-dir DIR "
+        f"(data.data_dir=DIR) with {_FOLDER_OF[key]}"
+    )
+
+
+def check_image_files(name: str, data_dir: str | Path | None = None) -> None:
+    """Refuse, without reading them, an image set whose files are not where
+    [`load_image_dataset`][iresnet.datasets.images.load_image_dataset] looks for them (both
+    splits), with the loader's own message: where they were looked for and how to get them.
+    Cheap (a few ``stat`` calls), so a dry run and a run's first check can make it; the files'
+    contents are the loader's to check. ``digits`` needs no files.
+
+    Raises:
+        DataError: an unknown name, no ``data_dir`` where one is required, or files missing.
+
+    Examples:
+        >>> check_image_files("digits")
+        >>> check_image_files("mnist")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        iresnet.errors.DataError: data set 'mnist' needs the folder holding its files: ...
+    """
+    key = name.strip().lower().replace("_", "-")
+    if key == "digits":
+        return
+    if key not in DATASET_NAMES:
+        raise DataError(f"unknown image data set {name!r}; valid names: {', '.join(DATASET_NAMES)}")
+    if data_dir is None and key != "fashion-mnist":
+        raise _no_folder(key)
+    for split in _SPLITS:
+        if key in ("mnist", "fashion-mnist"):
+            _found_idx_pair(key, split, _idx_folders(key, data_dir))
+        elif key == "cifar10":
+            _cifar_folder(data_dir or "", split)
+        elif not (Path(data_dir or "") / split).is_dir():
+            raise DataError(
+                f"PNG folder {Path(data_dir or '') / split} does not exist: --data-dir DIR "
+                f"(data.data_dir=DIR) needs {_FOLDER_OF['png']}"
+            )
+
+
 def load_image_dataset(name: str, split: str, data_dir: str | Path | None = None) -> ImageData:
     """Load an image set by name (``_`` and ``-`` are interchangeable).
 
@@ -616,10 +679,7 @@ def load_image_dataset(name: str, split: str, data_dir: str | Path | None = None
     if key not in DATASET_NAMES:
         raise DataError(f"unknown image data set {name!r}; valid names: {', '.join(DATASET_NAMES)}")
     if data_dir is None:
-        raise DataError(
-            f"data set {key!r} needs the folder holding its files: --data-dir DIR "
-            "(data.data_dir=DIR)"
-        )
+        raise _no_folder(key)
     if key == "mnist":
         return load_mnist(data_dir, split)
     if key == "cifar10":
