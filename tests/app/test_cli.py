@@ -59,8 +59,10 @@ def test_bad_arguments_give_one_line_errors(capsys, argv, message):
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in err
 
 
-def test_overrides_that_agree_with_data_are_accepted(capsys):
+def test_overrides_that_agree_with_data_are_accepted(capsys, tmp_path, monkeypatch):
     """Only an override that says otherwise is refused (an agreeing one was, too)."""
+    monkeypatch.chdir(tmp_path)
+    np.save("a.npy", np.zeros((4, 2)))  # a dry run looks for the file too
     code, out, err = run(capsys, "train", "--data", "a.npy", "data.path=a.npy", "--dry-run")
     assert code == 0, err
     code, out, err = run(capsys, "train", "--data", "a.npy", "name=array", "--dry-run")
@@ -1053,6 +1055,32 @@ def test_an_image_set_without_its_files_is_refused_before_the_summary_as_by_a_dr
             "(yann.lecun.com/exdb/mnist or a mirror) or use the folder that holds a torchvision "
             "MNIST/raw folder.\n"
         )
+    assert not out_dir.exists()
+
+
+def test_your_data_file_not_there_is_refused_before_the_summary_as_by_a_dry_run(capsys, tmp_path):
+    """``--data`` or ``--context`` naming no file passed ``--dry-run`` and was refused only
+    after the summary, as an image set's files were. Both refuse first now; the file's rows
+    are read as training starts, where one of only empty fields is refused in one line."""
+    points, gone, out_dir = tmp_path / "x.npy", tmp_path / "gone.csv", tmp_path / "run"
+    np.save(points, np.random.default_rng(0).normal(size=(40, 2)))
+    for dry in ([], ["--dry-run"]):
+        for flags in (["--data", str(gone)], ["--data", str(points), "--context", str(gone)]):
+            code, out, err = run(
+                capsys, "train", *flags, "--steps", "1", "--out", str(out_dir), *dry
+            )
+            assert (code, out) == (2, ""), err
+            assert err == (
+                f"iresnet train: error: {gone}: data file does not exist; pass the path of a "
+                ".npy or .csv file\n"
+            )
+    empty = tmp_path / "empty.csv"
+    empty.write_text(",\n,\n")
+    code, _, err = run(capsys, "train", "--data", str(empty), "--steps", "1", "--out", str(out_dir))
+    assert code == 2 and err.splitlines()[-1] == (
+        f"iresnet train: error: {empty}: no values: its 2 rows hold only empty fields (like "
+        "',,'); put the data in the file (save or export it again)"
+    )
     assert not out_dir.exists()
 
 

@@ -12,6 +12,7 @@ import torch
 
 from iresnet.datasets.arrays import (
     Standardizer,
+    check_array_file,
     check_spread,
     discrete_columns,
     load_array,
@@ -437,3 +438,52 @@ def test_a_field_emptied_by_a_cut_comment_says_so(tmp_path: Path, text: str) -> 
     assert "trailing comma" not in str(refused.value)
     # an empty field with no comment near it keeps its own hint
     _refused(_write(tmp_path / "e.csv", "1,2\n3,\n"), "a missing value, or a trailing comma?")
+
+
+def _message(path: Path, **kw: int) -> str:
+    with pytest.raises(DataError) as info:
+        load_array(path, **kw)
+    return str(info.value)
+
+
+def test_a_file_of_empty_fields_or_a_header_alone_says_what_it_held(tmp_path: Path) -> None:
+    """A file whose every row is empty fields (``,,``) was told "zero data rows" as if it had
+    none, and one such row between rows was dropped without a word, shifting every row below
+    it (and a contexts file's pairing). Each is now one line that says what the file held."""
+    empty = _write(tmp_path / "empty_fields.csv", ",,\n,,\n,,\n")
+    assert _message(empty) == (
+        f"{empty}: no values: its 3 rows hold only empty fields (like ',,'); put the data in "
+        "the file (save or export it again)"
+    )
+    middle = _write(tmp_path / "middle.csv", "a,b\n1,2\n,\n3,4\n5,6\n")
+    assert _message(middle) == (
+        f"{middle}: line 3 holds only empty fields above more rows (a row of missing "
+        "values?); fill it or delete the line"
+    )
+    # after the last row, a spreadsheet's padding: it shifts nothing
+    padded = _write(tmp_path / "padded.csv", "1,2\n3,4\n5,6\n,\n, \n\n")
+    np.testing.assert_array_equal(load_array(padded), [[1, 2], [3, 4], [5, 6]])
+    header = _write(tmp_path / "header.csv", "x, y\n")
+    assert _message(header, min_rows=1) == (
+        f"{header}: zero data rows (only a header row: x, y); the file must hold at least "
+        "1 sample (row): put the data in it"
+    )
+    comments = _write(tmp_path / "comments.csv", "# x,y\n\n")
+    assert _message(comments) == (
+        f"{comments}: zero data rows (only blank lines and comments); the file must hold at "
+        "least 2 samples (rows): put the data in it"
+    )
+
+
+def test_check_array_file_refuses_without_reading(tmp_path: Path) -> None:
+    """What a dry run checks of your data file: there, a file, .npy or .csv, not empty."""
+    check_array_file(_write(tmp_path / "unread.csv", "not, read, at all\n"))
+    with pytest.raises(DataError) as info:
+        check_array_file(tmp_path / "gone.csv")
+    assert str(info.value) == (
+        f"{tmp_path / 'gone.csv'}: data file does not exist; pass the path of a .npy or .csv file"
+    )
+    with pytest.raises(DataError, match="file is empty; it must hold at least 2 samples"):
+        check_array_file(_write(tmp_path / "zero.csv", ""))
+    with pytest.raises(DataError, match="unknown extension '.txt'"):
+        check_array_file(_write(tmp_path / "x.txt", "1,2\n"))

@@ -34,6 +34,7 @@ from ..datasets import (
     check_dataset_options,
     check_train_subset,
 )
+from ..datasets.arrays import check_array_file
 from ..datasets.images import check_image_files, train_size
 from ..errors import CheckpointError, ConfigError, IResNetError
 from . import plots, scoring
@@ -195,10 +196,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--dry-run",
         action="store_true",
         help="check the config and print it whole (JSON), then stop: the config's own checks "
-        "run (data options, a batch or data.train_subset above a training set whose size is "
-        "known, an --out that holds a run), the machine's do not (a --device this machine "
-        "lacks: a GPU config prints on a CPU machine); the data is not read, so a model that "
-        "does not fit the data's shape is refused only by train",
+        "run (data options, data files not there, a batch or data.train_subset above a "
+        "training set whose size is known, an --out that holds a run), the machine's do not "
+        "(a --device this machine lacks: a GPU config prints on a CPU machine); the data is "
+        "not read, so a model that does not fit the data's shape is refused only by train",
     )
     p.add_argument(
         "--verbose", action="store_true", help="print the whole resolved config, not a summary"
@@ -503,17 +504,19 @@ def _config_summary(cfg: Config) -> str:
     )
 
 
-def _check_before_start(cfg: Config, out: Path | None = None) -> None:
+def _check_before_start(cfg: Config, out: Path | None = None, *, fresh: bool = True) -> None:
     """Refuse, before the summary is printed, what the config's own checks leave to the start:
     the config's mistakes (``_check_config``) and a device this machine lacks."""
-    _check_config(cfg, out)
+    _check_config(cfg, out, fresh=fresh)
     resolve_device(cfg.train.device)
 
 
-def _check_config(cfg: Config, out: Path | None = None) -> None:
+def _check_config(cfg: Config, out: Path | None = None, *, fresh: bool = True) -> None:
     """The checks of the config itself, which ``train --dry-run`` runs too: data options that
     the data set does not take (after the flags that set them were compared with the
-    overrides), fp16 on a CPU named in the config, a batch or a training subset larger than a
+    overrides), data files that are not there (an image set's, found by name; of a ``fresh``
+    run, your data and contexts files: a resumed run reads them from the absolute paths it
+    recorded), fp16 on a CPU named in the config, a batch or a training subset larger than a
     training set whose size is known before it is read (the config's ``data.n_train`` or
     ``data.train_subset``, digits' constant, an IDX file's header), and an ``--out``
     (``out``) that holds a run. Not whether this machine has the device: a GPU config
@@ -526,7 +529,12 @@ def _check_config(cfg: Config, out: Path | None = None) -> None:
         train_subset=d.train_subset,
     )
     check_precision(cfg.train.precision, parse_device(cfg.train.device))
-    # A user array's size is known once it is read, as training starts: the trainer checks it.
+    # A user array's size is known once it is read, as training starts: the trainer checks it;
+    # a file not there (or empty) is found now, as an image set's (try-out 15).
+    if fresh and d.name == "array":
+        for path in (d.path, d.context_path):
+            if path:
+                check_array_file(path)
     if d.name in TOY_DATASETS or d.name in CONDITIONAL_TOYS:
         check_batch_size(cfg.train.batch_size, d.n_train, " (data.n_train)")
     elif d.name in IMAGE_DATASETS:
@@ -660,10 +668,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
                 f"--resume {run.path}{steps} {_more_budget(spent, 'NM')}"
             )
         if args.dry_run:
-            _check_config(cfg)
+            _check_config(cfg, fresh=False)
             print(cfg.to_json())
             return 0
-        _check_before_start(cfg)
+        _check_before_start(cfg, fresh=False)
         _print_config(cfg, args.verbose, resumed_from=done)
         result = train(cfg, run.path, resume=True, progress=not args.no_progress)
     else:

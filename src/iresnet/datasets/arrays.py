@@ -26,6 +26,7 @@ from ..errors import ConfigError, DataError
 
 __all__ = [
     "load_array",
+    "check_array_file",
     "read_npy",
     "uncommented",
     "split_array",
@@ -95,6 +96,7 @@ def _read_csv(path: Path) -> tuple[np.ndarray, list[int], list[str] | None]:
     header: list[str] | None = None
     rows: list[list[float]] = []
     lines: list[int] = []
+    empty: list[int] = []  # lines of empty fields only (``,,``) since the last row
     first_line = 0
     width = 0
     try:
@@ -107,7 +109,15 @@ def _read_csv(path: Path) -> tuple[np.ndarray, list[int], list[str] | None]:
             for fields in reader:
                 line = reader.line_num
                 if not fields or all(not f.strip() for f in fields):
+                    if len(fields) > 1:
+                        empty.append(line)  # ",,": a row of missing values, or padding
                     continue  # blank lines carry no row
+                if empty:  # dropping it would shift every row below (and its context's)
+                    raise DataError(
+                        f"{path}: line {empty[0]} holds only empty fields"
+                        f"{_cut_note(cuts, empty[0])} above more rows (a row of missing "
+                        "values?); fill it or delete the line"
+                    )
                 if not width:
                     width, first_line = len(fields), line
                     values = [_parse_float(f) for f in fields]
@@ -139,6 +149,12 @@ def _read_csv(path: Path) -> tuple[np.ndarray, list[int], list[str] | None]:
         raise DataError(f"{path}: not UTF-8 text ({exc.reason}); save the CSV as UTF-8") from exc
     except csv.Error as exc:
         raise DataError(f"{path}: malformed CSV ({exc}); check quoting and delimiters") from exc
+    if not rows and empty:
+        raise DataError(
+            f"{path}: no values: its {len(empty)} row{'s' if len(empty) != 1 else ''} hold "
+            "only empty fields (like ',,'); put the data in the file (save or export it again)"
+        )
+    # Empty-field lines after the last row (a spreadsheet export's padding) shift nothing.
     array = np.asarray(rows, dtype=np.float64).reshape(len(rows), width)
     return array, lines, header
 
@@ -252,6 +268,29 @@ def _read_npy(path: Path) -> np.ndarray:
     return array.astype(np.float64)
 
 
+def check_array_file(path: str | os.PathLike[str], min_rows: int = 2) -> None:
+    """Refuse, without reading it, a data file that
+    [`load_array`][iresnet.datasets.arrays.load_array] cannot read: one that is not there, a
+    folder, another extension than ``.npy`` / ``.csv``, or an empty file (its messages; a dry
+    run and a run's first check make this one, before the file is read).
+
+    Raises:
+        DataError: the file and what to do, in one line.
+    """
+    p = Path(path)
+    if not p.is_file():
+        what = "is a directory, not a file" if p.is_dir() else "does not exist"
+        raise DataError(f"{p}: data file {what}; pass the path of a .npy or .csv file")
+    ext = p.suffix.lower()
+    if ext not in (".npy", ".csv"):
+        raise DataError(
+            f"{p}: unknown extension {ext or '(none)'!r}; save the data as .npy (numpy.save) "
+            "or as a comma-separated .csv"
+        )
+    if p.stat().st_size == 0:
+        raise DataError(f"{p}: file is empty; it must hold at least {_samples(min_rows)}")
+
+
 def load_array(
     path: str | os.PathLike[str],
     max_dim: int = 64,
@@ -304,22 +343,13 @@ def load_array(
     """
     if isinstance(max_dim, bool) or not isinstance(max_dim, int) or max_dim < 1:
         raise ValueError(f"max_dim must be a positive integer, got {max_dim!r}")
+    check_array_file(path, min_rows)
     p = Path(path)
-    if not p.is_file():
-        what = "is a directory, not a file" if p.is_dir() else "does not exist"
-        raise DataError(f"{p}: data file {what}; pass the path of a .npy or .csv file")
     ext = p.suffix.lower()
-    if ext not in (".npy", ".csv"):
-        raise DataError(
-            f"{p}: unknown extension {ext or '(none)'!r}; save the data as .npy (numpy.save) "
-            "or as a comma-separated .csv"
-        )
-    if p.stat().st_size == 0:
-        raise DataError(f"{p}: file is empty; it must hold at least {_samples(min_rows)}")
-
     if index_column not in ("refuse", "drop", "keep"):
         raise ValueError(f"index_column must be refuse, drop or keep, got {index_column!r}")
     lines: list[int] | None = None
+    header: list[str] | None = None
     if ext == ".csv":
         array, lines, header = _read_csv(p)
         if _is_unnamed_index(array, header):
@@ -336,7 +366,17 @@ def load_array(
 
     n, d = array.shape
     if n == 0:
-        raise DataError(f"{p}: zero data rows; the file must hold at least {_samples(min_rows)}")
+        held = (
+            f" (only a header row: {', '.join(header)})"
+            if header
+            else " (only blank lines and comments)"
+            if ext == ".csv"
+            else ""
+        )
+        raise DataError(
+            f"{p}: zero data rows{held}; the file must hold at least {_samples(min_rows)}: "
+            "put the data in it"
+        )
     if n < min_rows:
         why = " (to train and to test)" if min_rows == 2 else ""
         raise DataError(
