@@ -393,7 +393,18 @@ def time_cases(cases: Sequence[Case], pair: Pair, normalise: str = "normalise") 
 
 
 def ms(x: float) -> str:
+    """Seconds as ms or µs; "-" where no step was timed (a median of none is NaN, which the
+    table printed as "nan µs"): :data:`UNTIMED` says why."""
+    if not math.isfinite(x):
+        return "-"
     return f"{x * 1e3:.3g} ms" if x >= 1e-3 else f"{x * 1e6:.3g} µs"
+
+
+#: The note under a table with an untimed training loop (":func:`ms` gave "-").
+UNTIMED = (
+    '"-" in s/step: fewer than two training rows were logged (one every train.log_every '
+    "steps), so no step of the loop was timed; give more --steps"
+)
 
 
 def ratio_cell(r: dict[str, Any]) -> str:
@@ -429,7 +440,7 @@ def likelihood_table(likelihood: dict[str, Any], datasets: Sequence[str], pair: 
                 *[""] * 5,
             ]
         )
-    return markdown_table(
+    table = markdown_table(
         [
             "data set",
             "lipschitz_norm",
@@ -443,6 +454,8 @@ def likelihood_table(likelihood: dict[str, Any], datasets: Sequence[str], pair: 
         ],
         rows,
     )
+    untimed = any(row[7] == "-" for row in rows if row[1] in pair)
+    return table + (f"\n\n{UNTIMED}" if untimed else "")
 
 
 def time_table(

@@ -1,0 +1,45 @@
+"""``benchmarks/bench/norms.py``: the tables of the norm comparisons."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+
+from bench.norms import UNTIMED, likelihood_table, ms  # noqa: E402
+
+
+def _run(median: float) -> dict:
+    return {
+        "test_nll": 2.5,
+        "test_nll_se": 0.01,
+        "kl": 0.1,
+        "kl_se": 0.01,
+        "certified_max_bound": 0.9,
+        "actual_max_bound": 0.8,
+        "certified_invertible": True,
+        "train_step_seconds_from_metrics": {"median": median},
+        "steps": 5,
+    }
+
+
+def test_a_loop_with_no_timed_step_shows_a_dash_and_says_why():
+    """``--steps 5`` logs one training row (one every train.log_every = 10 steps, and the
+    last): no step is timed, and the table said "nan µs"."""
+    assert (ms(math.nan), ms(0.0123), ms(0.0000456)) == ("-", "12.3 ms", "45.6 µs")
+    pair = ("spectral", "frobenius")
+    likelihood = {
+        "moons": {
+            "spectral": _run(math.nan),
+            "frobenius": _run(0.002),
+            "nll_difference": {"mean": 0.01, "se": 0.02},
+        }
+    }
+    table = likelihood_table(likelihood, ["moons"], pair)
+    rows = [line.split(" | ") for line in table.splitlines() if line.startswith("| moons")]
+    assert [row[7] for row in rows[:2]] == ["-", "2 ms"]
+    assert table.endswith(f"\n\n{UNTIMED}") and "nan" not in table
+    likelihood["moons"]["spectral"] = _run(0.003)
+    assert UNTIMED not in likelihood_table(likelihood, ["moons"], pair)
