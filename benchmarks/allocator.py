@@ -4,7 +4,7 @@ Each measurement runs in a fresh process, once with ``IRESNET_ALLOCATOR=system``
 defaults: a block above the dynamic mmap threshold gets its own mapping, returned to the kernel
 when freed, and the heap's free top is trimmed) and once with freed memory kept (the ``iresnet``
 command's default since this benchmark: ``mallopt`` fixes the mmap threshold at 32 MiB and the
-trim threshold at 1 GiB), the two settings alternating, repetition by repetition. Reported per
+trim threshold at 128 MiB), the two settings alternating, repetition by repetition. Reported per
 workload: the median wall time, CPU time (user + system), system time, minor page faults and
 peak resident set, and the ratio kept/system of the CPU time, repetition by repetition.
 

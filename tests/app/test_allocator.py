@@ -80,5 +80,5 @@ def test_glibc_takes_both_thresholds_in_a_fresh_process():
     ).stdout
     assert out.startswith("glibc "), out
     assert out.strip().endswith(
-        "freed memory kept (mmap threshold 32 MiB, trim threshold 1 GiB)"
+        "freed memory kept (mmap threshold 32 MiB, trim threshold 128 MiB)"
     ), out
