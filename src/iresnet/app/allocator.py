@@ -10,12 +10,13 @@ most runs and 7 million (19 s of system time against 3.5) in one.
 [`retain_freed_memory`][iresnet.app.allocator.retain_freed_memory] fixes both thresholds
 (``mallopt``): blocks up to 32 MiB come from the heap, and up to 128 MiB of free memory at the
 heap's top stays with the process for the next step. ``benchmarks/allocator.py`` measures it
-against glibc's defaults: a training step of a 4-block convolutional residual flow (4x14x14,
-batch 32, one thread) spent a fifth of its CPU time in page faults and ran about 20% faster
-with memory kept (normflows' the same model, 28%); the ``fashion-mnist`` preset's training
-steps (two threads) and ``iresnet evaluate`` ran at the same speed, and a whole
-``iresnet train`` command about 9% faster; the numbers computed are identical. The price: the
-resident set shrinks less after a peak.
+against glibc's defaults (three repetitions each, alternating, medians of the paired ratios of
+CPU time): a training step of a 4-block convolutional residual flow (4x14x14, batch 32, one
+thread) spent a fifth of its CPU time in the kernel and took 0.72 of it with memory kept
+(normflows' the same model, 0.68); ``iresnet evaluate`` of a Fashion-MNIST run 0.91; the
+``fashion-mnist`` preset's training steps (two threads) 0.98 and the 2-D toy step 1.00, no
+change; the numbers computed are identical. The price: the resident set shrinks less after a
+peak (a 60-step ``iresnet train fashion-mnist`` peaked at 1035 MiB against 817-999 MiB).
 """
 
 from __future__ import annotations
