@@ -360,6 +360,31 @@ class _SpectralNormMixin:
             self.u.copy_(u)
             self.v.copy_(v)
 
+    def _step_vectors(self) -> tuple[Tensor, Tensor, Tensor]:
+        """A training call's power iteration: ``n_power_iterations`` steps of ``v <- A^T u /
+        ||A^T u||``, ``u <- A v / ||A v||`` from the persistent ``u`` (Miyato et al., app. A,
+        eq. (18)-(19)), written to the buffers.
+
+        Returns:
+            ``(u, v, sigma)``: new tensors (not the buffers, which the next training call
+            overwrites), and ``sigma = u^T A v = ||A v||`` from the last step's own product
+            (a 0-d tensor, no graph).
+        """
+        with torch.no_grad():
+            w = self.weight.detach()
+            # Dividing by max|W| keeps every intermediate O(1): no overflow in float32.
+            scale = w.abs().max().clamp_min(_EPS)
+            fwd, adj = self._operator(w / scale)
+            u = self.u
+            for _ in range(self.n_power_iterations):
+                v = _normalize(adj(u))
+                av = fwd(v)
+                norm = torch.linalg.vector_norm(av)
+                u = av / norm.clamp_min(_EPS)
+            self.u.copy_(u)
+            self.v.copy_(v)
+            return u, v, norm * scale
+
     def _sigma_with_grad(self) -> Tensor:
         fwd, _ = self._operator(self.weight)
         # Clones: the next training call updates u, v in place, and this sigma's backward
@@ -383,16 +408,16 @@ class _SpectralNormMixin:
         if self.norm != "spectral":
             return None
         with torch.no_grad():
-            if self.training:
-                if not self._frozen:
-                    self._update_vectors(self.n_power_iterations, None)
-                # copies: the next training call updates the buffers in place
-                u, v = self.u.clone(), self.v.clone()
-            else:
-                u, v = self._eval_vectors()
             w = self.weight.detach()
-            fwd, _ = self._operator(w)
-            sigma = (u * fwd(v)).sum()
+            if self.training and not self._frozen:
+                u, v, sigma = self._step_vectors()
+            else:
+                if self.training:  # copies: the next training call updates the buffers
+                    u, v = self.u.clone(), self.v.clone()
+                else:
+                    u, v = self._eval_vectors()
+                fwd, _ = self._operator(w)
+                sigma = (u * fwd(v)).sum()
             self.sigma.copy_(sigma)
             ratio = sigma / self.coeff
             d = torch.clamp(ratio, min=1.0)
@@ -469,11 +494,11 @@ class _SpectralNormMixin:
             return self.weight / torch.clamp(sigma / self.coeff, min=1.0)
         if self.norm == "penalty":  # power iteration runs (for the penalty); no rescaling
             if self.training and not self._frozen:
-                self._update_vectors(self.n_power_iterations, None)
+                self._step_vectors()
             return self.weight
         if self.training:
             if not self._frozen:
-                self._update_vectors(self.n_power_iterations, None)
+                self._step_vectors()
             sigma = self._sigma_with_grad()
             with torch.no_grad():
                 self.sigma.copy_(sigma)
