@@ -5,8 +5,9 @@ A CPU training step or evaluation allocates and frees the same tensors again and
 32 MiB as blocks are freed) a fresh mapping and hands it back to the kernel when it is freed,
 and trims the heap's free top above its trim threshold (twice the mmap threshold); every new
 tensor in memory handed back costs one page fault per 4 KiB page touched. How many depends on
-the order of the first frees: the same ``iresnet evaluate`` took 0.6-0.9 million faults in
-most runs and 7 million (19 s of system time against 3.5) in one.
+the order of the first frees: the same ``iresnet evaluate --n-test 1000`` took 0.9-1.5 million
+faults in seven runs and 7.4 million (19 s of system time against 3.5) in an eighth (by hand
+and in ``benchmarks/allocator.py``; with memory kept, 0.6-0.8 million in every run).
 [`retain_freed_memory`][iresnet.app.allocator.retain_freed_memory] fixes both thresholds
 (``mallopt``): blocks up to 32 MiB come from the heap, and up to 128 MiB of free memory at the
 heap's top stays with the process for the next step. ``benchmarks/allocator.py`` measures it
