@@ -9,12 +9,13 @@ scaling; here both processes share one 2-core machine, so each gets one core (th
 
 from __future__ import annotations
 
-import argparse
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from iresnet.app.cli import OneLineParser
 
 from bench.env import environment
 from bench.metrics import records, train_rows
@@ -58,7 +59,9 @@ def run(preset: str, steps: int, nproc: int, batch: int, out: Path) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
+    # OneLineParser, not script_parser: the shared flags (--quick, --threads, --seed, --out-dir)
+    # would do nothing here (each process trains with train.threads=1).
+    ap = OneLineParser(description=__doc__)
     ap.add_argument("--preset", default="toy-8gaussians")
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--batch", type=int, default=1024)

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from iresnet.app.cli import OneLineParser
 from iresnet.app.plots import plot_trajectories
 from iresnet.nn import mlp_branch
 
@@ -67,9 +68,9 @@ def crossings(p: torch.Tensor) -> list[tuple[float, float]]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    # OneLineParser, not script_parser: the shared flags (--quick, --threads, --seed, --out-dir)
+    # would do nothing here (--out names the figures).
+    ap = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("docs/figure1"))
     ap.add_argument("--steps", type=int, default=1500)
     args = ap.parse_args()

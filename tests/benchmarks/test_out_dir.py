@@ -1,6 +1,8 @@
-"""Every benchmark that takes ``--out-dir`` (``script_parser``'s shared flags) writes there."""
+"""Every benchmark that takes ``--out-dir`` (``script_parser``'s shared flags) writes there,
+and every script's usage error is one line."""
 
 import ast
+import json
 import os
 import subprocess
 import sys
@@ -12,10 +14,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
 from bench.env import script_parser  # noqa: E402
 
+BENCHMARKS = Path(__file__).parents[2] / "benchmarks"
+
 SCRIPTS = [  # the scripts with the shared flags (``script_parser``), --out-dir among them
+    p for p in sorted(BENCHMARKS.glob("*.py")) if "script_parser(" in p.read_text(encoding="utf-8")
+]
+
+ARGUMENT_SCRIPTS = [  # every script that reads a command line, with whatever parser
     p
-    for p in sorted((Path(__file__).parents[2] / "benchmarks").glob("*.py"))
-    if "script_parser(" in p.read_text(encoding="utf-8")
+    for p in sorted(BENCHMARKS.glob("*.py"))
+    if any(
+        f"{call}(" in p.read_text(encoding="utf-8") for call in ("parse_args", "parse_or_render")
+    )
 ]
 
 
@@ -100,3 +110,89 @@ def test_a_usage_error_is_one_line_that_names_the_help(capsys, argv, message):
         ap.parse_args(argv)
     assert stop.value.code == 2
     assert capsys.readouterr().err == f"demo.py: error: {message} (see `demo.py --help`)\n"
+
+
+def test_the_one_line_check_below_reaches_the_scripts_without_the_shared_flags():
+    """figure1.py and ddp_scaling.py built a plain ArgumentParser; frobenius.py and
+    certified_norm.py parse through ``bench.norms``: none of them says ``script_parser(``."""
+    names = {p.name for p in ARGUMENT_SCRIPTS}
+    assert {"ddp_scaling.py", "figure1.py", "frobenius.py", "certified_norm.py"} <= names
+    assert {p.name for p in SCRIPTS} < names
+
+
+# One process per script, forked from one that imported torch and the application first: a
+# fresh ``python SCRIPT`` each spent ~3 s importing them (25 scripts). A script that ignored
+# the flag would start its benchmark: the alarm ends it.
+_FORKS = r"""
+import json, os, runpy, signal, sys, tempfile, traceback
+import matplotlib.pyplot, torch
+import iresnet.app.cli, iresnet.app.plots, iresnet.app.training
+for line in sys.stdin:
+    script, argv = json.loads(line)
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        pid = os.fork()
+        if pid == 0:
+            signal.alarm(60)
+            os.dup2(out.fileno(), 1)
+            os.dup2(err.fileno(), 2)
+            sys.argv, sys.path[0] = [script, *argv], os.path.dirname(script)
+            try:
+                runpy.run_path(script, run_name="__main__")
+                code = 0
+            except SystemExit as stop:
+                code = stop.code if isinstance(stop.code, int) else 0 if stop.code is None else 1
+                if isinstance(stop.code, str):
+                    print(stop.code, file=sys.stderr)
+            except BaseException:
+                traceback.print_exc()
+                code = 1
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+        status = os.waitpid(pid, 0)[1]
+        out.seek(0)
+        err.seek(0)
+        found = [os.waitstatus_to_exitcode(status), out.read().decode(), err.read().decode()]
+        print(json.dumps(found), flush=True)
+"""
+
+
+@pytest.fixture(scope="module")
+def run_forked(tmp_path_factory):
+    """``run_forked(script, argv)``: the exit status, stdout and stderr of the script run with
+    ``argv`` in a process of its own, in an empty folder (returned as ``.cwd``)."""
+    cwd = tmp_path_factory.mktemp("cwd")
+    server = subprocess.Popen(
+        [sys.executable, "-c", _FORKS],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=cwd,
+        env=os.environ | {"PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    assert server.stdin is not None and server.stdout is not None
+
+    def run(script: Path, argv: list[str]) -> tuple[int, str, str]:
+        server.stdin.write(json.dumps([str(script), argv]) + "\n")
+        server.stdin.flush()
+        code, out, err = json.loads(server.stdout.readline())
+        return code, out, err
+
+    run.cwd = cwd  # type: ignore[attr-defined]
+    yield run
+    server.stdin.close()
+    server.wait(timeout=60)
+
+
+@pytest.mark.parametrize("script", ARGUMENT_SCRIPTS, ids=lambda p: p.name)
+def test_every_script_s_usage_error_is_one_line_that_names_the_help(script, run_forked):
+    """``figure1.py --nope`` and ``ddp_scaling.py --nope`` printed argparse's usage block (two
+    and three lines) above the error: every script's usage error is one line, exit status 2.
+    (Scripts with a required flag name that one first.)"""
+    code, out, err = run_forked(script, ["--nope"])
+    name = script.name
+    assert (code, out) == (2, ""), err[-2000:]
+    assert err.startswith(f"{name}: error: ") and err.endswith(f" (see `{name} --help`)\n")
+    assert err.count("\n") == 1, err
+    assert "unrecognized arguments: --nope" in err or "arguments are required" in err, err
+    assert not any(run_forked.cwd.iterdir())
