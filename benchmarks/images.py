@@ -97,7 +97,7 @@ from bench.peers import (
     trainable_parameters,
     zuko_flow,
 )
-from bench.report import doc_body, fmt, markdown_table, pm, write_results
+from bench.report import doc_body, fmt, known, markdown_table, pm, untimed_note, write_results
 from bench.stats import mean_se, summarize, verdict
 from bench.worker import add_worker_flag, run_side_by_side, serve
 
@@ -372,7 +372,7 @@ def train_ours(
         # final evaluation, which the peers' figure leaves out (~3.5 of 24 s on quick digits).
         # None where the budget stopped it before its first logged training row (a row every
         # train.log_every steps): its CPU time at a training step is not known.
-        "train_seconds": _known(logged_max(train_rows(records, "cpu_seconds"), "cpu_seconds")),
+        "train_seconds": known(logged_max(train_rows(records, "cpu_seconds"), "cpu_seconds")),
         "train_seconds_with_final_evaluation": logged_max(records, "cpu_seconds"),
         "wall_seconds": logged_max(records, "seconds"),
         "cpu_share": run.cpu_share,
@@ -564,21 +564,12 @@ def run_models(dataset: str, budget: float, args: argparse.Namespace, work: Path
     return {label: results[label] for label in [*ours, *(PEER_LABEL[k] for k in args.peers)]}
 
 
-def _known(x: Any) -> float | None:
-    """A finite number of a result, else None (NaN, or the ``"nan"`` a results file holds)."""
-    try:
-        value = float(x)
-    except (TypeError, ValueError):
-        return None
-    return value if math.isfinite(value) else None
-
-
 def cost_cells(label: str, r: dict[str, Any]) -> tuple[str, str, str | None]:
     """A result's "CPU s/step (mean)" and "CPU s trained" cells, and, where they are "-", the
     note that says why (None where they are known). A budget that ended before a training step
     was timed gave "nan ms | nan" (ours logs its CPU time every ``train.log_every`` steps), and
     a peer with no step "0.0 ms"."""
-    seconds, steps = _known(r.get("train_seconds")), int(r.get("steps") or 0)
+    seconds, steps = known(r.get("train_seconds")), int(r.get("steps") or 0)
     if seconds is not None and steps > 0:
         return f"{1000 * seconds / steps:.1f} ms", fmt(seconds), None
     why = (
@@ -587,11 +578,7 @@ def cost_cells(label: str, r: dict[str, Any]) -> tuple[str, str, str | None]:
         else f"it stopped at step {steps} before its first logged training row (one every "
         "train.log_every steps)"
     )
-    return (
-        "-",
-        "-",
-        f"{label}: {why}, so its CPU time per step is not known; give a larger --budget",
-    )
+    return "-", "-", untimed_note(label, why)
 
 
 def report(dataset: str, results: dict[str, Any], budget: float) -> tuple[str, str]:

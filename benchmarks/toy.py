@@ -94,7 +94,7 @@ from bench.peers import (
     trainable_parameters,
     zuko_flow,
 )
-from bench.report import markdown_table, pm, write_results
+from bench.report import known, markdown_table, pm, untimed_note, write_results
 from bench.stats import summarize, verdict
 
 DATASETS = ("8gaussians", "checkerboard", "2spirals")
@@ -317,7 +317,33 @@ def run_dataset(dataset: str, args: argparse.Namespace, runs_root: Path) -> dict
     }
 
 
-def table(all_results: dict[str, Any]) -> str:
+def cost_cells(label: str, r: dict[str, Any], max_steps: int | None) -> tuple[str, str, str | None]:
+    """A result's "CPU s/step (median)" and "CPU seconds trained" cells, and, where one is
+    "-", the note that says why (None where both are known). A budget that ended before ours
+    logged two training rows (its steps are timed by their differences) gave "nan ms", and
+    "nan" CPU seconds before the first."""
+    per_step = known((r.get("step_seconds") or {}).get("median"))
+    trained = known(r.get("train_seconds"))
+    cells = (
+        "-" if per_step is None else f"{per_step * 1000:.1f} ms",
+        "-" if trained is None else f"{trained:.1f}",
+    )
+    if per_step is not None and trained is not None:
+        return *cells, None
+    steps = int(r.get("steps") or 0)
+    why = (
+        "no training step finished"
+        if steps <= 0
+        else f"it stopped at step {steps} with fewer than two training rows logged (one every "
+        "train.log_every steps)"
+    )
+    fix = "give a larger --budget" + (" or --max-steps" if max_steps is not None else "")
+    return *cells, untimed_note(label, why, fix)
+
+
+def table(all_results: dict[str, Any], max_steps: int | None = None) -> str:
+    """The results table, and under it a line per model whose per-step cost is not known
+    (``max_steps``: the run's ``--max-steps``, which may have stopped it)."""
     cols = [
         "data set",
         "model",
@@ -330,23 +356,27 @@ def table(all_results: dict[str, Any]) -> str:
         "parameters",
     ]
     rows = []
+    unknown: list[str] = []
     for dataset, res in all_results.items():
         for name, r in res["models"].items():
             gap = pm(r["kl"], r["kl_se"], 3) if r.get("kl") is not None else "- (no truth)"
+            per_step, trained, why = cost_cells(f"{dataset}, {LABELS[name]}", r, max_steps)
+            if why:
+                unknown.append(f"- {why}")
             rows.append(
                 [
                     dataset,
                     LABELS[name],
                     pm(r["test_nll"], r["test_nll_se"], 4),
                     gap,
-                    f"{float(r['step_seconds']['median']) * 1000:.1f} ms",
+                    per_step,
                     str(r["steps"]),
-                    f"{r['train_seconds']:.1f}",
+                    trained,
                     f"{r['cpu_share']:.2f}",
                     f"{r['params']:,}",
                 ]
             )
-    return markdown_table(cols, rows)
+    return "\n\n".join([markdown_table(cols, rows), *(["\n".join(unknown)] if unknown else [])])
 
 
 def verdicts(all_results: dict[str, Any]) -> str:
@@ -588,7 +618,7 @@ def write_report(
         "full core; ours: over the whole train() call, its final plots included)."
     )
     sections = [
-        ("Results", ours_line + table(all_results)),
+        ("Results", ours_line + table(all_results, settings.get("max_steps"))),
         ("Ours against each peer", verdicts(all_results)),
         ("How it was measured", notes + "\n\n" + (__doc__ or "").split("\n\n", 1)[1]),
         (
@@ -618,7 +648,7 @@ def write_report(
         summary,
         out_dir=out_dir,
     )
-    print(table(all_results))
+    print(table(all_results, settings.get("max_steps")))
     print(verdicts(all_results))
     print(f"{env['total_seconds']:.0f} s in all")
 

@@ -39,7 +39,7 @@ from .blocks import exact_layer_norms
 from .density import exact_log_density, scores
 from .env import environment, script_parser, seed_all, set_threads
 from .metrics import records, seconds_per_step
-from .report import markdown_table, pm
+from .report import known, markdown_table, pm
 from .stats import mean_se, paired_ratios, summarize
 from .timing import time_interleaved
 
@@ -392,12 +392,14 @@ def time_cases(cases: Sequence[Case], pair: Pair, normalise: str = "normalise") 
 # --------------------------------------------------------------------------------------------
 
 
-def ms(x: float) -> str:
-    """Seconds as ms or µs; "-" where no step was timed (a median of none is NaN, which the
-    table printed as "nan µs"): :data:`UNTIMED` says why."""
-    if not math.isfinite(x):
+def ms(x: float | str | None) -> str:
+    """Seconds as ms or µs; "-" where no step was timed (the median of none: None, or the NaN,
+    ``"nan"`` in a results file, of earlier runs, which the table printed as "nan µs"):
+    :data:`UNTIMED` says why."""
+    seconds = known(x)
+    if seconds is None:
         return "-"
-    return f"{x * 1e3:.3g} ms" if x >= 1e-3 else f"{x * 1e6:.3g} µs"
+    return f"{seconds * 1e3:.3g} ms" if seconds >= 1e-3 else f"{seconds * 1e6:.3g} µs"
 
 
 #: The note under a table with an untimed training loop (":func:`ms` gave "-").

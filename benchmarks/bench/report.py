@@ -41,6 +41,22 @@ def fmt(x: Any, digits: int = 3) -> str:
     return str(x)
 
 
+def known(x: Any) -> float | None:
+    """A finite number of a result, else None (None, NaN, or the ``"nan"`` a results file
+    holds)."""
+    try:
+        value = float(x)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def untimed_note(label: str, why: str, fix: str = "give a larger --budget") -> str:
+    """The line under a table that says why ``label``'s per-step cost cells are "-" (they
+    read "nan ms" where no step was timed) and what to do."""
+    return f"{label}: {why}, so its CPU time per step is not known; {fix}"
+
+
 def pm(value: float, err: float, digits: int = 3) -> str:
     """``value ± err``."""
     return f"{fmt(value, digits)} ± {fmt(err, 2)}"

@@ -26,10 +26,15 @@ def iqr(xs: Sequence[float]) -> tuple[float, float]:
 
 
 def summarize(xs: Sequence[float]) -> dict[str, Any]:
+    """Median, mean, quartiles, count and the values themselves. Of no values (a model that
+    took no timed step) the statistics are None, written ``null`` to a results file: NaN was
+    written as the string ``"nan"``, which a reader must know to look for."""
+    if not len(xs):
+        return {"median": None, "mean": None, "q25": None, "q75": None, "n": 0, "raw": []}
     lo, hi = iqr(xs)
     return {
         "median": median(xs),
-        "mean": float(statistics.fmean(xs)) if xs else math.nan,
+        "mean": float(statistics.fmean(xs)),
         "q25": lo,
         "q75": hi,
         "n": len(xs),

@@ -9,6 +9,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
 from bench.norms import UNTIMED, likelihood_table, ms  # noqa: E402
+from bench.stats import summarize  # noqa: E402
 
 
 def _run(median: float) -> dict:
@@ -43,3 +44,14 @@ def test_a_loop_with_no_timed_step_shows_a_dash_and_says_why():
     assert table.endswith(f"\n\n{UNTIMED}") and "nan" not in table
     likelihood["moons"]["spectral"] = _run(0.003)
     assert UNTIMED not in likelihood_table(likelihood, ["moons"], pair)
+
+
+def test_a_median_of_no_steps_shows_a_dash_whether_null_or_a_recorded_nan():
+    """``summarize([])`` gives None (``null`` in a results file); files written before hold
+    the string ``"nan"``: both are "-", never a traceback."""
+    assert (ms(summarize([])["median"]), ms("nan"), ms(None), ms("0.5")) == (
+        "-",
+        "-",
+        "-",
+        "500 ms",
+    )
