@@ -157,6 +157,8 @@ def image_likelihood(steps: int, seed: int) -> dict[str, Any]:
 
 
 def image_table(image: dict[str, Any]) -> str:
+    """One row per norm and the paired difference; a line under it where a training loop was
+    not timed (too few ``--image-steps``: "-" in s/step)."""
     rows = []
     for norm in NORMS:
         i = image[norm]
@@ -175,12 +177,13 @@ def image_table(image: dict[str, Any]) -> str:
                 str(i["steps"]),
             ]
         )
+    untimed = any(row[9] == "-" for row in rows)
     d = image["bpd_difference"]
     rows.append(
         [IMAGE_PRESET, f"**{NORMS[1]} - {NORMS[0]}**", pm(d["mean"], d["se"], 3), "(paired)"]
         + [""] * 7
     )
-    return markdown_table(
+    table = markdown_table(
         [
             "data set",
             "lipschitz_norm",
@@ -196,6 +199,7 @@ def image_table(image: dict[str, Any]) -> str:
         ],
         rows,
     )
+    return table + (f"\n\n{norms.untimed('--image-steps')}" if untimed else "")
 
 
 def notes(likelihood: dict[str, Any], image: dict[str, Any]) -> tuple[str, str, str]:

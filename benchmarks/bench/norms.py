@@ -395,18 +395,24 @@ def time_cases(cases: Sequence[Case], pair: Pair, normalise: str = "normalise") 
 def ms(x: float | str | None) -> str:
     """Seconds as ms or µs; "-" where no step was timed (the median of none: None, or the NaN,
     ``"nan"`` in a results file, of earlier runs, which the table printed as "nan µs"):
-    :data:`UNTIMED` says why."""
+    :func:`untimed` says why."""
     seconds = known(x)
     if seconds is None:
         return "-"
     return f"{seconds * 1e3:.3g} ms" if seconds >= 1e-3 else f"{seconds * 1e6:.3g} µs"
 
 
-#: The note under a table with an untimed training loop (":func:`ms` gave "-").
-UNTIMED = (
-    '"-" in s/step: fewer than two training rows were logged (one every train.log_every '
-    "steps), so no step of the loop was timed; give more --steps"
-)
+def untimed(steps_flag: str) -> str:
+    """The note under a table with an untimed training loop (:func:`ms` gave "-"), naming the
+    flag that sets the loop's steps."""
+    return (
+        '"-" in s/step: fewer than two training rows were logged (one every train.log_every '
+        f"steps), so no step of the loop was timed; give more {steps_flag}"
+    )
+
+
+#: The note under the toy likelihood table with an untimed training loop (``--steps``).
+UNTIMED = untimed("--steps")
 
 
 def ratio_cell(r: dict[str, Any]) -> str:
