@@ -487,3 +487,31 @@ def test_check_array_file_refuses_without_reading(tmp_path: Path) -> None:
         check_array_file(_write(tmp_path / "zero.csv", ""))
     with pytest.raises(DataError, match="unknown extension '.txt'"):
         check_array_file(_write(tmp_path / "x.txt", "1,2\n"))
+
+
+def test_counts_in_the_csv_messages_are_singular_for_one_and_plural_otherwise(
+    tmp_path: Path,
+) -> None:
+    """The reader built its plurals by hand: "its 1 row hold only empty fields" and "cannot
+    split 1 row(s)". Each count now agrees with its noun (and verb), one or many."""
+    one = _write(tmp_path / "one_empty.csv", ",,\n")
+    assert _message(one) == (
+        f"{one}: no values: its 1 row holds only empty fields (like ',,'); put the data in the "
+        "file (save or export it again)"
+    )
+    narrow = _write(tmp_path / "narrow.csv", "1,2,3\n4\n")
+    assert _message(narrow) == (
+        f"{narrow}: ragged CSV: line 2 has 1 column but line 1 has 3; every row needs the same "
+        "number of fields"
+    )
+    wide = _write(tmp_path / "wide.csv", "1\n2,3,4\n")
+    assert _message(wide) == (
+        f"{wide}: ragged CSV: line 2 has 3 columns but line 1 has 1; every row needs the same "
+        "number of fields"
+    )
+    for n, rows in ((0, "0 rows"), (1, "1 row")):
+        with pytest.raises(DataError) as info:
+            split_array(np.zeros((n, 2)))
+        assert str(info.value) == (
+            f"cannot split {rows} into non-empty train and test sets; give at least 2 rows"
+        )

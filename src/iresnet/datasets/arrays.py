@@ -82,6 +82,12 @@ def uncommented(lines: Iterable[str], cuts: dict[int, int] | None = None) -> Ite
             yield line
 
 
+def _count(n: int, noun: str) -> str:
+    """``n`` and ``noun``, plural unless ``n`` is 1 ("1 column", "3 columns"): the library's
+    own, since it may not import the application's ``iresnet.app.words.count``."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def _cut_note(cuts: dict[int, int], line: int) -> str:
     """`` (after cutting the comment at '#' in character C)`` where ``line`` lost a comment
     (a character, since the message counts its fields as columns: try-out 14, F11)."""
@@ -126,8 +132,8 @@ def _read_csv(path: Path) -> tuple[np.ndarray, list[int], list[str] | None]:
                         continue  # a header row of column names
                 elif len(fields) != width:
                     raise DataError(
-                        f"{path}: ragged CSV: line {line} has {len(fields)} "
-                        f"column{'s' if len(fields) != 1 else ''}{_cut_note(cuts, line)} but "
+                        f"{path}: ragged CSV: line {line} has {_count(len(fields), 'column')}"
+                        f"{_cut_note(cuts, line)} but "
                         f"line {first_line} has {width}{_cut_note(cuts, first_line)}; every row "
                         "needs the same number of fields"
                     )
@@ -151,8 +157,9 @@ def _read_csv(path: Path) -> tuple[np.ndarray, list[int], list[str] | None]:
         raise DataError(f"{path}: malformed CSV ({exc}); check quoting and delimiters") from exc
     if not rows and empty:
         raise DataError(
-            f"{path}: no values: its {len(empty)} row{'s' if len(empty) != 1 else ''} hold "
-            "only empty fields (like ',,'); put the data in the file (save or export it again)"
+            f"{path}: no values: its {_count(len(empty), 'row')} "
+            f"{'holds' if len(empty) == 1 else 'hold'} only empty fields (like ',,'); put the "
+            "data in the file (save or export it again)"
         )
     # Empty-field lines after the last row (a spreadsheet export's padding) shift nothing.
     array = np.asarray(rows, dtype=np.float64).reshape(len(rows), width)
@@ -250,7 +257,7 @@ def _fix(array: np.ndarray) -> str:
 
 
 def _samples(n: int) -> str:
-    return "1 sample (row)" if n == 1 else f"{n} samples (rows)"
+    return _count(n, "sample") + (" (row)" if n == 1 else " (rows)")
 
 
 def _read_npy(path: Path) -> np.ndarray:
@@ -521,7 +528,10 @@ def split_array(
         raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction}")
     n = len(x)
     if n < 2:
-        raise DataError(f"cannot split {n} row(s) into non-empty train and test sets")
+        raise DataError(
+            f"cannot split {_count(n, 'row')} into non-empty train and test sets; give at "
+            "least 2 rows"
+        )
     n_test = min(max(round(n * test_fraction), 1), n - 1)
     perm = np.random.default_rng(seed).permutation(n)
     return x[perm[n_test:]], x[perm[:n_test]]
