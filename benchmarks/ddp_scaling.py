@@ -47,6 +47,14 @@ def run(preset: str, steps: int, nproc: int, batch: int, out: Path) -> dict:
     if proc.returncode != 0:
         raise SystemExit(proc.stderr[-2000:])
     rows = train_rows(records(out))
+    if len(rows) < 2 or rows[-1]["step"] == rows[0]["step"]:  # 0 / 0 steps per second
+        print(
+            f"{Path(sys.argv[0]).name}: error: the {nproc}-process run logged "
+            f"{len(rows)} training row{'' if len(rows) == 1 else 's'} in {steps} steps (one "
+            "every train.log_every steps), too few to time; give more --steps",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)  # as a usage error
     # Training time only (from the loop's own clock), excluding start-up, evaluation and plots.
     first, last = rows[0], rows[-1]
     sps = (last["step"] - first["step"]) / (last["seconds"] - first["seconds"])
@@ -67,6 +75,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=1024)
     ap.add_argument("--repeats", type=int, default=2)
     args = ap.parse_args()
+    for flag, value in (("--steps", args.steps), ("--repeats", args.repeats)):
+        if value < 1:  # nothing to time: a traceback after the runs
+            ap.error(f"{flag} must be >= 1, got {value}")
     env = environment()
     results = []
     with tempfile.TemporaryDirectory() as tmp:

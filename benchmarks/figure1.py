@@ -74,6 +74,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("docs/figure1"))
     ap.add_argument("--steps", type=int, default=1500)
     args = ap.parse_args()
+    if args.steps < 1:  # no step: no loss to report (it ended in a traceback)
+        ap.error(f"--steps must be >= 1, got {args.steps}")
     torch.manual_seed(0)
     x = torch.linspace(-2, 2, 41)[:, None]
     summary = {}

@@ -74,6 +74,8 @@ def parse_or_render(
 ) -> argparse.Namespace | None:
     """The parsed flags; with ``--render-only JSON``, ``render(JSON)`` instead, and None."""
     args = ap.parse_args()
+    if args.repeats < 1:  # no toy round timed: its ratio cells read "nan (nan-nan)"
+        ap.error(f"--repeats must be >= 1, got {args.repeats}")
     if args.render_only is None:
         return args
     render(args.render_only)

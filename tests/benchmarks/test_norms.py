@@ -6,9 +6,11 @@ import math
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
-from bench.norms import UNTIMED, likelihood_table, ms  # noqa: E402
+from bench.norms import UNTIMED, likelihood_table, ms, pair_parser, parse_or_render  # noqa: E402
 from bench.stats import summarize  # noqa: E402
 
 
@@ -55,3 +57,19 @@ def test_a_median_of_no_steps_shows_a_dash_whether_null_or_a_recorded_nan():
         "-",
         "500 ms",
     )
+
+
+def test_no_timing_round_is_refused_as_the_flags_are_read(monkeypatch, capsys):
+    """``frobenius.py --repeats 0`` timed no round of the toy case, after training the toy
+    models: its ratio cells read "nan (nan-nan)". It is a usage error, in one line, first."""
+    ap = pair_parser(None, "rounds")
+    ap.prog = "demo.py"
+    monkeypatch.setattr(sys, "argv", ["demo.py", "--repeats", "0"])
+    with pytest.raises(SystemExit) as stop:
+        parse_or_render(ap, lambda path: pytest.fail("rendered"))
+    assert stop.value.code == 2
+    assert capsys.readouterr().err == (
+        "demo.py: error: --repeats must be >= 1, got 0 (see `demo.py --help`)\n"
+    )
+    monkeypatch.setattr(sys, "argv", ["demo.py", "--repeats", "1"])
+    assert parse_or_render(ap, lambda path: pytest.fail("rendered")).repeats == 1
