@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from iresnet.app.cli import OneLineParser
+from iresnet.app.words import count
 
 from bench.env import environment
 from bench.metrics import records, train_rows
@@ -50,8 +51,8 @@ def run(preset: str, steps: int, nproc: int, batch: int, out: Path) -> dict:
     if len(rows) < 2 or rows[-1]["step"] == rows[0]["step"]:  # 0 / 0 steps per second
         print(
             f"{Path(sys.argv[0]).name}: error: the {nproc}-process run logged "
-            f"{len(rows)} training row{'' if len(rows) == 1 else 's'} in {steps} steps (one "
-            "every train.log_every steps), too few to time; give more --steps",
+            f"{count(len(rows), 'training row')} in {count(steps, 'step')} (one every "
+            "train.log_every steps), too few to time; give more --steps",
             file=sys.stderr,
         )
         raise SystemExit(2)  # as a usage error

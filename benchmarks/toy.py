@@ -70,6 +70,7 @@ from iresnet.app.batches import EpochBatches
 from iresnet.app.plots import plot_density_comparison
 from iresnet.app.presets import get_preset
 from iresnet.app.runs import TrainedRun
+from iresnet.app.words import count
 from iresnet.datasets import Standardizer
 from iresnet.datasets.toy import toy_log_density, toy_split, true_entropy
 
@@ -294,8 +295,10 @@ def run_dataset(dataset: str, args: argparse.Namespace, runs_root: Path) -> dict
         results[name] = info
         densities[name] = log_q
         kl = f", KL {info['kl']:.4f} ± {info['kl_se']:.4f}" if info.get("kl") is not None else ""
+        trained = known(info["train_seconds"])  # ours: NaN before its first logged row
+        spent = "" if trained is None else f" in {trained:.1f} s"
         print(
-            f"[{dataset}] {LABELS[name]}: {info['steps']} steps in {info['train_seconds']:.1f} s, "
+            f"[{dataset}] {LABELS[name]}: {count(info['steps'], 'step')}{spent}, "
             f"test NLL {info['test_nll']:.4f} ± {info['test_nll_se']:.4f}{kl} "
             f"(load {before:.2f} -> {info['load_avg_after']:.2f}, "
             f"CPU share {info['cpu_share']:.2f})",

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import argparse
 import math
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
+import toy  # noqa: E402
 from bench.stats import summarize  # noqa: E402
 from toy import table  # noqa: E402
 
@@ -63,3 +68,22 @@ def test_a_budget_that_ended_before_a_timed_step_shows_a_dash_and_says_why():
     assert text.replace("--budget", "--budget or --max-steps") == table(results, max_steps=3)
     del results["8gaussians"]["models"]["ours"], results["8gaussians"]["models"]["normflows"]
     assert "\n\n" not in table(results)  # every cost known: no note
+
+
+@pytest.mark.parametrize(
+    ("steps", "seconds", "said"), [(1, math.nan, "1 step,"), (3, 0.31, "3 steps in 0.3 s,")]
+)
+def test_the_progress_line_counts_steps_and_names_no_unknown_time(
+    monkeypatch, capsys, steps, seconds, said
+):
+    """It read "1 steps in nan s" for ours stopped before its first logged row."""
+    info = {"steps": steps, "train_seconds": seconds, "cpu_share": 0.9}
+    monkeypatch.setattr(toy, "train_peer", lambda name, x, args: (None, None, dict(info)))
+    monkeypatch.setattr(
+        toy, "peer_log_density", lambda name, peer, std: (lambda x: -torch.ones(len(x)), {})
+    )
+    args = argparse.Namespace(models=["realnvp"], budget=0.05, figure_all=False, no_figure=True)
+    toy.run_dataset("8gaussians", args, Path("unused"))
+    line = capsys.readouterr().out.splitlines()[-1]
+    assert line.startswith(f"[8gaussians] zuko RealNVP: {said} test NLL 1.0000 ± 0.0000, KL ")
+    assert "nan" not in line
