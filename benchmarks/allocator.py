@@ -40,7 +40,7 @@ from typing import Any
 import torch
 
 from bench import REPO_ROOT
-from bench.env import environment, run_script, script_parser, set_threads
+from bench.env import environment, positive_int, run_script, script_parser, set_threads
 from bench.report import doc_body, markdown_table, write_results
 from bench.worker import add_worker_flag, serve, worker_env
 
@@ -256,12 +256,13 @@ def tables(raw: dict[str, Any]) -> list[tuple[str, str]]:
 
 def main() -> None:
     ap = script_parser(__doc__)
-    ap.add_argument("--reps", type=int, default=None, help="repetitions of each setting")
+    ap.add_argument("--reps", type=positive_int, default=None, help="repetitions of each setting")
     add_worker_flag(ap)
     args = ap.parse_args()
     if serve(args, step_worker):
         return
-    args.reps = args.reps or (1 if args.quick else 3)
+    if args.reps is None:
+        args.reps = 1 if args.quick else 3
     set_threads(args.threads)
     env = environment()
     with tempfile.TemporaryDirectory(prefix="iresnet-allocator-") as tmp:

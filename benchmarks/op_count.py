@@ -6,8 +6,9 @@ independent of the machine's load, so it explains the eager ours/normflows time 
 ``benchmarks/step_vs_normflows.py`` where the timings are noisy: the same models, estimators
 (E[N] = 3 roulette, memory-efficient Neumann gradient, one probe) and batches as there. Every
 ATen operator that reaches the dispatcher is counted once (``TorchDispatchMode``), in the forward
-and the backward pass, over ``--steps`` steps after a warm-up; the roulette draws its number of
-terms, so the counts are means over the steps, with the draws seeded alike for both sides.
+and the backward pass, over ``--steps`` steps after a warm-up. The roulette draws its number of
+terms, so the counts are means over the steps, with both sides' draws seeded (ours from torch's
+generator, normflows' from numpy's): a run repeats to the operator.
 
 The ``what-if`` row is ours inside ``iresnet.nn.frozen_normalisation`` (no power-iteration step
 in the forward pass, as normflows' step has none): the share of our count that spectral
@@ -21,10 +22,9 @@ from __future__ import annotations
 import collections
 from typing import Any
 
-import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from bench.env import environment, run_script, script_parser, set_threads
+from bench.env import environment, positive_int, run_script, script_parser, seed_all, set_threads
 from bench.report import doc_body, markdown_table, write_results
 
 NAME = "op-count"
@@ -54,7 +54,7 @@ def count(cfg: tuple[str, str, str], steps: int, seed: int) -> dict[str, Any]:
     x = svn.data(svn.batch_of(kind, 256), seed, kind)
     for _ in range(2):
         step(x)
-    torch.manual_seed(seed)
+    seed_all(seed)  # torch's generator (ours' draws) and numpy's (normflows')
     total: collections.Counter[str] = collections.Counter()
     for _ in range(steps):
         with _Count() as mode:
@@ -68,9 +68,11 @@ def count(cfg: tuple[str, str, str], steps: int, seed: int) -> dict[str, Any]:
 
 def main() -> None:
     ap = script_parser(__doc__)
-    ap.add_argument("--steps", type=int, default=None, help="counted steps per configuration")
+    ap.add_argument(
+        "--steps", type=positive_int, default=None, help="counted steps per configuration"
+    )
     args = ap.parse_args()
-    steps = args.steps or (2 if args.quick else 20)
+    steps = args.steps if args.steps is not None else (2 if args.quick else 20)
     set_threads(args.threads)
     env = environment()
     raw: dict[str, Any] = {}

@@ -23,7 +23,11 @@ from iresnet.app.cli import OneLineParser
 from iresnet.app.files import out_path
 from iresnet.errors import IResNetError
 
-from . import REPO_ROOT
+from . import REPO_ROOT, RESULTS_DIR
+
+#: Where a ``--quick`` run without ``--out-dir`` writes (ignored by git): never over the
+#: recorded results the README quotes.
+QUICK_DIR = RESULTS_DIR / "quick"
 
 
 def _cpu_model() -> str:
@@ -107,11 +111,35 @@ def seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+class _ScriptParser(OneLineParser):
+    """A benchmark's parser: a ``--quick`` smoke run without ``--out-dir`` writes to
+    :data:`QUICK_DIR`, not over the recorded results."""
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[no-untyped-def, override]
+        parsed, rest = super().parse_known_args(args, namespace)
+        if getattr(parsed, "quick", False) and getattr(parsed, "out_dir", "") is None:
+            QUICK_DIR.mkdir(parents=True, exist_ok=True)
+            parsed.out_dir = QUICK_DIR
+        return parsed, rest
+
+
+def positive_int(text: str) -> int:
+    """An argument that counts something (steps, repetitions): an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def script_parser(doc: str | None) -> argparse.ArgumentParser:
     """A script's parser: its docstring's first paragraph as the description, and the flags
     every benchmark shares (:func:`add_common_args`); a usage error is one line, as the
-    ``iresnet`` command's (``prog: error: ... (see `prog --help`)``), exit status 2."""
-    ap = OneLineParser(
+    ``iresnet`` command's (``prog: error: ... (see `prog --help`)``), exit status 2. With
+    ``--quick`` and no ``--out-dir``, ``args.out_dir`` is :data:`QUICK_DIR`."""
+    ap = _ScriptParser(
         description=(doc or "").split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -176,4 +204,9 @@ def add_common_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--quick", action="store_true", help="fast smoke run")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out-dir", type=out_dir, default=None, help="default: benchmarks/results")
+    ap.add_argument(
+        "--out-dir",
+        type=out_dir,
+        default=None,
+        help="default: benchmarks/results (benchmarks/results/quick with --quick)",
+    )

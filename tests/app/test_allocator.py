@@ -82,3 +82,9 @@ def test_glibc_takes_both_thresholds_in_a_fresh_process():
     assert out.strip().endswith(
         "freed memory kept (mmap threshold 32 MiB, trim threshold 128 MiB)"
     ), out
+
+
+def test_train_verbose_says_which_setting_is_in_force(clean_env, capsys, tmp_path):
+    clean_env.setenv(allocator.OPT_OUT, "system")
+    assert main(["train", "--dry-run", "--verbose", "--out", str(tmp_path / "run")]) == 0
+    assert "allocator: IRESNET_ALLOCATOR=system\n" in capsys.readouterr().err

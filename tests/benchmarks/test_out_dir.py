@@ -196,3 +196,38 @@ def test_every_script_s_usage_error_is_one_line_that_names_the_help(script, run_
     assert err.count("\n") == 1, err
     assert "unrecognized arguments: --nope" in err or "arguments are required" in err, err
     assert not any(run_forked.cwd.iterdir())
+
+
+def test_a_quick_run_without_out_dir_never_writes_over_the_recorded_results(tmp_path):
+    from bench import RESULTS_DIR
+    from bench.env import QUICK_DIR
+
+    ap = script_parser("doc")
+    assert QUICK_DIR == RESULTS_DIR / "quick"
+    assert ap.parse_args(["--quick"]).out_dir == QUICK_DIR
+    assert QUICK_DIR.is_dir()
+    assert ap.parse_args([]).out_dir is None  # the recorded results' folder, as before
+    assert ap.parse_args(["--quick", "--out-dir", str(tmp_path)]).out_dir == tmp_path
+    ignored = (BENCHMARKS.parent / ".gitignore").read_text(encoding="utf-8").splitlines()
+    assert "benchmarks/results/quick/" in ignored
+
+
+@pytest.mark.parametrize(
+    "value,message",
+    [
+        ("0", "must be at least 1, got 0"),
+        ("-3", "must be at least 1, got -3"),
+        ("two", "expected a whole number, got 'two'"),
+    ],
+)
+def test_counts_of_steps_and_repetitions_are_refused_below_one(capsys, value, message):
+    from bench.env import positive_int
+
+    ap = script_parser("doc")
+    ap.add_argument("--reps", type=positive_int, default=None)
+    with pytest.raises(SystemExit) as e:
+        ap.parse_args(["--reps", value])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"argument --reps: {message}" in err
+    assert ap.parse_args(["--reps", "2"]).reps == 2

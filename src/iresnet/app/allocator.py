@@ -17,7 +17,7 @@ thread) spent a fifth of its CPU time in the kernel and took 0.72 of it with mem
 (normflows' the same model, 0.68); ``iresnet evaluate`` of a Fashion-MNIST run 0.91; the
 ``fashion-mnist`` preset's training steps (two threads) 0.98 and the 2-D toy step 1.00, no
 change; the numbers computed are identical. The price: the resident set shrinks less after a
-peak (a 60-step ``iresnet train fashion-mnist`` peaked at 1035 MiB against 817-999 MiB).
+peak (a 60-step ``iresnet train fashion-mnist`` peaked at 1035 MiB against 817 MiB).
 """
 
 from __future__ import annotations
@@ -54,9 +54,10 @@ _applied: str | None = None
 def allocator_choice() -> str | None:
     """Why the allocator is to be left alone, or None when ``retain_freed_memory`` may set it.
 
-    Left alone: ``IRESNET_ALLOCATOR=system``; a choice the user made already (a ``MALLOC_*``
-    variable, a ``glibc.malloc`` tunable, or jemalloc, tcmalloc or mimalloc preloaded); a
-    platform other than Linux with glibc.
+    Left alone: ``IRESNET_ALLOCATOR=system`` (any case, spaces around it ignored; ``retain``
+    or empty: the default); a choice the user made already (one of glibc's ``MALLOC_..._``
+    variables, such as ``MALLOC_TRIM_THRESHOLD_``, a ``glibc.malloc`` tunable, or jemalloc,
+    tcmalloc or mimalloc named in ``LD_PRELOAD``); a platform other than Linux with glibc.
 
     Raises:
         ConfigError: ``IRESNET_ALLOCATOR`` is set to something other than ``system`` or

@@ -1196,7 +1196,9 @@ def _main(argv: Sequence[str] | None) -> int:
     try:
         # Before any tensor: freed memory stays with the process (no page fault per new
         # tensor); IRESNET_ALLOCATOR=system opts out (see iresnet.app.allocator).
-        retain_freed_memory()
+        allocator = retain_freed_memory()
+        if getattr(args, "verbose", False):
+            print(f"allocator: {allocator}", file=sys.stderr)
         if args.command == "train" and "RANK" not in os.environ:
             _check_nproc(args)
             if args.nproc > 1:
