@@ -21,7 +21,8 @@ Workloads:
 - ``evaluate fashion-mnist``: ``iresnet evaluate RUN --n-test N --json`` of that run, the whole
   command (the unbiased roulette of the evaluation, larger batches than training).
 
-Run: ``.venv/bin/python benchmarks/allocator.py`` (``--quick`` for a smoke run).
+Run: ``.venv/bin/python benchmarks/allocator.py`` (about 9 minutes on 2 cores; ``--quick`` for
+a smoke run of about 3 minutes).
 """
 
 from __future__ import annotations
@@ -256,7 +257,13 @@ def tables(raw: dict[str, Any]) -> list[tuple[str, str]]:
 
 def main() -> None:
     ap = script_parser(__doc__)
-    ap.add_argument("--reps", type=positive_int, default=None, help="repetitions of each setting")
+    ap.add_argument(
+        "--reps",
+        type=positive_int,
+        default=None,
+        help="repetitions of each setting (default 3, about 9 minutes on 2 cores; --quick: 1, "
+        "about 3 minutes)",
+    )
     add_worker_flag(ap)
     args = ap.parse_args()
     if serve(args, step_worker):

@@ -185,13 +185,22 @@ def out_dir(text: str) -> Path:
 
 def run_script(main: Callable[[], None]) -> None:
     """Run a benchmark's ``main``; the library's own errors (a data folder without the files,
-    a damaged run folder: ``IResNetError``) end it with their message in one line, exit
-    status 2, and Ctrl-C with "interrupted", exit status 130, as the ``iresnet`` command line
-    ends, not in a traceback."""
+    a damaged run folder: ``IResNetError``) and the script's own refusals
+    (``SystemExit("message")``) end it with their message in one line, exit status 2, and
+    Ctrl-C with "interrupted", exit status 130, as the ``iresnet`` command line ends, not in a
+    traceback."""
     try:
         main()
     except IResNetError as e:
         print(f"{Path(sys.argv[0]).name}: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except SystemExit as e:
+        if not isinstance(e.code, str):  # argparse's 2, a plain exit status: as they are
+            raise
+        # A script's own refusal, ``raise SystemExit("what to do")``: the same one line and
+        # status as a usage error (Python would print the bare message and exit with 1).
+        message = e.code.removeprefix(f"{Path(sys.argv[0]).name}: error: ")
+        print(f"{Path(sys.argv[0]).name}: error: {message}", file=sys.stderr)
         raise SystemExit(2) from None
     except KeyboardInterrupt:  # Ctrl-C: the shell's status for SIGINT, as the CLI's
         print(f"{Path(sys.argv[0]).name}: interrupted", file=sys.stderr)

@@ -231,3 +231,25 @@ def test_counts_of_steps_and_repetitions_are_refused_below_one(capsys, value, me
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"argument --reps: {message}" in err
     assert ap.parse_args(["--reps", "2"]).reps == 2
+
+
+def test_a_scripts_own_refusal_is_one_error_line_with_status_2(capsys, monkeypatch):
+    from bench.env import run_script
+
+    monkeypatch.setattr(sys, "argv", ["demo.py"])
+
+    def refuses() -> None:
+        raise SystemExit("/nowhere: no run folder; give one")
+
+    with pytest.raises(SystemExit) as e:
+        run_script(refuses)
+    assert e.value.code == 2
+    assert capsys.readouterr().err == "demo.py: error: /nowhere: no run folder; give one\n"
+
+    def exits_quietly() -> None:
+        raise SystemExit(0)
+
+    with pytest.raises(SystemExit) as e:  # a plain status passes through untouched
+        run_script(exits_quietly)
+    assert e.value.code == 0
+    assert capsys.readouterr().err == ""
