@@ -118,7 +118,10 @@ class _ScriptParser(OneLineParser):
     def parse_known_args(self, args=None, namespace=None):  # type: ignore[no-untyped-def, override]
         parsed, rest = super().parse_known_args(args, namespace)
         if getattr(parsed, "quick", False) and getattr(parsed, "out_dir", "") is None:
-            QUICK_DIR.mkdir(parents=True, exist_ok=True)
+            try:
+                QUICK_DIR.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                self.error(f"cannot create {QUICK_DIR} ({e.strerror}); give --out-dir")
             parsed.out_dir = QUICK_DIR
         return parsed, rest
 
