@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, DataError
+from ..words import count
 
 __all__ = [
     "load_array",
@@ -82,12 +83,6 @@ def uncommented(lines: Iterable[str], cuts: dict[int, int] | None = None) -> Ite
             yield line
 
 
-def _count(n: int, noun: str) -> str:
-    """``n`` and ``noun``, plural unless ``n`` is 1 ("1 column", "3 columns"): the library's
-    own, since it may not import the application's ``iresnet.app.words.count``."""
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
-
-
 def _cut_note(cuts: dict[int, int], line: int) -> str:
     """`` (after cutting the comment at '#' in character C)`` where ``line`` lost a comment
     (a character, since the message counts its fields as columns: try-out 14, F11)."""
@@ -132,7 +127,7 @@ def _read_csv(path: Path) -> tuple[np.ndarray, list[int], list[str] | None]:
                         continue  # a header row of column names
                 elif len(fields) != width:
                     raise DataError(
-                        f"{path}: ragged CSV: line {line} has {_count(len(fields), 'column')}"
+                        f"{path}: ragged CSV: line {line} has {count(len(fields), 'column')}"
                         f"{_cut_note(cuts, line)} but "
                         f"line {first_line} has {width}{_cut_note(cuts, first_line)}; every row "
                         "needs the same number of fields"
@@ -157,7 +152,7 @@ def _read_csv(path: Path) -> tuple[np.ndarray, list[int], list[str] | None]:
         raise DataError(f"{path}: malformed CSV ({exc}); check quoting and delimiters") from exc
     if not rows and empty:
         raise DataError(
-            f"{path}: no values: its {_count(len(empty), 'row')} "
+            f"{path}: no values: its {count(len(empty), 'row')} "
             f"{'holds' if len(empty) == 1 else 'hold'} only empty fields (like ',,'); put the "
             "data in the file (save or export it again)"
         )
@@ -257,7 +252,7 @@ def _fix(array: np.ndarray) -> str:
 
 
 def _samples(n: int) -> str:
-    return _count(n, "sample") + (" (row)" if n == 1 else " (rows)")
+    return count(n, "sample") + (" (row)" if n == 1 else " (rows)")
 
 
 def _read_npy(path: Path) -> np.ndarray:
@@ -529,7 +524,7 @@ def split_array(
     n = len(x)
     if n < 2:
         raise DataError(
-            f"cannot split {_count(n, 'row')} into non-empty train and test sets; give at "
+            f"cannot split {count(n, 'row')} into non-empty train and test sets; give at "
             "least 2 rows"
         )
     n_test = min(max(round(n * test_fraction), 1), n - 1)
