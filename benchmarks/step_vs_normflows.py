@@ -69,7 +69,7 @@ from iresnet import compile_after_first_call
 from iresnet.datasets.toy import sample_toy
 from iresnet.nn import conv_branch, frozen_normalisation, mlp_branch
 
-from bench.env import environment, script_parser, seed_all, set_threads
+from bench.env import environment, positive_int, script_parser, seed_all, set_threads
 from bench.peers import normflows_conv_resflow, normflows_resflow, normflows_update_lipschitz
 from bench.report import doc_body, markdown_table, write_results
 from bench.rss import measure_peak_rss
@@ -451,8 +451,13 @@ def run_memory(args) -> dict:
 
 def main() -> None:
     ap = script_parser(__doc__)
-    ap.add_argument("--batch", type=int, default=256)
-    ap.add_argument("--rounds", type=int, default=None, help="interleaved timing rounds")
+    ap.add_argument("--batch", type=positive_int, default=256)
+    ap.add_argument(
+        "--rounds",
+        type=positive_int,
+        default=None,
+        help="interleaved timing rounds (default 25; --quick: 3)",
+    )
     ap.add_argument("--no-what-if", action="store_true", help="skip the patched variants")
     add_worker_flag(ap)
     args = ap.parse_args()
