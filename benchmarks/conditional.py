@@ -55,7 +55,7 @@ from iresnet.ops import ExactLogDet
 from iresnet.transforms import swap_logdets
 
 from bench import REPO_ROOT, RESULTS_DIR
-from bench.env import environment, loadavg, script_parser, seed_all, set_threads
+from bench.env import environment, loadavg, positive_float, script_parser, seed_all, set_threads
 from bench.metrics import logged_max
 from bench.ours import train_under_budget
 from bench.peers import train_for_budget, trainable_parameters, zuko_flow
@@ -278,7 +278,12 @@ def tables(all_results: dict[str, Any]) -> tuple[str, str]:
 
 def main() -> None:
     ap = script_parser(__doc__)
-    ap.add_argument("--budget", type=float, default=None, help="CPU seconds per model")
+    ap.add_argument(
+        "--budget",
+        type=positive_float,
+        default=None,
+        help=f"CPU seconds per model (default {DEFAULT_BUDGET:g}; --quick: 5)",
+    )
     ap.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
     ap.add_argument("--models", nargs="+", default=["ours", "nsf"], choices=("ours", "nsf"))
     ap.add_argument("--max-steps", type=int, default=None, help="also stop NSF after N steps")
@@ -286,7 +291,8 @@ def main() -> None:
     ap.add_argument("--grid", type=int, default=120, help="figure resolution")
     ap.add_argument("--name", default=None, help="output name (default conditional)")
     args = ap.parse_args()
-    args.budget = args.budget or (5.0 if args.quick else DEFAULT_BUDGET)
+    if args.budget is None:
+        args.budget = 5.0 if args.quick else DEFAULT_BUDGET
     if args.quick:
         args.datasets = args.datasets[:1]
         args.grid = min(args.grid, 50)

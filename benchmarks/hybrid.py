@@ -30,7 +30,7 @@ from typing import Any
 from iresnet.app.presets import get_preset
 
 from bench import REPO_ROOT, RESULTS_DIR
-from bench.env import environment, script_parser, set_threads
+from bench.env import environment, positive_float, script_parser, set_threads
 from bench.metrics import logged_max
 from bench.ours import train_under_budget
 from bench.report import markdown_table, pm, write_results
@@ -118,7 +118,10 @@ def table(rows: list[dict[str, Any]]) -> str:
 def main() -> int:
     ap = script_parser(__doc__)
     ap.add_argument(
-        "--budget", type=float, default=90.0, help="CPU seconds of training per model (default 90)"
+        "--budget",
+        type=positive_float,
+        default=90.0,
+        help="CPU seconds of training per model (default 90; --quick: 10)",
     )
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     ap.add_argument(
