@@ -27,19 +27,19 @@ Run: ``.venv/bin/python benchmarks/memory.py`` (``--quick`` for a smoke run).
 
 from __future__ import annotations
 
-import math
 import time
 
 import torch
 
 import iresnet
 from iresnet.nn import conv_branch
+from iresnet.words import count
 
 from bench.env import environment, script_parser, set_threads
-from bench.report import doc_body, markdown_table, write_results
+from bench.report import doc_body, known, markdown_table, write_results
 from bench.rss import measure_peak_rss
 from bench.stats import median
-from bench.worker import add_worker_flag, run_worker, serve
+from bench.worker import WorkerFailed, add_worker_flag, run_worker, serve
 
 NAME = "memory"
 
@@ -105,7 +105,12 @@ def run(args) -> dict:
                     "rep": rep,
                 }
                 t0 = time.perf_counter()
-                res = run_worker(__file__, cfg, fixed_malloc=True)
+                try:
+                    res = run_worker(__file__, cfg, fixed_malloc=True)
+                except WorkerFailed as e:  # out of memory, killed: the others still count
+                    raw.append({**cfg, "failed": e.reason})
+                    print(f"rep {rep} {mode:8s} n={n:2d}: failed ({e.reason})", flush=True)
+                    continue
                 res["wall_seconds"] = time.perf_counter() - t0
                 raw.append(res)
                 print(
@@ -116,8 +121,41 @@ def run(args) -> dict:
     return {"terms": terms, "modes": modes, "reps": reps, "runs": raw}
 
 
-def _cell(x: float) -> str:
-    return "-" if x != x else f"{x:.1f}"  # NaN: not measured
+def _cell(x: float | None, digits: int = 1) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"  # None: not measured, or every try failed
+
+
+def _median(runs: list[dict], key: str) -> float | None:
+    return median([r[key] for r in runs]) if runs else None
+
+
+def _ratio(last: float | None, first: float | None) -> float | None:
+    return known(last / first) if last is not None and first else None
+
+
+def failure_notes(data: dict) -> list[str]:
+    """A line for each configuration with a failed measurement: which, how many of its
+    repetitions and why (its cells are "-" where none succeeded)."""
+    notes = []
+    for mode in data["modes"]:
+        for n in data["terms"]:
+            tried = [r for r in data["runs"] if r["mode"] == mode and r["n_terms"] == n]
+            failed = [r for r in tried if "failed" in r]
+            if not failed:
+                continue
+            reasons = "; ".join(dict.fromkeys(r["failed"] for r in failed))
+            left = len(tried) - len(failed)
+            outcome = (
+                f"the median is of the other {count(left, 'repetition')}"
+                if left
+                else 'its cells are "-"'
+            )
+            notes.append(
+                f"{MODE_LABEL[mode]}, n={n}: {len(failed)} of {count(len(tried), 'measurement')} "
+                f"failed ({reasons}), so {outcome}; run the script again (a smaller --batch "
+                "uses less memory)"
+            )
+    return notes
 
 
 def tables(data: dict) -> tuple[str, dict]:
@@ -125,26 +163,22 @@ def tables(data: dict) -> tuple[str, dict]:
     med: dict = {}
     for mode in modes:
         for n in terms:
-            runs = [r for r in data["runs"] if r["mode"] == mode and r["n_terms"] == n]
-            if not runs:
-                med[(mode, n)] = {
-                    "peak": math.nan,
-                    "peak_raw": [],
-                    "ru": math.nan,
-                    "step": math.nan,
-                }
-                continue
+            runs = [
+                r
+                for r in data["runs"]
+                if r["mode"] == mode and r["n_terms"] == n and "failed" not in r
+            ]
             med[(mode, n)] = {
-                "peak": median([r["peak_increase_mib"] for r in runs]),
+                "peak": _median(runs, "peak_increase_mib"),
                 "peak_raw": [r["peak_increase_mib"] for r in runs],
-                "ru": median([r["ru_maxrss_increase_mib"] for r in runs]),
-                "step": median([r["step_seconds"] for r in runs]),
+                "ru": _median(runs, "ru_maxrss_increase_mib"),
+                "step": _median(runs, "step_seconds"),
             }
     cols = ["estimator", *[f"n={n}" for n in terms], f"peak(n={terms[-1]}) / peak(n={terms[0]})"]
     rows = []
     summary = {}
     for mode in modes:
-        ratio = med[(mode, terms[-1])]["peak"] / med[(mode, terms[0])]["peak"]
+        ratio = _ratio(med[(mode, terms[-1])]["peak"], med[(mode, terms[0])]["peak"])
         summary[mode] = {
             "ratio_last_over_first": ratio,
             "peak_mib": {n: med[(mode, n)]["peak"] for n in terms},
@@ -152,22 +186,16 @@ def tables(data: dict) -> tuple[str, dict]:
             "step_seconds": {n: med[(mode, n)]["step"] for n in terms},
         }
         rows.append(
-            [MODE_LABEL[mode], *[_cell(med[(mode, n)]["peak"]) for n in terms], f"{ratio:.2f}"]
+            [MODE_LABEL[mode], *[_cell(med[(mode, n)]["peak"]) for n in terms], _cell(ratio, 2)]
         )
+    notes = failure_notes(data)
     body = (
         "Peak RSS increase during one training step, MiB (median of the repetitions; raw "
         "values in the JSON):\n\n" + markdown_table(cols, rows)
     )
-    rows_t = [
-        [
-            MODE_LABEL[m],
-            *[
-                "-" if med[(m, n)]["step"] != med[(m, n)]["step"] else f"{med[(m, n)]['step']:.2f}"
-                for n in terms
-            ],
-        ]
-        for m in modes
-    ]
+    if notes:
+        body += "\n\n" + "\n".join(f"- {note}" for note in notes)
+    rows_t = [[MODE_LABEL[m], *[_cell(med[(m, n)]["step"], 2) for n in terms]] for m in modes]
     body += (
         "\n\nSeconds of that step (one measurement per process, median; informational):\n\n"
         + markdown_table(["estimator", *[f"n={n}" for n in terms]], rows_t)
@@ -183,13 +211,20 @@ def tables(data: dict) -> tuple[str, dict]:
             summary["memeff"]["ratio_last_over_first"],
             summary["plain"]["ratio_last_over_first"],
         )
-        met = me <= 1.2 and pl > me
-        summary["target_met"] = met
-        body += (
+        target = (
             f"\n\n**Target** (memory-efficient flat, peak({terms[-1]})/peak({terms[0]}) <= 1.2, "
-            f"while plain backprop grows): memory-efficient {me:.2f}, plain {pl:.2f} -> "
-            f"{'met' if met else 'NOT met'}."
+            "while plain backprop grows): "
         )
+        if me is None or pl is None:
+            summary["target_met"] = None
+            body += target + "not known, a measurement failed (see above)."
+        else:
+            met = me <= 1.2 and pl > me
+            summary["target_met"] = met
+            body += (
+                target + f"memory-efficient {me:.2f}, plain {pl:.2f} -> "
+                f"{'met' if met else 'NOT met'}."
+            )
     return body, summary
 
 
@@ -207,8 +242,10 @@ def main() -> None:
     for mode in data["modes"]:
         print(
             f"{mode}: peak({data['terms'][-1]})/peak({data['terms'][0]}) = "
-            f"{summary[mode]['ratio_last_over_first']:.2f}"
+            f"{_cell(summary[mode]['ratio_last_over_first'], 2)}"
         )
+    for note in failure_notes(data):
+        print(note)
     settings = {
         "quick": args.quick,
         "batch": args.batch,

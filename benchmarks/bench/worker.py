@@ -42,26 +42,50 @@ def _command(script: str | Path, config: dict[str, Any]) -> list[str]:
     return [sys.executable, str(script), "--worker", json.dumps(config)]
 
 
+class WorkerFailed(RuntimeError):
+    """A worker process that ended without a result; :attr:`reason` says why in one line."""
+
+    def __init__(self, cmd: list[str], reason: str, stderr: str = "") -> None:
+        super().__init__(f"worker failed ({reason}): {' '.join(cmd)}\n{stderr[-4000:]}")
+        self.reason = reason
+
+
+def _failure(returncode: int, stderr: str) -> str:
+    """One line for a worker's end: its exit status (or signal) and its last line of stderr
+    (the exception it ended with), if any."""
+    status = f"killed by signal {-returncode}" if returncode < 0 else f"exit status {returncode}"
+    last = next((ln.strip() for ln in reversed(stderr.splitlines()) if ln.strip()), "")
+    return f"{status}: {last}" if last else status
+
+
 def run_worker(
     script: str | Path, config: dict[str, Any], timeout: float = 600, fixed_malloc: bool = False
 ) -> dict[str, Any]:
     """Run ``python script --worker JSON`` in a fresh process and return its last JSON line.
 
+    Raises:
+        WorkerFailed: the worker exited with an error, was killed, printed nothing or ran past
+            ``timeout`` seconds.
+
     ``fixed_malloc``: see :func:`worker_env` (for workers that measure peak memory)."""
     cmd = _command(script, config)
-    proc = subprocess.run(
-        cmd,
-        capture_output=True,
-        text=True,
-        env=worker_env(fixed_malloc),
-        timeout=timeout,
-        cwd=REPO_ROOT,
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(
-            f"worker failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-4000:]}"
+    try:
+        proc = subprocess.run(
+            cmd,
+            capture_output=True,
+            text=True,
+            env=worker_env(fixed_malloc),
+            timeout=timeout,
+            cwd=REPO_ROOT,
         )
+    except subprocess.TimeoutExpired as e:
+        err = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else e.stderr
+        raise WorkerFailed(cmd, f"no result within {timeout:g} s", err or "") from None
+    if proc.returncode != 0:
+        raise WorkerFailed(cmd, _failure(proc.returncode, proc.stderr), proc.stderr)
     lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
+    if not lines:
+        raise WorkerFailed(cmd, "it printed no result", proc.stderr)
     return json.loads(lines[-1])
 
 
