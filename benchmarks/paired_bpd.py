@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from iresnet.words import count
 from sample_quality import load_models, parse_runs, shared_test_images
 
 from bench.env import environment, run_script, script_parser, set_threads
@@ -84,7 +85,7 @@ def main() -> None:
     both = torch.isfinite(va) & torch.isfinite(vb)
     if int(both.sum()) < 2:
         raise SystemExit(
-            f"only {int(both.sum())} test image(s) scored finitely under both models: "
+            f"only {count(int(both.sum()), 'test image')} scored finitely under both models: "
             "nothing to pair (see the non-finite counts above)"
         )
     diff, diff_se = mean_se(vb[both] - va[both])

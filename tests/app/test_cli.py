@@ -712,6 +712,7 @@ def test_a_dequantised_run_reports_a_discrete_bound_and_score_says_what_it_gives
     )
     assert code == 0, err
     assert "not the log-probability of the discrete values" in err and "discrete_nll_bound" in err
+    assert "this run dequantised 2 discrete columns (data.dequantize=uniform)" in err  # not "(s)"
 
 
 def test_wider_user_data_needs_data_max_dim_and_then_trains(capsys, tmp_path):
@@ -783,7 +784,7 @@ def test_contexts_wider_than_64_columns_follow_data_max_dim(capsys, tmp_path):
     assert f"{first[3]:.4g}, ..." in out and f"{first[4]:.4g}" not in out, out
     np.savetxt(rows, rng.normal(size=(3, 71)), delimiter=",")
     code, _, err = run(capsys, "sample", str(out_dir), "--context", str(rows), "-n", "2")
-    assert code == 2 and "expected contexts with 70 value(s) per row, got 71" in err
+    assert code == 2 and "expected contexts with 70 values per row, got 71" in err
 
 
 def _write_mnist_files(folder, splits=("train", "test"), n=64):

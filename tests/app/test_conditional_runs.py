@@ -204,7 +204,10 @@ def test_score_and_context_mistakes_are_one_line_errors(tmp_path, capsys):
             ["--data", str(tmp_path / "x2.npy"), "--context", str(tmp_path / "c4.npy")],
             "4 context rows",
         ),
-        (["--data", str(tmp_path / "x2.npy"), "--context", str(tmp_path / "c1.npy")], "2 value(s)"),
+        (
+            ["--data", str(tmp_path / "x2.npy"), "--context", str(tmp_path / "c1.npy")],
+            "2 values per row",
+        ),
         (["--data", str(tmp_path / "nan.csv"), "--context", str(tmp_path / "c5.npy")], "NaN"),
         (["--data", str(tmp_path / "x2.npy"), "--context", str(tmp_path / "c.txt")], "no such"),
     ]

@@ -249,3 +249,19 @@ def test_model_size_says_one_in_the_singular():
     toy = get_preset("toy-8gaussians").override(["model.n_blocks=1", "model.hidden=1"])
     assert toy.model.size() == "1 block x 1 unit"
     assert get_preset("toy-8gaussians").model.size().endswith(" blocks x 64 units")
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"extra": {}}, "unknown config section ['extra'];"),
+        ({"extra": {}, "more": {}}, "unknown config sections ['extra', 'more'];"),
+        ({"model": {"nope": 1}}, "unknown key ['nope'] in section 'model';"),
+        ({"model": {"nope": 1, "nah": 2}}, "unknown keys ['nah', 'nope'] in section 'model';"),
+    ],
+)
+def test_unknown_names_are_counted_in_words(raw, message):
+    """The messages said "unknown key(s)" and "unknown config section(s)" whatever the count."""
+    with pytest.raises(ConfigError) as refused:
+        Config.from_dict(raw)
+    assert message in str(refused.value) and "(s)" not in str(refused.value)

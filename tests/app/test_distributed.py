@@ -150,3 +150,19 @@ def test_a_run_resumes_only_with_the_process_count_that_trained_it(tmp_path):
     again = iresnet("--out", str(run), nproc=2)
     assert again.returncode == 2 and "Traceback" not in again.stderr, again.stderr
     assert again.stderr.count("error:") == 1 and "holds a run" in again.stderr
+
+
+@pytest.mark.parametrize(
+    ("visible", "words"),
+    [(1, "1 CUDA device; use cuda:0"), (2, "2 CUDA devices; use one of cuda:0 to cuda:1")],
+)
+def test_a_cuda_index_past_the_devices_counts_them_in_words(monkeypatch, visible, words):
+    """The message said "this machine has 1 CUDA device(s)"."""
+    from iresnet.app.distributed import resolve_device
+    from iresnet.errors import ConfigError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: visible)
+    with pytest.raises(ConfigError) as refused:
+        resolve_device("cuda:5")
+    assert str(refused.value) == f"device 'cuda:5': this machine has {words}"

@@ -82,7 +82,7 @@ def test_one_model_given_twice_is_reported_not_divided_by_zero(monkeypatch, tmp_
 def test_too_few_images_scored_by_both_is_one_line(monkeypatch, tmp_path):
     a = torch.tensor([3.0, math.nan, 4.0], dtype=torch.float64)
     b = torch.tensor([2.0, 1.0, math.inf], dtype=torch.float64)
-    with pytest.raises(SystemExit, match="only 1 test image"):
+    with pytest.raises(SystemExit, match="only 1 test image scored finitely under both"):
         _run(monkeypatch, tmp_path, {"a": ("digits", a), "b": ("digits", b)})
 
 

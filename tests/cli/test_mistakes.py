@@ -454,7 +454,7 @@ def test_score_takes_a_context_as_sample_does(conditional, tmp_path):
         iresnet(cmd, str(conditional), *argv, "--context", "1,2", "--out", out, cwd=tmp_path)
         for cmd, argv, out in (("score", ["--data", "x.npy"], "w.csv"), ("sample", [], "w.npy"))
     ]
-    lines = [one_line_error(r, "expected contexts with 1 value(s) per row, got 2") for r in wrong]
+    lines = [one_line_error(r, "expected contexts with 1 value per row, got 2") for r in wrong]
     assert lines[0].split("error: ")[1] == lines[1].split("error: ")[1]
     one_line_error(
         iresnet(

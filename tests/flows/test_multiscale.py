@@ -185,3 +185,13 @@ def test_a_negative_context_size_is_refused():
     ``tests/flows/test_conditional.py``; only a bad size is refused.)"""
     with pytest.raises(ValueError, match="context"):
         iresnet.MultiscaleResidualFlow((1, 4, 4), context=-1)
+
+
+@pytest.mark.parametrize(("n", "words"), [(1, "by 2 for 1 squeeze,"), (3, "by 8 for 3 squeezes,")])
+def test_a_size_the_squeezes_cannot_halve_is_counted_in_words(n, words):
+    """The message said "1 squeeze(s) need H and W divisible by 2"."""
+    from iresnet.flows.multiscale import check_image_shape
+
+    with pytest.raises(ValueError) as refused:
+        check_image_shape((1, 6, 6) if n == 3 else (1, 5, 5), n)
+    assert words in str(refused.value) and "(s)" not in str(refused.value)

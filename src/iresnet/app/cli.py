@@ -1118,7 +1118,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
     if cells:
         _warn(
             args.command,
-            f"this run dequantised {len(cells)} discrete column(s) "
+            f"this run dequantised {count(len(cells), 'discrete column')} "
             "(data.dequantize=uniform): log_prob is the continuous density at the given points, "
             "not the log-probability of the discrete values; `iresnet evaluate` reports a bound "
             "on that (discrete_nll_bound)",

@@ -615,9 +615,8 @@ class Config:
             raise ConfigError(f"a config must be a JSON object, got {type(d).__name__}")
         unknown = set(d) - {*SECTIONS, "preset"}
         if unknown:
-            raise ConfigError(
-                f"unknown config section(s) {sorted(unknown)}; known: {sorted(SECTIONS)}"
-            )
+            noun = "section" if len(unknown) == 1 else "sections"
+            raise ConfigError(f"unknown config {noun} {sorted(unknown)}; known: {sorted(SECTIONS)}")
         parts = {}
         for name, section_cls in SECTIONS.items():
             raw = d.get(name, {})
@@ -628,8 +627,9 @@ class Config:
             known = {f.name: f for f in fields(section_cls)}
             bad = set(raw) - set(known)
             if bad:
+                noun = "key" if len(bad) == 1 else "keys"
                 raise ConfigError(
-                    f"unknown key(s) {sorted(bad)} in section '{name}'; known: {sorted(known)}"
+                    f"unknown {noun} {sorted(bad)} in section '{name}'; known: {sorted(known)}"
                 )
             hints = typing.get_type_hints(section_cls)
             parts[name] = section_cls(

@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 
 from ..errors import ConfigError
+from .words import count
 
 __all__ = [
     "DistContext",
@@ -80,9 +81,11 @@ def resolve_device(name: str) -> torch.device:
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise ConfigError(f"device '{name}': no CUDA device is visible here; use --device cpu")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
+        visible = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= visible:
+            which = "cuda:0" if visible == 1 else f"one of cuda:0 to cuda:{visible - 1}"
             raise ConfigError(
-                f"device '{name}': this machine has {torch.cuda.device_count()} CUDA device(s)"
+                f"device '{name}': this machine has {count(visible, 'CUDA device')}; use {which}"
             )
     elif dev.type == "mps" and not torch.backends.mps.is_available():
         raise ConfigError(f"device '{name}': MPS is not available here; use --device cpu")

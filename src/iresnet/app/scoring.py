@@ -103,7 +103,7 @@ def _as_contexts(task: DensityTask | HybridTask, values: np.ndarray, where: str)
         return task.one_hot(torch.as_tensor(labels))
     if values.shape[1] != k:
         raise DataError(
-            f"{where}: expected contexts with {k} value(s) per row, got {values.shape[1]}"
+            f"{where}: expected contexts with {count(k, 'value')} per row, got {values.shape[1]}"
         )
     return torch.as_tensor(values, dtype=torch.float64, device=task.device)
 

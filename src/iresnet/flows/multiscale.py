@@ -61,6 +61,7 @@ from ..transforms import (
     Transform,
     VariationalDequantize,
 )
+from ..words import count
 from .flow import DiagonalNormal, Flow
 from .residual_flow import _check_sizes, block_type, check_branch, check_context, check_logdet
 
@@ -92,8 +93,8 @@ def check_image_shape(shape: Sequence[int], n_squeezes: int) -> tuple[int, int, 
     k = 2**n_squeezes
     if h % k or w % k:
         raise ValueError(
-            f"{n_squeezes} squeeze(s) need H and W divisible by {k}, got {h}x{w}; use fewer "
-            "scales (or no initial squeeze)"
+            f"H and W must be divisible by {k} for {count(n_squeezes, 'squeeze')}, got {h}x{w}; "
+            "use fewer scales (or no initial squeeze)"
         )
     return c, h, w
 
