@@ -44,6 +44,7 @@ import torch
 
 import iresnet
 from iresnet.nn.bounds import conv2d_exact_norm, conv2d_operator_bound
+from iresnet.words import count
 
 from bench import norms
 from bench.metrics import records, seconds_per_step
@@ -98,7 +99,10 @@ def image_likelihood(steps: int, seed: int) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="iresnet-certified-digits-"))
     try:
         for norm in NORMS:
-            print(f"[{IMAGE_PRESET}] training with lipschitz_norm={norm} for {steps} steps ...")
+            print(
+                f"[{IMAGE_PRESET}] training with lipschitz_norm={norm} for "
+                f"{count(steps, 'step')} ..."
+            )
             result, wall, trained = norms.train_preset(IMAGE_PRESET, norm, steps, seed, root / norm)
             model, task = trained.model, trained.task
             t0 = time.perf_counter()
@@ -253,8 +257,8 @@ def notes(likelihood: dict[str, Any], image: dict[str, Any]) -> tuple[str, str, 
         for n in NORMS
     )
     img = (
-        f"`{IMAGE_PRESET}`: {c['steps']} steps (a short run: the numbers compare the two norms "
-        "under one schedule, they are not the preset's converged likelihood), evaluated as "
+        f"`{IMAGE_PRESET}`: {count(c['steps'], 'step')} (a short run: the numbers compare the two "
+        "norms under one schedule, they are not the preset's converged likelihood), evaluated as "
         "`iresnet evaluate` does on all "
         f"{c['n_test']} test images with the `{c['estimator']}` log-det (D = 64), the "
         "dequantisation noise drawn identically for both models; the paired row is the mean over "

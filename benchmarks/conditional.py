@@ -53,6 +53,7 @@ from iresnet.datasets.conditional import (
 )
 from iresnet.ops import ExactLogDet
 from iresnet.transforms import swap_logdets
+from iresnet.words import count
 
 from bench import REPO_ROOT, RESULTS_DIR
 from bench.env import environment, loadavg, positive_float, script_parser, seed_all, set_threads
@@ -229,7 +230,7 @@ def run_dataset(dataset: str, args: argparse.Namespace, runs_root: Path) -> dict
         models[name]["kl_mean"] = float(np.mean([r["kl"] for r in rows]))
         models[name]["kl_mean_se"] = math.sqrt(sum(r["kl_se"] ** 2 for r in rows)) / len(rows)
         print(
-            f"[{dataset}] {LABELS[name]}: {models[name]['steps']} steps, KL averaged over "
+            f"[{dataset}] {LABELS[name]}: {count(models[name]['steps'], 'step')}, KL averaged over "
             f"contexts {models[name]['kl_mean']:.4f} ± {models[name]['kl_mean_se']:.4f}",
             flush=True,
         )

@@ -34,6 +34,7 @@ from iresnet.app.runs import TrainedRun, load_run
 from iresnet.app.trainer import TrainResult
 from iresnet.app.training import train
 from iresnet.datasets import DataBundle
+from iresnet.words import count
 
 from .blocks import exact_layer_norms
 from .density import exact_log_density, scores
@@ -180,7 +181,8 @@ def compare_toy_likelihood(
             logqs = {}
             for norm in pair:
                 print(
-                    f"[{dataset}] training with lipschitz_norm={norm} for {steps} steps ...",
+                    f"[{dataset}] training with lipschitz_norm={norm} for "
+                    f"{count(steps, 'step')} ...",
                     flush=True,
                 )
                 info, logqs[norm] = train_and_evaluate(
@@ -376,7 +378,7 @@ def time_cases(cases: Sequence[Case], pair: Pair, normalise: str = "normalise") 
     :meth:`Stepper.run` call)."""
     timing: dict[str, dict[str, Any]] = {}
     for label, make, repeats in cases:
-        print(f"[timing] {label} ({repeats} rounds) ...", flush=True)
+        print(f"[timing] {label} ({count(repeats, 'round')}) ...", flush=True)
         steppers = make()
         timing[label] = {
             "rounds": repeats,
@@ -482,9 +484,9 @@ def time_table(
             rows.append(
                 [
                     label if what == "step" else "",
-                    f"training step ({rounds} rounds)"
+                    f"training step ({count(rounds, 'round')})"
                     if what == "step"
-                    else f"{normalisation} ({rounds} rounds)",
+                    else f"{normalisation} ({count(rounds, 'round')})",
                     ms(x[base]["median"]),
                     ms(x[variant]["median"]),
                     ratio_cell(x["ratio"]),

@@ -206,6 +206,17 @@ def _spend_cpu_budget(run_dir, seconds, wall=None):
     (newest / "MANIFEST.json").write_text(json.dumps(manifest, indent=1))
 
 
+def test_a_finished_run_of_one_step_counts_it_in_words(tmp_path, capsys):
+    """``--resume`` of a finished one-step run said "already finished (1 of 1 steps)"."""
+    out_dir = tmp_path / "run"
+    code, _, err = run(
+        capsys, "train", *TINY, "--steps", "1", "--no-progress", "--out", str(out_dir)
+    )
+    assert code == 0, err
+    code, _, err = run(capsys, "train", "--resume", str(out_dir))
+    assert code == 2 and "already finished (1 of 1 step)" in err, err
+
+
 def test_a_finished_run_past_its_budget_is_told_both_at_once(tmp_path, capsys):
     """Try-out 14, F5: a run that finished its steps but whose final evaluation went past
     ``train.max_cpu_seconds`` was told to give it more budget, and then that it had finished."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
 from bench.stats import summarize  # noqa: E402
@@ -43,3 +45,20 @@ def test_an_untimed_image_loop_shows_a_dash_and_says_why():
     )
     image["spectral"] = _run([0.01, 0.01])
     assert "give more" not in image_table(image)
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_the_image_progress_line_counts_one_step_in_words(monkeypatch, capsys):
+    """``--image-steps 1`` said "training ... for 1 steps"."""
+    import certified_norm
+
+    def stop(*args, **kwargs):
+        raise _Stop
+
+    monkeypatch.setattr(certified_norm.norms, "train_preset", stop)
+    with pytest.raises(_Stop):
+        certified_norm.image_likelihood(1, 0)
+    assert "lipschitz_norm=spectral for 1 step ...\n" in capsys.readouterr().out

@@ -73,3 +73,36 @@ def test_no_timing_round_is_refused_as_the_flags_are_read(monkeypatch, capsys):
     )
     monkeypatch.setattr(sys, "argv", ["demo.py", "--repeats", "1"])
     assert parse_or_render(ap, lambda path: pytest.fail("rendered")).repeats == 1
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_the_progress_line_counts_one_step_in_words(monkeypatch, capsys):
+    """``frobenius.py --steps 1`` said "training ... for 1 steps"."""
+    from bench import norms
+
+    def stop(*args, **kwargs):
+        raise _Stop
+
+    monkeypatch.setattr(norms, "train_and_evaluate", stop)
+    with pytest.raises(_Stop):
+        norms.compare_toy_likelihood(["moons"], ("spectral", "frobenius"), 1, 0)
+    assert "[moons] training with lipschitz_norm=spectral for 1 step ...\n" in (
+        capsys.readouterr().out
+    )
+
+
+@pytest.mark.parametrize(("n", "words"), [(1, "1 round"), (4, "4 rounds")])
+def test_the_timing_table_counts_its_rounds_in_words(n, words):
+    """``--repeats 1`` labelled the rows "training step (1 rounds)"."""
+    from bench.norms import time_table
+
+    ratio = {"median": 1.0, "q25": 0.9, "q75": 1.1, "n": n}
+    both = {"spectral": {"median": 0.001}, "frobenius": {"median": 0.002}, "ratio": ratio}
+    table = time_table(
+        {"toy": {"step": both, "normalisation_only": both}}, ("spectral", "frobenius")
+    )
+    assert f"| training step ({words}) |" in table
+    assert f"| normalisation only ({words}) |" in table

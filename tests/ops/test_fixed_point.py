@@ -249,3 +249,16 @@ def test_certified_error_bounds_the_true_error_plain_and_anderson():
             err = (x_n - x_true).norm(dim=1)
             assert (err <= d.a_posteriori_bound * (1 + 1e-9) + 1e-13).all(), (anderson, n)
             assert (d.a_priori_bound is None) == (anderson > 0)
+
+
+@pytest.mark.parametrize(("max_iter", "words"), [(1, "in 1 iteration ("), (3, "in 3 iterations (")])
+def test_a_solve_that_missed_its_tolerance_counts_the_iterations_in_words(max_iter, words):
+    """``max_iter=1`` said "in 1 iterations"."""
+    g = mlp_g(2, 8, 0.95).double()
+    scale_weights(g, 5.0)
+    g.eval()
+    y = 5 * torch.randn(8, 2, dtype=torch.float64)
+    solver = iresnet.FixedPointInverse(atol=1e-14, rtol=0.0, max_iter=max_iter, on_failure="raise")
+    with pytest.raises(iresnet.InverseNotConvergedError) as refused:
+        solver(g, y)
+    assert words in str(refused.value)

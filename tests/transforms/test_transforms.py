@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import iresnet
-from iresnet.transforms import InjectivePad
+from iresnet.ops import fixed_point_solve
+from iresnet.transforms import InjectivePad, InverseReport
 
 
 def test_actnorm_constant_channel_is_safe():
@@ -133,3 +134,13 @@ def test_a_loaded_actnorm_compiles_without_a_break_once_its_flag_is_read():
     torch.testing.assert_close(y, layer(x)[0])
     fresh = iresnet.ActNorm(2)
     assert not fresh.is_initialized()  # not initialised: read, and it stays to be initialised
+
+
+def test_an_inverse_report_counts_its_solves_and_iterations_in_words():
+    """One solve of one iteration read "1 solves, at most 1 iterations"."""
+    y = torch.ones(2, 3, dtype=torch.float64)
+    _, once = fixed_point_solve(lambda x: torch.zeros_like(x), y, max_iter=1)
+    _, more = fixed_point_solve(lambda x: 0.5 * x, y, lipschitz=0.5)
+    assert InverseReport([once]).summary().startswith("1 solve, at most 1 iteration, ")
+    assert InverseReport([once, more]).summary().startswith("2 solves, at most ")
+    assert InverseReport([]).summary().startswith("0 solves, at most 0 iterations, ")

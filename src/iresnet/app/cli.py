@@ -611,7 +611,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if args.steps is None and done >= cfg.train.steps and run.weights_path.is_file():
             # Finished comes before a spent budget: a final evaluation may have gone past the
             # budget, and more budget alone would only lead here (try-out 14, F5).
-            finished = f"{run.path} already finished ({done} of {cfg.train.steps} steps)"
+            finished = f"{run.path} already finished ({done} of {count(cfg.train.steps, 'step')})"
             try:
                 missing = _quietly(missing_figures, run.path)
             except IResNetError:  # e.g. no data.json, a device not here: cannot tell, as before

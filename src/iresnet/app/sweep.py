@@ -32,6 +32,7 @@ from .files import atomic_write, json_safe, out_path
 from .presets import get_preset
 from .runs import Run, load_run
 from .training import train
+from .words import count
 
 __all__ = ["DEFAULT_COEFFS", "run_sweep", "sweep_table", "add_sweep_parser", "cmd_sweep"]
 
@@ -153,7 +154,7 @@ def run_sweep(
         last = max((r for r in records if "seconds" in r), key=lambda r: r["step"], default={})
         if trained_now:  # the training loop's own clock, the table's "train s"
             print(
-                f"sweep {_run_name(coeff)}: trained {last.get('step', 0)} steps in "
+                f"sweep {_run_name(coeff)}: trained {count(last.get('step', 0), 'step')} in "
                 f"{last.get('seconds', math.nan):.1f} s",
                 file=sys.stderr,
             )

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from ..checks import check_input
 from ..errors import InverseNotConvergedError, InverseNotConvergedWarning
+from ..words import count
 
 __all__ = [
     "InverseDiagnostics",
@@ -465,7 +466,7 @@ class FixedPointInverse:
         if capped:
             parts.append(
                 f"{capped}/{n} samples missed it (atol {self.atol:g} + rtol {self.rtol:g} * "
-                f"max|x|) in {self.max_iter} iterations (largest step "
+                f"max|x|) in {count(self.max_iter, 'iteration')} (largest step "
                 f"{float(diag.residual.max()):.2e}): raise max_iter, use anderson>0, or check "
                 "that Lip(g) < 1 (iresnet.certify)"
             )

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from ..checks import check_tensor
 from ..ops import InverseDiagnostics
+from ..words import count
 
 __all__ = ["Transform", "ComposedTransform", "InverseReport"]
 
@@ -70,7 +71,7 @@ class InverseReport(Sequence[InverseDiagnostics]):
         """One line: solves, iterations, convergence and the certified error."""
         its = [int(d.iterations.max()) for d in self.diagnostics]
         text = (
-            f"{len(self)} solves, at most {max(its, default=0)} iterations, "
+            f"{count(len(self), 'solve')}, at most {count(max(its, default=0), 'iteration')}, "
             f"{'all converged' if self.all_converged else 'NOT all converged'}"
         )
         if self.error_bound is not None:
