@@ -135,7 +135,7 @@ def test_non_numeric_field_names_line_and_column(tmp_path: Path) -> None:
         ("1\t2\n3\t4\n", "tab-separated"),
         ("0,37;-0,53\n1,25;2,5\n", "semicolon-separated: save it comma-separated with decimal"),
         ("1,2,\n3,4,\n", "empty field (a missing value, or a trailing comma?)"),
-        ("1,,2\n3,4,5\n", "line 1, column 2; an empty field"),
+        ("1,,2\n3,4,5\n", "empty field (a missing value?) at line 1, column 2;"),
     ],
 )
 def test_a_non_numeric_field_says_what_it_likely_is(tmp_path: Path, text: str, hint: str) -> None:
@@ -156,7 +156,38 @@ def test_non_finite_csv(tmp_path: Path, value: str, kind: str) -> None:
     path = _write(tmp_path / "nf.csv", f"a,b,c\n1,2,3\n\n4,5,6\n7,{value},9\n{value},1,1\n")
     # Line numbers count the header and the blank line: the first bad value is line 5, col 2.
     _refused(path, kind, "line 5, column 2", "first of 2")
-    _refused(path, "impute missing" if kind == "NaN" else "clip the infinite")
+    _refused(path, "drop or impute those rows" if kind == "NaN" else "clip the infinite")
+
+
+@pytest.mark.parametrize("value", ["NA", "nan", "NaN", "", "?", "N/A", "null", "None", " na "])
+def test_a_missing_value_is_refused_naming_its_line_and_column(tmp_path: Path, value: str) -> None:
+    """``NA`` or ``?`` met the header advice ("only a first header row may hold names"), and
+    ``nan`` the advice for NaN in an array; each is a missing value, refused where it is, with
+    the count of rows to drop or impute."""
+    text = f"a,b,c\n1,2,3\n\n4,{value},6\n7,8,9\n{value},1,{value}\n"
+    with pytest.raises(DataError) as refused:
+        load_array(_write(tmp_path / "m.csv", text))
+    what = f"missing value {value.strip()!r}" if value else "empty field (a missing value?)"
+    assert str(refused.value) == (
+        f"{tmp_path / 'm.csv'}: {what} at line 4, column 2 (first of 2 rows with missing "
+        "values); missing values (NA, NaN, ?, empty fields) are not supported: drop or impute "
+        "those rows"
+    )
+
+
+def test_one_missing_value_in_the_last_column_may_be_a_trailing_comma(tmp_path: Path) -> None:
+    path = _write(tmp_path / "m.csv", "1,2\n3,\n5,6\n")
+    _refused(path, "empty field (a missing value, or a trailing comma?) at line 2, column 2; ")
+    with pytest.raises(DataError) as refused:
+        load_array(path)
+    assert "first of" not in str(refused.value)
+
+
+def test_names_that_are_not_missing_values_keep_their_own_advice(tmp_path: Path) -> None:
+    _refused(_write(tmp_path / "x.csv", "1,2\n3,NAN-ish\n"), "non-numeric field 'NAN-ish'")
+    # a valid file reads as before, a header of missing-value words included
+    path = _write(tmp_path / "h.csv", "NA,?\n1,2\n3,4\n")
+    np.testing.assert_array_equal(load_array(path), [[1, 2], [3, 4]])
 
 
 def test_non_finite_npy(tmp_path: Path) -> None:

@@ -41,6 +41,36 @@ __all__ = [
 _ArrayT = TypeVar("_ArrayT", np.ndarray, torch.Tensor)
 
 
+#: Fields that spreadsheets, R, pandas and the UCI files write for a missing value (compared
+#: stripped and lower-cased); an empty field and any spelling of NaN are missing values too.
+MISSING_VALUES = frozenset(
+    {"na", "n/a", "nan", "-nan", "+nan", "null", "none", "<na>", "nil", "missing", "?", "-", "."}
+)
+
+
+def _is_missing(field: str, value: float | None) -> bool:
+    """Whether a CSV field is a missing value (``NA``, ``?``, an empty field, ``nan``...)."""
+    return (value is not None and math.isnan(value)) or field.strip().lower() in {
+        "",
+        *MISSING_VALUES,
+    }
+
+
+def _missing_message(path: Path, where: tuple[int, int, str, bool], rows: int) -> str:
+    """One line for the first missing value of a CSV and the count of rows with one."""
+    line, col, field, last = where
+    first = f" (first of {count(rows, 'row')} with missing values)" if rows > 1 else ""
+    if field.strip():
+        what = f"missing value {_shorten(field.strip())!r}"
+    else:
+        what = f"empty field (a missing value{', or a trailing comma?' if last else '?'})"
+    what += f" at line {line}, column {col}{first}"
+    return (
+        f"{path}: {what}; missing values (NA, NaN, ?, empty fields) are not supported: drop "
+        "or impute those rows"
+    )
+
+
 def _parse_float(field: str) -> float | None:
     try:
         return float(field)
@@ -98,6 +128,8 @@ def _read_csv(path: Path) -> tuple[np.ndarray, list[int], list[str] | None]:
     rows: list[list[float]] = []
     lines: list[int] = []
     empty: list[int] = []  # lines of empty fields only (``,,``) since the last row
+    missing: tuple[int, int, str, bool] | None = None  # the first: line, column, field, last?
+    missing_rows: list[int] = []  # the lines of the rows that hold a missing value
     first_line = 0
     width = 0
     try:
@@ -135,10 +167,16 @@ def _read_csv(path: Path) -> tuple[np.ndarray, list[int], list[str] | None]:
                 parsed: list[float] = []
                 for col, field in enumerate(fields, start=1):
                     value = _parse_float(field)
+                    # Only the last field can end where a comment was cut from the line.
+                    cut = cuts.get(line) if col == len(fields) else None
+                    if _is_missing(field, value) and not (cut is not None and not field.strip()):
+                        if not missing_rows or missing_rows[-1] != line:
+                            missing_rows.append(line)
+                        if missing is None:
+                            missing = (line, col, field, col == len(fields))
+                        value = math.nan
                     if value is None:
                         shown = _shorten(field.strip())
-                        # Only the last field can end where a comment was cut from the line.
-                        cut = cuts.get(line) if col == len(fields) else None
                         raise DataError(
                             f"{path}: non-numeric field {shown!r} at line {line}, column {col}; "
                             f"{_field_hint(field, cut)}"
@@ -156,6 +194,8 @@ def _read_csv(path: Path) -> tuple[np.ndarray, list[int], list[str] | None]:
             f"{'holds' if len(empty) == 1 else 'hold'} only empty fields (like ',,'); put the "
             "data in the file (save or export it again)"
         )
+    if missing is not None:  # after the whole file: how many rows there are to drop
+        raise DataError(_missing_message(path, missing, len(missing_rows)))
     # Empty-field lines after the last row (a spreadsheet export's padding) shift nothing.
     array = np.asarray(rows, dtype=np.float64).reshape(len(rows), width)
     return array, lines, header
