@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save, save_file
 from torch import Tensor, nn
 
 from ..errors import CheckpointError
@@ -40,6 +40,7 @@ __all__ = [
     "latest_checkpoint",
     "load_weights",
     "weights_digest",
+    "safetensors_bytes",
     "flatten_optimizer",
     "unflatten_optimizer",
 ]
@@ -59,6 +60,27 @@ def _sha256(path: Path) -> str:
 def _tensors(state: dict[str, Tensor]) -> dict[str, Tensor]:
     # safetensors wants contiguous, unshared CPU tensors.
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+
+
+def safetensors_bytes(tensors: dict[str, Tensor], metadata: dict[str, str] | None = None) -> bytes:
+    """``safetensors.torch.save(tensors, metadata)`` with the metadata in sorted key order, so
+    that equal contents give equal bytes.
+
+    safetensors keeps the metadata in a Rust ``HashMap``, whose order is drawn afresh for each
+    map: the same weights and metadata saved twice (by a resumed run and an uninterrupted one,
+    or by two processes) came out in different bytes. The header is written again with the
+    ``__metadata__`` entries sorted (the tensors' entries and data as safetensors wrote them),
+    padded with spaces to a multiple of 8 bytes as safetensors pads it.
+    """
+    raw = save(tensors, metadata=metadata)
+    if not metadata:
+        return raw
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + n])
+    header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + raw[8 + n :]
 
 
 def flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, Tensor], dict[str, Any]]:

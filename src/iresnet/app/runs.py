@@ -25,7 +25,6 @@ from typing import Any
 import torch
 from filelock import FileLock, Timeout
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save
 from torch import nn
 
 from ..datasets import DataBundle, Standardizer
@@ -37,6 +36,7 @@ from .checkpoint import (
     latest_checkpoint,
     list_checkpoints,
     load_weights,
+    safetensors_bytes,
     weights_digest,
 )
 from .config import Config, DataConfig, differing_settings
@@ -570,7 +570,7 @@ class Run:
         meta = {"sha256": weights_digest(state)}  # checked on load: damage is refused
         if step is not None:
             meta["step"] = str(step)
-        atomic_write(self.weights_path, save(state, metadata=meta))
+        atomic_write(self.weights_path, safetensors_bytes(state, metadata=meta))
 
     def final_step(self) -> int | None:
         """The step recorded in ``model.safetensors`` (None: no file, or written before steps
