@@ -194,6 +194,7 @@ def test_score_and_context_mistakes_are_one_line_errors(tmp_path, capsys):
     np.save(tmp_path / "c5.npy", np.zeros((5, 2)))
     np.save(tmp_path / "c4.npy", np.zeros((4, 2)))
     np.save(tmp_path / "c1.npy", np.zeros((5, 1)))
+    np.save(tmp_path / "c1row.npy", np.zeros((1, 2)))
     (tmp_path / "nan.csv").write_text("1,2\n3,nan\n")
     (tmp_path / "c.txt").write_text("1,2\n")
     logp = str(tmp_path / "o.csv")
@@ -202,7 +203,11 @@ def test_score_and_context_mistakes_are_one_line_errors(tmp_path, capsys):
         (["--data", str(tmp_path / "x2.npy")], "pass --context"),
         (
             ["--data", str(tmp_path / "x2.npy"), "--context", str(tmp_path / "c4.npy")],
-            "4 context rows",
+            "4 context rows for 5 points",
+        ),
+        (  # counted in words: "1 context rows" was the message
+            ["--data", str(tmp_path / "x2.npy"), "--context", str(tmp_path / "c1row.npy")],
+            "1 context row for 5 points",
         ),
         (
             ["--data", str(tmp_path / "x2.npy"), "--context", str(tmp_path / "c1.npy")],

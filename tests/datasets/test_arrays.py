@@ -546,3 +546,27 @@ def test_counts_in_the_csv_messages_are_singular_for_one_and_plural_otherwise(
         assert str(info.value) == (
             f"cannot split {rows} into non-empty train and test sets; give at least 2 rows"
         )
+
+
+def test_a_file_of_one_column_for_a_run_of_two_counts_it_in_words(tmp_path: Path) -> None:
+    """ "1 columns, but the run was trained on 2" (data, contexts and the standardizer)."""
+    from iresnet.datasets import load_dataset
+
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "x2.npy", rng.normal(size=(50, 2)))
+    np.save(tmp_path / "x1.npy", rng.normal(size=(50, 1)))
+    two = load_dataset(
+        "array", path=str(tmp_path / "x2.npy"), context_path=str(tmp_path / "x2.npy")
+    )
+    with pytest.raises(DataError, match=r"x1.npy: 1 column, but the run was trained on 2$"):
+        load_dataset("array", path=str(tmp_path / "x1.npy"), standardizer=two.standardizer)
+    with pytest.raises(DataError, match=r"x1.npy: 1 column, but the run was trained on 2$"):
+        load_dataset(
+            "array",
+            path=str(tmp_path / "x2.npy"),
+            context_path=str(tmp_path / "x1.npy"),
+            context_standardizer=two.context_standardizer,
+        )
+    assert two.standardizer is not None
+    with pytest.raises(DataError, match="data has 1 column but the standardizer was fitted on 2"):
+        two.standardizer.transform(np.zeros((3, 1)))

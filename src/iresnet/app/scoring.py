@@ -334,7 +334,7 @@ def _read_points(task: DensityTask | HybridTask, path: Path) -> torch.Tensor:
     if path.suffix.lower() == ".csv" and path.is_file():
         x = load_array(path, max_dim=2**31, min_rows=1, index_column=task.cfg.data.index_column)
         integers = bool(_csv_integer_columns(path, x.shape[1]).all())
-        return _image_points(task, x, path, integers, f"{x.shape[1]} columns")
+        return _image_points(task, x, path, integers, count(x.shape[1], "column"))
     if path.suffix.lower() != ".npy" or not path.is_file():
         raise DataError(f"{path}: image runs score a .npy array or a .csv of images, {forms}")
     arr = read_npy(path)
@@ -414,8 +414,8 @@ def score_file(
         if c.shape[0] != x.shape[0]:
             where = str(context) if is_file else f"--context {str(context)!r}"
             raise DataError(
-                f"{where}: {c.shape[0]} context rows for {x.shape[0]} points; give one "
-                "context per point, or a single context ('a,b') for every point"
+                f"{where}: {count(c.shape[0], 'context row')} for {count(x.shape[0], 'point')}; "
+                "give one context per point, or a single context ('a,b') for every point"
             )
     elif context is not None:
         raise ConfigError("--context: this run is not conditional; score without it")

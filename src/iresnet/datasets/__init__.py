@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from ..errors import DataError
+from ..words import count
 from .arrays import (
     Standardizer,
     check_range,
@@ -343,7 +344,8 @@ def load_dataset(
             )
         if standardizer is not None and standardizer.dim != arr.shape[1]:
             raise DataError(
-                f"{path}: {arr.shape[1]} columns, but the run was trained on {standardizer.dim}"
+                f"{path}: {count(arr.shape[1], 'column')}, but the run was trained on "
+                f"{standardizer.dim}"
             )
         std = standardizer or Standardizer.fit(train_np)
         train = torch.as_tensor(train_np, dtype=torch.float64)
@@ -369,7 +371,8 @@ def load_dataset(
             cstd = context_standardizer or Standardizer.fit(train_c)
             if cstd.dim != ctx.shape[1]:
                 raise DataError(
-                    f"{context_path}: {ctx.shape[1]} columns, but the run was trained on {cstd.dim}"
+                    f"{context_path}: {count(ctx.shape[1], 'column')}, but the run was trained "
+                    f"on {cstd.dim}"
                 )
             bundle.train_c = torch.as_tensor(train_c, dtype=torch.float64)
             bundle.test_c = torch.as_tensor(test_c, dtype=torch.float64)

@@ -651,7 +651,8 @@ class Standardizer:
     def _params(self, x: _ArrayT) -> tuple[Any, Any]:
         if x.shape[-1] != self.dim:
             raise DataError(
-                f"data has {x.shape[-1]} columns but the standardizer was fitted on {self.dim}"
+                f"data has {count(x.shape[-1], 'column')} but the standardizer was fitted on "
+                f"{self.dim}"
             )
         if isinstance(x, torch.Tensor):
             dtype = x.dtype if x.is_floating_point() else torch.float64
