@@ -26,8 +26,9 @@ from torch import Tensor
 from iresnet.app.runs import load_run
 from iresnet.app.tasks.base import evaluating, mean_se, scoring_estimator, scoring_lipschitz
 from iresnet.transforms import swap_logdets
+from iresnet.words import count
 
-from bench.env import environment, script_parser, set_threads
+from bench.env import environment, positive_int, script_parser, set_threads
 from bench.report import markdown_table, pm, write_results
 
 NAME = "scoring-law"
@@ -62,13 +63,19 @@ def _spread(values: list[float]) -> dict[str, float]:
 def main() -> None:
     ap = script_parser(__doc__)
     ap.add_argument("--runs", nargs="+", type=Path, required=True, help="one or two run folders")
-    ap.add_argument("--n-test", type=int, default=1000, help="test images scored")
-    ap.add_argument("--draws", type=int, default=3, help="independent draws of each test score")
-    ap.add_argument("--batches", type=int, default=40, help="training batches of 64")
+    ap.add_argument("--n-test", type=positive_int, default=1000, help="test images scored")
+    ap.add_argument(
+        "--draws", type=positive_int, default=3, help="independent draws of each test score"
+    )
+    ap.add_argument("--batches", type=positive_int, default=40, help="training batches of 64")
     ap.add_argument("--name", default=NAME, help="results name")
     args = ap.parse_args()
     if len(args.runs) > 2:
         ap.error("--runs takes one or two run folders")
+    if args.n_test < 2:
+        ap.error(f"--n-test must be >= 2 (a standard error needs two images), got {args.n_test}")
+    if args.batches < 2:
+        ap.error(f"--batches must be >= 2 (a spread needs two estimates), got {args.batches}")
     set_threads(args.threads)
     env = environment()
     rows, batch_rows, raw, firsts = [], [], {}, []
@@ -122,7 +129,7 @@ def main() -> None:
         raw[str(run_dir)] = entry
     sections = [
         (
-            f"Test bits/dim, first {args.n_test} test images, {args.draws} draws each",
+            f"Test bits/dim, first {args.n_test} test images, {count(args.draws, 'draw')} each",
             markdown_table(
                 ["run", "estimator", "mean over draws (min - max)", "SE over images", "CPU s"],
                 rows,
