@@ -145,14 +145,14 @@ def failure_notes(data: dict) -> list[str]:
                 continue
             reasons = "; ".join(dict.fromkeys(r["failed"] for r in failed))
             left = len(tried) - len(failed)
-            outcome = (
-                f"the median is of the other {count(left, 'repetition')}"
-                if left
-                else 'its cells are "-"'
-            )
+            if left:
+                what = f"{len(failed)} of {len(tried)} measurements failed ({reasons}), so the "
+                what += f"median is of the other {count(left, 'repetition')}"
+            else:
+                what = "the measurement" if len(tried) == 1 else f"all {len(tried)} measurements"
+                what += f' failed ({reasons}), so its cells are "-"'
             notes.append(
-                f"{MODE_LABEL[mode]}, n={n}: {len(failed)} of {count(len(tried), 'measurement')} "
-                f"failed ({reasons}), so {outcome}; run the script again (a smaller --batch "
+                f"{MODE_LABEL[mode]}, n={n}: {what}; run the script again (a smaller --batch "
                 "uses less memory)"
             )
     return notes

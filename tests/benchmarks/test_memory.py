@@ -49,7 +49,7 @@ def test_a_failed_measurement_is_a_dash_with_its_reason_and_null_in_json(monkeyp
     )
     assert plain.split(" | ")[1:] == ["20.0", "-", "- |"]
     assert (
-        f"- {memory.MODE_LABEL['plain']}, n=5: 1 of 1 measurement failed ({KILLED}), so its "
+        f"- {memory.MODE_LABEL['plain']}, n=5: the measurement failed ({KILLED}), so its "
         'cells are "-"; run the script again (a smaller --batch uses less memory)'
     ) in body
     assert "not known, a measurement failed (see above)." in body
@@ -76,3 +76,22 @@ def test_a_worker_that_fails_says_why_in_one_line(tmp_path):
         assert isinstance(e, RuntimeError)  # callers that caught RuntimeError still do
     else:
         raise AssertionError("no failure")
+
+
+def test_a_repetition_that_failed_leaves_the_median_of_the_others(monkeypatch):
+    fake, calls = _fake_worker(set()), []
+
+    def first_fails(script, cfg, fixed_malloc=False):
+        calls.append(cfg)
+        if len(calls) == 1:  # plain, n=2, the first of three repetitions
+            raise WorkerFailed(["python", "memory.py"], KILLED)
+        return fake(script, cfg, fixed_malloc)
+
+    monkeypatch.setattr(memory, "run_worker", first_fails)
+    data = memory.run(Namespace(quick=False, batch=4, seed=0, threads=1))
+    body, summary = memory.tables(data)
+    assert summary["plain"]["peak_mib"][2] == 20.0 and summary["target_met"] is True
+    assert (
+        f"{memory.MODE_LABEL['plain']}, n=2: 1 of 3 measurements failed ({KILLED}), so the "
+        "median is of the other 2 repetitions;"
+    ) in body
