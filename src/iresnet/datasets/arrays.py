@@ -363,8 +363,10 @@ def load_array(
     Raises:
         DataError: missing file, unknown extension, empty file or zero rows, fewer than
             ``min_rows`` rows,
-            ragged CSV rows, non-numeric fields, non-numeric ``.npy`` dtype, an array that is
-            not 2-D, zero columns, NaN or Inf values, ``d > max_dim``, or an unnamed index
+            ragged CSV rows, non-numeric fields, missing values in a CSV (``NA``, ``?``,
+            ``nan``, an empty field: :data:`MISSING_VALUES`), non-numeric ``.npy`` dtype, an
+            array that is not 2-D, zero columns, NaN or Inf values, ``d > max_dim``, or an
+            unnamed index
             column with ``index_column="refuse"``. The message names the file and, where it
             applies, the line/row and column.
         ValueError: ``max_dim`` not a positive integer.
