@@ -364,7 +364,7 @@ def load_array(
         DataError: missing file, unknown extension, empty file or zero rows, fewer than
             ``min_rows`` rows,
             ragged CSV rows, non-numeric fields, missing values in a CSV (``NA``, ``?``,
-            ``nan``, an empty field: :data:`MISSING_VALUES`), non-numeric ``.npy`` dtype, an
+            ``nan``, an empty field: ``MISSING_VALUES``), non-numeric ``.npy`` dtype, an
             array that is not 2-D, zero columns, NaN or Inf values, ``d > max_dim``, or an
             unnamed index
             column with ``index_column="refuse"``. The message names the file and, where it
