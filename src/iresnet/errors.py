@@ -70,4 +70,10 @@ class RouletteVarianceWarning(RuntimeWarning):
 
     Use ``logdet="roulette-auto"`` (``p`` and ``n_exact`` chosen from the bound), or a smaller
     ``p``. Turn it into an error with ``warnings.simplefilter("error", RouletteVarianceWarning)``.
+
+    Attributes:
+        lipschitz: the blocks' bound ``L`` the law was checked against (``None`` when not
+            given).
     """
+
+    lipschitz: float | None = None

@@ -5,6 +5,7 @@ import math
 import os
 import re
 import shutil
+import warnings
 
 import numpy as np
 import pytest
@@ -1124,3 +1125,26 @@ def test_a_dry_run_checks_the_config_but_not_the_machine(capsys, tmp_path):
     code, out, err = run(capsys, "train", "--resume", str(out_dir), "--steps", "4", "--dry-run")
     assert code == 0 and json.loads(out)["train"]["steps"] == 4, err
     assert Run(out_dir).last_step() == 2  # nothing trained
+
+
+def test_an_image_preset_trains_without_warning_about_its_own_roulette(capsys, tmp_path):
+    """``iresnet train digits`` as shipped: the preset's Geometric(1/2), kept on measurement,
+    is one note, not a RouletteVarianceWarning (try-out 17)."""
+    pytest.importorskip("sklearn")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code, _, err = run(
+            capsys,
+            "train",
+            "digits",
+            *TINY,
+            "--steps",
+            "1",
+            "--out",
+            str(tmp_path / "r"),
+            "--no-progress",
+            "train.warmup_steps=0",
+        )
+    assert code == 0, err
+    assert not [w for w in caught if "RouletteVariance" in w.category.__name__]
+    assert "iresnet: note: the preset's roulette (geometric, p=0.5)" in err

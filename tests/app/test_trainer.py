@@ -586,3 +586,43 @@ def test_a_torn_metrics_line_is_dropped_on_resume_and_named_in_one_line(tmp_path
     ]
     rows = [json.loads(line) for line in metrics.read_text().splitlines()]  # every line a row
     assert [r["step"] for r in rows if "loss" in r] == [2, 4, 6, 8, 10, 12]
+
+
+def test_the_presets_own_roulette_is_a_note_not_a_warning(capsys):
+    """The image presets keep Geometric(1/2) on measurement (try-out 17): a user who changed
+    nothing gets one note that says why and what to set, not a RouletteVarianceWarning about
+    the preset's own law. A law of the user's own, a bound of 1 and every other warning stay
+    warnings; the library warns as before."""
+    from iresnet.app.trainer import preset_law_noted
+    from iresnet.errors import RouletteVarianceWarning
+
+    def build(p=0.5, lipschitz=0.98**3, other=False):
+        iresnet.RussianRouletteLogDet(p=p, n_exact=2, lipschitz=lipschitz)
+        if other:
+            warnings.warn("another warning", UserWarning, stacklevel=2)
+
+    cfg = get_preset("digits").override(["model.hidden=8"])  # not the law: still the preset's
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with preset_law_noted(cfg):
+            build(other=True)
+    assert [str(w.message) for w in caught] == ["another warning"]
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(
+        "iresnet: note: the preset's roulette (geometric, p=0.5) has no finite-variance "
+        "guarantee at Lip(g) <= 0.94; it measured better than model.logdet=roulette-auto"
+    )
+    assert "set model.logdet=roulette-auto for the guaranteed law" in err
+    with warnings.catch_warnings(record=True), preset_law_noted(cfg, show=False):
+        build()  # another rank than the main: silent
+    assert capsys.readouterr().err == ""
+    # the user's own law, a preset without one, a bound of 1: the warning, no note
+    for config, kw in (
+        (get_preset("digits").override(["model.roulette_p=0.6"]), {"p": 0.6}),
+        (get_preset("toy-8gaussians"), {}),
+        (cfg, {"lipschitz": 1.0}),
+    ):
+        with pytest.warns(RouletteVarianceWarning) as caught, preset_law_noted(config):
+            build(**kw)
+        assert caught[0].message.lipschitz == kw.get("lipschitz", 0.98**3)
+        assert capsys.readouterr().err == ""

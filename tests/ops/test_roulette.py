@@ -293,3 +293,12 @@ def test_a_cap_below_the_sure_terms_is_refused(kind, max_terms, n_exact):
     with pytest.raises(ValueError, match="max_terms must be an integer >= n_exact"):
         getattr(iresnet, kind)(max_terms=max_terms, **given)
     getattr(iresnet, kind)(max_terms=2, n_exact=2)  # a cap at the sure terms: N = n_exact
+
+
+def test_the_variance_warning_carries_the_bound_it_was_checked_against():
+    """Callers that say it their own way (the app's note for a preset's law) read ``L`` from
+    the warning, not from its text."""
+    with pytest.warns(iresnet.RouletteVarianceWarning) as caught:
+        iresnet.RussianRouletteLogDet(p=0.5, lipschitz=0.9)
+    assert caught[0].message.lipschitz == 0.9
+    assert iresnet.RouletteVarianceWarning("text").lipschitz is None

@@ -16,6 +16,9 @@ import os
 import signal
 import sys
 import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +28,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from ..datasets import IMAGE_DATASETS
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, RouletteVarianceWarning
 from ..nn import spectral_penalty
 from ..ops import compile_after_first_call
 from ..transforms import ActNorm, compile_blocks, set_branch_precision
@@ -39,6 +42,7 @@ from .checkpoint import (
 )
 from .config import SEED_LIMIT, Config
 from .distributed import DistContext, check_precision, setup_distributed, teardown_distributed
+from .presets import preset_law_reason
 from .runs import Run
 from .tasks import Task, make_task
 
@@ -70,6 +74,39 @@ def cpu_clock() -> float:
     coarse for a budget smaller than a step."""
     t = os.times()
     return time.process_time() + t.children_user + t.children_system
+
+
+@contextmanager
+def preset_law_noted(cfg: Config, *, show: bool = True) -> Iterator[None]:
+    """Build a model with ``cfg``'s estimator: where its roulette is its preset's own law,
+    kept without a finite-variance guarantee on purpose (``preset_law_reason``), the
+    ``RouletteVarianceWarning`` it raises becomes one ``iresnet: note:`` line on stderr
+    (``show``: on the main process) that says why and what to set for the guaranteed law. A
+    law the user chose, blocks bounded by ``L >= 1`` and every other warning stay warnings."""
+    reason = preset_law_reason(cfg)
+    if not reason:
+        yield
+        return
+    with warnings.catch_warnings(record=True) as caught:
+        yield
+    bounds = [
+        w.message.lipschitz
+        for w in caught
+        if isinstance(w.message, RouletteVarianceWarning)
+        and w.message.lipschitz is not None
+        and w.message.lipschitz < 1
+    ]
+    for w in caught:  # the others, as they would have been shown
+        if not (isinstance(w.message, RouletteVarianceWarning) and w.message.lipschitz in bounds):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+    if bounds and show:
+        m = cfg.model
+        print(
+            f"iresnet: note: the preset's roulette (geometric, p={m.roulette_p:g}) has no "
+            f"finite-variance guarantee at Lip(g) <= {max(bounds):.2f}; {reason}; set "
+            "model.logdet=roulette-auto for the guaranteed law",
+            file=sys.stderr,
+        )
 
 
 def learning_rate(cfg: Config, step: int, budget_spent: float = 0.0) -> float:
@@ -276,7 +313,8 @@ class Trainer:
             if ctx.is_main:  # they scored weights the run is about to move on from
                 self.run.set_aside_evaluations()
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
-        self.model = build_model(cfg, data).to(ctx.device)
+        with preset_law_noted(cfg, show=ctx.is_main):
+            self.model = build_model(cfg, data).to(ctx.device)
         self.task = make_task(cfg, data, ctx.device)
         t = cfg.train
         n_train = self.task.n_train()

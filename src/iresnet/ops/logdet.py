@@ -1163,13 +1163,13 @@ class RussianRouletteLogDet(LogDetEstimator):
                 f"n_exact={n_exact}: E[N] = {_expected_terms('geometric', p, n_exact):.1f} terms "
                 f"per probe against {self.expected_terms:.1f} now)"
             )
-        warnings.warn(
+        warning = RouletteVarianceWarning(
             f"{where + ': ' if where else ''}the Russian roulette ({self.distribution}, {what}) "
             f"is not guaranteed a finite variance for blocks bounded by Lip(g) <= "
-            f"{lipschitz:.4g} (infinite when J = L I): the guarantee {need}{auto}",
-            RouletteVarianceWarning,
-            stacklevel=3,
+            f"{lipschitz:.4g} (infinite when J = L I): the guarantee {need}{auto}"
         )
+        warning.lipschitz = float(lipschitz)  # for callers that say it their own way
+        warnings.warn(warning, stacklevel=3)
         return False
 
     @property
