@@ -187,6 +187,29 @@ def test_train_with_contexts_then_score_agrees_with_evaluate(tmp_path, capsys):
     assert [t for _, t in panels] == ["c = 10, -20: 7 samples, T=1", "c = 0, 0: 7 samples, T=1"]
 
 
+def test_sample_without_context_names_the_context_it_used(tmp_path, capsys):
+    """A run on the user's contexts sampled without --context draws at the training contexts'
+    mean: one note on stderr says so, with the values and how to pass a context (try-out 17:
+    it was silent). With --context, no note."""
+    _, _, out_dir = _train_with_contexts(tmp_path, capsys, 2)
+    mean = load_run(out_dir).data.train_c.numpy().mean(0)
+    code, out, err = run(
+        capsys, "sample", str(out_dir), "-n", "3", "--out", str(tmp_path / "a.npy")
+    )
+    assert code == 0, err
+    notes = [line for line in err.splitlines() if line.startswith("iresnet")]
+    assert notes == [
+        "iresnet sample: note: no --context given, so the samples are at the training contexts' "
+        f"mean ({mean[0]:.4g}, {mean[1]:.4g}); choose one with --context {mean[0]:.4g},"
+        f"{mean[1]:.4g} (2 values; ';' between several contexts) or --context FILE.npy/.csv of "
+        "rows"
+    ]
+    np.testing.assert_allclose(np.load(tmp_path / "a.contexts.npy"), np.tile(mean, (3, 1)))
+    argv = ["sample", str(out_dir), "-n", "3", "--context", "1,2", "--out", str(tmp_path / "b.npy")]
+    code, out, err = run(capsys, *argv)
+    assert code == 0 and "note" not in err, err
+
+
 def test_score_and_context_mistakes_are_one_line_errors(tmp_path, capsys):
     x_path, c_path, out_dir = _train_with_contexts(tmp_path, capsys, 5)
     np.save(tmp_path / "x3.npy", np.zeros((5, 3)))

@@ -283,8 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="conditional runs: the context(s) to sample at: numbers 'a,b' (one context), "
         "'a,b;c,d' (several), a class label for class-conditional images, or a .npy/.csv file "
-        "of rows; NUM samples per context (default: every class, or the run's reporting "
-        "contexts)",
+        "of rows; NUM samples per context (default: every class, the run's reporting "
+        "contexts, or else the training contexts' mean, which a note on stderr names)",
     )
 
     p = sub.add_parser(
@@ -902,6 +902,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         contexts = scoring.parse_contexts(task, args.context)
     elif getattr(task, "context_dim", 0):
         contexts = task.default_contexts()  # type: ignore[attr-defined]
+        _note_default_context(task, contexts)
     _check_sample_size(args.num, task.dim, 1 if contexts is None else len(contexts))
     out = args.out or trained.run.path / "samples.npy"
     inputs = [*trained.run.input_files(), *_context_file(args.context)]
@@ -1024,6 +1025,26 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 
 _SHOWN_CONTEXTS = 8  # panels (points) or rows (images) of a conditional sample picture
 _SHOWN_VALUES = 4  # values of one context written out; a wider one is cut with its width
+
+
+def _note_default_context(task: Any, contexts: torch.Tensor) -> None:
+    """Say on stderr which one context a conditional run without ``--context`` is sampled at,
+    when it is a stand-in (the training contexts' mean, or the first test context) and how to
+    choose one (try-out 17: it was silent). Every class and a toy's reporting contexts are the
+    run's own set, which the ``wrote ...`` line lists."""
+    source = task.default_contexts_source()
+    if source not in ("mean", "test"):
+        return
+    what = "the training contexts' mean" if source == "mean" else "the run's first test context"
+    row = scoring.context_columns(task, contexts[:1])[0][0].tolist()
+    k = len(row)
+    example = ",".join(f"{v:.4g}" for v in row) if k <= _SHOWN_VALUES else f"v1,...,v{k}"
+    print(
+        f"iresnet sample: note: no --context given, so the samples are at {what} "
+        f"({_context_text(row)}); choose one with --context {example} ({count(k, 'value')}; "
+        "';' between several contexts) or --context FILE.npy/.csv of rows",
+        file=sys.stderr,
+    )
 
 
 def _context_text(row: list[float]) -> str:

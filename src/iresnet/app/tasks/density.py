@@ -264,15 +264,29 @@ class DensityTask(Task):
             **inverse_summary(diagnostics),
         }
 
+    def default_contexts_source(self) -> str:
+        """Which contexts ``default_contexts`` gives: ``classes`` (every class), ``report``
+        (a conditional toy's reporting contexts), ``mean`` (the training contexts' mean),
+        ``test`` (the first test context); "" for a run that is not conditional."""
+        if not self.context_dim:
+            return ""
+        if self.data.class_context:
+            return "classes"
+        if self.data.report_contexts is not None:
+            return "report"
+        return "mean" if self.data.context_standardizer is not None else "test"
+
     def default_contexts(self) -> Tensor | None:
         """The contexts ``sample`` uses when none are given: every class (class-conditional
         images), the reporting contexts of a conditional toy, else the training contexts' mean
-        (saved with the run, so no data is read)."""
-        if not self.context_dim:
+        (saved with the run, so no data is read); ``default_contexts_source`` says which."""
+        source = self.default_contexts_source()
+        if not source:
             return None
-        if self.data.class_context:
+        if source == "classes":
             return self.one_hot(torch.arange(self.context_dim))
-        if self.data.report_contexts is not None:
+        if source == "report":
+            assert self.data.report_contexts is not None
             return self.data.report_contexts.to(self.device)
         if self.data.context_standardizer is not None:
             mean = torch.tensor([self.data.context_standardizer.mean], dtype=torch.float64)
