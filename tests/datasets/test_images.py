@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 import pickle
 import struct
@@ -147,6 +148,54 @@ def test_real_fashion_mnist_test_split() -> None:
     assert data.images.shape == (10000, 1, 28, 28)
     assert int(data.labels.min()) == 0 and int(data.labels.max()) == 9
     assert torch.bincount(data.labels).tolist() == [1000] * 10
+
+
+_SYSTEM_FASHION = next((d for d in FASHION_MNIST_SYSTEM_DIRS if d.is_dir()), None)
+
+
+@pytest.mark.skipif(_SYSTEM_FASHION is None, reason="dataset-fashion-mnist absent")
+def test_fashion_mnist_files_read_as_mnist_are_refused(tmp_path: Path) -> None:
+    """The two sets share their file names and shapes: a Fashion-MNIST folder given to mnist
+    trained and reported "mnist" bits/dim (try-out 17). Its files are known by the MD5 of
+    their content, gzipped (Debian's, recompressed) or not."""
+    assert _SYSTEM_FASHION is not None
+    with pytest.raises(DataError) as info:
+        load_mnist(_SYSTEM_FASHION, "test")
+    msg = str(info.value)
+    assert "\n" not in msg and msg.startswith(
+        f"{_SYSTEM_FASHION / 't10k-images-idx3-ubyte.gz'} holds Fashion-MNIST's "
+        "t10k-images-idx3-ubyte (the published file's MD5), not MNIST's: use it as "
+        f"fashion-mnist (a fashion-mnist preset, or data.name=fashion-mnist, with --data-dir "
+        f"{_SYSTEM_FASHION})"
+    )
+    # decompressed, in torchvision's layout, the labels alone: the same file, refused
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    labels = gzip.decompress((_SYSTEM_FASHION / "t10k-labels-idx1-ubyte.gz").read_bytes())
+    (raw / "t10k-labels-idx1-ubyte").write_bytes(labels)
+    _write_idx(raw / "t10k-images-idx3-ubyte", np.zeros((10000, 28, 28), np.uint8))
+    with pytest.raises(DataError, match="t10k-labels-idx1-ubyte holds Fashion-MNIST's"):
+        load_image_dataset("mnist", "test", data_dir=str(tmp_path))
+    assert len(load_fashion_mnist(tmp_path / "MNIST" / "raw", "test")) == 10000  # as itself
+
+
+def test_only_the_other_sets_published_files_are_refused(tmp_path: Path, monkeypatch) -> None:
+    """Files that are neither set's (your own IDX files) load under either name; a file whose
+    content is MNIST's published one is refused as Fashion-MNIST (a tiny stand-in, no MNIST
+    file here: its MD5 is put in MNIST's table)."""
+    from iresnet.datasets import images
+
+    _write_mnist(tmp_path, "test", 3, gz=True)
+    assert len(load_mnist(tmp_path, "test")) == len(load_fashion_mnist(tmp_path, "test")) == 3
+    content = images._idx_content(tmp_path / "t10k-images-idx3-ubyte.gz")
+    table = {**images._PUBLISHED_IDX_MD5["mnist"]}
+    table["t10k-images-idx3-ubyte"] = hashlib.md5(content).hexdigest()
+    monkeypatch.setitem(images._PUBLISHED_IDX_MD5, "mnist", table)
+    with pytest.raises(
+        DataError, match="holds MNIST's t10k-images-idx3-ubyte .* not Fashion-MNIST"
+    ):
+        load_fashion_mnist(tmp_path, "test")
+    assert len(load_mnist(tmp_path, "test")) == 3  # MNIST's own file, read as MNIST
 
 
 # ---------------------------------------------------------------------------------- CIFAR

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import codecs
 import gzip
+import hashlib
 import importlib
 import math
 import pickle
@@ -161,6 +162,11 @@ def read_idx(path: str | Path) -> np.ndarray:
         >>> folder.cleanup()
     """
     path = Path(path)
+    return _parse_idx(path, _idx_content(path))
+
+
+def _idx_content(path: Path) -> bytes:
+    """An IDX file's bytes, decompressed where it is gzipped (by its magic bytes)."""
     try:
         raw = path.read_bytes()
     except OSError as exc:
@@ -170,6 +176,11 @@ def read_idx(path: str | Path) -> np.ndarray:
             raw = gzip.decompress(raw)
         except (OSError, EOFError, zlib.error) as exc:
             raise DataError(f"IDX file {path}: corrupt or truncated gzip stream ({exc})") from exc
+    return raw
+
+
+def _parse_idx(path: Path, raw: bytes) -> np.ndarray:
+    """``read_idx`` of the bytes ``raw`` read from ``path`` (named in the errors)."""
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
         raise DataError(f"IDX file {path}: bad magic {raw[:4]!r} (expected 0x00 0x00 type ndim)")
     code, ndim = raw[2], raw[3]
@@ -262,9 +273,54 @@ def _found_idx_pair(name: str, split: str, folders: Sequence[Path]) -> tuple[Pat
     return found
 
 
+#: MD5 of the decompressed content of each set's published IDX files (the ``.gz`` files'
+#: own MD5s differ wherever a file was recompressed, as Debian's ``dataset-fashion-mnist``
+#: is). Fashion-MNIST: checked here on Debian's files, whose ``.gz`` bytes are not Zalando's
+#: (Zalando's .gz MD5s: 8d4fb7e6..., 25c81989..., bef4ecab..., bb300cfd...) but whose content
+#: is. MNIST: the content of the files with the .gz MD5s f68b3c2d..., d53e105e..., 9fb629c4...,
+#: ec29112d... (torchvision's), as published with them; no MNIST file on this project's
+#: machines to check them on.
+_PUBLISHED_IDX_MD5 = {
+    "mnist": {
+        "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+        "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+        "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+        "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
+    },
+    "fashion-mnist": {
+        "train-images-idx3-ubyte": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+        "train-labels-idx1-ubyte": "9018921c3c673c538a1fc5bad174d6f9",
+        "t10k-images-idx3-ubyte": "8181f5470baa50b63fa0f6fddb340f0a",
+        "t10k-labels-idx1-ubyte": "15d484375f8d13e6eb1aabb0c3f46965",
+    },
+}
+_TITLES = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST"}
+
+
+def _check_not_the_other_set(name: str, stem: str, path: Path, content: bytes) -> None:
+    """Refuse an IDX file of ``name`` (``mnist`` or ``fashion-mnist``) whose content is the
+    other set's published file of the same name: the two sets share their file names and
+    shapes, so a folder of one read as the other trained and reported under the wrong name.
+    Files that are neither set's (your own) pass. One MD5 of bytes already in memory."""
+    other = "fashion-mnist" if name == "mnist" else "mnist"
+    if hashlib.md5(content, usedforsecurity=False).hexdigest() != _PUBLISHED_IDX_MD5[other][stem]:
+        return
+    raise DataError(
+        f"{path} holds {_TITLES[other]}'s {stem} (the published file's MD5), not "
+        f"{_TITLES[name]}'s: use it as {other} (a {other} preset, or data.name={other}, with "
+        f"--data-dir {path.parent}), or give --data-dir (data.data_dir) a folder of "
+        f"{_TITLES[name]}'s files"
+    )
+
+
 def _load_idx_pair(name: str, split: str, folders: Sequence[Path]) -> ImageData:
     img_path, lab_path = _found_idx_pair(name, split, folders)
-    images, labels = read_idx(img_path), read_idx(lab_path)
+    arrays = []
+    for path, stem in zip((img_path, lab_path), _IDX_STEMS[split], strict=True):
+        content = _idx_content(path)
+        _check_not_the_other_set(name, stem, path, content)
+        arrays.append(_parse_idx(path, content))
+    images, labels = arrays
     if images.ndim != 3 or images.dtype != np.uint8:
         raise DataError(f"{img_path}: expected uint8 (N, H, W), got {images.dtype} {images.shape}")
     if labels.ndim != 1 or labels.dtype.kind not in "iu":
