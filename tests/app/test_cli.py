@@ -1129,7 +1129,7 @@ def test_a_dry_run_checks_the_config_but_not_the_machine(capsys, tmp_path):
 
 def test_an_image_preset_trains_without_warning_about_its_own_roulette(capsys, tmp_path):
     """``iresnet train digits`` as shipped: the preset's Geometric(1/2), kept on measurement,
-    is one note, not a RouletteVarianceWarning (try-out 17)."""
+    is one note, not a RouletteVarianceWarning (a user try-out)."""
     pytest.importorskip("sklearn")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -189,7 +189,7 @@ def test_train_with_contexts_then_score_agrees_with_evaluate(tmp_path, capsys):
 
 def test_sample_without_context_names_the_context_it_used(tmp_path, capsys):
     """A run on the user's contexts sampled without --context draws at the training contexts'
-    mean: one note on stderr says so, with the values and how to pass a context (try-out 17:
+    mean: one note on stderr says so, with the values and how to pass a context (a user try-out:
     it was silent). With --context, no note."""
     _, _, out_dir = _train_with_contexts(tmp_path, capsys, 2)
     mean = load_run(out_dir).data.train_c.numpy().mean(0)

@@ -589,7 +589,7 @@ def test_a_torn_metrics_line_is_dropped_on_resume_and_named_in_one_line(tmp_path
 
 
 def test_the_presets_own_roulette_is_a_note_not_a_warning(capsys):
-    """The image presets keep Geometric(1/2) on measurement (try-out 17): a user who changed
+    """The image presets keep Geometric(1/2) on measurement (a user try-out): a user who changed
     nothing gets one note that says why and what to set, not a RouletteVarianceWarning about
     the preset's own law. A law of the user's own, a bound of 1 and every other warning stay
     warnings; the library warns as before."""

@@ -156,7 +156,7 @@ _SYSTEM_FASHION = next((d for d in FASHION_MNIST_SYSTEM_DIRS if d.is_dir()), Non
 @pytest.mark.skipif(_SYSTEM_FASHION is None, reason="dataset-fashion-mnist absent")
 def test_fashion_mnist_files_read_as_mnist_are_refused(tmp_path: Path) -> None:
     """The two sets share their file names and shapes: a Fashion-MNIST folder given to mnist
-    trained and reported "mnist" bits/dim (try-out 17). Its files are known by the MD5 of
+    trained and reported "mnist" bits/dim (a user try-out). Its files are known by the MD5 of
     their content, gzipped (Debian's, recompressed) or not."""
     assert _SYSTEM_FASHION is not None
     with pytest.raises(DataError) as info:

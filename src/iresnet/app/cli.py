@@ -1030,7 +1030,7 @@ _SHOWN_VALUES = 4  # values of one context written out; a wider one is cut with 
 def _note_default_context(task: Any, contexts: torch.Tensor) -> None:
     """Say on stderr which one context a conditional run without ``--context`` is sampled at,
     when it is a stand-in (the training contexts' mean, or the first test context) and how to
-    choose one (try-out 17: it was silent). Every class and a toy's reporting contexts are the
+    choose one (a user try-out: it was silent). Every class and a toy's reporting contexts are the
     run's own set, which the ``wrote ...`` line lists."""
     source = task.default_contexts_source()
     if source not in ("mean", "test"):

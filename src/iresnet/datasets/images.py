@@ -349,8 +349,9 @@ def load_mnist(root: str | Path, split: str = "train") -> ImageData:
         split: ``"train"`` or ``"test"``.
 
     Raises:
-        DataError: an unknown split, missing files (the message says where to get them) or
-            malformed ones.
+        DataError: an unknown split, missing files (the message says where to get them),
+            malformed ones, or Fashion-MNIST's published files (known by the MD5 of their
+            content; the two sets share file names and shapes).
 
     References:
         - LeCun, Bottou, Bengio, Haffner, "Gradient-Based Learning Applied to Document
@@ -377,8 +378,8 @@ def load_fashion_mnist(root: str | Path | None = None, split: str = "train") -> 
         split: ``"train"`` or ``"test"``.
 
     Raises:
-        DataError: an unknown split, missing files (the message says where to get them) or
-            malformed ones.
+        DataError: an unknown split, missing files (the message says where to get them),
+            malformed ones, or MNIST's published files (known by the MD5 of their content).
 
     References:
         - Xiao, Rasul, Vollgraf, "Fashion-MNIST: a Novel Image Dataset for Benchmarking Machine
