@@ -134,7 +134,7 @@ def test_non_numeric_field_names_line_and_column(tmp_path: Path) -> None:
         ("a;b;c\n1;2;3\n4;5;6\n", "semicolon-separated: save it comma-separated"),
         ("1\t2\n3\t4\n", "tab-separated"),
         ("0,37;-0,53\n1,25;2,5\n", "semicolon-separated: save it comma-separated with decimal"),
-        ("1,2,\n3,4,\n", "empty field (a missing value, or a trailing comma?)"),
+        ("1,2,\n3,4,\n", "every row ends in an empty field (a trailing comma after the last"),
         ("1,,2\n3,4,5\n", "empty field (a missing value?) at line 1, column 2;"),
     ],
 )
@@ -173,6 +173,32 @@ def test_a_missing_value_is_refused_naming_its_line_and_column(tmp_path: Path, v
         "values); missing values (NA, NaN, ?, empty fields) are not supported: drop or impute "
         "those rows"
     )
+
+
+@pytest.mark.parametrize("text", ["1,2,\n3,4,\n", "a,b,\n1,2,\n3,4,\n", "1,2,\n\n3,4, \n"])
+def test_a_trailing_comma_on_every_row_is_named_as_one(tmp_path: Path, text: str) -> None:
+    """A file whose every row ends in a comma was told its rows hold missing values to drop
+    or impute (every row): the trailing comma is what to remove."""
+    path = _write(tmp_path / "t.csv", text)
+    with pytest.raises(DataError) as refused:
+        load_array(path)
+    first = 2 if text.startswith("a") else 1
+    assert str(refused.value) == (
+        f"{path}: every row ends in an empty field (a trailing comma after the last column, "
+        f"line {first} first); remove the trailing commas, or the empty last column"
+    )
+    # a missing value elsewhere too: the missing-value message, as before
+    _refused(_write(tmp_path / "u.csv", "1,2,\n3,NA,\n"), "missing values (NA, NaN, ?")
+
+
+def test_a_spreadsheet_error_value_is_a_field_not_a_comment(tmp_path: Path) -> None:
+    """Excel's ``#N/A`` was cut as a comment and met the comment hint: it is a missing
+    value, and ``#DIV/0!`` a non-numeric field, named as written; a comment stays one."""
+    path = _write(tmp_path / "x.csv", "a,b\n1,2\n3, #N/A\n")
+    _refused(path, "missing value '#N/A' at line 3, column 2; missing values")
+    _refused(_write(tmp_path / "y.csv", "1,2\n#DIV/0!,4\n"), "'#DIV/0!' at line 2, column 1")
+    assert load_array(_write(tmp_path / "z.csv", "1,2 #N/A is a note here\n3,4\n")).shape == (2, 2)
+    assert load_array(_write(tmp_path / "w.csv", "1,2\n3,4 #N/A\n")).shape == (2, 2)
 
 
 def test_one_missing_value_in_the_last_column_may_be_a_trailing_comma(tmp_path: Path) -> None:

@@ -44,8 +44,34 @@ _ArrayT = TypeVar("_ArrayT", np.ndarray, torch.Tensor)
 #: Fields that spreadsheets, R, pandas and the UCI files write for a missing value (compared
 #: stripped and lower-cased); an empty field and any spelling of NaN are missing values too.
 MISSING_VALUES = frozenset(
-    {"na", "n/a", "nan", "-nan", "+nan", "null", "none", "<na>", "nil", "missing", "?", "-", "."}
+    {
+        *("na", "n/a", "nan", "-nan", "+nan", "null", "none", "<na>", "nil", "missing"),
+        *("?", "-", ".", "#n/a", "#na"),
+    }
 )
+
+#: Spreadsheet error values (Excel's, LibreOffice's) that a CSV export writes as a field's
+#: whole text: a ``#`` that starts one of them starts a field, not a comment.
+SPREADSHEET_ERRORS = (
+    "#N/A",
+    "#NA",
+    "#VALUE!",
+    "#DIV/0!",
+    "#REF!",
+    "#NAME?",
+    "#NUM!",
+    "#NULL!",
+)
+
+
+def _spreadsheet_error_at(line: str, i: int) -> bool:
+    """Whether the ``#`` at ``line[i]`` begins a whole field that is a spreadsheet error
+    value (``#N/A``, ``#DIV/0!``...): after a comma or the line's start (blanks aside) and up
+    to the next comma or the line's end."""
+    if line[:i].rstrip(" \t")[-1:] not in ("", ","):
+        return False
+    rest = line[i:].split(",", 1)[0].rstrip(" \t\r\n").upper()
+    return rest in SPREADSHEET_ERRORS
 
 
 def _is_missing(field: str, value: float | None) -> bool:
@@ -81,9 +107,10 @@ def _parse_float(field: str) -> float | None:
 def uncommented(lines: Iterable[str], cuts: dict[int, int] | None = None) -> Iterator[str]:
     r"""``lines`` of a CSV file with their comments cut, as ``numpy.loadtxt(comments="#")``
     cuts them: from a ``#`` to the end of the line (a ``#`` inside a double-quoted field, a
-    header name such as ``"#id"``, is kept). A whole-line comment (``numpy.savetxt``'s
-    ``header=``) becomes a blank line, so the line numbers still hold; ``1,2  # note`` reads
-    as ``1,2``.
+    header name such as ``"#id"``, is kept, and so is a field that is a spreadsheet's error
+    value, ``#N/A`` or ``#DIV/0!``: ``SPREADSHEET_ERRORS``). A whole-line comment
+    (``numpy.savetxt``'s ``header=``) becomes a blank line, so the line numbers still hold;
+    ``1,2  # note`` reads as ``1,2``.
 
     Args:
         lines: the file's lines.
@@ -103,7 +130,7 @@ def uncommented(lines: Iterable[str], cuts: dict[int, int] | None = None) -> Ite
         for i, char in enumerate(line):
             if char == '"':
                 quoted = not quoted
-            elif char == "#" and not quoted:
+            elif char == "#" and not quoted and not _spreadsheet_error_at(line, i):
                 end = line[len(line.rstrip("\r\n")) :]
                 if cuts is not None and line[:i].strip():
                     cuts[number] = i + 1
@@ -130,6 +157,8 @@ def _read_csv(path: Path) -> tuple[np.ndarray, list[int], list[str] | None]:
     empty: list[int] = []  # lines of empty fields only (``,,``) since the last row
     missing: tuple[int, int, str, bool] | None = None  # the first: line, column, field, last?
     missing_rows: list[int] = []  # the lines of the rows that hold a missing value
+    empty_last = 0  # rows whose last field is empty (a trailing comma where it is every row)
+    other_missing = False  # a missing value other than an empty last field
     first_line = 0
     width = 0
     try:
@@ -174,6 +203,10 @@ def _read_csv(path: Path) -> tuple[np.ndarray, list[int], list[str] | None]:
                             missing_rows.append(line)
                         if missing is None:
                             missing = (line, col, field, col == len(fields))
+                        if col == len(fields) and not field.strip():
+                            empty_last += 1
+                        else:
+                            other_missing = True
                         value = math.nan
                     if value is None:
                         shown = _shorten(field.strip())
@@ -193,6 +226,12 @@ def _read_csv(path: Path) -> tuple[np.ndarray, list[int], list[str] | None]:
             f"{path}: no values: its {count(len(empty), 'row')} "
             f"{'holds' if len(empty) == 1 else 'hold'} only empty fields (like ',,'); put the "
             "data in the file (save or export it again)"
+        )
+    if missing is not None and not other_missing and empty_last == len(rows) and width > 1:
+        raise DataError(
+            f"{path}: every row ends in an empty field (a trailing comma after the last "
+            f"column, line {missing[0]} first); remove the trailing commas, or the empty last "
+            "column"
         )
     if missing is not None:  # after the whole file: how many rows there are to drop
         raise DataError(_missing_message(path, missing, len(missing_rows)))
