@@ -63,6 +63,8 @@ from bench.timing import time_interleaved
 
 NAME = "certificate"
 METHODS = ("power iteration", "tap", "Frobenius", "FFT+Gram", "FFT+SVD")
+#: The methods that give a provable upper bound (the power iteration is an estimate from below).
+BOUNDS = ("tap", "Frobenius", "FFT+Gram", "FFT+SVD")
 PI_TOL, PI_MAX_ITER = 1e-9, 20_000  # SpectralConv2d.operator_norm()'s defaults
 
 
@@ -263,7 +265,7 @@ def run_layer(layer: dict, args, repeats: int, power_max_iter: int) -> dict:
             values["power iteration"],
             layer["operator_norm"],
         )
-    for name in ("tap", "Frobenius", "FFT+Gram", "FFT+SVD"):  # the bounds: never below
+    for name in BOUNDS:  # never below, up to float64 rounding
         assert values[name] >= ref * (1 - 1e-9), (layer["label"], name, values[name], ref)
     return rec
 
@@ -329,6 +331,10 @@ def summary_of(records: list[dict]) -> tuple[dict, str]:
             r["values"]["FFT+Gram"] / r["values"]["FFT+SVD"] - 1 for r in records
         ),
         "any_bound_below_reference": False,  # asserted per layer in run_layer
+        # float64 rounding: the bounds are provable in exact arithmetic (iresnet.nn.bounds)
+        "bounds_worst_under_reference": min(
+            0.0, *(r["ratio"][b] - 1 for r in records for b in BOUNDS)
+        ),
     }
     lines = [
         f"- Preset layers: FFT+Gram / reference - 1 from "
@@ -342,7 +348,10 @@ def summary_of(records: list[dict]) -> tuple[dict, str]:
         "layer (below: not a bound).",
         f"- FFT+Gram over FFT+SVD (the Gram iteration's own looseness): at most "
         f"{s['fft_gram_minus_fft_svd_worst']:.1e}.",
-        "- No bound was below its reference (asserted for every layer).",
+        "- No bound was below its reference beyond float64 rounding (asserted within 1e-9 "
+        f"relative for every layer; at worst {s['bounds_worst_under_reference']:+.1e}: the "
+        "bounds are provable in exact arithmetic and computed in float64, see "
+        "iresnet.nn.bounds).",
     ]
     return s, "\n".join(lines)
 

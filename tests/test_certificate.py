@@ -50,6 +50,9 @@ def test_kind_survives_json_and_an_older_certificate_still_reads():
     data = json.loads(json.dumps(cert.to_dict()))
     assert [b["kind"] for b in data["blocks"]] == ["conv", "conv", "fc", "fc"]
     assert Certificate.from_dict(data) == cert
+    # the JSON's name of a block's bound reads on the object too (it raised AttributeError)
+    assert [b.lipschitz for b in cert.blocks] == [b["lipschitz"] for b in data["blocks"]]
+    assert [b.lipschitz for b in cert.blocks] == [b.bound for b in cert.blocks]
     for b in data["blocks"]:
         del b["kind"]  # an eval.json written before the field existed
     old = Certificate.from_dict(data)

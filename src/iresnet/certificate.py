@@ -68,6 +68,12 @@ class BlockCertificate:
         return ", ".join(m if n == 1 else f"{m} x{n}" for m, n in counts.items()) or "-"
 
     @property
+    def lipschitz(self) -> float:
+        """``bound`` under the name the JSON form (``Certificate.to_dict``, ``iresnet evaluate
+        --json``) gives it."""
+        return self.bound
+
+    @property
     def invertible(self) -> bool:
         """Whether the bound is below 1."""
         return self.bound < 1.0

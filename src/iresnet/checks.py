@@ -123,12 +123,12 @@ def check_input(
         return
     # Under autocast, half-precision activations meet float32 weights by design.
     if x.dtype != dtype and not any_float and not torch.is_autocast_enabled(x.device.type):
-        method = {torch.float32: "float", torch.float64: "double", torch.float16: "half"}
+        method = {torch.float32: "float()", torch.float64: "double()", torch.float16: "half()"}
         to_x = method.get(dtype, f"to(torch.{_name(dtype)})")
         to_m = method.get(x.dtype, f"to(torch.{_name(x.dtype)})")
         raise DataError(
-            f"{where}: got {_name(x.dtype)}, the module is {_name(dtype)}: call x.{to_x}() or "
-            f"module.{to_m}()"
+            f"{where}: got {_name(x.dtype)}, the module is {_name(dtype)}: call x.{to_x} or "
+            f"module.{to_m}"
         )
 
 

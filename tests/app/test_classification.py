@@ -232,7 +232,11 @@ def test_score_gives_a_hybrids_density_and_refuses_a_classifier_by_its_command(t
     bare = load_run(tmp_path / "hybrid", data=False)
     torch.manual_seed(5)
     result = score_file(bare.task, bare.model, tmp_path / "img.npy", repeats=2)
-    assert result.estimator == "exact + uniform dequantisation (E_u log p(x + u): a lower bound)"
+    assert (
+        result.estimator
+        == "exact + uniform dequantisation (estimates of E_u log p(x + u), a lower bound of "
+        "log P(x))"
+    )
     x = torch.as_tensor(images)
     torch.manual_seed(5)
     with torch.no_grad():

@@ -237,11 +237,14 @@ def test_score_of_a_variational_run_says_it_is_the_elbo(tmp_path):
     result = score_file(run.task, run.model, tmp_path / "img.npy", repeats=2)
     assert (
         result.estimator
-        == "exact + variational dequantisation (the one-sample ELBO: a lower bound)"
+        == "exact + variational dequantisation (one-sample estimates of the ELBO, a lower bound "
+        "of log P(x))"
     )
     assert result.logdet == "exact"
     assert (
-        result.dequantisation == "variational dequantisation (the one-sample ELBO: a lower bound)"
+        result.dequantisation
+        == "variational dequantisation (one-sample estimates of the ELBO, a lower bound of "
+        "log P(x))"
     )
 
 
@@ -258,8 +261,8 @@ def test_the_score_line_keeps_the_dequantisation_out_of_the_log_det(tmp_path, ca
     assert main([*argv, "--out", str(tmp_path / "s.csv")]) == 0
     out = capsys.readouterr().out
     # 64 dimensions: scored with the exact log-det
-    assert "nats with the exact log-det and uniform dequantisation (E_u log p(x + u): " in out
-    assert "a lower bound); columns log_prob," in out
+    assert "nats with the exact log-det and uniform dequantisation (estimates of E_u " in out
+    assert "a lower bound of log P(x)); columns log_prob," in out
 
 
 # ----------------------------------------------------------- score: what an image run takes

@@ -120,6 +120,17 @@ def test_a_pandas_index_column_is_refused_and_can_be_dropped(tmp_path):
         scores.append(np.genfromtxt(out, delimiter=",", names=True))
     assert len(scores[0]) == 200
     np.testing.assert_array_equal(scores[0]["log_prob"], scores[1]["log_prob"])
+    # a run that refused the index: score's refusal offers what score can do, not a flag of
+    # train's (it advised data.index_column=drop, which score does not take)
+    result = iresnet(
+        "train", *TINY, "--data", str(plain), "--steps", "2", "--out", str(tmp_path / "p")
+    )
+    assert result.returncode == 0, result.stderr
+    result = iresnet(
+        "score", str(tmp_path / "p"), "--data", str(data), "--out", str(tmp_path / "p-scores.csv")
+    )
+    one_line_error(result, "to_csv(index=False)", "data.index_column=refuse: the run's choice")
+    assert "pass data.index_column=drop" not in result.stderr
 
 
 def test_a_run_does_not_need_its_data_file_to_sample_or_certify(trained, tmp_path):

@@ -139,6 +139,10 @@ def test_mistakes_are_named_in_one_line_with_the_fix():
         match=r"got float64, the module is float32: call x\.float\(\) or module\.double\(\)",
     ):
         flow.log_prob(torch.zeros(4, 2, dtype=torch.float64))
+    # a dtype without a short method is named once, without a stray "()" (try-out 17)
+    with pytest.raises(iresnet.DataError) as refused:
+        flow.log_prob(torch.zeros(4, 2, dtype=torch.bfloat16))
+    assert str(refused.value).endswith("call x.float() or module.to(torch.bfloat16)")
     with pytest.raises(iresnet.DataError, match=r"shape \(\*batch, 2\), got \(4, 3\)"):
         flow.log_prob(torch.zeros(4, 3))
     with pytest.raises(iresnet.DataError, match="integer tensor"):

@@ -309,6 +309,16 @@ def _image_points(
     return torch.as_tensor(arr.astype(np.int64)).to(task.data.train_x.dtype)
 
 
+def _index_advice(task: DensityTask | HybridTask) -> str:
+    """What ``score`` can offer for a file with an unnamed row index: it reads files the way
+    the run read its training data (``data.index_column``), which the command line cannot
+    change."""
+    return (
+        f"score reads the file as the run read its training data, data.index_column="
+        f"{task.cfg.data.index_column}: the run's choice, not an option of score"
+    )
+
+
 def _read_points(task: DensityTask | HybridTask, path: Path) -> torch.Tensor:
     """The points of ``path`` as the run scores them: ``(N, d)`` float64 for a vector run,
     ``(N, C, H, W)`` levels for an image run (from a ``.npy`` of images or flattened rows, or
@@ -321,7 +331,13 @@ def _read_points(task: DensityTask | HybridTask, path: Path) -> torch.Tensor:
     if not task.images:
         # the run's own reading of its CSVs (an unnamed index column dropped if it was dropped)
         # no cap of its own: a file of another width gets the mismatch line below
-        x = load_array(path, max_dim=2**31, min_rows=1, index_column=task.cfg.data.index_column)
+        x = load_array(
+            path,
+            max_dim=2**31,
+            min_rows=1,
+            index_column=task.cfg.data.index_column,
+            index_advice=_index_advice(task),
+        )
         if x.shape[1] != task.dim:
             raise DataError(
                 f"{path}: {count(x.shape[1], 'column')}, but the run "
@@ -332,7 +348,13 @@ def _read_points(task: DensityTask | HybridTask, path: Path) -> torch.Tensor:
         raise DataError(f"{path}: no such file")
     forms = _image_forms(tuple(task.data.event_shape))
     if path.suffix.lower() == ".csv" and path.is_file():
-        x = load_array(path, max_dim=2**31, min_rows=1, index_column=task.cfg.data.index_column)
+        x = load_array(
+            path,
+            max_dim=2**31,
+            min_rows=1,
+            index_column=task.cfg.data.index_column,
+            index_advice=_index_advice(task),
+        )
         integers = bool(_csv_integer_columns(path, x.shape[1]).all())
         return _image_points(task, x, path, integers, count(x.shape[1], "column"))
     if path.suffix.lower() != ".npy" or not path.is_file():
@@ -463,10 +485,15 @@ def score_file(
     if not task.images:
         dequantisation = ""
     elif any(isinstance(m, VariationalDequantize) for m in model.modules()):
-        dequantisation = "variational dequantisation (the one-sample ELBO: a lower bound)"
+        dequantisation = (
+            "variational dequantisation (one-sample estimates of the ELBO, a lower bound of "
+            "log P(x))"
+        )
     else:
         # E_u log p(x + u) <= log P(x) by Jensen (Theis et al. 2016, arXiv:1511.01844): a
         # bound as the variational one is, which the label said only for that one (try-out 9).
-        dequantisation = "uniform dequantisation (E_u log p(x + u): a lower bound)"
+        dequantisation = (
+            "uniform dequantisation (estimates of E_u log p(x + u), a lower bound of log P(x))"
+        )
     label = f"{name} + {dequantisation}" if dequantisation else name
     return ScoreResult(columns, label, given, logdet=name, dequantisation=dequantisation)

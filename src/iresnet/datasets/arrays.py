@@ -377,6 +377,8 @@ def load_array(
     max_dim: int = 64,
     index_column: str = "refuse",
     min_rows: int = 2,
+    *,
+    index_advice: str | None = None,
 ) -> np.ndarray:
     """Load user data from a ``.npy`` or ``.csv`` file as a float64 array of shape ``(N, d)``.
 
@@ -395,6 +397,9 @@ def load_array(
             pattern of pandas' ``to_csv()``: an empty first header name over distinct
             integers): ``"refuse"`` (a ``DataError`` naming the choices), ``"drop"`` or
             ``"keep"`` (model it as a feature).
+        index_advice: what the refusal of such a column offers besides re-saving the file
+            (default: the training config's ``data.index_column=drop``/``keep``; a caller
+            that cannot take that option, such as ``iresnet score``, says what it can).
 
     Returns:
         A float64 array of shape ``(N, d)`` with ``N >= min_rows``, every value finite.
@@ -439,8 +444,13 @@ def load_array(
             if index_column == "refuse":
                 raise DataError(
                     f"{p}: the first column has no name and holds distinct integers: a row "
-                    "index as pandas' to_csv() writes it; re-save with to_csv(index=False), or "
-                    "pass data.index_column=drop to drop it (data.index_column=keep models it)"
+                    "index as pandas' to_csv() writes it; re-save with to_csv(index=False)"
+                    + (
+                        ", or pass data.index_column=drop to drop it (data.index_column=keep "
+                        "models it)"
+                        if index_advice is None
+                        else f" ({index_advice})"
+                    )
                 )
             if index_column == "drop":
                 array = array[:, 1:]
