@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from iresnet.datasets.arrays import (
     check_spread,
     discrete_columns,
     load_array,
+    note_outliers,
     split_array,
 )
 from iresnet.errors import ConfigError, DataError
@@ -596,3 +598,33 @@ def test_a_file_of_one_column_for_a_run_of_two_counts_it_in_words(tmp_path: Path
     assert two.standardizer is not None
     with pytest.raises(DataError, match="data has 1 column but the standardizer was fitted on 2"):
         two.standardizer.transform(np.zeros((3, 1)))
+
+
+def test_an_outlier_far_beyond_its_column_is_named() -> None:
+    """Try-out 17: one value of 1e30 in 2,000 normal rows was accepted without a word; its
+    column's standard deviation (2.5e28) squashed every other value, test NLL 65 against 4.4."""
+    x = np.random.default_rng(0).normal(size=(2000, 3))
+    x[41, 2] = 1e30
+    with pytest.warns(UserWarning) as caught:
+        note_outliers(x, "huge.csv")
+    assert len(caught) == 1
+    message = str(caught[0].message)
+    assert message.startswith("huge.csv: value 1e+30 at row 42, column 3 lies ")
+    assert "a typo or a missing-value sentinel?" in message and "fix or drop the row" in message
+    x[41, 2], x[7, 2] = -999999.0, -999999.0  # a sentinel twice
+    with pytest.warns(UserWarning, match=r"\(1 more in the column\)"):
+        note_outliers(x, "huge.csv")
+
+
+@pytest.mark.parametrize("kind", ["normal", "cauchy", "integers", "constant"])
+def test_heavy_tails_and_plain_data_are_not_outliers(kind: str) -> None:
+    rng = np.random.default_rng(1)
+    x = {
+        "normal": rng.normal(size=(5000, 2)),
+        "cauchy": rng.standard_cauchy(size=(100_000, 2)),  # max/MAD ~ 3e4 here
+        "integers": rng.integers(0, 3, size=(500, 2)).astype(float),
+        "constant": np.ones((50, 2)),
+    }[kind]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        note_outliers(x, "x.csv")

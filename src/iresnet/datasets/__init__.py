@@ -31,6 +31,7 @@ from .arrays import (
     constant_columns,
     discrete_columns,
     load_array,
+    note_outliers,
     split_array,
 )
 from .conditional import (
@@ -323,6 +324,7 @@ def load_dataset(
             raise ValueError(f"dequantize must be refuse, uniform or off, got {dequantize!r}")
         arr = load_array(path, max_dim=max_dim, index_column=index_column)
         check_range(arr, path)
+        note_outliers(arr, path)
         train_np, test_np = split_array(arr, test_fraction, seed)
         if min(len(train_np), len(test_np)) < 2:
             raise DataError(

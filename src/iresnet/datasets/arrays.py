@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,7 @@ __all__ = [
     "uncommented",
     "split_array",
     "check_range",
+    "note_outliers",
     "check_spread",
     "constant_columns",
     "discrete_columns",
@@ -554,6 +556,56 @@ def check_range(x: np.ndarray, source: str = "data") -> None:
             f"the model's float32 arithmetic (|x| <= {MAX_ABS_VALUE:g}); rescale the column, "
             f"e.g. divide it by {10 ** int(np.floor(np.log10(big[:, j].max()))):.0e}"
         )
+
+
+#: How far (in median absolute deviations from the median) a value may lie before
+#: ``note_outliers`` names it: a Cauchy sample of a million points reaches ~3e5.
+OUTLIER_SPREADS = 1e6
+
+
+def note_outliers(x: np.ndarray, source: str = "data") -> None:
+    """Warn of a value that lies far outside the rest of its column, more than
+    ``OUTLIER_SPREADS`` median absolute deviations from the column's median: a typo or a
+    missing-value sentinel (``1e30``, ``-999999``) accepted as data. Standardising by the
+    column's standard deviation then squashes every other value towards zero, and the fit and
+    its test NLL are ruined without an error.
+
+    Args:
+        x: ``(N, d)`` float array.
+        source: the data's name for the message (its file).
+
+    Warns:
+        UserWarning: the first such value, its row, column and distance, once per call.
+
+    Examples:
+        >>> import warnings
+        >>> x = np.random.default_rng(0).normal(size=(100, 2))
+        >>> x[7, 1] = 1e30
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter("always")
+        ...     note_outliers(x, "x.csv")
+        >>> str(caught[0].message)[:44]
+        'x.csv: value 1e+30 at row 8, column 2 lies 1'
+    """
+    if x.ndim != 2 or x.shape[0] < 3:
+        return
+    med = np.median(x, axis=0)
+    mad = np.median(np.abs(x - med), axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        spreads = np.where(mad > 0, np.abs(x - med) / np.where(mad > 0, mad, 1.0), 0.0)
+    if not spreads.size or float(spreads.max()) <= OUTLIER_SPREADS:
+        return
+    i, j = np.unravel_index(int(spreads.argmax()), spreads.shape)
+    far = int((spreads[:, j] > OUTLIER_SPREADS).sum())
+    others = f" ({far - 1} more in the column)" if far > 1 else ""
+    warnings.warn(
+        f"{source}: value {x[i, j]:.3g} at row {i + 1}, column {j + 1} lies "
+        f"{spreads[i, j]:.1e} median absolute deviations ({mad[j]:.3g}) from the column's "
+        f"median {med[j]:.3g}{others}: a typo or a missing-value sentinel? Standardising by the "
+        "column's standard deviation squashes its other values to nearly 0; fix or drop the row",
+        UserWarning,
+        stacklevel=3,
+    )
 
 
 def discrete_columns(x: np.ndarray, max_levels_fraction: float = 0.25) -> list[float]:
