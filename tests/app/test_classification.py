@@ -120,6 +120,8 @@ def test_hybrid_trains_and_reports_bpd_and_error(tmp_path):
     # Better than the uniform density on the cube (log2 17 bits/dim for digits), and a test
     # error below chance (90%).
     assert ev["estimator"] == "exact" and ev["test_bpd"] + 4 * ev["test_bpd_se"] < math.log2(17)
+    # its density's yardstick, as image flows report it (a hybrid had none: try-out 17)
+    assert 0 < ev["categorical_bpd"] < math.log2(17) and ev["categorical_bpd_se"] > 0
     assert 0 <= ev["test_error"] < 0.9
     assert ev["feature_inverse_max_error"] <= 1e-4
     # The periodic evaluation scores the density as `evaluate` does (exact at D = 64), not

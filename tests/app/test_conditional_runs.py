@@ -377,6 +377,11 @@ def test_a_class_conditional_digits_run_samples_each_class_and_scores_in_bits(tm
     trained = load_run(out_dir)
     assert trained.model.context == 10
     assert all(b.conditional for b in iresnet.certify(trained.model).blocks)
+    # the yardstick of p(x | y): per-class categoricals beside the unconditional ones (the
+    # class-conditional run was set against the unconditional floor alone: try-out 17)
+    ev = trained.task.full_evaluation(trained.model, n_inverse=4, n_test=64)
+    assert ev["categorical_bpd_per_class"] < ev["categorical_bpd"]
+    assert ev["categorical_bpd_per_class_se"] > 0
     # per class: n samples at each label
     code, out, err = run(
         capsys,

@@ -65,14 +65,24 @@ def evaluating(model: nn.Module) -> Iterator[nn.Module]:
         model.train(was_training)
 
 
-def categorical_bits_per_dim(train: Tensor, test: Tensor, levels: int) -> tuple[float, float]:
+def categorical_bits_per_dim(
+    train: Tensor,
+    test: Tensor,
+    levels: int,
+    train_labels: Tensor | None = None,
+    test_labels: Tensor | None = None,
+) -> tuple[float, float]:
     """Test bits/dim of independent per-pixel categorical distributions fitted to the training
-    images (add-one smoothing): the floor any image density model must clear.
+    images (add-one smoothing): the floor any image density model must clear. Given labels,
+    one such model per class, each test image scored under its own class's: the floor of a
+    class-conditional model ``p(x | y)``.
 
     Args:
         train: ``(N, *event)`` integer levels in ``0..levels-1``.
         test: ``(M, *event)`` integer levels.
         levels: ``K``.
+        train_labels: ``(N,)`` class labels, or None for one model of all images.
+        test_labels: ``(M,)`` class labels (with ``train_labels``).
 
     Returns:
         The mean over test images of ``-sum_i log2 p_i(x_i) / D`` and its standard error.
@@ -84,12 +94,24 @@ def categorical_bits_per_dim(train: Tensor, test: Tensor, levels: int) -> tuple[
     """
     flat_train = train.reshape(train.shape[0], -1).long().cpu()
     flat_test = test.reshape(test.shape[0], -1).long().cpu()
-    d = flat_train.shape[1]
+    if train_labels is None or test_labels is None:
+        return mean_se(_categorical_bits(flat_train, flat_test, levels))
+    train_y, test_y = train_labels.long().cpu(), test_labels.long().cpu()
+    bits = torch.empty(flat_test.shape[0], dtype=torch.float64)
+    for y in test_y.unique().tolist():
+        fit, scored = train_y == y, test_y == y
+        bits[scored] = _categorical_bits(flat_train[fit], flat_test[scored], levels)
+    return mean_se(bits)
+
+
+def _categorical_bits(flat_train: Tensor, flat_test: Tensor, levels: int) -> Tensor:
+    """``(M,)`` bits per dimension of each test row under per-position categoricals fitted to
+    ``flat_train`` ``(N, D)`` with add-one smoothing (N may be 0: the uniform law)."""
+    d = flat_test.shape[1]
     counts = torch.ones(d, levels, dtype=torch.float64)  # add-one (Laplace) smoothing
     counts.scatter_add_(1, flat_train.T, torch.ones(d, flat_train.shape[0], dtype=torch.float64))
     log_p = (counts / counts.sum(1, keepdim=True)).log2()
-    bits = -log_p.gather(1, flat_test.T).mean(0)  # (M,): bits per dimension of each image
-    return mean_se(bits)
+    return -log_p.gather(1, flat_test.T).mean(0)
 
 
 #: The most always-computed terms of the scoring roulette (its law's ``p`` still follows the

@@ -171,6 +171,17 @@ class DensityTask(Task):
                 out["categorical_bpd"], out["categorical_bpd_se"] = categorical_bits_per_dim(
                     self.data.train_x, self.data.test_x[: logps.shape[0]], self.data.n_levels
                 )
+                if self.data.class_context:  # a model of p(x | y): per-class categoricals too
+                    per_class = categorical_bits_per_dim(
+                        self.data.train_x,
+                        self.data.test_x[: logps.shape[0]],
+                        self.data.n_levels,
+                        self.data.train_y,
+                        self.data.test_y[: logps.shape[0]],
+                    )
+                    out["categorical_bpd_per_class"], out["categorical_bpd_per_class_se"] = (
+                        per_class
+                    )
             variational = any(isinstance(m, VariationalDequantize) for m in model.modules())
             out["dequantization"] = "variational" if variational else "uniform"
             if variational:
