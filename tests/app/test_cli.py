@@ -1151,3 +1151,22 @@ def test_an_image_preset_trains_without_warning_about_its_own_roulette(capsys, t
     assert code == 0, err
     assert not [w for w in caught if "RouletteVariance" in w.category.__name__]
     assert "iresnet: note: the preset's roulette (geometric, p=0.5)" in err
+
+
+def test_a_run_trained_with_exact_logdets_is_scored_exactly_above_64_dims(tmp_path, capsys):
+    """Try-out 17: a 65-D run trained with the exact log-det (its Jacobian fits up to 256
+    dimensions) was evaluated and scored with the roulette, noisy, by the 64-D default."""
+    data = tmp_path / "d65.npy"
+    np.save(data, np.random.default_rng(0).normal(size=(120, 65)))
+    out_dir = tmp_path / "r"
+    argv = ["train", *TINY, "data.max_dim=65", "--data", str(data), "--steps", "2"]
+    code, _, err = run(capsys, *argv, "--no-progress", "--out", str(out_dir))
+    assert code == 0, err
+    code, out, err = run(capsys, "evaluate", str(out_dir), "--json", "--n-inverse", "4")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["estimator"] == "exact" and result["test_nll_se"] > 0
+    scores = tmp_path / "s.csv"
+    code, out, err = run(capsys, "score", str(out_dir), "--data", str(data), "--out", str(scores))
+    assert code == 0, err
+    assert "exact log-det" in out and "log_prob_se" not in out

@@ -441,7 +441,8 @@ def score_file(
             )
     elif context is not None:
         raise ConfigError("--context: this run is not conditional; score without it")
-    name, estimator = scoring_estimator(task.dim)  # exact or not: known before certifying
+    # exact or not: known before certifying
+    name, estimator = scoring_estimator(task.dim, task.scored_exactly_up_to())
     stochastic = name != "exact" or task.images  # dequantisation noise is random too
     if repeats < (2 if stochastic else 1):
         why = "the SE of a stochastic estimate needs two draws" if stochastic else "one pass"
@@ -453,7 +454,7 @@ def score_file(
         )
     if name != "exact":  # the roulette's law from the certified bound (seconds for convolutions)
         bound = scoring_lipschitz(model, certified=True)
-        name, estimator = scoring_estimator(task.dim, lipschitz=bound)
+        name, estimator = scoring_estimator(task.dim, task.scored_exactly_up_to(), lipschitz=bound)
     draws = []
     # The dtypes `evaluate` feeds the model (the run's data, as data.json records them), so
     # that the same points get the same numbers bit for bit: cast to the model's dtype before

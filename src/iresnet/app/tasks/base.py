@@ -261,6 +261,15 @@ class Task:
         self.cfg, self.data, self.device = cfg, stage_data(data, device), device
         self.dim = math.prod(data.event_shape)
 
+    def scored_exactly_up_to(self, exact_max_dim: int = 64) -> int:
+        """The largest dimension whose likelihood ``evaluate`` and ``score`` compute with the
+        exact log-det: ``exact_max_dim``, or the run's own dimension where it trained with the
+        exact log-det (its Jacobian fitted every training step; a 65-D run was scored by the
+        roulette, with its noise, while its own estimator was exact)."""
+        if self.cfg.model.logdet == "exact":
+            return max(exact_max_dim, self.dim)
+        return exact_max_dim
+
     def n_train(self) -> int:
         return self.data.train_x.shape[0]
 

@@ -192,7 +192,7 @@ class ClassificationTask(Task):
         if self.has_density:
             bound = scoring_lipschitz(model, certified=True, certificate=cert)
             out["estimator"], estimator = scoring_estimator(
-                self.dim, exact_max_dim, roulette_exact, bound
+                self.dim, self.scored_exactly_up_to(exact_max_dim), roulette_exact, bound
             )
         out.update(self.evaluate(model, limit=n_test, estimator=estimator))
         if "test_bpd" in out:  # a hybrid: the yardstick of its density, as image flows report it

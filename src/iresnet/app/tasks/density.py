@@ -148,7 +148,9 @@ class DensityTask(Task):
         """
         cert = certify(model)  # its bound chooses a roulette of finite variance
         bound = scoring_lipschitz(model, certified=True, certificate=cert)
-        name, estimator = scoring_estimator(self.dim, exact_max_dim, roulette_exact, bound)
+        name, estimator = scoring_estimator(
+            self.dim, self.scored_exactly_up_to(exact_max_dim), roulette_exact, bound
+        )
         # The estimators the model trains with (a roulette says what it chose, and for which
         # Lipschitz bound), before the scoring estimator replaces them.
         training = sorted(
