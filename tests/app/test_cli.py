@@ -1156,6 +1156,25 @@ def test_an_image_preset_trains_without_warning_about_its_own_roulette(capsys, t
     assert "iresnet: note: the preset's roulette (geometric, p=0.5)" in err
 
 
+def test_an_out_path_through_a_file_is_refused_up_front(tmp_path, capsys):
+    """Try-out 17: ``sample --out afile/s.npy`` with ``afile`` a file said only ``afile: File
+    exists``, after sampling."""
+    out_dir = tmp_path / "r"
+    code, _, err = run(
+        capsys, "train", *TINY, "--steps", "1", "--no-progress", "--out", str(out_dir)
+    )
+    assert code == 0, err
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for command in (
+        ["sample", str(out_dir), "-n", "4"],
+        ["score", str(out_dir), "--data", str(afile)],
+    ):
+        code, _, err = run(capsys, *command, "--out", str(afile / "sub" / "s.npy"))
+        assert code == 2 and f"{afile} is a file, not a folder" in err, err
+    assert afile.read_text() == "x"
+
+
 def test_a_run_trained_with_exact_logdets_is_scored_exactly_above_64_dims(tmp_path, capsys):
     """Try-out 17: a 65-D run trained with the exact log-det (its Jacobian fits up to 256
     dimensions) was evaluated and scored with the roulette, noisy, by the 64-D default."""

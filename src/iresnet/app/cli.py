@@ -1123,6 +1123,15 @@ def _check_out(out: Path, inputs: list[Path], overwrite: bool, default: bool = F
             raise ConfigError(f"--out {out} is an input ({path}); choose another file")
     if out.exists() and not (overwrite or default):
         raise ConfigError(f"--out {out} exists; choose another file, or pass --overwrite")
+    # a file where a folder of the path should be ("File exists" from mkdir, after the work)
+    for folder in out.parents:
+        if folder.exists():
+            if not folder.is_dir():
+                raise ConfigError(
+                    f"--out {out}: {folder} is a file, not a folder; choose a path whose "
+                    "folders are folders"
+                )
+            break
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
