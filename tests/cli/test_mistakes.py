@@ -384,6 +384,11 @@ def test_a_conditional_sample_file_says_which_context_each_row_came_from(conditi
     # an existing contexts file is not replaced without --overwrite
     result = iresnet("sample", str(conditional), "--out", "s2.npy", cwd=tmp_path)
     assert result.returncode == 0 and (tmp_path / "s2.contexts.npy").is_file()
+    # the .npy that sample wrote, scored without its pair: the error names the pair
+    one_line_error(
+        iresnet("score", str(conditional), "--data", "s2.npy", "--out", "o2.csv", cwd=tmp_path),
+        "(here: --context s2.contexts.npy, the contexts `iresnet sample` wrote beside it)",
+    )
     (tmp_path / "s2.npy").unlink()
     one_line_error(
         iresnet("sample", str(conditional), "--out", "s2.npy", cwd=tmp_path),

@@ -424,10 +424,16 @@ def score_file(
         c = given = _as_contexts(task, context_values, f"{data_path} (its context columns)")
     elif task.context_dim:
         if context is None:
+            beside = data_path.with_name(f"{data_path.stem}.contexts.npy")
+            pair = (
+                f" (here: --context {beside}, the contexts `iresnet sample` wrote beside it)"
+                if beside.is_file()
+                else ""
+            )
             raise ConfigError(
                 "this run is conditional: pass --context, a file of one row per point or one "
                 "context for every point ('a,b'), or score a .csv that `iresnet sample` wrote "
-                "(its context columns are read)"
+                f"(its context columns are read){pair}"
             )
         c = given = parse_contexts(task, context, "score")
         is_file = Path(str(context)).suffix.lower() in (".npy", ".csv")
