@@ -1192,3 +1192,21 @@ def test_a_run_trained_with_exact_logdets_is_scored_exactly_above_64_dims(tmp_pa
     code, out, err = run(capsys, "score", str(out_dir), "--data", str(data), "--out", str(scores))
     assert code == 0, err
     assert "exact log-det" in out and "log_prob_se" not in out
+
+
+def test_evaluate_shows_a_progress_bar_over_its_test_batches(tmp_path, capsys, monkeypatch):
+    """Try-out 17: a full Fashion-MNIST evaluation ran 1.5-2.6 minutes without a sign of
+    life; the bar is on stderr (stdout stays the result) and ``--no-progress`` turns it off."""
+    from iresnet.app.tasks.density import DensityTask
+
+    out_dir = tmp_path / "r"
+    code, _, err = run(
+        capsys, "train", *TINY, "--steps", "1", "--no-progress", "--out", str(out_dir)
+    )
+    assert code == 0, err
+    monkeypatch.setattr(DensityTask, "eval_batch", 8)  # the tiny run's 128 test points: 16
+    code, out, err = run(capsys, "evaluate", str(out_dir), "--json", "--n-inverse", "4")
+    assert code == 0 and json.loads(out)["n_test"] >= 8 * 8
+    assert "evaluate: 100%" in err and "batch" in err
+    code, out, err = run(capsys, "evaluate", str(out_dir), "--json", "--no-progress")
+    assert code == 0 and "evaluate:" not in err

@@ -17,7 +17,7 @@ import signal
 import subprocess
 import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -215,6 +215,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("run_dir", type=Path, help="the run folder")
     p.add_argument("--json", action="store_true", help="print one JSON object (for scripts)")
+    p.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bar over the test batches (on stderr, from 8 batches on)",
+    )
     p.add_argument("--device", default=None, help="evaluate on this device instead of the run's")
     p.add_argument(
         "--n-inverse",
@@ -823,6 +828,13 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def _evaluation_bar(batches: Iterable[Any], total: int) -> Iterable[Any]:
+    """A progress bar on stderr over an evaluation's test batches (none below 8 batches)."""
+    return tqdm(
+        batches, total=total, desc="evaluate", unit="batch", disable=total < 8, file=sys.stderr
+    )
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     if args.n_inverse is not None and args.n_inverse < 1:
         raise ConfigError(f"--n-inverse must be >= 1, got {args.n_inverse}")
@@ -832,6 +844,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     trained = load_run(args.run_dir, device=args.device, allow_changed_data=args.allow_changed_data)
     _use_run_threads(trained.cfg)
     torch.manual_seed(args.seed)
+    if not args.no_progress:  # a full Fashion-MNIST evaluation is minutes of silence otherwise
+        trained.task.progress = _evaluation_bar
     result = trained.task.full_evaluation(
         trained.model, n_inverse=args.n_inverse, n_test=args.n_test
     )

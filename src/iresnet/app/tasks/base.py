@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -256,6 +256,10 @@ class Task:
     metric: str = "nll"
     #: test samples per evaluation batch
     eval_batch: int = 1024
+
+    #: Wraps the test batches of an evaluation, ``progress(batches, total)`` (a progress bar:
+    #: ``iresnet evaluate`` sets one); None: the batches as they are.
+    progress: Callable[[Iterable[Any], int], Iterable[Any]] | None = None
 
     def __init__(self, cfg: Config, data: DataBundle, device: torch.device) -> None:
         self.cfg, self.data, self.device = cfg, stage_data(data, device), device

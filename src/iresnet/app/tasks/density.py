@@ -14,6 +14,7 @@ context; conditional toys also report the gap to the truth at each of a few fixe
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -107,12 +108,14 @@ class DensityTask(Task):
         self, model: nn.Module, max_batches: int | None = None, limit: int | None = None
     ) -> Tensor:
         """``log p`` of the test points (the one evaluation loop); call in eval mode."""
-        return torch.cat(
-            [
-                self.log_prob(model, b)
-                for b in self.test_batches(self.eval_batch, max_batches, limit)
-            ]
-        )
+        batches: Iterable[Any] = self.test_batches(self.eval_batch, max_batches, limit)
+        if self.progress is not None:
+            n = self.data.test_x.shape[0] if limit is None else min(limit, len(self.data.test_x))
+            total = -(-n // self.eval_batch)
+            batches = self.progress(
+                batches, total if max_batches is None else min(total, max_batches)
+            )
+        return torch.cat([self.log_prob(model, b) for b in batches])
 
     def evaluate(self, model: nn.Module, max_batches: int | None = None) -> dict[str, float]:
         """Test metric on ``max_batches`` test batches, scored with the estimator that
