@@ -192,6 +192,30 @@ def test_a_run_that_spent_its_time_budget_is_resumed_with_a_new_one(tmp_path, ca
     assert code == 2 and "not KEY=VALUE overrides" in err
 
 
+@pytest.mark.parametrize(
+    "budget,schedule,words",
+    [
+        ("max_cpu_seconds", "cosine", "CPU budget (train.max_cpu_seconds=1e-09)"),
+        ("max_seconds", "constant", "wall-clock budget (train.max_seconds=1e-09)"),
+    ],
+)
+def test_a_run_its_budget_stopped_says_so_not_finished(tmp_path, capsys, budget, schedule, words):
+    """A user try-out: a run its budget stopped at 3% of its steps said "finished at step 155",
+    and its step-based cosine had barely decayed without a word."""
+    argv = ["train", *TINY, "--steps", "100000", f"train.{budget}=1e-9", "--no-progress"]
+    argv += [f"train.lr_schedule={schedule}", "--out", str(tmp_path / "run")]
+    code, out, err = run(capsys, *argv)
+    assert code == 0, err
+    assert f"stopped by its {words} at step 1 of the planned 100000: " in out
+    assert "finished" not in out
+    notes = [line for line in err.splitlines() if "cosine-budget" in line]
+    if schedule == "cosine":
+        assert len(notes) == 1 and "set train.lr_schedule=cosine-budget" in notes[0], err
+        assert notes[0].startswith("iresnet: note: the cosine learning rate was still at 100%")
+    else:
+        assert notes == []
+
+
 def _spend_cpu_budget(run_dir, seconds, wall=None):
     """Mark the newest checkpoint of ``run_dir`` as having spent ``seconds`` of CPU time (and
     ``wall`` seconds of wall-clock time, if given; its manifest hash updated), as a final

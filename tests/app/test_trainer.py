@@ -331,6 +331,7 @@ def test_penalty_mode_shrinks_norms_and_says_not_guaranteed_above_one(tmp_path):
 def test_time_budgets_stop_after_the_first_step_past_them(tmp_path, budget):
     result = train(tiny(budget), tmp_path / "run", progress=False)
     assert result.step == 1 and result.stopped == "finished"
+    assert result.budget == budget.split("=")[0].removeprefix("train.")  # for the final line
     assert (tmp_path / "run" / "model.safetensors").is_file()
     rows = [
         json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()

@@ -46,7 +46,7 @@ from .presets import DEFAULT_PRESET, PRESETS, get_preset
 from .runs import Run, load_run
 from .sweep import add_sweep_parser, cmd_sweep
 from .tasks.base import inverse_summary
-from .trainer import check_batch_size, warmup_outlasts_run
+from .trainer import check_batch_size, learning_rate, warmup_outlasts_run
 from .training import missing_figures, redraw_figures, train
 from .words import count
 
@@ -700,7 +700,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
         n_eval = result.task.n_evaluated(cfg.train.eval_batches) if result.task else None
         n_test = result.task.n_evaluated(None) if result.task else None
         metrics = _describe_metrics(last, n_eval, test_step, cfg.train.ema_decay > 0, n_test)
-        print(f"{verb} at step {result.step}: {metrics}; run folder: {result.run_dir}")
+        if result.budget is not None:
+            cap = f"train.{result.budget}={getattr(cfg.train, result.budget):g}"
+            verb = f"stopped by its {_BUDGET_NAMES[result.budget]} budget ({cap})"
+            print(
+                f"{verb} at step {result.step} of the planned {cfg.train.steps}: {metrics}; "
+                f"run folder: {result.run_dir}"
+            )
+            _note_cosine_cut_short(cfg, result.step)
+        else:
+            print(f"{verb} at step {result.step}: {metrics}; run folder: {result.run_dir}")
     if result.stopped == "finished":
         return 0
     # Stopped by a signal: the shell's convention 128 + signal, so `train ... && next` stops.
@@ -711,6 +720,23 @@ _UNITS = {"nll": "nats", "bpd": "bits/dim", "acc": "", "accuracy": "", "error": 
 
 
 _BUDGET_KEYS = ("max_seconds", "max_cpu_seconds")
+_BUDGET_NAMES = {"max_seconds": "wall-clock", "max_cpu_seconds": "CPU"}
+
+
+def _note_cosine_cut_short(cfg: Config, step: int) -> None:
+    """After a time budget stopped a run at ``step``, before ``train.steps``: where its
+    schedule is the step-based cosine, one note that the learning rate had not decayed (the
+    cosine runs to ``train.steps``) and that ``cosine-budget`` decays it over the budget."""
+    if cfg.train.lr_schedule != "cosine" or step >= cfg.train.steps:
+        return
+    # The cosine's own factor: a warm-up the budget cut short is not the cosine's doing.
+    share = learning_rate(cfg.override(["train.warmup_steps=0"]), step) / cfg.train.lr
+    print(
+        f"iresnet: note: the cosine learning rate was still at {share:.0%} of its peak at "
+        f"step {step} (it decays over train.steps={cfg.train.steps}); set "
+        "train.lr_schedule=cosine-budget to decay it over the time budget",
+        file=sys.stderr,
+    )
 
 
 _T = TypeVar("_T")

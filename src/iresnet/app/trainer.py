@@ -63,6 +63,9 @@ class TrainResult:
     task: Task | None = field(default=None, repr=False)
     is_main: bool = True
     signal: int | None = None  # the signal that stopped the run (None for stop_after)
+    # The time budget that ended it before ``train.steps``: ``"max_cpu_seconds"`` or
+    # ``"max_seconds"`` (None: it ran its steps, or a signal stopped it).
+    budget: str | None = None
 
 
 def cpu_clock() -> float:
@@ -283,6 +286,7 @@ class Trainer:
         self.step_count, self.bad_in_row = 0, 0
         self.last: dict[str, float] = {}
         self.signal: int | None = None
+        self.budget: str | None = None  # the time budget that stopped the run, if one did
 
     # ------------------------------------------------------------------------------ build
     def build(self, ctx: DistContext) -> None:
@@ -558,14 +562,26 @@ class Trainer:
             return (time.perf_counter() - self.start) / t.max_seconds
         return 0.0
 
-    def out_of_budget(self) -> bool:
-        """Past ``train.max_seconds`` (wall-clock) or ``train.max_cpu_seconds`` (CPU)."""
+    def spent_budget(self) -> str | None:
+        """The budget this process has spent: ``"max_cpu_seconds"`` (checked first),
+        ``"max_seconds"``, or None."""
         t = self.cfg.train
-        over = (t.max_seconds > 0 and time.perf_counter() - self.start >= t.max_seconds) or (
-            t.max_cpu_seconds > 0 and cpu_clock() - self.cpu_start >= t.max_cpu_seconds
-        )
+        if t.max_cpu_seconds > 0 and cpu_clock() - self.cpu_start >= t.max_cpu_seconds:
+            return "max_cpu_seconds"
+        if t.max_seconds > 0 and time.perf_counter() - self.start >= t.max_seconds:
+            return "max_seconds"
+        return None
+
+    def out_of_budget(self) -> bool:
+        """Past ``train.max_seconds`` (wall-clock) or ``train.max_cpu_seconds`` (CPU); the
+        budget that stopped it is kept in ``self.budget`` (for the final line)."""
+        spent = self.spent_budget()
         # Clocks differ between ranks: all must stop after the same step.
-        return self.ctx.any(over)
+        over = self.ctx.any(spent is not None)
+        if over:  # another rank's clock may have stopped it: name the budget that is set
+            t = self.cfg.train
+            self.budget = spent or ("max_cpu_seconds" if t.max_cpu_seconds > 0 else "max_seconds")
+        return over
 
     def stop_reason(self, stop: _StopSignal) -> str | None:
         """``"signal"`` (a signal or ``stop_after``), ``"budget"`` (time), or None."""
@@ -663,6 +679,7 @@ class Trainer:
             self.task,
             ctx.is_main,
             self.signal,
+            self.budget if self.step_count < self.cfg.train.steps else None,
         )
 
 
