@@ -304,6 +304,40 @@ def test_a_torn_checkpoint_is_named_once_when_a_run_resumes(tmp_path, capsys):
     assert sum("skipping checkpoint" in str(w.message) for w in caught) == 1
 
 
+def _run_warnings_on_stderr(capsys, *argv):
+    """``run``, each warning a ``warned: MESSAGE`` line on stderr, in order with the messages
+    (pytest records warnings aside)."""
+    import sys
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = lambda m, *_a, **_k: print(f"warned: {m}", file=sys.stderr)
+        return run(capsys, *argv)
+
+
+def test_checkpoint_warnings_and_errors_come_before_resumed_from(tmp_path, capsys):
+    """A user try-out: "resumed from step 0 of 700" came before the error that no checkpoint
+    was valid, and "resumed from step 500" before the warning that step 600's was skipped."""
+    out_dir = tmp_path / "run"
+    code, _, err = run(capsys, "train", *TINY, "--steps", "10", "--out", str(out_dir))
+    assert code == 0, err
+    os.remove(out_dir / "checkpoints" / "step-00000010" / "MANIFEST.json")
+    argv = ["train", "--resume", str(out_dir), "--steps", "12", "--no-progress"]
+    code, _, err = _run_warnings_on_stderr(capsys, *argv)
+    assert code == 0, err
+    lines = err.splitlines()
+    skipped = [i for i, line in enumerate(lines) if line.startswith("warned: skipping checkpoint")]
+    assert len(skipped) == 1 and skipped[0] < lines.index("resumed from step 5 of 12"), err
+    for checkpoint in (out_dir / "checkpoints").glob("step-*"):  # none valid now
+        (checkpoint / "MANIFEST.json").unlink(missing_ok=True)
+    code, _, err = _run_warnings_on_stderr(capsys, *argv[:-2], "14")
+    lines = err.splitlines()
+    assert code == 2 and "no valid checkpoint to resume from" in lines[-1], err
+    assert "resumed" not in err and "preset" not in err, err  # nor the summary
+    skipped = [line for line in lines if line.startswith("warned: skipping checkpoint")]
+    assert len(skipped) == len(list((out_dir / "checkpoints").glob("step-*"))), err
+
+
 def test_unavailable_devices_are_named_in_one_line(capsys, tmp_path):
     out_dir = tmp_path / "run"
     code, out, err = run(capsys, "train", "--device", "foo", "--steps", "2", "--out", str(out_dir))

@@ -39,6 +39,7 @@ from ..datasets.images import check_image_files, train_size
 from ..errors import CheckpointError, ConfigError, IResNetError
 from . import plots, scoring
 from .allocator import retain_freed_memory
+from .checkpoint import checkpoint_step
 from .config import SECTIONS, Config, check_seed, repeated_keys
 from .distributed import check_precision, parse_device, resolve_device
 from .files import atomic_write, json_safe, out_path
@@ -604,15 +605,39 @@ def _resume_budgets(args: argparse.Namespace) -> list[str]:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    with warnings.catch_warnings():  # the filters that keep skipped checkpoints named once
+        return _train_command(args)
+
+
+def _resume_checkpoint(run: Run) -> Path | None:
+    """``run``'s newest valid checkpoint, the skipped ones named now (on the main process),
+    before anything else a resume prints: a torn checkpoint's warning came after "resumed from
+    step N", and after the summary of a resume that then failed (a user try-out). The trainer,
+    which looks again, names none of them twice (filters in ``_cmd_train``'s scope)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RuntimeWarning)
+        checkpoint = run.latest_checkpoint()
+    for w in caught:
+        if os.environ.get("RANK", "0") == "0":
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+        if issubclass(w.category, RuntimeWarning):
+            warnings.filterwarnings(
+                "ignore", message=re.escape(str(w.message)) + r"\Z", category=w.category
+            )
+    return checkpoint
+
+
+def _train_command(args: argparse.Namespace) -> int:
     if args.resume is not None:
         run = Run(args.resume)
         cfg = run.load_config()
         budgets = _resume_budgets(args)
         if budgets:
             cfg = cfg.override(budgets)
-        done = _quietly(run.last_step)
-        if not done and not run.weights_path.is_file():  # before any --steps arithmetic
+        checkpoint = _resume_checkpoint(run)
+        if checkpoint is None:  # before any --steps arithmetic, the summary and "resumed from"
             raise CheckpointError(run.nothing_to_resume())
+        done = checkpoint_step(checkpoint) or 0
         if args.steps is None and done >= cfg.train.steps and run.weights_path.is_file():
             # Finished comes before a spent budget: a final evaluation may have gone past the
             # budget, and more budget alone would only lead here (try-out 14, F5).
