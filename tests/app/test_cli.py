@@ -304,6 +304,48 @@ def test_a_torn_checkpoint_is_named_once_when_a_run_resumes(tmp_path, capsys):
     assert sum("skipping checkpoint" in str(w.message) for w in caught) == 1
 
 
+def test_a_resume_of_a_run_still_training_before_its_first_checkpoint_names_its_writer(
+    tmp_path, capsys
+):
+    """A user try-out: a second ``--resume`` of a run still training, with no checkpoint yet,
+    was told the run "stopped before its first one" and to start it again."""
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import iresnet
+
+    out_dir = tmp_path / "run"
+    code, _, err = run(capsys, "train", *TINY, "--steps", "5", "--out", str(out_dir))
+    assert code == 0, err
+    shutil.rmtree(out_dir / "checkpoints")  # as it is before its first checkpoint
+    (out_dir / "model.safetensors").unlink()
+    src = str(Path(iresnet.__file__).parents[1])
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from iresnet.app.runs import Run; r = Run(sys.argv[1]); "
+            "r.acquire(); print('held', flush=True); time.sleep(120)",
+            str(out_dir),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": src},
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        code, out, err = run(capsys, "train", "--resume", str(out_dir))
+        assert code == 2 and f"is being written by process {holder.pid}" in err, err
+        assert "no checkpoint" not in err and len(err.splitlines()) == 1
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    code, _, err = run(capsys, "train", "--resume", str(out_dir))  # the writer is gone
+    assert code == 2 and "stopped before its first one" in err, err
+
+
 def _run_warnings_on_stderr(capsys, *argv):
     """``run``, each warning a ``warned: MESSAGE`` line on stderr, in order with the messages
     (pytest records warnings aside)."""

@@ -634,6 +634,10 @@ def _train_command(args: argparse.Namespace) -> int:
         budgets = _resume_budgets(args)
         if budgets:
             cfg = cfg.override(budgets)
+        if not args.dry_run and os.environ.get("RANK", "0") == "0":
+            # A run still training may have no checkpoint yet: its writer is named, not a run
+            # that "stopped before its first one" (a user try-out).
+            run.check_no_writer()
         checkpoint = _resume_checkpoint(run)
         if checkpoint is None:  # before any --steps arithmetic, the summary and "resumed from"
             raise CheckpointError(run.nothing_to_resume())

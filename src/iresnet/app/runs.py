@@ -117,6 +117,18 @@ class Run:
         except OSError:
             pass  # the lock holds without the note
 
+    def check_no_writer(self) -> None:
+        """Refuse while another live process writes to the folder (``acquire``'s refusal),
+        taking and giving back the lock: a resume checks it before it looks for checkpoints,
+        which a run still training may not have written yet.
+
+        Raises:
+            ConfigError: another live process holds the lock (its PID is named).
+        """
+        if self._lock is None:
+            self.acquire()
+            self.release()
+
     def release(self) -> None:
         """Give up the writer's lock (a no-op when not held)."""
         if self._lock is None:
