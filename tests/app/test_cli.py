@@ -380,6 +380,48 @@ def test_checkpoint_warnings_and_errors_come_before_resumed_from(tmp_path, capsy
     assert len(skipped) == len(list((out_dir / "checkpoints").glob("step-*"))), err
 
 
+def test_a_skipped_model_safetensors_is_named_with_why_and_what_was_loaded(tmp_path, capsys):
+    """A user try-out: another run's ``model.safetensors`` (another shape) copied into a run
+    was skipped without a word for its newest checkpoint's weights (``evaluate`` and
+    ``sample``); only the ``weights:`` line showed it. An older one (an extension not
+    finished) is named too."""
+    from iresnet.app.runs import Run
+    from iresnet.app.training import train
+
+    mine, other = tmp_path / "mine", tmp_path / "other"
+    for out_dir, extra in ((mine, []), (other, ["model.hidden=4"])):
+        argv = ["train", *TINY, *extra, "--steps", "10" if out_dir == mine else "5"]
+        code, _, err = run(capsys, *argv, "--out", str(out_dir), "--no-progress")
+        assert code == 0, err
+    shutil.copy(other / "model.safetensors", mine / "model.safetensors")
+    newest = mine / "checkpoints" / "step-00000010" / "ema.safetensors"
+    for argv in (
+        ["evaluate", str(mine), "--n-inverse", "2"],
+        ["sample", str(mine), "-n", "2", "--out", str(tmp_path / "s.npy")],
+    ):
+        with pytest.warns(RuntimeWarning) as caught:
+            code, _, err = run(capsys, *argv)
+        assert code == 0, err
+        notes = [str(w.message) for w in caught if "model.safetensors" in str(w.message)]
+        assert len(notes) == 1 and notes[0].startswith(f"skipping {mine / 'model.safetensors'}: ")
+        assert "copied from another run? Move it out of the run folder" in notes[0]
+        assert notes[0].endswith(f"; loaded {newest} (step 10) instead")
+    # An extension stopped before its end: the final weights are the shorter plan's.
+    shutil.rmtree(other)
+    code, _, err = run(capsys, "train", *TINY, "--steps", "5", "--out", str(other))
+    assert code == 0, err
+    longer = Run(other).load_config().override(["train.steps=10"])
+    assert train(longer, other, resume=True, progress=False, stop_after=7).stopped == "signal"
+    with pytest.warns(RuntimeWarning, match="is older than the newest checkpoint") as caught:
+        code, _, err = run(capsys, "evaluate", str(other), "--n-inverse", "2")
+    assert code == 0, err
+    (note,) = [str(w.message) for w in caught if "model.safetensors" in str(w.message)]
+    assert (
+        "its step 5 is older than the newest checkpoint's 7" in note
+        and f"--resume {other} finishes it" in note
+    )
+
+
 def test_unavailable_devices_are_named_in_one_line(capsys, tmp_path):
     out_dir = tmp_path / "run"
     code, out, err = run(capsys, "train", "--device", "foo", "--steps", "2", "--out", str(out_dir))
@@ -646,7 +688,8 @@ def test_the_second_new_users_findings(capsys, tmp_path):
 
     longer = Run(out).load_config().override(["train.steps=10"])
     assert train(longer, out, resume=True, progress=False, stop_after=7).stopped == "signal"
-    code, out_json, _ = run(capsys, "evaluate", str(out), "--json", "--n-inverse", "2")
+    with pytest.warns(RuntimeWarning, match="step 4 is older than the newest checkpoint's 7"):
+        code, out_json, _ = run(capsys, "evaluate", str(out), "--json", "--n-inverse", "2")
     result = json.loads(out_json.strip().splitlines()[-1])
     assert code == 0 and result["weights_step"] == 7 and "step-00000007" in result["weights"]
     # --steps of an interrupted plan must extend the plan, not shrink it to a few more steps

@@ -597,6 +597,34 @@ class Run:
         return int(step) if step is not None and step.isdigit() else None
 
 
+def _note_skipped_final_weights(
+    run: Run, model: nn.Module, ckpt: Path, ckpt_step: int | None, step: int | None
+) -> None:
+    """Warn that ``run``'s ``model.safetensors`` is skipped for the newer checkpoint ``ckpt``,
+    why, and what to do: weights that do not fit the model (copied in from another run), or
+    older ones (an extension not finished). It was skipped silently: only the ``weights:``
+    line of ``evaluate`` showed it (a user try-out)."""
+    final = run.weights_path
+    try:
+        load_weights(model, final)  # refuses before it loads anything; the checkpoint follows
+    except CheckpointError as exc:
+        why = str(exc).removeprefix(f"{final}: ")
+        what = "copied from another run? Move it out of the run folder"
+    else:
+        why = (
+            f"its step {step} is older than the newest checkpoint's {ckpt_step}"
+            if step is not None and ckpt_step is not None
+            else "it is older than the newest checkpoint"
+        )
+        what = f"an extension not finished? iresnet train --resume {run.path} finishes it"
+    warnings.warn(
+        f"skipping {final}: {why} ({what}); loaded {ckpt / 'ema.safetensors'}"
+        + (f" (step {ckpt_step}) instead" if ckpt_step is not None else " instead"),
+        RuntimeWarning,
+        stacklevel=3,
+    )
+
+
 @dataclass
 class TrainedRun:
     """A run's config, data, task and evaluation model (EMA weights, eval mode), the weights'
@@ -681,6 +709,8 @@ def load_run(
         # A run that is not finished (or an extension that was interrupted): the EMA weights of
         # its newest checkpoint, not the final weights of an earlier, shorter plan.
         assert ckpt is not None
+        if weights.is_file():
+            _note_skipped_final_weights(run, model, ckpt, ckpt_step, step)
         weights, step = ckpt / "ema.safetensors", ckpt_step
     elif not weights.is_file():
         raise CheckpointError(
