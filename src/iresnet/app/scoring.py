@@ -309,13 +309,21 @@ def _image_points(
     return torch.as_tensor(arr.astype(np.int64)).to(task.data.train_x.dtype)
 
 
-def _index_advice(task: DensityTask | HybridTask) -> str:
-    """What ``score`` can offer for a file with an unnamed row index: it reads files the way
-    the run read its training data (``data.index_column``), which the command line cannot
-    change."""
-    return (
-        f"score reads the file as the run read its training data, data.index_column="
-        f"{task.cfg.data.index_column}: the run's choice, not an option of score"
+def _read_run_array(task: DensityTask | HybridTask, path: Path) -> np.ndarray:
+    """A CSV or ``.npy`` of rows read as the run read its training data (an unnamed index
+    column dropped if it was dropped), with no cap of its own on the width (the callers check
+    it against the run's). A file with an unnamed index that the run refuses is told what
+    ``score`` can offer: the run's ``data.index_column`` is not an option of ``score``."""
+    choice = task.cfg.data.index_column
+    return load_array(
+        path,
+        max_dim=2**31,
+        min_rows=1,
+        index_column=choice,
+        index_advice=(
+            f"score reads the file as the run read its training data, data.index_column="
+            f"{choice}: the run's choice, not an option of score"
+        ),
     )
 
 
@@ -329,15 +337,7 @@ def _read_points(task: DensityTask | HybridTask, path: Path) -> torch.Tensor:
             width, shape or range.
     """
     if not task.images:
-        # the run's own reading of its CSVs (an unnamed index column dropped if it was dropped)
-        # no cap of its own: a file of another width gets the mismatch line below
-        x = load_array(
-            path,
-            max_dim=2**31,
-            min_rows=1,
-            index_column=task.cfg.data.index_column,
-            index_advice=_index_advice(task),
-        )
+        x = _read_run_array(task, path)  # a file of another width: the mismatch line below
         if x.shape[1] != task.dim:
             raise DataError(
                 f"{path}: {count(x.shape[1], 'column')}, but the run "
@@ -348,13 +348,7 @@ def _read_points(task: DensityTask | HybridTask, path: Path) -> torch.Tensor:
         raise DataError(f"{path}: no such file")
     forms = _image_forms(tuple(task.data.event_shape))
     if path.suffix.lower() == ".csv" and path.is_file():
-        x = load_array(
-            path,
-            max_dim=2**31,
-            min_rows=1,
-            index_column=task.cfg.data.index_column,
-            index_advice=_index_advice(task),
-        )
+        x = _read_run_array(task, path)
         integers = bool(_csv_integer_columns(path, x.shape[1]).all())
         return _image_points(task, x, path, integers, count(x.shape[1], "column"))
     if path.suffix.lower() != ".npy" or not path.is_file():
