@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.benchmarks import usage_error
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
 import conditional  # noqa: E402
@@ -30,12 +32,7 @@ def test_a_budget_that_is_not_above_zero_is_a_one_line_usage_error(
     """``conditional.py --budget 0`` (or -5) trained for the default 60 CPU seconds without a
     word (``args.budget or default``); ``hybrid.py --budget 0`` trained nothing."""
     name = f"{script.__name__}.py"
-    monkeypatch.setattr(sys, "argv", [name, "--budget", value])
-    monkeypatch.setattr(script, "environment", lambda: pytest.fail("ran"))
-    with pytest.raises(SystemExit) as stop:
-        script.main()
-    assert stop.value.code == 2
-    assert capsys.readouterr().err == (
+    assert usage_error(monkeypatch, capsys, script, "--budget", value) == (
         f"{name}: error: argument --budget: {message} (see `{name} --help`)\n"
     )
 

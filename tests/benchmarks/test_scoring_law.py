@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.benchmarks import usage_error
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
 import scoring_law  # noqa: E402
@@ -24,11 +26,6 @@ import scoring_law  # noqa: E402
 def test_counts_too_small_to_score_are_one_line_usage_errors(monkeypatch, capsys, argv, message):
     """``--draws 0`` loaded the run and ended in a ValueError (the smallest of no draws);
     ``--batches 1`` in a StatisticsError (the quantiles of one estimate)."""
-    monkeypatch.setattr(sys, "argv", ["scoring_law.py", "--runs", "r", *argv])
-    monkeypatch.setattr(scoring_law, "environment", lambda: pytest.fail("ran"))
-    with pytest.raises(SystemExit) as stop:
-        scoring_law.main()
-    assert stop.value.code == 2
-    assert capsys.readouterr().err == (
+    assert usage_error(monkeypatch, capsys, scoring_law, "--runs", "r", *argv) == (
         f"scoring_law.py: error: {message} (see `scoring_law.py --help`)\n"
     )

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.benchmarks import usage_error
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
 import step_vs_normflows  # noqa: E402
@@ -22,11 +24,6 @@ import step_vs_normflows  # noqa: E402
 )
 def test_no_timing_round_is_a_one_line_usage_error(monkeypatch, capsys, argv, message):
     """``--rounds 0`` timed nothing and printed "nan" for every time and ratio."""
-    monkeypatch.setattr(sys, "argv", ["step_vs_normflows.py", *argv])
-    monkeypatch.setattr(step_vs_normflows, "environment", lambda: pytest.fail("ran"))
-    with pytest.raises(SystemExit) as stop:
-        step_vs_normflows.main()
-    assert stop.value.code == 2
-    assert capsys.readouterr().err == (
+    assert usage_error(monkeypatch, capsys, step_vs_normflows, *argv) == (
         f"step_vs_normflows.py: error: {message} (see `step_vs_normflows.py --help`)\n"
     )
